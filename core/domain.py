@@ -1,0 +1,126 @@
+"""Domain values shared by the store, the sender, the CLI and the dashboard."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class MailingState(str, enum.Enum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+
+    @property
+    def section(self) -> "Section":
+        return SECTION_OF[self]
+
+
+class Section(str, enum.Enum):
+    CURRENT = "current"
+    SCHEDULED = "scheduled"
+    INACTIVE = "inactive"
+
+
+SECTION_OF: dict[MailingState, Section] = {
+    MailingState.DRAFT: Section.INACTIVE,
+    MailingState.SCHEDULED: Section.SCHEDULED,
+    MailingState.QUEUED: Section.CURRENT,
+    MailingState.SENDING: Section.CURRENT,
+    MailingState.STOPPED: Section.INACTIVE,
+    MailingState.COMPLETED: Section.INACTIVE,
+}
+
+
+class RecipientState(str, enum.Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A send time as the operator gave it (wall time + IANA zone) and the UTC instant derived from it."""
+
+    local: datetime  # naive wall time in `tz`
+    tz: str
+    utc: datetime  # aware, UTC
+    tzdata_version: str
+
+
+@dataclass(slots=True)
+class Mailing:
+    """One mailing as stored, with its counters (kept in the same transaction as the ledger)."""
+
+    id: int
+    name: str
+    subject: str
+    from_addr: str
+    text_body: str | None
+    html_body: str | None
+    state: MailingState
+    position: int | None
+    schedule: Schedule | None
+    missed: bool
+    total: int
+    sent: int
+    failed: int
+    deferred: int
+    in_doubt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_error: str | None
+    parent_id: int | None = None
+
+    @property
+    def section(self) -> Section:
+        return self.state.section
+
+    @property
+    def remaining(self) -> int:
+        """Recipients who have not received it: pending, deferred or in doubt (anything not sent or failed)."""
+        return self.total - self.sent - self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One ledger row."""
+
+    id: int
+    mailing_id: int
+    email: str
+    name: str
+    tz: str
+    fields: dict[str, str]
+    state: RecipientState
+    attempts: int
+    in_doubt: bool
+    last_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedRow:
+    """A validated recipient row from a CSV file, ready to be stored."""
+
+    line: int
+    email: str
+    name: str = ""
+    tz: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A CSV row that was not imported, with its 1-based line number and the reason."""
+
+    line: int
+    reason: str
