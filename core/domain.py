@@ -78,6 +78,8 @@ class Mailing:
     finished_at: datetime | None
     last_error: str | None
     parent_id: int | None = None
+    rate: float = 0.0  # messages per second, as last recorded by the sender
+    fields: tuple[str, ...] = ()  # merge-field columns of the recipient files
 
     @property
     def section(self) -> Section:

@@ -1,0 +1,452 @@
+"""Message bytes for a mailing: the MIME skeleton is built once, render() fills in one recipient.
+
+This is the hot path of sending (issue 6): building an `EmailMessage` per recipient caps a sender at
+a few hundred messages a second, so `MessageTemplate.build` splits every template into literal text
+and merge-field slots once, precomputes every constant header and body, and `render` only joins
+strings, escapes, and encodes (base64 and quoted-printable through the C code in `binascii`).
+
+Header safety (issue 5): no CR, LF or NUL from a subject, name, address or merge value ever reaches
+a header; such a value raises `UserError` naming the field. Everything non-ASCII in a header is
+written as RFC 2047 encoded-words, except non-ASCII addresses, which RFC 6532 puts in raw UTF-8
+(the server must then offer SMTPUTF8).
+"""
+
+from __future__ import annotations
+
+import binascii
+import html
+import re
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from email.utils import format_datetime, getaddresses
+from functools import lru_cache
+from operator import itemgetter
+
+from .errors import UserError
+
+BUILTIN_FIELDS = frozenset({"email", "name"})
+
+# `{{ field }}`: the name is anything without braces, trimmed, so CSV columns such as "first name"
+# work; whitespace inside the braces is optional.
+_FIELD_RE = re.compile(r"\{\{\s*([^{}\s](?:[^{}]*[^{}\s])?)\s*\}\}")
+
+_MAX_LINE = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters
+_EW_BYTES = 42  # UTF-8 bytes per encoded-word: 56 base64 chars + 12 = 68, fits after "Subject: "
+_MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: a path is at most 256 octets including the brackets
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+# A word of at most 70 characters can always be moved to a continuation line within 78 columns.
+_ATOM_PHRASE = re.compile(rf"[{_ATEXT}]{{1,70}}(?: [{_ATEXT}]{{1,70}})*")
+_PLAIN_SUBJECT = re.compile(r"[!-~]{1,70}(?: [!-~]{1,70})*")
+# The common address, checked in one step; it cannot contain CR, LF or NUL.
+_SIMPLE_ADDRESS = re.compile(
+    rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
+)
+# RFC 6532 extends atext with every non-ASCII character (printability is checked separately).
+_DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*")
+_DOMAIN_LITERAL = re.compile(r"\[[!-Z^-~]*\]")
+_ID_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Za-z:.]+\]")
+
+_TEXT_HEADERS = (
+    b'Content-Type: text/plain; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
+_HTML_HEADERS = (
+    b'Content-Type: text/html; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
+
+
+def fields_used(*templates: str | None) -> set[str]:
+    """The merge-field names used as `{{ field }}` in any of the templates."""
+    used: set[str] = set()
+    for template in templates:
+        if template:
+            used.update(_FIELD_RE.findall(template))
+    return used
+
+
+def check_header_value(what: str, value: str) -> None:
+    """Refuse a value that would end a header line early (header injection)."""
+    if "\r" in value or "\n" in value or "\0" in value:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise UserError(
+            f"{what} contains a line break (CR/LF) or NUL character, which cannot go into a "
+            f"mail header: {shown!r}"
+        )
+
+
+def message_id(mailing_id: int, recipient_id: int, from_addr: str) -> str:
+    """The Message-ID of one recipient's copy: the same on every attempt, so duplicates show."""
+    return f"<m{mailing_id}.r{recipient_id}@{_id_domain(from_addr)}>"
+
+
+@lru_cache(maxsize=64)
+def _id_domain(from_addr: str) -> str:
+    _, addr = _parse_from(from_addr)
+    domain = addr.rpartition("@")[2]
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UserError(f"sender address {from_addr!r} has a domain that cannot be encoded") from None
+    if not _ID_DOMAIN.fullmatch(domain):
+        raise UserError(f"sender address {from_addr!r} has no valid domain")
+    return domain
+
+
+def _parse_from(from_addr: str) -> tuple[str, str]:
+    """(display name, address) of the sender, refusing anything but exactly one address."""
+    check_header_value("sender address", from_addr)
+    pairs = getaddresses([from_addr])
+    if len(pairs) != 1 or "@" not in pairs[0][1] or not pairs[0][1].rpartition("@")[2]:
+        raise UserError(f"sender address {from_addr!r} is not one email address")
+    return pairs[0]
+
+
+# --- header encoding -------------------------------------------------------------------------
+
+
+def _encoded_words(text: str) -> list[str]:
+    """RFC 2047 B encoded-words, each at most 68 characters, never splitting a character."""
+    data = text.encode("utf-8")
+    words = []
+    start, size = 0, len(data)
+    while start < size:
+        end = min(start + _EW_BYTES, size)
+        while end < size and 0x80 <= data[end] < 0xC0:  # a UTF-8 continuation byte
+            end -= 1
+        b64 = binascii.b2a_base64(data[start:end], newline=False).decode("ascii")
+        words.append(f"=?utf-8?b?{b64}?=")
+        start = end
+    return words
+
+
+def _fold(name: str, tokens: list[str]) -> str:
+    """`Name: tok tok ...` with CRLF SP before a token that would pass 78 columns.
+
+    Only used where the space between tokens carries no meaning or is restored by unfolding.
+    """
+    line = len(name) + 1
+    out = [name, ":"]
+    for token in tokens:
+        if line + 1 + len(token) > _MAX_LINE and line > len(name) + 1:
+            out.append("\r\n ")
+            line = 1 + len(token)
+        else:
+            out.append(" ")
+            line += 1 + len(token)
+        out.append(token)
+    out.append("\r\n")
+    return "".join(out)
+
+
+def _subject_line(subject: str) -> str:
+    if not subject:
+        return "Subject:\r\n"
+    if _PLAIN_SUBJECT.fullmatch(subject) and "=?" not in subject:
+        line = "Subject: " + subject
+        if len(line) <= _MAX_LINE:
+            return line + "\r\n"
+        return _fold("Subject", subject.split(" "))
+    # Encoded-words keep leading, trailing and repeated whitespace and anything non-ASCII exactly.
+    return _fold("Subject", _encoded_words(subject))
+
+
+def display_name(name: str) -> str:
+    """The display name as it is written: whitespace runs collapsed, ends trimmed, as mail
+    clients show it (and RFC 2047 decoders do not keep runs of spaces in a phrase)."""
+    return " ".join(name.split())
+
+
+def _phrase_tokens(name: str) -> list[str]:
+    """Tokens of an RFC 5322 phrase for a (normalised) display name."""
+    if "=?" not in name:
+        if _ATOM_PHRASE.fullmatch(name):
+            return name.split(" ")
+        if len(name) <= 70 and name.isascii() and name.isprintable():
+            return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
+    return _encoded_words(name)
+
+
+def _addr_spec(what: str, email: str) -> str:
+    """The address as it goes into a header, quoting the local part where RFC 5322 needs it."""
+    if len(email) <= _MAX_ADDRESS and _SIMPLE_ADDRESS.fullmatch(email):
+        return email
+    check_header_value(what, email)
+    local, at, domain = email.rpartition("@")
+    if not at or not local or not domain:
+        raise UserError(f"{what} is not an email address: {email!r}")
+    if len(email) > _MAX_ADDRESS:
+        raise UserError(f"{what} is longer than {_MAX_ADDRESS} characters")
+    # Tabs, controls and Unicode line/paragraph separators have no place in an address, and a
+    # raw U+2028 could still split a header for a reader that decodes UTF-8 and splits lines.
+    if not email.isprintable():
+        raise UserError(f"{what} contains a control or separator character: {email!r}")
+    if not (_DOT_ATOM_UTF8.fullmatch(domain) or _DOMAIN_LITERAL.fullmatch(domain)):
+        raise UserError(f"{what} has an invalid domain: {email!r}")
+    if not _DOT_ATOM_UTF8.fullmatch(local):
+        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{local}@{domain}"
+
+
+def _address_line(header: str, what: str, email: str, name: str) -> str:
+    addr = _addr_spec(what, email)
+    shown = display_name(name)
+    if not shown:
+        return f"{header}: {addr}\r\n"
+    if _ATOM_PHRASE.fullmatch(shown) and "=?" not in shown:  # the common case, in one step
+        line = f"{header}: {shown} <{addr}>"
+        if len(line) <= _MAX_LINE:
+            return line + "\r\n"
+    return _fold(header, [*_phrase_tokens(shown), f"<{addr}>"])
+
+
+# --- bodies ------------------------------------------------------------------------------------
+
+
+def _normalise_newlines(text: str) -> str:
+    if "\r" in text:
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def _quoted_printable(text: str) -> bytes:
+    """UTF-8, quoted-printable, CRLF line endings (text has LF endings only)."""
+    # With LF input b2a_qp writes LF for hard and soft line breaks and encodes every other
+    # control byte, so the only LF bytes in its output are line breaks.
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+
+
+class _Slots:
+    """A template pre-split into literals and merge-field slots, as one `%` format string."""
+
+    __slots__ = ("fields", "_format", "_get")
+
+    def __init__(self, template: str) -> None:
+        literals: list[str] = []
+        fields: list[str] = []
+        pos = 0
+        for match in _FIELD_RE.finditer(template):
+            literals.append(template[pos : match.start()])
+            fields.append(match.group(1))
+            pos = match.end()
+        literals.append(template[pos:])
+        self.fields = tuple(fields)
+        self._format = "%s".join(lit.replace("%", "%%") for lit in literals)
+        getter = itemgetter(*fields) if fields else None
+        # itemgetter of one key returns the bare value, of several a tuple
+        self._get = (lambda v, g=getter: (g(v),)) if len(fields) == 1 else getter
+
+    @property
+    def literal(self) -> str:
+        """The text itself (only meaningful when there are no fields)."""
+        return self._format.replace("%%", "%")
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        return self._format % self._get(values)
+
+    def fill_escaped(self, values: Mapping[str, str]) -> str:
+        return self._format % tuple(map(html.escape, self._get(values)))
+
+
+class _Body:
+    """One text/plain or text/html body: fixed bytes, or slots filled per recipient."""
+
+    __slots__ = ("_slots", "_escape", "_fixed")
+
+    def __init__(self, template: str, escape: bool) -> None:
+        text = _normalise_newlines(template)
+        if not text.endswith("\n"):
+            text += "\n"  # every part ends with a line break, so the boundary follows cleanly
+        self._slots = _Slots(text)
+        self._escape = escape
+        self._fixed = None if self._slots.fields else _quoted_printable(self._slots.literal)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self._slots.fields
+
+    def render(self, values: Mapping[str, str]) -> bytes:
+        if self._fixed is not None:
+            return self._fixed
+        if self._escape:
+            return _quoted_printable(_normalise_newlines(self._slots.fill_escaped(values)))
+        return _quoted_printable(_normalise_newlines(self._slots.fill(values)))
+
+
+def _choose_boundary(texts: Iterable[str]) -> str:
+    # "=_" never occurs in quoted-printable output ("=" is always followed by hex digits or a
+    # line break), so no body can contain this boundary; the random token and the check against
+    # the templates are belt and braces.
+    for _ in range(16):
+        boundary = "=_mailtower_" + secrets.token_hex(12)
+        if not any(boundary in text for text in texts):
+            return boundary
+    raise AssertionError("no boundary found")  # 16 collisions of 96 random bits: impossible
+
+
+# --- the template ------------------------------------------------------------------------------
+
+
+class MessageTemplate:
+    """One mailing's message, ready to render for each recipient."""
+
+    __slots__ = (
+        "mailing_id",
+        "subject_fields",
+        "fields",
+        "boundary",
+        "_from_line",
+        "_subject",
+        "_subject_fixed",
+        "_mid_prefix",
+        "_mid_suffix",
+        "_bodies",
+        "_separators",
+        "_date_second",
+        "_date_line",
+    )
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        mailing_id: int,
+        subject: str,
+        from_addr: str,
+        text: str | None,
+        html: str | None,
+        available_fields: Iterable[str],
+    ) -> MessageTemplate:
+        """Check the mailing's templates and build the skeleton; UserError says what is wrong."""
+        check_header_value("subject", subject)
+        sender_name, sender_addr = _parse_from(from_addr)
+        if not text and not html:
+            raise UserError("the mailing has no body: give a text body, an HTML body or both")
+        _check_fields_available(subject, text or None, html or None, available_fields)
+        return cls(mailing_id, subject, from_addr, sender_name, sender_addr, text or None, html or None)
+
+    def __init__(
+        self,
+        mailing_id: int,
+        subject: str,
+        from_addr: str,
+        sender_name: str,
+        sender_addr: str,
+        text: str | None,
+        html: str | None,
+    ) -> None:
+        self.mailing_id = mailing_id
+        self._from_line = _address_line("From", "sender address", sender_addr, sender_name).encode()
+        self._subject = _Slots(subject)
+        self.subject_fields = frozenset(self._subject.fields)
+        self._subject_fixed = (
+            None if self._subject.fields else _subject_line(subject).encode("ascii")
+        )
+        mid = message_id(mailing_id, 0, from_addr)
+        self._mid_prefix = f"Message-ID: <m{mailing_id}.r".encode("ascii")
+        self._mid_suffix = mid[mid.index("@") :].encode("ascii") + b"\r\n"
+
+        bodies = []
+        if text:
+            bodies.append(_Body(text, escape=False))
+        if html:
+            bodies.append(_Body(html, escape=True))
+        self._bodies = tuple(bodies)
+        self.fields = frozenset(self._subject.fields).union(*(b.fields for b in bodies))
+        if len(bodies) == 1:
+            self.boundary = None
+            self._separators = (
+                b"MIME-Version: 1.0\r\n" + (_TEXT_HEADERS if text else _HTML_HEADERS),
+                b"",
+            )
+        else:
+            self.boundary = _choose_boundary([subject, text or "", html or ""])
+            delimiter = b"--" + self.boundary.encode("ascii")
+            self._separators = (
+                b"MIME-Version: 1.0\r\n"
+                b'Content-Type: multipart/alternative;\r\n boundary="'
+                + self.boundary.encode("ascii")
+                + b'"\r\n\r\n'
+                + delimiter
+                + b"\r\n"
+                + _TEXT_HEADERS,
+                b"\r\n" + delimiter + b"\r\n" + _HTML_HEADERS,
+                b"\r\n" + delimiter + b"--\r\n",
+            )
+        self._date_second = -1
+        self._date_line = b""
+
+    def render(
+        self,
+        *,
+        recipient_id: int,
+        email: str,
+        name: str,
+        fields: Mapping[str, str],
+        now: float | None = None,
+    ) -> bytes:
+        """The complete message for one recipient, CRLF line endings, ready for SMTP DATA.
+
+        A field missing from `fields` renders as empty. `now` (epoch seconds) is for tests.
+        """
+        what = f"of recipient {recipient_id}"
+        if "\r" in name or "\n" in name or "\0" in name:
+            check_header_value(f"field 'name' {what}", name)
+        to_line = _address_line("To", f"field 'email' {what}", email, name)
+        values = {
+            field: email if field == "email" else name if field == "name" else fields.get(field) or ""
+            for field in self.fields
+        }
+        if self._subject_fixed is not None:
+            subject_line = self._subject_fixed
+        else:
+            for field in self._subject.fields:
+                check_header_value(f"merge field '{field}' {what} (used in the subject)", values[field])
+            subject_line = _subject_line(self._subject.fill(values)).encode("ascii")
+
+        pieces = [
+            self._from_line,
+            to_line.encode("utf-8"),
+            subject_line,
+            self._date(time.time() if now is None else now),
+            self._mid_prefix,
+            b"%d" % recipient_id,
+            self._mid_suffix,
+        ]
+        separators = self._separators
+        for index, body in enumerate(self._bodies):
+            pieces.append(separators[index])
+            pieces.append(body.render(values))
+        pieces.append(separators[-1])
+        return b"".join(pieces)
+
+    def _date(self, now: float) -> bytes:
+        # Formatting a date costs more than the rest of a header; one per second is enough.
+        second = int(now)
+        if second != self._date_second:
+            stamp = format_datetime(datetime.fromtimestamp(second, timezone.utc))
+            self._date_line = f"Date: {stamp}\r\n".encode("ascii")
+            self._date_second = second
+        return self._date_line
+
+
+def _check_fields_available(
+    subject: str, text: str | None, html: str | None, available_fields: Iterable[str]
+) -> None:
+    available = BUILTIN_FIELDS.union(available_fields)
+    for where, template in (("the subject", subject), ("the text body", text), ("the HTML body", html)):
+        missing = sorted(fields_used(template) - available)
+        if len(missing) == 1:
+            raise UserError(
+                f"merge field '{missing[0]}' is used in {where} but is not a column of the "
+                "recipient file"
+            )
+        if missing:
+            names = ", ".join(f"'{field}'" for field in missing)
+            raise UserError(
+                f"merge fields {names} are used in {where} but are not columns of the recipient file"
+            )

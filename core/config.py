@@ -1,0 +1,177 @@
+"""Settings: command-line flags, then MAILTOWER_* environment variables, then a TOML file, then defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import platformdirs
+
+from .errors import UserError
+
+TLS_MODES = ("none", "starttls", "tls")
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("mailtower")) / "mailtower.db"
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir("mailtower")) / "config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db: Path = field(default_factory=default_db_path)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_tls: str = "none"  # none | starttls | tls
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_verify: bool = True  # verify TLS certificates
+    smtp_timeout: float = 60.0  # seconds for a command reply
+    smtp_data_timeout: float = 300.0  # seconds for the reply to the final dot (RFC 5321 4.5.3.2.6)
+    connections: int = 4
+    rate: float = 0.0  # messages per second, 0 = unlimited
+    messages_per_connection: int = 1000  # reconnect after this many (0 = never)
+    helo_name: str = ""
+    batch_size: int = 0  # rows claimed per transaction; 0 = derived from connections
+    retry_base: float = 300.0  # first deferral wait, seconds
+    retry_max: float = 3600.0  # longest deferral wait
+    retry_max_age: float = 5 * 86400.0  # give up on a deferred recipient after this long
+    connect_backoff_max: float = 60.0
+    grace: float = 3600.0  # a schedule missed by less than this is still sent on start
+
+    def with_overrides(self, values: Mapping[str, Any]) -> "Settings":
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+# Environment variable -> setting name.
+ENV: dict[str, str] = {
+    "MAILTOWER_DB": "db",
+    "MAILTOWER_SMTP_HOST": "smtp_host",
+    "MAILTOWER_SMTP_PORT": "smtp_port",
+    "MAILTOWER_SMTP_TLS": "smtp_tls",
+    "MAILTOWER_SMTP_USER": "smtp_user",
+    "MAILTOWER_SMTP_PASSWORD": "smtp_password",
+    "MAILTOWER_SMTP_VERIFY": "smtp_verify",
+    "MAILTOWER_SMTP_TIMEOUT": "smtp_timeout",
+    "MAILTOWER_SMTP_DATA_TIMEOUT": "smtp_data_timeout",
+    "MAILTOWER_SMTP_CONNECTIONS": "connections",
+    "MAILTOWER_RATE": "rate",
+    "MAILTOWER_MESSAGES_PER_CONNECTION": "messages_per_connection",
+    "MAILTOWER_RETRY_BASE": "retry_base",
+    "MAILTOWER_RETRY_MAX": "retry_max",
+    "MAILTOWER_RETRY_MAX_AGE": "retry_max_age",
+    "MAILTOWER_GRACE": "grace",
+    "MAILTOWER_BATCH_SIZE": "batch_size",
+}
+
+
+def _convert(name: str, raw: Any, where: str) -> Any:
+    kinds = {f.name: f.type for f in fields(Settings)}
+    kind = kinds.get(name)
+    if kind is None:
+        raise UserError(f"{where}: unknown setting '{name}'")
+    try:
+        if kind == "Path":
+            return Path(str(raw)).expanduser()
+        if kind == "int":
+            value: Any = int(raw)
+            if value < 0:
+                raise ValueError
+            return value
+        if kind == "float":
+            value = float(raw)
+            if value < 0:
+                raise ValueError
+            return value
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return str(raw)
+    except ValueError:
+        raise UserError(f"{where}: '{raw}' is not a valid value for {name}") from None
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "smtp" and isinstance(value, dict):
+            for sub, v in value.items():
+                name = sub if sub in ("connections", "rate", "messages_per_connection") else f"smtp_{sub}"
+                flat[name] = _convert(name, v, f"{path} [smtp] {sub}")
+        elif key == "relays":
+            continue  # relay pools are read by the sender's relay configuration
+        else:
+            flat[key] = _convert(key, value, f"{path} {key}")
+    return flat
+
+
+def _password_from_file(path_text: str) -> str:
+    path = Path(path_text)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise UserError(f"MAILTOWER_SMTP_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserError(
+            f"MAILTOWER_SMTP_PASSWORD_FILE: {path} is readable by group or others; chmod 600 it first"
+        )
+    return path.read_text(encoding="utf-8").strip()
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, config_path: Path | None = None
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    path = config_path or Path(environ.get("MAILTOWER_CONFIG", "") or default_config_path())
+    values: dict[str, Any] = _from_toml(path)
+    for var, name in ENV.items():
+        if environ.get(var, "") != "":
+            values[name] = _convert(name, environ[var], var)
+    if environ.get("MAILTOWER_SMTP_PASSWORD_FILE"):
+        values["smtp_password"] = _password_from_file(environ["MAILTOWER_SMTP_PASSWORD_FILE"])
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    settings = Settings().with_overrides(values)
+    check_settings(settings)
+    return settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_settings(settings: Settings) -> None:
+    if settings.smtp_tls not in TLS_MODES:
+        raise UserError(f"MAILTOWER_SMTP_TLS: '{settings.smtp_tls}' must be one of {', '.join(TLS_MODES)}")
+    if not 1 <= settings.smtp_port <= 65535:
+        raise UserError(f"MAILTOWER_SMTP_PORT: {settings.smtp_port} is not a TCP port")
+    if settings.connections < 1:
+        raise UserError("MAILTOWER_SMTP_CONNECTIONS: at least one connection is needed")
+    if settings.smtp_tls == "none" and settings.smtp_password:
+        raise UserError(
+            "refusing to send an SMTP password over an unencrypted connection: set MAILTOWER_SMTP_TLS to starttls or tls"
+        )

@@ -1,0 +1,285 @@
+"""The one owner of mailing states and every transition between them.
+
+The CLI, the dashboard and the sender all change a mailing's state through `Lifecycle`; the
+rules themselves (`target_state`, `offers`) are plain functions so menus can show exactly what
+is allowed without touching the database.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from .domain import Mailing, MailingState, Section
+from .errors import RefusedTransition, UserError
+from .store import Store, Tx, iso
+from .timezones import Resolved, load_zone, resolve, tzdata_version, utcnow
+
+S = MailingState
+
+
+class Action(str, enum.Enum):
+    SCHEDULE = "schedule"
+    UNSCHEDULE = "unschedule"
+    SEND_NOW = "send-now"
+    PROMOTE = "promote"  # a due schedule joins the queue (the sender does this)
+    START = "start"  # the head of the queue begins sending (the sender)
+    YIELD = "yield"  # the sending mailing steps back to queued (reordered, or only retries left)
+    STOP = "stop"
+    RESTART = "restart"
+    COMPLETE = "complete"
+    DELETE = "delete"
+    MOVE = "move"
+
+
+# Which states each action may start from, and where it leads (None: the mailing is removed
+# or keeps its state).
+TRANSITIONS: dict[Action, tuple[frozenset[MailingState], MailingState | None]] = {
+    Action.SCHEDULE: (frozenset({S.DRAFT, S.SCHEDULED, S.STOPPED}), S.SCHEDULED),
+    Action.UNSCHEDULE: (frozenset({S.SCHEDULED}), S.DRAFT),
+    Action.SEND_NOW: (frozenset({S.DRAFT, S.SCHEDULED, S.STOPPED}), S.QUEUED),
+    Action.PROMOTE: (frozenset({S.SCHEDULED}), S.QUEUED),
+    Action.START: (frozenset({S.QUEUED}), S.SENDING),
+    Action.YIELD: (frozenset({S.SENDING}), S.QUEUED),
+    Action.STOP: (frozenset({S.QUEUED, S.SENDING}), S.STOPPED),
+    Action.RESTART: (frozenset({S.STOPPED}), S.QUEUED),
+    Action.COMPLETE: (frozenset({S.QUEUED, S.SENDING}), S.COMPLETED),
+    Action.DELETE: (frozenset({S.DRAFT, S.STOPPED, S.COMPLETED}), None),
+    Action.MOVE: (frozenset({S.QUEUED, S.SENDING}), None),
+}
+
+REFUSALS: dict[Action, str] = {
+    Action.SCHEDULE: "only a draft, scheduled or stopped mailing can be scheduled",
+    Action.UNSCHEDULE: "only a scheduled mailing has a schedule to cancel",
+    Action.SEND_NOW: "only a draft, scheduled or stopped mailing can be sent now",
+    Action.PROMOTE: "only a scheduled mailing can come due",
+    Action.START: "only a queued mailing can start sending",
+    Action.YIELD: "only the sending mailing can step back in the queue",
+    Action.STOP: "only a current (queued or sending) mailing can be stopped",
+    Action.RESTART: "only a stopped mailing can be restarted",
+    Action.COMPLETE: "only a current mailing can complete",
+    Action.DELETE: "only inactive mailings (draft, stopped, completed) can be deleted; stop it first",
+    Action.MOVE: "only current mailings have a place in the queue",
+}
+
+UNSCHEDULE_WHILE_SENDING = (
+    "a scheduled mailing cannot be cancelled while a mailing is being sent: stop the current "
+    "mailing first, cancel this schedule, then restart the stopped mailing"
+)
+
+
+def target_state(mailing: Mailing, action: Action, *, any_sending: bool) -> MailingState | None:
+    """Where `action` takes `mailing`, or RefusedTransition saying why it cannot."""
+    sources, target = TRANSITIONS[action]
+    if mailing.state not in sources:
+        raise RefusedTransition(f"mailing {mailing.id} is {mailing.state.value}: {REFUSALS[action]}")
+    if action is Action.UNSCHEDULE and any_sending:
+        raise RefusedTransition(f"mailing {mailing.id}: {UNSCHEDULE_WHILE_SENDING}")
+    return target
+
+
+class Direction(str, enum.Enum):
+    UP = "up"
+    DOWN = "down"
+    TOP = "top"
+    BOTTOM = "bottom"
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """One entry of the Actions menu: what, whether it can be done now, and if not, why."""
+
+    key: str  # stable id: "stop", "move-up", "schedule", "send-now", "unschedule", "restart", "remaining", "delete", "details"
+    label: str
+    enabled: bool = True
+    reason: str = ""
+    destructive: bool = False
+
+
+def offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
+    """The Actions menu of a mailing, as the seed describes it for its section."""
+    section = mailing.section
+    if section is Section.CURRENT:
+        return [
+            Offer("stop", "Cancel sending", destructive=True),
+            Offer("move-up", "Move up"),
+            Offer("move-down", "Move down"),
+            Offer("details", "Details"),
+        ]
+    if section is Section.SCHEDULED:
+        cancel = (
+            Offer("unschedule", "Cancel", enabled=False, reason=UNSCHEDULE_WHILE_SENDING)
+            if any_sending
+            else Offer("unschedule", "Cancel", destructive=True)
+        )
+        return [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now"), cancel, Offer("details", "Details")]
+    items: list[Offer] = []
+    if mailing.state is S.STOPPED:
+        items.append(Offer("restart", f"Restart ({mailing.remaining:,} remaining)"))
+    if mailing.state is not S.DRAFT:
+        items.append(Offer("remaining", "View remaining recipients"))
+    if mailing.state in (S.DRAFT, S.STOPPED):
+        items += [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now")]
+    items += [Offer("details", "Details"), Offer("delete", "Delete", destructive=True)]
+    return items
+
+
+class Lifecycle:
+    """Carries out transitions on a store, each in one transaction with its timeline event."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def _checked(self, tx: Tx, mailing_id: int, action: Action) -> tuple[Mailing, MailingState | None]:
+        mailing = await tx.mailing(mailing_id)
+        any_sending = await tx.any_sending() if action is Action.UNSCHEDULE else False
+        return mailing, target_state(mailing, action, any_sending=any_sending)
+
+    async def schedule(self, mailing_id: int, local: datetime, tz: str) -> Resolved:
+        """Schedule at a wall time in an IANA zone; refuses a time in the past."""
+        load_zone(tz)
+        resolved = resolve(local, tz)
+        if resolved.utc <= utcnow():
+            raise UserError(f"{local:%Y-%m-%d %H:%M} in {tz} is in the past; choose a later time")
+        async with self.store.write() as tx:
+            await self._checked(tx, mailing_id, Action.SCHEDULE)
+            await self.schedule_in(tx, mailing_id, resolved)
+        return resolved
+
+    async def schedule_in(self, tx: Tx, mailing_id: int, resolved: Resolved) -> None:
+        """The schedule write, inside a transaction the caller holds (also used when splitting by zone)."""
+        await tx.set_state(
+            mailing_id,
+            S.SCHEDULED,
+            position=None,
+            send_at_local=resolved.requested.strftime("%Y-%m-%dT%H:%M"),
+            tz=resolved.tz,
+            send_at_utc=iso(resolved.utc),
+            tzdata_version=tzdata_version(),
+            missed=0,
+            finished_at=None,
+        )
+        detail = f"for {resolved.requested:%Y-%m-%d %H:%M} {resolved.tz} ({iso(resolved.utc)})"
+        if resolved.warning:
+            detail += f"; {resolved.warning}"
+        await tx.add_event(mailing_id, "scheduled", detail)
+
+    async def unschedule(self, mailing_id: int) -> None:
+        async with self.store.write() as tx:
+            await self._checked(tx, mailing_id, Action.UNSCHEDULE)
+            await tx.set_state(
+                mailing_id, S.DRAFT, send_at_local=None, tz=None, send_at_utc=None, tzdata_version=None, missed=0
+            )
+            await tx.add_event(mailing_id, "schedule cancelled", "kept as a draft")
+
+    async def send_now(self, mailing_id: int) -> None:
+        async with self.store.write() as tx:
+            mailing, _ = await self._checked(tx, mailing_id, Action.SEND_NOW)
+            await self._enqueue(tx, mailing_id, "send now" if mailing.state is not S.STOPPED else "restarted")
+
+    async def promote(self, mailing_id: int, late_by_seconds: float) -> bool:
+        """A due schedule joins the bottom of the queue (False if it was changed meanwhile)."""
+        async with self.store.write() as tx:
+            mailing = await tx.mailing(mailing_id)
+            if mailing.state is not S.SCHEDULED or mailing.missed:
+                return False
+            target_state(mailing, Action.PROMOTE, any_sending=False)
+            detail = "schedule came due" + (f" ({late_by_seconds:.0f} s late)" if late_by_seconds >= 60 else "")
+            await self._enqueue(tx, mailing_id, detail)
+            return True
+
+    async def mark_missed(self, mailing_id: int, late_by_seconds: float) -> None:
+        """Too late to send without asking: stays in Scheduled, marked, for the operator to decide."""
+        async with self.store.write() as tx:
+            mailing = await tx.mailing(mailing_id)
+            if mailing.state is not S.SCHEDULED or mailing.missed:
+                return
+            await tx.update_mailing(
+                mailing_id,
+                missed=1,
+                last_error=f"missed its send time by {late_by_seconds / 60:.0f} min while no sender was running; "
+                "send now or reschedule",
+            )
+            await tx.add_event(mailing_id, "missed", f"sender was not running at the due time; {late_by_seconds:.0f} s late")
+
+    async def restart(self, mailing_id: int) -> None:
+        async with self.store.write() as tx:
+            await self._checked(tx, mailing_id, Action.RESTART)
+            await self._enqueue(tx, mailing_id, "restarted (remaining recipients only)")
+
+    async def _enqueue(self, tx: Tx, mailing_id: int, why: str) -> None:
+        position = await tx.bottom_position()
+        await tx.set_state(mailing_id, S.QUEUED, position=position, finished_at=None, missed=0, last_error=None)
+        await tx.add_event(mailing_id, "queued", why)
+
+    async def start(self, mailing_id: int) -> bool:
+        async with self.store.write() as tx:
+            mailing = await tx.mailing(mailing_id)
+            if mailing.state is not S.QUEUED:
+                return False
+            await tx.set_state(mailing_id, S.SENDING, started_at=iso(mailing.started_at or tx.now))
+            await tx.add_event(mailing_id, "started" if mailing.started_at is None else "resumed")
+            return True
+
+    async def yield_turn(self, mailing_id: int, why: str) -> None:
+        async with self.store.write() as tx:
+            mailing = await tx.mailing(mailing_id)
+            if mailing.state is S.SENDING:
+                await tx.set_state(mailing_id, S.QUEUED)
+                await tx.add_event(mailing_id, "paused", why)
+
+    async def stop(self, mailing_id: int) -> Mailing:
+        async with self.store.write() as tx:
+            await self._checked(tx, mailing_id, Action.STOP)
+            await tx.set_state(mailing_id, S.STOPPED, position=None, finished_at=iso(tx.now))
+            await tx.add_event(mailing_id, "stopped", "by the operator")
+            await self._close_gaps(tx)
+        return await self.store.mailing(mailing_id)
+
+    async def complete_in(self, tx: Tx, mailing: Mailing) -> bool:
+        """Inside the sender's results transaction: complete when nobody is left to send to."""
+        if mailing.state not in TRANSITIONS[Action.COMPLETE][0] or mailing.remaining > 0:
+            return False
+        await tx.set_state(mailing.id, S.COMPLETED, position=None, finished_at=iso(tx.now), rate=0)
+        await tx.add_event(mailing.id, "completed", f"{mailing.sent:,} sent, {mailing.failed:,} failed")
+        await self._close_gaps(tx)
+        return True
+
+    async def complete_if_done(self, mailing_id: int) -> bool:
+        async with self.store.write() as tx:
+            return await self.complete_in(tx, await tx.mailing(mailing_id))
+
+    async def delete(self, mailing_id: int) -> None:
+        async with self.store.write() as tx:
+            await self._checked(tx, mailing_id, Action.DELETE)
+            await tx.delete_mailing(mailing_id)
+
+    async def move(self, mailing_id: int, direction: Direction) -> int:
+        """Reorder the queue; returns the mailing's new 1-based position."""
+        async with self.store.write() as tx:
+            await self._checked(tx, mailing_id, Action.MOVE)
+            order = [mid for mid, _ in await tx.queue()]
+            index = order.index(mailing_id)
+            order.pop(index)
+            new_index = {
+                Direction.UP: max(index - 1, 0),
+                Direction.DOWN: min(index + 1, len(order)),
+                Direction.TOP: 0,
+                Direction.BOTTOM: len(order),
+            }[direction]
+            order.insert(new_index, mailing_id)
+            await tx.set_positions(order)
+            if new_index != index:
+                await tx.add_event(mailing_id, "moved", f"to position {new_index + 1} of {len(order)}")
+            return new_index + 1
+
+    async def _close_gaps(self, tx: Tx) -> None:
+        await tx.set_positions([mid for mid, _ in await tx.queue()])
+
+    async def note_error(self, mailing_id: int, error: str | None, *, event: str | None = None) -> None:
+        """Record why a mailing is waiting (SMTP down, login refused) without changing its state."""
+        async with self.store.write() as tx:
+            await tx.update_mailing(mailing_id, last_error=error)
+            if event:
+                await tx.add_event(mailing_id, event, error or "")

@@ -1,0 +1,268 @@
+"""Streaming reader of recipient CSV files.
+
+The file is read one physical line at a time, so memory stays flat whatever its size. Structural
+problems (the file as a whole cannot be trusted) raise ImportRejected; the caller imports inside one
+transaction and rolls back, so a file is imported entirely or not at all. Problems with one row are
+reported through `on_reject` and the row is skipped. Duplicate addresses are left to the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import re
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from email_validator import EmailNotValidError, validate_email
+
+from .domain import ImportedRow, RejectedRow
+from .errors import ImportRejected
+
+__all__ = ["read_header", "read_recipients", "normalize_address"]
+
+_BOM = b"\xef\xbb\xbf"
+# A physical line longer than this is not a recipient list; bounding it keeps memory flat even
+# for a file without newlines.
+MAX_LINE_BYTES = 1 << 20
+# Python's email package treats every str.splitlines() boundary as a line break, so all of them
+# (not only CR and LF) could split a header; NUL is refused by SMTP servers.
+_HEADER_BREAKERS = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_RESERVED = ("email", "name", "tz")
+_ZONE_CACHE_MAX = 4096
+
+# The common ASCII dot-atom local part (RFC 5322 3.2.3), exactly what email_validator accepts
+# without further work. Anything else takes the full validation path.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+# RFC 2142 role mailboxes, which email_validator lowercases; they take the full path.
+_ROLE_MAILBOXES = frozenset(
+    ["info", "marketing", "sales", "support", "abuse", "noc", "security", "postmaster",
+     "hostmaster", "usenet", "news", "webmaster", "www", "uucp", "ftp"]
+)
+_MAX_ADDRESS_BYTES = 254  # RFC 5321 4.5.3.1.3 path limit minus the angle brackets
+
+
+class _Reader(Protocol):
+    """What we use of a csv.reader (its class is not importable)."""
+
+    line_num: int
+
+    def __next__(self) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Domain:
+    normalized: str
+    longest_bytes: int  # longest UTF-8 length among the raw, normalized and ASCII forms
+
+
+@functools.lru_cache(maxsize=16384)
+def _check_domain(domain: str) -> _Domain | None:
+    """Validate a domain once for every address that uses it; None if it is not valid."""
+    try:
+        result = validate_email("x@" + domain, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    forms = (domain, result.domain, result.ascii_domain or result.domain)
+    return _Domain(result.domain, max(len(form.encode("utf-8")) for form in forms))
+
+
+def normalize_address(address: str) -> str:
+    """The normalized form of an address (as email_validator gives it); EmailNotValidError if invalid.
+
+    Plain ASCII local parts with a domain seen before cost a regex match and a cache lookup; every
+    other address goes through the full email_validator check.
+    """
+    local, at, domain = address.rpartition("@")
+    if at and _DOT_ATOM.match(local) and local.lower() not in _ROLE_MAILBOXES:
+        checked = _check_domain(domain)
+        if checked is not None and len(local) + 1 + checked.longest_bytes <= _MAX_ADDRESS_BYTES:
+            return local + "@" + checked.normalized
+    return validate_email(address, check_deliverability=False).normalized
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where each column of a parsed header goes."""
+
+    names: list[str]
+    email: int
+    name: int | None
+    tz: int | None
+    fields: list[tuple[int, str]]
+
+
+def read_header(path: Path) -> list[str]:
+    """Column names (BOM removed, stripped), for checking merge fields before an import."""
+    with _open(path) as source:
+        reader = csv.reader(_lines(source, path), strict=True)
+        return _parse_header(reader, path).names
+
+
+def read_recipients(
+    path: Path,
+    *,
+    header_fields: Collection[str] = (),
+    valid_zone: Callable[[str], bool] = lambda z: True,
+    on_reject: Callable[[RejectedRow], None],
+) -> Iterator[ImportedRow]:
+    """Yield each valid recipient row; report each invalid one to `on_reject`.
+
+    `header_fields` names merge fields whose values reach a mail header (the subject): a line break
+    or NUL in them rejects the row, as it does in `name`. Raises ImportRejected (while iterating) on
+    a structural problem, naming the file and line.
+    """
+    guarded = frozenset(header_fields)
+    zone_ok = _bounded_memo(valid_zone)
+    with _open(path) as source:
+        reader = csv.reader(_lines(source, path), strict=True)
+        layout = _parse_header(reader, path)
+        guarded_columns = [(i, f) for i, f in layout.fields if f in guarded]
+        width = len(layout.names)
+        for line, cells in _rows(reader, path):
+            if not cells:
+                continue
+            if len(cells) != width:
+                if len(cells) > width:
+                    raise ImportRejected(
+                        f"{path}: line {line}: {len(cells)} cells but the header has {width} columns"
+                    )
+                cells += [""] * (width - len(cells))  # spreadsheets drop trailing empty cells
+            outcome = _check_row(line, cells, layout, guarded_columns, zone_ok)
+            if isinstance(outcome, ImportedRow):
+                yield outcome
+            elif outcome is not None:
+                on_reject(outcome)
+
+
+def _check_row(
+    line: int,
+    cells: list[str],
+    layout: _Layout,
+    guarded_columns: list[tuple[int, str]],
+    zone_ok: Callable[[str], bool],
+) -> ImportedRow | RejectedRow | None:
+    """The row as a recipient, the reason it is refused, or None for a row of blank cells."""
+    raw_email = cells[layout.email].strip()
+    if not raw_email:
+        if not any(cell.strip() for cell in cells):
+            return None
+        return RejectedRow(line, "empty email")
+    try:
+        email = normalize_address(raw_email)
+    except EmailNotValidError as exc:
+        return RejectedRow(line, f"invalid email address {raw_email!r}: {exc}")
+    name = cells[layout.name].strip() if layout.name is not None else ""
+    if _HEADER_BREAKERS.search(name):
+        return RejectedRow(line, "name contains a line break or NUL (not allowed in a mail header)")
+    for index, field in guarded_columns:
+        if _HEADER_BREAKERS.search(cells[index]):
+            return RejectedRow(
+                line, f"field {field!r} contains a line break or NUL (it is used in the subject)"
+            )
+    tz = cells[layout.tz].strip() if layout.tz is not None else ""
+    if tz and not zone_ok(tz):
+        return RejectedRow(line, f"unknown time zone {tz!r}")
+    fields = {field: cells[index] for index, field in layout.fields}
+    return ImportedRow(line=line, email=email, name=name, tz=tz, fields=fields)
+
+
+def _bounded_memo(check: Callable[[str], bool]) -> Callable[[str], bool]:
+    """Remember answers for a bounded number of distinct zones (a file has few, a hostile one many)."""
+    seen: dict[str, bool] = {}
+
+    def memo(zone: str) -> bool:
+        answer = seen.get(zone)
+        if answer is None:
+            answer = bool(check(zone))
+            if len(seen) < _ZONE_CACHE_MAX:
+                seen[zone] = answer
+        return answer
+
+    return memo
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise ImportRejected(f"{path}: cannot read the file: {exc.strerror or exc}") from exc
+
+
+def _lines(source: BinaryIO, path: Path) -> Iterator[str]:
+    """Decoded physical lines, endings kept (the csv module needs them inside quoted fields)."""
+    number = 0
+    while True:
+        try:
+            raw = source.readline(MAX_LINE_BYTES + 1)
+        except OSError as exc:
+            raise ImportRejected(f"{path}: line {number + 1}: read error: {exc.strerror or exc}") from exc
+        if not raw:
+            return
+        number += 1
+        if number == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+        if len(raw) > MAX_LINE_BYTES:
+            raise ImportRejected(f"{path}: line {number}: longer than {MAX_LINE_BYTES} bytes")
+        if b"\x00" in raw:
+            raise ImportRejected(f"{path}: line {number}: contains a NUL byte (not a text file?)")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportRejected(
+                f"{path}: line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                f"{exc.start + 1}); save the file as UTF-8"
+            ) from exc
+
+
+def _rows(reader: _Reader, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(physical line where the row starts, cells); CSV syntax errors become ImportRejected."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ImportRejected(f"{path}: line {line}: malformed CSV: {_csv_reason(exc)}") from exc
+        yield line, row
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    text = str(exc)
+    if "new-line character" in text:
+        return "a carriage return inside an unquoted field (save the file with LF or CRLF line endings)"
+    if "unexpected end of data" in text:
+        return "a quoted field is not closed before the end of the file"
+    if "field larger than field limit" in text:
+        return "a field is too large"
+    return text
+
+
+def _parse_header(reader: _Reader, path: Path) -> _Layout:
+    header: list[str] | None = None
+    line = 0
+    for line, row in _rows(reader, path):
+        if any(cell.strip() for cell in row):
+            header = row
+            break
+    if header is None:
+        raise ImportRejected(f"{path}: the file is empty (a header row with an 'email' column is required)")
+    names = [cell.strip() for cell in header]
+    seen: dict[str, int] = {}
+    for column, name in enumerate(names, 1):
+        if not name:
+            raise ImportRejected(f"{path}: line {line}: column {column} of the header has no name")
+        key = name.lower() if name.lower() in _RESERVED else name
+        if key in seen:
+            raise ImportRejected(
+                f"{path}: line {line}: duplicate column {name!r} (columns {seen[key]} and {column})"
+            )
+        seen[key] = column
+    reserved = {key: seen[key] - 1 for key in _RESERVED if key in seen}
+    if "email" not in reserved:
+        raise ImportRejected(f"{path}: line {line}: the header has no 'email' column")
+    fields = [(i, name) for i, name in enumerate(names) if name.lower() not in _RESERVED]
+    return _Layout(names, reserved["email"], reserved.get("name"), reserved.get("tz"), fields)

@@ -1,0 +1,471 @@
+"""The asyncio sender: promotes due schedules, sends the head of the queue over K persistent
+SMTP connections, and records every outcome in the ledger in batches.
+
+Shape: one feeder per head mailing claims batches of ledger rows (writing the previous
+batch's outcomes in the same transaction) and puts them on a queue; K workers, each with its
+own connection, take rows off the queue and send them. The feeder keeps the queue topped up
+ahead of the workers, so connections never wait for a ledger write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from .compose import MessageTemplate
+from .config import Settings
+from .domain import Mailing, MailingState, RecipientState, Section
+from .lease import SenderLease
+from .lifecycle import Lifecycle
+from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
+from .smtp_client import ConnectFailed, Relay, SmtpConnection
+from .smtp_replies import Outcome as ReplyOutcome, Verdict
+from .store import Claimed, Outcome, Store, parse_iso
+
+log = logging.getLogger("mailtower.sender")
+
+CONTROL_INTERVAL = 0.5  # seconds between checks for stops, reorders and due schedules
+FLUSH_INTERVAL = 0.25  # longest an acknowledged outcome waits before it is written
+RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasing a row
+
+
+class LeaseHeld(Exception):
+    """Another process is the sender for this database."""
+
+
+@dataclass(eq=False)
+class HeadRun:
+    """The state of sending one mailing (the head of the queue)."""
+
+    mailing: Mailing
+    template: MessageTemplate
+    outcomes: list[Outcome] = field(default_factory=list)
+    queued: int = 0  # rows on the work queue
+    inflight: int = 0
+    halt: bool = False
+    halt_reason: str = ""
+    exhausted: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    run: HeadRun
+    row: Claimed
+
+
+class RateLimiter:
+    """Spaces messages to a rate; slows down after throttling replies and recovers gradually."""
+
+    def __init__(self, rate: float) -> None:
+        self.configured = rate
+        self.factor = 1.0
+        self._next = 0.0
+        self._throttled_at = 0.0
+        self.measured = 0.0
+
+    def throttle(self) -> None:
+        self.factor = max(self.factor / 2, 0.05)
+        self._throttled_at = time.monotonic()
+
+    def _effective(self) -> float:
+        if self.factor < 1.0 and time.monotonic() - self._throttled_at > 10:
+            self.factor = min(1.0, self.factor * 1.25)
+            self._throttled_at = time.monotonic()
+        if self.configured > 0:
+            return self.configured * self.factor
+        if self.factor < 1.0:
+            return max(self.measured * self.factor, 1.0)
+        return 0.0
+
+    async def acquire(self) -> None:
+        rate = self._effective()
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        slot = max(self._next, now)
+        self._next = slot + 1.0 / rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class Sender:
+    """Run with `await sender.run()`; `request_stop()` ends it gracefully; `snapshot` is live."""
+
+    def __init__(self, settings: Settings, *, what: str = "mailtower run") -> None:
+        self.settings = settings
+        self.relay = Relay.from_settings(settings)
+        self.lease = SenderLease(settings.db)
+        self.what = what
+        self.snapshot = SenderSnapshot()
+        self.meter = RateMeter()
+        self.limiter = RateLimiter(settings.rate)
+        self._stopping = asyncio.Event()
+        self._work: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._store: Store | None = None
+        self._lifecycle: Lifecycle | None = None
+        self._connect_backoff = 1.0
+        self._waiting_reason = ""
+        self._last_status_write = 0.0
+
+    # ---- public --------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self, until_idle: bool = False) -> None:
+        if not self.lease.acquire(self.what):
+            holder = self.lease.holder()
+            raise LeaseHeld(f"another sender is running on {self.settings.db}: {holder.describe() if holder else 'unknown'}")
+        try:
+            self._store = await Store.open(self.settings.db)
+            self._lifecycle = Lifecycle(self._store)
+            try:
+                await self._main(until_idle)
+            finally:
+                await self._write_status(force=True, state=SenderState.STOPPED)
+                await self._store.close()
+        finally:
+            self.lease.release()
+
+    # ---- main loop -----------------------------------------------------------------------
+
+    async def _main(self, until_idle: bool) -> None:
+        store, lifecycle = self._need()
+        recovered = await store.recover_in_doubt()
+        if recovered:
+            log.warning("%d recipients were in flight when the last sender stopped; sending them again", recovered)
+        await self._sweep_stale_sending()
+        workers = [asyncio.create_task(self._worker(i)) for i in range(self.settings.connections)]
+        try:
+            while not self.stopping:
+                await self._promote_due()
+                head = await self._pick_head()
+                if head is None:
+                    await self._publish_idle()
+                    if until_idle and await self._nothing_left():
+                        return
+                    await self._sleep(CONTROL_INTERVAL)
+                    continue
+                await self._send_head(head)
+        finally:
+            for _ in workers:
+                self._work.put_nowait(None)
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def _need(self) -> tuple[Store, Lifecycle]:
+        assert self._store is not None and self._lifecycle is not None
+        return self._store, self._lifecycle
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _sweep_stale_sending(self) -> None:
+        """A mailing left `sending` by a dead sender steps back to queued until it is picked again."""
+        store, lifecycle = self._need()
+        for mailing in await store.mailings(Section.CURRENT):
+            if mailing.state is MailingState.SENDING:
+                await lifecycle.yield_turn(mailing.id, "the sender restarted")
+
+    async def _promote_due(self) -> None:
+        store, lifecycle = self._need()
+        now = datetime.now(timezone.utc)
+        for mailing in await store.mailings(Section.SCHEDULED):
+            if mailing.missed or mailing.schedule is None or mailing.schedule.utc > now:
+                continue
+            late = (now - mailing.schedule.utc).total_seconds()
+            if late <= self.settings.grace:
+                await lifecycle.promote(mailing.id, late)
+            else:
+                await lifecycle.mark_missed(mailing.id, late)
+
+    async def _pick_head(self) -> Mailing | None:
+        """The first current mailing in queue order that has something due to send now."""
+        store, lifecycle = self._need()
+        for mailing in await store.mailings(Section.CURRENT):
+            if await store.has_due_work(mailing.id):
+                return await store.mailing(mailing.id)
+            if mailing.remaining == 0:
+                await lifecycle.complete_if_done(mailing.id)
+        return None
+
+    async def _nothing_left(self) -> bool:
+        store, _ = self._need()
+        if await store.mailings(Section.CURRENT):
+            return False
+        return not any(not m.missed for m in await store.mailings(Section.SCHEDULED))
+
+    # ---- one head mailing ----------------------------------------------------------------
+
+    async def _send_head(self, mailing: Mailing) -> None:
+        store, lifecycle = self._need()
+        template = MessageTemplate.build(
+            mailing_id=mailing.id,
+            subject=mailing.subject,
+            from_addr=mailing.from_addr,
+            text=mailing.text_body,
+            html=mailing.html_body,
+            available_fields=mailing.fields,
+        )
+        if mailing.state is MailingState.QUEUED and not await lifecycle.start(mailing.id):
+            return
+        run = HeadRun(mailing=mailing, template=template)
+        batch = self.settings.batch_size or max(50, self.settings.connections * 25)
+        last_flush = last_control = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if run.halt:
+                break
+            if not run.exhausted and run.queued < batch // 2:
+                await self._flush_and_claim(run, batch)
+                last_flush = time.monotonic()
+            elif run.outcomes and now - last_flush >= FLUSH_INTERVAL:
+                await self._flush_and_claim(run, 0)
+                last_flush = time.monotonic()
+            if now - last_control >= CONTROL_INTERVAL:
+                last_control = now
+                await self._control(run)
+            if run.exhausted and run.queued == 0 and run.inflight == 0:
+                break
+            run.wake.clear()
+            try:
+                await asyncio.wait_for(run.wake.wait(), timeout=FLUSH_INTERVAL)
+            except TimeoutError:
+                pass
+        await self._finish_head(run)
+
+    async def _flush_and_claim(self, run: HeadRun, claim: int) -> None:
+        store, _ = self._need()
+        outcomes, run.outcomes = run.outcomes, []
+        claimed, mailing = await store.record_and_claim(run.mailing.id, outcomes, claim, rate=self.meter.rate())
+        run.mailing = mailing
+        if mailing.state is not MailingState.SENDING:
+            self._halt(run, f"mailing {mailing.id} is now {mailing.state.value}")
+        elif claim and not claimed:
+            run.exhausted = True
+        for row in claimed:
+            run.queued += 1
+            self._work.put_nowait(Job(run, row))
+        await self._publish(run)
+
+    async def _control(self, run: HeadRun) -> None:
+        """Notice a stop, a reorder or a due schedule made by anyone, within a second."""
+        store, _ = self._need()
+        await self._promote_due()
+        current = await store.mailings(Section.CURRENT)
+        if not any(m.id == run.mailing.id and m.state is MailingState.SENDING for m in current):
+            self._halt(run, "stopped")
+            return
+        for mailing in current:
+            if mailing.id == run.mailing.id:
+                break
+            if await store.has_due_work(mailing.id):
+                self._halt(run, f"mailing {mailing.id} is ahead in the queue")
+                return
+        if self.stopping:
+            self._halt(run, "the sender is shutting down")
+        await self._write_status()
+
+    def _halt(self, run: HeadRun, why: str) -> None:
+        if not run.halt:
+            run.halt = True
+            run.halt_reason = why
+        run.wake.set()
+
+    async def _finish_head(self, run: HeadRun) -> None:
+        """Release rows nobody started, wait for those in flight, write everything down."""
+        store, lifecycle = self._need()
+        self._drain_queue(run)
+        deadline = time.monotonic() + self.settings.smtp_data_timeout + 30
+        while run.inflight and time.monotonic() < deadline:
+            run.wake.clear()
+            try:
+                await asyncio.wait_for(run.wake.wait(), timeout=0.5)
+            except TimeoutError:
+                pass
+        self._drain_queue(run)
+        _, mailing = await store.record_and_claim(run.mailing.id, run.outcomes, 0, rate=self.meter.rate())
+        run.outcomes = []
+        if mailing.state is MailingState.SENDING and not await lifecycle.complete_if_done(mailing.id):
+            if run.halt:
+                await lifecycle.yield_turn(mailing.id, run.halt_reason)
+            elif not await store.has_due_work(mailing.id):
+                await lifecycle.yield_turn(mailing.id, "only recipients waiting for a retry are left")
+        await self._publish(run)
+
+    def _drain_queue(self, run: HeadRun) -> None:
+        """Take this run's unstarted rows off the work queue and release them back to pending."""
+        kept: list[Job | None] = []
+        while not self._work.empty():
+            job = self._work.get_nowait()
+            if job is not None and job.run is run:
+                run.queued -= 1
+                run.outcomes.append(Outcome(job.row.id, RecipientState.PENDING, counted_attempt=False))
+            else:
+                kept.append(job)
+        for job in kept:
+            self._work.put_nowait(job)
+
+    # ---- workers -------------------------------------------------------------------------
+
+    async def _worker(self, index: int) -> None:
+        conn = SmtpConnection(self.relay)
+        try:
+            while True:
+                job = await self._work.get()
+                if job is None:
+                    return
+                run = job.run
+                run.queued -= 1
+                if run.halt:
+                    run.outcomes.append(Outcome(job.row.id, RecipientState.PENDING, counted_attempt=False))
+                    run.wake.set()
+                    continue
+                run.inflight += 1
+                try:
+                    outcome = await self._deliver(conn, run, job.row)
+                    run.outcomes.append(outcome)
+                finally:
+                    run.inflight -= 1
+                    run.wake.set()
+                limit = self.settings.messages_per_connection
+                if limit and conn.sent_on_connection >= limit:
+                    await conn.close()
+        finally:
+            await conn.close()
+
+    async def _deliver(self, conn: SmtpConnection, run: HeadRun, row: Claimed) -> Outcome:
+        """Send one row, reconnecting as needed; always returns what to write to the ledger."""
+        retries = 0
+        while True:
+            if not conn.connected:
+                if not await self._connect(conn, run):
+                    return Outcome(row.id, RecipientState.PENDING, counted_attempt=False)
+            await self.limiter.acquire()
+            message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
+            verdict = await conn.send(run.mailing.from_addr, row.email, message)
+            if verdict.throttle:
+                self.limiter.throttle()
+            if verdict.outcome is ReplyOutcome.SENT:
+                self.meter.add()
+                self.limiter.measured = self.meter.rate()
+                self.snapshot = bumped(self.snapshot, last_accept_at=time.time())
+                return Outcome(row.id, RecipientState.SENT, verdict.code, None)
+            if verdict.outcome is ReplyOutcome.RECONNECT:
+                if verdict.in_doubt:
+                    return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True)
+                retries += 1
+                if retries > RECONNECT_RETRIES or run.halt or self.stopping:
+                    return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, counted_attempt=False)
+                await self._backoff_sleep(min(2.0**retries * 0.1, self.settings.connect_backoff_max))
+                continue
+            if verdict.outcome is ReplyOutcome.PAUSE:
+                self._set_waiting(f"login refused: {verdict.text}")
+                return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, counted_attempt=False)
+            if verdict.outcome is ReplyOutcome.FAIL:
+                return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text)
+            return self._deferral(row, verdict)
+
+    def _deferral(self, row: Claimed, verdict: Verdict) -> Outcome:
+        now = time.time()
+        first = row.first_deferred_at or now
+        if now - first >= self.settings.retry_max_age:
+            return Outcome(
+                row.id,
+                RecipientState.FAILED,
+                verdict.code,
+                f"gave up after {(now - first) / 3600:.1f} h of temporary failures; last: {verdict.text}",
+            )
+        wait = min(self.settings.retry_base * (2 ** min(row.attempts, 20)), self.settings.retry_max)
+        return Outcome(row.id, RecipientState.DEFERRED, verdict.code, verdict.text, next_attempt_at=now + wait)
+
+    async def _connect(self, conn: SmtpConnection, run: HeadRun) -> bool:
+        """Connect, backing off while the server is down; False if the run ended meanwhile."""
+        while not (run.halt or self.stopping):
+            try:
+                await conn.connect()
+            except ConnectFailed as exc:
+                self._set_waiting(exc.verdict.text)
+                await self._note_waiting(run)
+                await self._backoff_sleep(self._connect_backoff)
+                self._connect_backoff = min(self._connect_backoff * 2, self.settings.connect_backoff_max)
+                continue
+            self._connect_backoff = 1.0
+            if self._waiting_reason:
+                self._waiting_reason = ""
+                store, lifecycle = self._need()
+                await lifecycle.note_error(run.mailing.id, None, event="resumed")
+            return True
+        return False
+
+    async def _backoff_sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    def _set_waiting(self, reason: str) -> None:
+        self.snapshot = bumped(self.snapshot, state=SenderState.WAITING, reason=reason)
+
+    async def _note_waiting(self, run: HeadRun) -> None:
+        reason = self.snapshot.reason
+        if reason and reason != self._waiting_reason:
+            self._waiting_reason = reason
+            _, lifecycle = self._need()
+            await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event="waiting")
+
+    # ---- progress ------------------------------------------------------------------------
+
+    async def _publish(self, run: HeadRun) -> None:
+        store, _ = self._need()
+        rate = self.meter.rate()
+        current = await store.mailings(Section.CURRENT)
+        estimates = queue_estimates(current, rate)
+        progress = {
+            m.id: replace(progress_of(m, rate if m.id == run.mailing.id else 0.0), eta=estimates.get(m.id))
+            for m in current
+        }
+        state = SenderState.WAITING if self._waiting_reason else SenderState.SENDING
+        self.snapshot = bumped(
+            self.snapshot,
+            state=state,
+            reason=self._waiting_reason,
+            rate=rate,
+            head_id=run.mailing.id,
+            mailings=progress,
+        )
+
+    async def _publish_idle(self) -> None:
+        if self.snapshot.state is not SenderState.IDLE or self.snapshot.head_id is not None:
+            self.snapshot = bumped(self.snapshot, state=SenderState.IDLE, reason="", rate=0.0, head_id=None, mailings={})
+        await self._write_status()
+
+    async def _write_status(self, force: bool = False, state: SenderState | None = None) -> None:
+        """Once a second, tell other processes (monitoring dashboards, status) how sending goes."""
+        now = time.monotonic()
+        if not force and now - self._last_status_write < 1.0:
+            return
+        self._last_status_write = now
+        store = self._store
+        if store is None:
+            return
+        snap = self.snapshot
+        await store.put_meta(
+            {
+                "sender_state": (state or snap.state).value,
+                "sender_reason": snap.reason,
+                "sender_rate": f"{snap.rate:.3f}",
+                "sender_last_accept": f"{snap.last_accept_at or 0:.3f}",
+                "sender_heartbeat": f"{time.time():.3f}",
+            }
+        )

@@ -1,0 +1,120 @@
+"""A local SMTP sink on 127.0.0.1 (aiosmtpd) for the demo and the tests.
+
+It records every accepted recipient and can inject faults: a reply chosen per recipient at
+RCPT or after DATA, latency, or a dropped connection. It runs in its own thread with its own
+event loop, so a busy client loop never slows the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer, Envelope, Session
+
+# A fault rule gets (stage, recipient address, attempt number for that address) and returns an
+# SMTP reply line such as "450 4.2.0 try later", or None to accept. Stage is "rcpt" or "data".
+FaultRule = Callable[[str, str, int], str | None]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Delivery:
+    recipient: str
+    message_id: str
+    size: int
+
+
+@dataclass
+class SinkHandler:
+    fault: FaultRule | None = None
+    latency: float = 0.0
+    deliveries: list[Delivery] = field(default_factory=list)
+    attempts: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        with self.lock:
+            self.attempts[address.lower()] += 1
+            attempt = self.attempts[address.lower()]
+        reply = self.fault("rcpt", address, attempt) if self.fault else None
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        data = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
+        accepted = []
+        for rcpt in envelope.rcpt_tos:
+            reply = self.fault("data", rcpt, self.attempts[rcpt.lower()]) if self.fault else None
+            if reply:
+                return reply
+            accepted.append(rcpt)
+        headers = BytesHeaderParser().parsebytes(data)
+        message_id = str(headers.get("Message-ID", ""))
+        with self.lock:
+            self.deliveries.extend(Delivery(r, message_id, len(data)) for r in accepted)
+        return "250 2.0.0 OK queued"
+
+
+class Sink:
+    """Start with `start()`, stop with `stop()`; `port` is where it listens."""
+
+    def __init__(self, *, fault: FaultRule | None = None, latency: float = 0.0, port: int | None = None) -> None:
+        self.handler = SinkHandler(fault=fault, latency=latency)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._controller: Controller | None = None
+
+    def start(self) -> "Sink":
+        self._controller = Controller(
+            self.handler, hostname=self.host, port=self.port, ready_timeout=10, server_kwargs={"data_size_limit": 0}
+        )
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def __enter__(self) -> "Sink":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        with self.handler.lock:
+            return list(self.handler.deliveries)
+
+    def received(self) -> Counter[str]:
+        """How many times each recipient address was accepted."""
+        return Counter(d.recipient.lower() for d in self.deliveries)
+
+
+def demo_fault(stage: str, address: str, attempt: int) -> str | None:
+    """The demo's occasional trouble: a few temporary refusals (sent on retry) and rare bounces."""
+    bucket = sum(address.encode()) % 97
+    if stage == "rcpt" and bucket == 13:
+        return "550 5.1.1 mailbox unavailable"
+    if stage == "rcpt" and bucket in (7, 42) and attempt == 1:
+        return "450 4.2.1 mailbox busy, try again later"
+    return None

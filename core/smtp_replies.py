@@ -1,0 +1,292 @@
+"""The one classification of SMTP replies and transport failures (RFC 5321 codes, RFC 3463 enhanced
+codes), as an ordered table: the first row whose conditions all hold decides.
+
+Every sender decision about a reply (sent, retry later, give up, reconnect, pause the mailing,
+slow down) comes from here, so the policy can be read and changed in one place: `RULES`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+__all__ = [
+    "Failure", "Outcome", "RULES", "Rule", "Stage", "Throttle", "Verdict",
+    "classify", "classify_failure", "find_rule", "parse_enhanced",
+]
+
+MAX_TEXT = 300  # enough for any useful reply, short enough for last_error and a table cell
+
+
+class Stage(str, Enum):
+    """The command whose reply is being judged."""
+
+    CONNECT = "connect"  # the greeting, or the TCP/TLS connection itself
+    HELO = "helo"  # EHLO/HELO and STARTTLS
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"  # the reply to the DATA command (354 expected)
+    DOT = "dot"  # the reply to the final "." of the message
+
+
+class Outcome(str, Enum):
+    SENT = "sent"  # 2xx (3xx to DATA/AUTH): at DOT the message is delivered, earlier: go on
+    DEFER = "defer"  # temporary: recipient or transaction deferred, retried later with backoff
+    FAIL = "fail"  # permanent failure of the recipient / message; the reply is kept
+    RECONNECT = "reconnect"  # close, reconnect with backoff, retry the transaction
+    PAUSE = "pause"  # the server refuses us (login, sender, session): pause, nobody failed
+    RETRY_LATER_FEWER = "retry_later_fewer"  # too many recipients: retry it in a new transaction
+
+
+class Throttle(str, Enum):
+    """Whether a reply asks the sender to slow down."""
+
+    NO = "no"
+    YES = "yes"
+    # Only when the text speaks of rates or volume and the enhanced code (if any) is X.7.x:
+    # many servers say "451 4.7.1 rate limited" but greylisting also uses 4.7.1.
+    BY_WORDING = "by_wording"
+
+
+Failure = Literal["disconnect", "timeout", "refused"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    code: int | None
+    enhanced: str | None  # "5.1.1"
+    text: str  # one line, trimmed to MAX_TEXT
+    throttle: bool  # the sender should slow down
+    new_connection: bool  # open a new connection before the next transaction
+    in_doubt: bool  # the connection broke after the final dot: the server may have the message
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the table. Empty conditions match anything; all given conditions must hold.
+
+    `enhanced` patterns are written without the class digit: "X.5.3", or "X.7.*" for a subject.
+    Rows with `failures` match only transport failures; all others only replies.
+    """
+
+    name: str
+    outcome: Outcome
+    why: str
+    codes: frozenset[int] = frozenset()
+    classes: frozenset[int] = frozenset()  # first digit of the reply code
+    enhanced: frozenset[str] = frozenset()
+    without_enhanced: bool = False  # only when the reply has no enhanced code
+    wording: re.Pattern[str] | None = None
+    stages: frozenset[Stage] = frozenset()
+    failures: frozenset[str] = frozenset()
+    throttle: Throttle = Throttle.NO
+    new_connection: bool = False
+    in_doubt: bool = False
+
+
+def _codes(*codes: int) -> frozenset[int]:
+    return frozenset(codes)
+
+
+def _stages(*stages: Stage) -> frozenset[Stage]:
+    return frozenset(stages)
+
+
+def _enh(*patterns: str) -> frozenset[str]:
+    return frozenset(patterns)
+
+
+_ALL_FAILURES = frozenset(["disconnect", "timeout", "refused"])
+_TOO_MANY_RECIPIENTS = re.compile(r"too many recipients", re.IGNORECASE)
+# Rate / volume wording, checked only with an X.7.x code or none (see Throttle.BY_WORDING).
+RATE_WORDING = re.compile(
+    r"\brate\b|\brate[- ]?limit|too many|throttl|slow down|\bbusy\b|\bvolume\b|exceeded", re.IGNORECASE
+)
+_PAUSE_STAGES = _stages(Stage.CONNECT, Stage.HELO, Stage.AUTH)
+
+RULES: tuple[Rule, ...] = (
+    # --- transport failures (no reply) ---
+    Rule("refused-login", Outcome.PAUSE, failures=frozenset(["refused"]), stages=_stages(Stage.AUTH),
+         why="we refused to log in (e.g. no encryption): settings must change; nobody touched"),
+    Rule("lost-after-dot", Outcome.RECONNECT, failures=_ALL_FAILURES, stages=_stages(Stage.DOT),
+         new_connection=True, in_doubt=True,
+         why="the message was sent but no reply came: the server may have stored it"),
+    Rule("lost", Outcome.RECONNECT, failures=_ALL_FAILURES, new_connection=True,
+         why="connection refused, dropped or timed out before the final dot: nobody in doubt"),
+    # --- positive replies ---
+    Rule("positive", Outcome.SENT, classes=_codes(2),
+         why="2xx: accepted (at DOT: delivered to the server)"),
+    Rule("intermediate", Outcome.SENT, classes=_codes(3), stages=_stages(Stage.DATA, Stage.AUTH),
+         why="3xx where one is expected (354 to DATA, 334 AUTH challenge): go on"),
+    # --- the server is closing ---
+    Rule("closing", Outcome.RECONNECT, codes=_codes(421), throttle=Throttle.YES, new_connection=True,
+         why="421 at any stage: the server closes the channel; reconnect later and retry"),
+    Rule("nonsense-after-dot", Outcome.RECONNECT, stages=_stages(Stage.DOT), classes=_codes(0, 1, 3, 6, 7, 8, 9),
+         new_connection=True, in_doubt=True,
+         why="a reply to the final dot that is not 2xx/4xx/5xx: the server's state is unknown"),
+    Rule("nonsense", Outcome.RECONNECT, classes=_codes(0, 1, 3, 6, 7, 8, 9), new_connection=True,
+         why="a reply code the protocol does not allow here: start over on a new connection"),
+    # --- authentication (RFC 4954) ---
+    Rule("auth-refused", Outcome.PAUSE, codes=_codes(530, 534, 535, 538, 432),
+         why="authentication required / refused / too weak / needs encryption: pause, nobody failed"),
+    Rule("auth-refused-enhanced", Outcome.PAUSE, classes=_codes(4, 5), enhanced=_enh("X.7.8", "X.7.9", "X.7.11", "X.7.12"),
+         why="enhanced code for invalid credentials, weak or unencrypted mechanism, password change"),
+    Rule("auth-temporary", Outcome.RECONNECT, classes=_codes(4), stages=_stages(Stage.AUTH), new_connection=True,
+         why="temporary authentication failure (454 4.7.0): log in again later"),
+    Rule("auth-other", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.AUTH),
+         why="the server will not let us log in (mechanism unsupported, ...): pause"),
+    # --- greeting and EHLO: no transaction yet ---
+    Rule("session-temporary", Outcome.RECONNECT, classes=_codes(4), stages=_stages(Stage.CONNECT, Stage.HELO),
+         throttle=Throttle.BY_WORDING, new_connection=True,
+         why="temporary refusal of the session: nobody touched; reconnect with backoff"),
+    Rule("session-refused", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.CONNECT, Stage.HELO),
+         throttle=Throttle.BY_WORDING,
+         why="the server refuses this client (554 greeting, EHLO refused): no recipient is at fault"),
+    # --- too many recipients (RFC 5321 4.5.3.1.10, RFC 3463 X.5.3) ---
+    Rule("too-many-recipients", Outcome.RETRY_LATER_FEWER, classes=_codes(4, 5), enhanced=_enh("X.5.3"),
+         why="X.5.3 too many recipients: not a recipient failure, retry it in a new transaction"),
+    Rule("too-many-recipients-wording", Outcome.RETRY_LATER_FEWER, codes=_codes(452, 552), without_enhanced=True,
+         wording=_TOO_MANY_RECIPIENTS,
+         why="452/552 'too many recipients' from a server without enhanced codes"),
+    Rule("552-at-rcpt", Outcome.DEFER, codes=_codes(552), stages=_stages(Stage.RCPT), without_enhanced=True,
+         why="RFC 5321 4.5.3.1.10: treat 552 to RCPT as temporary (it was RFC 821's 'too many recipients')"),
+    # --- mailbox full ---
+    Rule("mailbox-full", Outcome.DEFER, classes=_codes(4, 5), enhanced=_enh("X.2.2"),
+         throttle=Throttle.BY_WORDING,
+         why="X.2.2 mailbox full: the owner may make room, so defer even under 5xx"),
+    # --- the sender is refused: the same for every recipient ---
+    Rule("sender-refused", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.MAIL),
+         throttle=Throttle.BY_WORDING,
+         why="5xx to MAIL FROM (sender address, size, policy): would fail everyone alike; pause"),
+    # --- temporary ---
+    Rule("throttled-454", Outcome.DEFER, codes=_codes(454), throttle=Throttle.YES,
+         why="454 outside AUTH: temporary refusal, commonly a rate limit: defer and slow down"),
+    Rule("transient", Outcome.DEFER, classes=_codes(4), throttle=Throttle.BY_WORDING,
+         why="450/451/452 and other 4xx: defer with backoff"),
+    # --- permanent ---
+    Rule("message-refused", Outcome.FAIL, codes=_codes(554), stages=_stages(Stage.DOT), throttle=Throttle.BY_WORDING,
+         why="554 after the final dot: this message failed"),
+    Rule("message-policy", Outcome.FAIL, classes=_codes(5), enhanced=_enh("X.7.*"), stages=_stages(Stage.DOT),
+         throttle=Throttle.BY_WORDING,
+         why="5.7.x after the final dot (policy, spam, DMARC): this message failed"),
+    Rule("recipient-refused", Outcome.FAIL, codes=_codes(550, 551, 553), throttle=Throttle.BY_WORDING,
+         why="550/551/553: mailbox unavailable, not local, name not allowed"),
+    Rule("bad-address", Outcome.FAIL, classes=_codes(5), enhanced=_enh("X.1.*"),
+         why="5.1.x: bad destination address"),
+    Rule("permanent", Outcome.FAIL, classes=_codes(5), throttle=Throttle.BY_WORDING,
+         why="any other 5xx: permanent failure"),
+)
+
+
+_ENHANCED = re.compile(r"^\s*(?:\d{3}[ -])?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+
+
+def parse_enhanced(text: str) -> str | None:
+    """The RFC 3463 enhanced status code at the start of the reply text ("5.1.1"), or None."""
+    match = _ENHANCED.match(text)
+    if match is None:
+        return None
+    klass, subject, detail = match.groups()
+    return f"{klass}.{int(subject)}.{int(detail)}"
+
+
+def find_rule(
+    code: int | None, text: str, stage: Stage, failure: Failure | None = None
+) -> tuple[Rule, str | None]:
+    """The first matching row of RULES, and the parsed enhanced code."""
+    enhanced = parse_enhanced(text) if failure is None else None
+    key = "X" + enhanced[1:] if enhanced else None
+    for rule in RULES:
+        if _matches(rule, code, text, stage, failure, key):
+            return rule, enhanced
+    raise AssertionError(f"no rule for {code} {stage}")  # 'permanent'/'nonsense'/'lost' cover all
+
+
+def _matches(rule: Rule, code: int | None, text: str, stage: Stage, failure: str | None, key: str | None) -> bool:
+    if (failure is None) == bool(rule.failures):
+        return False
+    if failure is not None:
+        return failure in rule.failures and (not rule.stages or stage in rule.stages)
+    assert code is not None
+    return (
+        (not rule.codes or code in rule.codes)
+        and (not rule.classes or code // 100 in rule.classes or (code < 100 or code > 599) and 0 in rule.classes)
+        and (not rule.stages or stage in rule.stages)
+        and (not rule.enhanced or key is not None and _enhanced_matches(rule.enhanced, key))
+        and (not rule.without_enhanced or key is None)
+        and (rule.wording is None or rule.wording.search(text) is not None)
+    )
+
+
+def _enhanced_matches(patterns: frozenset[str], key: str) -> bool:
+    if key in patterns:
+        return True
+    subject = key[: key.rindex(".") + 1] + "*"
+    return subject in patterns
+
+
+def classify(code: int, text: str, stage: Stage) -> Verdict:
+    """Judge one SMTP reply to the command at `stage`."""
+    rule, enhanced = find_rule(code, text, stage)
+    return Verdict(
+        outcome=rule.outcome,
+        code=code,
+        enhanced=enhanced,
+        text=one_line(text),
+        throttle=_throttles(rule.throttle, text, enhanced),
+        new_connection=rule.new_connection,
+        in_doubt=rule.in_doubt,
+    )
+
+
+def classify_failure(kind: Failure, stage: Stage, detail: str) -> Verdict:
+    """Judge a connection that was refused, dropped or timed out while waiting at `stage`."""
+    rule, _ = find_rule(None, detail, stage, kind)
+    return Verdict(
+        outcome=rule.outcome,
+        code=None,
+        enhanced=None,
+        text=one_line(f"{_FAILURE_WORDS[kind]} {_STAGE_WORDS[stage]}: {detail}"),
+        throttle=_throttles(rule.throttle, detail, None),
+        new_connection=rule.new_connection,
+        in_doubt=rule.in_doubt,
+    )
+
+
+_FAILURE_WORDS: dict[str, str] = {
+    "disconnect": "connection lost",
+    "timeout": "timed out",
+    "refused": "refused",
+}
+_STAGE_WORDS: dict[Stage, str] = {
+    Stage.CONNECT: "while connecting",
+    Stage.HELO: "at EHLO",
+    Stage.AUTH: "at login",
+    Stage.MAIL: "at MAIL FROM",
+    Stage.RCPT: "at RCPT TO",
+    Stage.DATA: "at DATA",
+    Stage.DOT: "after the final dot",
+}
+
+
+def _throttles(throttle: Throttle, text: str, enhanced: str | None) -> bool:
+    if throttle is Throttle.BY_WORDING:
+        return (enhanced is None or enhanced[1:].startswith(".7.")) and RATE_WORDING.search(text) is not None
+    return throttle is Throttle.YES
+
+
+_CONTINUATION_CODE = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\s+")
+
+
+def one_line(text: str) -> str:
+    """A reply (possibly multi-line) as one trimmed line, enhanced codes not repeated per line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        lines = lines[:1] + [_CONTINUATION_CODE.sub("", line) for line in lines[1:]]
+    flat = " ".join(" ".join(line.split()) for line in lines)
+    flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
+    return flat if len(flat) <= MAX_TEXT else flat[: MAX_TEXT - 1] + "…"

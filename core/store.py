@@ -1,0 +1,737 @@
+"""The one place that speaks SQL: mailings, the per-recipient ledger, events, settings.
+
+One SQLite file in WAL mode. Every write happens inside `Store.write()`, a BEGIN IMMEDIATE
+transaction, so two processes on one database never interleave half-done changes. Mailing
+counters are updated in the same transaction as the ledger rows they summarise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .domain import (
+    ImportedRow,
+    Mailing,
+    MailingState,
+    Recipient,
+    RecipientState,
+    Schedule,
+    Section,
+)
+from .errors import NotFound, UserError
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE mailings (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        from_addr TEXT NOT NULL,
+        text_body TEXT,
+        html_body TEXT,
+        fields TEXT NOT NULL DEFAULT '[]',
+        state TEXT NOT NULL,
+        position INTEGER,
+        send_at_local TEXT,
+        tz TEXT,
+        send_at_utc TEXT,
+        tzdata_version TEXT,
+        missed INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        deferred INTEGER NOT NULL DEFAULT 0,
+        in_doubt INTEGER NOT NULL DEFAULT 0,
+        rate REAL NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        updated_at TEXT NOT NULL,
+        last_error TEXT,
+        parent_id INTEGER
+    );
+    CREATE INDEX mailings_state ON mailings(state, position);
+    CREATE TABLE recipients (
+        id INTEGER PRIMARY KEY,
+        mailing_id INTEGER NOT NULL,
+        email TEXT NOT NULL,
+        email_key TEXT NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        tz TEXT NOT NULL DEFAULT '',
+        fields TEXT NOT NULL DEFAULT '{}',
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        in_doubt INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        first_deferred_at REAL,
+        last_code INTEGER,
+        last_error TEXT,
+        updated_at REAL
+    );
+    CREATE UNIQUE INDEX recipients_key ON recipients(mailing_id, email_key);
+    CREATE INDEX recipients_work ON recipients(mailing_id, state, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        mailing_id INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_mailing ON events(mailing_id, id);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL, changed_at TEXT NOT NULL);
+    """,
+}
+
+# Recipient states that count as "not received yet".
+REMAINING_STATES = (RecipientState.PENDING.value, RecipientState.SENDING.value, RecipientState.DEFERRED.value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+MAILING_COLUMNS = (
+    "id, name, subject, from_addr, text_body, html_body, state, position, send_at_local, tz, "
+    "send_at_utc, tzdata_version, missed, total, sent, failed, deferred, in_doubt, created_at, "
+    "started_at, finished_at, last_error, parent_id, rate, fields"
+)
+# The list views never need the bodies; leaving them out keeps 10,000-row sections cheap.
+MAILING_LIST_COLUMNS = MAILING_COLUMNS.replace("text_body, html_body", "NULL, NULL")
+
+
+def _mailing_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Mailing:
+    schedule = None
+    if row[8] and row[9] and row[10]:
+        schedule = Schedule(
+            local=datetime.fromisoformat(row[8]),
+            tz=row[9],
+            utc=parse_iso(row[10]),  # type: ignore[arg-type]
+            tzdata_version=row[11] or "",
+        )
+    return Mailing(
+        id=row[0],
+        name=row[1],
+        subject=row[2],
+        from_addr=row[3],
+        text_body=row[4],
+        html_body=row[5],
+        state=MailingState(row[6]),
+        position=row[7],
+        schedule=schedule,
+        missed=bool(row[12]),
+        total=row[13],
+        sent=row[14],
+        failed=row[15],
+        deferred=row[16],
+        in_doubt=row[17],
+        created_at=parse_iso(row[18]),  # type: ignore[arg-type]
+        started_at=parse_iso(row[19]),
+        finished_at=parse_iso(row[20]),
+        last_error=row[21],
+        parent_id=row[22],
+        rate=row[23] or 0.0,
+        fields=tuple(json.loads(row[24] or "[]")),
+    )
+
+
+def _recipient_from_row(row: tuple[Any, ...]) -> Recipient:
+    return Recipient(
+        id=row[0],
+        mailing_id=row[1],
+        email=row[2],
+        name=row[3],
+        tz=row[4],
+        fields=json.loads(row[5]) if row[5] and row[5] != "{}" else {},
+        state=RecipientState(row[6]),
+        attempts=row[7],
+        in_doubt=bool(row[8]),
+        last_code=row[9],
+        last_error=row[10],
+        next_attempt_at=datetime.fromtimestamp(row[11], timezone.utc) if row[11] else None,
+    )
+
+
+RECIPIENT_COLUMNS = (
+    "id, mailing_id, email, name, tz, fields, state, attempts, in_doubt, last_code, last_error, next_attempt_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A ledger row claimed for sending (state `sending` is on disk)."""
+
+    id: int
+    email: str
+    name: str
+    fields: dict[str, str]
+    attempts: int
+    first_deferred_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one claimed row, to be written in the next batch."""
+
+    recipient_id: int
+    state: RecipientState  # SENT, FAILED, DEFERRED, or PENDING (released, not attempted)
+    code: int | None = None
+    text: str | None = None
+    next_attempt_at: float | None = None
+    in_doubt: bool = False  # released because the connection broke after the final dot
+    counted_attempt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    imported: int
+    duplicates: list[int]  # line numbers of rows whose address was already in the mailing
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file readable by its owner only, before SQLite opens it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+class Tx:
+    """SQL available inside one write transaction. Only `lifecycle` calls `set_state`."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+        self.now = utcnow()
+
+    async def mailing(self, mailing_id: int) -> Mailing:
+        async with self.db.execute(f"SELECT {MAILING_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no mailing with id {mailing_id}")
+        return _mailing_from_row(row)
+
+    async def any_sending(self) -> bool:
+        async with self.db.execute("SELECT 1 FROM mailings WHERE state = 'sending' LIMIT 1") as cur:
+            return await cur.fetchone() is not None
+
+    async def set_state(self, mailing_id: int, state: MailingState, **columns: Any) -> None:
+        columns["state"] = state.value
+        columns["updated_at"] = iso(self.now)
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        await self.db.execute(
+            f"UPDATE mailings SET {assignments} WHERE id = ?", (*columns.values(), mailing_id)
+        )
+
+    async def update_mailing(self, mailing_id: int, **columns: Any) -> None:
+        if "state" in columns:
+            raise ValueError("mailing state is written only through the lifecycle")
+        columns["updated_at"] = iso(self.now)
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        await self.db.execute(
+            f"UPDATE mailings SET {assignments} WHERE id = ?", (*columns.values(), mailing_id)
+        )
+
+    async def bottom_position(self) -> int:
+        async with self.db.execute(
+            "SELECT COALESCE(MAX(position), 0) + 1 FROM mailings WHERE state IN ('queued', 'sending')"
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0])  # type: ignore[index]
+
+    async def queue(self) -> list[tuple[int, int]]:
+        """(id, position) of current mailings in queue order."""
+        async with self.db.execute(
+            "SELECT id, position FROM mailings WHERE state IN ('queued', 'sending') ORDER BY position, id"
+        ) as cur:
+            return [(r[0], r[1]) for r in await cur.fetchall()]
+
+    async def set_positions(self, order: list[int]) -> None:
+        await self.db.executemany(
+            "UPDATE mailings SET position = ? WHERE id = ?", [(i + 1, mid) for i, mid in enumerate(order)]
+        )
+
+    async def add_event(self, mailing_id: int, kind: str, detail: str = "") -> None:
+        await self.db.execute(
+            "INSERT INTO events (mailing_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (mailing_id, iso(self.now), kind, detail),
+        )
+
+    async def move_recipients(self, source_id: int, target_id: int, zones: list[str]) -> int:
+        """Move not-yet-sent recipients of some zones to another mailing, with their counters."""
+        marks = ",".join("?" * len(zones))
+        cur = await self.db.execute(
+            f"UPDATE recipients SET mailing_id = ? WHERE mailing_id = ? AND tz IN ({marks}) AND state = 'pending'",
+            (target_id, source_id, *zones),
+        )
+        moved = cur.rowcount
+        await self.db.execute("UPDATE mailings SET total = total - ? WHERE id = ?", (moved, source_id))
+        await self.db.execute("UPDATE mailings SET total = total + ? WHERE id = ?", (moved, target_id))
+        return moved
+
+    async def delete_mailing(self, mailing_id: int) -> None:
+        await self.db.execute("DELETE FROM recipients WHERE mailing_id = ?", (mailing_id,))
+        await self.db.execute("DELETE FROM events WHERE mailing_id = ?", (mailing_id,))
+        await self.db.execute("DELETE FROM mailings WHERE id = ?", (mailing_id,))
+
+    async def insert_mailing(
+        self,
+        *,
+        name: str,
+        subject: str,
+        from_addr: str,
+        text_body: str | None,
+        html_body: str | None,
+        fields: Iterable[str],
+        parent_id: int | None = None,
+    ) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO mailings (name, subject, from_addr, text_body, html_body, fields, state, "
+            "created_at, updated_at, parent_id) VALUES (?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?)",
+            (
+                name,
+                subject,
+                from_addr,
+                text_body,
+                html_body,
+                json.dumps(sorted(fields)),
+                iso(self.now),
+                iso(self.now),
+                parent_id,
+            ),
+        )
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    async def import_rows(self, mailing_id: int, rows: Iterator[ImportedRow], chunk: int = 5000) -> ImportSummary:
+        """Insert validated rows; duplicates of an address already in the mailing are reported, not inserted.
+
+        Rows are consumed in chunks so memory stays flat; the caller's transaction makes the file
+        all-or-nothing when the iterator raises part-way.
+        """
+        imported = 0
+        duplicates: list[int] = []
+        batch: list[ImportedRow] = []
+
+        async def flush() -> None:
+            nonlocal imported
+            fresh = await self._without_duplicates(mailing_id, batch, duplicates)
+            await self.db.executemany(
+                "INSERT INTO recipients (mailing_id, email, email_key, name, tz, fields) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (mailing_id, r.email, r.email.lower(), r.name, r.tz, json.dumps(r.fields) if r.fields else "{}")
+                    for r in fresh
+                ],
+            )
+            imported += len(fresh)
+
+        # The CSV reader is iterated here in slices, yielding between chunks so other
+        # coroutines (the dashboard) keep running during a large import.
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= chunk:
+                await flush()
+                batch = []
+                await asyncio.sleep(0)
+        if batch:
+            await flush()
+        await self.db.execute(
+            "UPDATE mailings SET total = total + ?, updated_at = ? WHERE id = ?", (imported, iso(self.now), mailing_id)
+        )
+        return ImportSummary(imported=imported, duplicates=duplicates)
+
+    async def _without_duplicates(
+        self, mailing_id: int, batch: list[ImportedRow], duplicates: list[int]
+    ) -> list[ImportedRow]:
+        """Drop rows whose mailbox is already in the mailing or earlier in the chunk, noting their lines."""
+        keys = list({r.email.lower() for r in batch})
+        async with self.db.execute(
+            f"SELECT email_key FROM recipients WHERE mailing_id = ? AND email_key IN ({','.join('?' * len(keys))})",
+            (mailing_id, *keys),
+        ) as cur:
+            seen = {row[0] for row in await cur.fetchall()}
+        fresh: list[ImportedRow] = []
+        for r in batch:
+            key = r.email.lower()
+            if key in seen:
+                duplicates.append(r.line)
+            else:
+                seen.add(key)
+                fresh.append(r)
+        return fresh
+
+
+class Store:
+    """An open database. Use `await Store.open(path)`; close with `await store.close()`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str) -> "Store":
+        path = Path(path)
+        if not path.exists():
+            _create_private_file(path)
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA busy_timeout = 30000")
+        await db.execute("PRAGMA foreign_keys = ON")
+        store = cls(db, path)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _migrate(self) -> None:
+        async with self.write() as tx:
+            await tx.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            async with tx.db.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+                row = await cur.fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise UserError(
+                    f"{self.path}: database schema version {current} is newer than this mailtower ({SCHEMA_VERSION})"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        await tx.db.execute(statement)
+                await tx.db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),)
+                )
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        """One BEGIN IMMEDIATE transaction; commits on success, rolls back on any exception."""
+        async with self._write_lock:
+            await self._begin_immediate()
+            tx = Tx(self.db)
+            try:
+                yield tx
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            else:
+                await self.db.execute("COMMIT")
+
+    async def _begin_immediate(self) -> None:
+        # busy_timeout covers most contention; a bounded retry covers the rest without crashing.
+        for attempt in range(50):
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
+        raise UserError(f"{self.path}: the database stayed busy; try again")
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def mailing(self, mailing_id: int) -> Mailing:
+        async with self.db.execute(f"SELECT {MAILING_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no mailing with id {mailing_id}")
+        return _mailing_from_row(row)
+
+    async def mailings(self, section: Section | None = None) -> list[Mailing]:
+        """Mailings of one section (or all), in the order the dashboard shows them."""
+        order = {
+            Section.CURRENT: "position, id",
+            Section.SCHEDULED: "send_at_utc, id",
+            Section.INACTIVE: "COALESCE(finished_at, updated_at) DESC, id DESC",
+        }
+        if section is None:
+            sql = f"SELECT {MAILING_LIST_COLUMNS} FROM mailings ORDER BY id"
+            params: tuple[Any, ...] = ()
+        else:
+            states = [s.value for s in MailingState if s.section is section]
+            sql = (
+                f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE state IN ({','.join('?' * len(states))}) "
+                f"ORDER BY {order[section]}"
+            )
+            params = tuple(states)
+        async with self.db.execute(sql, params) as cur:
+            return [_mailing_from_row(r) for r in await cur.fetchall()]
+
+    async def sections(self) -> dict[Section, list[Mailing]]:
+        return {section: await self.mailings(section) for section in Section}
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap 'did anything change?' probe."""
+        async with self.db.execute("PRAGMA data_version") as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def remaining(
+        self, mailing_id: int, *, after_id: int = 0, limit: int = 200, search: str = ""
+    ) -> list[Recipient]:
+        """A page of recipients who have not received the mailing, in ledger order."""
+        sql = (
+            f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE mailing_id = ? AND state IN ('pending', 'sending', 'deferred') "
+            "AND id > ?"
+        )
+        params: list[Any] = [mailing_id, after_id]
+        if search:
+            sql += " AND (email LIKE ? OR name LIKE ? OR last_error LIKE ?)"
+            like = f"%{search}%"
+            params += [like, like, like]
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        async with self.db.execute(sql, params) as cur:
+            return [_recipient_from_row(r) for r in await cur.fetchall()]
+
+    async def remaining_ids_at(self, mailing_id: int, offset: int) -> int:
+        """Id just before the `offset`-th remaining row (for paging by position)."""
+        async with self.db.execute(
+            "SELECT id FROM recipients WHERE mailing_id = ? AND state IN ('pending', 'sending', 'deferred') "
+            "ORDER BY id LIMIT 1 OFFSET ?",
+            (mailing_id, offset),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) - 1 if row else 0
+
+    async def recipients(self, mailing_id: int) -> list[Recipient]:
+        async with self.db.execute(
+            f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE mailing_id = ? ORDER BY id", (mailing_id,)
+        ) as cur:
+            return [_recipient_from_row(r) for r in await cur.fetchall()]
+
+    async def iter_recipients(self, mailing_id: int, chunk: int = 5000) -> AsyncIterator[Recipient]:
+        last = 0
+        while True:
+            async with self.db.execute(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE mailing_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (mailing_id, last, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield _recipient_from_row(r)
+            last = rows[-1][0]
+
+    async def recipient_zones(self, mailing_id: int) -> dict[str, int]:
+        async with self.db.execute(
+            "SELECT tz, COUNT(*) FROM recipients WHERE mailing_id = ? GROUP BY tz", (mailing_id,)
+        ) as cur:
+            return {tz: n for tz, n in await cur.fetchall()}
+
+    async def events(self, mailing_id: int) -> list[tuple[datetime, str, str]]:
+        async with self.db.execute(
+            "SELECT at, kind, detail FROM events WHERE mailing_id = ? ORDER BY id", (mailing_id,)
+        ) as cur:
+            return [(parse_iso(a), k, d) for a, k, d in await cur.fetchall()]  # type: ignore[misc]
+
+    async def outcome_breakdown(self, mailing_id: int) -> dict[str, list[tuple[str, int]]]:
+        """Failures and deferrals grouped by reply code and by recipient domain."""
+        result: dict[str, list[tuple[str, int]]] = {}
+        queries = {
+            "failed_by_code": ("failed", "COALESCE(CAST(last_code AS TEXT), '-')"),
+            "deferred_by_code": ("deferred", "COALESCE(CAST(last_code AS TEXT), '-')"),
+            "failed_by_domain": ("failed", "substr(email_key, instr(email_key, '@') + 1)"),
+            "deferred_by_domain": ("deferred", "substr(email_key, instr(email_key, '@') + 1)"),
+        }
+        for key, (state, expr) in queries.items():
+            async with self.db.execute(
+                f"SELECT {expr} AS k, COUNT(*) AS n FROM recipients WHERE mailing_id = ? AND state = ? "
+                "GROUP BY k ORDER BY n DESC, k LIMIT 20",
+                (mailing_id, state),
+            ) as cur:
+                result[key] = [(str(k), int(n)) for k, n in await cur.fetchall()]
+        return result
+
+    async def state_counts(self, mailing_id: int) -> dict[str, int]:
+        """Counted from the ledger: for verification and details, never for progress bars."""
+        async with self.db.execute(
+            "SELECT state, COUNT(*) FROM recipients WHERE mailing_id = ? GROUP BY state", (mailing_id,)
+        ) as cur:
+            return {s: n for s, n in await cur.fetchall()}
+
+    async def get_settings(self) -> dict[str, tuple[str, datetime]]:
+        async with self.db.execute("SELECT key, value, changed_at FROM settings") as cur:
+            return {k: (v, parse_iso(c)) for k, v, c in await cur.fetchall()}  # type: ignore[misc]
+
+    async def put_settings(self, values: dict[str, str]) -> None:
+        async with self.write() as tx:
+            await tx.db.executemany(
+                "INSERT OR REPLACE INTO settings (key, value, changed_at) VALUES (?, ?, ?)",
+                [(k, v, iso(tx.now)) for k, v in values.items()],
+            )
+
+    async def meta(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def put_meta(self, values: dict[str, str]) -> None:
+        async with self.write() as tx:
+            await tx.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+
+    # ---- the sender's ledger operations ------------------------------------------------
+
+    async def recover_in_doubt(self) -> int:
+        """At start-up: rows left `sending` by a dead sender may have been delivered; send again."""
+        async with self.write() as tx:
+            async with tx.db.execute(
+                "SELECT mailing_id, COUNT(*) FROM recipients WHERE state = 'sending' GROUP BY mailing_id"
+            ) as cur:
+                per_mailing = await cur.fetchall()
+            await tx.db.execute(
+                "UPDATE recipients SET state = 'pending', in_doubt = 1, updated_at = ? WHERE state = 'sending'",
+                (time.time(),),
+            )
+            total = 0
+            for mailing_id, n in per_mailing:
+                total += n
+                await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
+                await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when a sender stopped; sending them again")
+            return total
+
+    async def record_and_claim(
+        self, mailing_id: int, outcomes: list[Outcome], claim: int, *, rate: float | None = None
+    ) -> tuple[list[Claimed], Mailing]:
+        """Write acknowledged outcomes, then claim up to `claim` due rows, in one transaction.
+
+        Claiming happens only while the mailing is `sending`, so a stop committed by another
+        process is honoured at the next batch. Acknowledged states are on disk before the
+        next batch is claimed because both happen in this one commit.
+        """
+        async with self.write() as tx:
+            await self._record(tx, mailing_id, outcomes, rate)
+            mailing = await tx.mailing(mailing_id)
+            claimed: list[Claimed] = []
+            if claim > 0 and mailing.state is MailingState.SENDING:
+                claimed = await self._claim(tx, mailing_id, claim)
+            return claimed, mailing
+
+    async def _record(self, tx: Tx, mailing_id: int, outcomes: list[Outcome], rate: float | None) -> None:
+        if not outcomes:
+            if rate is not None:
+                await tx.db.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
+            return
+        now = time.time()
+        sent = failed = deferred = released_doubt = 0
+        rows = []
+        for o in outcomes:
+            if o.state is RecipientState.SENT:
+                sent += 1
+            elif o.state is RecipientState.FAILED:
+                failed += 1
+            elif o.state is RecipientState.DEFERRED:
+                deferred += 1
+            if o.in_doubt:
+                released_doubt += 1
+            rows.append(
+                (
+                    o.state.value,
+                    1 if o.counted_attempt else 0,
+                    1 if o.in_doubt else 0,
+                    o.code,
+                    o.text,
+                    o.next_attempt_at,
+                    now if o.state is RecipientState.DEFERRED else None,
+                    now,
+                    o.recipient_id,
+                )
+            )
+        # A row already counted in doubt that now succeeds or fails stays flagged (a possible
+        # duplicate is recognisable), but it no longer counts as an open in-doubt recipient.
+        resolved_doubt = await self._count_open_doubt(tx, [o.recipient_id for o in outcomes if o.state in (RecipientState.SENT, RecipientState.FAILED)])
+        await tx.db.executemany(
+            "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
+            "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+            "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ? WHERE id = ?",
+            rows,
+        )
+        await tx.db.execute(
+            "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
+            "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
+            (sent, failed, deferred, released_doubt, resolved_doubt, rate, iso(tx.now), mailing_id),
+        )
+
+    async def _count_open_doubt(self, tx: Tx, ids: list[int]) -> int:
+        if not ids:
+            return 0
+        total = 0
+        for start in range(0, len(ids), 900):
+            part = ids[start : start + 900]
+            async with tx.db.execute(
+                f"SELECT COUNT(*) FROM recipients WHERE in_doubt = 1 AND id IN ({','.join('?' * len(part))})", part
+            ) as cur:
+                total += int((await cur.fetchone())[0])  # type: ignore[index]
+        return total
+
+    async def _claim(self, tx: Tx, mailing_id: int, limit: int) -> list[Claimed]:
+        now = time.time()
+        async with tx.db.execute(
+            "SELECT COUNT(*) FROM recipients WHERE mailing_id = ? AND state = 'deferred' AND next_attempt_at <= ?",
+            (mailing_id, now),
+        ) as cur:
+            due_deferred = int((await cur.fetchone())[0])  # type: ignore[index]
+        if due_deferred:
+            await tx.db.execute(
+                "UPDATE recipients SET state = 'pending' WHERE mailing_id = ? AND state = 'deferred' AND next_attempt_at <= ?",
+                (mailing_id, now),
+            )
+            await tx.db.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due_deferred, mailing_id))
+        async with tx.db.execute(
+            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id IN ("
+            " SELECT id FROM recipients WHERE mailing_id = ? AND state = 'pending' ORDER BY id LIMIT ?)"
+            " RETURNING id, email, name, fields, attempts, first_deferred_at",
+            (now, mailing_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        claimed = [
+            Claimed(
+                id=r[0],
+                email=r[1],
+                name=r[2],
+                fields=json.loads(r[3]) if r[3] and r[3] != "{}" else {},
+                attempts=r[4],
+                first_deferred_at=r[5],
+            )
+            for r in rows
+        ]
+        claimed.sort(key=lambda c: c.id)
+        return claimed
+
+    async def next_deferred_due(self, mailing_id: int) -> float | None:
+        async with self.db.execute(
+            "SELECT MIN(next_attempt_at) FROM recipients WHERE mailing_id = ? AND state = 'deferred'", (mailing_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def has_due_work(self, mailing_id: int) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM recipients WHERE mailing_id = ? AND (state = 'pending' OR "
+            "(state = 'deferred' AND next_attempt_at <= ?)) LIMIT 1",
+            (mailing_id, time.time()),
+        ) as cur:
+            return await cur.fetchone() is not None

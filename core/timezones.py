@@ -1,0 +1,417 @@
+"""Time-zone conversion: the one place that turns a wall time in an IANA zone into a UTC instant.
+
+The zone data always comes from the `tzdata` PyPI package, never the system's zone files, so a
+schedule derives the same instant on every machine and records which data version it used.
+
+Daylight-saving rules (issue 4):
+- a wall time inside a gap (spring forward) is moved forward by the gap's length;
+- a wall time inside an overlap (fall back) means its first occurrence;
+both come back with a one-line warning for the person who asked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import functools
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+from zoneinfo import ZoneInfo
+
+import tzdata
+
+from .errors import UserError
+
+_ZONE_PACKAGE = "tzdata.zoneinfo"
+_WALL_TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2})")
+_DATE_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_CLOCK_RE = re.compile(r"([0-9]{1,2})(?::([0-9]{2}))?")
+
+
+class Shift(str, enum.Enum):
+    """How a requested wall time had to be interpreted."""
+
+    NONE = "none"  # exists exactly once
+    GAP = "gap"  # skipped by the clocks: moved forward by the gap's length
+    FOLD = "fold"  # happens twice: the first occurrence is used
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A wall time in a zone, resolved to one UTC instant."""
+
+    requested: datetime  # naive wall time as asked
+    effective: datetime  # naive wall time actually used (requested + gap length for a gap)
+    tz: str
+    utc: datetime  # aware, tzinfo=timezone.utc
+    utc_offset: timedelta  # offset in effect at the instant
+    shift: Shift
+    warning: str | None  # one human line for GAP / FOLD
+
+
+# --- zone data -------------------------------------------------------------------------------
+
+
+def tzdata_version() -> str:
+    """The IANA release of the bundled zone data, e.g. "2026f"."""
+    return tzdata.IANA_VERSION
+
+
+@functools.cache
+def _zone_index() -> tuple[tuple[str, ...], frozenset[str]]:
+    """(canonical zone names, every loadable name including backward-compatible links).
+
+    tzdata.zi is the compiler input shipped with the package: "Z name ..." defines a zone,
+    "L target name" a link. It is the only listing that tells canonical names from aliases.
+    """
+    text = resources.files(_ZONE_PACKAGE).joinpath("tzdata.zi").read_text(encoding="utf-8")
+    canonical: list[str] = []
+    every: set[str] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "Z" and fields[1] != "Factory":
+            # "Factory" only means "zone not configured"; nobody schedules in it.
+            every.add(fields[1])
+            # Names without a region ("EST5EDT", ...) are legacy POSIX-style
+            # zones nobody should pick; Etc/UTC and Etc/GMT±N cover the fixed offsets.
+            if "/" in fields[1]:
+                canonical.append(fields[1])
+        elif len(fields) >= 3 and fields[0] == "L":
+            every.add(fields[2])
+    return tuple(sorted(canonical)), frozenset(every)
+
+
+def zone_names() -> list[str]:
+    """Sorted canonical IANA zone names of the bundled data (no aliases, no "Factory")."""
+    return list(_zone_index()[0])
+
+
+def is_valid_zone(name: str) -> bool:
+    """True if `name` is a zone or alias in the bundled data (case-sensitive, as IANA names are)."""
+    return name in _zone_index()[1]
+
+
+@functools.cache
+def _load_known_zone(name: str) -> ZoneInfo:
+    with resources.files(_ZONE_PACKAGE).joinpath(*name.split("/")).open("rb") as handle:
+        return ZoneInfo.from_file(handle, key=name)
+
+
+def load_zone(name: str) -> ZoneInfo:
+    """The zone `name` from the bundled tzdata; UserError with suggestions if there is none."""
+    # Checking the name against the index first also keeps arbitrary paths out of the file lookup.
+    if not is_valid_zone(name):
+        raise UserError(_unknown_zone_message(name))
+    return _load_known_zone(name)
+
+
+def _unknown_zone_message(name: str) -> str:
+    if not name.strip():
+        return "no time zone given; expected an IANA name such as Europe/Berlin"
+    suggestions = _suggest_zones(name)
+    if not suggestions:
+        return f"unknown time zone {name!r}; expected an IANA name such as Europe/Berlin"
+    if len(suggestions) == 1:
+        listed = suggestions[0]
+    else:
+        listed = ", ".join(suggestions[:-1]) + " or " + suggestions[-1]
+    return f"unknown time zone {name!r}; did you mean {listed}?"
+
+
+def _suggest_zones(name: str, limit: int = 3) -> list[str]:
+    """Closest valid names: same name in other case, a city match, then spelling neighbours."""
+    every = sorted(_zone_index()[1])
+    by_lower = {zone.lower(): zone for zone in every}
+    key = name.strip().lower().replace(" ", "_")
+    found: list[str] = []
+    if key in by_lower:
+        found.append(by_lower[key])
+    if "/" not in key:
+        found.extend(search_zones(key, limit=limit))
+    found.extend(by_lower[match] for match in _closest_spellings(key, list(by_lower), limit))
+    return list(dict.fromkeys(found))[:limit]
+
+
+def _closest_spellings(key: str, candidates: list[str], limit: int) -> list[str]:
+    """difflib's close matches, minus those clearly worse than the best (Berln: not Dublin)."""
+    matcher = difflib.SequenceMatcher(b=key)
+    scored: list[tuple[float, str]] = []
+    for candidate in candidates:
+        matcher.set_seq1(candidate)
+        if matcher.real_quick_ratio() >= 0.6 and matcher.quick_ratio() >= 0.6:
+            score = matcher.ratio()
+            if score >= 0.6:
+                scored.append((score, candidate))
+    if not scored:
+        return []
+    best = max(score for score, _ in scored)
+    scored.sort(key=lambda item: (-item[0], item[1]))
+    return [candidate for score, candidate in scored[:limit] if score >= best - 0.1]
+
+
+def search_zones(query: str, limit: int = 50) -> list[str]:
+    """Canonical zone names containing `query` (case-insensitive; spaces match underscores).
+
+    Best first: city name equal to the query, city name starting with it, any part of the name
+    starting with it, then any substring; alphabetical within each rank. Empty query: all names.
+    """
+    key = query.strip().lower().replace(" ", "_")
+    names = _zone_index()[0]
+    if not key:
+        return list(names[:limit])
+    ranked: list[tuple[int, str]] = []
+    for zone in names:
+        lowered = zone.lower()
+        if key not in lowered:
+            continue
+        parts = lowered.split("/")
+        if parts[-1] == key:
+            rank = 0
+        elif parts[-1].startswith(key):
+            rank = 1
+        elif lowered.startswith(key) or any(part.startswith(key) for part in parts):
+            rank = 2
+        else:
+            rank = 3
+        ranked.append((rank, zone))
+    ranked.sort()
+    return [zone for _, zone in ranked[: max(limit, 0)]]
+
+
+# --- resolving wall times --------------------------------------------------------------------
+
+
+def resolve(local: datetime, tz: str) -> Resolved:
+    """The UTC instant for wall time `local` (naive) in zone `tz`, with any DST shift explained.
+
+    PEP 495: with fold=0 a gap or overlap time takes the offset in force *before* the transition,
+    with fold=1 the one after. Those two offsets are only candidates: an instant counts when it
+    round-trips, i.e. converting it back to the zone gives `local` again. One instant: plain;
+    two: an overlap (the first wins); none: a gap. The round trip matters because zoneinfo's
+    wall-time lookup can report a transition that never happened where a zone's table of
+    transitions hands over to its yearly rule (America/Nuuk, 2023-10-28 23:00-24:00).
+    """
+    if local.tzinfo is not None:
+        raise ValueError("resolve() takes a naive wall time; the zone is given separately")
+    zone = load_zone(tz)
+    offsets = _candidate_offsets(local, zone)
+    readings = sorted(
+        instant
+        for instant in (_as_utc(local - offset) for offset in offsets)
+        if instant.astimezone(zone).replace(tzinfo=None) == local
+    )
+    if readings:
+        shift = Shift.FOLD if len(readings) > 1 else Shift.NONE
+        utc = readings[0]
+    else:
+        # Inside a gap the latest candidate offset is the one after the jump, so `local` minus
+        # it lies just before the jump; the offset there is the one the gap starts from.
+        shift = Shift.GAP
+        utc = _as_utc(local - _offset_at(_as_utc(local - max(offsets)), zone))
+    at_instant = utc.astimezone(zone)
+    effective = at_instant.replace(tzinfo=None)
+    if shift is Shift.GAP:
+        warning: str | None = (
+            f"{_wall(local)} does not exist in {tz} "
+            f"(clocks jump forward {_length(effective - local)}); "
+            f"using {_wall_after(effective, local)} {_label(at_instant)}"
+        )
+    elif shift is Shift.FOLD:
+        back = _offset_at(readings[0], zone) - _offset_at(readings[-1], zone)
+        warning = (
+            f"{_wall(local)} occurs twice in {tz} (clocks go back {_length(back)}); "
+            f"using the first, {_clock(effective)} {_label(at_instant)}"
+        )
+    else:
+        warning = None
+    return Resolved(
+        requested=local,
+        effective=effective,
+        tz=tz,
+        utc=utc,
+        utc_offset=_offset_at(utc, zone),
+        shift=shift,
+        warning=warning,
+    )
+
+
+def _candidate_offsets(local: datetime, zone: ZoneInfo) -> set[timedelta]:
+    """Offsets that could apply to `local`: zoneinfo's two guesses plus those really in force there.
+
+    Asking what offset is in force at each guessed instant pulls in the true offsets near
+    `local` even if both guesses were off; two rounds settle it (each adds at most two).
+    """
+    offsets: set[timedelta] = set()
+    for fold in (0, 1):
+        guess = local.replace(tzinfo=zone, fold=fold).utcoffset()
+        assert guess is not None  # a ZoneInfo always has one
+        offsets.add(guess)
+    for _ in range(2):
+        offsets |= {_offset_at(_as_utc(local - offset), zone) for offset in offsets}
+    return offsets
+
+
+def _offset_at(instant: datetime, zone: ZoneInfo) -> timedelta:
+    offset = instant.astimezone(zone).utcoffset()
+    assert offset is not None  # a ZoneInfo always has one
+    return offset
+
+
+def _as_utc(naive_utc: datetime) -> datetime:
+    return naive_utc.replace(tzinfo=timezone.utc)
+
+
+def to_zone(utc: datetime, tz: str) -> datetime:
+    """The aware datetime in zone `tz` for an aware instant."""
+    if utc.tzinfo is None or utc.utcoffset() is None:
+        # A naive value would silently be read as the machine's own zone by astimezone().
+        raise ValueError("to_zone() needs an aware datetime")
+    return utc.astimezone(load_zone(tz))
+
+
+def utcnow() -> datetime:
+    """Now, aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def parse_wall_time(text: str) -> datetime:
+    """Strict "YYYY-MM-DD HH:MM" to a naive wall time; UserError saying what is wrong otherwise."""
+    match = _WALL_TIME_RE.fullmatch(text.strip())
+    if match is None:
+        raise UserError(f"expected a date and time as YYYY-MM-DD HH:MM, got {text!r}")
+    year, month, day, hour, minute = (int(group) for group in match.groups())
+    try:
+        return datetime(year, month, day, hour, minute)
+    except ValueError as exc:
+        raise UserError(f"no such date and time {text.strip()!r}: {exc}") from None
+
+
+def parse_date_hour(date_text: str, hour_text: str) -> datetime:
+    """The schedule dialog's fields, "2027-03-28" and "14:30" (or "14"), to a naive wall time."""
+    date_match = _DATE_RE.fullmatch(date_text.strip())
+    if date_match is None:
+        raise UserError(f"expected a date as YYYY-MM-DD, got {date_text!r}")
+    clock_match = _CLOCK_RE.fullmatch(hour_text.strip())
+    if clock_match is None:
+        raise UserError(f"expected a time as HH:MM or HH, got {hour_text!r}")
+    hour = int(clock_match.group(1))
+    minute = int(clock_match.group(2) or 0)
+    if hour > 23 or minute > 59:
+        raise UserError(f"no such time {hour_text.strip()!r}: use 00:00 to 23:59")
+    year, month, day = (int(group) for group in date_match.groups())
+    try:
+        return datetime(year, month, day, hour, minute)
+    except ValueError as exc:
+        raise UserError(f"no such date {date_text.strip()!r}: {exc}") from None
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def format_offset(offset: timedelta) -> str:
+    """"+05:45", "-03:00", "+00:00" (seconds only if the offset has them)."""
+    sign = "-" if offset < timedelta(0) else "+"
+    total = abs(int(offset.total_seconds()))
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    text = f"{sign}{hours:02d}:{minutes:02d}"
+    return f"{text}:{seconds:02d}" if seconds else text
+
+
+def format_instant(utc: datetime, tz: str) -> str:
+    """One line such as "2027-03-28 03:30 CEST (+02:00) Europe/Berlin"."""
+    local = to_zone(utc, tz)
+    return f"{_wall(local)} {_label(local)} {tz}"
+
+
+def humanize_delta(delta: timedelta) -> str:
+    """"in 4 min", "in 2 h 05 min", "in 3 d 4 h"; past deltas read "5 min ago"."""
+    minutes_total = int(abs(delta).total_seconds()) // 60
+    days, rest = divmod(minutes_total, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    if minutes_total == 0:
+        amount = "under 1 min"
+    elif days:
+        amount = f"{days} d {hours} h"
+    elif hours:
+        amount = f"{hours} h {minutes:02d} min"
+    else:
+        amount = f"{minutes} min"
+    return f"{amount} ago" if delta < timedelta(0) else f"in {amount}"
+
+
+def _clock(value: datetime) -> str:
+    return value.strftime("%H:%M:%S" if value.second or value.microsecond else "%H:%M")
+
+
+def _wall(value: datetime) -> str:
+    return f"{value:%Y-%m-%d} {_clock(value)}"
+
+
+def _wall_after(effective: datetime, requested: datetime) -> str:
+    # A gap can skip a whole day (Pacific/Apia, 2011): then the date has to be said too.
+    return _clock(effective) if effective.date() == requested.date() else _wall(effective)
+
+
+def _label(aware: datetime) -> str:
+    """"CEST (+02:00)"; zones without a real abbreviation only get the offset."""
+    offset = aware.utcoffset()
+    assert offset is not None
+    name = aware.tzname() or ""
+    shown = format_offset(offset)
+    if not name or name[0] in "+-":
+        return f"({shown})"
+    return f"{name} ({shown})"
+
+
+def _length(span: timedelta) -> str:
+    hours, rest = divmod(int(span.total_seconds()), 3600)
+    minutes = rest // 60
+    if hours and minutes:
+        return f"{hours} h {minutes} min"
+    if hours:
+        return f"{hours} h"
+    return f"{minutes} min"
+
+
+# --- the operator's own zone -----------------------------------------------------------------
+
+
+def operator_zone(
+    environ: Mapping[str, str] | None = None,
+    localtime: Path = Path("/etc/localtime"),
+) -> str:
+    """The operator's IANA zone: $TZ if it names one, else where /etc/localtime points, else UTC."""
+    env = os.environ if environ is None else environ
+    from_env = _zone_from_setting(env.get("TZ", ""))
+    if from_env is not None:
+        return from_env
+    # The link's own text names the zone the operator chose; resolving it fully could land on
+    # another alias (Europe/Kiev -> Europe/Kyiv) or a distribution's "posix/" copy.
+    try:
+        targets = [os.readlink(localtime), os.path.realpath(localtime)]
+    except OSError:
+        targets = []
+    for target in targets:
+        found = _zone_from_setting(target)
+        if found is not None:
+            return found
+    return "UTC"
+
+
+def _zone_from_setting(value: str) -> str | None:
+    """A zone name from "Europe/Berlin", ":Europe/Berlin" or ".../zoneinfo/Europe/Berlin"."""
+    value = value.strip().removeprefix(":")
+    if "zoneinfo/" in value:
+        value = value.rsplit("zoneinfo/", 1)[1]
+        for variant in ("posix/", "right/"):
+            value = value.removeprefix(variant)
+    return value if value and is_valid_zone(value) else None
