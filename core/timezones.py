@@ -199,22 +199,21 @@ def resolve(local: datetime, tz: str) -> Resolved:
     if local.tzinfo is not None:
         raise ValueError("resolve() takes a naive wall time; the zone is given separately")
     zone = load_zone(tz)
-    offsets = _candidate_offsets(local, zone)
-    readings = sorted(
-        instant
-        for instant in (_as_utc(local - offset) for offset in offsets)
-        if instant.astimezone(zone).replace(tzinfo=None) == local
-    )
+    in_force = _offsets_in_force(local, zone)
+    # Largest offset first: that reading is the earlier instant.
+    readings = sorted((offset for offset, actual in in_force.items() if actual == offset), reverse=True)
     if readings:
         shift = Shift.FOLD if len(readings) > 1 else Shift.NONE
-        utc = readings[0]
+        utc = _as_utc(local - readings[0])
     else:
-        # Inside a gap the latest candidate offset is the one after the jump, so `local` minus
-        # it lies just before the jump; the offset there is the one the gap starts from.
+        # Inside a gap the largest candidate is the offset after the jump, so `local` minus it
+        # lies just before the jump, where the offset the gap starts from is in force.
         shift = Shift.GAP
-        utc = _as_utc(local - _offset_at(_as_utc(local - max(offsets)), zone))
+        utc = _as_utc(local - in_force[max(in_force)])
     at_instant = utc.astimezone(zone)
     effective = at_instant.replace(tzinfo=None)
+    utc_offset = at_instant.utcoffset()
+    assert utc_offset is not None  # a ZoneInfo always has one
     if shift is Shift.GAP:
         warning: str | None = (
             f"{_wall(local)} does not exist in {tz} "
@@ -222,7 +221,7 @@ def resolve(local: datetime, tz: str) -> Resolved:
             f"using {_wall_after(effective, local)} {_label(at_instant)}"
         )
     elif shift is Shift.FOLD:
-        back = _offset_at(readings[0], zone) - _offset_at(readings[-1], zone)
+        back = readings[0] - readings[-1]
         warning = (
             f"{_wall(local)} occurs twice in {tz} (clocks go back {_length(back)}); "
             f"using the first, {_clock(effective)} {_label(at_instant)}"
@@ -234,26 +233,32 @@ def resolve(local: datetime, tz: str) -> Resolved:
         effective=effective,
         tz=tz,
         utc=utc,
-        utc_offset=_offset_at(utc, zone),
+        utc_offset=utc_offset,
         shift=shift,
         warning=warning,
     )
 
 
-def _candidate_offsets(local: datetime, zone: ZoneInfo) -> set[timedelta]:
-    """Offsets that could apply to `local`: zoneinfo's two guesses plus those really in force there.
+def _offsets_in_force(local: datetime, zone: ZoneInfo) -> dict[timedelta, timedelta]:
+    """Candidate offsets for `local`, each mapped to the offset in force at `local - candidate`.
 
-    Asking what offset is in force at each guessed instant pulls in the true offsets near
-    `local` even if both guesses were off; two rounds settle it (each adds at most two).
+    Starts from zoneinfo's fold=0/fold=1 guesses; the offsets found in force are candidates too,
+    which pulls in the true offsets near `local` even if both guesses were off. A candidate whose
+    instant has that very offset is a reading of `local`.
     """
-    offsets: set[timedelta] = set()
+    in_force: dict[timedelta, timedelta] = {}
+    pending: set[timedelta] = set()
     for fold in (0, 1):
         guess = local.replace(tzinfo=zone, fold=fold).utcoffset()
         assert guess is not None  # a ZoneInfo always has one
-        offsets.add(guess)
-    for _ in range(2):
-        offsets |= {_offset_at(_as_utc(local - offset), zone) for offset in offsets}
-    return offsets
+        pending.add(guess)
+    for _ in range(4):  # each round adds only offsets in force within a day of `local`
+        for offset in pending:
+            in_force[offset] = _offset_at(_as_utc(local - offset), zone)
+        pending = set(in_force.values()) - set(in_force)
+        if not pending:
+            break
+    return in_force
 
 
 def _offset_at(instant: datetime, zone: ZoneInfo) -> timedelta:
