@@ -84,7 +84,7 @@ class Sink:
 
     def start(self) -> "Sink":
         self._controller = Controller(
-            self.handler, hostname=self.host, port=self.port, ready_timeout=10, server_kwargs={"data_size_limit": 0}
+            self.handler, hostname=self.host, port=self.port, ready_timeout=10, data_size_limit=0
         )
         self._controller.start()
         return self

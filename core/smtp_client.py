@@ -98,6 +98,8 @@ class SmtpConnection:
         )
         try:
             await smtp.connect()
+            if smtp.last_ehlo_response is None:
+                await smtp.ehlo()
             if relay.user:
                 if relay.tls == "none":
                     raise ConnectFailed(

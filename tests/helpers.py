@@ -1,0 +1,85 @@
+"""Shared test helpers: recipient files, running the CLI, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+from mailtower.tui.cli import main as cli_main
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, str]], columns: list[str] | None = None) -> Path:
+    rows = list(rows)
+    columns = columns or list(rows[0].keys())
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def recipients(n: int, domain: str = "example.com", start: int = 0, **extra: str) -> list[dict[str, str]]:
+    return [{"email": f"user{i}@{domain}", "name": f"User {i}", **extra} for i in range(start, start + n)]
+
+
+class Cli:
+    """Runs `mailtower` in-process against one database and SMTP port, capturing output."""
+
+    def __init__(self, db: Path, smtp_port: int | None = None, **env: str) -> None:
+        self.db = db
+        self.env = {"MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": str(db.parent / "none.toml"), **env}
+        if smtp_port:
+            self.env.update({"MAILTOWER_SMTP_HOST": "127.0.0.1", "MAILTOWER_SMTP_PORT": str(smtp_port)})
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                try:
+                    code = cli_main(list(args))
+                except SystemExit as exc:
+                    code = int(exc.code or 0)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return code, out.getvalue(), err.getvalue()
+
+    def ok(self, *args: str) -> str:
+        code, out, err = self(*args)
+        assert code == 0, f"mailtower {' '.join(args)} exited {code}: {err}"
+        return out
+
+    def popen(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.env}
+        return subprocess.Popen([sys.executable, "-m", "mailtower.tui.cli", *args], env=env, **kw)  # type: ignore[call-overload]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for condition")
