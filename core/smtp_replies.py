@@ -106,11 +106,11 @@ _TOO_MANY_RECIPIENTS = re.compile(r"too many recipients", re.IGNORECASE)
 RATE_WORDING = re.compile(
     r"\brate\b|\brate[- ]?limit|too many|throttl|slow down|\bbusy\b|\bvolume\b|exceeded", re.IGNORECASE
 )
-_PAUSE_STAGES = _stages(Stage.CONNECT, Stage.HELO, Stage.AUTH)
 
 RULES: tuple[Rule, ...] = (
     # --- transport failures (no reply) ---
     Rule("refused-login", Outcome.PAUSE, failures=frozenset(["refused"]), stages=_stages(Stage.AUTH),
+         new_connection=True,
          why="we refused to log in (e.g. no encryption): settings must change; nobody touched"),
     Rule("lost-after-dot", Outcome.RECONNECT, failures=_ALL_FAILURES, stages=_stages(Stage.DOT),
          new_connection=True, in_doubt=True,
@@ -125,26 +125,27 @@ RULES: tuple[Rule, ...] = (
     # --- the server is closing ---
     Rule("closing", Outcome.RECONNECT, codes=_codes(421), throttle=Throttle.YES, new_connection=True,
          why="421 at any stage: the server closes the channel; reconnect later and retry"),
-    Rule("nonsense-after-dot", Outcome.RECONNECT, stages=_stages(Stage.DOT), classes=_codes(0, 1, 3, 6, 7, 8, 9),
+    Rule("nonsense-after-dot", Outcome.RECONNECT, stages=_stages(Stage.DOT), classes=_codes(0, 1, 3),
          new_connection=True, in_doubt=True,
          why="a reply to the final dot that is not 2xx/4xx/5xx: the server's state is unknown"),
-    Rule("nonsense", Outcome.RECONNECT, classes=_codes(0, 1, 3, 6, 7, 8, 9), new_connection=True,
+    Rule("nonsense", Outcome.RECONNECT, classes=_codes(0, 1, 3), new_connection=True,
          why="a reply code the protocol does not allow here: start over on a new connection"),
     # --- authentication (RFC 4954) ---
-    Rule("auth-refused", Outcome.PAUSE, codes=_codes(530, 534, 535, 538, 432),
+    Rule("auth-refused", Outcome.PAUSE, codes=_codes(530, 534, 535, 538, 432), new_connection=True,
          why="authentication required / refused / too weak / needs encryption: pause, nobody failed"),
-    Rule("auth-refused-enhanced", Outcome.PAUSE, classes=_codes(4, 5), enhanced=_enh("X.7.8", "X.7.9", "X.7.11", "X.7.12"),
+    Rule("auth-refused-enhanced", Outcome.PAUSE, classes=_codes(4, 5),
+         enhanced=_enh("X.7.8", "X.7.9", "X.7.11", "X.7.12"), new_connection=True,
          why="enhanced code for invalid credentials, weak or unencrypted mechanism, password change"),
     Rule("auth-temporary", Outcome.RECONNECT, classes=_codes(4), stages=_stages(Stage.AUTH), new_connection=True,
          why="temporary authentication failure (454 4.7.0): log in again later"),
-    Rule("auth-other", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.AUTH),
+    Rule("auth-other", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.AUTH), new_connection=True,
          why="the server will not let us log in (mechanism unsupported, ...): pause"),
     # --- greeting and EHLO: no transaction yet ---
     Rule("session-temporary", Outcome.RECONNECT, classes=_codes(4), stages=_stages(Stage.CONNECT, Stage.HELO),
          throttle=Throttle.BY_WORDING, new_connection=True,
          why="temporary refusal of the session: nobody touched; reconnect with backoff"),
     Rule("session-refused", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.CONNECT, Stage.HELO),
-         throttle=Throttle.BY_WORDING,
+         throttle=Throttle.BY_WORDING, new_connection=True,
          why="the server refuses this client (554 greeting, EHLO refused): no recipient is at fault"),
     # --- too many recipients (RFC 5321 4.5.3.1.10, RFC 3463 X.5.3) ---
     Rule("too-many-recipients", Outcome.RETRY_LATER_FEWER, classes=_codes(4, 5), enhanced=_enh("X.5.3"),
@@ -156,7 +157,6 @@ RULES: tuple[Rule, ...] = (
          why="RFC 5321 4.5.3.1.10: treat 552 to RCPT as temporary (it was RFC 821's 'too many recipients')"),
     # --- mailbox full ---
     Rule("mailbox-full", Outcome.DEFER, classes=_codes(4, 5), enhanced=_enh("X.2.2"),
-         throttle=Throttle.BY_WORDING,
          why="X.2.2 mailbox full: the owner may make room, so defer even under 5xx"),
     # --- the sender is refused: the same for every recipient ---
     Rule("sender-refused", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.MAIL),
@@ -168,7 +168,8 @@ RULES: tuple[Rule, ...] = (
     Rule("transient", Outcome.DEFER, classes=_codes(4), throttle=Throttle.BY_WORDING,
          why="450/451/452 and other 4xx: defer with backoff"),
     # --- permanent ---
-    Rule("message-refused", Outcome.FAIL, codes=_codes(554), stages=_stages(Stage.DOT), throttle=Throttle.BY_WORDING,
+    Rule("message-refused", Outcome.FAIL, codes=_codes(554), stages=_stages(Stage.DOT),
+         throttle=Throttle.BY_WORDING,
          why="554 after the final dot: this message failed"),
     Rule("message-policy", Outcome.FAIL, classes=_codes(5), enhanced=_enh("X.7.*"), stages=_stages(Stage.DOT),
          throttle=Throttle.BY_WORDING,
@@ -203,7 +204,9 @@ def find_rule(
     for rule in RULES:
         if _matches(rule, code, text, stage, failure, key):
             return rule, enhanced
-    raise AssertionError(f"no rule for {code} {stage}")  # 'permanent'/'nonsense'/'lost' cover all
+    # Only an unknown failure kind gets here: 'lost', 'positive', 'transient', 'permanent' and
+    # 'nonsense' between them cover every failure and every code.
+    raise ValueError(f"unknown transport failure kind {failure!r}")
 
 
 def _matches(rule: Rule, code: int | None, text: str, stage: Stage, failure: str | None, key: str | None) -> bool:
@@ -214,12 +217,17 @@ def _matches(rule: Rule, code: int | None, text: str, stage: Stage, failure: str
     assert code is not None
     return (
         (not rule.codes or code in rule.codes)
-        and (not rule.classes or code // 100 in rule.classes or (code < 100 or code > 599) and 0 in rule.classes)
+        and (not rule.classes or _reply_class(code) in rule.classes)
         and (not rule.stages or stage in rule.stages)
         and (not rule.enhanced or key is not None and _enhanced_matches(rule.enhanced, key))
         and (not rule.without_enhanced or key is None)
         and (rule.wording is None or rule.wording.search(text) is not None)
     )
+
+
+def _reply_class(code: int) -> int:
+    """The first digit of a well-formed code; 0 for anything outside 100-599."""
+    return code // 100 if 100 <= code <= 599 else 0
 
 
 def _enhanced_matches(patterns: frozenset[str], key: str) -> bool:

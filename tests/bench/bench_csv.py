@@ -1,6 +1,8 @@
 """Benchmark: stream a generated recipient CSV through read_recipients.
 
 Run:  .venv/bin/python tests/bench/bench_csv.py [ROWS] [DOMAINS]
+(60% of the addresses go to 5 big providers, the rest spread over DOMAINS small domains; default
+1,000,000 rows and 5,000 domains.)
 Prints generation time, rows/s of the reader, and peak RSS after the first tenth of the rows and at
 the end (equal figures mean memory stayed flat while streaming).
 """
@@ -25,13 +27,16 @@ def peak_rss_mib() -> float:
 def write_csv(path: Path, rows: int, domains: int) -> None:
     rng = random.Random(20240601)
     # A long tail of domains like a real list: a few big providers, many small ones.
-    pool = [f"mail{i}.example-{i % 97}.com" for i in range(domains)]
     big = ["gmail.com", "yahoo.com", "outlook.com", "web.de", "orange.fr"]
     cities = ["Paris", "Lyon", "Zürich", "São Paulo", "Kraków", "Tokyo"]
     with path.open("w", encoding="utf-8", newline="") as out:
         out.write("email,name,city,plan\r\n")
         for i in range(rows):
-            domain = rng.choice(big) if rng.random() < 0.6 else rng.choice(pool)
+            if rng.random() < 0.6:
+                domain = rng.choice(big)
+            else:
+                n = rng.randrange(domains)
+                domain = f"mail{n}.example-{n % 97}.com"
             out.write(f"user.{i}+tag@{domain},User {i},{rng.choice(cities)},plan-{i % 3}\r\n")
 
 

@@ -259,6 +259,14 @@ _domain = st.one_of(
                      "sub.example.co.uk", "-bad.com", "a..b.com", "example.com.", "[127.0.0.1]",
                      "x" * 64 + ".com", ("y" * 60 + ".") * 4 + "com", "exa_mple.com", ""]),
     st.from_regex(r"[a-z0-9.-]{1,20}\.[a-z]{2,4}", fullmatch=True),
+    # host-name-like strings with the awkward cases: case, dashes, digits in the TLD, special-use
+    # names, long labels, Punycode and reserved "ab--" labels
+    st.builds(
+        lambda labels, tld: ".".join(labels + [tld]),
+        st.lists(st.from_regex(r"[A-Za-z0-9-]{0,66}", fullmatch=True), min_size=0, max_size=5),
+        st.sampled_from(["com", "COM", "de", "c0m", "1", "x-y", "local", "localhost", "test", "onion",
+                         "arpa", "in-addr.arpa", "invalid", "xn--p1ai", "ab--cd", "a", "museum"]),
+    ),
 )
 
 
