@@ -28,7 +28,8 @@ from .store import Claimed, Outcome, Store, parse_iso
 log = logging.getLogger("mailtower.sender")
 
 CONTROL_INTERVAL = 0.5  # seconds between checks for stops, reorders and due schedules
-FLUSH_INTERVAL = 0.25  # longest an acknowledged outcome waits before it is written
+FLUSH_INTERVAL = 0.25  # idle wake-up of the feeder when nothing happens
+PUBLISH_INTERVAL = 0.2  # how often the progress snapshot is rebuilt while sending
 RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasing a row
 
 
@@ -48,6 +49,7 @@ class HeadRun:
     halt: bool = False
     halt_reason: str = ""
     exhausted: bool = False
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -110,6 +112,7 @@ class Sender:
         self._connect_backoff = 1.0
         self._waiting_reason = ""
         self._last_status_write = 0.0
+        self._last_publish = 0.0
 
     # ---- public --------------------------------------------------------------------------
 
@@ -221,22 +224,20 @@ class Sender:
             return
         run = HeadRun(mailing=mailing, template=template)
         batch = self.settings.batch_size or max(50, self.settings.connections * 25)
-        last_flush = last_control = time.monotonic()
+        last_control = time.monotonic()
         while True:
-            now = time.monotonic()
-            if run.halt:
-                break
-            if not run.exhausted and run.queued < batch // 2:
-                await self._flush_and_claim(run, batch)
-                last_flush = time.monotonic()
-            elif run.outcomes and now - last_flush >= FLUSH_INTERVAL:
-                await self._flush_and_claim(run, 0)
-                last_flush = time.monotonic()
-            if now - last_control >= CONTROL_INTERVAL:
-                last_control = now
+            if run.halt and run.queued:
+                self._drain_queue(run)
+            want_more = not (run.exhausted or run.halt) and run.queued < batch // 2
+            if run.outcomes or want_more:
+                await self._flush_and_claim(run, batch if want_more else 0)
+            if time.monotonic() - last_control >= CONTROL_INTERVAL:
+                last_control = time.monotonic()
                 await self._control(run)
-            if run.exhausted and run.queued == 0 and run.inflight == 0:
+            if (run.exhausted or run.halt) and run.queued == 0 and run.inflight == 0 and not run.outcomes:
                 break
+            if run.outcomes or (want_more and not run.exhausted and not run.halt):
+                continue
             run.wake.clear()
             try:
                 await asyncio.wait_for(run.wake.wait(), timeout=FLUSH_INTERVAL)
@@ -245,9 +246,21 @@ class Sender:
         await self._finish_head(run)
 
     async def _flush_and_claim(self, run: HeadRun, claim: int) -> None:
+        """Write the outcomes so far and claim more rows in one transaction, then let the
+        workers that were waiting for their outcome to be on disk go on."""
         store, _ = self._need()
         outcomes, run.outcomes = run.outcomes, []
-        claimed, mailing = await store.record_and_claim(run.mailing.id, outcomes, claim, rate=self.meter.rate())
+        waiters, run.waiters = run.waiters, []
+        try:
+            claimed, mailing = await store.record_and_claim(run.mailing.id, outcomes, claim, rate=self.meter.rate())
+        except BaseException as exc:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         run.mailing = mailing
         if mailing.state is not MailingState.SENDING:
             self._halt(run, f"mailing {mailing.id} is now {mailing.state.value}")
@@ -256,7 +269,8 @@ class Sender:
         for row in claimed:
             run.queued += 1
             self._work.put_nowait(Job(run, row))
-        await self._publish(run)
+        if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
+            await self._publish(run)
 
     async def _control(self, run: HeadRun) -> None:
         """Notice a stop, a reorder or a due schedule made by anyone, within a second."""
@@ -265,15 +279,16 @@ class Sender:
         current = await store.mailings(Section.CURRENT)
         if not any(m.id == run.mailing.id and m.state is MailingState.SENDING for m in current):
             self._halt(run, "stopped")
-            return
-        for mailing in current:
-            if mailing.id == run.mailing.id:
-                break
-            if await store.has_due_work(mailing.id):
-                self._halt(run, f"mailing {mailing.id} is ahead in the queue")
-                return
+        else:
+            for mailing in current:
+                if mailing.id == run.mailing.id:
+                    break
+                if await store.has_due_work(mailing.id):
+                    self._halt(run, f"mailing {mailing.id} is ahead in the queue")
+                    break
         if self.stopping:
             self._halt(run, "the sender is shutting down")
+        await self._publish(run)
         await self._write_status()
 
     def _halt(self, run: HeadRun, why: str) -> None:
@@ -283,19 +298,9 @@ class Sender:
         run.wake.set()
 
     async def _finish_head(self, run: HeadRun) -> None:
-        """Release rows nobody started, wait for those in flight, write everything down."""
+        """Settle the mailing's state once nothing of it is queued or in flight."""
         store, lifecycle = self._need()
-        self._drain_queue(run)
-        deadline = time.monotonic() + self.settings.smtp_data_timeout + 30
-        while run.inflight and time.monotonic() < deadline:
-            run.wake.clear()
-            try:
-                await asyncio.wait_for(run.wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
-        self._drain_queue(run)
-        _, mailing = await store.record_and_claim(run.mailing.id, run.outcomes, 0, rate=self.meter.rate())
-        run.outcomes = []
+        mailing = await store.mailing(run.mailing.id)
         if mailing.state is MailingState.SENDING and not await lifecycle.complete_if_done(mailing.id):
             if run.halt:
                 await lifecycle.yield_turn(mailing.id, run.halt_reason)
@@ -334,7 +339,13 @@ class Sender:
                 run.inflight += 1
                 try:
                     outcome = await self._deliver(conn, run, job.row)
+                    # The outcome must be on disk before this connection sends again, so a crash
+                    # leaves at most one message per connection in doubt.
+                    done = asyncio.get_running_loop().create_future()
                     run.outcomes.append(outcome)
+                    run.waiters.append(done)
+                    run.wake.set()
+                    await done
                 finally:
                     run.inflight -= 1
                     run.wake.set()
@@ -428,6 +439,7 @@ class Sender:
 
     async def _publish(self, run: HeadRun) -> None:
         store, _ = self._need()
+        self._last_publish = time.monotonic()
         rate = self.meter.rate()
         current = await store.mailings(Section.CURRENT)
         estimates = queue_estimates(current, rate)

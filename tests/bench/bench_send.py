@@ -1,0 +1,198 @@
+"""Sending throughput: `mailtower run --until-idle` against Postfix's smtp-sink, next to smtp-source.
+
+    .venv/bin/python tests/bench/bench_send.py [--n 20000] [--k 8] [--rounds 3] [--latency-run] [--dashboard]
+
+Prints, per round and as medians: mailtower's rate (personalised text+HTML, ~2 KB, two merge
+fields, full ledger) and smtp-source's rate for N messages of the same size over the same K
+persistent sessions, and their ratio. With --latency-run it also runs K=32 against smtp-sink
+delaying each DATA reply by 50 ms and compares with K / 0.05. With --dashboard it also times the
+same send with the dashboard open headless instead of the headless sender.
+Installs Debian's postfix package (tools only; the mail system is not started) if smtp-sink is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+def ensure_postfix_tools() -> None:
+    if shutil.which("smtp-sink") or Path("/usr/sbin/smtp-sink").exists():
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
+    subprocess.run(["postfix", "stop"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def tool(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SmtpSink:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.port = free_port()
+        args = [tool("smtp-sink"), "-u", "nobody"]
+        if delay:
+            # -w: wait this many seconds before replying to the final dot (whole seconds only in some
+            # versions); fall back to -t? smtp-sink takes -w delay in seconds as an integer, so the
+            # 50 ms case uses a fault-injecting aiosmtpd sink instead (see latency_round).
+            raise ValueError("use latency_round for sub-second delays")
+        args += [f"127.0.0.1:{self.port}", "2048"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("smtp-sink did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+
+
+def body_files(tmp: Path) -> tuple[Path, Path]:
+    para = "Our spring collection is here, {{ name }}. Use code {{ code }} at checkout for ten percent off. "
+    text = tmp / "body.txt"
+    html = tmp / "body.html"
+    text.write_text("Hello {{ name }},\n\n" + (para + "\n") * 7, encoding="utf-8")
+    html.write_text("<html><body><p>Hello {{ name }},</p>" + ("<p>" + para + "</p>") * 7 + "</body></html>", encoding="utf-8")
+    return text, html
+
+
+def make_db(tmp: Path, n: int, port: int, k: int, tag: str) -> tuple[Path, dict[str, str]]:
+    db = tmp / f"{tag}.db"
+    people = tmp / f"{tag}.csv"
+    with people.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["email", "name", "code"])
+        for i in range(n):
+            w.writerow([f"person{i}@example.com", f"Person {i}", f"SPRING{i:06d}"])
+    text, html = body_files(tmp)
+    env = {
+        **os.environ,
+        "MAILTOWER_DB": str(db),
+        "MAILTOWER_CONFIG": str(tmp / "none.toml"),
+        "MAILTOWER_SMTP_HOST": "127.0.0.1",
+        "MAILTOWER_SMTP_PORT": str(port),
+        "MAILTOWER_SMTP_CONNECTIONS": str(k),
+        "MAILTOWER_MESSAGES_PER_CONNECTION": "0",
+    }
+    subprocess.run(
+        [PY, "-m", "mailtower.tui.cli", "new", "--name", tag, "--subject", "Spring for {{ name }}",
+         "--from", "news@example.org", "--text", str(text), "--html", str(html), "--recipients", str(people), "--now"],
+        env=env, check=True, stdout=subprocess.DEVNULL,
+    )
+    return db, env
+
+
+def mailtower_round(tmp: Path, n: int, k: int, port: int, tag: str, dashboard: bool = False) -> float:
+    db, env = make_db(tmp, n, port, k, tag)
+    if dashboard:
+        cmd = [PY, str(Path(__file__).with_name("dashboard_send.py")), "--until-idle"]
+    else:
+        cmd = [PY, "-m", "mailtower.tui.cli", "run", "--until-idle"]
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True)
+    elapsed = time.perf_counter() - start
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        sent = conn.execute("SELECT COUNT(*) FROM recipients WHERE state = 'sent'").fetchone()[0]
+    assert sent == n, f"only {sent} of {n} sent"
+    return n / elapsed
+
+
+def smtp_source_round(n: int, k: int, port: int, size: int) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [tool("smtp-source"), "-d", "-s", str(k), "-m", str(n), "-l", str(size), "-f", "news@example.org",
+         "-t", "person@example.com", f"127.0.0.1:{port}"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return n / (time.perf_counter() - start)
+
+
+def message_size(tmp: Path) -> int:
+    sys.path.insert(0, str(ROOT))
+    from mailtower.core.compose import MessageTemplate
+
+    text, html = body_files(tmp)
+    t = MessageTemplate.build(mailing_id=1, subject="Spring for {{ name }}", from_addr="news@example.org",
+                              text=text.read_text(), html=html.read_text(), available_fields={"code"})
+    return len(t.render(recipient_id=1, email="person1@example.com", name="Person 1", fields={"code": "SPRING000001"}))
+
+
+def latency_round(tmp: Path, n: int, k: int, delay: float) -> float:
+    """K connections against a sink that waits `delay` before answering each final dot."""
+    sys.path.insert(0, str(ROOT))
+    from mailtower.core.sink import Sink
+
+    with Sink(latency=delay) as sink:
+        return mailtower_round(tmp, n, k, sink.port, f"latency-{time.monotonic_ns()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dashboard", action="store_true")
+    ap.add_argument("--latency-run", action="store_true")
+    args = ap.parse_args()
+    ensure_postfix_tools()
+    tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-"))
+    size = message_size(tmp)
+    print(f"N={args.n} K={args.k} message size ~{size} bytes, {args.rounds} alternating rounds")
+    ours, theirs, dash = [], [], []
+    sink = SmtpSink()
+    try:
+        for r in range(args.rounds):
+            ours.append(mailtower_round(tmp, args.n, args.k, sink.port, f"round{r}"))
+            theirs.append(smtp_source_round(args.n, args.k, sink.port, size))
+            line = f"round {r + 1}: mailtower {ours[-1]:,.0f} msg/s   smtp-source {theirs[-1]:,.0f} msg/s"
+            if args.dashboard:
+                dash.append(mailtower_round(tmp, args.n, args.k, sink.port, f"dash{r}", dashboard=True))
+                line += f"   dashboard open {dash[-1]:,.0f} msg/s"
+            print(line, flush=True)
+    finally:
+        sink.stop()
+    m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
+    print(f"median: mailtower run --until-idle {m_ours:,.0f} msg/s; smtp-source {m_theirs:,.0f} msg/s; "
+          f"ratio {m_ours / m_theirs:.3f} (target >= 0.15)")
+    if dash:
+        m_dash = statistics.median(dash)
+        print(f"median with the dashboard open: {m_dash:,.0f} msg/s; ratio to headless {m_dash / m_ours:.3f} (target >= 0.85)")
+    if args.latency_run:
+        k, delay = 32, 0.05
+        rates = [latency_round(tmp, min(args.n, 4000), k, delay) for _ in range(args.rounds)]
+        m = statistics.median(rates)
+        print(f"latency-bound K={k}, {delay * 1000:.0f} ms per DATA reply: {m:,.0f} msg/s vs K/delay {k / delay:,.0f}; "
+              f"ratio {m / (k / delay):.3f} (target >= 0.8)")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
