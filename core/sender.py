@@ -113,6 +113,8 @@ class Sender:
         self._waiting_reason = ""
         self._last_status_write = 0.0
         self._last_publish = 0.0
+        self._paused_until = 0.0
+        self._pause_backoff = 1.0
 
     # ---- public --------------------------------------------------------------------------
 
@@ -338,7 +340,7 @@ class Sender:
                     continue
                 run.inflight += 1
                 try:
-                    outcome = await self._deliver(conn, run, job.row)
+                    outcome = replace(await self._deliver(conn, run, job.row), was_in_doubt=job.row.in_doubt)
                     # The outcome must be on disk before this connection sends again, so a crash
                     # leaves at most one message per connection in doubt.
                     done = asyncio.get_running_loop().create_future()
@@ -362,6 +364,8 @@ class Sender:
             if not conn.connected:
                 if not await self._connect(conn, run):
                     return Outcome(row.id, RecipientState.PENDING, counted_attempt=False)
+            if not await self._wait_while_paused(run):
+                return Outcome(row.id, RecipientState.PENDING, counted_attempt=False)
             await self.limiter.acquire()
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
             verdict = await conn.send(run.mailing.from_addr, row.email, message)
@@ -371,6 +375,9 @@ class Sender:
                 self.meter.add()
                 self.limiter.measured = self.meter.rate()
                 self.snapshot = bumped(self.snapshot, last_accept_at=time.time())
+                self._pause_backoff = 1.0
+                if self._waiting_reason:
+                    await self._resume(run)
                 return Outcome(row.id, RecipientState.SENT, verdict.code, None)
             if verdict.outcome is ReplyOutcome.RECONNECT:
                 if verdict.in_doubt:
@@ -381,7 +388,7 @@ class Sender:
                 await self._backoff_sleep(min(2.0**retries * 0.1, self.settings.connect_backoff_max))
                 continue
             if verdict.outcome is ReplyOutcome.PAUSE:
-                self._set_waiting(f"login refused: {verdict.text}")
+                await self._pause(run, verdict)
                 return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, counted_attempt=False)
             if verdict.outcome is ReplyOutcome.FAIL:
                 return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text)
@@ -412,12 +419,29 @@ class Sender:
                 self._connect_backoff = min(self._connect_backoff * 2, self.settings.connect_backoff_max)
                 continue
             self._connect_backoff = 1.0
-            if self._waiting_reason:
-                self._waiting_reason = ""
-                store, lifecycle = self._need()
-                await lifecycle.note_error(run.mailing.id, None, event="resumed")
             return True
         return False
+
+    async def _resume(self, run: HeadRun) -> None:
+        self._waiting_reason = ""
+        self.snapshot = bumped(self.snapshot, state=SenderState.SENDING, reason="")
+        _, lifecycle = self._need()
+        await lifecycle.note_error(run.mailing.id, None, event="resumed")
+
+    async def _pause(self, run: HeadRun, verdict: Verdict) -> None:
+        """The server refuses the session itself (login, sender address): nobody is marked
+        failed; every connection holds off, growing the wait, until a message goes through."""
+        self._paused_until = time.monotonic() + self._pause_backoff
+        self._pause_backoff = min(self._pause_backoff * 2, self.settings.connect_backoff_max)
+        self._set_waiting(f"paused, the server refuses the session: {verdict.text}")
+        await self._note_waiting(run, event="auto-paused")
+
+    async def _wait_while_paused(self, run: HeadRun) -> bool:
+        while time.monotonic() < self._paused_until:
+            if run.halt or self.stopping:
+                return False
+            await self._backoff_sleep(min(self._paused_until - time.monotonic(), 0.5))
+        return not (run.halt or self.stopping)
 
     async def _backoff_sleep(self, seconds: float) -> None:
         try:
@@ -428,12 +452,12 @@ class Sender:
     def _set_waiting(self, reason: str) -> None:
         self.snapshot = bumped(self.snapshot, state=SenderState.WAITING, reason=reason)
 
-    async def _note_waiting(self, run: HeadRun) -> None:
+    async def _note_waiting(self, run: HeadRun, event: str = "waiting") -> None:
         reason = self.snapshot.reason
         if reason and reason != self._waiting_reason:
             self._waiting_reason = reason
             _, lifecycle = self._need()
-            await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event="waiting")
+            await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event=event)
 
     # ---- progress ------------------------------------------------------------------------
 

@@ -191,6 +191,7 @@ class Claimed:
     fields: dict[str, str]
     attempts: int
     first_deferred_at: float | None
+    in_doubt: bool = False  # an earlier attempt may have been delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,7 @@ class Outcome:
     next_attempt_at: float | None = None
     in_doubt: bool = False  # released because the connection broke after the final dot
     counted_attempt: bool = True
+    was_in_doubt: bool = False  # the row was already in doubt when it was claimed
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,7 +601,7 @@ class Store:
         """At start-up: rows left `sending` by a dead sender may have been delivered; send again."""
         async with self.write() as tx:
             async with tx.db.execute(
-                "SELECT mailing_id, COUNT(*) FROM recipients WHERE state = 'sending' GROUP BY mailing_id"
+                "SELECT mailing_id, COUNT(*) FROM recipients WHERE state = 'sending' AND in_doubt = 0 GROUP BY mailing_id"
             ) as cur:
                 per_mailing = await cur.fetchall()
             await tx.db.execute(
@@ -636,7 +638,7 @@ class Store:
                 await tx.db.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
             return
         now = time.time()
-        sent = failed = deferred = released_doubt = 0
+        sent = failed = deferred = released_doubt = resolved_doubt = 0
         rows = []
         for o in outcomes:
             if o.state is RecipientState.SENT:
@@ -645,8 +647,10 @@ class Store:
                 failed += 1
             elif o.state is RecipientState.DEFERRED:
                 deferred += 1
-            if o.in_doubt:
+            if o.in_doubt and not o.was_in_doubt:
                 released_doubt += 1
+            elif o.was_in_doubt and o.state in (RecipientState.SENT, RecipientState.FAILED):
+                resolved_doubt += 1
             rows.append(
                 (
                     o.state.value,
@@ -660,9 +664,8 @@ class Store:
                     o.recipient_id,
                 )
             )
-        # A row already counted in doubt that now succeeds or fails stays flagged (a possible
-        # duplicate is recognisable), but it no longer counts as an open in-doubt recipient.
-        resolved_doubt = await self._count_open_doubt(tx, [o.recipient_id for o in outcomes if o.state in (RecipientState.SENT, RecipientState.FAILED)])
+        # A row that was in doubt and now succeeds or fails keeps its flag (a possible duplicate
+        # stays recognisable) but no longer counts as an open in-doubt recipient.
         await tx.db.executemany(
             "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
             "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
@@ -674,18 +677,6 @@ class Store:
             "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
             (sent, failed, deferred, released_doubt, resolved_doubt, rate, iso(tx.now), mailing_id),
         )
-
-    async def _count_open_doubt(self, tx: Tx, ids: list[int]) -> int:
-        if not ids:
-            return 0
-        total = 0
-        for start in range(0, len(ids), 900):
-            part = ids[start : start + 900]
-            async with tx.db.execute(
-                f"SELECT COUNT(*) FROM recipients WHERE in_doubt = 1 AND id IN ({','.join('?' * len(part))})", part
-            ) as cur:
-                total += int((await cur.fetchone())[0])  # type: ignore[index]
-        return total
 
     async def _claim(self, tx: Tx, mailing_id: int, limit: int) -> list[Claimed]:
         now = time.time()
@@ -703,7 +694,7 @@ class Store:
         async with tx.db.execute(
             "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id IN ("
             " SELECT id FROM recipients WHERE mailing_id = ? AND state = 'pending' ORDER BY id LIMIT ?)"
-            " RETURNING id, email, name, fields, attempts, first_deferred_at",
+            " RETURNING id, email, name, fields, attempts, first_deferred_at, in_doubt",
             (now, mailing_id, limit),
         ) as cur:
             rows = await cur.fetchall()
@@ -715,6 +706,7 @@ class Store:
                 fields=json.loads(r[3]) if r[3] and r[3] != "{}" else {},
                 attempts=r[4],
                 first_deferred_at=r[5],
+                in_doubt=bool(r[6]),
             )
             for r in rows
         ]
