@@ -165,6 +165,34 @@ class Lifecycle:
             detail += f"; {resolved.warning}"
         await tx.add_event(mailing_id, "scheduled", detail)
 
+    async def rederive_schedules(self) -> int:
+        """Derive the UTC instant of every schedule again when the time-zone data changed.
+
+        A schedule is what the operator asked for (wall time + zone); the instant is only
+        derived from it, so a tzdata upgrade that moves a zone's rules moves the instant too.
+        """
+        version = tzdata_version()
+        changed = 0
+        for mailing in await self.store.mailings(Section.SCHEDULED):
+            schedule = mailing.schedule
+            if schedule is None or schedule.tzdata_version == version:
+                continue
+            resolved = resolve(schedule.local, schedule.tz)
+            async with self.store.write() as tx:
+                current = await tx.mailing(mailing.id)
+                if current.state is not S.SCHEDULED or current.schedule != schedule:
+                    continue
+                await tx.update_mailing(mailing.id, send_at_utc=iso(resolved.utc), tzdata_version=version)
+                if resolved.utc != schedule.utc:
+                    await tx.add_event(
+                        mailing.id,
+                        "rescheduled",
+                        f"time-zone data changed from {schedule.tzdata_version or 'unknown'} to {version}: "
+                        f"{schedule.local:%Y-%m-%d %H:%M} {schedule.tz} is now {iso(resolved.utc)} (was {iso(schedule.utc)})",
+                    )
+                    changed += 1
+        return changed
+
     async def unschedule(self, mailing_id: int) -> None:
         async with self.store.write() as tx:
             await self._checked(tx, mailing_id, Action.UNSCHEDULE)

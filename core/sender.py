@@ -148,6 +148,7 @@ class Sender:
         if recovered:
             log.warning("%d recipients were in flight when the last sender stopped; sending them again", recovered)
         await self._sweep_stale_sending()
+        await lifecycle.rederive_schedules()
         workers = [asyncio.create_task(self._worker(i)) for i in range(self.settings.connections)]
         try:
             while not self.stopping:

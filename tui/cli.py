@@ -148,6 +148,8 @@ class RejectLog:
 async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]) -> int:
     store = await Store.open(settings.db)
     try:
+        # A tzdata upgrade moves the instants of schedules; every command sees them right.
+        await Lifecycle(store).rederive_schedules()
         return await body(store)
     finally:
         await store.close()
