@@ -36,7 +36,7 @@ _MAX_LINE = 78  # RFC 5322 2.1.1: lines SHOULD be at most 78 characters
 _EW_BYTES = 42  # UTF-8 bytes per encoded-word: 56 base64 chars + 12 = 68, fits after "Subject: "
 _MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3: a path is at most 256 octets including the brackets
 
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"  # the hyphen escaped: classes are built from it
 # A word of at most 70 characters can always be moved to a continuation line within 78 columns.
 _ATOM_PHRASE = re.compile(rf"[{_ATEXT}]{{1,70}}(?: [{_ATEXT}]{{1,70}})*")
 _PLAIN_SUBJECT = re.compile(r"[!-~]{1,70}(?: [!-~]{1,70})*")
@@ -46,7 +46,15 @@ _SIMPLE_ADDRESS = re.compile(
 )
 # RFC 6532 extends atext with every non-ASCII character (printability is checked separately).
 _DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*")
+_HOST_NAME = re.compile(r"[\w\-\u0080-\U0010ffff]+(?:\.[\w\-\u0080-\U0010ffff]+)*", re.ASCII)
 _DOMAIN_LITERAL = re.compile(r"\[[!-Z^-~]*\]")
+_QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+# C0 controls but TAB, DEL and the C1 controls: invisible in a header at best and terminal escape
+# sequences at worst, so header text gets a space instead (CR, LF and NUL are refused before).
+_CONTROLS_TO_SPACE = dict.fromkeys(
+    [*range(0x01, 0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0)], " "
+)
 _ID_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Za-z:.]+\]")
 
 _TEXT_HEADERS = (
@@ -91,7 +99,8 @@ def _id_domain(from_addr: str) -> str:
         try:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
-            raise UserError(f"sender address {from_addr!r} has a domain that cannot be encoded") from None
+            message = f"sender address {from_addr!r} has a domain that cannot be encoded"
+            raise UserError(message) from None
     if not _ID_DOMAIN.fullmatch(domain):
         raise UserError(f"sender address {from_addr!r} has no valid domain")
     return domain
@@ -101,7 +110,13 @@ def _parse_from(from_addr: str) -> tuple[str, str]:
     """(display name, address) of the sender, refusing anything but exactly one address."""
     check_header_value("sender address", from_addr)
     pairs = getaddresses([from_addr])
-    if len(pairs) != 1 or "@" not in pairs[0][1] or not pairs[0][1].rpartition("@")[2]:
+    # getaddresses is lenient (it drops stray spaces, for one): the address must appear as given
+    if (
+        len(pairs) != 1
+        or pairs[0][1] not in from_addr
+        or not pairs[0][1].rpartition("@")[0]
+        or not pairs[0][1].rpartition("@")[2]
+    ):
         raise UserError(f"sender address {from_addr!r} is not one email address")
     return pairs[0]
 
@@ -152,12 +167,15 @@ def _subject_line(subject: str) -> str:
             return line + "\r\n"
         return _fold("Subject", subject.split(" "))
     # Encoded-words keep leading, trailing and repeated whitespace and anything non-ASCII exactly.
-    return _fold("Subject", _encoded_words(subject))
+    return _fold("Subject", _encoded_words(subject.translate(_CONTROLS_TO_SPACE)))
 
 
 def display_name(name: str) -> str:
-    """The display name as it is written: whitespace runs collapsed, ends trimmed, as mail
-    clients show it (and RFC 2047 decoders do not keep runs of spaces in a phrase)."""
+    """The display name as it is written: control characters and whitespace runs made one space,
+    ends trimmed, as mail clients show it (RFC 2047 decoders do not keep runs of spaces in a
+    phrase anyway)."""
+    if not name.isprintable():
+        name = name.translate(_CONTROLS_TO_SPACE)
     return " ".join(name.split())
 
 
@@ -173,7 +191,7 @@ def _phrase_tokens(name: str) -> list[str]:
 
 def _addr_spec(what: str, email: str) -> str:
     """The address as it goes into a header, quoting the local part where RFC 5322 needs it."""
-    if len(email) <= _MAX_ADDRESS and _SIMPLE_ADDRESS.fullmatch(email):
+    if len(email) <= _MAX_ADDRESS and _SIMPLE_ADDRESS.fullmatch(email) and "=?" not in email:
         return email
     check_header_value(what, email)
     local, at, domain = email.rpartition("@")
@@ -185,11 +203,22 @@ def _addr_spec(what: str, email: str) -> str:
     # raw U+2028 could still split a header for a reader that decodes UTF-8 and splits lines.
     if not email.isprintable():
         raise UserError(f"{what} contains a control or separator character: {email!r}")
-    if not (_DOT_ATOM_UTF8.fullmatch(domain) or _DOMAIN_LITERAL.fullmatch(domain)):
+    if not (_HOST_NAME.fullmatch(domain) or _DOMAIN_LITERAL.fullmatch(domain)):
         raise UserError(f"{what} has an invalid domain: {email!r}")
-    if not _DOT_ATOM_UTF8.fullmatch(local):
-        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{local}@{domain}"
+    return f"{_local_part(local)}@{domain}"
+
+
+def _local_part(local: str) -> str:
+    if "=?" in local:
+        # Some parsers (Python's among them) decode encoded-words even in addresses, where RFC
+        # 2047 forbids them; a quoted "\?" keeps the same mailbox and reads as no encoded-word.
+        if _QUOTED_STRING.fullmatch(local):
+            local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+        return '"' + local.replace("\\", "\\\\").replace('"', '\\"').replace("?", "\\?") + '"'
+    # An address already in SMTP form ("john doe"@example.com) is written as it will be sent.
+    if _DOT_ATOM_UTF8.fullmatch(local) or _QUOTED_STRING.fullmatch(local):
+        return local
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _address_line(header: str, what: str, email: str, name: str) -> str:
@@ -221,29 +250,33 @@ def _quoted_printable(text: str) -> bytes:
 
 
 class _Slots:
-    """A template pre-split into literals and merge-field slots, as one `%` format string."""
+    """Literal text and merge-field slots, kept as one `%` format string to fill in one step."""
 
     __slots__ = ("fields", "_format", "_get")
 
-    def __init__(self, template: str) -> None:
-        literals: list[str] = []
-        fields: list[str] = []
-        pos = 0
-        for match in _FIELD_RE.finditer(template):
-            literals.append(template[pos : match.start()])
-            fields.append(match.group(1))
-            pos = match.end()
-        literals.append(template[pos:])
+    def __init__(self, literals: list[str], fields: list[str]) -> None:
         self.fields = tuple(fields)
-        self._format = "%s".join(lit.replace("%", "%%") for lit in literals)
+        self._format = "%s".join(literal.replace("%", "%%") for literal in literals)
         getter = itemgetter(*fields) if fields else None
         # itemgetter of one key returns the bare value, of several a tuple
-        self._get = (lambda v, g=getter: (g(v),)) if len(fields) == 1 else getter
+        self._get = (lambda values, get=getter: (get(values),)) if len(fields) == 1 else getter
 
-    @property
-    def literal(self) -> str:
-        """The text itself (only meaningful when there are no fields)."""
-        return self._format.replace("%%", "%")
+    @classmethod
+    def parse(cls, template: str) -> _Slots:
+        return cls.of_matches(template, 0, len(template), list(_FIELD_RE.finditer(template)))
+
+    @classmethod
+    def of_matches(
+        cls, template: str, start: int, end: int, matches: list[re.Match[str]]
+    ) -> _Slots:
+        """The part template[start:end], which holds exactly the given field matches."""
+        literals, fields = [], []
+        for match in matches:
+            literals.append(template[start : match.start()])
+            fields.append(match.group(1))
+            start = match.end()
+        literals.append(template[start:end])
+        return cls(literals, fields)
 
     def fill(self, values: Mapping[str, str]) -> str:
         return self._format % self._get(values)
@@ -253,28 +286,53 @@ class _Slots:
 
 
 class _Body:
-    """One text/plain or text/html body: fixed bytes, or slots filled per recipient."""
+    """One text/plain or text/html body, as runs of lines.
 
-    __slots__ = ("_slots", "_escape", "_fixed")
+    Quoted-printable encodes each line on its own (soft breaks restart at every hard break), so
+    the lines without a merge field are encoded once here and render() encodes only the lines
+    that hold a field: for a typical body a few dozen bytes per recipient instead of kilobytes.
+    """
+
+    __slots__ = ("fields", "_segments", "_escape")
 
     def __init__(self, template: str, escape: bool) -> None:
         text = _normalise_newlines(template)
         if not text.endswith("\n"):
             text += "\n"  # every part ends with a line break, so the boundary follows cleanly
-        self._slots = _Slots(text)
         self._escape = escape
-        self._fixed = None if self._slots.fields else _quoted_printable(self._slots.literal)
+        segments: list[bytes | _Slots] = []
+        fields: list[str] = []
+        done = 0  # text[:done] is in segments
+        matches = list(_FIELD_RE.finditer(text))
+        index = 0
+        while index < len(matches):
+            # the whole lines around this field, and around any field that shares them
+            start = text.rfind("\n", 0, matches[index].start()) + 1
+            end = text.index("\n", matches[index].end()) + 1
+            first = index
+            while index + 1 < len(matches) and matches[index + 1].start() < end:
+                index += 1
+                end = text.index("\n", matches[index].end()) + 1
+            index += 1
+            if start > done:
+                segments.append(_quoted_printable(text[done:start]))
+            slots = _Slots.of_matches(text, start, end, matches[first:index])
+            segments.append(slots)
+            fields.extend(slots.fields)
+            done = end
+        if done < len(text):
+            segments.append(_quoted_printable(text[done:]))
+        self._segments = tuple(segments)
+        self.fields = tuple(fields)
 
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return self._slots.fields
-
-    def render(self, values: Mapping[str, str]) -> bytes:
-        if self._fixed is not None:
-            return self._fixed
-        if self._escape:
-            return _quoted_printable(_normalise_newlines(self._slots.fill_escaped(values)))
-        return _quoted_printable(_normalise_newlines(self._slots.fill(values)))
+    def render_into(self, pieces: list[bytes], values: Mapping[str, str]) -> None:
+        for segment in self._segments:
+            if isinstance(segment, bytes):
+                pieces.append(segment)
+            elif self._escape:
+                pieces.append(_quoted_printable(_normalise_newlines(segment.fill_escaped(values))))
+            else:
+                pieces.append(_quoted_printable(_normalise_newlines(segment.fill(values))))
 
 
 def _choose_boundary(texts: Iterable[str]) -> str:
@@ -292,14 +350,21 @@ def _choose_boundary(texts: Iterable[str]) -> str:
 
 
 class MessageTemplate:
-    """One mailing's message, ready to render for each recipient."""
+    """One mailing's message, ready to render for each recipient.
+
+    `sender` is the bare sender address (for MAIL FROM), `fields` every merge field used,
+    `subject_fields` those whose values reach the Subject header (the importer refuses CR, LF and
+    NUL in them up front), `boundary` the multipart boundary or None for a single part.
+    """
 
     __slots__ = (
         "mailing_id",
+        "sender",
         "subject_fields",
         "fields",
         "boundary",
         "_from_line",
+        "_columns",
         "_subject",
         "_subject_fixed",
         "_mid_prefix",
@@ -327,7 +392,7 @@ class MessageTemplate:
         if not text and not html:
             raise UserError("the mailing has no body: give a text body, an HTML body or both")
         _check_fields_available(subject, text or None, html or None, available_fields)
-        return cls(mailing_id, subject, from_addr, sender_name, sender_addr, text or None, html or None)
+        return cls(mailing_id, subject, from_addr, sender_name, sender_addr, text, html)
 
     def __init__(
         self,
@@ -340,8 +405,10 @@ class MessageTemplate:
         html: str | None,
     ) -> None:
         self.mailing_id = mailing_id
-        self._from_line = _address_line("From", "sender address", sender_addr, sender_name).encode()
-        self._subject = _Slots(subject)
+        self.sender = sender_addr
+        self._from_line = _address_line("From", "sender address", sender_addr, sender_name)
+        self._from_line = self._from_line.encode("utf-8")
+        self._subject = _Slots.parse(subject)
         self.subject_fields = frozenset(self._subject.fields)
         self._subject_fixed = (
             None if self._subject.fields else _subject_line(subject).encode("ascii")
@@ -357,6 +424,7 @@ class MessageTemplate:
             bodies.append(_Body(html, escape=True))
         self._bodies = tuple(bodies)
         self.fields = frozenset(self._subject.fields).union(*(b.fields for b in bodies))
+        self._columns = tuple(self.fields - BUILTIN_FIELDS)
         if len(bodies) == 1:
             self.boundary = None
             self._separators = (
@@ -394,18 +462,17 @@ class MessageTemplate:
         A field missing from `fields` renders as empty. `now` (epoch seconds) is for tests.
         """
         what = f"of recipient {recipient_id}"
-        if "\r" in name or "\n" in name or "\0" in name:
-            check_header_value(f"field 'name' {what}", name)
+        check_header_value(f"field 'name' {what}", name)
         to_line = _address_line("To", f"field 'email' {what}", email, name)
-        values = {
-            field: email if field == "email" else name if field == "name" else fields.get(field) or ""
-            for field in self.fields
-        }
+        values = {column: fields.get(column) or "" for column in self._columns}
+        values["email"] = email
+        values["name"] = name
         if self._subject_fixed is not None:
             subject_line = self._subject_fixed
         else:
             for field in self._subject.fields:
-                check_header_value(f"merge field '{field}' {what} (used in the subject)", values[field])
+                where = f"merge field '{field}' {what} (used in the subject)"
+                check_header_value(where, values[field])
             subject_line = _subject_line(self._subject.fill(values)).encode("ascii")
 
         pieces = [
@@ -420,7 +487,7 @@ class MessageTemplate:
         separators = self._separators
         for index, body in enumerate(self._bodies):
             pieces.append(separators[index])
-            pieces.append(body.render(values))
+            body.render_into(pieces, values)
         pieces.append(separators[-1])
         return b"".join(pieces)
 
@@ -438,7 +505,8 @@ def _check_fields_available(
     subject: str, text: str | None, html: str | None, available_fields: Iterable[str]
 ) -> None:
     available = BUILTIN_FIELDS.union(available_fields)
-    for where, template in (("the subject", subject), ("the text body", text), ("the HTML body", html)):
+    templates = (("the subject", subject), ("the text body", text), ("the HTML body", html))
+    for where, template in templates:
         missing = sorted(fields_used(template) - available)
         if len(missing) == 1:
             raise UserError(
@@ -448,5 +516,6 @@ def _check_fields_available(
         if missing:
             names = ", ".join(f"'{field}'" for field in missing)
             raise UserError(
-                f"merge fields {names} are used in {where} but are not columns of the recipient file"
+                f"merge fields {names} are used in {where} but are not columns of the "
+                "recipient file"
             )
