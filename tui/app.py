@@ -1,0 +1,844 @@
+"""The live dashboard: three panels, the Actions menu, and the sender beside it in one process.
+
+Refresh model: the sender never touches a widget. A timer a few times a second looks at the
+sender's in-memory snapshot (a version counter says whether anything moved) and, at most once or
+twice a second and only when `PRAGMA data_version` says another connection committed, re-reads
+the sections from the store. Whatever changed is copied into the panels inside one batched
+update, cell by cell. When another process holds the sender lease, the same loop runs from the
+database alone (monitor mode) and takes the lease over when it becomes free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer
+from textual.worker import Worker, WorkerCancelled, WorkerFailed
+
+from mailtower.core.config import ENV, Settings
+from mailtower.core.domain import Mailing, MailingState, Section
+from mailtower.core.errors import NotFound, UserError
+from mailtower.core.lease import Holder, SenderLease
+from mailtower.core.lifecycle import Direction, Lifecycle, Offer, offers
+from mailtower.core.operations import split_by_zone
+from mailtower.core.progress import SenderState, queue_estimates
+from mailtower.core.sender import LeaseHeld, Sender
+from mailtower.core.store import Store
+from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
+
+from .actions import ActionsMenu
+from .header import HeaderInfo, HeaderLine, Mode
+from .help import HelpScreen
+from .messages import MailingMoved
+from .palette import Command, DashboardCommands
+from .panels import MailingTable, Row
+from .rows import View, current_cells, inactive_cells, scheduled_cells
+
+log = logging.getLogger("mailtower.dashboard")
+
+Clock = Callable[[], datetime]
+HandOff = Callable[[Settings], object]
+
+SECTION_IDS = {Section.CURRENT: "current", Section.SCHEDULED: "scheduled", Section.INACTIVE: "inactive"}
+TABLE_CHROME = 3  # border left and right, and the vertical scrollbar's gutter
+HEARTBEAT_STALE = 5.0  # seconds: a monitored sender that has not written for this long is silent
+SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
+STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
+
+
+# ---- hand-off to a background sender -------------------------------------------------------
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """MAILTOWER_* variables that reproduce `settings` in a child process."""
+    env: dict[str, str] = {}
+    for var, name in ENV.items():
+        value = getattr(settings, name)
+        if isinstance(value, bool):
+            env[var] = "true" if value else "false"
+        else:
+            env[var] = str(value)
+    return env
+
+
+def handoff_command(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), "run", "--until-idle"]
+
+
+def handoff_log_path(settings: Settings) -> Path:
+    return settings.db.with_name(settings.db.name + ".run.log")
+
+
+def launch_background_sender(settings: Settings) -> subprocess.Popen[bytes]:
+    """Start a detached `mailtower run` that outlives this terminal; it exits once nothing is left."""
+    log_path = handoff_log_path(settings)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        env = {**os.environ, **settings_environment(settings)}
+        return subprocess.Popen(
+            handoff_command(settings),
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            env=env,
+            start_new_session=True,  # a new session: the terminal's SIGHUP does not reach it
+            close_fds=True,
+        )
+    finally:
+        os.close(fd)
+
+
+# ---- screens we push (written alongside this app; imported when needed) ----------------------
+
+
+def _confirm(title: str, message: str, confirm_label: str, destructive: bool) -> Screen[bool]:
+    from .screens.confirm import ConfirmDialog
+
+    return ConfirmDialog(title, message, confirm_label=confirm_label, destructive=destructive)
+
+
+# ---- the dashboard screen ------------------------------------------------------------------
+
+
+class Dashboard(Screen[None]):
+    """Header, the three panels and the footer. The app owns the data; this owns the keys."""
+
+    BINDINGS = [
+        Binding("a", "app.actions", "Actions", id="actions"),
+        Binding("question_mark", "app.help", "Keys", id="help"),
+        Binding("q", "app.leave", "Quit", id="quit"),
+        Binding("tab", "app.focus_next", "Next panel", id="next-panel"),
+        Binding("shift+tab", "app.focus_previous", "Previous panel", id="previous-panel", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Kept, not queried: the refresh loop uses them several times a second.
+        self.header = HeaderLine()
+        self._tables = {section: MailingTable(section, id=key) for section, key in SECTION_IDS.items()}
+
+    def compose(self) -> ComposeResult:
+        yield self.header
+        with Vertical(id="panels"):
+            yield from self._tables.values()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.table(Section.CURRENT).focus()
+
+    def table(self, section: Section) -> MailingTable:
+        return self._tables[section]
+
+    def tables(self) -> list[MailingTable]:
+        return list(self._tables.values())
+
+    def active_table(self) -> MailingTable:
+        focused = self.focused
+        return focused if isinstance(focused, MailingTable) else self.table(Section.CURRENT)
+
+    def on_screen_resume(self) -> None:
+        app = self.app
+        if isinstance(app, DashboardApp):
+            app.mark_dirty()
+
+    def on_resize(self) -> None:
+        app = self.app
+        if isinstance(app, DashboardApp):
+            app.relayout()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        table = event.data_table
+        if isinstance(table, MailingTable) and event.row_key.value is not None:
+            app = self.app
+            if isinstance(app, DashboardApp):
+                app.open_actions(int(event.row_key.value))
+
+
+# ---- the app ---------------------------------------------------------------------------------
+
+
+class DashboardApp(App[int]):
+    """`DashboardApp(settings).run()`; the keyword arguments exist for tests and the demo."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "mailtower"
+    COMMANDS = App.COMMANDS | {DashboardCommands}
+    BINDINGS = [Binding("ctrl+q", "leave", "Quit", show=False, priority=True, id="quit-now")]
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        start_sender: bool = True,
+        now: Clock = utcnow,
+        operator_tz: str | None = None,
+        stall_after: float = 30.0,
+        handoff: HandOff = launch_background_sender,
+        hand_off_on_quit: bool = True,
+        refresh_interval: float = 0.25,
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.start_sender = start_sender
+        self.now = now
+        self.operator_tz = operator_tz or operator_zone()
+        self.stall_after = stall_after
+        self.handoff = handoff
+        self.hand_off_on_quit = hand_off_on_quit
+        self.refresh_interval = refresh_interval
+        self.stop_timeout = stop_timeout
+        self.store: Store | None = None
+        self.lifecycle: Lifecycle | None = None
+        self.sender: Sender | None = None
+        self.sender_worker: Worker[None] | None = None
+        self.mode = Mode.OFF
+        self.holder: Holder | None = None
+        self.handed_off: object | None = None  # what the hand-off launcher returned
+        self.sections: dict[Section, list[Mailing]] = {section: [] for section in Section}
+        self.cells_written = 0  # for tests and the benchmark: how much the panels were touched
+        self.renders = 0
+        self._probe = SenderLease(settings.db)
+        self._dashboard: Dashboard | None = None
+        self._tick_lock = asyncio.Lock()
+        self._force = True
+        self._dirty = True
+        self._data_version = -1
+        self._last_read = 0.0
+        self._snap_version = -1
+        self._last_second = -1
+        self._next_lease_check = 0.0
+        self._sender_retry_at = 0.0
+        self._meta: dict[str, str] = {}
+        self._active_since: float | None = None
+        self._stopping = False
+        self._leaving = False
+        self._expected: set[int] = set()  # mailings our own actions changed: no "moved" notice for them
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def get_default_screen(self) -> Screen:
+        self._dashboard = Dashboard()
+        return self._dashboard
+
+    @property
+    def dashboard(self) -> Dashboard:
+        assert self._dashboard is not None
+        return self._dashboard
+
+    async def on_mount(self) -> None:
+        try:
+            self.store = await Store.open(self.settings.db)
+        except (UserError, OSError, sqlite3.Error) as exc:
+            self.exit(return_code=2, message=f"mailtower: cannot open {self.settings.db}: {exc}")
+            return
+        self.lifecycle = Lifecycle(self.store)
+        self._install_signal_handlers()
+        await self._check_lease()
+        self.relayout()
+        await self.refresh_now()
+        self.set_interval(self.refresh_interval, self._tick, name="refresh")
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        handlers = {signal.SIGHUP: self._on_hangup, signal.SIGTERM: self._on_terminate}
+        for sig, handler in handlers.items():
+            try:
+                loop.add_signal_handler(sig, handler)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread, or no signals on this platform
+
+    def _remove_signal_handlers(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def _on_hangup(self) -> None:
+        # The terminal is gone: nobody can answer a question, so hand off without asking.
+        self.leave(ask=False)
+
+    def _on_terminate(self) -> None:
+        self.leave(ask=False, hand_off=False)
+
+    async def on_unmount(self) -> None:
+        self._remove_signal_handlers()
+        if self.sender is not None:
+            # Leaving by any other path than `leave` still stops the sender gracefully.
+            await self._stop_sender()
+        if self.store is not None:
+            store, self.store = self.store, None
+            await store.close()
+
+    # ---- the sender and the lease ------------------------------------------------------------
+
+    @property
+    def sending_here(self) -> bool:
+        return self.sender is not None
+
+    async def _check_lease(self) -> None:
+        """Monitor whoever holds the lease; take it when it is free (if we may send)."""
+        if self.sender is not None or self._leaving:
+            return
+        holder = self._probe.holder()
+        if holder is not None:
+            if self.mode is not Mode.MONITORING or self.holder != holder:
+                self.mode, self.holder = Mode.MONITORING, holder
+                self._force = True
+            return
+        if self.start_sender and time.monotonic() >= self._sender_retry_at:
+            self._start_sender()
+        elif self.mode is not Mode.OFF:
+            self.mode, self.holder = Mode.OFF, None
+            self._force = True
+
+    def _start_sender(self) -> None:
+        sender = Sender(self.settings, what="dashboard")
+        self.sender = sender
+        self.mode, self.holder = Mode.IDLE, None
+        self._snap_version = -1
+        self._force = True
+        # An App-level worker: it lives as long as the app, whatever screen is on top.
+        self.sender_worker = self.run_worker(
+            self._run_sender(sender), name="sender", group="sender", exclusive=True, exit_on_error=False
+        )
+
+    async def _run_sender(self, sender: Sender) -> None:
+        try:
+            await sender.run()
+        except LeaseHeld:
+            pass  # another process took the lease first: the next check monitors it
+        except Exception as exc:  # the dashboard must outlive a broken sender
+            log.exception("sender stopped")
+            self._sender_retry_at = time.monotonic() + SENDER_RETRY
+            self.notify(f"The sender stopped: {exc}", title="Sender", severity="error", timeout=10)
+        finally:
+            if self.sender is sender:
+                self.sender = None
+                self.mode = Mode.OFF
+                self._force = True
+                self._next_lease_check = 0.0
+
+    async def _stop_sender(self) -> None:
+        """Graceful: in-flight messages finish and are recorded, unstarted rows go back to pending."""
+        sender, worker = self.sender, self.sender_worker
+        if sender is None or worker is None:
+            return
+        self._stopping = True
+        self._render()
+        sender.request_stop()
+        try:
+            await asyncio.wait_for(worker.wait(), timeout=self.stop_timeout)
+        except (TimeoutError, WorkerFailed, WorkerCancelled):
+            worker.cancel()
+        self.sender = None
+        self._stopping = False
+
+    # ---- refresh -----------------------------------------------------------------------------
+
+    async def refresh_now(self) -> None:
+        """Re-read the store and redraw at once (after an action of ours)."""
+        self._force = True
+        await self._tick()
+
+    async def _tick(self) -> None:
+        if self.store is None or self._leaving or self._exit:
+            return
+        async with self._tick_lock:
+            await self._update()
+
+    async def _update(self) -> None:
+        store = self.store
+        assert store is not None
+        mono = time.monotonic()
+        if mono >= self._next_lease_check:
+            self._next_lease_check = mono + 1.0
+            await self._check_lease()
+        read = self._force
+        if not read and mono - self._last_read >= (1.0 if self.sending_here else 0.5):
+            read = await store.data_version() != self._data_version
+        snapshot = self.sender.snapshot if self.sender is not None else None
+        moved = snapshot is not None and snapshot.version != self._snap_version
+        if moved and not read and snapshot is not None and mono - self._last_read >= self.refresh_interval:
+            # A mailing joined or left the queue: the store knows which, the snapshot only ids.
+            read = set(snapshot.mailings) != {m.id for m in self.sections[Section.CURRENT]}
+        if read:
+            await self._read(store)
+        if snapshot is not None:
+            self._snap_version = snapshot.version
+        second = int(self.now().timestamp())
+        if read or moved or self._dirty or second != self._last_second:
+            self._last_second = second
+            self._render()
+
+    async def _read(self, store: Store) -> None:
+        self._force = False
+        self._last_read = time.monotonic()
+        # The version first: a commit landing during the read changes it again, so it is re-read.
+        self._data_version = await store.data_version()
+        sections = await store.sections()
+        if self.mode is Mode.MONITORING:
+            keys = ("sender_state", "sender_reason", "sender_rate", "sender_last_accept", "sender_heartbeat")
+            self._meta = {key: (await store.meta(key)) or "" for key in keys}
+        self._announce_moves(self.sections, sections)
+        self.sections = sections
+
+    def _announce_moves(self, old: dict[Section, list[Mailing]], new: dict[Section, list[Mailing]]) -> None:
+        before = {m.id: m for ms in old.values() for m in ms}
+        if not before:
+            return  # the first read: nothing moved, it was all there already
+        for mailing in (m for ms in new.values() for m in ms):
+            was = before.get(mailing.id)
+            if was is None or mailing.id in self._expected:
+                continue
+            if was.state is not mailing.state or was.missed != mailing.missed:
+                self.post_message(MailingMoved(mailing, was.state))
+        self._expected.clear()
+
+    def on_mailing_moved(self, message: MailingMoved) -> None:
+        mailing, name = message.mailing, " ".join(message.mailing.name.split())
+        if mailing.state is MailingState.COMPLETED:
+            self.notify(f"{name}: {mailing.sent:,} sent, {mailing.failed:,} failed", title="Completed", timeout=6)
+        elif mailing.missed:
+            self.notify(f"{name} missed its send time: send it now or set a new schedule", severity="warning")
+        elif message.before is MailingState.SCHEDULED and mailing.section is Section.CURRENT:
+            self.notify(f"{name} came due and joined the queue", title="Scheduled", timeout=5)
+        elif mailing.state is MailingState.STOPPED and message.before is not MailingState.STOPPED:
+            self.notify(f"{name} was stopped ({mailing.remaining:,} remaining)", timeout=5)
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    def relayout(self) -> None:
+        """Fit the columns to the terminal's width."""
+        if self._dashboard is None or not self._dashboard.is_mounted:
+            return
+        width = max(self.size.width - TABLE_CHROME, 20)
+        for table in self.dashboard.tables():
+            if table.set_layout(table.layout_for_width(width)):
+                self._dirty = True
+        if self._dirty and self.store is not None:
+            self._render()
+
+    def _dashboard_visible(self) -> bool:
+        """The dashboard is on screen, possibly under a dialog."""
+        for screen in reversed(self.screen_stack):
+            if screen is self._dashboard:
+                return True
+            if not screen.is_modal:
+                return False
+        return False
+
+    def live_current(self) -> list[Mailing]:
+        """Current mailings with the sender's newest counters (the store's may be a beat behind)."""
+        current = self.sections[Section.CURRENT]
+        if self.sender is None:
+            return current
+        live = self.sender.snapshot.mailings
+        patched = []
+        for mailing in current:
+            p = live.get(mailing.id)
+            if p is not None and p.sent + p.failed >= mailing.sent + mailing.failed:
+                mailing = replace(mailing, sent=p.sent, failed=p.failed, deferred=p.deferred, in_doubt=p.in_doubt)
+            patched.append(mailing)
+        return patched
+
+    def current_rate(self) -> float:
+        if self.sender is not None:
+            return self.sender.snapshot.rate
+        if self.mode is Mode.MONITORING and self._remote_state() == "sending":
+            return _float(self._meta.get("sender_rate"))
+        return 0.0
+
+    def _remote_state(self) -> str:
+        heartbeat = _float(self._meta.get("sender_heartbeat"))
+        if not heartbeat or self.now().timestamp() - heartbeat > HEARTBEAT_STALE:
+            return "silent"
+        return self._meta.get("sender_state", "") or "idle"
+
+    def _render(self) -> None:
+        if self._exit or self._dashboard is None or not self._dashboard.is_mounted or not self._dashboard_visible():
+            return
+        self._dirty = False
+        self.renders += 1
+        now = self.now()
+        dashboard = self.dashboard
+        with self.batch_update():
+            dashboard.header.show(self.header_info(now))
+            written = 0
+            for table in dashboard.tables():
+                if table.layout_spec is None:
+                    continue
+                view = View(now=now, operator_tz=self.operator_tz, compact=table.layout_spec.compact)
+                written += table.show(self._rows(table, view))
+            self.cells_written += written
+
+    def _rows(self, table: MailingTable, view: View) -> list[Row]:
+        section = table.section
+        if section is Section.CURRENT:
+            current = self.live_current()
+            rate = self.current_rate()
+            estimates = queue_estimates(current, rate, view.now) if rate > 0 else {}
+            assert table.layout_spec is not None
+            bar = table.layout_spec.width_of("progress") - 6
+            return [
+                Row(str(m.id), current_cells(m, i, estimates.get(m.id), rate, view, bar))
+                for i, m in enumerate(current, start=1)
+            ]
+        if section is Section.SCHEDULED:
+            return [Row(str(m.id), scheduled_cells(m, view)) for m in self.sections[section]]
+        return [Row(str(m.id), inactive_cells(m, view)) for m in self.sections[section]]
+
+    def header_info(self, now: datetime) -> HeaderInfo:
+        where = f"{self.operator_tz} · tzdata {tzdata_version()}"
+        if self._stopping:
+            return HeaderInfo(Mode.STOPPING, where=where)
+        now_epoch = now.timestamp()
+        if self.sender is not None:
+            snap = self.sender.snapshot
+            mode = {
+                SenderState.SENDING: Mode.SENDING,
+                SenderState.WAITING: Mode.WAITING,
+            }.get(snap.state, Mode.IDLE)
+            state, rate, reason, last = mode.value, snap.rate, snap.reason, snap.last_accept_at
+        elif self.mode is Mode.MONITORING:
+            mode = Mode.MONITORING
+            state = self._remote_state()
+            rate, reason = self.current_rate(), self._meta.get("sender_reason", "")
+            if state == "silent":
+                heartbeat = _float(self._meta.get("sender_heartbeat"))
+                reason = f"no heartbeat for {int(now_epoch - heartbeat)} s" if heartbeat else "no heartbeat yet"
+            last = _float(self._meta.get("sender_last_accept")) or None
+        else:
+            return HeaderInfo(Mode.OFF, where=where)
+        active = state in ("sending", "waiting") and bool(self.sections[Section.CURRENT])
+        if active and self._active_since is None:
+            self._active_since = now_epoch
+        elif not active:
+            self._active_since = None
+        stalled_for = None
+        if active and self._active_since is not None:
+            since = max(last or 0.0, self._active_since)
+            if now_epoch - since > self.stall_after:
+                stalled_for = now_epoch - since
+        return HeaderInfo(
+            mode=mode,
+            rate=rate,
+            reason=reason,
+            holder=holder_forms(self.holder),
+            remote_state=state,
+            last_accept_age=None if last is None else now_epoch - last,
+            stalled_for=stalled_for,
+            where=where,
+        )
+
+    # ---- what the highlighted row is --------------------------------------------------------
+
+    def find(self, mailing_id: int) -> Mailing | None:
+        for mailings in self.sections.values():
+            for mailing in mailings:
+                if mailing.id == mailing_id:
+                    return mailing
+        return None
+
+    def highlighted(self) -> Mailing | None:
+        if self._dashboard is None:
+            return None
+        key = self.dashboard.active_table().highlighted_key()
+        return self.find(int(key)) if key is not None else None
+
+    def any_sending(self) -> bool:
+        return any(m.state is MailingState.SENDING for m in self.sections[Section.CURRENT])
+
+    def offers_for(self, mailing: Mailing) -> list[Offer]:
+        return offers(mailing, any_sending=self.any_sending())
+
+    # ---- key actions -------------------------------------------------------------------------
+
+    def action_actions(self) -> None:
+        mailing = self.highlighted()
+        if mailing is None:
+            self.notify("Nothing to act on in this panel", severity="warning", timeout=3)
+            return
+        self.open_actions(mailing.id)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.where_text()))
+
+    def where_text(self) -> str:
+        return (
+            f"shown in {self.operator_tz} (your zone; set TZ to change it), "
+            f"zone data tzdata {tzdata_version()}; database {self.settings.db}"
+        )
+
+    def action_leave(self) -> None:
+        self.leave(ask=True)
+
+    async def action_quit(self) -> None:
+        self.leave(ask=True)
+
+    def action_focus_section(self, section: str) -> None:
+        self.dashboard.table(Section(section)).focus()
+
+    def open_actions(self, mailing_id: int) -> None:
+        self._actions_flow(mailing_id)
+
+    @work(group="flow", exit_on_error=False)
+    async def _actions_flow(self, mailing_id: int) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            mailing = await store.mailing(mailing_id)
+        except NotFound:
+            self.notify("That mailing is gone", severity="warning", timeout=3)
+            await self.refresh_now()
+            return
+        any_sending = any(m.state is MailingState.SENDING for m in await store.mailings(Section.CURRENT))
+        choice = await self.push_screen_wait(ActionsMenu(mailing, offers(mailing, any_sending=any_sending)))
+        if choice:
+            await self.perform(choice, mailing)
+
+    @work(group="flow", exit_on_error=False)
+    async def _palette_flow(self, key: str, mailing_id: int) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            mailing = await store.mailing(mailing_id)
+        except NotFound:
+            self.notify("That mailing is gone", severity="warning", timeout=3)
+            return
+        await self.perform(key, mailing)
+
+    async def perform(self, key: str, mailing: Mailing) -> None:
+        """Carry out one Actions-menu entry; refused actions and bad input become one notice."""
+        try:
+            done = await self._perform(key, mailing)
+        except UserError as exc:
+            self.notify(str(exc), title="Not done", severity="error", timeout=8)
+            done = None
+        if done:
+            self.notify(done, timeout=4)
+        await self.refresh_now()
+        self._follow(mailing.id)
+
+    def _follow(self, mailing_id: int) -> None:
+        """Keep the cursor on the mailing if it is still in the focused panel."""
+        if self._dashboard is not None:
+            self.dashboard.active_table().select_key(str(mailing_id))
+
+    async def _perform(self, key: str, mailing: Mailing) -> str | None:
+        lifecycle = self.lifecycle
+        store = self.store
+        assert lifecycle is not None and store is not None
+        name = " ".join(mailing.name.split())
+        self._expected.add(mailing.id)
+        if key == "stop":
+            message = (
+                f"Stop sending “{name}”? {mailing.remaining:,} recipients have not received it yet; "
+                "they are kept, and Restart sends to them only."
+            )
+            if not await self._ask("Cancel sending", message, "Stop sending", destructive=True):
+                return None
+            stopped = await lifecycle.stop(mailing.id)
+            return f"Stopped “{name}”: {stopped.remaining:,} remaining recipients kept (Inactive)"
+        if key in ("move-up", "move-down"):
+            position = await lifecycle.move(mailing.id, Direction.UP if key == "move-up" else Direction.DOWN)
+            return f"“{name}” is now number {position} in the queue"
+        if key == "details":
+            self.push_screen(self._details_screen(store, mailing))
+            return None
+        if key == "remaining":
+            self.push_screen(self._remaining_screen(store, mailing))
+            return None
+        if key == "schedule":
+            return await self._schedule(mailing)
+        if key == "send-now":
+            await lifecycle.send_now(mailing.id)
+            return f"“{name}” joined the queue (Current)"
+        if key == "unschedule":
+            message = f"Cancel the schedule of “{name}”? The mailing is kept as a draft (Inactive)."
+            if not await self._ask("Cancel schedule", message, "Cancel schedule", destructive=True):
+                return None
+            await lifecycle.unschedule(mailing.id)
+            return f"“{name}” is a draft again (Inactive)"
+        if key == "restart":
+            await lifecycle.restart(mailing.id)
+            return f"“{name}” restarted for its {mailing.remaining:,} remaining recipients (Current)"
+        if key == "delete":
+            message = f"Delete “{name}” and its recipient list ({mailing.total:,} recipients)? This cannot be undone."
+            if not await self._ask("Delete mailing", message, "Delete", destructive=True):
+                return None
+            await lifecycle.delete(mailing.id)
+            return f"Deleted “{name}”"
+        raise UserError(f"unknown action {key!r}")
+
+    async def _ask(self, title: str, message: str, confirm_label: str, *, destructive: bool) -> bool:
+        return bool(await self.push_screen_wait(_confirm(title, message, confirm_label, destructive)))
+
+    async def _schedule(self, mailing: Mailing) -> str | None:
+        from .screens.schedule import ScheduleDialog
+
+        request = await self.push_screen_wait(ScheduleDialog(mailing, self.operator_tz, now=self.now))
+        if request is None:
+            return None
+        store, lifecycle = self.store, self.lifecycle
+        assert store is not None and lifecycle is not None
+        name = " ".join(mailing.name.split())
+        if request.local_time:
+            results = await split_by_zone(store, lifecycle, mailing.id, request.local, request.tz)
+            self._expected.update(mailing_id for mailing_id, _ in results)
+            for _, resolved in results:
+                if resolved.warning:
+                    self.notify(resolved.warning, severity="warning", timeout=8)
+            return f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone ({len(results)} mailings)"
+        resolved = await lifecycle.schedule(mailing.id, request.local, request.tz)
+        if resolved.warning:
+            self.notify(resolved.warning, severity="warning", timeout=8)
+        return f"“{name}” scheduled for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz}"
+
+    def _details_screen(self, store: Store, mailing: Mailing) -> Screen[None]:
+        from .screens.details import DetailsScreen
+
+        return DetailsScreen(store, mailing)
+
+    def _remaining_screen(self, store: Store, mailing: Mailing) -> Screen[None]:
+        from .screens.remaining import RemainingScreen
+
+        return RemainingScreen(store, mailing)
+
+    # ---- command palette ---------------------------------------------------------------------
+
+    def palette_commands(self) -> list[Command]:
+        commands: list[Command] = []
+        mailing = self.highlighted()
+        if mailing is not None:
+            name = " ".join(mailing.name.split())
+            for offer in self.offers_for(mailing):
+                if offer.enabled:
+                    run = _bind(self._palette_flow, offer.key, mailing.id)
+                    commands.append(Command(f"{offer.label}: {name}", f"{mailing.section.value} mailing", run))
+                else:
+                    reason = offer.reason
+                    commands.append(
+                        Command(
+                            f"{offer.label}: {name} (not available)",
+                            reason,
+                            _bind(self.notify, reason, severity="warning", timeout=8),
+                        )
+                    )
+        for section in Section:
+            commands.append(
+                Command(
+                    f"Go to {section.value.capitalize()}",
+                    f"focus the {section.value} panel",
+                    _bind(self.action_focus_section, section.value),
+                )
+            )
+        commands.append(Command("Actions menu", "open the Actions menu of the highlighted mailing", self.action_actions))
+        commands.append(Command("Keys", "show every key", self.action_help))
+        commands.append(Command("Refresh", "re-read the database now", lambda: self.run_worker(self.refresh_now())))
+        commands.append(Command("Quit", "leave the dashboard (sending continues in the background)", self.action_leave))
+        return commands
+
+    def get_system_commands(self, screen: Screen):  # type: ignore[no-untyped-def]
+        # Quit is ours (it hands the sending off); the rest of the system commands stay.
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":
+                yield command
+
+    # ---- leaving -----------------------------------------------------------------------------
+
+    @work(group="leave", exclusive=True, exit_on_error=False)
+    async def leave(self, ask: bool = True, hand_off: bool = True) -> None:
+        """Quit; while work is current or scheduled, hand the sending to a background `mailtower run`."""
+        if self._leaving:
+            return
+        store = self.store
+        sections = await store.sections() if store is not None else self.sections
+        current = len(sections[Section.CURRENT])
+        scheduled = sum(1 for m in sections[Section.SCHEDULED] if not m.missed)
+        work_left = bool(current or scheduled)
+        someone_else_sends = self.mode is Mode.MONITORING
+        handing_off = hand_off and self.hand_off_on_quit and work_left and not someone_else_sends
+        if handing_off and ask:
+            parts = [f"{current} current" if current else "", f"{scheduled} scheduled" if scheduled else ""]
+            what = " and ".join(p for p in parts if p)
+            message = (
+                f"{what.capitalize()} mailing{'s' if current + scheduled > 1 else ''} left. "
+                "Sending continues in the background (a detached `mailtower run`) after you quit; "
+                "reopen the dashboard at any time to see it."
+            )
+            if not await self.push_screen_wait(_confirm("Quit the dashboard?", message, "Quit", False)):
+                return
+        self._leaving = True
+        await self._stop_sender()
+        exit_message = None
+        if handing_off:
+            try:
+                self.handed_off = self.handoff(self.settings)
+            except OSError as exc:
+                exit_message = (
+                    f"mailtower: could not start the background sender ({exc}); run `mailtower run` to keep sending"
+                )
+            else:
+                pid = getattr(self.handed_off, "pid", None)
+                exit_message = (
+                    f"mailtower: sending continues in the background{f' (pid {pid})' if pid else ''}; "
+                    f"log: {handoff_log_path(self.settings)}"
+                )
+        if store is not None:
+            self.store = None
+            await store.close()
+        self.exit(0, message=exit_message)
+
+
+def holder_forms(holder: Holder | None) -> tuple[str, ...]:
+    """Who holds the sender lease, from the full description down to what fits a narrow header."""
+    if holder is None:
+        return ()
+    return (holder.describe(), f"{holder.what} pid {holder.pid}@{holder.host}", f"pid {holder.pid}@{holder.host}")
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
+
+
+def _bind(function: Callable[..., object], *args: object, **kwargs: object) -> Callable[[], object]:
+    def run() -> object:
+        return function(*args, **kwargs)
+
+    return run
+
+
+def run_dashboard(settings: Settings) -> int:
+    """`mailtower`: the dashboard on the configured database, sending from this process if it may."""
+    app = DashboardApp(settings)
+    app.run()
+    return app.return_code or 0

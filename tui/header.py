@@ -1,0 +1,117 @@
+"""The header line: what the sender is doing, how fast, and whether progress has stalled."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widget import Widget
+
+
+class Mode(str, enum.Enum):
+    SENDING = "sending"
+    IDLE = "idle"
+    WAITING = "waiting"  # for the SMTP server
+    MONITORING = "monitoring"  # another process holds the sender lease
+    OFF = "off"  # nobody sends (the dashboard was told not to start a sender)
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderInfo:
+    mode: Mode
+    rate: float = 0.0
+    reason: str = ""
+    holder: tuple[str, ...] = ()  # who sends, in monitor mode: ways to say it, longest first
+    remote_state: str = ""  # the other sender's state, in monitor mode
+    last_accept_age: float | None = None  # seconds since the server last accepted a message
+    stalled_for: float | None = None  # seconds without progress while work is current
+    where: str = ""  # right-hand side: operator zone and tzdata version
+
+
+def age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min ago"
+
+
+def _activity(state: str, rate: float, reason: str) -> tuple[str, str]:
+    """(text, style) for a sender state, ours or another process's."""
+    if state == "sending":
+        return f"sending {rate:.1f} msg/s", "bold green"
+    if state == "waiting":
+        return f"waiting for the SMTP server ({reason or 'no reason given'})", "bold yellow"
+    if state == "stopped":
+        return "stopped", "bold"
+    return "idle", "bold"
+
+
+def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
+    text = Text()
+    if info.stalled_for is not None:
+        text.append(" STALLED ", style="bold white on red")
+        text.append(" ")
+    if info.mode is Mode.MONITORING:
+        text.append("monitoring ", style="bold cyan")
+        text.append(holder)
+        activity, style = _activity(info.remote_state, info.rate, info.reason)
+        text.append(": ")
+        text.append(activity, style=style)
+    elif info.mode is Mode.OFF:
+        text.append("not sending", style="bold")
+        text.append(" (no sender running)")
+    elif info.mode is Mode.STOPPING:
+        text.append("stopping the sender…", style="bold yellow")
+    else:
+        activity, style = _activity(info.mode.value, info.rate, info.reason)
+        text.append(activity, style=style)
+    if info.mode not in (Mode.OFF, Mode.STOPPING):
+        text.append(" · accepted " if short else " · last accepted ", style="dim")
+        text.append(age_text(info.last_accept_age))
+    return text
+
+
+def header_text(info: HeaderInfo, width: int = 200) -> Text:
+    """The line for `width` cells: the zone data goes first, then words, then the end is cut."""
+    holders = info.holder or ("",)
+    tries = [(False, True, holders[0]), (False, False, holders[0])] + [(True, False, h) for h in holders]
+    for short, where, holder in tries:
+        left = _left(info, short=short, holder=holder)
+        right = Text(info.where, style="dim") if where and info.where else Text()
+        room = width - 2 - left.cell_len - right.cell_len
+        if room >= (2 if right else 0):
+            return Text.assemble(" ", left, " " * room, right, " ")
+    left.truncate(max(width - 2, 1), overflow="ellipsis")
+    return Text.assemble(" ", left)
+
+
+class HeaderLine(Widget):
+    """One line at the top. Redrawn only when its information or its width changes."""
+
+    DEFAULT_CSS = """
+    HeaderLine { height: 1; dock: top; background: $panel; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.info: HeaderInfo | None = None
+
+    def show(self, info: HeaderInfo) -> None:
+        if info != self.info:
+            self.info = info
+            self.refresh()
+
+    def render(self) -> Text:
+        if self.info is None:
+            return Text()
+        return header_text(self.info, self.size.width or 80)
+
+    @property
+    def plain(self) -> str:
+        return header_text(self.info, self.size.width or 80).plain if self.info else ""

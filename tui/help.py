@@ -1,0 +1,75 @@
+"""The `?` screen: every key of the dashboard, and which zone data the times use."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Static
+
+KEYS: list[tuple[str, str]] = [
+    ("Tab / Shift+Tab", "next / previous panel (Current, Scheduled, Inactive)"),
+    ("↑ ↓  j k", "move within a panel"),
+    ("PgUp PgDn Home End", "page / jump within a panel"),
+    ("a  or  Enter", "Actions menu of the highlighted mailing"),
+    ("Escape", "close a menu or dialog"),
+    ("Ctrl+P", "command palette: every action, searchable"),
+    ("?", "this list of keys"),
+    ("q", "quit (asks first if mailings are current or scheduled; sending goes on in the background)"),
+    ("mouse", "click a panel to focus it, click the highlighted row for its Actions"),
+]
+
+SECTIONS: list[tuple[str, str]] = [
+    ("Current", "Cancel sending, Move up, Move down, Details"),
+    ("Scheduled", "Set Schedule, Send now, Cancel (not while a mailing is being sent), Details"),
+    ("Inactive", "Restart, View remaining recipients, Set Schedule, Send now, Details, Delete"),
+]
+
+
+def help_table(where: str) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for key, what in KEYS:
+        table.add_row(Text(key), Text(what))
+    table.add_row("", "")
+    table.add_row(Text("Actions", style="bold underline"), "")
+    for section, what in SECTIONS:
+        table.add_row(Text(section), Text(what))
+    table.add_row("", "")
+    table.add_row(Text("Times"), Text(where))
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape", "close", "Close", id="close"),
+        Binding("question_mark", "close", "Close", show=False),
+        Binding("q", "close", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 90; max-width: 100%; height: auto; max-height: 100%;
+        border: round $accent; background: $surface; padding: 0 1;
+    }
+    HelpScreen Static { height: auto; }
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as box:
+            box.border_title = "Keys"
+            box.border_subtitle = "Escape closes"
+            yield Static(help_table(self.where))
+        yield Footer()
+
+    def action_close(self) -> None:
+        self.dismiss(None)

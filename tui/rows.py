@@ -1,0 +1,262 @@
+"""What each panel shows: column layouts and the cells of one mailing's row, as rich Text.
+
+Pure functions of a mailing, its live counters and the clock, so the panels can diff rows and
+touch only the cells that changed, and tests can check the text without a screen. User data is
+always wrapped in `Text`: a plain str cell would be parsed as markup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rich.text import Text
+
+from mailtower.core.domain import Mailing, MailingState, Section
+from mailtower.core.timezones import humanize_delta, to_zone
+
+BAR_FULL = "█"
+BAR_EMPTY = "░"
+# Eighth blocks give the bar a smooth front edge at small widths.
+BAR_PARTS = " ▏▎▍▌▋▊▉"
+DASH = "—"
+
+Cells = tuple[Text, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    label: str
+    width: int  # including one leading space that separates it from the previous column
+    right: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The columns of one panel at one terminal width. `compact` shortens numbers and times."""
+
+    columns: tuple[Column, ...]
+    compact: bool
+
+    def width_of(self, key: str) -> int:
+        return next(c.width for c in self.columns if c.key == key)
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything a row's text depends on besides the mailing itself."""
+
+    now: datetime  # aware, UTC
+    operator_tz: str
+    compact: bool
+
+
+COMPACT_BELOW = 110  # terminal columns; narrower terminals get the short number formats
+
+# Fixed columns per section as (key, label, compact width, wide width, right-aligned).
+_FIXED: dict[Section, list[tuple[str, str, int, int, bool]]] = {
+    Section.CURRENT: [
+        ("pos", "#", 3, 4, True),
+        ("name", "Name", 0, 0, False),
+        ("progress", "Progress", 14, 19, False),
+        ("sent", "Sent/Total", 12, 16, True),
+        ("failed", "Fail", 6, 8, True),
+        ("deferred", "Def", 6, 9, True),
+        ("rate", "Rate", 7, 9, True),
+        ("finish", "ETA", 6, 12, True),
+        ("left", "Left", 7, 12, True),
+    ],
+    Section.SCHEDULED: [
+        ("name", "Name", 0, 0, False),
+        ("local", "Send at (zone)", 34, 40, False),
+        ("here", "Your time", 12, 22, False),
+        ("starts", "Starts", 11, 16, True),
+    ],
+    Section.INACTIVE: [
+        ("name", "Name", 0, 0, False),
+        ("outcome", "Outcome", 10, 11, False),
+        ("sent", "Sent/Total", 14, 18, True),
+        ("ended", "Ended", 17, 20, True),
+    ],
+}
+
+NAME_MIN = 10
+NAME_MAX = 48
+
+
+def layout_for(section: Section, width: int) -> Layout:
+    """Columns that fill `width` cells: fixed columns, and the name takes what is left."""
+    compact = width < COMPACT_BELOW
+    fixed = [(k, label, cw if compact else ww, right) for k, label, cw, ww, right in _FIXED[section]]
+    used = sum(w for _, _, w, _ in fixed)
+    name = max(NAME_MIN, min(NAME_MAX, width - used - 1)) + 1
+    columns = tuple(Column(k, label, name if k == "name" else w, right) for k, label, w, right in fixed)
+    return Layout(columns, compact)
+
+
+def label_cell(column: Column) -> Text:
+    return _cell(column.label, right=column.right)
+
+
+def _cell(text: str, style: str = "", *, right: bool = False) -> Text:
+    # Right-aligned cells get their separating space from the column being one wider.
+    if right:
+        return Text(text, style=style, justify="right", no_wrap=True, overflow="ellipsis")
+    return Text(" " + text, style=style, no_wrap=True, overflow="ellipsis")
+
+
+def _name(mailing: Mailing, style: str = "") -> Text:
+    # No newlines or tabs from user data in a one-line row.
+    return _cell(" ".join(mailing.name.split()), style)
+
+
+def count(n: int, compact: bool) -> str:
+    """12,345 or, compact, 12.3k / 1.2M."""
+    if not compact or n < 10_000:
+        return f"{n:,}"
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k" if n < 100_000 else f"{n // 1000}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def progress_bar(done: int, total: int, width: int) -> Text:
+    """"█████▌░░░░ 52%": sent plus failed over total, drawn in eighths of a cell."""
+    fraction = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+    eighths = int(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    bar = BAR_FULL * full
+    if full < width:
+        bar += (BAR_PARTS[part] if part else "") + BAR_EMPTY * (width - full - (1 if part else 0))
+    percent = int(fraction * 100)  # floor: never show 100% before the last recipient
+    text = Text(" ")
+    text.append(bar[:full + (1 if part else 0)], style="green")
+    text.append(bar[full + (1 if part else 0):], style="bright_black")
+    text.append(f" {percent:>3}%")
+    return text
+
+
+def duration(seconds: float, compact: bool) -> str:
+    """Time left: "45 s", "12 min", "2 h 05 min", "3 d 4 h" (compact: "45s", "12m", "2h05m", "3d04h")."""
+    seconds = max(int(seconds), 0)
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if compact:
+        if days:
+            return f"{days}d{hours:02d}h"
+        if hours:
+            return f"{hours}h{minutes:02d}m"
+        return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def finish_text(utc: datetime, view: View) -> str:
+    """An estimated finish in the operator's zone: the clock if it is today there, else the date too."""
+    local = to_zone(utc, view.operator_tz)
+    if local.date() == to_zone(view.now, view.operator_tz).date():
+        return f"{local:%H:%M}"
+    return f"{local:%m-%d}" if view.compact else f"{local:%m-%d %H:%M}"
+
+
+def here_text(utc: datetime, view: View) -> str:
+    """A scheduled instant in the operator's zone."""
+    local = to_zone(utc, view.operator_tz)
+    if view.compact:
+        today = local.date() == to_zone(view.now, view.operator_tz).date()
+        return f"{local:%H:%M}" if today else f"{local:%m-%d %H:%M}"
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname() or ''}".rstrip()
+
+
+def rate_text(rate: float, compact: bool) -> str:
+    if rate <= 0:
+        return DASH
+    if rate >= 100:
+        return f"{rate:.0f}/s"
+    return f"{rate:.1f}/s" if not compact or rate < 10 else f"{rate:.0f}/s"
+
+
+# ---- one row per section ----------------------------------------------------------------------
+
+
+def current_cells(
+    mailing: Mailing, position: int, eta: datetime | None, rate: float, view: View, bar_width: int
+) -> Cells:
+    compact = view.compact
+    sending = mailing.state is MailingState.SENDING
+    done = mailing.sent + mailing.failed
+    if mailing.remaining <= 0:
+        finish, left = DASH, "done"
+    elif eta is None:
+        finish, left = DASH, DASH
+    else:
+        finish = finish_text(eta, view)
+        left = duration((eta - view.now).total_seconds(), compact)
+    marker = "▶" if sending else ""
+    return (
+        _cell(f"{marker}{position}", "bold" if sending else "", right=True),
+        _name(mailing, "bold" if sending else ""),
+        progress_bar(done, mailing.total, bar_width),
+        _cell(f"{count(mailing.sent, compact)}/{count(mailing.total, compact)}", right=True),
+        _cell(count(mailing.failed, compact), "red" if mailing.failed else "", right=True),
+        _cell(count(mailing.deferred, compact), "yellow" if mailing.deferred else "", right=True),
+        _cell(rate_text(rate, compact) if sending else DASH, right=True),
+        _cell(finish, right=True),
+        _cell(left, right=True),
+    )
+
+
+def scheduled_cells(mailing: Mailing, view: View) -> Cells:
+    schedule = mailing.schedule
+    if schedule is None:  # cannot happen for a scheduled mailing; shown plainly if it does
+        return (_name(mailing), _cell(DASH), _cell(DASH), _cell(DASH, right=True))
+    local = f"{schedule.local:%Y-%m-%d %H:%M} {schedule.tz}"
+    here = here_text(schedule.utc, view)
+    delta = schedule.utc - view.now
+    if mailing.missed:
+        starts = _cell("MISSED", "bold red", right=True)
+    elif delta <= timedelta(0):
+        starts = _cell("due now", "bold", right=True)
+    else:
+        starts = _cell(_short_delta(delta) if view.compact else humanize_delta(delta), right=True)
+    return (_name(mailing, "red" if mailing.missed else ""), _cell(local), _cell(here), starts)
+
+
+def _short_delta(delta: timedelta) -> str:
+    """"in 2h05m" for the compact Starts column (whole minutes, like humanize_delta)."""
+    minutes = int(delta.total_seconds()) // 60
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    if days:
+        return f"in {days}d{hours:02d}h"
+    if hours:
+        return f"in {hours}h{minutes:02d}m"
+    return f"in {minutes}m" if minutes else "in <1m"
+
+
+OUTCOME_STYLE = {
+    MailingState.COMPLETED: ("completed", "green"),
+    MailingState.STOPPED: ("stopped", "yellow"),
+    MailingState.DRAFT: ("draft", "bright_black"),
+}
+
+
+def inactive_cells(mailing: Mailing, view: View) -> Cells:
+    label, style = OUTCOME_STYLE.get(mailing.state, (mailing.state.value, ""))
+    if mailing.state is MailingState.DRAFT:
+        sent = f"{DASH}/{count(mailing.total, view.compact)}"
+    else:
+        sent = f"{count(mailing.sent, view.compact)}/{count(mailing.total, view.compact)}"
+    ended = _ended(mailing.finished_at, view) if mailing.state is not MailingState.DRAFT else DASH
+    return (_name(mailing), _cell(label, style), _cell(sent, right=True), _cell(ended, right=True))
+
+
+def _ended(finished: datetime | None, view: View) -> str:
+    if finished is None:
+        return DASH
+    local = to_zone(finished, view.operator_tz)
+    return f"{local:%Y-%m-%d %H:%M}"
