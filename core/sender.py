@@ -60,28 +60,36 @@ class Job:
 
 
 class RateLimiter:
-    """Spaces messages to a rate; slows down after throttling replies and recovers gradually."""
+    """Spaces messages to a rate; halves it after a throttling reply and recovers gradually
+    (a quarter more every RECOVERY_SECONDS) back to the configured rate."""
 
-    def __init__(self, rate: float) -> None:
+    RECOVERY_SECONDS = 5.0
+
+    def __init__(self, rate: float, floor: float = 10.0) -> None:
         self.configured = rate
+        self.floor = floor  # with no configured rate, throttling starts from at least this
         self.factor = 1.0
-        self._next = 0.0
-        self._throttled_at = 0.0
         self.measured = 0.0
+        self._base = 0.0
+        self._next = 0.0
+        self._changed_at = 0.0
 
     def throttle(self) -> None:
+        now = time.monotonic()
+        if self.factor < 1.0 and now - self._changed_at < 1.0:
+            return  # one burst of throttling replies counts once
+        if self.factor == 1.0:
+            self._base = self.configured or max(self.measured, self.floor)
         self.factor = max(self.factor / 2, 0.05)
-        self._throttled_at = time.monotonic()
+        self._changed_at = now
 
     def _effective(self) -> float:
-        if self.factor < 1.0 and time.monotonic() - self._throttled_at > 10:
+        if self.factor < 1.0 and time.monotonic() - self._changed_at > self.RECOVERY_SECONDS:
             self.factor = min(1.0, self.factor * 1.25)
-            self._throttled_at = time.monotonic()
-        if self.configured > 0:
-            return self.configured * self.factor
+            self._changed_at = time.monotonic()
         if self.factor < 1.0:
-            return max(self.measured * self.factor, 1.0)
-        return 0.0
+            return (self.configured or self._base) * self.factor
+        return self.configured
 
     async def acquire(self) -> None:
         rate = self._effective()
@@ -104,7 +112,7 @@ class Sender:
         self.what = what
         self.snapshot = SenderSnapshot()
         self.meter = RateMeter()
-        self.limiter = RateLimiter(settings.rate)
+        self.limiter = RateLimiter(settings.rate, floor=10.0 * settings.connections)
         self._stopping = asyncio.Event()
         self._work: asyncio.Queue[Job | None] = asyncio.Queue()
         self._store: Store | None = None

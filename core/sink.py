@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -16,10 +17,14 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SMTPServer, Envelope, Session
+from aiosmtpd.smtp import SMTP as SMTPServer, AuthResult, Envelope, LoginPassword, Session
 
 # A fault rule gets (stage, recipient address, attempt number for that address) and returns an
 # SMTP reply line such as "450 4.2.0 try later", or None to accept. Stage is "rcpt" or "data".
+# Besides reply lines it understands three actions:
+#   "DROP"      (data) store the message, then cut the connection without replying;
+#   "SLEEP s"   (data) store the message, wait s seconds, then reply 250;
+#   "HANGUP"    (rcpt or data) cut the connection without storing anything.
 FaultRule = Callable[[str, str, int], str | None]
 
 
@@ -51,6 +56,9 @@ class SinkHandler:
             self.attempts[address.lower()] += 1
             attempt = self.attempts[address.lower()]
         reply = self.fault("rcpt", address, attempt) if self.fault else None
+        if reply == "HANGUP":
+            _cut(server)
+            return "421 4.4.2 closing"
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
@@ -61,30 +69,83 @@ class SinkHandler:
             await asyncio.sleep(self.latency)
         data = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
         accepted = []
+        action = None
         for rcpt in envelope.rcpt_tos:
             reply = self.fault("data", rcpt, self.attempts[rcpt.lower()]) if self.fault else None
-            if reply:
+            if reply == "HANGUP":
+                _cut(server)
+                return "421 4.4.2 closing"
+            if reply and (reply == "DROP" or reply.startswith("SLEEP")):
+                action = reply
+            elif reply:
                 return reply
             accepted.append(rcpt)
         headers = BytesHeaderParser().parsebytes(data)
         message_id = str(headers.get("Message-ID", ""))
         with self.lock:
             self.deliveries.extend(Delivery(r, message_id, len(data)) for r in accepted)
+        if action == "DROP":
+            _cut(server)
+        elif action:
+            await asyncio.sleep(float(action.split()[1]))
         return "250 2.0.0 OK queued"
 
 
-class Sink:
-    """Start with `start()`, stop with `stop()`; `port` is where it listens."""
+def _cut(server: SMTPServer) -> None:
+    transport = server.transport
+    if transport is not None:
+        transport.abort()
 
-    def __init__(self, *, fault: FaultRule | None = None, latency: float = 0.0, port: int | None = None) -> None:
+
+class _Login:
+    """aiosmtpd authenticator accepting one user name and password."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user.encode(), password.encode()
+
+    def __call__(self, server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, auth_data: object) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (self.user, self.password)
+        return AuthResult(success=ok)
+
+
+class Sink:
+    """Start with `start()`, stop with `stop()`; `port` is where it listens.
+
+    `tls_context` offers STARTTLS (required when `credentials` are set); `implicit_tls` wraps
+    the whole connection instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        fault: FaultRule | None = None,
+        latency: float = 0.0,
+        port: int | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.handler = SinkHandler(fault=fault, latency=latency)
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.credentials = credentials
         self._controller: Controller | None = None
 
     def start(self) -> "Sink":
+        kwargs: dict[str, object] = {"data_size_limit": 0}
+        if self.tls_context is not None and not self.implicit_tls:
+            kwargs["tls_context"] = self.tls_context
+        if self.credentials is not None:
+            kwargs.update(authenticator=_Login(*self.credentials), auth_required=True, auth_require_tls=True)
         self._controller = Controller(
-            self.handler, hostname=self.host, port=self.port, ready_timeout=10, data_size_limit=0
+            self.handler,
+            hostname=self.host,
+            port=self.port,
+            ready_timeout=10,
+            ssl_context=self.tls_context if self.implicit_tls else None,
+            **kwargs,  # type: ignore[arg-type]
         )
         self._controller.start()
         return self
