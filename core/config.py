@@ -34,6 +34,8 @@ class Settings:
     smtp_user: str = ""
     smtp_password: str = field(default="", repr=False)
     smtp_verify: bool = True  # verify TLS certificates
+    smtp_ca_file: str = ""  # extra CA bundle (PEM) to trust, e.g. a private CA
+    smtp_allow_plain: bool = False  # allow tls=none to a host that is not on a loopback address
     smtp_timeout: float = 60.0  # seconds for a command reply
     smtp_data_timeout: float = 300.0  # seconds for the reply to the final dot (RFC 5321 4.5.3.2.6)
     connections: int = 4
@@ -60,6 +62,8 @@ ENV: dict[str, str] = {
     "MAILTOWER_SMTP_USER": "smtp_user",
     "MAILTOWER_SMTP_PASSWORD": "smtp_password",
     "MAILTOWER_SMTP_VERIFY": "smtp_verify",
+    "MAILTOWER_SMTP_CA_FILE": "smtp_ca_file",
+    "MAILTOWER_SMTP_ALLOW_PLAIN": "smtp_allow_plain",
     "MAILTOWER_SMTP_TIMEOUT": "smtp_timeout",
     "MAILTOWER_SMTP_DATA_TIMEOUT": "smtp_data_timeout",
     "MAILTOWER_SMTP_CONNECTIONS": "connections",
@@ -171,7 +175,26 @@ def check_settings(settings: Settings) -> None:
         raise UserError(f"MAILTOWER_SMTP_PORT: {settings.smtp_port} is not a TCP port")
     if settings.connections < 1:
         raise UserError("MAILTOWER_SMTP_CONNECTIONS: at least one connection is needed")
-    if settings.smtp_tls == "none" and settings.smtp_password:
+
+
+def check_smtp_security(settings: Settings) -> None:
+    """Refuse to send in ways that leak a password or mail; called before any connection."""
+    if settings.smtp_tls == "none" and (settings.smtp_password or settings.smtp_user):
         raise UserError(
             "refusing to send an SMTP password over an unencrypted connection: set MAILTOWER_SMTP_TLS to starttls or tls"
         )
+    if settings.smtp_tls == "none" and not is_loopback(settings.smtp_host) and not settings.smtp_allow_plain:
+        raise UserError(
+            f"MAILTOWER_SMTP_TLS is none but {settings.smtp_host} is not a loopback address: use starttls or tls, "
+            "or set MAILTOWER_SMTP_ALLOW_PLAIN=1 to send unencrypted anyway"
+        )
+
+
+def security_warnings(settings: Settings) -> list[str]:
+    """What an operator must be told about a weakened setup (shown in the dashboard and by `run`)."""
+    warnings = []
+    if settings.smtp_tls == "none" and not is_loopback(settings.smtp_host):
+        warnings.append(f"mail to {settings.smtp_host} goes unencrypted (MAILTOWER_SMTP_ALLOW_PLAIN)")
+    if settings.smtp_tls != "none" and not settings.smtp_verify:
+        warnings.append(f"the TLS certificate of {settings.smtp_host} is not verified (MAILTOWER_SMTP_VERIFY=0)")
+    return warnings

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .compose import MessageTemplate
-from .config import Settings
+from .config import Settings, check_smtp_security
 from .domain import Mailing, MailingState, RecipientState, Section
 from .lease import SenderLease
 from .lifecycle import Lifecycle
@@ -134,6 +134,7 @@ class Sender:
         return self._stopping.is_set()
 
     async def run(self, until_idle: bool = False) -> None:
+        check_smtp_security(self.settings)
         if not self.lease.acquire(self.what):
             holder = self.lease.holder()
             raise LeaseHeld(f"another sender is running on {self.settings.db}: {holder.describe() if holder else 'unknown'}")

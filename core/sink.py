@@ -105,7 +105,7 @@ class _Login:
 
     def __call__(self, server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, auth_data: object) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (self.user, self.password)
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)
 
 
 class Sink:

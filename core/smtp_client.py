@@ -46,6 +46,7 @@ class Relay:
     user: str = ""
     password: str = ""
     verify: bool = True
+    ca_file: str = ""
     timeout: float = 60.0
     data_timeout: float = 300.0
     helo_name: str = ""
@@ -62,6 +63,7 @@ class Relay:
             user=s.smtp_user,
             password=s.smtp_password,
             verify=s.smtp_verify,
+            ca_file=s.smtp_ca_file,
             timeout=s.smtp_timeout,
             data_timeout=s.smtp_data_timeout,
             helo_name=s.helo_name,
@@ -94,6 +96,7 @@ class SmtpConnection:
             use_tls=relay.tls == "tls",
             start_tls=relay.tls == "starttls",
             validate_certs=relay.verify,
+            cert_bundle=relay.ca_file or None,
             local_hostname=relay.helo_name or None,
         )
         try:

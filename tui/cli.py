@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from mailtower.core.config import Settings, load_settings
+from mailtower.core.config import Settings, load_settings, security_warnings
 from mailtower.core.domain import Mailing, RejectedRow, Section
 from mailtower.core.errors import UserError
 from mailtower.core.lifecycle import Direction, Lifecycle
@@ -334,6 +334,9 @@ async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    for warning in security_warnings(settings):
+        warn(warning)
+
     async def main() -> int:
         sender = Sender(settings)
         loop = asyncio.get_running_loop()
