@@ -20,6 +20,7 @@ from .config import Settings, check_smtp_security
 from .domain import Mailing, MailingState, RecipientState, Section
 from .lease import SenderLease
 from .lifecycle import Lifecycle
+from .limits import Limits, read_limits
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .smtp_client import ConnectFailed, Relay, SmtpConnection
 from .smtp_replies import Outcome as ReplyOutcome, Verdict
@@ -73,6 +74,9 @@ class RateLimiter:
         self._base = 0.0
         self._next = 0.0
         self._changed_at = 0.0
+        self.per_hour = 0.0
+        self._hour_tokens = 0.0
+        self._hour_at = time.monotonic()
 
     def throttle(self) -> None:
         now = time.monotonic()
@@ -91,7 +95,31 @@ class RateLimiter:
             return (self.configured or self._base) * self.factor
         return self.configured
 
+    def set_per_hour(self, per_hour: float) -> None:
+        if per_hour != self.per_hour:
+            self.per_hour = per_hour
+            self._hour_tokens = min(self._hour_tokens, per_hour) if per_hour else 0.0
+            self._hour_at = time.monotonic()
+
+    def _hour_wait(self) -> float:
+        """A bucket of `per_hour` messages refilled evenly over the hour; seconds until one is free."""
+        if self.per_hour <= 0:
+            return 0.0
+        now = time.monotonic()
+        self._hour_tokens = min(self.per_hour, self._hour_tokens + (now - self._hour_at) * self.per_hour / 3600)
+        self._hour_at = now
+        if self._hour_tokens >= 1:
+            self._hour_tokens -= 1
+            return 0.0
+        return (1 - self._hour_tokens) * 3600 / self.per_hour
+
     async def acquire(self) -> None:
+        # Bounded: each pass either takes a token or sleeps until one is due.
+        for _ in range(1000):
+            wait = self._hour_wait()
+            if wait <= 0:
+                break
+            await asyncio.sleep(min(wait, 1.0))
         rate = self._effective()
         if rate <= 0:
             return
@@ -123,6 +151,9 @@ class Sender:
         self._last_publish = 0.0
         self._paused_until = 0.0
         self._pause_backoff = 1.0
+        self.limits: Limits | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._last_limits_read = 0.0
 
     # ---- public --------------------------------------------------------------------------
 
@@ -158,11 +189,12 @@ class Sender:
             log.warning("%d recipients were in flight when the last sender stopped; sending them again", recovered)
         await self._sweep_stale_sending()
         await lifecycle.rederive_schedules()
-        workers = [asyncio.create_task(self._worker(i)) for i in range(self.settings.connections)]
+        await self._apply_limits(force=True)
         try:
             while not self.stopping:
                 await self._promote_due()
                 head = await self._pick_head()
+                await self._apply_limits()
                 if head is None:
                     await self._publish_idle()
                     if until_idle and await self._nothing_left():
@@ -171,9 +203,9 @@ class Sender:
                     continue
                 await self._send_head(head)
         finally:
-            for _ in workers:
+            for _ in self._workers:
                 self._work.put_nowait(None)
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*self._workers, return_exceptions=True)
 
     def _need(self) -> tuple[Store, Lifecycle]:
         assert self._store is not None and self._lifecycle is not None
@@ -300,6 +332,7 @@ class Sender:
                     break
         if self.stopping:
             self._halt(run, "the sender is shutting down")
+        await self._apply_limits()
         await self._publish(run)
         await self._write_status()
 
@@ -333,6 +366,30 @@ class Sender:
         for job in kept:
             self._work.put_nowait(job)
 
+    # ---- live limits ---------------------------------------------------------------------
+
+    async def _apply_limits(self, force: bool = False) -> None:
+        """Read the operator's limits (at most once a second) and apply them at once."""
+        if not force and time.monotonic() - self._last_limits_read < 1.0:
+            return
+        self._last_limits_read = time.monotonic()
+        store, _ = self._need()
+        limits = await read_limits(store, self.settings)
+        if limits == self.limits:
+            return
+        self.limits = limits
+        self.limiter.configured = limits.rate
+        self.limiter.set_per_hour(limits.rate_per_hour)
+        self._workers = [w for w in self._workers if not w.done()]
+        running = {getattr(w, "index", -1) for w in self._workers}
+        for index in range(limits.connections):
+            if index not in running:
+                task = asyncio.create_task(self._worker(index))
+                task.index = index  # type: ignore[attr-defined]
+                self._workers.append(task)
+        if not force:
+            log.info("limits changed: %s", "; ".join(limits.describe()))
+
     # ---- workers -------------------------------------------------------------------------
 
     async def _worker(self, index: int) -> None:
@@ -361,9 +418,12 @@ class Sender:
                 finally:
                     run.inflight -= 1
                     run.wake.set()
-                limit = self.settings.messages_per_connection
-                if limit and conn.sent_on_connection >= limit:
+                limits = self.limits
+                per_connection = limits.messages_per_connection if limits else self.settings.messages_per_connection
+                if per_connection and conn.sent_on_connection >= per_connection:
                     await conn.close()
+                if limits and index >= limits.connections:
+                    return  # fewer connections wanted now: this one retires
         finally:
             await conn.close()
 

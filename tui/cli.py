@@ -18,6 +18,7 @@ from mailtower.core.config import Settings, load_settings, security_warnings
 from mailtower.core.domain import Mailing, RejectedRow, Section
 from mailtower.core.errors import UserError
 from mailtower.core.lifecycle import Direction, Lifecycle
+from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
 from mailtower.core.progress import queue_estimates
 from mailtower.core.sender import LeaseHeld, Sender
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     rem = sub.add_parser("remaining", help="recipients who have not received a mailing")
     rem.add_argument("id", type=int)
     rem.add_argument("--csv", action="store_true", help="CSV on stdout, address first")
+
+    lim = sub.add_parser("limits", help="show or change sending limits live (kept across restarts)")
+    lim.add_argument("--rate", dest="limit_rate", help="messages per second, 0 = unlimited")
+    lim.add_argument("--rate-per-hour", help="messages per hour, 0 = unlimited")
+    lim.add_argument("--connections", dest="limit_connections", help="parallel SMTP connections")
+    lim.add_argument("--messages-per-connection", help="reconnect after this many messages, 0 = never")
+    lim.add_argument("--json", action="store_true")
 
     run = sub.add_parser("run", help="the headless sender")
     run.add_argument("--until-idle", action="store_true", help="return once nothing is current or scheduled")
@@ -360,6 +368,28 @@ def run_async(coro: Awaitable[int]) -> int:
     return uvloop.run(coro)  # type: ignore[no-any-return]
 
 
+async def cmd_limits(args: argparse.Namespace, store: Store) -> int:
+    changes = {
+        name: value
+        for name, value in {
+            "rate": args.limit_rate,
+            "rate_per_hour": args.rate_per_hour,
+            "connections": args.limit_connections,
+            "messages_per_connection": args.messages_per_connection,
+        }.items()
+        if value is not None
+    }
+    await set_limits(store, changes)
+    limits = await read_limits(store, args.settings)
+    if args.json:
+        doc = {name: getattr(limits, name) for name in LIMITS}
+        doc["changed_at"] = {name: iso(when) for name, when in limits.changed_at.items()}
+        print(json.dumps(doc, indent=1))
+    else:
+        print("\n".join(limits.describe()))
+    return 0
+
+
 STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "new": cmd_new,
     "import": cmd_import,
@@ -372,6 +402,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     "delete": cmd_simple,
     "move": cmd_move,
     "remaining": cmd_remaining,
+    "limits": cmd_limits,
 }
 
 
@@ -390,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_dashboard(settings)
         if args.command == "run":
             return cmd_run(args, settings)
+        args.settings = settings
         command = STORE_COMMANDS[args.command]
         return run_async(with_store(settings, lambda store: command(args, store)))
     except UserError as exc:

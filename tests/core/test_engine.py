@@ -263,3 +263,15 @@ def test_import_adds_recipients_and_reports_rejects(cli: Cli, tmp_path: Path, bo
     assert f"{more}:2: duplicate" in err
     assert f"{more}:4:" in err
     assert find(status(cli), mailing_id)[1]["total"] == 4
+
+
+def test_limits_command(cli: Cli) -> None:
+    doc = json.loads(cli.ok("limits", "--json"))
+    assert doc["changed_at"] == {} and doc["connections"] == 4
+    doc = json.loads(cli.ok("limits", "--rate", "50", "--rate-per-hour", "10000", "--json"))
+    assert (doc["rate"], doc["rate_per_hour"]) == (50.0, 10000.0)
+    assert set(doc["changed_at"]) == {"rate", "rate_per_hour"}
+    assert "rate: 50 (changed" in cli.ok("limits")
+    code, _, err = cli("limits", "--connections", "0")
+    assert code == 2 and "--connections" in err and len(err.strip().splitlines()) == 1
+    assert json.loads(cli.ok("limits", "--json"))["connections"] == 4

@@ -167,3 +167,54 @@ async def test_too_many_recipients_is_not_a_failure(tmp_path: Path) -> None:
 async def test_mailbox_full_under_5xx_is_a_deferral(tmp_path: Path) -> None:
     sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "552 5.2.2 mailbox full"))
     assert rows(db)[U3][0] == "sent" and rows(db)[U3][3] == 2
+
+
+async def test_limits_change_live_and_hold_across_restarts(tmp_path: Path) -> None:
+    """Rate and connections changed by another process while sending take effect within a second."""
+    import asyncio
+    import time
+
+    from mailtower.core.limits import read_limits, set_limits
+
+    db = tmp_path / "l.db"
+    store = await Store.open(db)
+    people = write_csv(tmp_path / "p.csv", recipients(400))
+    mailing_id, _ = await create_mailing(store, Draft("l", "Hi", "news@example.org", "Body", None), people, lambda r: None)
+    await Lifecycle(store).send_now(mailing_id)
+    await set_limits(store, {"rate": 20, "connections": 1})
+    with Sink() as sink:
+        sender = Sender(settings_for(db, sink))
+        task = asyncio.create_task(sender.run(until_idle=True))
+        try:
+            await wait_for_count(sink, 10)
+            assert sender.limits is not None and sender.limits.rate == 20 and sender.limits.connections == 1
+            assert sum(1 for t in sender._workers if not t.done()) == 1
+            changed = time.monotonic()
+            other = await Store.open(db)  # as another process would
+            await set_limits(other, {"rate": 400, "connections": 3})
+            await other.close()
+            await wait_until_true(lambda: sender.limiter.configured == 400, 2.0)
+            assert time.monotonic() - changed < 1.5
+            await wait_until_true(lambda: sum(1 for t in sender._workers if not t.done()) == 3, 2.0)
+        finally:
+            await asyncio.wait_for(task, 30)
+        assert len(sink.received()) == 400
+    limits = await read_limits(store, settings_for(db, sink))
+    assert (limits.rate, limits.connections) == (400, 3)
+    assert set(limits.changed_at) == {"rate", "connections"}
+    await store.close()
+
+
+async def wait_for_count(sink: Sink, n: int, timeout: float = 20.0) -> None:
+    await wait_until_true(lambda: len(sink.deliveries) >= n, timeout)
+
+
+async def wait_until_true(predicate: Callable[[], bool], timeout: float) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
