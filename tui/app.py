@@ -590,7 +590,7 @@ class DashboardApp(App[int]):
     def where_text(self) -> str:
         return (
             f"shown in {self.operator_tz} (your zone; set TZ to change it), "
-            f"zone data tzdata {tzdata_version()}; database {self.settings.db}"
+            f"zone data tzdata {tzdata_version()}"
         )
 
     def action_leave(self) -> None:

