@@ -1,0 +1,222 @@
+"""Details of one mailing: counts by outcome, failures and deferrals grouped, and its timeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from mailtower.core.domain import Mailing, Section
+from mailtower.core.store import Store
+from mailtower.core.timezones import is_valid_zone, operator_zone, to_zone
+
+LIVE_REFRESH = 2.0  # seconds between reloads while the mailing is current
+
+# What the usual reply codes mean (RFC 5321 section 4.2.3); anything else is shown by number only.
+REPLY_MEANINGS: dict[str, str] = {
+    "421": "service not available",
+    "450": "mailbox busy or unavailable",
+    "451": "local error in processing",
+    "452": "insufficient storage",
+    "455": "parameters not accommodated",
+    "500": "syntax error",
+    "501": "syntax error in parameters",
+    "503": "bad sequence of commands",
+    "521": "does not accept mail",
+    "550": "mailbox unavailable",
+    "551": "user not local",
+    "552": "storage allocation exceeded",
+    "553": "mailbox name not allowed",
+    "554": "transaction failed",
+    "556": "domain does not accept mail",
+    "-": "no reply (connection failed)",
+}
+
+# Timeline kinds worth a colour; the rest stay plain.
+KIND_STYLES: dict[str, str] = {
+    "stopped": "bold red",
+    "completed": "bold green",
+    "missed": "bold yellow",
+    "waiting": "yellow",
+    "paused": "yellow",
+    "in doubt": "magenta",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DetailsData:
+    """Everything the screen shows, read in one go."""
+
+    mailing: Mailing
+    states: dict[str, int]
+    breakdown: dict[str, list[tuple[str, int]]]
+    events: list[tuple[datetime, str, str]]
+
+
+async def load_details(store: Store, mailing_id: int) -> DetailsData:
+    return DetailsData(
+        mailing=await store.mailing(mailing_id),
+        states=await store.state_counts(mailing_id),
+        breakdown=await store.outcome_breakdown(mailing_id),
+        events=await store.events(mailing_id),
+    )
+
+
+def outcome_table(data: DetailsData) -> Table:
+    """One row of counts: the mailing's counters, plus pending and in-flight rows from the ledger."""
+    mailing = data.mailing
+    table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, header_style="bold")
+    columns = [
+        ("Sent", mailing.sent, "green"),
+        ("Failed", mailing.failed, "red"),
+        ("Deferred", mailing.deferred, "yellow"),
+        ("In doubt", mailing.in_doubt, "magenta"),
+        ("Pending", data.states.get("pending", 0), ""),
+        ("Sending", data.states.get("sending", 0), ""),
+        ("Total", mailing.total, "bold"),
+    ]
+    for title, _, _ in columns:
+        table.add_column(title, justify="right")
+    table.add_row(*(Text(f"{value:,}", style=style) for _, value, style in columns))
+    return table
+
+
+def grouped_table(title: str, rows: list[tuple[str, int]], *, codes: bool) -> RenderableType:
+    heading = Text(title, style="bold")
+    if not rows:
+        return Group(heading, Text("  none", style="dim"))
+    table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, show_header=False)
+    table.add_column(no_wrap=True, overflow="ellipsis")
+    table.add_column(justify="right", no_wrap=True)
+    if codes:
+        table.add_column(no_wrap=True, overflow="ellipsis", style="dim")
+    for key, count in rows:
+        cells = [f"  {key}", f"{count:,}"]
+        if codes:
+            cells.append(REPLY_MEANINGS.get(key, ""))
+        table.add_row(*cells)
+    return Group(heading, table)
+
+
+def timeline_table(events: list[tuple[datetime, str, str]], tz: str) -> RenderableType:
+    heading = Text("Timeline", style="bold")
+    if not events:
+        return Group(heading, Text("  nothing recorded yet", style="dim"))
+    table = Table(box=None, padding=(0, 1, 0, 0), show_edge=False, show_header=False, expand=True)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(ratio=1)
+    for at, kind, detail in events:
+        local = to_zone(at, tz)
+        table.add_row(f"  {local:%Y-%m-%d %H:%M} {local.tzname()}", Text(kind, style=KIND_STYLES.get(kind, "")), detail)
+    return Group(heading, Text(f"  times in {tz}", style="dim"), table)
+
+
+class DetailsScreen(Screen[None]):
+    """What happened to one mailing. Escape goes back; `r` reloads."""
+
+    DEFAULT_CSS = """
+    DetailsScreen #details-title {
+        height: 1;
+        background: $primary;
+        color: $text;
+        text-style: bold;
+        padding: 0 1;
+    }
+    DetailsScreen #details-body {
+        padding: 0 1;
+    }
+    DetailsScreen #details-body > * {
+        margin-bottom: 1;
+    }
+    DetailsScreen .pair {
+        height: auto;
+    }
+    DetailsScreen .pair > Static {
+        width: 1fr;
+        height: auto;
+    }
+    DetailsScreen .pair > Static:first-child {
+        margin-right: 2;
+    }
+    DetailsScreen #last-error {
+        color: $text-warning;
+    }
+    """
+
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self, store: Store, mailing: Mailing, *, operator_tz: str | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.mailing = mailing
+        zone = operator_tz or operator_zone()
+        self.operator_tz = zone if is_valid_zone(zone) else "UTC"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="details-title", markup=False)
+        with VerticalScroll(id="details-body"):
+            yield Static(id="outcomes")
+            yield Static(id="last-error", markup=False)
+            with Horizontal(classes="pair"):
+                yield Static(id="failed-codes")
+                yield Static(id="deferred-codes")
+            with Horizontal(classes="pair"):
+                yield Static(id="failed-domains")
+                yield Static(id="deferred-domains")
+            yield Static(id="timeline")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        await self.action_reload()
+        self.query_one("#details-body").focus()
+        self.set_interval(LIVE_REFRESH, self._live_reload)
+
+    async def _live_reload(self) -> None:
+        # A finished mailing does not change; only current ones are worth re-reading.
+        if self.mailing.section is Section.CURRENT:
+            await self.action_reload()
+
+    async def action_reload(self) -> None:
+        data = await load_details(self.store, self.mailing.id)
+        self.mailing = data.mailing
+        self.show(data)
+
+    def show(self, data: DetailsData) -> None:
+        mailing = data.mailing
+        self.query_one("#details-title", Static).update(
+            f"Details: {mailing.name} (#{mailing.id}, {mailing.state.value}) · "
+            f"{mailing.remaining:,} of {mailing.total:,} not received"
+        )
+        self.query_one("#outcomes", Static).update(Group(Text("Outcomes", style="bold"), outcome_table(data)))
+        last_error = self.query_one("#last-error", Static)
+        last_error.update(f"Last error: {mailing.last_error}" if mailing.last_error else "")
+        last_error.display = bool(mailing.last_error)
+        parts = data.breakdown
+        self.query_one("#failed-codes", Static).update(
+            grouped_table("Failures by reply code", parts.get("failed_by_code", []), codes=True)
+        )
+        self.query_one("#deferred-codes", Static).update(
+            grouped_table("Deferrals by reply code", parts.get("deferred_by_code", []), codes=True)
+        )
+        self.query_one("#failed-domains", Static).update(
+            grouped_table("Failures by domain", parts.get("failed_by_domain", []), codes=False)
+        )
+        self.query_one("#deferred-domains", Static).update(
+            grouped_table("Deferrals by domain", parts.get("deferred_by_domain", []), codes=False)
+        )
+        self.query_one("#timeline", Static).update(timeline_table(data.events, self.operator_tz))
+
+    def action_back(self) -> None:
+        self.dismiss()
