@@ -26,6 +26,22 @@ def default_config_path() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class RelaySpec:
+    """One relay of a pool, as the TOML config lists it under [[relays]]."""
+
+    host: str
+    port: int = 25
+    tls: str = "starttls"
+    user: str = ""
+    password: str = field(default="", repr=False)
+    connections: int = 4
+    rate: float = 0.0
+    verify: bool = True
+    ca_file: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     db: Path = field(default_factory=default_db_path)
     smtp_host: str = "127.0.0.1"
@@ -48,6 +64,7 @@ class Settings:
     retry_max_age: float = 5 * 86400.0  # give up on a deferred recipient after this long
     connect_backoff_max: float = 60.0
     grace: float = 3600.0  # a schedule missed by less than this is still sent on start
+    relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
 
     def with_overrides(self, values: Mapping[str, Any]) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -123,10 +140,38 @@ def _from_toml(path: Path) -> dict[str, Any]:
                 name = sub if sub in ("connections", "rate", "messages_per_connection") else f"smtp_{sub}"
                 flat[name] = _convert(name, v, f"{path} [smtp] {sub}")
         elif key == "relays":
-            continue  # relay pools are read by the sender's relay configuration
+            flat["relays"] = _relays_from_toml(value, path)
         else:
             flat[key] = _convert(key, value, f"{path} {key}")
     return flat
+
+
+def _relays_from_toml(value: Any, path: Path) -> tuple[RelaySpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{path}: relays must be a list of [[relays]] tables")
+    known = {f.name for f in fields(RelaySpec)} | {"password_file"}
+    specs = []
+    for number, table in enumerate(value, 1):
+        where = f"{path} [[relays]] #{number}"
+        if not isinstance(table, dict) or not table.get("host"):
+            raise UserError(f"{where}: a relay needs a host")
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise UserError(f"{where}: unknown key '{unknown[0]}'")
+        data = dict(table)
+        if "password_file" in data:
+            data["password"] = _password_from_file(str(data.pop("password_file")))
+        try:
+            spec = RelaySpec(**data)
+            spec = replace(spec, port=int(spec.port), connections=int(spec.connections), rate=float(spec.rate))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+        if spec.tls not in TLS_MODES:
+            raise UserError(f"{where}: tls '{spec.tls}' must be one of {', '.join(TLS_MODES)}")
+        if spec.connections < 1 or spec.rate < 0 or not 1 <= spec.port <= 65535:
+            raise UserError(f"{where}: connections must be at least 1, rate at least 0, port a TCP port")
+        specs.append(spec)
+    return tuple(specs)
 
 
 def _password_from_file(path_text: str) -> str:
@@ -177,24 +222,33 @@ def check_settings(settings: Settings) -> None:
         raise UserError("MAILTOWER_SMTP_CONNECTIONS: at least one connection is needed")
 
 
+def _endpoints(settings: Settings) -> list[tuple[str, str, bool, bool]]:
+    """(host, tls, has credentials, verify) of every relay the sender will use."""
+    if settings.relays:
+        return [(r.host, r.tls, bool(r.user or r.password), r.verify) for r in settings.relays]
+    return [(settings.smtp_host, settings.smtp_tls, bool(settings.smtp_user or settings.smtp_password), settings.smtp_verify)]
+
+
 def check_smtp_security(settings: Settings) -> None:
     """Refuse to send in ways that leak a password or mail; called before any connection."""
-    if settings.smtp_tls == "none" and (settings.smtp_password or settings.smtp_user):
-        raise UserError(
-            "refusing to send an SMTP password over an unencrypted connection: set MAILTOWER_SMTP_TLS to starttls or tls"
-        )
-    if settings.smtp_tls == "none" and not is_loopback(settings.smtp_host) and not settings.smtp_allow_plain:
-        raise UserError(
-            f"MAILTOWER_SMTP_TLS is none but {settings.smtp_host} is not a loopback address: use starttls or tls, "
-            "or set MAILTOWER_SMTP_ALLOW_PLAIN=1 to send unencrypted anyway"
-        )
+    for host, tls, has_credentials, _ in _endpoints(settings):
+        if tls == "none" and has_credentials:
+            raise UserError(
+                f"refusing to send an SMTP password to {host} over an unencrypted connection: use starttls or tls"
+            )
+        if tls == "none" and not is_loopback(host) and not settings.smtp_allow_plain:
+            raise UserError(
+                f"MAILTOWER_SMTP_TLS is none but {host} is not a loopback address: use starttls or tls, "
+                "or set MAILTOWER_SMTP_ALLOW_PLAIN=1 to send unencrypted anyway"
+            )
 
 
 def security_warnings(settings: Settings) -> list[str]:
     """What an operator must be told about a weakened setup (shown in the dashboard and by `run`)."""
     warnings = []
-    if settings.smtp_tls == "none" and not is_loopback(settings.smtp_host):
-        warnings.append(f"mail to {settings.smtp_host} goes unencrypted (MAILTOWER_SMTP_ALLOW_PLAIN)")
-    if settings.smtp_tls != "none" and not settings.smtp_verify:
-        warnings.append(f"the TLS certificate of {settings.smtp_host} is not verified (MAILTOWER_SMTP_VERIFY=0)")
+    for host, tls, _, verify in _endpoints(settings):
+        if tls == "none" and not is_loopback(host):
+            warnings.append(f"mail to {host} goes unencrypted (MAILTOWER_SMTP_ALLOW_PLAIN)")
+        if tls != "none" and not verify:
+            warnings.append(f"the TLS certificate of {host} is not verified (MAILTOWER_SMTP_VERIFY=0)")
     return warnings

@@ -44,6 +44,7 @@ class SenderSnapshot:
     last_accept_at: float | None = None  # wall-clock seconds of the last 250 to a final dot
     head_id: int | None = None
     mailings: dict[int, MailingProgress] = field(default_factory=dict)
+    relays: tuple = ()  # relays.RelayStatus of each relay, in configuration order
     version: int = 0
 
 

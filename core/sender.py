@@ -20,9 +20,11 @@ from .config import Settings, check_smtp_security
 from .domain import Mailing, MailingState, RecipientState, Section
 from .lease import SenderLease
 from .lifecycle import Lifecycle
+from .ratelimit import RateLimiter
+from .relays import RelayState, relays_from_settings
 from .limits import Limits, read_limits
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
-from .smtp_client import ConnectFailed, Relay, SmtpConnection
+from .smtp_client import ConnectFailed, SmtpConnection
 from .smtp_replies import Outcome as ReplyOutcome, Verdict
 from .store import Claimed, Outcome, Store, parse_iso
 
@@ -60,97 +62,24 @@ class Job:
     row: Claimed
 
 
-class RateLimiter:
-    """Spaces messages to a rate; halves it after a throttling reply and recovers gradually
-    (a quarter more every RECOVERY_SECONDS) back to the configured rate."""
-
-    RECOVERY_SECONDS = 5.0
-
-    def __init__(self, rate: float, floor: float = 10.0) -> None:
-        self.configured = rate
-        self.floor = floor  # with no configured rate, throttling starts from at least this
-        self.factor = 1.0
-        self.measured = 0.0
-        self._base = 0.0
-        self._next = 0.0
-        self._changed_at = 0.0
-        self.per_hour = 0.0
-        self._hour_tokens = 0.0
-        self._hour_at = time.monotonic()
-
-    def throttle(self) -> None:
-        now = time.monotonic()
-        if self.factor < 1.0 and now - self._changed_at < 1.0:
-            return  # one burst of throttling replies counts once
-        if self.factor == 1.0:
-            self._base = self.configured or max(self.measured, self.floor)
-        self.factor = max(self.factor / 2, 0.05)
-        self._changed_at = now
-
-    def _effective(self) -> float:
-        if self.factor < 1.0 and time.monotonic() - self._changed_at > self.RECOVERY_SECONDS:
-            self.factor = min(1.0, self.factor * 1.25)
-            self._changed_at = time.monotonic()
-        if self.factor < 1.0:
-            return (self.configured or self._base) * self.factor
-        return self.configured
-
-    def set_per_hour(self, per_hour: float) -> None:
-        if per_hour != self.per_hour:
-            self.per_hour = per_hour
-            self._hour_tokens = min(self._hour_tokens, per_hour) if per_hour else 0.0
-            self._hour_at = time.monotonic()
-
-    def _hour_wait(self) -> float:
-        """A bucket of `per_hour` messages refilled evenly over the hour; seconds until one is free."""
-        if self.per_hour <= 0:
-            return 0.0
-        now = time.monotonic()
-        self._hour_tokens = min(self.per_hour, self._hour_tokens + (now - self._hour_at) * self.per_hour / 3600)
-        self._hour_at = now
-        if self._hour_tokens >= 1:
-            self._hour_tokens -= 1
-            return 0.0
-        return (1 - self._hour_tokens) * 3600 / self.per_hour
-
-    async def acquire(self) -> None:
-        # Bounded: each pass either takes a token or sleeps until one is due.
-        for _ in range(1000):
-            wait = self._hour_wait()
-            if wait <= 0:
-                break
-            await asyncio.sleep(min(wait, 1.0))
-        rate = self._effective()
-        if rate <= 0:
-            return
-        now = time.monotonic()
-        slot = max(self._next, now)
-        self._next = slot + 1.0 / rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
-
-
 class Sender:
     """Run with `await sender.run()`; `request_stop()` ends it gracefully; `snapshot` is live."""
 
     def __init__(self, settings: Settings, *, what: str = "mailtower run") -> None:
         self.settings = settings
-        self.relay = Relay.from_settings(settings)
+        self.relays = relays_from_settings(settings)
         self.lease = SenderLease(settings.db)
         self.what = what
         self.snapshot = SenderSnapshot()
         self.meter = RateMeter()
-        self.limiter = RateLimiter(settings.rate, floor=10.0 * settings.connections)
+        self.limiter = RateLimiter(settings.rate, floor=10.0 * settings.connections)  # global, live limits
         self._stopping = asyncio.Event()
         self._work: asyncio.Queue[Job | None] = asyncio.Queue()
         self._store: Store | None = None
         self._lifecycle: Lifecycle | None = None
-        self._connect_backoff = 1.0
         self._waiting_reason = ""
         self._last_status_write = 0.0
         self._last_publish = 0.0
-        self._paused_until = 0.0
-        self._pause_backoff = 1.0
         self.limits: Limits | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._last_limits_read = 0.0
@@ -267,7 +196,8 @@ class Sender:
         if mailing.state is MailingState.QUEUED and not await lifecycle.start(mailing.id):
             return
         run = HeadRun(mailing=mailing, template=template)
-        batch = self.settings.batch_size or max(50, self.settings.connections * 25)
+        connections = sum(r.connections for r in self.relays)
+        batch = self.settings.batch_size or max(50, connections * 25)
         last_control = time.monotonic()
         while True:
             if run.halt and run.queued:
@@ -366,7 +296,7 @@ class Sender:
         for job in kept:
             self._work.put_nowait(job)
 
-    # ---- live limits ---------------------------------------------------------------------
+    # ---- live limits and relays ----------------------------------------------------------
 
     async def _apply_limits(self, force: bool = False) -> None:
         """Read the operator's limits (at most once a second) and apply them at once."""
@@ -380,22 +310,32 @@ class Sender:
         self.limits = limits
         self.limiter.configured = limits.rate
         self.limiter.set_per_hour(limits.rate_per_hour)
-        self._workers = [w for w in self._workers if not w.done()]
-        running = {getattr(w, "index", -1) for w in self._workers}
-        for index in range(limits.connections):
-            if index not in running:
-                task = asyncio.create_task(self._worker(index))
-                task.index = index  # type: ignore[attr-defined]
-                self._workers.append(task)
+        if len(self.relays) == 1:
+            # With one relay the live connection count is its connection count; a pool keeps
+            # the per-relay counts of its configuration.
+            self.relays[0].connections = limits.connections
+        self._start_workers()
         if not force:
             log.info("limits changed: %s", "; ".join(limits.describe()))
 
+    def _start_workers(self) -> None:
+        self._workers = [w for w in self._workers if not w.done()]
+        running = {getattr(w, "slot", None) for w in self._workers}
+        for relay in self.relays:
+            for index in range(relay.connections):
+                if (relay.name, index) not in running:
+                    task = asyncio.create_task(self._worker(relay, index))
+                    task.slot = (relay.name, index)  # type: ignore[attr-defined]
+                    self._workers.append(task)
+
     # ---- workers -------------------------------------------------------------------------
 
-    async def _worker(self, index: int) -> None:
-        conn = SmtpConnection(self.relay)
+    async def _worker(self, relay: RelayState, index: int) -> None:
+        """One connection to one relay: takes rows off the queue while its relay is usable."""
+        conn = SmtpConnection(relay.relay)
         try:
             while True:
+                await self._wait_for_relay(relay)
                 job = await self._work.get()
                 if job is None:
                     return
@@ -407,7 +347,13 @@ class Sender:
                     continue
                 run.inflight += 1
                 try:
-                    outcome = replace(await self._deliver(conn, run, job.row), was_in_doubt=job.row.in_doubt)
+                    outcome = await self._deliver(conn, relay, run, job.row)
+                    if outcome is None:
+                        # This relay cannot take it now: another connection (or this one, after
+                        # the rest) sends it. Nothing was attempted, so nobody is in doubt.
+                        self._requeue(run, job)
+                        continue
+                    outcome = replace(outcome, was_in_doubt=job.row.in_doubt)
                     # The outcome must be on disk before this connection sends again, so a crash
                     # leaves at most one message per connection in doubt.
                     done = asyncio.get_running_loop().create_future()
@@ -418,48 +364,58 @@ class Sender:
                 finally:
                     run.inflight -= 1
                     run.wake.set()
-                limits = self.limits
-                per_connection = limits.messages_per_connection if limits else self.settings.messages_per_connection
+                per_connection = self.limits.messages_per_connection if self.limits else self.settings.messages_per_connection
                 if per_connection and conn.sent_on_connection >= per_connection:
                     await conn.close()
-                if limits and index >= limits.connections:
+                if index >= relay.connections:
                     return  # fewer connections wanted now: this one retires
         finally:
             await conn.close()
 
-    async def _deliver(self, conn: SmtpConnection, run: HeadRun, row: Claimed) -> Outcome:
-        """Send one row, reconnecting as needed; always returns what to write to the ledger."""
+    def _requeue(self, run: HeadRun, job: Job) -> None:
+        if run.halt or self.stopping:
+            run.outcomes.append(Outcome(job.row.id, RecipientState.PENDING, counted_attempt=False))
+        else:
+            run.queued += 1
+            self._work.put_nowait(job)
+
+    async def _wait_for_relay(self, relay: RelayState) -> None:
+        while relay.resting and not self.stopping:
+            await self._backoff_sleep(min(relay.rested_until - time.monotonic(), 0.5))
+
+    async def _deliver(self, conn: SmtpConnection, relay: RelayState, run: HeadRun, row: Claimed) -> Outcome | None:
+        """Send one row; the ledger outcome, or None when this relay cannot take it now."""
         retries = 0
         while True:
             if not conn.connected:
-                if not await self._connect(conn, run):
-                    return Outcome(row.id, RecipientState.PENDING, counted_attempt=False)
-            if not await self._wait_while_paused(run):
-                return Outcome(row.id, RecipientState.PENDING, counted_attempt=False)
+                try:
+                    await conn.connect()
+                except ConnectFailed as exc:
+                    await self._relay_trouble(run, relay, exc.verdict)
+                    return None
             await self.limiter.acquire()
+            await relay.limiter.acquire()
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
             verdict = await conn.send(run.mailing.from_addr, row.email, message)
             if verdict.throttle:
                 self.limiter.throttle()
+                relay.limiter.throttle()
             if verdict.outcome is ReplyOutcome.SENT:
-                self.meter.add()
-                self.limiter.measured = self.meter.rate()
-                self.snapshot = bumped(self.snapshot, last_accept_at=time.time())
-                self._pause_backoff = 1.0
-                if self._waiting_reason:
-                    await self._resume(run)
+                await self._accepted(run, relay)
                 return Outcome(row.id, RecipientState.SENT, verdict.code, None)
             if verdict.outcome is ReplyOutcome.RECONNECT:
                 if verdict.in_doubt:
                     return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True)
                 retries += 1
                 if retries > RECONNECT_RETRIES or run.halt or self.stopping:
-                    return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, counted_attempt=False)
+                    await self._relay_trouble(run, relay, verdict)
+                    return None
                 await self._backoff_sleep(min(2.0**retries * 0.1, self.settings.connect_backoff_max))
                 continue
             if verdict.outcome is ReplyOutcome.PAUSE:
-                await self._pause(run, verdict)
-                return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, counted_attempt=False)
+                await conn.close()
+                await self._relay_trouble(run, relay, verdict, paused=True)
+                return None
             if verdict.outcome is ReplyOutcome.FAIL:
                 return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text)
             return self._deferral(row, verdict)
@@ -477,20 +433,30 @@ class Sender:
         wait = min(self.settings.retry_base * (2 ** min(row.attempts, 20)), self.settings.retry_max)
         return Outcome(row.id, RecipientState.DEFERRED, verdict.code, verdict.text, next_attempt_at=now + wait)
 
-    async def _connect(self, conn: SmtpConnection, run: HeadRun) -> bool:
-        """Connect, backing off while the server is down; False if the run ended meanwhile."""
-        while not (run.halt or self.stopping):
-            try:
-                await conn.connect()
-            except ConnectFailed as exc:
-                self._set_waiting(exc.verdict.text)
-                await self._note_waiting(run)
-                await self._backoff_sleep(self._connect_backoff)
-                self._connect_backoff = min(self._connect_backoff * 2, self.settings.connect_backoff_max)
-                continue
-            self._connect_backoff = 1.0
-            return True
-        return False
+    async def _accepted(self, run: HeadRun, relay: RelayState) -> None:
+        self.meter.add()
+        relay.accepted()
+        self.limiter.measured = self.meter.rate()
+        relay.limiter.measured = relay.meter.rate()
+        self.snapshot = bumped(self.snapshot, last_accept_at=time.time())
+        if self._waiting_reason:
+            await self._resume(run)
+
+    async def _relay_trouble(self, run: HeadRun, relay: RelayState, verdict: Verdict, paused: bool = False) -> None:
+        """Rest a relay that cannot be used; when none is left, the mailing waits and says why.
+
+        A refused session (login, sender address) pauses the relay the same way: nobody is
+        marked failed, and it is tried again after the rest.
+        """
+        what = "paused, the server refuses the session" if paused else "cannot reach the server"
+        relay.rest(f"{what}: {verdict.text}")
+        if all(r.resting for r in self.relays):
+            if len(self.relays) == 1:
+                reason = relay.reason
+            else:
+                reason = "; ".join(f"{r.name}: {r.reason}" for r in self.relays)
+            self.snapshot = bumped(self.snapshot, state=SenderState.WAITING, reason=reason)
+            await self._note_waiting(run, event="auto-paused" if paused else "waiting")
 
     async def _resume(self, run: HeadRun) -> None:
         self._waiting_reason = ""
@@ -498,29 +464,13 @@ class Sender:
         _, lifecycle = self._need()
         await lifecycle.note_error(run.mailing.id, None, event="resumed")
 
-    async def _pause(self, run: HeadRun, verdict: Verdict) -> None:
-        """The server refuses the session itself (login, sender address): nobody is marked
-        failed; every connection holds off, growing the wait, until a message goes through."""
-        self._paused_until = time.monotonic() + self._pause_backoff
-        self._pause_backoff = min(self._pause_backoff * 2, self.settings.connect_backoff_max)
-        self._set_waiting(f"paused, the server refuses the session: {verdict.text}")
-        await self._note_waiting(run, event="auto-paused")
-
-    async def _wait_while_paused(self, run: HeadRun) -> bool:
-        while time.monotonic() < self._paused_until:
-            if run.halt or self.stopping:
-                return False
-            await self._backoff_sleep(min(self._paused_until - time.monotonic(), 0.5))
-        return not (run.halt or self.stopping)
-
     async def _backoff_sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
         try:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
         except TimeoutError:
             pass
-
-    def _set_waiting(self, reason: str) -> None:
-        self.snapshot = bumped(self.snapshot, state=SenderState.WAITING, reason=reason)
 
     async def _note_waiting(self, run: HeadRun, event: str = "waiting") -> None:
         reason = self.snapshot.reason
@@ -549,6 +499,7 @@ class Sender:
             rate=rate,
             head_id=run.mailing.id,
             mailings=progress,
+            relays=tuple(r.status() for r in self.relays),
         )
 
     async def _publish_idle(self) -> None:
