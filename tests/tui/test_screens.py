@@ -251,6 +251,15 @@ async def test_arrow_keys_walk_the_zone_matches(tmp_path: Path) -> None:
         assert dialog.query_one("#zone", Input).value == second
 
 
+async def test_clicking_a_match_picks_it(tmp_path: Path) -> None:
+    db, mailing_id = await new_mailing(tmp_path, 3)
+    async with Host(db, mailing_id, schedule_dialog).run_test(size=(80, 24)) as pilot:
+        dialog = await enter_schedule(pilot, "2027-02-01", "10:00", "kathm")
+        await pilot.click(ZoneList, offset=(2, 0))
+        await until(pilot, lambda: dialog.query_one("#zone", Input).value == "Asia/Kathmandu")
+        assert not dialog.query_one("#submit", Button).disabled
+
+
 async def test_preview_updates_on_every_keystroke(tmp_path: Path) -> None:
     db, mailing_id = await new_mailing(tmp_path, 3)
     async with Host(db, mailing_id, schedule_dialog).run_test(size=(80, 24)) as pilot:
@@ -394,6 +403,26 @@ async def test_remaining_shows_state_and_last_error_and_goes_back(tmp_path: Path
         assert "4.3.0 temporary failure, try again later" in text_of(screen.query_one("#remaining-error"))
         await pilot.press("escape")
         await until(pilot, lambda: app.results == [None])
+
+
+async def test_remaining_reload_follows_the_ledger(tmp_path: Path) -> None:
+    db, mailing_id = await new_mailing(tmp_path, 10)
+    async with Host(db, mailing_id, RemainingScreen).run_test(size=(80, 24)) as pilot:
+        screen = await opened(pilot, RemainingScreen)
+        listing = screen.query_one(RecipientList)
+        assert listing.row_count == 10
+        other = await Store.open(db)  # another process's sender, as far as the screen can tell
+        try:
+            lifecycle = Lifecycle(other)
+            await lifecycle.send_now(mailing_id)
+            assert await lifecycle.start(mailing_id)
+            claimed, _ = await other.record_and_claim(mailing_id, [], 3)
+            await other.record_and_claim(mailing_id, [Outcome(c.id, RecipientState.SENT, 250, "ok") for c in claimed], 0)
+        finally:
+            await other.close()
+        await pilot.press("r")
+        await until(pilot, lambda: listing.row_count == 7 and shows(listing, address(3)) and not shows(listing, address(0)))
+        assert "7 of 10 not received" in text_of(screen.query_one("#remaining-title"))
 
 
 async def test_remaining_filter(tmp_path: Path) -> None:

@@ -273,13 +273,14 @@ class RecipientList(ScrollView, can_focus=True):
 
     # --- data ----------------------------------------------------------------------------
 
-    def show(self, pages: RemainingPages) -> None:
-        """Switch to another row source (a new filter): back to the top."""
+    def show(self, pages: RemainingPages, cursor: int = 0) -> None:
+        """Switch to another row source (a new filter, or the same one re-read)."""
         self.pages = pages
         self._requested.clear()
         self._sync_size()
-        self.scroll_to(0, 0, animate=False)
-        self.cursor = 0
+        if cursor == 0:
+            self.scroll_to(0, 0, animate=False)
+        self.cursor = cursor
 
     @property
     def row_count(self) -> int:
@@ -554,6 +555,7 @@ class RemainingScreen(Screen[None]):
         Binding("escape", "back", "Back"),
         Binding("slash", "focus_filter", "Filter", key_display="/"),
         Binding("e", "export", "Export CSV"),
+        Binding("r", "reload", "Reload"),
     ]
 
     def __init__(self, store: Store, mailing: Mailing) -> None:
@@ -606,6 +608,17 @@ class RemainingScreen(Screen[None]):
             if event.recipient.next_attempt_at is not None:
                 detail += f" · next try {event.recipient.next_attempt_at:%Y-%m-%d %H:%M} UTC"
         self.query_one("#remaining-error", Static).update(detail)
+
+    async def action_reload(self) -> None:
+        """Read the mailing and the list again (a sender may have moved on since it opened)."""
+        self.mailing = await self.store.mailing(self.mailing.id)
+        self._title()
+        listing = self.query_one(RecipientList)
+        self._pages = RemainingPages(
+            self.store, self.mailing.id, self.search, None if self.search else self.mailing.remaining
+        )
+        await self._pages.load(listing.cursor // PAGE_SIZE)
+        listing.show(self._pages, cursor=listing.cursor)
 
     # --- filter --------------------------------------------------------------------------
 
