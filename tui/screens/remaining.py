@@ -26,6 +26,7 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Static
 
@@ -564,7 +565,7 @@ class RemainingScreen(Screen[None]):
         self.mailing = mailing
         self.search = ""
         self._pages = RemainingPages(store, mailing.id, "", mailing.remaining)
-        self._filter_timer = None
+        self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="remaining-title", markup=False)
