@@ -333,6 +333,7 @@ class Sender:
     async def _worker(self, relay: RelayState, index: int) -> None:
         """One connection to one relay: takes rows off the queue while its relay is usable."""
         conn = SmtpConnection(relay.relay)
+        recorded: asyncio.Future[None] | None = None  # this connection's previous outcome on disk
         try:
             while True:
                 await self._wait_for_relay(relay)
@@ -347,20 +348,26 @@ class Sender:
                     continue
                 run.inflight += 1
                 try:
-                    outcome = await self._deliver(conn, relay, run, job.row)
+                    previous, recorded = recorded, None
+                    if previous is not None and previous.done():
+                        previous.result()  # already on disk (or raise the write's error)
+                        previous = None
+                    outcome = await self._deliver(conn, relay, run, job.row, previous)
                     if outcome is None:
+                        if previous is not None and not previous.done():
+                            recorded = previous  # still owed before this connection's next dot
                         # This relay cannot take it now: another connection (or this one, after
                         # the rest) sends it. Nothing was attempted, so nobody is in doubt.
                         self._requeue(run, job)
                         continue
                     outcome = replace(outcome, was_in_doubt=job.row.in_doubt)
-                    # The outcome must be on disk before this connection sends again, so a crash
-                    # leaves at most one message per connection in doubt.
-                    done = asyncio.get_running_loop().create_future()
+                    # The outcome must be on disk before this connection's next final dot (see
+                    # SmtpConnection.send), so a crash leaves at most one message per connection
+                    # in doubt while the write overlaps the next transaction.
+                    recorded = asyncio.get_running_loop().create_future()
                     run.outcomes.append(outcome)
-                    run.waiters.append(done)
+                    run.waiters.append(recorded)
                     run.wake.set()
-                    await done
                 finally:
                     run.inflight -= 1
                     run.wake.set()
@@ -383,8 +390,18 @@ class Sender:
         while relay.resting and not self.stopping:
             await self._backoff_sleep(min(relay.rested_until - time.monotonic(), 0.5))
 
-    async def _deliver(self, conn: SmtpConnection, relay: RelayState, run: HeadRun, row: Claimed) -> Outcome | None:
-        """Send one row; the ledger outcome, or None when this relay cannot take it now."""
+    async def _deliver(
+        self,
+        conn: SmtpConnection,
+        relay: RelayState,
+        run: HeadRun,
+        row: Claimed,
+        previous: asyncio.Future[None] | None = None,
+    ) -> Outcome | None:
+        """Send one row; the ledger outcome, or None when this relay cannot take it now.
+
+        `previous` (this connection's last outcome being written) must complete before this
+        message's final dot."""
         retries = 0
         while True:
             if not conn.connected:
@@ -396,7 +413,8 @@ class Sender:
             await self.limiter.acquire()
             await relay.limiter.acquire()
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
-            verdict = await conn.send(run.mailing.from_addr, row.email, message)
+            verdict = await conn.send(run.mailing.from_addr, row.email, message, previous)
+            previous = None
             if verdict.throttle:
                 self.limiter.throttle()
                 relay.limiter.throttle()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiosmtplib
+import aiosmtplib.protocol
 from aiosmtplib.errors import (
     SMTPAuthenticationError,
     SMTPConnectError,
@@ -163,8 +165,16 @@ class SmtpConnection:
         if smtp is not None:
             smtp.close()
 
-    async def send(self, from_addr: str, to_addr: str, message: bytes) -> Verdict:
-        """One transaction: MAIL, RCPT, DATA, payload. Never raises for SMTP trouble."""
+    async def send(
+        self, from_addr: str, to_addr: str, message: bytes, before_dot: Awaitable[object] | None = None
+    ) -> Verdict:
+        """One transaction: MAIL, RCPT, DATA, payload. Never raises for SMTP trouble.
+
+        `before_dot` is awaited after the message body is written and before the final dot:
+        the sender passes "the previous outcome of this connection is on disk", so a ledger
+        write overlaps the next transaction while at most one message per connection is
+        ever past its dot without its outcome recorded.
+        """
         smtp = self._smtp
         if smtp is None:
             return classify_failure("disconnect", Stage.MAIL, "not connected")
@@ -181,8 +191,13 @@ class SmtpConnection:
             reply = await smtp.execute_command(b"DATA")
             if reply.code != 354:
                 return await self._refused(reply.code, reply.message, stage)
+            protocol, body = self._body(smtp, message)
+            if before_dot is not None:
+                protocol.write(body)
+                body = b""
+                await before_dot
             stage = Stage.DOT
-            reply = await self._payload(smtp, message)
+            reply = await self._write_dot(protocol, body)
             self.sent_on_connection += 1
             if reply.code // 100 != 2:
                 return await self._refused(reply.code, reply.message, stage)
@@ -196,6 +211,11 @@ class SmtpConnection:
         except SMTPResponseException as exc:
             self.abort()
             return classify(exc.code, _scrub(exc.message, self.relay), stage)
+        except BaseException:
+            # The ledger write we waited for failed, or we were cancelled: without the dot
+            # the server discards the message, so dropping the connection leaves nobody in doubt.
+            self.abort()
+            raise
 
     async def _refused(self, code: int, text: str, stage: Stage) -> Verdict:
         verdict = classify(code, _scrub(text, self.relay), stage)
@@ -209,15 +229,19 @@ class SmtpConnection:
                 self.abort()
         return verdict
 
-    async def _payload(self, smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPResponse:
+    def _body(self, smtp: aiosmtplib.SMTP, message: bytes) -> tuple["aiosmtplib.protocol.SMTPProtocol", bytes]:
         protocol = smtp.protocol
         if protocol is None:
             raise SMTPServerDisconnected("connection lost")
         if not message.endswith(b"\r\n"):
             message += b"\r\n"
-        payload = _LEADING_DOT.sub(b"..", message) + b".\r\n"
+        if message.startswith(b".") or b"\n." in message:
+            message = _LEADING_DOT.sub(b"..", message)
+        return protocol, message
+
+    async def _write_dot(self, protocol: "aiosmtplib.protocol.SMTPProtocol", body: bytes) -> aiosmtplib.SMTPResponse:
         # aiosmtplib only accepts reply bytes while it expects a reply; this is the flag its own
         # DATA command sets before writing the payload.
         protocol._response_pending = True  # noqa: SLF001
-        protocol.write(payload)
+        protocol.write(body + b".\r\n")
         return await protocol.read_response(timeout=self.relay.data_timeout)
