@@ -156,7 +156,7 @@ class Sender:
     async def _promote_due(self) -> None:
         store, lifecycle = self._need()
         now = datetime.now(timezone.utc)
-        for mailing in await store.mailings(Section.SCHEDULED):
+        for mailing in await store.due_schedules(now):
             if mailing.missed or mailing.schedule is None or mailing.schedule.utc > now:
                 continue
             late = (now - mailing.schedule.utc).total_seconds()
