@@ -6,15 +6,15 @@ dashboard both call these; state changes still go through the lifecycle.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from email_validator import EmailNotValidError
 
-from .compose import MessageTemplate, check_header_value, fields_used
-from .domain import MailingState, RejectedRow
+from .compose import MessageTemplate, check_header_value
+from .domain import Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .lifecycle import Action, Lifecycle, target_state
 from .recipients_csv import normalize_address, read_header, read_recipients
@@ -63,6 +63,18 @@ def merge_columns(header: list[str]) -> set[str]:
     return {h for h in header if h.lower() not in RESERVED_COLUMNS}
 
 
+def template_for(mailing: Mailing, columns: Iterable[str] | None = None) -> MessageTemplate:
+    """The MIME skeleton of a stored mailing (for its own merge columns unless others are given)."""
+    return MessageTemplate.build(
+        mailing_id=mailing.id,
+        subject=mailing.subject,
+        from_addr=mailing.from_addr,
+        text=mailing.text_body,
+        html=mailing.html_body,
+        available_fields=mailing.fields if columns is None else columns,
+    )
+
+
 def _check_template(draft: Draft, columns: set[str], mailing_id: int = 0) -> MessageTemplate:
     try:
         normalize_address(draft.from_addr)
@@ -107,20 +119,11 @@ async def import_recipients(store: Store, mailing_id: int, recipients: Path, on_
         raise UserError(
             f"mailing {mailing_id} is {mailing.state.value}: recipients can be added to a draft, scheduled or stopped mailing"
         )
-    header = read_header(recipients)
-    columns = merge_columns(header)
-    used = fields_used(mailing.subject, mailing.text_body, mailing.html_body) - {"email", "name"}
-    missing = sorted(used - columns)
-    if missing:
-        raise ImportRejected(f"{recipients}: merge field '{missing[0]}' is used by mailing {mailing_id} but is not a column")
-    template = MessageTemplate.build(
-        mailing_id=mailing_id,
-        subject=mailing.subject,
-        from_addr=mailing.from_addr,
-        text=mailing.text_body,
-        html=mailing.html_body,
-        available_fields=columns,
-    )
+    columns = merge_columns(read_header(recipients))
+    try:
+        template = template_for(mailing, columns)
+    except UserError as exc:
+        raise ImportRejected(f"{recipients}: {exc}") from None
     async with store.write() as tx:
         current = await tx.mailing(mailing_id)
         if current.state is not mailing.state:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .compose import MessageTemplate
+from .operations import template_for
 from .config import Settings, check_smtp_security
 from .domain import Mailing, MailingState, RecipientState, Section
 from .lease import SenderLease
@@ -185,14 +186,7 @@ class Sender:
 
     async def _send_head(self, mailing: Mailing) -> None:
         store, lifecycle = self._need()
-        template = MessageTemplate.build(
-            mailing_id=mailing.id,
-            subject=mailing.subject,
-            from_addr=mailing.from_addr,
-            text=mailing.text_body,
-            html=mailing.html_body,
-            available_fields=mailing.fields,
-        )
+        template = template_for(mailing)
         if mailing.state is MailingState.QUEUED and not await lifecycle.start(mailing.id):
             return
         run = HeadRun(mailing=mailing, template=template)
