@@ -47,8 +47,8 @@ from .header import HeaderInfo, HeaderLine, Mode
 from .help import HelpScreen
 from .messages import MailingMoved
 from .palette import Command, DashboardCommands
-from .panels import MailingTable, Row
-from .rows import View, current_cells, inactive_cells, scheduled_cells
+from .panels import CellsOf, MailingTable
+from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
 log = logging.getLogger("mailtower.dashboard")
 
@@ -177,7 +177,7 @@ class Dashboard(Screen[None]):
 class DashboardApp(App[int]):
     """`DashboardApp(settings).run()`; the keyword arguments exist for tests and the demo."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     TITLE = "mailtower"
     COMMANDS = App.COMMANDS | {DashboardCommands}
     BINDINGS = [Binding("ctrl+q", "leave", "Quit", show=False, priority=True, id="quit-now")]
@@ -192,7 +192,7 @@ class DashboardApp(App[int]):
         stall_after: float = 30.0,
         handoff: HandOff = launch_background_sender,
         hand_off_on_quit: bool = True,
-        refresh_interval: float = 0.25,
+        refresh_interval: float = 0.5,
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         super().__init__()
@@ -230,7 +230,8 @@ class DashboardApp(App[int]):
         self._active_since: float | None = None
         self._stopping = False
         self._leaving = False
-        self._expected: set[int] = set()  # mailings our own actions changed: no "moved" notice for them
+        self._expected: set[int] = set()
+        self._keys_cache: dict[Section, tuple[list[Mailing], list[str]]] = {}  # mailings our own actions changed: no "moved" notice for them
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -460,7 +461,11 @@ class DashboardApp(App[int]):
         patched = []
         for mailing in current:
             p = live.get(mailing.id)
-            if p is not None and p.sent + p.failed >= mailing.sent + mailing.failed:
+            if (
+                p is not None
+                and (p.sent, p.failed, p.deferred) != (mailing.sent, mailing.failed, mailing.deferred)
+                and p.sent + p.failed >= mailing.sent + mailing.failed
+            ):
                 mailing = replace(mailing, sent=p.sent, failed=p.failed, deferred=p.deferred, in_doubt=p.in_doubt)
             patched.append(mailing)
         return patched
@@ -492,10 +497,11 @@ class DashboardApp(App[int]):
                 if table.layout_spec is None:
                     continue
                 view = View(now=now, operator_tz=self.operator_tz, compact=table.layout_spec.compact)
-                written += table.show(self._rows(table, view))
+                written += table.show(*self._rows(table, view))
             self.cells_written += written
 
-    def _rows(self, table: MailingTable, view: View) -> list[Row]:
+    def _rows(self, table: MailingTable, view: View) -> tuple[list[str], CellsOf]:
+        """The panel's row keys, and how to make row i: computed lazily, for the rows on screen."""
         section = table.section
         if section is Section.CURRENT:
             current = self.live_current()
@@ -503,13 +509,24 @@ class DashboardApp(App[int]):
             estimates = queue_estimates(current, rate, view.now) if rate > 0 else {}
             assert table.layout_spec is not None
             bar = table.layout_spec.width_of("progress") - 6
-            return [
-                Row(str(m.id), current_cells(m, i, estimates.get(m.id), rate, view, bar))
-                for i, m in enumerate(current, start=1)
-            ]
+
+            def current_row(i: int) -> Cells:
+                m = current[i]
+                return current_cells(m, i + 1, estimates.get(m.id), rate, view, bar)
+
+            return self._keys_of(section), current_row
+        mailings = self.sections[section]
         if section is Section.SCHEDULED:
-            return [Row(str(m.id), scheduled_cells(m, view)) for m in self.sections[section]]
-        return [Row(str(m.id), inactive_cells(m, view)) for m in self.sections[section]]
+            return self._keys_of(section), lambda i: scheduled_cells(mailings[i], view)
+        return self._keys_of(section), lambda i: inactive_cells(mailings[i], view)
+
+    def _keys_of(self, section: Section) -> list[str]:
+        mailings = self.sections[section]
+        cached = self._keys_cache.get(section)
+        if cached is None or cached[0] is not mailings:
+            cached = (mailings, [str(m.id) for m in mailings])
+            self._keys_cache[section] = cached
+        return cached[1]
 
     def header_info(self, now: datetime) -> HeaderInfo:
         where = f"{self.operator_tz} · tzdata {tzdata_version()}"
@@ -616,7 +633,9 @@ class DashboardApp(App[int]):
             self.notify("That mailing is gone", severity="warning", timeout=3)
             await self.refresh_now()
             return
-        any_sending = any(m.state is MailingState.SENDING for m in await store.mailings(Section.CURRENT))
+        # Whether anything sends comes from the last refresh (under a second old): reading the
+        # whole queue here would delay the menu. The lifecycle checks again when it acts.
+        any_sending = mailing.state is MailingState.SENDING or self.any_sending()
         choice = await self.push_screen_wait(ActionsMenu(mailing, offers(mailing, any_sending=any_sending)))
         if choice:
             await self.perform(choice, mailing)

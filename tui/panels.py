@@ -1,21 +1,23 @@
-"""The three section panels: a DataTable each, updated cell by cell.
+"""The three section panels: a DataTable each, updated cell by cell, visible rows only.
 
-A panel is given the full list of rows every time the dashboard refreshes, but it only touches
-what changed: cells are compared with what is on screen and updated in place; the table is
-rebuilt only when rows come, go or change order. The cursor stays on the same mailing.
+The app hands a panel the mailing ids in order and a function that makes the cells of row i.
+The panel touches only what changed: rows that come and go are removed and appended in place
+(a rebuild only when the order changes), and cells are computed and compared for the rows on
+screen; rows scrolled into view are brought up to date as they appear. The cost of a refresh is
+therefore proportional to what is visible, not to how many mailings there are. The cursor stays
+on the same mailing throughout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
 from mailtower.core.domain import Section
 
-from .rows import Cells, Layout, label_cell, layout_for
+from .rows import Cells, Layout, label_cell, layout_for, to_text
 
 TITLES = {Section.CURRENT: "Current", Section.SCHEDULED: "Scheduled", Section.INACTIVE: "Inactive"}
 EMPTY = {
@@ -23,15 +25,12 @@ EMPTY = {
     Section.SCHEDULED: "nothing is scheduled",
     Section.INACTIVE: "no inactive mailings",
 }
+MARGIN = 2  # rows just outside the view kept fresh too, so a small scroll never shows stale text
+
+CellsOf = Callable[[int], Cells]
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    key: str  # the mailing id, so updates find their row whatever its position
-    cells: Cells
-
-
-class MailingTable(DataTable[Text]):
+class MailingTable(DataTable):  # type: ignore[type-arg]
     """One section. Its rows are keyed by mailing id."""
 
     BINDINGS = [
@@ -46,9 +45,11 @@ class MailingTable(DataTable[Text]):
         self.layout_spec: Layout | None = None
         self._keys: list[str] = []
         self._shown: dict[str, Cells] = {}
+        self._cells_of: CellsOf | None = None
+        self._column_keys: list[str] = []
         self._restore: str | None = None  # the highlighted mailing across a change of columns
+        self.cells_written = 0
         self.border_title = TITLES[section]
-        self.border_subtitle = ""
 
     # ---- what the app calls ----------------------------------------------------------------
 
@@ -59,8 +60,7 @@ class MailingTable(DataTable[Text]):
     def highlighted_key(self) -> str | None:
         if not self._keys:
             return None
-        row = min(max(self.cursor_row, 0), len(self._keys) - 1)
-        return self._keys[row]
+        return self._keys[min(max(self.cursor_row, 0), len(self._keys) - 1)]
 
     def select_key(self, key: str) -> bool:
         """Put the cursor on a mailing's row; False if it is not in this panel."""
@@ -71,70 +71,98 @@ class MailingTable(DataTable[Text]):
         self.move_cursor(row=index)
         return True
 
+    def layout_for_width(self, width: int) -> Layout:
+        return layout_for(self.section, width)
+
     def set_layout(self, layout: Layout) -> bool:
         """Use new columns (the terminal was resized); True if they changed."""
         if layout == self.layout_spec:
             return False
-        highlighted = self.highlighted_key()
+        self._restore = self.highlighted_key()
         self.layout_spec = layout
         self.clear(columns=True)
         for column in layout.columns:
             self.add_column(label_cell(column), width=column.width, key=column.key)
-        self._keys = []
-        self._shown = {}
-        if highlighted is not None:
-            self._restore = highlighted
+        self._column_keys = [column.key for column in layout.columns]
+        self._keys, self._shown = [], {}
         return True
 
-    def layout_for_width(self, width: int) -> Layout:
-        return layout_for(self.section, width)
-
-    def show(self, rows: list[Row]) -> int:
-        """Make the table show exactly `rows`; returns how many cells were written."""
-        self.border_title = f"{TITLES[self.section]} ({len(rows)})"
-        self.border_subtitle = "" if rows else EMPTY[self.section]
-        self.set_class(not rows, "-empty")
-        keys = [row.key for row in rows]
-        if keys != self._keys:
-            return self._rebuild(rows)
+    def show(self, keys: list[str], cells_of: CellsOf) -> int:
+        """Make the table show rows `keys`, row i's cells being `cells_of(i)`; returns cells written."""
+        self.border_title = f"{TITLES[self.section]} ({len(keys)})"
+        self.border_subtitle = "" if keys else EMPTY[self.section]
+        self.set_class(not keys, "-empty")
+        self._cells_of = cells_of
         written = 0
-        for row in rows:
-            shown = self._shown[row.key]
-            if shown == row.cells:
-                continue
-            for column, old, new in zip(self.ordered_columns, shown, row.cells):
-                if old != new:
-                    self.update_cell(row.key, column.key, new)
-                    written += 1
-            self._shown[row.key] = row.cells
+        if keys != self._keys:
+            written += self._change_rows(keys, cells_of)
+        written += self._refresh_rows(self.visible_rows())
+        self.cells_written += written
         return written
+
+    def visible_rows(self) -> range:
+        top = int(self.scroll_y)
+        return range(max(top - MARGIN, 0), min(top + self.size.height + MARGIN, len(self._keys)))
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _rebuild(self, rows: list[Row]) -> int:
+    def _refresh_rows(self, rows: range) -> int:
+        cells_of = self._cells_of
+        if cells_of is None:
+            return 0
+        written = 0
+        for index in rows:
+            key = self._keys[index]
+            cells = cells_of(index)
+            shown = self._shown[key]
+            if cells == shown:
+                continue
+            for column, old, new in zip(self._column_keys, shown, cells):
+                if old != new:
+                    self.update_cell(key, column, to_text(new))
+                    written += 1
+            self._shown[key] = cells
+        return written
+
+    def _change_rows(self, keys: list[str], cells_of: CellsOf) -> int:
         highlighted = self._restore or self.highlighted_key()
         self._restore = None
         old_index = self.cursor_row
-        scroll_y = self.scroll_y
-        self.clear()
-        for row in rows:
-            self.add_row(*row.cells, key=row.key)
-        self._keys = [row.key for row in rows]
-        self._shown = {row.key: row.cells for row in rows}
-        if not rows:
-            return 0
-        if highlighted in self._shown:
-            index = self._keys.index(highlighted)
+        wanted = set(keys)
+        kept = [key for key in self._keys if key in wanted]
+        if keys[: len(kept)] == kept and kept:
+            # Rows left (a mailing completed, was stopped...) and others joined at the end: edit in place.
+            for key in self._keys:
+                if key not in wanted:
+                    self.remove_row(key)
+                    del self._shown[key]
+            start = len(kept)
         else:
-            # The highlighted mailing left this panel: stay at the same place in the list.
-            index = min(max(old_index, 0), len(rows) - 1)
-        # clear() scrolled to the top; go back to where the operator was looking, then make
-        # sure the cursor is visible.
-        self.call_after_refresh(self._settle, scroll_y, index)
-        self.move_cursor(row=index, scroll=False)
-        return sum(len(row.cells) for row in rows)
+            # The order changed: build the table again.
+            scroll_y = self.scroll_y
+            self.clear()
+            self._shown = {}
+            start = 0
+            self.call_after_refresh(self.scroll_to, y=scroll_y, animate=False, immediate=True)
+        written = 0
+        for index in range(start, len(keys)):
+            cells = cells_of(index)
+            self.add_row(*map(to_text, cells), key=keys[index])
+            self._shown[keys[index]] = cells
+            written += len(cells)
+        self._keys = list(keys)
+        if keys:
+            if highlighted in self._shown:
+                row = keys.index(highlighted)
+            else:
+                # The highlighted mailing left this panel: stay at the same place in the list.
+                row = min(max(old_index, 0), len(keys) - 1)
+            if row != self.cursor_row:
+                self.move_cursor(row=row)
+        return written
 
-    def _settle(self, scroll_y: float, index: int) -> None:
-        self.scroll_to(y=scroll_y, animate=False, immediate=True)
-        if index < len(self._keys):
-            self.move_cursor(row=index, scroll=True)
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if int(old_value) != int(new_value) and self._keys:
+            # Rows coming into view may have been skipped by refreshes while they were hidden.
+            self.cells_written += self._refresh_rows(self.visible_rows())

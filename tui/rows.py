@@ -1,8 +1,8 @@
-"""What each panel shows: column layouts and the cells of one mailing's row, as rich Text.
+"""What each panel shows: column layouts and the cells of one mailing's row.
 
 Pure functions of a mailing, its live counters and the clock, so the panels can diff rows and
-touch only the cells that changed, and tests can check the text without a screen. User data is
-always wrapped in `Text`: a plain str cell would be parsed as markup.
+touch only the cells that changed, and tests can check the text without a screen. Cells become
+rich `Text` (never a plain str, which the table would parse as markup) only when written.
 """
 
 from __future__ import annotations
@@ -21,7 +21,11 @@ BAR_EMPTY = "░"
 BAR_PARTS = " ▏▎▍▌▋▊▉"
 DASH = "—"
 
-Cells = tuple[Text, ...]
+# A cell as plain data: (right-aligned?, ((text, style), ...)). Comparing these is cheap, so
+# the panels diff rows as data and only build a Text for a cell that actually changed.
+Segments = tuple[tuple[str, str], ...]
+Cell = tuple[bool, Segments]
+Cells = tuple[Cell, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +100,23 @@ def layout_for(section: Section, width: int) -> Layout:
 
 
 def label_cell(column: Column) -> Text:
-    return _cell(column.label, right=column.right)
+    return to_text(_cell(column.label, right=column.right))
 
 
-def _cell(text: str, style: str = "", *, right: bool = False) -> Text:
+def to_text(cell: Cell) -> Text:
+    right, segments = cell
+    text = Text(justify="right" if right else None, no_wrap=True, overflow="ellipsis")
+    for part, style in segments:
+        text.append(part, style or None)
+    return text
+
+
+def _cell(text: str, style: str = "", *, right: bool = False) -> Cell:
     # Right-aligned cells get their separating space from the column being one wider.
-    if right:
-        return Text(text, style=style, justify="right", no_wrap=True, overflow="ellipsis")
-    return Text(" " + text, style=style, no_wrap=True, overflow="ellipsis")
+    return (True, ((text, style),)) if right else (False, ((" " + text, style),))
 
 
-def _name(mailing: Mailing, style: str = "") -> Text:
+def _name(mailing: Mailing, style: str = "") -> Cell:
     # No newlines or tabs from user data in a one-line row.
     return _cell(" ".join(mailing.name.split()), style)
 
@@ -120,7 +130,7 @@ def count(n: int, compact: bool) -> str:
     return f"{n / 1_000_000:.1f}M"
 
 
-def progress_bar(done: int, total: int, width: int) -> Text:
+def progress_bar(done: int, total: int, width: int) -> Cell:
     """"█████▌░░░░ 52%": sent plus failed over total, drawn in eighths of a cell."""
     fraction = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
     eighths = int(fraction * width * 8)
@@ -129,11 +139,8 @@ def progress_bar(done: int, total: int, width: int) -> Text:
     if full < width:
         bar += (BAR_PARTS[part] if part else "") + BAR_EMPTY * (width - full - (1 if part else 0))
     percent = int(fraction * 100)  # floor: never show 100% before the last recipient
-    text = Text(" ")
-    text.append(bar[:full + (1 if part else 0)], style="green")
-    text.append(bar[full + (1 if part else 0):], style="bright_black")
-    text.append(f" {percent:>3}%")
-    return text
+    edge = full + (1 if part else 0)
+    return (False, ((" ", ""), (bar[:edge], "green"), (bar[edge:], "bright_black"), (f" {percent:>3}%", "")))
 
 
 def duration(seconds: float, compact: bool) -> str:

@@ -27,7 +27,7 @@ from mailtower.tui.app import DashboardApp, handoff_command, launch_background_s
 from mailtower.tui.header import HeaderLine
 from mailtower.tui.help import HelpScreen
 from mailtower.tui.panels import MailingTable
-from mailtower.tui.rows import count, duration, progress_bar
+from mailtower.tui.rows import count, duration, progress_bar, to_text
 
 from .conftest import (
     FIXED_NOW,
@@ -138,9 +138,9 @@ async def until_state(db: Path, mailing_id: int, state: MailingState | None, tim
 
 
 def test_formats() -> None:
-    assert progress_bar(52, 100, 10).plain == " █████▏░░░░  52%"
-    assert progress_bar(0, 0, 4).plain == " ████ 100%"
-    assert progress_bar(99_999, 100_000, 4).plain.endswith(" 99%")  # never 100% before the end
+    assert to_text(progress_bar(52, 100, 10)).plain == " █████▏░░░░  52%"
+    assert to_text(progress_bar(0, 0, 4)).plain == " ████ 100%"
+    assert to_text(progress_bar(99_999, 100_000, 4)).plain.endswith(" 99%")  # never 100% before the end
     assert count(12_345, True) == "12.3k" and count(12_345, False) == "12,345" and count(2_500_000, True) == "2.5M"
     assert duration(7500, False) == "2 h 05 min" and duration(7500, True) == "2h05m" and duration(42, True) == "42s"
 

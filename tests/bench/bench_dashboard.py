@@ -1,0 +1,200 @@
+"""What the dashboard costs while the sender runs at full speed with 1,000 mailings on screen.
+
+    .venv/bin/python tests/bench/bench_dashboard.py [--seconds 15] [--mailings 1000]
+
+Three runs on the same kind of database (a fresh copy each time), all sending to a local sink
+with no rate limit:
+  1. the sender alone (no UI): messages sent and process CPU per message;
+  2. the dashboard (headless, 120x40) with its sender in-process: the same figures; the
+     difference in CPU beyond what the messages themselves cost is the dashboard's own share;
+     and time spent inside the dashboard's refresh (store reads + cell updates) measured directly;
+  3. key-press latency during run 2: time from pressing j/k until the cursor has moved (Pilot
+     returns once the key is processed and the screen updated), and a/Escape for the menu.
+Not a test: prints figures for the note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from mailtower.core.config import Settings
+from mailtower.core.lifecycle import Lifecycle
+from mailtower.core.operations import Draft, create_mailing
+from mailtower.core.sender import Sender
+from mailtower.core.sink import Sink
+from mailtower.core.store import Store
+from mailtower.core.timezones import utcnow
+from mailtower.tui.actions import ActionsMenu
+from mailtower.tui.app import DashboardApp
+
+
+def write_csv(path: Path, n: int, tag: str) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["email", "name"])
+        for i in range(n):
+            writer.writerow([f"{tag}{i}@example.com", f"R {i}"])
+    return path
+
+
+async def build(db: Path, folder: Path, mailings: int, big: int) -> None:
+    """One big mailing at the head of the queue, then small ones: 30% current, 30% scheduled, 40% drafts."""
+    store = await Store.open(db)
+    lc = Lifecycle(store)
+    small = write_csv(folder / "small.csv", 20, "s")
+    draft = Draft("x", "Subject {{ name }}", "bench@example.com", "Hello {{ name }}", None)
+    try:
+        head, _ = await create_mailing(store, replace(draft, name="Big one"), write_csv(folder / "big.csv", big, "b"), print)
+        await lc.send_now(head)
+        when = utcnow().replace(tzinfo=None, microsecond=0, second=0)
+        for i in range(mailings - 1):
+            mid, _ = await create_mailing(store, replace(draft, name=f"Mailing {i:04d}"), small, print)
+            kind = i % 10
+            if kind < 3:
+                await lc.send_now(mid)
+            elif kind < 6:
+                await lc.schedule(mid, when.replace(year=when.year + 1, minute=i % 60), "Europe/Berlin")
+    finally:
+        await store.close()
+
+
+def settings_for(db: Path, port: int) -> Settings:
+    return Settings(db=db, smtp_host="127.0.0.1", smtp_port=port, connections=4, rate=0.0)
+
+
+async def sent_count(db: Path) -> int:
+    store = await Store.open(db)
+    try:
+        return sum(m.sent for m in await store.mailings())
+    finally:
+        await store.close()
+
+
+async def run_sender_alone(settings: Settings, seconds: float) -> tuple[int, float]:
+    sender = Sender(settings)
+    task = asyncio.create_task(sender.run())
+    await asyncio.sleep(2.0)  # warm up: connections open, first batches claimed
+    before_sent, before_cpu = await sent_count(settings.db), time.process_time()
+    await asyncio.sleep(seconds)
+    sent, cpu = await sent_count(settings.db) - before_sent, time.process_time() - before_cpu
+    sender.request_stop()
+    await task
+    return sent, cpu
+
+
+class TimedApp(DashboardApp):
+    """Adds up the wall time spent inside the refresh loop (reads, diffing, cell updates)."""
+
+    refresh_time = 0.0
+
+    async def _update(self) -> None:
+        start = time.perf_counter()
+        try:
+            await super()._update()
+        finally:
+            self.refresh_time += time.perf_counter() - start
+
+
+async def run_dashboard(settings: Settings, seconds: float, presses: int) -> dict[str, object]:
+    app = TimedApp(settings, hand_off_on_quit=False)
+    result: dict[str, object] = {}
+    async with app.run_test(size=(120, 40)) as pilot:
+        deadline = time.monotonic() + 30
+        while (app.sender is None or app.sender.snapshot.rate == 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)
+        before_sent, before_cpu, before_refresh = await sent_count(settings.db), time.process_time(), app.refresh_time
+        before_cells, before_renders = app.cells_written, app.renders
+        await asyncio.sleep(seconds)
+        result["sent"] = await sent_count(settings.db) - before_sent
+        result["cpu"] = time.process_time() - before_cpu
+        result["refresh"] = app.refresh_time - before_refresh
+        result["cells"] = app.cells_written - before_cells
+        result["renders"] = app.renders - before_renders
+        # Key presses while sending, injected as the terminal would deliver them (Pilot.press
+        # itself waits for the whole app to go idle, which never happens at full speed).
+        table = app.dashboard.active_table()
+        moves: list[float] = []
+        for i in range(presses):
+            key = "j" if i % 20 < 10 else "k"
+            row = table.cursor_row
+            start = time.perf_counter()
+            app.simulate_key(key)
+            while table.cursor_row == row:
+                await asyncio.sleep(0)
+            moves.append(time.perf_counter() - start)
+            await asyncio.sleep(0.1)
+        menus: list[float] = []
+        for _ in range(10):
+            start = time.perf_counter()
+            app.simulate_key("a")
+            while not isinstance(app.screen, ActionsMenu) or not app.screen.is_mounted:
+                await asyncio.sleep(0)
+            menus.append(time.perf_counter() - start)
+            app.simulate_key("escape")
+            while app.screen is not app.dashboard:
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.1)
+        result["moves"], result["menus"] = moves, menus
+        await app.leave(ask=False, hand_off=False).wait()
+    return result
+
+
+def ms(values: list[float]) -> str:
+    values = sorted(values)
+    p95 = values[min(len(values) - 1, int(len(values) * 0.95))]
+    return f"median {statistics.median(values) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, max {values[-1] * 1000:.1f} ms"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--mailings", type=int, default=1000)
+    parser.add_argument("--presses", type=int, default=60)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
+    sink = Sink().start()
+    try:
+        template = folder / "template.db"
+        big = 200_000
+        await build(template, folder, args.mailings, big)
+        runs = {}
+        for name in ("alone", "dashboard"):
+            db = folder / f"{name}.db"
+            shutil.copy(template, db)
+            settings = settings_for(db, sink.port)
+            if name == "alone":
+                runs[name] = await run_sender_alone(settings, args.seconds)
+            else:
+                runs[name] = await run_dashboard(settings, args.seconds, args.presses)
+        sent0, cpu0 = runs["alone"]  # type: ignore[misc]
+        dash = runs["dashboard"]
+        sent1, cpu1 = dash["sent"], dash["cpu"]  # type: ignore[index]
+        per_msg = cpu0 / max(sent0, 1)
+        ui_cpu = cpu1 - sent1 * per_msg  # type: ignore[operator]
+        t = args.seconds
+        print(f"{args.mailings} mailings on screen (Current {int(args.mailings * 0.3)}+, Scheduled, Inactive), 120x40, {t:.0f} s each")
+        print(f"sender alone:    {sent0 / t:7.0f} msg/s, process CPU {cpu0 / t * 100:5.1f}% of a core, {per_msg * 1e6:.0f} µs CPU/msg")
+        print(f"with dashboard:  {sent1 / t:7.0f} msg/s, process CPU {cpu1 / t * 100:5.1f}% of a core")  # type: ignore[operator]
+        print(f"dashboard's own CPU (beyond what its messages cost): {ui_cpu / t * 100:.1f}% of a core")
+        print(
+            f"refresh loop (reads + diff + cell updates): {dash['refresh'] / t * 100:.1f}% of wall time; "  # type: ignore[operator]
+            f"{dash['renders'] / t:.1f} renders/s, {dash['cells'] / t:.0f} cells written/s"  # type: ignore[operator]
+        )
+        print(f"key press j/k -> cursor moved: {ms(dash['moves'])}")  # type: ignore[arg-type]
+        print(f"key press a -> Actions menu shown: {ms(dash['menus'])}")  # type: ignore[arg-type]
+    finally:
+        sink.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
