@@ -1,0 +1,262 @@
+"""The Sending limits dialog: rate, connections and messages per connection, changed live.
+
+The values and their rules are core's (`limits.LIMITS`, `parse_limit`, `set_limits`); the sender
+reads the settings table about once a second, so a save here takes effect without a restart.
+The dialog shows when each limit last changed and refuses to save what core would refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.validation import ValidationResult, Validator
+from textual.widgets import Button, Input, Label, Static
+
+from mailtower.core.config import Settings
+from mailtower.core.errors import UserError
+from mailtower.core.limits import LIMITS, Limits, parse_limit, read_limits, set_limits
+from mailtower.core.store import Store
+from mailtower.core.timezones import humanize_delta, utcnow
+
+EXPLANATION = "The sender applies changes within a second, even while a mailing sends; they hold across restarts."
+SAVED = "Limits saved; the sender applies them within a second"
+AGO_REFRESH = 15.0  # seconds between updates of "3 min ago"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitField:
+    """How one limit is presented: its label and what the operator should know about its values."""
+
+    label: str
+    hint: str
+
+
+FIELDS: dict[str, LimitField] = {
+    "rate": LimitField("Rate per second", "messages; 0 = unlimited"),
+    "rate_per_hour": LimitField("Rate per hour", "messages; 0 = unlimited"),
+    "connections": LimitField("Connections", "at least 1"),
+    "messages_per_connection": LimitField("Messages per connection", "then reconnect; 0 = never"),
+}
+
+
+def limit_problem(name: str, text: str) -> str | None:
+    """What is wrong with `text` as the value of limit `name`, or None if core would accept it."""
+    if not text.strip():
+        return "enter a number"
+    try:
+        parse_limit(name, text)
+    except UserError as exc:
+        # Core words it for the command line ("--connections: ..."); here the field says which one.
+        return exc.message.removeprefix(f"--{name.replace('_', '-')}: ")
+    return None
+
+
+def format_value(value: float | int) -> str:
+    """50.0 reads "50" in the field; 2.5 stays "2.5"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def describe_change(changed_at: datetime | None, now: datetime) -> str:
+    """ "changed 14:02:11 UTC, 3 min ago" (with the date when not today), or "from configuration"."""
+    if changed_at is None:
+        return "from configuration"
+    when = changed_at.astimezone(timezone.utc)
+    today = now.astimezone(timezone.utc).date()
+    stamp = f"{when:%H:%M:%S}" if when.date() == today else f"{when:%Y-%m-%d %H:%M:%S}"
+    return f"changed {stamp} UTC, {humanize_delta(when - now)}"
+
+
+def changed_values(limits: Limits, texts: dict[str, str]) -> dict[str, float | int]:
+    """The parsed values that differ from `limits`; every text must be valid."""
+    values = {name: parse_limit(name, text) for name, text in texts.items()}
+    return {name: value for name, value in values.items() if value != getattr(limits, name)}
+
+
+class LimitValidator(Validator):
+    """Core's rule for one limit, so the field itself shows when it is invalid."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.limit = name
+
+    def validate(self, value: str) -> ValidationResult:
+        problem = limit_problem(self.limit, value)
+        return self.success() if problem is None else self.failure(problem)
+
+
+class LimitsScreen(ModalScreen[bool]):
+    """Dismisses with True when a limit was changed, False when cancelled or nothing changed."""
+
+    DEFAULT_CSS = """
+    LimitsScreen {
+        align: center middle;
+    }
+    LimitsScreen > #limits-box {
+        width: 78;
+        max-width: 100%;
+        height: auto;
+        max-height: 100%;
+        border: round $primary;
+        border-title-style: bold;
+        background: $surface;
+        padding: 0 1;
+    }
+    LimitsScreen #limits-explanation {
+        width: 100%;
+        height: auto;
+        color: $text-muted;
+        margin-bottom: 1;
+    }
+    LimitsScreen .limit {
+        height: auto;
+        margin-bottom: 1;
+    }
+    LimitsScreen .row {
+        height: 1;
+    }
+    LimitsScreen .field-label {
+        width: 25;
+    }
+    LimitsScreen .row Input {
+        width: 14;
+    }
+    LimitsScreen .hint {
+        width: 1fr;
+        padding-left: 2;
+        color: $text-muted;
+    }
+    LimitsScreen .changed {
+        margin-left: 25;
+        color: $text-muted;
+    }
+    LimitsScreen .error {
+        margin-left: 25;
+        color: $text-error;
+    }
+    LimitsScreen #limits-buttons {
+        height: 1;
+        align-horizontal: right;
+    }
+    LimitsScreen #limits-buttons Button {
+        margin-left: 2;
+    }
+    """
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "save", "Save"),
+    ]
+
+    def __init__(self, store: Store, settings: Settings, now: Callable[[], datetime] | None = None) -> None:
+        super().__init__()
+        self.store = store
+        self.settings = settings
+        self._now = now or utcnow
+        self.limits: Limits | None = None  # None until read from the database
+        self._saving = False
+
+    def compose(self) -> ComposeResult:
+        box = Vertical(id="limits-box")
+        box.border_title = "Sending limits"
+        with box:
+            yield Static(EXPLANATION, id="limits-explanation", markup=False)
+            for name, field in FIELDS.items():
+                kind, _ = LIMITS[name]
+                with Vertical(classes="limit"):
+                    with Horizontal(classes="row"):
+                        yield Label(field.label, classes="field-label")
+                        yield Input(
+                            id=name,
+                            type="integer" if kind is int else "number",
+                            validators=[LimitValidator(name)],
+                            compact=True,
+                        )
+                        yield Static(field.hint, classes="hint", markup=False)
+                    yield Static("", id=f"{name}-changed", classes="changed", markup=False)
+                    yield Static("", id=f"{name}-error", classes="error", markup=False)
+            with Horizontal(id="limits-buttons"):
+                yield Button("Cancel", id="cancel", compact=True)
+                yield Button("Save", id="save", variant="primary", compact=True, disabled=True)
+
+    async def on_mount(self) -> None:
+        for name in LIMITS:
+            self.query_one(f"#{name}-error", Static).display = False
+        self.limits = await read_limits(self.store, self.settings)
+        for name in LIMITS:
+            field = self.query_one(f"#{name}", Input)
+            field.value = format_value(getattr(self.limits, name))
+            field.cursor_position = len(field.value)
+        self._show_changed()
+        self._check()
+        self.query_one(f"#{next(iter(LIMITS))}", Input).focus()
+        self.set_interval(AGO_REFRESH, self._show_changed)
+
+    # --- showing state ---------------------------------------------------------------------
+
+    def _texts(self) -> dict[str, str]:
+        return {name: self.query_one(f"#{name}", Input).value for name in LIMITS}
+
+    def _show_changed(self) -> None:
+        if self.limits is None:
+            return
+        now = self._now()
+        for name in LIMITS:
+            line = describe_change(self.limits.changed_at.get(name), now)
+            self.query_one(f"#{name}-changed", Static).update(line)
+
+    def _check(self) -> bool:
+        """Show each field's problem under it; True when every field is valid."""
+        valid = True
+        for name, text in self._texts().items():
+            problem = limit_problem(name, text)
+            error = self.query_one(f"#{name}-error", Static)
+            error.update(f"✗ {problem}" if problem else "")
+            error.display = problem is not None
+            valid = valid and problem is None
+        self.query_one("#save", Button).disabled = not valid or self.limits is None or self._saving
+        return valid
+
+    # --- events ----------------------------------------------------------------------------
+
+    @on(Input.Changed)
+    def _field_changed(self) -> None:
+        if self.limits is not None:  # the fields are blank until the values are read
+            self._check()
+
+    @on(Input.Submitted)
+    async def _field_submitted(self) -> None:
+        await self.action_save()
+
+    @on(Button.Pressed, "#save")
+    async def action_save(self) -> None:
+        if self.limits is None or self._saving or not self._check():
+            return
+        changes = changed_values(self.limits, self._texts())
+        if not changes:
+            self.notify("No limit changed", timeout=3)
+            self.dismiss(False)
+            return
+        self._saving = True  # a second Enter while the write waits must not save twice
+        self.query_one("#save", Button).disabled = True
+        try:
+            await set_limits(self.store, dict(changes))
+        except UserError as exc:
+            self._saving = False
+            self._check()
+            self.notify(str(exc), title="Not saved", severity="error", timeout=8)
+            return
+        self.notify(SAVED, title="Sending limits", timeout=5)
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(False)
