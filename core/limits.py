@@ -6,6 +6,7 @@ is not set there comes from the configuration.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,6 +47,8 @@ def parse_limit(name: str, raw: str | float) -> float | int:
         value = kind(raw)
     except (TypeError, ValueError):
         raise UserError(f"--{name.replace('_', '-')}: '{raw}' is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"--{name.replace('_', '-')}: '{raw}' is not a finite number")
     if value < smallest:
         raise UserError(f"--{name.replace('_', '-')}: must be at least {smallest:g}")
     return value
