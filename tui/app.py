@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,7 +46,7 @@ from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
 from .actions import ActionsMenu
 from .header import HeaderInfo, HeaderLine, Mode
 from .help import HelpScreen
-from .messages import MailingMoved
+from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands
 from .panels import CellsOf, MailingTable
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
@@ -60,6 +61,7 @@ TABLE_CHROME = 3  # border left and right, and the vertical scrollbar's gutter
 HEARTBEAT_STALE = 5.0  # seconds: a monitored sender that has not written for this long is silent
 SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
 STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
+HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
 
 
 # ---- hand-off to a background sender -------------------------------------------------------
@@ -194,6 +196,8 @@ class DashboardApp(App[int]):
         hand_off_on_quit: bool = True,
         refresh_interval: float = 0.5,
         stop_timeout: float = STOP_TIMEOUT,
+        hangup_exit: float | None = None,
+        cleanup: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -205,6 +209,8 @@ class DashboardApp(App[int]):
         self.hand_off_on_quit = hand_off_on_quit
         self.refresh_interval = refresh_interval
         self.stop_timeout = stop_timeout
+        self.hangup_exit = hangup_exit
+        self.cleanup = cleanup
         self.store: Store | None = None
         self.lifecycle: Lifecycle | None = None
         self.sender: Sender | None = None
@@ -279,7 +285,7 @@ class DashboardApp(App[int]):
 
     def _on_hangup(self) -> None:
         # The terminal is gone: nobody can answer a question, so hand off without asking.
-        self.leave(ask=False)
+        self.leave(ask=False, hung_up=True)
 
     def _on_terminate(self) -> None:
         self.leave(ask=False, hand_off=False)
@@ -316,6 +322,8 @@ class DashboardApp(App[int]):
             self._force = True
 
     def _start_sender(self) -> None:
+        if self.mode is Mode.MONITORING and self.holder is not None:
+            self.post_message(SenderModeChanged("sending", f"{self.holder.describe()} has stopped"))
         sender = Sender(self.settings, what="dashboard")
         self.sender = sender
         self.mode, self.holder = Mode.IDLE, None
@@ -431,6 +439,9 @@ class DashboardApp(App[int]):
 
     def mark_dirty(self) -> None:
         self._dirty = True
+
+    def on_sender_mode_changed(self, message: SenderModeChanged) -> None:
+        self.notify(f"{message.detail}; this dashboard sends now", title="Sender", timeout=6)
 
     def relayout(self) -> None:
         """Fit the columns to the terminal's width."""
@@ -791,8 +802,8 @@ class DashboardApp(App[int]):
 
     # ---- leaving -----------------------------------------------------------------------------
 
-    @work(group="leave", exclusive=True, exit_on_error=False)
-    async def leave(self, ask: bool = True, hand_off: bool = True) -> None:
+    @work(group="leave", exit_on_error=False)
+    async def leave(self, ask: bool = True, hand_off: bool = True, hung_up: bool = False) -> None:
         """Quit; while work is current or scheduled, hand the sending to a background `mailtower run`."""
         if self._leaving:
             return
@@ -833,6 +844,19 @@ class DashboardApp(App[int]):
             self.store = None
             await store.close()
         self.exit(0, message=exit_message)
+        if hung_up and self.hangup_exit is not None:
+            # Restoring a terminal that is gone can block forever in Textual's writer; the
+            # sending is handed off and the store closed, so nothing is lost by leaving hard.
+            watchdog = threading.Timer(self.hangup_exit, self._hard_exit)
+            watchdog.daemon = True
+            watchdog.start()
+
+    def _hard_exit(self) -> None:
+        try:
+            if self.cleanup is not None:
+                self.cleanup()
+        finally:
+            os._exit(0)
 
 
 def holder_forms(holder: Holder | None) -> tuple[str, ...]:
@@ -858,6 +882,6 @@ def _bind(function: Callable[..., object], *args: object, **kwargs: object) -> C
 
 def run_dashboard(settings: Settings) -> int:
     """`mailtower`: the dashboard on the configured database, sending from this process if it may."""
-    app = DashboardApp(settings)
+    app = DashboardApp(settings, hangup_exit=HANGUP_EXIT)
     app.run()
     return app.return_code or 0

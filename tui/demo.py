@@ -28,7 +28,7 @@ from mailtower.core.sink import Sink, demo_fault
 from mailtower.core.store import Store
 from mailtower.core.timezones import to_zone, utcnow
 
-from .app import DashboardApp
+from .app import HANGUP_EXIT, DashboardApp
 
 DEMO_RATE = 60.0  # messages per second: fast enough to move, slow enough to watch
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Linus", "Radia", "Donald")
@@ -135,15 +135,19 @@ def run_demo() -> int:
     """Prepare the demo, run the dashboard on it, and remove everything afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="mailtower-demo-"))
     sink = Sink(fault=demo_fault, latency=0.01)
+
+    def cleanup() -> None:
+        sink.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
     try:
         sink.start()
         settings = demo_settings(folder, sink.port)
         print(f"mailtower demo: preparing sample mailings in {folder} ...", file=sys.stderr)
         asyncio.run(build_demo(settings, folder))
         # No hand-off: quitting the demo stops its sending, and its database goes with it.
-        app = DashboardApp(settings, hand_off_on_quit=False)
+        app = DashboardApp(settings, hand_off_on_quit=False, hangup_exit=HANGUP_EXIT, cleanup=cleanup)
         app.run()
         return app.return_code or 0
     finally:
-        sink.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        cleanup()
