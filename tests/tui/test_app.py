@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from textual.widgets import OptionList
 from mailtower.core.domain import MailingState, RecipientState, Section
 from mailtower.core.lease import SenderLease
 from mailtower.core.lifecycle import Direction, Lifecycle
+from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.sink import Sink, free_port
 from mailtower.core.store import Store
 from mailtower.tui.actions import ActionsMenu
@@ -182,6 +183,19 @@ async def test_markup_in_names_is_shown_as_text(tmp_path: Path) -> None:
 # ---- keys ----------------------------------------------------------------------------------------
 
 
+async def test_columns_follow_the_terminal_width(fixed_db: Fixture) -> None:
+    app = dashboard_app(fixed_db.db)
+    async with running(app, size=(80, 24)) as pilot:
+        current = table(app, Section.CURRENT)
+        await focus_row(pilot, Section.CURRENT, fixed_db.ids["launch"])
+        assert current.layout_spec is not None and current.layout_spec.compact
+        await pilot.resize_terminal(130, 40)
+        await wait_for(lambda: current.layout_spec is not None and not current.layout_spec.compact)
+        await wait_for(lambda: len(current.keys) == 3)
+        assert current.highlighted_key() == str(fixed_db.ids["launch"])
+        assert sum(c.width for c in current.layout_spec.columns) == 130 - 3
+
+
 async def test_tab_and_jk_move_between_and_within_panels(fixed_db: Fixture) -> None:
     app = dashboard_app(fixed_db.db)
     async with running(app) as pilot:
@@ -332,7 +346,7 @@ async def test_scheduled_cancel_when_nothing_sends(tmp_path: Path) -> None:
         await wait_for(lambda: str(fx.ids["berlin"]) in table(app, Section.INACTIVE).keys)
 
 
-async def test_inactive_restart_send_now_schedule_delete(fixed_db: Fixture) -> None:
+async def test_inactive_restart_send_now_delete(fixed_db: Fixture) -> None:
     ids = fixed_db.ids
     app = dashboard_app(fixed_db.db)
     async with running(app) as pilot:
@@ -340,21 +354,50 @@ async def test_inactive_restart_send_now_schedule_delete(fixed_db: Fixture) -> N
         await choose(pilot, "restart")
         await until_state(fixed_db.db, ids["stopped"], MailingState.QUEUED)
         await focus_row(pilot, Section.INACTIVE, ids["draft"])
-        await choose(pilot, "schedule")
-        await pilot.pause()
-        await pilot.press("enter")  # the dialog's default: tomorrow 09:00 in the operator's zone
-        await until_state(fixed_db.db, ids["draft"], MailingState.SCHEDULED)
-        await focus_row(pilot, Section.SCHEDULED, ids["draft"])
-        await choose(pilot, "send-now")
+        await choose(pilot, "send-now", opener="enter")
         await until_state(fixed_db.db, ids["draft"], MailingState.QUEUED)
         await focus_row(pilot, Section.INACTIVE, ids["done"])
         await choose(pilot, "delete")
         await confirm(pilot)
         await until_state(fixed_db.db, ids["done"], None)
         await wait_for(lambda: table(app, Section.INACTIVE).keys == [])
+        assert table(app, Section.CURRENT).keys[-2:] == [str(ids["stopped"]), str(ids["draft"])]
     async with opened(fixed_db.db) as store:
         restarted = await store.mailing(ids["stopped"])
     assert restarted.position is not None and restarted.remaining == 200 - 50 - 2
+
+
+async def test_inactive_set_schedule_default_and_in_each_recipients_zone(tmp_path: Path) -> None:
+    from mailtower.tui.screens.schedule import ScheduleDialog
+
+    db = tmp_path / "zones.db"
+    rows = "email,name,tz\n" + "".join(
+        f"p{i}@example.com,P {i},{zone}\n" for i, zone in enumerate(["Asia/Tokyo", "Europe/Paris"] * 3)
+    )
+    (tmp_path / "zones.csv").write_text(rows, encoding="utf-8")
+    async with opened(db) as store:
+        draft = Draft("World tour", "Hi", "news@example.com", "Hello", None)
+        world, _ = await create_mailing(store, draft, tmp_path / "zones.csv", lambda row: None)
+        plain = await new_mailing(store, tmp_path, "Plain draft", 5)
+    app = dashboard_app(db)
+    async with running(app) as pilot:
+        await focus_row(pilot, Section.INACTIVE, plain)
+        await choose(pilot, "schedule")
+        await wait_for(lambda: isinstance(app.screen, ScheduleDialog))
+        await pilot.press("enter")  # the dialog's default: a valid time in the operator's zone
+        await until_state(db, plain, MailingState.SCHEDULED)
+        await focus_row(pilot, Section.INACTIVE, world)
+        await choose(pilot, "schedule")
+        await wait_for(lambda: isinstance(app.screen, ScheduleDialog))
+        await pilot.press("home", "ctrl+k", *"2099-06-01", "tab", "tab", "tab")
+        assert app.screen.focused is app.screen.query_one("#local-time")
+        await pilot.press("space", "ctrl+s")  # tick "each recipient's zone", submit
+        await wait_for(lambda: len(table(app, Section.SCHEDULED).keys) == 3, what="one mailing per zone")
+    async with opened(db) as store:
+        scheduled = await store.mailings(Section.SCHEDULED)
+    zones = sorted(m.schedule.tz for m in scheduled if m.id != plain)  # type: ignore[union-attr]
+    assert zones == ["Asia/Tokyo", "Europe/Paris"]
+    assert all(m.schedule.local == datetime(2099, 6, 1, 9, 0) for m in scheduled if m.id != plain)  # type: ignore[union-attr]
 
 
 async def test_inactive_view_remaining_recipients(fixed_db: Fixture) -> None:
@@ -599,7 +642,7 @@ async def test_real_hand_off_finishes_the_mailing_exactly_once(
 ) -> None:
     monkeypatch.setenv("MAILTOWER_CONFIG", str(tmp_path / "none.toml"))
     db = tmp_path / "handoff.db"
-    n = 600
+    n = 2000
     async with opened(db) as store:
         mid = await new_mailing(store, tmp_path, "Hand me off", n)
         await Lifecycle(store).send_now(mid)
@@ -610,7 +653,7 @@ async def test_real_hand_off_finishes_the_mailing_exactly_once(
         launched.append(proc)
         return proc
 
-    app = DashboardApp(settings_for(db, sink.port, rate=150.0), operator_tz=OPERATOR_TZ, handoff=launch)
+    app = DashboardApp(settings_for(db, sink.port, rate=200.0), operator_tz=OPERATOR_TZ, handoff=launch)
     async with running(app) as pilot:
         await wait_for(lambda: len(sink.received()) >= 50, timeout=20, what="some mail going out")
         await pilot.press("q")
