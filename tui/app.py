@@ -236,8 +236,8 @@ class DashboardApp(App[int]):
         self._active_since: float | None = None
         self._stopping = False
         self._leaving = False
-        self._expected: set[int] = set()
-        self._keys_cache: dict[Section, tuple[list[Mailing], list[str]]] = {}  # mailings our own actions changed: no "moved" notice for them
+        self._expected: set[int] = set()  # mailings our own actions changed: no "moved" notice for them
+        self._keys_cache: dict[Section, tuple[list[Mailing], list[str]]] = {}
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -635,19 +635,14 @@ class DashboardApp(App[int]):
 
     @work(group="flow", exit_on_error=False)
     async def _actions_flow(self, mailing_id: int) -> None:
-        store = self.store
-        if store is None:
-            return
-        try:
-            mailing = await store.mailing(mailing_id)
-        except NotFound:
+        # The menu opens from the last refresh (under a second old) without waiting for the
+        # store, so it appears at once even while the sender keeps the loop busy. If the
+        # mailing moved on meanwhile, the lifecycle refuses and says why.
+        mailing = self.find(mailing_id)
+        if mailing is None:
             self.notify("That mailing is gone", severity="warning", timeout=3)
-            await self.refresh_now()
             return
-        # Whether anything sends comes from the last refresh (under a second old): reading the
-        # whole queue here would delay the menu. The lifecycle checks again when it acts.
-        any_sending = mailing.state is MailingState.SENDING or self.any_sending()
-        choice = await self.push_screen_wait(ActionsMenu(mailing, offers(mailing, any_sending=any_sending)))
+        choice = await self.push_screen_wait(ActionsMenu(mailing, self.offers_for(mailing)))
         if choice:
             await self.perform(choice, mailing)
 
