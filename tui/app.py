@@ -238,6 +238,7 @@ class DashboardApp(App[int]):
         self._leaving = False
         self._expected: set[int] = set()  # mailings our own actions changed: no "moved" notice for them
         self._keys_cache: dict[Section, tuple[list[Mailing], list[str]]] = {}
+        self._read_failed = False
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -376,7 +377,18 @@ class DashboardApp(App[int]):
         if self.store is None or self._leaving or self._exit:
             return
         async with self._tick_lock:
-            await self._update()
+            try:
+                await self._update()
+            except (sqlite3.Error, OSError) as exc:
+                # A busy or briefly unreadable database must not end the dashboard: try again
+                # at the next tick, and say so once.
+                log.warning("refresh failed: %s", exc)
+                if not self._read_failed:
+                    self.notify(f"Could not read the database: {exc}; retrying", severity="warning", timeout=5)
+                self._read_failed = True
+                self._force = True
+            else:
+                self._read_failed = False
 
     async def _update(self) -> None:
         store = self.store

@@ -86,7 +86,7 @@ _FIXED: dict[Section, list[tuple[str, str, int, int, bool]]] = {
 }
 
 NAME_MIN = 10
-NAME_MAX = 48
+NAME_MAX = 60
 
 
 def layout_for(section: Section, width: int) -> Layout:
