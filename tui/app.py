@@ -323,9 +323,16 @@ class DashboardApp(App[int]):
             self._force = True
 
     def _start_sender(self) -> None:
+        try:
+            sender = Sender(self.settings, what="dashboard")
+        except Exception as exc:  # a bad relay setting: show it, keep the dashboard, try later
+            log.exception("cannot start the sender")
+            self._sender_retry_at = time.monotonic() + SENDER_RETRY
+            self.mode, self.holder = Mode.OFF, None
+            self.notify(f"Cannot start the sender: {exc}", title="Sender", severity="error", timeout=10)
+            return
         if self.mode is Mode.MONITORING and self.holder is not None:
             self.post_message(SenderModeChanged("sending", f"{self.holder.describe()} has stopped"))
-        sender = Sender(self.settings, what="dashboard")
         self.sender = sender
         self.mode, self.holder = Mode.IDLE, None
         self._snap_version = -1
@@ -815,7 +822,12 @@ class DashboardApp(App[int]):
         if self._leaving:
             return
         store = self.store
-        sections = await store.sections() if store is not None else self.sections
+        sections = self.sections
+        if store is not None:
+            try:
+                sections = await store.sections()
+            except (sqlite3.Error, OSError):
+                pass  # decide from the last refresh rather than not being able to quit
         current = len(sections[Section.CURRENT])
         scheduled = sum(1 for m in sections[Section.SCHEDULED] if not m.missed)
         work_left = bool(current or scheduled)
