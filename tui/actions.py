@@ -18,15 +18,14 @@ from mailtower.core.lifecycle import Offer
 
 
 def offer_prompt(offer: Offer) -> Text:
-    if not offer.enabled:
-        return Text(f"{offer.label} (not available now)", style="dim")
     if offer.key == "stop":
         return Text(offer.label, style="bold red")  # the seed's red Cancel button
     return Text(offer.label)
 
 
 def withheld_text(offers: list[Offer]) -> Text:
-    """Why the greyed-out entries cannot be chosen, and what to do instead."""
+    """Why an action is not in the menu now (the seed: not offered while a mailing is being sent),
+    and what to do instead."""
     text = Text()
     for offer in offers:
         if offer.enabled:
@@ -34,7 +33,7 @@ def withheld_text(offers: list[Offer]) -> Text:
         if text:
             text.append("\n")
         reason = offer.reason[:1].upper() + offer.reason[1:]
-        text.append(f"{offer.label}: ", style="bold")
+        text.append(f"{offer.label} is not offered now. ", style="bold")
         text.append(reason + ("" if reason.endswith(".") else "."))
     return text
 
@@ -86,18 +85,15 @@ class ActionsMenu(ModalScreen[str | None]):
             name = Text(" ".join(self.mailing.name.split()), style="bold")
             yield Label(name, id="name")
             yield Label(Text(describe(self.mailing)), id="what")
-            yield OptionList(
-                *[Option(offer_prompt(o), id=o.key, disabled=not o.enabled) for o in self.offers], id="offers"
-            )
+            yield OptionList(*[Option(offer_prompt(o), id=o.key) for o in self.offers if o.enabled], id="offers")
             why = withheld_text(self.offers)
             yield Static(why, id="why", classes="" if why else "-empty")
         yield Footer()
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)
-        first = next((i for i, o in enumerate(self.offers) if o.enabled), None)
-        if first is not None:
-            options.highlighted = first
+        if options.option_count:
+            options.highlighted = 0
         options.focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

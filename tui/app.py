@@ -32,7 +32,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
-from mailtower.core.config import ENV, Settings
+from mailtower.core.config import ENV, Settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder, SenderLease
@@ -44,7 +44,7 @@ from mailtower.core.store import Store
 from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu
-from .header import HeaderInfo, HeaderLine, Mode
+from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands
@@ -124,6 +124,7 @@ class Dashboard(Screen[None]):
     BINDINGS = [
         Binding("a", "app.actions", "Actions", id="actions"),
         Binding("question_mark", "app.help", "Keys", id="help"),
+        Binding("l", "app.limits", "Limits", id="limits"),
         Binding("q", "app.leave", "Quit", id="quit"),
         Binding("tab", "app.focus_next", "Next panel", id="next-panel"),
         Binding("shift+tab", "app.focus_previous", "Previous panel", id="previous-panel", show=False),
@@ -133,10 +134,12 @@ class Dashboard(Screen[None]):
         super().__init__()
         # Kept, not queried: the refresh loop uses them several times a second.
         self.header = HeaderLine()
+        self.notice = NoticeLine()
         self._tables = {section: MailingTable(section, id=key) for section, key in SECTION_IDS.items()}
 
     def compose(self) -> ComposeResult:
         yield self.header
+        yield self.notice
         with Vertical(id="panels"):
             yield from self._tables.values()
         yield Footer()
@@ -201,6 +204,7 @@ class DashboardApp(App[int]):
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.warnings = security_warnings(settings)
         self.start_sender = start_sender
         self.now = now
         self.operator_tz = operator_tz or operator_zone()
@@ -522,6 +526,8 @@ class DashboardApp(App[int]):
         dashboard = self.dashboard
         with self.batch_update():
             dashboard.header.show(self.header_info(now))
+            relays = self.sender.snapshot.relays if self.sender is not None else ()
+            dashboard.notice.show(notice_text(self.warnings, relays))
             written = 0
             for table in dashboard.tables():
                 if table.layout_spec is None:
@@ -633,6 +639,13 @@ class DashboardApp(App[int]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.where_text()))
+
+    def action_limits(self) -> None:
+        if self.store is None:
+            return
+        from .screens.limits import LimitsScreen
+
+        self.push_screen(LimitsScreen(self.store, self.settings))
 
     def where_text(self) -> str:
         return (
@@ -804,6 +817,9 @@ class DashboardApp(App[int]):
             )
         commands.append(Command("Actions menu", "open the Actions menu of the highlighted mailing", self.action_actions))
         commands.append(Command("Keys", "show every key", self.action_help))
+        commands.append(
+            Command("Sending limits", "change rate, hourly limit and connections while sending", self.action_limits)
+        )
         commands.append(Command("Refresh", "re-read the database now", lambda: self.run_worker(self.refresh_now())))
         commands.append(Command("Quit", "leave the dashboard (sending continues in the background)", self.action_leave))
         return commands

@@ -115,3 +115,50 @@ class HeaderLine(Widget):
     @property
     def plain(self) -> str:
         return header_text(self.info, self.size.width or 80).plain if self.info else ""
+
+
+def notice_text(warnings: list[str], relays: tuple) -> Text:  # relays: core.relays.RelayStatus
+    """Security warnings first (they must not be missed), then each relay of a pool."""
+    text = Text()
+    for warning in warnings:
+        text.append(" ⚠ ", style="bold black on yellow")
+        text.append(f" {warning}  ", style="yellow")
+    if len(relays) > 1 or any(r.state == "resting" for r in relays):
+        text.append(" relays:", style="dim")
+        for relay in relays:
+            text.append(f" {relay.name} ")
+            if relay.state == "resting":
+                text.append("resting", style="bold yellow")
+                if relay.reason:
+                    text.append(f" ({relay.reason})", style="dim")
+            elif relay.state == "up":
+                text.append(f"up {relay.rate:.0f}/s", style="green")
+            else:
+                text.append("idle", style="dim")
+            text.append(" ·", style="dim")
+        text.rstrip()
+        if text.plain.endswith("·"):
+            text.right_crop(1)
+    return text
+
+
+class NoticeLine(Widget):
+    """A second line under the header, shown only when there is something to warn about or a relay pool."""
+
+    DEFAULT_CSS = """
+    NoticeLine { height: 1; dock: top; background: $panel; display: none; }
+    NoticeLine.-shown { display: block; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = Text()
+
+    def show(self, text: Text) -> None:
+        if text.plain != self.text.plain:
+            self.text = text
+            self.set_class(bool(text.plain), "-shown")
+            self.refresh()
+
+    def render(self) -> Text:
+        return self.text

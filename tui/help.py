@@ -18,6 +18,7 @@ KEYS: list[tuple[str, str]] = [
     ("Escape", "close a menu or dialog"),
     ("Ctrl+P", "command palette: every action, searchable"),
     ("?", "this list of keys"),
+    ("l", "sending limits: rate, hourly limit, connections (applied within a second)"),
     ("q", "quit (asks first if mailings are current or scheduled; sending goes on in the background)"),
     ("mouse", "click a panel to focus it, click the highlighted row for its Actions"),
 ]
