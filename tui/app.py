@@ -11,6 +11,7 @@ database alone (monitor mode) and takes the lease over when it becomes free.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -266,6 +267,9 @@ class DashboardApp(App[int]):
         await self._check_lease()
         self.relayout()
         await self.refresh_now()
+        # What exists now (modules, widgets, the first sections read) lives as long as the app:
+        # keeping it out of the collector's full passes removes their pauses from scrolling.
+        gc.freeze()
         self.set_interval(self.refresh_interval, self._tick, name="refresh")
 
     def _install_signal_handlers(self) -> None:

@@ -10,10 +10,13 @@ on the same mailing throughout.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from rich.text import Text
 from textual.binding import Binding
+from textual.geometry import Size
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
 
 from mailtower.core.domain import Section
 
@@ -26,6 +29,8 @@ EMPTY = {
     Section.INACTIVE: "no inactive mailings",
 }
 MARGIN = 2  # rows just outside the view kept fresh too, so a small scroll never shows stale text
+EAGER_ROWS = 50  # rows either side of the view drawn at once when rows are added
+NOT_DRAWN: Cells = ()  # a row added blank; its cells are drawn when it comes into view
 
 CellsOf = Callable[[int], Cells]
 
@@ -117,6 +122,8 @@ class MailingTable(DataTable):  # type: ignore[type-arg]
             shown = self._shown[key]
             if cells == shown:
                 continue
+            if shown is NOT_DRAWN:
+                shown = (None,) * len(cells)
             for column, old, new in zip(self._column_keys, shown, cells):
                 if old != new:
                     self.update_cell(key, column, to_text(new))
@@ -145,11 +152,20 @@ class MailingTable(DataTable):  # type: ignore[type-arg]
             start = 0
             self.call_after_refresh(self.scroll_to, y=scroll_y, animate=False, immediate=True)
         written = 0
+        # Rows far from the view get blank cells now and their text when they scroll into view
+        # (watch_scroll_y): a panel of 10,000 mailings costs what its visible rows cost.
+        top = int(self.scroll_y)
+        eager = range(max(top - EAGER_ROWS, 0), top + max(self.size.height, 24) + EAGER_ROWS)
+        blank = tuple(Text() for _ in self._column_keys)
         for index in range(start, len(keys)):
-            cells = cells_of(index)
-            self.add_row(*map(to_text, cells), key=keys[index])
-            self._shown[keys[index]] = cells
-            written += len(cells)
+            if index in eager:
+                cells = cells_of(index)
+                self.add_row(*map(to_text, cells), key=keys[index])
+                self._shown[keys[index]] = cells
+                written += len(cells)
+            else:
+                self.add_row(*blank, key=keys[index])
+                self._shown[keys[index]] = NOT_DRAWN
         self._keys = list(keys)
         if keys:
             if highlighted in self._shown:
@@ -160,6 +176,16 @@ class MailingTable(DataTable):  # type: ignore[type-arg]
             if row != self.cursor_row:
                 self.move_cursor(row=row)
         return written
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        # Every column here has a fixed width and every row is one line, so DataTable's measuring
+        # of each new cell (for auto-width columns) is wasted on thousands of rows.
+        if any(column.auto_width for column in self.columns.values()):
+            super()._update_dimensions(new_rows)
+            return
+        width = sum(column.get_render_width(self) for column in self.columns.values())
+        header = self.header_height if self.show_header else 0
+        self.virtual_size = Size(width + self._row_label_column_width, self._total_row_height + header)
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)

@@ -697,3 +697,23 @@ def test_relay_pool_line_names_each_relay() -> None:
     assert notice_text([], (RelayStatus("127.0.0.1:25", "up", "", 50.0, 4),)).plain == ""
     line = notice_text([], (RelayStatus("mx-a", "up", "", 512.0, 8), RelayStatus("mx-b", "resting", "cannot reach the server", 0.0, 4))).plain
     assert "mx-a up 512/s" in line and "mx-b resting (cannot reach the server)" in line
+
+
+async def test_a_long_panel_draws_rows_as_they_come_into_view(tmp_path: Path) -> None:
+    db = tmp_path / "long.db"
+    async with opened(db) as store:
+        async with store.write() as tx:
+            for i in range(400):
+                await tx.insert_mailing(name=f"Draft number {i:03d}", subject="s", from_addr="a@example.org",
+                                        text_body="x", html_body=None, fields=())
+    app = dashboard_app(db)
+    async with running(app) as pilot:
+        inactive = table(app, Section.INACTIVE)
+        inactive.focus()
+        assert len(inactive.keys) == 400
+        far = inactive.keys[-1]
+        assert str(inactive.get_row(far)[0]) == ""  # not drawn while far out of view
+        await pilot.press("ctrl+end")
+        await wait_for(lambda: "Draft number" in str(inactive.get_row(far)[0]), what="the last row drawn")
+        for key in inactive.keys[-15:]:
+            assert "Draft number" in str(inactive.get_row(key)[0])
