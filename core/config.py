@@ -65,6 +65,7 @@ class Settings:
     connect_backoff_max: float = 60.0
     grace: float = 3600.0  # a schedule missed by less than this is still sent on start
     relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
+    config_path: Path | None = None  # the TOML file these settings were read with (for child processes)
 
     def with_overrides(self, values: Mapping[str, Any]) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -199,7 +200,7 @@ def load_settings(
     if environ.get("MAILTOWER_SMTP_PASSWORD_FILE"):
         values["smtp_password"] = _password_from_file(environ["MAILTOWER_SMTP_PASSWORD_FILE"])
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
-    settings = Settings().with_overrides(values)
+    settings = Settings(config_path=path).with_overrides(values)
     check_settings(settings)
     return settings
 

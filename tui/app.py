@@ -81,7 +81,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 def handoff_command(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), "run", "--until-idle"]
+    config = ["--config", str(settings.config_path)] if settings.config_path else []
+    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), *config, "run", "--until-idle"]
 
 
 def handoff_log_path(settings: Settings) -> Path:
