@@ -79,6 +79,7 @@ class Sender:
         self._store: Store | None = None
         self._lifecycle: Lifecycle | None = None
         self._waiting_reason = ""
+        self.last_accept_at: float | None = None  # wall clock of the last 250 to a final dot
         self._last_status_write = 0.0
         self._last_publish = 0.0
         self.limits: Limits | None = None
@@ -354,7 +355,6 @@ class Sender:
                         # the rest) sends it. Nothing was attempted, so nobody is in doubt.
                         self._requeue(run, job)
                         continue
-                    outcome = replace(outcome, was_in_doubt=job.row.in_doubt)
                     # The outcome must be on disk before this connection's next final dot (see
                     # SmtpConnection.send), so a crash leaves at most one message per connection
                     # in doubt while the write overlaps the next transaction.
@@ -414,10 +414,12 @@ class Sender:
                 relay.limiter.throttle()
             if verdict.outcome is ReplyOutcome.SENT:
                 await self._accepted(run, relay)
-                return Outcome(row.id, RecipientState.SENT, verdict.code, None)
+                return Outcome(row.id, RecipientState.SENT, verdict.code, None, was_in_doubt=row.in_doubt)
             if verdict.outcome is ReplyOutcome.RECONNECT:
                 if verdict.in_doubt:
-                    return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True)
+                    return Outcome(
+                        row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True, was_in_doubt=row.in_doubt
+                    )
                 retries += 1
                 if retries > RECONNECT_RETRIES or run.halt or self.stopping:
                     await self._relay_trouble(run, relay, verdict)
@@ -429,7 +431,7 @@ class Sender:
                 await self._relay_trouble(run, relay, verdict, paused=True)
                 return None
             if verdict.outcome is ReplyOutcome.FAIL:
-                return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text)
+                return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text, was_in_doubt=row.in_doubt)
             return self._deferral(row, verdict)
 
     def _deferral(self, row: Claimed, verdict: Verdict) -> Outcome:
@@ -441,6 +443,7 @@ class Sender:
                 RecipientState.FAILED,
                 verdict.code,
                 f"gave up after {(now - first) / 3600:.1f} h of temporary failures; last: {verdict.text}",
+                was_in_doubt=row.in_doubt,
             )
         wait = min(self.settings.retry_base * (2 ** min(row.attempts, 20)), self.settings.retry_max)
         return Outcome(row.id, RecipientState.DEFERRED, verdict.code, verdict.text, next_attempt_at=now + wait)
@@ -450,7 +453,7 @@ class Sender:
         relay.accepted()
         self.limiter.measured = self.meter.rate()
         relay.limiter.measured = relay.meter.rate()
-        self.snapshot = bumped(self.snapshot, last_accept_at=time.time())
+        self.last_accept_at = time.time()  # copied into the snapshot when it is next published
         if self._waiting_reason:
             await self._resume(run)
 
@@ -510,13 +513,22 @@ class Sender:
             reason=self._waiting_reason,
             rate=rate,
             head_id=run.mailing.id,
+            last_accept_at=self.last_accept_at,
             mailings=progress,
             relays=tuple(r.status() for r in self.relays),
         )
 
     async def _publish_idle(self) -> None:
         if self.snapshot.state is not SenderState.IDLE or self.snapshot.head_id is not None:
-            self.snapshot = bumped(self.snapshot, state=SenderState.IDLE, reason="", rate=0.0, head_id=None, mailings={})
+            self.snapshot = bumped(
+                self.snapshot,
+                state=SenderState.IDLE,
+                reason="",
+                rate=0.0,
+                head_id=None,
+                mailings={},
+                last_accept_at=self.last_accept_at,
+            )
         await self._write_status()
 
     async def _write_status(self, force: bool = False, state: SenderState | None = None) -> None:

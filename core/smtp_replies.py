@@ -7,6 +7,8 @@ slow down) comes from here, so the policy can be read and changed in one place: 
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -239,6 +241,19 @@ def _enhanced_matches(patterns: frozenset[str], key: str) -> bool:
 
 def classify(code: int, text: str, stage: Stage) -> Verdict:
     """Judge one SMTP reply to the command at `stage`."""
+    if 200 <= code < 300:
+        # Every message ends in one of these: the verdict of a positive reply does not depend
+        # on its text (a queue id), so it is worked out once per code and stage.
+        return _positive(code, stage)
+    return _judge(code, text, stage)
+
+
+@functools.lru_cache(maxsize=64)
+def _positive(code: int, stage: Stage) -> Verdict:
+    return _judge(code, "", stage)
+
+
+def _judge(code: int, text: str, stage: Stage) -> Verdict:
     rule, enhanced = find_rule(code, text, stage)
     return Verdict(
         outcome=rule.outcome,

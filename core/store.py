@@ -391,6 +391,113 @@ class Tx:
         return fresh
 
 
+def _outcome_rows(outcomes: list[Outcome], now: float) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+    counts = {"sent": 0, "failed": 0, "deferred": 0, "released_doubt": 0, "resolved_doubt": 0}
+    rows = []
+    for o in outcomes:
+        state = o.state
+        if state is RecipientState.SENT:
+            counts["sent"] += 1
+        elif state is RecipientState.FAILED:
+            counts["failed"] += 1
+        elif state is RecipientState.DEFERRED:
+            counts["deferred"] += 1
+        if o.in_doubt and not o.was_in_doubt:
+            counts["released_doubt"] += 1
+        elif o.was_in_doubt and state in (RecipientState.SENT, RecipientState.FAILED):
+            # It keeps its flag (a possible duplicate stays recognisable) but is no longer open.
+            counts["resolved_doubt"] += 1
+        rows.append(
+            (
+                state.value,
+                1 if o.counted_attempt else 0,
+                1 if o.in_doubt else 0,
+                o.code,
+                o.text,
+                o.next_attempt_at,
+                now if state is RecipientState.DEFERRED else None,
+                now,
+                o.recipient_id,
+            )
+        )
+    return rows, counts
+
+
+def _claimed(row: tuple[Any, ...]) -> Claimed:
+    return Claimed(
+        id=row[0],
+        email=row[1],
+        name=row[2],
+        fields=json.loads(row[3]) if row[3] and row[3] != "{}" else {},
+        attempts=row[4],
+        first_deferred_at=row[5],
+        in_doubt=bool(row[6]),
+    )
+
+
+def _begin_immediate_sync(conn: sqlite3.Connection) -> None:
+    for attempt in range(50):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(min(0.05 * (attempt + 1), 1.0))
+    raise UserError("the database stayed busy; try again")
+
+
+def _record_and_claim(
+    conn: sqlite3.Connection, mailing_id: int, outcomes: list[Outcome], claim: int, rate: float | None
+) -> tuple[list[Claimed], tuple[Any, ...]]:
+    """The sender's batch transaction, run on the database thread (see Store.record_and_claim)."""
+    now = time.time()
+    _begin_immediate_sync(conn)
+    try:
+        if outcomes:
+            rows, c = _outcome_rows(outcomes, now)
+            conn.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
+                "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+                "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ? WHERE id = ?",
+                rows,
+            )
+            conn.execute(
+                "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
+                "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
+                (c["sent"], c["failed"], c["deferred"], c["released_doubt"], c["resolved_doubt"], rate,
+                 iso(datetime.fromtimestamp(now, timezone.utc)), mailing_id),
+            )
+        elif rate is not None:
+            conn.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
+        row = conn.execute(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no mailing with id {mailing_id}")
+        claimed: list[Claimed] = []
+        if claim > 0 and row[6] == MailingState.SENDING.value:
+            due = conn.execute(
+                "UPDATE recipients SET state = 'pending' WHERE mailing_id = ? AND state = 'deferred' "
+                "AND next_attempt_at <= ?",
+                (mailing_id, now),
+            ).rowcount
+            if due:
+                conn.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due, mailing_id))
+            picked = conn.execute(
+                "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id IN ("
+                " SELECT id FROM recipients WHERE mailing_id = ? AND state = 'pending' ORDER BY id LIMIT ?)"
+                " RETURNING id, email, name, fields, attempts, first_deferred_at, in_doubt",
+                (now, mailing_id, claim),
+            ).fetchall()
+            claimed = sorted((_claimed(r) for r in picked), key=lambda c: c.id)
+            if due:
+                row = conn.execute(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return claimed, row
+
+
 class Store:
     """An open database. Use `await Store.open(path)`; close with `await store.close()`."""
 
@@ -659,95 +766,15 @@ class Store:
         Claiming happens only while the mailing is `sending`, so a stop committed by another
         process is honoured at the next batch. Acknowledged states are on disk before the
         next batch is claimed because both happen in this one commit.
+
+        This is the sender's hot path: the whole transaction runs as one call on the database
+        thread instead of a hop per statement.
         """
-        async with self.write() as tx:
-            await self._record(tx, mailing_id, outcomes, rate)
-            mailing = await tx.mailing(mailing_id)
-            claimed: list[Claimed] = []
-            if claim > 0 and mailing.state is MailingState.SENDING:
-                claimed = await self._claim(tx, mailing_id, claim)
-            return claimed, mailing
-
-    async def _record(self, tx: Tx, mailing_id: int, outcomes: list[Outcome], rate: float | None) -> None:
-        if not outcomes:
-            if rate is not None:
-                await tx.db.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
-            return
-        now = time.time()
-        sent = failed = deferred = released_doubt = resolved_doubt = 0
-        rows = []
-        for o in outcomes:
-            if o.state is RecipientState.SENT:
-                sent += 1
-            elif o.state is RecipientState.FAILED:
-                failed += 1
-            elif o.state is RecipientState.DEFERRED:
-                deferred += 1
-            if o.in_doubt and not o.was_in_doubt:
-                released_doubt += 1
-            elif o.was_in_doubt and o.state in (RecipientState.SENT, RecipientState.FAILED):
-                resolved_doubt += 1
-            rows.append(
-                (
-                    o.state.value,
-                    1 if o.counted_attempt else 0,
-                    1 if o.in_doubt else 0,
-                    o.code,
-                    o.text,
-                    o.next_attempt_at,
-                    now if o.state is RecipientState.DEFERRED else None,
-                    now,
-                    o.recipient_id,
-                )
+        async with self._write_lock:
+            claimed, row = await self.db._execute(  # noqa: SLF001 - aiosqlite's own way to run on its thread
+                _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate  # noqa: SLF001
             )
-        # A row that was in doubt and now succeeds or fails keeps its flag (a possible duplicate
-        # stays recognisable) but no longer counts as an open in-doubt recipient.
-        await tx.db.executemany(
-            "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
-            "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
-            "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ? WHERE id = ?",
-            rows,
-        )
-        await tx.db.execute(
-            "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
-            "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
-            (sent, failed, deferred, released_doubt, resolved_doubt, rate, iso(tx.now), mailing_id),
-        )
-
-    async def _claim(self, tx: Tx, mailing_id: int, limit: int) -> list[Claimed]:
-        now = time.time()
-        async with tx.db.execute(
-            "SELECT COUNT(*) FROM recipients WHERE mailing_id = ? AND state = 'deferred' AND next_attempt_at <= ?",
-            (mailing_id, now),
-        ) as cur:
-            due_deferred = int((await cur.fetchone())[0])  # type: ignore[index]
-        if due_deferred:
-            await tx.db.execute(
-                "UPDATE recipients SET state = 'pending' WHERE mailing_id = ? AND state = 'deferred' AND next_attempt_at <= ?",
-                (mailing_id, now),
-            )
-            await tx.db.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due_deferred, mailing_id))
-        async with tx.db.execute(
-            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id IN ("
-            " SELECT id FROM recipients WHERE mailing_id = ? AND state = 'pending' ORDER BY id LIMIT ?)"
-            " RETURNING id, email, name, fields, attempts, first_deferred_at, in_doubt",
-            (now, mailing_id, limit),
-        ) as cur:
-            rows = await cur.fetchall()
-        claimed = [
-            Claimed(
-                id=r[0],
-                email=r[1],
-                name=r[2],
-                fields=json.loads(r[3]) if r[3] and r[3] != "{}" else {},
-                attempts=r[4],
-                first_deferred_at=r[5],
-                in_doubt=bool(r[6]),
-            )
-            for r in rows
-        ]
-        claimed.sort(key=lambda c: c.id)
-        return claimed
+        return claimed, _mailing_from_row(row)
 
     async def next_deferred_due(self, mailing_id: int) -> float | None:
         async with self.db.execute(
