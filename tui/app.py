@@ -45,6 +45,7 @@ from mailtower.core.store import Store
 from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu
+from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
@@ -923,5 +924,5 @@ def _bind(function: Callable[..., object], *args: object, **kwargs: object) -> C
 def run_dashboard(settings: Settings) -> int:
     """`mailtower`: the dashboard on the configured database, sending from this process if it may."""
     app = DashboardApp(settings, hangup_exit=HANGUP_EXIT)
-    app.run()
+    loops.run_app(app)
     return app.return_code or 0

@@ -25,6 +25,8 @@ from mailtower.core.sender import LeaseHeld, Sender
 from mailtower.core.store import Store, iso
 from mailtower.core.timezones import load_zone, parse_wall_time, tzdata_version
 
+from . import loops
+
 EXIT_USER_ERROR = 2
 
 
@@ -361,11 +363,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_async(coro: Awaitable[int]) -> int:
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[no-any-return]
+    return loops.run(coro)  # type: ignore[arg-type]
 
 
 async def cmd_limits(args: argparse.Namespace, store: Store) -> int:

@@ -28,6 +28,7 @@ from mailtower.core.sink import Sink, demo_fault
 from mailtower.core.store import Store
 from mailtower.core.timezones import to_zone, utcnow
 
+from . import loops
 from .app import HANGUP_EXIT, DashboardApp
 
 DEMO_RATE = 60.0  # messages per second: fast enough to move, slow enough to watch
@@ -144,10 +145,10 @@ def run_demo() -> int:
         sink.start()
         settings = demo_settings(folder, sink.port)
         print(f"mailtower demo: preparing sample mailings in {folder} ...", file=sys.stderr)
-        asyncio.run(build_demo(settings, folder))
+        loops.run(build_demo(settings, folder))
         # No hand-off: quitting the demo stops its sending, and its database goes with it.
         app = DashboardApp(settings, hand_off_on_quit=False, hangup_exit=HANGUP_EXIT, cleanup=cleanup)
-        app.run()
+        loops.run_app(app)
         return app.return_code or 0
     finally:
         cleanup()

@@ -14,6 +14,7 @@ import time
 
 from mailtower.core.config import load_settings
 from mailtower.core.domain import Section
+from mailtower.tui import loops
 from mailtower.tui.app import DashboardApp
 
 LIMIT_SECONDS = 1800
@@ -35,4 +36,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(loops.run(main()))
