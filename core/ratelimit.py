@@ -59,6 +59,11 @@ class RateLimiter:
             return 0.0
         return (1 - self._hour_tokens) * 3600 / self.per_hour
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to pace: no rate, no hourly budget, not throttled (the common, fast case)."""
+        return self.configured <= 0 and self.per_hour <= 0 and self.factor >= 1.0
+
     async def acquire(self) -> None:
         # Bounded: each pass either takes a token or sleeps until one is due.
         for _ in range(1000):

@@ -404,8 +404,10 @@ class Sender:
                 except ConnectFailed as exc:
                     await self._relay_trouble(run, relay, exc.verdict)
                     return None
-            await self.limiter.acquire()
-            await relay.limiter.acquire()
+            if not self.limiter.idle:
+                await self.limiter.acquire()
+            if not relay.limiter.idle:
+                await relay.limiter.acquire()
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
             verdict = await conn.send(run.mailing.from_addr, row.email, message, previous)
             previous = None
