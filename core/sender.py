@@ -27,7 +27,7 @@ from .limits import Limits, read_limits
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .smtp_client import ConnectFailed, SmtpConnection
 from .smtp_replies import Outcome as ReplyOutcome, Verdict
-from .store import Claimed, Outcome, Store, parse_iso
+from .store import Claimed, Outcome, Store
 
 log = logging.getLogger("mailtower.sender")
 

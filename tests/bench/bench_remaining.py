@@ -170,7 +170,7 @@ async def run(db: Path, mailing_id: int, count: int) -> None:
             return run_filter
 
         needle = address(count - 7)
-        await timed(f"filter one address (1 match) until shown", apply_filter(needle))
+        await timed("filter one address (1 match) until shown", apply_filter(needle))
         await timed("filter 'example.org' (1/3 match) until shown", apply_filter("example.org"))
 
         async def wide_filter_end() -> None:

@@ -8,7 +8,6 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from mailtower.core.lease import SenderLease
 from mailtower.core.sink import Sink

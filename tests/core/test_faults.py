@@ -6,7 +6,6 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 
 from mailtower.core.config import Settings, load_settings
 from mailtower.core.lifecycle import Lifecycle

@@ -9,7 +9,6 @@ import os
 import sqlite3
 import ssl
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
