@@ -234,6 +234,7 @@ class DashboardApp(App[int]):
         self._force = True
         self._dirty = True
         self._data_version = -1
+        self._signatures: dict[Section, tuple[int, int, int]] = {}
         self._last_read = 0.0
         self._snap_version = -1
         self._last_second = -1
@@ -436,7 +437,13 @@ class DashboardApp(App[int]):
         self._last_read = time.monotonic()
         # The version first: a commit landing during the read changes it again, so it is re-read.
         self._data_version = await store.data_version()
-        sections = await store.sections()
+        # Only sections whose mailings changed are read again: while sending, that is Current.
+        signatures = await store.section_signatures()
+        sections = dict(self.sections)
+        for section in Section:
+            if signatures[section] != self._signatures.get(section):
+                sections[section] = await store.mailings(section)
+        self._signatures = signatures
         if self.mode is Mode.MONITORING:
             keys = ("sender_state", "sender_reason", "sender_rate", "sender_last_accept", "sender_heartbeat")
             self._meta = {key: (await store.meta(key)) or "" for key in keys}

@@ -177,3 +177,22 @@ def test_menus_follow_the_seed() -> None:
     assert keys(S.COMPLETED) == ["remaining", "details", "delete"]
     stop = offers(mailing(S.SENDING), any_sending=True)[0]
     assert stop.label == "Cancel sending" and stop.destructive
+
+
+async def test_section_signatures_change_only_where_mailings_changed(store: Store, tmp_path: Path) -> None:
+    from mailtower.core.domain import RecipientState
+    from mailtower.core.store import Outcome
+
+    sending = await put_in_state(store, tmp_path, S.SENDING, "a")
+    await put_in_state(store, tmp_path, S.SCHEDULED, "b")
+    await put_in_state(store, tmp_path, S.DRAFT, "c")
+    before = await store.section_signatures()
+    claimed, _ = await store.record_and_claim(sending, [], 2)
+    await store.record_and_claim(sending, [Outcome(c.id, RecipientState.SENT, 250) for c in claimed], 0)
+    after = await store.section_signatures()
+    assert after[Section.CURRENT] != before[Section.CURRENT]  # progress counters moved
+    assert after[Section.SCHEDULED] == before[Section.SCHEDULED]
+    assert after[Section.INACTIVE] == before[Section.INACTIVE]
+    await Lifecycle(store).stop(sending)
+    moved = await store.section_signatures()
+    assert moved[Section.CURRENT][0] == 0 and moved[Section.INACTIVE][0] == 2
