@@ -75,6 +75,7 @@ class Sender:
         self.meter = RateMeter()
         self.limiter = RateLimiter(settings.rate, floor=10.0 * settings.connections)  # global, live limits
         self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() works on (may be another thread's)
         self._work: asyncio.Queue[Job | None] = asyncio.Queue()
         self._store: Store | None = None
         self._lifecycle: Lifecycle | None = None
@@ -89,6 +90,14 @@ class Sender:
     # ---- public --------------------------------------------------------------------------
 
     def request_stop(self) -> None:
+        """Ask the sender to finish gracefully; safe to call from any thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._stopping.set)
+                return
+            except RuntimeError:
+                pass  # its loop is closing: setting the flag directly is all that is left
         self._stopping.set()
 
     @property
@@ -96,6 +105,7 @@ class Sender:
         return self._stopping.is_set()
 
     async def run(self, until_idle: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
         check_smtp_security(self.settings)
         if not self.lease.acquire(self.what):
             holder = self.lease.holder()
