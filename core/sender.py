@@ -1,10 +1,12 @@
 """The asyncio sender: promotes due schedules, sends the head of the queue over K persistent
 SMTP connections, and records every outcome in the ledger in batches.
 
-Shape: one feeder per head mailing claims batches of ledger rows (writing the previous
-batch's outcomes in the same transaction) and puts them on a queue; K workers, each with its
-own connection, take rows off the queue and send them. The feeder keeps the queue topped up
-ahead of the workers, so connections never wait for a ledger write.
+Shape: one feeder per head mailing claims batches of ledger rows (writing the outcomes so far
+in the same transaction) and puts them on a queue; workers, each with its own connection to
+one of the relays, take rows off the queue and send them. The feeder keeps the queue topped
+up ahead of the workers. A connection's previous outcome must be on disk before it writes its
+next final dot, so that write overlaps the next transaction and a crash leaves at most one
+message per connection in doubt.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from .compose import MessageTemplate
-from .operations import template_for
 from .config import Settings, check_smtp_security
 from .domain import Mailing, MailingState, RecipientState, Section
 from .lease import SenderLease
 from .lifecycle import Lifecycle
+from .limits import Limits, read_limits
+from .operations import template_for
 from .ratelimit import RateLimiter
 from .relays import RelayState, relays_from_settings
-from .limits import Limits, read_limits
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .smtp_client import ConnectFailed, SmtpConnection
 from .smtp_replies import Outcome as ReplyOutcome, Verdict
