@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
 
@@ -61,7 +62,7 @@ async def export_remaining_csv(
     target, final = _open_private(path, overwrite)
     try:
         with os.fdopen(target[0], "w", encoding="utf-8", newline="") as handle:
-            written = await _write_rows(store, mailing_id, search, handle)
+            written = await write_remaining_csv(store, mailing_id, handle, search)
         if final is not None:
             os.replace(target[1], final)
     except BaseException:
@@ -87,18 +88,26 @@ def _open_private(path: Path, overwrite: bool) -> tuple[tuple[int, str], Path | 
     return (fd, str(path)), None
 
 
-async def _write_rows(store: Store, mailing_id: int, search: str, handle: TextIO) -> int:
+async def remaining_pages(store: Store, mailing_id: int, search: str = "") -> AsyncIterator[list[Recipient]]:
+    """The remaining recipients in ledger order, a keyset page at a time."""
+    after_id = 0
+    while True:  # bounded: every page advances after_id past rows already returned
+        page = await store.remaining(mailing_id, after_id=after_id, limit=PAGE_SIZE, search=search)
+        if not page:
+            return
+        yield page
+        after_id = page[-1].id
+
+
+async def write_remaining_csv(store: Store, mailing_id: int, handle: TextIO, search: str = "") -> int:
+    """CSV (header row, address first) of the remaining recipients to an open text handle; rows written."""
     writer = csv.writer(handle)
     writer.writerow(HEADER)
     written = 0
-    after_id = 0
-    while True:  # bounded: every page advances after_id past rows already written
-        page = await store.remaining(mailing_id, after_id=after_id, limit=PAGE_SIZE, search=search)
-        if not page:
-            return written
+    async for page in remaining_pages(store, mailing_id, search):
         writer.writerows(_row(recipient) for recipient in page)
         written += len(page)
-        after_id = page[-1].id
+    return written
 
 
 def _remove_quietly(name: str) -> None:

@@ -664,24 +664,6 @@ class Store:
         async with self.db.execute(sql, [mailing_id, after_id, *params, limit]) as cur:
             return [_recipient_from_row(r) for r in await cur.fetchall()]
 
-    async def remaining_rows(self, mailing_id: int, *, after_id: int = 0, limit: int = 5000, search: str = "") -> list[tuple[Any, ...]]:
-        """Like `remaining` but raw tuples (RECIPIENT_COLUMNS order), for exports of a million rows."""
-        clause, params = self._remaining_filter(search)
-        sql = (
-            f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE mailing_id = ? "
-            f"AND state IN ('pending', 'sending', 'deferred') AND id > ?{clause} ORDER BY id LIMIT ?"
-        )
-        async with self.db.execute(sql, [mailing_id, after_id, *params, limit]) as cur:
-            return list(await cur.fetchall())
-
-    async def remaining_count(self, mailing_id: int, search: str = "") -> int:
-        clause, params = self._remaining_filter(search)
-        async with self.db.execute(
-            "SELECT COUNT(*) FROM recipients WHERE mailing_id = ? AND state IN ('pending', 'sending', 'deferred')" + clause,
-            [mailing_id, *params],
-        ) as cur:
-            return int((await cur.fetchone())[0])  # type: ignore[index]
-
     async def remaining_ids_at(self, mailing_id: int, offset: int, search: str = "") -> int:
         """Id just before the `offset`-th remaining row (for paging by position)."""
         clause, params = self._remaining_filter(search)
@@ -698,20 +680,6 @@ class Store:
             f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE mailing_id = ? ORDER BY id", (mailing_id,)
         ) as cur:
             return [_recipient_from_row(r) for r in await cur.fetchall()]
-
-    async def iter_recipients(self, mailing_id: int, chunk: int = 5000) -> AsyncIterator[Recipient]:
-        last = 0
-        while True:
-            async with self.db.execute(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE mailing_id = ? AND id > ? ORDER BY id LIMIT ?",
-                (mailing_id, last, chunk),
-            ) as cur:
-                rows = await cur.fetchall()
-            if not rows:
-                return
-            for r in rows:
-                yield _recipient_from_row(r)
-            last = rows[-1][0]
 
     async def recipient_zones(self, mailing_id: int) -> dict[str, int]:
         async with self.db.execute(
@@ -807,13 +775,6 @@ class Store:
                 _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate  # noqa: SLF001
             )
         return claimed, _mailing_from_row(row)
-
-    async def next_deferred_due(self, mailing_id: int) -> float | None:
-        async with self.db.execute(
-            "SELECT MIN(next_attempt_at) FROM recipients WHERE mailing_id = ? AND state = 'deferred'", (mailing_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
 
     async def has_due_work(self, mailing_id: int) -> bool:
         async with self.db.execute(

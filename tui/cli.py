@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TextIO
 from mailtower.core.config import Settings, load_settings, security_warnings
 from mailtower.core.domain import Mailing, RejectedRow, Section
 from mailtower.core.errors import UserError
+from mailtower.core.exports import remaining_pages, state_label, write_remaining_csv
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
@@ -325,22 +326,13 @@ async def cmd_move(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
     await store.mailing(args.id)
-    out = sys.stdout
-    writer = csv.writer(out) if args.csv else None
-    if writer:
-        writer.writerow(["email", "name", "state", "attempts", "last_code", "last_error"])
-    after = 0
-    while True:
-        page = await store.remaining(args.id, after_id=after, limit=5000)
-        if not page:
-            return 0
+    if args.csv:
+        await write_remaining_csv(store, args.id, sys.stdout)
+        return 0
+    async for page in remaining_pages(store, args.id):
         for r in page:
-            state = "in doubt" if r.in_doubt and r.state.value == "pending" else r.state.value
-            if writer:
-                writer.writerow([r.email, r.name, state, r.attempts, r.last_code or "", r.last_error or ""])
-            else:
-                out.write(f"{r.email}\t{state}\t{r.last_error or ''}\n")
-        after = page[-1].id
+            sys.stdout.write(f"{r.email}\t{state_label(r)}\t{r.last_error or ''}\n")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
