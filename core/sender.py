@@ -270,7 +270,7 @@ class Sender:
         if self.stopping:
             self._halt(run, "the sender is shutting down")
         await self._apply_limits()
-        await self._publish(run)
+        await self._publish(run, current)
         await self._write_status()
 
     def _halt(self, run: HeadRun, why: str) -> None:
@@ -510,11 +510,12 @@ class Sender:
 
     # ---- progress ------------------------------------------------------------------------
 
-    async def _publish(self, run: HeadRun) -> None:
+    async def _publish(self, run: HeadRun, current: list[Mailing] | None = None) -> None:
         store, _ = self._need()
         self._last_publish = time.monotonic()
         rate = self.meter.rate()
-        current = await store.mailings(Section.CURRENT)
+        if current is None:
+            current = await store.mailings(Section.CURRENT)
         estimates = queue_estimates(current, rate)
         progress = {
             m.id: replace(progress_of(m, rate if m.id == run.mailing.id else 0.0), eta=estimates.get(m.id))
