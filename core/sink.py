@@ -45,9 +45,20 @@ class Delivery:
 class SinkHandler:
     fault: FaultRule | None = None
     latency: float = 0.0
+    pipelining: bool = True
     deliveries: list[Delivery] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(
+        self, server: SMTPServer, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd reads commands one line at a time from a stream, so it handles pipelined
+        # commands correctly; it just does not say so.
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: SMTPServer, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -112,7 +123,7 @@ class Sink:
     """Start with `start()`, stop with `stop()`; `port` is where it listens.
 
     `tls_context` offers STARTTLS (required when `credentials` are set); `implicit_tls` wraps
-    the whole connection instead.
+    the whole connection instead. `pipelining=False` stops advertising PIPELINING.
     """
 
     def __init__(
@@ -124,8 +135,9 @@ class Sink:
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
         credentials: tuple[str, str] | None = None,
+        pipelining: bool = True,
     ) -> None:
-        self.handler = SinkHandler(fault=fault, latency=latency)
+        self.handler = SinkHandler(fault=fault, latency=latency, pipelining=pipelining)
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.tls_context = tls_context

@@ -7,13 +7,15 @@ doubt, one that breaks after it leaves that transaction's recipient in doubt.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
+from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import cast
 
 import aiosmtplib
-import aiosmtplib.protocol
 from aiosmtplib.errors import (
     SMTPAuthenticationError,
     SMTPConnectError,
@@ -79,17 +81,163 @@ def _scrub(text: str, relay: Relay) -> str:
     return " ".join(text.split())[:300]
 
 
+# A reply line longer than this (RFC 5321 4.5.3.1.5 allows 512 octets) means the peer is not
+# speaking SMTP; stop buffering rather than grow without bound.
+_MAX_REPLY_LINE = 65536
+
+
+class _ReplyReader(asyncio.Protocol):
+    """Owns the reading side of a connection once the handshake is done: it parses every reply
+    the server sends, in order, and hands them out as they are asked for.
+
+    aiosmtplib keeps reply bytes only while it waits for exactly one reply, so replies to
+    pipelined commands (RFC 2920) would be lost with it; this reader keeps them all.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray()
+        self._lines: list[str] = []  # continuation lines of the reply being read
+        self._ready: deque[tuple[int, str]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 0
+        self._error: SMTPException | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self._error is None and not self.transport.is_closing()
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            self._line(bytes(buffer[start:end]).rstrip(b"\r"))
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > _MAX_REPLY_LINE:
+            self._fail(SMTPServerDisconnected("the server sent a reply line too long to be SMTP"))
+            self.transport.abort()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = SMTPServerDisconnected("connection lost")
+        error.__cause__ = exc
+        self._fail(error)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # ---- used by SmtpConnection ------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        while self._paused and self._error is None:
+            self._drained = self._loop.create_future()
+            await self._drained
+        if self._error is not None:
+            raise self._error
+
+    async def replies(self, count: int, timeout: float) -> list[tuple[int, str]]:
+        """The next `count` replies, in order; raises if the connection fails or goes quiet."""
+        if len(self._ready) < count:
+            if self._error is not None:
+                raise self._error
+            self._wanted = count
+            self._waiter = waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, self._time_out, waiter, timeout)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        ready = self._ready
+        return [ready.popleft() for _ in range(count)]
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _line(self, line: bytes) -> None:
+        code = line[:3]
+        if len(code) != 3 or not code.isdigit():
+            self._fail(SMTPServerDisconnected(f"the server sent a line that is not an SMTP reply: {line[:80]!r}"))
+            self.transport.abort()
+            return
+        text = line[4:].decode("utf-8", "replace")
+        if line[3:4] == b"-":
+            self._lines.append(text)
+            return
+        if self._lines:
+            self._lines.append(text)
+            text = "\n".join(self._lines)
+            self._lines = []
+        self._ready.append((int(code), text))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and len(self._ready) >= self._wanted and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: SMTPException) -> None:
+        if self._error is None:
+            self._error = error
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self._error)
+
+    def _time_out(self, waiter: asyncio.Future[None], timeout: float) -> None:
+        if not waiter.done():
+            waiter.set_exception(SMTPTimeoutError(f"no reply from the server within {timeout:g} s"))
+
+
 class SmtpConnection:
+    """aiosmtplib connects, says EHLO, starts TLS and logs in; then a `_ReplyReader` takes over
+    the transport and transactions are written by hand: MAIL, RCPT and DATA in one write when
+    the server offers PIPELINING (RFC 2920), one at a time when it does not."""
+
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
-        self._smtp: aiosmtplib.SMTP | None = None
+        self._reader: _ReplyReader | None = None
+        self.pipelining = False
         self.sent_on_connection = 0
 
     @property
     def connected(self) -> bool:
-        return self._smtp is not None and self._smtp.is_connected
+        return self._reader is not None and self._reader.usable
 
     async def connect(self) -> None:
+        smtp = await self._handshake()
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check here.
+        transport = cast(asyncio.Transport, smtp.transport)
+        protocol = smtp.protocol
+        if transport is None or protocol is None or protocol._buffer:  # noqa: SLF001
+            # Nothing may be left unread from the handshake; if it is, the server is not
+            # following the protocol and the connection cannot be trusted to pair replies.
+            smtp.close()
+            raise ConnectFailed(classify_failure("refused", Stage.HELO, "the server sent data nobody asked for"))
+        reader = _ReplyReader(transport)
+        transport.set_protocol(reader)
+        self.pipelining = smtp.supports_extension("pipelining")
+        self._reader = reader
+        self.sent_on_connection = 0
+
+    async def _handshake(self) -> aiosmtplib.SMTP:
         relay = self.relay
         smtp = aiosmtplib.SMTP(
             hostname=relay.host,
@@ -145,25 +293,25 @@ class SmtpConnection:
             raise ConnectFailed(
                 classify_failure("refused", Stage.CONNECT, _scrub(f"cannot connect to {relay.host}:{relay.port}: {exc}", relay))
             ) from None
-        self._smtp = smtp
-        self.sent_on_connection = 0
+        return smtp
 
     async def close(self) -> None:
-        smtp, self._smtp = self._smtp, None
-        if smtp is None:
+        reader, self._reader = self._reader, None
+        if reader is None:
             return
         try:
-            if smtp.is_connected:
-                await smtp.quit(timeout=2)
+            if reader.usable:
+                reader.write(b"QUIT\r\n")
+                await reader.replies(1, timeout=2)
         except (SMTPException, OSError):
             pass
         finally:
-            smtp.close()
+            reader.transport.close()
 
     def abort(self) -> None:
-        smtp, self._smtp = self._smtp, None
-        if smtp is not None:
-            smtp.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.transport.abort()
 
     async def send(
         self, from_addr: str, to_addr: str, message: bytes, before_dot: Awaitable[object] | None = None
@@ -175,42 +323,49 @@ class SmtpConnection:
         write overlaps the next transaction while at most one message per connection is
         ever past its dot without its outcome recorded.
         """
-        smtp = self._smtp
-        if smtp is None:
+        reader = self._reader
+        if reader is None or not reader.usable:
             return classify_failure("disconnect", Stage.MAIL, "not connected")
         stage = Stage.MAIL
         try:
-            reply = await smtp.execute_command(b"MAIL", b"FROM:<" + from_addr.encode() + b">")
-            if reply.code // 100 != 2:
-                return await self._refused(reply.code, reply.message, stage)
-            stage = Stage.RCPT
-            reply = await smtp.execute_command(b"RCPT", b"TO:<" + to_addr.encode() + b">")
-            if reply.code // 100 != 2:
-                return await self._refused(reply.code, reply.message, stage)
+            envelope = (b"MAIL FROM:<" + from_addr.encode() + b">\r\n", b"RCPT TO:<" + to_addr.encode() + b">\r\n")
+            if self.pipelining:
+                reader.write(envelope[0] + envelope[1] + b"DATA\r\n")
+                replies = await reader.replies(3, self.relay.timeout)
+                refusal = _first_refusal(replies)
+                if refusal is not None:
+                    if replies[2][0] == 354:
+                        # The server took DATA although it refused the envelope: an empty
+                        # message ends that data phase and goes nowhere without recipients.
+                        reader.write(b".\r\n")
+                        await reader.replies(1, self.relay.timeout)
+                    return await self._refused(*refusal)
+            else:
+                for stage, command in zip(_ENVELOPE_STAGES, (*envelope, b"DATA\r\n")):
+                    reader.write(command)
+                    ((code, text),) = await reader.replies(1, self.relay.timeout)
+                    if not _accepted(stage, code):
+                        return await self._refused(code, text, stage)
             stage = Stage.DATA
-            reply = await smtp.execute_command(b"DATA")
-            if reply.code != 354:
-                return await self._refused(reply.code, reply.message, stage)
-            protocol, body = self._body(smtp, message)
+            body = _dot_stuffed(message)
             if before_dot is not None:
-                protocol.write(body)
+                reader.write(body)
                 body = b""
                 await before_dot
             stage = Stage.DOT
-            reply = await self._write_dot(protocol, body)
+            reader.write(body + b".\r\n")
+            await reader.drain()
+            ((code, text),) = await reader.replies(1, self.relay.data_timeout)
             self.sent_on_connection += 1
-            if reply.code // 100 != 2:
-                return await self._refused(reply.code, reply.message, stage)
-            return classify(reply.code, reply.message, stage)
+            if code // 100 != 2:
+                return await self._refused(code, text, stage)
+            return classify(code, text, stage)
         except SMTPTimeoutError as exc:
             self.abort()
             return classify_failure("timeout", stage, _scrub(str(exc), self.relay))
         except (SMTPServerDisconnected, ConnectionError, OSError) as exc:
             self.abort()
             return classify_failure("disconnect", stage, _scrub(str(exc) or "connection lost", self.relay))
-        except SMTPResponseException as exc:
-            self.abort()
-            return classify(exc.code, _scrub(exc.message, self.relay), stage)
         except BaseException:
             # The ledger write we waited for failed, or we were cancelled: without the dot
             # the server discards the message, so dropping the connection leaves nobody in doubt.
@@ -221,27 +376,37 @@ class SmtpConnection:
         verdict = classify(code, _scrub(text, self.relay), stage)
         if verdict.new_connection:
             self.abort()
-        elif stage is not Stage.DOT and self._smtp is not None:
+        elif stage is not Stage.DOT and self._reader is not None:
             # Reset the half-open transaction so the connection can be reused.
             try:
-                await self._smtp.execute_command(b"RSET")
+                self._reader.write(b"RSET\r\n")
+                await self._reader.replies(1, self.relay.timeout)
             except (SMTPException, OSError):
                 self.abort()
         return verdict
 
-    def _body(self, smtp: aiosmtplib.SMTP, message: bytes) -> tuple["aiosmtplib.protocol.SMTPProtocol", bytes]:
-        protocol = smtp.protocol
-        if protocol is None:
-            raise SMTPServerDisconnected("connection lost")
-        if not message.endswith(b"\r\n"):
-            message += b"\r\n"
-        if message.startswith(b".") or b"\n." in message:
-            message = _LEADING_DOT.sub(b"..", message)
-        return protocol, message
 
-    async def _write_dot(self, protocol: "aiosmtplib.protocol.SMTPProtocol", body: bytes) -> aiosmtplib.SMTPResponse:
-        # aiosmtplib only accepts reply bytes while it expects a reply; this is the flag its own
-        # DATA command sets before writing the payload.
-        protocol._response_pending = True  # noqa: SLF001
-        protocol.write(body + b".\r\n")
-        return await protocol.read_response(timeout=self.relay.data_timeout)
+_ENVELOPE_STAGES = (Stage.MAIL, Stage.RCPT, Stage.DATA)
+
+
+def _accepted(stage: Stage, code: int) -> bool:
+    return code == 354 if stage is Stage.DATA else code // 100 == 2
+
+
+def _first_refusal(replies: list[tuple[int, str]]) -> tuple[int, str, Stage] | None:
+    """The first refusal among the pipelined MAIL, RCPT and DATA replies, if any.
+
+    RFC 2920 pairs replies with commands in order; the first refusal is the one that counts,
+    later ones only follow from it (a 554 to DATA after RCPT was refused, say)."""
+    for stage, (code, text) in zip(_ENVELOPE_STAGES, replies):
+        if not _accepted(stage, code):
+            return code, text, stage
+    return None
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b".") or b"\n." in message:
+        message = _LEADING_DOT.sub(b"..", message)
+    return message

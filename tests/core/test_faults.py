@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 
 from mailtower.core.config import Settings, load_settings
 from mailtower.core.lifecycle import Lifecycle
@@ -24,7 +25,15 @@ def settings_for(db: Path, sink: Sink, **extra: object) -> Settings:
     return load_settings(flags, environ={}, config_path=db.parent / "none.toml")
 
 
-async def send_all(tmp_path: Path, fault: FaultRule | None, **extra: object) -> tuple[Sink, Path, Sender]:
+@pytest.fixture(params=[True, False], ids=["pipelined", "one-by-one"])
+def pipelining(request: pytest.FixtureRequest) -> bool:
+    """Every fault once with the server offering PIPELINING (RFC 2920) and once without."""
+    return bool(request.param)
+
+
+async def send_all(
+    tmp_path: Path, pipelining: bool, fault: FaultRule | None, **extra: object
+) -> tuple[Sink, Path, Sender]:
     db = tmp_path / "f.db"
     store = await Store.open(db)
     people = write_csv(tmp_path / "p.csv", recipients(N))
@@ -33,7 +42,7 @@ async def send_all(tmp_path: Path, fault: FaultRule | None, **extra: object) -> 
     )
     await Lifecycle(store).send_now(mailing_id)
     await store.close()
-    sink = Sink(fault=fault).start()
+    sink = Sink(fault=fault, pipelining=pipelining).start()
     try:
         sender = Sender(settings_for(db, sink, **extra))
         await sender.run(until_idle=True)
@@ -70,16 +79,16 @@ def everyone_settled(db: Path) -> None:
 U3 = "user3@example.com"
 
 
-async def test_450_on_rcpt_is_deferred_then_sent(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "450 4.2.1 mailbox busy"))
+async def test_450_on_rcpt_is_deferred_then_sent(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "rcpt", "450 4.2.1 mailbox busy"))
     state, code, error, attempts, _ = rows(db)[U3]
     assert (state, attempts) == ("sent", 2)
     assert sink.received()[U3] == 1
     assert mailing(db) == ("completed", N, 0, 0, 0, N)
 
 
-async def test_550_on_rcpt_fails_with_reply_kept(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "550 5.1.1 no such user", attempts=99))
+async def test_550_on_rcpt_fails_with_reply_kept(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "rcpt", "550 5.1.1 no such user", attempts=99))
     state, code, error, attempts, _ = rows(db)[U3]
     assert (state, code) == ("failed", 550) and "no such user" in error
     assert U3 not in sink.received()
@@ -87,37 +96,37 @@ async def test_550_on_rcpt_fails_with_reply_kept(tmp_path: Path) -> None:
     everyone_settled(db)
 
 
-async def test_451_after_data_is_deferred_then_sent(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "data", "451 4.3.0 local problem"))
+async def test_451_after_data_is_deferred_then_sent(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "data", "451 4.3.0 local problem"))
     assert rows(db)[U3][0] == "sent" and rows(db)[U3][3] == 2
     assert sink.received()[U3] == 1
     everyone_settled(db)
 
 
-async def test_554_after_data_fails_the_message(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "data", "554 5.7.1 message refused as spam", attempts=99))
+async def test_554_after_data_fails_the_message(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "data", "554 5.7.1 message refused as spam", attempts=99))
     state, code, error, *_ = rows(db)[U3]
     assert (state, code) == ("failed", 554) and "spam" in error
     assert mailing(db)[:3] == ("completed", N - 1, 1)
     everyone_settled(db)
 
 
-async def test_421_mid_session_reconnects_and_retries(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "421 4.3.2 shutting down"))
+async def test_421_mid_session_reconnects_and_retries(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "rcpt", "421 4.3.2 shutting down"))
     state, code, error, attempts, in_doubt = rows(db)[U3]
     assert state == "sent" and in_doubt == 0
     assert sink.received()[U3] == 1
     assert mailing(db) == ("completed", N, 0, 0, 0, N)
 
 
-async def test_hangup_before_the_dot_puts_nobody_in_doubt(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "HANGUP"))
+async def test_hangup_before_the_dot_puts_nobody_in_doubt(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "rcpt", "HANGUP"))
     assert rows(db)[U3][0] == "sent" and rows(db)[U3][4] == 0
     assert sink.received()[U3] == 1
 
 
-async def test_drop_after_the_server_stored_the_message_is_in_doubt(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "data", "DROP"))
+async def test_drop_after_the_server_stored_the_message_is_in_doubt(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "data", "DROP"))
     state, code, error, attempts, in_doubt = rows(db)[U3]
     assert state == "sent" and in_doubt == 1  # sent again: a recognisable possible duplicate
     assert sink.received()[U3] == 2
@@ -127,15 +136,15 @@ async def test_drop_after_the_server_stored_the_message_is_in_doubt(tmp_path: Pa
     assert sum(1 for r in rows(db).values() if r[4]) == 1
 
 
-async def test_reply_slower_than_the_timeout_is_in_doubt(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "data", "SLEEP 1.5"), smtp_data_timeout=0.3)
+async def test_reply_slower_than_the_timeout_is_in_doubt(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "data", "SLEEP 1.5"), smtp_data_timeout=0.3)
     state, *_rest, in_doubt = rows(db)[U3]
     assert state == "sent" and in_doubt == 1
     assert sink.received()[U3] == 2
     everyone_settled(db)
 
 
-async def test_throttling_454_defers_and_slows_down(tmp_path: Path) -> None:
+async def test_throttling_454_defers_and_slows_down(tmp_path: Path, pipelining: bool) -> None:
     throttled = {f"user{i}@example.com" for i in range(0, N, 4)}
 
     def rule(stage: str, address: str, attempt: int) -> str | None:
@@ -143,28 +152,28 @@ async def test_throttling_454_defers_and_slows_down(tmp_path: Path) -> None:
             return "454 4.7.0 too many messages, slow down"
         return None
 
-    sink, db, sender = await send_all(tmp_path, rule)
+    sink, db, sender = await send_all(tmp_path, pipelining, rule)
     assert sender.limiter.factor < 1.0
     assert all(rows(db)[a][0] == "sent" and rows(db)[a][3] == 2 for a in throttled)
     assert set(sink.received().values()) == {1}
     everyone_settled(db)
 
 
-async def test_retries_give_up_after_the_maximum_age(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "450 4.2.1 busy", attempts=10**6), retry_max_age=0.3)
+async def test_retries_give_up_after_the_maximum_age(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "rcpt", "450 4.2.1 busy", attempts=10**6), retry_max_age=0.3)
     state, code, error, *_ = rows(db)[U3]
     assert (state, code) == ("failed", 450) and "gave up" in error
     everyone_settled(db)
 
 
-async def test_too_many_recipients_is_not_a_failure(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "452 4.5.3 too many recipients"))
+async def test_too_many_recipients_is_not_a_failure(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "rcpt", "452 4.5.3 too many recipients"))
     assert rows(db)[U3][0] == "sent"
     everyone_settled(db)
 
 
-async def test_mailbox_full_under_5xx_is_a_deferral(tmp_path: Path) -> None:
-    sink, db, _ = await send_all(tmp_path, only(U3, "rcpt", "552 5.2.2 mailbox full"))
+async def test_mailbox_full_under_5xx_is_a_deferral(tmp_path: Path, pipelining: bool) -> None:
+    sink, db, _ = await send_all(tmp_path, pipelining, only(U3, "rcpt", "552 5.2.2 mailbox full"))
     assert rows(db)[U3][0] == "sent" and rows(db)[U3][3] == 2
 
 
