@@ -664,6 +664,16 @@ class Store:
         async with self.db.execute(sql, [mailing_id, after_id, *params, limit]) as cur:
             return [_recipient_from_row(r) for r in await cur.fetchall()]
 
+    async def remaining_count(self, mailing_id: int, search: str = "") -> int:
+        """How many recipients have not received the mailing, of those matching `search`."""
+        clause, params = self._remaining_filter(search)
+        async with self.db.execute(
+            f"SELECT COUNT(*) FROM recipients WHERE mailing_id = ? AND state IN ('pending', 'sending', 'deferred'){clause}",
+            [mailing_id, *params],
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def remaining_ids_at(self, mailing_id: int, offset: int, search: str = "") -> int:
         """Id just before the `offset`-th remaining row (for paging by position)."""
         clause, params = self._remaining_filter(search)

@@ -47,8 +47,9 @@ class RemainingPages:
     """Rows of one (mailing, filter) by position, fetched a page at a time.
 
     Without a filter the row count is the mailing's counter and any page can be reached
-    directly. With one, the count is only known once the last page has been read: until then
-    `complete` is False and `count` is what has been seen so far.
+    directly. With one, the count is known once the last page has been read or the list has
+    been counted (End does that): until then `complete` is False, `count` is what has been seen
+    so far, and a page is reached by reading the pages before it.
     """
 
     def __init__(self, store: Store, mailing_id: int, search: str, count: int | None) -> None:
@@ -96,13 +97,11 @@ class RemainingPages:
         self._remember(page, rows)
         return bool(rows)
 
-    async def load_through_end(self) -> None:
-        """Walk forward page by page until the count is known (filtered lists only)."""
-        page = max(self._starts)
-        while not self.complete:  # bounded: each pass reads a new page or finds the end
-            if not await self.load(page):
-                break
-            page += 1
+    async def count_to_end(self) -> None:
+        """Count a filtered list with one query, so its last page can be reached directly."""
+        if not self.complete:
+            self.count = await self.store.remaining_count(self.mailing_id, self.search)
+            self.complete = True
 
     async def _start_of(self, page: int) -> int | None:
         if page in self._starts:
@@ -113,14 +112,14 @@ class RemainingPages:
             await asyncio.shield(previous)
             if page in self._starts:
                 return self._starts[page]
-        if self.search == "" and self.complete:
+        if self.complete:
             if page * PAGE_SIZE >= self.count:
                 return None
             # Counted from the start of the ledger: costs one index walk, only for far jumps.
-            start = await self.store.remaining_ids_at(self.mailing_id, page * PAGE_SIZE)
+            start = await self.store.remaining_ids_at(self.mailing_id, page * PAGE_SIZE, self.search)
             self._starts[page] = start
             return start
-        # A filtered page can only be reached by reading the pages before it.
+        # Until a filtered list is counted, its pages are reached by reading the ones before.
         known = max(p for p in self._starts if p < page)
         for earlier in range(known, page):
             if not await self.load(earlier):
@@ -317,8 +316,8 @@ class RecipientList(ScrollView, can_focus=True):
             self.post_message(self.CursorMoved(self.cursor, self.pages.row(self.cursor)))
 
     @work(group="pages", exclusive=True)
-    async def _walk_to_end(self, pages: RemainingPages) -> None:
-        await pages.load_through_end()
+    async def _jump_to_end(self, pages: RemainingPages) -> None:
+        await pages.count_to_end()
         if pages is self.pages:
             self._sync_size()
             self.cursor = max(self.pages.count - 1, 0)
@@ -357,7 +356,7 @@ class RecipientList(ScrollView, can_focus=True):
 
     def action_last(self) -> None:
         if not self.pages.complete:
-            self._walk_to_end(self.pages)
+            self._jump_to_end(self.pages)
         self.cursor = self.row_count - 1
 
     def on_click(self, event: events.Click) -> None:
