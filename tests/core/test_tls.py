@@ -167,6 +167,43 @@ async def test_implicit_tls(tmp_path: Path, server_context: ssl.SSLContext, ca_f
         assert len(sink.received()) == 5
 
 
+def _loop_runners() -> list:
+    runners = [pytest.param(asyncio.run, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:  # an optional extra: tested where it is installed
+        return runners
+    return [*runners, pytest.param(uvloop.run, id="uvloop")]
+
+
+@pytest.mark.parametrize("run", _loop_runners())
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+def test_pipelined_transactions_over_tls(run, mode: str, server_context: ssl.SSLContext, ca_file: Path) -> None:
+    """The reply reader takes over the TLS transport after the handshake on either event loop."""
+    from mailtower.core.smtp_client import Relay, SmtpConnection
+    from mailtower.core.smtp_replies import Outcome
+
+    implicit = mode == "tls"
+    # aiosmtpd offers AUTH only after STARTTLS, so the implicit-TLS sink takes no login.
+    credentials = None if implicit else (USER, PASSWORD)
+
+    async def send_twenty(port: int) -> list[Outcome]:
+        conn = SmtpConnection(Relay("127.0.0.1", port, mode, user=USER if credentials else "", password=PASSWORD,
+                                    ca_file=str(ca_file), timeout=10, data_timeout=10))
+        await asyncio.wait_for(conn.connect(), 10)
+        assert conn.pipelining
+        try:
+            return [(await asyncio.wait_for(conn.send("news@example.org", f"p{i}@example.com", b"Subject: x\r\n\r\nhi\r\n"), 10)).outcome
+                    for i in range(20)]
+        finally:
+            await conn.close()
+
+    with Sink(tls_context=server_context, implicit_tls=implicit, credentials=credentials) as sink:
+        outcomes = run(send_twenty(sink.port))
+        assert set(outcomes) == {Outcome.SENT}
+        assert sorted(sink.received()) == sorted(f"p{i}@example.com" for i in range(20))
+
+
 async def test_refused_login_pauses_and_fails_nobody(tmp_path: Path, server_context: ssl.SSLContext, ca_file: Path) -> None:
     db = await prepared_db(tmp_path)
     with Sink(tls_context=server_context, credentials=(USER, "another password")) as sink:
