@@ -108,7 +108,9 @@ class _ReplyReader(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self._error is None and not self.transport.is_closing()
+        # A reply nobody asked for (a 421 before an idle disconnect, say) would be paired with
+        # the next command, so a connection holding one is not used again.
+        return self._error is None and not self._ready and not self.transport.is_closing()
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class SmtpConnection:
         return self._reader is not None and self._reader.usable
 
     async def connect(self) -> None:
+        self.abort()  # a previous connection that is no longer usable
         smtp = await self._handshake()
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check here.
         transport = cast(asyncio.Transport, smtp.transport)

@@ -174,3 +174,34 @@ async def test_quit_is_answered_and_the_connection_closed() -> None:
         await asyncio.wait_for(conn.close(), TIMEOUT)
         assert not conn.connected
     assert not errors, errors
+
+
+async def test_a_reply_nobody_asked_for_retires_the_connection() -> None:
+    """An unsolicited reply would be paired with the next command; the connection is dropped
+    instead, before anything of the next transaction is written."""
+    after_first: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        await read_lines(reader, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await read_body(reader)
+        writer.write(b"250 queued\r\n421 4.4.2 idle too long\r\n")
+        await writer.drain()
+        after_first.append(await asyncio.wait_for(reader.read(), TIMEOUT))  # until the client hangs up
+
+    async with scripted(script) as (conn, errors):
+        first = await asyncio.wait_for(conn.send("a@example.org", "b@example.org", b"x\r\n"), TIMEOUT)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while conn.connected and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert not conn.connected
+        second = await asyncio.wait_for(conn.send("a@example.org", "c@example.org", b"x\r\n"), TIMEOUT)
+        conn.abort()
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while not after_first and not errors and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+    assert first.outcome is Outcome.SENT
+    assert second.outcome is Outcome.RECONNECT and not second.in_doubt
+    assert not errors, errors
+    assert after_first == [b""]  # nothing of the second transaction reached the server
