@@ -28,29 +28,34 @@ def test_two_senders_and_many_commands_at_once(tmp_path: Path) -> None:
 
         first = [new(i, 300, "--now") for i in range(3)]
         runners = [cli.popen("run", stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        try:
+            def command(args: list[str]) -> tuple[list[str], int, str]:
+                proc = cli.popen(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                out, err = proc.communicate(timeout=60)
+                return args, proc.returncode, err.decode()
 
-        def command(args: list[str]) -> tuple[list[str], int, str]:
-            proc = cli.popen(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            out, err = proc.communicate(timeout=60)
-            return args, proc.returncode, err.decode()
+            jobs: list[list[str]] = []
+            for _ in range(8):
+                jobs.append(["status", "--json"])
+                jobs.append(["move", str(rng.choice(first)), rng.choice(["up", "down", "top"])])
+            jobs += [["limits", "--rate", str(rng.choice([200, 300, 400]))] for _ in range(3)]
+            for i in range(3, 6):
+                people = write_csv(tmp_path / f"p{i}.csv", recipients(100, start=i * 10_000))
+                jobs.append(["new", "--name", f"m{i}", "--subject", "s", "--from", "news@example.org",
+                             "--text", str(body), "--recipients", str(people), "--now"])
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                results = list(pool.map(command, jobs))
 
-        jobs: list[list[str]] = []
-        for _ in range(8):
-            jobs.append(["status", "--json"])
-            jobs.append(["move", str(rng.choice(first)), rng.choice(["up", "down", "top"])])
-        jobs += [["limits", "--rate", str(rng.choice([200, 300, 400]))] for _ in range(3)]
-        for i in range(3, 6):
-            people = write_csv(tmp_path / f"p{i}.csv", recipients(100, start=i * 10_000))
-            jobs.append(["new", "--name", f"m{i}", "--subject", "s", "--from", "news@example.org",
-                         "--text", str(body), "--recipients", str(people), "--now"])
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(command, jobs))
-
-        wait_until(lambda: not json.loads(cli.ok("status", "--json"))["current"], timeout=60, what="queue empty")
-        for runner in runners:
-            if runner.poll() is None:
-                runner.terminate()  # a graceful stop: exit status 0
-        outcomes = [(r.wait(timeout=60), r.stderr.read().decode()) for r in runners]
+            wait_until(lambda: not json.loads(cli.ok("status", "--json"))["current"], timeout=60, what="queue empty")
+            for runner in runners:
+                if runner.poll() is None:
+                    runner.terminate()  # a graceful stop: exit status 0
+            outcomes = [(r.wait(timeout=60), r.stderr.read().decode()) for r in runners]
+        finally:
+            for runner in runners:  # never leave a sender behind when the test fails
+                if runner.poll() is None:
+                    runner.kill()
+                    runner.wait(timeout=10)
 
     for args, code, err in results:
         assert "Traceback" not in err, (args, err)
