@@ -85,6 +85,9 @@ class Sender:
         self.last_accept_at: float | None = None  # wall clock of the last 250 to a final dot
         self._last_status_write = 0.0
         self._last_publish = 0.0
+        # The Current section as the last control tick read it: between ticks only the head
+        # mailing's counters move, and those come back from every ledger write.
+        self._current: list[Mailing] = []
         self.limits: Limits | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._last_limits_read = 0.0
@@ -251,13 +254,13 @@ class Sender:
             run.queued += 1
             self._work.put_nowait(Job(run, row))
         if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
-            await self._publish(run)
+            await self._publish(run, self._current_with_head(run))
 
     async def _control(self, run: HeadRun) -> None:
         """Notice a stop, a reorder or a due schedule made by anyone, within a second."""
         store, _ = self._need()
         await self._promote_due()
-        current = await store.mailings(Section.CURRENT)
+        current = self._current = await store.mailings(Section.CURRENT)
         if not any(m.id == run.mailing.id and m.state is MailingState.SENDING for m in current):
             self._halt(run, "stopped")
         else:
@@ -509,6 +512,13 @@ class Sender:
             await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event=event)
 
     # ---- progress ------------------------------------------------------------------------
+
+    def _current_with_head(self, run: HeadRun) -> list[Mailing] | None:
+        """The last Current section read, with the head mailing as the ledger just returned it;
+        None before the first control tick of this head (then it is read)."""
+        if not any(m.id == run.mailing.id for m in self._current):
+            return None
+        return [run.mailing if m.id == run.mailing.id else m for m in self._current]
 
     async def _publish(self, run: HeadRun, current: list[Mailing] | None = None) -> None:
         store, _ = self._need()
