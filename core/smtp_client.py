@@ -118,11 +118,11 @@ class _ReplyReader(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
+        while self._error is None and (end := buffer.find(b"\n", start)) >= 0:
             self._line(bytes(buffer[start:end]).rstrip(b"\r"))
             start = end + 1
         del buffer[:start]
-        if len(buffer) > _MAX_REPLY_LINE:
+        if self._error is None and len(buffer) > _MAX_REPLY_LINE:
             self._fail(SMTPServerDisconnected("the server sent a reply line too long to be SMTP"))
             self.transport.abort()
         self._wake()
