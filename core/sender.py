@@ -206,6 +206,7 @@ class Sender:
         if mailing.state is MailingState.QUEUED and not await lifecycle.start(mailing.id):
             return
         run = HeadRun(mailing=mailing, template=template)
+        self._current = []  # read afresh for this head (the previous one may have just finished)
         connections = sum(r.connections for r in self.relays)
         batch = self.settings.batch_size or max(50, connections * 25)
         last_control = time.monotonic()
