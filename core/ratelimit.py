@@ -16,7 +16,6 @@ class RateLimiter:
         self.configured = rate
         self.floor = floor  # with no configured rate, throttling starts from at least this
         self.factor = 1.0
-        self.measured = 0.0
         self._base = 0.0
         self._next = 0.0
         self._changed_at = 0.0
@@ -24,12 +23,14 @@ class RateLimiter:
         self._hour_tokens = 0.0
         self._hour_at = time.monotonic()
 
-    def throttle(self) -> None:
+    def throttle(self, measured: float) -> None:
+        """A throttling reply came; `measured` is the rate actually achieved (the base to halve
+        when no rate is configured)."""
         now = time.monotonic()
         if self.factor < 1.0 and now - self._changed_at < 1.0:
             return  # one burst of throttling replies counts once
         if self.factor == 1.0:
-            self._base = self.configured or max(self.measured, self.floor)
+            self._base = self.configured or max(measured, self.floor)
         self.factor = max(self.factor / 2, 0.05)
         self._changed_at = now
 

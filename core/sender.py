@@ -428,8 +428,8 @@ class Sender:
             verdict = await conn.send(run.mailing.from_addr, row.email, message, previous)
             previous = None
             if verdict.throttle:
-                self.limiter.throttle()
-                relay.limiter.throttle()
+                self.limiter.throttle(self.meter.rate())
+                relay.limiter.throttle(relay.meter.rate())
             if verdict.outcome is ReplyOutcome.SENT:
                 await self._accepted(run, relay)
                 return Outcome(row.id, RecipientState.SENT, verdict.code, None, was_in_doubt=row.in_doubt)
@@ -469,8 +469,6 @@ class Sender:
     async def _accepted(self, run: HeadRun, relay: RelayState) -> None:
         self.meter.add()
         relay.accepted()
-        self.limiter.measured = self.meter.rate()
-        relay.limiter.measured = relay.meter.rate()
         self.last_accept_at = time.time()  # copied into the snapshot when it is next published
         if self._waiting_reason:
             await self._resume(run)
