@@ -242,6 +242,10 @@ class SmtpConnection:
 
     async def _handshake(self) -> aiosmtplib.SMTP:
         relay = self.relay
+        if relay.user and relay.tls == "none":
+            raise ConnectFailed(
+                classify_failure("refused", Stage.AUTH, "refusing to log in over an unencrypted connection")
+            )
         smtp = aiosmtplib.SMTP(
             hostname=relay.host,
             port=relay.port,
@@ -257,45 +261,13 @@ class SmtpConnection:
             if smtp.last_ehlo_response is None:
                 await smtp.ehlo()
             if relay.user:
-                if relay.tls == "none":
-                    raise ConnectFailed(
-                        classify_failure("refused", Stage.AUTH, "refusing to log in over an unencrypted connection")
-                    )
                 await smtp.login(relay.user, relay.password)
-        except SMTPAuthenticationError as exc:
+        except (OSError, SMTPException) as exc:  # ssl.SSLError is an OSError
             smtp.close()
-            raise ConnectFailed(classify(exc.code, _scrub(exc.message, relay), Stage.AUTH)) from None
-        except ssl.SSLError as exc:
+            raise ConnectFailed(_handshake_verdict(exc, relay)) from None
+        except BaseException:
             smtp.close()
-            raise ConnectFailed(
-                classify_failure("refused", Stage.CONNECT, _scrub(f"TLS failed with {relay.host}: {exc.reason or exc}", relay))
-            ) from None
-        except SMTPConnectError as exc:
-            smtp.close()
-            cause = exc.__cause__
-            if isinstance(cause, ssl.SSLError):
-                detail = f"TLS failed with {relay.host}:{relay.port}: {cause.reason or cause}"
-            else:
-                detail = f"cannot connect to {relay.host}:{relay.port}: {exc}"
-            raise ConnectFailed(classify_failure("refused", Stage.CONNECT, _scrub(detail, relay))) from None
-        except SMTPTimeoutError as exc:
-            smtp.close()
-            raise ConnectFailed(
-                classify_failure("timeout", Stage.CONNECT, _scrub(f"{relay.host}:{relay.port} timed out: {exc}", relay))
-            ) from None
-        except SMTPServerDisconnected as exc:
-            smtp.close()
-            raise ConnectFailed(
-                classify_failure("disconnect", Stage.CONNECT, _scrub(f"{relay.host}:{relay.port} hung up: {exc}", relay))
-            ) from None
-        except SMTPResponseException as exc:
-            smtp.close()
-            raise ConnectFailed(classify(exc.code, _scrub(exc.message, relay), Stage.HELO)) from None
-        except (OSError, SMTPException) as exc:
-            smtp.close()
-            raise ConnectFailed(
-                classify_failure("refused", Stage.CONNECT, _scrub(f"cannot connect to {relay.host}:{relay.port}: {exc}", relay))
-            ) from None
+            raise
         return smtp
 
     async def close(self) -> None:
@@ -387,6 +359,31 @@ class SmtpConnection:
             except (SMTPException, OSError):
                 self.abort()
         return verdict
+
+
+def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
+    """What a failure while connecting, greeting, starting TLS or logging in means.
+
+    The order matters: aiosmtplib's errors subclass one another."""
+    where = f"{relay.host}:{relay.port}"
+    if isinstance(exc, SMTPAuthenticationError):
+        return classify(exc.code, _scrub(exc.message, relay), Stage.AUTH)
+    if isinstance(exc, ssl.SSLError):
+        return classify_failure("refused", Stage.CONNECT, _scrub(f"TLS failed with {relay.host}: {exc.reason or exc}", relay))
+    if isinstance(exc, SMTPConnectError):
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            detail = f"TLS failed with {where}: {cause.reason or cause}"
+        else:
+            detail = f"cannot connect to {where}: {exc}"
+        return classify_failure("refused", Stage.CONNECT, _scrub(detail, relay))
+    if isinstance(exc, SMTPTimeoutError):
+        return classify_failure("timeout", Stage.CONNECT, _scrub(f"{where} timed out: {exc}", relay))
+    if isinstance(exc, SMTPServerDisconnected):
+        return classify_failure("disconnect", Stage.CONNECT, _scrub(f"{where} hung up: {exc}", relay))
+    if isinstance(exc, SMTPResponseException):
+        return classify(exc.code, _scrub(exc.message, relay), Stage.HELO)
+    return classify_failure("refused", Stage.CONNECT, _scrub(f"cannot connect to {where}: {exc}", relay))
 
 
 _ENVELOPE_STAGES = (Stage.MAIL, Stage.RCPT, Stage.DATA)
