@@ -12,8 +12,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mailtower.tui.cli import main as cli_main
+
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, str]], columns: list[str] | None = None) -> Path:
@@ -83,3 +87,12 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for condition")
+
+
+async def until(pilot: "Pilot[Any]", condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Let a Textual app run until `condition` holds (the app processes messages meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(interval)

@@ -8,7 +8,6 @@ with an injected clock and change times written straight into the settings table
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +22,7 @@ from mailtower.core.config import Settings, load_settings
 from mailtower.core.limits import Limits, read_limits
 from mailtower.core.store import Store, iso
 from mailtower.tui.screens.limits import SAVED, LimitsScreen, describe_change, format_value, limit_problem
+from tests.helpers import until
 
 NOW = datetime(2027, 1, 15, 14, 5, 11, tzinfo=timezone.utc)
 SIZES = [(80, 24), (120, 40)]
@@ -84,13 +84,6 @@ class Host(App[None]):
         if self.store is not None:
             await self.store.close()
 
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.01)
 
 
 async def loaded(pilot: Pilot[Any]) -> LimitsScreen:

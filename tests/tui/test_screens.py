@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import stat
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,6 +30,7 @@ from mailtower.core.store import Outcome, Store, iso
 from mailtower.tui.screens import ConfirmDialog, DetailsScreen, RemainingScreen, ScheduleDialog, ScheduleRequest
 from mailtower.tui.screens.remaining import ExportDialog, RecipientList
 from mailtower.tui.screens.schedule import ZoneList
+from tests.helpers import until
 
 NOW = datetime(2027, 1, 15, 12, 0, tzinfo=timezone.utc)
 OPERATOR_TZ = "America/New_York"
@@ -137,13 +137,6 @@ class Host(App[None]):
         if self.store is not None:
             await self.store.close()
 
-
-async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await pilot.pause(0.01)
 
 
 def text_of(widget: Widget) -> str:
