@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import OptionList
 
@@ -29,6 +30,7 @@ from mailtower.tui.header import HeaderLine
 from mailtower.tui.help import HelpScreen
 from mailtower.tui.panels import MailingTable
 from mailtower.tui.rows import count, duration, progress_bar, to_text
+from tests.helpers import until
 
 from .conftest import (
     FIXED_NOW,
@@ -437,7 +439,14 @@ async def test_command_palette_runs_an_action_on_the_highlighted_mailing(fixed_d
         await focus_row(pilot, Section.INACTIVE, ids["stopped"])
         await pilot.press("ctrl+p")
         await pilot.press(*"restart")
-        await pilot.pause(0.3)
+        # The palette searches in the background: wait until the restart command is highlighted.
+        def restart_highlighted() -> bool:
+            if not isinstance(app.screen, CommandPalette):
+                return False
+            option = app.screen.query_one(CommandList).highlighted_option
+            return option is not None and "Restart" in str(option.prompt)
+
+        await until(pilot, restart_highlighted)
         await pilot.press("enter")
         await until_state(fixed_db.db, ids["stopped"], MailingState.QUEUED)
         commands = [c.title for c in app.palette_commands()]
