@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from mailtower.core.smtp_client import Relay, SmtpConnection
 from mailtower.core.smtp_replies import Outcome
+from tests.helpers import wait_for
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TIMEOUT = 10.0
@@ -192,15 +193,16 @@ async def test_a_reply_nobody_asked_for_retires_the_connection() -> None:
 
     async with scripted(script) as (conn, errors):
         first = await asyncio.wait_for(conn.send("a@example.org", "b@example.org", b"x\r\n"), TIMEOUT)
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while conn.connected and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        assert not conn.connected
+        async def retired() -> bool:
+            return not conn.connected
+
+        async def server_saw_the_hang_up() -> bool:
+            return bool(after_first or errors)
+
+        await wait_for(retired, timeout=TIMEOUT)
         second = await asyncio.wait_for(conn.send("a@example.org", "c@example.org", b"x\r\n"), TIMEOUT)
         conn.abort()
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while not after_first and not errors and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_for(server_saw_the_hang_up, timeout=TIMEOUT)
     assert first.outcome is Outcome.SENT
     assert second.outcome is Outcome.RECONNECT and not second.in_doubt
     assert not errors, errors
