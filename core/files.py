@@ -1,0 +1,206 @@
+"""Files a person names: read with a bound, written only after every check, never over what we own.
+
+Every path that reaches mailtower from a flag, the environment, a TOML file or a dialog goes
+through here:
+
+- `read_bytes_bounded` / `read_text_bounded` read a file once, with a size bound, whatever it
+  is: a regular file, a pipe (`<(cat x)`, `/dev/stdin`, `-`), a FIFO with or without a writer,
+  or a device that never ends (`/dev/zero`). Directories are refused; a non-regular file that
+  stops producing data for `idle_timeout` seconds is refused rather than waited on for ever.
+- `check_output_path` refuses, before any work is done, an output path that is a directory,
+  sits in a directory that does not exist, already exists (unless `force`), or is one of the
+  files that must never be written: the database, its -wal/-shm/lease files, and the input
+  files of the same command, however they are named (symlink, hard link, relative path).
+- `atomic_output` writes to a temporary file beside the target and renames it into place only
+  when the whole content was written, so a failure never leaves a half-written or clobbered file.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import stat
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from .errors import UserError
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# Bounds for what a person names. Generous for real use, far below what hurts the machine.
+MAX_BODY_BYTES = 10 * MIB  # a text or HTML body
+MAX_CONFIG_BYTES = 1 * MIB  # the TOML file
+MAX_SECRET_BYTES = 64 * KIB  # a password file
+IDLE_TIMEOUT = 30.0  # seconds a pipe may stay silent before we give up on it
+
+STDIN_NAMES = ("-",)
+_CHUNK = 64 * KIB
+
+
+def describe_size(size: int) -> str:
+    if size >= MIB:
+        return f"{size / MIB:g} MiB"
+    if size >= KIB:
+        return f"{size / KIB:g} KiB"
+    return f"{size} bytes"
+
+
+def is_stdin(path: Path | str) -> bool:
+    return str(path) in STDIN_NAMES
+
+
+def _open_for_reading(path: Path, what: str) -> int:
+    """An fd for `path`, opened without blocking (a FIFO with no writer must not hang the open)."""
+    if is_stdin(path):
+        return os.dup(sys.stdin.fileno())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise UserError(f"{what}: {path} is a directory, not a file") from None
+    except FileNotFoundError:
+        raise UserError(f"{what}: {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    return fd
+
+
+def read_bytes_bounded(path: Path | str, *, limit: int, what: str, idle_timeout: float = IDLE_TIMEOUT) -> bytes:
+    """The whole content of `path` (at most `limit` bytes), read once; `what` names the source
+    in errors (a flag such as "--text", or a setting such as "MAILTOWER_CONFIG")."""
+    path = Path(path)
+    fd = _open_for_reading(path, what)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise UserError(f"{what}: {path} is a directory, not a file")
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise UserError(f"{what}: {path} is {describe_size(info.st_size)}; the limit is {describe_size(limit)}")
+        regular = stat.S_ISREG(info.st_mode)
+        if not regular:
+            os.set_blocking(fd, False)
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            try:
+                chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
+            except BlockingIOError:
+                # A pipe with a writer but no data yet (a FIFO with no writer reads as empty).
+                ready, _, _ = select.select([fd], [], [], idle_timeout)
+                if not ready:
+                    raise UserError(f"{what}: {path} sent no data for {idle_timeout:g} s; giving up") from None
+                continue
+            except OSError as exc:
+                raise UserError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise UserError(f"{what}: {path} is larger than the limit of {describe_size(limit)}")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text_bounded(path: Path | str, *, limit: int, what: str, idle_timeout: float = IDLE_TIMEOUT) -> str:
+    """As `read_bytes_bounded`, decoded as UTF-8 (a leading BOM is dropped)."""
+    data = read_bytes_bounded(path, limit=limit, what=what, idle_timeout=idle_timeout)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{what}: {path}: line {line}: not valid UTF-8") from None
+
+
+# ---- identity of files ------------------------------------------------------------------------
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def database_companions(db: Path) -> list[Path]:
+    """The database and every file that belongs to it (as named and as resolved)."""
+    names: list[Path] = []
+    for base in {Path(db), Path(os.path.realpath(db))}:
+        names.append(base)
+        for suffix in ("-wal", "-shm", "-journal", ".lease"):
+            names.append(base.with_name(base.name + suffix))
+    return names
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when `a` and `b` name one file (symlinks, hard links and relative paths included)."""
+    ia, ib = _identity(a), _identity(b)
+    if ia is not None and ia == ib:
+        return True
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+
+def check_output_path(
+    path: Path | str, *, what: str, force: bool = False, protected: Iterable[Path] = ()
+) -> Path:
+    """Refuse an output path before any work is done; returns it as a Path.
+
+    `protected` lists files that must never be written (the database: pass
+    `database_companions(db)`; the input files of the same command)."""
+    path = Path(path).expanduser()
+    if str(path) == "":
+        raise UserError(f"{what}: an empty path is not a file name")
+    for other in protected:
+        if same_file(path, Path(other)):
+            raise UserError(f"{what}: {path} is {other}, which mailtower will not overwrite")
+    if path.is_dir():
+        raise UserError(f"{what}: {path} is a directory; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"{what}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: cannot write in {parent}: permission denied")
+    if os.path.lexists(path):
+        info = os.stat(path) if path.exists() else None
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{what}: {path} is not a regular file")
+        if not force:
+            raise UserError(f"{what}: {path} already exists; give --force to replace it")
+    return path
+
+
+@contextmanager
+def atomic_output(path: Path, *, what: str, mode: int = 0o600) -> Iterator[TextIO]:
+    """A text file that becomes `path` only if the block finishes; call `check_output_path` first.
+
+    The temporary file is created beside the target (same filesystem, so the rename is atomic)
+    with `mode`; on any error it is removed and the target is untouched."""
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write in {target.parent}: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{what}: cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
