@@ -76,6 +76,38 @@ def fields_used(*templates: str | None) -> set[str]:
     return used
 
 
+_OPEN, _CLOSE = "{{", "}}"
+# CSS in an HTML body closes nested rules with "}}" (`@media ... { .a { ... }}`); only a "{{" is a
+# mistake there.
+_STYLE_ELEMENT = re.compile(r"<style\b.*?(?:</style\s*>|\Z)", re.IGNORECASE | re.DOTALL)
+
+
+def check_merge_syntax(subject: str, text: str | None, html: str | None) -> None:
+    """Refuse a "{{" that does not open a merge tag `{{ field }}` and a "}}" that closes none,
+    saying in which part, on which line and in which column (1-based) it is."""
+    parts = (("the subject", subject, False), ("the text body", text, False), ("the HTML body", html, True))
+    for where, template, is_html in parts:
+        if template and (_OPEN in template or _CLOSE in template):
+            _check_braces(where, template, is_html)
+
+
+def _check_braces(where: str, template: str, is_html: bool) -> None:
+    tags = [match.span() for match in _FIELD_RE.finditer(template)]
+    styles = [match.span() for match in _STYLE_ELEMENT.finditer(template)] if is_html else []
+    for marker, problem, exempt in (
+        (_OPEN, "'{{' is not closed by '}}' (a merge tag is written {{ field }})", []),
+        (_CLOSE, "'}}' closes no merge tag (a merge tag is written {{ field }})", styles),
+    ):
+        position = template.find(marker)
+        while position != -1:  # bounded: every step moves past the previous find
+            inside = any(start <= position < end for start, end in (*tags, *exempt))
+            if not inside:
+                line = template.count("\n", 0, position) + 1
+                column = position - (template.rfind("\n", 0, position) + 1) + 1
+                raise UserError(f"{where}, line {line}, column {column}: {problem}")
+            position = template.find(marker, position + 1)
+
+
 def check_header_value(what: str, value: str) -> None:
     """Refuse a value that would end a header line early (header injection)."""
     if "\r" in value or "\n" in value or "\0" in value:
@@ -104,6 +136,11 @@ def _id_domain(from_addr: str) -> str:
     if not _ID_DOMAIN.fullmatch(domain):
         raise UserError(f"sender address {from_addr!r} has no valid domain")
     return domain
+
+
+def parse_sender(from_addr: str) -> tuple[str, str]:
+    """(display name, bare address) of a sender given as `address` or `Name <address>`."""
+    return _parse_from(from_addr)
 
 
 def _parse_from(from_addr: str) -> tuple[str, str]:

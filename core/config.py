@@ -65,6 +65,7 @@ class Settings:
     connect_backoff_max: float = 60.0
     grace: float = 3600.0  # a schedule missed by less than this is still sent on start
     relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
+    allow_special_domains: bool = False  # accept .local, .test, ... addresses (internal networks)
     config_path: Path | None = None  # the TOML file these settings were read with (for child processes)
 
     def with_overrides(self, values: Mapping[str, Any]) -> "Settings":
@@ -92,6 +93,7 @@ ENV: dict[str, str] = {
     "MAILTOWER_RETRY_MAX_AGE": "retry_max_age",
     "MAILTOWER_GRACE": "grace",
     "MAILTOWER_BATCH_SIZE": "batch_size",
+    "MAILTOWER_ALLOW_SPECIAL_DOMAINS": "allow_special_domains",
 }
 
 

@@ -63,6 +63,9 @@ REFUSALS: dict[Action, str] = {
     Action.MOVE: "only current mailings have a place in the queue",
 }
 
+# Actions that put a mailing on its way to the queue: refused for a mailing without recipients.
+NEEDS_RECIPIENTS = frozenset({Action.SCHEDULE, Action.SEND_NOW, Action.RESTART})
+
 UNSCHEDULE_WHILE_SENDING = (
     "a scheduled mailing cannot be cancelled while a mailing is being sent: stop the current "
     "mailing first, cancel this schedule, then restart the stopped mailing"
@@ -76,6 +79,11 @@ def target_state(mailing: Mailing, action: Action, *, any_sending: bool) -> Mail
         raise RefusedTransition(f"mailing {mailing.id} is {mailing.state.value}: {REFUSALS[action]}")
     if action is Action.UNSCHEDULE and any_sending:
         raise RefusedTransition(f"mailing {mailing.id}: {UNSCHEDULE_WHILE_SENDING}")
+    if action in NEEDS_RECIPIENTS and mailing.total == 0:
+        # It would "complete" 0/0 at once; nothing was ever going to be sent.
+        raise RefusedTransition(
+            f"mailing {mailing.id} has no recipients: add some with `mailtower import {mailing.id} FILE` first"
+        )
     return target
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError
 
-from .compose import MessageTemplate, check_header_value
+from .compose import MessageTemplate, check_header_value, check_merge_syntax, parse_sender
+from .display import safe, unsafe_character
 from .domain import Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .lifecycle import Action, Lifecycle, target_state
@@ -75,11 +76,31 @@ def template_for(mailing: Mailing, columns: Iterable[str] | None = None) -> Mess
     )
 
 
-def _check_template(draft: Draft, columns: set[str], mailing_id: int = 0) -> MessageTemplate:
+def _check_draft_text(draft: Draft) -> None:
+    """Names, subjects and senders are shown on terminals and written into headers: control
+    characters and direction overrides have no place in them (issue 10, item 15)."""
+    for flag, value in (("--name", draft.name), ("--subject", draft.subject), ("--from", draft.from_addr)):
+        where = unsafe_character(value)
+        if where is not None:
+            raise UserError(f"{flag} holds a control character ({where}): '{safe(value)}'")
+
+
+def _check_sender(from_addr: str, allow_special: bool) -> None:
+    """`--from` is an address or `Display Name <address>`; the address part must be valid."""
     try:
-        normalize_address(draft.from_addr)
+        _, address = parse_sender(from_addr)
+    except UserError as exc:
+        raise UserError(f"--from: {exc}") from None
+    try:
+        normalize_address(address, allow_special=allow_special)
     except EmailNotValidError as exc:
-        raise UserError(f"--from: '{draft.from_addr}' is not a valid address ({exc})") from None
+        raise UserError(f"--from: '{safe(address)}' is not a valid address ({exc})") from None
+
+
+def _check_template(draft: Draft, columns: set[str], mailing_id: int = 0, *, allow_special: bool = False) -> MessageTemplate:
+    _check_draft_text(draft)
+    _check_sender(draft.from_addr, allow_special)
+    check_merge_syntax(draft.subject, draft.text, draft.html)
     return MessageTemplate.build(
         mailing_id=mailing_id,
         subject=draft.subject,
@@ -90,11 +111,40 @@ def _check_template(draft: Draft, columns: set[str], mailing_id: int = 0) -> Mes
     )
 
 
-async def create_mailing(store: Store, draft: Draft, recipients: Path, on_reject: Reporter) -> tuple[int, ImportSummary]:
-    """A new draft with its recipients, all in one transaction: a structural error leaves nothing."""
+class _Counted:
+    """Passes rejected rows on and counts them (for the refusal of a file with no valid row)."""
+
+    def __init__(self, report: Reporter) -> None:
+        self.report = report
+        self.count = 0
+
+    def __call__(self, row: RejectedRow) -> None:
+        self.count += 1
+        self.report(row)
+
+
+def _refuse_if_empty(recipients: Path, summary: ImportSummary, rejected: int, what: str) -> None:
+    """Raised inside the import transaction: a file that adds nobody changes nothing."""
+    if summary.imported:
+        return
+    reasons = []
+    if rejected:
+        reasons.append(f"{rejected:,} rejected")
+    if summary.duplicates:
+        reasons.append(f"{len(summary.duplicates):,} already in the mailing")
+    detail = f" ({', '.join(reasons)})" if reasons else " (it has a header but no rows)"
+    raise ImportRejected(f"{recipients}: no valid recipient{detail}; {what}")
+
+
+async def create_mailing(
+    store: Store, draft: Draft, recipients: Path, on_reject: Reporter, *, allow_special_domains: bool = False
+) -> tuple[int, ImportSummary]:
+    """A new draft with its recipients, all in one transaction: a structural error, or a file
+    without one valid recipient, leaves nothing."""
     header = read_header(recipients)
     columns = merge_columns(header)
-    template = _check_template(draft, columns)
+    template = _check_template(draft, columns, allow_special=allow_special_domains)
+    counted = _Counted(on_reject)
     async with store.write() as tx:
         mailing_id = await tx.insert_mailing(
             name=draft.name,
@@ -105,14 +155,21 @@ async def create_mailing(store: Store, draft: Draft, recipients: Path, on_reject
             fields=columns,
         )
         rows = read_recipients(
-            recipients, header_fields=template.subject_fields, valid_zone=is_valid_zone, on_reject=on_reject
+            recipients,
+            header_fields=template.subject_fields,
+            valid_zone=is_valid_zone,
+            on_reject=counted,
+            allow_special_domains=allow_special_domains,
         )
         summary = await tx.import_rows(mailing_id, rows)
+        _refuse_if_empty(recipients, summary, counted.count, "no mailing was created")
         await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {recipients.name}")
     return mailing_id, summary
 
 
-async def import_recipients(store: Store, mailing_id: int, recipients: Path, on_reject: Reporter) -> ImportSummary:
+async def import_recipients(
+    store: Store, mailing_id: int, recipients: Path, on_reject: Reporter, *, allow_special_domains: bool = False
+) -> ImportSummary:
     """Add recipients to a draft, scheduled or stopped mailing; all-or-nothing on structural errors."""
     mailing = await store.mailing(mailing_id)
     if mailing.state not in (MailingState.DRAFT, MailingState.SCHEDULED, MailingState.STOPPED):
@@ -128,10 +185,16 @@ async def import_recipients(store: Store, mailing_id: int, recipients: Path, on_
         current = await tx.mailing(mailing_id)
         if current.state is not mailing.state:
             raise UserError(f"mailing {mailing_id} changed state while importing; try again")
+        counted = _Counted(on_reject)
         rows = read_recipients(
-            recipients, header_fields=template.subject_fields, valid_zone=is_valid_zone, on_reject=on_reject
+            recipients,
+            header_fields=template.subject_fields,
+            valid_zone=is_valid_zone,
+            on_reject=counted,
+            allow_special_domains=allow_special_domains,
         )
         summary = await tx.import_rows(mailing_id, rows)
+        _refuse_if_empty(recipients, summary, counted.count, "nothing was imported")
         all_columns = sorted(set(mailing.fields) | columns)
         await tx.update_mailing(mailing_id, fields=json.dumps(all_columns))
         await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {recipients.name}")

@@ -19,6 +19,7 @@ from typing import BinaryIO, Protocol
 import email_validator
 from email_validator import EmailNotValidError, validate_email
 
+from .display import safe, unsafe_character
 from .domain import ImportedRow, RejectedRow
 from .errors import ImportRejected
 
@@ -32,6 +33,7 @@ MAX_LINE_BYTES = 1 << 20
 # (not only CR and LF) could split a header; NUL is refused by SMTP servers.
 _HEADER_BREAKERS = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _RESERVED = ("email", "name", "tz")
+_BODY_WHITESPACE = "\t\n\r"  # allowed in merge-field values (not in names)
 _ZONE_CACHE_MAX = 4096
 
 # The common ASCII dot-atom local part (RFC 5322 3.2.3), exactly what email_validator accepts
@@ -68,12 +70,12 @@ _MAX_DOMAIN = 253
 
 
 @functools.lru_cache(maxsize=16384)
-def _check_domain(domain: str) -> _Domain | None:
+def _check_domain(domain: str, allow_special: bool = False) -> _Domain | None:
     """Validate a domain once for every address that uses it; None if it is not valid."""
     if len(domain) <= _MAX_DOMAIN and "--" not in domain and _PLAIN_DOMAIN.match(domain):
         # What email_validator would conclude for such a name: valid unless special-use, lowercased.
         lowered = domain.lower()
-        if any(lowered == d or lowered.endswith("." + d) for d in email_validator.SPECIAL_USE_DOMAIN_NAMES):
+        if not allow_special and _special_use_suffix(lowered) is not None:
             return None
         return _Domain(lowered, len(domain))
     try:
@@ -84,18 +86,53 @@ def _check_domain(domain: str) -> _Domain | None:
     return _Domain(result.domain, max(len(form.encode("utf-8")) for form in forms))
 
 
-def normalize_address(address: str) -> str:
+# How to allow special-use domains, named in every refusal of one (issue 10, item 23).
+SPECIAL_DOMAINS_HINT = (
+    "refused unless MAILTOWER_ALLOW_SPECIAL_DOMAINS=1 (or allow_special_domains = true in the config file)"
+)
+
+
+def _special_use_suffix(domain: str) -> str | None:
+    """The special-use name (RFC 6761 and friends, as email_validator lists them) that a lowercased
+    ASCII domain is or ends in, or None."""
+    for name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+        if domain == name or domain.endswith("." + name):
+            return name
+    return None
+
+
+def normalize_address(address: str, *, allow_special: bool = False) -> str:
     """The normalized form of an address (as email_validator gives it); EmailNotValidError if invalid.
 
     A plain ASCII local part at a plain host name costs two regex matches (the domain's verdict is
-    also cached); every other address goes through the full email_validator check.
+    also cached); every other address goes through the full email_validator check. Special-use
+    domains (corp.local, x.test) are refused, naming the setting that allows them, unless
+    `allow_special`.
     """
     local, at, domain = address.rpartition("@")
     if at and _DOT_ATOM.match(local) and local.lower() not in _ROLE_MAILBOXES:
-        checked = _check_domain(domain)
+        checked = _check_domain(domain, allow_special)
         if checked is not None and len(local) + 1 + checked.longest_bytes <= _MAX_ADDRESS_BYTES:
             return local + "@" + checked.normalized
-    return validate_email(address, check_deliverability=False).normalized
+    special = _special_use_suffix(domain.lower()) if at else None
+    if special is None:
+        return validate_email(address, check_deliverability=False).normalized
+    if not allow_special:
+        raise EmailNotValidError(f"{domain} is a special-use domain (like .local and .test), {SPECIAL_DOMAINS_HINT}")
+    return _normalize_special(local, domain, special)
+
+
+def _normalize_special(local: str, domain: str, special: str) -> str:
+    """Validate an address at a special-use domain with everything else checked as usual.
+
+    email_validator has no option to allow them (its list is module-global), but it lets `.test`
+    through in a test environment: the special-use suffix is swapped for `test` for the check,
+    and put back afterwards.
+    """
+    stem = domain[: len(domain) - len(special)]  # "corp." of "corp.local", "" of "localhost"
+    result = validate_email(f"{local}@{stem}test", check_deliverability=False, test_environment=True)
+    normalized_stem = result.domain[: len(result.domain) - len("test")]
+    return f"{result.local_part}@{normalized_stem}{special}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +159,7 @@ def read_recipients(
     header_fields: Collection[str] = (),
     valid_zone: Callable[[str], bool] = lambda z: True,
     on_reject: Callable[[RejectedRow], None],
+    allow_special_domains: bool = False,
 ) -> Iterator[ImportedRow]:
     """Yield each valid recipient row; report each invalid one to `on_reject`.
 
@@ -145,7 +183,7 @@ def read_recipients(
                         f"{path}: line {line}: {len(cells)} cells but the header has {width} columns"
                     )
                 cells += [""] * (width - len(cells))  # spreadsheets drop trailing empty cells
-            outcome = _check_row(line, cells, layout, guarded_columns, zone_ok)
+            outcome = _check_row(line, cells, layout, guarded_columns, zone_ok, allow_special_domains)
             if isinstance(outcome, ImportedRow):
                 yield outcome
             elif outcome is not None:
@@ -158,6 +196,7 @@ def _check_row(
     layout: _Layout,
     guarded_columns: list[tuple[int, str]],
     zone_ok: Callable[[str], bool],
+    allow_special: bool = False,
 ) -> ImportedRow | RejectedRow | None:
     """The row as a recipient, the reason it is refused, or None for a row of blank cells."""
     raw_email = cells[layout.email].strip()
@@ -166,17 +205,25 @@ def _check_row(
             return None
         return RejectedRow(line, "empty email")
     try:
-        email = normalize_address(raw_email)
+        email = normalize_address(raw_email, allow_special=allow_special)
     except EmailNotValidError as exc:
-        return RejectedRow(line, f"invalid email address {raw_email!r}: {exc}")
+        return RejectedRow(line, f"invalid email address '{safe(raw_email)}': {exc}")
     name = cells[layout.name].strip() if layout.name is not None else ""
     if _HEADER_BREAKERS.search(name):
         return RejectedRow(line, "name contains a line break or NUL (not allowed in a mail header)")
+    where = unsafe_character(name)
+    if where is not None:
+        return RejectedRow(line, f"name holds a control character ({where})")
     for index, field in guarded_columns:
         if _HEADER_BREAKERS.search(cells[index]):
             return RejectedRow(
                 line, f"field {field!r} contains a line break or NUL (it is used in the subject)"
             )
+    for index, field in layout.fields:
+        # Bodies are text: tabs and line breaks belong there; escapes and direction overrides do not.
+        where = unsafe_character(cells[index], allow=_BODY_WHITESPACE)
+        if where is not None:
+            return RejectedRow(line, f"field '{safe(field)}' holds a control character ({where})")
     tz = cells[layout.tz].strip() if layout.tz is not None else ""
     if tz and not zone_ok(tz):
         return RejectedRow(line, f"unknown time zone {tz!r}")

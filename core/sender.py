@@ -425,7 +425,7 @@ class Sender:
             if not relay.limiter.idle:
                 await relay.limiter.acquire()
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
-            verdict = await conn.send(run.mailing.from_addr, row.email, message, previous)
+            verdict = await conn.send(run.template.sender, row.email, message, previous)
             previous = None
             if verdict.throttle:
                 self.limiter.throttle(self.meter.rate())

@@ -793,3 +793,28 @@ class Store:
             (mailing_id, time.time()),
         ) as cur:
             return await cur.fetchone() is not None
+
+    async def recipients_page(
+        self, mailing_id: int, labels: Iterable[str] = (), *, after_id: int = 0, limit: int = 2000
+    ) -> list[Recipient]:
+        """A keyset page of a mailing's ledger in id order, all rows or those whose state label
+        (pending, in doubt, sending, deferred, sent, failed; see exports.state_label) is in `labels`.
+
+        "pending" means pending and not in doubt; "in doubt" a pending row that was in flight when
+        a sender died. Callers page with `after_id` = the last id of the previous page.
+        """
+        conditions = {
+            "pending": "(state = 'pending' AND in_doubt = 0)",
+            "in doubt": "(state = 'pending' AND in_doubt = 1)",
+            **{s.value: f"state = '{s.value}'" for s in RecipientState if s is not RecipientState.PENDING},
+        }
+        labels = set(labels)
+        unknown = sorted(labels - set(conditions))
+        if unknown:
+            raise ValueError(f"unknown recipient state label {unknown[0]!r}")
+        where = f" AND ({' OR '.join(conditions[label] for label in sorted(labels))})" if labels else ""
+        async with self.db.execute(
+            f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE mailing_id = ? AND id > ?{where} ORDER BY id LIMIT ?",
+            (mailing_id, after_id, limit),
+        ) as cur:
+            return [_recipient_from_row(r) for r in await cur.fetchall()]

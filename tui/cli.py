@@ -8,16 +8,17 @@ import csv
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from mailtower.core.config import Settings, load_settings, security_warnings
-from mailtower.core.domain import Mailing, RejectedRow, Section
+from mailtower.core.display import install_safe_logging, safe
+from mailtower.core.domain import Mailing, Recipient, RejectedRow, Section
 from mailtower.core.errors import UserError
-from mailtower.core.exports import remaining_pages, state_label, write_remaining_csv
+from mailtower.core.exports import HEADER, PAGE_SIZE, remaining_pages, state_label, write_remaining_csv
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
@@ -102,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     rem.add_argument("id", type=int)
     rem.add_argument("--csv", action="store_true", help="CSV on stdout, address first")
 
+    rcp = sub.add_parser(
+        "recipients", help="a mailing's recipients with their state and the server's last reply"
+    )
+    rcp.add_argument("id", type=int)
+    rcp.add_argument(
+        "--state", help=f"only these states, comma-separated: {', '.join(STATE_CHOICES)} (default: all)"
+    )
+    fmt = rcp.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    fmt.add_argument("--json", action="store_true", help="JSON lines: one object per recipient")
+
     lim = sub.add_parser("limits", help="show or change sending limits live (kept across restarts)")
     lim.add_argument("--rate", dest="limit_rate", help="messages per second, 0 = unlimited")
     lim.add_argument("--rate-per-hour", help="messages per hour, 0 = unlimited")
@@ -145,7 +157,7 @@ class RejectLog:
     def __call__(self, row: RejectedRow) -> None:
         self.count += 1
         if self.count <= self.limit:
-            print(f"{self.source}:{row.line}: {row.reason}", file=sys.stderr)
+            print(safe(f"{self.source}:{row.line}: {row.reason}"), file=sys.stderr)
         if self._writer is not None:
             self._writer.writerow([row.line, row.reason])
 
@@ -182,7 +194,9 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
         raise UserError("--tz goes with --at")
     rejects = RejectLog(args.recipients, args.rejects)
     try:
-        mailing_id, summary = await create_mailing(store, draft, args.recipients, rejects)
+        mailing_id, summary = await create_mailing(
+            store, draft, args.recipients, rejects, allow_special_domains=args.settings.allow_special_domains
+        )
     finally:
         rejects.close()
     for line in summary.duplicates[:50]:
@@ -205,7 +219,9 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
 async def cmd_import(args: argparse.Namespace, store: Store) -> int:
     rejects = RejectLog(args.csv, args.rejects)
     try:
-        summary = await import_recipients(store, args.id, args.csv, rejects)
+        summary = await import_recipients(
+            store, args.id, args.csv, rejects, allow_special_domains=args.settings.allow_special_domains
+        )
     finally:
         rejects.close()
     for line in summary.duplicates[:50]:
@@ -272,7 +288,9 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
         return 0
     for section, items in doc.items():
         print(f"{section.capitalize()} ({len(items)})")
-        for m in items:
+        # Names and errors come from people and SMTP servers: shown with control characters
+        # escaped (the JSON above is escaped by json.dumps, which writes ASCII only).
+        for m in ({key: safe(value) if isinstance(value, str) else value for key, value in m.items()} for m in items):
             if section == "current":
                 eta = m["eta"] or "unknown"
                 print(f"  {m['position']:>3}. #{m['id']} {m['name']}  {m['sent']}/{m['total']} sent, "
@@ -331,7 +349,79 @@ async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
         return 0
     async for page in remaining_pages(store, args.id):
         for r in page:
-            sys.stdout.write(f"{r.email}\t{state_label(r)}\t{r.last_error or ''}\n")
+            sys.stdout.write(f"{safe(r.email)}\t{state_label(r)}\t{safe(r.last_error or '')}\n")
+    return 0
+
+
+# What `recipients --state` accepts, and the state label (exports.state_label) each one means.
+STATE_CHOICES: dict[str, str] = {
+    "pending": "pending",
+    "deferred": "deferred",
+    "in-doubt": "in doubt",
+    "sending": "sending",
+    "failed": "failed",
+    "sent": "sent",
+}
+
+
+def parse_states(text: str | None) -> set[str]:
+    """The state labels named by `--state a,b`; empty for all."""
+    if text is None:
+        return set()
+    labels = set()
+    for name in (part.strip().lower().replace(" ", "-") for part in text.split(",")):
+        if name not in STATE_CHOICES:
+            raise UserError(f"--state: unknown state '{safe(name)}'; choose from {', '.join(STATE_CHOICES)}")
+        labels.add(STATE_CHOICES[name])
+    return labels
+
+
+async def recipient_pages(store: Store, mailing_id: int, labels: set[str]) -> AsyncIterator[list[Recipient]]:
+    """The ledger in keyset pages: a million recipients cost a page of memory."""
+    after_id = 0
+    while True:  # bounded: every page moves after_id past the rows already returned
+        page = await store.recipients_page(mailing_id, labels, after_id=after_id, limit=PAGE_SIZE)
+        if not page:
+            return
+        yield page
+        after_id = page[-1].id
+
+
+def recipient_json(r: Recipient) -> str:
+    # ensure_ascii (the default): control characters and direction overrides arrive escaped.
+    return json.dumps(
+        {
+            "email": r.email,
+            "name": r.name,
+            "state": state_label(r),
+            "attempts": r.attempts,
+            "last_code": r.last_code,
+            "last_error": r.last_error,
+            "next_attempt_at": iso(r.next_attempt_at),
+        }
+    )
+
+
+async def cmd_recipients(args: argparse.Namespace, store: Store) -> int:
+    """Tab-separated lines by default (email, state, attempts, last code, last reply), made safe
+    for the terminal; --csv the exact values (made safe too when stdout is a terminal); --json
+    JSON lines, which stream as the pages do."""
+    labels = parse_states(args.state)
+    await store.mailing(args.id)  # NotFound before any output
+    out = sys.stdout
+    writer = csv.writer(out) if args.csv else None
+    if writer is not None:
+        writer.writerow(HEADER)
+    shown = safe if out.isatty() else str
+    async for page in recipient_pages(store, args.id, labels):
+        for r in page:
+            code = "" if r.last_code is None else str(r.last_code)
+            if writer is not None:
+                writer.writerow([shown(v) for v in (r.email, r.name, state_label(r), r.attempts, code, r.last_error or "")])
+            elif args.json:
+                out.write(recipient_json(r) + "\n")
+            else:
+                out.write(f"{safe(r.email)}\t{state_label(r)}\t{r.attempts}\t{code}\t{safe(r.last_error or '')}\n")
     return 0
 
 
@@ -392,6 +482,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     "delete": cmd_simple,
     "move": cmd_move,
     "remaining": cmd_remaining,
+    "recipients": cmd_recipients,
     "limits": cmd_limits,
 }
 
@@ -399,6 +490,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    install_safe_logging()  # log lines carry server replies and names: made safe like everything shown
     try:
         if args.command == "demo":
             from .demo import run_demo
@@ -415,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = STORE_COMMANDS[args.command]
         return run_async(with_store(settings, lambda store: command(args, store)))
     except UserError as exc:
-        print(f"mailtower: {exc}", file=sys.stderr)
+        # Messages quote file names and values a person typed: one safe line whatever they hold.
+        print(f"mailtower: {safe(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

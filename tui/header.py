@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widget import Widget
 
+from mailtower.core.display import safe
+
 
 class Mode(str, enum.Enum):
     SENDING = "sending"
@@ -46,7 +48,7 @@ def _activity(state: str, rate: float, reason: str) -> tuple[str, str]:
     if state == "sending":
         return f"sending {rate:.1f} msg/s", "bold green"
     if state == "waiting":
-        return f"waiting for the SMTP server ({reason or 'no reason given'})", "bold yellow"
+        return f"waiting for the SMTP server ({safe(reason) or 'no reason given'})", "bold yellow"
     if state == "stopped":
         return "stopped", "bold"
     return "idle", "bold"
@@ -59,7 +61,7 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
         text.append(" ")
     if info.mode is Mode.MONITORING:
         text.append("monitoring ", style="bold cyan")
-        text.append(holder)
+        text.append(safe(holder))  # from the lease file another process wrote
         activity, style = _activity(info.remote_state, info.rate, info.reason)
         text.append(": ")
         text.append(activity, style=style)
@@ -122,15 +124,15 @@ def notice_text(warnings: list[str], relays: tuple) -> Text:  # relays: core.rel
     text = Text()
     for warning in warnings:
         text.append(" ⚠ ", style="bold black on yellow")
-        text.append(f" {warning}  ", style="yellow")
+        text.append(f" {safe(warning)}  ", style="yellow")
     if len(relays) > 1 or any(r.state == "resting" for r in relays):
         text.append(" relays:", style="dim")
         for relay in relays:
-            text.append(f" {relay.name} ")
+            text.append(f" {safe(relay.name)} ")
             if relay.state == "resting":
                 text.append("resting", style="bold yellow")
                 if relay.reason:
-                    text.append(f" ({relay.reason})", style="dim")
+                    text.append(f" ({safe(relay.reason)})", style="dim")
             elif relay.state == "up":
                 text.append(f"up {relay.rate:.0f}/s", style="green")
             else:

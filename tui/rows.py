@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from rich.text import Text
 
+from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.timezones import humanize_delta, to_zone
 
@@ -107,7 +108,8 @@ def to_text(cell: Cell) -> Text:
     right, segments = cell
     text = Text(justify="right" if right else None, no_wrap=True, overflow="ellipsis")
     for part, style in segments:
-        text.append(part, style or None)
+        # Names come from people: nothing the terminal would act on (escapes, direction overrides).
+        text.append(safe(part), style or None)
     return text
 
 

@@ -14,6 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, Section
 from mailtower.core.store import Store
 from mailtower.core.timezones import is_valid_zone, operator_zone, to_zone
@@ -99,7 +100,8 @@ def grouped_table(title: str, rows: list[tuple[str, int]], *, codes: bool) -> Re
     if codes:
         table.add_column(no_wrap=True, overflow="ellipsis", style="dim")
     for key, count in rows:
-        cells = [f"  {key}", f"{count:,}"]
+        # Rich parses a str cell as markup: user and server text goes in as Text, made safe.
+        cells: list[RenderableType] = [Text(f"  {safe(key)}"), f"{count:,}"]
         if codes:
             cells.append(REPLY_MEANINGS.get(key, ""))
         table.add_row(*cells)
@@ -116,7 +118,11 @@ def timeline_table(events: list[tuple[datetime, str, str]], tz: str) -> Renderab
     table.add_column(ratio=1)
     for at, kind, detail in events:
         local = to_zone(at, tz)
-        table.add_row(f"  {local:%Y-%m-%d %H:%M} {local.tzname()}", Text(kind, style=KIND_STYLES.get(kind, "")), detail)
+        table.add_row(
+            f"  {local:%Y-%m-%d %H:%M} {local.tzname()}",
+            Text(safe(kind), style=KIND_STYLES.get(kind, "")),
+            Text(safe(detail)),  # names file names and server replies; Text, so no markup either
+        )
     return Group(heading, Text(f"  times in {tz}", style="dim"), table)
 
 
@@ -196,12 +202,12 @@ class DetailsScreen(Screen[None]):
     def show(self, data: DetailsData) -> None:
         mailing = data.mailing
         self.query_one("#details-title", Static).update(
-            f"Details: {mailing.name} (#{mailing.id}, {mailing.state.value}) · "
+            f"Details: {safe(mailing.name)} (#{mailing.id}, {mailing.state.value}) · "
             f"{mailing.remaining:,} of {mailing.total:,} not received"
         )
         self.query_one("#outcomes", Static).update(Group(Text("Outcomes", style="bold"), outcome_table(data)))
         last_error = self.query_one("#last-error", Static)
-        last_error.update(f"Last error: {mailing.last_error}" if mailing.last_error else "")
+        last_error.update(f"Last error: {safe(mailing.last_error)}" if mailing.last_error else "")
         last_error.display = bool(mailing.last_error)
         parts = data.breakdown
         self.query_one("#failed-codes", Static).update(

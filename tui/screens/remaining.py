@@ -30,6 +30,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Static
 
+from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, Recipient
 from mailtower.core.errors import UserError
 from mailtower.core.exports import export_remaining_csv, state_label
@@ -180,7 +181,7 @@ def _fit(text: str, width: int, right: bool = False) -> str:
     """Pad or cut to exactly `width` cells, marking a cut with an ellipsis."""
     if width <= 0:
         return ""
-    text = " ".join(text.split())  # server replies can carry newlines and tabs
+    text = safe(" ".join(text.split()))  # server replies can carry newlines, tabs and escapes
     if cell_len(text) > width:
         return set_cell_size(text, width - 1) + "…"
     if right:
@@ -587,7 +588,7 @@ class RemainingScreen(Screen[None]):
 
     def _title(self) -> None:
         self.query_one("#remaining-title", Static).update(
-            f"Remaining recipients: {self.mailing.name} (#{self.mailing.id}, {self.mailing.state.value}) "
+            f"Remaining recipients: {safe(self.mailing.name)} (#{self.mailing.id}, {self.mailing.state.value}) "
             f"· {self.mailing.remaining:,} of {self.mailing.total:,} not received"
         )
 
@@ -604,7 +605,7 @@ class RemainingScreen(Screen[None]):
         self.query_one("#remaining-status", Static).update(position)
         detail = ""
         if event.recipient is not None:
-            detail = event.recipient.last_error or "no error recorded"
+            detail = safe(event.recipient.last_error or "no error recorded")
             if event.recipient.next_attempt_at is not None:
                 detail += f" · next try {event.recipient.next_attempt_at:%Y-%m-%d %H:%M} UTC"
         self.query_one("#remaining-error", Static).update(detail)

@@ -1,0 +1,116 @@
+"""Text that is safe to put on an operator's terminal: the one place that decides what that means.
+
+Mailing names, recipient names, file names and SMTP replies come from people and servers we do not
+control. Written to a terminal as they are, an ESC or CSI (0x9b) starts an escape sequence (OSC 0
+retitles the terminal, others move the cursor or rewrite what is on screen), CR and LF split or
+overwrite a line, and Unicode direction overrides reorder the columns around them. `safe()` shows
+every such character as a visible escape in Python's notation (`\\x1b`, `\\n`, `\\u202e`), so the
+operator sees that it is there and what it is, and nothing reaches the terminal that it would act on.
+The dashboard, the command line and the logs all go through it.
+
+Input is refused earlier (`unsafe_character`): names with such characters never get into the store,
+but rows written by older versions, SMTP replies and lease files still pass through `safe()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import TextIO
+
+# C0 controls (TAB, LF and CR included), DEL and the C1 controls (0x9b is a one-byte CSI on many
+# terminals), Unicode line and paragraph separators, the bidirectional embeddings, overrides and
+# isolates (they reorder the text around them, "Trojan Source"), and lone surrogates (which cannot
+# even be encoded for the terminal). Marks such as U+200E and joiners are left alone: they only
+# affect the character next to them and are needed by scripts and emoji.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def safe(text: object) -> str:
+    """`text` with every character a terminal would act on shown as a visible escape.
+
+    The common case (nothing to escape) is one regex search and returns the string itself, so
+    the dashboard can call this for every cell it draws.
+    """
+    value = text if isinstance(text, str) else str(text)
+    if _UNSAFE.search(value) is None:
+        return value
+    return _UNSAFE.sub(_escape, value)
+
+
+def unsafe_character(text: str, *, allow: str = "") -> str | None:
+    """A description of the first character of `text` that `safe()` would escape ("U+001B at
+    position 4"), ignoring those in `allow`; None if there is none."""
+    for match in _UNSAFE.finditer(text):
+        if match.group() not in allow:
+            return f"U+{ord(match.group()):04X} at position {match.start() + 1}"
+    return None
+
+
+# ---- logs -----------------------------------------------------------------------------------
+
+
+class SafeFormatter(logging.Formatter):
+    """Formats a record with its message (and any traceback, line by line) made safe: a log line
+    is one line, whatever the message carries."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.message = safe(record.getMessage())
+        if self.usesTime():
+            copy.asctime = self.formatTime(copy, self.datefmt)
+        formatted = self.formatMessage(copy)
+        extra = []
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            extra.append(record.exc_text)
+        if record.stack_info:
+            extra.append(self.formatStack(record.stack_info))
+        # A traceback is several lines by design; each of them is made safe on its own.
+        lines = [safe(line) for part in extra for line in part.splitlines()]
+        return "\n".join([formatted, *lines])
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record is emitted (like logging's last resort),
+    so a front end that redirects stderr (Textual does) still receives the lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+def install_safe_logging(level: int = logging.WARNING) -> logging.Handler:
+    """Give the `mailtower` loggers one stderr handler that makes every record safe.
+
+    Without it warnings go to logging's last-resort handler, which prints messages as they are.
+    Calling it again returns the handler already installed.
+    """
+    logger = logging.getLogger("mailtower")
+    for handler in logger.handlers:
+        if isinstance(handler, _CurrentStderr):
+            return handler
+    handler = _CurrentStderr()
+    handler.setLevel(level)
+    handler.setFormatter(SafeFormatter("%(message)s"))
+    logger.addHandler(handler)
+    return handler
