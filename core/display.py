@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import TextIO
+import traceback
+from typing import Any, TextIO
 
 # C0 controls (TAB, LF and CR included), DEL and the C1 controls (0x9b is a one-byte CSI on many
 # terminals), Unicode line and paragraph separators, the bidirectional embeddings, overrides and
@@ -71,16 +72,30 @@ class SafeFormatter(logging.Formatter):
         if self.usesTime():
             copy.asctime = self.formatTime(copy, self.datefmt)
         formatted = self.formatMessage(copy)
-        extra = []
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            extra.append(record.exc_text)
+        lines = [formatted]
+        if record.exc_info:
+            lines += _safe_traceback(record.exc_info)
+        elif record.exc_text:
+            lines.append(safe(record.exc_text))
         if record.stack_info:
-            extra.append(self.formatStack(record.stack_info))
-        # A traceback is several lines by design; each of them is made safe on its own.
-        lines = [safe(line) for part in extra for line in part.splitlines()]
-        return "\n".join([formatted, *lines])
+            lines += [safe(line) for line in self.formatStack(record.stack_info).split("\n")]
+        return "\n".join(lines)
+
+
+# Pieces of a formatted traceback whose line breaks are the traceback's own; every other piece
+# is an exception's message or note, whose line breaks came with the text and stay escaped.
+_TRACEBACK_OWN = ("Traceback (most recent call last):", "  File ", "  [Previous line", "\nThe above exception",
+                  "\nDuring handling")
+
+
+def _safe_traceback(exc_info: Any) -> list[str]:
+    lines: list[str] = []
+    for piece in traceback.TracebackException(*exc_info[:3]).format():
+        if piece.startswith(_TRACEBACK_OWN):
+            lines += [safe(line) for line in piece.rstrip("\n").split("\n")]
+        else:
+            lines.append(safe(piece.removesuffix("\n")))
+    return lines
 
 
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
