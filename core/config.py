@@ -532,22 +532,21 @@ def load_settings(
     config_path: Path | None = None,
     *,
     config_flag: str | None = None,
-    flag_names: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Settings from `flags` (None values are not given), `environ` and the TOML file.
+    """Settings from `flags` (None values are not given; errors name them as flags, "--smtp-port"),
+    `environ` and the TOML file.
 
     The file is `config_path` if given (it must exist when `config_flag` names who gave it, e.g.
-    "--config"), else MAILTOWER_CONFIG (must exist), else the default path (may be absent).
-    `flag_names` maps a setting to the flag that gave it, for errors ("--smtp-port")."""
+    "--config"), else MAILTOWER_CONFIG (must exist), else the default path (may be absent)."""
     environ = os.environ if environ is None else environ
-    names = flag_names or {}
     config = _choose_config(config_path, config_flag, environ)
     data, read_path = _read_config(config)
     layers = [
         _layer(_config_values(data, config.path), Layer.CONFIG),
-        _layer(((name, environ[var], var) for var, name in ENV.items() if environ.get(var, "") != ""), Layer.ENVIRONMENT),
-        _layer(((name, value, names.get(name, flag_name(name))) for name, value in (flags or {}).items()
-                if value is not None), Layer.FLAGS),
+        _layer(((name, environ[var], var) for var, name in ENV.items() if environ.get(var, "") != ""),
+               Layer.ENVIRONMENT),
+        _layer(((name, value, flag_name(name)) for name, value in (flags or {}).items() if value is not None),
+               Layer.FLAGS),
     ]
     merged = _merge(layers)
     values = {name: given.value for name, given in merged.items() if name not in PASSWORD_SETTINGS}

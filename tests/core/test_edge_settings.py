@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import ssl
 import subprocess
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,14 +344,21 @@ def test_relay_password_file_problems_name_the_relay(tmp_path: Path) -> None:
         assert message.startswith(f"{config} [[relays]] #1 password_file: {path}") and problem in message
 
 
-def test_password_from_a_pipe_with_a_writer_is_read_once(tmp_path: Path) -> None:
-    fifo = tmp_path / "pw.fifo"
-    os.mkfifo(fifo, 0o600)
-    writer = threading.Thread(target=lambda: fifo.write_text(PASSWORD + "\n"), daemon=True)
-    writer.start()
-    settings = load({"MAILTOWER_SMTP_PASSWORD_FILE": str(fifo)})
-    writer.join(5)
-    assert settings.smtp_password == PASSWORD
+def password_pipe() -> Path:
+    """What `MAILTOWER_SMTP_PASSWORD_FILE=<(pass show smtp)` names: a pipe already written and closed."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, PASSWORD.encode() + b"\n")
+    os.close(write_end)
+    return Path(f"/dev/fd/{read_end}")
+
+
+def test_password_from_a_pipe_is_read_once(tmp_path: Path) -> None:
+    pipe = password_pipe()
+    try:
+        settings = load({"MAILTOWER_SMTP_PASSWORD_FILE": str(pipe)})
+    finally:
+        os.close(int(pipe.name))
+    assert settings.smtp_password == PASSWORD and settings.smtp_password_file is None
 
 
 def test_a_password_given_twice_is_refused(tmp_path: Path) -> None:
@@ -432,18 +438,23 @@ async def test_background_sender_gets_the_file_never_the_password(
     if source == "file":
         secret = private(tmp_path / "pw", PASSWORD + "\n")
     else:
-        secret = tmp_path / "pw.fifo"
-        os.mkfifo(secret, 0o600)
-        threading.Thread(target=lambda: secret.write_text(PASSWORD + "\n"), daemon=True).start()
+        secret = password_pipe()
     env = {"MAILTOWER_DB": str(db), "MAILTOWER_SMTP_HOST": "127.0.0.1", "MAILTOWER_SMTP_PORT": str(sink.port),
            "MAILTOWER_SMTP_TLS": "starttls", "MAILTOWER_SMTP_USER": USER, "MAILTOWER_SMTP_CA_FILE": str(ca_file),
            "MAILTOWER_SMTP_PASSWORD_FILE": str(secret), "MAILTOWER_RATE": "8", "MAILTOWER_SMTP_CONNECTIONS": "1"}
-    settings = load(env)
+    try:
+        settings = load(env)
+    finally:
+        if source == "pipe":
+            os.close(int(secret.name))
     assert settings.smtp_password == PASSWORD
     proc: subprocess.Popen[bytes] = launch_background_sender(settings)
     try:
-        seen = _process_text(proc.pid)  # read at once: the child has exec'd and is loading its settings
-        assert PASSWORD.encode() not in seen
+        # The kernel shows the new environment a moment after exec; until then it reads as empty.
+        seen: list[bytes] = []
+        wait_until(lambda: seen.append(_process_text(proc.pid)) or b"MAILTOWER_DB=" in seen[-1], timeout=10,
+                   what="the child's environment")
+        assert PASSWORD.encode() not in seen[-1]
         wait_until(lambda: proc.poll() is not None, timeout=60, what="the background sender to finish")
         log = handoff_log_path(settings).read_text(errors="replace")
         assert proc.returncode == 0, log
