@@ -176,7 +176,7 @@ def parse_number(name: str, raw: object, source: str) -> int | float:
     problem = bound.problem(value)
     if problem is not None:
         raise UserError(f"{source}: {problem}")
-    return value
+    return bound.kind(value) if value == 0 else value  # -0.0 is 0
 
 
 # ---- the settings -----------------------------------------------------------------------------

@@ -141,8 +141,10 @@ def launch_background_sender(settings: Settings) -> subprocess.Popen[bytes]:
         os.close(fd)
     if piped and proc.stdin is not None:
         # A password read from a pipe cannot be read again by the child: hand it over the same way.
+        # It was read with a bound of MAX_SECRET_BYTES (64 KiB), which a pipe's buffer holds whole,
+        # so this write does not wait for the child.
         try:
-            proc.stdin.write(settings.smtp_password.encode("utf-8") + b"\n")
+            proc.stdin.write(settings.smtp_password.encode("utf-8"))
         except OSError:
             pass  # the child is already gone; its log says why
         finally:
