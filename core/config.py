@@ -579,7 +579,7 @@ def check_settings(settings: Settings, sources: Mapping[str, str] | None = None)
     if settings.retry_base > settings.retry_max:
         raise UserError(
             f"{source('retry_base')}: the first retry wait ({_number_text(settings.retry_base)} s) is longer "
-            f"than the longest ({_number_text(settings.retry_max)} s, from {source('retry_max')})"
+            f"than the longest, retry_max = {_number_text(settings.retry_max)} s ({sources.get('retry_max', 'default')})"
         )
     for number, relay in enumerate(settings.relays, 1):
         where = f"{source('relays')} #{number}"
