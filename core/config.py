@@ -1,20 +1,41 @@
-"""Settings: command-line flags, then MAILTOWER_* environment variables, then a TOML file, then defaults."""
+"""Settings: command-line flags, then MAILTOWER_* environment variables, then a TOML file, then defaults.
+
+Every value is checked where it enters, whatever the source, and a refusal names that source (the
+flag, the variable, or the file and key). Every numeric setting has one row in `BOUNDS` and one
+function checks it, `parse_number`; the `limits` command and the dashboard's limits dialog use the
+same function (through `limits.parse_limit`), so no source can smuggle in NaN, infinity, a negative
+count or a value that exhausts the machine.
+"""
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+import math
 import os
+import re
 import stat
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import platformdirs
 
 from .errors import UserError
+from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text_bounded
 
 TLS_MODES = ("none", "starttls", "tls")
+
+# `--config /dev/null` (or MAILTOWER_CONFIG=/dev/null) means "no configuration file"; it is also
+# what a background sender is given when its parent read none.
+NO_CONFIG = Path(os.devnull)
+
+CONFIG_ENV = "MAILTOWER_CONFIG"
+PASSWORD_ENV = "MAILTOWER_SMTP_PASSWORD"
+PASSWORD_FILE_ENV = "MAILTOWER_SMTP_PASSWORD_FILE"
 
 
 def default_db_path() -> Path:
@@ -23,6 +44,151 @@ def default_db_path() -> Path:
 
 def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("mailtower")) / "config.toml"
+
+
+# ---- bounds of numeric settings ---------------------------------------------------------------
+
+DAY = 86400.0
+# Each connection is a socket, a TLS session and a task. The default soft limit of open files on
+# Linux is 1024 and the sender also needs the database, its WAL, the lease and the terminal; real
+# relays accept far fewer per client anyway (Postfix: 50 by default). 500 in all leaves headroom.
+MAX_CONNECTIONS = 500
+# Slower than one message per 100 s is a per-hour budget (rate_per_hour, from 1 a hour), which the
+# pacer waits for in short steps; a per-second rate that slow only ever means a long sleep.
+MIN_RATE = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The values one numeric setting may take."""
+
+    kind: type  # int or float
+    low: float
+    high: float
+    above_low: bool = False  # the value must be greater than `low` (a timeout of 0 is no timeout)
+    least_nonzero: float = 0.0  # when 0 means off/unlimited: the smallest value that is not 0
+    zero_means: str = ""  # what 0 means, when it is special
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with a (finite) `value`, or None when it is allowed."""
+        if self.above_low and value <= self.low:
+            return f"must be greater than {_number_text(self.low)}"
+        if value < self.low:
+            return f"must be at least {_number_text(self.low)}"
+        if value > self.high:
+            return f"must be at most {_number_text(self.high)}"
+        if value != 0 and value < self.least_nonzero:
+            return f"must be 0 ({self.zero_means}) or at least {_number_text(self.least_nonzero)}"
+        return None
+
+    def describe(self) -> str:
+        """ "a whole number from 1 to 500", for help texts and hints."""
+        what = "a whole number" if self.kind is int else "a number"
+        if self.above_low:
+            return f"{what} greater than {_number_text(self.low)} and at most {_number_text(self.high)}"
+        if self.least_nonzero:
+            return (f"0 ({self.zero_means}) or {what} from {_number_text(self.least_nonzero)} "
+                    f"to {_number_text(self.high)}")
+        zero = f" (0 = {self.zero_means})" if self.zero_means and self.low == 0 else ""
+        return f"{what} from {_number_text(self.low)} to {_number_text(self.high)}{zero}"
+
+
+# Every numeric setting, whatever its source. Durations are in seconds; their upper bounds keep date
+# arithmetic far from overflow while allowing any real use.
+BOUNDS: dict[str, Bound] = {
+    "smtp_port": Bound(int, 1, 65535),
+    "smtp_timeout": Bound(float, 0, 3600, above_low=True),
+    "smtp_data_timeout": Bound(float, 0, 3600, above_low=True),  # RFC 5321 suggests 600
+    "connections": Bound(int, 1, MAX_CONNECTIONS),
+    "rate": Bound(float, 0, 1e6, least_nonzero=MIN_RATE, zero_means="unlimited"),  # messages per second
+    "rate_per_hour": Bound(float, 0, 1e9, least_nonzero=1, zero_means="unlimited"),  # a live limit only
+    "messages_per_connection": Bound(int, 0, 1_000_000, zero_means="never reconnect"),
+    # Rows claimed per transaction; the default (0) is 25 per connection, 12,500 at most.
+    "batch_size": Bound(int, 0, 50_000, zero_means="from the connections"),
+    "retry_base": Bound(float, 0, 30 * DAY, above_low=True),
+    "retry_max": Bound(float, 0, 30 * DAY, above_low=True),
+    "retry_max_age": Bound(float, 0, 365 * DAY, above_low=True),
+    "connect_backoff_max": Bound(float, 0, DAY, above_low=True),
+    # 0 is meaningful: a schedule missed while no sender ran is never sent late on its own.
+    "grace": Bound(float, 0, 365 * DAY),
+}
+
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_SHOWN_CHARS = 40
+_MAX_DIGITS = 1000
+
+
+def _number_text(value: float) -> str:
+    """1000000 rather than 1e+06; 0.01 stays 0.01."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def show_value(raw: object, secret: bool = False) -> str:
+    """A value as an error line may quote it: one line, short, control characters escaped."""
+    if secret:
+        return "(the value is hidden)"
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if not isinstance(raw, str):
+        text = str(raw)
+        return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+    text = raw if len(raw) <= _SHOWN_CHARS else raw[:_SHOWN_CHARS] + "..."
+    return repr(text) if not text.isprintable() else f"'{text}'"
+
+
+def _as_number(raw: object, kind: type) -> int | float | None:
+    """`raw` as a number of `kind`, or None when it is not one (a boolean is not a number, nor is
+    2.5 a whole number). Text must be plain ASCII decimal: no "nan", "inf", "0x10" or "1_000"."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        if kind is int:
+            return raw
+        try:
+            return float(raw)
+        except OverflowError:
+            return math.inf
+    if isinstance(raw, float):
+        return raw if kind is float else None
+    if isinstance(raw, str):
+        text = raw.strip()
+        if kind is int:
+            if not _INTEGER.fullmatch(text):
+                return None
+            if len(text) > _MAX_DIGITS:  # int() refuses such text; it is out of every bound anyway
+                return -(10**_MAX_DIGITS) if text.startswith("-") else 10**_MAX_DIGITS
+            return int(text)
+        return float(text) if _DECIMAL.fullmatch(text) else None  # 1e999 is inf, refused by the caller
+    return None
+
+
+def parse_number(name: str, raw: object, source: str) -> int | float:
+    """The value of numeric setting `name` from `raw` (text from a flag, a variable or a dialog,
+    or a TOML number); refuses anything outside BOUNDS with one line that starts with `source`."""
+    bound = BOUNDS[name]
+    value = _as_number(raw, bound.kind)
+    if value is None:
+        what = "a whole number" if bound.kind is int else "a number"
+        raise UserError(f"{source}: {show_value(raw)} is not {what}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: {show_value(raw)} is not a finite number")
+    problem = bound.problem(value)
+    if problem is not None:
+        raise UserError(f"{source}: {problem}")
+    return bound.kind(value) if value == 0 else value  # -0.0 is 0
+
+
+# ---- the settings -----------------------------------------------------------------------------
+
+
+class SecretOrigin(str, enum.Enum):
+    """Where the SMTP password came from, so a background sender gets it the same way."""
+
+    VALUE = "value"  # given as a value: MAILTOWER_SMTP_PASSWORD, or in code
+    FILE = "file"  # read from a regular file (smtp_password_file) that the child can read again
+    STREAM = "stream"  # read once from a pipe or FIFO; a child is handed it on its stdin
+    CONFIG = "config"  # written in the TOML file, which the child reads again
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +232,9 @@ class Settings:
     grace: float = 3600.0  # a schedule missed by less than this is still sent on start
     relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
     allow_special_domains: bool = False  # accept .local, .test, ... addresses (internal networks)
-    config_path: Path | None = None  # the TOML file these settings were read with (for child processes)
+    config_path: Path | None = None  # the TOML file these settings were read from (for child processes)
+    smtp_password_file: Path | None = None  # the file smtp_password was read from, if any
+    smtp_password_origin: SecretOrigin = SecretOrigin.VALUE
 
     def with_overrides(self, values: Mapping[str, Any]) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
@@ -79,7 +247,8 @@ ENV: dict[str, str] = {
     "MAILTOWER_SMTP_PORT": "smtp_port",
     "MAILTOWER_SMTP_TLS": "smtp_tls",
     "MAILTOWER_SMTP_USER": "smtp_user",
-    "MAILTOWER_SMTP_PASSWORD": "smtp_password",
+    PASSWORD_ENV: "smtp_password",
+    PASSWORD_FILE_ENV: "smtp_password_file",
     "MAILTOWER_SMTP_VERIFY": "smtp_verify",
     "MAILTOWER_SMTP_CA_FILE": "smtp_ca_file",
     "MAILTOWER_SMTP_ALLOW_PLAIN": "smtp_allow_plain",
@@ -96,114 +265,296 @@ ENV: dict[str, str] = {
     "MAILTOWER_ALLOW_SPECIAL_DOMAINS": "allow_special_domains",
 }
 
-
-def _convert(name: str, raw: Any, where: str) -> Any:
-    kinds = {f.name: f.type for f in fields(Settings)}
-    kind = kinds.get(name)
-    if kind is None:
-        raise UserError(f"{where}: unknown setting '{name}'")
-    try:
-        if kind == "Path":
-            return Path(str(raw)).expanduser()
-        if kind == "int":
-            value: Any = int(raw)
-            if value < 0:
-                raise ValueError
-            return value
-        if kind == "float":
-            value = float(raw)
-            if value < 0:
-                raise ValueError
-            return value
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        return str(raw)
-    except ValueError:
-        raise UserError(f"{where}: '{raw}' is not a valid value for {name}") from None
+TEXT_SETTINGS = frozenset({"smtp_host", "smtp_user", "smtp_password", "smtp_ca_file", "helo_name"})
+BOOL_SETTINGS = frozenset({"smtp_verify", "smtp_allow_plain", "allow_special_domains"})
+PATH_SETTINGS = frozenset({"db", "smtp_password_file"})
+SECRET_SETTINGS = frozenset({"smtp_password"})
+# What a source may set (relays come only from the TOML file; the rest is derived).
+SETTABLE = TEXT_SETTINGS | BOOL_SETTINGS | PATH_SETTINGS | {"smtp_tls"} | (BOUNDS.keys() - {"rate_per_hour"})
+PASSWORD_SETTINGS = ("smtp_password", "smtp_password_file")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
-def _from_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "smtp" and isinstance(value, dict):
-            for sub, v in value.items():
-                name = sub if sub in ("connections", "rate", "messages_per_connection") else f"smtp_{sub}"
-                flat[name] = _convert(name, v, f"{path} [smtp] {sub}")
-        elif key == "relays":
-            flat["relays"] = _relays_from_toml(value, path)
+def _control_character(text: str) -> bool:
+    """Control characters and line breaks: never part of a host, a name, a path or a password,
+    and a line break in an SMTP command would be an injection."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
+
+def _text(name: str, raw: object, source: str) -> str:
+    if not isinstance(raw, str):
+        raise UserError(f"{source}: {show_value(raw)} is not text")
+    if _control_character(raw):
+        raise UserError(f"{source}: {show_value(raw, name in SECRET_SETTINGS)} contains a control character")
+    return raw
+
+
+def convert_setting(name: str, raw: object, source: str) -> Any:
+    """The value of setting `name` from `raw`, checked; errors start with `source`."""
+    if name in BOUNDS:
+        return parse_number(name, raw, source)
+    if name in BOOL_SETTINGS:
+        if isinstance(raw, bool):
+            return raw
+        text = raw.strip().lower() if isinstance(raw, str) else None
+        if text in TRUE_WORDS:
+            return True
+        if text in FALSE_WORDS:
+            return False
+        raise UserError(f"{source}: {show_value(raw)} is not one of true, false, 1, 0, yes, no, on, off")
+    if name in PATH_SETTINGS:
+        text = _text(name, str(raw) if isinstance(raw, Path) else raw, source)
+        if not text.strip():
+            raise UserError(f"{source}: an empty path is not a file name")
+        return Path(text).expanduser()
+    if name == "smtp_tls":
+        text = _text(name, raw, source)
+        if text not in TLS_MODES:
+            raise UserError(f"{source}: {show_value(raw)} must be one of {', '.join(TLS_MODES)}")
+        return text
+    if name in TEXT_SETTINGS:
+        return _text(name, raw, source)
+    raise UserError(f"{source}: unknown setting '{name}'")
+
+
+# ---- sources ----------------------------------------------------------------------------------
+
+
+class Layer(enum.Enum):
+    CONFIG = "config"
+    ENVIRONMENT = "environment"
+    FLAGS = "flags"
+
+
+@dataclass(frozen=True, slots=True)
+class Given:
+    """One value as a source gave it, already checked."""
+
+    value: Any
+    source: str  # "--rate", "MAILTOWER_RATE", "/etc/mailtower.toml [smtp] rate"
+    layer: Layer
+
+
+def flag_name(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _layer(values: Iterable[tuple[str, object, str]], layer: Layer) -> dict[str, Given]:
+    """Check each (setting, raw value, source) of one layer; a layer may name only one password source."""
+    given: dict[str, Given] = {}
+    for name, raw, source in values:
+        if name == "relays":
+            given[name] = Given(tuple(raw), source, layer)  # type: ignore[call-overload]
         else:
-            flat[key] = _convert(key, value, f"{path} {key}")
-    return flat
+            given[name] = Given(convert_setting(name, raw, source), source, layer)
+    if all(name in given for name in PASSWORD_SETTINGS):
+        raise UserError(
+            f"{given['smtp_password_file'].source}: give the password or a password file, not both "
+            f"({given['smtp_password'].source} is also set)"
+        )
+    return given
+
+
+def _merge(layers: Iterable[dict[str, Given]]) -> dict[str, Given]:
+    """Later layers win; a password given either way replaces both ways of an earlier layer."""
+    merged: dict[str, Given] = {}
+    for layer in layers:
+        if any(name in layer for name in PASSWORD_SETTINGS):
+            for name in PASSWORD_SETTINGS:
+                merged.pop(name, None)
+        merged.update(layer)
+    return merged
+
+
+# ---- the TOML file ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """The TOML file to read and who named it (a flag or variable), or None for the default."""
+
+    path: Path
+    named_by: str | None
+
+    @property
+    def what(self) -> str:
+        return self.named_by or "config file"
+
+
+def _choose_config(config_path: Path | None, config_flag: str | None, environ: Mapping[str, str]) -> ConfigFile:
+    if config_path is not None:
+        return ConfigFile(Path(config_path).expanduser(), config_flag)
+    if environ.get(CONFIG_ENV, ""):
+        named = environ[CONFIG_ENV]
+        if _control_character(named):
+            raise UserError(f"{CONFIG_ENV}: {show_value(named)} contains a control character")
+        return ConfigFile(Path(named).expanduser(), CONFIG_ENV)
+    return ConfigFile(default_config_path(), None)
+
+
+def _read_config(config: ConfigFile) -> tuple[dict[str, Any], Path | None]:
+    """The TOML document and the path a child process should read again (None: no file was read).
+
+    A file named explicitly must exist; the default one may be absent. The file must be a regular
+    file (or /dev/null for none): a background sender reads it again, which a pipe cannot give."""
+    path = config.path
+    if path == NO_CONFIG:
+        return {}, NO_CONFIG
+    if config.named_by is None and not os.path.lexists(path):
+        return {}, None
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{config.what}: {path} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"{config.what}: cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{config.what}: {path} is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{config.what}: {path} is not a regular file (a background sender must read it again)")
+    text = read_text_bounded(path, limit=MAX_CONFIG_BYTES, what=config.what)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{config.what}: {path}: not valid TOML ({exc})") from None
+    return data, path.absolute()
+
+
+# [smtp] keys that are not spelled smtp_<key> as settings.
+SMTP_TABLE_NAMES = {name: name for name in ("connections", "rate", "messages_per_connection", "helo_name")}
+
+
+def _config_values(data: Mapping[str, Any], path: Path) -> Iterable[tuple[str, object, str]]:
+    for key, value in data.items():
+        if key == "smtp":
+            if not isinstance(value, dict):
+                raise UserError(f"{path} smtp: [smtp] must be a table")
+            for sub, v in value.items():
+                name = SMTP_TABLE_NAMES.get(sub, f"smtp_{sub}")
+                if name not in SETTABLE:
+                    raise UserError(f"{path} [smtp] {sub}: unknown setting")
+                yield name, v, f"{path} [smtp] {sub}"
+        elif key == "relays":
+            yield "relays", _relays_from_toml(value, path), f"{path} [[relays]]"
+        elif key in SETTABLE:
+            yield key, value, f"{path} {key}"
+        else:
+            raise UserError(f"{path} {key}: unknown setting")
+
+
+RELAY_NUMBERS = {"port": "smtp_port", "connections": "connections", "rate": "rate"}
+RELAY_TEXTS = ("host", "user", "password", "ca_file", "name")
 
 
 def _relays_from_toml(value: Any, path: Path) -> tuple[RelaySpec, ...]:
     if not isinstance(value, list) or not value:
         raise UserError(f"{path}: relays must be a list of [[relays]] tables")
-    known = {f.name for f in fields(RelaySpec)} | {"password_file"}
-    specs = []
-    for number, table in enumerate(value, 1):
-        where = f"{path} [[relays]] #{number}"
-        if not isinstance(table, dict) or not table.get("host"):
-            raise UserError(f"{where}: a relay needs a host")
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise UserError(f"{where}: unknown key '{unknown[0]}'")
-        data = dict(table)
-        if "password_file" in data:
-            data["password"] = _password_from_file(str(data.pop("password_file")))
-        try:
-            spec = RelaySpec(**data)
-            spec = replace(spec, port=int(spec.port), connections=int(spec.connections), rate=float(spec.rate))
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{where}: {exc}") from None
-        if spec.tls not in TLS_MODES:
-            raise UserError(f"{where}: tls '{spec.tls}' must be one of {', '.join(TLS_MODES)}")
-        if spec.connections < 1 or spec.rate < 0 or not 1 <= spec.port <= 65535:
-            raise UserError(f"{where}: connections must be at least 1, rate at least 0, port a TCP port")
-        specs.append(spec)
-    return tuple(specs)
+    return tuple(_relay_from_toml(table, f"{path} [[relays]] #{number}") for number, table in enumerate(value, 1))
 
 
-def _password_from_file(path_text: str) -> str:
-    path = Path(path_text)
+def _relay_from_toml(table: Any, where: str) -> RelaySpec:
+    if not isinstance(table, dict) or not table.get("host"):
+        raise UserError(f"{where}: a relay needs a host")
+    known = set(RELAY_NUMBERS) | set(RELAY_TEXTS) | {"tls", "verify", "password_file"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown key '{unknown[0]}'")
+    if "password" in table and "password_file" in table:
+        raise UserError(f"{where}: give password or password_file, not both")
+    data: dict[str, Any] = {}
+    for key, setting in RELAY_NUMBERS.items():
+        if key in table:
+            data[key] = parse_number(setting, table[key], f"{where} {key}")
+    for key in RELAY_TEXTS:
+        if key in table:
+            data[key] = _text(key, table[key], f"{where} {key}")
+    if "verify" in table:
+        data["verify"] = convert_setting("smtp_verify", table["verify"], f"{where} verify")
+    if "tls" in table:
+        tls = _text("tls", table["tls"], f"{where} tls")
+        if tls not in TLS_MODES:
+            raise UserError(f"{where}: tls {show_value(tls)} must be one of {', '.join(TLS_MODES)}")
+        data["tls"] = tls
+    if "password_file" in table:
+        file = convert_setting("smtp_password_file", table["password_file"], f"{where} password_file")
+        data["password"], _ = read_password_file(file, f"{where} password_file")
+    return RelaySpec(**data)
+
+
+# ---- password files ---------------------------------------------------------------------------
+
+
+def read_password_file(path: Path, what: str) -> tuple[str, bool]:
+    """The password in `path` (surrounding white space dropped) and whether `path` is a regular
+    file that can be read again. `what` names the setting in errors; the password never appears."""
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{what}: {path} does not exist") from None
     except OSError as exc:
-        raise UserError(f"MAILTOWER_SMTP_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserError(
-            f"MAILTOWER_SMTP_PASSWORD_FILE: {path} is readable by group or others; chmod 600 it first"
-        )
-    return path.read_text(encoding="utf-8").strip()
+        raise UserError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{what}: {path} is a directory, not a file")
+    regular = stat.S_ISREG(info.st_mode)
+    if not (regular or stat.S_ISFIFO(info.st_mode)):
+        raise UserError(f"{what}: {path} is not a regular file or a pipe")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UserError(f"{what}: {path} is readable by group or others; chmod 600 it first")
+    password = read_text_bounded(path, limit=MAX_SECRET_BYTES, what=what).strip()
+    if not password:
+        raise UserError(f"{what}: {path} is empty")
+    if _control_character(password):
+        raise UserError(f"{what}: {path} holds more than one line or a control character")
+    return password, regular
+
+
+def _password(merged: dict[str, Given]) -> dict[str, Any]:
+    """The password settings, resolved: read the file if one was named, and remember the origin."""
+    if "smtp_password_file" in merged:
+        given = merged["smtp_password_file"]
+        password, regular = read_password_file(given.value, given.source)
+        if regular:
+            return {"smtp_password": password, "smtp_password_file": given.value.absolute(),
+                    "smtp_password_origin": SecretOrigin.FILE}
+        return {"smtp_password": password, "smtp_password_origin": SecretOrigin.STREAM}
+    if "smtp_password" in merged and merged["smtp_password"].layer is Layer.CONFIG:
+        return {"smtp_password": merged["smtp_password"].value, "smtp_password_origin": SecretOrigin.CONFIG}
+    if "smtp_password" in merged:
+        return {"smtp_password": merged["smtp_password"].value, "smtp_password_origin": SecretOrigin.VALUE}
+    return {}
+
+
+# ---- loading ----------------------------------------------------------------------------------
 
 
 def load_settings(
-    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, config_path: Path | None = None
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+    *,
+    config_flag: str | None = None,
 ) -> Settings:
+    """Settings from `flags` (None values are not given; errors name them as flags, "--smtp-port"),
+    `environ` and the TOML file.
+
+    The file is `config_path` if given (it must exist when `config_flag` names who gave it, e.g.
+    "--config"), else MAILTOWER_CONFIG (must exist), else the default path (may be absent)."""
     environ = os.environ if environ is None else environ
-    path = config_path or Path(environ.get("MAILTOWER_CONFIG", "") or default_config_path())
-    values: dict[str, Any] = _from_toml(path)
-    for var, name in ENV.items():
-        if environ.get(var, "") != "":
-            values[name] = _convert(name, environ[var], var)
-    if environ.get("MAILTOWER_SMTP_PASSWORD_FILE"):
-        values["smtp_password"] = _password_from_file(environ["MAILTOWER_SMTP_PASSWORD_FILE"])
-    values.update({k: v for k, v in (flags or {}).items() if v is not None})
-    settings = Settings(config_path=path).with_overrides(values)
-    check_settings(settings)
+    config = _choose_config(config_path, config_flag, environ)
+    data, read_path = _read_config(config)
+    layers = [
+        _layer(_config_values(data, config.path), Layer.CONFIG),
+        _layer(((name, environ[var], var) for var, name in ENV.items() if environ.get(var, "") != ""),
+               Layer.ENVIRONMENT),
+        _layer(((name, value, flag_name(name)) for name, value in (flags or {}).items() if value is not None),
+               Layer.FLAGS),
+    ]
+    merged = _merge(layers)
+    values = {name: given.value for name, given in merged.items() if name not in PASSWORD_SETTINGS}
+    values.update(_password(merged))
+    settings = Settings(config_path=read_path).with_overrides(values)
+    check_settings(settings, {name: given.source for name, given in merged.items()})
     return settings
 
 
@@ -216,13 +567,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_settings(settings: Settings) -> None:
-    if settings.smtp_tls not in TLS_MODES:
-        raise UserError(f"MAILTOWER_SMTP_TLS: '{settings.smtp_tls}' must be one of {', '.join(TLS_MODES)}")
-    if not 1 <= settings.smtp_port <= 65535:
-        raise UserError(f"MAILTOWER_SMTP_PORT: {settings.smtp_port} is not a TCP port")
-    if settings.connections < 1:
-        raise UserError("MAILTOWER_SMTP_CONNECTIONS: at least one connection is needed")
+def check_settings(settings: Settings, sources: Mapping[str, str] | None = None) -> None:
+    """Every rule again on the finished settings (they may also have been built in code), and the
+    rules between settings; `sources` says where each value came from, for the error line."""
+    sources = sources or {}
+
+    def source(name: str) -> str:
+        return sources.get(name, f"setting {name} (default)")
+
+    for name in BOUNDS.keys() & SETTABLE:
+        parse_number(name, getattr(settings, name), source(name))
+    convert_setting("smtp_tls", settings.smtp_tls, source("smtp_tls"))
+    if settings.retry_base > settings.retry_max:
+        raise UserError(
+            f"{source('retry_base')}: the first retry wait ({_number_text(settings.retry_base)} s) is longer "
+            f"than the longest, retry_max = {_number_text(settings.retry_max)} s ({sources.get('retry_max', 'default')})"
+        )
+    for number, relay in enumerate(settings.relays, 1):
+        where = f"{source('relays')} #{number}"
+        parse_number("smtp_port", relay.port, f"{where} port")
+        parse_number("connections", relay.connections, f"{where} connections")
+        parse_number("rate", relay.rate, f"{where} rate")
+        if relay.tls not in TLS_MODES:
+            raise UserError(f"{where}: tls {show_value(relay.tls)} must be one of {', '.join(TLS_MODES)}")
+    total = sum(relay.connections for relay in settings.relays)
+    if total > MAX_CONNECTIONS:
+        raise UserError(f"{source('relays')}: the relays' connections add up to {total}; at most {MAX_CONNECTIONS}")
 
 
 def _endpoints(settings: Settings) -> list[tuple[str, str, bool, bool]]:

@@ -319,6 +319,8 @@ class Sender:
         if limits == self.limits:
             return
         self.limits = limits
+        for problem in limits.ignored:  # said once per change, not once a second
+            log.warning("%s", problem)
         self.limiter.configured = limits.rate
         self.limiter.set_per_hour(limits.rate_per_hour)
         if len(self.relays) == 1:

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from mailtower.core.config import Settings, load_settings, security_warnings
+from mailtower.core.config import BOUNDS, Settings, load_settings, security_warnings
 from mailtower.core.display import install_safe_logging, safe
 from mailtower.core.domain import Mailing, Recipient, RejectedRow, Section
 from mailtower.core.errors import UserError
@@ -51,11 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"mailtower {package_version()} (tzdata {tzdata_version()})")
     p.add_argument("--db", type=Path, help="database file (default: MAILTOWER_DB or the user data directory)")
     p.add_argument("--config", type=Path, help="TOML config file (default: MAILTOWER_CONFIG or the user config dir)")
+    # Numbers stay text here: core checks them (bounds, NaN, inf) like every other source does.
     p.add_argument("--smtp-host")
-    p.add_argument("--smtp-port", type=int)
+    p.add_argument("--smtp-port", metavar="PORT")
     p.add_argument("--smtp-tls", choices=["none", "starttls", "tls"])
-    p.add_argument("--connections", type=int, help="parallel SMTP connections")
-    p.add_argument("--rate", type=float, help="messages per second, 0 = unlimited")
+    p.add_argument("--connections", metavar="N", help=f"parallel SMTP connections ({BOUNDS['connections'].describe()})")
+    p.add_argument("--rate", metavar="N", help=f"messages per second ({BOUNDS['rate'].describe()})")
     sub = p.add_subparsers(dest="command", parser_class=OneLineParser)
 
     new = sub.add_parser("new", help="create a mailing from a recipient CSV; prints its id")
@@ -137,7 +138,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "connections": args.connections,
         "rate": args.rate,
     }
-    return load_settings(flags, config_path=args.config)
+    # An explicit --config must exist (MAILTOWER_CONFIG likewise); only the default may be absent.
+    return load_settings(flags, config_path=args.config, config_flag="--config" if args.config is not None else None)
 
 
 class RejectLog:

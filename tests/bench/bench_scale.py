@@ -643,7 +643,7 @@ def env_for(db: Path, folder: Path, port: int | None = None) -> dict[str, str]:
     env = {
         **os.environ,
         "MAILTOWER_DB": str(db),
-        "MAILTOWER_CONFIG": str(folder / "no-config.toml"),
+        "MAILTOWER_CONFIG": os.devnull,  # no configuration file
         "MAILTOWER_SMTP_CONNECTIONS": "8",
         "MAILTOWER_MESSAGES_PER_CONNECTION": "0",
     }

@@ -98,7 +98,7 @@ def make_db(tmp: Path, n: int, port: int, k: int, tag: str) -> tuple[Path, dict[
     env = {
         **os.environ,
         "MAILTOWER_DB": str(db),
-        "MAILTOWER_CONFIG": str(tmp / "none.toml"),
+        "MAILTOWER_CONFIG": os.devnull,  # no configuration file
         "MAILTOWER_SMTP_HOST": "127.0.0.1",
         "MAILTOWER_SMTP_PORT": str(port),
         "MAILTOWER_SMTP_CONNECTIONS": str(k),

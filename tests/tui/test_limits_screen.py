@@ -122,7 +122,7 @@ def test_limit_problem_speaks_for_the_field() -> None:
     assert limit_problem("rate", "2.5") is None
     assert limit_problem("rate", "0") is None
     assert limit_problem("connections", "0") == "must be at least 1"
-    assert limit_problem("connections", "1.5") == "'1.5' is not a number"
+    assert limit_problem("connections", "1.5") == "'1.5' is not a whole number"
     assert limit_problem("messages_per_connection", " ") == "enter a number"
 
 
