@@ -17,7 +17,8 @@ from .compose import MessageTemplate, check_header_value
 from .domain import Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .lifecycle import Action, Lifecycle, target_state
-from .recipients_csv import normalize_address, read_header, read_recipients
+from .files import MAX_BODY_BYTES, read_text_bounded
+from .recipients_csv import RecipientFile, normalize_address, open_recipients
 from .store import ImportSummary, Store
 from .timezones import Resolved, is_valid_zone, load_zone, resolve, utcnow
 
@@ -37,16 +38,10 @@ class Draft:
 
 
 def _read_body(path: Path | None, what: str) -> str | None:
+    """A body file, read once and bounded (a device or an endless pipe is refused, not read)."""
     if path is None:
         return None
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{what}: {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{what}: {path} is not UTF-8 (byte {exc.start})") from None
-    except OSError as exc:
-        raise UserError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    return read_text_bounded(path, limit=MAX_BODY_BYTES, what=what)
 
 
 def read_draft(name: str, subject: str, from_addr: str, text_file: Path | None, html_file: Path | None) -> Draft:
@@ -91,9 +86,17 @@ def _check_template(draft: Draft, columns: set[str], mailing_id: int = 0) -> Mes
 
 
 async def create_mailing(store: Store, draft: Draft, recipients: Path, on_reject: Reporter) -> tuple[int, ImportSummary]:
-    """A new draft with its recipients, all in one transaction: a structural error leaves nothing."""
-    header = read_header(recipients)
-    columns = merge_columns(header)
+    """A new draft with its recipients, all in one transaction: a structural error leaves nothing.
+
+    The recipient file is read exactly once (header, then rows), so a pipe works too."""
+    with open_recipients(recipients) as source:
+        return await _create_from(store, draft, source, on_reject)
+
+
+async def _create_from(
+    store: Store, draft: Draft, source: RecipientFile, on_reject: Reporter
+) -> tuple[int, ImportSummary]:
+    columns = merge_columns(source.header)
     template = _check_template(draft, columns)
     async with store.write() as tx:
         mailing_id = await tx.insert_mailing(
@@ -104,11 +107,9 @@ async def create_mailing(store: Store, draft: Draft, recipients: Path, on_reject
             html_body=draft.html,
             fields=columns,
         )
-        rows = read_recipients(
-            recipients, header_fields=template.subject_fields, valid_zone=is_valid_zone, on_reject=on_reject
-        )
+        rows = source.rows(header_fields=template.subject_fields, valid_zone=is_valid_zone, on_reject=on_reject)
         summary = await tx.import_rows(mailing_id, rows)
-        await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {recipients.name}")
+        await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {_source_name(source)}")
     return mailing_id, summary
 
 
@@ -119,23 +120,32 @@ async def import_recipients(store: Store, mailing_id: int, recipients: Path, on_
         raise UserError(
             f"mailing {mailing_id} is {mailing.state.value}: recipients can be added to a draft, scheduled or stopped mailing"
         )
-    columns = merge_columns(read_header(recipients))
+    with open_recipients(recipients) as source:
+        return await _import_from(store, mailing, source, on_reject)
+
+
+async def _import_from(store: Store, mailing: Mailing, source: RecipientFile, on_reject: Reporter) -> ImportSummary:
+    mailing_id = mailing.id
+    columns = merge_columns(source.header)
     try:
         template = template_for(mailing, columns)
     except UserError as exc:
-        raise ImportRejected(f"{recipients}: {exc}") from None
+        raise ImportRejected(f"{source.label}: {exc}") from None
     async with store.write() as tx:
         current = await tx.mailing(mailing_id)
         if current.state is not mailing.state:
             raise UserError(f"mailing {mailing_id} changed state while importing; try again")
-        rows = read_recipients(
-            recipients, header_fields=template.subject_fields, valid_zone=is_valid_zone, on_reject=on_reject
-        )
+        rows = source.rows(header_fields=template.subject_fields, valid_zone=is_valid_zone, on_reject=on_reject)
         summary = await tx.import_rows(mailing_id, rows)
         all_columns = sorted(set(mailing.fields) | columns)
         await tx.update_mailing(mailing_id, fields=json.dumps(all_columns))
-        await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {recipients.name}")
+        await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {_source_name(source)}")
     return summary
+
+
+def _source_name(source: RecipientFile) -> str:
+    """How the ledger's event names where recipients came from."""
+    return source.label if source.label == "standard input" else source.path.name
 
 
 async def split_by_zone(
