@@ -284,7 +284,7 @@ def check_output_path(
 def _refuse_protected(path: Path, what: str, protected: Iterable[Path]) -> None:
     for other in protected:
         if same_file(path, Path(other)):
-            raise UserError(f"{what}: {path} is {other}, which mailtower will not overwrite")
+            raise UserError(f"{what}: {path} is the same file as {other}; mailtower will not write over it")
 
 
 @contextmanager

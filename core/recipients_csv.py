@@ -232,8 +232,13 @@ def _valid_rows(
 
 
 def neutralise_formula(cell: str) -> str:
-    """The cell as a spreadsheet shows it as text: a leading apostrophe before a formula start."""
-    return "'" + cell if cell[:1] in FORMULA_LEADS else cell
+    """The cell as a spreadsheet shows it as text: a leading apostrophe before a formula start.
+
+    A value that already looks neutralised ("'=x") gets one more, so `restore_formula` gives
+    back exactly the value that was written."""
+    if cell[:1] in FORMULA_LEADS or (cell[:1] == "'" and cell[1:2] in FORMULA_LEADS):
+        return "'" + cell
+    return cell
 
 
 def restore_formula(cell: str) -> str:

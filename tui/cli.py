@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from mailtower.core.config import Settings, load_settings, security_warnings
-from mailtower.core.domain import Mailing, RejectedRow, Section
+from mailtower.core.domain import Mailing, MailingState, RejectedRow, Section
 from mailtower.core.errors import UserError
 from mailtower.core.exports import remaining_pages, state_label, write_remaining_csv
 from mailtower.core.files import MIB, atomic_output, check_output_path, database_companions, is_stdin
@@ -248,32 +248,38 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     lifecycle = Lifecycle(store)
     mailing_id: int | None = None
     try:
-        # The rejects file is put in place only after the import committed; if that fails the
-        # new draft (which nothing sends yet) is deleted again, so the command changed nothing.
+        # The rejects file is put in place only when everything else succeeded; if that last
+        # step fails, the new mailing is taken back, so the command changed nothing.
         with optional_output(target, flag="--rejects", force=args.force, protected=protected) as handle:
             rejects = RejectLog(args.recipients, handle)
             try:
                 mailing_id, summary = await create_mailing(store, draft, args.recipients, rejects)
             finally:
                 rejects.close()
+            for line in summary.duplicates[:50]:
+                print(f"{rejects.source}:{line}: duplicate address, already in the mailing", file=sys.stderr)
+            if args.now:
+                await lifecycle.send_now(mailing_id)
+            elif when is not None:
+                resolved = await lifecycle.schedule(mailing_id, when, args.tz)
+                if resolved.warning:
+                    warn(resolved.warning)
     except UserError:
         if mailing_id is not None:
-            await lifecycle.delete(mailing_id)
-        raise
-    for line in summary.duplicates[:50]:
-        print(f"{rejects.source}:{line}: duplicate address, already in the mailing", file=sys.stderr)
-    try:
-        if args.now:
-            await lifecycle.send_now(mailing_id)
-        elif when is not None:
-            resolved = await lifecycle.schedule(mailing_id, when, args.tz)
-            if resolved.warning:
-                warn(resolved.warning)
-    except UserError:
-        await lifecycle.delete(mailing_id)
+            await discard_new_mailing(store, lifecycle, mailing_id)
         raise
     print(mailing_id)
     return 0
+
+
+async def discard_new_mailing(store: Store, lifecycle: Lifecycle, mailing_id: int) -> None:
+    """Take back a mailing this command created (it may already be scheduled or queued)."""
+    state = (await store.mailing(mailing_id)).state
+    if state is MailingState.SCHEDULED:
+        await lifecycle.unschedule(mailing_id)
+    elif state in (MailingState.QUEUED, MailingState.SENDING):
+        await lifecycle.stop(mailing_id)
+    await lifecycle.delete(mailing_id)
 
 
 async def cmd_import(args: argparse.Namespace, store: Store) -> int:
