@@ -25,7 +25,6 @@ import pytest
 
 from mailtower.core.errors import ImportRejected, UserError
 from mailtower.core.exports import export_remaining_csv
-from mailtower.core.recipients_csv import open_recipients
 from mailtower.core.sink import Sink
 from mailtower.core.store import Store
 from tests.helpers import Cli, wait_until
@@ -372,6 +371,8 @@ class endless:
 @pytest.mark.parametrize("head", [b"", b"email\n"])
 def test_endless_blank_lines_end_with_a_clear_refusal(head: bytes) -> None:
     """`yes ''` as a recipient list: the line and size bounds end it (small bounds, same code)."""
+    from mailtower.core.recipients_csv import open_recipients
+
     with endless(head, b"\n" * 65536) as path:
         with pytest.raises(ImportRejected, match="lines"):
             with open_recipients(path, max_lines=200_000) as source:
@@ -380,6 +381,8 @@ def test_endless_blank_lines_end_with_a_clear_refusal(head: bytes) -> None:
 
 
 def test_endless_stream_is_bounded_in_bytes() -> None:
+    from mailtower.core.recipients_csv import open_recipients
+
     with endless(b"email,name\n", b"a@example.com,\"" + b"x" * 65000 + b"\"\n") as path:
         with pytest.raises(ImportRejected, match="limit"):
             with open_recipients(path, max_bytes=8 << 20) as source:
