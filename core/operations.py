@@ -145,7 +145,9 @@ async def _import_from(store: Store, mailing: Mailing, source: RecipientFile, on
 
 def _source_name(source: RecipientFile) -> str:
     """How the ledger's event names where recipients came from."""
-    return source.label if source.label == "standard input" else source.path.name
+    if source.label == "standard input" or str(source.path).startswith(("/dev/", "/proc/")):
+        return source.label  # a pipe's name (/dev/fd/63) says more whole than its last part
+    return source.path.name
 
 
 async def split_by_zone(

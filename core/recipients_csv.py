@@ -222,8 +222,10 @@ def _valid_rows(
             if len(cells) > width:
                 raise ImportRejected(f"{label}: line {line}: {len(cells)} cells but the header has {width} columns")
             cells += [""] * (width - len(cells))  # spreadsheets drop trailing empty cells
-        # restore_formula, inlined: this runs for every cell of a million-row file.
-        cells = [c[1:] if c[:1] == "'" and c[1:2] in FORMULA_LEADS else c for c in cells]
+        # restore_formula, inlined and skipped for rows without an apostrophe (most of them):
+        # this runs for every row of a million-row file.
+        if "'" in "".join(cells):
+            cells = [c[1:] if c[:1] == "'" and c[1:2] in FORMULA_LEADS else c for c in cells]
         outcome = _check_row(line, cells, layout, guarded_columns, zone_ok)
         if isinstance(outcome, ImportedRow):
             yield outcome

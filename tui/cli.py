@@ -234,6 +234,10 @@ def warn(message: str) -> None:
 
 
 async def cmd_new(args: argparse.Namespace, store: Store) -> int:
+    from_stdin = [flag for flag, path in (("--text", args.text), ("--html", args.html), ("--recipients", args.recipients))
+                  if path is not None and is_stdin(path)]
+    if len(from_stdin) > 1:
+        raise UserError(f"{' and '.join(from_stdin)} both read standard input (-); give a file for all but one")
     protected = protected_files(args.settings, store, [args.recipients, args.text, args.html])
     target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
     draft = read_draft(args.name, args.subject, args.from_addr, args.text, args.html)

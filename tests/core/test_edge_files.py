@@ -530,3 +530,15 @@ async def test_dashboard_export_refuses_the_database(mailing: int, db: Path, tmp
     finally:
         await store.close()
     assert fingerprint(db) == before
+
+
+def test_new_from_standard_input_and_only_one_input_may_be_stdin(db: Path, text: Path) -> None:
+    done = subprocess_cli(db, *new_args(text, "-"), input=GOOD_AND_BAD.encode())
+    assert done.returncode == 0, done.stderr
+    assert emails(db) == ["ann@example.com", "cid@example.com"]
+    before = fingerprint(db)
+    done = subprocess_cli(db, "new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", "-",
+                          "--recipients", "-", input=b"Hello\n")
+    assert done.returncode == 2
+    assert "standard input" in one_line(done.stderr.decode())
+    assert fingerprint(db) == before
