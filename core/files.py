@@ -261,9 +261,21 @@ def check_output_path(
 
     `protected` lists files that must never be written (the database: pass
     `database_companions(db)`; the input files of the same command)."""
-    path = Path(path).expanduser()
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        raise UserError(f"{what}: {path}: no such home directory") from None
     if str(path) == "":
         raise UserError(f"{what}: an empty path is not a file name")
+    try:
+        _check_output(path, what, force, protected, replace_hint)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of symlinks...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"{what}: cannot write {path}: {reason}") from None
+    return path
+
+
+def _check_output(path: Path, what: str, force: bool, protected: Iterable[Path], replace_hint: str) -> None:
     _refuse_protected(path, what, protected)
     if path.is_dir():
         raise UserError(f"{what}: {path} is a directory; give a file name")
@@ -278,7 +290,6 @@ def check_output_path(
             raise UserError(f"{what}: {path} is not a regular file")
         if not force:
             raise UserError(f"{what}: {path} already exists; {replace_hint}")
-    return path
 
 
 def _refuse_protected(path: Path, what: str, protected: Iterable[Path]) -> None:
@@ -306,7 +317,8 @@ def atomic_output(
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # The name is cut so the temporary name stays within NAME_MAX whatever the target's length.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise UserError(f"{what}: cannot write in {target.parent}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)

@@ -542,3 +542,20 @@ def test_new_from_standard_input_and_only_one_input_may_be_stdin(db: Path, text:
     assert done.returncode == 2
     assert "standard input" in one_line(done.stderr.decode())
     assert fingerprint(db) == before
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "b" * 250])
+def test_output_names_at_the_length_limit(plain: Cli, mailing: int, tmp_path: Path, db: Path, text: Path,
+                                          people: Path, name: str) -> None:
+    """A name over NAME_MAX is one line; one just under it works (the temporary name is cut to fit)."""
+    target = tmp_path / name
+    before = fingerprint(db)
+    code, out, err = plain(*new_args(text, people), "--rejects", str(target))
+    if len(name) > 255:
+        assert code == 2 and "too long" in one_line(err)
+        assert fingerprint(db) == before
+    else:
+        assert code == 0, err
+        assert target.read_text(encoding="utf-8").startswith("line,reason")
+    code, out, err = plain("remaining", str(mailing), "-o", str(tmp_path / ("r" + name)))
+    assert (code == 2 and "too long" in one_line(err)) if len(name) >= 255 else code == 0

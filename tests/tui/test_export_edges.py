@@ -65,3 +65,17 @@ async def test_export_neutralises_formulas(tmp_path: Path, monkeypatch: pytest.M
     with (tmp_path / f"remaining-{mailing_id}.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))[1:]
     assert rows and all(r[1] == "'=HYPERLINK(\"http://evil.example\")" and r[5] == "'@SUM(1) -2+3" for r in rows)
+
+
+async def test_export_dialog_says_when_a_name_is_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db, mailing_id = await stopped_mailing(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    app = Host(db, mailing_id, RemainingScreen)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await opened(pilot, RemainingScreen)
+        await pilot.press("e")
+        dialog = await opened(pilot, ExportDialog)
+        dialog.query_one("#export-path", Input).value = "x" * 300 + ".csv"
+        await until(pilot, lambda: "too long" in text_of(dialog.query_one("#export-note")))
+        assert dialog.query_one("#export-ok", Button).disabled
+        await pilot.press("escape")
