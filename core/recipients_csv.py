@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 import re
+import stat
+import tempfile
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +142,7 @@ class RecipientFile:
     def __init__(self, path: Path | str, *, max_bytes: int = MAX_FILE_BYTES, max_lines: int = MAX_FILE_LINES) -> None:
         self.path = Path(path)
         self.label = "standard input" if is_stdin(path) else str(path)
-        self._source = _open(path, self.label, max_bytes)
+        self._source = _open(path, self.label, max_bytes, max_lines)
         self._reader = csv.reader(_lines(self._source, self.label, max_lines), strict=True)
         self._rows_taken = False
         try:
@@ -295,11 +298,40 @@ def _bounded_memo(check: Callable[[str], bool]) -> Callable[[str], bool]:
     return memo
 
 
-def _open(path: Path | str, label: str, max_bytes: int) -> BinaryIO:
+def _open(path: Path | str, label: str, max_bytes: int, max_lines: int) -> BinaryIO:
     try:
-        return open_stream(path, what=label, limit=max_bytes, idle_timeout=IDLE_TIMEOUT, error=ImportRejected)
+        source = open_stream(path, what=label, limit=max_bytes, idle_timeout=IDLE_TIMEOUT, error=ImportRejected)
     except OSError as exc:
         raise ImportRejected(f"{label}: cannot read the file: {exc.strerror or exc}") from exc
+    try:
+        if stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            return source
+        return _spool(source, label, max_lines)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _spool(source: BinaryIO, label: str, max_lines: int) -> BinaryIO:
+    """Copy a pipe, FIFO or device, each line checked as it arrives, into an unlinked temporary file.
+
+    The import's write transaction then reads a local file and never waits on whoever writes
+    into the pipe (the sender needs that lock). The source is still read exactly once, a bad
+    line still stops it at once, and memory stays flat."""
+    spool = tempfile.TemporaryFile()
+    try:
+        for line in _lines(source, label, max_lines):
+            try:
+                spool.write(line.encode("utf-8"))
+            except OSError as exc:
+                raise ImportRejected(f"{label}: cannot keep a copy while importing: {exc.strerror or exc}") from exc
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    finally:
+        source.close()
+    return spool  # type: ignore[return-value]
 
 
 def _lines(source: BinaryIO, label: str, max_lines: int) -> Iterator[str]:

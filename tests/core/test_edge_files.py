@@ -559,3 +559,28 @@ def test_output_names_at_the_length_limit(plain: Cli, mailing: int, tmp_path: Pa
         assert target.read_text(encoding="utf-8").startswith("line,reason")
     code, out, err = plain("remaining", str(mailing), "-o", str(tmp_path / ("r" + name)))
     assert (code == 2 and "too long" in one_line(err)) if len(name) >= 255 else code == 0
+
+
+def test_a_slow_pipe_does_not_hold_the_database(db: Path, text: Path, people: Path) -> None:
+    """While `import -` waits for the rest of its input, other processes (the sender) can still
+    write: the pipe is read into a private copy before the import's transaction begins."""
+    Cli(db).ok(*new_args(text, people))
+    env = {**os.environ, "MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": str(db.parent / "none.toml")}
+    child = subprocess.Popen([sys.executable, "-m", "mailtower.tui.cli", "import", "1", "-"], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert child.stdin is not None
+        # 1 MiB through a 64 KiB pipe: when write() returns, the child has read nearly all of it.
+        child.stdin.write(b"email\n" + b"".join(b"slow%06d@example.com\n" % i for i in range(40_000)))
+        child.stdin.flush()
+        with sqlite3.connect(db, timeout=3) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # "database is locked" if the import held the write lock
+            conn.execute("UPDATE mailings SET name = name")
+        child.stdin.write(b"last@example.com\n")
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0, child.stderr.read() if child.stderr else ""
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+    assert len(emails(db)) == 2 + 40_001
