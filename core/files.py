@@ -267,6 +267,8 @@ def check_output_path(
         raise UserError(f"{what}: {path}: no such home directory") from None
     if str(path) == "":
         raise UserError(f"{what}: an empty path is not a file name")
+    if is_stdin(path):
+        raise UserError(f"{what}: '-' is not a file name here (write ./- for a file called '-')")
     try:
         _check_output(path, what, force, protected, replace_hint)
     except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of symlinks...

@@ -19,7 +19,14 @@ from mailtower.core.config import Settings, load_settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, RejectedRow, Section
 from mailtower.core.errors import UserError
 from mailtower.core.exports import remaining_pages, state_label, write_remaining_csv
-from mailtower.core.files import MIB, atomic_output, check_output_path, database_companions, is_stdin
+from mailtower.core.files import (
+    MIB,
+    atomic_output,
+    check_output_path,
+    database_companions,
+    describe_size,
+    is_stdin,
+)
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
@@ -106,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     rem = sub.add_parser("remaining", help="recipients who have not received a mailing")
     rem.add_argument("id", type=int)
     rem.add_argument("--csv", action="store_true", help="CSV (address first) instead of the tab-separated listing")
-    rem.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
+    rem.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output (- is standard output)")
     rem.add_argument("--force", action="store_true", help="replace the --output file if it exists")
 
     lim = sub.add_parser("limits", help="show or change sending limits live (kept across restarts)")
@@ -160,6 +167,7 @@ class RejectLog:
         self.limit = limit
         self._handle = handle
         self._writer: Any = None
+        self._max_bytes = max_bytes
         self._room = max_bytes
         self._unwritten = 0
         if handle is not None:
@@ -184,7 +192,7 @@ class RejectLog:
         if self.count > self.limit:
             print(f"{self.source}: {self.count - self.limit} more rows rejected", file=sys.stderr)
         if self._writer is not None and self._unwritten:
-            note = f"{self._unwritten:,} more rows rejected; the file stops at {MAX_REJECTS_BYTES // MIB} MiB"
+            note = f"{self._unwritten:,} more rows rejected; the file stops at {describe_size(self._max_bytes)}"
             self._writer.writerow(["", note])
             print(f"{self.source}: {note}", file=sys.stderr)
 
@@ -419,7 +427,7 @@ async def cmd_move(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
     await store.mailing(args.id)
-    if args.output is None:
+    if args.output is None or is_stdin(args.output):
         await write_remaining(store, args.id, sys.stdout, as_csv=args.csv)
         return 0
     protected = protected_files(args.settings, store, [])

@@ -584,3 +584,45 @@ def test_a_slow_pipe_does_not_hold_the_database(db: Path, text: Path, people: Pa
             child.kill()
             child.wait(timeout=10)
     assert len(emails(db)) == 2 + 40_001
+
+
+def test_rejects_reasons_are_bounded(plain: Cli, tmp_path: Path, db: Path, text: Path) -> None:
+    """A hostile list of long bad addresses: each reason is cut, on stderr and in the file."""
+    hostile = tmp_path / "long.csv"
+    hostile.write_text("email\n" + "".join(f"{'x' * 20_000}{i}\n" for i in range(200)) + "ok@example.com\n")
+    target = tmp_path / "rejects.csv"
+    code, out, err = plain(*new_args(text, hostile), "--rejects", str(target))
+    assert code == 0, err[-500:]
+    assert max(len(line) for line in err.splitlines()) < 1_000
+    with target.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 201 and max(len(r[1]) for r in rows[1:]) < 1_000
+
+
+def test_reject_log_stops_at_its_byte_bound(tmp_path: Path) -> None:
+    import io
+
+    from mailtower.core.domain import RejectedRow
+    from mailtower.tui.cli import RejectLog
+
+    handle = io.StringIO()
+    log = RejectLog(Path("list.csv"), handle, limit=0, max_bytes=2_000)
+    for line in range(1, 1_001):
+        log(RejectedRow(line, "invalid email address 'x': An email address must have an @-sign."))
+    log.close()
+    rows = list(csv.reader(io.StringIO(handle.getvalue())))
+    assert 10 < len(rows) < 40
+    assert rows[-1][0] == "" and "more rows rejected" in rows[-1][1]
+
+
+@pytest.mark.parametrize("flag", ["--rejects", "--output"])
+def test_dash_is_not_an_output_file_name(plain: Cli, mailing: int, tmp_path: Path, text: Path, people: Path,
+                                         flag: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    if flag == "--rejects":
+        code, out, err = plain(*new_args(text, people), "--rejects", "-")
+        assert code == 2 and "'-'" in one_line(err)
+    else:
+        code, out, err = plain("remaining", str(mailing), "--csv", "-o", "-")
+        assert code == 0 and out.startswith("email,")
+    assert not (tmp_path / "-").exists()
