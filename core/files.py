@@ -56,10 +56,21 @@ def is_stdin(path: Path | str) -> bool:
     return str(path) in STDIN_NAMES
 
 
+def _stdin_fd() -> int:
+    """A duplicate of standard input's fd; OSError if there is none (closed, or not a real file)."""
+    try:
+        return os.dup(sys.stdin.fileno())
+    except (AttributeError, ValueError) as exc:  # sys.stdin is None, closed or a stand-in without an fd
+        raise OSError(errno.EBADF, "standard input is not open") from exc
+
+
 def _open_for_reading(path: Path, what: str) -> int:
     """An fd for `path`, opened without blocking (a FIFO with no writer must not hang the open)."""
     if is_stdin(path):
-        return os.dup(sys.stdin.fileno())
+        try:
+            return _stdin_fd()
+        except OSError as exc:
+            raise UserError(f"{what}: cannot read standard input: {exc.strerror or exc}") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except IsADirectoryError:
@@ -196,7 +207,7 @@ def open_stream(
     whole stream is bounded by `limit` bytes and a pipe may stay silent for `idle_timeout` seconds.
     Failing to open raises OSError (the caller words it); passing a bound raises `error`."""
     if is_stdin(path):
-        fd = os.dup(sys.stdin.fileno())
+        fd = _stdin_fd()
     else:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
