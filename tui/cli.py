@@ -9,7 +9,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -165,7 +165,6 @@ class RejectLog:
         self.source = "standard input" if is_stdin(source) else str(source)
         self.count = 0
         self.limit = limit
-        self._handle = handle
         self._writer: Any = None
         self._max_bytes = max_bytes
         self._room = max_bytes
@@ -220,8 +219,7 @@ def optional_output(
 ) -> Iterator[TextIO | None]:
     """A temporary file beside `target` that is renamed into place when the block succeeds."""
     if target is None:
-        with nullcontext(None) as nothing:
-            yield nothing
+        yield None
         return
     with atomic_output(target, what=flag, force=force, protected=protected) as handle:
         yield handle
@@ -431,9 +429,8 @@ async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
         await write_remaining(store, args.id, sys.stdout, as_csv=args.csv)
         return 0
     protected = protected_files(args.settings, store, [])
-    target = checked_output(args.output, flag="--output", force=args.force, protected=protected)
-    with optional_output(target, flag="--output", force=args.force, protected=protected) as handle:
-        assert handle is not None
+    target = check_output_path(args.output, what="--output", force=args.force, protected=protected)
+    with atomic_output(target, what="--output", force=args.force, protected=protected) as handle:
         written = await write_remaining(store, args.id, handle, as_csv=args.csv)
     print(f"{written:,} remaining recipients written to {target}", file=sys.stderr)
     return 0
