@@ -8,18 +8,18 @@ addresses and server replies.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
 
 from .domain import Recipient, RecipientState
-from .errors import UserError
+from .files import atomic_output, check_output_path, database_companions
+from .recipients_csv import neutralise_formula
 from .store import Store
 
 HEADER = ("email", "name", "state", "attempts", "last_code", "last_error")
 PAGE_SIZE = 2000
+REPLACE_HINT = "allow replacing it or choose another name"
 
 
 def state_label(recipient: Recipient) -> str:
@@ -34,13 +34,15 @@ def state_label(recipient: Recipient) -> str:
 
 
 def _row(recipient: Recipient) -> tuple[str, str, str, int, str, str]:
+    # Every text cell is neutralised: names come from imported files and last_error from remote
+    # servers, and a spreadsheet would run "=HYPERLINK(...)" or "+cmd|..." as a formula.
     return (
-        recipient.email,
-        recipient.name,
+        neutralise_formula(recipient.email),
+        neutralise_formula(recipient.name),
         state_label(recipient),
         recipient.attempts,
         "" if recipient.last_code is None else str(recipient.last_code),
-        recipient.last_error or "",
+        neutralise_formula(recipient.last_error or ""),
     )
 
 
@@ -49,43 +51,20 @@ async def export_remaining_csv(
 ) -> int:
     """Write the remaining recipients of `mailing_id` (optionally filtered) to `path`; returns rows written.
 
-    Refuses to replace an existing file unless `overwrite`. With `overwrite` the new file is
-    written beside it and renamed over it at the end, so a failed export never leaves the old
-    file half-replaced.
+    The same rules as every file mailtower writes (core/files): refused before any work if it is
+    the database or one of its companion files (however named), a directory, in a missing
+    directory, or an existing file without `overwrite`; written beside it and renamed into place
+    at the end, so a failed export never leaves a half-written or clobbered file.
     """
-    path = Path(path).expanduser()
     await store.mailing(mailing_id)  # NotFound before any file is touched
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; give a file name such as {path / f'remaining-{mailing_id}.csv'}")
-    if not path.parent.is_dir():
-        raise UserError(f"{path.parent} does not exist; create the directory first or choose another path")
-    target, final = _open_private(path, overwrite)
-    try:
-        with os.fdopen(target[0], "w", encoding="utf-8", newline="") as handle:
-            written = await write_remaining_csv(store, mailing_id, handle, search)
-        if final is not None:
-            os.replace(target[1], final)
-    except BaseException:
-        _remove_quietly(target[1])
-        raise
-    return written
-
-
-def _open_private(path: Path, overwrite: bool) -> tuple[tuple[int, str], Path | None]:
-    """((fd, path written to), path to rename it to at the end, or None if written in place)."""
-    if overwrite:
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-        return (fd, temporary), path
-    try:
-        # O_EXCL claims the name atomically: no check-then-create race with another writer.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise UserError(f"{path} already exists; choose another name or allow overwriting it") from None
-    except PermissionError:
-        raise UserError(f"cannot create {path}: permission denied") from None
-    except OSError as exc:
-        raise UserError(f"cannot create {path}: {exc.strerror}") from None
-    return (fd, str(path)), None
+    protected = database_companions(Path(store.path))
+    target = check_output_path(
+        path, what="export", force=overwrite, protected=protected, replace_hint=REPLACE_HINT
+    )
+    with atomic_output(
+        target, what="export", force=overwrite, protected=protected, replace_hint=REPLACE_HINT
+    ) as handle:
+        return await write_remaining_csv(store, mailing_id, handle, search)
 
 
 async def remaining_pages(store: Store, mailing_id: int, search: str = "") -> AsyncIterator[list[Recipient]]:
@@ -108,10 +87,3 @@ async def write_remaining_csv(store: Store, mailing_id: int, handle: TextIO, sea
         writer.writerows(_row(recipient) for recipient in page)
         written += len(page)
     return written
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass

@@ -17,6 +17,8 @@ through here:
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import select
 import stat
@@ -25,7 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, BinaryIO, TextIO
 
 from .errors import UserError
 
@@ -54,10 +56,21 @@ def is_stdin(path: Path | str) -> bool:
     return str(path) in STDIN_NAMES
 
 
+def _stdin_fd() -> int:
+    """A duplicate of standard input's fd; OSError if there is none (closed, or not a real file)."""
+    try:
+        return os.dup(sys.stdin.fileno())
+    except (AttributeError, ValueError) as exc:  # sys.stdin is None, closed or a stand-in without an fd
+        raise OSError(errno.EBADF, "standard input is not open") from exc
+
+
 def _open_for_reading(path: Path, what: str) -> int:
     """An fd for `path`, opened without blocking (a FIFO with no writer must not hang the open)."""
     if is_stdin(path):
-        return os.dup(sys.stdin.fileno())
+        try:
+            return _stdin_fd()
+        except OSError as exc:
+            raise UserError(f"{what}: cannot read standard input: {exc.strerror or exc}") from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except IsADirectoryError:
@@ -117,6 +130,104 @@ def read_text_bounded(path: Path | str, *, limit: int, what: str, idle_timeout: 
         raise UserError(f"{what}: {path}: line {line}: not valid UTF-8") from None
 
 
+class _GuardedRaw(io.RawIOBase):
+    """The raw side of `open_stream`: every read is counted against `limit` and, for pipes and
+    devices, waits at most `idle_timeout` seconds for data (a silent writer is not waited on for ever)."""
+
+    def __init__(
+        self, fd: int, *, what: str, limit: int, idle_timeout: float, error: type[UserError]
+    ) -> None:
+        super().__init__()
+        self._fd = fd
+        self._what = what
+        self._limit = limit
+        self._idle_timeout = idle_timeout
+        self._error = error
+        self._total = 0
+        self._restore_blocking: bool | None = None
+
+    def set_blocking(self, blocking: bool) -> None:
+        """Set the fd's mode, putting the old one back on close (stdin's file description is
+        shared with the shell that started us)."""
+        if self._restore_blocking is None:
+            self._restore_blocking = os.get_blocking(self._fd)
+        os.set_blocking(self._fd, blocking)
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        # One byte past the limit is enough to know it was passed.
+        room = min(len(view), self._limit + 1 - self._total)
+        if room <= 0:
+            raise self._error(f"{self._what}: larger than the limit of {describe_size(self._limit)}")
+        while True:
+            try:
+                count = os.readv(self._fd, [view[:room]])
+            except BlockingIOError:
+                ready, _, _ = select.select([self._fd], [], [], self._idle_timeout)
+                if not ready:
+                    raise self._error(
+                        f"{self._what}: no data for {self._idle_timeout:g} s; giving up"
+                    ) from None
+                continue
+            self._total += count
+            if self._total > self._limit:
+                raise self._error(f"{self._what}: larger than the limit of {describe_size(self._limit)}")
+            return count
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                if self._restore_blocking is not None:
+                    os.set_blocking(self._fd, self._restore_blocking)
+                os.close(self._fd)
+            except OSError:
+                pass
+            finally:
+                super().close()
+
+
+def open_stream(
+    path: Path | str,
+    *,
+    what: str,
+    limit: int,
+    idle_timeout: float = IDLE_TIMEOUT,
+    error: type[UserError] = UserError,
+) -> BinaryIO:
+    """A buffered binary stream over `path`, opened once, for reading line by line.
+
+    Same rules as `read_bytes_bounded` (pipes, FIFOs, devices, `-` for stdin; a FIFO with no writer
+    reads as empty instead of blocking) but streamed, so memory stays flat whatever the size: the
+    whole stream is bounded by `limit` bytes and a pipe may stay silent for `idle_timeout` seconds.
+    Failing to open raises OSError (the caller words it); passing a bound raises `error`."""
+    if is_stdin(path):
+        fd = _stdin_fd()
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
+            raise error(f"{what}: {describe_size(info.st_size)}; the limit is {describe_size(limit)}")
+        raw = _GuardedRaw(fd, what=what, limit=limit, idle_timeout=idle_timeout, error=error)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        raw.set_blocking(stat.S_ISREG(info.st_mode))
+    except BaseException:
+        raw.close()
+        raise
+    return io.BufferedReader(raw, buffer_size=_CHUNK)  # type: ignore[return-value]
+
+
 # ---- identity of files ------------------------------------------------------------------------
 
 
@@ -150,18 +261,35 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_output_path(
-    path: Path | str, *, what: str, force: bool = False, protected: Iterable[Path] = ()
+    path: Path | str,
+    *,
+    what: str,
+    force: bool = False,
+    protected: Iterable[Path] = (),
+    replace_hint: str = "give --force to replace it",
 ) -> Path:
     """Refuse an output path before any work is done; returns it as a Path.
 
     `protected` lists files that must never be written (the database: pass
     `database_companions(db)`; the input files of the same command)."""
-    path = Path(path).expanduser()
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError:  # "~someone" with no such user
+        raise UserError(f"{what}: {path}: no such home directory") from None
     if str(path) == "":
         raise UserError(f"{what}: an empty path is not a file name")
-    for other in protected:
-        if same_file(path, Path(other)):
-            raise UserError(f"{what}: {path} is {other}, which mailtower will not overwrite")
+    if is_stdin(path):
+        raise UserError(f"{what}: '-' is not a file name here (write ./- for a file called '-')")
+    try:
+        _check_output(path, what, force, protected, replace_hint)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of symlinks...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"{what}: cannot write {path}: {reason}") from None
+    return path
+
+
+def _check_output(path: Path, what: str, force: bool, protected: Iterable[Path], replace_hint: str) -> None:
+    _refuse_protected(path, what, protected)
     if path.is_dir():
         raise UserError(f"{what}: {path} is a directory; give a file name")
     parent = path.parent
@@ -174,20 +302,36 @@ def check_output_path(
         if info is not None and not stat.S_ISREG(info.st_mode):
             raise UserError(f"{what}: {path} is not a regular file")
         if not force:
-            raise UserError(f"{what}: {path} already exists; give --force to replace it")
-    return path
+            raise UserError(f"{what}: {path} already exists; {replace_hint}")
+
+
+def _refuse_protected(path: Path, what: str, protected: Iterable[Path]) -> None:
+    for other in protected:
+        if same_file(path, Path(other)):
+            raise UserError(f"{what}: {path} is the same file as {other}; mailtower will not write over it")
 
 
 @contextmanager
-def atomic_output(path: Path, *, what: str, mode: int = 0o600) -> Iterator[TextIO]:
+def atomic_output(
+    path: Path,
+    *,
+    what: str,
+    mode: int = 0o600,
+    force: bool = True,
+    protected: Iterable[Path] = (),
+    replace_hint: str = "give --force to replace it",
+) -> Iterator[TextIO]:
     """A text file that becomes `path` only if the block finishes; call `check_output_path` first.
 
     The temporary file is created beside the target (same filesystem, so the rename is atomic)
-    with `mode`; on any error it is removed and the target is untouched."""
+    with `mode`; on any error it is removed and the target is untouched. Without `force` the file
+    is put in place with link(), which fails if the name was taken meanwhile (never a clobber);
+    `protected` is checked again just before, so a name swapped for the database is still refused."""
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # The name is cut so the temporary name stays within NAME_MAX whatever the target's length.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise UserError(f"{what}: cannot write in {target.parent}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)
@@ -197,10 +341,22 @@ def atomic_output(path: Path, *, what: str, mode: int = 0o600) -> Iterator[TextI
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        _refuse_protected(path, what, protected)
+        _put_in_place(tmp, target, what=what, force=force, replace_hint=replace_hint)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(f"{what}: cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _put_in_place(tmp: Path, target: Path, *, what: str, force: bool, replace_hint: str) -> None:
+    if force:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise UserError(f"{what}: {target} already exists; {replace_hint}") from None
+    tmp.unlink()

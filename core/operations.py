@@ -18,7 +18,8 @@ from .display import safe, unsafe_character
 from .domain import Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .lifecycle import Action, Lifecycle, target_state
-from .recipients_csv import normalize_address, read_header, read_recipients
+from .files import MAX_BODY_BYTES, read_text_bounded
+from .recipients_csv import RecipientFile, normalize_address, open_recipients
 from .store import ImportSummary, Store
 from .timezones import Resolved, is_valid_zone, load_zone, resolve, utcnow
 
@@ -38,16 +39,10 @@ class Draft:
 
 
 def _read_body(path: Path | None, what: str) -> str | None:
+    """A body file, read once and bounded (a device or an endless pipe is refused, not read)."""
     if path is None:
         return None
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{what}: {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{what}: {path} is not UTF-8 (byte {exc.start})") from None
-    except OSError as exc:
-        raise UserError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    return read_text_bounded(path, limit=MAX_BODY_BYTES, what=what)
 
 
 def read_draft(name: str, subject: str, from_addr: str, text_file: Path | None, html_file: Path | None) -> Draft:
@@ -123,7 +118,7 @@ class _Counted:
         self.report(row)
 
 
-def _refuse_if_empty(recipients: Path, summary: ImportSummary, rejected: int, what: str) -> None:
+def _refuse_if_empty(label: str, summary: ImportSummary, rejected: int, what: str) -> None:
     """Raised inside the import transaction: a file that adds nobody changes nothing."""
     if summary.imported:
         return
@@ -133,16 +128,24 @@ def _refuse_if_empty(recipients: Path, summary: ImportSummary, rejected: int, wh
     if summary.duplicates:
         reasons.append(f"{len(summary.duplicates):,} already in the mailing")
     detail = f" ({', '.join(reasons)})" if reasons else " (it has a header but no rows)"
-    raise ImportRejected(f"{recipients}: no valid recipient{detail}; {what}")
+    raise ImportRejected(f"{label}: no valid recipient{detail}; {what}")
 
 
 async def create_mailing(
     store: Store, draft: Draft, recipients: Path, on_reject: Reporter, *, allow_special_domains: bool = False
 ) -> tuple[int, ImportSummary]:
     """A new draft with its recipients, all in one transaction: a structural error, or a file
-    without one valid recipient, leaves nothing."""
-    header = read_header(recipients)
-    columns = merge_columns(header)
+    without one valid recipient, leaves nothing.
+
+    The recipient file is read exactly once (header, then rows), so a pipe works too."""
+    with open_recipients(recipients) as source:
+        return await _create_from(store, draft, source, on_reject, allow_special_domains)
+
+
+async def _create_from(
+    store: Store, draft: Draft, source: RecipientFile, on_reject: Reporter, allow_special_domains: bool
+) -> tuple[int, ImportSummary]:
+    columns = merge_columns(source.header)
     template = _check_template(draft, columns, allow_special=allow_special_domains)
     counted = _Counted(on_reject)
     async with store.write() as tx:
@@ -154,16 +157,15 @@ async def create_mailing(
             html_body=draft.html,
             fields=columns,
         )
-        rows = read_recipients(
-            recipients,
+        rows = source.rows(
             header_fields=template.subject_fields,
             valid_zone=is_valid_zone,
             on_reject=counted,
             allow_special_domains=allow_special_domains,
         )
         summary = await tx.import_rows(mailing_id, rows)
-        _refuse_if_empty(recipients, summary, counted.count, "no mailing was created")
-        await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {recipients.name}")
+        _refuse_if_empty(source.label, summary, counted.count, "no mailing was created")
+        await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {_source_name(source)}")
     return mailing_id, summary
 
 
@@ -176,29 +178,43 @@ async def import_recipients(
         raise UserError(
             f"mailing {mailing_id} is {mailing.state.value}: recipients can be added to a draft, scheduled or stopped mailing"
         )
-    columns = merge_columns(read_header(recipients))
+    with open_recipients(recipients) as source:
+        return await _import_from(store, mailing, source, on_reject, allow_special_domains)
+
+
+async def _import_from(
+    store: Store, mailing: Mailing, source: RecipientFile, on_reject: Reporter, allow_special_domains: bool
+) -> ImportSummary:
+    mailing_id = mailing.id
+    columns = merge_columns(source.header)
     try:
         template = template_for(mailing, columns)
     except UserError as exc:
-        raise ImportRejected(f"{recipients}: {exc}") from None
+        raise ImportRejected(f"{source.label}: {exc}") from None
     async with store.write() as tx:
         current = await tx.mailing(mailing_id)
         if current.state is not mailing.state:
             raise UserError(f"mailing {mailing_id} changed state while importing; try again")
         counted = _Counted(on_reject)
-        rows = read_recipients(
-            recipients,
+        rows = source.rows(
             header_fields=template.subject_fields,
             valid_zone=is_valid_zone,
             on_reject=counted,
             allow_special_domains=allow_special_domains,
         )
         summary = await tx.import_rows(mailing_id, rows)
-        _refuse_if_empty(recipients, summary, counted.count, "nothing was imported")
+        _refuse_if_empty(source.label, summary, counted.count, "nothing was imported")
         all_columns = sorted(set(mailing.fields) | columns)
         await tx.update_mailing(mailing_id, fields=json.dumps(all_columns))
-        await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {recipients.name}")
+        await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {_source_name(source)}")
     return summary
+
+
+def _source_name(source: RecipientFile) -> str:
+    """How the ledger's event names where recipients came from."""
+    if source.label == "standard input" or str(source.path).startswith(("/dev/", "/proc/")):
+        return source.label  # a pipe's name (/dev/fd/63) says more whole than its last part
+    return source.path.name
 
 
 async def split_by_zone(

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 import re
+import stat
+import tempfile
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +25,34 @@ from email_validator import EmailNotValidError, validate_email
 from .display import safe, unsafe_character
 from .domain import ImportedRow, RejectedRow
 from .errors import ImportRejected
+from .files import IDLE_TIMEOUT, MIB, is_stdin, open_stream
 
-__all__ = ["read_header", "read_recipients", "normalize_address"]
+__all__ = [
+    "RecipientFile",
+    "open_recipients",
+    "read_header",
+    "read_recipients",
+    "normalize_address",
+    "neutralise_formula",
+    "restore_formula",
+]
 
 _BOM = b"\xef\xbb\xbf"
 # A physical line longer than this is not a recipient list; bounding it keeps memory flat even
 # for a file without newlines.
 MAX_LINE_BYTES = 1 << 20
+# Bounds on a whole file, so an endless source (`yes`, a device, a pipe that never closes) ends
+# with one clear line instead of filling the disk or running for ever. Ten times the largest
+# lists we have been asked for; split a bigger list into several imports.
+MAX_FILE_BYTES = 4096 * MIB
+MAX_FILE_LINES = 10_000_000
+# Blank lines tolerated before the header row.
+MAX_LINES_BEFORE_HEADER = 10_000
+
+# Spreadsheets run a cell that starts with one of these as a formula. Our exports write such a
+# cell with a leading apostrophe (the usual neutralisation) and the reader removes it again, so
+# export -> import gives back the original values.
+FORMULA_LEADS = frozenset("=+-@\t\r")
 # Python's email package treats every str.splitlines() boundary as a line break, so all of them
 # (not only CR and LF) could split a header; NUL is refused by SMTP servers.
 _HEADER_BREAKERS = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -146,11 +170,64 @@ class _Layout:
     fields: list[tuple[int, str]]
 
 
+class RecipientFile:
+    """A recipient CSV opened once: the header is parsed on opening, the rows stream once after it.
+
+    Reading once is what makes pipes work (`<(cat list.csv)`, `-` for standard input): there is
+    no second pass that would find them empty."""
+
+    def __init__(self, path: Path | str, *, max_bytes: int = MAX_FILE_BYTES, max_lines: int = MAX_FILE_LINES) -> None:
+        self.path = Path(path)
+        self.label = "standard input" if is_stdin(path) else str(path)
+        self._source = _open(path, self.label, max_bytes, max_lines)
+        self._reader = csv.reader(_lines(self._source, self.label, max_lines), strict=True)
+        self._rows_taken = False
+        try:
+            self._layout = _parse_header(self._reader, self.label)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def header(self) -> list[str]:
+        """Column names (BOM removed, stripped)."""
+        return self._layout.names
+
+    def rows(
+        self,
+        *,
+        header_fields: Collection[str] = (),
+        valid_zone: Callable[[str], bool] = lambda z: True,
+        on_reject: Callable[[RejectedRow], None],
+        allow_special_domains: bool = False,
+    ) -> Iterator[ImportedRow]:
+        """Yield each valid recipient row; report each invalid one to `on_reject` (see read_recipients)."""
+        if self._rows_taken:
+            raise RuntimeError(f"{self.label}: the rows of a recipient file can be read only once")
+        self._rows_taken = True
+        return _valid_rows(
+            self._reader, self._layout, self.label, frozenset(header_fields), valid_zone, on_reject, allow_special_domains
+        )
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> "RecipientFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_recipients(path: Path | str, **bounds: int) -> RecipientFile:
+    """Open a recipient file (a path, a pipe, a FIFO, or `-` for standard input) and parse its header."""
+    return RecipientFile(path, **bounds)
+
+
 def read_header(path: Path) -> list[str]:
     """Column names (BOM removed, stripped), for checking merge fields before an import."""
-    with _open(path) as source:
-        reader = csv.reader(_lines(source, path), strict=True)
-        return _parse_header(reader, path).names
+    with open_recipients(path) as source:
+        return source.header
 
 
 def read_recipients(
@@ -167,27 +244,58 @@ def read_recipients(
     or NUL in them rejects the row, as it does in `name`. Raises ImportRejected (while iterating) on
     a structural problem, naming the file and line.
     """
-    guarded = frozenset(header_fields)
+    with open_recipients(path) as source:
+        yield from source.rows(
+            header_fields=header_fields,
+            valid_zone=valid_zone,
+            on_reject=on_reject,
+            allow_special_domains=allow_special_domains,
+        )
+
+
+def _valid_rows(
+    reader: _Reader,
+    layout: _Layout,
+    label: str,
+    guarded: frozenset[str],
+    valid_zone: Callable[[str], bool],
+    on_reject: Callable[[RejectedRow], None],
+    allow_special_domains: bool = False,
+) -> Iterator[ImportedRow]:
     zone_ok = _bounded_memo(valid_zone)
-    with _open(path) as source:
-        reader = csv.reader(_lines(source, path), strict=True)
-        layout = _parse_header(reader, path)
-        guarded_columns = [(i, f) for i, f in layout.fields if f in guarded]
-        width = len(layout.names)
-        for line, cells in _rows(reader, path):
-            if not cells:
-                continue
-            if len(cells) != width:
-                if len(cells) > width:
-                    raise ImportRejected(
-                        f"{path}: line {line}: {len(cells)} cells but the header has {width} columns"
-                    )
-                cells += [""] * (width - len(cells))  # spreadsheets drop trailing empty cells
-            outcome = _check_row(line, cells, layout, guarded_columns, zone_ok, allow_special_domains)
-            if isinstance(outcome, ImportedRow):
-                yield outcome
-            elif outcome is not None:
-                on_reject(outcome)
+    guarded_columns = [(i, f) for i, f in layout.fields if f in guarded]
+    width = len(layout.names)
+    for line, cells in _rows(reader, label):
+        if not cells:
+            continue
+        if len(cells) != width:
+            if len(cells) > width:
+                raise ImportRejected(f"{label}: line {line}: {len(cells)} cells but the header has {width} columns")
+            cells += [""] * (width - len(cells))  # spreadsheets drop trailing empty cells
+        # restore_formula, inlined and skipped for rows without an apostrophe (most of them):
+        # this runs for every row of a million-row file.
+        if "'" in "".join(cells):
+            cells = [c[1:] if c[:1] == "'" and c[1:2] in FORMULA_LEADS else c for c in cells]
+        outcome = _check_row(line, cells, layout, guarded_columns, zone_ok, allow_special_domains)
+        if isinstance(outcome, ImportedRow):
+            yield outcome
+        elif outcome is not None:
+            on_reject(outcome)
+
+
+def neutralise_formula(cell: str) -> str:
+    """The cell as a spreadsheet shows it as text: a leading apostrophe before a formula start.
+
+    A value that already looks neutralised ("'=x") gets one more, so `restore_formula` gives
+    back exactly the value that was written."""
+    if cell[:1] in FORMULA_LEADS or (cell[:1] == "'" and cell[1:2] in FORMULA_LEADS):
+        return "'" + cell
+    return cell
+
+
+def restore_formula(cell: str) -> str:
+    """Undo `neutralise_formula` (an apostrophe followed by a formula start loses the apostrophe)."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in FORMULA_LEADS else cell
 
 
 def _check_row(
@@ -246,40 +354,71 @@ def _bounded_memo(check: Callable[[str], bool]) -> Callable[[str], bool]:
     return memo
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path | str, label: str, max_bytes: int, max_lines: int) -> BinaryIO:
     try:
-        return open(path, "rb")
+        source = open_stream(path, what=label, limit=max_bytes, idle_timeout=IDLE_TIMEOUT, error=ImportRejected)
     except OSError as exc:
-        raise ImportRejected(f"{path}: cannot read the file: {exc.strerror or exc}") from exc
+        raise ImportRejected(f"{label}: cannot read the file: {exc.strerror or exc}") from exc
+    try:
+        if stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            return source
+        return _spool(source, label, max_lines)
+    except BaseException:
+        source.close()
+        raise
 
 
-def _lines(source: BinaryIO, path: Path) -> Iterator[str]:
+def _spool(source: BinaryIO, label: str, max_lines: int) -> BinaryIO:
+    """Copy a pipe, FIFO or device, each line checked as it arrives, into an unlinked temporary file.
+
+    The import's write transaction then reads a local file and never waits on whoever writes
+    into the pipe (the sender needs that lock). The source is still read exactly once, a bad
+    line still stops it at once, and memory stays flat."""
+    spool = tempfile.TemporaryFile()
+    try:
+        for line in _lines(source, label, max_lines):
+            try:
+                spool.write(line.encode("utf-8"))
+            except OSError as exc:
+                raise ImportRejected(f"{label}: cannot keep a copy while importing: {exc.strerror or exc}") from exc
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    finally:
+        source.close()
+    return spool  # type: ignore[return-value]
+
+
+def _lines(source: BinaryIO, label: str, max_lines: int) -> Iterator[str]:
     """Decoded physical lines, endings kept (the csv module needs them inside quoted fields)."""
     number = 0
     while True:
         try:
             raw = source.readline(MAX_LINE_BYTES + 1)
         except OSError as exc:
-            raise ImportRejected(f"{path}: line {number + 1}: read error: {exc.strerror or exc}") from exc
+            raise ImportRejected(f"{label}: line {number + 1}: read error: {exc.strerror or exc}") from exc
         if not raw:
             return
         number += 1
+        if number > max_lines:
+            raise ImportRejected(f"{label}: more than {max_lines:,} lines; split the list into several imports")
         if number == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM):]
         if len(raw) > MAX_LINE_BYTES:
-            raise ImportRejected(f"{path}: line {number}: longer than {MAX_LINE_BYTES} bytes")
+            raise ImportRejected(f"{label}: line {number}: longer than {MAX_LINE_BYTES} bytes")
         if b"\x00" in raw:
-            raise ImportRejected(f"{path}: line {number}: contains a NUL byte (not a text file?)")
+            raise ImportRejected(f"{label}: line {number}: contains a NUL byte (not a text file?)")
         try:
             yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ImportRejected(
-                f"{path}: line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                f"{label}: line {number}: invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
                 f"{exc.start + 1}); save the file as UTF-8"
             ) from exc
 
 
-def _rows(reader: _Reader, path: Path) -> Iterator[tuple[int, list[str]]]:
+def _rows(reader: _Reader, path: str) -> Iterator[tuple[int, list[str]]]:
     """(physical line where the row starts, cells); CSV syntax errors become ImportRejected."""
     while True:
         line = reader.line_num + 1
@@ -303,13 +442,15 @@ def _csv_reason(exc: csv.Error) -> str:
     return text
 
 
-def _parse_header(reader: _Reader, path: Path) -> _Layout:
+def _parse_header(reader: _Reader, path: str) -> _Layout:
     header: list[str] | None = None
     line = 0
     for line, row in _rows(reader, path):
         if any(cell.strip() for cell in row):
             header = row
             break
+        if line > MAX_LINES_BEFORE_HEADER:
+            raise ImportRejected(f"{path}: no header row in the first {MAX_LINES_BEFORE_HEADER:,} lines")
     if header is None:
         raise ImportRejected(f"{path}: the file is empty (a header row with an 'email' column is required)")
     names = [cell.strip() for cell in header]

@@ -8,7 +8,8 @@ import csv
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,12 +17,21 @@ from typing import Any, NoReturn, TextIO
 
 from mailtower.core.config import BOUNDS, Settings, load_settings, security_warnings
 from mailtower.core.display import install_safe_logging, safe
-from mailtower.core.domain import Mailing, Recipient, RejectedRow, Section
+from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
 from mailtower.core.errors import UserError
 from mailtower.core.exports import HEADER, PAGE_SIZE, remaining_pages, state_label, write_remaining_csv
+from mailtower.core.files import (
+    MIB,
+    atomic_output,
+    check_output_path,
+    database_companions,
+    describe_size,
+    is_stdin,
+)
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
+from mailtower.core.recipients_csv import neutralise_formula
 from mailtower.core.progress import queue_estimates
 from mailtower.core.sender import LeaseHeld, Sender
 from mailtower.core.store import Store, iso
@@ -66,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--text", type=Path)
     new.add_argument("--html", type=Path)
     new.add_argument("--recipients", type=Path, required=True)
-    new.add_argument("--rejects", type=Path, help="also write rejected rows to this CSV file")
+    new.add_argument("--rejects", type=Path, help="also write rejected rows to this CSV file (written once the import succeeded)")
+    new.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
     when = new.add_mutually_exclusive_group()
     when.add_argument("--now", action="store_true", help="queue it for sending now")
     when.add_argument("--at", help='"YYYY-MM-DD HH:MM" wall time in --tz')
@@ -74,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser("import", help="add recipients to a draft, scheduled or stopped mailing")
     imp.add_argument("id", type=int)
-    imp.add_argument("csv", type=Path)
-    imp.add_argument("--rejects", type=Path)
+    imp.add_argument("csv", type=Path, help="recipient CSV file; - reads standard input")
+    imp.add_argument("--rejects", type=Path, help="also write rejected rows to this CSV file (written once the import succeeded)")
+    imp.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
 
     st = sub.add_parser("status", help="the three sections")
     st.add_argument("--json", action="store_true")
@@ -102,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rem = sub.add_parser("remaining", help="recipients who have not received a mailing")
     rem.add_argument("id", type=int)
-    rem.add_argument("--csv", action="store_true", help="CSV on stdout, address first")
+    rem.add_argument("--csv", action="store_true", help="CSV (address first) instead of the tab-separated listing")
+    rem.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output (- is standard output)")
+    rem.add_argument("--force", action="store_true", help="replace the --output file if it exists")
 
     rcp = sub.add_parser(
         "recipients", help="a mailing's recipients with their state and the server's last reply"
@@ -142,32 +156,87 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(flags, config_path=args.config, config_flag="--config" if args.config is not None else None)
 
 
-class RejectLog:
-    """Reports rejected rows on stderr (and into a CSV file when asked)."""
+# A rejects file is bounded like everything else mailtower writes from untrusted input: a hostile
+# list could otherwise reject ten million rows with a megabyte of reason each.
+MAX_REJECTS_BYTES = 64 * MIB
+MAX_REASON_CHARS = 500
 
-    def __init__(self, source: Path, path: Path | None, limit: int = 50) -> None:
-        self.source = source
+
+def _short(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[:MAX_REASON_CHARS] + f"... ({len(reason) - MAX_REASON_CHARS:,} more characters)"
+
+
+class RejectLog:
+    """Reports rejected rows on stderr (the first `limit`) and into an open CSV handle when given.
+
+    The handle is a temporary file (see `optional_output`): it becomes the --rejects file only
+    when the whole command succeeded."""
+
+    def __init__(self, source: Path, handle: TextIO | None = None, limit: int = 50,
+                 max_bytes: int = MAX_REJECTS_BYTES) -> None:
+        self.source = "standard input" if is_stdin(source) else str(source)
         self.count = 0
         self.limit = limit
-        self._file: TextIO | None = None
         self._writer: Any = None
-        if path is not None:
-            self._file = path.open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
+        self._max_bytes = max_bytes
+        self._room = max_bytes
+        self._unwritten = 0
+        if handle is not None:
+            self._writer = csv.writer(handle)
             self._writer.writerow(["line", "reason"])
 
     def __call__(self, row: RejectedRow) -> None:
         self.count += 1
+        reason = _short(row.reason)
         if self.count <= self.limit:
-            print(safe(f"{self.source}:{row.line}: {row.reason}"), file=sys.stderr)
-        if self._writer is not None:
-            self._writer.writerow([row.line, row.reason])
+            print(safe(f"{self.source}:{row.line}: {reason}"), file=sys.stderr)
+        if self._writer is None:
+            return
+        cost = len(reason.encode("utf-8")) + 24  # the line number, quotes and separators
+        if cost > self._room:
+            self._unwritten += 1
+            return
+        self._room -= cost
+        self._writer.writerow([row.line, neutralise_formula(reason)])
 
     def close(self) -> None:
         if self.count > self.limit:
             print(f"{self.source}: {self.count - self.limit} more rows rejected", file=sys.stderr)
-        if self._file is not None:
-            self._file.close()
+        if self._writer is not None and self._unwritten:
+            note = f"{self._unwritten:,} more rows rejected; the file stops at {describe_size(self._max_bytes)}"
+            self._writer.writerow(["", note])
+            print(f"{self.source}: {note}", file=sys.stderr)
+
+
+def protected_files(settings: Settings, store: Store, inputs: Iterable[Path | None]) -> list[Path]:
+    """Files no output of this command may replace: the database and its companions, and the
+    command's own input files (standard input as whatever it is redirected from)."""
+    protected = database_companions(Path(settings.db)) + database_companions(Path(store.path))
+    for source in inputs:
+        if source is not None:
+            protected.append(Path("/dev/stdin") if is_stdin(source) else source)
+    return protected
+
+
+def checked_output(path: Path | None, *, flag: str, force: bool, protected: list[Path]) -> Path | None:
+    """`path` after every check has passed (before anything is read or changed), or None."""
+    if path is None:
+        return None
+    return check_output_path(path, what=flag, force=force, protected=protected)
+
+
+@contextmanager
+def optional_output(
+    target: Path | None, *, flag: str, force: bool, protected: list[Path]
+) -> Iterator[TextIO | None]:
+    """A temporary file beside `target` that is renamed into place when the block succeeds."""
+    if target is None:
+        yield None
+        return
+    with atomic_output(target, what=flag, force=force, protected=protected) as handle:
+        yield handle
 
 
 async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]) -> int:
@@ -185,6 +254,12 @@ def warn(message: str) -> None:
 
 
 async def cmd_new(args: argparse.Namespace, store: Store) -> int:
+    from_stdin = [flag for flag, path in (("--text", args.text), ("--html", args.html), ("--recipients", args.recipients))
+                  if path is not None and is_stdin(path)]
+    if len(from_stdin) > 1:
+        raise UserError(f"{' and '.join(from_stdin)} both read standard input (-); give a file for all but one")
+    protected = protected_files(args.settings, store, [args.recipients, args.text, args.html])
+    target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
     draft = read_draft(args.name, args.subject, args.from_addr, args.text, args.html)
     when = None
     if args.at:
@@ -194,40 +269,64 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
         when = parse_wall_time(args.at)
     elif args.tz:
         raise UserError("--tz goes with --at")
-    rejects = RejectLog(args.recipients, args.rejects)
-    try:
-        mailing_id, summary = await create_mailing(
-            store, draft, args.recipients, rejects, allow_special_domains=args.settings.allow_special_domains
-        )
-    finally:
-        rejects.close()
-    for line in summary.duplicates[:50]:
-        print(f"{args.recipients}:{line}: duplicate address, already in the mailing", file=sys.stderr)
     lifecycle = Lifecycle(store)
+    mailing_id: int | None = None
     try:
-        if args.now:
-            await lifecycle.send_now(mailing_id)
-        elif when is not None:
-            resolved = await lifecycle.schedule(mailing_id, when, args.tz)
-            if resolved.warning:
-                warn(resolved.warning)
+        # The rejects file is put in place only when everything else succeeded; if that last
+        # step fails, the new mailing is taken back, so the command changed nothing.
+        with optional_output(target, flag="--rejects", force=args.force, protected=protected) as handle:
+            rejects = RejectLog(args.recipients, handle)
+            try:
+                mailing_id, summary = await create_mailing(
+                    store, draft, args.recipients, rejects, allow_special_domains=args.settings.allow_special_domains
+                )
+            finally:
+                rejects.close()
+            for line in summary.duplicates[:50]:
+                print(f"{rejects.source}:{line}: duplicate address, already in the mailing", file=sys.stderr)
+            if args.now:
+                await lifecycle.send_now(mailing_id)
+            elif when is not None:
+                resolved = await lifecycle.schedule(mailing_id, when, args.tz)
+                if resolved.warning:
+                    warn(resolved.warning)
     except UserError:
-        await lifecycle.delete(mailing_id)
+        if mailing_id is not None:
+            await discard_new_mailing(store, lifecycle, mailing_id)
         raise
     print(mailing_id)
     return 0
 
 
+async def discard_new_mailing(store: Store, lifecycle: Lifecycle, mailing_id: int) -> None:
+    """Take back a mailing this command created (it may already be scheduled or queued)."""
+    state = (await store.mailing(mailing_id)).state
+    if state is MailingState.SCHEDULED:
+        await lifecycle.unschedule(mailing_id)
+    elif state in (MailingState.QUEUED, MailingState.SENDING):
+        await lifecycle.stop(mailing_id)
+    await lifecycle.delete(mailing_id)
+
+
 async def cmd_import(args: argparse.Namespace, store: Store) -> int:
-    rejects = RejectLog(args.csv, args.rejects)
+    protected = protected_files(args.settings, store, [args.csv])
+    target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
+    summary = None
     try:
-        summary = await import_recipients(
-            store, args.id, args.csv, rejects, allow_special_domains=args.settings.allow_special_domains
-        )
-    finally:
-        rejects.close()
+        with optional_output(target, flag="--rejects", force=args.force, protected=protected) as handle:
+            rejects = RejectLog(args.csv, handle)
+            try:
+                summary = await import_recipients(
+                    store, args.id, args.csv, rejects, allow_special_domains=args.settings.allow_special_domains
+                )
+            finally:
+                rejects.close()
+    except UserError as exc:
+        if summary is not None:  # the import committed; only putting the rejects file in place failed
+            raise UserError(f"{exc} (the {summary.imported:,} recipients were imported)") from None
+        raise
     for line in summary.duplicates[:50]:
-        print(f"{args.csv}:{line}: duplicate address, already in the mailing", file=sys.stderr)
+        print(f"{rejects.source}:{line}: duplicate address, already in the mailing", file=sys.stderr)
     print(f"imported {summary.imported} recipients into mailing {args.id}", file=sys.stderr)
     return 0
 
@@ -346,12 +445,14 @@ async def cmd_move(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
     await store.mailing(args.id)
-    if args.csv:
-        await write_remaining_csv(store, args.id, sys.stdout)
+    if args.output is None or is_stdin(args.output):
+        await write_remaining(store, args.id, sys.stdout, as_csv=args.csv)
         return 0
-    async for page in remaining_pages(store, args.id):
-        for r in page:
-            sys.stdout.write(f"{safe(r.email)}\t{state_label(r)}\t{safe(r.last_error or '')}\n")
+    protected = protected_files(args.settings, store, [])
+    target = check_output_path(args.output, what="--output", force=args.force, protected=protected)
+    with atomic_output(target, what="--output", force=args.force, protected=protected) as handle:
+        written = await write_remaining(store, args.id, handle, as_csv=args.csv)
+    print(f"{written:,} remaining recipients written to {target}", file=sys.stderr)
     return 0
 
 
@@ -419,12 +520,30 @@ async def cmd_recipients(args: argparse.Namespace, store: Store) -> int:
         for r in page:
             code = "" if r.last_code is None else str(r.last_code)
             if writer is not None:
-                writer.writerow([shown(v) for v in (r.email, r.name, state_label(r), r.attempts, code, r.last_error or "")])
+                cells = (r.email, r.name, state_label(r), r.attempts, code, r.last_error or "")
+                writer.writerow([neutralise_formula(shown(str(v))) for v in cells])
             elif args.json:
                 out.write(recipient_json(r) + "\n")
             else:
                 out.write(f"{safe(r.email)}\t{state_label(r)}\t{r.attempts}\t{code}\t{safe(r.last_error or '')}\n")
     return 0
+
+
+async def write_remaining(store: Store, mailing_id: int, handle: TextIO, *, as_csv: bool) -> int:
+    """The remaining recipients as CSV or as the tab-separated listing; rows written."""
+    if as_csv:
+        return await write_remaining_csv(store, mailing_id, handle)
+    written = 0
+    async for page in remaining_pages(store, mailing_id):
+        for r in page:
+            handle.write(f"{neutralise_formula(safe(r.email))}\t{state_label(r)}\t{_one_line(r.last_error or '')}\n")
+        written += len(page)
+    return written
+
+
+def _one_line(text: str) -> str:
+    """A remote server's words on one line of the tab-separated listing, safe in a spreadsheet."""
+    return neutralise_formula(safe(text))
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

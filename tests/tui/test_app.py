@@ -653,7 +653,7 @@ def test_handoff_command_carries_the_settings(tmp_path: Path) -> None:
 async def test_real_hand_off_finishes_the_mailing_exactly_once(
     tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MAILTOWER_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("MAILTOWER_CONFIG", os.devnull)
     db = tmp_path / "handoff.db"
     n = 2000
     async with opened(db) as store:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, Recipient
 from mailtower.core.errors import UserError
 from mailtower.core.exports import export_remaining_csv, state_label
+from mailtower.core.files import check_output_path, database_companions
 from mailtower.core.store import Store
 
 PAGE_SIZE = 200
@@ -459,10 +461,12 @@ class ExportDialog(ModalScreen[ExportChoice | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, default: Path, what: str) -> None:
+    def __init__(self, default: Path, what: str, protected: Sequence[Path] = ()) -> None:
         super().__init__()
         self.default = default
         self.what = what
+        # Files the export must never replace (the database and its companions).
+        self.protected = list(protected)
 
     def compose(self) -> ComposeResult:
         box = Vertical(id="export-box")
@@ -487,14 +491,16 @@ class ExportDialog(ModalScreen[ExportChoice | None]):
         )
 
     def _problem(self, choice: ExportChoice) -> str:
+        """What is wrong with the choice, by the same rules the export itself applies (core/files)."""
         if not str(choice.path) or str(choice.path) == ".":
             return "give a file name"
-        if choice.path.is_dir():
-            return f"{choice.path} is a directory; add a file name"
-        if not choice.path.parent.is_dir():
-            return f"{choice.path.parent} does not exist"
-        if choice.path.exists() and not choice.overwrite:
-            return f"{choice.path} exists; tick Replace or choose another name"
+        try:
+            check_output_path(
+                choice.path, what="export", force=choice.overwrite, protected=self.protected,
+                replace_hint="tick Replace or choose another name",
+            )
+        except UserError as exc:
+            return exc.message.removeprefix("export: ")
         return ""
 
     @on(Input.Changed)
@@ -652,7 +658,8 @@ class RemainingScreen(Screen[None]):
         if self.search:
             what += f" matching '{self.search}'"
         default = Path(f"./remaining-{self.mailing.id}.csv")
-        self.app.push_screen(ExportDialog(default, f"Write {what} to:"), self._export_chosen)
+        protected = database_companions(Path(self.store.path))
+        self.app.push_screen(ExportDialog(default, f"Write {what} to:", protected), self._export_chosen)
 
     def _export_chosen(self, choice: ExportChoice | None) -> None:
         if choice is not None:
