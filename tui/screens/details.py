@@ -196,7 +196,7 @@ class DetailsScreen(Screen[None]):
     def show(self, data: DetailsData) -> None:
         mailing = data.mailing
         self.query_one("#details-title", Static).update(
-            f"Details: {mailing.name} (#{mailing.id}, {mailing.state.value}) · "
+            f"Details: {mailing.name} (id {mailing.id}, {mailing.state.value}) · "
             f"{mailing.remaining:,} of {mailing.total:,} not received"
         )
         self.query_one("#outcomes", Static).update(Group(Text("Outcomes", style="bold"), outcome_table(data)))
