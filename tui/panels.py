@@ -111,10 +111,10 @@ class MailingTable(DataTable):  # type: ignore[type-arg]
     def action_last_row(self) -> None:
         self.action_scroll_bottom()
 
-    def action_select_cursor(self) -> None:
+    async def action_select_cursor(self) -> None:
         if not self._keys:
             # Enter on an empty panel says so, as `a` does, instead of doing nothing.
-            self.run_action("app.actions")
+            await self.run_action("app.actions")
             return
         super().action_select_cursor()
 
@@ -238,15 +238,13 @@ class MailingTable(DataTable):  # type: ignore[type-arg]
 def panel_heights(wanted: list[int], room: int, focused: int | None) -> list[int]:
     """Heights for panels that want `wanted` lines each, in `room` lines.
 
-    When everything fits, each panel is as tall as its rows and the last takes what is left
-    (it is the one that grows with history). Otherwise every panel keeps its labels and one row,
-    and the rest is shared out one line at a time to whichever panel has least per its weight,
-    the focused panel weighing double: a short panel is never padded while a long one is cut.
+    When everything fits, each panel is as tall as its rows (what is left stays below them, so
+    no panel shows empty lines while another is cut). Otherwise every panel keeps its labels and
+    one row, and the rest is shared out one line at a time to whichever panel has least per its
+    weight, the focused panel weighing double.
     """
-    if not wanted:
-        return []
     if sum(wanted) <= room:
-        return [*wanted[:-1], wanted[-1] + room - sum(wanted)]
+        return list(wanted)
     heights = [min(w, CHROME_ROWS + 1) for w in wanted]
     weights = [2 if i == focused else 1 for i in range(len(wanted))]
     for _ in range(max(room - sum(heights), 0)):  # bounded by the room
@@ -259,7 +257,7 @@ def panel_heights(wanted: list[int], room: int, focused: int | None) -> list[int
 
 
 class PanelStack(Vertical):
-    """The three panels, one above the other, sized by `panel_heights`."""
+    """The three panels, one above the other, sized by `panel_heights` (blank below if they are short)."""
 
     DEFAULT_CSS = """
     PanelStack { height: 1fr; }

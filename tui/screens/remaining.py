@@ -587,7 +587,7 @@ class RemainingScreen(Screen[None]):
 
     def _title(self) -> None:
         self.query_one("#remaining-title", Static).update(
-            f"Remaining recipients: {self.mailing.name} (#{self.mailing.id}, {self.mailing.state.value}) "
+            f"Remaining recipients: {self.mailing.name} (id {self.mailing.id}, {self.mailing.state.value}) "
             f"· {self.mailing.remaining:,} of {self.mailing.total:,} not received"
         )
 
