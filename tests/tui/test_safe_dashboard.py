@@ -30,12 +30,12 @@ from mailtower.core.limits import read_limits
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.store import Store
-from mailtower.tui.actions import ActionsMenu, describe, queue_offers
+from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.help import HelpScreen
-from mailtower.tui.panels import MailingTable, matches_filter, panel_heights
+from mailtower.tui.panels import MailingTable
 from mailtower.tui.screens.confirm import ConfirmDialog
-from mailtower.tui.screens.limits import LimitsScreen, more_than_doubles
+from mailtower.tui.screens.limits import LimitsScreen
 from tests.helpers import until
 
 from .conftest import (
@@ -304,6 +304,8 @@ async def test_removing_a_rate_limit_asks_and_setting_one_does_not(fixed_db: Fix
 
 
 def test_more_than_doubles() -> None:
+    from mailtower.tui.screens.limits import more_than_doubles
+
     assert more_than_doubles("rate", 10, 21) and not more_than_doubles("rate", 10, 20)
     assert not more_than_doubles("rate", 0, 100)  # unlimited -> a limit: slower
     assert more_than_doubles("rate", 100, 0) and more_than_doubles("rate_per_hour", 3600, 0)
@@ -433,6 +435,7 @@ def test_matches_filter() -> None:
     from dataclasses import replace
 
     from mailtower.core.domain import Mailing
+    from mailtower.tui.panels import matches_filter
 
     base = Mailing(
         id=12, name="Spring Sale", subject="Hello world", from_addr="a@example.org", text_body="x", html_body=None,
@@ -465,6 +468,7 @@ async def test_home_end_g_G_jump_to_the_first_and_last_mailing(fixed_db: Fixture
 
 def test_queue_offers() -> None:
     from mailtower.core.lifecycle import Offer
+    from mailtower.tui.actions import queue_offers
 
     base = [Offer("stop", "Cancel sending"), Offer("move-up", "Move up"), Offer("move-down", "Move down"), Offer("details", "Details")]
     keys = lambda index, count: [o.key for o in queue_offers(base, index, count)]  # noqa: E731
@@ -516,6 +520,8 @@ async def test_menus_and_details_show_the_id_as_the_id(fixed_db: Fixture) -> Non
 
 
 def test_panel_heights() -> None:
+    from mailtower.tui.panels import panel_heights
+
     assert panel_heights([6, 10, 6], 22, 0) == [6, 10, 6]
     assert panel_heights([6, 6, 6], 22, 0) == [6, 6, 6]  # what is left stays below: no empty rows
     assert panel_heights([3, 3, 3], 22, 1) == [3, 3, 3]
