@@ -754,6 +754,9 @@ class DashboardApp(App[int]):
         self.dashboard.table(Section(section)).focus()
 
     def open_actions(self, mailing_id: int) -> None:
+        if any(w.group == "flow" and not w.is_finished for w in self.workers):
+            # Enter pressed again before the menu appeared: one menu, not a stack of them.
+            return
         self._actions_flow(mailing_id)
 
     @work(group="flow", exit_on_error=False)
@@ -924,6 +927,7 @@ class DashboardApp(App[int]):
                 )
             )
         commands.append(Command("Actions menu", "open the Actions menu of the highlighted mailing", self.action_actions))
+        commands.append(Command("Filter", "show only mailings whose name, subject or id match (Escape clears)", self.action_filter))
         commands.append(Command("Keys", "show every key", self.action_help))
         commands.append(
             Command("Sending limits", "change rate, hourly limit and connections while sending", self.action_limits)
