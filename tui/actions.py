@@ -1,6 +1,8 @@
 """The Actions menu of one mailing: what can be done to it now, and why not, for what cannot.
 
 The menu only chooses; the app carries the choice out (confirmations, dialogs, the store).
+While it is open the app hands it the mailing as it is now (`follow`), so an entry that stops
+being possible goes away with a line saying why, instead of being refused only after it is chosen.
 """
 
 from __future__ import annotations
@@ -13,8 +15,44 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
 from mailtower.core.lifecycle import Offer
+
+MOVES_UP = {"move-up": "Move up", "move-top": "Move to top"}
+MOVES_DOWN = {"move-down": "Move down", "move-bottom": "Move to bottom"}
+
+
+def queue_offers(offers: list[Offer], index: int | None, count: int) -> list[Offer]:
+    """The move entries that actually move the mailing at place `index` (0-based) of `count`.
+
+    The head of the queue cannot go up nor the last one down, so those are not offered; Move to
+    top / Move to bottom (which the `move` command has too) sit beside Move up / Move down.
+    """
+    if not any(o.key in MOVES_UP or o.key in MOVES_DOWN for o in offers):
+        return offers
+    moves: list[Offer] = []
+    if index is not None and index > 0:
+        moves += [Offer(key, label) for key, label in MOVES_UP.items()]
+    if index is not None and index < count - 1:
+        moves += [Offer(key, label) for key, label in MOVES_DOWN.items()]
+    result: list[Offer] = []
+    for offer in offers:
+        if offer.key in MOVES_UP or offer.key in MOVES_DOWN:
+            result += moves  # all moves at the place of the first one, in a fixed order
+            moves = []
+        else:
+            result.append(offer)
+    return result
+
+
+def gone_reason(key: str, mailing: Mailing) -> str:
+    """Why an entry the menu offered when it opened is not possible any more."""
+    if key in MOVES_UP:
+        return "it is first in the queue now"
+    if key in MOVES_DOWN:
+        return "it is last in the queue now"
+    return f"the mailing is {describe_state(mailing)} now"
 
 
 def offer_prompt(offer: Offer) -> Text:
@@ -38,14 +76,21 @@ def withheld_text(offers: list[Offer]) -> Text:
     return text
 
 
+def describe_state(mailing: Mailing) -> str:
+    """"current (sending)", "scheduled", "inactive (stopped)"."""
+    section, state = mailing.section.value, mailing.state.value
+    return section if state == section else f"{section} ({state})"
+
+
 def describe(mailing: Mailing) -> str:
-    """"Current · sending · #12": where the mailing is, and what it is doing if that says more."""
+    """"Current · sending · id 12": where the mailing is, what it is doing if that says more, and
+    its id (what `mailtower` commands take; the panel's # is the place in the queue)."""
     parts = [mailing.section.value.capitalize()]
     if mailing.state.value != mailing.section.value:
         parts.append(mailing.state.value)
     if mailing.missed:
         parts.append("missed its send time")
-    parts.append(f"#{mailing.id}")
+    parts.append(f"id {mailing.id}")
     return " · ".join(parts)
 
 
@@ -77,18 +122,75 @@ class ActionsMenu(ModalScreen[str | None]):
         super().__init__()
         self.mailing = mailing
         self.offers = offers
+        self.opened_with = {o.key: o.label for o in offers if o.enabled}
+        self.deleted = False
+        self._shown_options = [(o.key, o.label) for o in offers if o.enabled]
 
     def compose(self) -> ComposeResult:
         with Vertical(id="menu") as menu:
             menu.border_title = "Actions"
             menu.border_subtitle = "↑↓ move · Enter choose · Esc close"
-            name = Text(" ".join(self.mailing.name.split()), style="bold")
+            name = Text(safe(" ".join(self.mailing.name.split())), style="bold")
             yield Label(name, id="name")
             yield Label(Text(describe(self.mailing)), id="what")
-            yield OptionList(*[Option(offer_prompt(o), id=o.key) for o in self.offers if o.enabled], id="offers")
+            yield OptionList(*self._options(), id="offers")
             why = withheld_text(self.offers)
             yield Static(why, id="why", classes="" if why else "-empty")
         yield Footer()
+
+    def _options(self) -> list[Option]:
+        return [Option(offer_prompt(o), id=o.key) for o in self.offers if o.enabled]
+
+    def follow(self, mailing: Mailing | None, offers: list[Offer]) -> None:
+        """Show what can be done to the mailing now (None: it was deleted meanwhile)."""
+        if mailing is None:
+            if not self.deleted:
+                self.deleted = True
+                self.offers = []
+                self.query_one(OptionList).clear_options()
+                self._show_why(Text("This mailing was deleted meanwhile: nothing can be done to it.", style="bold"))
+            return
+        if mailing == self.mailing and offers == self.offers:
+            return
+        self.mailing, self.offers = mailing, offers
+        self.query_one("#what", Label).update(Text(describe(mailing)))
+        self._replace_options()
+        why = self._gone_text()
+        withheld = withheld_text(offers)
+        if why and withheld:
+            why.append("\n")
+        self._show_why(why + withheld)
+
+    def _replace_options(self) -> None:
+        options = self.query_one(OptionList)
+        wanted = [o.key for o in self.offers if o.enabled]
+        if [(o.key, o.label) for o in self.offers if o.enabled] == self._shown_options:
+            return
+        self._shown_options = [(o.key, o.label) for o in self.offers if o.enabled]
+        highlighted = options.highlighted_option.id if options.highlighted_option is not None else None
+        options.clear_options()
+        options.add_options(self._options())
+        if options.option_count:
+            # Stay on the entry the operator was on; if it went, on the first.
+            options.highlighted = wanted.index(highlighted) if highlighted in wanted else 0
+
+    def _gone_text(self) -> Text:
+        text = Text()
+        enabled = {o.key for o in self.offers if o.enabled}
+        withheld = {o.key for o in self.offers if not o.enabled}  # these say why themselves
+        for key, label in self.opened_with.items():
+            if key in enabled or key in withheld:
+                continue
+            if text:
+                text.append("\n")
+            text.append(f"{label} is no longer offered: ", style="bold")
+            text.append(gone_reason(key, self.mailing) + ".")
+        return text
+
+    def _show_why(self, text: Text) -> None:
+        why = self.query_one("#why", Static)
+        why.update(text)
+        why.set_class(not text, "-empty")
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)

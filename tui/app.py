@@ -27,12 +27,13 @@ from pathlib import Path
 
 from textual import work
 from textual.app import App, ComposeResult
+from textual.notifications import SeverityLevel
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer
+from textual.widgets import DataTable, Footer, Input
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
+from mailtower.core.display import safe
 from mailtower.core.config import (
     CONFIG_ENV,
     ENV,
@@ -53,13 +54,13 @@ from mailtower.core.sender import LeaseHeld, Sender
 from mailtower.core.store import Store
 from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
 
-from .actions import ActionsMenu
+from .actions import ActionsMenu, queue_offers
 from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands
-from .panels import CellsOf, MailingTable
+from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
 log = logging.getLogger("mailtower.dashboard")
@@ -74,6 +75,9 @@ SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
 STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
 HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
 CHILD_STDIN = "/dev/stdin"  # where a background sender reads a password that came from a pipe
+QUIT_HELP = "leave the dashboard (sending continues in the background)"
+QUIT_DEMO = "end the demo: its SMTP sink and database are throw-away, so nothing is handed off"
+MOVES = {"move-up": Direction.UP, "move-down": Direction.DOWN, "move-top": Direction.TOP, "move-bottom": Direction.BOTTOM}
 
 
 # ---- hand-off to a background sender -------------------------------------------------------
@@ -158,10 +162,15 @@ def launch_background_sender(settings: Settings) -> subprocess.Popen[bytes]:
 # ---- screens we push (written alongside this app; imported when needed) ----------------------
 
 
-def _confirm(title: str, message: str, confirm_label: str, destructive: bool) -> Screen[bool]:
+def _confirm(title: str, message: str, confirm_label: str, destructive: bool, keep_label: str = "Cancel") -> Screen[bool]:
     from .screens.confirm import ConfirmDialog
 
-    return ConfirmDialog(title, message, confirm_label=confirm_label, destructive=destructive)
+    return ConfirmDialog(title, message, confirm_label=confirm_label, destructive=destructive, keep_label=keep_label)
+
+
+def plural(n: int, word: str) -> str:
+    """"1 recipient", "1,200 recipients"."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 # ---- the dashboard screen ------------------------------------------------------------------
@@ -174,6 +183,8 @@ class Dashboard(Screen[None]):
         Binding("a", "app.actions", "Actions", id="actions"),
         Binding("question_mark", "app.help", "Keys", id="help"),
         Binding("l", "app.limits", "Limits", id="limits"),
+        Binding("slash", "app.filter", "Filter", id="filter"),
+        Binding("escape", "app.clear_filter", "Clear filter", id="clear-filter", show=False),
         Binding("q", "app.leave", "Quit", id="quit"),
         Binding("tab", "app.focus_next", "Next panel", id="next-panel"),
         Binding("shift+tab", "app.focus_previous", "Previous panel", id="previous-panel", show=False),
@@ -185,12 +196,15 @@ class Dashboard(Screen[None]):
         self.header = HeaderLine()
         self.notice = NoticeLine()
         self._tables = {section: MailingTable(section, id=key) for section, key in SECTION_IDS.items()}
+        self.filter_bar = FilterBar()
+        self._last_table: MailingTable | None = None
 
     def compose(self) -> ComposeResult:
         yield self.header
         yield self.notice
-        with Vertical(id="panels"):
+        with PanelStack(id="panels"):
             yield from self._tables.values()
+        yield self.filter_bar
         yield Footer()
 
     def on_mount(self) -> None:
@@ -204,7 +218,26 @@ class Dashboard(Screen[None]):
 
     def active_table(self) -> MailingTable:
         focused = self.focused
-        return focused if isinstance(focused, MailingTable) else self.table(Section.CURRENT)
+        if isinstance(focused, MailingTable):
+            self._last_table = focused
+            return focused
+        return self._last_table or self.table(Section.CURRENT)
+
+    def on_descendant_focus(self, event: object) -> None:
+        if isinstance(self.focused, MailingTable):
+            self._last_table = self.focused
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            event.stop()
+            app = self.app
+            if isinstance(app, DashboardApp):
+                app.filter_changed()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            event.stop()
+            self.active_table().focus()
 
     def on_screen_resume(self) -> None:
         app = self.app
@@ -250,8 +283,10 @@ class DashboardApp(App[int]):
         stop_timeout: float = STOP_TIMEOUT,
         hangup_exit: float | None = None,
         cleanup: Callable[[], None] | None = None,
+        demo: bool = False,
     ) -> None:
         super().__init__()
+        self.demo = demo  # a throw-away database and sink: quitting ends it, nothing is handed off
         self.settings = settings
         self.warnings = security_warnings(settings)
         self.start_sender = start_sender
@@ -291,7 +326,9 @@ class DashboardApp(App[int]):
         self._stopping = False
         self._leaving = False
         self._expected: set[int] = set()  # mailings our own actions changed: no "moved" notice for them
-        self._keys_cache: dict[Section, tuple[list[Mailing], list[str]]] = {}
+        self._keys_cache: dict[Section, tuple[list[Mailing], str, list[int], list[str]]] = {}
+        self.filter_text = ""
+        self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
         self._read_failed = False
 
     # ---- setup -----------------------------------------------------------------------------
@@ -471,6 +508,7 @@ class DashboardApp(App[int]):
             read = set(snapshot.mailings) != {m.id for m in self.sections[Section.CURRENT]}
         if read:
             await self._read(store)
+            self._follow_menu()
         if snapshot is not None:
             self._snap_version = snapshot.version
         second = int(self.now().timestamp())
@@ -518,6 +556,18 @@ class DashboardApp(App[int]):
             self.notify(f"{name} came due and joined the queue", title="Scheduled", timeout=5)
         elif mailing.state is MailingState.STOPPED and message.before is not MailingState.STOPPED:
             self.notify(f"{name} was stopped ({mailing.remaining:,} remaining)", timeout=5)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast carries names, paths and server replies: shown as plain, terminal-safe text."""
+        super().notify(safe(message), title=safe(title), severity=severity, timeout=timeout, markup=False)
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -592,7 +642,8 @@ class DashboardApp(App[int]):
                 if table.layout_spec is None:
                     continue
                 view = View(now=now, operator_tz=self.operator_tz, compact=table.layout_spec.compact)
-                written += table.show(*self._rows(table, view))
+                keys, cells_of = self._rows(table, view)
+                written += table.show(keys, cells_of, total=len(self.sections[table.section]))
             self.cells_written += written
 
     def _rows(self, table: MailingTable, view: View) -> tuple[list[str], CellsOf]:
@@ -605,23 +656,51 @@ class DashboardApp(App[int]):
             assert table.layout_spec is not None
             bar = table.layout_spec.width_of("progress") - 6
 
+            indexes, keys = self._shown(section)
+
             def current_row(i: int) -> Cells:
-                m = current[i]
-                return current_cells(m, i + 1, estimates.get(m.id), rate, view, bar)
+                index = indexes[i]
+                m = current[index]
+                # The place in the whole queue, whatever the filter hides.
+                return current_cells(m, index + 1, estimates.get(m.id), rate, view, bar)
 
-            return self._keys_of(section), current_row
+            return keys, current_row
         mailings = self.sections[section]
+        indexes, keys = self._shown(section)
         if section is Section.SCHEDULED:
-            return self._keys_of(section), lambda i: scheduled_cells(mailings[i], view)
-        return self._keys_of(section), lambda i: inactive_cells(mailings[i], view)
+            return keys, lambda i: scheduled_cells(mailings[indexes[i]], view)
+        return keys, lambda i: inactive_cells(mailings[indexes[i]], view)
 
-    def _keys_of(self, section: Section) -> list[str]:
+    def _shown(self, section: Section) -> tuple[list[int], list[str]]:
+        """Which of the section's mailings the panel shows (the filter's matches), and their row keys."""
         mailings = self.sections[section]
         cached = self._keys_cache.get(section)
-        if cached is None or cached[0] is not mailings:
-            cached = (mailings, [str(m.id) for m in mailings])
+        if cached is None or cached[0] is not mailings or cached[1] != self.filter_text:
+            query = self.filter_text
+            indexes = [i for i, m in enumerate(mailings) if matches_filter(m, query)]
+            cached = (mailings, query, indexes, [str(mailings[i].id) for i in indexes])
             self._keys_cache[section] = cached
-        return cached[1]
+        return cached[2], cached[3]
+
+    # ---- the filter ------------------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        self.dashboard.filter_bar.open()
+
+    def action_clear_filter(self) -> None:
+        bar = self.dashboard.filter_bar
+        if not bar.has_class("-active"):
+            return
+        focus_back = self.dashboard.focused is bar.input
+        bar.clear()
+        self.filter_changed()
+        if focus_back:
+            self.dashboard.active_table().focus()
+
+    def filter_changed(self) -> None:
+        self.filter_text = self.dashboard.filter_bar.query_text
+        self._dirty = True
+        self._render()
 
     def header_info(self, now: datetime) -> HeaderInfo:
         where = f"{self.operator_tz} · tzdata {tzdata_version()}"
@@ -685,19 +764,32 @@ class DashboardApp(App[int]):
         return any(m.state is MailingState.SENDING for m in self.sections[Section.CURRENT])
 
     def offers_for(self, mailing: Mailing) -> list[Offer]:
-        return offers(mailing, any_sending=self.any_sending())
+        queue = [m.id for m in self.sections[Section.CURRENT]]
+        index = queue.index(mailing.id) if mailing.id in queue else None
+        return queue_offers(offers(mailing, any_sending=self.any_sending()), index, len(queue))
+
+    def _follow_menu(self) -> None:
+        """The open Actions menu shows what can be done now, not what could when it opened."""
+        menu = self._menu
+        if menu is None or not menu.is_mounted:
+            return
+        mailing = self.find(menu.mailing.id)
+        menu.follow(mailing, self.offers_for(mailing) if mailing is not None else [])
 
     # ---- key actions -------------------------------------------------------------------------
 
     def action_actions(self) -> None:
         mailing = self.highlighted()
         if mailing is None:
-            self.notify("Nothing to act on in this panel", severity="warning", timeout=3)
+            table = self.dashboard.active_table()
+            hidden = bool(self.sections[table.section]) and bool(self.filter_text)
+            what = "nothing in this panel matches the filter" if hidden else "this panel is empty"
+            self.notify(f"Nothing to act on: {what}", severity="warning", timeout=3)
             return
         self.open_actions(mailing.id)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.where_text()))
+        self.push_screen(HelpScreen(self.where_text(), demo=self.demo))
 
     def action_limits(self) -> None:
         if self.store is None:
@@ -722,6 +814,9 @@ class DashboardApp(App[int]):
         self.dashboard.table(Section(section)).focus()
 
     def open_actions(self, mailing_id: int) -> None:
+        if any(w.group == "flow" and not w.is_finished for w in self.workers):
+            # Enter pressed again before the menu appeared: one menu, not a stack of them.
+            return
         self._actions_flow(mailing_id)
 
     @work(group="flow", exit_on_error=False)
@@ -733,9 +828,15 @@ class DashboardApp(App[int]):
         if mailing is None:
             self.notify("That mailing is gone", severity="warning", timeout=3)
             return
-        choice = await self.push_screen_wait(ActionsMenu(mailing, self.offers_for(mailing)))
+        menu = ActionsMenu(mailing, self.offers_for(mailing))
+        self._menu = menu
+        try:
+            choice = await self.push_screen_wait(menu)
+        finally:
+            self._menu = None
         if choice:
-            await self.perform(choice, mailing)
+            # The menu followed the mailing while open: act on it as it is now.
+            await self.perform(choice, self.find(mailing_id) or menu.mailing)
 
     @work(group="flow", exit_on_error=False)
     async def _palette_flow(self, key: str, mailing_id: int) -> None:
@@ -774,15 +875,16 @@ class DashboardApp(App[int]):
         self._expected.add(mailing.id)
         if key == "stop":
             message = (
-                f"Stop sending “{name}”? {mailing.remaining:,} recipients have not received it yet; "
+                f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
+                f"{'has' if mailing.remaining == 1 else 'have'} not received it yet; "
                 "they are kept, and Restart sends to them only."
             )
-            if not await self._ask("Cancel sending", message, "Stop sending", destructive=True):
+            if not await self._ask("Cancel sending", message, "Stop sending", "Keep sending"):
                 return None
             stopped = await lifecycle.stop(mailing.id)
-            return f"Stopped “{name}”: {stopped.remaining:,} remaining recipients kept (Inactive)"
-        if key in ("move-up", "move-down"):
-            position = await lifecycle.move(mailing.id, Direction.UP if key == "move-up" else Direction.DOWN)
+            return f"Stopped “{name}”: {plural(stopped.remaining, 'remaining recipient')} kept (Inactive)"
+        if key in MOVES:
+            position = await lifecycle.move(mailing.id, MOVES[key])
             return f"“{name}” is now number {position} in the queue"
         if key == "details":
             self.push_screen(self._details_screen(store, mailing))
@@ -797,23 +899,33 @@ class DashboardApp(App[int]):
             return f"“{name}” joined the queue (Current)"
         if key == "unschedule":
             message = f"Cancel the schedule of “{name}”? The mailing is kept as a draft (Inactive)."
-            if not await self._ask("Cancel schedule", message, "Cancel schedule", destructive=True):
+            if not await self._ask("Cancel schedule", message, "Cancel schedule", "Keep schedule"):
                 return None
             await lifecycle.unschedule(mailing.id)
             return f"“{name}” is a draft again (Inactive)"
         if key == "restart":
+            message = (
+                f"Restart “{name}”? It joins the bottom of the queue and sends to its "
+                f"{plural(mailing.remaining, 'remaining recipient')} only."
+            )
+            if not await self._ask("Restart sending", message, "Restart", "Keep stopped"):
+                return None
             await lifecycle.restart(mailing.id)
-            return f"“{name}” restarted for its {mailing.remaining:,} remaining recipients (Current)"
+            return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current)"
         if key == "delete":
-            message = f"Delete “{name}” and its recipient list ({mailing.total:,} recipients)? This cannot be undone."
-            if not await self._ask("Delete mailing", message, "Delete", destructive=True):
+            message = (
+                f"Delete “{name}” and its recipient list ({plural(mailing.total, 'recipient')})? "
+                "This cannot be undone."
+            )
+            if not await self._ask("Delete mailing", message, "Delete", "Keep"):
                 return None
             await lifecycle.delete(mailing.id)
             return f"Deleted “{name}”"
         raise UserError(f"unknown action {key!r}")
 
-    async def _ask(self, title: str, message: str, confirm_label: str, *, destructive: bool) -> bool:
-        return bool(await self.push_screen_wait(_confirm(title, message, confirm_label, destructive)))
+    async def _ask(self, title: str, message: str, confirm_label: str, keep_label: str) -> bool:
+        """A destructive question: it opens on `keep_label`; only its own key (or Tab) confirms."""
+        return bool(await self.push_screen_wait(_confirm(title, message, confirm_label, True, keep_label)))
 
     async def _schedule(self, mailing: Mailing) -> str | None:
         from .screens.schedule import ScheduleDialog
@@ -875,12 +987,13 @@ class DashboardApp(App[int]):
                 )
             )
         commands.append(Command("Actions menu", "open the Actions menu of the highlighted mailing", self.action_actions))
+        commands.append(Command("Filter", "show only mailings whose name, subject or id match (Escape clears)", self.action_filter))
         commands.append(Command("Keys", "show every key", self.action_help))
         commands.append(
             Command("Sending limits", "change rate, hourly limit and connections while sending", self.action_limits)
         )
         commands.append(Command("Refresh", "re-read the database now", lambda: self.run_worker(self.refresh_now())))
-        commands.append(Command("Quit", "leave the dashboard (sending continues in the background)", self.action_leave))
+        commands.append(Command("Quit", QUIT_DEMO if self.demo else QUIT_HELP, self.action_leave))
         return commands
 
     def get_system_commands(self, screen: Screen):  # type: ignore[no-untyped-def]
@@ -937,6 +1050,8 @@ class DashboardApp(App[int]):
         if store is not None:
             self.store = None
             await store.close()
+        if self.demo and exit_message is None:
+            exit_message = "mailtower demo: ended; its SMTP sink and database were throw-away and are removed"
         self.exit(0, message=exit_message)
         if hung_up and self.hangup_exit is not None:
             # Restoring a terminal that is gone can block forever in Textual's writer; the

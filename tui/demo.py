@@ -147,7 +147,7 @@ def run_demo() -> int:
         print(f"mailtower demo: preparing sample mailings in {folder} ...", file=sys.stderr)
         loops.run(build_demo(settings, folder))
         # No hand-off: quitting the demo stops its sending, and its database goes with it.
-        app = DashboardApp(settings, hand_off_on_quit=False, hangup_exit=HANGUP_EXIT, cleanup=cleanup)
+        app = DashboardApp(settings, hand_off_on_quit=False, hangup_exit=HANGUP_EXIT, cleanup=cleanup, demo=True)
         loops.run_app(app)
         return app.return_code or 0
     finally:

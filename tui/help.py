@@ -13,9 +13,11 @@ from textual.widgets import Footer, Static
 KEYS: list[tuple[str, str]] = [
     ("Tab / Shift+Tab", "next / previous panel (Current, Scheduled, Inactive)"),
     ("↑ ↓  j k", "move within a panel"),
-    ("PgUp PgDn Home End", "page / jump within a panel"),
+    ("PgUp PgDn", "page within a panel"),
+    ("Home End  g G", "first / last mailing of a panel"),
     ("a  or  Enter", "Actions menu of the highlighted mailing"),
-    ("Escape", "close a menu or dialog"),
+    ("/", "filter all three panels by name, subject or id (Enter: back to the panels, Escape: clear)"),
+    ("Escape", "close a menu or dialog; clear the filter"),
     ("Ctrl+P", "command palette: every action, searchable"),
     ("?", "this list of keys"),
     ("l", "sending limits: rate, hourly limit, connections (applied within a second)"),
@@ -23,23 +25,33 @@ KEYS: list[tuple[str, str]] = [
     ("mouse", "click a panel to focus it, click the highlighted row for its Actions"),
 ]
 
+QUIT_DEMO = (
+    "q",
+    "quit the demo at once: its SMTP sink and database are throw-away, so quitting ends the demo "
+    "(nothing is handed off to a background sender, nothing is kept)",
+)
+
 SECTIONS: list[tuple[str, str]] = [
-    ("Current", "Cancel sending, Move up, Move down, Details"),
+    ("Current", "Cancel sending, Move up / down / to top / to bottom, Details"),
     ("Scheduled", "Set Schedule, Send now, Cancel (not while a mailing is being sent), Details"),
     ("Inactive", "Restart, View remaining recipients, Set Schedule, Send now, Details, Delete"),
 ]
 
 
-def help_table(where: str) -> Table:
+def help_table(where: str, demo: bool = False) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for key, what in KEYS:
+        if demo and key == QUIT_DEMO[0]:
+            key, what = QUIT_DEMO
         table.add_row(Text(key), Text(what))
     table.add_row("", "")
     table.add_row(Text("Actions", style="bold underline"), "")
     for section, what in SECTIONS:
         table.add_row(Text(section), Text(what))
+    table.add_row(Text("Destructive"), Text("a question that cannot be taken back opens on the safe choice; "
+                                            "its action takes the key shown on its button"))
     table.add_row("", "")
     table.add_row(Text("Times"), Text(where))
     return table
@@ -61,15 +73,16 @@ class HelpScreen(ModalScreen[None]):
     HelpScreen Static { height: auto; }
     """
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, demo: bool = False) -> None:
         super().__init__()
         self.where = where
+        self.demo = demo
 
     def compose(self) -> ComposeResult:
         with VerticalScroll() as box:
-            box.border_title = "Keys"
+            box.border_title = "Keys (demo)" if self.demo else "Keys"
             box.border_subtitle = "Escape closes"
-            yield Static(help_table(self.where))
+            yield Static(help_table(self.where, self.demo))
         yield Footer()
 
     def action_close(self) -> None:

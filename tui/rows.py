@@ -76,7 +76,7 @@ _FIXED: dict[Section, list[tuple[str, str, int, int, bool]]] = {
         ("name", "Name", 0, 0, False),
         ("local", "Send at (zone)", 34, 40, False),
         ("here", "Your time", 12, 22, False),
-        ("starts", "Starts", 11, 16, True),
+        ("starts", "Starts", 12, 16, True),  # "in 1501d12h" and a space before it
     ],
     Section.INACTIVE: [
         ("name", "Name", 0, 0, False),

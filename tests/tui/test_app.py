@@ -124,10 +124,13 @@ async def pick(pilot: Pilot[int], key: str) -> ActionsMenu:
 
 
 async def confirm(pilot: Pilot[int]) -> None:
+    """Say yes: Enter to a harmless question, the key its button shows to a destructive one."""
     from mailtower.tui.screens.confirm import ConfirmDialog
 
     await wait_for(lambda: isinstance(pilot.app.screen, ConfirmDialog), what="the confirmation")
-    await pilot.press("enter")
+    dialog = pilot.app.screen
+    assert isinstance(dialog, ConfirmDialog)
+    await pilot.press(dialog.key or "enter")
 
 
 async def until_state(db: Path, mailing_id: int, state: MailingState | None, timeout: float = 5.0) -> None:
@@ -354,6 +357,7 @@ async def test_inactive_restart_send_now_delete(fixed_db: Fixture) -> None:
     async with running(app) as pilot:
         await focus_row(pilot, Section.INACTIVE, ids["stopped"])
         await choose(pilot, "restart")
+        await confirm(pilot)  # restart sends again: it asks first
         await until_state(fixed_db.db, ids["stopped"], MailingState.QUEUED)
         await focus_row(pilot, Section.INACTIVE, ids["draft"])
         await choose(pilot, "send-now", opener="enter")
@@ -415,7 +419,9 @@ async def test_inactive_view_remaining_recipients(fixed_db: Fixture) -> None:
 
 
 async def test_refused_action_is_one_error_notice(fixed_db: Fixture) -> None:
-    """The menu offered Cancel (nothing was sending), but by the time it is chosen something is."""
+    """Cancel was chosen (nothing was sending), but by the time it is confirmed something is."""
+    from mailtower.tui.screens.confirm import ConfirmDialog
+
     ids = fixed_db.ids
     async with opened(fixed_db.db) as store:
         await Lifecycle(store).stop(ids["spring"])
@@ -424,9 +430,10 @@ async def test_refused_action_is_one_error_notice(fixed_db: Fixture) -> None:
         await focus_row(pilot, Section.SCHEDULED, ids["tokyo"])
         await pilot.press("a")
         await wait_for(lambda: isinstance(app.screen, ActionsMenu))
+        await pick(pilot, "unschedule")
+        await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="the confirmation")
         async with opened(fixed_db.db) as store:
             await Lifecycle(store).start(ids["news"])  # another process starts sending
-        await pick(pilot, "unschedule")
         await confirm(pilot)
         await wait_for(lambda: any("cannot be cancelled" in n.message for n in app._notifications))
     assert await state_of(fixed_db.db, ids["tokyo"]) is MailingState.SCHEDULED
@@ -448,6 +455,7 @@ async def test_command_palette_runs_an_action_on_the_highlighted_mailing(fixed_d
 
         await until(pilot, restart_highlighted)
         await pilot.press("enter")
+        await confirm(pilot)
         await until_state(fixed_db.db, ids["stopped"], MailingState.QUEUED)
         commands = [c.title for c in app.palette_commands()]
         assert "Go to Scheduled" in commands and "Quit" in commands

@@ -179,8 +179,8 @@ async def enter_schedule(pilot: Pilot[Any], date: str, hour: str, zone: str) -> 
 # --- confirm -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "expected"), [("enter", True), ("escape", False)])
-async def test_confirm_dialog_enter_confirms_escape_cancels(tmp_path: Path, key: str, expected: bool) -> None:
+@pytest.mark.parametrize(("key", "expected"), [("d", True), ("enter", False), ("escape", False)])
+async def test_confirm_dialog_its_key_confirms_enter_and_escape_keep(tmp_path: Path, key: str, expected: bool) -> None:
     db, mailing_id = await new_mailing(tmp_path, 3)
     app = Host(db, mailing_id, lambda store, m: ConfirmDialog("Delete?", f"Delete {m.name}?", "Delete", destructive=True))
     async with app.run_test(size=(80, 24)) as pilot:

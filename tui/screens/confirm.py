@@ -1,7 +1,15 @@
-"""A yes/no question: Enter confirms, Escape cancels."""
+"""A yes/no question whose buttons say what they do.
+
+A harmless question (quit, hand the sending off) starts on its confirm button: Enter confirms.
+A destructive or risky one (stop a sending, delete, cancel a schedule, restart, raise the limits)
+starts on the safe choice, so Enter alone, pressed once too often, never does it: the action takes
+its own key, shown on its button (or Tab to the button, or a click). Escape always keeps things
+as they are.
+"""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -10,8 +18,16 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
 
+def action_key(label: str) -> str:
+    """The key that confirms a destructive dialog by default: the first letter of its button."""
+    for char in label:
+        if char.isalpha():
+            return char.lower()
+    raise ValueError(f"no letter in {label!r} to use as its key")
+
+
 class ConfirmDialog(ModalScreen[bool]):
-    """Dismisses with True when confirmed, False when cancelled."""
+    """Dismisses with True when confirmed, False when kept as it is."""
 
     DEFAULT_CSS = """
     ConfirmDialog {
@@ -23,6 +39,7 @@ class ConfirmDialog(ModalScreen[bool]):
         height: auto;
         max-height: 100%;
         border: round $primary;
+        border-subtitle-color: $text-muted;
         background: $surface;
         padding: 0 1;
     }
@@ -48,34 +65,46 @@ class ConfirmDialog(ModalScreen[bool]):
     }
     """
 
-    BINDINGS = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("enter", "confirm", "Confirm", show=False),
-    ]
+    BINDINGS = [Binding("escape", "cancel", "Keep")]
 
-    def __init__(self, title: str, message: str, confirm_label: str = "OK", destructive: bool = False) -> None:
+    def __init__(
+        self,
+        title: str,
+        message: str,
+        confirm_label: str = "OK",
+        destructive: bool = False,
+        *,
+        keep_label: str = "Cancel",
+        key: str | None = None,
+    ) -> None:
         super().__init__(classes="-destructive" if destructive else "")
         self.title_text = title
         self.message = message
         self.confirm_label = confirm_label
+        self.keep_label = keep_label
         self.destructive = destructive
+        # Only a destructive dialog has its own key; a harmless one confirms with Enter.
+        self.key = (key or action_key(confirm_label)) if destructive else None
+        if self.key is not None:
+            self._bindings.bind(self.key, "confirm", confirm_label, show=False)
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="confirm-box"):
-            yield Label(self.title_text, id="confirm-title")
+        with Vertical(id="confirm-box") as box:
+            if self.key is not None:
+                box.border_subtitle = f"{self.key} {self.confirm_label.lower()} · Enter or Esc: {self.keep_label.lower()}"
+            yield Label(Text(self.title_text), id="confirm-title")
             yield Static(self.message, id="confirm-message", markup=False)
             with Horizontal(id="confirm-buttons"):
-                yield Button("Cancel", id="cancel", compact=True)
-                yield Button(
-                    self.confirm_label,
-                    id="confirm",
-                    variant="error" if self.destructive else "primary",
-                    compact=True,
-                )
+                yield Button(Text(self.keep_label), id="cancel", compact=True)
+                yield Button(self.confirm_text(), id="confirm", variant="error" if self.destructive else "primary", compact=True)
+
+    def confirm_text(self) -> Text:
+        """"Stop sending (s)": the button names its key, so the key is never a secret."""
+        return Text(self.confirm_label if self.key is None else f"{self.confirm_label} ({self.key})")
 
     def on_mount(self) -> None:
-        # Enter presses the focused button, so the confirm button starts focused: Enter confirms.
-        self.query_one("#confirm", Button).focus()
+        # Enter presses the focused button: the safe one when the action cannot be taken back.
+        self.query_one("#cancel" if self.destructive else "#confirm", Button).focus()
 
     @on(Button.Pressed, "#confirm")
     def action_confirm(self) -> None:

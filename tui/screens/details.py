@@ -202,12 +202,14 @@ class DetailsScreen(Screen[None]):
     def show(self, data: DetailsData) -> None:
         mailing = data.mailing
         self.query_one("#details-title", Static).update(
-            f"Details: {safe(mailing.name)} (#{mailing.id}, {mailing.state.value}) · "
-            f"{mailing.remaining:,} of {mailing.total:,} not received"
+            Text(
+                f"Details: {safe(mailing.name)} (id {mailing.id}, {mailing.state.value}) · "
+                f"{mailing.remaining:,} of {mailing.total:,} not received"
+            )
         )
         self.query_one("#outcomes", Static).update(Group(Text("Outcomes", style="bold"), outcome_table(data)))
         last_error = self.query_one("#last-error", Static)
-        last_error.update(f"Last error: {safe(mailing.last_error)}" if mailing.last_error else "")
+        last_error.update(Text(f"Last error: {safe(mailing.last_error)}") if mailing.last_error else "")
         last_error.display = bool(mailing.last_error)
         parts = data.breakdown
         self.query_one("#failed-codes", Static).update(

@@ -3,27 +3,35 @@
 The values and their rules are core's (`limits.LIMITS`, `parse_limit`, `set_limits`); the sender
 reads the settings table about once a second, so a save here takes effect without a restart.
 The dialog shows when each limit last changed and refuses to save what core would refuse.
+
+Typing replaces a field's value (it opens selected, as the schedule dialog's fields do), so "10"
+means 10, not 6010. A change that more than doubles a rate or the connections is shown as
+old -> new and asked about first, on a dialog that opens on "Go back".
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Input, Label, Static
+from textual.widgets.input import Selection
 
 from mailtower.core.config import Settings
 from mailtower.core.errors import UserError
 from mailtower.core.limits import LIMITS, Limits, parse_limit, read_limits, set_limits
 from mailtower.core.store import Store
 from mailtower.core.timezones import humanize_delta, utcnow
+
+from .confirm import ConfirmDialog
 
 EXPLANATION = "The sender applies changes within a second, even while a mailing sends; they hold across restarts."
 SAVED = "Limits saved; the sender applies them within a second"
@@ -44,6 +52,43 @@ FIELDS: dict[str, LimitField] = {
     "connections": LimitField("Connections", "at least 1"),
     "messages_per_connection": LimitField("Messages per connection", "then reconnect; 0 = never"),
 }
+
+# Limits that let more mail out the more they grow; 0 means unlimited for the rates.
+PACING: dict[str, str] = {"rate": "msg/s", "rate_per_hour": "msg/h", "connections": ""}
+UNLIMITED_AT_ZERO = {"rate", "rate_per_hour"}
+
+
+def more_than_doubles(name: str, old: float, new: float) -> bool:
+    """Whether changing pacing limit `name` from `old` to `new` lets out more than twice as much.
+
+    For a rate 0 is unlimited: setting a limit where there was none is a decrease, and
+    removing a limit (to 0) is the largest increase there is.
+    """
+    if name not in PACING or new == old:
+        return False
+    if name in UNLIMITED_AT_ZERO:
+        if old == 0:
+            return False
+        if new == 0:
+            return True
+    return new > 2 * old
+
+
+def shown_value(name: str, value: float) -> str:
+    if name in UNLIMITED_AT_ZERO and value == 0:
+        return "unlimited"
+    unit = PACING.get(name, "")
+    return f"{format_value(value)} {unit}".rstrip()
+
+
+def increase_lines(limits: Limits, changes: dict[str, float | int]) -> list[str]:
+    """ "Rate per second: 60 msg/s → 6010 msg/s" for each change that more than doubles a limit."""
+    lines = []
+    for name, new in changes.items():
+        old = getattr(limits, name)
+        if more_than_doubles(name, old, new):
+            lines.append(f"{FIELDS[name].label}: {shown_value(name, old)} → {shown_value(name, new)}")
+    return lines
 
 
 def limit_problem(name: str, text: str) -> str | None:
@@ -197,7 +242,11 @@ class LimitsScreen(ModalScreen[bool]):
             field.cursor_position = len(field.value)
         self._show_changed()
         self._check()
-        self.query_one(f"#{next(iter(LIMITS))}", Input).focus()
+        first = self.query_one(f"#{next(iter(LIMITS))}", Input)
+        first.focus()
+        # The field may have had focus (empty) before the values arrived: select its value now,
+        # so the first keys typed replace it rather than add to it.
+        first.selection = Selection(0, len(first.value))
         self.set_interval(AGO_REFRESH, self._show_changed)
 
     # --- showing state ---------------------------------------------------------------------
@@ -233,23 +282,42 @@ class LimitsScreen(ModalScreen[bool]):
             self._check()
 
     @on(Input.Submitted)
-    async def _field_submitted(self) -> None:
-        await self.action_save()
+    def _field_submitted(self) -> None:
+        self.action_save()
 
     @on(Button.Pressed, "#save")
-    async def action_save(self) -> None:
+    def action_save(self) -> None:
         if self.limits is None or self._saving or not self._check():
             return
-        changes = changed_values(self.limits, self._texts())
+        self._saving = True  # a second Enter while the question or the write waits must not save twice
+        self.query_one("#save", Button).disabled = True
+        self._save(self.limits)
+
+    @work(exclusive=True, group="limits-save", exit_on_error=False)
+    async def _save(self, limits: Limits) -> None:
+        changes = changed_values(limits, self._texts())
         if not changes:
             self.notify("No limit changed", timeout=3)
             self.dismiss(False)
             return
-        self._saving = True  # a second Enter while the write waits must not save twice
-        self.query_one("#save", Button).disabled = True
+        raised = increase_lines(limits, changes)
+        if raised and not await self.app.push_screen_wait(
+            ConfirmDialog(
+                "Raise the sending limits?",
+                "This lets out more than twice as much mail as before:\n"
+                + "\n".join(raised)
+                + "\nThe relay or the receiving servers may throttle or block a sudden jump.",
+                "Raise limits",
+                destructive=True,
+                keep_label="Go back",
+            )
+        ):
+            self._saving = False
+            self._check()
+            return
         try:
             await set_limits(self.store, dict(changes))
-        except UserError as exc:
+        except (UserError, sqlite3.Error, OSError) as exc:
             self._saving = False
             self._check()
             self.notify(str(exc), title="Not saved", severity="error", timeout=8)

@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
+from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -594,8 +595,10 @@ class RemainingScreen(Screen[None]):
 
     def _title(self) -> None:
         self.query_one("#remaining-title", Static).update(
-            f"Remaining recipients: {safe(self.mailing.name)} (#{self.mailing.id}, {self.mailing.state.value}) "
-            f"· {self.mailing.remaining:,} of {self.mailing.total:,} not received"
+            Text(
+                f"Remaining recipients: {safe(self.mailing.name)} (id {self.mailing.id}, {self.mailing.state.value}) "
+                f"· {self.mailing.remaining:,} of {self.mailing.total:,} not received"
+            )
         )
 
     @on(RecipientList.CursorMoved)

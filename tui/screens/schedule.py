@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,6 +20,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
 from mailtower.core.errors import UserError
 from mailtower.core.timezones import (
@@ -198,7 +200,7 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
     def compose(self) -> ComposeResult:
         local, zone = default_wall_time(self.mailing, self.operator_tz, self._now())
         box = Vertical(id="schedule-box")
-        box.border_title = f"Set schedule: {self.mailing.name}"
+        box.border_title = Text(f"Set schedule: {safe(self.mailing.name)} (id {self.mailing.id})")
         with box:
             with Horizontal(classes="row"):
                 yield Label("Date", classes="field-label")
