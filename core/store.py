@@ -357,6 +357,24 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+def _open_failure(path: Path, exc: Exception) -> Exception:
+    """The error to raise when opening failed: one line saying what to fix, where we can tell."""
+    fault = storage_error(path, exc)
+    if fault is None:
+        return exc
+    if isinstance(exc, sqlite3.Error) and ("readonly" in str(exc) or "unable to open" in str(exc)):
+        # SQLite cannot say why; the usual reasons can be checked.
+        directory = path.parent
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return UserError(
+                f"database {path}: cannot write in {directory} (read-only or no permission); "
+                f"SQLite needs to create {path.name}-wal and {path.name}-shm there"
+            )
+        if not os.access(path, os.R_OK | os.W_OK):
+            return UserError(f"database {path}: the file is read-only or not readable (permissions or a read-only mount)")
+    return fault
+
+
 def _daemonize(conn: aiosqlite.Connection) -> None:
     """A connection nobody closed must never keep the process alive after main() returns:
     aiosqlite's worker thread is not a daemon, and a leaked one made `mailtower` hang at exit."""
@@ -675,7 +693,7 @@ class Store:
         try:
             db = await conn
         except Exception as exc:
-            raise storage_error(path, exc) or exc from None
+            raise _open_failure(path, exc) from None
         try:
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
@@ -686,7 +704,7 @@ class Store:
         except BaseException as exc:
             await _close_quietly(db)
             if isinstance(exc, Exception):
-                raise storage_error(path, exc) or exc from None
+                raise _open_failure(path, exc) from None
             raise
         return store
 
