@@ -150,7 +150,7 @@ class SenderLease:
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 return Holder(0, "?", 0.0, "another user's process")
-            raise _lease_error(path, exc) from None
+            return None  # unreadable: taking the lease will say why, in one line
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
