@@ -8,15 +8,18 @@ used to hang the process, so a hang fails the test instead of stalling the run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mailtower.core.errors import UserError
 from mailtower.core.lease import SenderLease
 from mailtower.core.sink import Sink
 from mailtower.core.store import Store
@@ -31,8 +34,8 @@ TIMEOUT = 60  # seconds: far above a normal start (< 2 s); only a hang reaches i
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`mailtower ARGS` in its own process; a hang raises TimeoutExpired (the process is killed)."""
-    full_env = {**os.environ, "MAILTOWER_CONFIG": "/nonexistent/mailtower.toml", **(env or {})}
-    full_env.pop("MAILTOWER_DB", None) if env is None or "MAILTOWER_DB" not in env else None
+    full_env = {name: value for name, value in os.environ.items() if name != "MAILTOWER_DB"}
+    full_env.update({"MAILTOWER_CONFIG": "/nonexistent/mailtower.toml", **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "mailtower.tui.cli", *args],
         env=full_env,
@@ -64,8 +67,6 @@ def make_db(path: Path) -> Path:
     async def create() -> None:
         store = await Store.open(path)
         await store.close()
-
-    import asyncio
 
     asyncio.run(create())
     return path
@@ -218,11 +219,6 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path,
 def test_store_open_failure_leaves_no_thread_running(tmp_path: Path) -> None:
     """Store.open used to leave aiosqlite's worker thread running when a PRAGMA failed, so the
     process never exited. In-process: after the refusal no new non-daemon thread is alive."""
-    import asyncio
-    import threading
-
-    from mailtower.core.errors import UserError
-
     db = _not_sqlite(tmp_path)
     before = set(threading.enumerate())
     with pytest.raises(UserError, match="not a SQLite database"):
