@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -44,10 +45,10 @@ SQLITE_MAX_ID = 2**63 - 1
 
 def mailing_id(text: str) -> int:
     """An argparse type: a mailing id is a whole number SQLite can hold (1 to 2**63-1)."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a mailing id (a whole number)") from None
+    # Only ASCII digits: int() would also take "1_0" and other scripts' digits.
+    if re.fullmatch(r"[+-]?[0-9]+", text.strip()) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mailing id (a whole number)")
+    value = int(text.strip())
     if not 1 <= value <= SQLITE_MAX_ID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a mailing id (ids run from 1 to {SQLITE_MAX_ID})")
     return value

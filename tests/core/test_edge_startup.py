@@ -352,7 +352,7 @@ def mailing(tmp_path: Path, body: Path) -> tuple[Cli, int]:
 
 
 @pytest.mark.parametrize("command", ["send-now", "unschedule", "stop", "restart", "delete", "remaining"])
-@pytest.mark.parametrize("value", ["99999999999999999999999", "9223372036854775808", "-1", "0"])
+@pytest.mark.parametrize("value", ["99999999999999999999999", "9223372036854775808", "-1", "0", "1_0", "\u0661", "1e3"])
 def test_ids_outside_sqlites_range_are_one_line(mailing: tuple[Cli, int], command: str, value: str) -> None:
     cli, _ = mailing
     code, _, err = cli(command, "--", value) if value.startswith("-") else cli(command, value)
