@@ -246,6 +246,11 @@ def database_companions(db: Path) -> list[Path]:
         names.append(base)
         for suffix in ("-wal", "-shm", "-journal", ".lease"):
             names.append(base.with_name(base.name + suffix))
+    from .lease import lease_path  # here: the lease module imports the store, which must not import us back
+
+    lease = lease_path(Path(db))
+    if lease is not None:
+        names.append(lease)
     return names
 
 

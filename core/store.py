@@ -8,9 +8,13 @@ counters are updated in the same transaction as the ledger rows they summarise.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import os
 import sqlite3
+import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -31,6 +35,8 @@ from .domain import (
     Section,
 )
 from .errors import NotFound, UserError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 
@@ -242,11 +248,147 @@ class ImportSummary:
     duplicates: list[int]  # line numbers of rows whose address was already in the mailing
 
 
+# ---- opening ------------------------------------------------------------------------------
+
+# sqlite3 reports storage faults only as text; these phrases (from sqlite3_errstr) say which.
+_STORAGE_FAULTS: tuple[tuple[str, str], ...] = (
+    ("disk is full", "the disk is full"),
+    ("readonly database", "it is read-only (file permissions or a read-only filesystem)"),
+    ("read-only", "it is read-only (file permissions or a read-only filesystem)"),
+    ("file is not a database", "it is not a SQLite database"),
+    ("malformed", "the database is damaged (truncated or corrupt)"),
+    ("disk i/o error", "input/output error (disk failure, a full disk, or the file changed underneath)"),
+    ("unable to open database file", "SQLite cannot open it or create its -wal/-shm files beside it"),
+    ("authorization denied", "access was denied"),
+)
+# OSError numbers that mean the storage refused, not that mailtower is wrong.
+_STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
+     errno.EISDIR, errno.ENOENT, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO, errno.ETXTBSY}
+)
+
+
+def storage_error(path: Path, exc: BaseException) -> UserError | None:
+    """A one-line UserError naming the file for a storage fault (full disk, read-only, not a
+    database, damaged...), or None when `exc` is not one and so is a bug."""
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc).lower()
+        for phrase, meaning in _STORAGE_FAULTS:
+            if phrase in text:
+                return UserError(f"database {path}: {meaning}")
+        return None
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None:
+            return UserError(f"{exc.filename}: {reason}")
+        return UserError(f"{reason} (database {path})")
+    return None
+
+
+def check_database_path(path: Path) -> None:
+    """Refuse, before SQLite sees it, a path that cannot be a database file.
+
+    SQLite would block for ever on a FIFO, write into a device, or fail with a bare
+    "unable to open database file"; each case gets its own one line here instead. The
+    directory is never created: a mistyped --db must not leave a new tree behind (the
+    default location is prepared by the front end)."""
+    if str(path) == "":
+        raise UserError("database: an empty path is not a file name")
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise UserError(f"database {path}: {exc.strerror or exc}") from None
+    if info is None:
+        if os.path.islink(path):
+            raise UserError(f"database {path}: a symbolic link to {os.readlink(path)}, which does not exist")
+        parent = path.parent
+        if not parent.is_dir():
+            what = "is not a directory" if parent.exists() else "does not exist"
+            raise UserError(f"database {path}: the directory {parent} {what}")
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"database {path}: is a directory, not a database file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"database {path}: is {_file_kind(info.st_mode)}, not a regular file")
+    _check_companions(path)
+
+
+def _check_companions(path: Path) -> None:
+    """SQLite keeps its -wal and -shm files beside the database under the resolved name."""
+    real = Path(os.path.realpath(path))
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = real.with_name(real.name + suffix)
+        try:
+            info = os.stat(companion)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UserError(f"database {path}: {companion}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else _file_kind(info.st_mode)
+            raise UserError(f"database {path}: its {suffix[1:]} file {companion} is {kind}, not a regular file")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def _create_private_file(path: Path) -> None:
-    """Create the database file readable by its owner only, before SQLite opens it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    """Create the database file readable by its owner only, before SQLite opens it.
+
+    O_EXCL with O_NOFOLLOW: a file or link that appeared since the check is never
+    followed or truncated, it is opened by SQLite as it is (and checked again)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise UserError(f"database {path}: cannot create it: {exc.strerror or exc}") from None
     os.close(fd)
+
+
+def _open_failure(path: Path, exc: Exception) -> Exception:
+    """The error to raise when opening failed: one line saying what to fix, where we can tell."""
+    fault = storage_error(path, exc)
+    if fault is None:
+        return exc
+    if isinstance(exc, sqlite3.Error) and ("readonly" in str(exc) or "unable to open" in str(exc)):
+        # SQLite cannot say why; the usual reasons can be checked.
+        directory = path.parent
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return UserError(
+                f"database {path}: cannot write in {directory} (read-only or no permission); "
+                f"SQLite needs to create {path.name}-wal and {path.name}-shm there"
+            )
+        if not os.access(path, os.R_OK | os.W_OK):
+            return UserError(f"database {path}: the file is read-only or not readable (permissions or a read-only mount)")
+    return fault
+
+
+def _daemonize(conn: aiosqlite.Connection) -> None:
+    """A connection nobody closed must never keep the process alive after main() returns:
+    aiosqlite's worker thread is not a daemon, and a leaked one made `mailtower` hang at exit."""
+    thread = getattr(conn, "_thread", conn)
+    if isinstance(thread, threading.Thread) and not thread.is_alive():
+        thread.daemon = True
+
+
+async def _close_quietly(db: aiosqlite.Connection) -> None:
+    """Close after a failure; the first error is the one worth reporting, not this one."""
+    try:
+        await asyncio.wait_for(db.close(), timeout=30.0)
+    except Exception:  # noqa: BLE001 - the open already failed; its error is reported
+        pass
 
 
 class Tx:
@@ -514,9 +656,19 @@ def _record_and_claim(
                 row = conn.execute(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback_sync(conn)
         raise
     return claimed, row
+
+
+def _rollback_sync(conn: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself after some errors (a full disk): a second ROLLBACK would
+    # then fail and hide the error that matters.
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.warning("ROLLBACK failed", exc_info=True)
 
 
 class Store:
@@ -529,19 +681,35 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path | str) -> "Store":
+        """Open (creating if needed) and migrate; any failure is one UserError naming the file
+        (or, for a bug, the original exception) and leaves no connection or thread behind."""
         path = Path(path)
+        check_database_path(path)
         if not path.exists():
             _create_private_file(path)
-        db = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA busy_timeout = 30000")
-        await db.execute("PRAGMA foreign_keys = ON")
-        store = cls(db, path)
-        await store._migrate()
+        check_database_path(path)  # what SQLite will open is still a regular file
+        conn = aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+        _daemonize(conn)
+        try:
+            db = await conn
+        except Exception as exc:
+            raise _open_failure(path, exc) from None
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA busy_timeout = 30000")
+            await db.execute("PRAGMA foreign_keys = ON")
+            store = cls(db, path)
+            await store._migrate()
+        except BaseException as exc:
+            await _close_quietly(db)
+            if isinstance(exc, Exception):
+                raise _open_failure(path, exc) from None
+            raise
         return store
 
     async def close(self) -> None:
+        """Close the connection; its worker thread ends even if the final close fails."""
         await self.db.close()
 
     async def _migrate(self) -> None:
@@ -570,10 +738,20 @@ class Store:
             try:
                 yield tx
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                await self._rollback()
                 raise
             else:
                 await self.db.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        # SQLite rolls back by itself after some errors (a full disk): a second ROLLBACK would
+        # then fail and hide the error that matters.
+        if not self.db.in_transaction:
+            return
+        try:
+            await self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.warning("ROLLBACK failed on %s", self.path, exc_info=True)
 
     async def _begin_immediate(self) -> None:
         # busy_timeout covers most contention; a bounded retry covers the rest without crashing.

@@ -199,6 +199,26 @@ def resolve(local: datetime, tz: str) -> Resolved:
     if local.tzinfo is not None:
         raise ValueError("resolve() takes a naive wall time; the zone is given separately")
     zone = load_zone(tz)
+    try:
+        resolved = _resolve_in(local, tz, zone)
+    except OverflowError:
+        resolved = None
+    if resolved is None or not _SCHEDULABLE_MIN <= resolved.utc <= _SCHEDULABLE_MAX:
+        # Near year 1 or 9999 the instant, or its wall time in some other zone, falls outside
+        # what datetime can hold: refused here so no later display or comparison overflows.
+        raise UserError(
+            f"{_wall(local)} in {tz} is outside the range of times that can be scheduled "
+            f"({_SCHEDULABLE_MIN.date().isoformat()} to {_SCHEDULABLE_MAX.date().isoformat()} UTC)"
+        )
+    return resolved
+
+
+# Two days inside datetime's range: any zone's wall time of an instant in here still exists.
+_SCHEDULABLE_MIN = datetime.min.replace(tzinfo=timezone.utc) + timedelta(days=2)
+_SCHEDULABLE_MAX = datetime.max.replace(tzinfo=timezone.utc) - timedelta(days=2)
+
+
+def _resolve_in(local: datetime, tz: str, zone: ZoneInfo) -> Resolved:
     in_force = _offsets_in_force(local, zone)
     # Largest offset first: that reading is the earlier instant.
     readings = sorted((offset for offset, actual in in_force.items() if actual == offset), reverse=True)

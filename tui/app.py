@@ -51,7 +51,7 @@ from mailtower.core.lifecycle import Direction, Lifecycle, Offer, offers
 from mailtower.core.operations import split_by_zone
 from mailtower.core.progress import SenderState, queue_estimates
 from mailtower.core.sender import LeaseHeld, Sender
-from mailtower.core.store import Store
+from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu, queue_offers
@@ -330,6 +330,7 @@ class DashboardApp(App[int]):
         self.filter_text = ""
         self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
         self._read_failed = False
+        self.open_error: str | None = None  # the one line to print when the database would not open
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -346,7 +347,9 @@ class DashboardApp(App[int]):
         try:
             self.store = await Store.open(self.settings.db)
         except (UserError, OSError, sqlite3.Error) as exc:
-            self.exit(return_code=2, message=f"mailtower: cannot open {self.settings.db}: {exc}")
+            fault = storage_error(self.settings.db, exc) or exc
+            self.open_error = f"mailtower: {fault}"
+            self.exit(return_code=2)
             return
         self.lifecycle = Lifecycle(self.store)
         self._install_signal_handlers()
@@ -1091,6 +1094,16 @@ def _bind(function: Callable[..., object], *args: object, **kwargs: object) -> C
 
 def run_dashboard(settings: Settings) -> int:
     """`mailtower`: the dashboard on the configured database, sending from this process if it may."""
+    # Opened once before the screen is taken: a database that cannot be opened is one line on
+    # stderr and exit 2 (UserError), not a blank screen.
+    loops.run(check_database_opens(settings.db))
     app = DashboardApp(settings, hangup_exit=HANGUP_EXIT)
     loops.run_app(app)
+    if app.return_code and app.open_error:
+        print(app.open_error, file=sys.stderr)
     return app.return_code or 0
+
+
+async def check_database_opens(path: Path) -> None:
+    store = await Store.open(path)
+    await store.close()

@@ -6,16 +6,23 @@ import argparse
 import asyncio
 import csv
 import json
+import logging
+import os
+import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+import tempfile
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from mailtower.core.config import BOUNDS, Settings, load_settings, security_warnings
+import platformdirs
+
+from mailtower.core.config import BOUNDS, Settings, default_db_path, load_settings, security_warnings
 from mailtower.core.display import install_safe_logging, safe
 from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
 from mailtower.core.errors import UserError
@@ -34,12 +41,28 @@ from mailtower.core.operations import create_mailing, import_recipients, read_dr
 from mailtower.core.recipients_csv import neutralise_formula
 from mailtower.core.progress import queue_estimates
 from mailtower.core.sender import LeaseHeld, Sender
-from mailtower.core.store import Store, iso
-from mailtower.core.timezones import load_zone, parse_wall_time, tzdata_version
+from mailtower.core.store import Store, iso, storage_error
+from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
 
 from . import loops
 
+log = logging.getLogger(__name__)
+
 EXIT_USER_ERROR = 2
+# An error mailtower did not expect (a bug): one line naming the log file with the traceback.
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h
+SQLITE_MAX_ID = 2**63 - 1
+
+
+def mailing_id(text: str) -> int:
+    """An argparse type: a mailing id is a whole number SQLite can hold (1 to 2**63-1)."""
+    # Only ASCII digits: int() would also take "1_0" and other scripts' digits.
+    if re.fullmatch(r"[+-]?[0-9]+", text.strip()) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mailing id (a whole number)")
+    value = int(text.strip())
+    if not 1 <= value <= SQLITE_MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mailing id (ids run from 1 to {SQLITE_MAX_ID})")
+    return value
 
 
 def package_version() -> str:
@@ -84,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--tz", help="IANA time zone of --at, e.g. Europe/Berlin")
 
     imp = sub.add_parser("import", help="add recipients to a draft, scheduled or stopped mailing")
-    imp.add_argument("id", type=int)
+    imp.add_argument("id", type=mailing_id)
     imp.add_argument("csv", type=Path, help="recipient CSV file; - reads standard input")
     imp.add_argument("--rejects", type=Path, help="also write rejected rows to this CSV file (written once the import succeeded)")
     imp.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
@@ -100,20 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("delete", "delete an inactive mailing"),
     ]:
         cmd = sub.add_parser(name, help=helptext)
-        cmd.add_argument("id", type=int)
+        cmd.add_argument("id", type=mailing_id)
 
     sch = sub.add_parser("schedule", help="schedule a mailing at a wall time in a time zone")
-    sch.add_argument("id", type=int)
+    sch.add_argument("id", type=mailing_id)
     sch.add_argument("--at", required=True, help='"YYYY-MM-DD HH:MM"')
     sch.add_argument("--tz", help="IANA time zone (required unless --local-time and every recipient has one)")
     sch.add_argument("--local-time", action="store_true", help="deliver at that wall time in each recipient's zone")
 
     mv = sub.add_parser("move", help="reorder the queue")
-    mv.add_argument("id", type=int)
+    mv.add_argument("id", type=mailing_id)
     mv.add_argument("direction", choices=[d.value for d in Direction])
 
     rem = sub.add_parser("remaining", help="recipients who have not received a mailing")
-    rem.add_argument("id", type=int)
+    rem.add_argument("id", type=mailing_id)
     rem.add_argument("--csv", action="store_true", help="CSV (address first) instead of the tab-separated listing")
     rem.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output (- is standard output)")
     rem.add_argument("--force", action="store_true", help="replace the --output file if it exists")
@@ -121,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     rcp = sub.add_parser(
         "recipients", help="a mailing's recipients with their state and the server's last reply"
     )
-    rcp.add_argument("id", type=int)
+    rcp.add_argument("id", type=mailing_id)
     rcp.add_argument(
         "--state", help=f"only these states, comma-separated: {', '.join(STATE_CHOICES)} (default: all)"
     )
@@ -253,6 +276,29 @@ def warn(message: str) -> None:
     print(f"mailtower: warning: {message}", file=sys.stderr)
 
 
+def checked_schedule(at: str | None, tz: str | None) -> datetime | None:
+    """The wall time of `new --at/--tz`, refused before anything is created if it cannot be
+    scheduled (unknown zone, no such time, out of range, in the past)."""
+    if not at:
+        if tz:
+            raise UserError("--tz goes with --at")
+        return None
+    if not tz:
+        raise UserError("--at needs --tz ZONE (an IANA name such as Europe/Berlin)")
+    load_zone(tz)
+    when = parse_wall_time(at)
+    if resolve(when, tz).utc <= datetime.now(timezone.utc):
+        raise UserError(f"--at: {when:%Y-%m-%d %H:%M} in {tz} is in the past; choose a later time")
+    return when
+
+
+async def discard_quietly(store: Store, lifecycle: Lifecycle, mailing_id: int) -> None:
+    try:
+        await discard_new_mailing(store, lifecycle, mailing_id)
+    except Exception:  # noqa: BLE001 - the error that made us discard it is the one to report
+        log.warning("could not delete the half-made mailing %d", mailing_id, exc_info=True)
+
+
 async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     from_stdin = [flag for flag, path in (("--text", args.text), ("--html", args.html), ("--recipients", args.recipients))
                   if path is not None and is_stdin(path)]
@@ -261,14 +307,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     protected = protected_files(args.settings, store, [args.recipients, args.text, args.html])
     target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
     draft = read_draft(args.name, args.subject, args.from_addr, args.text, args.html)
-    when = None
-    if args.at:
-        if not args.tz:
-            raise UserError("--at needs --tz ZONE (an IANA name such as Europe/Berlin)")
-        load_zone(args.tz)
-        when = parse_wall_time(args.at)
-    elif args.tz:
-        raise UserError("--tz goes with --at")
+    when = checked_schedule(args.at, args.tz)
     lifecycle = Lifecycle(store)
     mailing_id: int | None = None
     try:
@@ -290,9 +329,10 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
                 resolved = await lifecycle.schedule(mailing_id, when, args.tz)
                 if resolved.warning:
                     warn(resolved.warning)
-    except UserError:
+    except BaseException:
+        # Whatever stopped it (a refusal, a full disk, the rejects file, Ctrl-C), `new` leaves nothing.
         if mailing_id is not None:
-            await discard_new_mailing(store, lifecycle, mailing_id)
+            await discard_quietly(store, lifecycle, mailing_id)
         raise
     print(mailing_id)
     return 0
@@ -609,32 +649,140 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Every way out is an exit status and at most one line on stderr: 2 for what a person can
+    fix (bad input, a refused action, a full or read-only disk), EXIT_INTERNAL_ERROR for a bug,
+    whose traceback goes to a log file the line names."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings: Settings | None = None
     install_safe_logging()  # log lines carry server replies and names: made safe like everything shown
     try:
+        refuse_undecodable(argv, os.environ)
+        args = build_parser().parse_args(argv)
         if args.command == "demo":
             from .demo import run_demo
 
             return run_demo()
         settings = settings_from(args)
-        if args.command is None:
-            from .app import run_dashboard
-
-            return run_dashboard(settings)
-        if args.command == "run":
-            return cmd_run(args, settings)
-        args.settings = settings
-        command = STORE_COMMANDS[args.command]
-        return run_async(with_store(settings, lambda store: command(args, store)))
+        prepare_db_location(args, settings)
+        return dispatch(args, settings)
     except UserError as exc:
-        # Messages quote file names and values a person typed: one safe line whatever they hold.
-        print(f"mailtower: {safe(str(exc))}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
+        fault = storage_error(settings.db if settings else Path("?"), exc)
+        if fault is not None:
+            return fail(str(fault))
+        return report_unexpected(exc, argv)
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command is None:
+        from .app import run_dashboard
+
+        return run_dashboard(settings)
+    if args.command == "run":
+        return cmd_run(args, settings)
+    args.settings = settings
+    command = STORE_COMMANDS[args.command]
+    return run_async(with_store(settings, lambda store: command(args, store)))
+
+
+def fail(message: str) -> int:
+    # Messages quote file names and values a person typed: one safe line whatever they hold.
+    print(f"mailtower: {safe(message)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _shown(text: str) -> str:
+    """`text` as a terminal can show it: undecodable bytes as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _has_undecodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def refuse_undecodable(argv: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Arguments and MAILTOWER_* variables must be UTF-8: a name or path that is not could be
+    neither stored, printed nor matched again, so it is refused before anything happens."""
+    for index, arg in enumerate(argv):
+        if not _has_undecodable(arg):
+            continue
+        if arg.startswith("--") and "=" in arg:
+            where, arg = arg.split("=", 1)
+        elif index > 0 and argv[index - 1].startswith("-") and not _has_undecodable(argv[index - 1]):
+            where = argv[index - 1]
+        else:
+            where = f"argument {index + 1}"
+        raise UserError(f"{where}: '{_shown(arg)}' is not valid UTF-8")
+    for name, value in environ.items():
+        if name.startswith("MAILTOWER_") and _has_undecodable(value):
+            raise UserError(f"{name}: '{_shown(value)}' is not valid UTF-8")
+
+
+def prepare_db_location(args: argparse.Namespace, settings: Settings) -> None:
+    """Only the default data directory is created; a database named explicitly (--db,
+    MAILTOWER_DB, the config file) must be in a directory that exists: a typo in a path
+    must not quietly start a new, empty database somewhere else."""
+    directory = settings.db.parent
+    if settings.db == default_db_path():
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise UserError(f"cannot create the data directory {directory}: {exc.strerror or exc}") from None
+        return
+    if directory.is_dir():
+        return
+    if args.db is not None:
+        source = "--db"
+    elif os.environ.get("MAILTOWER_DB"):
+        source = "MAILTOWER_DB"
+    else:
+        source = f"{settings.config_path}: db"
+    what = "is not a directory" if directory.exists() else "does not exist"
+    raise UserError(f"{source}: {settings.db}: the directory {directory} {what} (mailtower does not create it)")
+
+
+def crash_log_candidates() -> list[Path]:
+    return [Path(platformdirs.user_log_dir("mailtower")), Path(tempfile.gettempdir())]
+
+
+def write_crash_log(exc: BaseException, argv: Sequence[str]) -> Path | None:
+    """Append the traceback to the first log file that can be written; None if none can."""
+    record = (
+        f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} mailtower {package_version()} "
+        f"pid {os.getpid()}\nargv: {[_shown(a) for a in argv]!r}\n"
+        + "".join(traceback.format_exception(exc))
+    )
+    for directory in crash_log_candidates():
+        path = directory / "mailtower-errors.log"
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace") as handle:
+                handle.write(record)
+        except OSError:
+            continue
+        return path
+    return None
+
+
+def report_unexpected(exc: BaseException, argv: Sequence[str]) -> int:
+    path = write_crash_log(exc, argv)
+    summary = _shown(f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__)
+    if path is None:
+        traceback.print_exception(exc, file=sys.stderr)
+        print(f"mailtower: internal error: {summary} (no log file could be written)", file=sys.stderr)
+    else:
+        print(f"mailtower: internal error: {summary}; the details are in {path}", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":
