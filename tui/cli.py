@@ -22,7 +22,7 @@ from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
 from mailtower.core.progress import queue_estimates
-from mailtower.core.sender import LeaseHeld, Sender
+from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, iso
 from mailtower.core.timezones import load_zone, parse_wall_time, tzdata_version
 
@@ -349,6 +349,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         except LeaseHeld as exc:
             print(f"mailtower: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
+        except SenderFailed as exc:  # its ledger could not be written, or it broke: one line, exit 1
+            print(f"mailtower: {exc}", file=sys.stderr)
+            return 1
         return 0
 
     return run_async(main())
