@@ -447,3 +447,30 @@ def test_a_full_disk_stops_the_sender_and_the_next_run_resumes(small_fs: Path, t
         assert sum(received.values()) - n <= 4  # duplicates only from what was in doubt
         state, sent, failed, in_doubt, last_error = mailing_row(db, mailing_id)
         assert (state, sent, failed, in_doubt) == ("completed", n, 0, 0)
+
+
+def test_the_dashboard_shows_why_its_sender_stopped(small_fs: Path, tmp_path: Path) -> None:
+    from mailtower.core.config import Settings
+    from mailtower.tui.app import DashboardApp
+    from mailtower.tui.header import HeaderLine
+
+    db = small_fs / "full.db"
+
+    async def watch(app: DashboardApp) -> str:
+        async with app.run_test(size=(300, 30)) as pilot:  # wide: the line names the whole path
+            for _ in range(1000):  # bounded: about 10 s
+                if app.renders and "disk is full" in app.dashboard.query_one(HeaderLine).plain:
+                    break
+                await pilot.pause(0.01)
+            assert app.sender is None
+            return app.dashboard.query_one(HeaderLine).plain
+
+    with Sink() as sink:
+        cli = Cli(db, sink.port)
+        new_mailing(cli, tmp_path, 50)
+        fill(small_fs / "filler", 48 * 1024)  # room to open the database, not to send
+        settings = Settings(db=db, smtp_host="127.0.0.1", smtp_port=sink.port)
+        header = asyncio.run(watch(DashboardApp(settings, start_sender=True)))
+        assert "not sending (the sender stopped: cannot write the ledger" in header and "disk is full" in header
+        assert SenderLease(db).holder() is None
+        assert len(sink.deliveries) == 0
