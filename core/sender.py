@@ -274,8 +274,10 @@ class Sender:
             _, late = await asyncio.wait(pending, timeout=grace)
             for worker in late:
                 worker.cancel()
-            if late and self._failure is None:
-                log.warning("cut off %d message(s) still in flight %g s after the stop; they are in doubt", len(late), STOP_GRACE)
+            if late:
+                busy = len(self._busy & late)
+                if busy and self._failure is None:
+                    log.warning("cut off %d message(s) still in flight %g s after the stop; they are in doubt", busy, STOP_GRACE)
                 await asyncio.wait(late)  # a cancelled worker drops its socket at once
         self._workers = []
 
