@@ -218,7 +218,11 @@ def test_rate_back_to_unlimited_applies_within_a_second(tmp_path: Path, reap: li
         cli.ok("limits", "--rate", "0")
         changed = time.monotonic()
         wait_until(lambda: len(sink.deliveries) >= 2, timeout=10, what="a message after `limits --rate 0`")
-        assert time.monotonic() - changed <= 1.5, "the change took longer than a second to apply"
+        took = time.monotonic() - changed
+        print(f"rate 0.001 -> 0: next message {took:.2f} s after the change")
+        # By design 0.75 s at most (limits read every 0.5 s, pacing looks again every 0.25 s) plus
+        # one SMTP transaction; the margin is for a loaded machine (the old code: 1,000 s).
+        assert took <= 2.0, f"the change took {took:.2f} s to apply"
         wait_until(lambda: len(sink.deliveries) >= 60, timeout=20, what="everyone")
         assert stop_and_time(runner) <= 3.0
         assert runner.returncode == 0
@@ -272,7 +276,9 @@ def test_fewer_connections_close_idle_ones_within_a_second(tmp_path: Path, reap:
         cli.ok("limits", "--connections", "1")
         changed = time.monotonic()
         wait_until(lambda: established_to(sink.port) <= 1, timeout=10, what="surplus connections to close")
-        assert time.monotonic() - changed <= 1.5
+        took = time.monotonic() - changed
+        print(f"connections 4 -> 1: idle ones closed {took:.2f} s after the change")
+        assert took <= 2.0  # by design within 0.5 s (limits are read every 0.5 s)
         assert stop_and_time(runner) <= 3.0
 
 
@@ -351,6 +357,7 @@ def test_stopping_opens_no_new_connections(tmp_path: Path, reap: list) -> None:
         before = len(relay.times)
         took = stop_and_time(runner)
         # At most the attempts that were already under way when the signal came.
+        print(f"connections opened while stopping: {len(relay.times) - before}, stop took {took:.2f} s")
         assert len(relay.times) - before <= 8, f"{len(relay.times) - before} connections opened while stopping"
         assert took <= 3.0
         assert ledger(db).get("sending", set()) == set()
