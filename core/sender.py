@@ -566,6 +566,10 @@ class Sender:
             self._requeue(run, job)
             return
         run.settle(outcome)
+        if self._waiting_reason and not outcome.in_doubt:
+            # The server answered a whole transaction (accepted, refused or deferred it): the
+            # mailing no longer waits for it, so its last error no longer describes the present.
+            await self._resume(run)
 
     def _requeue(self, run: HeadRun, job: Job) -> None:
         if run.halt or self.stopping:

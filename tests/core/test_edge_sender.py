@@ -387,6 +387,22 @@ def test_last_error_is_cleared_when_sending_resumes_and_completes(tmp_path: Path
     assert "waiting" in kinds
 
 
+def test_last_error_is_cleared_when_the_server_answers_again_even_without_accepting(tmp_path: Path, reap: list) -> None:
+    db = tmp_path / "edge.db"
+    port = free_port()  # nobody listens yet
+    cli = Cli(db, port, MAILTOWER_SMTP_CONNECTIONS="2", MAILTOWER_RETRY_BASE="3600")
+    mailing_id = new_mailing(cli, tmp_path, 5)
+    runner = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reap.append(runner)
+    wait_until(lambda: (mailing_row(db, mailing_id)[4] or "").startswith("waiting for the SMTP server"),
+               timeout=20, what="last_error to say the sender waits")
+    # The server comes back but defers everyone: nobody is accepted, yet nothing waits for it now.
+    with Sink(port=port, fault=lambda stage, rcpt, attempt: "451 4.3.0 try later" if stage == "rcpt" else None):
+        wait_until(lambda: mailing_row(db, mailing_id)[4] is None, timeout=30, what="last_error to be cleared")
+        assert mailing_row(db, mailing_id)[0] in ("sending", "queued")
+        stop_and_time(runner)
+
+
 # ---- item 2: a failed ledger write on a really full filesystem ----------------------------------
 
 
