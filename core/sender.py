@@ -231,7 +231,10 @@ class Sender:
             self.lease.release()
 
     async def _final_status(self) -> None:
-        """Say "stopped" to other processes; the database may be what failed, so this may too."""
+        """Say "stopped" (and why, after a failure) to other processes; the database may be
+        what failed, so this may fail too."""
+        if self._failure is not None:
+            self.snapshot = bumped(self.snapshot, state=SenderState.STOPPED, reason=describe_failure(self._failure, self.settings.db))
         try:
             await self._write_status(force=True, state=SenderState.STOPPED)
         except (sqlite3.Error, OSError) as exc:
