@@ -503,6 +503,8 @@ class Sender:
         wanted = {relay.name: relay.connections for relay in self.relays}
         running = set()
         for worker in self._workers:
+            if worker.cancelling():
+                continue  # already told to end: its slot gets a new worker if it is wanted again
             name, index = worker.slot  # type: ignore[attr-defined]
             if index >= wanted.get(name, 0) and worker not in self._busy:
                 worker.cancel()  # waiting for work: nothing is in flight on it
