@@ -603,6 +603,8 @@ class Sender:
         retries = 0
         while True:
             if not conn.connected:
+                if run.halt or self.stopping:
+                    return None  # stopping or halted: no new connection (the row goes back to pending)
                 try:
                     await conn.connect()
                 except ConnectFailed as exc:
