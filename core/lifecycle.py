@@ -254,7 +254,9 @@ class Lifecycle:
             mailing = await tx.mailing(mailing_id)
             if mailing.state is not S.QUEUED:
                 return False
-            await tx.set_state(mailing_id, S.SENDING, started_at=iso(mailing.started_at or tx.now))
+            # last_error describes the present (why it waits now); a new turn starts without it
+            # and the sender notes it again if the reason still holds. The history is in events.
+            await tx.set_state(mailing_id, S.SENDING, started_at=iso(mailing.started_at or tx.now), last_error=None)
             await tx.add_event(mailing_id, "started" if mailing.started_at is None else "resumed")
             return True
 
@@ -277,7 +279,7 @@ class Lifecycle:
         """Inside the sender's results transaction: complete when nobody is left to send to."""
         if mailing.state not in TRANSITIONS[Action.COMPLETE][0] or mailing.remaining > 0:
             return False
-        await tx.set_state(mailing.id, S.COMPLETED, position=None, finished_at=iso(tx.now), rate=0)
+        await tx.set_state(mailing.id, S.COMPLETED, position=None, finished_at=iso(tx.now), rate=0, last_error=None)
         await tx.add_event(mailing.id, "completed", f"{mailing.sent:,} sent, {mailing.failed:,} failed")
         await self._close_gaps(tx)
         return True

@@ -4,17 +4,25 @@ SMTP connections, and records every outcome in the ledger in batches.
 Shape: one feeder per head mailing claims batches of ledger rows (writing the outcomes so far
 in the same transaction) and puts them on a queue; workers, each with its own connection to
 one of the relays, take rows off the queue and send them. The feeder keeps the queue topped
-up ahead of the workers. A connection's previous outcome must be on disk before it writes its
-next final dot, so that write overlaps the next transaction and a crash leaves at most one
-message per connection in doubt.
+up ahead of the workers. Claimed rows stay `pending` on disk: a connection marks the row it is
+about to send `sending` in the same transaction that records its previous outcome, and waits
+for that commit before the row's final dot. The write overlaps the next SMTP transaction, and
+a crash leaves at most one message per connection in doubt.
+
+Stopping is bounded: a stop ends the sender within STOP_GRACE seconds plus one final ledger
+write; messages still in flight then are cut off and left in doubt. A failure of the sender
+itself (a ledger write that fails, a worker that raises) stops it the same way and `run()`
+raises SenderFailed naming the cause.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from datetime import datetime, timezone
 
 from .compose import MessageTemplate
@@ -29,7 +37,7 @@ from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .smtp_client import ConnectFailed, SmtpConnection
 from .smtp_replies import Outcome as ReplyOutcome, Verdict
-from .store import Claimed, Outcome, Store
+from .store import Claimed, Outcome, Store, storage_error
 
 log = logging.getLogger("mailtower.sender")
 
@@ -37,10 +45,28 @@ CONTROL_INTERVAL = 0.5  # seconds between checks for stops, reorders and due sch
 FLUSH_INTERVAL = 0.25  # idle wake-up of the feeder when nothing happens
 PUBLISH_INTERVAL = 0.2  # how often the progress snapshot is rebuilt while sending
 RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasing a row
+LIMITS_INTERVAL = 0.5  # how often the operator's limits are read: a change applies within a second
+STOP_GRACE = 5.0  # seconds a stop waits for messages in flight before cutting them off (left in doubt)
 
 
 class LeaseHeld(Exception):
     """Another process is the sender for this database."""
+
+
+class SenderFailed(Exception):
+    """The sender could not go on (its ledger could not be written, a worker broke); the
+    message is one line naming the cause. Nothing was marked sent that was not."""
+
+
+def describe_failure(exc: BaseException, db: Path) -> str:
+    fault = storage_error(db, exc)
+    if fault is not None:
+        return f"the sender stopped: {fault}"
+    if isinstance(exc, sqlite3.Error):
+        return f"the sender stopped: cannot write the ledger {db}: {exc}"
+    if isinstance(exc, OSError):
+        return f"the sender stopped: {db}: {exc.strerror or exc}"
+    return f"the sender stopped: {type(exc).__name__}: {exc}"
 
 
 @dataclass(eq=False)
@@ -50,13 +76,58 @@ class HeadRun:
     mailing: Mailing
     template: MessageTemplate
     outcomes: list[Outcome] = field(default_factory=list)
+    marks: list[int] = field(default_factory=list)  # rows connections are about to send
+    held: set[int] = field(default_factory=set)  # claimed rows in memory (queued or in flight)
+    marked: set[int] = field(default_factory=set)  # held rows whose `sending` mark was asked for
     queued: int = 0  # rows on the work queue
     inflight: int = 0
     halt: bool = False
     halt_reason: str = ""
     exhausted: bool = False
+    # Resolved by the next commit: "everything asked for so far is on disk".
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def let_go(self, row_id: int) -> None:
+        """A held row leaves memory unsent: if it was marked, it goes back to plain pending."""
+        self.held.discard(row_id)
+        self.unmark(row_id)
+        self.wake.set()
+
+    def unmark(self, row_id: int) -> None:
+        """A marked row was not sent after all: pending on disk until it is taken again."""
+        if row_id not in self.marked:
+            return
+        self.marked.discard(row_id)
+        if row_id in self.marks:
+            self.marks.remove(row_id)  # not written yet: nothing to undo (a short list, one per connection)
+        else:
+            self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False))
+
+    def settle(self, outcome: Outcome) -> None:
+        """A held row has its outcome: written with the next batch, then out of memory."""
+        row_id = outcome.recipient_id
+        self.held.discard(row_id)
+        if row_id in self.marked:
+            self.marked.discard(row_id)
+            if row_id in self.marks:
+                self.marks.remove(row_id)  # the outcome says it all (only without a dot: a refusal)
+        self.outcomes.append(outcome)
+        self.wake.set()
+
+    def on_disk(self) -> asyncio.Future[None]:
+        """A future resolved when everything asked for so far has been committed."""
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.wake.set()
+        return waiter
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+                waiter.exception()  # retrieved here: nobody may be left to await it
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +161,48 @@ class Sender:
         self._current: list[Mailing] = []
         self.limits: Limits | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[None]] = set()  # workers sending a message (the rest wait for work)
         self._last_limits_read = 0.0
+        self._stop_at: float | None = None  # monotonic time of the stop request
+        self._failure: BaseException | None = None  # what stopped the sender, if anything did
+        self._run: HeadRun | None = None  # the head being sent, to wake on a stop or a failure
 
     # ---- public --------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Ask the sender to finish gracefully; safe to call from any thread."""
+        """Ask the sender to finish: unstarted rows go back to pending, messages in flight get
+        STOP_GRACE seconds; safe to call from any thread."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self._stopping.set)
+                loop.call_soon_threadsafe(self._begin_stop)
                 return
             except RuntimeError:
                 pass  # its loop is closing: setting the flag directly is all that is left
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stopping.set()
+        if self._run is not None:
+            self._halt(self._run, "the sender is shutting down")
+
+    def _fail(self, exc: BaseException) -> None:
+        """Something the sender cannot go on without broke: stop everything, unblock everyone."""
+        if self._failure is None:
+            self._failure = exc
+            # Said once, by whoever runs the sender (the CLI's one line, the dashboard's header).
+            log.info("%s", describe_failure(exc, self.settings.db))
+        run = self._run
+        if run is not None:
+            run.fail_waiters(exc)
+        self._begin_stop()
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        self._busy.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(task.exception())  # type: ignore[arg-type]
 
     @property
     def stopping(self) -> bool:
@@ -116,15 +215,34 @@ class Sender:
             holder = self.lease.holder()
             raise LeaseHeld(f"another sender is running on {self.settings.db}: {holder.describe() if holder else 'unknown'}")
         try:
-            self._store = await Store.open(self.settings.db)
+            try:
+                self._store = await Store.open(self.settings.db)
+            except (sqlite3.Error, OSError) as exc:
+                raise SenderFailed(describe_failure(exc, self.settings.db)) from exc
             self._lifecycle = Lifecycle(self._store)
             try:
                 await self._main(until_idle)
+            except (SenderFailed, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                self._fail(exc)
             finally:
-                await self._write_status(force=True, state=SenderState.STOPPED)
+                await self._final_status()
                 await self._store.close()
+            if self._failure is not None:
+                raise SenderFailed(describe_failure(self._failure, self.settings.db)) from self._failure
         finally:
             self.lease.release()
+
+    async def _final_status(self) -> None:
+        """Say "stopped" (and why, after a failure) to other processes; the database may be
+        what failed, so this may fail too."""
+        if self._failure is not None:
+            self.snapshot = bumped(self.snapshot, state=SenderState.STOPPED, reason=describe_failure(self._failure, self.settings.db))
+        try:
+            await self._write_status(force=True, state=SenderState.STOPPED)
+        except (sqlite3.Error, OSError) as exc:
+            log.info("could not record that the sender stopped: %s", exc)
 
     # ---- main loop -----------------------------------------------------------------------
 
@@ -149,9 +267,26 @@ class Sender:
                     continue
                 await self._send_head(head)
         finally:
-            for _ in self._workers:
-                self._work.put_nowait(None)
-            await asyncio.gather(*self._workers, return_exceptions=True)
+            await self._retire_workers()
+
+    async def _retire_workers(self) -> None:
+        """End every worker: idle ones at once, busy ones when their message is done or, at
+        the latest, STOP_GRACE after the stop (then cut off, their row left in doubt)."""
+        self._begin_stop()
+        for _ in self._workers:
+            self._work.put_nowait(None)
+        pending = [w for w in self._workers if not w.done()]
+        if pending:
+            grace = max(0.0, (self._stop_at or time.monotonic()) + STOP_GRACE - time.monotonic())
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for worker in late:
+                worker.cancel()
+            if late:
+                busy = len(self._busy & late)
+                if busy and self._failure is None:
+                    log.warning("cut off %d message(s) still in flight %g s after the stop; they are in doubt", busy, STOP_GRACE)
+                await asyncio.wait(late)  # a cancelled worker drops its socket at once
+        self._workers = []
 
     def _need(self) -> tuple[Store, Lifecycle]:
         assert self._store is not None and self._lifecycle is not None
@@ -206,42 +341,74 @@ class Sender:
         if mailing.state is MailingState.QUEUED and not await lifecycle.start(mailing.id):
             return
         run = HeadRun(mailing=mailing, template=template)
+        self._run = run
+        self._waiting_reason = ""  # a new head: why it waits is noted for it afresh
+        try:
+            await self._feed(run)
+        except Exception as exc:
+            self._fail(exc)
+            raise
+        finally:
+            self._run = None
+        await self._finish_head(run)
+
+    async def _feed(self, run: HeadRun) -> None:
+        """Keep the queue topped up and write outcomes until this head is done or halted."""
         self._current = []  # read afresh for this head (the previous one may have just finished)
-        connections = sum(r.connections for r in self.relays)
-        batch = self.settings.batch_size or max(50, connections * 25)
         last_control = time.monotonic()
         while True:
+            if self._failure is not None:
+                raise self._failure
+            if self.stopping:
+                self._halt(run, "the sender is shutting down")
+                if run.inflight and time.monotonic() >= (self._stop_at or 0.0) + STOP_GRACE:
+                    await self._retire_workers()  # cuts off what is still in flight
+                    self._forget_inflight(run)
+                    run.marks = []  # the cut-off rows' marks, if not yet written: never dotted
             if run.halt and run.queued:
                 self._drain_queue(run)
+            batch = self._batch_size()
             want_more = not (run.exhausted or run.halt) and run.queued < batch // 2
-            if run.outcomes or want_more:
+            if run.outcomes or run.marks or run.waiters or want_more:
                 await self._flush_and_claim(run, batch if want_more else 0)
             if time.monotonic() - last_control >= CONTROL_INTERVAL:
                 last_control = time.monotonic()
                 await self._control(run)
-            if (run.exhausted or run.halt) and run.queued == 0 and run.inflight == 0 and not run.outcomes:
+            if (run.exhausted or run.halt) and run.queued == 0 and run.inflight == 0 and not (run.outcomes or run.marks):
                 break
-            if run.outcomes or (want_more and not run.exhausted and not run.halt):
+            if run.outcomes or run.marks or (want_more and not run.exhausted and not run.halt):
                 continue
             run.wake.clear()
             try:
                 await asyncio.wait_for(run.wake.wait(), timeout=FLUSH_INTERVAL)
             except TimeoutError:
                 pass
-        await self._finish_head(run)
+
+    def _batch_size(self) -> int:
+        connections = sum(r.connections for r in self.relays)
+        return self.settings.batch_size or max(50, connections * 25)
+
+    def _forget_inflight(self, run: HeadRun) -> None:
+        """After cutting off the workers: their rows stay as they are on disk (`sending` ones
+        are in doubt at the next start, unmarked ones plainly pending)."""
+        run.held.clear()
+        run.marked.clear()
+        run.inflight = 0
 
     async def _flush_and_claim(self, run: HeadRun, claim: int) -> None:
         """Write the outcomes so far and claim more rows in one transaction, then let the
         workers that were waiting for their outcome to be on disk go on."""
         store, _ = self._need()
         outcomes, run.outcomes = run.outcomes, []
+        marks, run.marks = run.marks, []
         waiters, run.waiters = run.waiters, []
         try:
-            claimed, mailing = await store.record_and_claim(run.mailing.id, outcomes, claim, rate=self.meter.rate())
+            claimed, mailing = await store.record_and_claim(
+                run.mailing.id, outcomes, claim, rate=self.meter.rate(), marks=marks, held=run.held
+            )
         except BaseException as exc:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            run.waiters = waiters + run.waiters
+            self._fail(exc)  # every worker waiting for this write (or a later one) hears of it
             raise
         for waiter in waiters:
             if not waiter.done():
@@ -253,6 +420,7 @@ class Sender:
             run.exhausted = True
         for row in claimed:
             run.queued += 1
+            run.held.add(row.id)
             self._work.put_nowait(Job(run, row))
         if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
             await self._publish(run, self._current_with_head(run))
@@ -301,7 +469,7 @@ class Sender:
             job = self._work.get_nowait()
             if job is not None and job.run is run:
                 run.queued -= 1
-                run.outcomes.append(Outcome(job.row.id, RecipientState.PENDING, counted_attempt=False))
+                run.let_go(job.row.id)
             else:
                 kept.append(job)
         for job in kept:
@@ -310,8 +478,9 @@ class Sender:
     # ---- live limits and relays ----------------------------------------------------------
 
     async def _apply_limits(self, force: bool = False) -> None:
-        """Read the operator's limits (at most once a second) and apply them at once."""
-        if not force and time.monotonic() - self._last_limits_read < 1.0:
+        """Read the operator's limits (every LIMITS_INTERVAL) and apply them at once: pacing
+        waits look at the limiter again within PACING_STEP, and the worker count follows."""
+        if not force and time.monotonic() - self._last_limits_read < LIMITS_INTERVAL:
             return
         self._last_limits_read = time.monotonic()
         store, _ = self._need()
@@ -332,13 +501,27 @@ class Sender:
             log.info("limits changed: %s", "; ".join(limits.describe()))
 
     def _start_workers(self) -> None:
+        """As many workers as connections wanted: new ones start, surplus idle ones end now,
+        surplus busy ones after their message."""
+        if self.stopping:
+            return
         self._workers = [w for w in self._workers if not w.done()]
-        running = {getattr(w, "slot", None) for w in self._workers}
+        wanted = {relay.name: relay.connections for relay in self.relays}
+        running = set()
+        for worker in self._workers:
+            if worker.cancelling():
+                continue  # already told to end: its slot gets a new worker if it is wanted again
+            name, index = worker.slot  # type: ignore[attr-defined]
+            if index >= wanted.get(name, 0) and worker not in self._busy:
+                worker.cancel()  # waiting for work: nothing is in flight on it
+            else:
+                running.add((name, index))
         for relay in self.relays:
             for index in range(relay.connections):
                 if (relay.name, index) not in running:
                     task = asyncio.create_task(self._worker(relay, index))
                     task.slot = (relay.name, index)  # type: ignore[attr-defined]
+                    task.add_done_callback(self._worker_done)
                     self._workers.append(task)
 
     # ---- workers -------------------------------------------------------------------------
@@ -346,7 +529,7 @@ class Sender:
     async def _worker(self, relay: RelayState, index: int) -> None:
         """One connection to one relay: takes rows off the queue while its relay is usable."""
         conn = SmtpConnection(relay.relay)
-        recorded: asyncio.Future[None] | None = None  # this connection's previous outcome on disk
+        task = asyncio.current_task()
         try:
             while True:
                 await self._wait_for_relay(relay)
@@ -355,46 +538,55 @@ class Sender:
                     return
                 run = job.run
                 run.queued -= 1
-                if run.halt:
-                    run.outcomes.append(Outcome(job.row.id, RecipientState.PENDING, counted_attempt=False))
-                    run.wake.set()
+                if run.halt or self.stopping:
+                    # Stopping or halted: nothing new is started, no connection is opened.
+                    run.let_go(job.row.id)
                     continue
+                assert task is not None
+                self._busy.add(task)
                 run.inflight += 1
                 try:
-                    previous, recorded = recorded, None
-                    if previous is not None and previous.done():
-                        previous.result()  # already on disk (or raise the write's error)
-                        previous = None
-                    outcome = await self._deliver(conn, relay, run, job.row, previous)
-                    if outcome is None:
-                        if previous is not None and not previous.done():
-                            recorded = previous  # still owed before this connection's next dot
-                        # This relay cannot take it now: another connection (or this one, after
-                        # the rest) sends it. Nothing was attempted, so nobody is in doubt.
-                        self._requeue(run, job)
-                        continue
-                    # The outcome must be on disk before this connection's next final dot (see
-                    # SmtpConnection.send), so a crash leaves at most one message per connection
-                    # in doubt while the write overlaps the next transaction.
-                    recorded = asyncio.get_running_loop().create_future()
-                    run.outcomes.append(outcome)
-                    run.waiters.append(recorded)
-                    run.wake.set()
+                    await self._send_job(conn, relay, run, job)
                 finally:
                     run.inflight -= 1
+                    self._busy.discard(task)
                     run.wake.set()
                 per_connection = self.limits.messages_per_connection if self.limits else self.settings.messages_per_connection
                 if per_connection and conn.sent_on_connection >= per_connection:
                     await conn.close()
                 if index >= relay.connections:
                     return  # fewer connections wanted now: this one retires
+        except asyncio.CancelledError:
+            conn.abort()  # cut off (a stop's grace is over, or a surplus idle worker): no QUIT dance
+            raise
         finally:
             await conn.close()
 
+    async def _send_job(self, conn: SmtpConnection, relay: RelayState, run: HeadRun, job: Job) -> None:
+        row_id = job.row.id
+        # Mark the row `sending` in the next commit (with this connection's previous outcome)
+        # and send; its final dot waits for that commit, so only a row that may have reached
+        # the server is ever `sending` on disk, one per connection.
+        run.marks.append(row_id)
+        run.marked.add(row_id)
+        on_disk = run.on_disk()
+        outcome = await self._deliver(conn, relay, run, job.row, on_disk)
+        if outcome is None:
+            # This relay cannot take it now: another connection (or this one, after the
+            # rest) sends it. Nothing went past the dot, so nobody is in doubt.
+            self._requeue(run, job)
+            return
+        run.settle(outcome)
+        if self._waiting_reason and not outcome.in_doubt:
+            # The server answered a whole transaction (accepted, refused or deferred it): the
+            # mailing no longer waits for it, so its last error no longer describes the present.
+            await self._resume(run)
+
     def _requeue(self, run: HeadRun, job: Job) -> None:
         if run.halt or self.stopping:
-            run.outcomes.append(Outcome(job.row.id, RecipientState.PENDING, counted_attempt=False))
+            run.let_go(job.row.id)
         else:
+            run.unmark(job.row.id)
             run.queued += 1
             self._work.put_nowait(job)
 
@@ -417,18 +609,20 @@ class Sender:
         retries = 0
         while True:
             if not conn.connected:
+                if run.halt or self.stopping:
+                    return None  # stopping or halted: no new connection (the row goes back to pending)
                 try:
                     await conn.connect()
                 except ConnectFailed as exc:
                     await self._relay_trouble(run, relay, exc.verdict)
                     return None
-            if not self.limiter.idle:
-                await self.limiter.acquire()
-            if not relay.limiter.idle:
-                await relay.limiter.acquire()
+            if not self.limiter.idle and not await self.limiter.acquire(self._interrupted(run)):
+                return None
+            if not relay.limiter.idle and not await relay.limiter.acquire(self._interrupted(run)):
+                return None
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
+            # `previous` stays: a retry's final dot waits for the same commit (instant once done).
             verdict = await conn.send(run.template.sender, row.email, message, previous)
-            previous = None
             if verdict.throttle:
                 self.limiter.throttle(self.meter.rate())
                 relay.limiter.throttle(relay.meter.rate())
@@ -453,6 +647,10 @@ class Sender:
             if verdict.outcome is ReplyOutcome.FAIL:
                 return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text, was_in_doubt=row.in_doubt)
             return self._deferral(row, verdict)
+
+    def _interrupted(self, run: HeadRun):  # type: ignore[no-untyped-def]
+        """For pacing waits: give up the slot when the sender stops or this head halts."""
+        return lambda: self.stopping or run.halt
 
     def _deferral(self, row: Claimed, verdict: Verdict) -> Outcome:
         now = time.time()

@@ -217,7 +217,9 @@ RECIPIENT_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A ledger row claimed for sending (state `sending` is on disk)."""
+    """A ledger row the sender holds in memory to send. On disk it stays `pending` until a
+    connection is about to send it (see `_record_and_claim`), so only rows that may really have
+    reached a server are ever found `sending` after a crash."""
 
     id: int
     email: str
@@ -611,7 +613,13 @@ def _begin_immediate_sync(conn: sqlite3.Connection) -> None:
 
 
 def _record_and_claim(
-    conn: sqlite3.Connection, mailing_id: int, outcomes: list[Outcome], claim: int, rate: float | None
+    conn: sqlite3.Connection,
+    mailing_id: int,
+    outcomes: list[Outcome],
+    claim: int,
+    rate: float | None,
+    marks: list[int],
+    held: Iterable[int],
 ) -> tuple[list[Claimed], tuple[Any, ...]]:
     """The sender's batch transaction, run on the database thread (see Store.record_and_claim)."""
     now = time.time()
@@ -633,6 +641,13 @@ def _record_and_claim(
             )
         elif rate is not None:
             conn.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
+        if marks:
+            # After the outcomes: a row one connection gave back and another took up again
+            # in the same batch ends up `sending`.
+            conn.executemany(
+                "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'",
+                [(now, recipient_id) for recipient_id in marks],
+            )
         row = conn.execute(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         if row is None:
             raise NotFound(f"no mailing with id {mailing_id}")
@@ -645,13 +660,15 @@ def _record_and_claim(
             ).rowcount
             if due:
                 conn.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due, mailing_id))
+            # Claiming writes nothing: the rows stay `pending` and the sender skips those it
+            # already holds, so a crash leaves claimed-but-unstarted rows plainly pending.
             picked = conn.execute(
-                "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id IN ("
-                " SELECT id FROM recipients WHERE mailing_id = ? AND state = 'pending' ORDER BY id LIMIT ?)"
-                " RETURNING id, email, name, fields, attempts, first_deferred_at, in_doubt",
-                (now, mailing_id, claim),
+                "SELECT id, email, name, fields, attempts, first_deferred_at, in_doubt FROM recipients"
+                " WHERE mailing_id = ? AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY id LIMIT ?",
+                (mailing_id, json.dumps(sorted(held)), claim),
             ).fetchall()
-            claimed = sorted((_claimed(r) for r in picked), key=lambda c: c.id)
+            claimed = [_claimed(r) for r in picked]
             if due:
                 row = conn.execute(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         conn.execute("COMMIT")
@@ -947,20 +964,33 @@ class Store:
             return total
 
     async def record_and_claim(
-        self, mailing_id: int, outcomes: list[Outcome], claim: int, *, rate: float | None = None
+        self,
+        mailing_id: int,
+        outcomes: list[Outcome],
+        claim: int,
+        *,
+        rate: float | None = None,
+        marks: list[int] | None = None,
+        held: Iterable[int] = (),
     ) -> tuple[list[Claimed], Mailing]:
-        """Write acknowledged outcomes, then claim up to `claim` due rows, in one transaction.
+        """Write outcomes, mark the rows connections are about to send `sending`, and claim up
+        to `claim` more due rows (none of `held`, the rows the sender already has), in one
+        transaction.
+
+        A connection marks its next row in the same commit that records its previous outcome,
+        and waits for that commit before the row's final dot: `sending` on disk means "may
+        have reached the server", at most one row per connection, without a commit per
+        message. Claimed rows stay `pending` on disk.
 
         Claiming happens only while the mailing is `sending`, so a stop committed by another
-        process is honoured at the next batch. Acknowledged states are on disk before the
-        next batch is claimed because both happen in this one commit.
+        process is honoured at the next batch.
 
         This is the sender's hot path: the whole transaction runs as one call on the database
         thread instead of a hop per statement.
         """
         async with self._write_lock:
             claimed, row = await self.db._execute(  # noqa: SLF001 - aiosqlite's own way to run on its thread
-                _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate  # noqa: SLF001
+                _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate, marks or [], held  # noqa: SLF001
             )
         return claimed, _mailing_from_row(row)
 

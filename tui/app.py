@@ -50,7 +50,7 @@ from mailtower.core.lease import Holder, SenderLease
 from mailtower.core.lifecycle import Direction, Lifecycle, Offer, offers
 from mailtower.core.operations import split_by_zone
 from mailtower.core.progress import SenderState, queue_estimates
-from mailtower.core.sender import LeaseHeld, Sender
+from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
 
@@ -321,6 +321,7 @@ class DashboardApp(App[int]):
         self._last_second = -1
         self._next_lease_check = 0.0
         self._sender_retry_at = 0.0
+        self.sender_failure = ""  # why our sender stopped, shown in the header until one runs again
         self._meta: dict[str, str] = {}
         self._active_since: float | None = None
         self._stopping = False
@@ -431,6 +432,7 @@ class DashboardApp(App[int]):
         if self.mode is Mode.MONITORING and self.holder is not None:
             self.post_message(SenderModeChanged("sending", f"{self.holder.describe()} has stopped"))
         self.sender = sender
+        self.sender_failure = ""
         self.mode, self.holder = Mode.IDLE, None
         self._snap_version = -1
         self._force = True
@@ -447,7 +449,10 @@ class DashboardApp(App[int]):
         except Exception as exc:  # the dashboard must outlive a broken sender
             log.exception("sender stopped")
             self._sender_retry_at = time.monotonic() + SENDER_RETRY
-            self.notify(f"The sender stopped: {exc}", title="Sender", severity="error", timeout=10)
+            # One line naming the cause, kept in the header (a toast alone is easy to miss).
+            why = str(exc) if isinstance(exc, SenderFailed) else f"the sender stopped: {exc}"
+            self.sender_failure = why
+            self.notify(why[:1].upper() + why[1:], title="Sender", severity="error", timeout=30)
         finally:
             if self.sender is sender:
                 self.sender = None
@@ -726,7 +731,7 @@ class DashboardApp(App[int]):
                 reason = f"no heartbeat for {int(now_epoch - heartbeat)} s" if heartbeat else "no heartbeat yet"
             last = _float(self._meta.get("sender_last_accept")) or None
         else:
-            return HeaderInfo(Mode.OFF, where=where)
+            return HeaderInfo(Mode.OFF, reason=self.sender_failure, where=where)
         active = state in ("sending", "waiting") and bool(self.sections[Section.CURRENT])
         if active and self._active_since is None:
             self._active_since = now_epoch

@@ -40,7 +40,7 @@ from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
 from mailtower.core.recipients_csv import neutralise_formula
 from mailtower.core.progress import queue_estimates
-from mailtower.core.sender import LeaseHeld, Sender
+from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, iso, storage_error
 from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
 
@@ -598,8 +598,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             await sender.run(until_idle=args.until_idle)
         except LeaseHeld as exc:
-            print(f"mailtower: {exc}", file=sys.stderr)
-            return EXIT_USER_ERROR
+            return fail(str(exc))
+        except SenderFailed as exc:
+            cause = exc.__cause__
+            if cause is not None and storage_error(settings.db, cause) is None:
+                raise cause from None  # a bug, not the disk: main() logs its traceback (exit 70)
+            return fail(str(exc))  # the ledger could not be written (full or read-only disk): exit 2
         return 0
 
     return run_async(main())

@@ -65,6 +65,9 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
         activity, style = _activity(info.remote_state, info.rate, info.reason)
         text.append(": ")
         text.append(activity, style=style)
+    elif info.mode is Mode.OFF and info.reason:
+        text.append("not sending", style="bold red")  # our sender failed: the reason names the cause
+        text.append(f" ({info.reason})")
     elif info.mode is Mode.OFF:
         text.append("not sending", style="bold")
         text.append(" (no sender running)")

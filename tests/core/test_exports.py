@@ -44,7 +44,8 @@ async def settle_some(store: Store, mailing_id: int, sent: int, failed: int, def
         Outcome(c.id, RecipientState.DEFERRED, 451, "4.3.0 try\nlater", next_attempt_at=FAR_FUTURE)
         for c in claimed[sent + failed : sent + failed + deferred]
     ]
-    await store.record_and_claim(mailing_id, outcomes, 0)
+    # The rest were being sent (marked `sending`) when the sender died: in doubt at the next start.
+    await store.record_and_claim(mailing_id, outcomes, 0, marks=[c.id for c in claimed[len(outcomes):]])
     await store.recover_in_doubt()
     await lifecycle.stop(mailing_id)
 
