@@ -12,6 +12,7 @@ message per connection in doubt.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -23,12 +24,12 @@ from .domain import Mailing, MailingState, RecipientState, Section
 from .lease import SenderLease
 from .lifecycle import Lifecycle
 from .limits import Limits, read_limits
-from .operations import template_for
+from .operations import RESUME_REQUEST_KEY, parse_resume_request, template_for
 from .ratelimit import RateLimiter
-from .relays import RelayState, relays_from_settings
+from .relays import BURST_COUNT, BURST_WINDOW, RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
-from .smtp_client import ConnectFailed, SmtpConnection
-from .smtp_replies import Outcome as ReplyOutcome, Verdict
+from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
+from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict
 from .store import Claimed, Outcome, Store
 
 log = logging.getLogger("mailtower.sender")
@@ -37,6 +38,15 @@ CONTROL_INTERVAL = 0.5  # seconds between checks for stops, reorders and due sch
 FLUSH_INTERVAL = 0.25  # idle wake-up of the feeder when nothing happens
 PUBLISH_INTERVAL = 0.2  # how often the progress snapshot is rebuilt while sending
 RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasing a row
+
+
+def pause_reason(verdict: Verdict, at_login: bool) -> str:
+    """Why a relay is paused, in the operator's words. A reply to AUTH never keeps its text
+    (classify_auth): "login refused: 535 5.7.8 (server text withheld)"."""
+    said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
+    if at_login:
+        return f"login refused: {said}" if verdict.code is not None else f"cannot log in: {said}"
+    return f"paused, the server refuses the session: {said}"
 
 
 class LeaseHeld(Exception):
@@ -91,6 +101,7 @@ class Sender:
         self.limits: Limits | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._last_limits_read = 0.0
+        self._resume_checked_at = 0.0
 
     # ---- public --------------------------------------------------------------------------
 
@@ -397,8 +408,62 @@ class Sender:
             self._work.put_nowait(job)
 
     async def _wait_for_relay(self, relay: RelayState) -> None:
-        while relay.resting and not self.stopping:
-            await self._backoff_sleep(min(relay.rested_until - time.monotonic(), 0.5))
+        """Wait while the relay is resting, paused or cooling down after throttling; a paused
+        relay is resumed here when an operator asks (`request_resume`), within a second."""
+        while relay.unavailable and not self.stopping:
+            if relay.paused:
+                await self._check_resume_request()
+                if not relay.unavailable:
+                    break
+            await self._backoff_sleep(min(relay.available_at - time.monotonic(), 0.5))
+
+    async def _check_resume_request(self) -> None:
+        """Apply an operator's resume request (meta `resume_request`, see operations.request_resume)
+        to the paused relays it names; read at most twice a second however many workers wait."""
+        now = time.monotonic()
+        if now - self._resume_checked_at < 0.5:
+            return
+        self._resume_checked_at = now
+        store, _ = self._need()
+        request = parse_resume_request(await store.meta(RESUME_REQUEST_KEY))
+        if request is None:
+            return
+        name, at = request
+        for relay in self.relays:
+            if relay.paused and relay.paused_at <= at and name in (None, relay.name):
+                log.warning("relay %s resumed by the operator; one connection tries again", relay.name)
+                relay.resume()
+                self._waiting_reason = ""  # a new refusal is a new event
+
+    def _cannot_start(self, relay: RelayState, run: HeadRun) -> bool:
+        """No new connection now: the run is halted, the sender stops, or the relay is held off."""
+        return run.halt or self.stopping or relay.unavailable
+
+    async def _connect(self, conn: SmtpConnection, relay: RelayState, run: HeadRun) -> bool:
+        """Connect (and log in) unless the relay must not be tried; False when not connected.
+
+        Until a connection of this relay has worked (at start, after trouble, after a resume),
+        only one connection at a time tries: the others wait for its result, so a refusing relay
+        sees one connection and at most one login per attempt, never one per connection."""
+        for _ in range(100_000):  # bounded: each pass sleeps 0.05 s unless it returns
+            if self._cannot_start(relay, run):
+                return False
+            if relay.healthy or not relay.probing:
+                break
+            await self._backoff_sleep(0.05)
+        probe = not relay.healthy
+        relay.probing = relay.probing or probe
+        try:
+            await conn.connect()
+        except ConnectFailed as exc:
+            await self._relay_trouble(run, relay, exc.verdict, paused=exc.verdict.outcome is ReplyOutcome.PAUSE,
+                                      at_login=exc.at_login)
+            return False
+        finally:
+            if probe:
+                relay.probing = False
+        relay.connected()
+        return True
 
     async def _deliver(
         self,
@@ -414,22 +479,16 @@ class Sender:
         message's final dot."""
         retries = 0
         while True:
-            if not conn.connected:
-                try:
-                    await conn.connect()
-                except ConnectFailed as exc:
-                    await self._relay_trouble(run, relay, exc.verdict)
-                    return None
+            if not conn.connected and not await self._connect(conn, relay, run):
+                return None
             if not self.limiter.idle:
                 await self.limiter.acquire()
             if not relay.limiter.idle:
                 await relay.limiter.acquire()
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
-            verdict = await conn.send(run.mailing.from_addr, row.email, message, previous)
+            verdict = await conn.send(run.template.sender, row.email, message, previous)
             previous = None
-            if verdict.throttle:
-                self.limiter.throttle(self.meter.rate())
-                relay.limiter.throttle(relay.meter.rate())
+            self._note_throttling(relay, run, verdict)
             if verdict.outcome is ReplyOutcome.SENT:
                 await self._accepted(run, relay)
                 return Outcome(row.id, RecipientState.SENT, verdict.code, None, was_in_doubt=row.in_doubt)
@@ -438,11 +497,15 @@ class Sender:
                     return Outcome(
                         row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True, was_in_doubt=row.in_doubt
                     )
+                if run.halt or self.stopping:
+                    return None  # nobody in doubt; no new connection while stopping (issue 10, 11)
                 retries += 1
-                if retries > RECONNECT_RETRIES or run.halt or self.stopping:
+                if retries > RECONNECT_RETRIES:
                     await self._relay_trouble(run, relay, verdict)
                     return None
                 await self._backoff_sleep(min(2.0**retries * 0.1, self.settings.connect_backoff_max))
+                if relay.unavailable:
+                    return None  # another connection found the relay held off meanwhile
                 continue
             if verdict.outcome is ReplyOutcome.PAUSE:
                 await conn.close()
@@ -450,7 +513,26 @@ class Sender:
                 return None
             if verdict.outcome is ReplyOutcome.FAIL:
                 return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text, was_in_doubt=row.in_doubt)
-            return self._deferral(row, verdict)
+            outcome = self._deferral(row, verdict)
+            relay.deferred_until(outcome.next_attempt_at)
+            return outcome
+
+    def _note_throttling(self, relay: RelayState, run: HeadRun, verdict: Verdict) -> None:
+        """Slow down on a throttling reply, or on a burst of 4xx at MAIL/RCPT whatever its wording
+        (a relay's own words for "too much mail" are not all in the table)."""
+        temporary = (
+            verdict.code is not None and 400 <= verdict.code < 500 and verdict.stage in (Stage.MAIL, Stage.RCPT)
+        )
+        burst = temporary and relay.temporary_refusal()
+        if not (verdict.throttle or burst):
+            return
+        said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
+        reason = said if verdict.throttle else f"{BURST_COUNT} temporary refusals within {BURST_WINDOW:g} s, last: {said}"
+        self.limiter.throttle(self.meter.rate())
+        was_cooling = relay.cooling
+        relay.throttle(reason, relay.meter.rate(), run.mailing.id)
+        if not was_cooling:
+            log.warning("relay %s is throttling us (%s); slowing down", relay.name, reason)
 
     def _deferral(self, row: Claimed, verdict: Verdict) -> Outcome:
         now = time.time()
@@ -473,15 +555,21 @@ class Sender:
         if self._waiting_reason:
             await self._resume(run)
 
-    async def _relay_trouble(self, run: HeadRun, relay: RelayState, verdict: Verdict, paused: bool = False) -> None:
-        """Rest a relay that cannot be used; when none is left, the mailing waits and says why.
+    async def _relay_trouble(
+        self, run: HeadRun, relay: RelayState, verdict: Verdict, paused: bool = False, at_login: bool = False
+    ) -> None:
+        """Hold off a relay that cannot be used; when none is left, the mailing waits and says why.
 
-        A refused session (login, sender address) pauses the relay the same way: nobody is
-        marked failed, and it is tried again after the rest.
+        A relay that cannot be reached rests briefly (growing backoff). One that refuses us
+        (login, sender address, session) is paused: nobody is marked failed, and it is not tried
+        again until an operator resumes it, the sender restarts, or a long interval passes.
         """
-        what = "paused, the server refuses the session" if paused else "cannot reach the server"
-        relay.rest(f"{what}: {verdict.text}")
-        if all(r.resting for r in self.relays):
+        if paused:
+            relay.pause(pause_reason(verdict, at_login), run.mailing.id)
+            log.warning("relay %s paused: %s", relay.name, relay.reason)
+        else:
+            relay.rest(f"cannot reach the server: {verdict.text}", run.mailing.id)
+        if all(r.paused or r.resting for r in self.relays):
             if len(self.relays) == 1:
                 reason = relay.reason
             else:
@@ -504,11 +592,30 @@ class Sender:
             pass
 
     async def _note_waiting(self, run: HeadRun, event: str = "waiting") -> None:
-        reason = self.snapshot.reason
+        reason = self._scrubbed(self.snapshot.reason)
         if reason and reason != self._waiting_reason:
             self._waiting_reason = reason
             _, lifecycle = self._need()
             await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event=event)
+
+    def _scrubbed(self, text: str) -> str:
+        """Belt and braces: no relay's password (or its base64 forms) in anything stored."""
+        for relay in self.relays:
+            text = scrub_secrets(text, relay.relay.user, relay.relay.password)
+        return text
+
+    def waiting_document(self) -> dict[str, object]:
+        """Why the sender is held back, for `status --json` (meta `sender_waiting`): each relay
+        that is paused, resting or throttled, with the mailing that was sending when it began."""
+        troubled = [s for s in (r.status() for r in self.relays) if s.state in ("paused", "resting", "throttled")]
+        return {
+            "all_unavailable": all(r.unavailable for r in self.relays),
+            "relays": [
+                {"relay": s.name, "state": s.state, "reason": self._scrubbed(s.reason), "since": s.since,
+                 "next_try": s.next_try, "mailing": s.mailing_id}
+                for s in troubled
+            ],
+        }
 
     # ---- progress ------------------------------------------------------------------------
 
@@ -568,9 +675,10 @@ class Sender:
         await store.put_meta(
             {
                 "sender_state": (state or snap.state).value,
-                "sender_reason": snap.reason,
+                "sender_reason": self._scrubbed(snap.reason),
                 "sender_rate": f"{snap.rate:.3f}",
                 "sender_last_accept": f"{snap.last_accept_at or 0:.3f}",
                 "sender_heartbeat": f"{time.time():.3f}",
+                "sender_waiting": json.dumps(self.waiting_document()),
             }
         )

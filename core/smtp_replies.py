@@ -67,6 +67,7 @@ class Verdict:
     throttle: bool  # the sender should slow down
     new_connection: bool  # open a new connection before the next transaction
     in_doubt: bool  # the connection broke after the final dot: the server may have the message
+    stage: Stage | None = None  # the command the reply (or failure) answered
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ def _judge(code: int, text: str, stage: Stage) -> Verdict:
         throttle=_throttles(rule.throttle, text, enhanced),
         new_connection=rule.new_connection,
         in_doubt=rule.in_doubt,
+        stage=stage,
     )
 
 
@@ -302,6 +304,7 @@ def classify_failure(kind: Failure, stage: Stage, detail: str) -> Verdict:
         throttle=_throttles(rule.throttle, detail, None),
         new_connection=rule.new_connection,
         in_doubt=rule.in_doubt,
+        stage=stage,
     )
 
 
