@@ -102,6 +102,7 @@ class Sender:
         self._workers: list[asyncio.Task[None]] = []
         self._last_limits_read = 0.0
         self._resume_checked_at = 0.0
+        self._operator_resumed = False
 
     # ---- public --------------------------------------------------------------------------
 
@@ -433,7 +434,7 @@ class Sender:
             if relay.paused and relay.paused_at <= at and name in (None, relay.name):
                 log.warning("relay %s resumed by the operator; one connection tries again", relay.name)
                 relay.resume()
-                self._waiting_reason = ""  # a new refusal is a new event
+                self._operator_resumed = True  # a new refusal is a new event, even in the same words
 
     def _cannot_start(self, relay: RelayState, run: HeadRun) -> bool:
         """No new connection now: the run is halted, the sender stops, or the relay is held off."""
@@ -593,7 +594,8 @@ class Sender:
 
     async def _note_waiting(self, run: HeadRun, event: str = "waiting") -> None:
         reason = self._scrubbed(self.snapshot.reason)
-        if reason and reason != self._waiting_reason:
+        if reason and (reason != self._waiting_reason or self._operator_resumed):
+            self._operator_resumed = False
             self._waiting_reason = reason
             _, lifecycle = self._need()
             await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event=event)

@@ -41,6 +41,9 @@ class Delivery:
     recipient: str
     message_id: str
     size: int
+    mail_from: str = ""
+    mail_options: tuple[str, ...] = ()  # MAIL FROM parameters, e.g. ("SMTPUTF8",)
+    data: bytes = b""  # the message, only with Sink(keep_messages=True)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class SinkHandler:
     fault: FaultRule | None = None
     latency: float = 0.0
     pipelining: bool = True
+    keep_messages: bool = False
     deliveries: list[Delivery] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,7 +137,10 @@ class SinkHandler:
         headers = BytesHeaderParser().parsebytes(data)
         message_id = str(headers.get("Message-ID", ""))
         with self.lock:
-            self.deliveries.extend(Delivery(r, message_id, len(data)) for r in accepted)
+            self.deliveries.extend(
+                Delivery(r, message_id, len(data), envelope.mail_from or "", tuple(envelope.mail_options), data if self.keep_messages else b"")
+                for r in accepted
+            )
         if action == "DROP":
             _cut(server)
         elif action:
@@ -190,15 +197,19 @@ class Sink:
         pipelining: bool = True,
         auth_refusal: str | None = None,
         smtputf8: bool = False,
+        auth_exclude: tuple[str, ...] = (),
+        keep_messages: bool = False,
     ) -> None:
-        self.handler = SinkHandler(fault=fault, latency=latency, pipelining=pipelining)
+        self.handler = SinkHandler(fault=fault, latency=latency, pipelining=pipelining, keep_messages=keep_messages)
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.credentials = credentials
-        self.auth_refusal = auth_refusal
+        self.auth_exclude = auth_exclude  # mechanisms not offered, e.g. ("PLAIN",)
         self.smtputf8 = smtputf8
+        # The authenticator; a test may change `login.password` to make the server accept us.
+        self.login = _Login(*credentials, refusal=auth_refusal) if credentials else None
         self._controller: Controller | None = None
 
     def start(self) -> "Sink":
@@ -206,8 +217,8 @@ class Sink:
         if self.tls_context is not None and not self.implicit_tls:
             kwargs["tls_context"] = self.tls_context
         if self.credentials is not None:
-            kwargs.update(authenticator=_Login(*self.credentials, refusal=self.auth_refusal), auth_required=True,
-                          auth_require_tls=True)
+            kwargs.update(authenticator=self.login, auth_required=True, auth_require_tls=True,
+                          auth_exclude_mechanism=list(self.auth_exclude))
         self._controller = Controller(
             self.handler,
             hostname=self.host,
