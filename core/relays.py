@@ -39,7 +39,8 @@ PAUSE_MAX = 6 * 3600.0  # ...doubling each time up to this
 THROTTLE_FIRST = 1.0  # cool-down after a throttling reply...
 THROTTLE_MAX = 60.0  # ...doubling while the throttling goes on, up to this
 BURST_COUNT = 5  # this many 4xx replies at MAIL/RCPT...
-BURST_WINDOW = 2.0  # ...within this many seconds on one relay count as throttling
+BURST_WINDOW = 2.0  # ...within this many seconds on one relay count as throttling...
+BURST_SHARE = 0.5  # ...when they are at least this share of its replies in that window
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,10 @@ class RelayState:
     throttle_reason: str = ""
     throttle_backoff: float = THROTTLE_FIRST
     retry_at: float = 0.0  # wall clock: the earliest retry of a recipient deferred while throttled
-    temporary: deque[float] = field(default_factory=deque)  # monotonic times of recent 4xx
+    # Replies since the first recent 4xx at MAIL/RCPT: (monotonic time, was a 4xx); empty (and
+    # not appended to) while no 4xx is recent, so the common case costs nothing.
+    recent: deque[tuple[float, bool]] = field(default_factory=deque)
+    temporary_count: int = 0
 
     @property
     def resting(self) -> bool:
@@ -152,15 +156,21 @@ class RelayState:
         self.throttled_until = time.monotonic() + self.throttle_backoff
         self.throttle_backoff = min(self.throttle_backoff * 2, THROTTLE_MAX)
 
-    def temporary_refusal(self) -> bool:
-        """A 4xx at MAIL/RCPT came; True when it makes a burst (BURST_COUNT within BURST_WINDOW)."""
+    def transaction(self, temporary: bool) -> bool:
+        """Note one reply (`temporary`: a 4xx at MAIL/RCPT); True when the recent ones make a
+        burst: at least BURST_COUNT temporary refusals within BURST_WINDOW seconds, and at least
+        BURST_SHARE of the replies in that window (a few greylisted recipients in heavy traffic
+        are not a burst)."""
         now = time.monotonic()
-        recent = self.temporary
-        recent.append(now)
-        while recent and recent[0] < now - BURST_WINDOW:
-            recent.popleft()
-        if len(recent) >= BURST_COUNT:
+        recent = self.recent
+        if temporary or self.temporary_count:
+            recent.append((now, temporary))
+            self.temporary_count += temporary
+        while recent and recent[0][0] < now - BURST_WINDOW:
+            self.temporary_count -= recent.popleft()[1]
+        if self.temporary_count >= BURST_COUNT and self.temporary_count >= BURST_SHARE * len(recent):
             recent.clear()
+            self.temporary_count = 0
             return True
         return False
 

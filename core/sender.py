@@ -26,7 +26,7 @@ from .lifecycle import Lifecycle
 from .limits import Limits, read_limits
 from .operations import RESUME_REQUEST_KEY, parse_resume_request, template_for
 from .ratelimit import RateLimiter
-from .relays import BURST_COUNT, BURST_WINDOW, RelayState, relays_from_settings
+from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
 from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict
@@ -43,10 +43,10 @@ RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasi
 def pause_reason(verdict: Verdict, at_login: bool) -> str:
     """Why a relay is paused, in the operator's words. A reply to AUTH never keeps its text
     (classify_auth): "login refused: 535 5.7.8 (server text withheld)"."""
-    said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
-    if at_login:
-        return f"login refused: {said}" if verdict.code is not None else f"cannot log in: {said}"
-    return f"paused, the server refuses the session: {said}"
+    if verdict.code is None:  # refused on our side: no encryption for a login, an unsendable sender
+        return f"cannot log in: {verdict.text}" if at_login else f"paused: {verdict.text}"
+    said = f"{verdict.code} {verdict.text}"
+    return f"login refused: {said}" if at_login else f"paused, the server refuses the session: {said}"
 
 
 class LeaseHeld(Exception):
@@ -519,17 +519,17 @@ class Sender:
             return outcome
 
     def _note_throttling(self, relay: RelayState, run: HeadRun, verdict: Verdict) -> None:
-        """Slow down on a throttling reply, or on a burst of 4xx at MAIL/RCPT whatever its wording
-        (a relay's own words for "too much mail" are not all in the table)."""
+        """Slow this relay down on a throttling reply, or on a burst of 4xx at MAIL/RCPT whatever
+        its wording (a relay's own words for "too much mail" are not all in the table). Only the
+        relay slows down: the narrowest scope the pushback came from (DESIGN.md, Pacing)."""
         temporary = (
             verdict.code is not None and 400 <= verdict.code < 500 and verdict.stage in (Stage.MAIL, Stage.RCPT)
         )
-        burst = temporary and relay.temporary_refusal()
+        burst = relay.transaction(temporary)
         if not (verdict.throttle or burst):
             return
         said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
-        reason = said if verdict.throttle else f"{BURST_COUNT} temporary refusals within {BURST_WINDOW:g} s, last: {said}"
-        self.limiter.throttle(self.meter.rate())
+        reason = said if verdict.throttle else f"a burst of temporary refusals (last: {said})"
         was_cooling = relay.cooling
         relay.throttle(reason, relay.meter.rate(), run.mailing.id)
         if not was_cooling:

@@ -237,6 +237,9 @@ async def test_a_server_echoing_the_sasl_blob_leaves_no_trace(
             assert code == 0
         finally:
             await stopped(sender, task)
+    waiting = json.loads(status_json)["current"][0]["waiting"]
+    assert waiting["state"] == "paused" and waiting["reason"] == "login refused: 535 5.7.8 (server text withheld)"
+    assert waiting["next_try"] > waiting["since"]
     seen = [everything_stored(db), status_json, sender.snapshot.reason, repr(sender.snapshot.relays)]
     for text in seen:
         assert blob not in text and blob.rstrip("=")[:16] not in text and PASSWORD not in text
