@@ -268,12 +268,26 @@ def relays_from_settings(settings: Settings) -> list[RelayState]:
 
 
 def _iso(wall: object) -> str | None:
-    if not isinstance(wall, (int, float)) or wall != wall or wall in (float("inf"), float("-inf")) or wall <= 0:
+    """ISO 8601 UTC of a wall-clock time from the meta table; None for anything that is not one."""
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not 0 < wall < 1e11:  # NaN fails too
         return None
-    return datetime.fromtimestamp(float(wall), timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(float(wall), timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def held_back(raw: str | None, mailing_id: int, sending: bool) -> dict[str, dict[str, object] | None]:
+def _times(entries: list[dict[str, object]], key: str) -> list[float]:
+    return [float(v) for e in entries if isinstance(v := e.get(key), (int, float)) and _iso(v) is not None]
+
+
+def parse_waiting(raw: str | None) -> dict[str, object]:
+    """The sender's meta `sender_waiting` as written by Sender.waiting_document ({} if unreadable)."""
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def held_back(doc: dict[str, object], mailing_id: int, sending: bool) -> dict[str, dict[str, object] | None]:
     """The `waiting` and `throttled` entries of one current mailing in `status --json`, from the
     sender's meta `sender_waiting` (Sender.waiting_document). A relay's trouble concerns the
     mailing that was sending when it began, and whichever mailing is sending now.
@@ -283,19 +297,16 @@ def held_back(raw: str | None, mailing_id: int, sending: bool) -> dict[str, dict
     throttled: {"reason", "since", "next_try", "relay"} when a relay asked us to slow down;
     times are ISO 8601 UTC ("...Z"); next_try is when the sender tries again (an estimate)."""
     result: dict[str, dict[str, object] | None] = {"waiting": None, "throttled": None}
-    try:
-        doc = json.loads(raw) if raw else {}
-        entries = [e for e in doc.get("relays", []) if isinstance(e, dict)]
-    except (ValueError, AttributeError, TypeError):
-        return result
+    relays = doc.get("relays")
+    entries = [e for e in relays if isinstance(e, dict)] if isinstance(relays, list) else []
     mine = [e for e in entries if e.get("mailing") == mailing_id or sending]
     blocked = [e for e in mine if e.get("state") in ("paused", "resting")]
     if doc.get("all_unavailable") and blocked:
         result["waiting"] = {
             "state": "paused" if any(e.get("state") == "paused" for e in blocked) else "resting",
             "reason": "; ".join(str(e.get("reason", "")) for e in blocked),
-            "since": _iso(min((e.get("since") or 0 for e in blocked), default=0)),
-            "next_try": _iso(min((e.get("next_try") or 0 for e in blocked), default=0)),
+            "since": _iso(min(_times(blocked, "since"), default=None)),
+            "next_try": _iso(min(_times(blocked, "next_try"), default=None)),
             "relays": [str(e.get("relay", "")) for e in blocked],
         }
     throttled = next((e for e in mine if e.get("state") == "throttled"), None)

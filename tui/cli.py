@@ -22,7 +22,7 @@ from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume, split_by_zone
 from mailtower.core.progress import queue_estimates
-from mailtower.core.relays import held_back, relays_from_settings
+from mailtower.core.relays import held_back, parse_waiting, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender
 from mailtower.core.store import Store, iso
 from mailtower.core.timezones import load_zone, parse_wall_time, tzdata_version
@@ -276,7 +276,7 @@ async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
     # Current mailings say whether the sender is held back for them: "waiting" (no relay can take
     # a message: paused after a refused login, or resting) and "throttled" (a relay asked us to
     # slow down); each null or {"reason", "since", "next_try", ...} (see relays.held_back).
-    waiting = await store.meta("sender_waiting") if await sender_alive(store) else None
+    waiting = parse_waiting(await store.meta("sender_waiting") if await sender_alive(store) else None)
     for item in doc.get(Section.CURRENT.value, []):
         item.update(held_back(waiting, item["id"], item["state"] == "sending"))
     return doc

@@ -441,3 +441,17 @@ async def test_non_ascii_sender_without_smtputf8_pauses_and_fails_nobody(tmp_pat
     assert "needs SMTPUTF8" in detail
     assert ledger(db) == {"pending": 3}
     assert sink.deliveries == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "{", "[]", '{"relays": 5}', '{"relays": [5, "x"]}', '{"all_unavailable": true, "relays": [{"state": "paused", '
+     '"since": "yesterday", "next_try": NaN, "mailing": 1}]}', '{"relays": [{"state": "throttled", "since": 1e300}]}'],
+)
+def test_status_survives_a_malformed_sender_waiting_row(raw: str) -> None:
+    from mailtower.core.relays import held_back, parse_waiting
+
+    held = held_back(parse_waiting(raw), 1, True)
+    assert set(held) == {"waiting", "throttled"}
+    for entry in held.values():
+        assert entry is None or (entry["since"] is None and entry["next_try"] is None)
