@@ -123,7 +123,9 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
     forms.add(base64.b64encode(raw_password).decode().rstrip("="))
     if raw_user:
         forms.add(base64.b64encode(raw_user).decode().rstrip("="))
-    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
+    # A short base64 form (of a short user name, say) would blank unrelated text: the literal
+    # password is always scrubbed, encoded forms only from 8 characters on.
+    return tuple(sorted((f for f in forms if f == password or len(f) >= 8), key=len, reverse=True))
 
 
 # A reply line longer than this (RFC 5321 4.5.3.1.5 allows 512 octets) means the peer is not

@@ -313,6 +313,8 @@ async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
     names = [r.name for r in relays_from_settings(args.settings)]
     await request_resume(store, args.relay, names)
     print(f"asked the sender to try {args.relay or 'every paused relay'} again", file=sys.stderr)
+    if not await sender_alive(store):
+        print("no sender is running, so nothing is paused (a new `mailtower run` starts with every relay unpaused)", file=sys.stderr)
     return 0
 
 
