@@ -569,7 +569,9 @@ class Sender:
             relay.pause(pause_reason(verdict, at_login), run.mailing.id)
             log.warning("relay %s paused: %s", relay.name, relay.reason)
         else:
-            relay.rest(f"cannot reach the server: {verdict.text}", run.mailing.id)
+            said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
+            what = "login failed for now" if at_login else "cannot reach the server"
+            relay.rest(f"{what}: {said}", run.mailing.id)
         if all(r.paused or r.resting for r in self.relays):
             if len(self.relays) == 1:
                 reason = relay.reason
