@@ -176,6 +176,30 @@ async def test_login_mechanism_is_one_the_server_offers(
     assert [m for _, m in sink.handler.logins] == ["LOGIN"]
 
 
+async def test_a_temporary_login_failure_is_retried_one_connection_at_a_time(
+    tmp_path: Path, server_context: ssl.SSLContext, ca_file: Path
+) -> None:
+    """454 4.7.0 (the SASL back end is down) is not a refusal: the relay rests and tries again,
+    but one connection and one mechanism at a time, never a login storm."""
+    db = await prepared_db(tmp_path)
+    refusal = "454 4.7.0 Temporary authentication failure {blob}"
+    with Sink(tls_context=server_context, credentials=(USER, WRONG), auth_refusal=refusal) as sink:
+        sender = Sender(tls_settings(db, sink.port, ca_file, connections=8))
+        task = await started(sender)
+        try:
+            await wait_for(until(lambda: len(sink.handler.logins) >= 3), timeout=20)
+        finally:
+            await stopped(sender, task)
+    per_connection = {}
+    for connection, mechanism in sink.handler.logins:
+        per_connection[connection] = per_connection.get(connection, 0) + 1
+        assert mechanism == "PLAIN"
+    assert set(per_connection.values()) == {1}
+    assert ledger(db) == {"pending": 5}
+    assert "auto-paused" not in [k for k, _ in events(db)]
+    assert PLAIN_BLOB.rstrip("=") not in everything_stored(db)
+
+
 async def test_resume_makes_the_paused_relay_try_again(
     tmp_path: Path, server_context: ssl.SSLContext, ca_file: Path
 ) -> None:
