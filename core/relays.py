@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +32,7 @@ from datetime import datetime, timezone
 from .config import Settings
 from .progress import RateMeter
 from .ratelimit import RateLimiter
-from .smtp_client import Relay
+from .smtp_client import Relay, SmtpConnection
 
 
 PAUSE_FIRST = 15 * 60.0  # a refused login is tried again by itself after this long...
@@ -91,6 +92,12 @@ class RelayState:
     # not appended to) while no 4xx is recent, so the common case costs nothing.
     recent: deque[tuple[float, bool]] = field(default_factory=deque)
     temporary_count: int = 0
+    # The connections of this relay that have connected at least once (to count the live ones).
+    sessions: weakref.WeakSet[SmtpConnection] = field(default_factory=weakref.WeakSet)
+
+    def live_connections(self, besides: SmtpConnection) -> int:
+        """How many other connections of this relay are open and usable now."""
+        return sum(1 for conn in self.sessions if conn is not besides and conn.connected)
 
     @property
     def resting(self) -> bool:

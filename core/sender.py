@@ -359,7 +359,7 @@ class Sender:
         recorded: asyncio.Future[None] | None = None  # this connection's previous outcome on disk
         try:
             while True:
-                await self._wait_for_relay(relay)
+                await self._wait_for_relay(relay, conn)
                 job = await self._work.get()
                 if job is None:
                     return
@@ -408,9 +408,15 @@ class Sender:
             run.queued += 1
             self._work.put_nowait(job)
 
-    async def _wait_for_relay(self, relay: RelayState) -> None:
-        """Wait while the relay is resting, paused or cooling down after throttling; a paused
-        relay is resumed here when an operator asks (`request_resume`), within a second."""
+    async def _wait_for_relay(self, relay: RelayState, conn: SmtpConnection | None = None) -> None:
+        """Wait while the relay is resting, paused or cooling down after throttling, or while this
+        connection (`conn`) was refused as one too many; a paused relay is resumed here when an
+        operator asks (`request_resume`), within a second."""
+        while conn is not None and not conn.connected and not self.stopping:
+            left = conn.held_until - time.monotonic()
+            if left <= 0:
+                break
+            await self._backoff_sleep(min(left, 0.5))
         while relay.unavailable and not self.stopping:
             if relay.paused:
                 await self._check_resume_request()
@@ -457,12 +463,22 @@ class Sender:
         try:
             await conn.connect()
         except ConnectFailed as exc:
-            await self._relay_trouble(run, relay, exc.verdict, paused=exc.verdict.outcome is ReplyOutcome.PAUSE,
+            verdict = exc.verdict
+            if verdict.throttle and verdict.outcome is ReplyOutcome.RECONNECT and relay.live_connections(conn):
+                # One connection too many (Postfix: "421 4.7.0 Error: too many connections from
+                # ..."): the relay works on its other connections, so only this one waits.
+                # The row goes back on the queue at once (another connection sends it) and this
+                # worker waits in _wait_for_relay before taking another.
+                wait = conn.held_off(self.settings.connect_backoff_max)
+                log.info("relay %s refused one more connection (%s); it waits %.0f s", relay.name, verdict.text, wait)
+                return False
+            await self._relay_trouble(run, relay, verdict, paused=verdict.outcome is ReplyOutcome.PAUSE,
                                       at_login=exc.at_login)
             return False
         finally:
             if probe:
                 relay.probing = False
+        relay.sessions.add(conn)
         relay.connected()
         return True
 

@@ -12,6 +12,7 @@ import base64
 import functools
 import re
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import aiosmtplib
 from aiosmtplib.errors import (
     SMTPAuthenticationError,
     SMTPConnectError,
+    SMTPConnectResponseError,
     SMTPException,
     SMTPResponseException,
     SMTPServerDisconnected,
@@ -266,6 +268,15 @@ class SmtpConnection:
         self.pipelining = False
         self.smtputf8 = False  # the server offers SMTPUTF8 (RFC 6531)
         self.sent_on_connection = 0
+        self.extra_backoff = 0.0  # growing wait after "too many connections" while others work
+        self.held_until = 0.0  # monotonic: this connection does not try to connect before then
+
+    def held_off(self, limit: float) -> float:
+        """This connection was refused as one too many: it waits before trying again (1 s
+        doubling up to `limit`; reset by a successful connect). Returns the wait."""
+        self.extra_backoff = min(max(self.extra_backoff * 2, 1.0), limit)
+        self.held_until = time.monotonic() + self.extra_backoff
+        return self.extra_backoff
 
     @property
     def connected(self) -> bool:
@@ -286,6 +297,7 @@ class SmtpConnection:
         transport.set_protocol(reader)
         self.pipelining = smtp.supports_extension("pipelining")
         self.smtputf8 = smtp.supports_extension("smtputf8")
+        self.extra_backoff = 0.0
         self._reader = reader
         self.sent_on_connection = 0
 
@@ -484,6 +496,10 @@ def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
     where = f"{relay.host}:{relay.port}"
     if isinstance(exc, SMTPAuthenticationError):
         return classify_auth(exc.code, exc.message)
+    if isinstance(exc, SMTPConnectResponseError):
+        # The server answered the connection with a reply other than 220 (421 too many
+        # connections, 554 no service for you): judged by the table like any reply.
+        return classify(exc.code, _scrub(exc.message, relay), Stage.CONNECT)
     if isinstance(exc, ssl.SSLError):
         return classify_failure("refused", Stage.CONNECT, _scrub(f"TLS failed with {relay.host}: {exc.reason or exc}", relay))
     if isinstance(exc, SMTPConnectError):

@@ -409,6 +409,64 @@ async def test_a_refusing_relay_sees_one_connection_at_a_time_and_none_after_sto
     assert "waiting" in [k for k, _ in events(db)]
 
 
+class ConnectionLimit:
+    """A TCP relay on 127.0.0.1 in front of the sink that lets `limit` connections through at a
+    time and greets any more like Postfix's anvil (smtpd_client_connection_count_limit)."""
+
+    def __init__(self, target_port: int, limit: int) -> None:
+        self.target_port = target_port
+        self.limit = limit
+        self.port = free_port()
+        self.open = 0
+        self.refused = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> "ConnectionLimit":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= self.limit:
+            self.refused += 1
+            writer.write(b"421 4.7.0 mx.example: Error: too many connections from 127.0.0.1\r\n")
+            writer.close()
+            return
+        self.open += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+            async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                try:
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                except (ConnectionError, OSError):
+                    pass
+                finally:
+                    dst.close()
+
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            self.open -= 1
+
+
+async def test_one_connection_too_many_waits_alone_while_the_others_send(tmp_path: Path) -> None:
+    """A relay that takes 2 connections and refuses a third with 421 4.7.0 is not rested: the
+    two send everything; the extra connections wait on their own, with a growing backoff."""
+    db = await prepared_db(tmp_path, recipients(300))
+    with Sink() as sink:
+        async with ConnectionLimit(sink.port, limit=2) as gate:
+            sender = Sender(settings(db, gate.port, connections=6, connect_backoff_max=5))
+            await asyncio.wait_for(sender.run(until_idle=True), 60)
+    assert ledger(db) == {"sent": 300}
+    assert 1 <= gate.refused <= 20, gate.refused  # old code: rested the whole relay each time
+    assert "waiting" not in [k for k, _ in events(db)]
+
+
 # ---- item 14: internationalised addresses --------------------------------------------------------
 
 
