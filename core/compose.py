@@ -24,6 +24,8 @@ from email.utils import format_datetime, getaddresses
 from functools import lru_cache
 from operator import itemgetter
 
+import idna
+
 from .errors import UserError
 
 BUILTIN_FIELDS = frozenset({"email", "name"})
@@ -121,6 +123,19 @@ def check_header_value(what: str, value: str) -> None:
 def message_id(mailing_id: int, recipient_id: int, from_addr: str) -> str:
     """The Message-ID of one recipient's copy: the same on every attempt, so duplicates show."""
     return f"<m{mailing_id}.r{recipient_id}@{_id_domain(from_addr)}>"
+
+
+@lru_cache(maxsize=1024)
+def ascii_domain(domain: str) -> str | None:
+    """A domain with its non-ASCII labels as A-labels (IDNA 2008 with UTS 46 mapping:
+    "bücher.example" -> "xn--bcher-kva.example"), or None if it is not a valid IDN.
+    Used for the SMTP envelope and for address headers, so neither needs SMTPUTF8 for a domain."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
 
 
 @lru_cache(maxsize=64)
@@ -242,6 +257,9 @@ def _addr_spec(what: str, email: str) -> str:
         raise UserError(f"{what} contains a control or separator character: {email!r}")
     if not (_HOST_NAME.fullmatch(domain) or _DOMAIN_LITERAL.fullmatch(domain)):
         raise UserError(f"{what} has an invalid domain: {email!r}")
+    # An internationalised domain is written as its A-label, as in the envelope: the header then
+    # stays ASCII (valid without SMTPUTF8) unless the local part itself is non-ASCII (RFC 6532).
+    domain = ascii_domain(domain) or domain
     return f"{_local_part(local)}@{domain}"
 
 

@@ -6,6 +6,8 @@ dashboard both call these; state changes still go through the lifecycle.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -266,3 +268,37 @@ async def split_by_zone(
             results.append((target, resolved))
     return results
 
+
+
+# The operator's "try the paused relay(s) again" (`mailtower resume`, the dashboard): a row in the
+# meta table that the sender reads within a second. It applies to relays paused before `at`, so an
+# old request never resumes a later pause.
+RESUME_REQUEST_KEY = "resume_request"
+
+
+async def request_resume(store: Store, relay: str | None = None, relay_names: Iterable[str] | None = None) -> None:
+    """Ask the running sender to try paused relays again (all of them, or the one named).
+
+    `relay_names` (the configured relays) lets a caller refuse an unknown name before writing."""
+    if relay is not None:
+        names = list(relay_names) if relay_names is not None else None
+        if not relay.strip() or (names is not None and relay not in names):
+            known = ", ".join(names or []) or "none"
+            raise UserError(f"--relay: no relay named {relay!r} (configured: {known})")
+    await store.put_meta({RESUME_REQUEST_KEY: json.dumps({"relay": relay, "at": time.time()})})
+
+
+def parse_resume_request(raw: str | None) -> tuple[str | None, float] | None:
+    """(relay name or None for all, wall-clock time) of a stored resume request; None if absent
+    or unreadable (a hand-edited row must not stop the sender)."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        at = float(data["at"])
+        relay = data.get("relay")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if not math.isfinite(at) or (relay is not None and not isinstance(relay, str)):
+        return None
+    return relay, at

@@ -18,6 +18,7 @@ raises SenderFailed naming the cause.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -31,12 +32,12 @@ from .domain import Mailing, MailingState, RecipientState, Section
 from .lease import SenderLease
 from .lifecycle import Lifecycle
 from .limits import Limits, read_limits
-from .operations import template_for
+from .operations import RESUME_REQUEST_KEY, parse_resume_request, template_for
 from .ratelimit import RateLimiter
 from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
-from .smtp_client import ConnectFailed, SmtpConnection
-from .smtp_replies import Outcome as ReplyOutcome, Verdict
+from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
+from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict
 from .store import Claimed, Outcome, Store, storage_error
 
 log = logging.getLogger("mailtower.sender")
@@ -47,6 +48,15 @@ PUBLISH_INTERVAL = 0.2  # how often the progress snapshot is rebuilt while sendi
 RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasing a row
 LIMITS_INTERVAL = 0.5  # how often the operator's limits are read: a change applies within a second
 STOP_GRACE = 5.0  # seconds a stop waits for messages in flight before cutting them off (left in doubt)
+
+
+def pause_reason(verdict: Verdict, at_login: bool) -> str:
+    """Why a relay is paused, in the operator's words. A reply to AUTH never keeps its text
+    (classify_auth): "login refused: 535 5.7.8 (server text withheld)"."""
+    if verdict.code is None:  # refused on our side: no encryption for a login, an unsendable sender
+        return f"cannot log in: {verdict.text}" if at_login else f"paused: {verdict.text}"
+    said = f"{verdict.code} {verdict.text}"
+    return f"login refused: {said}" if at_login else f"paused, the server refuses the session: {said}"
 
 
 class LeaseHeld(Exception):
@@ -166,6 +176,8 @@ class Sender:
         self._stop_at: float | None = None  # monotonic time of the stop request
         self._failure: BaseException | None = None  # what stopped the sender, if anything did
         self._run: HeadRun | None = None  # the head being sent, to wake on a stop or a failure
+        self._resume_checked_at = 0.0
+        self._operator_resumed = False
 
     # ---- public --------------------------------------------------------------------------
 
@@ -532,7 +544,7 @@ class Sender:
         task = asyncio.current_task()
         try:
             while True:
-                await self._wait_for_relay(relay)
+                await self._wait_for_relay(relay, conn)
                 job = await self._work.get()
                 if job is None:
                     return
@@ -590,9 +602,79 @@ class Sender:
             run.queued += 1
             self._work.put_nowait(job)
 
-    async def _wait_for_relay(self, relay: RelayState) -> None:
-        while relay.resting and not self.stopping:
-            await self._backoff_sleep(min(relay.rested_until - time.monotonic(), 0.5))
+    async def _wait_for_relay(self, relay: RelayState, conn: SmtpConnection | None = None) -> None:
+        """Wait while the relay is resting, paused or cooling down after throttling, or while this
+        connection (`conn`) was refused as one too many; a paused relay is resumed here when an
+        operator asks (`request_resume`), within a second."""
+        while conn is not None and not conn.connected and not self.stopping:
+            left = conn.held_until - time.monotonic()
+            if left <= 0:
+                break
+            await self._backoff_sleep(min(left, 0.5))
+        while relay.unavailable and not self.stopping:
+            if relay.paused:
+                await self._check_resume_request()
+                if not relay.unavailable:
+                    break
+            await self._backoff_sleep(min(relay.available_at - time.monotonic(), 0.5))
+
+    async def _check_resume_request(self) -> None:
+        """Apply an operator's resume request (meta `resume_request`, see operations.request_resume)
+        to the paused relays it names; read at most twice a second however many workers wait."""
+        now = time.monotonic()
+        if now - self._resume_checked_at < 0.5:
+            return
+        self._resume_checked_at = now
+        store, _ = self._need()
+        request = parse_resume_request(await store.meta(RESUME_REQUEST_KEY))
+        if request is None:
+            return
+        name, at = request
+        for relay in self.relays:
+            if relay.paused and relay.paused_at <= at and name in (None, relay.name):
+                log.warning("relay %s resumed by the operator; one connection tries again", relay.name)
+                relay.resume()
+                self._operator_resumed = True  # a new refusal is a new event, even in the same words
+
+    def _cannot_start(self, relay: RelayState, run: HeadRun) -> bool:
+        """No new connection now: the run is halted, the sender stops, or the relay is held off."""
+        return run.halt or self.stopping or relay.unavailable
+
+    async def _connect(self, conn: SmtpConnection, relay: RelayState, run: HeadRun) -> bool:
+        """Connect (and log in) unless the relay must not be tried; False when not connected.
+
+        Until a connection of this relay has worked (at start, after trouble, after a resume),
+        only one connection at a time tries: the others wait for its result, so a refusing relay
+        sees one connection and at most one login per attempt, never one per connection."""
+        for _ in range(100_000):  # bounded: each pass sleeps 0.05 s unless it returns
+            if self._cannot_start(relay, run):
+                return False
+            if relay.healthy or not relay.probing:
+                break
+            await self._backoff_sleep(0.05)
+        probe = not relay.healthy
+        relay.probing = relay.probing or probe
+        try:
+            await conn.connect()
+        except ConnectFailed as exc:
+            verdict = exc.verdict
+            if verdict.throttle and verdict.outcome is ReplyOutcome.RECONNECT and relay.live_connections(conn):
+                # One connection too many (Postfix: "421 4.7.0 Error: too many connections from
+                # ..."): the relay works on its other connections, so only this one waits.
+                # The row goes back on the queue at once (another connection sends it) and this
+                # worker waits in _wait_for_relay before taking another.
+                wait = conn.held_off(self.settings.connect_backoff_max)
+                log.info("relay %s refused one more connection (%s); it waits %.0f s", relay.name, verdict.text, wait)
+                return False
+            await self._relay_trouble(run, relay, verdict, paused=verdict.outcome is ReplyOutcome.PAUSE,
+                                      at_login=exc.at_login)
+            return False
+        finally:
+            if probe:
+                relay.probing = False
+        relay.sessions.add(conn)
+        relay.connected()
+        return True
 
     async def _deliver(
         self,
@@ -611,10 +693,7 @@ class Sender:
             if not conn.connected:
                 if run.halt or self.stopping:
                     return None  # stopping or halted: no new connection (the row goes back to pending)
-                try:
-                    await conn.connect()
-                except ConnectFailed as exc:
-                    await self._relay_trouble(run, relay, exc.verdict)
+                if not await self._connect(conn, relay, run):
                     return None
             if not self.limiter.idle and not await self.limiter.acquire(self._interrupted(run)):
                 return None
@@ -623,9 +702,7 @@ class Sender:
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
             # `previous` stays: a retry's final dot waits for the same commit (instant once done).
             verdict = await conn.send(run.template.sender, row.email, message, previous)
-            if verdict.throttle:
-                self.limiter.throttle(self.meter.rate())
-                relay.limiter.throttle(relay.meter.rate())
+            self._note_throttling(relay, run, verdict)
             if verdict.outcome is ReplyOutcome.SENT:
                 await self._accepted(run, relay)
                 return Outcome(row.id, RecipientState.SENT, verdict.code, None, was_in_doubt=row.in_doubt)
@@ -634,11 +711,15 @@ class Sender:
                     return Outcome(
                         row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True, was_in_doubt=row.in_doubt
                     )
+                if run.halt or self.stopping:
+                    return None  # nobody in doubt; no new connection while stopping (issue 10, 11)
                 retries += 1
-                if retries > RECONNECT_RETRIES or run.halt or self.stopping:
+                if retries > RECONNECT_RETRIES:
                     await self._relay_trouble(run, relay, verdict)
                     return None
                 await self._backoff_sleep(min(2.0**retries * 0.1, self.settings.connect_backoff_max))
+                if relay.unavailable:
+                    return None  # another connection found the relay held off meanwhile
                 continue
             if verdict.outcome is ReplyOutcome.PAUSE:
                 await conn.close()
@@ -646,7 +727,26 @@ class Sender:
                 return None
             if verdict.outcome is ReplyOutcome.FAIL:
                 return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text, was_in_doubt=row.in_doubt)
-            return self._deferral(row, verdict)
+            outcome = self._deferral(row, verdict)
+            relay.deferred_until(outcome.next_attempt_at)
+            return outcome
+
+    def _note_throttling(self, relay: RelayState, run: HeadRun, verdict: Verdict) -> None:
+        """Slow this relay down on a throttling reply, or on a burst of 4xx at MAIL/RCPT whatever
+        its wording (a relay's own words for "too much mail" are not all in the table). Only the
+        relay slows down: the narrowest scope the pushback came from (DESIGN.md, Pacing)."""
+        temporary = (
+            verdict.code is not None and 400 <= verdict.code < 500 and verdict.stage in (Stage.MAIL, Stage.RCPT)
+        )
+        burst = relay.transaction(temporary)
+        if not (verdict.throttle or burst):
+            return
+        said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
+        reason = said if verdict.throttle else f"a burst of temporary refusals (last: {said})"
+        was_cooling = relay.cooling
+        relay.throttle(reason, relay.meter.rate(), run.mailing.id)
+        if not was_cooling:
+            log.warning("relay %s is throttling us (%s); slowing down", relay.name, reason)
 
     def _interrupted(self, run: HeadRun):  # type: ignore[no-untyped-def]
         """For pacing waits: give up the slot when the sender stops or this head halts."""
@@ -673,15 +773,23 @@ class Sender:
         if self._waiting_reason:
             await self._resume(run)
 
-    async def _relay_trouble(self, run: HeadRun, relay: RelayState, verdict: Verdict, paused: bool = False) -> None:
-        """Rest a relay that cannot be used; when none is left, the mailing waits and says why.
+    async def _relay_trouble(
+        self, run: HeadRun, relay: RelayState, verdict: Verdict, paused: bool = False, at_login: bool = False
+    ) -> None:
+        """Hold off a relay that cannot be used; when none is left, the mailing waits and says why.
 
-        A refused session (login, sender address) pauses the relay the same way: nobody is
-        marked failed, and it is tried again after the rest.
+        A relay that cannot be reached rests briefly (growing backoff). One that refuses us
+        (login, sender address, session) is paused: nobody is marked failed, and it is not tried
+        again until an operator resumes it, the sender restarts, or a long interval passes.
         """
-        what = "paused, the server refuses the session" if paused else "cannot reach the server"
-        relay.rest(f"{what}: {verdict.text}")
-        if all(r.resting for r in self.relays):
+        if paused:
+            relay.pause(pause_reason(verdict, at_login), run.mailing.id)
+            log.warning("relay %s paused: %s", relay.name, relay.reason)
+        else:
+            said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
+            what = "login failed for now" if at_login else "cannot reach the server"
+            relay.rest(f"{what}: {said}", run.mailing.id)
+        if all(r.paused or r.resting for r in self.relays):
             if len(self.relays) == 1:
                 reason = relay.reason
             else:
@@ -704,11 +812,31 @@ class Sender:
             pass
 
     async def _note_waiting(self, run: HeadRun, event: str = "waiting") -> None:
-        reason = self.snapshot.reason
-        if reason and reason != self._waiting_reason:
+        reason = self._scrubbed(self.snapshot.reason)
+        if reason and (reason != self._waiting_reason or self._operator_resumed):
+            self._operator_resumed = False
             self._waiting_reason = reason
             _, lifecycle = self._need()
             await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event=event)
+
+    def _scrubbed(self, text: str) -> str:
+        """Belt and braces: no relay's password (or its base64 forms) in anything stored."""
+        for relay in self.relays:
+            text = scrub_secrets(text, relay.relay.user, relay.relay.password)
+        return text
+
+    def waiting_document(self) -> dict[str, object]:
+        """Why the sender is held back, for `status --json` (meta `sender_waiting`): each relay
+        that is paused, resting or throttled, with the mailing that was sending when it began."""
+        troubled = [s for s in (r.status() for r in self.relays) if s.state in ("paused", "resting", "throttled")]
+        return {
+            "all_unavailable": all(r.unavailable for r in self.relays),
+            "relays": [
+                {"relay": s.name, "state": s.state, "reason": self._scrubbed(s.reason), "since": s.since,
+                 "next_try": s.next_try, "mailing": s.mailing_id}
+                for s in troubled
+            ],
+        }
 
     # ---- progress ------------------------------------------------------------------------
 
@@ -768,9 +896,10 @@ class Sender:
         await store.put_meta(
             {
                 "sender_state": (state or snap.state).value,
-                "sender_reason": snap.reason,
+                "sender_reason": self._scrubbed(snap.reason),
                 "sender_rate": f"{snap.rate:.3f}",
                 "sender_last_accept": f"{snap.last_accept_at or 0:.3f}",
                 "sender_heartbeat": f"{time.time():.3f}",
+                "sender_waiting": json.dumps(self.waiting_document()),
             }
         )

@@ -8,6 +8,7 @@ event loop, so a busy client loop never slows the server down.
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import ssl
 import threading
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SMTPServer, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP as SMTPServer, AuthResult, Envelope, LoginPassword, Session
 
 # A fault rule gets (stage, recipient address, attempt number for that address) and returns an
-# SMTP reply line such as "450 4.2.0 try later", or None to accept. Stage is "rcpt" or "data".
+# SMTP reply line such as "450 4.2.0 try later", or None to accept. Stage is "mail" (the address
+# is the sender's, the attempt the number of MAIL commands so far), "rcpt" or "data".
 # Besides reply lines it understands three actions:
 #   "DROP"      (data) store the message, then cut the connection without replying;
 #   "SLEEP s"   (data) store the message, wait s seconds, then reply 250;
@@ -39,6 +41,9 @@ class Delivery:
     recipient: str
     message_id: str
     size: int
+    mail_from: str = ""
+    mail_options: tuple[str, ...] = ()  # MAIL FROM parameters, e.g. ("SMTPUTF8",)
+    data: bytes = b""  # the message, only with Sink(keep_messages=True)
 
 
 @dataclass
@@ -46,9 +51,46 @@ class SinkHandler:
     fault: FaultRule | None = None
     latency: float = 0.0
     pipelining: bool = True
+    keep_messages: bool = False
     deliveries: list[Delivery] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Every AUTH command: (connection number, mechanism); connections are numbered as they EHLO.
+    logins: list[tuple[int, str]] = field(default_factory=list)
+    mail_commands: int = 0
+    replies: Counter[str] = field(default_factory=Counter)  # fault replies given, by reply line
+    _sessions: dict[int, int] = field(default_factory=dict)
+
+    def _connection(self, session: Session) -> int:
+        with self.lock:
+            return self._sessions.setdefault(id(session), len(self._sessions) + 1)
+
+    def _count(self, reply: str | None) -> str | None:
+        if reply and reply[:1].isdigit():
+            with self.lock:
+                self.replies[reply] += 1
+        return reply
+
+    async def handle_AUTH(self, server: SMTPServer, session: Session, envelope: Envelope, args: list[str]) -> object:
+        with self.lock:
+            self.logins.append((self._sessions.setdefault(id(session), len(self._sessions) + 1), args[0].upper()))
+        return MISSING  # aiosmtpd's own PLAIN / LOGIN handling goes on
+
+    async def handle_MAIL(
+        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        with self.lock:
+            self.mail_commands += 1
+            attempt = self.mail_commands
+        reply = self._count(self.fault("mail", address, attempt) if self.fault else None)
+        if reply == "HANGUP":
+            _cut(server)
+            return "421 4.4.2 closing"
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_EHLO(
         self, server: SMTPServer, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -56,6 +98,7 @@ class SinkHandler:
         # aiosmtpd reads commands one line at a time from a stream, so it handles pipelined
         # commands correctly; it just does not say so.
         session.host_name = hostname
+        self._connection(session)
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
@@ -66,7 +109,7 @@ class SinkHandler:
         with self.lock:
             self.attempts[address.lower()] += 1
             attempt = self.attempts[address.lower()]
-        reply = self.fault("rcpt", address, attempt) if self.fault else None
+        reply = self._count(self.fault("rcpt", address, attempt) if self.fault else None)
         if reply == "HANGUP":
             _cut(server)
             return "421 4.4.2 closing"
@@ -82,7 +125,7 @@ class SinkHandler:
         accepted = []
         action = None
         for rcpt in envelope.rcpt_tos:
-            reply = self.fault("data", rcpt, self.attempts[rcpt.lower()]) if self.fault else None
+            reply = self._count(self.fault("data", rcpt, self.attempts[rcpt.lower()]) if self.fault else None)
             if reply == "HANGUP":
                 _cut(server)
                 return "421 4.4.2 closing"
@@ -94,7 +137,10 @@ class SinkHandler:
         headers = BytesHeaderParser().parsebytes(data)
         message_id = str(headers.get("Message-ID", ""))
         with self.lock:
-            self.deliveries.extend(Delivery(r, message_id, len(data)) for r in accepted)
+            self.deliveries.extend(
+                Delivery(r, message_id, len(data), envelope.mail_from or "", tuple(envelope.mail_options), data if self.keep_messages else b"")
+                for r in accepted
+            )
         if action == "DROP":
             _cut(server)
         elif action:
@@ -109,14 +155,24 @@ def _cut(server: SMTPServer) -> None:
 
 
 class _Login:
-    """aiosmtpd authenticator accepting one user name and password."""
+    """aiosmtpd authenticator accepting one user name and password.
 
-    def __init__(self, user: str, password: str) -> None:
+    `refusal` is the reply to a refused login; "{blob}" in it becomes the base64 the client sent
+    (the PLAIN blob, or LOGIN's password), as servers that echo the SASL exchange do."""
+
+    def __init__(self, user: str, password: str, refusal: str | None = None) -> None:
         self.user, self.password = user.encode(), password.encode()
+        self.refusal = refusal
 
     def __call__(self, server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, auth_data: object) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (self.user, self.password)
-        return AuthResult(success=ok, handled=False)
+        if ok or self.refusal is None:
+            return AuthResult(success=ok, handled=False)
+        blob = b""
+        if isinstance(auth_data, LoginPassword):
+            raw = b"\0" + auth_data.login + b"\0" + auth_data.password if mechanism == "PLAIN" else auth_data.password
+            blob = base64.b64encode(raw)
+        return AuthResult(success=False, handled=False, message=self.refusal.replace("{blob}", blob.decode()))
 
 
 class Sink:
@@ -124,6 +180,9 @@ class Sink:
 
     `tls_context` offers STARTTLS (required when `credentials` are set); `implicit_tls` wraps
     the whole connection instead. `pipelining=False` stops advertising PIPELINING.
+    `auth_refusal` replaces the reply to a refused login (see `_Login`); `smtputf8` offers
+    SMTPUTF8 (RFC 6531): without it, like aiosmtpd, the sink refuses non-ASCII commands (500).
+    `handler.logins` lists every AUTH command, `handler.replies` counts the fault replies given.
     """
 
     def __init__(
@@ -136,21 +195,30 @@ class Sink:
         implicit_tls: bool = False,
         credentials: tuple[str, str] | None = None,
         pipelining: bool = True,
+        auth_refusal: str | None = None,
+        smtputf8: bool = False,
+        auth_exclude: tuple[str, ...] = (),
+        keep_messages: bool = False,
     ) -> None:
-        self.handler = SinkHandler(fault=fault, latency=latency, pipelining=pipelining)
+        self.handler = SinkHandler(fault=fault, latency=latency, pipelining=pipelining, keep_messages=keep_messages)
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
         self.credentials = credentials
+        self.auth_exclude = auth_exclude  # mechanisms not offered, e.g. ("PLAIN",)
+        self.smtputf8 = smtputf8
+        # The authenticator; a test may change `login.password` to make the server accept us.
+        self.login = _Login(*credentials, refusal=auth_refusal) if credentials else None
         self._controller: Controller | None = None
 
     def start(self) -> "Sink":
-        kwargs: dict[str, object] = {"data_size_limit": 0}
+        kwargs: dict[str, object] = {"data_size_limit": 0, "enable_SMTPUTF8": self.smtputf8}
         if self.tls_context is not None and not self.implicit_tls:
             kwargs["tls_context"] = self.tls_context
         if self.credentials is not None:
-            kwargs.update(authenticator=_Login(*self.credentials), auth_required=True, auth_require_tls=True)
+            kwargs.update(authenticator=self.login, auth_required=True, auth_require_tls=True,
+                          auth_exclude_mechanism=list(self.auth_exclude))
         self._controller = Controller(
             self.handler,
             hostname=self.host,

@@ -8,8 +8,11 @@ doubt, one that breaks after it leaves that transaction's recipient in doubt.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import re
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -19,25 +22,38 @@ import aiosmtplib
 from aiosmtplib.errors import (
     SMTPAuthenticationError,
     SMTPConnectError,
+    SMTPConnectResponseError,
     SMTPException,
     SMTPResponseException,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
 
+from .compose import ascii_domain
 from .config import Settings
-from .smtp_replies import Stage, Verdict, classify, classify_failure
+from .smtp_replies import Stage, Verdict, classify, classify_auth, classify_failure
 
 # RFC 5321 4.5.2: a line starting with a period gets one more.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class ConnectFailed(Exception):
-    """The server could not be reached or refused us before any transaction (nobody touched)."""
+    """The server could not be reached or refused us before any transaction (nobody touched).
 
-    def __init__(self, verdict: Verdict) -> None:
+    `at_login` is true when the failure was the reply to (or the end of the connection during)
+    our one AUTH attempt: the sender then knows a login was tried and refused."""
+
+    def __init__(self, verdict: Verdict, at_login: bool = False) -> None:
         super().__init__(verdict.text)
         self.verdict = verdict
+        self.at_login = at_login
+
+
+# The one mechanism tried per connection, in order of preference among those the server offers.
+# aiosmtplib's login() tries every mechanism in turn, so one refused password became two or three
+# failed logins per connection; real relays (Postfix + anvil, fail2ban) lock accounts for that.
+# PLAIN first: it is one round trip and we only ever log in over TLS.
+LOGIN_MECHANISMS = ("plain", "login", "cram-md5")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +91,43 @@ class Relay:
 
 
 def _scrub(text: str, relay: Relay) -> str:
-    """Keep the password out of anything shown or stored."""
-    if relay.password and relay.password in text:
-        text = text.replace(relay.password, "********")
-    return " ".join(text.split())[:300]
+    """Keep the password out of anything shown or stored: in clear and in every base64 form
+    SASL sends it (the PLAIN blob, LOGIN's encoded user name and password)."""
+    return scrub_secrets(" ".join(text.split()), relay.user, relay.password)[:300]
+
+
+def scrub_secrets(text: str, user: str, password: str) -> str:
+    """`text` with the password and the base64 forms of the credentials replaced by ********."""
+    for secret in _secret_forms(user, password):
+        if secret in text:
+            text = text.replace(secret, "********")
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def _secret_forms(user: str, password: str) -> tuple[str, ...]:
+    """The password and what SASL makes of it, longest first (a blob contains shorter forms).
+
+    Base64 of the password on its own is written at each of the three alignments it can take
+    inside a longer blob, without the characters that depend on its neighbours."""
+    if not password:
+        return ()
+    raw_user, raw_password = user.encode(), password.encode()
+    forms = {password}
+    for blob in (b"\0" + raw_user + b"\0" + raw_password, raw_user + b"\0" + raw_user + b"\0" + raw_password):
+        forms.add(base64.b64encode(blob).decode().rstrip("="))
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw_password).decode().rstrip("=")
+        # Drop the characters mixed with the padding bytes and the (unknown) byte after.
+        inner = encoded[(pad * 4 + 2) // 3 :][:-1] if len(encoded) > 4 else ""
+        if len(inner) >= 8:
+            forms.add(inner)
+    forms.add(base64.b64encode(raw_password).decode().rstrip("="))
+    if raw_user:
+        forms.add(base64.b64encode(raw_user).decode().rstrip("="))
+    # A short base64 form (of a short user name, say) would blank unrelated text: the literal
+    # password is always scrubbed, encoded forms only from 8 characters on.
+    return tuple(sorted((f for f in forms if f == password or len(f) >= 8), key=len, reverse=True))
 
 
 # A reply line longer than this (RFC 5321 4.5.3.1.5 allows 512 octets) means the peer is not
@@ -217,7 +266,17 @@ class SmtpConnection:
         self.relay = relay
         self._reader: _ReplyReader | None = None
         self.pipelining = False
+        self.smtputf8 = False  # the server offers SMTPUTF8 (RFC 6531)
         self.sent_on_connection = 0
+        self.extra_backoff = 0.0  # growing wait after "too many connections" while others work
+        self.held_until = 0.0  # monotonic: this connection does not try to connect before then
+
+    def held_off(self, limit: float) -> float:
+        """This connection was refused as one too many: it waits before trying again (1 s
+        doubling up to `limit`; reset by a successful connect). Returns the wait."""
+        self.extra_backoff = min(max(self.extra_backoff * 2, 1.0), limit)
+        self.held_until = time.monotonic() + self.extra_backoff
+        return self.extra_backoff
 
     @property
     def connected(self) -> bool:
@@ -237,6 +296,8 @@ class SmtpConnection:
         reader = _ReplyReader(transport)
         transport.set_protocol(reader)
         self.pipelining = smtp.supports_extension("pipelining")
+        self.smtputf8 = smtp.supports_extension("smtputf8")
+        self.extra_backoff = 0.0
         self._reader = reader
         self.sent_on_connection = 0
 
@@ -260,14 +321,14 @@ class SmtpConnection:
             await smtp.connect()
             if smtp.last_ehlo_response is None:
                 await smtp.ehlo()
-            if relay.user:
-                await smtp.login(relay.user, relay.password)
         except (OSError, SMTPException) as exc:  # ssl.SSLError is an OSError
             smtp.close()
             raise ConnectFailed(_handshake_verdict(exc, relay)) from None
         except BaseException:
             smtp.close()
             raise
+        if relay.user:
+            await _login_once(smtp, relay)
         return smtp
 
     async def close(self) -> None:
@@ -288,6 +349,23 @@ class SmtpConnection:
         if reader is not None:
             reader.transport.abort()
 
+    def envelope(self, from_addr: str, to_addr: str) -> tuple[bytes, bytes] | Verdict:
+        """MAIL FROM and RCPT TO as written for this server, or why they cannot be.
+
+        Domains go as A-labels (IDNA), which every server takes; a non-ASCII local part needs
+        SMTPUTF8 (RFC 6531): with it, the MAIL command carries the SMTPUTF8 parameter; without it
+        the address cannot be sent (the sender's: pause; a recipient's: that recipient fails)."""
+        sender = envelope_address(from_addr, self.smtputf8)
+        if isinstance(sender, str):
+            return classify_failure("unsendable", Stage.MAIL, f"sender address {from_addr}: {sender}")
+        recipient = envelope_address(to_addr, self.smtputf8)
+        if isinstance(recipient, str):
+            return classify_failure("unsendable", Stage.RCPT, recipient)
+        mail = b"MAIL FROM:<" + sender + b">"
+        if not (sender.isascii() and recipient.isascii()):
+            mail += b" SMTPUTF8"
+        return mail + b"\r\n", b"RCPT TO:<" + recipient + b">\r\n"
+
     async def send(
         self, from_addr: str, to_addr: str, message: bytes, before_dot: Awaitable[object] | None = None
     ) -> Verdict:
@@ -302,8 +380,10 @@ class SmtpConnection:
         if reader is None or not reader.usable:
             return classify_failure("disconnect", Stage.MAIL, "not connected")
         stage = Stage.MAIL
+        envelope = self.envelope(from_addr, to_addr)
+        if isinstance(envelope, Verdict):
+            return envelope
         try:
-            envelope = (b"MAIL FROM:<" + from_addr.encode() + b">\r\n", b"RCPT TO:<" + to_addr.encode() + b">\r\n")
             if self.pipelining:
                 reader.write(envelope[0] + envelope[1] + b"DATA\r\n")
                 replies = await reader.replies(3, self.relay.timeout)
@@ -361,13 +441,65 @@ class SmtpConnection:
         return verdict
 
 
+async def _login_once(smtp: aiosmtplib.SMTP, relay: Relay) -> None:
+    """Log in with ONE mechanism, the preferred one among those the server offers.
+
+    No reply to AUTH is kept verbatim (servers echo the SASL exchange): a refusal is judged by its
+    code and enhanced code only (`classify_auth`)."""
+    offered = [m.lower() for m in smtp.server_auth_methods]
+    mechanism = next((m for m in LOGIN_MECHANISMS if m in offered), None)
+    if mechanism is None:
+        smtp.close()
+        if not smtp.supports_extension("auth"):
+            detail = "the server does not offer AUTH (login) on this connection"
+        else:
+            detail = "the server offers no login mechanism we support: " + (" ".join(offered)[:80] or "none")
+        raise ConnectFailed(classify_failure("refused", Stage.AUTH, detail), at_login=True)
+    login = {"plain": smtp.auth_plain, "login": smtp.auth_login, "cram-md5": smtp.auth_crammd5}[mechanism]
+    try:
+        await login(relay.user, relay.password)
+    except SMTPResponseException as exc:  # SMTPAuthenticationError and any other reply to AUTH
+        smtp.close()
+        raise ConnectFailed(classify_auth(exc.code, exc.message), at_login=True) from None
+    except (OSError, SMTPException) as exc:
+        smtp.close()
+        kind = "timeout" if isinstance(exc, SMTPTimeoutError) else "disconnect"
+        what = "timed out" if kind == "timeout" else "hung up"
+        detail = f"{relay.host}:{relay.port} {what} during login ({mechanism.upper()})"
+        raise ConnectFailed(classify_failure(kind, Stage.AUTH, detail), at_login=True) from None
+    except BaseException:
+        smtp.close()
+        raise
+
+
+def envelope_address(address: str, smtputf8: bool) -> bytes | str:
+    """The address as written in MAIL FROM / RCPT TO, or why it cannot be sent to this server."""
+    if address.isascii():
+        return address.encode("ascii")
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return f"{address!r} is not an email address"
+    if not domain.isascii():
+        converted = ascii_domain(domain)
+        if converted is None:
+            return f"the domain of {address} is not a valid internationalised domain name"
+        domain = converted
+    if not local.isascii() and not smtputf8:
+        return "the address needs SMTPUTF8, which the server does not offer"
+    return f"{local}@{domain}".encode("utf-8")
+
+
 def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
     """What a failure while connecting, greeting, starting TLS or logging in means.
 
     The order matters: aiosmtplib's errors subclass one another."""
     where = f"{relay.host}:{relay.port}"
     if isinstance(exc, SMTPAuthenticationError):
-        return classify(exc.code, _scrub(exc.message, relay), Stage.AUTH)
+        return classify_auth(exc.code, exc.message)
+    if isinstance(exc, SMTPConnectResponseError):
+        # The server answered the connection with a reply other than 220 (421 too many
+        # connections, 554 no service for you): judged by the table like any reply.
+        return classify(exc.code, _scrub(exc.message, relay), Stage.CONNECT)
     if isinstance(exc, ssl.SSLError):
         return classify_failure("refused", Stage.CONNECT, _scrub(f"TLS failed with {relay.host}: {exc.reason or exc}", relay))
     if isinstance(exc, SMTPConnectError):

@@ -16,7 +16,7 @@ from typing import Literal
 
 __all__ = [
     "Failure", "Outcome", "RULES", "Rule", "Stage", "Throttle", "Verdict",
-    "classify", "classify_failure", "find_rule", "parse_enhanced",
+    "classify", "classify_auth", "classify_failure", "find_rule", "parse_enhanced",
 ]
 
 MAX_TEXT = 300  # enough for any useful reply, short enough for last_error and a table cell
@@ -53,7 +53,9 @@ class Throttle(str, Enum):
     BY_WORDING = "by_wording"
 
 
-Failure = Literal["disconnect", "timeout", "refused"]
+# "unsendable": we did not send the command at all because the address cannot be written for this
+# server (it needs SMTPUTF8, RFC 6531, and the server does not offer it).
+Failure = Literal["disconnect", "timeout", "refused", "unsendable"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Verdict:
     throttle: bool  # the sender should slow down
     new_connection: bool  # open a new connection before the next transaction
     in_doubt: bool  # the connection broke after the final dot: the server may have the message
+    stage: Stage | None = None  # the command the reply (or failure) answered
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,21 @@ def _enh(*patterns: str) -> frozenset[str]:
 
 _ALL_FAILURES = frozenset(["disconnect", "timeout", "refused"])
 _TOO_MANY_RECIPIENTS = re.compile(r"too many recipients", re.IGNORECASE)
-# Rate / volume wording, checked only with an X.7.x code or none (see Throttle.BY_WORDING).
+# Rate / volume wording, checked only with an X.7.x code or none (see Throttle.BY_WORDING). Postfix's
+# anvil says "450 4.7.1 Error: too much mail from 127.0.0.1" / "too many recipients from ...",
+# others "rate limited", "throttled", "slow down", "try again later", "too many connections".
 RATE_WORDING = re.compile(
-    r"\brate\b|\brate[- ]?limit|too many|throttl|slow down|\bbusy\b|\bvolume\b|exceeded", re.IGNORECASE
+    r"\brate\b|\brate[- ]?limit|too many|too much mail|throttl|slow down|try again later|\bbusy\b|\bvolume\b"
+    r"|exceeded|too fast|\blimit(?:ed)? reached",
+    re.IGNORECASE,
 )
 
 RULES: tuple[Rule, ...] = (
+    # --- addresses we could not send at all (no command written) ---
+    Rule("sender-needs-smtputf8", Outcome.PAUSE, failures=frozenset(["unsendable"]), stages=_stages(Stage.MAIL),
+         why="the sender address needs SMTPUTF8 and the server does not offer it: every message alike; pause"),
+    Rule("recipient-needs-smtputf8", Outcome.FAIL, failures=frozenset(["unsendable"]),
+         why="the recipient address needs SMTPUTF8 and the server does not offer it: this recipient failed"),
     # --- transport failures (no reply) ---
     Rule("refused-login", Outcome.PAUSE, failures=frozenset(["refused"]), stages=_stages(Stage.AUTH),
          new_connection=True,
@@ -150,10 +162,13 @@ RULES: tuple[Rule, ...] = (
          throttle=Throttle.BY_WORDING, new_connection=True,
          why="the server refuses this client (554 greeting, EHLO refused): no recipient is at fault"),
     # --- too many recipients (RFC 5321 4.5.3.1.10, RFC 3463 X.5.3) ---
+    # We send one recipient per transaction, so "too many recipients" is a per-session or per-time
+    # limit (Postfix: smtpd_recipient_limit, anvil's recipient rate): slow down as well.
     Rule("too-many-recipients", Outcome.RETRY_LATER_FEWER, classes=_codes(4, 5), enhanced=_enh("X.5.3"),
-         why="X.5.3 too many recipients: not a recipient failure, retry it in a new transaction"),
+         throttle=Throttle.YES,
+         why="X.5.3 too many recipients: not a recipient failure, retry it in a new transaction, slow down"),
     Rule("too-many-recipients-wording", Outcome.RETRY_LATER_FEWER, codes=_codes(452, 552), without_enhanced=True,
-         wording=_TOO_MANY_RECIPIENTS,
+         wording=_TOO_MANY_RECIPIENTS, throttle=Throttle.YES,
          why="452/552 'too many recipients' from a server without enhanced codes"),
     Rule("552-at-rcpt", Outcome.DEFER, codes=_codes(552), stages=_stages(Stage.RCPT), without_enhanced=True,
          why="RFC 5321 4.5.3.1.10: treat 552 to RCPT as temporary (it was RFC 821's 'too many recipients')"),
@@ -263,7 +278,19 @@ def _judge(code: int, text: str, stage: Stage) -> Verdict:
         throttle=_throttles(rule.throttle, text, enhanced),
         new_connection=rule.new_connection,
         in_doubt=rule.in_doubt,
+        stage=stage,
     )
+
+
+AUTH_TEXT_WITHHELD = "(server text withheld)"
+
+
+def classify_auth(code: int, text: str) -> Verdict:
+    """Judge a reply to AUTH without keeping its text: servers echo the SASL exchange (the base64
+    PLAIN blob holds the password), so only the code and the enhanced code survive."""
+    enhanced = parse_enhanced(text)
+    kept = f"{enhanced} {AUTH_TEXT_WITHHELD}" if enhanced else AUTH_TEXT_WITHHELD
+    return _judge(code, kept, Stage.AUTH)
 
 
 def classify_failure(kind: Failure, stage: Stage, detail: str) -> Verdict:
@@ -277,6 +304,7 @@ def classify_failure(kind: Failure, stage: Stage, detail: str) -> Verdict:
         throttle=_throttles(rule.throttle, detail, None),
         new_connection=rule.new_connection,
         in_doubt=rule.in_doubt,
+        stage=stage,
     )
 
 
@@ -284,6 +312,7 @@ _FAILURE_WORDS: dict[str, str] = {
     "disconnect": "connection lost",
     "timeout": "timed out",
     "refused": "refused",
+    "unsendable": "not sent",
 }
 _STAGE_WORDS: dict[Stage, str] = {
     Stage.CONNECT: "while connecting",

@@ -37,9 +37,10 @@ from mailtower.core.files import (
 )
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
-from mailtower.core.operations import create_mailing, import_recipients, read_draft, split_by_zone
+from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume, split_by_zone
 from mailtower.core.recipients_csv import neutralise_formula
 from mailtower.core.progress import queue_estimates
+from mailtower.core.relays import held_back, parse_waiting, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, iso, storage_error
 from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--connections", dest="limit_connections", help="parallel SMTP connections")
     lim.add_argument("--messages-per-connection", help="reconnect after this many messages, 0 = never")
     lim.add_argument("--json", action="store_true")
+
+    res = sub.add_parser("resume", help="try paused relays again now (after a refused login, say)")
+    res.add_argument("--relay", help="only this relay (its name in the config, or HOST:PORT)")
 
     run = sub.add_parser("run", help="the headless sender")
     run.add_argument("--until-idle", action="store_true", help="return once nothing is current or scheduled")
@@ -371,11 +375,19 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+async def sender_alive(store: Store) -> bool:
+    """A sender runs and has reported within the last few seconds."""
+    try:
+        heartbeat = float(await store.meta("sender_heartbeat") or 0)
+    except ValueError:
+        return False
+    state = await store.meta("sender_state")
+    return state not in (None, "stopped") and datetime.now(timezone.utc).timestamp() - heartbeat <= 5
+
+
 async def sender_rate(store: Store) -> float:
     """The live sending rate if a sender has reported within the last few seconds."""
-    heartbeat = float(await store.meta("sender_heartbeat") or 0)
-    state = await store.meta("sender_state")
-    if state in (None, "stopped") or datetime.now(timezone.utc).timestamp() - heartbeat > 5:
+    if not await sender_alive(store):
         return 0.0
     return float(await store.meta("sender_rate") or 0)
 
@@ -418,6 +430,12 @@ async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
         doc[section.value] = [
             mailing_json(m, estimates.get(m.id), rate if m.state.value == "sending" else 0.0) for m in mailings
         ]
+    # Current mailings say whether the sender is held back for them: "waiting" (no relay can take
+    # a message: paused after a refused login, or resting) and "throttled" (a relay asked us to
+    # slow down); each null or {"reason", "since", "next_try", ...} (see relays.held_back).
+    waiting = parse_waiting(await store.meta("sender_waiting") if await sender_alive(store) else None)
+    for item in doc.get(Section.CURRENT.value, []):
+        item.update(held_back(waiting, item["id"], item["state"] == "sending"))
     return doc
 
 
@@ -443,6 +461,19 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 print(f"       #{m['id']} {m['name']}  {m['state']}  {m['sent']}/{m['total']} sent  {m['finished_at'] or ''}")
             if m["last_error"]:
                 print(f"       ! {m['last_error']}")
+            for key in ("waiting", "throttled"):
+                held = m.get(key)
+                if held:
+                    print(f"       {key}: {held['reason']} (since {held['since']}, next try {held['next_try'] or 'unknown'})")
+    return 0
+
+
+async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
+    names = [r.name for r in relays_from_settings(args.settings)]
+    await request_resume(store, args.relay, names)
+    print(f"asked the sender to try {args.relay or 'every paused relay'} again", file=sys.stderr)
+    if not await sender_alive(store):
+        print("no sender is running, so nothing is paused (a new `mailtower run` starts with every relay unpaused)", file=sys.stderr)
     return 0
 
 
@@ -649,6 +680,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     "remaining": cmd_remaining,
     "recipients": cmd_recipients,
     "limits": cmd_limits,
+    "resume": cmd_resume,
 }
 
 

@@ -261,15 +261,19 @@ def test_non_ascii_subject_name_and_body() -> None:
 
 
 def test_non_ascii_addresses_are_raw_utf8_as_rfc6532_says() -> None:
+    """A non-ASCII local part stays raw UTF-8 (RFC 6532); an IDN domain is written as its A-label,
+    as in the envelope, so an address with an ASCII local part needs no SMTPUTF8 (issue 10, 14)."""
     template = build(from_addr="Bäckerei <info@bäckerei.example>")
     raw = render(template, email="jörg@bücher.de", name="Jörg")
     assert "To: Jörg".encode() not in raw  # the name is still encoded
-    assert "<jörg@bücher.de>".encode() in raw and "<info@bäckerei.example>".encode() in raw
+    assert "<jörg@xn--bcher-kva.de>".encode() in raw and b"<info@xn--bckerei-5wa.example>" in raw
     message = parse(raw)
     assert message["Message-ID"] == "<m7.r42@xn--bckerei-5wa.example>"
     to = message["To"].addresses[0]
     assert to.display_name == "Jörg"
-    assert unescape_surrogates(to.addr_spec) == "jörg@bücher.de"
+    assert unescape_surrogates(to.addr_spec) == "jörg@xn--bcher-kva.de"
+    ascii_local = render(template, email="user@bücher.de", name="Jörg")
+    assert ascii_local.split(b"\r\n\r\n", 1)[0].isascii()
 
 
 def test_merge_values_are_html_escaped_in_html_only() -> None:
@@ -437,7 +441,7 @@ def test_display_names_are_quoted_or_encoded_as_needed(name: str, shown: str) ->
         ("a@b@example.org", "a@b", "example.org"),
         ("ann@x.org>, <victim@example.org", "ann@x.org>, <victim", "example.org"),
         (".ann..lee.@example.org", ".ann..lee.", "example.org"),
-        ("jörg@bücher.de", "jörg", "bücher.de"),
+        ("jörg@bücher.de", "jörg", "xn--bcher-kva.de"),  # the domain as its A-label
         ("=?utf-8?b?QQ==?=@example.org", "=?utf-8?b?QQ==?=", "example.org"),
         ('"=?utf-8?b?QQ==?="@example.org', "=?utf-8?b?QQ==?=", "example.org"),
         ("ann@[192.0.2.1]", "ann", "[192.0.2.1]"),

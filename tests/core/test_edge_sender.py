@@ -353,12 +353,13 @@ def test_stopping_opens_no_new_connections(tmp_path: Path, reap: list) -> None:
         reap.append(runner)
         wait_until(lambda: (mailing_row(db, mailing_id)[4] or "").startswith("waiting for the SMTP server"),
                    timeout=20, what="the sender to wait for the relay")
-        wait_until(lambda: len(relay.times) >= 8, timeout=20, what="the first attempts")
+        # A refusing relay is probed by one connection at a time (the others wait for its result).
+        wait_until(lambda: len(relay.times) >= 2, timeout=20, what="the first attempts")
         before = len(relay.times)
         took = stop_and_time(runner)
-        # At most the attempts that were already under way when the signal came.
+        # At most the one probe that was already under way when the signal came.
         print(f"connections opened while stopping: {len(relay.times) - before}, stop took {took:.2f} s")
-        assert len(relay.times) - before <= 8, f"{len(relay.times) - before} connections opened while stopping"
+        assert len(relay.times) - before <= 1, f"{len(relay.times) - before} connections opened while stopping"
         assert took <= 3.0
         assert ledger(db).get("sending", set()) == set()
 

@@ -45,6 +45,9 @@ def failure(kind: str, stage: Stage, outcome: Outcome, *, in_doubt: bool = False
 
 # At least one example per row of RULES, keyed by the row's name.
 EXAMPLES: dict[str, list[Case]] = {
+    # Nothing was written, so the connection stays usable.
+    "sender-needs-smtputf8": [Case(None, "detail", S.MAIL, O.PAUSE, failure="unsendable")],
+    "recipient-needs-smtputf8": [Case(None, "detail", S.RCPT, O.FAIL, failure="unsendable")],
     "refused-login": [failure("refused", S.AUTH, O.PAUSE)],
     "lost-after-dot": [
         failure("disconnect", S.DOT, O.RECONNECT, in_doubt=True),
@@ -110,13 +113,15 @@ EXAMPLES: dict[str, list[Case]] = {
         Case(554, "5.7.1 no SMTP service here for you", S.CONNECT, O.PAUSE, new_connection=True),
         Case(501, "5.5.4 Invalid EHLO argument", S.HELO, O.PAUSE, new_connection=True),
     ],
+    # One recipient per transaction: "too many recipients" is a session/rate limit, so it throttles.
     "too-many-recipients": [
-        Case(452, "4.5.3 Too many recipients", S.RCPT, O.RETRY_LATER_FEWER),
-        Case(552, "5.5.3 Too many recipients", S.RCPT, O.RETRY_LATER_FEWER),
+        Case(452, "4.5.3 Too many recipients", S.RCPT, O.RETRY_LATER_FEWER, throttle=True),
+        Case(552, "5.5.3 Too many recipients", S.RCPT, O.RETRY_LATER_FEWER, throttle=True),
+        Case(452, "4.5.3 Error: too many recipients", S.RCPT, O.RETRY_LATER_FEWER, throttle=True),
     ],
     "too-many-recipients-wording": [
-        Case(452, "Too many recipients", S.RCPT, O.RETRY_LATER_FEWER),
-        Case(552, "too many recipients in this message", S.RCPT, O.RETRY_LATER_FEWER),
+        Case(452, "Too many recipients", S.RCPT, O.RETRY_LATER_FEWER, throttle=True),
+        Case(552, "too many recipients in this message", S.RCPT, O.RETRY_LATER_FEWER, throttle=True),
     ],
     "552-at-rcpt": [Case(552, "Requested mail action aborted: exceeded storage allocation", S.RCPT, O.DEFER)],
     "mailbox-full": [
@@ -138,7 +143,13 @@ EXAMPLES: dict[str, list[Case]] = {
         Case(450, "4.2.1 Mailbox unavailable, try again", S.RCPT, O.DEFER),
         Case(451, "4.3.0 Local error in processing", S.DOT, O.DEFER),
         Case(452, "4.3.1 Insufficient system storage", S.MAIL, O.DEFER),
-        Case(451, "4.7.1 Please try again later (greylisted)", S.RCPT, O.DEFER),
+        # "try again later" under X.7.x reads as a rate limit (issue 10); a greylisting server
+        # that words it so is slowed down for a while, which costs little.
+        Case(451, "4.7.1 Please try again later (greylisted)", S.RCPT, O.DEFER, throttle=True),
+        Case(450, "4.2.0 Greylisted, see http://postgrey.example/help", S.RCPT, O.DEFER),
+        Case(450, "4.7.1 Error: too much mail from 127.0.0.1", S.MAIL, O.DEFER, throttle=True),
+        Case(450, "4.7.1 Error: too many recipients from 127.0.0.1", S.RCPT, O.DEFER, throttle=True),
+        Case(451, "4.7.1 Service unavailable - try again later", S.RCPT, O.DEFER, throttle=True),
         Case(451, "4.7.650 The mail server has been temporarily rate limited", S.DOT, O.DEFER, throttle=True),
         Case(450, "Too many messages, slow down", S.RCPT, O.DEFER, throttle=True),
         Case(450, "4.1.1 Recipient verification temporarily unavailable", S.RCPT, O.DEFER),
