@@ -1,9 +1,9 @@
 """A private, real Postfix relay for tests: STARTTLS required before AUTH, SASL through
 sasldb, delivery into a Maildir, and an optional anvil rate limit.
 
-`PostfixRelay.start(...)` (a context manager; the `postfix_relay` pytest fixture in
-tests/core/test_postfix.py wraps it) sets up one instance of its own and stops it again,
-even when the test fails:
+`postfix_relay(tmp_path, message_rate_limit=..., ...)` (a context manager around
+`PostfixRelay.start`; the `relay` fixture of tests/core/test_postfix.py enters it) sets up one
+instance of its own and stops it again, even when the test fails:
 
 - Everything lives in a fresh directory made with `mkdtemp` under the system temp directory
   (not pytest's `tmp_path`: that sits below a 0700 directory of the test user, which the
@@ -14,8 +14,9 @@ even when the test fails:
   (maillog_file, written by the postlogd service, so nothing depends on syslog). The
   directory is removed on exit; the mail log is copied into the test's `tmp_path` first so a
   failure can be read afterwards.
-- The instance is started with `postfix -c CONF start` and stopped with `postfix -c CONF
-  stop` (then `abort`, then SIGKILL of the master pid, each bounded). Only set-gid
+- The instance is started with `postfix -c CONF start` on a free port (another port if that
+  one was taken meanwhile; the greeting must name our host) and stopped with `postfix -c CONF
+  stop` (then `abort`, then SIGKILL of the master's process group, each bounded). Only set-gid
   commands (postdrop, postqueue) need a non-default configuration directory listed in
   `alternate_config_directories` of /etc/postfix/main.cf; this relay takes mail over SMTP
   only, so /etc/postfix/main.cf is neither needed nor touched (Debian's "No configuration"
@@ -72,6 +73,8 @@ SASLPASSWD2_PATHS = ("/usr/sbin/saslpasswd2",)
 SASL_PLUGIN_GLOBS = ("/usr/lib/*/sasl2/libsasldb.so*", "/usr/lib/sasl2/libsasldb.so*", "/usr/lib64/sasl2/libsasldb.so*")
 COMMAND_TIMEOUT = 30.0  # seconds for one postfix/saslpasswd2 command
 START_TIMEOUT = 20.0  # seconds until the smtpd answers after `postfix start`
+START_ATTEMPTS = 3  # ports tried before giving up
+MY_HOSTNAME = "relay.mailtower.test"  # the greeting tells our smtpd from anything else on a port
 
 # A session's summary in the log, e.g.
 # "disconnect from localhost[127.0.0.1]:40312 ehlo=2 starttls=1 auth=0/1 quit=1 commands=4/5"
@@ -336,7 +339,7 @@ class PostfixRelay:
             "queue_directory": str(self.root / "queue"),
             "data_directory": str(self.root / "data"),
             "mail_owner": "postfix",
-            "myhostname": "relay.mailtower.test",
+            "myhostname": MY_HOSTNAME,
             "mydestination": "",
             "mynetworks": "127.0.0.0/8",
             "inet_interfaces": "127.0.0.1",
@@ -407,8 +410,25 @@ class PostfixRelay:
         return done
 
     def _start(self) -> None:
+        """Start it; if the master cannot have its port (another process took it between
+        free_port() and the bind), try again on another one."""
         self._postfix("check")
-        self._postfix("start")
+        why = ""
+        for _ in range(START_ATTEMPTS):
+            self._master_pid = None
+            # `postfix start` waits for the master's initialisation (master -w): a port that
+            # cannot be bound makes it fail here, with the reason only in the mail log.
+            done = self._postfix("start", check=False)
+            if done.returncode == 0 and self._wait_until_answering():
+                return
+            why = f"postfix start: exit {done.returncode} {done.stderr.strip()} on port {self.port}"
+            self._stop()
+            self.port = free_port()
+            (self.conf / "master.cf").write_text(self._master_cf())
+        raise RuntimeError(f"the private Postfix did not start in {START_ATTEMPTS} attempts ({why}): "
+                           + " | ".join(self.log_lines()[-5:]))
+
+    def _wait_until_answering(self) -> bool:
         pid_file = self.root / "queue" / "pid" / "master.pid"
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -416,24 +436,30 @@ class PostfixRelay:
                 text = pid_file.read_text().strip()
                 self._master_pid = int(text) if text.isdigit() else None
             if self._answers():
-                return
+                return True
+            if self._master_pid is not None and self._master_gone(timeout=0):
+                return False  # e.g. "bind 127.0.0.1 port N: Address already in use"
             time.sleep(0.1)
-        raise RuntimeError(f"the private Postfix did not answer on 127.0.0.1:{self.port} within {START_TIMEOUT}s: "
-                           + " | ".join(self.log_lines()[-5:]))
+        return False
 
     def _answers(self) -> bool:
+        """Our smtpd greets on the port (not some other server that happens to hold it)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
                 self._own_ports.add(s.getsockname()[1])
                 s.settimeout(5)
                 greeting = s.recv(4096)
                 s.sendall(b"QUIT\r\n")
-                return greeting.startswith(b"220")
+                return greeting.startswith(b"220 " + MY_HOSTNAME.encode())
         except OSError:
             return False
 
     def _stop(self) -> None:
         """Orderly stop, then abort, then SIGKILL of the master: each step bounded."""
+        pid_file = self.root / "queue" / "pid" / "master.pid"
+        if self._master_pid is None and pid_file.exists():
+            text = pid_file.read_text().strip()
+            self._master_pid = int(text) if text.isdigit() else None
         for command in ("stop", "abort"):
             try:
                 self._postfix(command, check=False)
@@ -451,15 +477,16 @@ class PostfixRelay:
         if self._master_pid is None:
             return True
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             try:
                 os.kill(self._master_pid, 0)
             except ProcessLookupError:
                 return True
             if _is_zombie(self._master_pid):
                 return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.1)
-        return False
 
 
 def _is_zombie(pid: int) -> bool:
