@@ -206,6 +206,11 @@ class PostfixRelay:
         """How many MAIL FROM commands anvil refused ("450 4.7.1 Error: too much mail from ...")."""
         return self.count("Message delivery request rate limit exceeded", lines)
 
+    def accepted(self, lines: list[str] | None = None) -> int:
+        """How many messages Postfix took (cleanup logs each one before smtpd's 250)."""
+        return sum(1 for line in (self.log_lines() if lines is None else lines)
+                   if "postfix/cleanup[" in line and ": message-id=" in line)
+
     def auth_failures(self, lines: list[str] | None = None) -> int:
         return self.count("authentication failed", lines)
 
@@ -214,13 +219,19 @@ class PostfixRelay:
         right now (open, closing or in TIME_WAIT, from either side): a race-free picture of
         "the connections so far" to compare the log with later (Linux /proc/net/tcp)."""
         ports: set[int] = set()
-        relay = f"0100007F:{self.port:04X}"
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            local, remote = line.split()[1:3]
-            if remote == relay:
-                ports.add(int(local.split(":")[1], 16))
-            elif local == relay and not remote.endswith(":0000"):
-                ports.add(int(remote.split(":")[1], 16))
+        # 127.0.0.1 as /proc/net/tcp writes it, and as an IPv4-mapped address in tcp6.
+        relay = {f"0100007F:{self.port:04X}", f"0000000000000000FFFF00000100007F:{self.port:04X}"}
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except FileNotFoundError:
+                continue
+            for row in rows:
+                local, remote = row.split()[1:3]
+                if remote in relay:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+                elif local in relay and not remote.endswith(":0000"):
+                    ports.add(int(remote.rsplit(":", 1)[1], 16))
         return ports
 
     def mark(self, timeout: float = 10.0) -> list[str]:
