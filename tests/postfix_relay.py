@@ -322,6 +322,20 @@ class PostfixRelay:
             for blob in leaf.cert_chain_pems:
                 f.write(blob.bytes())
 
+    def set_password(self, password: str) -> None:
+        """Change the password Postfix accepts for `user` (smtpd reads the sasldb at every login)."""
+        self._saslpasswd2(self.conf / "sasl" / "sasldb2", password)
+        self.password = password
+
+    def _saslpasswd2(self, sasldb: Path, password: str) -> None:
+        tool = _tool("saslpasswd2", SASLPASSWD2_PATHS)
+        if tool is None:
+            raise RuntimeError("saslpasswd2 is missing (Debian: apt-get install sasl2-bin libsasl2-modules)")
+        subprocess.run(
+            [tool, "-f", str(sasldb), "-p", "-c", "-u", self.domain, self.user],
+            input=password.encode(), check=True, timeout=COMMAND_TIMEOUT, capture_output=True,
+        )
+
     def _write_sasl(self, postfix_gid: int) -> None:
         # Debian's Postfix looks for smtpd.conf in cyrus_sasl_config_path, and in
         # $config_directory/sasl when that is not set: conf/sasl is right either way.
@@ -331,13 +345,7 @@ class PostfixRelay:
         (sasl_dir / "smtpd.conf").write_text(
             f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {sasldb}\n"
         )
-        tool = _tool("saslpasswd2", SASLPASSWD2_PATHS)
-        if tool is None:
-            raise RuntimeError("saslpasswd2 is missing (Debian: apt-get install sasl2-bin libsasl2-modules)")
-        subprocess.run(
-            [tool, "-f", str(sasldb), "-p", "-c", "-u", self.domain, self.user],
-            input=self.password.encode(), check=True, timeout=COMMAND_TIMEOUT, capture_output=True,
-        )
+        self._saslpasswd2(sasldb, self.password)
         # smtpd reads it on every login, after dropping root.
         os.chown(sasldb, 0, postfix_gid)
         os.chmod(sasldb, 0o640)

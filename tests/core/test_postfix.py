@@ -180,6 +180,32 @@ def test_refused_login_pauses_with_one_attempt_per_connection_and_none_after(
     assert ledger(db, mailing_id) == Counter({"pending": 20})
 
 
+def test_after_a_refused_login_resume_sends_to_everyone_once(
+    relay: Callable[..., PostfixRelay], tmp_path: Path, senders: list[subprocess.Popen[bytes]]
+) -> None:
+    """The operator fixes the password on the relay and resumes: the paused sender logs in
+    again at once (it would wait 15 minutes by itself) and nobody is lost or sent twice."""
+    postfix = relay()
+    db = tmp_path / "mailtower.db"
+    cli = Cli(db, None, **postfix.env(MAILTOWER_SMTP_CONNECTIONS="4", MAILTOWER_SMTP_PASSWORD="the-new-password"))
+    mailing_id, expected = new_mailing(cli, tmp_path, 20)
+    start_sender(cli, senders, tmp_path)
+    assert has_event(db, mailing_id, "auto-paused", timeout=15), f"no auto-paused event: {events(db, mailing_id)}"
+
+    postfix.set_password("the-new-password")
+    cli.ok("resume")
+    wait_until(lambda: ledger(db, mailing_id) == Counter({"sent": 20}), timeout=30, what="all 20 sent after resume")
+
+    senders[0].terminate()
+    assert senders[0].wait(timeout=EXIT_TIMEOUT) == 0
+    assert_arrived_once(postfix, expected)
+    sessions = postfix.sessions(postfix.mark())
+    assert all(s.closed and s.attempts("auth") == 1 for s in sessions), sessions
+    assert any(s.counters["auth"] == (0, 1) for s in sessions), "Postfix never refused the old password"
+    assert sum(s.attempts("mail") for s in sessions) == 20
+    assert any(kind == "resumed" for kind, _ in events(db, mailing_id))
+
+
 def test_anvil_rate_limit_slows_the_sender_and_every_recipient_arrives_once(
     relay: Callable[..., PostfixRelay], tmp_path: Path, senders: list[subprocess.Popen[bytes]]
 ) -> None:
