@@ -6,14 +6,14 @@ sasldb, delivery into a Maildir, and an optional anvil rate limit.
 instance of its own and stops it again, even when the test fails:
 
 - Everything lives in a fresh directory made with `mkdtemp` under the system temp directory
-  (not pytest's `tmp_path`: that sits below a 0700 directory of the test user, which the
-  unprivileged Postfix daemons could not traverse to reach the sasldb file or the Maildir):
-  `conf/` (main.cf, master.cf, the TLS key and certificate, and `sasl/` with smtpd.conf
-  for Cyrus SASL and the sasldb2), `queue/` (queue_directory, root-owned as postfix-files wants it), `data/`
-  (data_directory), `mail/` (virtual_mailbox_base, the catch-all Maildir) and `maillog`
-  (maillog_file, written by the postlogd service, so nothing depends on syslog). The
-  directory is removed on exit; the mail log is copied into the test's `tmp_path` first so a
-  failure can be read afterwards.
+  (or /tmp when that one is private; not pytest's `tmp_path`, which sits below a 0700
+  directory of the test user that the unprivileged Postfix daemons could not traverse to
+  reach the sasldb file or the Maildir): `conf/` (main.cf, master.cf, the TLS key and
+  certificate, and `sasl/` with smtpd.conf for Cyrus SASL and the sasldb2), `queue/`
+  (queue_directory, root-owned as postfix-files wants it), `data/` (data_directory), `mail/`
+  (virtual_mailbox_base, the catch-all Maildir) and `maillog` (maillog_file, written by the
+  postlogd service, so nothing depends on syslog). The directory is removed on exit; the
+  mail log is copied into the test's `tmp_path` first so a failure can be read afterwards.
 - The instance is started with `postfix -c CONF start` on a free port (another port if that
   one was taken meanwhile; the greeting must name our host) and stopped with `postfix -c CONF
   stop` (then `abort`, then SIGKILL of the master's process group, each bounded). Only set-gid
@@ -70,7 +70,6 @@ from mailtower.core.sink import free_port
 
 POSTFIX_PATHS = ("/usr/sbin/postfix",)
 SASLPASSWD2_PATHS = ("/usr/sbin/saslpasswd2",)
-SASL_PLUGIN_GLOBS = ("/usr/lib/*/sasl2/libsasldb.so*", "/usr/lib/sasl2/libsasldb.so*", "/usr/lib64/sasl2/libsasldb.so*")
 COMMAND_TIMEOUT = 30.0  # seconds for one postfix/saslpasswd2 command
 START_TIMEOUT = 20.0  # seconds until the smtpd answers after `postfix start`
 START_ATTEMPTS = 3  # ports tried before giving up
@@ -123,7 +122,7 @@ class PostfixRelay:
     root: Path
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)
     domain: str
     ca_file: Path
     _master_pid: int | None = field(default=None, repr=False)
@@ -280,7 +279,7 @@ class PostfixRelay:
             raise RuntimeError(reason)
         if os.geteuid() != 0:
             raise RuntimeError("a private Postfix instance must be started as root (postfix(1) is for the superuser)")
-        root = Path(tempfile.mkdtemp(prefix="mailtower-postfix-"))
+        root = Path(tempfile.mkdtemp(prefix="mailtower-postfix-", dir=_traversable_temp_dir()))
         relay: PostfixRelay | None = None
         try:
             os.chmod(root, 0o755)  # the unprivileged daemons must traverse it
@@ -506,6 +505,16 @@ class PostfixRelay:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.1)
+
+
+def _traversable_temp_dir() -> str:
+    """The temp directory, unless the postfix user could not reach into it (a private TMPDIR):
+    then /tmp or /var/tmp."""
+    for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        path = Path(candidate).resolve()
+        if path.is_dir() and all(p.stat().st_mode & 0o001 for p in (path, *path.parents)):
+            return str(path)
+    raise RuntimeError("no temp directory the postfix user can traverse (tried $TMPDIR, /tmp, /var/tmp)")
 
 
 def _is_zombie(pid: int) -> bool:
