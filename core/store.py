@@ -316,6 +316,14 @@ def check_database_path(path: Path) -> None:
         raise UserError(f"database {path}: is a directory, not a database file")
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"database {path}: is {_file_kind(info.st_mode)}, not a regular file")
+    if info.st_nlink > 1:
+        # SQLite finds a database's -wal and journal by the name it was opened with; through two
+        # hard links two processes would use two journals (a documented way to corrupt it), and
+        # no lock could be shared by every name. A symbolic link is fine: it resolves to one name.
+        raise UserError(
+            f"database {path}: the file has {info.st_nlink} hard links; a database must have one name "
+            "(remove the other links, or use a symbolic link)"
+        )
     _check_companions(path)
 
 
