@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
@@ -235,7 +236,7 @@ class Sender:
             except (sqlite3.Error, OSError) as exc:
                 raise SenderFailed(describe_failure(exc, self.settings.db)) from exc
             self._lifecycle = Lifecycle(self._store)
-            log.info("sender started on %s (%s)", self.settings.db, self._describe_relays())
+            log.info("sender started on %s (pid %d; %s)", self.settings.db, os.getpid(), self._describe_relays())
             try:
                 await self._main(until_idle)
             except (SenderFailed, asyncio.CancelledError):
@@ -252,10 +253,8 @@ class Sender:
             self.lease.release()
 
     def _describe_relays(self) -> str:
-        """For the start line of the log: where mail goes and how fast it may go."""
-        relays = ", ".join(f"{r.name} x{r.connections}" for r in self.relays)
-        rate = f"{self.settings.rate:g} messages/s" if self.settings.rate else "no rate limit"
-        return f"relays {relays}; {rate}"
+        """For the start line of the log: where mail goes (the limits follow once read)."""
+        return "relays " + ", ".join(f"{r.name} x{r.connections}" for r in self.relays)
 
     def _why_stopped(self, until_idle: bool) -> str:
         if self._failure is not None:
@@ -282,6 +281,8 @@ class Sender:
         await self._sweep_stale_sending()
         await lifecycle.rederive_schedules()
         await self._apply_limits(force=True)
+        if self.limits is not None:
+            log.info("limits: %s", "; ".join(self.limits.describe()))
         try:
             while not self.stopping:
                 await self._promote_due()

@@ -52,7 +52,7 @@ from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata
 
 from . import loops
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
 EXIT_USER_ERROR = 2
 # An error mailtower did not expect (a bug): one line naming the log file with the traceback.
@@ -424,7 +424,8 @@ class ImportProgress:
     def __init__(self, source: Path, *, enabled: bool, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled and _is_terminal(self.stream)
-        self.label = safe("standard input" if is_stdin(source) else str(source))
+        # The file's name: the whole path would push the numbers off a narrow terminal.
+        self.label = safe("standard input" if is_stdin(source) else source.name or str(source))
         self.started = time.monotonic()
         self._last = self.started
         self._shown = False
@@ -457,9 +458,10 @@ class ImportProgress:
     def _width(self) -> int:
         # A line longer than the terminal wraps, and \r then rewrites only its last part.
         try:
-            return max(20, os.get_terminal_size(self.stream.fileno()).columns - 1)
+            columns = os.get_terminal_size(self.stream.fileno()).columns
         except (OSError, ValueError, AttributeError):
-            return 79
+            columns = 0
+        return max(20, columns - 1) if columns > 0 else 79  # 0: the terminal does not say
 
     def _write(self, text: str) -> None:
         try:
@@ -1016,6 +1018,11 @@ async def counters_if_readable(db: Path) -> dict[int, Mailing] | None:
     try:
         if not stat.S_ISREG(os.stat(db).st_mode):
             return None
+    except FileNotFoundError:
+        return {}  # a first run on a new database: the sender creates it
+    except OSError:
+        return None
+    try:
         store = await Store.open(db)
     except (OSError, UserError, sqlite3.Error):
         return None
