@@ -29,7 +29,7 @@ import platformdirs
 from mailtower.core.config import BOUNDS, Settings, default_db_path, load_settings, security_warnings
 from mailtower.core.display import SafeFormatter, install_safe_logging, safe
 from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
-from mailtower.core.errors import UserError
+from mailtower.core.errors import NotFound, UserError
 from mailtower.core.exports import HEADER, PAGE_SIZE, remaining_pages, state_label, write_remaining_csv
 from mailtower.core.files import (
     MIB,
@@ -114,9 +114,9 @@ examples:
 """
 
 NEW_HELP = """\
-Creates a mailing from its name, subject, sender, body (text and/or HTML) and a recipient CSV,
-and prints its id on standard output. Without --now or --at the mailing is a DRAFT: nothing is
-sent until you run `mailtower send-now ID` or `mailtower schedule ID ...`.
+The name, subject, sender and body (text and/or HTML) come from the options; the new id is
+the only thing printed on standard output. Without --now or --at the mailing is a DRAFT: nothing
+is sent until you run `mailtower send-now ID` or `mailtower schedule ID ...`.
 
 Recipient CSV: UTF-8 with a header row; an `email` column (required), optional `name` and `tz`
 (an IANA zone, used by `schedule --local-time`), and any other column as a merge field
@@ -640,9 +640,19 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
             await discard_quietly(store, lifecycle, mailing_id)
         raise
     print(mailing_id)
-    if not args.quiet:
-        say(args, created_line(await store.mailing(mailing_id), rejects.count, len(summary.duplicates)))
+    created = None if args.quiet else await maybe_mailing(store, mailing_id)
+    if created is not None:
+        say(args, created_line(created, rejects.count, len(summary.duplicates)))
     return 0
+
+
+async def maybe_mailing(store: Store, mailing_id: int) -> Mailing | None:
+    """A mailing read again for the success line; None if another process deleted it meanwhile
+    (the command itself succeeded: the line must not turn that into an error)."""
+    try:
+        return await store.mailing(mailing_id)
+    except NotFound:
+        return None
 
 
 def report_duplicates(source: str, lines: list[int]) -> None:
@@ -706,9 +716,10 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
             raise UserError(f"{exc} (the {summary.imported:,} recipients were imported)") from None
         raise
     report_duplicates(rejects.source, summary.duplicates)
-    m = await store.mailing(args.id)
-    say(args, f"imported {plural(summary.imported, 'recipient')} into mailing {named(m)}"
-              f"{skipped(rejects.count, len(summary.duplicates))}; it has {plural(m.total, 'recipient')} now")
+    m = await maybe_mailing(store, args.id)
+    into = f"mailing {named(m)}" if m is not None else f"mailing {args.id}"
+    now = f"; it has {plural(m.total, 'recipient')} now" if m is not None else ""
+    say(args, f"imported {plural(summary.imported, 'recipient')} into {into}{skipped(rejects.count, len(summary.duplicates))}{now}")
     return 0
 
 
@@ -817,13 +828,14 @@ async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
 async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     when = parse_wall_time(args.at)
     lifecycle = Lifecycle(store)
+    before = await store.mailing(args.id)
     if args.local_time:
         results = await split_by_zone(store, lifecycle, args.id, when, args.tz)
         for mailing_id, resolved in results:
             if resolved.warning:
                 warn(f"mailing {mailing_id}: {resolved.warning}")
             print(f"{mailing_id}\t{resolved.tz}\t{iso(resolved.utc)}")
-        say(args, f"scheduled {named(await store.mailing(args.id))} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
+        say(args, f"scheduled {named(before)} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
                   f"{plural(len(results), 'mailing')}, one per zone (listed on standard output)")
         return 0
     if not args.tz:
@@ -831,8 +843,9 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     resolved = await lifecycle.schedule(args.id, when, args.tz)
     if resolved.warning:
         warn(resolved.warning)
-    m = await store.mailing(args.id)
-    say(args, f"scheduled {named(m)} for {when_scheduled(m)}")
+    # The wall time in effect (after a spring-forward gap, the later one the warning named).
+    say(args, f"scheduled {named(before)} for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz} "
+              f"({resolved.utc:%Y-%m-%d %H:%M} UTC)")
     return 0
 
 
@@ -847,7 +860,7 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
     }[args.command]
     before = await store.mailing(args.id)
     await action(args.id)
-    after = None if args.command == "delete" else await store.mailing(args.id)
+    after = None if args.command == "delete" else (await maybe_mailing(store, args.id) or before)
     say(args, changed_line(args.command, before, after))
     return 0
 
@@ -868,9 +881,10 @@ def changed_line(command: str, before: Mailing, after: Mailing | None) -> str:
 async def cmd_move(args: argparse.Namespace, store: Store) -> int:
     position = await Lifecycle(store).move(args.id, Direction(args.direction))
     print(position)
-    if not args.quiet:
+    moved = None if args.quiet else await maybe_mailing(store, args.id)
+    if moved is not None:
         queued = len(await store.mailings(Section.CURRENT))
-        say(args, f"moved {named(await store.mailing(args.id))} {args.direction}: position {position} of {queued}")
+        say(args, f"moved {named(moved)} {args.direction}: position {position} of {queued}")
     return 0
 
 
@@ -1106,14 +1120,22 @@ def open_log(path: Path, db: Path) -> TextIO:
     database or one of its files; anything else is one line and exit 2 before sending starts."""
     if any(same_file(path, companion) for companion in database_companions(db)):
         raise UserError(f"--log: {path} is the database or one of its files; name another file")
+    not_regular = f"--log: {path} is not a regular file (the sender's log is appended to a file)"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(not_regular)  # a directory, FIFO or device: refused before it is opened
+    except FileNotFoundError:
+        pass  # created below
+    except OSError as exc:
+        raise UserError(f"--log: cannot use {path}: {exc.strerror or exc}") from None
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags, 0o600)  # non-blocking: a FIFO nobody reads is refused, not waited on
+        fd = os.open(path, flags, 0o600)  # non-blocking: a FIFO put there meanwhile is never waited on
     except OSError as exc:
         raise UserError(f"--log: cannot open {path}: {exc.strerror or exc}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UserError(f"--log: {path} is not a regular file (the sender's log is appended to a file)")
+            raise UserError(not_regular)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
     except BaseException:

@@ -269,18 +269,25 @@ def test_run_log_says_when_it_waits_and_when_it_is_stopped(tmp_path: Path, sink:
     assert one_line(err).startswith("run ended after")
 
 
-@pytest.mark.parametrize("kind", ["database", "wal", "directory", "fifo", "device"])
+@pytest.mark.parametrize("kind", ["database", "wal", "symlink", "hardlink", "directory", "fifo", "device"])
 def test_run_log_must_be_a_regular_file_that_is_not_the_database(tmp_path: Path, kind: str) -> None:
     db = tmp_path / "m.db"
     cli = Cli(db)
     cli.ok(*new_args(tmp_path, 3, "--now"))
     size = db.stat().st_size
-    target = {"database": db, "wal": Path(f"{db}-wal"), "directory": tmp_path, "fifo": tmp_path / "fifo",
-              "device": Path("/dev/null")}[kind]
+    target = {"database": db, "wal": Path(f"{db}-wal"), "symlink": tmp_path / "sym.log", "hardlink": tmp_path / "hard.log",
+              "directory": tmp_path, "fifo": tmp_path / "fifo", "device": Path("/dev/null")}[kind]
     if kind == "fifo":
         os.mkfifo(target)
+    elif kind == "symlink":
+        target.symlink_to(db)
+    elif kind == "hardlink":
+        os.link(db, target)
     code, out, err = cli("run", "--until-idle", "--log", str(target))
-    assert code == 2 and "--log" in one_line(err), err
+    reason = {"database": "is the database", "wal": "is the database", "symlink": "is the database",
+              "hardlink": "is the database", "directory": "not a regular file",
+              "fifo": "not a regular file", "device": "not a regular file"}[kind]
+    assert code == 2 and one_line(err).startswith(f"mailtower: --log: ") and reason in err, err
     assert db.stat().st_size == size
     assert json.loads(cli.ok("status", "--json"))["current"][0]["sent"] == 0  # nothing was sent
 
