@@ -623,7 +623,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
             try:
                 mailing_id, summary = await create_mailing(
                     store, draft, args.recipients, rejects, allow_special_domains=args.settings.allow_special_domains,
-                    progress=progress,
+                    progress=progress if progress.enabled else None,
                 )
             finally:
                 rejects.close()
@@ -707,7 +707,7 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
             try:
                 summary = await import_recipients(
                     store, args.id, args.csv, rejects, allow_special_domains=args.settings.allow_special_domains,
-                    progress=progress,
+                    progress=progress if progress.enabled else None,
                 )
             finally:
                 rejects.close()
