@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,15 +17,17 @@ from email_validator import EmailNotValidError
 
 from .compose import MessageTemplate, check_header_value, check_merge_syntax, parse_sender
 from .display import safe, unsafe_character
-from .domain import Mailing, MailingState, RejectedRow
+from .domain import ImportedRow, Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .lifecycle import Action, Lifecycle, target_state
 from .files import MAX_BODY_BYTES, read_text_bounded
-from .recipients_csv import RecipientFile, normalize_address, open_recipients
+from .recipients_csv import ReadProgress, RecipientFile, normalize_address, open_recipients
 from .store import ImportSummary, Store
 from .timezones import Resolved, is_valid_zone, load_zone, resolve, utcnow
 
 Reporter = Callable[[RejectedRow], None]
+Progress = Callable[[ReadProgress], None]
+PROGRESS_EVERY = 1000  # valid rows between two calls of an import's progress callback
 
 # Columns with a meaning of their own; every other column is a merge field.
 RESERVED_COLUMNS = {"email", "name", "tz"}
@@ -120,6 +122,21 @@ class _Counted:
         self.report(row)
 
 
+def _reporting(rows: Iterator[ImportedRow], source: RecipientFile, counted: _Counted,
+               progress: Progress | None) -> Iterator[ImportedRow]:
+    """`rows` as they are, telling `progress` every PROGRESS_EVERY valid rows how far the file is read."""
+    if progress is None:
+        yield from rows
+        return
+    valid = 0
+    for row in rows:
+        valid += 1
+        if valid % PROGRESS_EVERY == 0:
+            done, size = source.bytes_read()
+            progress(ReadProgress(valid + counted.count, counted.count, done, size))
+        yield row
+
+
 def _refuse_if_empty(label: str, summary: ImportSummary, rejected: int, what: str) -> None:
     """Raised inside the import transaction: a file that adds nobody changes nothing."""
     if summary.imported:
@@ -134,18 +151,21 @@ def _refuse_if_empty(label: str, summary: ImportSummary, rejected: int, what: st
 
 
 async def create_mailing(
-    store: Store, draft: Draft, recipients: Path, on_reject: Reporter, *, allow_special_domains: bool = False
+    store: Store, draft: Draft, recipients: Path, on_reject: Reporter, *, allow_special_domains: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[int, ImportSummary]:
     """A new draft with its recipients, all in one transaction: a structural error, or a file
-    without one valid recipient, leaves nothing.
+    without one valid recipient, leaves nothing. `progress`, if given, hears how far the file is
+    read every PROGRESS_EVERY valid rows.
 
     The recipient file is read exactly once (header, then rows), so a pipe works too."""
     with open_recipients(recipients) as source:
-        return await _create_from(store, draft, source, on_reject, allow_special_domains)
+        return await _create_from(store, draft, source, on_reject, allow_special_domains, progress)
 
 
 async def _create_from(
-    store: Store, draft: Draft, source: RecipientFile, on_reject: Reporter, allow_special_domains: bool
+    store: Store, draft: Draft, source: RecipientFile, on_reject: Reporter, allow_special_domains: bool,
+    progress: Progress | None = None,
 ) -> tuple[int, ImportSummary]:
     columns = merge_columns(source.header)
     template = _check_template(draft, columns, allow_special=allow_special_domains)
@@ -165,27 +185,30 @@ async def _create_from(
             on_reject=counted,
             allow_special_domains=allow_special_domains,
         )
-        summary = await tx.import_rows(mailing_id, rows)
+        summary = await tx.import_rows(mailing_id, _reporting(rows, source, counted, progress))
         _refuse_if_empty(source.label, summary, counted.count, "no mailing was created")
         await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {_source_name(source)}")
     return mailing_id, summary
 
 
 async def import_recipients(
-    store: Store, mailing_id: int, recipients: Path, on_reject: Reporter, *, allow_special_domains: bool = False
+    store: Store, mailing_id: int, recipients: Path, on_reject: Reporter, *, allow_special_domains: bool = False,
+    progress: Progress | None = None,
 ) -> ImportSummary:
-    """Add recipients to a draft, scheduled or stopped mailing; all-or-nothing on structural errors."""
+    """Add recipients to a draft, scheduled or stopped mailing; all-or-nothing on structural errors.
+    `progress` as in create_mailing."""
     mailing = await store.mailing(mailing_id)
     if mailing.state not in (MailingState.DRAFT, MailingState.SCHEDULED, MailingState.STOPPED):
         raise UserError(
             f"mailing {mailing_id} is {mailing.state.value}: recipients can be added to a draft, scheduled or stopped mailing"
         )
     with open_recipients(recipients) as source:
-        return await _import_from(store, mailing, source, on_reject, allow_special_domains)
+        return await _import_from(store, mailing, source, on_reject, allow_special_domains, progress)
 
 
 async def _import_from(
-    store: Store, mailing: Mailing, source: RecipientFile, on_reject: Reporter, allow_special_domains: bool
+    store: Store, mailing: Mailing, source: RecipientFile, on_reject: Reporter, allow_special_domains: bool,
+    progress: Progress | None = None,
 ) -> ImportSummary:
     mailing_id = mailing.id
     columns = merge_columns(source.header)
@@ -204,7 +227,7 @@ async def _import_from(
             on_reject=counted,
             allow_special_domains=allow_special_domains,
         )
-        summary = await tx.import_rows(mailing_id, rows)
+        summary = await tx.import_rows(mailing_id, _reporting(rows, source, counted, progress))
         _refuse_if_empty(source.label, summary, counted.count, "nothing was imported")
         all_columns = sorted(set(mailing.fields) | columns)
         await tx.update_mailing(mailing_id, fields=json.dumps(all_columns))

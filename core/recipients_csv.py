@@ -170,6 +170,16 @@ class _Layout:
     fields: list[tuple[int, str]]
 
 
+@dataclass(frozen=True, slots=True)
+class ReadProgress:
+    """How far an import has read its recipient file (for a progress line; see operations)."""
+
+    rows: int  # data rows read so far, valid and rejected
+    rejected: int
+    bytes_read: int
+    total_bytes: int  # of the file, or of the local copy of a pipe
+
+
 class RecipientFile:
     """A recipient CSV opened once: the header is parsed on opening, the rows stream once after it.
 
@@ -208,6 +218,15 @@ class RecipientFile:
         return _valid_rows(
             self._reader, self._layout, self.label, frozenset(header_fields), valid_zone, on_reject, allow_special_domains
         )
+
+    def bytes_read(self) -> tuple[int, int]:
+        """(bytes read so far, size) of what the rows come from (a pipe's local copy after
+        spooling); (0, 0) if the system cannot say. Two system calls: for a progress line."""
+        try:
+            fd = self._source.fileno()
+            return os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size
+        except (OSError, ValueError):
+            return 0, 0
 
     def close(self) -> None:
         self._source.close()

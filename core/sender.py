@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from datetime import datetime, timezone
 from .compose import MessageTemplate
 from .config import Settings, check_smtp_security
 from .domain import Mailing, MailingState, RecipientState, Section
+from .errors import NotFound
 from .lease import SenderLease
 from .lifecycle import Lifecycle
 from .limits import Limits, read_limits
@@ -178,6 +180,8 @@ class Sender:
         self._run: HeadRun | None = None  # the head being sent, to wake on a stop or a failure
         self._resume_checked_at = 0.0
         self._operator_resumed = False
+        self._idle_exit = False  # run(until_idle=True) returned because nothing was left (for the log)
+        self._idle_logged = False  # "waiting" is logged once each time the sender runs out of due work
 
     # ---- public --------------------------------------------------------------------------
 
@@ -232,6 +236,7 @@ class Sender:
             except (sqlite3.Error, OSError) as exc:
                 raise SenderFailed(describe_failure(exc, self.settings.db)) from exc
             self._lifecycle = Lifecycle(self._store)
+            log.info("sender started on %s (pid %d; %s)", self.settings.db, os.getpid(), self._describe_relays())
             try:
                 await self._main(until_idle)
             except (SenderFailed, asyncio.CancelledError):
@@ -241,10 +246,20 @@ class Sender:
             finally:
                 await self._final_status()
                 await self._store.close()
+                log.info("sender stopped: %s", self._why_stopped(until_idle))
             if self._failure is not None:
                 raise SenderFailed(describe_failure(self._failure, self.settings.db)) from self._failure
         finally:
             self.lease.release()
+
+    def _describe_relays(self) -> str:
+        """For the start line of the log: where mail goes (the limits follow once read)."""
+        return "relays " + ", ".join(f"{r.name} x{r.connections}" for r in self.relays)
+
+    def _why_stopped(self, until_idle: bool) -> str:
+        if self._failure is not None:
+            return describe_failure(self._failure, self.settings.db)
+        return "nothing left to send" if until_idle and self._idle_exit else "asked to stop"
 
     async def _final_status(self) -> None:
         """Say "stopped" (and why, after a failure) to other processes; the database may be
@@ -266,6 +281,8 @@ class Sender:
         await self._sweep_stale_sending()
         await lifecycle.rederive_schedules()
         await self._apply_limits(force=True)
+        if self.limits is not None:
+            log.info("limits: %s", "; ".join(self.limits.describe()))
         try:
             while not self.stopping:
                 await self._promote_due()
@@ -274,9 +291,12 @@ class Sender:
                 if head is None:
                     await self._publish_idle()
                     if until_idle and await self._nothing_left():
+                        self._idle_exit = True
                         return
+                    await self._log_waiting()
                     await self._sleep(CONTROL_INTERVAL)
                     continue
+                self._idle_logged = False
                 await self._send_head(head)
         finally:
             await self._retire_workers()
@@ -339,6 +359,23 @@ class Sender:
                 await lifecycle.complete_if_done(mailing.id)
         return None
 
+    async def _log_waiting(self) -> None:
+        """Once each time the sender runs out of due work: what it waits for (a log line only)."""
+        if self._idle_logged:
+            return
+        self._idle_logged = True
+        store, _ = self._need()
+        retrying = sum(m.deferred for m in await store.mailings(Section.CURRENT))
+        upcoming = [m for m in await store.mailings(Section.SCHEDULED) if not m.missed and m.schedule is not None]
+        waits = []
+        if retrying:
+            waits.append(f"{retrying:,} deferred recipients to retry")
+        if upcoming:
+            first = min(upcoming, key=lambda m: m.schedule.utc if m.schedule else datetime.max.replace(tzinfo=timezone.utc))
+            assert first.schedule is not None
+            waits.append(f'mailing {first.id} "{first.name}" scheduled for {first.schedule.utc:%Y-%m-%d %H:%M} UTC')
+        log.info("nothing to send now; waiting for %s", " and ".join(waits) if waits else "new work")
+
     async def _nothing_left(self) -> bool:
         store, _ = self._need()
         if await store.mailings(Section.CURRENT):
@@ -352,6 +389,7 @@ class Sender:
         template = template_for(mailing)
         if mailing.state is MailingState.QUEUED and not await lifecycle.start(mailing.id):
             return
+        log.info('sending mailing %d "%s": %s recipients left', mailing.id, mailing.name, f"{mailing.remaining:,}")
         run = HeadRun(mailing=mailing, template=template)
         self._run = run
         self._waiting_reason = ""  # a new head: why it waits is noted for it afresh
@@ -472,7 +510,24 @@ class Sender:
                 await lifecycle.yield_turn(mailing.id, run.halt_reason)
             elif not await store.has_due_work(mailing.id):
                 await lifecycle.yield_turn(mailing.id, "only recipients waiting for a retry are left")
+        await self._log_head_end(mailing.id, run.halt_reason if run.halt else "")
         await self._publish(run)
+
+    async def _log_head_end(self, mailing_id: int, why: str) -> None:
+        """One log line for how the head's turn ended: finished, stopped, or waiting for its next turn."""
+        store, _ = self._need()
+        try:
+            m = await store.mailing(mailing_id)
+        except NotFound:
+            return  # deleted meanwhile (a stopped mailing may be): nothing to say about it
+        counts = f"{m.sent:,} sent, {m.failed:,} failed"
+        if m.state is MailingState.COMPLETED:
+            log.info('mailing %d "%s" finished: %s', m.id, m.name, counts)
+        elif m.state is MailingState.STOPPED:
+            log.info('mailing %d "%s" stopped: %s, %s not yet received', m.id, m.name, counts, f"{m.remaining:,}")
+        else:
+            log.info('mailing %d "%s" paused (%s): %s, %s left', m.id, m.name,
+                     why or "only recipients waiting for a retry are left", counts, f"{m.remaining:,}")
 
     def _drain_queue(self, run: HeadRun) -> None:
         """Take this run's unstarted rows off the work queue and release them back to pending."""
@@ -816,6 +871,7 @@ class Sender:
         if reason and (reason != self._waiting_reason or self._operator_resumed):
             self._operator_resumed = False
             self._waiting_reason = reason
+            log.info("mailing %d waits for the SMTP server: %s", run.mailing.id, reason)
             _, lifecycle = self._need()
             await lifecycle.note_error(run.mailing.id, f"waiting for the SMTP server: {reason}", event=event)
 

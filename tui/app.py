@@ -119,7 +119,10 @@ def child_environment(settings: Settings, inherited: Mapping[str, str]) -> dict[
 
 def handoff_command(settings: Settings) -> list[str]:
     config = ["--config", str(settings.config_path)] if settings.config_path else []
-    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), *config, "run", "--until-idle"]
+    # --log: the sender's INFO lines (started, finished a mailing, waiting, stopped) go to the same
+    # file as its stderr, with timestamps (see cli.sender_logging).
+    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), *config, "run", "--until-idle",
+            "--log", str(handoff_log_path(settings))]
 
 
 def handoff_log_path(settings: Settings) -> Path:

@@ -10,11 +10,15 @@ import logging
 import os
 import re
 import signal
+import sqlite3
+import stat
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -23,9 +27,9 @@ from typing import Any, NoReturn, TextIO
 import platformdirs
 
 from mailtower.core.config import BOUNDS, Settings, default_db_path, load_settings, security_warnings
-from mailtower.core.display import install_safe_logging, safe
+from mailtower.core.display import SafeFormatter, install_safe_logging, safe
 from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
-from mailtower.core.errors import UserError
+from mailtower.core.errors import NotFound, UserError
 from mailtower.core.exports import HEADER, PAGE_SIZE, remaining_pages, state_label, write_remaining_csv
 from mailtower.core.files import (
     MIB,
@@ -34,11 +38,12 @@ from mailtower.core.files import (
     database_companions,
     describe_size,
     is_stdin,
+    same_file,
 )
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume, split_by_zone
-from mailtower.core.recipients_csv import neutralise_formula
+from mailtower.core.recipients_csv import ReadProgress, neutralise_formula
 from mailtower.core.progress import queue_estimates
 from mailtower.core.relays import held_back, parse_waiting, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
@@ -47,7 +52,7 @@ from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata
 
 from . import loops
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
 EXIT_USER_ERROR = 2
 # An error mailtower did not expect (a bug): one line naming the log file with the traceback.
@@ -80,93 +85,284 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="mailtower", description="Send-status dashboard and sending engine for email campaigns.")
-    p.add_argument("--version", action="version", version=f"mailtower {package_version()} (tzdata {tzdata_version()})")
-    p.add_argument("--db", type=Path, help="database file (default: MAILTOWER_DB or the user data directory)")
-    p.add_argument("--config", type=Path, help="TOML config file (default: MAILTOWER_CONFIG or the user config dir)")
-    # Numbers stay text here: core checks them (bounds, NaN, inf) like every other source does.
-    p.add_argument("--smtp-host")
-    p.add_argument("--smtp-port", metavar="PORT")
-    p.add_argument("--smtp-tls", choices=["none", "starttls", "tls"])
-    p.add_argument("--connections", metavar="N", help=f"parallel SMTP connections ({BOUNDS['connections'].describe()})")
-    p.add_argument("--rate", metavar="N", help=f"messages per second ({BOUNDS['rate'].describe()})")
-    sub = p.add_subparsers(dest="command", parser_class=OneLineParser)
+# ---- the parser ------------------------------------------------------------------------------
 
-    new = sub.add_parser("new", help="create a mailing from a recipient CSV; prints its id")
-    new.add_argument("--name", required=True)
-    new.add_argument("--subject", required=True)
-    new.add_argument("--from", dest="from_addr", required=True)
-    new.add_argument("--text", type=Path)
-    new.add_argument("--html", type=Path)
-    new.add_argument("--recipients", type=Path, required=True)
-    new.add_argument("--rejects", type=Path, help="also write rejected rows to this CSV file (written once the import succeeded)")
+PROG = "mailtower"
+
+OVERVIEW = """\
+Without a command, mailtower opens the dashboard (and sends while it is open).
+
+Output: what a script reads (an id, a position, a table, JSON) goes to standard output;
+one line saying what a command changed goes to standard error, so scripts are unaffected
+(-q/--quiet silences it, and the progress of long imports). Errors are one line on standard
+error: exit status 2 for what a person can fix (bad input, a refused action, a full disk),
+70 for a bug (the line names the log file with the details).
+
+Global options (--db, --config, --smtp-*, --connections, --rate, --quiet) may be given before
+or after the command: `mailtower --db x.db status` and `mailtower status --db x.db` are the
+same. Settings come from these flags, then MAILTOWER_* environment variables, then the TOML
+config file, then defaults.
+
+examples:
+  mailtower                                  open the dashboard
+  mailtower demo                             try it on a throw-away database and a local SMTP sink
+  mailtower new --name "Spring sale" --subject "Hello {{ name }}" --from news@example.org \\
+      --text body.txt --recipients people.csv --now
+  mailtower status                           the three sections
+  mailtower run --until-idle                 send what is due, then return
+  mailtower COMMAND --help                   a command's options and examples
+"""
+
+NEW_HELP = """\
+The name, subject, sender and body (text and/or HTML) come from the options; the new id is
+the only thing printed on standard output. Without --now or --at the mailing is a DRAFT: nothing
+is sent until you run `mailtower send-now ID` or `mailtower schedule ID ...`.
+
+Recipient CSV: UTF-8 with a header row; an `email` column (required), optional `name` and `tz`
+(an IANA zone, used by `schedule --local-time`), and any other column as a merge field
+{{ column }} for the subject and bodies. Rejected rows are listed on standard error (the first
+50) and, with --rejects, written to a CSV file. On a terminal, a long import shows its progress.
+
+examples:
+  mailtower new --name "Spring sale" --subject "Hello {{ name }}" --from news@example.org \\
+      --text body.txt --html body.html --recipients people.csv            # a draft
+  mailtower new ... --recipients people.csv --now                          # queued at once
+  mailtower new ... --recipients people.csv --at "2027-03-28 09:00" --tz Europe/Berlin
+  producer | mailtower new ... --recipients - --rejects rejected.csv       # CSV on stdin
+"""
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool, skip: frozenset[str] = frozenset()) -> None:
+    """The options every command accepts, before or after its name.
+
+    After a command they default to SUPPRESS: given there they win, not given they leave what
+    was given before the command. `skip` leaves out options a command uses for itself
+    (`limits --rate` is the live limit)."""
+    unset: Any = argparse.SUPPRESS if in_command else None
+    group = parser.add_argument_group("global options (before or after the command)")
+
+    def add(*flags: str, **kw: Any) -> None:
+        if flags[-1] not in skip:
+            group.add_argument(*flags, **{"default": unset, **kw})
+
+    add("--db", type=Path, metavar="FILE",
+        help="database file (default: MAILTOWER_DB, the config file's db, or mailtower.db in the user data directory)")
+    add("--config", type=Path, metavar="FILE",
+        help="TOML config file (default: MAILTOWER_CONFIG or config.toml in the user config directory)")
+    # Numbers stay text here: core checks them (bounds, NaN, inf) like every other source does.
+    add("--smtp-host", metavar="HOST", help="SMTP relay host name or address (default: 127.0.0.1)")
+    add("--smtp-port", metavar="PORT", help="SMTP relay port (default: 25, or as the config file says)")
+    add("--smtp-tls", choices=["none", "starttls", "tls"],
+        help="encryption to the relay: none, starttls (upgrade after connecting) or tls (from the start)")
+    add("--connections", metavar="N",
+        help=f"parallel SMTP connections the sender starts with ({BOUNDS['connections'].describe()})")
+    add("--rate", metavar="N",
+        help=f"messages per second the sender starts with ({BOUNDS['rate'].describe()}); "
+             "`limits --rate` changes the live limit instead")
+    add("-q", "--quiet", action="store_true", default=argparse.SUPPRESS if in_command else False,
+        help="no line saying what changed, no progress, no summary (data, warnings and errors still appear)")
+
+
+def add_command(sub: Any, name: str, summary: str, details: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary (in `mailtower --help`), a description and examples."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}.\n\n{details}".rstrip(),
+        epilog=f"examples:\n{examples}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+ID_HELP = "the mailing's id (as `new` printed it, or as `status` shows it: #ID)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog=PROG,
+        description="Send-status dashboard and sending engine for email campaigns.",
+        epilog=OVERVIEW,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"mailtower {package_version()} (tzdata {tzdata_version()})",
+                   help="print the version of mailtower and of its time-zone data, and exit")
+    add_global_options(p, in_command=False)
+    sub = p.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND",
+                           help="what to do (default: open the dashboard)")
+
+    new = add_command(sub, "new", "create a mailing from a recipient CSV; prints its id",
+                      NEW_HELP.split("\nexamples:\n")[0], NEW_HELP.split("\nexamples:\n")[1])
+    new.add_argument("--name", required=True, help="the mailing's name, as the dashboard lists it")
+    new.add_argument("--subject", required=True, help="the Subject line; may hold merge fields such as {{ name }}")
+    new.add_argument("--from", dest="from_addr", required=True, metavar="ADDRESS",
+                     help='the sender: an address or "Display Name <address>"')
+    new.add_argument("--text", type=Path, metavar="FILE", help="plain-text body (UTF-8; - reads standard input)")
+    new.add_argument("--html", type=Path, metavar="FILE", help="HTML body (UTF-8; - reads standard input); "
+                     "give --text, --html or both")
+    new.add_argument("--recipients", type=Path, required=True, metavar="CSV",
+                     help="recipient CSV file (- reads standard input)")
+    new.add_argument("--rejects", type=Path, metavar="FILE",
+                     help="also write rejected rows to this CSV file (written once the import succeeded)")
     new.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
     when = new.add_mutually_exclusive_group()
-    when.add_argument("--now", action="store_true", help="queue it for sending now")
-    when.add_argument("--at", help='"YYYY-MM-DD HH:MM" wall time in --tz')
-    new.add_argument("--tz", help="IANA time zone of --at, e.g. Europe/Berlin")
+    when.add_argument("--now", action="store_true", help="queue it for sending now (without --now or --at: a draft)")
+    when.add_argument("--at", metavar='"YYYY-MM-DD HH:MM"', help="schedule it at this wall time in --tz")
+    new.add_argument("--tz", metavar="ZONE", help="IANA time zone of --at, e.g. Europe/Berlin")
+    add_global_options(new, in_command=True)
 
-    imp = sub.add_parser("import", help="add recipients to a draft, scheduled or stopped mailing")
-    imp.add_argument("id", type=mailing_id)
-    imp.add_argument("csv", type=Path, help="recipient CSV file; - reads standard input")
-    imp.add_argument("--rejects", type=Path, help="also write rejected rows to this CSV file (written once the import succeeded)")
-    imp.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
-
-    st = sub.add_parser("status", help="the three sections")
-    st.add_argument("--json", action="store_true")
-
-    for name, helptext in [
-        ("send-now", "queue a draft, scheduled or stopped mailing at the bottom of the queue"),
-        ("unschedule", "cancel a schedule; the mailing stays as a draft"),
-        ("stop", "stop a current mailing; its remaining recipients are kept"),
-        ("restart", "send a stopped mailing to its remaining recipients"),
-        ("delete", "delete an inactive mailing"),
-    ]:
-        cmd = sub.add_parser(name, help=helptext)
-        cmd.add_argument("id", type=mailing_id)
-
-    sch = sub.add_parser("schedule", help="schedule a mailing at a wall time in a time zone")
-    sch.add_argument("id", type=mailing_id)
-    sch.add_argument("--at", required=True, help='"YYYY-MM-DD HH:MM"')
-    sch.add_argument("--tz", help="IANA time zone (required unless --local-time and every recipient has one)")
-    sch.add_argument("--local-time", action="store_true", help="deliver at that wall time in each recipient's zone")
-
-    mv = sub.add_parser("move", help="reorder the queue")
-    mv.add_argument("id", type=mailing_id)
-    mv.add_argument("direction", choices=[d.value for d in Direction])
-
-    rem = sub.add_parser("remaining", help="recipients who have not received a mailing")
-    rem.add_argument("id", type=mailing_id)
-    rem.add_argument("--csv", action="store_true", help="CSV (address first) instead of the tab-separated listing")
-    rem.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output (- is standard output)")
-    rem.add_argument("--force", action="store_true", help="replace the --output file if it exists")
-
-    rcp = sub.add_parser(
-        "recipients", help="a mailing's recipients with their state and the server's last reply"
+    imp = add_command(
+        sub, "import", "add recipients to a draft, scheduled or stopped mailing",
+        "The file is read like `new --recipients`: all of it is imported or, if it has a structural\n"
+        "problem, nothing. Addresses already in the mailing are skipped and listed. On a terminal,\n"
+        "a long import shows its progress.",
+        "  mailtower import 4 more-people.csv\n"
+        "  mailtower import 4 more-people.csv --rejects rejected.csv --force\n"
+        "  producer | mailtower import 4 -\n",
     )
-    rcp.add_argument("id", type=mailing_id)
+    imp.add_argument("id", type=mailing_id, help=ID_HELP)
+    imp.add_argument("csv", type=Path, metavar="CSV", help="recipient CSV file; - reads standard input")
+    imp.add_argument("--rejects", type=Path, metavar="FILE",
+                     help="also write rejected rows to this CSV file (written once the import succeeded)")
+    imp.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
+    add_global_options(imp, in_command=True)
+
+    st = add_command(
+        sub, "status", "the three sections: current, scheduled and inactive mailings",
+        "Current mailings in queue order with their progress and estimated finish; scheduled ones\n"
+        "with their wall time, zone and UTC instant; inactive ones (drafts, stopped, completed).",
+        "  mailtower status\n"
+        "  mailtower status --json | jq '.current[0].sent'\n",
+    )
+    st.add_argument("--json", action="store_true",
+                    help='one JSON document {"current": [...], "scheduled": [...], "inactive": [...]} on standard output')
+    add_global_options(st, in_command=True)
+
+    for name, summary, details, example in [
+        ("send-now", "queue a draft, scheduled or stopped mailing at the bottom of the queue",
+         "A stopped mailing is sent to its remaining recipients only. Prints nothing on standard\n"
+         "output; standard error says where it is in the queue.", "  mailtower send-now 4\n"),
+        ("unschedule", "cancel a schedule; the mailing stays as a draft",
+         "Refused while any mailing is sending (the rule of the Scheduled section's Cancel).",
+         "  mailtower unschedule 4\n"),
+        ("stop", "stop a current mailing; its remaining recipients are kept",
+         "The sender finishes the messages in flight (5 s at most) and sends nothing more of it;\n"
+         "`restart` sends to the recipients who have not received it.", "  mailtower stop 4\n"),
+        ("restart", "send a stopped mailing to its remaining recipients",
+         "It joins the bottom of the queue; recipients who already received it are not sent again.",
+         "  mailtower restart 4\n"),
+        ("delete", "delete an inactive mailing",
+         "Drafts, stopped and completed mailings only; a current or scheduled one must be stopped or\n"
+         "unscheduled first. Its recipients and their results are deleted with it.",
+         "  mailtower delete 4\n"),
+    ]:
+        cmd = add_command(sub, name, summary, details, example)
+        cmd.add_argument("id", type=mailing_id, help=ID_HELP)
+        add_global_options(cmd, in_command=True)
+
+    sch = add_command(
+        sub, "schedule", "schedule a mailing at a wall time in a time zone",
+        "A time that does not exist (spring forward) moves forward by the gap; an ambiguous one\n"
+        "(fall back) means its first occurrence; either way a warning says so. With --local-time the\n"
+        "mailing is split by its recipients' zones (the `tz` column) and each part is scheduled at\n"
+        "that wall time in its zone; standard output then lists each part: id, zone, UTC instant.",
+        '  mailtower schedule 4 --at "2027-03-28 09:00" --tz Europe/Berlin\n'
+        '  mailtower schedule 4 --at "2027-03-28 09:00" --local-time --tz UTC   # zone for rows without tz\n',
+    )
+    sch.add_argument("id", type=mailing_id, help=ID_HELP)
+    sch.add_argument("--at", required=True, metavar='"YYYY-MM-DD HH:MM"', help="the wall time to send at")
+    sch.add_argument("--tz", metavar="ZONE",
+                     help="IANA time zone, e.g. Europe/Berlin (required unless --local-time and every recipient has one)")
+    sch.add_argument("--local-time", action="store_true", help="deliver at that wall time in each recipient's zone")
+    add_global_options(sch, in_command=True)
+
+    mv = add_command(
+        sub, "move", "reorder the queue; prints the new position",
+        "Current mailings are sent strictly in queue order; moving one changes which is sent next.",
+        "  mailtower move 4 top\n  mailtower move 4 down\n",
+    )
+    mv.add_argument("id", type=mailing_id, help=ID_HELP)
+    mv.add_argument("direction", choices=[d.value for d in Direction],
+                    help="up or down one place, or to the top or bottom of the queue")
+    add_global_options(mv, in_command=True)
+
+    rem = add_command(
+        sub, "remaining", "recipients who have not received a mailing",
+        "Pending, deferred and in-doubt recipients: by default tab-separated address, state and the\n"
+        "server's last reply; --csv the columns `import` reads back.",
+        "  mailtower remaining 4 | less\n"
+        "  mailtower remaining 4 --csv -o left.csv\n",
+    )
+    rem.add_argument("id", type=mailing_id, help=ID_HELP)
+    rem.add_argument("--csv", action="store_true", help="CSV (address first) instead of the tab-separated listing")
+    rem.add_argument("-o", "--output", type=Path, metavar="FILE",
+                     help="write to this file instead of standard output (- is standard output)")
+    rem.add_argument("--force", action="store_true", help="replace the --output file if it exists")
+    add_global_options(rem, in_command=True)
+
+    rcp = add_command(
+        sub, "recipients", "a mailing's recipients with their state and the server's last reply",
+        "By default tab-separated: address, state, attempts, last reply code, last reply.",
+        "  mailtower recipients 4 --state failed,deferred\n"
+        "  mailtower recipients 4 --json | jq -r 'select(.state == \"failed\") | .email'\n",
+    )
+    rcp.add_argument("id", type=mailing_id, help=ID_HELP)
     rcp.add_argument(
-        "--state", help=f"only these states, comma-separated: {', '.join(STATE_CHOICES)} (default: all)"
+        "--state", metavar="STATES", help=f"only these states, comma-separated: {', '.join(STATE_CHOICES)} (default: all)"
     )
     fmt = rcp.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     fmt.add_argument("--json", action="store_true", help="JSON lines: one object per recipient")
+    add_global_options(rcp, in_command=True)
 
-    lim = sub.add_parser("limits", help="show or change sending limits live (kept across restarts)")
-    lim.add_argument("--rate", dest="limit_rate", help="messages per second, 0 = unlimited")
-    lim.add_argument("--rate-per-hour", help="messages per hour, 0 = unlimited")
-    lim.add_argument("--connections", dest="limit_connections", help="parallel SMTP connections")
-    lim.add_argument("--messages-per-connection", help="reconnect after this many messages, 0 = never")
-    lim.add_argument("--json", action="store_true")
+    lim = add_command(
+        sub, "limits", "show or change sending limits live (kept across restarts)",
+        "Without options it shows the limits. A change is stored in the database and a running\n"
+        "sender applies it within a second. Here --rate and --connections are these live limits;\n"
+        "the global --rate and --connections (the values a sender starts with when none is stored)\n"
+        "go before the command: `mailtower --rate 50 limits`.",
+        "  mailtower limits\n"
+        "  mailtower limits --rate 20 --rate-per-hour 50000\n"
+        "  mailtower limits --rate 0          # unlimited\n",
+    )
+    lim.add_argument("--rate", dest="limit_rate", metavar="N", help="live limit: messages per second, 0 = unlimited")
+    lim.add_argument("--rate-per-hour", metavar="N", help="live limit: messages per hour, 0 = unlimited")
+    lim.add_argument("--connections", dest="limit_connections", metavar="N", help="live limit: parallel SMTP connections")
+    lim.add_argument("--messages-per-connection", metavar="N", help="live limit: reconnect after this many messages, 0 = never")
+    lim.add_argument("--json", action="store_true", help="the limits as one JSON document on standard output")
+    add_global_options(lim, in_command=True, skip=frozenset({"--rate", "--connections"}))
 
-    res = sub.add_parser("resume", help="try paused relays again now (after a refused login, say)")
-    res.add_argument("--relay", help="only this relay (its name in the config, or HOST:PORT)")
+    res = add_command(
+        sub, "resume", "try paused relays again now (after a refused login, say)",
+        "A relay that refused our login or session is paused until an operator resumes it, the\n"
+        "sender restarts, or a long interval passes. The running sender picks the request up\n"
+        "within a second.",
+        "  mailtower resume\n  mailtower resume --relay smtp.example.org:587\n",
+    )
+    res.add_argument("--relay", metavar="NAME", help="only this relay (its name in the config, or HOST:PORT)")
+    add_global_options(res, in_command=True)
 
-    run = sub.add_parser("run", help="the headless sender")
+    run = add_command(
+        sub, "run", "the headless sender",
+        "Sends the queue in order and promotes due schedules until stopped (Ctrl-C, SIGTERM,\n"
+        "SIGHUP: messages in flight get 5 s). At most one sender runs per database. It ends with a\n"
+        "summary line on standard error; on a terminal it also reports as it goes (started,\n"
+        "sending, finished, waiting, stopped), and --log appends those lines to a file.",
+        "  mailtower run\n"
+        "  mailtower run --until-idle                   # return when nothing is left\n"
+        "  nohup mailtower run --log sender.log &\n",
+    )
     run.add_argument("--until-idle", action="store_true", help="return once nothing is current or scheduled")
+    run.add_argument("--log", type=Path, metavar="FILE",
+                     help="append the sender's log (start, each mailing sent or finished, waits, stop) to FILE")
+    add_global_options(run, in_command=True)
 
-    sub.add_parser("demo", help="the dashboard on a throw-away database with a local SMTP sink")
+    demo = add_command(
+        sub, "demo", "the dashboard on a throw-away database with a local SMTP sink",
+        "Sample mailings in every section; nothing leaves the machine and nothing is kept.",
+        "  mailtower demo\n",
+    )
+    add_global_options(demo, in_command=True)
     return p
 
 
@@ -181,6 +377,105 @@ def settings_from(args: argparse.Namespace) -> Settings:
     }
     # An explicit --config must exist (MAILTOWER_CONFIG likewise); only the default may be absent.
     return load_settings(flags, config_path=args.config, config_flag="--config" if args.config is not None else None)
+
+
+# ---- what a person reads on standard error ------------------------------------------------------
+
+
+def say(args: argparse.Namespace, line: str) -> None:
+    """The one line saying what a command did. It goes to standard error so that standard output
+    stays what scripts read (an id, a position, a table); made safe, as names and paths come
+    from people; nothing with --quiet."""
+    if not getattr(args, "quiet", False):
+        print(safe(line), file=sys.stderr)
+
+
+def named(m: Mailing) -> str:
+    """`4 "Spring sale"`: how a success line names a mailing."""
+    return f'{m.id} "{safe(m.name)}"'
+
+
+def plural(n: int, word: str) -> str:
+    """"1 recipient", "8,433 recipients"."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    """"4.2 s", "3 min 5 s", "2 h 10 min": a time span as a person reads it."""
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f} s"
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+class ImportProgress:
+    """How far a long `new` or `import` has read its file, on one line of standard error that is
+    rewritten in place (at most 1/INTERVAL times a second): rows read, rejected, rate, time left.
+
+    Only on a terminal: redirected to a file or a pipe, standard error gets nothing from this, so
+    logs stay clean. The first line appears after INTERVAL, so a quick import shows none."""
+
+    INTERVAL = 0.2  # seconds
+
+    def __init__(self, source: Path, *, enabled: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and _is_terminal(self.stream)
+        # The file's name: the whole path would push the numbers off a narrow terminal.
+        self.label = safe("standard input" if is_stdin(source) else source.name or str(source))
+        self.started = time.monotonic()
+        self._last = self.started
+        self._shown = False
+
+    def __call__(self, progress: ReadProgress) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL:
+            return
+        self._last = now
+        line = self.describe(progress, now - self.started)
+        self._write("\r" + line[: self._width()] + "\x1b[K")  # erase what a longer line left
+        self._shown = True
+
+    def describe(self, p: ReadProgress, elapsed: float) -> str:
+        rate = p.rows / elapsed if elapsed > 0 else 0.0
+        line = f"{self.label}: {p.rows:,} rows read, {p.rejected:,} rejected, {rate:,.0f} rows/s"
+        if 0 < p.bytes_read <= p.total_bytes:
+            left = elapsed * (p.total_bytes - p.bytes_read) / p.bytes_read
+            line += f", {100 * p.bytes_read // p.total_bytes}%, about {duration(left)} left"
+        return line
+
+    def clear(self) -> None:
+        """Take the progress line away (before another line is printed, and at the end)."""
+        if self._shown:
+            self._shown = False
+            self._write("\r\x1b[K")
+
+    def _width(self) -> int:
+        # A line longer than the terminal wraps, and \r then rewrites only its last part.
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            columns = 0
+        return max(20, columns - 1) if columns > 0 else 79  # 0: the terminal does not say
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False  # the terminal went away: the import itself goes on
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # A rejects file is bounded like everything else mailtower writes from untrusted input: a hostile
@@ -202,8 +497,9 @@ class RejectLog:
     when the whole command succeeded."""
 
     def __init__(self, source: Path, handle: TextIO | None = None, limit: int = 50,
-                 max_bytes: int = MAX_REJECTS_BYTES) -> None:
+                 max_bytes: int = MAX_REJECTS_BYTES, progress: ImportProgress | None = None) -> None:
         self.source = "standard input" if is_stdin(source) else str(source)
+        self.progress = progress  # its line is taken away before a rejected row is printed
         self.count = 0
         self.limit = limit
         self._writer: Any = None
@@ -218,6 +514,8 @@ class RejectLog:
         self.count += 1
         reason = _short(row.reason)
         if self.count <= self.limit:
+            if self.progress is not None:
+                self.progress.clear()
             print(safe(f"{self.source}:{row.line}: {reason}"), file=sys.stderr)
         if self._writer is None:
             return
@@ -229,12 +527,14 @@ class RejectLog:
         self._writer.writerow([row.line, neutralise_formula(reason)])
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.clear()
         if self.count > self.limit:
-            print(f"{self.source}: {self.count - self.limit} more rows rejected", file=sys.stderr)
+            print(safe(f"{self.source}: {self.count - self.limit:,} more rows rejected"), file=sys.stderr)
         if self._writer is not None and self._unwritten:
             note = f"{self._unwritten:,} more rows rejected; the file stops at {describe_size(self._max_bytes)}"
             self._writer.writerow(["", note])
-            print(f"{self.source}: {note}", file=sys.stderr)
+            print(safe(f"{self.source}: {note}"), file=sys.stderr)
 
 
 def protected_files(settings: Settings, store: Store, inputs: Iterable[Path | None]) -> list[Path]:
@@ -318,15 +618,16 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
         # The rejects file is put in place only when everything else succeeded; if that last
         # step fails, the new mailing is taken back, so the command changed nothing.
         with optional_output(target, flag="--rejects", force=args.force, protected=protected) as handle:
-            rejects = RejectLog(args.recipients, handle)
+            progress = ImportProgress(args.recipients, enabled=not args.quiet)
+            rejects = RejectLog(args.recipients, handle, progress=progress)
             try:
                 mailing_id, summary = await create_mailing(
-                    store, draft, args.recipients, rejects, allow_special_domains=args.settings.allow_special_domains
+                    store, draft, args.recipients, rejects, allow_special_domains=args.settings.allow_special_domains,
+                    progress=progress if progress.enabled else None,
                 )
             finally:
                 rejects.close()
-            for line in summary.duplicates[:50]:
-                print(f"{rejects.source}:{line}: duplicate address, already in the mailing", file=sys.stderr)
+            report_duplicates(rejects.source, summary.duplicates)
             if args.now:
                 await lifecycle.send_now(mailing_id)
             elif when is not None:
@@ -339,7 +640,50 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
             await discard_quietly(store, lifecycle, mailing_id)
         raise
     print(mailing_id)
+    created = None if args.quiet else await maybe_mailing(store, mailing_id)
+    if created is not None:
+        say(args, created_line(created, rejects.count, len(summary.duplicates)))
     return 0
+
+
+async def maybe_mailing(store: Store, mailing_id: int) -> Mailing | None:
+    """A mailing read again for the success line; None if another process deleted it meanwhile
+    (the command itself succeeded: the line must not turn that into an error)."""
+    try:
+        return await store.mailing(mailing_id)
+    except NotFound:
+        return None
+
+
+def report_duplicates(source: str, lines: list[int]) -> None:
+    for line in lines[:50]:
+        print(safe(f"{source}:{line}: duplicate address, already in the mailing"), file=sys.stderr)
+    if len(lines) > 50:
+        print(safe(f"{source}: {len(lines) - 50:,} more duplicate addresses skipped"), file=sys.stderr)
+
+
+def skipped(rejected: int, duplicates: int) -> str:
+    """" (3 rejected, 2 duplicates skipped)", or nothing."""
+    parts = ([f"{rejected:,} rejected"] if rejected else []) + ([f"{duplicates:,} duplicates skipped"] if duplicates else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def created_line(m: Mailing, rejected: int, duplicates: int) -> str:
+    """What `new` made, and for a draft, how to send it."""
+    head = f"created {named(m)} with {plural(m.total, 'recipient')}{skipped(rejected, duplicates)}"
+    if m.state is MailingState.SCHEDULED and m.schedule is not None:
+        return f"{head}; scheduled for {when_scheduled(m)}"
+    if m.section is Section.CURRENT:
+        return f"{head}; queued at position {m.position} of the queue"
+    return (f"{head}; it is a draft: send it with `mailtower send-now {m.id}` "
+            f"or `mailtower schedule {m.id} --at \"YYYY-MM-DD HH:MM\" --tz ZONE`")
+
+
+def when_scheduled(m: Mailing) -> str:
+    """"2027-03-28 09:00 Europe/Berlin (2027-03-28 07:00 UTC)"."""
+    if m.schedule is None:
+        return "no time"
+    return f"{m.schedule.local:%Y-%m-%d %H:%M} {m.schedule.tz} ({m.schedule.utc:%Y-%m-%d %H:%M} UTC)"
 
 
 async def discard_new_mailing(store: Store, lifecycle: Lifecycle, mailing_id: int) -> None:
@@ -358,10 +702,12 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
     summary = None
     try:
         with optional_output(target, flag="--rejects", force=args.force, protected=protected) as handle:
-            rejects = RejectLog(args.csv, handle)
+            progress = ImportProgress(args.csv, enabled=not args.quiet)
+            rejects = RejectLog(args.csv, handle, progress=progress)
             try:
                 summary = await import_recipients(
-                    store, args.id, args.csv, rejects, allow_special_domains=args.settings.allow_special_domains
+                    store, args.id, args.csv, rejects, allow_special_domains=args.settings.allow_special_domains,
+                    progress=progress if progress.enabled else None,
                 )
             finally:
                 rejects.close()
@@ -369,9 +715,11 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
         if summary is not None:  # the import committed; only putting the rejects file in place failed
             raise UserError(f"{exc} (the {summary.imported:,} recipients were imported)") from None
         raise
-    for line in summary.duplicates[:50]:
-        print(f"{rejects.source}:{line}: duplicate address, already in the mailing", file=sys.stderr)
-    print(f"imported {summary.imported} recipients into mailing {args.id}", file=sys.stderr)
+    report_duplicates(rejects.source, summary.duplicates)
+    m = await maybe_mailing(store, args.id)
+    into = f"mailing {named(m)}" if m is not None else f"mailing {args.id}"
+    now = f"; it has {plural(m.total, 'recipient')} now" if m is not None else ""
+    say(args, f"imported {plural(summary.imported, 'recipient')} into {into}{skipped(rejects.count, len(summary.duplicates))}{now}")
     return 0
 
 
@@ -471,27 +819,33 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
 async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
     names = [r.name for r in relays_from_settings(args.settings)]
     await request_resume(store, args.relay, names)
-    print(f"asked the sender to try {args.relay or 'every paused relay'} again", file=sys.stderr)
+    say(args, f"asked the sender to try {args.relay or 'every paused relay'} again")
     if not await sender_alive(store):
-        print("no sender is running, so nothing is paused (a new `mailtower run` starts with every relay unpaused)", file=sys.stderr)
+        say(args, "no sender is running, so nothing is paused (a new `mailtower run` starts with every relay unpaused)")
     return 0
 
 
 async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     when = parse_wall_time(args.at)
     lifecycle = Lifecycle(store)
+    before = await store.mailing(args.id)
     if args.local_time:
         results = await split_by_zone(store, lifecycle, args.id, when, args.tz)
         for mailing_id, resolved in results:
             if resolved.warning:
                 warn(f"mailing {mailing_id}: {resolved.warning}")
             print(f"{mailing_id}\t{resolved.tz}\t{iso(resolved.utc)}")
+        say(args, f"scheduled {named(before)} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
+                  f"{plural(len(results), 'mailing')}, one per zone (listed on standard output)")
         return 0
     if not args.tz:
         raise UserError("schedule needs --tz ZONE (or --local-time to use each recipient's zone)")
     resolved = await lifecycle.schedule(args.id, when, args.tz)
     if resolved.warning:
         warn(resolved.warning)
+    # The wall time in effect (after a spring-forward gap, the later one the warning named).
+    say(args, f"scheduled {named(before)} for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz} "
+              f"({resolved.utc:%Y-%m-%d %H:%M} UTC)")
     return 0
 
 
@@ -504,18 +858,38 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
         "restart": lifecycle.restart,
         "delete": lifecycle.delete,
     }[args.command]
+    before = await store.mailing(args.id)
     await action(args.id)
+    after = None if args.command == "delete" else (await maybe_mailing(store, args.id) or before)
+    say(args, changed_line(args.command, before, after))
     return 0
+
+
+def changed_line(command: str, before: Mailing, after: Mailing | None) -> str:
+    """One line saying what a state change did: `stopped 4 "Spring sale": 8,433 not yet received`."""
+    if after is None:
+        return f"deleted {named(before)} and its {plural(before.total, 'recipient')}"
+    if command == "stop":
+        return f"stopped {named(after)}: {after.remaining:,} not yet received"
+    if command == "unschedule":
+        was = f" (it was due {before.schedule.local:%Y-%m-%d %H:%M} {before.schedule.tz})" if before.schedule else ""
+        return f"unscheduled {named(after)}: it is a draft again{was}"
+    verb = "restarted" if command == "restart" or before.state is MailingState.STOPPED else "queued"
+    return f"{verb} {named(after)}: {plural(after.remaining, 'recipient')} to send, position {after.position} of the queue"
 
 
 async def cmd_move(args: argparse.Namespace, store: Store) -> int:
     position = await Lifecycle(store).move(args.id, Direction(args.direction))
     print(position)
+    moved = None if args.quiet else await maybe_mailing(store, args.id)
+    if moved is not None:
+        queued = len(await store.mailings(Section.CURRENT))
+        say(args, f"moved {named(moved)} {args.direction}: position {position} of {queued}")
     return 0
 
 
 async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
-    await store.mailing(args.id)
+    mailing = await store.mailing(args.id)
     if args.output is None or is_stdin(args.output):
         await write_remaining(store, args.id, sys.stdout, as_csv=args.csv)
         return 0
@@ -523,7 +897,7 @@ async def cmd_remaining(args: argparse.Namespace, store: Store) -> int:
     target = check_output_path(args.output, what="--output", force=args.force, protected=protected)
     with atomic_output(target, what="--output", force=args.force, protected=protected) as handle:
         written = await write_remaining(store, args.id, handle, as_csv=args.csv)
-    print(f"{written:,} remaining recipients written to {target}", file=sys.stderr)
+    say(args, f"{written:,} remaining recipients of {named(mailing)} written to {target}")
     return 0
 
 
@@ -626,6 +1000,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, sender.request_stop)
+        started = time.monotonic()
+        before = await counters_if_readable(settings.db) if not args.quiet else None
         try:
             await sender.run(until_idle=args.until_idle)
         except LeaseHeld as exc:
@@ -635,9 +1011,144 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             if cause is not None and storage_error(settings.db, cause) is None:
                 raise cause from None  # a bug, not the disk: main() logs its traceback (exit 70)
             return fail(str(exc))  # the ledger could not be written (full or read-only disk): exit 2
+        if before is not None:
+            after = await counters_if_readable(settings.db)
+            if after is not None:
+                summary = run_summary(before, after, time.monotonic() - started)
+                if logs.to_file:
+                    log.info("%s", summary)
+                if not logs.file_is_stderr:
+                    say(args, summary)
         return 0
 
-    return run_async(main())
+    with sender_logging(args, settings) as logs:
+        return run_async(main())
+
+
+async def counters_if_readable(db: Path) -> dict[int, Mailing] | None:
+    """Every mailing with its counters, for the summary of `run`; None when the database cannot
+    be read as it is (not yet created, not a regular file, damaged): the sender itself then says
+    what is wrong in its one line, and this never creates or changes anything first."""
+    try:
+        if not stat.S_ISREG(os.stat(db).st_mode):
+            return None
+    except FileNotFoundError:
+        return {}  # a first run on a new database: the sender creates it
+    except OSError:
+        return None
+    try:
+        store = await Store.open(db)
+    except (OSError, UserError, sqlite3.Error):
+        return None
+    try:
+        return {m.id: m for m in await store.mailings()}
+    except (OSError, UserError, sqlite3.Error):
+        return None
+    finally:
+        try:
+            await store.close()
+        except (OSError, sqlite3.Error):
+            pass
+
+
+def run_summary(before: Mapping[int, Mailing], after: Mapping[int, Mailing], seconds: float) -> str:
+    """`run` in one line: what it finished and sent, what is left waiting (deferred or in doubt)."""
+    finished = sent = failed = deferred = in_doubt = 0
+    for mid, now in after.items():
+        then = before.get(mid)
+        sent += max(0, now.sent - (then.sent if then else 0))
+        failed += max(0, now.failed - (then.failed if then else 0))
+        if now.state is MailingState.COMPLETED and (then is None or then.state is not MailingState.COMPLETED):
+            finished += 1
+        touched = then is None or (now.sent, now.failed, now.deferred, now.in_doubt) != (
+            then.sent, then.failed, then.deferred, then.in_doubt)
+        if touched or now.section is Section.CURRENT:
+            deferred += now.deferred
+            in_doubt += now.in_doubt
+    return (f"run ended after {duration(seconds)}: {plural(finished, 'mailing')} finished, {sent:,} sent, "
+            f"{failed:,} failed, {deferred:,} deferred, {in_doubt:,} in doubt")
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S%z"
+
+
+@dataclass(frozen=True, slots=True)
+class RunLog:
+    """Where `run` logs (see sender_logging)."""
+
+    to_file: bool  # --log was given
+    file_is_stderr: bool  # ... and names the file standard error goes to (the dashboard's hand-off)
+
+
+@contextmanager
+def sender_logging(args: argparse.Namespace, settings: Settings) -> Iterator[RunLog]:
+    """What the sender says as it goes (started, sending a mailing, finished it, waiting,
+    stopped; INFO lines): on standard error when it is a terminal (not with --quiet), and with
+    --log appended to that file with a timestamp. Put back as it was afterwards: main() may
+    run again in the same process."""
+    logger = logging.getLogger("mailtower")
+    stderr_handler = install_safe_logging()
+    saved = (logger.level, stderr_handler.level)
+    file_handler: logging.StreamHandler[TextIO] | None = None
+    file_is_stderr = False
+    if args.log is not None:
+        stream = open_log(args.log, settings.db)
+        file_handler = logging.StreamHandler(stream)
+        file_handler.setFormatter(SafeFormatter(LOG_FORMAT, LOG_DATE_FORMAT))
+        file_handler.setLevel(logging.INFO)
+        logger.addHandler(file_handler)
+        file_is_stderr = _same_open_file(stream, sys.stderr)
+        if file_is_stderr:
+            stderr_handler.setLevel(logging.CRITICAL + 1)  # the hand-off: the log already has every line
+    if not args.quiet and _is_terminal(sys.stderr) and file_handler is None:
+        stderr_handler.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+    try:
+        yield RunLog(to_file=file_handler is not None, file_is_stderr=file_is_stderr)
+    finally:
+        logger.setLevel(saved[0])
+        stderr_handler.setLevel(saved[1])
+        if file_handler is not None:
+            logger.removeHandler(file_handler)
+            file_handler.close()
+            file_handler.stream.close()
+
+
+def open_log(path: Path, db: Path) -> TextIO:
+    """`run --log FILE` opened for appending: a regular file (created if need be) that is not the
+    database or one of its files; anything else is one line and exit 2 before sending starts."""
+    if any(same_file(path, companion) for companion in database_companions(db)):
+        raise UserError(f"--log: {path} is the database or one of its files; name another file")
+    not_regular = f"--log: {path} is not a regular file (the sender's log is appended to a file)"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(not_regular)  # a directory, FIFO or device: refused before it is opened
+    except FileNotFoundError:
+        pass  # created below
+    except OSError as exc:
+        raise UserError(f"--log: cannot use {path}: {exc.strerror or exc}") from None
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)  # non-blocking: a FIFO put there meanwhile is never waited on
+    except OSError as exc:
+        raise UserError(f"--log: cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(not_regular)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _same_open_file(a: TextIO, b: TextIO) -> bool:
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def run_async(coro: Awaitable[int]) -> int:
@@ -657,6 +1168,9 @@ async def cmd_limits(args: argparse.Namespace, store: Store) -> int:
     }
     await set_limits(store, changes)
     limits = await read_limits(store, args.settings)
+    if changes:
+        said = ", ".join(f"{name} {limits_value(name, getattr(limits, name))}" for name in changes)
+        say(args, f"limits changed: {said} (a running sender applies them within a second)")
     if args.json:
         doc = {name: getattr(limits, name) for name in LIMITS}
         doc["changed_at"] = {name: iso(when) for name, when in limits.changed_at.items()}
@@ -664,6 +1178,10 @@ async def cmd_limits(args: argparse.Namespace, store: Store) -> int:
     else:
         print("\n".join(limits.describe()))
     return 0
+
+
+def limits_value(name: str, value: float) -> str:
+    return "unlimited" if value == 0 and name.startswith("rate") else f"{value:g}"
 
 
 STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {

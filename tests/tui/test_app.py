@@ -647,14 +647,14 @@ def test_handoff_command_carries_the_settings(tmp_path: Path) -> None:
     settings = settings_for(tmp_path / "x.db", 2626, rate=12.5, smtp_verify=False)
     command = handoff_command(settings)
     assert command[:3] == [sys.executable, "-m", "mailtower.tui.cli"]
-    assert command[3:] == ["--db", str(tmp_path / "x.db"), "run", "--until-idle"]
+    assert command[3:] == ["--db", str(tmp_path / "x.db"), "run", "--until-idle", "--log", str(tmp_path / "x.db.run.log")]
     env = settings_environment(settings)
     assert env["MAILTOWER_SMTP_PORT"] == "2626" and env["MAILTOWER_RATE"] == "12.5"
     assert env["MAILTOWER_SMTP_VERIFY"] == "false" and env["MAILTOWER_DB"] == str(tmp_path / "x.db")
     # A relay pool lives in the TOML file: the background sender reads the same file.
     pooled = settings_for(tmp_path / "x.db", config_path=tmp_path / "pool.toml")
     assert handoff_command(pooled)[3:] == ["--db", str(tmp_path / "x.db"), "--config", str(tmp_path / "pool.toml"),
-                                           "run", "--until-idle"]
+                                           "run", "--until-idle", "--log", str(tmp_path / "x.db.run.log")]
 
 
 @pytest.mark.timeout(120)
