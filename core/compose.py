@@ -385,9 +385,9 @@ class _Body:
             if isinstance(segment, bytes):
                 pieces.append(segment)
             elif self._escape:
-                pieces.append(_quoted_printable(_normalise_newlines(segment.fill_escaped(values))))
+                pieces.append(_quoted_printable(segment.fill_escaped(values)))
             else:
-                pieces.append(_quoted_printable(_normalise_newlines(segment.fill(values))))
+                pieces.append(_quoted_printable(segment.fill(values)))
 
 
 def _choose_boundary(texts: Iterable[str]) -> str:
@@ -519,7 +519,9 @@ class MessageTemplate:
         what = f"of recipient {recipient_id}"
         check_header_value(f"field 'name' {what}", name)
         to_line = _address_line("To", f"field 'email' {what}", email, name)
-        values = {column: fields.get(column) or "" for column in self._columns}
+        # A value's own line breaks are normalised before it meets the template's: "x\r" and
+        # the template's "\n" after it are two line breaks, not one CRLF.
+        values = {column: _normalise_newlines(fields.get(column) or "") for column in self._columns}
         values["email"] = email
         values["name"] = name
         if self._subject_fixed is not None:
