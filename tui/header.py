@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from mailtower.core.display import safe
+from mailtower.core.progress import Hold, HoldState, short_reason
 
 
 class Mode(str, enum.Enum):
@@ -30,6 +31,10 @@ class HeaderInfo:
     last_accept_age: float | None = None  # seconds since the server last accepted a message
     stalled_for: float | None = None  # seconds without progress while work is current
     where: str = ""  # right-hand side: operator zone and tzdata version
+    hold: Hold | None = None  # why the head (or the first held) current mailing does not send now
+    hold_since: str = ""  # the hold's start, as a clock time in the operator's zone
+    next_try_in: float | None = None  # seconds until the sender tries again (None: unknown)
+    in_doubt: int = 0  # recipients of current mailings that may have reached the server already
 
 
 def age_text(seconds: float | None) -> str:
@@ -43,12 +48,51 @@ def age_text(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min ago"
 
 
-def _activity(state: str, rate: float, reason: str) -> tuple[str, str]:
+def in_text(seconds: float) -> str:
+    """"in 8 s", "in 14 min", "in 2 h 05 min": how long until the next try."""
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"in {seconds} s"
+    if seconds < 3600:
+        return f"in {seconds // 60} min"
+    return f"in {seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def hold_text(info: HeaderInfo) -> str:
+    """"paused: login refused · since 10:39 · next try in 14 min": one plain line about a hold;
+    the full reason is in the mailing's Details."""
+    hold = info.hold
+    assert hold is not None
+    if hold.state is HoldState.PAUSED:
+        what = f"paused: {hold.short or 'the server refuses us'}"
+    elif hold.state is HoldState.THROTTLED:
+        what = f"throttled: {hold.short or 'the server asked us to slow down'}"
+    elif hold.state is HoldState.RETRYING:
+        what = f"retrying {hold.count:,}"
+    else:
+        what = f"waiting: {hold.short or 'the SMTP server does not answer'}"
+    parts = [safe(what)]
+    if info.hold_since:
+        parts.append(f"since {info.hold_since}")
+    if info.next_try_in is not None:
+        parts.append(f"next try {in_text(info.next_try_in)}")
+    if hold.state is HoldState.PAUSED:
+        parts.append("Resume in Actions")
+    return " · ".join(parts)
+
+
+def _activity(state: str, rate: float, reason: str, info: HeaderInfo | None = None) -> tuple[str, str]:
     """(text, style) for a sender state, ours or another process's."""
+    hold = info.hold if info is not None else None
+    if hold is not None and hold.state in (HoldState.PAUSED, HoldState.WAITING) and state in ("waiting", "sending"):
+        return hold_text(info), "bold yellow"  # type: ignore[arg-type]
     if state == "sending":
+        if hold is not None and hold.state is HoldState.THROTTLED:
+            return f"sending {rate:.1f} msg/s · {hold_text(info)}", "bold yellow"  # type: ignore[arg-type]
         return f"sending {rate:.1f} msg/s", "bold green"
     if state == "waiting":
-        return f"waiting for the SMTP server ({safe(reason) or 'no reason given'})", "bold yellow"
+        short = short_reason(reason)
+        return f"waiting for the SMTP server ({safe(short) or 'no reason given'})", "bold yellow"
     if state == "stopped":
         return "stopped", "bold"
     return "idle", "bold"
@@ -62,7 +106,7 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
     if info.mode is Mode.MONITORING:
         text.append("monitoring ", style="bold cyan")
         text.append(safe(holder))  # from the lease file another process wrote
-        activity, style = _activity(info.remote_state, info.rate, info.reason)
+        activity, style = _activity(info.remote_state, info.rate, info.reason, info)
         text.append(": ")
         text.append(activity, style=style)
     elif info.mode is Mode.OFF and info.reason:
@@ -74,8 +118,10 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
     elif info.mode is Mode.STOPPING:
         text.append("stopping the sender…", style="bold yellow")
     else:
-        activity, style = _activity(info.mode.value, info.rate, info.reason)
+        activity, style = _activity(info.mode.value, info.rate, info.reason, info)
         text.append(activity, style=style)
+    if info.in_doubt and info.mode not in (Mode.OFF, Mode.STOPPING):
+        text.append(f" · {info.in_doubt:,} in doubt", style="magenta")
     if info.mode not in (Mode.OFF, Mode.STOPPING):
         text.append(" · accepted " if short else " · last accepted ", style="dim")
         text.append(age_text(info.last_accept_age))
@@ -128,14 +174,16 @@ def notice_text(warnings: list[str], relays: tuple) -> Text:  # relays: core.rel
     for warning in warnings:
         text.append(" ⚠ ", style="bold black on yellow")
         text.append(f" {safe(warning)}  ", style="yellow")
-    if len(relays) > 1 or any(r.state == "resting" for r in relays):
+    # One relay's trouble is the header's line; a pool says which relay is in which condition,
+    # each reason cut to its first clause (the full text is in the mailing's Details).
+    if len(relays) > 1:
         text.append(" relays:", style="dim")
         for relay in relays:
             text.append(f" {safe(relay.name)} ")
-            if relay.state == "resting":
-                text.append("resting", style="bold yellow")
+            if relay.state in ("resting", "paused", "throttled"):
+                text.append(relay.state, style="bold yellow")
                 if relay.reason:
-                    text.append(f" ({safe(relay.reason)})", style="dim")
+                    text.append(f" ({safe(short_reason(relay.reason))})", style="dim")
             elif relay.state == "up":
                 text.append(f"up {relay.rate:.0f}/s", style="green")
             else:
