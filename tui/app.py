@@ -665,13 +665,15 @@ class DashboardApp(App[int]):
         head's sending from what its last run and the limits say (core.progress.blended_rate)."""
         measured = self.current_rate()
         head = next((m for m in current if m.state is MailingState.SENDING), None)
-        sending = head is not None and (measured > 0 or self.sender is not None or self.mode is Mode.MONITORING)
-        if not sending or head is None:
+        if head is None or (self.sender is None and self.mode is not Mode.MONITORING):
             self._rate_from = (None, 0.0)
             return measured
+        expected = expected_rate(head.rate, *self._limit_rates)
+        if self.sender is None:
+            # Another process: how long it has measured is unknown; its rate, once it has one.
+            return measured if measured > 0 else expected
         if self._rate_from[0] != head.id:
             self._rate_from = (head.id, time.monotonic())
-        expected = expected_rate(head.rate, *self._limit_rates)
         return blended_rate(measured, expected, time.monotonic() - self._rate_from[1])
 
     def waiting_document(self) -> dict[str, object]:

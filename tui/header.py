@@ -60,7 +60,7 @@ def in_text(seconds: float) -> str:
 
 def hold_text(info: HeaderInfo) -> str:
     """"paused: login refused · since 10:39 · next try in 14 min": one plain line about a hold;
-    the full reason is in the mailing's Details."""
+    the full reason is in the mailing's Details, Resume sending in its Actions menu."""
     hold = info.hold
     assert hold is not None
     if hold.state is HoldState.PAUSED:
@@ -76,8 +76,6 @@ def hold_text(info: HeaderInfo) -> str:
         parts.append(f"since {info.hold_since}")
     if info.next_try_in is not None:
         parts.append(f"next try {in_text(info.next_try_in)}")
-    if hold.state is HoldState.PAUSED:
-        parts.append("Resume in Actions")
     return " · ".join(parts)
 
 
@@ -91,8 +89,7 @@ def _activity(state: str, rate: float, reason: str, info: HeaderInfo | None = No
             return f"sending {rate:.1f} msg/s · {hold_text(info)}", "bold yellow"  # type: ignore[arg-type]
         return f"sending {rate:.1f} msg/s", "bold green"
     if state == "waiting":
-        short = short_reason(reason)
-        return f"waiting for the SMTP server ({safe(short) or 'no reason given'})", "bold yellow"
+        return f"waiting for the SMTP server ({safe(reason) or 'no reason given'})", "bold yellow"
     if state == "stopped":
         return "stopped", "bold"
     return "idle", "bold"
