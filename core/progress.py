@@ -214,3 +214,11 @@ def blended_rate(measured: float, expected: float, sending_for: float, settle: f
         return measured
     weight = max(sending_for, 0.0) / settle
     return weight * measured + (1 - weight) * expected
+
+
+def paused_relays(waiting: dict[str, object]) -> tuple[str, ...]:
+    """Names of the relays that are paused in a `sender_waiting` document (a pool may have one
+    paused while the others carry on: Resume is worth offering then too)."""
+    relays = waiting.get("relays")
+    entries = relays if isinstance(relays, list) else []
+    return tuple(str(e.get("relay", "")) for e in entries if isinstance(e, dict) and e.get("state") == "paused")

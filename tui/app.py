@@ -50,7 +50,16 @@ from mailtower.core.lease import Holder, SenderLease
 from mailtower.core.lifecycle import Direction, Lifecycle, Offer, offers
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume, split_by_zone
-from mailtower.core.progress import Hold, HoldState, SenderState, blended_rate, expected_rate, hold_of, queue_estimates
+from mailtower.core.progress import (
+    Hold,
+    HoldState,
+    SenderState,
+    blended_rate,
+    expected_rate,
+    hold_of,
+    paused_relays,
+    queue_estimates,
+)
 from mailtower.core.relays import parse_waiting
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, storage_error
@@ -855,10 +864,18 @@ class DashboardApp(App[int]):
         queue = [m.id for m in self.sections[Section.CURRENT]]
         index = queue.index(mailing.id) if mailing.id in queue else None
         found = queue_offers(offers(mailing, any_sending=self.any_sending()), index, len(queue))
-        hold = self.holds([mailing]).get(mailing.id) if index is not None else None
-        if hold is not None and hold.state is HoldState.PAUSED:
+        if index is not None and self._resumable(mailing):
             found = [Offer("resume", "Resume sending"), *found]  # only while a relay is paused
         return found
+
+    def _resumable(self, mailing: Mailing) -> bool:
+        """A relay is paused and it concerns this mailing: it holds it back, or (a pool carrying
+        on without the paused relay) this is the mailing being sent."""
+        doc = self.waiting_document()
+        hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
+        if hold is not None and hold.state is HoldState.PAUSED:
+            return True
+        return mailing.state is MailingState.SENDING and bool(paused_relays(doc))
 
     def _follow_menu(self) -> None:
         """The open Actions menu shows what can be done now, not what could when it opened."""
@@ -1027,9 +1044,9 @@ class DashboardApp(App[int]):
         """Ask the sender (ours or another process's) to try the paused relays again now."""
         store = self.store
         assert store is not None
-        hold = self.holds([mailing]).get(mailing.id)
+        names = paused_relays(self.waiting_document())
         await request_resume(store)
-        relays = ", ".join(hold.relays) if hold is not None and hold.relays else "the paused relays"
+        relays = ", ".join(names) if names else "the paused relays"
         return f"Asked the sender to try {relays} again now (one connection logs in first)"
 
     async def _ask(self, title: str, message: str, confirm_label: str, keep_label: str) -> bool:

@@ -58,11 +58,15 @@ def in_text(seconds: float) -> str:
     return f"in {seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def hold_text(info: HeaderInfo) -> str:
+def hold_text(info: HeaderInfo, tight: bool = False) -> str:
     """"paused: login refused · since 10:39 · next try in 14 min": one plain line about a hold;
     the full reason is in the mailing's Details, Resume sending in its Actions menu."""
     hold = info.hold
     assert hold is not None
+    if tight:  # a narrow terminal: what, and when it tries again (since when is in Details)
+        what = f"{hold.state.value}: {hold.short}" if hold.short and hold.state is not HoldState.THROTTLED else hold.state.value
+        when = f" · next try {in_text(info.next_try_in)}" if info.next_try_in is not None else ""
+        return safe(what) + when
     if hold.state is HoldState.PAUSED:
         what = f"paused: {hold.short or 'the server refuses us'}"
     elif hold.state is HoldState.THROTTLED:
@@ -79,14 +83,16 @@ def hold_text(info: HeaderInfo) -> str:
     return " · ".join(parts)
 
 
-def _activity(state: str, rate: float, reason: str, info: HeaderInfo | None = None) -> tuple[str, str]:
+def _activity(
+    state: str, rate: float, reason: str, info: HeaderInfo | None = None, tight: bool = False
+) -> tuple[str, str]:
     """(text, style) for a sender state, ours or another process's."""
     hold = info.hold if info is not None else None
     if hold is not None and hold.state in (HoldState.PAUSED, HoldState.WAITING) and state in ("waiting", "sending"):
-        return hold_text(info), "bold yellow"  # type: ignore[arg-type]
+        return hold_text(info, tight), "bold yellow"  # type: ignore[arg-type]
     if state == "sending":
         if hold is not None and hold.state is HoldState.THROTTLED:
-            return f"sending {rate:.1f} msg/s · {hold_text(info)}", "bold yellow"  # type: ignore[arg-type]
+            return f"sending {rate:.1f} msg/s · {hold_text(info, tight)}", "bold yellow"  # type: ignore[arg-type]
         return f"sending {rate:.1f} msg/s", "bold green"
     if state == "waiting":
         return f"waiting for the SMTP server ({safe(reason) or 'no reason given'})", "bold yellow"
@@ -95,7 +101,7 @@ def _activity(state: str, rate: float, reason: str, info: HeaderInfo | None = No
     return "idle", "bold"
 
 
-def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
+def _left(info: HeaderInfo, *, short: bool, holder: str = "", tight: bool = False) -> Text:
     text = Text()
     if info.stalled_for is not None:
         text.append(" STALLED ", style="bold white on red")
@@ -103,7 +109,7 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
     if info.mode is Mode.MONITORING:
         text.append("monitoring ", style="bold cyan")
         text.append(safe(holder))  # from the lease file another process wrote
-        activity, style = _activity(info.remote_state, info.rate, info.reason, info)
+        activity, style = _activity(info.remote_state, info.rate, info.reason, info, tight)
         text.append(": ")
         text.append(activity, style=style)
     elif info.mode is Mode.OFF and info.reason:
@@ -115,11 +121,13 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
     elif info.mode is Mode.STOPPING:
         text.append("stopping the sender…", style="bold yellow")
     else:
-        activity, style = _activity(info.mode.value, info.rate, info.reason, info)
+        activity, style = _activity(info.mode.value, info.rate, info.reason, info, tight)
         text.append(activity, style=style)
     if info.in_doubt and info.mode not in (Mode.OFF, Mode.STOPPING):
         text.append(f" · {info.in_doubt:,} in doubt", style="magenta")
-    if info.mode not in (Mode.OFF, Mode.STOPPING):
+    held = info.hold is not None and info.hold.state in (HoldState.PAUSED, HoldState.WAITING)
+    if info.mode not in (Mode.OFF, Mode.STOPPING) and not (short and held):
+        # Short of room while held back, the hold's "since" says more than the last accept.
         text.append(" · accepted " if short else " · last accepted ", style="dim")
         text.append(age_text(info.last_accept_age))
     return text
@@ -128,9 +136,12 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
 def header_text(info: HeaderInfo, width: int = 200) -> Text:
     """The line for `width` cells: the zone data goes first, then words, then the end is cut."""
     holders = info.holder or ("",)
-    tries = [(False, True, holders[0]), (False, False, holders[0])] + [(True, False, h) for h in holders]
-    for short, where, holder in tries:
-        left = _left(info, short=short, holder=holder)
+    tries = [(False, True, holders[0], False), (False, False, holders[0], False)]
+    tries += [(True, False, h, False) for h in holders]
+    if info.hold is not None:
+        tries.append((True, False, holders[-1], True))
+    for short, where, holder, tight in tries:
+        left = _left(info, short=short, holder=holder, tight=tight)
         right = Text(info.where, style="dim") if where and info.where else Text()
         room = width - 2 - left.cell_len - right.cell_len
         if room >= (2 if right else 0):

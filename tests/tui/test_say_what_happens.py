@@ -143,6 +143,12 @@ def down_elsewhere(fixed_db: Fixture) -> Iterator[Fixture]:
     monitored_with(fixed_db, "waiting", waiting_doc(fixed_db.ids["spring"], "resting", DOWN,
                                                     since=NOW - 45, next_try=NOW + 8))
     asyncio.run(put_meta(fixed_db.db, {"sender_reason": DOWN, "sender_last_accept": f"{NOW - 45:.3f}"}))
+    conn = sqlite3.connect(fixed_db.db)
+    try:
+        with conn:
+            conn.execute("UPDATE mailings SET in_doubt = 2 WHERE id = ?", (fixed_db.ids["spring"],))
+    finally:
+        conn.close()
     lease = HeldLease(fixed_db.db)
     yield fixed_db
     lease.release()
@@ -208,6 +214,33 @@ async def test_resume_is_not_offered_without_a_paused_relay(throttled_elsewhere:
         assert "throttled, try 12:01" in row, row
 
 
+def test_resume_is_offered_for_the_sending_mailing_when_one_relay_of_a_pool_is_paused(fixed_db: Fixture) -> None:
+    """A pool carries on without its paused relay: nothing holds the mailing back, but the paused
+    relay still waits for an operator."""
+    doc = json.dumps({"all_unavailable": False, "relays": [
+        {"relay": "mx-b", "state": "paused", "reason": LOGIN_REFUSED, "since": NOW - 60, "next_try": NOW + 840,
+         "mailing": fixed_db.ids["spring"]}]})
+    monitored_with(fixed_db, "sending", doc)
+    lease = HeldLease(fixed_db.db)
+
+    async def check() -> None:
+        app = frozen(fixed_db.db)
+        async with running(app) as pilot:
+            await settled(pilot)
+            spring, news = app.find(fixed_db.ids["spring"]), app.find(fixed_db.ids["news"])
+            assert spring is not None and news is not None
+            assert app.offers_for(spring)[0].key == "resume"
+            assert "resume" not in [o.key for o in app.offers_for(news)]
+            assert "paused" not in row_text(app, Section.CURRENT, fixed_db.ids["spring"])  # it still sends
+            await app.perform("resume", spring)
+            assert any("try mx-b again now" in t for t in toasts(app)), toasts(app)
+
+    try:
+        asyncio.run(check())
+    finally:
+        lease.release()
+
+
 # ---- B: the SMTP server is down --------------------------------------------------------------
 
 
@@ -219,7 +252,7 @@ async def test_server_down_elsewhere_is_one_plain_line(down_elsewhere: Fixture) 
     async with running(app, size=(120, 40)) as pilot:
         await settled(pilot)
         header = app.dashboard.header.plain
-        assert "waiting: cannot reach the server · since 11:59 · next try in 8 s · accepted 45 s ago" in header, header
+        assert "waiting: cannot reach the server · since 11:59 · next try in 8 s · 2 in doubt" in header, header
         assert "Errno" not in header and "…" not in header
         row = row_text(app, Section.CURRENT, fx.ids["spring"])
         assert "…1" in row and "waiting: cannot reach" in row, row
