@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -10,6 +11,9 @@ from textual.widget import Widget
 
 from mailtower.core.display import safe
 from mailtower.core.progress import Hold, HoldState, short_reason
+
+
+REPLY_CODE = re.compile(r"[245]\d\d(?: [245]\.\d{1,3}\.\d{1,3})?")  # "421 4.7.0"
 
 
 class Mode(str, enum.Enum):
@@ -64,7 +68,10 @@ def hold_text(info: HeaderInfo, tight: bool = False) -> str:
     hold = info.hold
     assert hold is not None
     if tight:  # a narrow terminal: what, and when it tries again (since when is in Details)
-        what = f"{hold.state.value}: {hold.short}" if hold.short and hold.state is not HoldState.THROTTLED else hold.state.value
+        what = f"{hold.state.value}: {hold.short}" if hold.short else hold.state.value
+        if hold.state is HoldState.THROTTLED:  # a server's reply: its code says enough here
+            code = REPLY_CODE.match(hold.short)
+            what = f"throttled ({code.group(0)})" if code else "throttled"
         when = f" · next try {in_text(info.next_try_in)}" if info.next_try_in is not None else ""
         return safe(what) + when
     if hold.state is HoldState.PAUSED:
