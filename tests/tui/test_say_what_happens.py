@@ -35,7 +35,6 @@ from mailtower.core.store import Store
 from mailtower.core.timezones import Shift, resolve
 from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.app import DashboardApp
-from mailtower.tui.panels import MailingTable
 from mailtower.tui.screens.details import DetailsScreen
 from tests.helpers import until
 
