@@ -90,6 +90,12 @@ class Mailing:
         """Recipients who have not received it: pending, deferred or in doubt (anything not sent or failed)."""
         return self.total - self.sent - self.failed
 
+    # The one wording of a mailing's counts, for the menu, toasts, Details, the remaining
+    # screen and the CLI: "remaining" never includes the failed, so both are always said.
+    def counts_text(self) -> str:
+        """"8,428 remaining, 39 failed": who has not received it, split by why."""
+        return f"{self.remaining:,} remaining, {self.failed:,} failed"
+
 
 @dataclass(frozen=True, slots=True)
 class Recipient:

@@ -94,6 +94,9 @@ class Direction(str, enum.Enum):
     BOTTOM = "bottom"
 
 
+TURN_EVENTS = ("started", "resumed", "paused", "queued", "stopped")  # events that say whose turn it is
+
+
 @dataclass(frozen=True, slots=True)
 class Offer:
     """One entry of the Actions menu: what, whether it can be done now, and if not, why."""
@@ -257,7 +260,10 @@ class Lifecycle:
             # last_error describes the present (why it waits now); a new turn starts without it
             # and the sender notes it again if the reason still holds. The history is in events.
             await tx.set_state(mailing_id, S.SENDING, started_at=iso(mailing.started_at or tx.now), last_error=None)
-            await tx.add_event(mailing_id, "started" if mailing.started_at is None else "resumed")
+            if mailing.started_at is None:
+                await tx.add_event(mailing_id, "started")
+            elif not await self._repeating(tx, mailing_id, "resumed"):
+                await tx.add_event(mailing_id, "resumed")
             return True
 
     async def yield_turn(self, mailing_id: int, why: str) -> None:
@@ -265,7 +271,17 @@ class Lifecycle:
             mailing = await tx.mailing(mailing_id)
             if mailing.state is S.SENDING:
                 await tx.set_state(mailing_id, S.QUEUED)
-                await tx.add_event(mailing_id, "paused", why)
+                if not await self._repeating(tx, mailing_id, "paused", why):
+                    await tx.add_event(mailing_id, "paused", why)
+
+    async def _repeating(self, tx: Tx, mailing_id: int, kind: str, detail: str = "") -> bool:
+        """Whether a turn event would only repeat the timeline: a mailing that waits for its
+        retries (or behind one that does) takes and yields its turn every few seconds; the
+        timeline says "paused (why)" and "resumed" once per change of reason, not per turn."""
+        last = await tx.last_events(mailing_id, TURN_EVENTS, 2)
+        if kind == "resumed":
+            return bool(last) and last[0][0] in ("resumed", "started")  # its last pause was not recorded
+        return bool(last) and (last[0] == ("paused", detail) or (last[0][0] == "resumed" and last[1:] == [("paused", detail)]))
 
     async def stop(self, mailing_id: int) -> Mailing:
         async with self.store.write() as tx:

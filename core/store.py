@@ -455,6 +455,15 @@ class Tx:
             "UPDATE mailings SET position = ? WHERE id = ?", [(i + 1, mid) for i, mid in enumerate(order)]
         )
 
+    async def last_events(self, mailing_id: int, kinds: tuple[str, ...], n: int = 2) -> list[tuple[str, str]]:
+        """The mailing's latest `n` events of these kinds, newest first, as (kind, detail)."""
+        marks = ",".join("?" * len(kinds))
+        async with self.db.execute(
+            f"SELECT kind, detail FROM events WHERE mailing_id = ? AND kind IN ({marks}) ORDER BY id DESC LIMIT ?",
+            (mailing_id, *kinds, n),
+        ) as cur:
+            return [(str(k), str(d)) for k, d in await cur.fetchall()]
+
     async def add_event(self, mailing_id: int, kind: str, detail: str = "") -> None:
         await self.db.execute(
             "INSERT INTO events (mailing_id, at, kind, detail) VALUES (?, ?, ?, ?)",
@@ -1001,6 +1010,20 @@ class Store:
                 _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate, marks or [], held  # noqa: SLF001
             )
         return claimed, _mailing_from_row(row)
+
+    async def next_retry(self, mailing_id: int) -> float | None:
+        """Wall-clock time of the mailing's earliest deferred recipient's next attempt."""
+        async with self.db.execute(
+            "SELECT MIN(next_attempt_at) FROM recipients WHERE mailing_id = ? AND state = 'deferred'", (mailing_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def last_sent_at(self) -> datetime | None:
+        """When a mailing last counted a message sent (its row's last update), across runs."""
+        async with self.db.execute("SELECT MAX(updated_at) FROM mailings WHERE sent > 0") as cur:
+            row = await cur.fetchone()
+        return parse_iso(row[0]) if row and row[0] else None
 
     async def has_due_work(self, mailing_id: int) -> bool:
         async with self.db.execute(

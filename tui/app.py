@@ -48,11 +48,22 @@ from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder, SenderLease
 from mailtower.core.lifecycle import Direction, Lifecycle, Offer, offers
-from mailtower.core.operations import split_by_zone
-from mailtower.core.progress import SenderState, queue_estimates
+from mailtower.core.limits import read_limits
+from mailtower.core.operations import request_resume, split_by_zone
+from mailtower.core.progress import (
+    Hold,
+    HoldState,
+    SenderState,
+    blended_rate,
+    expected_rate,
+    hold_of,
+    paused_relays,
+    queue_estimates,
+)
+from mailtower.core.relays import parse_waiting
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, storage_error
-from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
+from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu, queue_offers
 from . import loops
@@ -73,6 +84,7 @@ TABLE_CHROME = 3  # border left and right, and the vertical scrollbar's gutter
 HEARTBEAT_STALE = 5.0  # seconds: a monitored sender that has not written for this long is silent
 SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
 STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
+EXPECT_FOR = 5.0  # seconds after an action of ours during which its mailing's move is not announced again
 HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
 CHILD_STDIN = "/dev/stdin"  # where a background sender reads a password that came from a pipe
 QUIT_HELP = "leave the dashboard (sending continues in the background)"
@@ -329,12 +341,18 @@ class DashboardApp(App[int]):
         self._active_since: float | None = None
         self._stopping = False
         self._leaving = False
-        self._expected: set[int] = set()  # mailings our own actions changed: no "moved" notice for them
+        # Mailings our own actions changed, until when (monotonic): their own toast says what
+        # happened, so no second "moved" notice (with a count a beat later) for them.
+        self._expected: dict[int, float] = {}
         self._keys_cache: dict[Section, tuple[list[Mailing], str, list[int], list[str]]] = {}
         self.filter_text = ""
         self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
         self._read_failed = False
         self.open_error: str | None = None  # the one line to print when the database would not open
+        self._next_retry: dict[int, float] = {}  # current mailings left with deferred recipients only
+        self._prior_accept: float | None = None  # the last accept before this dashboard started
+        self._limit_rates = (0.0, 0.0)  # configured rate and hourly limit: the first ETA's basis
+        self._rate_from: tuple[int | None, float] = (None, 0.0)  # (head, monotonic) sending began
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -357,6 +375,7 @@ class DashboardApp(App[int]):
             return
         self.lifecycle = Lifecycle(self.store)
         self._install_signal_handlers()
+        await self._read_history()
         await self._check_lease()
         self.relayout()
         await self.refresh_now()
@@ -364,6 +383,22 @@ class DashboardApp(App[int]):
         # keeping it out of the collector's full passes removes their pauses from scrolling.
         gc.freeze()
         self.set_interval(self.refresh_interval, self._tick, name="refresh")
+
+    async def _read_history(self) -> None:
+        """What earlier runs knew, read before our sender starts (it overwrites sender_last_accept):
+        when a message was last accepted, and the configured pace for the first estimates."""
+        store = self.store
+        assert store is not None
+        try:
+            last = [_float(await store.meta("sender_last_accept"))]
+            sent_at = await store.last_sent_at()
+            if sent_at is not None:
+                last.append(sent_at.timestamp())
+            self._prior_accept = max(last) or None
+            limits = await read_limits(store, self.settings)
+            self._limit_rates = (limits.rate, limits.rate_per_hour)
+        except (sqlite3.Error, OSError, UserError) as exc:
+            log.warning("could not read the sending history: %s", exc)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -540,10 +575,16 @@ class DashboardApp(App[int]):
                 sections[section] = await store.mailings(section)
         self._signatures = signatures
         if self.mode is Mode.MONITORING:
-            keys = ("sender_state", "sender_reason", "sender_rate", "sender_last_accept", "sender_heartbeat")
+            keys = ("sender_state", "sender_reason", "sender_rate", "sender_last_accept", "sender_heartbeat", "sender_waiting")
             self._meta = {key: (await store.meta(key)) or "" for key in keys}
         self._announce_moves(self.sections, sections)
         self.sections = sections
+        self._next_retry = {}
+        for mailing in sections[Section.CURRENT]:
+            if 0 < mailing.remaining <= mailing.deferred:  # nothing left but retries
+                at = await store.next_retry(mailing.id)
+                if at is not None:
+                    self._next_retry[mailing.id] = at
 
     def _announce_moves(self, old: dict[Section, list[Mailing]], new: dict[Section, list[Mailing]]) -> None:
         before = {m.id: m for ms in old.values() for m in ms}
@@ -551,11 +592,11 @@ class DashboardApp(App[int]):
             return  # the first read: nothing moved, it was all there already
         for mailing in (m for ms in new.values() for m in ms):
             was = before.get(mailing.id)
-            if was is None or mailing.id in self._expected:
+            if was is None or self._expected.get(mailing.id, 0.0) > time.monotonic():
                 continue
             if was.state is not mailing.state or was.missed != mailing.missed:
                 self.post_message(MailingMoved(mailing, was.state))
-        self._expected.clear()
+        self._expected = {k: t for k, t in self._expected.items() if t > time.monotonic()}
 
     def on_mailing_moved(self, message: MailingMoved) -> None:
         mailing, name = message.mailing, " ".join(message.mailing.name.split())
@@ -566,7 +607,7 @@ class DashboardApp(App[int]):
         elif message.before is MailingState.SCHEDULED and mailing.section is Section.CURRENT:
             self.notify(f"{name} came due and joined the queue", title="Scheduled", timeout=5)
         elif mailing.state is MailingState.STOPPED and message.before is not MailingState.STOPPED:
-            self.notify(f"{name} was stopped ({mailing.remaining:,} remaining)", timeout=5)
+            self.notify(f"{name} was stopped ({mailing.counts_text()})", timeout=5)
 
     def notify(
         self,
@@ -631,6 +672,41 @@ class DashboardApp(App[int]):
             return _float(self._meta.get("sender_rate"))
         return 0.0
 
+    def estimate_rate(self, current: list[Mailing]) -> float:
+        """The rate behind the ETAs: the measured one, blended in over the first seconds of a
+        head's sending from what its last run and the limits say (core.progress.blended_rate)."""
+        measured = self.current_rate()
+        head = next((m for m in current if m.state is MailingState.SENDING), None)
+        if head is None or (self.sender is None and self.mode is not Mode.MONITORING):
+            self._rate_from = (None, 0.0)
+            return measured
+        expected = expected_rate(head.rate, *self._limit_rates)
+        if self.sender is None:
+            # Another process: how long it has measured is unknown; its rate, once it has one.
+            return measured if measured > 0 else expected
+        if self._rate_from[0] != head.id:
+            self._rate_from = (head.id, time.monotonic())
+        return blended_rate(measured, expected, time.monotonic() - self._rate_from[1])
+
+    def waiting_document(self) -> dict[str, object]:
+        """Why the sender is held back: our sender's own document, or what another process wrote
+        (the meta `status --json` reads, parsed by core.relays.parse_waiting)."""
+        if self.sender is not None:
+            return self.sender.waiting_document()
+        if self.mode is Mode.MONITORING and self._remote_state() not in ("silent", "stopped"):
+            return parse_waiting(self._meta.get("sender_waiting"))
+        return {}
+
+    def holds(self, current: list[Mailing] | None = None) -> dict[int, Hold]:
+        """Why each current mailing is held back now (paused, waiting, throttled, retrying)."""
+        doc = self.waiting_document()
+        result: dict[int, Hold] = {}
+        for mailing in self.sections[Section.CURRENT] if current is None else current:
+            hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
+            if hold is not None:
+                result[mailing.id] = hold
+        return result
+
     def _remote_state(self) -> str:
         heartbeat = _float(self._meta.get("sender_heartbeat"))
         if not heartbeat or self.now().timestamp() - heartbeat > HEARTBEAT_STALE:
@@ -662,8 +738,9 @@ class DashboardApp(App[int]):
         section = table.section
         if section is Section.CURRENT:
             current = self.live_current()
-            rate = self.current_rate()
+            rate = self.estimate_rate(current)
             estimates = queue_estimates(current, rate, view.now) if rate > 0 else {}
+            holds = self.holds(current)
             assert table.layout_spec is not None
             bar = table.layout_spec.width_of("progress") - 6
 
@@ -673,7 +750,7 @@ class DashboardApp(App[int]):
                 index = indexes[i]
                 m = current[index]
                 # The place in the whole queue, whatever the filter hides.
-                return current_cells(m, index + 1, estimates.get(m.id), rate, view, bar)
+                return current_cells(m, index + 1, estimates.get(m.id), rate, view, bar, holds.get(m.id))
 
             return keys, current_row
         mailings = self.sections[section]
@@ -735,6 +812,14 @@ class DashboardApp(App[int]):
             last = _float(self._meta.get("sender_last_accept")) or None
         else:
             return HeaderInfo(Mode.OFF, reason=self.sender_failure, where=where)
+        prior = self._prior_accept
+        if not last and prior is not None and prior <= now_epoch:
+            last = prior  # accepted in an earlier run: not "never" (a time ahead of the clock is ignored)
+        current = self.sections[Section.CURRENT]
+        holds = self.holds(current)
+        # The header speaks of the first mailing in the queue that is held back by the server.
+        hold = next((holds[m.id] for m in current if m.id in holds and holds[m.id].state is not HoldState.RETRYING), None)
+        held_since = to_zone(datetime.fromtimestamp(hold.since, now.tzinfo), self.operator_tz) if hold and hold.since else None
         active = state in ("sending", "waiting") and bool(self.sections[Section.CURRENT])
         if active and self._active_since is None:
             self._active_since = now_epoch
@@ -754,6 +839,10 @@ class DashboardApp(App[int]):
             last_accept_age=None if last is None else now_epoch - last,
             stalled_for=stalled_for,
             where=where,
+            hold=hold,
+            hold_since=f"{held_since:%H:%M}" if held_since is not None else "",
+            next_try_in=hold.next_try - now_epoch if hold is not None and hold.next_try else None,
+            in_doubt=sum(m.in_doubt for m in current),
         )
 
     # ---- what the highlighted row is --------------------------------------------------------
@@ -777,7 +866,19 @@ class DashboardApp(App[int]):
     def offers_for(self, mailing: Mailing) -> list[Offer]:
         queue = [m.id for m in self.sections[Section.CURRENT]]
         index = queue.index(mailing.id) if mailing.id in queue else None
-        return queue_offers(offers(mailing, any_sending=self.any_sending()), index, len(queue))
+        found = queue_offers(offers(mailing, any_sending=self.any_sending()), index, len(queue))
+        if index is not None and self._resumable(mailing):
+            found = [Offer("resume", "Resume sending"), *found]  # only while a relay is paused
+        return found
+
+    def _resumable(self, mailing: Mailing) -> bool:
+        """A relay is paused and it concerns this mailing: it holds it back, or (a pool carrying
+        on without the paused relay) this is the mailing being sent."""
+        doc = self.waiting_document()
+        hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
+        if hold is not None and hold.state is HoldState.PAUSED:
+            return True
+        return mailing.state is MailingState.SENDING and bool(paused_relays(doc))
 
     def _follow_menu(self) -> None:
         """The open Actions menu shows what can be done now, not what could when it opened."""
@@ -861,6 +962,10 @@ class DashboardApp(App[int]):
             return
         await self.perform(key, mailing)
 
+    def _expect(self, *mailing_ids: int) -> None:
+        until = time.monotonic() + EXPECT_FOR
+        self._expected.update((mailing_id, until) for mailing_id in mailing_ids)
+
     async def perform(self, key: str, mailing: Mailing) -> None:
         """Carry out one Actions-menu entry; refused actions and bad input become one notice."""
         try:
@@ -868,6 +973,8 @@ class DashboardApp(App[int]):
         except UserError as exc:
             self.notify(str(exc), title="Not done", severity="error", timeout=8)
             done = None
+        # Counted from when it was done, not when its dialog opened: one toast per action.
+        self._expect(mailing.id, *(k for k, t in self._expected.items() if t > time.monotonic()))
         if done:
             self.notify(done, timeout=4)
         await self.refresh_now()
@@ -883,7 +990,9 @@ class DashboardApp(App[int]):
         store = self.store
         assert lifecycle is not None and store is not None
         name = " ".join(mailing.name.split())
-        self._expected.add(mailing.id)
+        self._expect(mailing.id)
+        if key == "resume":
+            return await self._resume(mailing)
         if key == "stop":
             message = (
                 f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
@@ -893,7 +1002,7 @@ class DashboardApp(App[int]):
             if not await self._ask("Cancel sending", message, "Stop sending", "Keep sending"):
                 return None
             stopped = await lifecycle.stop(mailing.id)
-            return f"Stopped “{name}”: {plural(stopped.remaining, 'remaining recipient')} kept (Inactive)"
+            return f"Stopped “{name}”: {stopped.counts_text()} (Inactive; messages already in flight are still counted)"
         if key in MOVES:
             position = await lifecycle.move(mailing.id, MOVES[key])
             return f"“{name}” is now number {position} in the queue"
@@ -922,7 +1031,7 @@ class DashboardApp(App[int]):
             if not await self._ask("Restart sending", message, "Restart", "Keep stopped"):
                 return None
             await lifecycle.restart(mailing.id)
-            return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current)"
+            return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
         if key == "delete":
             message = (
                 f"Delete “{name}” and its recipient list ({plural(mailing.total, 'recipient')})? "
@@ -933,6 +1042,15 @@ class DashboardApp(App[int]):
             await lifecycle.delete(mailing.id)
             return f"Deleted “{name}”"
         raise UserError(f"unknown action {key!r}")
+
+    async def _resume(self, mailing: Mailing) -> str:
+        """Ask the sender (ours or another process's) to try the paused relays again now."""
+        store = self.store
+        assert store is not None
+        names = paused_relays(self.waiting_document())
+        await request_resume(store)
+        relays = ", ".join(names) if names else "the paused relays"
+        return f"Asked the sender to try {relays} again now (one connection logs in first)"
 
     async def _ask(self, title: str, message: str, confirm_label: str, keep_label: str) -> bool:
         """A destructive question: it opens on `keep_label`; only its own key (or Tab) confirms."""
@@ -949,7 +1067,7 @@ class DashboardApp(App[int]):
         name = " ".join(mailing.name.split())
         if request.local_time:
             results = await split_by_zone(store, lifecycle, mailing.id, request.local, request.tz)
-            self._expected.update(mailing_id for mailing_id, _ in results)
+            self._expect(*(mailing_id for mailing_id, _ in results))
             for _, resolved in results:
                 if resolved.warning:
                     self.notify(resolved.warning, severity="warning", timeout=8)
@@ -962,7 +1080,9 @@ class DashboardApp(App[int]):
     def _details_screen(self, store: Store, mailing: Mailing) -> Screen[None]:
         from .screens.details import DetailsScreen
 
-        return DetailsScreen(store, mailing)
+        return DetailsScreen(
+            store, mailing, operator_tz=self.operator_tz, hold=lambda mailing_id: self.holds().get(mailing_id)
+        )
 
     def _remaining_screen(self, store: Store, mailing: Mailing) -> Screen[None]:
         from .screens.remaining import RemainingScreen

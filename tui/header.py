@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widget import Widget
 
 from mailtower.core.display import safe
+from mailtower.core.progress import Hold, HoldState, short_reason
+
+
+REPLY_CODE = re.compile(r"[245]\d\d(?: [245]\.\d{1,3}\.\d{1,3})?")  # "421 4.7.0"
 
 
 class Mode(str, enum.Enum):
@@ -30,6 +35,10 @@ class HeaderInfo:
     last_accept_age: float | None = None  # seconds since the server last accepted a message
     stalled_for: float | None = None  # seconds without progress while work is current
     where: str = ""  # right-hand side: operator zone and tzdata version
+    hold: Hold | None = None  # why the head (or the first held) current mailing does not send now
+    hold_since: str = ""  # the hold's start, as a clock time in the operator's zone
+    next_try_in: float | None = None  # seconds until the sender tries again (None: unknown)
+    in_doubt: int = 0  # recipients of current mailings that may have reached the server already
 
 
 def age_text(seconds: float | None) -> str:
@@ -43,9 +52,54 @@ def age_text(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min ago"
 
 
-def _activity(state: str, rate: float, reason: str) -> tuple[str, str]:
+def in_text(seconds: float) -> str:
+    """"in 8 s", "in 14 min", "in 2 h 05 min": how long until the next try."""
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"in {seconds} s"
+    if seconds < 3600:
+        return f"in {seconds // 60} min"
+    return f"in {seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def hold_text(info: HeaderInfo, tight: bool = False) -> str:
+    """"paused: login refused · since 10:39 · next try in 14 min": one plain line about a hold;
+    the full reason is in the mailing's Details, Resume sending in its Actions menu."""
+    hold = info.hold
+    assert hold is not None
+    if tight:  # a narrow terminal: what, and when it tries again (since when is in Details)
+        what = f"{hold.state.value}: {hold.short}" if hold.short else hold.state.value
+        if hold.state is HoldState.THROTTLED:  # a server's reply: its code says enough here
+            code = REPLY_CODE.match(hold.short)
+            what = f"throttled ({code.group(0)})" if code else "throttled"
+        when = f" · next try {in_text(info.next_try_in)}" if info.next_try_in is not None else ""
+        return safe(what) + when
+    if hold.state is HoldState.PAUSED:
+        what = f"paused: {hold.short or 'the server refuses us'}"
+    elif hold.state is HoldState.THROTTLED:
+        what = f"throttled: {hold.short or 'the server asked us to slow down'}"
+    elif hold.state is HoldState.RETRYING:
+        what = f"retrying {hold.count:,}"
+    else:
+        what = f"waiting: {hold.short or 'the SMTP server does not answer'}"
+    parts = [safe(what)]
+    if info.hold_since:
+        parts.append(f"since {info.hold_since}")
+    if info.next_try_in is not None:
+        parts.append(f"next try {in_text(info.next_try_in)}")
+    return " · ".join(parts)
+
+
+def _activity(
+    state: str, rate: float, reason: str, info: HeaderInfo | None = None, tight: bool = False
+) -> tuple[str, str]:
     """(text, style) for a sender state, ours or another process's."""
+    hold = info.hold if info is not None else None
+    if hold is not None and hold.state in (HoldState.PAUSED, HoldState.WAITING) and state in ("waiting", "sending"):
+        return hold_text(info, tight), "bold yellow"  # type: ignore[arg-type]
     if state == "sending":
+        if hold is not None and hold.state is HoldState.THROTTLED:
+            return f"sending {rate:.1f} msg/s · {hold_text(info, tight)}", "bold yellow"  # type: ignore[arg-type]
         return f"sending {rate:.1f} msg/s", "bold green"
     if state == "waiting":
         return f"waiting for the SMTP server ({safe(reason) or 'no reason given'})", "bold yellow"
@@ -54,7 +108,7 @@ def _activity(state: str, rate: float, reason: str) -> tuple[str, str]:
     return "idle", "bold"
 
 
-def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
+def _left(info: HeaderInfo, *, short: bool, holder: str = "", tight: bool = False) -> Text:
     text = Text()
     if info.stalled_for is not None:
         text.append(" STALLED ", style="bold white on red")
@@ -62,7 +116,7 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
     if info.mode is Mode.MONITORING:
         text.append("monitoring ", style="bold cyan")
         text.append(safe(holder))  # from the lease file another process wrote
-        activity, style = _activity(info.remote_state, info.rate, info.reason)
+        activity, style = _activity(info.remote_state, info.rate, info.reason, info, tight)
         text.append(": ")
         text.append(activity, style=style)
     elif info.mode is Mode.OFF and info.reason:
@@ -74,9 +128,13 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
     elif info.mode is Mode.STOPPING:
         text.append("stopping the sender…", style="bold yellow")
     else:
-        activity, style = _activity(info.mode.value, info.rate, info.reason)
+        activity, style = _activity(info.mode.value, info.rate, info.reason, info, tight)
         text.append(activity, style=style)
-    if info.mode not in (Mode.OFF, Mode.STOPPING):
+    if info.in_doubt and info.mode not in (Mode.OFF, Mode.STOPPING):
+        text.append(f" · {info.in_doubt:,} in doubt", style="magenta")
+    held = info.hold is not None and info.hold.state in (HoldState.PAUSED, HoldState.WAITING)
+    if info.mode not in (Mode.OFF, Mode.STOPPING) and not (short and held):
+        # Short of room while held back, the hold's "since" says more than the last accept.
         text.append(" · accepted " if short else " · last accepted ", style="dim")
         text.append(age_text(info.last_accept_age))
     return text
@@ -85,9 +143,12 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "") -> Text:
 def header_text(info: HeaderInfo, width: int = 200) -> Text:
     """The line for `width` cells: the zone data goes first, then words, then the end is cut."""
     holders = info.holder or ("",)
-    tries = [(False, True, holders[0]), (False, False, holders[0])] + [(True, False, h) for h in holders]
-    for short, where, holder in tries:
-        left = _left(info, short=short, holder=holder)
+    tries = [(False, True, holders[0], False), (False, False, holders[0], False)]
+    tries += [(True, False, h, False) for h in holders]
+    if info.hold is not None:
+        tries.append((True, False, holders[-1], True))
+    for short, where, holder, tight in tries:
+        left = _left(info, short=short, holder=holder, tight=tight)
         right = Text(info.where, style="dim") if where and info.where else Text()
         room = width - 2 - left.cell_len - right.cell_len
         if room >= (2 if right else 0):
@@ -128,14 +189,16 @@ def notice_text(warnings: list[str], relays: tuple) -> Text:  # relays: core.rel
     for warning in warnings:
         text.append(" ⚠ ", style="bold black on yellow")
         text.append(f" {safe(warning)}  ", style="yellow")
-    if len(relays) > 1 or any(r.state == "resting" for r in relays):
+    # One relay's trouble is the header's line; a pool says which relay is in which condition,
+    # each reason cut to its first clause (the full text is in the mailing's Details).
+    if len(relays) > 1:
         text.append(" relays:", style="dim")
         for relay in relays:
             text.append(f" {safe(relay.name)} ")
-            if relay.state == "resting":
-                text.append("resting", style="bold yellow")
+            if relay.state in ("resting", "paused", "throttled"):
+                text.append(relay.state, style="bold yellow")
                 if relay.reason:
-                    text.append(f" ({safe(relay.reason)})", style="dim")
+                    text.append(f" ({safe(short_reason(relay.reason))})", style="dim")
             elif relay.state == "up":
                 text.append(f"up {relay.rate:.0f}/s", style="green")
             else:

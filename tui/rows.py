@@ -14,7 +14,10 @@ from rich.text import Text
 
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, MailingState, Section
-from mailtower.core.timezones import humanize_delta, to_zone
+from mailtower.core.progress import Hold, HoldState
+from mailtower.core.domain import Schedule
+from mailtower.core.errors import UserError
+from mailtower.core.timezones import Shift, humanize_delta, resolve, to_zone
 
 BAR_FULL = "█"
 BAR_EMPTY = "░"
@@ -192,8 +195,61 @@ def rate_text(rate: float, compact: bool) -> str:
 # ---- one row per section ----------------------------------------------------------------------
 
 
+# The glyph before the queue place of a mailing that is held back, and its style.
+HOLD_GLYPHS: dict[HoldState, tuple[str, str]] = {
+    HoldState.PAUSED: ("‖", "bold yellow"),
+    HoldState.WAITING: ("…", "bold yellow"),
+    HoldState.THROTTLED: ("≈", "yellow"),
+    HoldState.RETRYING: ("↻", "cyan"),
+}
+
+
+def hold_words(hold: Hold, view: View) -> str:
+    """What the ETA and Left columns say instead of a time while a mailing is held back:
+    "paused: login refused", "throttled, try 10:41", "retrying 24 at 10:41"."""
+    at = finish_text(datetime.fromtimestamp(hold.next_try, view.now.tzinfo), view) if hold.next_try else ""
+    if hold.state is HoldState.PAUSED:
+        return f"paused: {hold.short}" if hold.short else "paused"
+    if hold.state is HoldState.THROTTLED:
+        return f"throttled, try {at}" if at else "throttled"
+    if hold.state is HoldState.RETRYING:
+        return f"retrying {count(hold.count, view.compact)} at {at}" if at else f"retrying {count(hold.count, view.compact)}"
+    return f"waiting: {hold.short}" if hold.short else "waiting"
+
+
+def _short_hold_words(hold: Hold, view: View) -> str:
+    """A narrow terminal's form: the state, and the time when it fits (the header says why)."""
+    at = finish_text(datetime.fromtimestamp(hold.next_try, view.now.tzinfo), view) if hold.next_try else ""
+    if hold.state is HoldState.RETRYING and at:
+        return f"retry {at}"
+    return hold.state.value
+
+
+def _fixed_width(section: Section, key: str, compact: bool) -> int:
+    return next(cw if compact else ww for k, _, cw, ww, _ in _FIXED[section] if k == key)
+
+
+def _hold_cells(hold: Hold, view: View) -> tuple[Cell, Cell]:
+    """The ETA and Left cells read as one left-aligned phrase across both columns."""
+    words = hold_words(hold, view)
+    first = _fixed_width(Section.CURRENT, "finish", view.compact) - 1  # after the separating space
+    second = _fixed_width(Section.CURRENT, "left", view.compact)
+    if len(words) > first + second and view.compact:
+        words = _short_hold_words(hold, view)
+    if len(words) > first + second:
+        words = words[: first + second - 1] + "…"
+    style = HOLD_GLYPHS[hold.state][1]
+    return (False, ((" " + words[:first], style),)), (False, ((words[first:], style),))
+
+
 def current_cells(
-    mailing: Mailing, position: int, eta: datetime | None, rate: float, view: View, bar_width: int
+    mailing: Mailing,
+    position: int,
+    eta: datetime | None,
+    rate: float,
+    view: View,
+    bar_width: int,
+    hold: Hold | None = None,
 ) -> Cells:
     compact = view.compact
     sending = mailing.state is MailingState.SENDING
@@ -205,17 +261,21 @@ def current_cells(
     else:
         finish = finish_text(eta, view)
         left = duration((eta - view.now).total_seconds(), compact)
-    marker = "▶" if sending else ""
+    marker, marker_style = ("▶" if sending else ""), ("bold" if sending else "")
+    finish_cell, left_cell = _cell(finish, right=True), _cell(left, right=True)
+    if hold is not None and mailing.remaining > 0:
+        marker, marker_style = HOLD_GLYPHS[hold.state]
+        finish_cell, left_cell = _hold_cells(hold, view)
     return (
-        _cell(f"{marker}{position}", "bold" if sending else "", right=True),
+        _cell(f"{marker}{position}", marker_style, right=True),
         _name(mailing, "bold" if sending else ""),
         progress_bar(done, mailing.total, bar_width),
         _cell(f"{count(mailing.sent, compact)}/{count(mailing.total, compact)}", right=True),
         _cell(count(mailing.failed, compact), "red" if mailing.failed else "", right=True),
         _cell(count(mailing.deferred, compact), "yellow" if mailing.deferred else "", right=True),
         _cell(rate_text(rate, compact) if sending else DASH, right=True),
-        _cell(finish, right=True),
-        _cell(left, right=True),
+        finish_cell,
+        left_cell,
     )
 
 
@@ -223,7 +283,7 @@ def scheduled_cells(mailing: Mailing, view: View) -> Cells:
     schedule = mailing.schedule
     if schedule is None:  # cannot happen for a scheduled mailing; shown plainly if it does
         return (_name(mailing), _cell(DASH), _cell(DASH), _cell(DASH, right=True))
-    local = f"{schedule.local:%Y-%m-%d %H:%M} {schedule.tz}"
+    local = f"{send_time_text(schedule)} {schedule.tz}"
     here = here_text(schedule.utc, view)
     delta = schedule.utc - view.now
     if mailing.missed:
@@ -233,6 +293,21 @@ def scheduled_cells(mailing: Mailing, view: View) -> Cells:
     else:
         starts = _cell(_short_delta(delta) if view.compact else humanize_delta(delta), right=True)
     return (_name(mailing, "red" if mailing.missed else ""), _cell(local), _cell(here), starts)
+
+
+def send_time_text(schedule: Schedule) -> str:
+    """The wall time a schedule is really sent at: as typed when it exists once; a time the
+    clocks skip as the time it becomes ("03:30 CEST"); a time that happens twice with the offset
+    it took ("02:30 CEST (first)"). core.timezones.resolve decides; nothing is converted here."""
+    try:
+        resolved = resolve(schedule.local, schedule.tz)
+    except (UserError, ValueError, KeyError, OSError):
+        return f"{schedule.local:%Y-%m-%d %H:%M}"  # the zone went away: as stored
+    if resolved.shift is Shift.NONE:
+        return f"{resolved.effective:%Y-%m-%d %H:%M}"
+    label = to_zone(resolved.utc, schedule.tz).tzname() or ""
+    first = " (first)" if resolved.shift is Shift.FOLD else ""
+    return f"{resolved.effective:%Y-%m-%d %H:%M} {label}{first}"
 
 
 def _short_delta(delta: timedelta) -> str:

@@ -519,7 +519,7 @@ async def test_waiting_for_a_dead_server_is_shown_and_stalls(tmp_path: Path) -> 
     app = DashboardApp(settings, operator_tz=OPERATOR_TZ, stall_after=1.0)
     async with running(app, size=(120, 30)):
         header = app.dashboard.query_one(HeaderLine)
-        await wait_for(lambda: "waiting for the SMTP server" in header.plain, timeout=10)
+        await wait_for(lambda: "waiting: cannot reach the server" in header.plain, timeout=10)
         await wait_for(lambda: "STALLED" in header.plain, timeout=10)
         await app.leave(ask=False, hand_off=False).wait()
     assert not SenderLease(db).holder()

@@ -587,7 +587,7 @@ async def test_one_recipient_is_singular(tmp_path: Path) -> None:
         dialog = await question(pilot)
         assert "1 recipient has not received it yet" in dialog.message
         await pilot.press("s")
-        await wait_for(lambda: notified(app, "1 remaining recipient kept"))
+        await wait_for(lambda: notified(app, "1 remaining, 0 failed"))
         await focus_row(pilot, Section.INACTIVE, mailing_id)
         await choose(pilot, "delete")
         dialog = await question(pilot)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -16,6 +17,7 @@ from textual.widgets import Footer, Static
 
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, Section
+from mailtower.core.progress import Hold, HoldState
 from mailtower.core.store import Store
 from mailtower.core.timezones import is_valid_zone, operator_zone, to_zone
 
@@ -126,6 +128,44 @@ def timeline_table(events: list[tuple[datetime, str, str]], tz: str) -> Renderab
     return Group(heading, Text(f"  times in {tz}", style="dim"), table)
 
 
+def hold_line(hold: Hold, tz: str) -> Text:
+    """Why the mailing does not send now, in full, and when the sender tries again."""
+    def clock(wall: float) -> str:
+        local = to_zone(datetime.fromtimestamp(wall, timezone.utc), tz)
+        return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}"
+
+    if hold.state is HoldState.RETRYING:
+        what = f"retrying: {hold.count:,} recipients wait for a retry"
+    else:
+        what = f"{hold.state.value}: {hold.reason or 'no reason given'}"
+    text = Text("Now: ", style="bold")
+    text.append(safe(what))
+    if hold.relays:
+        text.append(f" (relay {safe(', '.join(hold.relays))})")
+    if hold.since:
+        text.append(f"; since {clock(hold.since)}")
+    if hold.next_try:
+        text.append(f"; next try {clock(hold.next_try)}")
+    if hold.state is HoldState.PAUSED:
+        text.append("; Resume sending is in the Actions menu")
+    return text
+
+
+def schedule_line(mailing: Mailing) -> Text:
+    from mailtower.tui.rows import send_time_text
+
+    schedule = mailing.schedule
+    assert schedule is not None
+    text = Text("Send time: ", style="bold")
+    text.append(f"{send_time_text(schedule)} {safe(schedule.tz)}")
+    asked = f"{schedule.local:%Y-%m-%d %H:%M}"
+    if not send_time_text(schedule).startswith(asked + " ") and send_time_text(schedule) != asked:
+        text.append(f" (asked for {asked}, which does not exist there)", style="dim")
+    elif send_time_text(schedule).endswith("(first)"):
+        text.append(" (that wall time happens twice; the first is used)", style="dim")
+    return text
+
+
 class DetailsScreen(Screen[None]):
     """What happened to one mailing. Escape goes back; `r` reloads."""
 
@@ -163,10 +203,18 @@ class DetailsScreen(Screen[None]):
         Binding("r", "reload", "Reload"),
     ]
 
-    def __init__(self, store: Store, mailing: Mailing, *, operator_tz: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        mailing: Mailing,
+        *,
+        operator_tz: str | None = None,
+        hold: Callable[[int], Hold | None] | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
         self.mailing = mailing
+        self.hold = hold  # why a current mailing is held back now (the dashboard knows, the store not)
         zone = operator_tz or operator_zone()
         self.operator_tz = zone if is_valid_zone(zone) else "UTC"
 
@@ -174,6 +222,7 @@ class DetailsScreen(Screen[None]):
         yield Static(id="details-title", markup=False)
         with VerticalScroll(id="details-body"):
             yield Static(id="outcomes")
+            yield Static(id="now", markup=False)
             yield Static(id="last-error", markup=False)
             with Horizontal(classes="pair"):
                 yield Static(id="failed-codes")
@@ -204,10 +253,19 @@ class DetailsScreen(Screen[None]):
         self.query_one("#details-title", Static).update(
             Text(
                 f"Details: {safe(mailing.name)} (id {mailing.id}, {mailing.state.value}) · "
-                f"{mailing.remaining:,} of {mailing.total:,} not received"
+                f"{mailing.sent:,} of {mailing.total:,} sent, {mailing.counts_text()}"
             )
         )
         self.query_one("#outcomes", Static).update(Group(Text("Outcomes", style="bold"), outcome_table(data)))
+        now = self.query_one("#now", Static)
+        hold = self.hold(mailing.id) if self.hold is not None and mailing.section is Section.CURRENT else None
+        lines = []
+        if mailing.schedule is not None and mailing.section is Section.SCHEDULED:
+            lines.append(schedule_line(mailing))
+        if hold is not None:
+            lines.append(hold_line(hold, self.operator_tz))
+        now.update(Text("\n").join(lines) if lines else "")
+        now.display = bool(lines)
         last_error = self.query_one("#last-error", Static)
         last_error.update(Text(f"Last error: {safe(mailing.last_error)}") if mailing.last_error else "")
         last_error.display = bool(mailing.last_error)
