@@ -47,19 +47,19 @@ from mailtower.core.config import (
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder, SenderLease
-from mailtower.core.lifecycle import Direction, Lifecycle, Offer, offers
+from mailtower.core.lifecycle import Direction, Lifecycle, Offer
 from mailtower.core.operations import split_by_zone
 from mailtower.core.progress import SenderState, queue_estimates
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, tzdata_version, utcnow
 
-from .actions import ActionsMenu, queue_offers
+from .actions import ActionsMenu
 from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
-from .palette import Command, DashboardCommands
+from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
@@ -774,7 +774,7 @@ class DashboardApp(App[int]):
     def offers_for(self, mailing: Mailing) -> list[Offer]:
         queue = [m.id for m in self.sections[Section.CURRENT]]
         index = queue.index(mailing.id) if mailing.id in queue else None
-        return queue_offers(offers(mailing, any_sending=self.any_sending()), index, len(queue))
+        return mailing_offers(mailing, index, len(queue), any_sending=self.any_sending())
 
     def _follow_menu(self) -> None:
         """The open Actions menu shows what can be done now, not what could when it opened."""
@@ -969,23 +969,8 @@ class DashboardApp(App[int]):
     # ---- command palette ---------------------------------------------------------------------
 
     def palette_commands(self) -> list[Command]:
+        """The dashboard's own commands; each mailing's actions come from the palette's provider."""
         commands: list[Command] = []
-        mailing = self.highlighted()
-        if mailing is not None:
-            name = " ".join(mailing.name.split())
-            for offer in self.offers_for(mailing):
-                if offer.enabled:
-                    run = _bind(self._palette_flow, offer.key, mailing.id)
-                    commands.append(Command(f"{offer.label}: {name}", f"{mailing.section.value} mailing", run))
-                else:
-                    reason = offer.reason
-                    commands.append(
-                        Command(
-                            f"{offer.label}: {name} (not available)",
-                            reason,
-                            _bind(self.notify, reason, severity="warning", timeout=8),
-                        )
-                    )
         for section in Section:
             commands.append(
                 Command(
@@ -1004,10 +989,18 @@ class DashboardApp(App[int]):
         commands.append(Command("Quit", QUIT_DEMO if self.demo else QUIT_HELP, self.action_leave))
         return commands
 
+    def palette_run(self, entry: MailingCommand) -> None:
+        """A mailing's action chosen in the palette: the Actions menu's path, confirmations included."""
+        if entry.enabled:
+            self._palette_flow(entry.key, entry.mailing_id)
+        else:
+            self.notify(entry.reason, severity="warning", timeout=8)
+
     def get_system_commands(self, screen: Screen):  # type: ignore[no-untyped-def]
-        # Quit is ours (it hands the sending off); the rest of the system commands stay.
+        # Quit and Keys are ours (Quit hands the sending off; Keys shows this dashboard's keys,
+        # where Textual's Keys panel would show a second, different list): one entry each.
         for command in super().get_system_commands(screen):
-            if command.title != "Quit":
+            if command.title not in ("Quit", "Keys"):
                 yield command
 
     # ---- leaving -----------------------------------------------------------------------------
