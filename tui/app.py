@@ -29,6 +29,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.notifications import SeverityLevel
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
@@ -60,6 +61,7 @@ from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
+from .sparkline import RateHistory, RateSparklines
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
@@ -195,12 +197,15 @@ class Dashboard(Screen[None]):
         # Kept, not queried: the refresh loop uses them several times a second.
         self.header = HeaderLine()
         self.notice = NoticeLine()
+        self.rate = RateSparklines()
         self._tables = {section: MailingTable(section, id=key) for section, key in SECTION_IDS.items()}
         self.filter_bar = FilterBar()
         self._last_table: MailingTable | None = None
 
     def compose(self) -> ComposeResult:
-        yield self.header
+        with Horizontal(id="top"):
+            yield self.header
+            yield self.rate
         yield self.notice
         with PanelStack(id="panels"):
             yield from self._tables.values()
@@ -319,6 +324,8 @@ class DashboardApp(App[int]):
         self._last_read = 0.0
         self._snap_version = -1
         self._last_second = -1
+        self.rate_history = RateHistory()  # the header's sparkline: one sample a second
+        self._sampled_at = -1
         self._next_lease_check = 0.0
         self._sender_retry_at = 0.0
         self.sender_failure = ""  # why our sender stopped, shown in the header until one runs again
@@ -519,10 +526,20 @@ class DashboardApp(App[int]):
             self._follow_menu()
         if snapshot is not None:
             self._snap_version = snapshot.version
+        self._sample_rate(int(mono))
         second = int(self.now().timestamp())
         if read or moved or self._dirty or second != self._last_second:
             self._last_second = second
             self._render()
+
+    def _sample_rate(self, second: int) -> None:
+        """Once a second: the rate the header shows, and each relay's, into the sparkline's history."""
+        if second == self._sampled_at:
+            return
+        self._sampled_at = second
+        relays = self.sender.snapshot.relays if self.sender is not None else ()
+        self.rate_history.sample(self.current_rate(), [(r.name, r.rate) for r in relays])
+        self._dirty = True
 
     async def _read(self, store: Store) -> None:
         self._force = False
@@ -645,6 +662,7 @@ class DashboardApp(App[int]):
             dashboard.header.show(self.header_info(now))
             relays = self.sender.snapshot.relays if self.sender is not None else ()
             dashboard.notice.show(notice_text(self.warnings, relays))
+            dashboard.rate.show(self.rate_history, self.size.width)
             written = 0
             for table in dashboard.tables():
                 if table.layout_spec is None:
