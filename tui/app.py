@@ -526,14 +526,15 @@ class DashboardApp(App[int]):
             self._follow_menu()
         if snapshot is not None:
             self._snap_version = snapshot.version
-        self._sample_rate(int(mono))
         second = int(self.now().timestamp())
+        self._sample_rate(second)
         if read or moved or self._dirty or second != self._last_second:
             self._last_second = second
             self._render()
 
     def _sample_rate(self, second: int) -> None:
-        """Once a second: the rate the header shows, and each relay's, into the sparkline's history."""
+        """Once a second of the dashboard's clock: the rate the header shows, and each relay's,
+        into the sparkline's history. A clock set back samples again at once (`!=`, not `>`)."""
         if second == self._sampled_at:
             return
         self._sampled_at = second

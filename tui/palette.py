@@ -12,7 +12,7 @@ hits are shown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from mailtower.core.lifecycle import Offer, offers
 from .actions import describe, queue_offers
 
 MAX_HITS = 50  # what a person reads; more only costs time to sort and draw
-YIELD_EVERY = 500  # entries matched between two turns of the event loop
+YIELD_EVERY = 100  # mailings indexed and matched between two turns of the event loop
 MAX_NAME = 60  # characters of a name shown in a hit (names can be long)
 
 
@@ -61,6 +61,8 @@ class HasCommands(Protocol):
 
     def palette_run(self, entry: MailingCommand) -> None: ...
 
+    def offers_for(self, mailing: Mailing) -> list[Offer]: ...
+
 
 def mailing_offers(mailing: Mailing, place: int | None, queue_length: int, *, any_sending: bool) -> list[Offer]:
     """The Actions menu of `mailing` (at `place` in a queue of `queue_length`, None if not queued):
@@ -78,26 +80,54 @@ def shown_name(mailing: Mailing) -> str:
     return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
 
 
-def mailing_commands(sections: Mapping[Section, list[Mailing]]) -> list[MailingCommand]:
-    """Every offer of every mailing in every section, in panel order."""
-    current = sections.get(Section.CURRENT, [])
-    places = {m.id: i for i, m in enumerate(current)}
-    any_sending = any(m.state is MailingState.SENDING for m in current)
-    entries: list[MailingCommand] = []
-    for section in Section:
-        for mailing in sections.get(section, []):
-            name = shown_name(mailing)
-            where = describe(mailing)
-            for offer in mailing_offers(mailing, places.get(mailing.id), len(current), any_sending=any_sending):
-                title = f"{action_name(offer)} '{name}' (id {mailing.id})"
-                if not offer.enabled:
-                    title += " (not available)"
-                help = where if offer.label == action_name(offer) else f"{offer.label} · {where}"
-                entries.append(
-                    MailingCommand(title, title.casefold(), help if offer.enabled else offer.reason,
-                                   offer.key, mailing.id, offer.enabled, offer.reason)
-                )
+def commands_of(mailing: Mailing, menu: list[Offer]) -> list[MailingCommand]:
+    """The palette entries of one mailing: one per offer of its Actions menu (`menu`)."""
+    name = shown_name(mailing)
+    where = describe(mailing)
+    entries = []
+    for offer in menu:
+        action = action_name(offer)
+        title = f"{action} '{name}' (id {mailing.id})" + ("" if offer.enabled else " (not available)")
+        help = where if offer.label == action else f"{offer.label} · {where}"
+        entries.append(
+            MailingCommand(
+                title, title.casefold(), help if offer.enabled else offer.reason,
+                offer.key, mailing.id, offer.enabled, offer.reason,
+            )
+        )
     return entries
+
+
+class PaletteIndex:
+    """Every mailing's entries, built as they are first needed and kept while the mailing (the
+    object the app read) and its place in the queue stay the same."""
+
+    def __init__(self) -> None:
+        self._kept: dict[int, tuple[Mailing, tuple[int | None, int, bool], list[MailingCommand]]] = {}
+
+    async def scan(self, sections: Mapping[Section, list[Mailing]]) -> AsyncIterator[MailingCommand]:
+        """Every entry of every section in panel order; the event loop gets a turn every
+        `YIELD_EVERY` mailings, so a long scan never holds up the keyboard."""
+        current = sections.get(Section.CURRENT, [])
+        places = {m.id: i for i, m in enumerate(current)}
+        any_sending = any(m.state is MailingState.SENDING for m in current)
+        kept, seen = self._kept, {}
+        n = 0
+        for section in Section:
+            for mailing in sections.get(section, []):
+                n += 1
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a key typed meanwhile cancels the search here
+                where = (places.get(mailing.id), len(current), any_sending)
+                cached = kept.get(mailing.id)
+                if cached is not None and cached[0] is mailing and cached[1] == where:
+                    entries = cached[2]
+                else:
+                    entries = commands_of(mailing, mailing_offers(mailing, *where[:2], any_sending=any_sending))
+                seen[mailing.id] = (mailing, where, entries)
+                for entry in entries:
+                    yield entry
+        self._kept = seen  # a complete scan: mailings gone since are forgotten
 
 
 def match_words(words: list[str], folded: str) -> list[tuple[int, int]] | None:
@@ -137,21 +167,19 @@ class DashboardCommands(Provider):
 
     def __init__(self, screen, match_style: Style | None = None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(screen, match_style)
-        self._index_of: tuple[tuple[int, ...], list[MailingCommand]] | None = None
+        self._index = PaletteIndex()
 
     def _commands(self) -> list[Command]:
         app = self.app
         return app.palette_commands() if hasattr(app, "palette_commands") else []  # type: ignore[no-any-return]
 
-    def entries(self) -> list[MailingCommand]:
-        """Every (action, mailing) entry; rebuilt only when the app read new sections."""
-        sections = getattr(self.app, "sections", None)
-        if not sections:
-            return []
-        identity = tuple(id(sections.get(section)) for section in Section)
-        if self._index_of is None or self._index_of[0] != identity:
-            self._index_of = (identity, mailing_commands(sections))
-        return self._index_of[1]
+    async def startup(self) -> None:
+        # Build the index while the palette opens, so the first key typed finds it ready.
+        async for _ in self._scan():
+            pass
+
+    def _scan(self) -> AsyncIterator[MailingCommand]:
+        return self._index.scan(getattr(self.app, "sections", None) or {})
 
     def _run(self, entry: MailingCommand) -> Callable[[], object]:
         app = self.app
@@ -173,9 +201,7 @@ class DashboardCommands(Provider):
             return
         found: list[tuple[float, MailingCommand, list[tuple[int, int]]]] = []
         worst = 0.0
-        for n, entry in enumerate(self.entries()):
-            if n % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # a key typed meanwhile cancels this search here
+        async for entry in self._scan():
             spans = match_words(words, entry.folded)
             if spans is None:
                 continue
@@ -197,8 +223,7 @@ class DashboardCommands(Provider):
         app = self.app
         mailing = app.highlighted() if hasattr(app, "highlighted") else None  # type: ignore[attr-defined]
         if mailing is not None:
-            for entry in self.entries():
-                if entry.mailing_id == mailing.id:
-                    yield DiscoveryHit(Content(entry.title), self._run(entry), text=entry.title, help=escape(entry.help))
+            for entry in commands_of(mailing, app.offers_for(mailing)):  # type: ignore[attr-defined]
+                yield DiscoveryHit(Content(entry.title), self._run(entry), text=entry.title, help=escape(entry.help))
         for command in self._commands():
             yield DiscoveryHit(Content(command.title), command.run, text=command.title, help=escape(command.help))
