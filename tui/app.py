@@ -660,10 +660,11 @@ class DashboardApp(App[int]):
         now = self.now()
         dashboard = self.dashboard
         with self.batch_update():
-            dashboard.header.show(self.header_info(now))
+            info = self.header_info(now)
+            dashboard.header.show(info)
             relays = self.sender.snapshot.relays if self.sender is not None else ()
             dashboard.notice.show(notice_text(self.warnings, relays))
-            dashboard.rate.show(self.rate_history, self.size.width)
+            dashboard.rate.show(self.rate_history, self.size.width, info)
             written = 0
             for table in dashboard.tables():
                 if table.layout_spec is None:

@@ -19,16 +19,19 @@ from textual.widgets import Label, Sparkline
 
 from mailtower.core.display import safe
 
+from .header import HeaderInfo, header_text
+
 SAMPLES = 300  # one a second: the last 5 minutes
 # The header's words need about 105 columns when monitoring; below WIDE_FROM the sparkline takes
 # only what the header can spare at 80 and 120 columns without dropping a word.
-NARROW = 12  # columns of the total's sparkline (11 bars: 27 s a bar)
-WIDE = 20  # columns of the total's sparkline from WIDE_FROM on (19 bars: 16 s a bar)
+NARROW = 12  # columns of the total's sparkline: a space and 11 bars (27 s a bar)
+WIDE = 20  # columns from WIDE_FROM on: a space and 19 bars (16 s a bar)
 WIDE_FROM = 160  # terminal columns
 PER_RELAY_WIDTH = 160  # terminal columns from which each relay of a pool gets its own sparkline
 RELAY_SPARK = 10  # columns of each relay's sparkline
 RELAY_LABEL = 8  # characters of a relay's name before its sparkline
-RELAY_CELL = RELAY_LABEL + 1 + RELAY_SPARK + 1  # columns per relay: name, space, sparkline, space
+RELAY_CELL = 1 + RELAY_LABEL + 1 + RELAY_SPARK  # columns per relay: space, name, space, sparkline
+MIN_STRIP = 6  # columns (a space and 5 bars): narrower than that it says nothing and is hidden
 TOTAL = "total"
 
 
@@ -78,46 +81,62 @@ class RateSparklines(Horizontal):
         self.shown: tuple[str, ...] = ()  # the series on screen: ("total",) or relay names
         self.data: dict[str, list[float]] = {}  # what each sparkline was last given (tests read it)
         self._sparks: list[Sparkline] = []
+        self._layout: tuple[tuple[str, ...], int] = ((), -1)
         self._version = -1
 
-    def wanted(self, history: RateHistory, width: int) -> tuple[str, ...]:
-        """Each relay of a pool if the terminal is wide and they take at most a quarter of it."""
-        relays = len(history.relays)
-        if width >= PER_RELAY_WIDTH and relays > 1 and relays * RELAY_CELL <= width // 4:
-            return tuple(history.relays)
-        return (TOTAL,)
-
-    def show(self, history: RateHistory, width: int) -> None:
+    def show(self, history: RateHistory, width: int, header: HeaderInfo | None = None) -> None:
         """Copy the history into the sparklines (only when it changed, or the layout did)."""
-        wanted = self.wanted(history, width)
-        if wanted != self.shown:
-            self._rebuild(wanted, width)
+        layout = strip_layout(history, width, header)
+        if layout != self._layout:
+            self._rebuild(*layout)
         elif history.version == self._version:
             return
         self._version = history.version
-        for i, name in enumerate(self.shown):
+        for spark, name in zip(self._sparks, self.shown):
             series = history.total if name == TOTAL else history.relays.get(name, deque())
             data = history.padded(series)
             if self.data.get(name) != data:
                 self.data[name] = data
-                self._sparks[i].data = data
+                spark.data = data
 
-    def _rebuild(self, wanted: tuple[str, ...], width: int) -> None:
-        self.shown = wanted
+    def _rebuild(self, shown: tuple[str, ...], width: int) -> None:
+        same_series = shown == self.shown
+        self._layout = (shown, width)
+        self.styles.width = width
+        self.display = width > 0
+        if same_series:
+            return  # only the width changed
+        self.shown = shown
         self.data = {}
         self.remove_children()
-        if wanted == (TOTAL,):
-            self.styles.width = WIDE if width >= WIDE_FROM else NARROW
-            self._sparks = [Sparkline([], classes="rate-total")]
-            self.mount(*self._sparks)
-            return
-        self.styles.width = len(wanted) * RELAY_CELL
-        self._sparks = []
+        self._sparks = [Sparkline([], classes="rate-total" if name == TOTAL else "rate-relay") for name in shown]
         widgets: list[Label | Sparkline] = []
-        for name in wanted:
-            label = safe(name)
-            label = label if len(label) <= RELAY_LABEL else label[: RELAY_LABEL - 1] + "…"
-            spark = Sparkline([], classes="rate-relay")
-            self._sparks.append(spark)
-            widgets += [Label(label, classes="rate-relay-name", markup=False), spark]
-        self.mount(*widgets)
+        for name, spark in zip(shown, self._sparks):
+            if name != TOTAL:
+                label = safe(name)
+                label = label if len(label) <= RELAY_LABEL else label[: RELAY_LABEL - 1] + "…"
+                widgets.append(Label(label, classes="rate-relay-name", markup=False))
+            widgets.append(spark)
+        if widgets:
+            self.mount(*widgets)
+
+
+def header_fits(header: HeaderInfo | None, width: int) -> bool:
+    """The header says everything it has to say (in one of its shorter forms if need be) in `width`
+    cells; `header_text` cuts the line short (one cell less, ending in "…") only when it cannot."""
+    return header is None or (width > 0 and header_text(header, width).cell_len == width)
+
+
+def strip_layout(history: RateHistory, width: int, header: HeaderInfo | None) -> tuple[tuple[str, ...], int]:
+    """Which series to draw and how many columns they take: each relay of a pool on a wide
+    terminal, else the total, as wide as the header can spare without losing a word (hidden when
+    it cannot spare `MIN_STRIP`, e.g. STALLED at 80 columns)."""
+    relays = len(history.relays)
+    if width >= PER_RELAY_WIDTH and relays > 1:
+        strip = relays * RELAY_CELL
+        if strip <= width // 4 and header_fits(header, width - strip):
+            return tuple(history.relays), strip
+    for strip in range(WIDE if width >= WIDE_FROM else NARROW, MIN_STRIP - 1, -1):
+        if header_fits(header, width - strip):
+            return (TOTAL,), strip
+    return (), 0

@@ -86,7 +86,7 @@ def searching(app: DashboardApp) -> bool:
                for w in app.workers)
 
 
-async def search(pilot: Pilot[int], query: str) -> list[str]:
+async def search(pilot: Pilot[int], query: str, timeout: float = 10.0) -> list[str]:
     """Open the palette (if needed), type `query`, and wait until its search has finished."""
     app = pilot.app
     assert isinstance(app, DashboardApp)
@@ -97,7 +97,7 @@ async def search(pilot: Pilot[int], query: str) -> list[str]:
     palette = app.screen
     assert isinstance(palette, CommandPalette)
     await until(pilot, lambda: palette.query_one(CommandInput).value == query and not searching(app)
-                and palette.query_one(CommandList).option_count > 0)
+                and palette.query_one(CommandList).option_count > 0, timeout=timeout)
     return palette_lines(app)
 
 
@@ -214,37 +214,35 @@ async def test_ten_thousand_mailings_keep_typing_fast_and_hits_capped(fixed_db: 
         app.mark_dirty()
         await until(pilot, lambda: app.renders > renders and app.dashboard.table(Section.INACTIVE).keys[-1] == "109999")
 
+        # CPU time of this thread (the app's event loop and the test share it) between two turns
+        # of a 5 ms ticker: what the loop was kept from doing, whatever else the machine runs.
         gaps: list[float] = []
         stop = asyncio.Event()
 
         async def ticker() -> None:
-            last = time.monotonic()
+            last = time.thread_time()
             while not stop.is_set():
                 await asyncio.sleep(0.005)
-                now = time.monotonic()
+                now = time.thread_time()
                 gaps.append(now - last)
                 last = now
 
         task = asyncio.create_task(ticker())
-        started = time.monotonic()
         try:
-            lines = await search(pilot, "restart bulk 9876")
-            took = time.monotonic() - started
+            lines = await search(pilot, "restart bulk 9876", timeout=60)
             assert lines[0] == "Restart 'Bulk mailing 9876' (id 109876)"
             await pilot.press(*["backspace"] * len(" bulk 9876"))  # back to "restart": 10,000 match
             palette = app.screen
             assert isinstance(palette, CommandPalette)
             await until(pilot, lambda: palette.query_one(CommandInput).value == "restart" and not searching(app)
-                        and len(palette_lines(app)) > 1)
+                        and len(palette_lines(app)) > 1, timeout=60)
             lines = palette_lines(app)
         finally:
             stop.set()
             await task
         assert sum(1 for line in lines if line.startswith("Restart '")) == MAX_HITS
-        print(f"query took {took:.2f} s, longest event-loop gap {max(gaps):.3f} s")
-        assert took < 10.0, f"typing a query took {took:.1f} s"
-        # The event loop never waited long for the search: keys and redraws go on meanwhile.
-        assert max(gaps) < 0.25, f"the event loop was held for {max(gaps):.2f} s"
+        # The event loop never worked long on the search at a stretch: keys and redraws go on meanwhile.
+        assert max(gaps) < 0.1, f"the event loop was held for {max(gaps):.3f} s of CPU"
 
 
 # ---- the rate sparkline -------------------------------------------------------------------------
@@ -313,6 +311,25 @@ async def test_one_sparkline_per_relay_only_on_wide_terminals(fixed_db: Fixture,
         assert strip.region.y == 0 and strip.region.height == 1 and strip.region.right == width
         header = app.dashboard.header
         assert header.region.y == 0 and header.region.right == strip.region.x
+
+
+@pytest.mark.parametrize("width", [80, 120])
+async def test_sparkline_never_costs_the_header_a_word(fixed_db: Fixture, held_lease: HeldLease, width: int) -> None:
+    clock = Clock()
+    await put_sender_meta(fixed_db.db, clock(), accepted_ago=48)
+    app = dashboard(fixed_db.db, clock, stall_after=30.0)
+    async with running(app, size=(width, 24)) as pilot:
+        header = app.dashboard.header
+        strip = app.dashboard.query_one(RateSparklines)
+        await until(pilot, lambda: "sending 42.5 msg/s" in header.plain and strip.display)
+        assert strip.region.width == 12 and "accepted 48 s ago" in header.plain
+        # STALLED takes the room: at 80 columns the sparkline steps aside rather than cut the age.
+        await put_sender_meta(fixed_db.db, clock() + timedelta(seconds=40), accepted_ago=58)
+        clock.advance(40)
+        await until(pilot, lambda: "STALLED" in header.plain)
+        await pilot.pause()
+        assert "accepted 58 s ago" in header.plain and "…" not in header.plain
+        assert strip.display is (width > 80)
 
 
 # ---- pictures -------------------------------------------------------------------------------------
