@@ -8,6 +8,7 @@ sending process writes (a held lease stands for that process).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,9 @@ from textual.pilot import Pilot
 from textual.widgets import Sparkline
 
 from mailtower.core.domain import Mailing, MailingState, Section
+from mailtower.core.config import RelaySpec
 from mailtower.core.lifecycle import Lifecycle
+from mailtower.core.sink import Sink
 from mailtower.core.store import Store
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.help import HelpScreen
@@ -86,8 +89,10 @@ def searching(app: DashboardApp) -> bool:
                for w in app.workers)
 
 
-async def search(pilot: Pilot[int], query: str, timeout: float = 10.0) -> list[str]:
-    """Open the palette (if needed), type `query`, and wait until its search has finished."""
+async def search(pilot: Pilot[int], query: str, shows: str, timeout: float = 10.0, first: bool = False) -> list[str]:
+    """Open the palette (if needed), type `query`, and wait until its search has finished and the
+    entry `shows` is the first of its kind (the list of an earlier, shorter query can still be
+    on screen for a moment after the last key, so the input's value alone proves nothing)."""
     app = pilot.app
     assert isinstance(app, DashboardApp)
     if not isinstance(app.screen, CommandPalette):
@@ -96,8 +101,16 @@ async def search(pilot: Pilot[int], query: str, timeout: float = 10.0) -> list[s
     await pilot.press(*query)
     palette = app.screen
     assert isinstance(palette, CommandPalette)
-    await until(pilot, lambda: palette.query_one(CommandInput).value == query and not searching(app)
-                and palette.query_one(CommandList).option_count > 0, timeout=timeout)
+
+    def done() -> bool:
+        if palette.query_one(CommandInput).value != query or searching(app):
+            return False
+        lines = palette_lines(app)
+        if first:
+            return lines[:1] == [shows]
+        return shows in lines and all(query.casefold().split()[0] in line.casefold() for line in lines[:1])
+
+    await until(pilot, done, timeout=timeout)
     return palette_lines(app)
 
 
@@ -126,7 +139,7 @@ async def test_restart_spring_acts_on_that_mailing_whatever_is_highlighted(fixed
     async with running(app) as pilot:
         # The cursor is on another mailing ("Spring sale — Europe", Current, sending).
         assert app.highlighted() is not None and app.highlighted().id == ids["spring"]  # type: ignore[union-attr]
-        lines = await search(pilot, "restart Spring")
+        lines = await search(pilot, "restart Spring", f"Restart 'Spring sale' (id {spring})")
         wanted = f"Restart 'Spring sale' (id {spring})"
         assert lines == [wanted]  # the sending "Spring sale — Europe" cannot be restarted
         await choose_line(pilot, wanted)
@@ -138,7 +151,7 @@ async def test_restart_spring_acts_on_that_mailing_whatever_is_highlighted(fixed
         await until(pilot, lambda: not isinstance(app.screen, ConfirmDialog))
         assert await state_of(db, spring) is MailingState.STOPPED
 
-        await search(pilot, "restart Spring")
+        await search(pilot, "restart Spring", wanted)
         await choose_line(pilot, wanted)
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
         dialog = app.screen
@@ -157,12 +170,12 @@ async def test_every_section_every_action_and_names_are_plain_text(fixed_db: Fix
     app = dashboard(fixed_db.db)
     async with running(app) as pilot:
         # Brackets in a name are the name, not markup; the mailing is not the highlighted one.
-        lines = await search(pilot, "weekly")
+        lines = await search(pilot, "weekly", f"Details 'Newsletter #42 [weekly]' (id {ids['news']})")
         assert f"Details 'Newsletter #42 [weekly]' (id {ids['news']})" in lines
         assert f"Cancel sending 'Newsletter #42 [weekly]' (id {ids['news']})" in lines
         await pilot.press("escape")
         # Scheduled: the seed's rule shows here too (Cancel withheld while a mailing is sent).
-        lines = await search(pilot, "berlin")
+        lines = await search(pilot, "berlin", f"Send now 'Berlin meetup' (id {ids['berlin']})")
         assert f"Cancel 'Berlin meetup' (id {ids['berlin']}) (not available)" in lines
         assert f"Send now 'Berlin meetup' (id {ids['berlin']})" in lines
         # The palette's entries are the Actions menu's, for every mailing.
@@ -189,7 +202,7 @@ def test_names_are_made_safe_and_offers_are_the_menus() -> None:
 async def test_keys_is_listed_once_and_opens_the_dashboards_keys(fixed_db: Fixture) -> None:
     app = dashboard(fixed_db.db)
     async with running(app) as pilot:
-        lines = await search(pilot, "keys")
+        lines = await search(pilot, "keys", "Keys")
         assert lines.count("Keys") == 1
         await choose_line(pilot, "Keys")
         await until(pilot, lambda: isinstance(app.screen, HelpScreen))
@@ -227,9 +240,13 @@ async def test_ten_thousand_mailings_keep_typing_fast_and_hits_capped(fixed_db: 
                 gaps.append(now - last)
                 last = now
 
+        # The collector's full passes over the 10,000 mailings made above are not the search's
+        # doing (the app freezes what it holds at startup for that reason): kept out of the figure.
+        gc.disable()
         task = asyncio.create_task(ticker())
         try:
-            lines = await search(pilot, "restart bulk 9876", timeout=60)
+            lines = await search(pilot, "restart bulk 9876", "Restart 'Bulk mailing 9876' (id 109876)",
+                                 timeout=60, first=True)
             assert lines[0] == "Restart 'Bulk mailing 9876' (id 109876)"
             await pilot.press(*["backspace"] * len(" bulk 9876"))  # back to "restart": 10,000 match
             palette = app.screen
@@ -240,6 +257,7 @@ async def test_ten_thousand_mailings_keep_typing_fast_and_hits_capped(fixed_db: 
         finally:
             stop.set()
             await task
+            gc.enable()
         assert sum(1 for line in lines if line.startswith("Restart '")) == MAX_HITS
         # The event loop never worked long on the search at a stretch: keys and redraws go on meanwhile.
         assert max(gaps) < 0.1, f"the event loop was held for {max(gaps):.3f} s of CPU"
@@ -313,6 +331,32 @@ async def test_one_sparkline_per_relay_only_on_wide_terminals(fixed_db: Fixture,
         assert header.region.y == 0 and header.region.right == strip.region.x
 
 
+async def test_own_sender_pool_feeds_one_sparkline_per_relay(tmp_path: Path) -> None:
+    db = tmp_path / "pool.db"
+    async with opened(db) as store:
+        mailing_id = await new_mailing(store, tmp_path, "Pool run", 600)
+        await Lifecycle(store).send_now(mailing_id)
+    with Sink() as one, Sink() as two:
+        relays = tuple(RelaySpec("127.0.0.1", sink.port, tls="none", connections=2, rate=60.0, name=name)
+                       for sink, name in ((one, "relay-one"), (two, "relay-two")))
+        settings = replace(settings_for(db, one.port), relays=relays)
+        app = DashboardApp(settings, operator_tz=OPERATOR_TZ, hand_off_on_quit=False)
+        started = time.monotonic()
+        async with running(app, size=(200, 30)) as pilot:
+            strip = app.dashboard.query_one(RateSparklines)
+            history = app.rate_history
+
+            def both_drawn() -> bool:
+                return strip.shown == ("relay-one", "relay-two") and all(
+                    max(strip.data.get(name, [0.0])) > 0 for name in strip.shown)
+
+            await until(pilot, both_drawn, timeout=30)
+            assert max(history.total) > 0 and len(strip.query(Sparkline)) == 2
+            # One sample a second of the real clock, however often the panels were refreshed.
+            assert len(history.total) <= time.monotonic() - started + 2
+            await app.leave(ask=False, hand_off=False).wait()
+
+
 @pytest.mark.parametrize("width", [80, 120])
 async def test_sparkline_never_costs_the_header_a_word(fixed_db: Fixture, held_lease: HeldLease, width: int) -> None:
     clock = Clock()
@@ -352,7 +396,7 @@ async def settled(pilot: Pilot[int]) -> None:
 def test_snapshot_palette_every_mailing(snap_compare: Any, monitored: Fixture, size: tuple[int, int]) -> None:
     async def typed(pilot: Pilot[int]) -> None:
         await settled(pilot)
-        await search(pilot, "sale")
+        await search(pilot, "sale", "Details 'Spring sale — Europe' (id 1)")
         await pilot.pause()
 
     assert snap_compare(dashboard(monitored.db), terminal_size=size, run_before=typed)
