@@ -88,10 +88,10 @@ def commands_of(mailing: Mailing, menu: list[Offer]) -> list[MailingCommand]:
     for offer in menu:
         action = action_name(offer)
         title = f"{action} '{name}' (id {mailing.id})" + ("" if offer.enabled else " (not available)")
-        help = where if offer.label == action else f"{offer.label} · {where}"
+        detail = where if offer.label == action else f"{offer.label} · {where}"
         entries.append(
             MailingCommand(
-                title, title.casefold(), help if offer.enabled else offer.reason,
+                title, title.casefold(), detail if offer.enabled else offer.reason,
                 offer.key, mailing.id, offer.enabled, offer.reason,
             )
         )
@@ -111,7 +111,7 @@ class PaletteIndex:
         current = sections.get(Section.CURRENT, [])
         places = {m.id: i for i, m in enumerate(current)}
         any_sending = any(m.state is MailingState.SENDING for m in current)
-        kept, seen = self._kept, {}
+        kept, seen = self._kept, set[int]()
         n = 0
         for section in Section:
             for mailing in sections.get(section, []):
@@ -124,10 +124,12 @@ class PaletteIndex:
                     entries = cached[2]
                 else:
                     entries = commands_of(mailing, mailing_offers(mailing, *where[:2], any_sending=any_sending))
-                seen[mailing.id] = (mailing, where, entries)
+                    kept[mailing.id] = (mailing, where, entries)  # kept even if this scan is cancelled
+                seen.add(mailing.id)
                 for entry in entries:
                     yield entry
-        self._kept = seen  # a complete scan: mailings gone since are forgotten
+        for gone in kept.keys() - seen:  # a complete scan: mailings deleted since are forgotten
+            del kept[gone]
 
 
 def match_words(words: list[str], folded: str) -> list[tuple[int, int]] | None:
@@ -215,7 +217,9 @@ class DashboardCommands(Provider):
                 worst = found[-1][0]
         found.sort(key=lambda hit: -hit[0])
         for score, entry, spans in found[:MAX_HITS]:
-            prompt = highlighted(entry.title, spans, self.match_style)
+            # Case folding can change a title's length ("ß" is "ss"): then no marks rather than wrong ones.
+            marks = spans if len(entry.folded) == len(entry.title) else []
+            prompt = highlighted(entry.title, marks, self.match_style)
             yield Hit(score, prompt, self._run(entry), text=entry.title, help=escape(entry.help))
 
     async def discover(self) -> Hits:
