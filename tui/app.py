@@ -29,6 +29,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.notifications import SeverityLevel
 from textual.binding import Binding
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
@@ -47,7 +48,7 @@ from mailtower.core.config import (
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder, SenderLease
-from mailtower.core.lifecycle import Direction, Lifecycle, Offer, offers
+from mailtower.core.lifecycle import Direction, Lifecycle, Offer
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume, split_by_zone
 from mailtower.core.progress import (
@@ -65,12 +66,13 @@ from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
 
-from .actions import ActionsMenu, queue_offers
+from .actions import ActionsMenu
 from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
-from .palette import Command, DashboardCommands
+from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
+from .sparkline import RateHistory, RateSparklines
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
@@ -210,12 +212,15 @@ class Dashboard(Screen[None]):
         # Kept, not queried: the refresh loop uses them several times a second.
         self.header = HeaderLine()
         self.notice = NoticeLine()
+        self.rate = RateSparklines()
         self._tables = {section: MailingTable(section, id=key) for section, key in SECTION_IDS.items()}
         self.filter_bar = FilterBar()
         self._last_table: MailingTable | None = None
 
     def compose(self) -> ComposeResult:
-        yield self.header
+        with Horizontal(id="top"):
+            yield self.header
+            yield self.rate
         yield self.notice
         with PanelStack(id="panels"):
             yield from self._tables.values()
@@ -334,6 +339,8 @@ class DashboardApp(App[int]):
         self._last_read = 0.0
         self._snap_version = -1
         self._last_second = -1
+        self.rate_history = RateHistory()  # the header's sparkline: one sample a second
+        self._sampled_at = -1
         self._next_lease_check = 0.0
         self._sender_retry_at = 0.0
         self.sender_failure = ""  # why our sender stopped, shown in the header until one runs again
@@ -558,9 +565,20 @@ class DashboardApp(App[int]):
         if snapshot is not None:
             self._snap_version = snapshot.version
         second = int(self.now().timestamp())
+        self._sample_rate(second)
         if read or moved or self._dirty or second != self._last_second:
             self._last_second = second
             self._render()
+
+    def _sample_rate(self, second: int) -> None:
+        """Once a second of the dashboard's clock: the rate the header shows, and each relay's,
+        into the sparkline's history. A clock set back samples again at once (`!=`, not `>`)."""
+        if second == self._sampled_at:
+            return
+        self._sampled_at = second
+        relays = self.sender.snapshot.relays if self.sender is not None else ()
+        self.rate_history.sample(self.current_rate(), [(r.name, r.rate) for r in relays])
+        self._dirty = True
 
     async def _read(self, store: Store) -> None:
         self._force = False
@@ -721,9 +739,11 @@ class DashboardApp(App[int]):
         now = self.now()
         dashboard = self.dashboard
         with self.batch_update():
-            dashboard.header.show(self.header_info(now))
+            info = self.header_info(now)
+            dashboard.header.show(info)
             relays = self.sender.snapshot.relays if self.sender is not None else ()
             dashboard.notice.show(notice_text(self.warnings, relays))
+            dashboard.rate.show(self.rate_history, self.size.width, info)
             written = 0
             for table in dashboard.tables():
                 if table.layout_spec is None:
@@ -866,10 +886,12 @@ class DashboardApp(App[int]):
     def offers_for(self, mailing: Mailing) -> list[Offer]:
         queue = [m.id for m in self.sections[Section.CURRENT]]
         index = queue.index(mailing.id) if mailing.id in queue else None
-        found = queue_offers(offers(mailing, any_sending=self.any_sending()), index, len(queue))
-        if index is not None and self._resumable(mailing):
-            found = [Offer("resume", "Resume sending"), *found]  # only while a relay is paused
-        return found
+        found = mailing_offers(mailing, index, len(queue), any_sending=self.any_sending())
+        return [*self.situational_offers(mailing), *found] if index is not None else found
+
+    def situational_offers(self, mailing: Mailing) -> list[Offer]:
+        """Offers that depend on the sender, not on the mailing: Resume only while a relay is paused."""
+        return [Offer("resume", "Resume sending")] if self._resumable(mailing) else []
 
     def _resumable(self, mailing: Mailing) -> bool:
         """A relay is paused and it concerns this mailing: it holds it back, or (a pool carrying
@@ -1092,23 +1114,8 @@ class DashboardApp(App[int]):
     # ---- command palette ---------------------------------------------------------------------
 
     def palette_commands(self) -> list[Command]:
+        """The dashboard's own commands; each mailing's actions come from the palette's provider."""
         commands: list[Command] = []
-        mailing = self.highlighted()
-        if mailing is not None:
-            name = " ".join(mailing.name.split())
-            for offer in self.offers_for(mailing):
-                if offer.enabled:
-                    run = _bind(self._palette_flow, offer.key, mailing.id)
-                    commands.append(Command(f"{offer.label}: {name}", f"{mailing.section.value} mailing", run))
-                else:
-                    reason = offer.reason
-                    commands.append(
-                        Command(
-                            f"{offer.label}: {name} (not available)",
-                            reason,
-                            _bind(self.notify, reason, severity="warning", timeout=8),
-                        )
-                    )
         for section in Section:
             commands.append(
                 Command(
@@ -1127,10 +1134,18 @@ class DashboardApp(App[int]):
         commands.append(Command("Quit", QUIT_DEMO if self.demo else QUIT_HELP, self.action_leave))
         return commands
 
+    def palette_run(self, entry: MailingCommand) -> None:
+        """A mailing's action chosen in the palette: the Actions menu's path, confirmations included."""
+        if entry.enabled:
+            self._palette_flow(entry.key, entry.mailing_id)
+        else:
+            self.notify(entry.reason, severity="warning", timeout=8)
+
     def get_system_commands(self, screen: Screen):  # type: ignore[no-untyped-def]
-        # Quit is ours (it hands the sending off); the rest of the system commands stay.
+        # Quit and Keys are ours (Quit hands the sending off; Keys shows this dashboard's keys,
+        # where Textual's Keys panel would show a second, different list): one entry each.
         for command in super().get_system_commands(screen):
-            if command.title != "Quit":
+            if command.title not in ("Quit", "Keys"):
                 yield command
 
     # ---- leaving -----------------------------------------------------------------------------

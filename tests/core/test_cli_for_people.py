@@ -287,7 +287,7 @@ def test_run_log_must_be_a_regular_file_that_is_not_the_database(tmp_path: Path,
     reason = {"database": "is the database", "wal": "is the database", "symlink": "is the database",
               "hardlink": "is the database", "directory": "not a regular file",
               "fifo": "not a regular file", "device": "not a regular file"}[kind]
-    assert code == 2 and one_line(err).startswith(f"mailtower: --log: ") and reason in err, err
+    assert code == 2 and one_line(err).startswith("mailtower: --log: ") and reason in err, err
     assert db.stat().st_size == size
     if kind == "hardlink":
         target.unlink()  # with two hard links the database itself is refused by every command

@@ -34,6 +34,7 @@ from mailtower.core.sink import Sink, free_port
 from mailtower.core.store import Store
 from mailtower.core.timezones import Shift, resolve
 from mailtower.tui.actions import ActionsMenu
+from mailtower.tui.palette import PaletteIndex
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.screens.details import DetailsScreen
 from tests.helpers import until
@@ -185,7 +186,8 @@ async def test_resume_is_offered_while_paused_and_asks_the_sender(paused_elsewhe
         labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
         assert labels[0] == "Resume sending", labels
         # The palette shows the same offers.
-        assert any(c.title.startswith("Resume sending: Spring sale") for c in app.palette_commands())
+        index = [entry async for entry in PaletteIndex().scan(app.sections, app.situational_offers)]
+        assert f"Resume sending 'Spring sale — Europe' (id {fx.ids['spring']})" in [e.title for e in index]
         before = time.time()
         await pilot.press("enter")
         await until(pilot, lambda: any("try 127.0.0.1:2526 again" in t for t in toasts(app)))
