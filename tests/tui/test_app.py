@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -23,12 +21,10 @@ from mailtower.core.lease import SenderLease
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.sink import Sink, free_port
-from mailtower.core.store import Store
 from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.app import DashboardApp, handoff_command, launch_background_sender, settings_environment
 from mailtower.tui.header import HeaderLine
 from mailtower.tui.help import HelpScreen
-from mailtower.tui.panels import MailingTable
 from mailtower.tui.rows import count, duration, progress_bar, to_text
 from tests.helpers import until
 
@@ -44,62 +40,10 @@ from .conftest import (
     settings_for,
     wait_for,
 )
+from .pilot import dashboard_app, focus_row, opened, running, state_of, table
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def dashboard_app(db: Path, clock: Clock | None = None, **kwargs: object) -> DashboardApp:
-    kwargs.setdefault("start_sender", False)
-    settings = kwargs.pop("settings", None) or settings_for(db)
-    return DashboardApp(settings, now=clock or Clock(), operator_tz=OPERATOR_TZ, **kwargs)  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def running(app: DashboardApp, size: tuple[int, int] = (80, 24)) -> AsyncIterator[Pilot[int]]:
-    async with app.run_test(size=size) as pilot:
-        await wait_for(lambda: app.renders > 0 and app.store is not None, what="first render")
-        yield pilot
-
-
-@asynccontextmanager
-async def opened(db: Path) -> AsyncIterator[Store]:
-    store = await Store.open(db)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-async def state_of(db: Path, mailing_id: int) -> MailingState | None:
-    async with opened(db) as store:
-        for mailing in await store.mailings():
-            if mailing.id == mailing_id:
-                return mailing.state
-    return None
-
-
-def table(app: DashboardApp, section: Section) -> MailingTable:
-    return app.dashboard.table(section)
-
-
-async def focus_row(pilot: Pilot[int], section: Section, mailing_id: int) -> None:
-    """Tab to the section's panel and walk to the mailing's row with j/k, like a person would."""
-    app = pilot.app
-    assert isinstance(app, DashboardApp)
-    for _ in range(4):
-        if app.dashboard.focused is table(app, section):
-            break
-        await pilot.press("tab")
-    target = table(app, section)
-    assert app.dashboard.focused is target
-    await wait_for(lambda: str(mailing_id) in target.keys, what=f"mailing {mailing_id} in {section.value}")
-    index = target.keys.index(str(mailing_id))
-    for _ in range(len(target.keys) + 1):
-        if target.cursor_row == index:
-            break
-        await pilot.press("j" if target.cursor_row < index else "k")
-    assert target.highlighted_key() == str(mailing_id)
 
 
 async def choose(pilot: Pilot[int], key: str, *, opener: str = "a") -> ActionsMenu:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +24,6 @@ from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.config import RelaySpec
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.sink import Sink
-from mailtower.core.store import Store
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.help import HelpScreen
 from mailtower.tui.palette import MAX_HITS, commands_of, mailing_offers
@@ -35,36 +32,12 @@ from mailtower.tui.sparkline import SAMPLES, RateHistory, RateSparklines
 from tests.helpers import until
 
 from .conftest import FIXED_NOW, OPERATOR_TZ, Clock, Fixture, HeldLease, new_mailing, put_sender_meta, settings_for
+from .pilot import dashboard_app as dashboard, opened, running, state_of
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def dashboard(db: Path, clock: Clock | None = None, **kwargs: Any) -> DashboardApp:
-    return DashboardApp(settings_for(db), start_sender=False, now=clock or Clock(), operator_tz=OPERATOR_TZ, **kwargs)
-
-
-@asynccontextmanager
-async def running(app: DashboardApp, size: tuple[int, int] = (80, 24)) -> AsyncIterator[Pilot[int]]:
-    async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: bool(app.renders and app.store is not None and app.sections))
-        yield pilot
-
-
-@asynccontextmanager
-async def opened(db: Path) -> AsyncIterator[Store]:
-    store = await Store.open(db)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-async def state_of(db: Path, mailing_id: int) -> MailingState:
-    async with opened(db) as store:
-        return (await store.mailing(mailing_id)).state
 
 
 async def add_stopped(db: Path, name: str, n: int = 30) -> int:

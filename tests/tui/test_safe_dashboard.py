@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from mailtower.core.domain import MailingState, Section
 from mailtower.core.limits import read_limits
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.operations import Draft, create_mailing
-from mailtower.core.store import Store
 from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.help import HelpScreen
@@ -50,6 +48,7 @@ from .conftest import (
     wait_for,
     write_recipients,
 )
+from .pilot import dashboard_app as dashboard, focus_row, opened, running, state_of, table
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
@@ -57,57 +56,6 @@ SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40"
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def dashboard(db: Path, **kwargs: Any) -> DashboardApp:
-    kwargs.setdefault("start_sender", False)
-    settings = kwargs.pop("settings", None) or settings_for(db)
-    return DashboardApp(settings, now=Clock(), operator_tz=OPERATOR_TZ, **kwargs)
-
-
-@asynccontextmanager
-async def running(app: DashboardApp, size: tuple[int, int] = (80, 24)) -> AsyncIterator[Pilot[int]]:
-    async with app.run_test(size=size) as pilot:
-        await wait_for(lambda: app.renders > 0 and app.store is not None, what="first render")
-        yield pilot
-
-
-@asynccontextmanager
-async def opened(db: Path) -> AsyncIterator[Store]:
-    store = await Store.open(db)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-async def state_of(db: Path, mailing_id: int) -> MailingState | None:
-    async with opened(db) as store:
-        for mailing in await store.mailings():
-            if mailing.id == mailing_id:
-                return mailing.state
-    return None
-
-
-def table(app: DashboardApp, section: Section) -> MailingTable:
-    return app.dashboard.table(section)
-
-
-async def focus_row(pilot: Pilot[int], section: Section, mailing_id: int) -> None:
-    """Tab to the section's panel and walk to the mailing's row with j/k, like a person would."""
-    app = pilot.app
-    assert isinstance(app, DashboardApp)
-    for _ in range(4):
-        if app.dashboard.focused is table(app, section):
-            break
-        await pilot.press("tab")
-    target = table(app, section)
-    assert app.dashboard.focused is target
-    await wait_for(lambda: str(mailing_id) in target.keys, what=f"mailing {mailing_id} in {section.value}")
-    index = target.keys.index(str(mailing_id))
-    for _ in range(len(target.keys) + 1):
-        if target.cursor_row == index:
-            break
-        await pilot.press("j" if target.cursor_row < index else "k")
-    assert target.highlighted_key() == str(mailing_id)
 
 
 def menu_keys(menu: ActionsMenu) -> list[str | None]:
