@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -157,6 +158,19 @@ class Result:
     wall: float  # N / process wall time
     sending: float | None  # (N - 1) / (first to last outcome in the ledger), mailtower only
     load: str
+    cpu_ms: float  # the sending process's CPU time (user + system) per message, milliseconds
+
+
+def timed_child(command: list[str], env: dict[str, str] | None, n: int) -> tuple[float, float]:
+    """Run `command`; (wall seconds, its CPU milliseconds per message). The CPU time comes from
+    RUSAGE_CHILDREN, which grows by exactly this child once it has been waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, timeout=RUN_TIMEOUT)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu * 1000 / n
 
 
 def load_average() -> str:
@@ -164,7 +178,8 @@ def load_average() -> str:
 
 
 def mailtower_run(tmp: Path, relay: PostfixRelay, n: int, k: int, tag: str, mpc: int | None,
-                  wrap: list[str] | None = None) -> Result:
+                  command: list[str] | None = None) -> Result:
+    """`command` (default `python -m mailtower.tui.cli run --until-idle`) sends; it is timed."""
     db = tmp / f"{tag}.db"
     text, html = body_files(tmp)
     env = {**os.environ, **relay.env(), "MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": os.devnull,
@@ -177,10 +192,7 @@ def mailtower_run(tmp: Path, relay: PostfixRelay, n: int, k: int, tag: str, mpc:
          "--recipients", str(people_csv(tmp, n)), "--now"],
         env=env, check=True, stdout=subprocess.DEVNULL, timeout=RUN_TIMEOUT,
     )
-    start = time.perf_counter()
-    subprocess.run([*(wrap or []), PY, "-m", "mailtower.tui.cli", "run", "--until-idle"],
-                   env=env, check=True, timeout=RUN_TIMEOUT)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_ms = timed_child(command or [PY, "-m", "mailtower.tui.cli", "run", "--until-idle"], env, n)
     load = load_average()
     with sqlite3.connect(db) as conn:
         sent, first, last = conn.execute(
@@ -189,16 +201,15 @@ def mailtower_run(tmp: Path, relay: PostfixRelay, n: int, k: int, tag: str, mpc:
     if sent != n:
         raise SystemExit(f"mailtower sent only {sent} of {n} (database {db})")
     sending = (n - 1) / (last - first) if last and first and last > first else None
-    return Result(n / elapsed, sending, load)
+    return Result(n / elapsed, sending, load, cpu_ms)
 
 
 def baseline_run(tmp: Path, relay: PostfixRelay, n: int, k: int, template: Path) -> Result:
     script = tmp / "baseline.py"
     script.write_text(BASELINE)
-    start = time.perf_counter()
-    subprocess.run([PY, str(script), "127.0.0.1", str(relay.port), relay.user, relay.password,
-                    str(relay.ca_file), str(n), str(k), str(template)], check=True, timeout=RUN_TIMEOUT)
-    return Result(n / (time.perf_counter() - start), None, load_average())
+    elapsed, cpu_ms = timed_child([PY, str(script), "127.0.0.1", str(relay.port), relay.user, relay.password,
+                                   str(relay.ca_file), str(n), str(k), str(template)], None, n)
+    return Result(n / elapsed, None, load_average(), cpu_ms)
 
 
 def maildir_files(relay: PostfixRelay) -> list[Path]:
@@ -258,7 +269,8 @@ def main() -> int:
     ap.add_argument("--messages-per-connection", type=int, default=None,
                     help="MAILTOWER_MESSAGES_PER_CONNECTION for mailtower (default: mailtower's own default)")
     ap.add_argument("--profile", metavar="OUT",
-                    help="run mailtower once more under `py-spy record --gil -o OUT` (after the rounds)")
+                    help="after the rounds, run mailtower once more under `py-spy record --gil` (py-spy in the venv), "
+                         "at the first --connections; OUT.svg: flame graph, other names: collapsed stacks")
     args = ap.parse_args()
     if not (1 <= args.n <= 200_000) or not (1 <= args.rounds <= 20):
         ap.error("--n must be 1..200000 and --rounds 1..20")
@@ -287,11 +299,15 @@ def main() -> int:
                     results[k].append((ours, theirs))
                     sending = f"{ours.sending:,.0f}" if ours.sending else "-"
                     print(f"K={k:<2} round {r + 1}: mailtower {ours.wall:,.0f} msg/s (while sending {sending}; "
-                          f"load {ours.load})   baseline {theirs.wall:,.0f} msg/s (load {theirs.load})   "
+                          f"CPU {ours.cpu_ms:.2f} ms/msg; load {ours.load})   baseline {theirs.wall:,.0f} msg/s "
+                          f"(CPU {theirs.cpu_ms:.2f} ms/msg; load {theirs.load})   "
                           f"ratio {ours.wall / theirs.wall:.2f}   [Postfix drained in {waited:.1f}s; Maildir "
                           f"{'ok' if len(failures) == before else 'PROBLEM'}]", flush=True)
             if args.profile:
-                wrap = [str(Path(PY).with_name("py-spy")), "record", "--gil", "--subprocesses", "-r", "200", "-o", args.profile, "--"]
+                # A name ending in .svg gets a flame graph, any other collapsed stacks (text).
+                form = "flamegraph" if args.profile.endswith(".svg") else "raw"
+                wrap = [str(Path(PY).with_name("py-spy")), "record", "--gil", "-r", "200", "-f", form,
+                        "-o", args.profile, "--", PY, "-m", "mailtower.tui.cli", "run", "--until-idle"]
                 k = args.connections[0]
                 ours = mailtower_run(tmp, relay, args.n, k, "profile", args.messages_per_connection, wrap)
                 drain(relay, args.n)
@@ -305,10 +321,13 @@ def main() -> int:
         m_ours = statistics.median(o.wall for o, _ in pairs)
         m_send = statistics.median(o.sending or 0 for o, _ in pairs)
         m_theirs = statistics.median(t.wall for _, t in pairs)
+        m_ratio = statistics.median(o.wall / t.wall for o, t in pairs)
+        cpu = statistics.median(o.cpu_ms for o, _ in pairs), statistics.median(t.cpu_ms for _, t in pairs)
         target = TARGETS.get(k, 1.0)
-        print(f"median K={k}: mailtower {m_ours:,.0f} msg/s (while sending {m_send:,.0f}), baseline "
-              f"{m_theirs:,.0f} msg/s, ratio {m_ours / m_theirs:.2f} (target >= {target}: "
-              f"{'met' if m_ours / m_theirs >= target else 'NOT met'})", flush=True)
+        print(f"median K={k}: mailtower {m_ours:,.0f} msg/s (while sending {m_send:,.0f}; CPU {cpu[0]:.2f} ms/msg), "
+              f"baseline {m_theirs:,.0f} msg/s (CPU {cpu[1]:.2f} ms/msg), ratio of medians {m_ours / m_theirs:.2f}, "
+              f"median ratio {m_ratio:.2f} (target >= {target}: {'met' if m_ratio >= target else 'NOT met'})",
+              flush=True)
     for problem in failures:
         print(problem, file=sys.stderr)
     return 1 if failures else 0
