@@ -1,7 +1,7 @@
 """Sending speed through a real Postfix submission relay: mailtower next to a threaded smtplib script.
 
     .venv/bin/python tests/bench/bench_relay.py [--n 8000] [--rounds 3] [--connections 1,4,16]
-        [--messages-per-connection N] [--keep-going]
+        [--messages-per-connection N] [--profile OUT.svg|OUT.txt]
 
 Sets up a private Postfix (tests/postfix_relay.py: its own config directory and queue, a private
 CA, STARTTLS before AUTH, SASL through sasldb, virtual(8) delivery into one catch-all Maildir),
@@ -20,6 +20,10 @@ expected count and the queue is empty), then checks the Maildir: for mailtower e
 exactly once with distinct Message-IDs, for the baseline the count, and empties it. Prints per
 round mailtower's rate (N / process wall time, and the rate while sending: first to last outcome
 in the ledger), the baseline's rate, their ratio and the load average; then medians per K.
+mailtower keeps its default messages_per_connection (1000: it reconnects, the baseline never
+does) unless --messages-per-connection says otherwise. Each rate comes with the CPU time of the
+sending process per message and the load average, because on a small shared machine the
+client's CPU is taken from Postfix. --profile runs mailtower once more under py-spy.
 Exit status 1 when a Maildir check fails. Needs root and Debian's postfix, sasl2-bin,
 libsasl2-modules. Only 127.0.0.1 is used; Postfix is stopped and everything removed at the end.
 """
@@ -255,9 +259,9 @@ def parse_connections(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--connections: {text!r} is not a comma-separated list of numbers") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
     if not values or any(v < 1 or v > 64 for v in values):
-        raise argparse.ArgumentTypeError(f"--connections: {text!r}: each must be 1..64")
+        raise argparse.ArgumentTypeError(f"{text!r}: each must be 1..64")
     return values
 
 
@@ -274,6 +278,10 @@ def main() -> int:
     args = ap.parse_args()
     if not (1 <= args.n <= 200_000) or not (1 <= args.rounds <= 20):
         ap.error("--n must be 1..200000 and --rounds 1..20")
+    if args.messages_per_connection is not None and not (0 <= args.messages_per_connection <= 1_000_000):
+        ap.error("--messages-per-connection must be 0..1000000 (0: never reconnect)")
+    if args.profile and not Path(PY).with_name("py-spy").exists():
+        ap.error(f"--profile needs py-spy next to {PY} (pip install py-spy into this venv)")
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-relay-"))
     failures: list[str] = []
     results: dict[int, list[tuple[Result, Result]]] = {k: [] for k in args.connections}
