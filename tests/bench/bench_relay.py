@@ -324,7 +324,8 @@ def main() -> int:
                 k = args.connections[0]
                 ours = mailtower_run(tmp, relay, args.n, k, "profile", args.messages_per_connection, wrap)
                 drain(relay, args.n)
-                check_and_empty_maildir(relay, args.n, "profile run")
+                problem = check_and_empty_maildir(relay, args.n, "mailtower under py-spy")
+                failures += [problem] if problem else []
                 print(f"profiled run K={k}: {ours.wall:,.0f} msg/s under py-spy -> {args.profile}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
