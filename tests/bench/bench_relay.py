@@ -1,7 +1,7 @@
 """Sending speed through a real Postfix submission relay: mailtower next to a threaded smtplib script.
 
     .venv/bin/python tests/bench/bench_relay.py [--n 8000] [--rounds 3] [--connections 1,4,16]
-        [--messages-per-connection N] [--profile OUT.svg|OUT.txt]
+        [--messages-per-connection N] [--delay-ms MS] [--profile OUT.svg|OUT.txt]
 
 Sets up a private Postfix (tests/postfix_relay.py: its own config directory and queue, a private
 CA, STARTTLS before AUTH, SASL through sasldb, virtual(8) delivery into one catch-all Maildir),
@@ -23,7 +23,8 @@ in the ledger), the baseline's rate, their ratio and the load average; then medi
 mailtower keeps its default messages_per_connection (1000: it reconnects, the baseline never
 does) unless --messages-per-connection says otherwise. Each rate comes with the CPU time of the
 sending process per message and the load average, because on a small shared machine the
-client's CPU is taken from Postfix. --profile runs mailtower once more under py-spy.
+client's CPU is taken from Postfix. --delay-ms puts a proxy (its own process) between the senders
+and Postfix that delays each direction, for a relay across a network. --profile runs mailtower once more under py-spy.
 Exit status 1 when a Maildir check fails. Needs root and Debian's postfix, sasl2-bin,
 libsasl2-modules. Only 127.0.0.1 is used; Postfix is stopped and everything removed at the end.
 """
@@ -42,6 +43,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +103,62 @@ for t in threads:
 if errors:
     sys.exit("baseline failed: " + "; ".join(errors[:3]))
 '''
+
+
+# A TCP relay on 127.0.0.1 that delays every chunk by a fixed time each way, run as its own
+# process: a relay across a network instead of on the same host. Order is kept because every
+# chunk of a direction waits the same delay (call_later on a monotonic clock).
+DELAY_PROXY = r'''
+import asyncio, sys
+listen_port_file, upstream_port, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+
+async def pump(reader, writer, loop):
+    try:
+        while data := await reader.read(65536):
+            loop.call_later(delay, writer.write, data)
+    finally:
+        loop.call_later(delay, writer.close)
+
+async def serve(reader, writer):
+    loop = asyncio.get_running_loop()
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+    await asyncio.gather(pump(reader, up_writer, loop), pump(up_reader, writer, loop), return_exceptions=True)
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    with open(listen_port_file, "w") as f:
+        f.write(str(server.sockets[0].getsockname()[1]))
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+'''
+
+
+@contextmanager
+def delayed(tmp: Path, relay: PostfixRelay, delay_ms: float) -> Iterator[int]:
+    """The port to send to: the relay's own, or a delaying proxy's in front of it (stopped after)."""
+    if not delay_ms:
+        yield relay.port
+        return
+    script, port_file = tmp / "delay_proxy.py", tmp / "delay_proxy.port"
+    script.write_text(DELAY_PROXY)
+    port_file.unlink(missing_ok=True)
+    proxy = subprocess.Popen([PY, str(script), str(port_file), str(relay.port), str(delay_ms / 1000)])
+    try:
+        deadline = time.monotonic() + 10
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or proxy.poll() is not None:
+                raise SystemExit("the delaying proxy did not start")
+            time.sleep(0.05)
+        yield int(port_file.read_text())
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait(timeout=10)
 
 
 def body_files(tmp: Path) -> tuple[Path, Path]:
@@ -187,12 +246,12 @@ def load_average() -> str:
 
 
 def mailtower_run(tmp: Path, relay: PostfixRelay, n: int, k: int, tag: str, mpc: int | None,
-                  command: list[str] | None = None) -> Result:
+                  command: list[str] | None = None, port: int | None = None) -> Result:
     """`command` (default `python -m mailtower.tui.cli run --until-idle`) sends; it is timed."""
     db = tmp / f"{tag}.db"
     text, html = body_files(tmp)
     env = {**os.environ, **relay.env(), "MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": os.devnull,
-           "MAILTOWER_SMTP_CONNECTIONS": str(k)}
+           "MAILTOWER_SMTP_CONNECTIONS": str(k), "MAILTOWER_SMTP_PORT": str(port or relay.port)}
     if mpc is not None:
         env["MAILTOWER_MESSAGES_PER_CONNECTION"] = str(mpc)
     subprocess.run(
@@ -213,10 +272,10 @@ def mailtower_run(tmp: Path, relay: PostfixRelay, n: int, k: int, tag: str, mpc:
     return Result(n / elapsed, sending, load, cpu_ms, sys_ms)
 
 
-def baseline_run(tmp: Path, relay: PostfixRelay, n: int, k: int, template: Path) -> Result:
+def baseline_run(tmp: Path, relay: PostfixRelay, n: int, k: int, template: Path, port: int | None = None) -> Result:
     script = tmp / "baseline.py"
     script.write_text(BASELINE)
-    elapsed, cpu_ms, sys_ms = timed_child([PY, str(script), "127.0.0.1", str(relay.port), relay.user, relay.password,
+    elapsed, cpu_ms, sys_ms = timed_child([PY, str(script), "127.0.0.1", str(port or relay.port), relay.user, relay.password,
                                    str(relay.ca_file), str(n), str(k), str(template)], None, n)
     return Result(n / elapsed, None, load_average(), cpu_ms, sys_ms)
 
@@ -277,6 +336,8 @@ def main() -> int:
     ap.add_argument("--connections", type=parse_connections, default=[4], help="e.g. 1,4,16")
     ap.add_argument("--messages-per-connection", type=int, default=None,
                     help="MAILTOWER_MESSAGES_PER_CONNECTION for mailtower (default: mailtower's own default)")
+    ap.add_argument("--delay-ms", type=float, default=0.0,
+                    help="send through a proxy that delays each direction by this much (a relay across a network)")
     ap.add_argument("--profile", metavar="OUT",
                     help="after the rounds, run mailtower once more under `py-spy record --gil` (py-spy in the venv), "
                          "at the first --connections; OUT.svg: flame graph, other names: collapsed stacks")
@@ -285,6 +346,8 @@ def main() -> int:
         ap.error("--n must be 1..200000 and --rounds 1..20")
     if args.messages_per_connection is not None and not (0 <= args.messages_per_connection <= 1_000_000):
         ap.error("--messages-per-connection must be 0..1000000 (0: never reconnect)")
+    if not (0 <= args.delay_ms <= 1000):  # NaN fails this too
+        ap.error("--delay-ms must be 0..1000")
     if args.profile and not Path(PY).with_name("py-spy").exists():
         ap.error(f"--profile needs py-spy next to {PY} (pip install py-spy into this venv)")
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-relay-"))
@@ -296,16 +359,18 @@ def main() -> int:
         base_size = len(template.read_bytes()) - len(b"@@RCPT@@") + len("person1@example.com") - len(b"@@ID@@") + 8
         print(f"N={args.n}, rounds={args.rounds}, connections={args.connections}, message size: mailtower "
               f"{size} bytes, baseline {base_size} bytes; cores {os.cpu_count()}, load {load_average()}", flush=True)
-        with PostfixRelay.start(tmp / "maillog.txt", extra_main=BENCH_MAIN) as relay:
-            print(f"private Postfix on 127.0.0.1:{relay.port} ({relay.root})", flush=True)
+        with PostfixRelay.start(tmp / "maillog.txt", extra_main=BENCH_MAIN) as relay, \
+                delayed(tmp, relay, args.delay_ms) as port:
+            print(f"private Postfix on 127.0.0.1:{relay.port} ({relay.root}); senders use port {port}"
+                  + (f", a proxy delaying each direction by {args.delay_ms:g} ms" if args.delay_ms else ""), flush=True)
             for k in args.connections:
                 for r in range(args.rounds):
                     before = len(failures)
-                    ours = mailtower_run(tmp, relay, args.n, k, f"k{k}-r{r}", args.messages_per_connection)
+                    ours = mailtower_run(tmp, relay, args.n, k, f"k{k}-r{r}", args.messages_per_connection, port=port)
                     waited = drain(relay, args.n)
                     problem = check_and_empty_maildir(relay, args.n, f"mailtower K={k} round {r + 1}")
                     failures += [problem] if problem else []
-                    theirs = baseline_run(tmp, relay, args.n, k, template)
+                    theirs = baseline_run(tmp, relay, args.n, k, template, port)
                     waited += drain(relay, args.n)
                     problem = check_and_empty_maildir(relay, args.n, f"baseline K={k} round {r + 1}")
                     failures += [problem] if problem else []
@@ -322,7 +387,7 @@ def main() -> int:
                 wrap = [str(Path(PY).with_name("py-spy")), "record", "--gil", "-r", "200", "-f", form,
                         "-o", args.profile, "--", PY, "-m", "mailtower.tui.cli", "run", "--until-idle"]
                 k = args.connections[0]
-                ours = mailtower_run(tmp, relay, args.n, k, "profile", args.messages_per_connection, wrap)
+                ours = mailtower_run(tmp, relay, args.n, k, "profile", args.messages_per_connection, wrap, port)
                 drain(relay, args.n)
                 problem = check_and_empty_maildir(relay, args.n, "mailtower under py-spy")
                 failures += [problem] if problem else []
