@@ -97,7 +97,8 @@ class RelayState:
 
     def live_connections(self, besides: SmtpConnection) -> int:
         """How many other connections of this relay are open and usable now."""
-        return sum(1 for conn in self.sessions if conn is not besides and conn.connected)
+        # session_open, not connected: a connection reading its replies is still working.
+        return sum(1 for conn in self.sessions if conn is not besides and conn.session_open)
 
     @property
     def resting(self) -> bool:

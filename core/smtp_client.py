@@ -159,7 +159,12 @@ class _ReplyReader(asyncio.Protocol):
     def usable(self) -> bool:
         # A reply nobody asked for (a 421 before an idle disconnect, say) would be paired with
         # the next command, so a connection holding one is not used again.
-        return self._error is None and not self._ready and not self.transport.is_closing()
+        return self.open and not self._ready
+
+    @property
+    def open(self) -> bool:
+        """The session is up (replies to a transaction in flight may be waiting to be read)."""
+        return self._error is None and not self.transport.is_closing()
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -281,6 +286,11 @@ class SmtpConnection:
     @property
     def connected(self) -> bool:
         return self._reader is not None and self._reader.usable
+
+    @property
+    def session_open(self) -> bool:
+        """Up, even in the middle of a transaction (`connected` is False while its replies wait)."""
+        return self._reader is not None and self._reader.open
 
     async def connect(self) -> None:
         self.abort()  # a previous connection that is no longer usable
