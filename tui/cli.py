@@ -45,8 +45,9 @@ from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume, split_by_zone
 from mailtower.core.recipients_csv import ReadProgress, neutralise_formula
 from mailtower.core.progress import queue_estimates
-from mailtower.core.relays import held_back, parse_waiting, relays_from_settings
+from mailtower.core.relays import held_back, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
+from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.store import Store, iso, storage_error
 from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
 
@@ -723,21 +724,11 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-async def sender_alive(store: Store) -> bool:
-    """A sender runs and has reported within the last few seconds."""
-    try:
-        heartbeat = float(await store.meta("sender_heartbeat") or 0)
-    except ValueError:
-        return False
-    state = await store.meta("sender_state")
-    return state not in (None, "stopped") and datetime.now(timezone.utc).timestamp() - heartbeat <= 5
-
-
-async def sender_rate(store: Store) -> float:
-    """The live sending rate if a sender has reported within the last few seconds."""
-    if not await sender_alive(store):
-        return 0.0
-    return float(await store.meta("sender_rate") or 0)
+async def live_status(store: Store) -> SenderStatus | None:
+    """The sender's status if one runs now (the contract's staleness rule), else None."""
+    status = await read_status(store)
+    now = datetime.now(timezone.utc).timestamp()
+    return status if status is not None and status.alive(now) else None
 
 
 def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any]:
@@ -770,7 +761,8 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
 
 async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
     sections = await store.sections()
-    rate = await sender_rate(store)
+    status = await live_status(store)
+    rate = status.rate if status is not None else 0.0
     current = sections[Section.CURRENT]
     estimates = queue_estimates(current, rate) if rate > 0 else {}
     doc: dict[str, list[dict[str, Any]]] = {}
@@ -781,7 +773,7 @@ async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
     # Current mailings say whether the sender is held back for them: "waiting" (no relay can take
     # a message: paused after a refused login, or resting) and "throttled" (a relay asked us to
     # slow down); each null or {"reason", "since", "next_try", ...} (see relays.held_back).
-    waiting = parse_waiting(await store.meta("sender_waiting") if await sender_alive(store) else None)
+    waiting = status.waiting if status is not None else {}
     for item in doc.get(Section.CURRENT.value, []):
         item.update(held_back(waiting, item["id"], item["state"] == "sending"))
     return doc
@@ -820,7 +812,7 @@ async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
     names = [r.name for r in relays_from_settings(args.settings)]
     await request_resume(store, args.relay, names)
     say(args, f"asked the sender to try {args.relay or 'every paused relay'} again")
-    if not await sender_alive(store):
+    if await live_status(store) is None:
         say(args, "no sender is running, so nothing is paused (a new `mailtower run` starts with every relay unpaused)")
     return 0
 
