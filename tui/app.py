@@ -50,7 +50,7 @@ from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder, SenderLease
 from mailtower.core.lifecycle import Direction, Lifecycle, Offer
 from mailtower.core.limits import read_limits
-from mailtower.core.operations import request_resume, split_by_zone
+from mailtower.core.operations import request_resume
 from mailtower.core.progress import (
     Hold,
     HoldState,
@@ -61,6 +61,7 @@ from mailtower.core.progress import (
     paused_relays,
     queue_estimates,
 )
+from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, storage_error
@@ -1094,16 +1095,14 @@ class DashboardApp(App[int]):
         store, lifecycle = self.store, self.lifecycle
         assert store is not None and lifecycle is not None
         name = " ".join(mailing.name.split())
-        if request.local_time:
-            results = await split_by_zone(store, lifecycle, mailing.id, request.local, request.tz)
-            self._expect(*(mailing_id for mailing_id, _ in results))
-            for _, resolved in results:
-                if resolved.warning:
-                    self.notify(resolved.warning, severity="warning", timeout=8)
-            return f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone ({len(results)} mailings)"
-        resolved = await lifecycle.schedule(mailing.id, request.local, request.tz)
-        if resolved.warning:
-            self.notify(resolved.warning, severity="warning", timeout=8)
+        result = await schedule_mailing(store, lifecycle, mailing.id, request.local, request.tz, request.local_time)
+        if result.local_time:
+            self._expect(*result.mailing_ids)
+        for _, warning in result.warnings:
+            self.notify(warning, severity="warning", timeout=8)
+        if result.local_time:
+            return f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone ({len(result.mailings)} mailings)"
+        resolved = result.mailings[0].resolved
         return f"“{name}” scheduled for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz}"
 
     def _details_screen(self, store: Store, mailing: Mailing) -> Screen[None]:

@@ -42,11 +42,12 @@ from mailtower.core.files import (
 )
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
-from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume, split_by_zone
+from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume
 from mailtower.core.recipients_csv import ReadProgress, neutralise_formula
 from mailtower.core.progress import queue_estimates
 from mailtower.core.relays import held_back, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
+from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.store import Store, iso, storage_error
 from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
@@ -819,22 +820,21 @@ async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     when = parse_wall_time(args.at)
-    lifecycle = Lifecycle(store)
     before = await store.mailing(args.id)
-    if args.local_time:
-        results = await split_by_zone(store, lifecycle, args.id, when, args.tz)
-        for mailing_id, resolved in results:
-            if resolved.warning:
-                warn(f"mailing {mailing_id}: {resolved.warning}")
-            print(f"{mailing_id}\t{resolved.tz}\t{iso(resolved.utc)}")
-        say(args, f"scheduled {named(before)} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
-                  f"{plural(len(results), 'mailing')}, one per zone (listed on standard output)")
-        return 0
-    if not args.tz:
+    if not args.local_time and not args.tz:
         raise UserError("schedule needs --tz ZONE (or --local-time to use each recipient's zone)")
-    resolved = await lifecycle.schedule(args.id, when, args.tz)
-    if resolved.warning:
-        warn(resolved.warning)
+    result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time)
+    if result.local_time:
+        for mailing_id, warning in result.warnings:
+            warn(f"mailing {mailing_id}: {warning}")
+        for scheduled in result.mailings:
+            print(f"{scheduled.mailing_id}\t{scheduled.resolved.tz}\t{iso(scheduled.resolved.utc)}")
+        say(args, f"scheduled {named(before)} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
+                  f"{plural(len(result.mailings), 'mailing')}, one per zone (listed on standard output)")
+        return 0
+    resolved = result.mailings[0].resolved
+    for _, warning in result.warnings:
+        warn(warning)
     # The wall time in effect (after a spring-forward gap, the later one the warning named).
     say(args, f"scheduled {named(before)} for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz} "
               f"({resolved.utc:%Y-%m-%d %H:%M} UTC)")
