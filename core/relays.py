@@ -22,7 +22,6 @@ refusing relay sees one connection (and at most one login) per attempt, not one 
 
 from __future__ import annotations
 
-import json
 import time
 import weakref
 from collections import deque
@@ -32,6 +31,7 @@ from datetime import datetime, timezone
 from .config import Settings
 from .progress import RateMeter
 from .ratelimit import RateLimiter
+from .sender_status import parse_waiting as parse_waiting  # the status contract owns it; still importable here
 from .smtp_client import Relay, SmtpConnection
 
 
@@ -284,15 +284,6 @@ def _iso(wall: object) -> str | None:
 
 def _times(entries: list[dict[str, object]], key: str) -> list[float]:
     return [float(v) for e in entries if isinstance(v := e.get(key), (int, float)) and _iso(v) is not None]
-
-
-def parse_waiting(raw: str | None) -> dict[str, object]:
-    """The sender's meta `sender_waiting` as written by Sender.waiting_document ({} if unreadable)."""
-    try:
-        doc = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def held_back(doc: dict[str, object], mailing_id: int, sending: bool) -> dict[str, dict[str, object] | None]:

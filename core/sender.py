@@ -18,7 +18,6 @@ raises SenderFailed naming the cause.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -38,6 +37,7 @@ from .operations import RESUME_REQUEST_KEY, parse_resume_request, template_for
 from .ratelimit import RateLimiter
 from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
+from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
 from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict
 from .store import Claimed, Outcome, Store, storage_error
@@ -949,13 +949,12 @@ class Sender:
         if store is None:
             return
         snap = self.snapshot
-        await store.put_meta(
-            {
-                "sender_state": (state or snap.state).value,
-                "sender_reason": self._scrubbed(snap.reason),
-                "sender_rate": f"{snap.rate:.3f}",
-                "sender_last_accept": f"{snap.last_accept_at or 0:.3f}",
-                "sender_heartbeat": f"{time.time():.3f}",
-                "sender_waiting": json.dumps(self.waiting_document()),
-            }
+        status = SenderStatus(
+            state=state or snap.state,
+            heartbeat=time.time(),
+            reason=self._scrubbed(snap.reason),
+            rate=snap.rate,
+            last_accept_at=snap.last_accept_at,
+            waiting=self.waiting_document(),
         )
+        await write_status(store, status)

@@ -50,7 +50,7 @@ from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder, SenderLease
 from mailtower.core.lifecycle import Direction, Lifecycle, Offer
 from mailtower.core.limits import read_limits
-from mailtower.core.operations import request_resume, split_by_zone
+from mailtower.core.operations import request_resume
 from mailtower.core.progress import (
     Hold,
     HoldState,
@@ -61,7 +61,8 @@ from mailtower.core.progress import (
     paused_relays,
     queue_estimates,
 )
-from mailtower.core.relays import parse_waiting
+from mailtower.core.scheduling import schedule_mailing
+from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
@@ -83,7 +84,6 @@ HandOff = Callable[[Settings], object]
 
 SECTION_IDS = {Section.CURRENT: "current", Section.SCHEDULED: "scheduled", Section.INACTIVE: "inactive"}
 TABLE_CHROME = 3  # border left and right, and the vertical scrollbar's gutter
-HEARTBEAT_STALE = 5.0  # seconds: a monitored sender that has not written for this long is silent
 SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
 STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
 EXPECT_FOR = 5.0  # seconds after an action of ours during which its mailing's move is not announced again
@@ -344,7 +344,7 @@ class DashboardApp(App[int]):
         self._next_lease_check = 0.0
         self._sender_retry_at = 0.0
         self.sender_failure = ""  # why our sender stopped, shown in the header until one runs again
-        self._meta: dict[str, str] = {}
+        self._remote: SenderStatus | None = None  # what another process's sender last wrote
         self._active_since: float | None = None
         self._stopping = False
         self._leaving = False
@@ -397,7 +397,8 @@ class DashboardApp(App[int]):
         store = self.store
         assert store is not None
         try:
-            last = [_float(await store.meta("sender_last_accept"))]
+            earlier = await read_status(store)
+            last = [(earlier.last_accept_at or 0.0) if earlier is not None else 0.0]
             sent_at = await store.last_sent_at()
             if sent_at is not None:
                 last.append(sent_at.timestamp())
@@ -593,8 +594,7 @@ class DashboardApp(App[int]):
                 sections[section] = await store.mailings(section)
         self._signatures = signatures
         if self.mode is Mode.MONITORING:
-            keys = ("sender_state", "sender_reason", "sender_rate", "sender_last_accept", "sender_heartbeat", "sender_waiting")
-            self._meta = {key: (await store.meta(key)) or "" for key in keys}
+            self._remote = await read_status(store)
         self._announce_moves(self.sections, sections)
         self.sections = sections
         self._next_retry = {}
@@ -686,8 +686,9 @@ class DashboardApp(App[int]):
     def current_rate(self) -> float:
         if self.sender is not None:
             return self.sender.snapshot.rate
-        if self.mode is Mode.MONITORING and self._remote_state() == "sending":
-            return _float(self._meta.get("sender_rate"))
+        remote = self._live_remote()
+        if remote is not None and remote.state is SenderState.SENDING:
+            return remote.rate
         return 0.0
 
     def estimate_rate(self, current: list[Mailing]) -> float:
@@ -711,9 +712,8 @@ class DashboardApp(App[int]):
         (the meta `status --json` reads, parsed by core.relays.parse_waiting)."""
         if self.sender is not None:
             return self.sender.waiting_document()
-        if self.mode is Mode.MONITORING and self._remote_state() not in ("silent", "stopped"):
-            return parse_waiting(self._meta.get("sender_waiting"))
-        return {}
+        remote = self._live_remote()
+        return remote.waiting if remote is not None else {}
 
     def holds(self, current: list[Mailing] | None = None) -> dict[int, Hold]:
         """Why each current mailing is held back now (paused, waiting, throttled, retrying)."""
@@ -725,11 +725,19 @@ class DashboardApp(App[int]):
                 result[mailing.id] = hold
         return result
 
+    def _live_remote(self) -> SenderStatus | None:
+        """Another process's sender, while we monitor it and it is alive (the contract's rule,
+        the same one `mailtower status` uses)."""
+        remote = self._remote
+        if self.mode is not Mode.MONITORING or remote is None or not remote.alive(self.now().timestamp()):
+            return None
+        return remote
+
     def _remote_state(self) -> str:
-        heartbeat = _float(self._meta.get("sender_heartbeat"))
-        if not heartbeat or self.now().timestamp() - heartbeat > HEARTBEAT_STALE:
+        remote = self._remote
+        if remote is None or not remote.fresh(self.now().timestamp()):
             return "silent"
-        return self._meta.get("sender_state", "") or "idle"
+        return remote.state.value
 
     def _render(self) -> None:
         if self._exit or self._dashboard is None or not self._dashboard.is_mounted or not self._dashboard_visible():
@@ -825,11 +833,11 @@ class DashboardApp(App[int]):
         elif self.mode is Mode.MONITORING:
             mode = Mode.MONITORING
             state = self._remote_state()
-            rate, reason = self.current_rate(), self._meta.get("sender_reason", "")
+            remote = self._remote
+            rate, reason = self.current_rate(), remote.reason if remote is not None else ""
             if state == "silent":
-                heartbeat = _float(self._meta.get("sender_heartbeat"))
-                reason = f"no heartbeat for {int(now_epoch - heartbeat)} s" if heartbeat else "no heartbeat yet"
-            last = _float(self._meta.get("sender_last_accept")) or None
+                reason = silence_reason(remote, now_epoch)
+            last = remote.last_accept_at if remote is not None else None
         else:
             return HeaderInfo(Mode.OFF, reason=self.sender_failure, where=where)
         prior = self._prior_accept
@@ -1087,16 +1095,14 @@ class DashboardApp(App[int]):
         store, lifecycle = self.store, self.lifecycle
         assert store is not None and lifecycle is not None
         name = " ".join(mailing.name.split())
-        if request.local_time:
-            results = await split_by_zone(store, lifecycle, mailing.id, request.local, request.tz)
-            self._expect(*(mailing_id for mailing_id, _ in results))
-            for _, resolved in results:
-                if resolved.warning:
-                    self.notify(resolved.warning, severity="warning", timeout=8)
-            return f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone ({len(results)} mailings)"
-        resolved = await lifecycle.schedule(mailing.id, request.local, request.tz)
-        if resolved.warning:
-            self.notify(resolved.warning, severity="warning", timeout=8)
+        result = await schedule_mailing(store, lifecycle, mailing.id, request.local, request.tz, request.local_time)
+        if result.local_time:
+            self._expect(*result.mailing_ids)
+        for _, warning in result.warnings:
+            self.notify(warning, severity="warning", timeout=8)
+        if result.local_time:
+            return f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone ({len(result.mailings)} mailings)"
+        resolved = result.mailings[0].resolved
         return f"“{name}” scheduled for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz}"
 
     def _details_screen(self, store: Store, mailing: Mailing) -> Screen[None]:
@@ -1221,11 +1227,12 @@ def holder_forms(holder: Holder | None) -> tuple[str, ...]:
     return (holder.describe(), f"{holder.what} pid {holder.pid}@{holder.host}", f"pid {holder.pid}@{holder.host}")
 
 
-def _float(text: str | None) -> float:
-    try:
-        return float(text or 0)
-    except ValueError:
-        return 0.0
+def silence_reason(remote: SenderStatus | None, now: float) -> str:
+    """Why another process's sender counts as silent (its heartbeat is not fresh)."""
+    if remote is None:
+        return "no heartbeat yet"
+    age = remote.age(now)
+    return f"no heartbeat for {int(age)} s" if age >= 0 else f"its heartbeat is {int(-age)} s ahead of this clock"
 
 
 def _bind(function: Callable[..., object], *args: object, **kwargs: object) -> Callable[[], object]:

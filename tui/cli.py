@@ -42,11 +42,13 @@ from mailtower.core.files import (
 )
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
-from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume, split_by_zone
+from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume
 from mailtower.core.recipients_csv import ReadProgress, neutralise_formula
 from mailtower.core.progress import queue_estimates
-from mailtower.core.relays import held_back, parse_waiting, relays_from_settings
+from mailtower.core.relays import held_back, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
+from mailtower.core.scheduling import schedule_mailing
+from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.store import Store, iso, storage_error
 from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
 
@@ -723,21 +725,11 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-async def sender_alive(store: Store) -> bool:
-    """A sender runs and has reported within the last few seconds."""
-    try:
-        heartbeat = float(await store.meta("sender_heartbeat") or 0)
-    except ValueError:
-        return False
-    state = await store.meta("sender_state")
-    return state not in (None, "stopped") and datetime.now(timezone.utc).timestamp() - heartbeat <= 5
-
-
-async def sender_rate(store: Store) -> float:
-    """The live sending rate if a sender has reported within the last few seconds."""
-    if not await sender_alive(store):
-        return 0.0
-    return float(await store.meta("sender_rate") or 0)
+async def live_status(store: Store) -> SenderStatus | None:
+    """The sender's status if one runs now (the contract's staleness rule), else None."""
+    status = await read_status(store)
+    now = datetime.now(timezone.utc).timestamp()
+    return status if status is not None and status.alive(now) else None
 
 
 def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any]:
@@ -770,7 +762,8 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
 
 async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
     sections = await store.sections()
-    rate = await sender_rate(store)
+    status = await live_status(store)
+    rate = status.rate if status is not None else 0.0
     current = sections[Section.CURRENT]
     estimates = queue_estimates(current, rate) if rate > 0 else {}
     doc: dict[str, list[dict[str, Any]]] = {}
@@ -781,7 +774,7 @@ async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
     # Current mailings say whether the sender is held back for them: "waiting" (no relay can take
     # a message: paused after a refused login, or resting) and "throttled" (a relay asked us to
     # slow down); each null or {"reason", "since", "next_try", ...} (see relays.held_back).
-    waiting = parse_waiting(await store.meta("sender_waiting") if await sender_alive(store) else None)
+    waiting = status.waiting if status is not None else {}
     for item in doc.get(Section.CURRENT.value, []):
         item.update(held_back(waiting, item["id"], item["state"] == "sending"))
     return doc
@@ -820,29 +813,28 @@ async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
     names = [r.name for r in relays_from_settings(args.settings)]
     await request_resume(store, args.relay, names)
     say(args, f"asked the sender to try {args.relay or 'every paused relay'} again")
-    if not await sender_alive(store):
+    if await live_status(store) is None:
         say(args, "no sender is running, so nothing is paused (a new `mailtower run` starts with every relay unpaused)")
     return 0
 
 
 async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     when = parse_wall_time(args.at)
-    lifecycle = Lifecycle(store)
     before = await store.mailing(args.id)
-    if args.local_time:
-        results = await split_by_zone(store, lifecycle, args.id, when, args.tz)
-        for mailing_id, resolved in results:
-            if resolved.warning:
-                warn(f"mailing {mailing_id}: {resolved.warning}")
-            print(f"{mailing_id}\t{resolved.tz}\t{iso(resolved.utc)}")
-        say(args, f"scheduled {named(before)} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
-                  f"{plural(len(results), 'mailing')}, one per zone (listed on standard output)")
-        return 0
-    if not args.tz:
+    if not args.local_time and not args.tz:
         raise UserError("schedule needs --tz ZONE (or --local-time to use each recipient's zone)")
-    resolved = await lifecycle.schedule(args.id, when, args.tz)
-    if resolved.warning:
-        warn(resolved.warning)
+    result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time)
+    if result.local_time:
+        for mailing_id, warning in result.warnings:
+            warn(f"mailing {mailing_id}: {warning}")
+        for scheduled in result.mailings:
+            print(f"{scheduled.mailing_id}\t{scheduled.resolved.tz}\t{iso(scheduled.resolved.utc)}")
+        say(args, f"scheduled {named(before)} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
+                  f"{plural(len(result.mailings), 'mailing')}, one per zone (listed on standard output)")
+        return 0
+    resolved = result.mailings[0].resolved
+    for _, warning in result.warnings:
+        warn(warning)
     # The wall time in effect (after a spring-forward gap, the later one the warning named).
     say(args, f"scheduled {named(before)} for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz} "
               f"({resolved.utc:%Y-%m-%d %H:%M} UTC)")

@@ -448,7 +448,7 @@ async def test_header_turns_stalled_when_nothing_is_accepted(fixed_db: Fixture, 
         # The sender stays alive (its heartbeat keeps coming) but the server accepts nothing.
         later = FIXED_NOW + timedelta(seconds=40)
         await put_sender_meta(fixed_db.db, later, accepted_ago=43)
-        await wait_for(lambda: app._meta.get("sender_heartbeat") == f"{later.timestamp():.3f}", timeout=3.0)
+        await wait_for(lambda: app._remote is not None and app._remote.heartbeat == round(later.timestamp(), 3), timeout=3.0)
         clock.advance(40)
         await wait_for(lambda: "STALLED" in header.plain, timeout=3.0)
         assert "last accepted 43 s ago" in header.plain

@@ -263,7 +263,7 @@ async def test_sparkline_follows_the_monitored_rate_once_a_second(fixed_db: Fixt
             # The other process writes its rate for the next second; then that second comes.
             later = clock() + timedelta(seconds=1)
             await put_sender_meta(db, later, rate=rate)
-            await until(pilot, lambda: app._meta.get("sender_heartbeat") == f"{later.timestamp():.3f}")
+            await until(pilot, lambda: app._remote is not None and app._remote.heartbeat == round(later.timestamp(), 3))
             assert len(app.rate_history.total) == samples
             clock.advance(1)
             await until(pilot, lambda: len(app.rate_history.total) == samples + 1)

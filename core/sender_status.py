@@ -1,0 +1,145 @@
+"""The sender's status, as one process tells the others (the meta table is the wire).
+
+The sender writes it about once a second (`write_status`); `mailtower status --json`, `mailtower
+resume` and a dashboard monitoring another process read it (`read_status`). The meta keys and
+their text formats are a contract with processes of other versions: they do not change here.
+
+One staleness rule for every reader: `SenderStatus.fresh(now)` (a heartbeat at most
+HEARTBEAT_STALE seconds old, and not absurdly far ahead of the clock) and `SenderStatus.alive(now)` (fresh, and not stopped).
+Whatever the meta holds, reading never fails: an unreadable heartbeat or state means no status
+(None); an unreadable rate, time or waiting document reads as its default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+
+from .progress import SenderState
+
+HEARTBEAT_STALE = 5.0  # seconds: a sender that has not written for this long is silent (not alive)
+# Seconds a heartbeat may lie ahead of the reader's clock (a clock stepped back since the write):
+# beyond that it is garbage, and a time far ahead must not keep a dead sender "alive" for ever.
+HEARTBEAT_AHEAD = 60.0
+
+# The meta keys (a contract with other processes and versions: never renamed).
+STATE, REASON, RATE, LAST_ACCEPT, HEARTBEAT, WAITING = (
+    "sender_state",
+    "sender_reason",
+    "sender_rate",
+    "sender_last_accept",
+    "sender_heartbeat",
+    "sender_waiting",
+)
+KEYS = (STATE, REASON, RATE, LAST_ACCEPT, HEARTBEAT, WAITING)
+
+
+class MetaStore(Protocol):
+    async def meta(self, key: str) -> str | None: ...
+
+    async def put_meta(self, values: dict[str, str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SenderStatus:
+    state: SenderState
+    heartbeat: float  # wall clock (epoch seconds) of the write
+    reason: str = ""
+    rate: float = 0.0  # messages per second, finite and >= 0
+    last_accept_at: float | None = None  # wall clock of the last accepted message (None: never)
+    waiting: dict[str, object] = field(default_factory=dict)  # Sender.waiting_document()
+
+    def age(self, now: float) -> float:
+        """Seconds since the heartbeat (negative if it is ahead of `now`)."""
+        return now - self.heartbeat
+
+    def fresh(self, now: float) -> bool:
+        """The sender wrote within the last HEARTBEAT_STALE seconds (or a little ahead of `now`)."""
+        return -HEARTBEAT_AHEAD <= self.age(now) <= HEARTBEAT_STALE
+
+    def alive(self, now: float) -> bool:
+        """A sender runs and has reported lately: the rule for every reader."""
+        return self.fresh(now) and self.state is not SenderState.STOPPED
+
+    def live_rate(self, now: float) -> float:
+        """The sending rate while alive, else 0."""
+        return self.rate if self.alive(now) else 0.0
+
+    def live_waiting(self, now: float) -> dict[str, object]:
+        """Why the sender is held back while alive, else nothing."""
+        return self.waiting if self.alive(now) else {}
+
+
+def status_meta(status: SenderStatus) -> dict[str, str]:
+    """The meta values for `status`, in the formats other processes read."""
+    return {
+        STATE: status.state.value,
+        REASON: status.reason,
+        RATE: f"{_finite(status.rate):.3f}",
+        LAST_ACCEPT: f"{status.last_accept_at or 0:.3f}",
+        HEARTBEAT: f"{status.heartbeat:.3f}",
+        WAITING: json.dumps(status.waiting),
+    }
+
+
+async def write_status(store: MetaStore, status: SenderStatus) -> None:
+    await store.put_meta(status_meta(status))
+
+
+async def read_meta(store: MetaStore) -> dict[str, str]:
+    """The raw meta values of the status (missing keys left out)."""
+    values = {key: await store.meta(key) for key in KEYS}
+    return {key: value for key, value in values.items() if isinstance(value, str)}
+
+
+async def read_status(store: MetaStore) -> SenderStatus | None:
+    """What the sender last wrote, or None if no sender ever wrote a readable status."""
+    return status_from_meta(await read_meta(store))
+
+
+def status_from_meta(meta: Mapping[str, Any]) -> SenderStatus | None:
+    heartbeat = _number(meta.get(HEARTBEAT))
+    try:
+        state = SenderState(meta.get(STATE))
+    except ValueError:
+        return None
+    if heartbeat is None or heartbeat <= 0:
+        return None
+    reason = meta.get(REASON)
+    last = _number(meta.get(LAST_ACCEPT))
+    return SenderStatus(
+        state=state,
+        heartbeat=heartbeat,
+        reason=reason if isinstance(reason, str) else "",
+        rate=_finite(_number(meta.get(RATE)) or 0.0),
+        last_accept_at=last if last is not None and last > 0 else None,
+        waiting=parse_waiting(meta.get(WAITING)),
+    )
+
+
+def parse_waiting(raw: object) -> dict[str, object]:
+    """The sender's `sender_waiting` document as written by Sender.waiting_document ({} if unreadable)."""
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _number(raw: object) -> float | None:
+    """A finite float from meta text, or None (missing, malformed, NaN, infinite)."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _finite(rate: float) -> float:
+    return rate if math.isfinite(rate) and rate > 0 else 0.0
