@@ -477,6 +477,9 @@ def _parse_header(reader: _Reader, path: str) -> _Layout:
     for column, name in enumerate(names, 1):
         if not name:
             raise ImportRejected(f"{path}: line {line}: column {column} of the header has no name")
+        bad = unsafe_character(name)
+        if bad is not None:  # a column name becomes a merge field, shown in the dashboard and logs
+            raise ImportRejected(f"{path}: line {line}: column {column} of the header holds a control character ({bad})")
         key = name.lower() if name.lower() in _RESERVED else name
         if key in seen:
             raise ImportRejected(

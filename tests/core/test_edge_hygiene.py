@@ -402,3 +402,15 @@ def test_store_recipient_pages_hold_one_page_at_a_time(cli: Cli, tmp_path: Path,
             await store.close()
 
     assert asyncio.run(pages()) == [10, 10, 5]
+
+
+def test_control_characters_in_a_header_column_are_refused(tmp_path: Path) -> None:
+    """A column name becomes a merge field name: an escape in it is refused like one in a name."""
+    body = tmp_path / "body.txt"
+    body.write_text("Hi\n")
+    people = tmp_path / "people.csv"
+    people.write_text("email,name,\x1b]0;owned\x07city\nann@example.com,Ann,Paris\n", encoding="utf-8")
+    db = tmp_path / "h.db"
+    code, out, err = Cli(db, None)(*new_args(body, people))
+    assert code == 2 and "column 3 of the header holds a control character (U+001B" in err
+    assert "\x1b" not in err  # the refusal itself is safe to print
