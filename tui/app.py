@@ -16,11 +16,10 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -35,16 +34,7 @@ from textual.widgets import DataTable, Footer, Input
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from mailtower.core.display import safe
-from mailtower.core.config import (
-    CONFIG_ENV,
-    ENV,
-    NO_CONFIG,
-    PASSWORD_ENV,
-    PASSWORD_FILE_ENV,
-    SecretOrigin,
-    Settings,
-    security_warnings,
-)
+from mailtower.core.config import Settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder, SenderLease
@@ -70,6 +60,13 @@ from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utc
 from .actions import ActionsMenu
 from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
+from .handoff import (  # re-exported: the CLI's tests and older imports name them from here
+    child_environment,
+    handoff_command,
+    handoff_log_path,
+    launch_background_sender,
+    settings_environment,
+)
 from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
@@ -78,6 +75,18 @@ from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
 log = logging.getLogger("mailtower.dashboard")
+
+# What `from mailtower.tui.app import ...` offers, including the hand-off names that moved to .handoff.
+__all__ = [
+    "DashboardApp",
+    "HANGUP_EXIT",
+    "child_environment",
+    "handoff_command",
+    "handoff_log_path",
+    "launch_background_sender",
+    "run_dashboard",
+    "settings_environment",
+]
 
 Clock = Callable[[], datetime]
 HandOff = Callable[[Settings], object]
@@ -88,92 +97,9 @@ SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
 STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
 EXPECT_FOR = 5.0  # seconds after an action of ours during which its mailing's move is not announced again
 HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
-CHILD_STDIN = "/dev/stdin"  # where a background sender reads a password that came from a pipe
 QUIT_HELP = "leave the dashboard (sending continues in the background)"
 QUIT_DEMO = "end the demo: its SMTP sink and database are throw-away, so nothing is handed off"
 MOVES = {"move-up": Direction.UP, "move-down": Direction.DOWN, "move-top": Direction.TOP, "move-bottom": Direction.BOTTOM}
-
-
-# ---- hand-off to a background sender -------------------------------------------------------
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """MAILTOWER_* variables that reproduce `settings` in a child process.
-
-    The password travels the way it came: a literal only if it was given as one. When it came from
-    a file the child is told the file; from the TOML file, the child reads that file again; from a
-    pipe, the child reads it on its stdin (see `launch_background_sender`)."""
-    env: dict[str, str] = {}
-    for var, name in ENV.items():
-        if name in ("smtp_password", "smtp_password_file"):
-            continue
-        value = getattr(settings, name)
-        if isinstance(value, bool):
-            env[var] = "true" if value else "false"
-        else:
-            env[var] = str(value)
-    origin = settings.smtp_password_origin
-    if origin is SecretOrigin.FILE and settings.smtp_password_file is not None:
-        env[PASSWORD_FILE_ENV] = str(settings.smtp_password_file)
-    elif origin is SecretOrigin.STREAM:
-        env[PASSWORD_FILE_ENV] = CHILD_STDIN
-    elif settings.smtp_password and not (origin is SecretOrigin.CONFIG and settings.config_path is not None):
-        env[PASSWORD_ENV] = settings.smtp_password
-    # The child reads the same TOML file, or none when the parent read none.
-    env[CONFIG_ENV] = str(settings.config_path or NO_CONFIG)
-    return env
-
-
-def child_environment(settings: Settings, inherited: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a background sender: ours, without any password variable we did not
-    choose (so a file-sourced password never becomes a literal there), plus `settings_environment`."""
-    env = {k: v for k, v in inherited.items() if k not in (PASSWORD_ENV, PASSWORD_FILE_ENV)}
-    return {**env, **settings_environment(settings)}
-
-
-def handoff_command(settings: Settings) -> list[str]:
-    config = ["--config", str(settings.config_path)] if settings.config_path else []
-    # --log: the sender's INFO lines (started, finished a mailing, waiting, stopped) go to the same
-    # file as its stderr, with timestamps (see cli.sender_logging).
-    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), *config, "run", "--until-idle",
-            "--log", str(handoff_log_path(settings))]
-
-
-def handoff_log_path(settings: Settings) -> Path:
-    return settings.db.with_name(settings.db.name + ".run.log")
-
-
-def launch_background_sender(settings: Settings) -> subprocess.Popen[bytes]:
-    """Start a detached `mailtower run` that outlives this terminal; it exits once nothing is left."""
-    log_path = handoff_log_path(settings)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    piped = settings.smtp_password_origin is SecretOrigin.STREAM
-    try:
-        proc = subprocess.Popen(
-            handoff_command(settings),
-            stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            env=child_environment(settings, os.environ),
-            start_new_session=True,  # a new session: the terminal's SIGHUP does not reach it
-            close_fds=True,
-        )
-    finally:
-        os.close(fd)
-    if piped and proc.stdin is not None:
-        # A password read from a pipe cannot be read again by the child: hand it over the same way.
-        # It was read with a bound of MAX_SECRET_BYTES (64 KiB), which a pipe's buffer holds whole,
-        # so this write does not wait for the child.
-        try:
-            proc.stdin.write(settings.smtp_password.encode("utf-8"))
-        except OSError:
-            pass  # the child is already gone; its log says why
-        finally:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-    return proc
 
 
 # ---- screens we push (written alongside this app; imported when needed) ----------------------
