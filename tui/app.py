@@ -6,6 +6,11 @@ twice a second and only when `PRAGMA data_version` says another connection commi
 the sections from the store. Whatever changed is copied into the panels inside one batched
 update, cell by cell. When another process holds the sender lease, the same loop runs from the
 database alone (monitor mode) and takes the lease over when it becomes free.
+
+Where things live: the refresh model's decisions without Textual (which sections to read again,
+what moved, holds, live counters) in tui/refresh.py; the hand-off to a background `mailtower run`
+in tui/handoff.py; the rows, panels and header in tui/rows.py, tui/panels.py and tui/header.py.
+This module keeps the timer that drives them, the sender beside the app, and the key actions.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -71,6 +75,7 @@ from .help import HelpScreen
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .sparkline import RateHistory, RateSparklines
+from .refresh import holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
@@ -512,34 +517,18 @@ class DashboardApp(App[int]):
         self._last_read = time.monotonic()
         # The version first: a commit landing during the read changes it again, so it is re-read.
         self._data_version = await store.data_version()
-        # Only sections whose mailings changed are read again: while sending, that is Current.
-        signatures = await store.section_signatures()
-        sections = dict(self.sections)
-        for section in Section:
-            if signatures[section] != self._signatures.get(section):
-                sections[section] = await store.mailings(section)
-        self._signatures = signatures
+        read = await read_changed_sections(store, self.sections, self._signatures)
+        sections = read.sections
+        self._signatures = read.signatures
         if self.mode is Mode.MONITORING:
             self._remote = await read_status(store)
         self._announce_moves(self.sections, sections)
         self.sections = sections
-        self._next_retry = {}
-        for mailing in sections[Section.CURRENT]:
-            if 0 < mailing.remaining <= mailing.deferred:  # nothing left but retries
-                at = await store.next_retry(mailing.id)
-                if at is not None:
-                    self._next_retry[mailing.id] = at
+        self._next_retry = await next_retries(store, sections[Section.CURRENT])
 
     def _announce_moves(self, old: dict[Section, list[Mailing]], new: dict[Section, list[Mailing]]) -> None:
-        before = {m.id: m for ms in old.values() for m in ms}
-        if not before:
-            return  # the first read: nothing moved, it was all there already
-        for mailing in (m for ms in new.values() for m in ms):
-            was = before.get(mailing.id)
-            if was is None or self._expected.get(mailing.id, 0.0) > time.monotonic():
-                continue
-            if was.state is not mailing.state or was.missed != mailing.missed:
-                self.post_message(MailingMoved(mailing, was.state))
+        for mailing, before in moved_mailings(old, new, self._expected, time.monotonic()):
+            self.post_message(MailingMoved(mailing, before))
         self._expected = {k: t for k, t in self._expected.items() if t > time.monotonic()}
 
     def on_mailing_moved(self, message: MailingMoved) -> None:
@@ -596,18 +585,7 @@ class DashboardApp(App[int]):
         current = self.sections[Section.CURRENT]
         if self.sender is None:
             return current
-        live = self.sender.snapshot.mailings
-        patched = []
-        for mailing in current:
-            p = live.get(mailing.id)
-            if (
-                p is not None
-                and (p.sent, p.failed, p.deferred) != (mailing.sent, mailing.failed, mailing.deferred)
-                and p.sent + p.failed >= mailing.sent + mailing.failed
-            ):
-                mailing = replace(mailing, sent=p.sent, failed=p.failed, deferred=p.deferred, in_doubt=p.in_doubt)
-            patched.append(mailing)
-        return patched
+        return patch_live(current, self.sender.snapshot.mailings)
 
     def current_rate(self) -> float:
         if self.sender is not None:
@@ -643,13 +621,8 @@ class DashboardApp(App[int]):
 
     def holds(self, current: list[Mailing] | None = None) -> dict[int, Hold]:
         """Why each current mailing is held back now (paused, waiting, throttled, retrying)."""
-        doc = self.waiting_document()
-        result: dict[int, Hold] = {}
-        for mailing in self.sections[Section.CURRENT] if current is None else current:
-            hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
-            if hold is not None:
-                result[mailing.id] = hold
-        return result
+        mailings = self.sections[Section.CURRENT] if current is None else current
+        return holds_for(mailings, self.waiting_document(), self._next_retry)
 
     def _live_remote(self) -> SenderStatus | None:
         """Another process's sender, while we monitor it and it is alive (the contract's rule,
