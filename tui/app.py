@@ -8,9 +8,10 @@ update, cell by cell. When another process holds the sender lease, the same loop
 database alone (monitor mode) and takes the lease over when it becomes free.
 
 Where things live: the refresh model's decisions without Textual (which sections to read again,
-what moved, holds, live counters) in tui/refresh.py; the hand-off to a background `mailtower run`
-in tui/handoff.py; the rows, panels and header in tui/rows.py, tui/panels.py and tui/header.py.
-This module keeps the timer that drives them, the sender beside the app, and the key actions.
+what moved, holds, live counters) in tui/refresh.py; starting, owning and stopping the in-process
+sender in tui/sender_host.py; the hand-off to a background `mailtower run` in tui/handoff.py;
+the rows, panels and header in tui/rows.py, tui/panels.py and tui/header.py. This module keeps
+the timer that drives them, the mode the header shows, and the key actions.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -35,13 +37,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
-from textual.worker import Worker, WorkerCancelled, WorkerFailed
+from textual.worker import Worker
 
 from mailtower.core.display import safe
 from mailtower.core.config import Settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
-from mailtower.core.lease import Holder, SenderLease
+from mailtower.core.lease import Holder
 from mailtower.core.lifecycle import Direction, Lifecycle, Offer
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume
@@ -57,7 +59,7 @@ from mailtower.core.progress import (
 )
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.sender_status import SenderStatus, read_status
-from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
+from mailtower.core.sender import Sender
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
 
@@ -72,6 +74,7 @@ from .handoff import (  # re-exported: the CLI's tests and older imports name th
     settings_environment,
 )
 from .help import HelpScreen
+from .sender_host import STOP_TIMEOUT, SenderHost
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .sparkline import RateHistory, RateSparklines
@@ -98,8 +101,6 @@ HandOff = Callable[[Settings], object]
 
 SECTION_IDS = {Section.CURRENT: "current", Section.SCHEDULED: "scheduled", Section.INACTIVE: "inactive"}
 TABLE_CHROME = 3  # border left and right, and the vertical scrollbar's gutter
-SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
-STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
 EXPECT_FOR = 5.0  # seconds after an action of ours during which its mailing's move is not announced again
 HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
 QUIT_HELP = "leave the dashboard (sending continues in the background)"
@@ -248,19 +249,17 @@ class DashboardApp(App[int]):
         self.hand_off_on_quit = hand_off_on_quit
         self.refresh_interval = refresh_interval
         self.stop_timeout = stop_timeout
+        self.sender_host = SenderHost(settings, stop_timeout=stop_timeout)  # our sender, when we send
         self.hangup_exit = hangup_exit
         self.cleanup = cleanup
         self.store: Store | None = None
         self.lifecycle: Lifecycle | None = None
-        self.sender: Sender | None = None
-        self.sender_worker: Worker[None] | None = None
         self.mode = Mode.OFF
         self.holder: Holder | None = None
         self.handed_off: object | None = None  # what the hand-off launcher returned
         self.sections: dict[Section, list[Mailing]] = {section: [] for section in Section}
         self.cells_written = 0  # for tests and the benchmark: how much the panels were touched
         self.renders = 0
-        self._probe = SenderLease(settings.db)
         self._dashboard: Dashboard | None = None
         self._tick_lock = asyncio.Lock()
         self._force = True
@@ -273,11 +272,8 @@ class DashboardApp(App[int]):
         self.rate_history = RateHistory()  # the header's sparkline: one sample a second
         self._sampled_at = -1
         self._next_lease_check = 0.0
-        self._sender_retry_at = 0.0
-        self.sender_failure = ""  # why our sender stopped, shown in the header until one runs again
         self._remote: SenderStatus | None = None  # what another process's sender last wrote
         self._active_since: float | None = None
-        self._stopping = False
         self._leaving = False
         # Mailings our own actions changed, until when (monotonic): their own toast says what
         # happened, so no second "moved" notice (with a count a beat later) for them.
@@ -378,6 +374,20 @@ class DashboardApp(App[int]):
     # ---- the sender and the lease ------------------------------------------------------------
 
     @property
+    def sender(self) -> Sender | None:
+        """Our own sender while this dashboard sends (tui/sender_host.py owns it)."""
+        return self.sender_host.sender
+
+    @property
+    def sender_worker(self) -> Worker[None] | None:
+        return self.sender_host.worker
+
+    @property
+    def sender_failure(self) -> str:
+        """Why our sender stopped, shown in the header until one runs again."""
+        return self.sender_host.failure
+
+    @property
     def sending_here(self) -> bool:
         return self.sender is not None
 
@@ -385,13 +395,13 @@ class DashboardApp(App[int]):
         """Monitor whoever holds the lease; take it when it is free (if we may send)."""
         if self.sender is not None or self._leaving:
             return
-        holder = self._probe.holder()
+        holder = self.sender_host.holder()
         if holder is not None:
             if self.mode is not Mode.MONITORING or self.holder != holder:
                 self.mode, self.holder = Mode.MONITORING, holder
                 self._force = True
             return
-        if self.start_sender and time.monotonic() >= self._sender_retry_at:
+        if self.start_sender and self.sender_host.may_start():
             self._start_sender()
         elif self.mode is not Mode.OFF:
             self.mode, self.holder = Mode.OFF, None
@@ -399,58 +409,34 @@ class DashboardApp(App[int]):
 
     def _start_sender(self) -> None:
         try:
-            sender = Sender(self.settings, what="dashboard")
+            sender = self.sender_host.create()
         except Exception as exc:  # a bad relay setting: show it, keep the dashboard, try later
             log.exception("cannot start the sender")
-            self._sender_retry_at = time.monotonic() + SENDER_RETRY
             self.mode, self.holder = Mode.OFF, None
             self.notify(f"Cannot start the sender: {exc}", title="Sender", severity="error", timeout=10)
             return
         if self.mode is Mode.MONITORING and self.holder is not None:
             self.post_message(SenderModeChanged("sending", f"{self.holder.describe()} has stopped"))
-        self.sender = sender
-        self.sender_failure = ""
         self.mode, self.holder = Mode.IDLE, None
         self._snap_version = -1
         self._force = True
-        # An App-level worker: it lives as long as the app, whatever screen is on top.
-        self.sender_worker = self.run_worker(
-            self._run_sender(sender), name="sender", group="sender", exclusive=True, exit_on_error=False
-        )
+        self.sender_host.run(sender, self._start_sender_worker, self._sender_failed, self._sender_ended)
 
-    async def _run_sender(self, sender: Sender) -> None:
-        try:
-            await sender.run()
-        except LeaseHeld:
-            pass  # another process took the lease first: the next check monitors it
-        except Exception as exc:  # the dashboard must outlive a broken sender
-            log.exception("sender stopped")
-            self._sender_retry_at = time.monotonic() + SENDER_RETRY
-            # One line naming the cause, kept in the header (a toast alone is easy to miss).
-            why = str(exc) if isinstance(exc, SenderFailed) else f"the sender stopped: {exc}"
-            self.sender_failure = why
-            self.notify(why[:1].upper() + why[1:], title="Sender", severity="error", timeout=30)
-        finally:
-            if self.sender is sender:
-                self.sender = None
-                self.mode = Mode.OFF
-                self._force = True
-                self._next_lease_check = 0.0
+    def _start_sender_worker(self, run: Coroutine[Any, Any, None]) -> Worker[None]:
+        # An App-level worker: it lives as long as the app, whatever screen is on top.
+        return self.run_worker(run, name="sender", group="sender", exclusive=True, exit_on_error=False)
+
+    def _sender_failed(self, why: str) -> None:
+        self.notify(why[:1].upper() + why[1:], title="Sender", severity="error", timeout=30)
+
+    def _sender_ended(self) -> None:
+        self.mode = Mode.OFF
+        self._force = True
+        self._next_lease_check = 0.0
 
     async def _stop_sender(self) -> None:
         """Graceful: in-flight messages finish and are recorded, unstarted rows go back to pending."""
-        sender, worker = self.sender, self.sender_worker
-        if sender is None or worker is None:
-            return
-        self._stopping = True
-        self._render()
-        sender.request_stop()
-        try:
-            await asyncio.wait_for(worker.wait(), timeout=self.stop_timeout)
-        except (TimeoutError, WorkerFailed, WorkerCancelled):
-            worker.cancel()
-        self.sender = None
-        self._stopping = False
+        await self.sender_host.stop(self._render)
 
     # ---- refresh -----------------------------------------------------------------------------
 
@@ -719,7 +705,7 @@ class DashboardApp(App[int]):
 
     def header_info(self, now: datetime) -> HeaderInfo:
         where = f"{self.operator_tz} · tzdata {tzdata_version()}"
-        if self._stopping:
+        if self.sender_host.stopping:
             return HeaderInfo(Mode.STOPPING, where=where)
         now_epoch = now.timestamp()
         if self.sender is not None:
