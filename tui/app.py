@@ -6,6 +6,12 @@ twice a second and only when `PRAGMA data_version` says another connection commi
 the sections from the store. Whatever changed is copied into the panels inside one batched
 update, cell by cell. When another process holds the sender lease, the same loop runs from the
 database alone (monitor mode) and takes the lease over when it becomes free.
+
+Where things live: the refresh model's decisions without Textual (which sections to read again,
+what moved, holds, live counters) in tui/refresh.py; starting, owning and stopping the in-process
+sender in tui/sender_host.py; the hand-off to a background `mailtower run` in tui/handoff.py;
+the rows, panels and header in tui/rows.py, tui/panels.py and tui/header.py. This module keeps
+the timer that drives them, the mode the header shows, and the key actions.
 """
 
 from __future__ import annotations
@@ -16,14 +22,13 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -32,22 +37,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
-from textual.worker import Worker, WorkerCancelled, WorkerFailed
+from textual.worker import Worker
 
 from mailtower.core.display import safe
-from mailtower.core.config import (
-    CONFIG_ENV,
-    ENV,
-    NO_CONFIG,
-    PASSWORD_ENV,
-    PASSWORD_FILE_ENV,
-    SecretOrigin,
-    Settings,
-    security_warnings,
-)
+from mailtower.core.config import Settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
-from mailtower.core.lease import Holder, SenderLease
+from mailtower.core.lease import Holder
 from mailtower.core.lifecycle import Direction, Lifecycle, Offer
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume
@@ -63,117 +59,53 @@ from mailtower.core.progress import (
 )
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.sender_status import SenderStatus, read_status
-from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
+from mailtower.core.sender import Sender
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu
 from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
+from .handoff import (  # re-exported: the CLI's tests and older imports name them from here
+    child_environment,
+    handoff_command,
+    handoff_log_path,
+    launch_background_sender,
+    settings_environment,
+)
 from .help import HelpScreen
+from .sender_host import STOP_TIMEOUT, SenderHost
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .sparkline import RateHistory, RateSparklines
+from .refresh import holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
 
 log = logging.getLogger("mailtower.dashboard")
+
+# What `from mailtower.tui.app import ...` offers, including the hand-off names that moved to .handoff.
+__all__ = [
+    "DashboardApp",
+    "HANGUP_EXIT",
+    "child_environment",
+    "handoff_command",
+    "handoff_log_path",
+    "launch_background_sender",
+    "run_dashboard",
+    "settings_environment",
+]
 
 Clock = Callable[[], datetime]
 HandOff = Callable[[Settings], object]
 
 SECTION_IDS = {Section.CURRENT: "current", Section.SCHEDULED: "scheduled", Section.INACTIVE: "inactive"}
 TABLE_CHROME = 3  # border left and right, and the vertical scrollbar's gutter
-SENDER_RETRY = 10.0  # seconds before starting our sender again after it failed
-STOP_TIMEOUT = 60.0  # seconds to wait for in-flight messages when handing off
 EXPECT_FOR = 5.0  # seconds after an action of ours during which its mailing's move is not announced again
 HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
-CHILD_STDIN = "/dev/stdin"  # where a background sender reads a password that came from a pipe
 QUIT_HELP = "leave the dashboard (sending continues in the background)"
 QUIT_DEMO = "end the demo: its SMTP sink and database are throw-away, so nothing is handed off"
 MOVES = {"move-up": Direction.UP, "move-down": Direction.DOWN, "move-top": Direction.TOP, "move-bottom": Direction.BOTTOM}
-
-
-# ---- hand-off to a background sender -------------------------------------------------------
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """MAILTOWER_* variables that reproduce `settings` in a child process.
-
-    The password travels the way it came: a literal only if it was given as one. When it came from
-    a file the child is told the file; from the TOML file, the child reads that file again; from a
-    pipe, the child reads it on its stdin (see `launch_background_sender`)."""
-    env: dict[str, str] = {}
-    for var, name in ENV.items():
-        if name in ("smtp_password", "smtp_password_file"):
-            continue
-        value = getattr(settings, name)
-        if isinstance(value, bool):
-            env[var] = "true" if value else "false"
-        else:
-            env[var] = str(value)
-    origin = settings.smtp_password_origin
-    if origin is SecretOrigin.FILE and settings.smtp_password_file is not None:
-        env[PASSWORD_FILE_ENV] = str(settings.smtp_password_file)
-    elif origin is SecretOrigin.STREAM:
-        env[PASSWORD_FILE_ENV] = CHILD_STDIN
-    elif settings.smtp_password and not (origin is SecretOrigin.CONFIG and settings.config_path is not None):
-        env[PASSWORD_ENV] = settings.smtp_password
-    # The child reads the same TOML file, or none when the parent read none.
-    env[CONFIG_ENV] = str(settings.config_path or NO_CONFIG)
-    return env
-
-
-def child_environment(settings: Settings, inherited: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a background sender: ours, without any password variable we did not
-    choose (so a file-sourced password never becomes a literal there), plus `settings_environment`."""
-    env = {k: v for k, v in inherited.items() if k not in (PASSWORD_ENV, PASSWORD_FILE_ENV)}
-    return {**env, **settings_environment(settings)}
-
-
-def handoff_command(settings: Settings) -> list[str]:
-    config = ["--config", str(settings.config_path)] if settings.config_path else []
-    # --log: the sender's INFO lines (started, finished a mailing, waiting, stopped) go to the same
-    # file as its stderr, with timestamps (see cli.sender_logging).
-    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), *config, "run", "--until-idle",
-            "--log", str(handoff_log_path(settings))]
-
-
-def handoff_log_path(settings: Settings) -> Path:
-    return settings.db.with_name(settings.db.name + ".run.log")
-
-
-def launch_background_sender(settings: Settings) -> subprocess.Popen[bytes]:
-    """Start a detached `mailtower run` that outlives this terminal; it exits once nothing is left."""
-    log_path = handoff_log_path(settings)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    piped = settings.smtp_password_origin is SecretOrigin.STREAM
-    try:
-        proc = subprocess.Popen(
-            handoff_command(settings),
-            stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
-            env=child_environment(settings, os.environ),
-            start_new_session=True,  # a new session: the terminal's SIGHUP does not reach it
-            close_fds=True,
-        )
-    finally:
-        os.close(fd)
-    if piped and proc.stdin is not None:
-        # A password read from a pipe cannot be read again by the child: hand it over the same way.
-        # It was read with a bound of MAX_SECRET_BYTES (64 KiB), which a pipe's buffer holds whole,
-        # so this write does not wait for the child.
-        try:
-            proc.stdin.write(settings.smtp_password.encode("utf-8"))
-        except OSError:
-            pass  # the child is already gone; its log says why
-        finally:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-    return proc
 
 
 # ---- screens we push (written alongside this app; imported when needed) ----------------------
@@ -317,19 +249,17 @@ class DashboardApp(App[int]):
         self.hand_off_on_quit = hand_off_on_quit
         self.refresh_interval = refresh_interval
         self.stop_timeout = stop_timeout
+        self.sender_host = SenderHost(settings, stop_timeout=stop_timeout)  # our sender, when we send
         self.hangup_exit = hangup_exit
         self.cleanup = cleanup
         self.store: Store | None = None
         self.lifecycle: Lifecycle | None = None
-        self.sender: Sender | None = None
-        self.sender_worker: Worker[None] | None = None
         self.mode = Mode.OFF
         self.holder: Holder | None = None
         self.handed_off: object | None = None  # what the hand-off launcher returned
         self.sections: dict[Section, list[Mailing]] = {section: [] for section in Section}
         self.cells_written = 0  # for tests and the benchmark: how much the panels were touched
         self.renders = 0
-        self._probe = SenderLease(settings.db)
         self._dashboard: Dashboard | None = None
         self._tick_lock = asyncio.Lock()
         self._force = True
@@ -342,11 +272,8 @@ class DashboardApp(App[int]):
         self.rate_history = RateHistory()  # the header's sparkline: one sample a second
         self._sampled_at = -1
         self._next_lease_check = 0.0
-        self._sender_retry_at = 0.0
-        self.sender_failure = ""  # why our sender stopped, shown in the header until one runs again
         self._remote: SenderStatus | None = None  # what another process's sender last wrote
         self._active_since: float | None = None
-        self._stopping = False
         self._leaving = False
         # Mailings our own actions changed, until when (monotonic): their own toast says what
         # happened, so no second "moved" notice (with a count a beat later) for them.
@@ -447,6 +374,20 @@ class DashboardApp(App[int]):
     # ---- the sender and the lease ------------------------------------------------------------
 
     @property
+    def sender(self) -> Sender | None:
+        """Our own sender while this dashboard sends (tui/sender_host.py owns it)."""
+        return self.sender_host.sender
+
+    @property
+    def sender_worker(self) -> Worker[None] | None:
+        return self.sender_host.worker
+
+    @property
+    def sender_failure(self) -> str:
+        """Why our sender stopped, shown in the header until one runs again."""
+        return self.sender_host.failure
+
+    @property
     def sending_here(self) -> bool:
         return self.sender is not None
 
@@ -454,13 +395,13 @@ class DashboardApp(App[int]):
         """Monitor whoever holds the lease; take it when it is free (if we may send)."""
         if self.sender is not None or self._leaving:
             return
-        holder = self._probe.holder()
+        holder = self.sender_host.holder()
         if holder is not None:
             if self.mode is not Mode.MONITORING or self.holder != holder:
                 self.mode, self.holder = Mode.MONITORING, holder
                 self._force = True
             return
-        if self.start_sender and time.monotonic() >= self._sender_retry_at:
+        if self.start_sender and self.sender_host.may_start():
             self._start_sender()
         elif self.mode is not Mode.OFF:
             self.mode, self.holder = Mode.OFF, None
@@ -468,58 +409,34 @@ class DashboardApp(App[int]):
 
     def _start_sender(self) -> None:
         try:
-            sender = Sender(self.settings, what="dashboard")
+            sender = self.sender_host.create()
         except Exception as exc:  # a bad relay setting: show it, keep the dashboard, try later
             log.exception("cannot start the sender")
-            self._sender_retry_at = time.monotonic() + SENDER_RETRY
             self.mode, self.holder = Mode.OFF, None
             self.notify(f"Cannot start the sender: {exc}", title="Sender", severity="error", timeout=10)
             return
         if self.mode is Mode.MONITORING and self.holder is not None:
             self.post_message(SenderModeChanged("sending", f"{self.holder.describe()} has stopped"))
-        self.sender = sender
-        self.sender_failure = ""
         self.mode, self.holder = Mode.IDLE, None
         self._snap_version = -1
         self._force = True
-        # An App-level worker: it lives as long as the app, whatever screen is on top.
-        self.sender_worker = self.run_worker(
-            self._run_sender(sender), name="sender", group="sender", exclusive=True, exit_on_error=False
-        )
+        self.sender_host.run(sender, self._start_sender_worker, self._sender_failed, self._sender_ended)
 
-    async def _run_sender(self, sender: Sender) -> None:
-        try:
-            await sender.run()
-        except LeaseHeld:
-            pass  # another process took the lease first: the next check monitors it
-        except Exception as exc:  # the dashboard must outlive a broken sender
-            log.exception("sender stopped")
-            self._sender_retry_at = time.monotonic() + SENDER_RETRY
-            # One line naming the cause, kept in the header (a toast alone is easy to miss).
-            why = str(exc) if isinstance(exc, SenderFailed) else f"the sender stopped: {exc}"
-            self.sender_failure = why
-            self.notify(why[:1].upper() + why[1:], title="Sender", severity="error", timeout=30)
-        finally:
-            if self.sender is sender:
-                self.sender = None
-                self.mode = Mode.OFF
-                self._force = True
-                self._next_lease_check = 0.0
+    def _start_sender_worker(self, run: Coroutine[Any, Any, None]) -> Worker[None]:
+        # An App-level worker: it lives as long as the app, whatever screen is on top.
+        return self.run_worker(run, name="sender", group="sender", exclusive=True, exit_on_error=False)
+
+    def _sender_failed(self, why: str) -> None:
+        self.notify(why[:1].upper() + why[1:], title="Sender", severity="error", timeout=30)
+
+    def _sender_ended(self) -> None:
+        self.mode = Mode.OFF
+        self._force = True
+        self._next_lease_check = 0.0
 
     async def _stop_sender(self) -> None:
         """Graceful: in-flight messages finish and are recorded, unstarted rows go back to pending."""
-        sender, worker = self.sender, self.sender_worker
-        if sender is None or worker is None:
-            return
-        self._stopping = True
-        self._render()
-        sender.request_stop()
-        try:
-            await asyncio.wait_for(worker.wait(), timeout=self.stop_timeout)
-        except (TimeoutError, WorkerFailed, WorkerCancelled):
-            worker.cancel()
-        self.sender = None
-        self._stopping = False
+        await self.sender_host.stop(self._render)
 
     # ---- refresh -----------------------------------------------------------------------------
 
@@ -586,34 +503,18 @@ class DashboardApp(App[int]):
         self._last_read = time.monotonic()
         # The version first: a commit landing during the read changes it again, so it is re-read.
         self._data_version = await store.data_version()
-        # Only sections whose mailings changed are read again: while sending, that is Current.
-        signatures = await store.section_signatures()
-        sections = dict(self.sections)
-        for section in Section:
-            if signatures[section] != self._signatures.get(section):
-                sections[section] = await store.mailings(section)
-        self._signatures = signatures
+        read = await read_changed_sections(store, self.sections, self._signatures)
+        sections = read.sections
+        self._signatures = read.signatures
         if self.mode is Mode.MONITORING:
             self._remote = await read_status(store)
         self._announce_moves(self.sections, sections)
         self.sections = sections
-        self._next_retry = {}
-        for mailing in sections[Section.CURRENT]:
-            if 0 < mailing.remaining <= mailing.deferred:  # nothing left but retries
-                at = await store.next_retry(mailing.id)
-                if at is not None:
-                    self._next_retry[mailing.id] = at
+        self._next_retry = await next_retries(store, sections[Section.CURRENT])
 
     def _announce_moves(self, old: dict[Section, list[Mailing]], new: dict[Section, list[Mailing]]) -> None:
-        before = {m.id: m for ms in old.values() for m in ms}
-        if not before:
-            return  # the first read: nothing moved, it was all there already
-        for mailing in (m for ms in new.values() for m in ms):
-            was = before.get(mailing.id)
-            if was is None or self._expected.get(mailing.id, 0.0) > time.monotonic():
-                continue
-            if was.state is not mailing.state or was.missed != mailing.missed:
-                self.post_message(MailingMoved(mailing, was.state))
+        for mailing, before in moved_mailings(old, new, self._expected, time.monotonic()):
+            self.post_message(MailingMoved(mailing, before))
         self._expected = {k: t for k, t in self._expected.items() if t > time.monotonic()}
 
     def on_mailing_moved(self, message: MailingMoved) -> None:
@@ -670,18 +571,7 @@ class DashboardApp(App[int]):
         current = self.sections[Section.CURRENT]
         if self.sender is None:
             return current
-        live = self.sender.snapshot.mailings
-        patched = []
-        for mailing in current:
-            p = live.get(mailing.id)
-            if (
-                p is not None
-                and (p.sent, p.failed, p.deferred) != (mailing.sent, mailing.failed, mailing.deferred)
-                and p.sent + p.failed >= mailing.sent + mailing.failed
-            ):
-                mailing = replace(mailing, sent=p.sent, failed=p.failed, deferred=p.deferred, in_doubt=p.in_doubt)
-            patched.append(mailing)
-        return patched
+        return patch_live(current, self.sender.snapshot.mailings)
 
     def current_rate(self) -> float:
         if self.sender is not None:
@@ -717,13 +607,8 @@ class DashboardApp(App[int]):
 
     def holds(self, current: list[Mailing] | None = None) -> dict[int, Hold]:
         """Why each current mailing is held back now (paused, waiting, throttled, retrying)."""
-        doc = self.waiting_document()
-        result: dict[int, Hold] = {}
-        for mailing in self.sections[Section.CURRENT] if current is None else current:
-            hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
-            if hold is not None:
-                result[mailing.id] = hold
-        return result
+        mailings = self.sections[Section.CURRENT] if current is None else current
+        return holds_for(mailings, self.waiting_document(), self._next_retry)
 
     def _live_remote(self) -> SenderStatus | None:
         """Another process's sender, while we monitor it and it is alive (the contract's rule,
@@ -820,7 +705,7 @@ class DashboardApp(App[int]):
 
     def header_info(self, now: datetime) -> HeaderInfo:
         where = f"{self.operator_tz} · tzdata {tzdata_version()}"
-        if self._stopping:
+        if self.sender_host.stopping:
             return HeaderInfo(Mode.STOPPING, where=where)
         now_epoch = now.timestamp()
         if self.sender is not None:

@@ -1,0 +1,104 @@
+"""The dashboard's refresh model, with no Textual in it (testable without Pilot).
+
+What lives here: re-reading only the sections whose signature changed (`read_changed_sections`),
+when each current mailing with nothing left but retries tries next (`next_retries`), which
+mailings moved between two reads and are worth announcing (`moved_mailings`), the current
+mailings patched with the in-process sender's newer counters (`patch_live`), and why each current
+mailing is held back (`holds_for`). The app (tui/app.py) decides when to call them and owns the
+state they return; rendering lives in tui/rows.py, tui/panels.py and tui/header.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from mailtower.core.domain import Mailing, MailingState, Section
+from mailtower.core.progress import Hold, MailingProgress, hold_of
+from mailtower.core.store import Store
+
+Sections = dict[Section, list[Mailing]]
+Signatures = dict[Section, tuple[int, int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class SectionsRead:
+    """The sections after a read, and the signatures they were read at."""
+
+    sections: Sections
+    signatures: Signatures
+    reread: frozenset[Section]  # the sections that were read again (the others are the old lists)
+
+
+async def read_changed_sections(store: Store, sections: Mapping[Section, list[Mailing]], signatures: Mapping[Section, tuple[int, int, int]]) -> SectionsRead:
+    """Only sections whose mailings changed are read again: while sending, that is Current."""
+    now_signatures = await store.section_signatures()
+    result = dict(sections)
+    reread: set[Section] = set()
+    for section in Section:
+        if now_signatures[section] != signatures.get(section):
+            result[section] = await store.mailings(section)
+            reread.add(section)
+    return SectionsRead(result, now_signatures, frozenset(reread))
+
+
+async def next_retries(store: Store, current: list[Mailing]) -> dict[int, float]:
+    """When each current mailing left with deferred recipients only tries next."""
+    result: dict[int, float] = {}
+    for mailing in current:
+        if 0 < mailing.remaining <= mailing.deferred:  # nothing left but retries
+            at = await store.next_retry(mailing.id)
+            if at is not None:
+                result[mailing.id] = at
+    return result
+
+
+def moved_mailings(
+    old: Mapping[Section, list[Mailing]],
+    new: Mapping[Section, list[Mailing]],
+    expected: Mapping[int, float],
+    now: float,
+) -> list[tuple[Mailing, MailingState]]:
+    """Mailings whose state (or missed flag) changed between two reads, each with its state before.
+
+    `expected` maps a mailing id to the monotonic time until which its move was caused by an
+    action of ours (already said, so not announced again); `now` is that clock's value."""
+    before = {m.id: m for ms in old.values() for m in ms}
+    if not before:
+        return []  # the first read: nothing moved, it was all there already
+    moves = []
+    for mailing in (m for ms in new.values() for m in ms):
+        was = before.get(mailing.id)
+        if was is None or expected.get(mailing.id, 0.0) > now:
+            continue
+        if was.state is not mailing.state or was.missed != mailing.missed:
+            moves.append((mailing, was.state))
+    return moves
+
+
+def patch_live(current: list[Mailing], live: Mapping[int, MailingProgress]) -> list[Mailing]:
+    """Current mailings with the sender's newest counters (the store's may be a beat behind).
+
+    A snapshot behind the store (fewer finished) is ignored, so counters never go backwards."""
+    patched = []
+    for mailing in current:
+        p = live.get(mailing.id)
+        if (
+            p is not None
+            and (p.sent, p.failed, p.deferred) != (mailing.sent, mailing.failed, mailing.deferred)
+            and p.sent + p.failed >= mailing.sent + mailing.failed
+        ):
+            mailing = replace(mailing, sent=p.sent, failed=p.failed, deferred=p.deferred, in_doubt=p.in_doubt)
+        patched.append(mailing)
+    return patched
+
+
+def holds_for(current: list[Mailing], waiting: dict[str, object], next_retry: Mapping[int, float]) -> dict[int, Hold]:
+    """Why each current mailing is held back now (paused, waiting, throttled, retrying), from the
+    sender's waiting document and the next retry times."""
+    result: dict[int, Hold] = {}
+    for mailing in current:
+        hold = hold_of(waiting, mailing, next_retry.get(mailing.id))
+        if hold is not None:
+            result[mailing.id] = hold
+    return result
