@@ -64,60 +64,33 @@ def _stdin_fd() -> int:
         raise OSError(errno.EBADF, "standard input is not open") from exc
 
 
-def _open_for_reading(path: Path, what: str) -> int:
-    """An fd for `path`, opened without blocking (a FIFO with no writer must not hang the open)."""
+def _open_error(path: Path, what: str, exc: OSError) -> UserError:
+    """One line for a file that cannot be opened for reading."""
     if is_stdin(path):
-        try:
-            return _stdin_fd()
-        except OSError as exc:
-            raise UserError(f"{what}: cannot read standard input: {exc.strerror or exc}") from None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except IsADirectoryError:
-        raise UserError(f"{what}: {path} is a directory, not a file") from None
-    except FileNotFoundError:
-        raise UserError(f"{what}: {path} does not exist") from None
-    except OSError as exc:
-        raise UserError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
-    return fd
+        return UserError(f"{what}: cannot read standard input: {exc.strerror or exc}")
+    if isinstance(exc, IsADirectoryError):
+        return UserError(f"{what}: {path} is a directory, not a file")
+    if isinstance(exc, FileNotFoundError):
+        return UserError(f"{what}: {path} does not exist")
+    return UserError(f"{what}: cannot read {path}: {exc.strerror or exc}")
 
 
 def read_bytes_bounded(path: Path | str, *, limit: int, what: str, idle_timeout: float = IDLE_TIMEOUT) -> bytes:
     """The whole content of `path` (at most `limit` bytes), read once; `what` names the source
-    in errors (a flag such as "--text", or a setting such as "MAILTOWER_CONFIG")."""
+    in errors (a flag such as "--text", or a setting such as "MAILTOWER_CONFIG").
+
+    The same bounded, idle-timed reader as `open_stream`, read to the end."""
     path = Path(path)
-    fd = _open_for_reading(path, what)
+    named = f"{what}: {'standard input' if is_stdin(path) else path}"
     try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"{what}: {path} is a directory, not a file")
-        if stat.S_ISREG(info.st_mode) and info.st_size > limit:
-            raise UserError(f"{what}: {path} is {describe_size(info.st_size)}; the limit is {describe_size(limit)}")
-        regular = stat.S_ISREG(info.st_mode)
-        if not regular:
-            os.set_blocking(fd, False)
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
-            except BlockingIOError:
-                # A pipe with a writer but no data yet (a FIFO with no writer reads as empty).
-                ready, _, _ = select.select([fd], [], [], idle_timeout)
-                if not ready:
-                    raise UserError(f"{what}: {path} sent no data for {idle_timeout:g} s; giving up") from None
-                continue
-            except OSError as exc:
-                raise UserError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise UserError(f"{what}: {path} is larger than the limit of {describe_size(limit)}")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        stream = open_stream(path, what=named, limit=limit, idle_timeout=idle_timeout)
+    except OSError as exc:
+        raise _open_error(path, what, exc) from None
+    with stream:
+        try:
+            return stream.read()
+        except OSError as exc:
+            raise UserError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def read_text_bounded(path: Path | str, *, limit: int, what: str, idle_timeout: float = IDLE_TIMEOUT) -> str:

@@ -784,16 +784,23 @@ class DashboardApp(App[int]):
 
     def situational_offers(self, mailing: Mailing) -> list[Offer]:
         """Offers that depend on the sender, not on the mailing: Resume only while a relay is paused."""
-        return [Offer("resume", "Resume sending")] if self._resumable(mailing) else []
+        return self.situational_offers_now()(mailing)
 
-    def _resumable(self, mailing: Mailing) -> bool:
-        """A relay is paused and it concerns this mailing: it holds it back, or (a pool carrying
-        on without the paused relay) this is the mailing being sent."""
+    def situational_offers_now(self) -> Callable[[Mailing], list[Offer]]:
+        """`situational_offers` for many mailings against one reading of why the sender is held
+        back (the palette asks for every current mailing: the document is built once)."""
         doc = self.waiting_document()
-        hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
-        if hold is not None and hold.state is HoldState.PAUSED:
-            return True
-        return mailing.state is MailingState.SENDING and bool(paused_relays(doc))
+        any_paused = bool(paused_relays(doc))
+
+        def offers_of(mailing: Mailing) -> list[Offer]:
+            # Paused and it concerns this mailing: it holds it back, or (a pool carrying on
+            # without the paused relay) this is the mailing being sent.
+            hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
+            held = hold is not None and hold.state is HoldState.PAUSED
+            sending_past_a_pause = mailing.state is MailingState.SENDING and any_paused
+            return [Offer("resume", "Resume sending")] if held or sending_past_a_pause else []
+
+        return offers_of
 
     def _follow_menu(self) -> None:
         """The open Actions menu shows what can be done now, not what could when it opened."""

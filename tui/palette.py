@@ -63,7 +63,7 @@ class HasCommands(Protocol):
 
     def offers_for(self, mailing: Mailing) -> list[Offer]: ...
 
-    def situational_offers(self, mailing: Mailing) -> list[Offer]: ...
+    def situational_offers_now(self) -> Callable[[Mailing], list[Offer]]: ...
 
 
 def mailing_offers(mailing: Mailing, place: int | None, queue_length: int, *, any_sending: bool) -> list[Offer]:
@@ -193,7 +193,8 @@ class DashboardCommands(Provider):
             pass
 
     def _scan(self) -> AsyncIterator[MailingCommand]:
-        situational = getattr(self.app, "situational_offers", None) or (lambda mailing: [])
+        now = getattr(self.app, "situational_offers_now", None)
+        situational = now() if now is not None else (lambda mailing: [])
         return self._index.scan(getattr(self.app, "sections", None) or {}, situational)
 
     def _run(self, entry: MailingCommand) -> Callable[[], object]:
