@@ -108,8 +108,43 @@ class Offer:
     destructive: bool = False
 
 
-def offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
-    """The Actions menu of a mailing, as the seed describes it for its section."""
+MOVES_UP = {"move-up": "Move up", "move-top": "Move to top"}
+MOVES_DOWN = {"move-down": "Move down", "move-bottom": "Move to bottom"}
+
+
+def offers(
+    mailing: Mailing, *, any_sending: bool, place: int | None = None, queue_length: int | None = None
+) -> list[Offer]:
+    """The Actions menu of a mailing, as the seed describes it for its section; given its place
+    (0-based, None when not queued) in a queue of `queue_length`, only the moves that move it."""
+    found = _section_offers(mailing, any_sending=any_sending)
+    return found if queue_length is None else queue_offers(found, place, queue_length)
+
+
+def queue_offers(offers: list[Offer], index: int | None, count: int) -> list[Offer]:
+    """The move entries that actually move the mailing at place `index` (0-based) of `count`.
+
+    The head of the queue cannot go up nor the last one down, so those are not offered; Move to
+    top / Move to bottom (which the `move` command has too) sit beside Move up / Move down.
+    """
+    if not any(o.key in MOVES_UP or o.key in MOVES_DOWN for o in offers):
+        return offers
+    moves: list[Offer] = []
+    if index is not None and index > 0:
+        moves += [Offer(key, label) for key, label in MOVES_UP.items()]
+    if index is not None and index < count - 1:
+        moves += [Offer(key, label) for key, label in MOVES_DOWN.items()]
+    result: list[Offer] = []
+    for offer in offers:
+        if offer.key in MOVES_UP or offer.key in MOVES_DOWN:
+            result += moves  # all moves at the place of the first one, in a fixed order
+            moves = []
+        else:
+            result.append(offer)
+    return result
+
+
+def _section_offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
     section = mailing.section
     if section is Section.CURRENT:
         return [

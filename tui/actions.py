@@ -17,34 +17,7 @@ from textual.widgets.option_list import Option
 
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
-from mailtower.core.lifecycle import Offer
-
-MOVES_UP = {"move-up": "Move up", "move-top": "Move to top"}
-MOVES_DOWN = {"move-down": "Move down", "move-bottom": "Move to bottom"}
-
-
-def queue_offers(offers: list[Offer], index: int | None, count: int) -> list[Offer]:
-    """The move entries that actually move the mailing at place `index` (0-based) of `count`.
-
-    The head of the queue cannot go up nor the last one down, so those are not offered; Move to
-    top / Move to bottom (which the `move` command has too) sit beside Move up / Move down.
-    """
-    if not any(o.key in MOVES_UP or o.key in MOVES_DOWN for o in offers):
-        return offers
-    moves: list[Offer] = []
-    if index is not None and index > 0:
-        moves += [Offer(key, label) for key, label in MOVES_UP.items()]
-    if index is not None and index < count - 1:
-        moves += [Offer(key, label) for key, label in MOVES_DOWN.items()]
-    result: list[Offer] = []
-    for offer in offers:
-        if offer.key in MOVES_UP or offer.key in MOVES_DOWN:
-            result += moves  # all moves at the place of the first one, in a fixed order
-            moves = []
-        else:
-            result.append(offer)
-    return result
-
+from mailtower.core.lifecycle import MOVES_DOWN, MOVES_UP, Offer
 
 def gone_reason(key: str, mailing: Mailing) -> str:
     """Why an entry the menu offered when it opened is not possible any more."""

@@ -25,7 +25,7 @@ from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.lifecycle import Offer, offers
 
-from .actions import describe, queue_offers
+from .actions import describe
 
 MAX_HITS = 50  # what a person reads; more only costs time to sort and draw
 YIELD_EVERY = 100  # mailings indexed and matched between two turns of the event loop
@@ -69,7 +69,7 @@ class HasCommands(Protocol):
 def mailing_offers(mailing: Mailing, place: int | None, queue_length: int, *, any_sending: bool) -> list[Offer]:
     """The Actions menu of `mailing` (at `place` in a queue of `queue_length`, None if not queued):
     the one list of what may be done to it, for the menu and the palette alike."""
-    return queue_offers(offers(mailing, any_sending=any_sending), place, queue_length)
+    return offers(mailing, any_sending=any_sending, place=place, queue_length=queue_length)
 
 
 def action_name(offer: Offer) -> str:

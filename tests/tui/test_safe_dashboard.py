@@ -415,7 +415,7 @@ async def test_home_end_g_G_jump_to_the_first_and_last_mailing(fixed_db: Fixture
 
 def test_queue_offers() -> None:
     from mailtower.core.lifecycle import Offer
-    from mailtower.tui.actions import queue_offers
+    from mailtower.core.lifecycle import queue_offers
 
     base = [Offer("stop", "Cancel sending"), Offer("move-up", "Move up"), Offer("move-down", "Move down"), Offer("details", "Details")]
     keys = lambda index, count: [o.key for o in queue_offers(base, index, count)]  # noqa: E731
