@@ -510,7 +510,8 @@ class DashboardApp(App[int]):
             self._remote = await read_status(store)
         self._announce_moves(self.sections, sections)
         self.sections = sections
-        self._next_retry = await next_retries(store, sections[Section.CURRENT])
+        if Section.CURRENT in read.reread:  # retry times move only with a Current mailing's row
+            self._next_retry = await next_retries(store, sections[Section.CURRENT])
 
     def _announce_moves(self, old: dict[Section, list[Mailing]], new: dict[Section, list[Mailing]]) -> None:
         for mailing, before in moved_mailings(old, new, self._expected, time.monotonic()):
