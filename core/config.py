@@ -17,13 +17,14 @@ import re
 import stat
 import tomllib
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import platformdirs
 
+from .compose import ascii_domain  # the same IDNA rules as the envelope (for dkim_domain)
 from .errors import UserError
 from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text_bounded
 
@@ -232,6 +233,13 @@ class Settings:
     grace: float = 3600.0  # a schedule missed by less than this is still sent on start
     relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
     allow_special_domains: bool = False  # accept .local, .test, ... addresses (internal networks)
+    # DKIM signing (issue 13, item 8; checked in the DKIM block below, the key read by core/dkim_signing).
+    # Text, not Path/tuple: "" means "not set", also in a background sender's environment.
+    dkim_domain: str = ""  # d=, as an A-label; signing is on when domain, selector and key file are set
+    dkim_selector: str = ""  # s=
+    dkim_key_file: str = ""  # PEM RSA or Ed25519 private key, or dknewkey's base64 Ed25519 key; mode 0600
+    dkim_algorithm: str = "rsa-sha256"  # or ed25519-sha256
+    dkim_headers: str = ""  # header names to sign, "from:to:subject"; "" = mailtower's default set
     config_path: Path | None = None  # the TOML file these settings were read from (for child processes)
     smtp_password_file: Path | None = None  # the file smtp_password was read from, if any
     smtp_password_origin: SecretOrigin = SecretOrigin.VALUE
@@ -290,6 +298,94 @@ def _text(name: str, raw: object, source: str) -> str:
     return raw
 
 
+# ---- DKIM signing (issue 13, item 8) ------------------------------------------------------------
+# Only the settings' text is checked here (every command loads settings); the key file itself is
+# checked and parsed by core/dkim_signing when a command is about to send.
+
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+DKIM_ENV: dict[str, str] = {
+    "MAILTOWER_DKIM_DOMAIN": "dkim_domain",
+    "MAILTOWER_DKIM_SELECTOR": "dkim_selector",
+    "MAILTOWER_DKIM_KEY_FILE": "dkim_key_file",
+    "MAILTOWER_DKIM_ALGORITHM": "dkim_algorithm",
+    "MAILTOWER_DKIM_HEADERS": "dkim_headers",
+}
+DKIM_SETTINGS = frozenset(DKIM_ENV.values())
+DKIM_REQUIRED = ("dkim_domain", "dkim_selector", "dkim_key_file")  # all three, or none
+# RFC 6376 5.4.1: fields a signer should not sign (relays add or remove them); dkimpy refuses them too.
+DKIM_UNSIGNABLE = frozenset({"return-path", "received", "comments", "keywords", "bcc", "resent-bcc", "dkim-signature"})
+MAX_DKIM_HEADERS = 64
+ENV.update(DKIM_ENV)
+SETTABLE = SETTABLE | DKIM_SETTINGS
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+_HEADER_FIELD_NAME = re.compile(r"[!-9;-~]+", re.ASCII)  # RFC 5322 ftext: printable ASCII but ":"
+
+
+def dkim_setting(name: str, raw: object, source: str) -> str:
+    """The value of DKIM setting `name` from `raw`, checked and normalised ("" = not set)."""
+    if name == "dkim_headers" and isinstance(raw, (list, tuple)):  # a TOML list of names
+        for item in raw:
+            if not isinstance(item, str):
+                raise UserError(f"{source}: {show_value(item)} is not a header name")
+        raw = ":".join(raw)
+    text = _text(name, raw, source)
+    if name == "dkim_key_file":
+        return str(Path(text).expanduser()) if text else ""
+    text = text.strip()
+    if name == "dkim_algorithm":
+        if text.lower() not in DKIM_ALGORITHMS:
+            raise UserError(f"{source}: {show_value(raw)} must be one of {', '.join(DKIM_ALGORITHMS)}")
+        return text.lower()
+    if not text:
+        return ""
+    if name == "dkim_domain":
+        return _dkim_domain(text, raw, source)
+    if name == "dkim_selector":
+        labels = text.lower().split(".")
+        if not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            raise UserError(f"{source}: {show_value(raw)} is not a DKIM selector (letters, digits and '-', "
+                            "labels separated by dots)")
+        return text.lower()
+    return _dkim_headers(text, source)
+
+
+def _dkim_domain(text: str, raw: object, source: str) -> str:
+    domain = ascii_domain(text[:-1] if text.endswith(".") else text)
+    labels = domain.lower().split(".") if domain else []
+    if not labels or len(domain or "") > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise UserError(f"{source}: {show_value(raw)} is not a domain name")
+    return ".".join(labels)
+
+
+def _dkim_headers(text: str, source: str) -> str:
+    names = [name.lower() for name in re.split(r"[\s:,]+", text) if name]
+    for name in names:
+        if not _HEADER_FIELD_NAME.fullmatch(name):
+            raise UserError(f"{source}: {show_value(name)} is not a header field name")
+        if name in DKIM_UNSIGNABLE:
+            raise UserError(f"{source}: {name} must not be signed (RFC 6376 5.4.1: relays add or change it)")
+    if "from" not in names:
+        raise UserError(f"{source}: the list must include from (RFC 6376 5.4: From is always signed)")
+    if len(names) > MAX_DKIM_HEADERS:
+        raise UserError(f"{source}: {len(names)} header names; at most {MAX_DKIM_HEADERS}")
+    return ":".join(names)
+
+
+def check_dkim_settings(settings: Settings, source: Callable[[str], str]) -> None:
+    """The DKIM settings again (they may have been built in code): each value, and all three of
+    domain, selector and key file, or none."""
+    for name in sorted(DKIM_SETTINGS):
+        dkim_setting(name, getattr(settings, name), source(name))
+    given = [name for name in DKIM_REQUIRED if getattr(settings, name)]
+    if given and len(given) < len(DKIM_REQUIRED):
+        missing = next(name for name in DKIM_REQUIRED if not getattr(settings, name))
+        raise UserError(f"{source(given[0])}: DKIM signing also needs {missing} "
+                        "(set dkim_domain, dkim_selector and dkim_key_file together)")
+    record = f"{settings.dkim_selector}._domainkey.{settings.dkim_domain}"
+    if given and len(record) > 253:
+        raise UserError(f"{source('dkim_selector')}: the key's DNS name {record} is longer than 253 characters")
+
+
 def convert_setting(name: str, raw: object, source: str) -> Any:
     """The value of setting `name` from `raw`, checked; errors start with `source`."""
     if name in BOUNDS:
@@ -315,6 +411,8 @@ def convert_setting(name: str, raw: object, source: str) -> Any:
         return text
     if name in TEXT_SETTINGS:
         return _text(name, raw, source)
+    if name in DKIM_SETTINGS:
+        return dkim_setting(name, raw, source)
     raise UserError(f"{source}: unknown setting '{name}'")
 
 
@@ -593,6 +691,7 @@ def check_settings(settings: Settings, sources: Mapping[str, str] | None = None)
     total = sum(relay.connections for relay in settings.relays)
     if total > MAX_CONNECTIONS:
         raise UserError(f"{source('relays')}: the relays' connections add up to {total}; at most {MAX_CONNECTIONS}")
+    check_dkim_settings(settings, source)
 
 
 def _endpoints(settings: Settings) -> list[tuple[str, str, bool, bool]]:

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 
 from .compose import MessageTemplate
 from .config import Settings, check_smtp_security
+from .dkim_signing import load_signer
 from .domain import Mailing, MailingState, RecipientState, Section
 from .errors import NotFound
 from .lease import SenderLease
@@ -154,6 +155,7 @@ class Sender:
     def __init__(self, settings: Settings, *, what: str = "mailtower run") -> None:
         self.settings = settings
         self.relays = relays_from_settings(settings)
+        self.dkim = load_signer(settings)  # DKIM (issue 13 item 8): the key read and parsed once per run
         self.lease = SenderLease(settings.db)
         self.what = what
         self.snapshot = SenderSnapshot()
@@ -755,6 +757,8 @@ class Sender:
             if not relay.limiter.idle and not await relay.limiter.acquire(self._interrupted(run)):
                 return None
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
+            if self.dkim is not None:
+                message = self.dkim.sign(message, run.template.sender)
             # `previous` stays: a retry's final dot waits for the same commit (instant once done).
             verdict = await conn.send(run.template.sender, row.email, message, previous)
             self._note_throttling(relay, run, verdict)

@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TextIO
 import platformdirs
 
 from mailtower.core.config import BOUNDS, Settings, default_db_path, load_settings, security_warnings
+from mailtower.core.dkim_signing import startup_check as dkim_startup_check
 from mailtower.core.display import SafeFormatter, install_safe_logging, safe
 from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
 from mailtower.core.errors import NotFound, UserError
@@ -1209,6 +1210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo()
         settings = settings_from(args)
+        if args.command in (None, "run"):  # the commands that send: a bad DKIM key is refused before anything
+            for warning in dkim_startup_check(settings):
+                warn(warning)
         prepare_db_location(args, settings)
         return dispatch(args, settings)
     except UserError as exc:
