@@ -1,6 +1,7 @@
 """Sending throughput: `mailtower run --until-idle` against Postfix's smtp-sink, next to smtp-source.
 
     .venv/bin/python tests/bench/bench_send.py [--n 20000] [--k 8] [--rounds 3] [--latency-run] [--dashboard]
+        [--dkim rsa,ed25519]
 
 Prints, per round and as medians: mailtower's rate (personalised text+HTML, ~2 KB, two merge
 fields, full ledger) and smtp-source's rate for N messages of the same size over the same K
@@ -9,12 +10,15 @@ delaying each DATA reply by 50 ms and compares with K / 0.05. With --dashboard i
 same send with the dashboard open headless instead of the headless sender; that comparison uses
 the rate while sending (first to last outcome in the ledger), because starting Textual is a fixed
 cost of about half a second and not part of sending; whole-process rates are printed too.
+With --dkim rsa,ed25519 it also runs alternating rounds with DKIM signing off and on (a 2048-bit RSA
+and an Ed25519 key) and prints the rates, the cost of signing one message, and the load average.
 Installs Debian's postfix package (tools only; the mail system is not started) if smtp-sink is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import os
 import shutil
@@ -164,6 +168,107 @@ def latency_round(tmp: Path, n: int, k: int, delay: float) -> float:
         return mailtower_round(tmp, n, k, sink.port, f"latency-{time.monotonic_ns()}").wall
 
 
+# ---- DKIM on next to DKIM off (issue 13, item 8) ----------------------------------------------------
+
+DKIM_KINDS = ("rsa", "ed25519")
+
+
+def dkim_environments(tmp: Path, kinds: list[str]) -> dict[str, dict[str, str]]:
+    """MAILTOWER_DKIM_* for each key type: a fresh 2048-bit RSA or Ed25519 key, mode 0600."""
+    sys.path.insert(0, str(ROOT))
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    envs = {}
+    for kind in kinds:
+        private = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ed25519.Ed25519PrivateKey.generate()
+        path = tmp / f"dkim-{kind}.pem"
+        path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        path.chmod(0o600)
+        envs[kind] = {"MAILTOWER_DKIM_DOMAIN": "example.org", "MAILTOWER_DKIM_SELECTOR": "bench",
+                      "MAILTOWER_DKIM_KEY_FILE": str(path),
+                      "MAILTOWER_DKIM_ALGORITHM": "rsa-sha256" if kind == "rsa" else "ed25519-sha256"}
+    return envs
+
+
+def dkim_round(tmp: Path, n: int, k: int, port: int, tag: str, dkim_env: dict[str, str]) -> Round:
+    """`mailtower_round` with DKIM configured (make_db hands the child our environment)."""
+    saved = {var: os.environ.get(var) for var in dkim_env}
+    os.environ.update(dkim_env)
+    try:
+        return mailtower_round(tmp, n, k, port, tag)
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def signing_cost(tmp: Path, envs: dict[str, dict[str, str]], count: int = 500) -> dict[str, tuple[float, float]]:
+    """Microseconds to sign one bench message: mailtower's signer, and dkimpy's own dkim.sign()
+    (which parses the key again and does RSA in pure Python) for comparison."""
+    import dkim
+
+    from mailtower.core.compose import MessageTemplate
+    from mailtower.core.config import load_settings
+    from mailtower.core.dkim_signing import load_signer
+
+    text, html = body_files(tmp)
+    t = MessageTemplate.build(mailing_id=1, subject="Spring for {{ name }}", from_addr="news@example.org",
+                              text=text.read_text(), html=html.read_text(), available_fields={"code"})
+    message = t.render(recipient_id=1, email="person1@example.com", name="Person 1", fields={"code": "SPRING000001"})
+    costs = {}
+    for kind, env in envs.items():
+        signer = load_signer(load_settings({}, environ=env, config_path=Path(os.devnull)))
+        assert signer is not None
+        start = time.perf_counter()
+        for _ in range(count):
+            signer.sign(message, "news@example.org")
+        ours = (time.perf_counter() - start) / count * 1e6
+        key = Path(env["MAILTOWER_DKIM_KEY_FILE"]).read_bytes()
+        if kind == "ed25519":  # dkimpy's Ed25519 key format: the base64 of the 32-byte seed
+            from cryptography.hazmat.primitives import serialization
+            raw = serialization.load_pem_private_key(key, None).private_bytes(  # type: ignore[union-attr]
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+            key = base64.b64encode(raw)
+        algorithm = env["MAILTOWER_DKIM_ALGORITHM"].encode()
+        theirs_count = max(1, count // 10)
+        start = time.perf_counter()
+        for _ in range(theirs_count):
+            dkim.sign(message, b"bench", b"example.org", key, signature_algorithm=algorithm)
+        costs[kind] = (ours, (time.perf_counter() - start) / theirs_count * 1e6)
+    return costs
+
+
+def dkim_block(tmp: Path, n: int, k: int, rounds: int, kinds: list[str]) -> None:
+    """Alternating rounds of DKIM off and DKIM on for each key type, against one smtp-sink."""
+    envs = dkim_environments(tmp, kinds)
+    rates: dict[str, list[Round]] = {"off": [], **{kind: [] for kind in kinds}}
+    sink = SmtpSink()
+    try:
+        for r in range(rounds):
+            rates["off"].append(mailtower_round(tmp, n, k, sink.port, f"dkim-off{r}"))
+            for kind in kinds:
+                rates[kind].append(dkim_round(tmp, n, k, sink.port, f"dkim-{kind}{r}", envs[kind]))
+            print(f"dkim round {r + 1}: " + "   ".join(
+                f"{name} {runs[-1].wall:,.0f} msg/s (sending {runs[-1].sending:,.0f})" for name, runs in rates.items()),
+                flush=True)
+    finally:
+        sink.stop()
+    off = statistics.median(r.sending for r in rates["off"])
+    for name, runs in rates.items():
+        sending, wall = statistics.median(r.sending for r in runs), statistics.median(r.wall for r in runs)
+        print(f"median DKIM {name}: {wall:,.0f} msg/s whole process, {sending:,.0f} msg/s while sending; "
+              f"{sending / off:.3f} of DKIM off")
+    for kind, (ours, theirs) in signing_cost(tmp, envs).items():
+        print(f"signing one ~{message_size(tmp):,}-byte message, {kind}: {ours:,.0f} us "
+              f"(dkimpy's dkim.sign, key parsed and RSA in Python: {theirs:,.0f} us)")
+    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{os.cpu_count()} CPUs")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20000)
@@ -171,6 +276,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dashboard", action="store_true")
     ap.add_argument("--latency-run", action="store_true")
+    ap.add_argument("--dkim", default="", help="also DKIM-on rounds next to DKIM-off, for these key types: rsa,ed25519")
     args = ap.parse_args()
     ensure_postfix_tools()
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-"))
@@ -209,6 +315,8 @@ def main() -> None:
         m = statistics.median(rates)
         print(f"latency-bound K={k}, {delay * 1000:.0f} ms per DATA reply: {m:,.0f} msg/s vs K/delay {k / delay:,.0f}; "
               f"ratio {m / (k / delay):.3f} (target >= 0.8)")
+    if args.dkim:
+        dkim_block(tmp, args.n, args.k, args.rounds, [kind for kind in args.dkim.split(",") if kind in DKIM_KINDS])
     shutil.rmtree(tmp, ignore_errors=True)
 
 
