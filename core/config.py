@@ -325,7 +325,7 @@ def dkim_setting(name: str, raw: object, source: str) -> str:
     """The value of DKIM setting `name` from `raw`, checked and normalised ("" = not set)."""
     if name == "dkim_headers" and isinstance(raw, (list, tuple)):  # a TOML list of names
         for item in raw:
-            if not isinstance(item, str):
+            if not isinstance(item, str) or not _HEADER_FIELD_NAME.fullmatch(item.strip()):
                 raise UserError(f"{source}: {show_value(item)} is not a header name")
         raw = ":".join(raw)
     text = _text(name, raw, source)

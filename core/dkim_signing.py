@@ -133,7 +133,8 @@ def load_key(path: Path, algorithm: Algorithm) -> DkimKey:
     """The private key in `path` for `algorithm`; UserError (one line naming the file) otherwise."""
     where = f"DKIM key file {path}"
     check_key_file(path, where)
-    data = read_bytes_bounded(path, limit=MAX_KEY_BYTES, what="DKIM key file")
+    # Absolute: a key file named "-" is that file, never standard input.
+    data = read_bytes_bounded(path.absolute(), limit=MAX_KEY_BYTES, what="DKIM key file")
     if not data.strip():
         raise UserError(f"{where}: is empty")
     return parse_key(data, algorithm, where)

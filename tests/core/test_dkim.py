@@ -263,7 +263,9 @@ def test_list_unsubscribe_fields_are_always_signed(headers: str, tmp_path: Path)
     assert not verifies(forged, key)
 
 
-def test_pem_keys_of_both_kinds_and_a_symlink_to_a_private_key_are_accepted(tmp_path: Path, rsa_private: rsa.RSAPrivateKey) -> None:
+def test_pem_keys_of_both_kinds_a_symlink_and_a_file_named_dash_are_accepted(
+    tmp_path: Path, rsa_private: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keys = [
         rsa_key(tmp_path / "pkcs8.pem", rsa_private, serialization.PrivateFormat.PKCS8),
         ed25519_key(tmp_path / "ed.pem", pem=True),
@@ -271,6 +273,8 @@ def test_pem_keys_of_both_kinds_and_a_symlink_to_a_private_key_are_accepted(tmp_
     linked = tmp_path / "current.key"
     linked.symlink_to(keys[0].path)
     keys.append(Key(linked, keys[0].algorithm, keys[0].record))
+    monkeypatch.chdir(tmp_path)  # a key file named "-" is that file, not standard input
+    keys.append(ed25519_key(Path("-")))
     for key in keys:
         assert verifies(signer_for(key).sign(rendered_with_unsubscribe(), FROM), key), key.path
 
@@ -443,6 +447,7 @@ def test_dkim_settings_from_the_toml_file_and_to_a_background_sender(tmp_path: P
     plain = load(settings_environment(load({})))
     assert (plain.dkim_domain, plain.dkim_key_file) == ("", "") and load_signer(plain) is None
     bad = tmp_path / "bad.toml"
-    bad.write_text('dkim_headers = ["from", 3]\n', encoding="utf-8")
-    with pytest.raises(UserError, match=r"dkim_headers: 3 is not a header name"):
-        load_settings({}, environ={}, config_path=bad)
+    for value, shown in (('["from", 3]', "3"), ('["from", "list unsubscribe"]', "'list unsubscribe'")):
+        bad.write_text(f"dkim_headers = {value}\n", encoding="utf-8")
+        with pytest.raises(UserError, match=rf"dkim_headers: {shown} is not a header name"):
+            load_settings({}, environ={}, config_path=bad)
