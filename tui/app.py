@@ -955,6 +955,8 @@ class DashboardApp(App[int]):
                 return None
             await lifecycle.restart(mailing.id)
             return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
+        if key == "retry":
+            return await self._retry(mailing)
         if key == "delete":
             message = (
                 f"Delete “{name}” and its recipient list ({plural(mailing.total, 'recipient')})? "
@@ -965,6 +967,22 @@ class DashboardApp(App[int]):
             await lifecycle.delete(mailing.id)
             return f"Deleted “{name}”"
         raise UserError(f"unknown action {key!r}")
+
+    async def _retry(self, mailing: Mailing) -> str | None:
+        """Retry failed (issue 13): a risky action, so its dialog opens on "Keep as it is"."""
+        from mailtower.core.retry import retry_failed
+
+        assert self.store is not None
+        name = " ".join(mailing.name.split())
+        message = (
+            f"Send “{name}” again to its failed recipients whose failure may pass (given up after the "
+            f"retry time, refused by policy)? It joins the bottom of the queue. Of its {mailing.failed:,} "
+            "failed, unknown mailboxes and suppressed addresses are not sent again."
+        )
+        if not await self._ask("Retry failed", message, "Retry failed", "Keep as it is"):
+            return None
+        plan = await retry_failed(self.store, mailing.id)
+        return f"“{name}” queued again: {plan.describe()} (Current)"
 
     async def _resume(self, mailing: Mailing) -> str:
         """Ask the sender (ours or another process's) to try the paused relays again now."""
