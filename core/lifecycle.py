@@ -167,10 +167,10 @@ def _section_offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
     items: list[Offer] = []
     if mailing.state is S.STOPPED:
         items.append(Offer("restart", f"Restart ({mailing.remaining:,} remaining)"))
-    if mailing.state in TRANSITIONS[Action.RETRY][0] and mailing.failed:
-        items.append(Offer("retry", f"Retry failed ({mailing.failed:,} failed)"))
     if mailing.state is not S.DRAFT:
         items.append(Offer("remaining", "View remaining recipients"))
+    if mailing.state in TRANSITIONS[Action.RETRY][0] and mailing.failed:
+        items.append(Offer("retry", f"Retry failed ({mailing.failed:,} failed)"))
     if mailing.state in (S.DRAFT, S.STOPPED):
         items += [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now")]
     items += [Offer("details", "Details"), Offer("delete", "Delete", destructive=True)]

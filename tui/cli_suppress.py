@@ -50,9 +50,10 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
         "  mailtower suppress list --json\n"
         "  mailtower suppress remove bob@example.com\n",
     )
-    actions = sup.add_subparsers(dest="suppress_command", parser_class=OneLineParser, metavar="ACTION", required=True)
+    actions = sup.add_subparsers(dest="suppress_command", parser_class=OneLineParser, metavar="ACTION", required=True,
+                                help="add, import, list or remove")
     add = actions.add_parser("add", help="suppress addresses", description="Suppress addresses (all or none).")
-    add.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    add.add_argument("addresses", nargs="+", metavar="ADDRESS", help="the addresses to suppress")
     add.add_argument("--reason", metavar="TEXT", help="why (shown by `suppress list`)")
     imp = actions.add_parser(
         "import", help="suppress the addresses and unsubscribe tokens of a file",
@@ -68,8 +69,8 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
     lst.add_argument("--json", action="store_true", help="JSON lines: one object per address")
     rem = actions.add_parser("remove", help="take addresses off the list",
                              description="Mailings created or imported later may send to them again.")
-    rem.add_argument("addresses", nargs="+", metavar="ADDRESS")
-    for parser in (add, imp, lst, rem):
+    rem.add_argument("addresses", nargs="+", metavar="ADDRESS", help="the addresses to take off the list")
+    for parser in (sup, add, imp, lst, rem):
         add_global_options(parser, in_command=True)
 
     uns = add_command(
@@ -81,14 +82,15 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
         "  mailtower unsubscribe set 4 --url 'https://example.org/u/{{ unsubscribe_token }}'\n"
         "  mailtower unsubscribe verify AQAAAAAAAAAE...\n",
     )
-    uactions = uns.add_subparsers(dest="unsubscribe_command", parser_class=OneLineParser, metavar="ACTION", required=True)
+    uactions = uns.add_subparsers(dest="unsubscribe_command", parser_class=OneLineParser, metavar="ACTION", required=True,
+                                   help="set or verify")
     uset = uactions.add_parser("set", help="set or clear a mailing's unsubscribe targets")
     uset.add_argument("id", type=mailing_id, help=ID_HELP)
     add_target_options(uset, prefix="")
     uset.add_argument("--none", action="store_true", help="remove both")
     ver = uactions.add_parser("verify", help="check a token; prints mailing id and address")
-    ver.add_argument("token", metavar="TOKEN")
-    for parser in (uset, ver):
+    ver.add_argument("token", metavar="TOKEN", help="the token from an unsubscribe URL or mail subject")
+    for parser in (uns, uset, ver):
         add_global_options(parser, in_command=True)
 
     rty = add_command(
