@@ -67,3 +67,17 @@ async def test_retry_failed_asks_on_the_safe_choice_then_requeues_what_may_pass(
         await wait_for(queued, what="the mailing to be queued again")
     # Only the policy refusal goes out again; the unknown mailbox stays failed (it is suppressed).
     assert states(db, mailing_id) == ["sent", "sent", "sent", "pending", "failed"]
+
+
+async def test_send_now_of_a_large_mailing_without_unsubscribe_warns(tmp_path: Path) -> None:
+    """The dashboard says what `send-now` says on the command line (issue 13, item 7)."""
+    db = tmp_path / "big.db"
+    async with opened(db) as store:
+        mailing_id = await new_mailing(store, tmp_path, "Big list", 5000)
+    app = dashboard_app(db)
+    async with running(app) as pilot:
+        await focus_row(pilot, Section.INACTIVE, mailing_id)
+        await choose(pilot, "send-now")
+        await wait_for(lambda: any("no unsubscribe link" in str(n.message) for n in app._notifications),
+                       what="the warning")
+    assert await state_of(db, mailing_id) is MailingState.QUEUED
