@@ -81,3 +81,31 @@ async def test_send_now_of_a_large_mailing_without_unsubscribe_warns(tmp_path: P
         await wait_for(lambda: any("no unsubscribe link" in str(n.message) for n in app._notifications),
                        what="the warning")
     assert await state_of(db, mailing_id) is MailingState.QUEUED
+
+
+async def test_remaining_screen_says_how_many_were_skipped_as_suppressed(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    from mailtower.tui.screens.remaining import RemainingScreen
+
+    db = tmp_path / "sup.db"
+    async with opened(db) as store:
+        mailing_id = await new_mailing(store, tmp_path, "Winter news", 5)
+        emails = [r.email for r in await store.recipients(mailing_id)]
+        async with store.write() as tx:
+            await tx.add_suppressions([(e, e) for e in emails[1:3]], "manual", "test")
+        lifecycle = Lifecycle(store)
+        await lifecycle.send_now(mailing_id)
+        await lifecycle.start(mailing_id)
+        claimed, mailing = await store.record_and_claim(mailing_id, [], 10)
+        assert [c.email for c in claimed] == [emails[0], *emails[3:]] and mailing.suppressed == 2
+        await store.record_and_claim(mailing_id, [Outcome(claimed[0].id, RecipientState.SENT, 250)], 0)
+        await lifecycle.stop(mailing_id)
+    app = dashboard_app(db)
+    async with running(app) as pilot:
+        await focus_row(pilot, Section.INACTIVE, mailing_id)
+        await choose(pilot, "remaining")
+        await wait_for(lambda: isinstance(app.screen, RemainingScreen), what="the remaining screen")
+        title = app.screen.query_one("#remaining-title", Static)
+        await wait_for(lambda: "not received" in str(title.render()), what="the title")
+        assert "2 of 5 not received · 2 suppressed, not sent" in str(title.render())
