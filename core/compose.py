@@ -18,7 +18,7 @@ import html
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from email.utils import format_datetime, getaddresses
 from functools import lru_cache
@@ -428,6 +428,7 @@ class MessageTemplate:
         "_separators",
         "_date_second",
         "_date_line",
+        "extra_headers",
     )
 
     @classmethod
@@ -502,6 +503,9 @@ class MessageTemplate:
             )
         self._date_second = -1
         self._date_line = b""
+        # Per-recipient header lines (recipient id, address) -> CRLF-terminated bytes, such as
+        # List-Unsubscribe (core/unsubscribe); None for none.
+        self.extra_headers: Callable[[int, str], bytes] | None = None
 
     def render(
         self,
@@ -541,6 +545,8 @@ class MessageTemplate:
             b"%d" % recipient_id,
             self._mid_suffix,
         ]
+        if self.extra_headers is not None:
+            pieces.append(self.extra_headers(recipient_id, email))
         separators = self._separators
         for index, body in enumerate(self._bodies):
             pieces.append(separators[index])

@@ -42,6 +42,9 @@ class RecipientState(str, enum.Enum):
     SENT = "sent"
     FAILED = "failed"
     DEFERRED = "deferred"
+    # Skipped when claimed because its address is on the suppression list (core/suppression):
+    # never sent, neither remaining nor failed.
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,11 @@ class Mailing:
     parent_id: int | None = None
     rate: float = 0.0  # messages per second, as last recorded by the sender
     fields: tuple[str, ...] = ()  # merge-field columns of the recipient files
+    # Suppression and unsubscribe (issue 13, items 6-7): recipients skipped as suppressed when
+    # claimed, and the List-Unsubscribe targets stored with the mailing.
+    suppressed: int = 0
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
 
     @property
     def section(self) -> Section:
@@ -87,14 +95,17 @@ class Mailing:
 
     @property
     def remaining(self) -> int:
-        """Recipients who have not received it: pending, deferred or in doubt (anything not sent or failed)."""
-        return self.total - self.sent - self.failed
+        """Recipients who have not received it: pending, deferred or in doubt (anything not sent,
+        failed or suppressed)."""
+        return self.total - self.sent - self.failed - self.suppressed
 
     # The one wording of a mailing's counts, for the menu, toasts, Details, the remaining
     # screen and the CLI: "remaining" never includes the failed, so both are always said.
     def counts_text(self) -> str:
-        """"8,428 remaining, 39 failed": who has not received it, split by why."""
-        return f"{self.remaining:,} remaining, {self.failed:,} failed"
+        """"8,428 remaining, 39 failed" (", 3 suppressed" when any were skipped as suppressed):
+        who has not received it, split by why."""
+        text = f"{self.remaining:,} remaining, {self.failed:,} failed"
+        return f"{text}, {self.suppressed:,} suppressed" if self.suppressed else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ is allowed without touching the database.
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +32,7 @@ class Action(str, enum.Enum):
     COMPLETE = "complete"
     DELETE = "delete"
     MOVE = "move"
+    RETRY = "retry"  # failed recipients of a finished mailing go back to pending (issue 13, item 9)
 
 
 # Which states each action may start from, and where it leads (None: the mailing is removed
@@ -47,6 +49,7 @@ TRANSITIONS: dict[Action, tuple[frozenset[MailingState], MailingState | None]] =
     Action.COMPLETE: (frozenset({S.QUEUED, S.SENDING}), S.COMPLETED),
     Action.DELETE: (frozenset({S.DRAFT, S.STOPPED, S.COMPLETED}), None),
     Action.MOVE: (frozenset({S.QUEUED, S.SENDING}), None),
+    Action.RETRY: (frozenset({S.STOPPED, S.COMPLETED}), S.QUEUED),
 }
 
 REFUSALS: dict[Action, str] = {
@@ -61,6 +64,7 @@ REFUSALS: dict[Action, str] = {
     Action.COMPLETE: "only a current mailing can complete",
     Action.DELETE: "only inactive mailings (draft, stopped, completed) can be deleted; stop it first",
     Action.MOVE: "only current mailings have a place in the queue",
+    Action.RETRY: "only a stopped or completed mailing can send again to its failed recipients",
 }
 
 # Actions that put a mailing on its way to the queue: refused for a mailing without recipients.
@@ -165,6 +169,8 @@ def _section_offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
         items.append(Offer("restart", f"Restart ({mailing.remaining:,} remaining)"))
     if mailing.state is not S.DRAFT:
         items.append(Offer("remaining", "View remaining recipients"))
+    if mailing.state in TRANSITIONS[Action.RETRY][0] and mailing.failed:
+        items.append(Offer("retry", f"Retry failed ({mailing.failed:,} failed)"))
     if mailing.state in (S.DRAFT, S.STOPPED):
         items += [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now")]
     items += [Offer("details", "Details"), Offer("delete", "Delete", destructive=True)]
@@ -281,6 +287,16 @@ class Lifecycle:
         async with self.store.write() as tx:
             await self._checked(tx, mailing_id, Action.RESTART)
             await self._enqueue(tx, mailing_id, "restarted (remaining recipients only)")
+
+    async def retry(self, mailing_id: int, requeue: Callable[[Tx], Awaitable[str]]) -> None:
+        """Failed recipients go back to pending (`requeue` picks and moves them in this
+        transaction and says what it did, or raises to change nothing) and the mailing joins the
+        bottom of the queue."""
+        async with self.store.write() as tx:
+            await self._checked(tx, mailing_id, Action.RETRY)
+            why = await requeue(tx)
+            await tx.add_event(mailing_id, "retry", why)
+            await self._enqueue(tx, mailing_id, "retrying failed recipients")
 
     async def _enqueue(self, tx: Tx, mailing_id: int, why: str) -> None:
         position = await tx.bottom_position()

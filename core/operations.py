@@ -146,6 +146,8 @@ def _refuse_if_empty(label: str, summary: ImportSummary, rejected: int, what: st
         reasons.append(f"{rejected:,} rejected")
     if summary.duplicates:
         reasons.append(f"{len(summary.duplicates):,} already in the mailing")
+    if summary.suppressed:
+        reasons.append(f"{summary.suppressed:,} suppressed")
     detail = f" ({', '.join(reasons)})" if reasons else " (it has a header but no rows)"
     raise ImportRejected(f"{label}: no valid recipient{detail}; {what}")
 
@@ -284,6 +286,9 @@ async def split_by_zone(
                     html_body=mailing.html_body,
                     fields=mailing.fields,
                     parent_id=mailing_id,
+                )
+                await tx.update_mailing(  # the parts keep the List-Unsubscribe targets (issue 13)
+                    target, unsubscribe_url=mailing.unsubscribe_url, unsubscribe_mailto=mailing.unsubscribe_mailto
                 )
                 await tx.move_recipients(mailing_id, target, source_zones)
                 await tx.add_event(target, "created", f"split from mailing {mailing_id} for recipients in {zone}")

@@ -40,8 +40,9 @@ from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
-from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict
+from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict, mailbox_gone
 from .store import Claimed, Outcome, Store, storage_error
+from .unsubscribe import headers_for as unsubscribe_headers
 
 log = logging.getLogger("mailtower.sender")
 
@@ -389,6 +390,7 @@ class Sender:
     async def _send_head(self, mailing: Mailing) -> None:
         store, lifecycle = self._need()
         template = template_for(mailing)
+        template.extra_headers = await unsubscribe_headers(store, mailing)  # List-Unsubscribe, if any
         if mailing.state is MailingState.QUEUED and not await lifecycle.start(mailing.id):
             return
         log.info('sending mailing %d "%s": %s recipients left', mailing.id, mailing.name, f"{mailing.remaining:,}")
@@ -785,7 +787,9 @@ class Sender:
                 await self._relay_trouble(run, relay, verdict, paused=True)
                 return None
             if verdict.outcome is ReplyOutcome.FAIL:
-                return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text, was_in_doubt=row.in_doubt)
+                # An unknown or disabled mailbox joins the suppression list in the same commit.
+                return Outcome(row.id, RecipientState.FAILED, verdict.code, verdict.text, was_in_doubt=row.in_doubt,
+                               suppress=mailbox_gone(verdict.code, verdict.text))
             outcome = self._deferral(row, verdict)
             relay.deferred_until(outcome.next_attempt_at)
             return outcome

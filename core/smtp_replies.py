@@ -342,3 +342,50 @@ def one_line(text: str) -> str:
     flat = " ".join(" ".join(line.split()) for line in lines)
     flat = "".join(ch if ch.isprintable() else "?" for ch in flat)
     return flat if len(flat) <= MAX_TEXT else flat[: MAX_TEXT - 1] + "…"
+
+
+# ---- stored failures: suppression and retry (issue 13, items 6 and 9) ---------------------------
+
+# The enhanced codes that say the address itself is bad for good (RFC 3463): X.1.1 bad mailbox,
+# X.1.2 bad destination system, X.1.3 bad address syntax, X.1.6 mailbox moved, X.1.10 null MX
+# (RFC 7505), X.2.1 mailbox disabled.
+MAILBOX_GONE = frozenset({"X.1.1", "X.1.2", "X.1.3", "X.1.6", "X.1.10", "X.2.1"})
+# A 550/551/553 without a specific enhanced code says so in words. "Mailbox unavailable" alone
+# is RFC 5321's catch-all (policy blocks use it too), so it is not enough.
+MAILBOX_GONE_WORDING = re.compile(
+    r"user unknown|unknown (?:user|recipient|mailbox|address)|no such (?:user|mailbox|recipient|address|account)"
+    r"|(?:user|mailbox|recipient|address|account) (?:does not|doesn't|not) exists?"
+    r"|(?:user|mailbox|recipient|account) (?:not found|unknown|is disabled|disabled|is inactive)"
+    r"|invalid (?:mailbox|recipient|user)",
+    re.IGNORECASE,
+)
+# How the sender words a recipient it gave up on after the retry age (sender._deferral).
+GAVE_UP = "gave up after "
+
+
+def mailbox_gone(code: int | None, text: str) -> bool:
+    """Whether a permanent failure (code and reply text, as the ledger keeps them) says the
+    mailbox does not exist or is disabled: the address belongs on the suppression list."""
+    if code is None or _reply_class(code) != 5 or text.startswith(GAVE_UP):
+        return False
+    enhanced = parse_enhanced(text)
+    if enhanced is not None and enhanced[2:] != "0.0":
+        return "X" + enhanced[1:] in MAILBOX_GONE
+    return code in (550, 551, 553) and MAILBOX_GONE_WORDING.search(text) is not None
+
+
+def failure_may_pass(code: int | None, text: str) -> bool:
+    """Whether a recorded failure may pass when tried again: given up after the retry age, a
+    policy refusal (X.7.x: reputation, DMARC, spam), a routing or mail-system failure (X.4.x,
+    X.3.x but a message too big), or a 554 without an enhanced code. Unknown mailboxes, bad
+    addresses, other 5xx and failures without a reply (an address the server cannot take) are
+    permanent."""
+    if text.startswith(GAVE_UP) or (code is not None and _reply_class(code) == 4):
+        return True
+    if code is None or mailbox_gone(code, text):
+        return False
+    enhanced = parse_enhanced(text)
+    if enhanced is None:
+        return code == 554
+    subject = enhanced.split(".", 1)[1]
+    return subject.startswith(("4.", "7.")) or (subject.startswith("3.") and subject != "3.4")

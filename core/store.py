@@ -38,7 +38,7 @@ from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -116,6 +116,22 @@ MIGRATIONS: dict[int, str] = {
         WHEN NEW.version = OLD.version
         BEGIN UPDATE mailings SET version = OLD.version + 1 WHERE id = NEW.id; END;
     """,
+    # Suppression and one-click unsubscribe (issue 13, items 6-7): one suppression list per
+    # database keyed like recipients.email_key (looked up by primary key when a row is claimed),
+    # the count of rows skipped as suppressed, and a mailing's List-Unsubscribe targets.
+    4: """
+    CREATE TABLE suppression (
+        key TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        mailing_id INTEGER,
+        added_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE mailings ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE mailings ADD COLUMN unsubscribe_url TEXT;
+    ALTER TABLE mailings ADD COLUMN unsubscribe_mailto TEXT;
+    """,
 }
 
 # Recipient states that count as "not received yet".
@@ -152,7 +168,7 @@ def parse_iso(text: str | None) -> datetime | None:
 MAILING_COLUMNS = (
     "id, name, subject, from_addr, text_body, html_body, state, position, send_at_local, tz, "
     "send_at_utc, tzdata_version, missed, total, sent, failed, deferred, in_doubt, created_at, "
-    "started_at, finished_at, last_error, parent_id, rate, fields"
+    "started_at, finished_at, last_error, parent_id, rate, fields, suppressed, unsubscribe_url, unsubscribe_mailto"
 )
 # The list views never need the bodies; leaving them out keeps 10,000-row sections cheap.
 MAILING_LIST_COLUMNS = MAILING_COLUMNS.replace("text_body, html_body", "NULL, NULL")
@@ -190,6 +206,9 @@ def _mailing_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Mailing:
         parent_id=row[22],
         rate=row[23] or 0.0,
         fields=tuple(json.loads(row[24] or "[]")),
+        suppressed=row[25] or 0,
+        unsubscribe_url=row[26],
+        unsubscribe_mailto=row[27],
     )
 
 
@@ -242,12 +261,14 @@ class Outcome:
     in_doubt: bool = False  # released because the connection broke after the final dot
     counted_attempt: bool = True
     was_in_doubt: bool = False  # the row was already in doubt when it was claimed
+    suppress: bool = False  # FAILED as an unknown or disabled mailbox: its address joins the suppression list
 
 
 @dataclass(frozen=True, slots=True)
 class ImportSummary:
     imported: int
     duplicates: list[int]  # line numbers of rows whose address was already in the mailing
+    suppressed: int = 0  # rows skipped because their address is on the suppression list
 
 
 # ---- opening ------------------------------------------------------------------------------
@@ -521,13 +542,16 @@ class Tx:
         Rows are consumed in chunks so memory stays flat; the caller's transaction makes the file
         all-or-nothing when the iterator raises part-way.
         """
-        imported = 0
+        imported = suppressed = 0
         duplicates: list[int] = []
         batch: list[ImportedRow] = []
 
         async def flush() -> None:
-            nonlocal imported
+            nonlocal imported, suppressed
             fresh = await self._without_duplicates(mailing_id, batch, duplicates)
+            kept = await self.without_suppressed(fresh)
+            suppressed += len(fresh) - len(kept)
+            fresh = kept
             await self.db.executemany(
                 "INSERT INTO recipients (mailing_id, email, email_key, name, tz, fields) VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -550,7 +574,7 @@ class Tx:
         await self.db.execute(
             "UPDATE mailings SET total = total + ?, updated_at = ? WHERE id = ?", (imported, iso(self.now), mailing_id)
         )
-        return ImportSummary(imported=imported, duplicates=duplicates)
+        return ImportSummary(imported=imported, duplicates=duplicates, suppressed=suppressed)
 
     async def _without_duplicates(
         self, mailing_id: int, batch: list[ImportedRow], duplicates: list[int]
@@ -571,6 +595,68 @@ class Tx:
                 seen.add(key)
                 fresh.append(r)
         return fresh
+
+    # ---- suppression and retry (issue 13, items 6 and 9) ---------------------------------
+
+    async def without_suppressed(self, rows: list[ImportedRow]) -> list[ImportedRow]:
+        """The rows whose address is not on the suppression list (one indexed lookup per chunk)."""
+        if not rows:
+            return rows
+        keys = list({r.email.lower() for r in rows})
+        async with self.db.execute(
+            f"SELECT key FROM suppression WHERE key IN ({','.join('?' * len(keys))})", keys
+        ) as cur:
+            barred = {row[0] for row in await cur.fetchall()}
+        return [r for r in rows if r.email.lower() not in barred] if barred else rows
+
+    async def add_suppressions(self, entries: Iterable[tuple[str, str]], source: str, reason: str) -> int:
+        """Suppress (key, address) pairs; an address already suppressed keeps its first entry.
+        Returns how many were new."""
+        before = self.db.total_changes
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO suppression (key, email, source, reason, added_at) VALUES (?, ?, ?, ?, ?)",
+            [(key, email, source, reason, iso(self.now)) for key, email in entries],
+        )
+        return self.db.total_changes - before
+
+    async def remove_suppressions(self, keys: Iterable[str]) -> int:
+        before = self.db.total_changes
+        await self.db.executemany("DELETE FROM suppression WHERE key = ?", [(k,) for k in keys])
+        return self.db.total_changes - before
+
+    async def failed_rows(self, mailing_id: int, after_id: int, limit: int) -> list[tuple[int, int | None, str | None, bool, bool]]:
+        """A page of a mailing's failed rows: (id, last code, last reply, in doubt, suppressed now)."""
+        async with self.db.execute(
+            "SELECT r.id, r.last_code, r.last_error, r.in_doubt, s.key IS NOT NULL FROM recipients r "
+            "LEFT JOIN suppression s ON s.key = r.email_key "
+            "WHERE r.mailing_id = ? AND r.state = 'failed' AND r.id > ? ORDER BY r.id LIMIT ?",
+            (mailing_id, after_id, limit),
+        ) as cur:
+            return [(int(i), c, e, bool(d), bool(s)) for i, c, e, d, s in await cur.fetchall()]
+
+    async def requeue_failed(self, mailing_id: int, ids: list[int]) -> None:
+        """Failed rows back to pending with a fresh retry age; the counters follow (a row that
+        was in doubt is an open in-doubt row again until it is sent or fails)."""
+        if not ids:
+            return
+        before = self.db.total_changes
+        doubt = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT COUNT(*) FROM recipients WHERE id IN ({marks}) AND state = 'failed' AND in_doubt = 1", chunk
+            ) as cur:
+                doubt += int((await cur.fetchone())[0])  # type: ignore[index]
+            await self.db.execute(
+                f"UPDATE recipients SET state = 'pending', next_attempt_at = NULL, first_deferred_at = NULL, "
+                f"updated_at = ? WHERE id IN ({marks}) AND mailing_id = ? AND state = 'failed'",
+                (time.time(), *chunk, mailing_id),
+            )
+        moved = self.db.total_changes - before
+        await self.db.execute(
+            "UPDATE mailings SET failed = failed - ?, in_doubt = in_doubt + ? WHERE id = ?", (moved, doubt, mailing_id)
+        )
 
 
 def _outcome_rows(outcomes: list[Outcome], now: float) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
@@ -656,6 +742,7 @@ def _record_and_claim(
                 (c["sent"], c["failed"], c["deferred"], c["released_doubt"], c["resolved_doubt"], rate,
                  iso(datetime.fromtimestamp(now, timezone.utc)), mailing_id),
             )
+            _suppress_bounced(conn, outcomes, now)
         elif rate is not None:
             conn.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
         if marks:
@@ -679,20 +766,66 @@ def _record_and_claim(
                 conn.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due, mailing_id))
             # Claiming writes nothing: the rows stay `pending` and the sender skips those it
             # already holds, so a crash leaves claimed-but-unstarted rows plainly pending.
-            picked = conn.execute(
-                "SELECT id, email, name, fields, attempts, first_deferred_at, in_doubt FROM recipients"
-                " WHERE mailing_id = ? AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?))"
-                " ORDER BY id LIMIT ?",
-                (mailing_id, json.dumps(sorted(held)), claim),
-            ).fetchall()
-            claimed = [_claimed(r) for r in picked]
-            if due:
+            claimed, skipped = _claim_unsuppressed(conn, mailing_id, json.dumps(sorted(held)), claim, now)
+            if due or skipped:
                 row = conn.execute(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         conn.execute("COMMIT")
     except BaseException:
         _rollback_sync(conn)
         raise
     return claimed, row
+
+
+# ---- suppression in the sender's batch transaction (issue 13, item 6) -----------------------
+
+_CLAIM_PASSES = 100  # bound on claim passes that found only suppressed rows (each marks them)
+
+
+def _claim_unsuppressed(
+    conn: sqlite3.Connection, mailing_id: int, held: str, claim: int, now: float
+) -> tuple[list[Claimed], int]:
+    """Claim up to `claim` pending rows (none of `held`, a JSON list); rows whose address is on
+    the suppression list (a primary-key probe per row) become `suppressed` instead, counted on
+    the mailing. Returns the claimed rows and how many were skipped."""
+    claimed: list[Claimed] = []
+    skipped = after = 0
+    for _ in range(_CLAIM_PASSES):
+        picked = conn.execute(
+            "SELECT r.id, r.email, r.name, r.fields, r.attempts, r.first_deferred_at, r.in_doubt,"
+            " EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) FROM recipients r"
+            " WHERE r.mailing_id = ? AND r.state = 'pending' AND r.id > ?"
+            " AND r.id NOT IN (SELECT value FROM json_each(?)) ORDER BY r.id LIMIT ?",
+            (mailing_id, after, held, claim - len(claimed)),
+        ).fetchall()
+        if picked:
+            after = picked[-1][0]  # a further pass goes on after these (claimed rows stay pending)
+        barred = [r for r in picked if r[7]]
+        claimed += [_claimed(r) for r in picked if not r[7]]
+        if barred:
+            conn.executemany(
+                "UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, r[0]) for r in barred]
+            )
+            doubt = sum(1 for r in barred if r[6])  # an open in-doubt row is settled by the skip
+            conn.execute(
+                "UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?",
+                (len(barred), doubt, mailing_id),
+            )
+            skipped += len(barred)
+        if not barred or len(claimed) >= claim:
+            break
+    return claimed, skipped
+
+
+def _suppress_bounced(conn: sqlite3.Connection, outcomes: list[Outcome], now: float) -> None:
+    """Addresses that failed as unknown or disabled mailboxes join the suppression list with the
+    reply, in the transaction that records the failure (the first entry of an address stays)."""
+    bounced = [(o.text or "", iso(datetime.fromtimestamp(now, timezone.utc)), o.recipient_id) for o in outcomes if o.suppress]
+    if bounced:
+        conn.executemany(
+            "INSERT OR IGNORE INTO suppression (key, email, source, reason, mailing_id, added_at) "
+            "SELECT email_key, email, 'bounce', ?, mailing_id, ? FROM recipients WHERE id = ?",
+            bounced,
+        )
 
 
 def _rollback_sync(conn: sqlite3.Connection) -> None:
@@ -1057,3 +1190,35 @@ class Store:
             (mailing_id, after_id, limit),
         ) as cur:
             return [_recipient_from_row(r) for r in await cur.fetchall()]
+
+    # ---- suppression and unsubscribe (issue 13, items 6-7) -------------------------------
+
+    async def suppression_page(self, after_key: str = "", limit: int = 2000) -> list[tuple[str, str, str, str, int | None, str]]:
+        """A keyset page of the suppression list in key order: (key, address, source, reason,
+        mailing id, added at)."""
+        async with self.db.execute(
+            "SELECT key, email, source, reason, mailing_id, added_at FROM suppression WHERE key > ? ORDER BY key LIMIT ?",
+            (after_key, limit),
+        ) as cur:
+            return [tuple(row) for row in await cur.fetchall()]  # type: ignore[misc]
+
+    async def suppressed_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` are on the suppression list."""
+        wanted = list(set(keys))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            async with self.db.execute(
+                f"SELECT key FROM suppression WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ) as cur:
+                found.update(row[0] for row in await cur.fetchall())
+        return found
+
+    async def meta_once(self, key: str, make: str) -> str:
+        """The meta value of `key`, storing `make` first if there is none (two processes that
+        race both read the one that was stored first)."""
+        async with self.write() as tx:
+            await tx.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, make))
+            async with tx.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+                row = await cur.fetchone()
+        return str(row[0])  # type: ignore[index]

@@ -939,6 +939,7 @@ class DashboardApp(App[int]):
             return await self._schedule(mailing)
         if key == "send-now":
             await lifecycle.send_now(mailing.id)
+            await self._warn_without_unsubscribe(mailing.id)
             return f"“{name}” joined the queue (Current)"
         if key == "unschedule":
             message = f"Cancel the schedule of “{name}”? The mailing is kept as a draft (Inactive)."
@@ -955,6 +956,8 @@ class DashboardApp(App[int]):
                 return None
             await lifecycle.restart(mailing.id)
             return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
+        if key == "retry":
+            return await self._retry(mailing)
         if key == "delete":
             message = (
                 f"Delete “{name}” and its recipient list ({plural(mailing.total, 'recipient')})? "
@@ -965,6 +968,34 @@ class DashboardApp(App[int]):
             await lifecycle.delete(mailing.id)
             return f"Deleted “{name}”"
         raise UserError(f"unknown action {key!r}")
+
+    async def _warn_without_unsubscribe(self, mailing_id: int) -> None:
+        """A large mailing on its way without one-click unsubscribe: said as the CLI says it."""
+        from mailtower.core.unsubscribe import missing_warning
+
+        assert self.store is not None
+        try:
+            warning = missing_warning(await self.store.mailing(mailing_id))
+        except NotFound:
+            return
+        if warning:
+            self.notify(warning, severity="warning", timeout=10)
+
+    async def _retry(self, mailing: Mailing) -> str | None:
+        """Retry failed (issue 13): a risky action, so its dialog opens on "Keep as it is"."""
+        from mailtower.core.retry import retry_failed
+
+        assert self.store is not None
+        name = " ".join(mailing.name.split())
+        message = (
+            f"Send “{name}” again to its failed recipients whose failure may pass (given up after the "
+            f"retry time, refused by policy)? It joins the bottom of the queue. Of its {mailing.failed:,} "
+            "failed, unknown mailboxes and suppressed addresses are not sent again."
+        )
+        if not await self._ask("Retry failed", message, "Retry failed", "Keep as it is"):
+            return None
+        plan = await retry_failed(self.store, mailing.id)
+        return f"“{name}” queued again: {plan.describe()} (Current)"
 
     async def _resume(self, mailing: Mailing) -> str:
         """Ask the sender (ours or another process's) to try the paused relays again now."""
@@ -993,6 +1024,7 @@ class DashboardApp(App[int]):
             self._expect(*result.mailing_ids)
         for _, warning in result.warnings:
             self.notify(warning, severity="warning", timeout=8)
+        await self._warn_without_unsubscribe(mailing.id)
         if result.local_time:
             return f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone ({len(result.mailings)} mailings)"
         resolved = result.mailings[0].resolved

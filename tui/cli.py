@@ -52,8 +52,9 @@ from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.store import Store, iso, storage_error
 from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
+from mailtower.core.unsubscribe import set_targets
 
-from . import loops
+from . import cli_suppress, loops
 
 log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--now", action="store_true", help="queue it for sending now (without --now or --at: a draft)")
     when.add_argument("--at", metavar='"YYYY-MM-DD HH:MM"', help="schedule it at this wall time in --tz")
     new.add_argument("--tz", metavar="ZONE", help="IANA time zone of --at, e.g. Europe/Berlin")
+    cli_suppress.add_target_options(new)
     add_global_options(new, in_command=True)
 
     imp = add_command(
@@ -359,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log", type=Path, metavar="FILE",
                      help="append the sender's log (start, each mailing sent or finished, waits, stop) to FILE")
     add_global_options(run, in_command=True)
+
+    cli_suppress.add_commands(sub, add_command)
 
     demo = add_command(
         sub, "demo", "the dashboard on a throw-away database with a local SMTP sink",
@@ -615,6 +619,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
     draft = read_draft(args.name, args.subject, args.from_addr, args.text, args.html)
     when = checked_schedule(args.at, args.tz)
+    unsubscribe = cli_suppress.checked_targets(args)
     lifecycle = Lifecycle(store)
     mailing_id: int | None = None
     try:
@@ -631,6 +636,8 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
             finally:
                 rejects.close()
             report_duplicates(rejects.source, summary.duplicates)
+            if any(unsubscribe):
+                await set_targets(store, mailing_id, *unsubscribe)
             if args.now:
                 await lifecycle.send_now(mailing_id)
             elif when is not None:
@@ -645,7 +652,9 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     print(mailing_id)
     created = None if args.quiet else await maybe_mailing(store, mailing_id)
     if created is not None:
-        say(args, created_line(created, rejects.count, len(summary.duplicates)))
+        say(args, created_line(created, rejects.count, len(summary.duplicates), summary.suppressed))
+    if args.now or when is not None:
+        await cli_suppress.warn_without_unsubscribe(store, mailing_id)
     return 0
 
 
@@ -665,15 +674,16 @@ def report_duplicates(source: str, lines: list[int]) -> None:
         print(safe(f"{source}: {len(lines) - 50:,} more duplicate addresses skipped"), file=sys.stderr)
 
 
-def skipped(rejected: int, duplicates: int) -> str:
-    """" (3 rejected, 2 duplicates skipped)", or nothing."""
+def skipped(rejected: int, duplicates: int, suppressed: int = 0) -> str:
+    """" (3 rejected, 2 duplicates skipped, 1 suppressed address skipped)", or nothing."""
     parts = ([f"{rejected:,} rejected"] if rejected else []) + ([f"{duplicates:,} duplicates skipped"] if duplicates else [])
+    parts += [f"{suppressed:,} suppressed address{'' if suppressed == 1 else 'es'} skipped"] if suppressed else []
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def created_line(m: Mailing, rejected: int, duplicates: int) -> str:
+def created_line(m: Mailing, rejected: int, duplicates: int, suppressed: int = 0) -> str:
     """What `new` made, and for a draft, how to send it."""
-    head = f"created {named(m)} with {plural(m.total, 'recipient')}{skipped(rejected, duplicates)}"
+    head = f"created {named(m)} with {plural(m.total, 'recipient')}{skipped(rejected, duplicates, suppressed)}"
     if m.state is MailingState.SCHEDULED and m.schedule is not None:
         return f"{head}; scheduled for {when_scheduled(m)}"
     if m.section is Section.CURRENT:
@@ -722,7 +732,7 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
     m = await maybe_mailing(store, args.id)
     into = f"mailing {named(m)}" if m is not None else f"mailing {args.id}"
     now = f"; it has {plural(m.total, 'recipient')} now" if m is not None else ""
-    say(args, f"imported {plural(summary.imported, 'recipient')} into {into}{skipped(rejects.count, len(summary.duplicates))}{now}")
+    say(args, f"imported {plural(summary.imported, 'recipient')} into {into}{skipped(rejects.count, len(summary.duplicates), summary.suppressed)}{now}")
     return 0
 
 
@@ -839,6 +849,7 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     # The wall time in effect (after a spring-forward gap, the later one the warning named).
     say(args, f"scheduled {named(before)} for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz} "
               f"({resolved.utc:%Y-%m-%d %H:%M} UTC)")
+    await cli_suppress.warn_without_unsubscribe(store, args.id)
     return 0
 
 
@@ -855,6 +866,8 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
     await action(args.id)
     after = None if args.command == "delete" else (await maybe_mailing(store, args.id) or before)
     say(args, changed_line(args.command, before, after))
+    if args.command in ("send-now", "restart"):
+        await cli_suppress.warn_without_unsubscribe(store, args.id)
     return 0
 
 
@@ -902,6 +915,7 @@ STATE_CHOICES: dict[str, str] = {
     "sending": "sending",
     "failed": "failed",
     "sent": "sent",
+    "suppressed": "suppressed",
 }
 
 
@@ -1192,6 +1206,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     "recipients": cmd_recipients,
     "limits": cmd_limits,
     "resume": cmd_resume,
+    **cli_suppress.HANDLERS,
 }
 
 

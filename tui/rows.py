@@ -253,7 +253,7 @@ def current_cells(
 ) -> Cells:
     compact = view.compact
     sending = mailing.state is MailingState.SENDING
-    done = mailing.sent + mailing.failed
+    done = mailing.total - mailing.remaining  # sent, failed or skipped as suppressed
     if mailing.remaining <= 0:
         finish, left = DASH, "done"
     elif eta is None:

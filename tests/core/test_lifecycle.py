@@ -172,9 +172,10 @@ def test_menus_follow_the_seed() -> None:
     assert keys(S.SENDING) == ["stop", "move-up", "move-down", "details"]
     assert keys(S.QUEUED) == ["stop", "move-up", "move-down", "details"]
     assert keys(S.SCHEDULED) == ["schedule", "send-now", "unschedule", "details"]
-    assert keys(S.STOPPED) == ["restart", "remaining", "schedule", "send-now", "details", "delete"]
+    # (Retry failed: the mailing has 1 failed recipient, issue 13)
+    assert keys(S.STOPPED) == ["restart", "remaining", "retry", "schedule", "send-now", "details", "delete"]
     assert keys(S.DRAFT) == ["schedule", "send-now", "details", "delete"]
-    assert keys(S.COMPLETED) == ["remaining", "details", "delete"]
+    assert keys(S.COMPLETED) == ["remaining", "retry", "details", "delete"]
     stop = offers(mailing(S.SENDING), any_sending=True)[0]
     assert stop.label == "Cancel sending" and stop.destructive
 

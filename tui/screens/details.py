@@ -86,6 +86,8 @@ def outcome_table(data: DetailsData) -> Table:
         ("Sending", data.states.get("sending", 0), ""),
         ("Total", mailing.total, "bold"),
     ]
+    if mailing.suppressed:  # skipped when claimed: the address is on the suppression list
+        columns.insert(4, ("Suppressed", mailing.suppressed, "dim"))
     for title, _, _ in columns:
         table.add_column(title, justify="right")
     table.add_row(*(Text(f"{value:,}", style=style) for _, value, style in columns))

@@ -598,6 +598,8 @@ class RemainingScreen(Screen[None]):
             Text(
                 f"Remaining recipients: {safe(self.mailing.name)} (id {self.mailing.id}, {self.mailing.state.value}) "
                 f"· {self.mailing.remaining:,} of {self.mailing.total:,} not received"
+                # Skipped as suppressed (issue 13): not sent, and not waiting either.
+                + (f" · {self.mailing.suppressed:,} suppressed, not sent" if self.mailing.suppressed else "")
             )
         )
 
@@ -605,7 +607,8 @@ class RemainingScreen(Screen[None]):
     def _cursor_moved(self, event: RecipientList.CursorMoved) -> None:
         pages = self._pages
         if pages.count == 0:
-            position = "no matching recipients" if self.search else "nobody left: every recipient was sent or failed"
+            done = "sent, failed or suppressed" if self.mailing.suppressed else "sent or failed"
+            position = "no matching recipients" if self.search else f"nobody left: every recipient was {done}"
         else:
             total = f"{pages.count:,}" if pages.complete else f"{pages.count:,}+"
             position = f"Row {event.index + 1:,} of {total}"

@@ -1,0 +1,203 @@
+"""The suppression list: addresses this database never sends to again (issue 13, item 6).
+
+One list per database, keyed like the ledger's `email_key` (the address as the recipient
+importer normalises it, lower-cased). Entries come from four sources: `bounce` (the sender adds
+an address whose server said the mailbox does not exist or is disabled, in the transaction that
+records the failure), `unsubscribe` (a verified one-click unsubscribe token, see
+core/unsubscribe), `manual` (`suppress add`) and `import` (`suppress import`).
+
+Imports of recipients skip suppressed addresses and say how many; a row of a queued mailing whose
+address is suppressed later is skipped when the sender claims it (state `suppressed`).
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from email_validator import EmailNotValidError
+
+from .display import safe
+from .errors import UserError
+from .files import MIB, read_text_bounded
+from .recipients_csv import normalize_address
+from .store import Store
+from .unsubscribe import database_secret, read_token
+
+MAX_IMPORT_BYTES = 256 * MIB  # about five million addresses
+MAX_REASON = 300  # characters kept of a reason
+
+
+class Source(str, enum.Enum):
+    BOUNCE = "bounce"
+    UNSUBSCRIBE = "unsubscribe"
+    MANUAL = "manual"
+    IMPORT = "import"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    email: str
+    source: Source
+    reason: str
+
+
+@dataclass(slots=True)
+class ParsedFile:
+    """What a suppression file holds: valid entries, and (line, why) for each line that is not."""
+
+    entries: list[Entry] = field(default_factory=list)
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+
+
+def address_key(address: str, *, allow_special: bool = False) -> tuple[str, str]:
+    """(key, normalised address) of an address, as the ledger keys recipients; UserError if invalid."""
+    text = address.strip()
+    if not text:
+        raise UserError("an empty address")
+    try:
+        normalized = normalize_address(text, allow_special=allow_special)
+    except EmailNotValidError as exc:
+        raise UserError(f"'{safe(text)}' is not a valid address ({exc})") from None
+    return normalized.lower(), normalized
+
+
+def clean_reason(reason: str | None, what: str = "--reason") -> str:
+    text = (reason or "").strip()
+    if not text.isprintable():
+        raise UserError(f"{what}: a control character has no place in a reason: '{safe(text)}'")
+    return text[:MAX_REASON]
+
+
+async def add_addresses(store: Store, addresses: Iterable[str], reason: str, *, allow_special: bool = False) -> tuple[int, int]:
+    """Suppress addresses by hand; all or nothing (one bad address changes nothing).
+    Returns (newly suppressed, already suppressed)."""
+    entries: dict[str, str] = {}
+    for address in addresses:
+        try:
+            key, normalized = address_key(address, allow_special=allow_special)
+        except UserError as exc:
+            raise UserError(f"suppress add: {exc}") from None
+        entries.setdefault(key, normalized)
+    return await _store_entries(store, [Entry(k, e, Source.MANUAL, reason) for k, e in entries.items()])
+
+
+async def _store_entries(store: Store, entries: list[Entry]) -> tuple[int, int]:
+    added = 0
+    async with store.write() as tx:
+        by_kind: dict[tuple[Source, str], list[tuple[str, str]]] = {}
+        for entry in entries:
+            by_kind.setdefault((entry.source, entry.reason), []).append((entry.key, entry.email))
+        for (source, reason), pairs in by_kind.items():
+            added += await tx.add_suppressions(pairs, source.value, reason)
+    return added, len(entries) - added
+
+
+async def remove_addresses(store: Store, addresses: Iterable[str], *, allow_special: bool = False) -> tuple[int, list[str]]:
+    """Take addresses off the list (mailings created later may send to them again).
+    Returns (removed, those that were not on it)."""
+    keys: dict[str, str] = {}
+    for address in addresses:
+        text = address.strip()
+        try:
+            key, _ = address_key(text, allow_special=allow_special)
+        except UserError:
+            key = text.lower()  # an entry that no longer validates can still be removed by its key
+        if not key:
+            raise UserError("suppress remove: an empty address")
+        keys.setdefault(key, text)
+    present = await store.suppressed_keys(keys)
+    async with store.write() as tx:
+        removed = await tx.remove_suppressions(present)
+    return removed, [keys[k] for k in keys if k not in present]
+
+
+# ---- suppress import ---------------------------------------------------------------------------
+
+
+def _values(text: str) -> Iterable[tuple[int, str]]:
+    """(line number, value) of a file: one value a line, or a CSV file's `email` column."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return []
+    header = next(csv.reader([lines[first]]))
+    columns = [h.strip().lower() for h in header]
+    if len(columns) > 1 or columns == ["email"]:
+        if "email" not in columns:
+            raise ValueError(f"line {first + 1}: a CSV file needs an 'email' column (found: {', '.join(columns)})")
+        return _csv_values(text, first, columns.index("email"))
+    return ((n + 1, line.strip()) for n, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#"))
+
+
+def _csv_values(text: str, first: int, column: int) -> Iterable[tuple[int, str]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    for row in reader:
+        if reader.line_num <= first + 1 or not any(cell.strip() for cell in row):
+            continue  # the header (and blank lines before it), blank rows
+        yield reader.line_num, (row[column].strip() if column < len(row) else "")
+
+
+def parse_file(text: str, secret: bytes, reason: str, label: str, *, allow_special: bool = False) -> ParsedFile:
+    """Entries of a suppression file: addresses (source `import`) and unsubscribe tokens
+    (source `unsubscribe`, verified against this database's secret)."""
+    parsed = ParsedFile()
+    try:
+        values = list(_values(text))
+    except (ValueError, csv.Error) as exc:
+        raise UserError(f"{label}: {exc}") from None
+    for line, value in values:
+        try:
+            parsed.entries.append(_entry(value, secret, reason, allow_special))
+        except UserError as exc:
+            parsed.invalid.append((line, str(exc)))
+    return parsed
+
+
+def _entry(value: str, secret: bytes, reason: str, allow_special: bool) -> Entry:
+    if not value:
+        raise UserError("no address")
+    if "@" in value:
+        key, normalized = address_key(value, allow_special=allow_special)
+        return Entry(key, normalized, Source.IMPORT, reason)
+    unsubscribe = read_token(secret, value)
+    why = f"unsubscribed (one-click) from mailing {unsubscribe.mailing_id}"
+    return Entry(unsubscribe.address, unsubscribe.address, Source.UNSUBSCRIBE, why)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    added: int
+    already: int
+    invalid: list[tuple[int, str]]
+    unsubscribes: int  # entries that came from tokens
+
+
+async def import_file(
+    store: Store, path: Path, reason: str | None, *, allow_special: bool = False,
+    report: Callable[[int, str], None] | None = None,
+) -> ImportResult:
+    """Suppress every valid address and token of a file (read once, bounded: pipes and `-` work).
+
+    Lines that are neither a valid address nor a valid token are reported and skipped: a file of
+    tokens collected by a web endpoint may hold anyone's junk, and the real unsubscribes in it
+    must still be honoured. A file without one valid entry changes nothing and is an error."""
+    label = "standard input" if str(path) == "-" else str(path)
+    text = read_text_bounded(path, limit=MAX_IMPORT_BYTES, what="suppress import")
+    secret = await database_secret(store)
+    parsed = parse_file(text, secret, clean_reason(reason) or f"imported from {Path(label).name}", label,
+                        allow_special=allow_special)
+    if report is not None:
+        for line, why in parsed.invalid:
+            report(line, why)
+    if not parsed.entries:
+        found = f"{len(parsed.invalid):,} lines not valid" if parsed.invalid else "it holds no address or token"
+        raise UserError(f"{label}: nothing to suppress ({found}); nothing was changed")
+    unique = list({e.key: e for e in parsed.entries}.values())
+    added, already = await _store_entries(store, unique)
+    return ImportResult(added, already, parsed.invalid, sum(1 for e in unique if e.source is Source.UNSUBSCRIBE))
