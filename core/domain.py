@@ -80,6 +80,8 @@ class Mailing:
     parent_id: int | None = None
     rate: float = 0.0  # messages per second, as last recorded by the sender
     fields: tuple[str, ...] = ()  # merge-field columns of the recipient files
+    wave_group: int | None = None  # the local-time schedule (core/waves.py) this mailing is a wave of
+    wave_parent: str | None = None  # that schedule's name, as the operator gave it
 
     @property
     def section(self) -> Section:
