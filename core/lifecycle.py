@@ -159,6 +159,11 @@ def _section_offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
             if any_sending
             else Offer("unschedule", "Cancel", destructive=True)
         )
+        if mailing.wave_group is not None:
+            # The row of a local-time schedule stands for all its waves (core/waves.py).
+            return [Offer("schedule", "Set Schedule (all waves)"), Offer("send-now", "Send all waves now"),
+                    Offer(cancel.key, "Cancel (all waves)", cancel.enabled, cancel.reason, cancel.destructive),
+                    Offer("details", "Details (next wave)")]
         return [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now"), cancel, Offer("details", "Details")]
     items: list[Offer] = []
     if mailing.state is S.STOPPED:
