@@ -762,6 +762,9 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
         "started_at": iso(m.started_at),
         "finished_at": iso(m.finished_at),
         "last_error": m.last_error,
+        # A wave of a local-time schedule: which schedule (the same number for all its waves), and its name.
+        "wave_group": m.wave_group,
+        "wave_of": m.wave_parent,
     }
     if m.section is Section.CURRENT:
         data["position"] = m.position

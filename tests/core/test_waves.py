@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import zoneinfo
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 
@@ -310,7 +310,7 @@ def test_cli_schedule_in_waves_refuses_passed_zones_then_takes_a_choice(tmp_path
     cli = Cli(db)
     now = datetime.now(UTC)
     # A wall time that has passed in UTC+14 and is still ahead in UTC and west of it.
-    wall = (now.replace(tzinfo=None, second=0, microsecond=0) + (datetime(2000, 1, 1, 10) - datetime(2000, 1, 1)))
+    wall = now.replace(tzinfo=None, second=0, microsecond=0) + timedelta(hours=10)
     at = f"{wall:%Y-%m-%d %H:%M}"
     zones = {"Pacific/Kiritimati": 2, "America/Chicago": 1, "": 2}
     path = write_csv(tmp_path / "people.csv", people(zones))
