@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -419,42 +419,50 @@ async def _leave_group(tx: Tx, mailing_id: int, was: Mailing) -> None:
     await tx.update_mailing(mailing_id, name=name, wave_group=None, wave_parent=None, wave_zones=None)
 
 
-async def cancel_schedule(store: Store, lifecycle: Lifecycle, mailing_id: int) -> tuple[int, int]:
-    """Cancel a schedule; a scheduled wave cancels its whole group, which becomes one draft again.
-
-    The seed's rule applies to each wave: refused while any mailing is being sent. Returns
-    (the draft's id, how many waves were cancelled)."""
+async def _act_on_group(
+    store: Store,
+    lifecycle: Lifecycle,
+    mailing_id: int,
+    action: Action,
+    alone: Callable[[int], Awaitable[object]],
+    finish: Callable[[Tx, int, int], Awaitable[None]],
+) -> tuple[int, int]:
+    """`action` on a mailing; on a scheduled wave, on every scheduled wave of its group, checked
+    each (the seed's rules apply to every wave), merged into one mailing that `finish` acts on.
+    Returns (the mailing acted on, how many waves it was)."""
     mailing = await store.mailing(mailing_id)
     members = await grouped_with(store, mailing)
     if len(members) == 1 and mailing.wave_group is None:
-        await lifecycle.unschedule(mailing_id)
+        await alone(mailing_id)
         return mailing_id, 1
     async with store.write() as tx:
         members = await _current_members(tx, members)
         any_sending = await tx.any_sending()
         for member in members:
-            target_state(member, Action.UNSCHEDULE, any_sending=any_sending)
+            target_state(member, action, any_sending=any_sending)
         anchor = await _merge(tx, lifecycle, members)
-        await lifecycle.unschedule_in(
-            tx, anchor, f"the local-time schedule ({len(members)} waves) was cancelled; kept as one draft"
-        )
         await _leave_group(tx, anchor, mailing)
+        await finish(tx, anchor, len(members))
     return anchor, len(members)
+
+
+async def cancel_schedule(store: Store, lifecycle: Lifecycle, mailing_id: int) -> tuple[int, int]:
+    """Cancel a schedule; a scheduled wave cancels its whole group, which becomes one draft again.
+
+    The seed's rule applies to each wave: refused while any mailing is being sent. Returns
+    (the draft's id, how many waves were cancelled)."""
+
+    async def finish(tx: Tx, anchor: int, waves: int) -> None:
+        await lifecycle.unschedule_in(tx, anchor, f"the local-time schedule ({waves} waves) was cancelled; kept as one draft")
+
+    return await _act_on_group(store, lifecycle, mailing_id, Action.UNSCHEDULE, lifecycle.unschedule, finish)
 
 
 async def send_group_now(store: Store, lifecycle: Lifecycle, mailing_id: int) -> tuple[int, int]:
     """Send now; a scheduled wave brings its whole group back into one mailing that joins the
     queue. Returns (the queued mailing's id, how many waves it was)."""
-    mailing = await store.mailing(mailing_id)
-    members = await grouped_with(store, mailing)
-    if len(members) == 1 and mailing.wave_group is None:
-        await lifecycle.send_now(mailing_id)
-        return mailing_id, 1
-    async with store.write() as tx:
-        members = await _current_members(tx, members)
-        for member in members:
-            target_state(member, Action.SEND_NOW, any_sending=False)
-        anchor = await _merge(tx, lifecycle, members)
-        await _leave_group(tx, anchor, mailing)
+
+    async def finish(tx: Tx, anchor: int, waves: int) -> None:
         await lifecycle.send_now_in(tx, anchor)
-    return anchor, len(members)
+
+    return await _act_on_group(store, lifecycle, mailing_id, Action.SEND_NOW, lifecycle.send_now, finish)

@@ -345,3 +345,26 @@ def test_cli_schedule_in_waves_refuses_passed_zones_then_takes_a_choice(tmp_path
     with sqlite3.connect(db) as conn:
         rows = sorted(conn.execute("SELECT state, name, total FROM mailings"))
     assert rows == [("draft", "launch", 3), ("draft", "launch [skipped, time passed: 1 zone]", 2)]
+
+
+async def test_a_database_from_before_waves_is_upgraded_in_place(tmp_path: Path) -> None:
+    from mailtower.core.store import MIGRATIONS, _statements
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for version in (1, 2, 3):
+            for statement in _statements(MIGRATIONS[version]):
+                conn.execute(statement)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+        conn.execute(
+            "INSERT INTO mailings (name, subject, from_addr, state, created_at, updated_at) "
+            "VALUES ('old one', 'Hi', 'a@example.org', 'draft', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')"
+        )
+    store = await Store.open(path)
+    try:
+        (old,) = await store.mailings()
+        assert (old.name, old.wave_group, old.wave_parent) == ("old one", None, None)
+        assert await store.meta("schema_version") == "7"
+    finally:
+        await store.close()

@@ -285,3 +285,15 @@ def test_snapshot_grouped_scheduled_rows(snap_compare, waves_db: Fixture, size: 
         await pilot.pause()
 
     assert snap_compare(frozen_app(waves_db.db), terminal_size=size, run_before=run_before)
+
+
+async def test_details_of_the_group_row_lists_the_next_waves_zones(waves_db: Fixture) -> None:
+    from mailtower.tui.screens.details import DetailsScreen
+
+    app = dashboard_app(waves_db.db)
+    async with running(app, size=(120, 40)) as pilot:
+        await focus_row(pilot, Section.SCHEDULED, waves_db.ids["wave0"])
+        await choose(pilot, "details")
+        screen = await opened(pilot, DetailsScreen)
+        await wait_for(lambda: "Zones" in str(screen.query_one("#now").render()), what="the zones line")
+        assert "Zones (1): Asia/Tokyo 2" in str(screen.query_one("#now").render())
