@@ -1137,6 +1137,12 @@ class Store:
         """The mailings of one wave group, earliest instant first."""
         return await _wave_members(self.db, group)
 
+    async def wave_request(self, group: int) -> tuple[datetime, str | None] | None:
+        """What a wave group was asked for: the wall time, and the zone of recipients without one."""
+        async with self.db.execute("SELECT send_at_local, default_tz FROM wave_groups WHERE id = ?", (group,)) as cur:
+            row = await cur.fetchone()
+        return (datetime.fromisoformat(row[0]), row[1]) if row else None
+
     async def wave_zones(self, mailing_id: int) -> list[tuple[str, int]]:
         """The zones of a wave and how many recipients each had when it was planned."""
         async with self.db.execute("SELECT wave_zones FROM mailings WHERE id = ?", (mailing_id,)) as cur:

@@ -998,8 +998,10 @@ class DashboardApp(App[int]):
         # A wave stands for its whole local-time schedule: the dialog plans with all its waves.
         zones = await preview_for(store, mailing)
         waves = len(await grouped_with(store, mailing))
+        asked = await store.wave_request(mailing.wave_group) if mailing.wave_group is not None else None
+        wall = (asked[0], asked[1] or self.operator_tz) if asked is not None else None
         request = await self.push_screen_wait(
-            ScheduleDialog(mailing, self.operator_tz, now=self.now, zones=zones, waves=waves)
+            ScheduleDialog(mailing, self.operator_tz, now=self.now, zones=zones, waves=waves, wall=wall)
         )
         if request is None:
             return None

@@ -227,6 +227,9 @@ async def test_set_schedule_on_the_group_row_replans_every_wave(waves_db: Fixtur
         dialog = await opened(pilot, ScheduleDialog)
         assert "Autumn waves (all 3 waves)" in str(dialog.query_one("#schedule-box").border_title)
         assert dialog.query_one("#local-time", Checkbox).value  # a local-time schedule stays one
+        # It starts from what the schedule asked for, not from one wave's zone: the zone-less keep UTC.
+        fields = [dialog.query_one(f"#{name}", Input).value for name in ("date", "hour", "zone")]
+        assert fields == ["2099-06-01", "09:00", "UTC"]
         assert "Waves       3 · 6 recipients in 4 zones" in preview_text(dialog)
         dialog.query_one("#hour", Input).value = "10:30"
         await pilot.pause()

@@ -320,9 +320,11 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         *,
         zones: Mapping[str, int] | None = None,
         waves: int = 1,
+        wall: tuple[datetime, str] | None = None,
     ) -> None:
         """`zones`: the recipients not yet sent to per zone ('' for none), for the waves preview;
-        `waves`: how many scheduled waves the mailing stands for (a local-time schedule's row)."""
+        `waves`: how many scheduled waves the mailing stands for (a local-time schedule's row);
+        `wall`: the wall time and zone to start from (a local-time schedule's own request)."""
         super().__init__()
         self.mailing = mailing
         self.operator_tz = operator_tz if is_valid_zone(operator_tz) else "UTC"
@@ -331,10 +333,11 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         self.wave_lines: tuple[str, ...] = ()
         self.zones = dict(zones) if zones is not None else None
         self.waves = waves
+        self.wall = wall
         self.wave_plan: WavePlan | None = None
 
     def compose(self) -> ComposeResult:
-        local, zone = default_wall_time(self.mailing, self.operator_tz, self._now())
+        local, zone = self.wall or default_wall_time(self.mailing, self.operator_tz, self._now())
         box = Vertical(id="schedule-box")
         if self.waves > 1 or self.mailing.wave_group is not None:
             title = f"Set schedule: {safe(self.mailing.wave_parent or self.mailing.name)} (all {self.waves} waves)"
