@@ -88,6 +88,8 @@ class Mailing:
     suppressed: int = 0
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None
+    wave_group: int | None = None  # the local-time schedule (core/waves.py) this mailing is a wave of
+    wave_parent: str | None = None  # that schedule's name, as the operator gave it
 
     @property
     def section(self) -> Section:

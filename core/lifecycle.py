@@ -163,6 +163,11 @@ def _section_offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
             if any_sending
             else Offer("unschedule", "Cancel", destructive=True)
         )
+        if mailing.wave_group is not None:
+            # The row of a local-time schedule stands for all its waves (core/waves.py).
+            return [Offer("schedule", "Set Schedule (all waves)"), Offer("send-now", "Send all waves now"),
+                    Offer(cancel.key, "Cancel (all waves)", cancel.enabled, cancel.reason, cancel.destructive),
+                    Offer("details", "Details (next wave)")]
         return [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now"), cancel, Offer("details", "Details")]
     items: list[Offer] = []
     if mailing.state is S.STOPPED:
@@ -248,15 +253,39 @@ class Lifecycle:
     async def unschedule(self, mailing_id: int) -> None:
         async with self.store.write() as tx:
             await self._checked(tx, mailing_id, Action.UNSCHEDULE)
-            await tx.set_state(
-                mailing_id, S.DRAFT, send_at_local=None, tz=None, send_at_utc=None, tzdata_version=None, missed=0
-            )
-            await tx.add_event(mailing_id, "schedule cancelled", "kept as a draft")
+            await self.unschedule_in(tx, mailing_id)
+
+    async def unschedule_in(self, tx: Tx, mailing_id: int, detail: str = "kept as a draft") -> None:
+        """The unschedule write, inside a transaction the caller holds (and has checked)."""
+        await tx.set_state(
+            mailing_id, S.DRAFT, send_at_local=None, tz=None, send_at_utc=None, tzdata_version=None, missed=0
+        )
+        await tx.add_event(mailing_id, "schedule cancelled", detail)
 
     async def send_now(self, mailing_id: int) -> None:
         async with self.store.write() as tx:
-            mailing, _ = await self._checked(tx, mailing_id, Action.SEND_NOW)
-            await self._enqueue(tx, mailing_id, "send now" if mailing.state is not S.STOPPED else "restarted")
+            await self.send_now_in(tx, mailing_id)
+
+    async def send_now_in(self, tx: Tx, mailing_id: int) -> None:
+        mailing, _ = await self._checked(tx, mailing_id, Action.SEND_NOW)
+        await self._enqueue(tx, mailing_id, "send now" if mailing.state is not S.STOPPED else "restarted")
+
+    async def absorb_wave_in(self, tx: Tx, wave_id: int, into_id: int) -> int:
+        """A scheduled wave of a local-time schedule gives its recipients not yet sent to back to
+        `into_id`, when the schedule is set again, cancelled or sent now as a whole (core/waves.py).
+        The emptied wave is removed (it only ever held what the split gave it); one with sent or
+        failed recipients of its own keeps them as a draft. Returns how many recipients moved."""
+        wave = await tx.mailing(wave_id)
+        if wave.state is not S.SCHEDULED:
+            raise RefusedTransition(f"mailing {wave_id} is {wave.state.value}: only a scheduled wave can be merged back")
+        moved = await tx.move_waiting_recipients(wave_id, into_id, None)
+        await tx.add_event(into_id, "waves merged", f"{moved:,} recipients back from mailing {wave_id} ({wave.name})")
+        if await tx.recipient_count(wave_id) == 0:
+            await tx.delete_mailing(wave_id)
+        else:
+            await self.unschedule_in(tx, wave_id, f"its recipients not yet sent to went back to mailing {into_id}")
+            await tx.update_mailing(wave_id, wave_group=None)
+        return moved
 
     async def promote(self, mailing_id: int, late_by_seconds: float) -> bool:
         """A due schedule joins the bottom of the queue (False if it was changed meanwhile)."""

@@ -1,5 +1,5 @@
 """Operations that span several concerns: creating a mailing from its parts and a recipient
-file, importing more recipients, splitting a mailing by recipient time zone. The CLI and the
+file, importing more recipients. The CLI and the
 dashboard both call these; state changes still go through the lifecycle.
 """
 
@@ -10,7 +10,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from email_validator import EmailNotValidError
@@ -19,11 +18,10 @@ from .compose import MessageTemplate, check_header_value, check_merge_syntax, pa
 from .display import safe, unsafe_character
 from .domain import ImportedRow, Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
-from .lifecycle import Action, Lifecycle, target_state
 from .files import MAX_BODY_BYTES, read_text_bounded
 from .recipients_csv import ReadProgress, RecipientFile, normalize_address, open_recipients
 from .store import ImportSummary, Store
-from .timezones import Resolved, is_valid_zone, load_zone, resolve, utcnow
+from .timezones import is_valid_zone
 
 Reporter = Callable[[RejectedRow], None]
 Progress = Callable[[ReadProgress], None]
@@ -242,60 +240,6 @@ def _source_name(source: RecipientFile) -> str:
     if source.label == "standard input" or str(source.path).startswith(("/dev/", "/proc/")):
         return source.label  # a pipe's name (/dev/fd/63) says more whole than its last part
     return source.path.name
-
-
-async def split_by_zone(
-    store: Store, lifecycle: Lifecycle, mailing_id: int, local: datetime, default_tz: str | None
-) -> list[tuple[int, Resolved]]:
-    """Deliver at a wall time in each recipient's own zone: one scheduled mailing per zone.
-
-    The original keeps the recipients of the first zone; the others move to new mailings named
-    after it. Every recipient ends up in exactly one of them.
-    """
-    mailing = await store.mailing(mailing_id)
-    target_state(mailing, Action.SCHEDULE, any_sending=False)
-    zones = await store.recipient_zones(mailing_id)
-    if "" in zones:
-        if not default_tz:
-            raise UserError(
-                f"mailing {mailing_id}: {zones['']:,} recipients have no tz column value; give --tz ZONE for them"
-            )
-        load_zone(default_tz)
-    plan: dict[str, Resolved] = {}
-    for zone in sorted({z or default_tz for z in zones}):  # type: ignore[misc]
-        resolved = resolve(local, zone)
-        if resolved.utc <= utcnow():
-            raise UserError(f"{local:%Y-%m-%d %H:%M} in {zone} is in the past; choose a later time")
-        plan[zone] = resolved
-    results: list[tuple[int, Resolved]] = []
-    async with store.write() as tx:
-        target_state(await tx.mailing(mailing_id), Action.SCHEDULE, any_sending=False)
-        first = True
-        for zone, resolved in plan.items():
-            source_zones = [z for z in zones if (z or default_tz) == zone]
-            if first:
-                target = mailing_id
-                await tx.update_mailing(mailing_id, name=f"{mailing.name} [{zone}]")
-                first = False
-            else:
-                target = await tx.insert_mailing(
-                    name=f"{mailing.name} [{zone}]",
-                    subject=mailing.subject,
-                    from_addr=mailing.from_addr,
-                    text_body=mailing.text_body,
-                    html_body=mailing.html_body,
-                    fields=mailing.fields,
-                    parent_id=mailing_id,
-                )
-                await tx.update_mailing(  # the parts keep the List-Unsubscribe targets (issue 13)
-                    target, unsubscribe_url=mailing.unsubscribe_url, unsubscribe_mailto=mailing.unsubscribe_mailto
-                )
-                await tx.move_recipients(mailing_id, target, source_zones)
-                await tx.add_event(target, "created", f"split from mailing {mailing_id} for recipients in {zone}")
-            await lifecycle.schedule_in(tx, target, resolved)
-            results.append((target, resolved))
-    return results
-
 
 
 # The operator's "try the paused relay(s) again" (`mailtower resume`, the dashboard): a row in the

@@ -38,7 +38,7 @@ from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -131,6 +131,23 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE mailings ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE mailings ADD COLUMN unsubscribe_url TEXT;
     ALTER TABLE mailings ADD COLUMN unsubscribe_mailto TEXT;
+    # Local-time waves (issue 14): the mailings one local-time schedule made share a wave group.
+    # wave_parent is the name the operator gave (the group's name in the Scheduled panel),
+    # wave_zones the zones of the wave and their recipients when it was planned (JSON pairs).
+    # wave_groups hands out group ids that are never reused, and records what was asked.
+    5: """
+    ALTER TABLE mailings ADD COLUMN wave_group INTEGER;
+    ALTER TABLE mailings ADD COLUMN wave_parent TEXT;
+    ALTER TABLE mailings ADD COLUMN wave_zones TEXT;
+    CREATE TABLE wave_groups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        send_at_local TEXT NOT NULL,
+        default_tz TEXT,
+        passed TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX mailings_wave_group ON mailings(wave_group) WHERE wave_group IS NOT NULL;
     """,
 }
 
@@ -168,7 +185,8 @@ def parse_iso(text: str | None) -> datetime | None:
 MAILING_COLUMNS = (
     "id, name, subject, from_addr, text_body, html_body, state, position, send_at_local, tz, "
     "send_at_utc, tzdata_version, missed, total, sent, failed, deferred, in_doubt, created_at, "
-    "started_at, finished_at, last_error, parent_id, rate, fields, suppressed, unsubscribe_url, unsubscribe_mailto"
+    "started_at, finished_at, last_error, parent_id, rate, fields, suppressed, unsubscribe_url, unsubscribe_mailto, "
+    "wave_group, wave_parent"
 )
 # The list views never need the bodies; leaving them out keeps 10,000-row sections cheap.
 MAILING_LIST_COLUMNS = MAILING_COLUMNS.replace("text_body, html_body", "NULL, NULL")
@@ -209,6 +227,8 @@ def _mailing_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Mailing:
         suppressed=row[25] or 0,
         unsubscribe_url=row[26],
         unsubscribe_mailto=row[27],
+        wave_group=row[28],
+        wave_parent=row[29],
     )
 
 
@@ -657,6 +677,53 @@ class Tx:
         await self.db.execute(
             "UPDATE mailings SET failed = failed - ?, in_doubt = in_doubt + ? WHERE id = ?", (moved, doubt, mailing_id)
         )
+
+
+    # ---- local-time waves (issue 14) ---------------------------------------------------
+
+    async def waiting_zones(self, mailing_ids: Iterable[int]) -> dict[str, int]:
+        """Recipients not yet sent to ('' for those without a zone), per zone, across mailings."""
+        return await _waiting_zones(self.db, mailing_ids)
+
+    async def move_waiting_recipients(self, source_id: int, target_id: int, zones: list[str] | None) -> int:
+        """Move the recipients of `source_id` not yet sent to (of these zones; all when None) to
+        `target_id`, with the counters that describe them: total, deferred, in doubt. Sent and
+        failed rows stay where they are: they are that mailing's history."""
+        where = "mailing_id = ? AND state IN ('pending', 'sending', 'deferred')"
+        params: list[Any] = [source_id]
+        if zones is not None:
+            if not zones:
+                return 0
+            where += f" AND tz IN ({','.join('?' * len(zones))})"
+            params += zones
+        async with self.db.execute(
+            f"SELECT COUNT(*), TOTAL(state = 'deferred'), TOTAL(in_doubt) FROM recipients WHERE {where}", params
+        ) as cur:
+            moved, deferred, in_doubt = (int(v or 0) for v in await cur.fetchone())  # type: ignore[union-attr]
+        if not moved:
+            return 0
+        await self.db.execute(f"UPDATE recipients SET mailing_id = ? WHERE {where}", [target_id, *params])
+        for mailing_id, sign in ((source_id, -1), (target_id, 1)):
+            await self.db.execute(
+                "UPDATE mailings SET total = total + ?, deferred = deferred + ?, in_doubt = in_doubt + ? WHERE id = ?",
+                (sign * moved, sign * deferred, sign * in_doubt, mailing_id),
+            )
+        return moved
+
+    async def recipient_count(self, mailing_id: int) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM recipients WHERE mailing_id = ?", (mailing_id,)) as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def new_wave_group(self, name: str, local: datetime, default_tz: str | None, passed: str | None) -> int:
+        cur = await self.db.execute(
+            "INSERT INTO wave_groups (name, send_at_local, default_tz, passed, created_at) VALUES (?, ?, ?, ?, ?)",
+            (name, local.strftime("%Y-%m-%dT%H:%M"), default_tz, passed, iso(self.now)),
+        )
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    async def wave_members(self, group: int) -> list[Mailing]:
+        """The mailings of one wave group, earliest instant first."""
+        return await _wave_members(self.db, group)
 
 
 def _outcome_rows(outcomes: list[Outcome], now: float) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
@@ -1222,3 +1289,49 @@ class Store:
             async with tx.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
                 row = await cur.fetchone()
         return str(row[0])  # type: ignore[index]
+
+    # ---- local-time waves (issue 14) ---------------------------------------------------
+
+    async def waiting_zones(self, mailing_ids: Iterable[int]) -> dict[str, int]:
+        """Recipients not yet sent to ('' for those without a zone), per zone, across mailings."""
+        return await _waiting_zones(self.db, mailing_ids)
+
+    async def wave_members(self, group: int) -> list[Mailing]:
+        """The mailings of one wave group, earliest instant first."""
+        return await _wave_members(self.db, group)
+
+    async def wave_request(self, group: int) -> tuple[datetime, str | None] | None:
+        """What a wave group was asked for: the wall time, and the zone of recipients without one."""
+        async with self.db.execute("SELECT send_at_local, default_tz FROM wave_groups WHERE id = ?", (group,)) as cur:
+            row = await cur.fetchone()
+        return (datetime.fromisoformat(row[0]), row[1]) if row else None
+
+    async def wave_zones(self, mailing_id: int) -> list[tuple[str, int]]:
+        """The zones of a wave and how many recipients each had when it was planned."""
+        async with self.db.execute("SELECT wave_zones FROM mailings WHERE id = ?", (mailing_id,)) as cur:
+            row = await cur.fetchone()
+        try:
+            pairs = json.loads(row[0]) if row and row[0] else []
+            return [(str(zone), int(n)) for zone, n in pairs]
+        except (ValueError, TypeError):
+            return []  # a hand-edited value: Details shows no zones rather than failing
+
+
+async def _waiting_zones(db: aiosqlite.Connection, mailing_ids: Iterable[int]) -> dict[str, int]:
+    ids = list(mailing_ids)
+    if not ids:
+        return {}
+    async with db.execute(
+        f"SELECT tz, COUNT(*) FROM recipients WHERE mailing_id IN ({','.join('?' * len(ids))}) "
+        "AND state IN ('pending', 'sending', 'deferred') GROUP BY tz",
+        ids,
+    ) as cur:
+        return {str(tz): int(n) for tz, n in await cur.fetchall()}
+
+
+async def _wave_members(db: aiosqlite.Connection, group: int) -> list[Mailing]:
+    async with db.execute(
+        f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE wave_group = ? ORDER BY send_at_utc IS NULL, send_at_utc, id",
+        (group,),
+    ) as cur:
+        return [_mailing_from_row(r) for r in await cur.fetchall()]

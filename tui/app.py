@@ -58,6 +58,7 @@ from mailtower.core.progress import (
     queue_estimates,
 )
 from mailtower.core.scheduling import schedule_mailing
+from mailtower.core.waves import cancel_schedule, grouped_with, preview_for, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.sender import Sender
 from mailtower.core.store import Store, storage_error
@@ -80,7 +81,9 @@ from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .sparkline import RateHistory, RateSparklines
 from .refresh import holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
-from .rows import Cells, View, current_cells, inactive_cells, scheduled_cells
+from .rows import (
+    Cells, View, WaveGroup, current_cells, group_waves, grouped_count, inactive_cells, scheduled_cells,
+)
 
 log = logging.getLogger("mailtower.dashboard")
 
@@ -644,7 +647,9 @@ class DashboardApp(App[int]):
                     continue
                 view = View(now=now, operator_tz=self.operator_tz, compact=table.layout_spec.compact)
                 keys, cells_of = self._rows(table, view)
-                written += table.show(keys, cells_of, total=len(self.sections[table.section]))
+                mailings = self.sections[table.section]
+                total = grouped_count(mailings) if table.section is Section.SCHEDULED else len(mailings)
+                written += table.show(keys, cells_of, total=total)
             self.cells_written += written
 
     def _rows(self, table: MailingTable, view: View) -> tuple[list[str], CellsOf]:
@@ -670,7 +675,8 @@ class DashboardApp(App[int]):
         mailings = self.sections[section]
         indexes, keys = self._shown(section)
         if section is Section.SCHEDULED:
-            return keys, lambda i: scheduled_cells(mailings[indexes[i]], view)
+            groups = self._keys_cache[section][4]  # the waves of a local-time schedule: one row
+            return keys, lambda i: scheduled_cells(mailings[indexes[i]], view, groups.get(mailings[indexes[i]].id))
         return keys, lambda i: inactive_cells(mailings[indexes[i]], view)
 
     def _shown(self, section: Section) -> tuple[list[int], list[str]]:
@@ -680,7 +686,10 @@ class DashboardApp(App[int]):
         if cached is None or cached[0] is not mailings or cached[1] != self.filter_text:
             query = self.filter_text
             indexes = [i for i, m in enumerate(mailings) if matches_filter(m, query)]
-            cached = (mailings, query, indexes, [str(mailings[i].id) for i in indexes])
+            groups: dict[int, WaveGroup] = {}
+            if section is Section.SCHEDULED:
+                indexes, groups = group_waves(mailings, indexes)
+            cached = (mailings, query, indexes, [str(mailings[i].id) for i in indexes], groups)
             self._keys_cache[section] = cached
         return cached[2], cached[3]
 
@@ -937,6 +946,8 @@ class DashboardApp(App[int]):
             return None
         if key == "schedule":
             return await self._schedule(mailing)
+        if key in ("send-now", "unschedule") and mailing.wave_group is not None:
+            return await self._wave_group_action(key, mailing)
         if key == "send-now":
             await lifecycle.send_now(mailing.id)
             await self._warn_without_unsubscribe(mailing.id)
@@ -1011,24 +1022,47 @@ class DashboardApp(App[int]):
         return bool(await self.push_screen_wait(_confirm(title, message, confirm_label, True, keep_label)))
 
     async def _schedule(self, mailing: Mailing) -> str | None:
-        from .screens.schedule import ScheduleDialog
+        from .screens.schedule import ScheduleDialog, schedule_done_text
 
-        request = await self.push_screen_wait(ScheduleDialog(mailing, self.operator_tz, now=self.now))
-        if request is None:
-            return None
         store, lifecycle = self.store, self.lifecycle
         assert store is not None and lifecycle is not None
-        name = " ".join(mailing.name.split())
-        result = await schedule_mailing(store, lifecycle, mailing.id, request.local, request.tz, request.local_time)
-        if result.local_time:
-            self._expect(*result.mailing_ids)
-        for _, warning in result.warnings:
+        # A wave stands for its whole local-time schedule: the dialog plans with all its waves.
+        zones = await preview_for(store, mailing)
+        waves = len(await grouped_with(store, mailing))
+        asked = await store.wave_request(mailing.wave_group) if mailing.wave_group is not None else None
+        wall = (asked[0], asked[1] or self.operator_tz) if asked is not None else None
+        request = await self.push_screen_wait(
+            ScheduleDialog(mailing, self.operator_tz, now=self.now, zones=zones, waves=waves, wall=wall)
+        )
+        if request is None:
+            return None
+        result = await schedule_mailing(
+            store, lifecycle, mailing.id, request.local, request.tz, request.local_time, request.passed, now=self.now()
+        )
+        self._expect(*result.mailing_ids, *([result.skipped_id] if result.skipped_id else []))
+        for warning in result.warnings:
             self.notify(warning, severity="warning", timeout=8)
         await self._warn_without_unsubscribe(mailing.id)
-        if result.local_time:
-            return f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone ({len(result.mailings)} mailings)"
-        resolved = result.mailings[0].resolved
-        return f"“{name}” scheduled for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz}"
+        return schedule_done_text(" ".join((mailing.wave_parent or mailing.name).split()), request, result)
+
+    async def _wave_group_action(self, key: str, mailing: Mailing) -> str | None:
+        """Cancel or Send now on a local-time schedule's row: every scheduled wave of it, as one mailing again."""
+        store, lifecycle = self.store, self.lifecycle
+        assert store is not None and lifecycle is not None
+        name = " ".join((mailing.wave_parent or mailing.name).split())
+        waves = len(await grouped_with(store, mailing))
+        if key == "unschedule":
+            message = (
+                f"Cancel the schedule of “{name}” ({plural(waves, 'wave')})? Its waves become one draft again (Inactive)."
+            )
+            if not await self._ask("Cancel schedule", message, "Cancel schedule", "Keep schedule"):
+                return None
+            kept, count = await cancel_schedule(store, lifecycle, mailing.id)
+            self._expect(kept)
+            return f"“{name}” is one draft again (Inactive; {plural(count, 'wave')} cancelled)"
+        kept, count = await send_group_now(store, lifecycle, mailing.id)
+        self._expect(kept)
+        return f"“{name}” joined the queue as one mailing (Current; {plural(count, 'wave')})"
 
     def _details_screen(self, store: Store, mailing: Mailing) -> Screen[None]:
         from .screens.details import DetailsScreen

@@ -49,9 +49,10 @@ from mailtower.core.progress import queue_estimates
 from mailtower.core.relays import held_back, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.scheduling import schedule_mailing
+from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.store import Store, iso, storage_error
-from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
+from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version
 from mailtower.core.unsubscribe import set_targets
 
 from . import cli_suppress, loops
@@ -269,16 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "schedule", "schedule a mailing at a wall time in a time zone",
         "A time that does not exist (spring forward) moves forward by the gap; an ambiguous one\n"
         "(fall back) means its first occurrence; either way a warning says so. With --local-time the\n"
-        "mailing is split by its recipients' zones (the `tz` column) and each part is scheduled at\n"
-        "that wall time in its zone; standard output then lists each part: id, zone, UTC instant.",
+        "recipients are grouped into waves: zones (the `tz` column) that reach that wall time at the\n"
+        "same instant go into one scheduled mailing; standard output lists each wave: id, offset,\n"
+        "UTC instant, zones, recipients. Where the time has already passed in some zones, --passed\n"
+        "says what happens to them. A scheduled wave stands for its whole schedule: `schedule`,\n"
+        "`unschedule` and `send-now` on it act on every wave of it.",
         '  mailtower schedule 4 --at "2027-03-28 09:00" --tz Europe/Berlin\n'
-        '  mailtower schedule 4 --at "2027-03-28 09:00" --local-time --tz UTC   # zone for rows without tz\n',
+        '  mailtower schedule 4 --at "2027-03-28 09:00" --local-time --tz UTC   # zone for rows without tz\n'
+        '  mailtower schedule 4 --at "2027-03-28 09:00" --local-time --passed next-day\n',
     )
     sch.add_argument("id", type=mailing_id, help=ID_HELP)
     sch.add_argument("--at", required=True, metavar='"YYYY-MM-DD HH:MM"', help="the wall time to send at")
     sch.add_argument("--tz", metavar="ZONE",
                      help="IANA time zone, e.g. Europe/Berlin (required unless --local-time and every recipient has one)")
     sch.add_argument("--local-time", action="store_true", help="deliver at that wall time in each recipient's zone")
+    sch.add_argument("--passed", choices=[p.value for p in Passed], metavar="skip|now|next-day",
+                     help="with --local-time, for zones where the time has already passed: skip (keep those "
+                          "recipients in a draft), now (a wave due at once), next-day (that time the next day there)")
     add_global_options(sch, in_command=True)
 
     mv = add_command(
@@ -765,6 +773,9 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
         "started_at": iso(m.started_at),
         "finished_at": iso(m.finished_at),
         "last_error": m.last_error,
+        # A wave of a local-time schedule: which schedule (the same number for all its waves), and its name.
+        "wave_group": m.wave_group,
+        "wave_of": m.wave_parent,
     }
     if m.section is Section.CURRENT:
         data["position"] = m.position
@@ -834,18 +845,29 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     before = await store.mailing(args.id)
     if not args.local_time and not args.tz:
         raise UserError("schedule needs --tz ZONE (or --local-time to use each recipient's zone)")
-    result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time)
+    if args.passed and not args.local_time:
+        raise UserError("--passed applies to --local-time schedules only")
+    passed = Passed(args.passed) if args.passed else None
+    result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time, passed)
+    for warning in result.warnings:
+        warn(warning)
     if result.local_time:
-        for mailing_id, warning in result.warnings:
-            warn(f"mailing {mailing_id}: {warning}")
+        recipients = 0
         for scheduled in result.mailings:
-            print(f"{scheduled.mailing_id}\t{scheduled.resolved.tz}\t{iso(scheduled.resolved.utc)}")
+            wave = scheduled.wave
+            assert wave is not None
+            recipients += wave.recipients
+            offset = "now" if wave.offset is None else f"UTC{format_offset(wave.offset)}"
+            print(f"{scheduled.mailing_id}\t{offset}\t{iso(wave.utc)}\t{len(wave.zones)}\t{wave.recipients}")
+        skipped = ""
+        if result.skipped_id is not None:
+            skipped = f"; {result.plan.passed_recipients if result.plan else 0:,} recipients where the time had " \
+                      f"passed are kept in draft {result.skipped_id}"
         say(args, f"scheduled {named(before)} at {when:%Y-%m-%d %H:%M} in each recipient's zone: "
-                  f"{plural(len(result.mailings), 'mailing')}, one per zone (listed on standard output)")
+                  f"{plural(len(result.mailings), 'wave')} for {plural(recipients, 'recipient')} "
+                  f"(listed on standard output){skipped}")
         return 0
     resolved = result.mailings[0].resolved
-    for _, warning in result.warnings:
-        warn(warning)
     # The wall time in effect (after a spring-forward gap, the later one the warning named).
     say(args, f"scheduled {named(before)} for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz} "
               f"({resolved.utc:%Y-%m-%d %H:%M} UTC)")
@@ -863,6 +885,13 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
         "delete": lifecycle.delete,
     }[args.command]
     before = await store.mailing(args.id)
+    if args.command in ("unschedule", "send-now") and before.wave_group is not None:
+        # A scheduled wave stands for its whole local-time schedule (core/waves.py).
+        group_action = cancel_schedule if args.command == "unschedule" else send_group_now
+        kept, waves = await group_action(store, lifecycle, args.id)
+        after = await maybe_mailing(store, kept) or before
+        say(args, changed_line(args.command, before, after) + (f" ({waves} waves made one again)" if waves > 1 else ""))
+        return 0
     await action(args.id)
     after = None if args.command == "delete" else (await maybe_mailing(store, args.id) or before)
     say(args, changed_line(args.command, before, after))

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from mailtower.core.config import Settings
 from mailtower.core.lifecycle import Lifecycle
-from mailtower.core.operations import Draft, create_mailing, split_by_zone
+from mailtower.core.operations import Draft, create_mailing
+from mailtower.core.waves import schedule_waves
 from mailtower.core.sender import Sender
 from mailtower.core.sink import Sink, demo_fault
 from mailtower.core.store import Store
@@ -124,10 +125,10 @@ async def build_demo(settings: Settings, folder: Path) -> None:
         ]
         for name, n, local, tz in plans:
             await lifecycle.schedule(await _mailing(store, folder, name, n), local, tz)
-        # Delivered at 10:00 in each recipient's own zone: one scheduled mailing per zone.
-        zones = ("Europe/Lisbon", "America/Chicago", "Asia/Kolkata")
+        # Delivered at 10:00 in each recipient's own zone: one wave per instant (Paris and Berlin together).
+        zones = ("Europe/Lisbon", "Europe/Paris", "Europe/Berlin", "America/Chicago", "Asia/Kolkata")
         world = await _mailing(store, folder, "Global announcement", 600, zones=zones)
-        await split_by_zone(store, lifecycle, world, _next_local("UTC", 2, 10), None)
+        await schedule_waves(store, lifecycle, world, _next_local("UTC", 2, 10), None, utcnow())
     finally:
         await store.close()
 

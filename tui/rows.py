@@ -17,7 +17,7 @@ from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.progress import Hold, HoldState
 from mailtower.core.domain import Schedule
 from mailtower.core.errors import UserError
-from mailtower.core.timezones import Shift, humanize_delta, resolve, to_zone
+from mailtower.core.timezones import Shift, format_offset, humanize_delta, resolve, to_zone
 
 BAR_FULL = "█"
 BAR_EMPTY = "░"
@@ -279,7 +279,58 @@ def current_cells(
     )
 
 
-def scheduled_cells(mailing: Mailing, view: View) -> Cells:
+@dataclass(frozen=True, slots=True)
+class WaveGroup:
+    """The scheduled waves of one local-time schedule (core/waves.py), shown as one row: the
+    schedule's name, its next wave, and how many waves are left."""
+
+    parent: str
+    waves: int
+
+
+def group_waves(mailings: list[Mailing], indexes: list[int]) -> tuple[list[int], dict[int, WaveGroup]]:
+    """Of the Scheduled rows `indexes` (into `mailings`, earliest first), one row per wave group:
+    its first wave shown, the next to go. Returns the rows kept and, by the id of each wave
+    standing for a group, the group's summary (counted over the whole section, filter or not)."""
+    left: dict[int, int] = {}
+    for mailing in mailings:
+        if mailing.wave_group is not None:
+            left[mailing.wave_group] = left.get(mailing.wave_group, 0) + 1
+    kept: list[int] = []
+    groups: dict[int, WaveGroup] = {}
+    seen: set[int] = set()
+    for index in indexes:
+        mailing = mailings[index]
+        group = mailing.wave_group
+        if group is None:
+            kept.append(index)
+        elif group not in seen:
+            seen.add(group)
+            kept.append(index)
+            groups[mailing.id] = WaveGroup(mailing.wave_parent or mailing.name, left[group])
+    return kept, groups
+
+
+def grouped_count(mailings: list[Mailing]) -> int:
+    """How many rows the Scheduled panel has for these mailings unfiltered: one per wave group."""
+    return sum(1 for m in mailings if m.wave_group is None) + len({m.wave_group for m in mailings} - {None})
+
+
+def _wave_cells(mailing: Mailing, schedule: Schedule, group: WaveGroup, view: View) -> tuple[Cell, Cell]:
+    """The Name and Send at cells of a group's row: whose waves, how many left, the next one."""
+    style = "red" if mailing.missed else ""
+    waves = f"{group.waves} wave{'s' if group.waves != 1 else ''}"
+    parent = " " + " ".join(group.parent.split())
+    local = f"{schedule.local:%Y-%m-%d %H:%M} local"
+    if view.compact:
+        # The name column is narrow here: the count goes with the time.
+        return (False, ((parent, style),)), _cell(f"{local}, {waves}")
+    offset = schedule.local - schedule.utc.replace(tzinfo=None)
+    name: Cell = (False, ((parent, style), (f" ({waves} left)", "bright_black")))
+    return name, _cell(f"{local}, next UTC{format_offset(offset)}")
+
+
+def scheduled_cells(mailing: Mailing, view: View, group: WaveGroup | None = None) -> Cells:
     schedule = mailing.schedule
     if schedule is None:  # cannot happen for a scheduled mailing; shown plainly if it does
         return (_name(mailing), _cell(DASH), _cell(DASH), _cell(DASH, right=True))
@@ -292,6 +343,8 @@ def scheduled_cells(mailing: Mailing, view: View) -> Cells:
         starts = _cell("due now", "bold", right=True)
     else:
         starts = _cell(_short_delta(delta) if view.compact else humanize_delta(delta), right=True)
+    if group is not None:
+        return (*_wave_cells(mailing, schedule, group, view), _cell(here), starts)
     return (_name(mailing, "red" if mailing.missed else ""), _cell(local), _cell(here), starts)
 
 

@@ -89,7 +89,9 @@ def test_local_time_splits_by_recipient_zone(cli: Cli, tmp_path: Path, body: Pat
     assert by_zone["Europe/Berlin"]["send_at_utc"] == "2031-07-01T07:00:00Z"
     assert by_zone["America/New_York"]["send_at_utc"] == "2031-07-01T13:00:00Z"
     assert by_zone["Asia/Kathmandu"]["send_at_utc"] == "2031-07-01T03:15:00Z"
-    assert all(m["name"] == f"launch [{m['tz']}]" for m in scheduled)
+    # One wave per instant (issue 14), named by its offset and zone count.
+    offsets = {"Europe/Berlin": "+02:00", "America/New_York": "-04:00", "Asia/Kathmandu": "+05:45"}
+    assert all(m["name"] == f"launch [UTC{offsets[m['tz']]}, 1 zone]" for m in scheduled)
     assert sum(m["total"] for m in scheduled) == 30
     # Every recipient exactly once across the three, each in the mailing for its zone.
     with sqlite3.connect(db) as conn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from rich.console import Group, RenderableType
@@ -62,6 +62,7 @@ class DetailsData:
     states: dict[str, int]
     breakdown: dict[str, list[tuple[str, int]]]
     events: list[tuple[datetime, str, str]]
+    zones: list[tuple[str, int]] = field(default_factory=list)  # a wave's zones and recipients (issue 14)
 
 
 async def load_details(store: Store, mailing_id: int) -> DetailsData:
@@ -70,7 +71,14 @@ async def load_details(store: Store, mailing_id: int) -> DetailsData:
         states=await store.state_counts(mailing_id),
         breakdown=await store.outcome_breakdown(mailing_id),
         events=await store.events(mailing_id),
+        zones=await store.wave_zones(mailing_id),
     )
+
+
+def zones_line(zones: list[tuple[str, int]]) -> Text:
+    text = Text(f"Zones ({len(zones):,}): ", style="bold")
+    text.append(", ".join(f"{safe(zone)} {n:,}" for zone, n in zones))
+    return text
 
 
 def outcome_table(data: DetailsData) -> Table:
@@ -264,6 +272,8 @@ class DetailsScreen(Screen[None]):
         lines = []
         if mailing.schedule is not None and mailing.section is Section.SCHEDULED:
             lines.append(schedule_line(mailing))
+        if data.zones:
+            lines.append(zones_line(data.zones))
         if hold is not None:
             lines.append(hold_line(hold, self.operator_tz))
         now.update(Text("\n").join(lines) if lines else "")

@@ -1,13 +1,16 @@
 """The Set Schedule dialog: date, hour and time zone with a live preview of the instant.
 
-The rules are core's (`timezones.resolve`, `parse_date_hour`): a gap time moves forward, a fold
-time means its first occurrence, past times and unknown zones are refused. The dialog only
-shows them as the operator types and refuses to submit what the lifecycle would refuse.
+The rules are core's (`timezones.resolve`, `parse_date_hour`, `waves.plan_waves`): a gap time
+moves forward, a fold time means its first occurrence, past times and unknown zones are refused.
+With "each recipient's time zone" chosen it previews the waves (core/waves.py): when each goes
+out in the operator's zone, its zones and recipients; where the time has already passed in some
+zones it asks what happens to them (`PassedChoice`) before it schedules anything. The dialog only
+shows the rules as the operator types and refuses to submit what the lifecycle would refuse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
@@ -23,6 +26,8 @@ from textual.widgets.option_list import Option
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
 from mailtower.core.errors import UserError
+from mailtower.core.scheduling import ScheduleResult
+from mailtower.core.waves import PASSED_MEANING, Passed, WavePlan, listed, plan_waves
 from mailtower.core.timezones import (
     Resolved,
     format_instant,
@@ -48,6 +53,7 @@ class ScheduleRequest:
     local: datetime  # naive wall time in `tz`
     tz: str
     local_time: bool  # deliver at that wall time in each recipient's own zone; `tz` for those without one
+    passed: Passed | None = None  # local time: what happens where the time has already passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +71,13 @@ class Preview:
         return self.resolved is not None and self.error is None
 
 
-def preview_schedule(date_text: str, hour_text: str, zone_text: str, *, operator_tz: str, now: datetime) -> Preview:
-    """Read the three fields against the clock `now` (aware); never raises for bad input."""
+def preview_schedule(
+    date_text: str, hour_text: str, zone_text: str, *, operator_tz: str, now: datetime, local_time: bool = False
+) -> Preview:
+    """Read the three fields against the clock `now` (aware); never raises for bad input.
+
+    With `local_time` the zone is only for recipients without one, so its own instant being past
+    is not an error: the waves decide (`wave_preview`)."""
     try:
         local = parse_date_hour(date_text, hour_text)
     except UserError as exc:
@@ -86,9 +97,120 @@ def preview_schedule(date_text: str, hour_text: str, zone_text: str, *, operator
         ("Starts", humanize_delta(until)),
     )
     error = None
-    if until <= timedelta(0):
+    if until <= timedelta(0) and not local_time:
         error = f"{local:%Y-%m-%d %H:%M} in {zone} is in the past ({humanize_delta(until)}); choose a later time"
     return Preview(local, resolved, lines, resolved.warning, error)
+
+
+WAVE_ROWS = 4  # waves listed in the preview; the rest are counted
+
+
+@dataclass(frozen=True, slots=True)
+class WavePreview:
+    lines: tuple[str, ...]
+    plan: WavePlan | None
+    error: str | None
+
+
+def wave_preview(zones: Mapping[str, int], local: datetime, default_tz: str, *, operator_tz: str, now: datetime) -> WavePreview:
+    """The waves a local-time schedule would make, as preview lines; never raises for bad input."""
+    try:
+        plan = plan_waves(zones, local, default_tz, now)
+    except UserError as exc:
+        return WavePreview((), None, exc.message)
+    recipients = sum(zones.values())
+    zone_count = len({z for wave in plan.waves for z in (s.zone for s in wave.zones)} | {s.zone for s in plan.passed})
+    head = f"{'Waves':<12}{len(plan.waves):,} · {recipients:,} recipients in {zone_count:,} zones"
+    lines = [head, f"  {'Your time':<22}{'Zones':<38}{'Recipients':>10}"]
+    for wave in plan.waves[:WAVE_ROWS]:
+        here = to_zone(wave.utc, operator_tz)
+        when = f"{here:%Y-%m-%d %H:%M} {here.tzname() or ''}".rstrip()
+        names = listed([share.zone for share in wave.zones], 1)
+        names = names if len(names) <= 36 else names[:35] + "…"
+        lines.append(f"  {when:<22}{names:<38}{wave.recipients:>10,}")
+    rest = plan.waves[WAVE_ROWS:]
+    if rest:
+        lines.append(f"  … and {len(rest):,} more waves, the last at "
+                     f"{to_zone(rest[-1].utc, operator_tz):%Y-%m-%d %H:%M} ({sum(w.recipients for w in rest):,} recipients)")
+    if plan.passed:
+        people = f"{plan.passed_recipients:,} recipient{'s' if plan.passed_recipients != 1 else ''}"
+        lines.append(f"{'Passed':<12}{listed([s.zone for s in plan.passed], 2)} ({people}): asked on Schedule")
+    return WavePreview(tuple(lines), plan, None)
+
+
+def passed_question(plan: WavePlan) -> str:
+    people = f"{plan.passed_recipients:,} recipient{'s' if plan.passed_recipients != 1 else ''}"
+    return (
+        f"{plan.requested:%Y-%m-%d %H:%M} has already passed in {len(plan.passed):,} "
+        f"zone{'s' if len(plan.passed) != 1 else ''} ({listed([s.zone for s in plan.passed])}) for {people}. "
+        "What happens to them?"
+    )
+
+
+def schedule_done_text(name: str, request: ScheduleRequest, result: ScheduleResult) -> str:
+    """The notice after scheduling: when, and for local time how many waves (and who was kept back)."""
+    if not result.local_time:
+        resolved = result.mailings[0].resolved
+        return f"“{name}” scheduled for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz}"
+    waves = len(result.mailings)
+    text = f"“{name}” scheduled for {request.local:%Y-%m-%d %H:%M} in each recipient's zone: {waves} wave{'s' if waves != 1 else ''}"
+    if result.skipped_id is not None and result.plan is not None:
+        text += f"; {result.plan.passed_recipients:,} recipients where it had passed kept in a draft (Inactive)"
+    return text
+
+
+class PassedChoice(ModalScreen[Passed | None]):
+    """Zones where the time has passed: skip, now or next day, each by its own key; the focus
+    starts on Go back, so Enter alone never decides for the operator."""
+
+    DEFAULT_CSS = """
+    PassedChoice { align: center middle; }
+    PassedChoice > Vertical {
+        width: 72; max-width: 100%; height: auto; border: round $warning; background: $surface; padding: 0 1;
+    }
+    PassedChoice #passed-question { height: auto; margin-bottom: 1; }
+    PassedChoice .passed-buttons { height: auto; }
+    PassedChoice Button { width: 100%; margin-bottom: 0; }
+    """
+
+    BINDINGS = [
+        Binding("s", "choose('skip')", "Keep in a draft"),
+        Binding("n", "choose('now')", "Send now"),
+        Binding("d", "choose('next-day')", "Next day"),
+        Binding("escape", "back", "Go back"),
+    ]
+
+    KEYS = {Passed.SKIP: "s", Passed.NOW: "n", Passed.NEXT_DAY: "d"}
+
+    def __init__(self, plan: WavePlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def compose(self) -> ComposeResult:
+        box = Vertical()
+        box.border_title = "Zones already past"
+        with box:
+            yield Static(passed_question(self.plan), id="passed-question", markup=False)
+            with Vertical(classes="passed-buttons"):
+                yield Button("Go back to the schedule (Esc)", id="back", compact=True)
+                for choice in Passed:
+                    meaning = PASSED_MEANING[choice]
+                    label = f"{choice.value}: {meaning[:1].upper()}{meaning[1:]} ({self.KEYS[choice]})"
+                    yield Button(label, id=f"passed-{choice.value}", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#back", Button).focus()
+
+    def action_choose(self, value: str) -> None:
+        self.dismiss(Passed(value))
+
+    def action_back(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        button = event.button.id or ""
+        self.dismiss(Passed(button.removeprefix("passed-")) if button.startswith("passed-") else None)
 
 
 def default_wall_time(mailing: Mailing, operator_tz: str, now: datetime) -> tuple[datetime, str]:
@@ -190,17 +312,38 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         Binding("ctrl+s", "submit", "Schedule"),
     ]
 
-    def __init__(self, mailing: Mailing, operator_tz: str, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        mailing: Mailing,
+        operator_tz: str,
+        now: Callable[[], datetime] | None = None,
+        *,
+        zones: Mapping[str, int] | None = None,
+        waves: int = 1,
+        wall: tuple[datetime, str] | None = None,
+    ) -> None:
+        """`zones`: the recipients not yet sent to per zone ('' for none), for the waves preview;
+        `waves`: how many scheduled waves the mailing stands for (a local-time schedule's row);
+        `wall`: the wall time and zone to start from (a local-time schedule's own request)."""
         super().__init__()
         self.mailing = mailing
         self.operator_tz = operator_tz if is_valid_zone(operator_tz) else "UTC"
         self._now = now or utcnow
         self.preview = Preview(None, None, (), None, None)
+        self.wave_lines: tuple[str, ...] = ()
+        self.zones = dict(zones) if zones is not None else None
+        self.waves = waves
+        self.wall = wall
+        self.wave_plan: WavePlan | None = None
 
     def compose(self) -> ComposeResult:
-        local, zone = default_wall_time(self.mailing, self.operator_tz, self._now())
+        local, zone = self.wall or default_wall_time(self.mailing, self.operator_tz, self._now())
         box = Vertical(id="schedule-box")
-        box.border_title = Text(f"Set schedule: {safe(self.mailing.name)} (id {self.mailing.id})")
+        if self.waves > 1 or self.mailing.wave_group is not None:
+            title = f"Set schedule: {safe(self.mailing.wave_parent or self.mailing.name)} (all {self.waves} waves)"
+        else:
+            title = f"Set schedule: {safe(self.mailing.name)} (id {self.mailing.id})"
+        box.border_title = Text(title)
         with box:
             with Horizontal(classes="row"):
                 yield Label("Date", classes="field-label")
@@ -212,7 +355,9 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
                 yield ZoneInput(zone, placeholder="part of a name, e.g. berlin", id="zone", compact=True)
             yield ZoneList(id="zones")
             yield Static(DST_LINE, id="dst")
-            yield Checkbox("Deliver in each recipient's time zone", id="local-time", compact=True)
+            yield Checkbox(
+                "Deliver in each recipient's time zone", self.mailing.wave_group is not None, id="local-time", compact=True
+            )
             yield Static(id="preview", markup=False)
             yield Static(id="problem", markup=False)
             with Horizontal(id="schedule-buttons"):
@@ -235,9 +380,24 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
             self.query_one("#zone", Input).value,
         )
 
+    def _local_time(self) -> bool:
+        return self.query_one("#local-time", Checkbox).value
+
     def _refresh_preview(self) -> None:
         date_text, hour_text, zone_text = self._fields()
-        self.preview = preview_schedule(date_text, hour_text, zone_text, operator_tz=self.operator_tz, now=self._now())
+        local_time = self._local_time()
+        now = self._now()
+        preview = preview_schedule(
+            date_text, hour_text, zone_text, operator_tz=self.operator_tz, now=now, local_time=local_time
+        )
+        self.wave_plan = None
+        if local_time and self.zones is not None and preview.valid and preview.local is not None:
+            waves = wave_preview(self.zones, preview.local, zone_text.strip(), operator_tz=self.operator_tz, now=now)
+            self.wave_plan = waves.plan
+            warning = "; ".join(waves.plan.warnings()) if waves.plan is not None else None
+            preview = Preview(preview.local, preview.resolved, (), warning or None, waves.error)
+            self.wave_lines = waves.lines
+        self.preview = preview
         self.query_one("#preview", Static).update(self._preview_text())
         problem = self.query_one("#problem", Static)
         problem.set_class(self.preview.error is not None, "-error")
@@ -252,10 +412,13 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         self.query_one("#submit", Button).disabled = not self.preview.valid
 
     def _preview_text(self) -> str:
+        if self.wave_plan is not None:
+            zone = self.preview.resolved.tz if self.preview.resolved else ""
+            return "\n".join([*self.wave_lines, f"{'No zone':<12}recipients without one use {zone}"])
         if not self.preview.lines:
             return f"{'Sends':<12}-"
         rows = [f"{label:<12}{value}" for label, value in self.preview.lines]
-        if self.query_one("#local-time", Checkbox).value and self.preview.local is not None:
+        if self._local_time() and self.preview.local is not None:
             zone = self.preview.resolved.tz if self.preview.resolved else ""
             rows.append(
                 f"{'Recipients':<12}each at {self.preview.local:%H:%M} in their own zone; "
@@ -319,13 +482,17 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         self._refresh_preview()  # the clock may have moved since the last keystroke
         if not self.preview.valid or self.preview.resolved is None or self.preview.local is None:
             return
-        self.dismiss(
-            ScheduleRequest(
-                local=self.preview.local,
-                tz=self.preview.resolved.tz,
-                local_time=self.query_one("#local-time", Checkbox).value,
-            )
-        )
+        request = ScheduleRequest(local=self.preview.local, tz=self.preview.resolved.tz, local_time=self._local_time())
+        plan = self.wave_plan
+        if request.local_time and plan is not None and plan.passed:
+            # Nothing is scheduled until the operator says what happens where the time has passed.
+            def chosen(choice: Passed | None) -> None:
+                if choice is not None:
+                    self.dismiss(ScheduleRequest(request.local, request.tz, True, choice))
+
+            self.app.push_screen(PassedChoice(plan), chosen)
+            return
+        self.dismiss(request)
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
