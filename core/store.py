@@ -131,6 +131,7 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE mailings ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE mailings ADD COLUMN unsubscribe_url TEXT;
     ALTER TABLE mailings ADD COLUMN unsubscribe_mailto TEXT;
+    """,
     # Local-time waves (issue 14): the mailings one local-time schedule made share a wave group.
     # wave_parent is the name the operator gave (the group's name in the Scheduled panel),
     # wave_zones the zones of the wave and their recipients when it was planned (JSON pairs).
