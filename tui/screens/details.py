@@ -99,17 +99,17 @@ def domains_table(reports: list[GroupReport]) -> RenderableType:
     """Per domain group: sent, deferred, failed, in flight, rate, state and the last reply."""
     heading = Text("Domains", style="bold")
     table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, header_style="bold", expand=True)
-    for title, justify in [("Group", "left"), ("Sent", "right"), ("Deferred", "right"), ("Failed", "right"),
-                           ("In flight", "right"), ("Rate", "right"), ("State", "left")]:
-        table.add_column(title, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("Group", no_wrap=True, overflow="ellipsis", min_width=5, max_width=16)
+    for title in ("Sent", "Deferred", "Failed", "In flight", "Rate"):
+        table.add_column(title, justify="right", no_wrap=True, min_width=len(title))
+    table.add_column("State", no_wrap=True, min_width=9)
+    # The reply that throttled a group, else its last reply that was not a plain acceptance.
     table.add_column("Last reply", ratio=1, overflow="ellipsis", no_wrap=True)
     for r in reports:
-        state = Text(r.state, style=STATE_STYLES.get(r.state, ""))
-        if r.reason:
-            state.append(f": {safe(r.reason)}", style="dim")
         table.add_row(
             Text(safe(r.group)), f"{r.sent:,}", f"{r.deferred:,}", f"{r.failed:,}", f"{r.in_flight:,}",
-            f"{r.rate:.1f}/s", state, Text(safe(r.last_reply), style="dim"),
+            f"{r.rate:.1f}/s", Text(r.state, style=STATE_STYLES.get(r.state, "")),
+            Text(safe(r.reason or r.last_reply), style="" if r.reason else "dim"),
         )
     return Group(heading, table)
 
