@@ -129,15 +129,21 @@ class LimitsHost(App[None]):
             await self.store.close()
 
 
+async def show_group(pilot: Any, app: LimitsHost, group: str, rate: str) -> LimitsScreen:
+    """The dialog once it shows `group`'s limits (its rate field reads `rate`)."""
+    await until(pilot, lambda: isinstance(app.screen, LimitsScreen) and app.screen.limits is not None)
+    screen = app.screen
+    assert isinstance(screen, LimitsScreen)
+    screen.query_one("#scope", Select).value = group
+    await until(pilot, lambda: screen.query_one("#rate", Input).value == rate)
+    return screen
+
+
 async def test_limits_dialog_changes_one_domain_group(tmp_path: Path) -> None:
     settings = replace(settings_for(tmp_path / "l.db"), domains=GROUPS)
     app = LimitsHost(settings)
     async with app.run_test(size=(100, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, LimitsScreen) and app.screen.limits is not None)
-        screen = app.screen
-        assert isinstance(screen, LimitsScreen)
-        screen.query_one("#scope", Select).value = "netmail"
-        await until(pilot, lambda: screen.query_one("#rate", Input).value == "5")
+        screen = await show_group(pilot, app, "netmail", "5")
         assert not screen.query_one("#messages_per_connection-box").display
         assert screen.query_one("#connections", Input).value == "0"  # no cap of its own: allowed here
         rate = screen.query_one("#rate", Input)
@@ -158,11 +164,7 @@ async def test_limits_dialog_refuses_a_bad_group_value(tmp_path: Path) -> None:
     settings = replace(settings_for(tmp_path / "l.db"), domains=GROUPS)
     app = LimitsHost(settings)
     async with app.run_test(size=(100, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, LimitsScreen) and app.screen.limits is not None)
-        screen = app.screen
-        assert isinstance(screen, LimitsScreen)
-        screen.query_one("#scope", Select).value = "bigmail"
-        await until(pilot, lambda: screen.query_one("#rate", Input).value == "20")
+        screen = await show_group(pilot, app, "bigmail", "20")
         screen.query_one("#connections", Input).value = "501"
         await pilot.pause()
         assert "must be at most 500" in text_of(screen.query_one("#connections-error"))
