@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .config import DEFAULT_GROUP, DOMAIN_LIMITS, DomainGroupSpec, normal_domain
+from .config import DEFAULT_GROUP, DomainGroupSpec, normal_domain
 from .progress import RateMeter
 from .ratelimit import RateLimiter
 from .smtp_replies import RECIPIENT_STAGES, Outcome as ReplyOutcome, ReplyBurst, Verdict, is_temporary_refusal, slows_domain
@@ -324,10 +324,6 @@ class DomainPacer(Generic[J]):
             "groups": [group.figures() for group in self.groups.values()],
         }
 
-
-def limit_names() -> tuple[str, ...]:
-    """The live limits of a group, as `mailtower limits --domain` and the dialog name them."""
-    return tuple(DOMAIN_LIMITS)
 
 
 # ---- the per-group report: `mailtower domains`, the dashboard's Details -------------------------
