@@ -112,6 +112,8 @@ BOUNDS: dict[str, Bound] = {
     "connect_backoff_max": Bound(float, 0, DAY, above_low=True),
     # 0 is meaningful: a schedule missed while no sender ran is never sent late on its own.
     "grace": Bound(float, 0, 365 * DAY),
+    # A domain group's own cap on messages in flight ([domains.NAME] connections; a live limit too).
+    "domain_connections": Bound(int, 0, MAX_CONNECTIONS, zero_means="no cap of its own"),
 }
 
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -232,6 +234,7 @@ class Settings:
     connect_backoff_max: float = 60.0
     grace: float = 3600.0  # a schedule missed by less than this is still sent on start
     relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
+    domains: tuple["DomainGroupSpec", ...] = ()  # pacing by destination ([domains.NAME] in the TOML file)
     allow_special_domains: bool = False  # accept .local, .test, ... addresses (internal networks)
     # DKIM signing (issue 13, item 8; checked in the DKIM block below, the key read by core/dkim_signing).
     # Text, not Path/tuple: "" means "not set", also in a background sender's environment.
@@ -278,7 +281,8 @@ BOOL_SETTINGS = frozenset({"smtp_verify", "smtp_allow_plain", "allow_special_dom
 PATH_SETTINGS = frozenset({"db", "smtp_password_file"})
 SECRET_SETTINGS = frozenset({"smtp_password"})
 # What a source may set (relays come only from the TOML file; the rest is derived).
-SETTABLE = TEXT_SETTINGS | BOOL_SETTINGS | PATH_SETTINGS | {"smtp_tls"} | (BOUNDS.keys() - {"rate_per_hour"})
+SETTABLE = TEXT_SETTINGS | BOOL_SETTINGS | PATH_SETTINGS | {"smtp_tls"} | (
+    BOUNDS.keys() - {"rate_per_hour", "domain_connections"})
 PASSWORD_SETTINGS = ("smtp_password", "smtp_password_file")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -442,7 +446,7 @@ def _layer(values: Iterable[tuple[str, object, str]], layer: Layer) -> dict[str,
     """Check each (setting, raw value, source) of one layer; a layer may name only one password source."""
     given: dict[str, Given] = {}
     for name, raw, source in values:
-        if name == "relays":
+        if name in ("relays", "domains"):
             given[name] = Given(tuple(raw), source, layer)  # type: ignore[call-overload]
         else:
             given[name] = Given(convert_setting(name, raw, source), source, layer)
@@ -535,6 +539,8 @@ def _config_values(data: Mapping[str, Any], path: Path) -> Iterable[tuple[str, o
                 yield name, v, f"{path} [smtp] {sub}"
         elif key == "relays":
             yield "relays", _relays_from_toml(value, path), f"{path} [[relays]]"
+        elif key == "domains":
+            yield "domains", domains_from_toml(value, path), f"{path} [domains]"
         elif key in SETTABLE:
             yield key, value, f"{path} {key}"
         else:
@@ -578,6 +584,110 @@ def _relay_from_toml(table: Any, where: str) -> RelaySpec:
         file = convert_setting("smtp_password_file", table["password_file"], f"{where} password_file")
         data["password"], _ = read_password_file(file, f"{where} password_file")
     return RelaySpec(**data)
+
+
+# ---- pacing by destination: [domains.NAME] groups ---------------------------------------------
+
+DEFAULT_GROUP = "default"  # the group of every domain no other group matches
+MAX_DOMAIN_GROUPS = 1000
+MAX_GROUP_DOMAINS = 100_000  # match entries over all groups
+# name -> the BOUNDS row its value is checked against (the same rows as the global limits).
+DOMAIN_LIMITS: dict[str, str] = {"connections": "domain_connections", "rate": "rate", "per_hour": "rate_per_hour"}
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_DOMAIN_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainGroupSpec:
+    """One destination group: the domains it matches ("*.example.com" matches its subdomains)
+    and its own limits (0 = none of its own: the sender's and the relays' limits still apply)."""
+
+    name: str
+    match: tuple[str, ...] = ()
+    connections: int = 0  # messages to these domains in flight at once
+    rate: float = 0.0  # messages per second
+    per_hour: float = 0.0  # sliding hourly budget
+
+
+def normal_domain(raw: str) -> str | None:
+    """A domain as the sender compares it: lower case, A-labels (IDNA), no trailing dot; None
+    when it is not a domain name."""
+    text = raw.strip().lower().rstrip(".")
+    if not text.isascii():
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    labels = text.split(".")
+    if not text or len(text) > 253 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
+        return None
+    return text
+
+
+def domains_from_toml(value: Any, path: Path) -> tuple[DomainGroupSpec, ...]:
+    """[domains.NAME] tables, checked: names, match lists, limits within BOUNDS, each domain in
+    one group only; `[domains.default]` sets the limits of every other domain."""
+    if not isinstance(value, dict):
+        raise UserError(f"{path} domains: [domains.NAME] must be tables")
+    if len(value) > MAX_DOMAIN_GROUPS:
+        raise UserError(f"{path} [domains]: {len(value)} groups; at most {MAX_DOMAIN_GROUPS}")
+    groups = tuple(domain_group_from_toml(name, table, path) for name, table in value.items())
+    check_domain_groups(groups, f"{path} [domains]")
+    return groups
+
+
+def domain_group_from_toml(name: object, table: Any, path: Path) -> DomainGroupSpec:
+    if not isinstance(name, str) or not _GROUP_NAME.fullmatch(name):
+        raise UserError(f"{path} [domains]: {show_value(name)} is not a group name "
+                        "(1 to 64 letters, digits, '.', '_' or '-')")
+    where = f"{path} [domains.{name}]"
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: must be a table")
+    unknown = sorted(set(table) - set(DOMAIN_LIMITS) - {"match"})
+    if unknown:
+        raise UserError(f"{where}: unknown key {show_value(unknown[0])}")
+    limits = {key: parse_number(bound, table[key], f"{where} {key}") for key, bound in DOMAIN_LIMITS.items() if key in table}
+    match = table.get("match", [])
+    if name == DEFAULT_GROUP:
+        if match:
+            raise UserError(f"{where} match: the default group takes every domain no other group matches")
+        return DomainGroupSpec(name, (), **limits)  # type: ignore[arg-type]
+    if not isinstance(match, list) or not match:
+        raise UserError(f"{where} match: a list of domains is needed, e.g. match = [\"gmail.com\"]")
+    if len(match) > MAX_GROUP_DOMAINS:
+        raise UserError(f"{where} match: {len(match)} domains; at most {MAX_GROUP_DOMAINS}")
+    return DomainGroupSpec(name, tuple(_match_entry(entry, f"{where} match") for entry in match), **limits)  # type: ignore[arg-type]
+
+
+def _match_entry(entry: object, where: str) -> str:
+    if not isinstance(entry, str) or _control_character(entry):
+        raise UserError(f"{where}: {show_value(entry)} is not a domain name")
+    wildcard = entry.strip().startswith("*.")
+    domain = normal_domain(entry.strip()[2:] if wildcard else entry)
+    if domain is None:
+        raise UserError(f"{where}: {show_value(entry)} is not a domain name (or *.domain for its subdomains)")
+    return f"*.{domain}" if wildcard else domain
+
+
+def check_domain_groups(groups: tuple[DomainGroupSpec, ...], where: str) -> None:
+    """Rules between groups, and each group's limits again (settings may be built in code)."""
+    owner: dict[str, str] = {}
+    total = 0
+    for group in groups:
+        if not isinstance(group.name, str) or not _GROUP_NAME.fullmatch(group.name):
+            raise UserError(f"{where}: {show_value(group.name)} is not a group name")
+        for key, bound in DOMAIN_LIMITS.items():
+            parse_number(bound, getattr(group, key), f"{where}.{group.name} {key}")
+        total += len(group.match)
+        for domain in group.match:
+            if domain in owner and owner[domain] != group.name:
+                raise UserError(f"{where}.{group.name} match: {domain} is already in group {owner[domain]}")
+            owner[domain] = group.name
+    names = [g.name for g in groups]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: a group name is used twice")
+    if total > MAX_GROUP_DOMAINS:
+        raise UserError(f"{where}: {total} domains in all; at most {MAX_GROUP_DOMAINS}")
 
 
 # ---- password files ---------------------------------------------------------------------------
@@ -688,6 +798,7 @@ def check_settings(settings: Settings, sources: Mapping[str, str] | None = None)
         parse_number("rate", relay.rate, f"{where} rate")
         if relay.tls not in TLS_MODES:
             raise UserError(f"{where}: tls {show_value(relay.tls)} must be one of {', '.join(TLS_MODES)}")
+    check_domain_groups(settings.domains, source("domains"))
     total = sum(relay.connections for relay in settings.relays)
     if total > MAX_CONNECTIONS:
         raise UserError(f"{source('relays')}: the relays' connections add up to {total}; at most {MAX_CONNECTIONS}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .config import BOUNDS, Bound, Settings, flag_name, parse_number
+from .config import BOUNDS, DEFAULT_GROUP, DOMAIN_LIMITS, Bound, Settings, flag_name, parse_number
 from .errors import UserError
 from .store import Store
 
@@ -32,6 +32,9 @@ class Limits:
     # Stored values that are out of bounds (an older version wrote them, or someone edited the
     # database): ignored in favour of the configuration, and said here.
     ignored: tuple[str, ...] = field(default=())
+    # Domain groups' live values the operator changed: group -> {connections|rate|per_hour: value}
+    # (the rest of each group's limits come from its [domains.NAME] table).
+    domains: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
         lines = []
@@ -77,10 +80,68 @@ async def read_limits(store: Store, settings: Settings) -> Limits:
             ignored.append(f"{exc}; using the configured {values[name]:g}")
             continue
         changed[name] = when
-    return Limits(changed_at=changed, ignored=tuple(ignored), **values)  # type: ignore[arg-type]
+    domains = _stored_domain_limits(stored, settings, ignored)
+    return Limits(changed_at=changed, ignored=tuple(ignored), domains=domains, **values)  # type: ignore[arg-type]
 
 
 async def set_limits(store: Store, changes: dict[str, str | float | int]) -> None:
     checked = {f"limit.{name}": str(parse_limit(name, raw)) for name, raw in changes.items()}
+    if checked:
+        await store.put_settings(checked)
+
+
+# ---- domain groups' live limits (pacing by destination, core/domains.py) -------------------------
+
+DOMAIN_KEY = "domain."  # settings rows "domain.NAME.rate", "domain.NAME.connections", "domain.NAME.per_hour"
+
+
+def group_names(settings: Settings) -> list[str]:
+    """The configured groups and the default one, in configuration order."""
+    names = [g.name for g in settings.domains if g.name != DEFAULT_GROUP]
+    return names + [DEFAULT_GROUP]
+
+
+def _stored_domain_limits(
+    stored: dict[str, tuple[str, datetime]], settings: Settings, ignored: list[str]
+) -> dict[str, dict[str, float]]:
+    """The operator's per-group values: checked like every other source; a value out of bounds,
+    or one for a group the configuration no longer has, is ignored and said."""
+    known = set(group_names(settings))
+    result: dict[str, dict[str, float]] = {}
+    for key, (raw, _) in sorted(stored.items()):
+        if not key.startswith(DOMAIN_KEY):
+            continue
+        group, _, name = key[len(DOMAIN_KEY):].rpartition(".")
+        if group not in known or name not in DOMAIN_LIMITS:
+            ignored.append(f"stored limit {key}: no domain group {group!r} is configured; ignored")
+            continue
+        try:
+            result.setdefault(group, {})[name] = parse_number(DOMAIN_LIMITS[name], raw, f"stored limit {key}")
+        except UserError as exc:
+            ignored.append(f"{exc}; using the configured value")
+    return result
+
+
+def group_limits(settings: Settings, limits: Limits, name: str) -> dict[str, float]:
+    """One group's limits now: the stored live values over its configuration's."""
+    spec = next((g for g in settings.domains if g.name == name), None)
+    values = {key: float(getattr(spec, key)) if spec is not None else 0.0 for key in DOMAIN_LIMITS}
+    values.update(limits.domains.get(name, {}))
+    return values
+
+
+async def set_domain_limits(store: Store, settings: Settings, group: str, changes: dict[str, object],
+                            source: str = "--domain") -> None:
+    """Store live limits of one domain group (checked against the same bounds as the TOML file);
+    `changes` maps connections / rate / per_hour to the values given."""
+    names = group_names(settings)
+    if group not in names:
+        raise UserError(f"{source}: no domain group {group!r}; the configured groups are {', '.join(names)}")
+    checked = {}
+    for name, raw in changes.items():
+        if name not in DOMAIN_LIMITS:
+            raise UserError(f"{source}: '{name}' is not a limit of a domain group")
+        value = parse_number(DOMAIN_LIMITS[name], raw, f"--{name.replace('_', '-')}")
+        checked[f"{DOMAIN_KEY}{group}.{name}"] = str(value)
     if checked:
         await store.put_settings(checked)

@@ -134,6 +134,22 @@ class RateLimiter:
         """Nothing to pace: no rate, no hourly budget, not throttled (the common, fast case)."""
         return self.configured <= 0 and self.per_hour <= 0 and self.factor >= 1.0
 
+    def poll(self) -> float:
+        """Take a slot now if one is free (0.0), else the seconds until it is worth asking again
+        (at most `step`): for callers that hold work back instead of waiting (domain pacing)."""
+        now = self.clock.now()
+        rate_ready = self._rate_ready_at(now)
+        ready = max(rate_ready, self._budget_ready_at(now))
+        if ready <= now:
+            self._take(now, rate_ready)
+            return 0.0
+        return min(ready - now, self.step)
+
+    def budget_used_up(self) -> bool:
+        """The hourly budget allows nothing more now (for a status line)."""
+        now = self.clock.now()
+        return self._budget_ready_at(now) > now
+
     async def acquire(self, stop: Callable[[], bool] | None = None) -> bool:
         """Wait until a message may go and count it; False (nothing counted) once `stop()` is true.
 

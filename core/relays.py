@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -33,15 +32,13 @@ from .progress import RateMeter
 from .ratelimit import RateLimiter
 from .sender_status import parse_waiting as parse_waiting  # the status contract owns it; still importable here
 from .smtp_client import Relay, SmtpConnection
+from .smtp_replies import ReplyBurst
 
 
 PAUSE_FIRST = 15 * 60.0  # a refused login is tried again by itself after this long...
 PAUSE_MAX = 6 * 3600.0  # ...doubling each time up to this
 THROTTLE_FIRST = 1.0  # cool-down after a throttling reply...
 THROTTLE_MAX = 60.0  # ...doubling while the throttling goes on, up to this
-BURST_COUNT = 5  # this many 4xx replies at MAIL/RCPT...
-BURST_WINDOW = 2.0  # ...within this many seconds on one relay count as throttling...
-BURST_SHARE = 0.5  # ...when they are at least this share of its replies in that window
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +85,7 @@ class RelayState:
     throttle_reason: str = ""
     throttle_backoff: float = THROTTLE_FIRST
     retry_at: float = 0.0  # wall clock: the earliest retry of a recipient deferred while throttled
-    # Replies since the first recent 4xx at MAIL/RCPT: (monotonic time, was a 4xx); empty (and
-    # not appended to) while no 4xx is recent, so the common case costs nothing.
-    recent: deque[tuple[float, bool]] = field(default_factory=deque)
-    temporary_count: int = 0
+    burst: ReplyBurst = field(default_factory=ReplyBurst)  # 4xx at MAIL/RCPT, whatever the wording
     # The connections of this relay that have connected at least once (to count the live ones).
     sessions: weakref.WeakSet[SmtpConnection] = field(default_factory=weakref.WeakSet)
 
@@ -166,21 +160,8 @@ class RelayState:
 
     def transaction(self, temporary: bool) -> bool:
         """Note one reply (`temporary`: a 4xx at MAIL/RCPT); True when the recent ones make a
-        burst: at least BURST_COUNT temporary refusals within BURST_WINDOW seconds, and at least
-        BURST_SHARE of the replies in that window (a few greylisted recipients in heavy traffic
-        are not a burst)."""
-        now = time.monotonic()
-        recent = self.recent
-        if temporary or self.temporary_count:
-            recent.append((now, temporary))
-            self.temporary_count += temporary
-        while recent and recent[0][0] < now - BURST_WINDOW:
-            self.temporary_count -= recent.popleft()[1]
-        if self.temporary_count >= BURST_COUNT and self.temporary_count >= BURST_SHARE * len(recent):
-            recent.clear()
-            self.temporary_count = 0
-            return True
-        return False
+        burst (smtp_replies.ReplyBurst: the same rule as a domain group's)."""
+        return self.burst.note(temporary)
 
     def deferred_until(self, wall: float | None) -> None:
         """A recipient was deferred while throttled: remember the earliest retry for the status."""

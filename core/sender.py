@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from .compose import MessageTemplate
 from .config import Settings, check_smtp_security
 from .dkim_signing import load_signer
+from .domains import PARK_LIMIT, DomainGroup, DomainPacer
 from .domain import Mailing, MailingState, RecipientState, Section
 from .errors import NotFound
 from .lease import SenderLease
@@ -40,7 +41,7 @@ from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
-from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict, mailbox_gone
+from .smtp_replies import Outcome as ReplyOutcome, Verdict, is_temporary_refusal, mailbox_gone
 from .store import Claimed, Outcome, Store, storage_error
 from .unsubscribe import headers_for as unsubscribe_headers
 
@@ -148,6 +149,7 @@ class HeadRun:
 class Job:
     run: HeadRun
     row: Claimed
+    group: DomainGroup[Job] | None = None  # its destination group (core/domains.py)
 
 
 class Sender:
@@ -162,6 +164,7 @@ class Sender:
         self.snapshot = SenderSnapshot()
         self.meter = RateMeter()
         self.limiter = RateLimiter(settings.rate, floor=10.0 * settings.connections)  # global, live limits
+        self.domains: DomainPacer[Job] = DomainPacer(settings.domains)  # pacing by destination
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() works on (may be another thread's)
         self._work: asyncio.Queue[Job | None] = asyncio.Queue()
@@ -396,6 +399,7 @@ class Sender:
         log.info('sending mailing %d "%s": %s recipients left', mailing.id, mailing.name, f"{mailing.remaining:,}")
         run = HeadRun(mailing=mailing, template=template)
         self._run = run
+        self.domains.start(mailing.id)
         self._waiting_reason = ""  # a new head: why it waits is noted for it afresh
         try:
             await self._feed(run)
@@ -419,22 +423,26 @@ class Sender:
                     await self._retire_workers()  # cuts off what is still in flight
                     self._forget_inflight(run)
                     run.marks = []  # the cut-off rows' marks, if not yet written: never dotted
-            if run.halt and run.queued:
+            if run.halt and (run.queued or self.domains.parked):
                 self._drain_queue(run)
+            # Rows of domain groups at their limit wait parked; the others go on (core/domains.py).
+            soonest = self.domains.release(self._enqueue) if self.domains.parked else None
             batch = self._batch_size()
-            want_more = not (run.exhausted or run.halt) and run.queued < batch // 2
+            want_more = not (run.exhausted or run.halt) and run.queued < batch // 2 and self.domains.parked < PARK_LIMIT
             if run.outcomes or run.marks or run.waiters or want_more:
                 await self._flush_and_claim(run, batch if want_more else 0)
             if time.monotonic() - last_control >= CONTROL_INTERVAL:
                 last_control = time.monotonic()
                 await self._control(run)
-            if (run.exhausted or run.halt) and run.queued == 0 and run.inflight == 0 and not (run.outcomes or run.marks):
+            if (run.exhausted or run.halt) and run.queued == 0 and run.inflight == 0 and not (
+                run.outcomes or run.marks or self.domains.parked
+            ):
                 break
             if run.outcomes or run.marks or (want_more and not run.exhausted and not run.halt):
                 continue
             run.wake.clear()
             try:
-                await asyncio.wait_for(run.wake.wait(), timeout=FLUSH_INTERVAL)
+                await asyncio.wait_for(run.wake.wait(), timeout=min(FLUSH_INTERVAL, soonest or FLUSH_INTERVAL))
             except TimeoutError:
                 pass
 
@@ -473,11 +481,16 @@ class Sender:
         elif claim and not claimed:
             run.exhausted = True
         for row in claimed:
-            run.queued += 1
             run.held.add(row.id)
-            self._work.put_nowait(Job(run, row))
+            group = self.domains.group_of(row.email)
+            self.domains.admit(group, Job(run, row, group), self._enqueue)
         if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
             await self._publish(run, self._current_with_head(run))
+
+    def _enqueue(self, job: Job) -> None:
+        """A row its domain group lets go now: onto the work queue."""
+        job.run.queued += 1
+        self._work.put_nowait(job)
 
     async def _control(self, run: HeadRun) -> None:
         """Notice a stop, a reorder or a due schedule made by anyone, within a second."""
@@ -496,6 +509,7 @@ class Sender:
         if self.stopping:
             self._halt(run, "the sender is shutting down")
         await self._apply_limits()
+        self.domains.tick()
         await self._publish(run, current)
         await self._write_status()
 
@@ -545,6 +559,8 @@ class Sender:
                 kept.append(job)
         for job in kept:
             self._work.put_nowait(job)
+        for job in self.domains.drain():
+            run.let_go(job.row.id)
 
     # ---- live limits and relays ----------------------------------------------------------
 
@@ -563,6 +579,7 @@ class Sender:
             log.warning("%s", problem)
         self.limiter.configured = limits.rate
         self.limiter.set_per_hour(limits.rate_per_hour)
+        self.domains.apply_limits(limits.domains)
         if len(self.relays) == 1:
             # With one relay the live connection count is its connection count; a pool keeps
             # the per-relay counts of its configuration.
@@ -648,6 +665,8 @@ class Sender:
             self._requeue(run, job)
             return
         run.settle(outcome)
+        if job.group is not None:
+            self.domains.done(job.group, outcome.state.value)
         if self._waiting_reason and not outcome.in_doubt:
             # The server answered a whole transaction (accepted, refused or deferred it): the
             # mailing no longer waits for it, so its last error no longer describes the present.
@@ -763,7 +782,10 @@ class Sender:
                 message = self.dkim.sign(message, run.template.sender)
             # `previous` stays: a retry's final dot waits for the same commit (instant once done).
             verdict = await conn.send(run.template.sender, row.email, message, previous)
-            self._note_throttling(relay, run, verdict)
+            # A named domain group's reply slows that group only; any other slows the relay.
+            domain_reply = self.domains.note_reply(self.domains.group_of(row.email), verdict)
+            if not domain_reply:
+                self._note_throttling(relay, run, verdict)
             if verdict.outcome is ReplyOutcome.SENT:
                 await self._accepted(run, relay)
                 return Outcome(row.id, RecipientState.SENT, verdict.code, None, was_in_doubt=row.in_doubt)
@@ -772,6 +794,8 @@ class Sender:
                     return Outcome(
                         row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True, was_in_doubt=row.in_doubt
                     )
+                if domain_reply:
+                    return self._deferral(row, verdict)  # the domain said 421: its recipient waits, not the relay
                 if run.halt or self.stopping:
                     return None  # nobody in doubt; no new connection while stopping (issue 10, 11)
                 retries += 1
@@ -798,10 +822,7 @@ class Sender:
         """Slow this relay down on a throttling reply, or on a burst of 4xx at MAIL/RCPT whatever
         its wording (a relay's own words for "too much mail" are not all in the table). Only the
         relay slows down: the narrowest scope the pushback came from (DESIGN.md, Pacing)."""
-        temporary = (
-            verdict.code is not None and 400 <= verdict.code < 500 and verdict.stage in (Stage.MAIL, Stage.RCPT)
-        )
-        burst = relay.transaction(temporary)
+        burst = relay.transaction(is_temporary_refusal(verdict))
         if not (verdict.throttle or burst):
             return
         said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
@@ -902,6 +923,10 @@ class Sender:
             ],
         }
 
+    def domains_document(self) -> dict[str, object]:
+        """Per domain group: sent, deferred, failed, in flight, rate, state and last reply."""
+        return self.domains.document()
+
     # ---- progress ------------------------------------------------------------------------
 
     def _current_with_head(self, run: HeadRun) -> list[Mailing] | None:
@@ -964,5 +989,6 @@ class Sender:
             rate=snap.rate,
             last_accept_at=snap.last_accept_at,
             waiting=self.waiting_document(),
+            domains=self.domains_document(),
         )
         await write_status(store, status)

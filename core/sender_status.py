@@ -34,6 +34,10 @@ STATE, REASON, RATE, LAST_ACCEPT, HEARTBEAT, WAITING = (
     "sender_waiting",
 )
 KEYS = (STATE, REASON, RATE, LAST_ACCEPT, HEARTBEAT, WAITING)
+# Added later (pacing by destination): per domain group figures (core/domains.py), JSON. A reader
+# of an older sender finds no such key and reads {}.
+DOMAINS = "sender_domains"
+ALL_KEYS = KEYS + (DOMAINS,)
 
 
 class MetaStore(Protocol):
@@ -50,6 +54,9 @@ class SenderStatus:
     rate: float = 0.0  # messages per second, finite and >= 0
     last_accept_at: float | None = None  # wall clock of the last accepted message (None: never)
     waiting: dict[str, object] = field(default_factory=dict)  # Sender.waiting_document()
+    # Sender.domains_document(): {"mailing": head id, "groups": [{"group", "sent", "deferred",
+    # "failed", "in_flight", "waiting", "rate", "state", "reason", "last_reply", ...}]}
+    domains: dict[str, object] = field(default_factory=dict)
 
     def age(self, now: float) -> float:
         """Seconds since the heartbeat (negative if it is ahead of `now`)."""
@@ -71,6 +78,10 @@ class SenderStatus:
         """Why the sender is held back while alive, else nothing."""
         return self.waiting if self.alive(now) else {}
 
+    def live_domains(self, now: float) -> dict[str, object]:
+        """Per domain group figures while alive, else nothing."""
+        return self.domains if self.alive(now) else {}
+
 
 def status_meta(status: SenderStatus) -> dict[str, str]:
     """The meta values for `status`, in the formats other processes read."""
@@ -81,6 +92,7 @@ def status_meta(status: SenderStatus) -> dict[str, str]:
         LAST_ACCEPT: f"{status.last_accept_at or 0:.3f}",
         HEARTBEAT: f"{status.heartbeat:.3f}",
         WAITING: json.dumps(status.waiting),
+        DOMAINS: json.dumps(status.domains),
     }
 
 
@@ -90,7 +102,7 @@ async def write_status(store: MetaStore, status: SenderStatus) -> None:
 
 async def read_meta(store: MetaStore) -> dict[str, str]:
     """The raw meta values of the status (missing keys left out)."""
-    values = {key: await store.meta(key) for key in KEYS}
+    values = {key: await store.meta(key) for key in ALL_KEYS}
     return {key: value for key, value in values.items() if isinstance(value, str)}
 
 
@@ -116,6 +128,7 @@ def status_from_meta(meta: Mapping[str, Any]) -> SenderStatus | None:
         rate=_finite(_number(meta.get(RATE)) or 0.0),
         last_accept_at=last if last is not None and last > 0 else None,
         waiting=parse_waiting(meta.get(WAITING)),
+        domains=parse_waiting(meta.get(DOMAINS)),  # the same rule: a JSON object, or {} if unreadable
     )
 
 

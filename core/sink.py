@@ -259,3 +259,17 @@ def demo_fault(stage: str, address: str, attempt: int) -> str | None:
     if stage == "rcpt" and bucket in (7, 42) and attempt == 1:
         return "450 4.2.1 mailbox busy, try again later"
     return None
+
+
+def per_domain(rules: dict[str, FaultRule], other: FaultRule | None = None) -> FaultRule:
+    """A fault rule that asks `rules[domain]` about recipients of that domain (and `other`, if
+    given, about the rest and about MAIL FROM): one destination pushes back, the others not."""
+
+    def rule(stage: str, address: str, attempt: int) -> str | None:
+        if stage != "mail":
+            chosen = rules.get(address.rpartition("@")[2].lower())
+            if chosen is not None:
+                return chosen(stage, address, attempt)
+        return other(stage, address, attempt) if other is not None else None
+
+    return rule

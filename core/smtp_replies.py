@@ -8,15 +8,18 @@ slow down) comes from here, so the policy can be read and changed in one place: 
 from __future__ import annotations
 
 import functools
+import time
 
 import re
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
 __all__ = [
     "Failure", "Outcome", "RULES", "Rule", "Stage", "Throttle", "Verdict",
     "classify", "classify_auth", "classify_failure", "find_rule", "parse_enhanced",
+    "RECIPIENT_STAGES", "ReplyBurst", "is_temporary_refusal", "slows_domain",
 ]
 
 MAX_TEXT = 300  # enough for any useful reply, short enough for last_error and a table cell
@@ -389,3 +392,61 @@ def failure_may_pass(code: int | None, text: str) -> bool:
         return code == 554
     subject = enhanced.split(".", 1)[1]
     return subject.startswith(("4.", "7.")) or (subject.startswith("3.") and subject != "3.4")
+
+# ---- whose pushback: the relay's or one destination domain's ------------------------------------
+
+# Replies to these commands speak of one recipient's domain (the relay took our MAIL FROM):
+# a throttle here is that domain pushing back (Gmail's "421 4.7.28", "450 4.7.1 too many ...").
+RECIPIENT_STAGES = frozenset({Stage.RCPT, Stage.DATA, Stage.DOT})
+
+
+def is_temporary_refusal(verdict: Verdict, stages: frozenset[Stage] = frozenset({Stage.MAIL, Stage.RCPT})) -> bool:
+    """A 4xx reply at one of `stages`: what a burst of "slow down, whatever the words" is made of."""
+    return verdict.code is not None and 400 <= verdict.code < 500 and verdict.stage in stages
+
+
+def slows_domain(verdict: Verdict) -> bool:
+    """A reply to a recipient's command that asks us to slow mail to that domain: every reply
+    the table marks as throttling (421, 454, rate wording), and any 4xx with an X.7.x enhanced
+    code (policy: Gmail's 4.7.28 "unusual rate", Yahoo's 4.7.0 "deferred due to user complaints")."""
+    if verdict.stage not in RECIPIENT_STAGES or verdict.code is None:
+        return False
+    return verdict.throttle or (
+        400 <= verdict.code < 500 and verdict.enhanced is not None and verdict.enhanced.startswith("4.7.")
+    )
+
+
+BURST_COUNT = 5  # this many temporary refusals...
+BURST_WINDOW = 2.0  # ...within this many seconds from one scope (a relay, a domain group)...
+BURST_SHARE = 0.5  # ...when they are at least this share of its replies in that window
+
+
+@dataclass(eq=False)
+class ReplyBurst:
+    """A burst of temporary refusals from one scope counts as throttling whatever their wording:
+    at least BURST_COUNT within BURST_WINDOW seconds, and at least BURST_SHARE of that scope's
+    replies in that window (a few greylisted recipients in heavy traffic are not a burst)."""
+
+    count: int = BURST_COUNT
+    window: float = BURST_WINDOW
+    share: float = BURST_SHARE
+    # Replies since the first recent refusal: (monotonic time, was a refusal); empty (and not
+    # appended to) while no refusal is recent, so the common case costs nothing.
+    recent: deque[tuple[float, bool]] = field(default_factory=deque)
+    refusals: int = 0
+
+    def note(self, temporary: bool, now: float | None = None) -> bool:
+        """Note one reply; True when the recent ones make a burst (then it starts afresh)."""
+        if not (temporary or self.refusals):
+            return False
+        now = time.monotonic() if now is None else now
+        recent = self.recent
+        recent.append((now, temporary))
+        self.refusals += temporary
+        while recent and recent[0][0] < now - self.window:
+            self.refusals -= recent.popleft()[1]
+        if self.refusals >= self.count and self.refusals >= self.share * len(recent):
+            recent.clear()
+            self.refusals = 0
+            return True
+        return False

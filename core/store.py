@@ -1259,6 +1259,18 @@ class Store:
         ) as cur:
             return [_recipient_from_row(r) for r in await cur.fetchall()]
 
+    # ---- pacing by destination (core/domains.py) ------------------------------------------
+
+    async def domain_state_counts(self, mailing_id: int) -> list[tuple[str, str, int]]:
+        """(recipient domain, ledger state, count) of one mailing, for the per-group figures:
+        one row per domain and state, counted by SQLite (never a row per recipient in memory)."""
+        async with self.db.execute(
+            "SELECT substr(email_key, instr(email_key, '@') + 1) AS d, state, COUNT(*) FROM recipients "
+            "WHERE mailing_id = ? GROUP BY d, state",
+            (mailing_id,),
+        ) as cur:
+            return [(str(d), str(s), int(n)) for d, s, n in await cur.fetchall()]
+
     # ---- suppression and unsubscribe (issue 13, items 6-7) -------------------------------
 
     async def suppression_page(self, after_key: str = "", limit: int = 2000) -> list[tuple[str, str, str, str, int | None, str]]:

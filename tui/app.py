@@ -60,6 +60,7 @@ from mailtower.core.progress import (
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.waves import cancel_schedule, grouped_with, preview_for, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
+from mailtower.core.domains import throttled_groups
 from mailtower.core.sender import Sender
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
@@ -609,6 +610,13 @@ class DashboardApp(App[int]):
         remote = self._live_remote()
         return remote.waiting if remote is not None else {}
 
+    def domains_document(self) -> dict[str, object]:
+        """Per domain group live figures: our sender's, or what another process wrote (alive only)."""
+        if self.sender is not None:
+            return self.sender.domains_document()
+        remote = self._live_remote()
+        return remote.domains if remote is not None else {}
+
     def holds(self, current: list[Mailing] | None = None) -> dict[int, Hold]:
         """Why each current mailing is held back now (paused, waiting, throttled, retrying)."""
         mailings = self.sections[Section.CURRENT] if current is None else current
@@ -766,6 +774,7 @@ class DashboardApp(App[int]):
             hold_since=f"{held_since:%H:%M}" if held_since is not None else "",
             next_try_in=hold.next_try - now_epoch if hold is not None and hold.next_try else None,
             in_doubt=sum(m.in_doubt for m in current),
+            domains_throttled=throttled_groups(self.domains_document()) if active else 0,
         )
 
     # ---- what the highlighted row is --------------------------------------------------------
@@ -1068,7 +1077,8 @@ class DashboardApp(App[int]):
         from .screens.details import DetailsScreen
 
         return DetailsScreen(
-            store, mailing, operator_tz=self.operator_tz, hold=lambda mailing_id: self.holds().get(mailing_id)
+            store, mailing, operator_tz=self.operator_tz, hold=lambda mailing_id: self.holds().get(mailing_id),
+            domains=(self.settings, self.domains_document),
         )
 
     def _remaining_screen(self, store: Store, mailing: Mailing) -> Screen[None]:

@@ -43,6 +43,7 @@ from mailtower.core.files import (
 )
 from mailtower.core.lifecycle import Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
+from mailtower.tui import cli_domains
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume
 from mailtower.core.recipients_csv import ReadProgress, neutralise_formula
 from mailtower.core.progress import queue_estimates
@@ -343,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--connections", dest="limit_connections", metavar="N", help="live limit: parallel SMTP connections")
     lim.add_argument("--messages-per-connection", metavar="N", help="live limit: reconnect after this many messages, 0 = never")
     lim.add_argument("--json", action="store_true", help="the limits as one JSON document on standard output")
+    cli_domains.add_limit_options(lim)
     add_global_options(lim, in_command=True, skip=frozenset({"--rate", "--connections"}))
+    for parser in cli_domains.add_commands(sub, add_command):
+        add_global_options(parser, in_command=True)
 
     res = add_command(
         sub, "resume", "try paused relays again now (after a refused login, say)",
@@ -1192,6 +1196,10 @@ def run_async(coro: Awaitable[int]) -> int:
 
 
 async def cmd_limits(args: argparse.Namespace, store: Store) -> int:
+    if args.domain is not None:
+        return await cli_domains.domain_limits(args, store, say)
+    if args.per_hour is not None:
+        raise UserError("--per-hour: give --domain NAME too (the sender's own budget is --rate-per-hour)")
     changes = {
         name: value
         for name, value in {
@@ -1210,6 +1218,7 @@ async def cmd_limits(args: argparse.Namespace, store: Store) -> int:
     if args.json:
         doc = {name: getattr(limits, name) for name in LIMITS}
         doc["changed_at"] = {name: iso(when) for name, when in limits.changed_at.items()}
+        doc["domains"] = cli_domains.limits_json(args, limits)
         print(json.dumps(doc, indent=1))
     else:
         print("\n".join(limits.describe()))
@@ -1237,6 +1246,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     "resume": cmd_resume,
     **cli_suppress.HANDLERS,
 }
+STORE_COMMANDS.update(cli_domains.HANDLERS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ import argparse
 import base64
 import csv
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -90,19 +91,21 @@ def body_files(tmp: Path) -> tuple[Path, Path]:
     return text, html
 
 
-def make_db(tmp: Path, n: int, port: int, k: int, tag: str) -> tuple[Path, dict[str, str]]:
+def make_db(tmp: Path, n: int, port: int, k: int, tag: str, domains: list[str] | None = None,
+            config: Path | None = None) -> tuple[Path, dict[str, str]]:
     db = tmp / f"{tag}.db"
     people = tmp / f"{tag}.csv"
     with people.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["email", "name", "code"])
         for i in range(n):
-            w.writerow([f"person{i}@example.com", f"Person {i}", f"SPRING{i:06d}"])
+            domain = domains[i % len(domains)] if domains else "example.com"
+            w.writerow([f"person{i}@{domain}", f"Person {i}", f"SPRING{i:06d}"])
     text, html = body_files(tmp)
     env = {
         **os.environ,
         "MAILTOWER_DB": str(db),
-        "MAILTOWER_CONFIG": os.devnull,  # no configuration file
+        "MAILTOWER_CONFIG": str(config) if config else os.devnull,  # no configuration file unless given
         "MAILTOWER_SMTP_HOST": "127.0.0.1",
         "MAILTOWER_SMTP_PORT": str(port),
         "MAILTOWER_SMTP_CONNECTIONS": str(k),
@@ -122,8 +125,9 @@ class Round:
     sending: float  # (N - 1) / (first to last outcome recorded in the ledger)
 
 
-def mailtower_round(tmp: Path, n: int, k: int, port: int, tag: str, dashboard: bool = False) -> Round:
-    db, env = make_db(tmp, n, port, k, tag)
+def mailtower_round(tmp: Path, n: int, k: int, port: int, tag: str, dashboard: bool = False,
+                    **spread: object) -> Round:
+    db, env = make_db(tmp, n, port, k, tag, **spread)  # type: ignore[arg-type]
     if dashboard:
         cmd = [PY, str(Path(__file__).with_name("dashboard_send.py")), "--until-idle"]
     else:
@@ -268,6 +272,71 @@ def dkim_block(tmp: Path, n: int, k: int, rounds: int, kinds: list[str]) -> None
     print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{os.cpu_count()} CPUs")
 
+# ---- pacing by destination: --domain-groups N ---------------------------------------------------
+# The same send with N [domains.NAME] groups configured next to none, recipients spread over the
+# groups' domains and as many others (the default group). The groups' limits never bind (rate
+# 1,000,000/s, connections K), so every row goes through the group's limiter: what is measured is
+# the cost of pacing by destination, not the pacing itself.
+
+
+def domain_spread(groups: int) -> list[str]:
+    return [f"g{g}-{j}.example.com" for g in range(groups) for j in range(2)] + [f"other{j}.example.com" for j in range(max(groups, 1) * 2)]
+
+
+def domain_groups_config(tmp: Path, groups: int, k: int) -> Path:
+    path = tmp / f"groups-{groups}.toml"
+    tables = [f'[domains.g{g}]\nmatch = ["g{g}-0.example.com", "g{g}-1.example.com"]\nrate = 1000000\nconnections = {k}\n'
+              for g in range(groups)]
+    path.write_text("\n".join(tables), encoding="utf-8")
+    return path
+
+
+def paced_round(tmp: Path, args: argparse.Namespace, port: int, tag: str, spread: list[str],
+                config: Path | None) -> tuple[float, float]:
+    """(messages per second, CPU milliseconds per message of the sender process): CPU time is
+    what pacing costs, and unlike the rate it hardly moves with the machine's load."""
+    db, env = make_db(tmp, args.n, port, args.k, tag, domains=spread, config=config)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([PY, "-m", "mailtower.tui.cli", "run", "--until-idle"], env=env, check=True)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with sqlite3.connect(db) as conn:
+        (sent,) = conn.execute("SELECT COUNT(*) FROM recipients WHERE state = 'sent'").fetchone()
+    assert sent == args.n, f"only {sent} of {args.n} sent"
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return args.n / elapsed, cpu * 1000 / args.n
+
+
+def domain_groups_rounds(tmp: Path, args: argparse.Namespace, size: int) -> None:
+    spread = domain_spread(args.domain_groups)
+    config = domain_groups_config(tmp, args.domain_groups, args.k)
+    plain: list[tuple[float, float]] = []
+    grouped: list[tuple[float, float]] = []
+    source: list[float] = []
+    sink = SmtpSink()
+    try:
+        for r in range(args.rounds):
+            # Alternating which goes first, so a load change during a round hits both alike.
+            order = [("none", None), ("groups", config)][:: 1 if r % 2 == 0 else -1]
+            for kind, cfg in order:
+                (grouped if cfg else plain).append(paced_round(tmp, args, sink.port, f"{kind}{r}", spread, cfg))
+            source.append(smtp_source_round(args.n, args.k, sink.port, size))
+            print(f"round {r + 1}: no groups {plain[-1][0]:,.0f} msg/s ({plain[-1][1]:.3f} ms CPU/msg)   "
+                  f"{args.domain_groups} groups {grouped[-1][0]:,.0f} msg/s ({grouped[-1][1]:.3f} ms CPU/msg)   "
+                  f"smtp-source {source[-1]:,.0f} msg/s", flush=True)
+    finally:
+        sink.stop()
+    m_source = statistics.median(source)
+    m_plain, m_grouped = (statistics.median(x[0] for x in rounds) for rounds in (plain, grouped))
+    c_plain, c_grouped = (statistics.median(x[1] for x in rounds) for rounds in (plain, grouped))
+    print(f"median, recipients over {len(spread)} domains: no groups {m_plain:,.0f} msg/s (ratio to smtp-source "
+          f"{m_plain / m_source:.3f}); {args.domain_groups} groups {m_grouped:,.0f} msg/s (ratio {m_grouped / m_source:.3f}); "
+          f"groups / none {m_grouped / m_plain:.3f} (target >= 0.95)")
+    print(f"median CPU per message: no groups {c_plain:.3f} ms, {args.domain_groups} groups {c_grouped:.3f} ms; "
+          f"throughput bound by CPU, groups / none {c_plain / c_grouped:.3f}")
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -277,6 +346,8 @@ def main() -> None:
     ap.add_argument("--dashboard", action="store_true")
     ap.add_argument("--latency-run", action="store_true")
     ap.add_argument("--dkim", default="", help="also DKIM-on rounds next to DKIM-off, for these key types: rsa,ed25519")
+    ap.add_argument("--domain-groups", type=int, default=0, metavar="N",
+                    help="also send with N domain groups configured next to none (pacing by destination)")
     args = ap.parse_args()
     ensure_postfix_tools()
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-"))
@@ -317,6 +388,8 @@ def main() -> None:
               f"ratio {m / (k / delay):.3f} (target >= 0.8)")
     if args.dkim:
         dkim_block(tmp, args.n, args.k, args.rounds, [kind for kind in args.dkim.split(",") if kind in DKIM_KINDS])
+    if args.domain_groups:
+        domain_groups_rounds(tmp, args, size)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -15,7 +15,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from mailtower.core.config import Settings
 from mailtower.core.display import safe
+from mailtower.core.domains import GroupReport, group_reports
+from mailtower.core.limits import read_limits
 from mailtower.core.domain import Mailing, Section
 from mailtower.core.progress import Hold, HoldState
 from mailtower.core.store import Store
@@ -63,15 +66,22 @@ class DetailsData:
     breakdown: dict[str, list[tuple[str, int]]]
     events: list[tuple[datetime, str, str]]
     zones: list[tuple[str, int]] = field(default_factory=list)  # a wave's zones and recipients (issue 14)
+    domains: list[GroupReport] | None = None  # per domain group, when groups are configured
 
 
-async def load_details(store: Store, mailing_id: int) -> DetailsData:
+# Where the Details screen finds domain groups: the settings (their [domains] tables) and the
+# sender's live per-group document (the dashboard's own sender, or the one it monitors).
+DomainsSource = tuple[Settings, Callable[[], dict[str, object]]]
+
+
+async def load_details(store: Store, mailing_id: int, domains: DomainsSource | None = None) -> DetailsData:
     return DetailsData(
         mailing=await store.mailing(mailing_id),
         states=await store.state_counts(mailing_id),
         breakdown=await store.outcome_breakdown(mailing_id),
         events=await store.events(mailing_id),
         zones=await store.wave_zones(mailing_id),
+        domains=await load_domains(store, mailing_id, domains),
     )
 
 
@@ -79,6 +89,37 @@ def zones_line(zones: list[tuple[str, int]]) -> Text:
     text = Text(f"Zones ({len(zones):,}): ", style="bold")
     text.append(", ".join(f"{safe(zone)} {n:,}" for zone, n in zones))
     return text
+
+
+async def load_domains(store: Store, mailing_id: int, source: DomainsSource | None) -> list[GroupReport] | None:
+    if source is None or not source[0].domains:
+        return None  # no groups configured: one pipe, nothing per domain to show
+    settings, live = source
+    limits = await read_limits(store, settings)
+    return group_reports(settings.domains, await store.domain_state_counts(mailing_id), live(), mailing_id,
+                         limits.domains)
+
+
+STATE_STYLES = {"ok": "green", "throttled": "bold yellow", "paused": "bold red", "idle": "dim"}
+
+
+def domains_table(reports: list[GroupReport]) -> RenderableType:
+    """Per domain group: sent, deferred, failed, in flight, rate, state and the last reply."""
+    heading = Text("Domains", style="bold")
+    table = Table(box=None, padding=(0, 2, 0, 0), show_edge=False, header_style="bold", expand=True)
+    table.add_column("Group", no_wrap=True, overflow="ellipsis", min_width=5, max_width=16)
+    for title in ("Sent", "Deferred", "Failed", "In flight", "Rate"):
+        table.add_column(title, justify="right", no_wrap=True, min_width=len(title))
+    table.add_column("State", no_wrap=True, min_width=9)
+    # The reply that throttled a group, else its last reply that was not a plain acceptance.
+    table.add_column("Last reply", ratio=1, overflow="ellipsis", no_wrap=True)
+    for r in reports:
+        table.add_row(
+            Text(safe(r.group)), f"{r.sent:,}", f"{r.deferred:,}", f"{r.failed:,}", f"{r.in_flight:,}",
+            f"{r.rate:.1f}/s", Text(r.state, style=STATE_STYLES.get(r.state, "")),
+            Text(safe(r.reason or r.last_reply), style="" if r.reason else "dim"),
+        )
+    return Group(heading, table)
 
 
 def outcome_table(data: DetailsData) -> Table:
@@ -220,8 +261,10 @@ class DetailsScreen(Screen[None]):
         *,
         operator_tz: str | None = None,
         hold: Callable[[int], Hold | None] | None = None,
+        domains: DomainsSource | None = None,
     ) -> None:
         super().__init__()
+        self.domains = domains
         self.store = store
         self.mailing = mailing
         self.hold = hold  # why a current mailing is held back now (the dashboard knows, the store not)
@@ -234,6 +277,7 @@ class DetailsScreen(Screen[None]):
             yield Static(id="outcomes")
             yield Static(id="now", markup=False)
             yield Static(id="last-error", markup=False)
+            yield Static(id="domains")
             with Horizontal(classes="pair"):
                 yield Static(id="failed-codes")
                 yield Static(id="deferred-codes")
@@ -254,7 +298,7 @@ class DetailsScreen(Screen[None]):
             await self.action_reload()
 
     async def action_reload(self) -> None:
-        data = await load_details(self.store, self.mailing.id)
+        data = await load_details(self.store, self.mailing.id, self.domains)
         self.mailing = data.mailing
         self.show(data)
 
@@ -281,6 +325,9 @@ class DetailsScreen(Screen[None]):
         last_error = self.query_one("#last-error", Static)
         last_error.update(Text(f"Last error: {safe(mailing.last_error)}") if mailing.last_error else "")
         last_error.display = bool(mailing.last_error)
+        domains = self.query_one("#domains", Static)
+        domains.update(domains_table(data.domains) if data.domains is not None else "")
+        domains.display = data.domains is not None
         parts = data.breakdown
         self.query_one("#failed-codes", Static).update(
             grouped_table("Failures by reply code", parts.get("failed_by_code", []), codes=True)

@@ -22,12 +22,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Label, Select, Static
 from textual.widgets.input import Selection
 
-from mailtower.core.config import Settings
+from mailtower.core.config import Settings, parse_number
 from mailtower.core.errors import UserError
-from mailtower.core.limits import LIMITS, Limits, parse_limit, read_limits, set_limits
+from mailtower.core.limits import LIMITS, Limits, group_limits, group_names, parse_limit, read_limits, set_domain_limits, set_limits
 from mailtower.core.store import Store
 from mailtower.core.timezones import humanize_delta, utcnow
 
@@ -56,6 +56,15 @@ FIELDS: dict[str, LimitField] = {
 # Limits that let more mail out the more they grow; 0 means unlimited for the rates.
 PACING: dict[str, str] = {"rate": "msg/s", "rate_per_hour": "msg/h", "connections": ""}
 UNLIMITED_AT_ZERO = {"rate", "rate_per_hour"}
+
+# With domain groups configured, a Select picks whose limits the fields show: the whole sender's,
+# or one group's (field -> the group's limit, and the BOUNDS row its value is checked against).
+WHOLE_SENDER = ""
+GROUP_FIELDS: dict[str, tuple[str, str]] = {
+    "rate": ("rate", "rate"),
+    "rate_per_hour": ("per_hour", "rate_per_hour"),
+    "connections": ("connections", "domain_connections"),
+}
 
 
 def more_than_doubles(name: str, old: float, new: float) -> bool:
@@ -91,12 +100,16 @@ def increase_lines(limits: Limits, changes: dict[str, float | int]) -> list[str]
     return lines
 
 
-def limit_problem(name: str, text: str) -> str | None:
-    """What is wrong with `text` as the value of limit `name`, or None if core would accept it."""
+def limit_problem(name: str, text: str, bound: str | None = None) -> str | None:
+    """What is wrong with `text` as the value of limit `name` (checked against BOUNDS row `bound`
+    instead, for a domain group's), or None if core would accept it."""
     if not text.strip():
         return "enter a number"
     try:
-        parse_limit(name, text)
+        if bound is not None:
+            parse_number(bound, text, f"--{name.replace('_', '-')}")
+        else:
+            parse_limit(name, text)
     except UserError as exc:
         # Core words it for the command line ("--connections: ..."); here the field says which one.
         return exc.message.removeprefix(f"--{name.replace('_', '-')}: ")
@@ -129,12 +142,13 @@ def changed_values(limits: Limits, texts: dict[str, str]) -> dict[str, float | i
 class LimitValidator(Validator):
     """Core's rule for one limit, so the field itself shows when it is invalid."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, bound: Callable[[str], str | None] | None = None) -> None:
         super().__init__()
         self.limit = name
+        self.bound = bound  # the bounds row of the scope the dialog shows now (a domain group's)
 
     def validate(self, value: str) -> ValidationResult:
-        problem = limit_problem(self.limit, value)
+        problem = limit_problem(self.limit, value, self.bound(self.limit) if self.bound else None)
         return self.success() if problem is None else self.failure(problem)
 
 
@@ -208,21 +222,27 @@ class LimitsScreen(ModalScreen[bool]):
         self._now = now or utcnow
         self.limits: Limits | None = None  # None until read from the database
         self._saving = False
+        self.scope = WHOLE_SENDER  # or the name of the domain group whose limits are shown
 
     def compose(self) -> ComposeResult:
         box = Vertical(id="limits-box")
         box.border_title = "Sending limits"
         with box:
             yield Static(EXPLANATION, id="limits-explanation", markup=False)
+            if self.settings.domains:
+                with Horizontal(classes="row limit"):
+                    yield Label("Limits of", classes="field-label")
+                    yield Select([("the whole sender", WHOLE_SENDER)] + [(f"domain group {n}", n) for n in group_names(self.settings)],
+                                 value=WHOLE_SENDER, allow_blank=False, id="scope", compact=True)
             for name, field in FIELDS.items():
                 kind, _ = LIMITS[name]
-                with Vertical(classes="limit"):
+                with Vertical(classes="limit", id=f"{name}-box"):
                     with Horizontal(classes="row"):
                         yield Label(field.label, classes="field-label")
                         yield Input(
                             id=name,
                             type="integer" if kind is int else "number",
-                            validators=[LimitValidator(name)],
+                            validators=[LimitValidator(name, self._bound)],
                             compact=True,
                         )
                         yield Static(field.hint, classes="hint", markup=False)
@@ -236,12 +256,7 @@ class LimitsScreen(ModalScreen[bool]):
         for name in LIMITS:
             self.query_one(f"#{name}-error", Static).display = False
         self.limits = await read_limits(self.store, self.settings)
-        for name in LIMITS:
-            field = self.query_one(f"#{name}", Input)
-            field.value = format_value(getattr(self.limits, name))
-            field.cursor_position = len(field.value)
-        self._show_changed()
-        self._check()
+        self._fill()
         first = self.query_one(f"#{next(iter(LIMITS))}", Input)
         first.focus()
         # The field may have had focus (empty) before the values arrived: select its value now,
@@ -251,22 +266,57 @@ class LimitsScreen(ModalScreen[bool]):
 
     # --- showing state ---------------------------------------------------------------------
 
+    def _fields(self) -> tuple[str, ...]:
+        """The limits the dialog shows now: all of the sender's, or a domain group's three."""
+        return tuple(LIMITS) if self.scope == WHOLE_SENDER else tuple(GROUP_FIELDS)
+
+    def _bound(self, name: str) -> str | None:
+        return None if self.scope == WHOLE_SENDER else GROUP_FIELDS[name][1]
+
+    def _values(self, limits: Limits) -> dict[str, float | int]:
+        if self.scope == WHOLE_SENDER:
+            return {name: getattr(limits, name) for name in LIMITS}
+        group = group_limits(self.settings, limits, self.scope)
+        return {name: group[key] for name, (key, _) in GROUP_FIELDS.items()}
+
+    def _fill(self) -> None:
+        """Put the values of the scope shown into the fields."""
+        assert self.limits is not None
+        values = self._values(self.limits)
+        self.query_one("#messages_per_connection-box").display = self.scope == WHOLE_SENDER
+        for name, value in values.items():
+            field = self.query_one(f"#{name}", Input)
+            field.value = format_value(value)
+            field.cursor_position = len(field.value)
+        self._show_changed()
+        self._check()
+
+    @on(Select.Changed, "#scope")
+    def _scope_changed(self, event: Select.Changed) -> None:
+        self.scope = str(event.value) if event.value is not Select.BLANK else WHOLE_SENDER
+        if self.limits is not None:
+            self._fill()
+
     def _texts(self) -> dict[str, str]:
-        return {name: self.query_one(f"#{name}", Input).value for name in LIMITS}
+        return {name: self.query_one(f"#{name}", Input).value for name in self._fields()}
 
     def _show_changed(self) -> None:
         if self.limits is None:
             return
         now = self._now()
-        for name in LIMITS:
-            line = describe_change(self.limits.changed_at.get(name), now)
+        stored = self.limits.domains.get(self.scope, {})
+        for name in self._fields():
+            if self.scope == WHOLE_SENDER:
+                line = describe_change(self.limits.changed_at.get(name), now)
+            else:
+                line = "changed live" if GROUP_FIELDS[name][0] in stored else "from configuration"
             self.query_one(f"#{name}-changed", Static).update(line)
 
     def _check(self) -> bool:
         """Show each field's problem under it; True when every field is valid."""
         valid = True
         for name, text in self._texts().items():
-            problem = limit_problem(name, text)
+            problem = limit_problem(name, text, self._bound(name))
             error = self.query_one(f"#{name}-error", Static)
             error.update(f"✗ {problem}" if problem else "")
             error.display = problem is not None
@@ -295,6 +345,9 @@ class LimitsScreen(ModalScreen[bool]):
 
     @work(exclusive=True, group="limits-save", exit_on_error=False)
     async def _save(self, limits: Limits) -> None:
+        if self.scope != WHOLE_SENDER:
+            await self._save_group(limits)
+            return
         changes = changed_values(limits, self._texts())
         if not changes:
             self.notify("No limit changed", timeout=3)
@@ -323,6 +376,38 @@ class LimitsScreen(ModalScreen[bool]):
             self.notify(str(exc), title="Not saved", severity="error", timeout=8)
             return
         self.notify(SAVED, title="Sending limits", timeout=5)
+        self.dismiss(True)
+
+    async def _save_group(self, limits: Limits) -> None:
+        """Save the shown domain group's limits (core checks them again, as for the command)."""
+        old = self._values(limits)
+        texts = self._texts()
+        new = {name: parse_number(GROUP_FIELDS[name][1], texts[name], name) for name in texts}
+        changes = {name: value for name, value in new.items() if value != old[name]}
+        if not changes:
+            self.notify("No limit changed", timeout=3)
+            self.dismiss(False)
+            return
+        raised = [f"{FIELDS[n].label}: {shown_value(n, old[n])} → {shown_value(n, v)}"
+                  for n, v in changes.items() if more_than_doubles(n, old[n], v)]
+        if raised and not await self.app.push_screen_wait(
+            ConfirmDialog(f"Raise the limits of {self.scope}?",
+                          "This lets out more than twice as much mail to these domains:\n" + "\n".join(raised),
+                          "Raise limits", destructive=True, keep_label="Go back")
+        ):
+            self._saving = False
+            self._check()
+            return
+        try:
+            await set_domain_limits(self.store, self.settings, self.scope,
+                                    {GROUP_FIELDS[name][0]: str(value) for name, value in changes.items()})
+        except (UserError, sqlite3.Error, OSError) as exc:
+            self._saving = False
+            self._check()
+            self.notify(str(exc), title="Not saved", severity="error", timeout=8)
+            return
+        self.notify(f"Limits of {self.scope} saved; the sender applies them within a second", title="Sending limits",
+                    timeout=5)
         self.dismiss(True)
 
     @on(Button.Pressed, "#cancel")
