@@ -19,6 +19,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -53,6 +54,8 @@ from mailtower.core.store import Store, iso, storage_error
 from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata_version
 
 from . import loops
+from .cli_breaker import HANDLERS as BREAKER_HANDLERS, add_commands as add_breaker_commands
+from .cli_breaker import add_guard_options, apply_guard_options, guard_options, restart_line
 
 log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
@@ -211,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--now", action="store_true", help="queue it for sending now (without --now or --at: a draft)")
     when.add_argument("--at", metavar='"YYYY-MM-DD HH:MM"', help="schedule it at this wall time in --tz")
     new.add_argument("--tz", metavar="ZONE", help="IANA time zone of --at, e.g. Europe/Berlin")
+    add_guard_options(new)  # breaker and canary
     add_global_options(new, in_command=True)
 
     imp = add_command(
@@ -260,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         cmd = add_command(sub, name, summary, details, example)
         cmd.add_argument("id", type=mailing_id, help=ID_HELP)
+        if name == "restart":  # breaker: a mailing it stopped is sent again only when confirmed
+            cmd.add_argument("--force", action="store_true", help="restart it even though the breaker stopped it")
         add_global_options(cmd, in_command=True)
+    add_breaker_commands(sub, add_command)
 
     sch = add_command(
         sub, "schedule", "schedule a mailing at a wall time in a time zone",
@@ -276,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sch.add_argument("--tz", metavar="ZONE",
                      help="IANA time zone, e.g. Europe/Berlin (required unless --local-time and every recipient has one)")
     sch.add_argument("--local-time", action="store_true", help="deliver at that wall time in each recipient's zone")
+    add_guard_options(sch)  # breaker and canary
     add_global_options(sch, in_command=True)
 
     mv = add_command(
@@ -614,6 +622,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
     draft = read_draft(args.name, args.subject, args.from_addr, args.text, args.html)
     when = checked_schedule(args.at, args.tz)
+    guards = guard_options(args, args.settings)
     lifecycle = Lifecycle(store)
     mailing_id: int | None = None
     try:
@@ -630,6 +639,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
             finally:
                 rejects.close()
             report_duplicates(rejects.source, summary.duplicates)
+            await apply_guard_options(store, await store.mailing(mailing_id), guards)
             if args.now:
                 await lifecycle.send_now(mailing_id)
             elif when is not None:
@@ -823,7 +833,10 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     before = await store.mailing(args.id)
     if not args.local_time and not args.tz:
         raise UserError("schedule needs --tz ZONE (or --local-time to use each recipient's zone)")
+    guards = guard_options(args, args.settings)  # checked before anything changes
     result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time)
+    for part in result.mailings:  # each part of a --local-time split gets them
+        await apply_guard_options(store, await store.mailing(part.mailing_id), guards)
     if result.local_time:
         for mailing_id, warning in result.warnings:
             warn(f"mailing {mailing_id}: {warning}")
@@ -847,13 +860,13 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
         "send-now": lifecycle.send_now,
         "unschedule": lifecycle.unschedule,
         "stop": lifecycle.stop,
-        "restart": lifecycle.restart,
+        "restart": partial(lifecycle.restart, despite_trip=getattr(args, "force", False)),
         "delete": lifecycle.delete,
     }[args.command]
     before = await store.mailing(args.id)
     await action(args.id)
     after = None if args.command == "delete" else (await maybe_mailing(store, args.id) or before)
-    say(args, changed_line(args.command, before, after))
+    say(args, changed_line(args.command, before, after) + (restart_line(before) if args.command == "restart" else ""))
     return 0
 
 
@@ -1192,6 +1205,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     "limits": cmd_limits,
     "resume": cmd_resume,
 }
+STORE_COMMANDS.update(BREAKER_HANDLERS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
