@@ -15,6 +15,7 @@ lifecycle transition (`Lifecycle.trip`); this module only judges.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -50,8 +51,8 @@ def domain_of(address: str) -> str:
 
 
 def percent(value: float) -> str:
-    """5 -> "5 %", 2.5 -> "2.5 %"."""
-    return f"{value:g} %"
+    """5 -> "5%", 2.5 -> "2.5%"."""
+    return f"{value:g}%"
 
 
 def _reply(code: int | None, text: str | None) -> str:
@@ -122,7 +123,7 @@ class Breaker:
         if t.hard <= 0 or n < t.minimum or self._hard * 100 <= t.hard * n:
             return None
         return (f"breaker: {self._hard:,} of the last {n:,} outcomes failed permanently "
-                f"({self._hard * 100 / n:.1f} %, more than {percent(t.hard)}); last: {_reply(code, text)}")
+                f"({self._hard * 100 / n:.1f}%, more than {percent(t.hard)}); last: {_reply(code, text)}")
 
     def _soft_trip(self, domain: str, code: int | None, text: str | None) -> str | None:
         t = self.thresholds
@@ -130,7 +131,7 @@ class Breaker:
         if t.soft <= 0 or outcomes < t.minimum or deferrals * 100 <= t.soft * outcomes:
             return None
         return (f"breaker: {deferrals:,} of the last {outcomes:,} outcomes for {domain} were deferred "
-                f"({deferrals * 100 / outcomes:.1f} %, more than {percent(t.soft)}); last: {_reply(code, text)}")
+                f"({deferrals * 100 / outcomes:.1f}%, more than {percent(t.soft)}); last: {_reply(code, text)}")
 
     def replay(self, outcomes: list[tuple[str, int | None, str, str | None]]) -> None:
         """Fill the window from the ledger (oldest first) without tripping: a window that is
@@ -171,3 +172,16 @@ class Breakers:
     def forget(self, mailing_id: int) -> None:
         self._kept.pop(mailing_id, None)
 
+
+
+_SHORT = re.compile(r"\(([0-9.]+%), more than")
+_DOMAIN = re.compile(r"outcomes for (\S+) were deferred")
+
+
+def short_reason(reason: str) -> str:
+    """What tripped, in a few words for a table row: "6.2% failed", "slow.example 30.0% deferred"."""
+    share = _SHORT.search(reason)
+    if share is None:
+        return "breaker"
+    domain = _DOMAIN.search(reason)
+    return f"{domain.group(1)} {share.group(1)} deferred" if domain else f"{share.group(1)} failed"

@@ -268,6 +268,8 @@ class DetailsScreen(Screen[None]):
         now.display = bool(lines)
         last_error = self.query_one("#last-error", Static)
         last_error.update(Text(f"Last error: {safe(mailing.last_error)}") if mailing.last_error else "")
+        if mailing.tripped and mailing.state.value == "stopped":  # the breaker stopped it: in red
+            last_error.update(Text(f"Stopped by the {safe(mailing.tripped)}", style="bold red"))
         last_error.display = bool(mailing.last_error)
         parts = data.breakdown
         self.query_one("#failed-codes", Static).update(
