@@ -16,7 +16,7 @@ lifecycle transition (`Lifecycle.trip`); this module only judges.
 from __future__ import annotations
 
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .config import Settings
@@ -24,6 +24,7 @@ from .domain import Mailing, RecipientState
 from .store import Store
 
 REPLY_SHOWN = 120  # characters of the last reply kept in the trip reason
+KEPT_BREAKERS = 64  # mailings whose window a sender keeps in memory (others are read again when sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,7 @@ class Breakers:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._kept: dict[int, tuple[tuple[object, ...], Breaker]] = {}
+        self._kept: OrderedDict[int, tuple[tuple[object, ...], Breaker]] = OrderedDict()
 
     async def for_mailing(self, store: Store, mailing: Mailing, *, canary_minimum: int | None = None) -> Breaker:
         """The mailing's breaker: the one kept, or one rebuilt from the ledger when the mailing
@@ -161,12 +162,15 @@ class Breakers:
         key = (thresholds, mailing.breaker_since, canary_minimum is not None)
         kept = self._kept.get(mailing.id)
         if kept is not None and kept[0] == key:
+            self._kept.move_to_end(mailing.id)
             return kept[1]
         breaker = Breaker(thresholds)
         breaker.replay(await store.recent_outcomes(
             mailing.id, since=mailing.breaker_since, limit=thresholds.window, canary_only=canary_minimum is not None
         ))
         self._kept[mailing.id] = (key, breaker)
+        if len(self._kept) > KEPT_BREAKERS:
+            self._kept.popitem(last=False)  # memory stays bounded however many mailings a sender sends
         return breaker
 
     def forget(self, mailing_id: int) -> None:

@@ -55,7 +55,7 @@ from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata
 
 from . import loops
 from .cli_breaker import HANDLERS as BREAKER_HANDLERS, add_commands as add_breaker_commands
-from .cli_breaker import add_guard_options, apply_guard_options, guard_options, restart_line
+from .cli_breaker import add_guard_options, apply_guard_options, canary_json, guard_options, restart_line
 
 log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
@@ -764,6 +764,8 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
         "started_at": iso(m.started_at),
         "finished_at": iso(m.finished_at),
         "last_error": m.last_error,
+        "tripped": m.tripped,  # what the breaker stopped it for, or null
+        "canary": canary_json(m.canary),
     }
     if m.section is Section.CURRENT:
         data["position"] = m.position

@@ -127,7 +127,6 @@ def _mailing_id(text: str) -> int:
 
 def breaker_document(mailing: Mailing, settings: Settings) -> dict[str, Any]:
     t = Thresholds.of(settings, mailing)
-    canary = mailing.canary
     return {
         "id": mailing.id,
         "hard_percent": t.hard,
@@ -136,11 +135,16 @@ def breaker_document(mailing: Mailing, settings: Settings) -> dict[str, Any]:
         "window": t.window,
         "minimum": t.minimum,
         "tripped": mailing.tripped,
-        "canary": None if canary is None else {
-            "size": canary.spec(), "rate": canary.rate, "wait_minutes": canary.wait / 60, "phase": canary.phase.value,
-            "total": canary.total, "done": canary.done, "until": canary.until,
-        },
+        "canary": canary_json(mailing.canary),
     }
+
+
+def canary_json(canary: Canary | None) -> dict[str, Any] | None:
+    """A canary as `status --json` and `breaker --json` show it (until: epoch seconds, or null)."""
+    if canary is None:
+        return None
+    return {"size": canary.spec(), "rate": canary.rate, "wait_minutes": canary.wait / 60, "phase": canary.phase.value,
+            "total": canary.total, "done": canary.done, "until": canary.until}
 
 
 async def cmd_breaker(args: argparse.Namespace, store: Store) -> int:
