@@ -55,7 +55,8 @@ from mailtower.core.timezones import load_zone, parse_wall_time, resolve, tzdata
 
 from . import loops
 from .cli_breaker import HANDLERS as BREAKER_HANDLERS, add_commands as add_breaker_commands
-from .cli_breaker import add_guard_options, apply_guard_options, canary_json, guard_options, restart_line
+from .cli_breaker import add_guard_options, apply_guard_options, canary_json, check_guard_target, guard_options
+from .cli_breaker import restart_line
 
 log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
@@ -836,6 +837,7 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     if not args.local_time and not args.tz:
         raise UserError("schedule needs --tz ZONE (or --local-time to use each recipient's zone)")
     guards = guard_options(args, args.settings)  # checked before anything changes
+    check_guard_target(before, guards)
     result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time)
     for part in result.mailings:  # each part of a --local-time split gets them
         await apply_guard_options(store, await store.mailing(part.mailing_id), guards)

@@ -73,8 +73,7 @@ async def apply_guard_options(store: Store, mailing: Mailing, options: GuardOpti
     """Store the thresholds and canary on a mailing (that is not being sent)."""
     if not options.given:
         return
-    if mailing.section is Section.CURRENT:
-        raise UserError(f"mailing {mailing.id} is {mailing.state.value}: stop it before changing its breaker or canary")
+    check_guard_target(mailing, options)
     if options.hard is not None or options.soft is not None:
         await store.set_breaker(
             mailing.id,
@@ -82,9 +81,18 @@ async def apply_guard_options(store: Store, mailing: Mailing, options: GuardOpti
             mailing.breaker_soft if options.soft is None else options.soft,
         )
     if options.canary is not None:
-        if mailing.canary is not None and mailing.canary.phase is not CanaryPhase.PLANNED:
-            raise UserError(f"mailing {mailing.id} has sent its canary already ({mailing.canary.phase.value})")
         await store.put_canary(mailing.id, options.canary, ("canary", f"planned: {describe_canary(options.canary)}"))
+
+
+def check_guard_target(mailing: Mailing, options: GuardOptions) -> None:
+    """Refuse, before anything changes, what cannot be set on this mailing now."""
+    if not options.given:
+        return
+    if mailing.section is Section.CURRENT:
+        raise UserError(f"mailing {mailing.id} is {mailing.state.value}: stop it before changing its breaker or canary")
+    if options.canary is not None and mailing.canary is not None and mailing.canary.phase is not CanaryPhase.PLANNED:
+        raise UserError(f"mailing {mailing.id} has sent its canary already ({mailing.canary.phase.value}): --canary "
+                        "applies to a mailing that has not started")
 
 
 def describe_canary(canary: Canary) -> str:

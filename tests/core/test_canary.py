@@ -189,3 +189,7 @@ def test_a_bad_canary_trips_the_breaker_and_the_rest_is_never_sent(tmp_path: Pat
         assert sent + failed <= 9  # only the sample was tried
         canary = canary_of(db, mailing_id)
         assert canary is not None and canary.phase is CanaryPhase.SENDING
+        # Its canary was sent: a new one cannot be planned, and the refusal changes nothing.
+        code, out, err = cli("schedule", str(mailing_id), "--at", "2099-01-01 09:00", "--tz", "UTC", "--canary", "5")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "canary already" in err
+        assert state_of(db, mailing_id) == "stopped" and canary_of(db, mailing_id) == canary
