@@ -23,6 +23,7 @@ from .config import Settings
 from .domain import Mailing, RecipientState
 from .store import Store
 
+_SENT, _FAILED, _DEFERRED = RecipientState.SENT, RecipientState.FAILED, RecipientState.DEFERRED
 REPLY_SHOWN = 120  # characters of the last reply kept in the trip reason
 KEPT_BREAKERS = 64  # mailings whose window a sender keeps in memory (others are read again when sent)
 
@@ -71,6 +72,7 @@ class Breaker:
         self._hard = 0
         self._domains: dict[str, list[int]] = {}  # domain -> [outcomes, deferrals] in the window
         self.tripped: str | None = None
+        self._size = thresholds.window
 
     def __len__(self) -> int:
         return len(self._window)
@@ -88,28 +90,33 @@ class Breaker:
         """Count one outcome; the trip reason when this outcome trips the breaker (once), else None.
 
         Outcomes that are not answers (a row released unsent, in doubt) do not count."""
-        state = RecipientState(state)
-        if state not in (RecipientState.SENT, RecipientState.FAILED, RecipientState.DEFERRED):
+        if type(state) is not RecipientState:
+            state = RecipientState(state)
+        hard = state is _FAILED
+        deferred = state is _DEFERRED
+        if not (hard or deferred or state is _SENT):
             return None
-        hard = state is RecipientState.FAILED
-        deferred = state is RecipientState.DEFERRED
-        domain = domain_of(address)
+        domain = address[address.rfind("@") + 1:].lower()
         self._push(hard, deferred, domain)
-        if self.tripped is not None:
-            return None
+        if self.tripped is not None or not (hard or deferred):
+            return None  # a message sent never trips it
         if hard:
             self.tripped = self._hard_trip(code, text)
-        elif deferred:
+        else:
             self.tripped = self._soft_trip(domain, code, text)
         return self.tripped
 
     def _push(self, hard: bool, deferred: bool, domain: str) -> None:
-        self._window.append((hard, deferred, domain))
+        window = self._window
+        window.append((hard, deferred, domain))
         self._hard += hard
-        counts = self._domains.setdefault(domain, [0, 0])
-        counts[0] += 1
-        counts[1] += deferred
-        if len(self._window) > self.thresholds.window:
+        counts = self._domains.get(domain)
+        if counts is None:
+            self._domains[domain] = [1, int(deferred)]
+        else:
+            counts[0] += 1
+            counts[1] += deferred
+        if len(window) > self._size:
             old_hard, old_deferred, old_domain = self._window.popleft()
             self._hard -= old_hard
             old = self._domains[old_domain]
