@@ -815,6 +815,9 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 print(f"       #{m['id']} {m['name']}  {m['state']}  {m['sent']}/{m['total']} sent  {m['finished_at'] or ''}")
             if m["last_error"]:
                 print(f"       ! {m['last_error']}")
+            canary = m.get("canary")
+            if canary and canary["phase"] in ("sending", "holding") and section == "current":
+                print(f"       canary {canary['done']}/{canary['total']} {canary['phase']}")  # breaker/canary
             for key in ("waiting", "throttled"):
                 held = m.get(key)
                 if held:
