@@ -105,6 +105,7 @@ class HeadRun:
     breaker: Breaker | None = None  # judges this mailing's outcomes (core/breaker.py)
     canary: CanaryRun | None = None  # while its canary sample goes out (core/canary.py)
     trip: str = ""  # why the breaker tripped, once it did
+    trip_recorded: bool = False  # the mailing is stopped for it (the lifecycle was told)
 
     def let_go(self, row_id: int) -> None:
         """A held row leaves memory unsent: if it was marked, it goes back to plain pending."""
@@ -484,6 +485,8 @@ class Sender:
             run.queued += 1
             run.held.add(row.id)
             self._work.put_nowait(Job(run, row))
+        if run.trip and not run.trip_recorded:
+            await self._record_trip(run)  # stopped now, like an operator's stop; in flight lands after
         if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
             await self._publish(run, self._current_with_head(run))
 
@@ -1000,10 +1003,10 @@ class Sender:
     async def _settle_guards(self, run: HeadRun) -> None:
         """At the end of a head's turn: a tripped breaker stops the mailing; a canary whose whole
         sample has answered starts its hold (the turn then yields, saying until when)."""
-        store, lifecycle = self._need()
+        store, _ = self._need()
         if run.trip:
-            if await lifecycle.trip(run.mailing.id, run.trip):
-                self.breakers.forget(run.mailing.id)
+            if not run.trip_recorded:
+                await self._record_trip(run)
             return
         canary = run.canary
         if canary is None:
@@ -1014,3 +1017,11 @@ class Sender:
         held = await canary.hold(store)
         until = datetime.fromtimestamp(held.until or time.time(), timezone.utc)
         self._halt(run, f"canary: holding until {until:%H:%M:%S} UTC")
+
+    async def _record_trip(self, run: HeadRun) -> None:
+        store, lifecycle = self._need()
+        run.trip_recorded = True
+        if run.canary is not None:
+            await run.canary.save_progress(store, force=True)
+        if await lifecycle.trip(run.mailing.id, run.trip):
+            self.breakers.forget(run.mailing.id)
