@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .domain import Mailing, RecipientState
+from .smtp_replies import Stage, classify
 from .store import Store
 
 _SENT, _FAILED, _DEFERRED = RecipientState.SENT, RecipientState.FAILED, RecipientState.DEFERRED
@@ -46,6 +47,16 @@ class Thresholds:
             soft=settings.breaker_soft if mailing.breaker_soft is None else mailing.breaker_soft,
             minimum=settings.breaker_min,
         )
+
+
+def asks_to_slow_down(code: int | None, text: str | None) -> bool:
+    """A deferral that is a throttle (421, or a 4.7.x with rate wording such as Postfix's anvil
+    "too much mail from ..."): the server asks for a slower pace, which pacing gives it. It
+    counts as an outcome of the window but not as the domain's deferral: the breaker is for
+    recipients a domain will not take, not for a pace it wants slower."""
+    if code is None or not 400 <= code < 500:
+        return False
+    return classify(code, text or "", Stage.RCPT).throttle
 
 
 def domain_of(address: str) -> str:
@@ -93,8 +104,8 @@ class Breaker:
         if type(state) is not RecipientState:
             state = RecipientState(state)
         hard = state is _FAILED
-        deferred = state is _DEFERRED
-        if not (hard or deferred or state is _SENT):
+        deferred = state is _DEFERRED and not asks_to_slow_down(code, text)
+        if not (hard or deferred or state is _SENT or state is _DEFERRED):
             return None
         domain = address[address.rfind("@") + 1:].lower()
         self._push(hard, deferred, domain)
@@ -146,7 +157,8 @@ class Breaker:
         already over a threshold trips on the next outcome of this run."""
         for state, _code, address, _text in outcomes[-self.thresholds.window:]:
             kind = RecipientState(state)
-            self._push(kind is RecipientState.FAILED, kind is RecipientState.DEFERRED, domain_of(address))
+            deferred = kind is RecipientState.DEFERRED and not asks_to_slow_down(_code, _text)
+            self._push(kind is RecipientState.FAILED, deferred, domain_of(address))
 
 
 class Breakers:

@@ -106,11 +106,24 @@ def test_one_domain_deferrals_trip_with_its_own_minimum() -> None:
         b.add(S.SENT, 250, None, f"u{i}@fast.example")
     for i in range(7):
         b.add(S.SENT, 250, None, f"s{i}@slow.example")
-    reason = b.add(S.DEFERRED, 451, "4.7.1 try again later", "z@slow.example")  # 2 of 10 = 20 %: not more
+    reason = b.add(S.DEFERRED, 451, "4.2.0 mailbox temporarily unavailable", "z@slow.example")  # 2 of 10 = 20 %: not more
     assert reason is None
-    reason = b.add(S.DEFERRED, 451, "4.7.1 try again later", "y@Slow.Example")  # 3 of 11 = 27 %
+    reason = b.add(S.DEFERRED, 451, "4.2.0 mailbox temporarily unavailable", "y@Slow.Example")  # 3 of 11 = 27 %
     assert reason is not None and "for slow.example were deferred" in reason and "more than 20%" in reason
     assert b.domain_counts("fast.example") == (50, 0)
+
+
+def test_throttle_deferrals_are_pacing_not_the_breakers() -> None:
+    """Postfix's anvil ("450 4.7.1 Error: too much mail from ...") or a 421 asks for a slower pace:
+    counted in the window, not as the domain's deferrals."""
+    b = Breaker(Thresholds(window=500, hard=5, soft=20, minimum=10))
+    for i in range(30):
+        assert b.add(S.DEFERRED, 450, "4.7.1 Error: too much mail from 127.0.0.1", f"u{i}@x.org") is None
+        assert b.add(S.DEFERRED, 421, "4.7.0 Try again later, closing connection.", f"v{i}@x.org") is None
+    assert len(b) == 60 and b.domain_counts("x.org") == (60, 0)
+    reasons = [b.add(S.DEFERRED, 451, "4.7.1 Client host rejected: blocked", f"w{i}@x.org") for i in range(20)]
+    assert reasons.index(b.tripped) == 15  # 16 of 76: more than 20 %
+    assert b.tripped is not None and "for x.org were deferred" in b.tripped
 
 
 def test_zero_thresholds_are_off() -> None:
