@@ -97,7 +97,7 @@ def check_guard_target(mailing: Mailing, options: GuardOptions) -> None:
 
 def describe_canary(canary: Canary) -> str:
     """"50 recipients at 1/s, then 10 min hold"."""
-    size = f"{canary.size:g} %" if canary.percent else f"{int(canary.size):,} recipients"
+    size = f"{canary.size:g}% of the recipients" if canary.percent else f"{int(canary.size):,} recipients"
     return f"{size} at {canary.rate:g}/s, then a {canary.wait / 60:g} min hold"
 
 
