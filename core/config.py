@@ -114,7 +114,17 @@ BOUNDS: dict[str, Bound] = {
     "grace": Bound(float, 0, 365 * DAY),
     # A domain group's own cap on messages in flight ([domains.NAME] connections; a live limit too).
     "domain_connections": Bound(int, 0, MAX_CONNECTIONS, zero_means="no cap of its own"),
+    # Breaker and canary (core/breaker.py, core/canary.py). Thresholds are percentages ("5%" or 5);
+    # 0 turns that check off. The window holds recent outcomes in memory: 100,000 at most.
+    "breaker_window": Bound(int, 10, 100_000),
+    "breaker_hard": Bound(float, 0, 100, zero_means="off"),
+    "breaker_soft": Bound(float, 0, 100, zero_means="off"),
+    "breaker_min": Bound(int, 1, 100_000),
+    "canary_rate": Bound(float, 0, 10_000, above_low=True),  # messages per second while sampling
+    "canary_wait": Bound(float, 0, 7 * 24 * 60),  # minutes the canary holds before the rest goes out
 }
+# Settings given in percent: "5%" and 5 are the same.
+PERCENT_SETTINGS = frozenset({"breaker_hard", "breaker_soft"})
 
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
@@ -170,7 +180,10 @@ def parse_number(name: str, raw: object, source: str) -> int | float:
     """The value of numeric setting `name` from `raw` (text from a flag, a variable or a dialog,
     or a TOML number); refuses anything outside BOUNDS with one line that starts with `source`."""
     bound = BOUNDS[name]
-    value = _as_number(raw, bound.kind)
+    number = raw
+    if name in PERCENT_SETTINGS and isinstance(raw, str) and raw.strip().endswith("%"):
+        number = raw.strip()[:-1]  # "5%" is 5 (percent); the rest is checked like any number
+    value = _as_number(number, bound.kind)
     if value is None:
         what = "a whole number" if bound.kind is int else "a number"
         raise UserError(f"{source}: {show_value(raw)} is not {what}")
@@ -233,6 +246,15 @@ class Settings:
     retry_max_age: float = 5 * 86400.0  # give up on a deferred recipient after this long
     connect_backoff_max: float = 60.0
     grace: float = 3600.0  # a schedule missed by less than this is still sent on start
+    # Breaker and canary: window of recent outcomes, thresholds in percent (0 = off), the least
+    # outcomes (of the window, or of one domain in it) before a threshold is judged; canary pace
+    # (messages per second) and hold (minutes).
+    breaker_window: int = 500
+    breaker_hard: float = 5.0
+    breaker_soft: float = 20.0
+    breaker_min: int = 20
+    canary_rate: float = 1.0
+    canary_wait: float = 10.0
     relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
     domains: tuple["DomainGroupSpec", ...] = ()  # pacing by destination ([domains.NAME] in the TOML file)
     allow_special_domains: bool = False  # accept .local, .test, ... addresses (internal networks)
@@ -274,6 +296,12 @@ ENV: dict[str, str] = {
     "MAILTOWER_GRACE": "grace",
     "MAILTOWER_BATCH_SIZE": "batch_size",
     "MAILTOWER_ALLOW_SPECIAL_DOMAINS": "allow_special_domains",
+    "MAILTOWER_BREAKER_WINDOW": "breaker_window",
+    "MAILTOWER_BREAKER_HARD": "breaker_hard",
+    "MAILTOWER_BREAKER_SOFT": "breaker_soft",
+    "MAILTOWER_BREAKER_MIN": "breaker_min",
+    "MAILTOWER_CANARY_RATE": "canary_rate",
+    "MAILTOWER_CANARY_WAIT": "canary_wait",
 }
 
 TEXT_SETTINGS = frozenset({"smtp_host", "smtp_user", "smtp_password", "smtp_ca_file", "helo_name"})

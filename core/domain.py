@@ -90,6 +90,14 @@ class Mailing:
     unsubscribe_mailto: str | None = None
     wave_group: int | None = None  # the local-time schedule (core/waves.py) this mailing is a wave of
     wave_parent: str | None = None  # that schedule's name, as the operator gave it
+    # Breaker and canary (core/breaker.py, core/canary.py): this mailing's own thresholds in
+    # percent (None: the global setting), why the breaker stopped it (None: it did not), since
+    # when (epoch seconds) its outcomes count for the breaker, and its canary plan and progress.
+    breaker_hard: float | None = None
+    breaker_soft: float | None = None
+    tripped: str | None = None
+    breaker_since: float = 0.0
+    canary: "Canary | None" = None
 
     @property
     def section(self) -> Section:
@@ -145,3 +153,33 @@ class RejectedRow:
 
     line: int
     reason: str
+
+
+# ---- breaker and canary ---------------------------------------------------------------------
+
+
+class CanaryPhase(str, enum.Enum):
+    PLANNED = "planned"  # not started: the sample is chosen when the mailing first sends
+    SENDING = "sending"  # the sample goes out at the canary rate
+    HOLDING = "holding"  # the sample is out: the mailing waits until `until`
+    DONE = "done"  # passed (or had nobody to sample): the rest goes out normally
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """A mailing's canary: its first `size` recipients (or `size` percent when `percent`),
+    spread over the domains, go out at `rate` messages per second; then it holds `wait` seconds."""
+
+    size: float
+    percent: bool
+    rate: float
+    wait: float  # seconds
+    phase: CanaryPhase = CanaryPhase.PLANNED
+    total: int = 0  # recipients in the sample, once chosen
+    done: int = 0  # of them answered (sent, failed or deferred)
+    until: float | None = None  # epoch seconds the hold ends
+
+    def spec(self) -> str:
+        """"50" or "10%", as the operator gave it."""
+        size = f"{self.size:g}"
+        return f"{size}%" if self.percent else size

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -262,12 +263,13 @@ class Lifecycle:
         )
         await tx.add_event(mailing_id, "schedule cancelled", detail)
 
-    async def send_now(self, mailing_id: int) -> None:
+    async def send_now(self, mailing_id: int, *, despite_trip: bool = False) -> None:
         async with self.store.write() as tx:
-            await self.send_now_in(tx, mailing_id)
+            await self.send_now_in(tx, mailing_id, despite_trip=despite_trip)
 
-    async def send_now_in(self, tx: Tx, mailing_id: int) -> None:
+    async def send_now_in(self, tx: Tx, mailing_id: int, *, despite_trip: bool = False) -> None:
         mailing, _ = await self._checked(tx, mailing_id, Action.SEND_NOW)
+        refuse_if_tripped(mailing, despite_trip)
         await self._enqueue(tx, mailing_id, "send now" if mailing.state is not S.STOPPED else "restarted")
 
     async def absorb_wave_in(self, tx: Tx, wave_id: int, into_id: int) -> int:
@@ -312,9 +314,10 @@ class Lifecycle:
             )
             await tx.add_event(mailing_id, "missed", f"sender was not running at the due time; {late_by_seconds:.0f} s late")
 
-    async def restart(self, mailing_id: int) -> None:
+    async def restart(self, mailing_id: int, *, despite_trip: bool = False) -> None:
         async with self.store.write() as tx:
-            await self._checked(tx, mailing_id, Action.RESTART)
+            mailing, _ = await self._checked(tx, mailing_id, Action.RESTART)
+            refuse_if_tripped(mailing, despite_trip)
             await self._enqueue(tx, mailing_id, "restarted (remaining recipients only)")
 
     async def retry(self, mailing_id: int, requeue: Callable[[Tx], Awaitable[str]]) -> None:
@@ -330,6 +333,7 @@ class Lifecycle:
     async def _enqueue(self, tx: Tx, mailing_id: int, why: str) -> None:
         position = await tx.bottom_position()
         await tx.set_state(mailing_id, S.QUEUED, position=position, finished_at=None, missed=0, last_error=None)
+        await self._forget_trip(tx, mailing_id)
         await tx.add_event(mailing_id, "queued", why)
 
     async def start(self, mailing_id: int) -> bool:
@@ -417,3 +421,37 @@ class Lifecycle:
             await tx.update_mailing(mailing_id, last_error=error)
             if event:
                 await tx.add_event(mailing_id, event, error or "")
+
+    # ---- breaker (core/breaker.py judges; the transition is here) -------------------------
+
+    async def trip(self, mailing_id: int, reason: str) -> bool:
+        """The breaker stops a current mailing: stopped, with the reason as its error and in its
+        timeline. False when it is no longer current (an operator was quicker) or it is done."""
+        async with self.store.write() as tx:
+            mailing = await tx.mailing(mailing_id)
+            if mailing.state not in TRANSITIONS[Action.STOP][0]:
+                return False
+            if await self.complete_in(tx, mailing):
+                return False
+            await tx.set_state(mailing_id, S.STOPPED, position=None, finished_at=iso(tx.now), rate=0,
+                               last_error=reason, tripped=reason)
+            await tx.add_event(mailing_id, "stopped", reason)
+            await self._close_gaps(tx)
+            return True
+
+    async def _forget_trip(self, tx: Tx, mailing_id: int) -> None:
+        """A tripped mailing that is sent again starts a fresh breaker window: its old outcomes
+        would trip it again at once (the operator has decided to go on)."""
+        mailing = await tx.mailing(mailing_id)
+        if mailing.tripped is not None:
+            await tx.update_mailing(mailing_id, tripped=None, breaker_since=time.time())
+
+
+def refuse_if_tripped(mailing: Mailing, despite_trip: bool) -> None:
+    """Sending a mailing the breaker stopped is a decision an operator confirms (the dashboard's
+    dialog, the CLI's --force), having been told what tripped."""
+    if mailing.tripped is not None and not despite_trip:
+        raise RefusedTransition(
+            f"mailing {mailing.id} was stopped by the {mailing.tripped}; confirm to send it again "
+            f"(`mailtower restart {mailing.id} --force`, or Restart in the dashboard)"
+        )

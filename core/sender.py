@@ -26,6 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from datetime import datetime, timezone
 
+from . import canary as canaries
+from .breaker import Breaker, Breakers
+from .canary import CanaryRun
 from .compose import MessageTemplate
 from .config import Settings, check_smtp_security
 from .dkim_signing import load_signer
@@ -102,6 +105,10 @@ class HeadRun:
     # Resolved by the next commit: "everything asked for so far is on disk".
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    breaker: Breaker | None = None  # judges this mailing's outcomes (core/breaker.py)
+    canary: CanaryRun | None = None  # while its canary sample goes out (core/canary.py)
+    trip: str = ""  # why the breaker tripped, once it did
+    trip_recorded: bool = False  # the mailing is stopped for it (the lifecycle was told)
 
     def let_go(self, row_id: int) -> None:
         """A held row leaves memory unsent: if it was marked, it goes back to plain pending."""
@@ -188,6 +195,7 @@ class Sender:
         self._operator_resumed = False
         self._idle_exit = False  # run(until_idle=True) returned because nothing was left (for the log)
         self._idle_logged = False  # "waiting" is logged once each time the sender runs out of due work
+        self.breakers = Breakers(settings)  # per mailing, kept across turns (core/breaker.py)
 
     # ---- public --------------------------------------------------------------------------
 
@@ -359,6 +367,8 @@ class Sender:
         """The first current mailing in queue order that has something due to send now."""
         store, lifecycle = self._need()
         for mailing in await store.mailings(Section.CURRENT):
+            if await canaries.holds(store, mailing):
+                return None  # the head holds after its canary: strict queue order, the rest wait
             if await store.has_due_work(mailing.id):
                 return await store.mailing(mailing.id)
             if mailing.remaining == 0:
@@ -398,6 +408,7 @@ class Sender:
             return
         log.info('sending mailing %d "%s": %s recipients left', mailing.id, mailing.name, f"{mailing.remaining:,}")
         run = HeadRun(mailing=mailing, template=template)
+        await self._guard(run)
         self._run = run
         self.domains.start(mailing.id)
         self._waiting_reason = ""  # a new head: why it waits is noted for it afresh
@@ -466,8 +477,10 @@ class Sender:
         waiters, run.waiters = run.waiters, []
         try:
             claimed, mailing = await store.record_and_claim(
-                run.mailing.id, outcomes, claim, rate=self.meter.rate(), marks=marks, held=run.held
+                run.mailing.id, outcomes, 0 if run.canary else claim, rate=self.meter.rate(), marks=marks, held=run.held
             )
+            if run.canary is not None and mailing.state is MailingState.SENDING:
+                claimed = await run.canary.claim(store, run.held, claim)  # only the canary's sample
         except BaseException as exc:
             run.waiters = waiters + run.waiters
             self._fail(exc)  # every worker waiting for this write (or a later one) hears of it
@@ -484,6 +497,8 @@ class Sender:
             run.held.add(row.id)
             group = self.domains.group_of(row.email)
             self.domains.admit(group, Job(run, row, group), self._enqueue)
+        if run.trip and not run.trip_recorded:
+            await self._record_trip(run)  # stopped now, like an operator's stop; in flight lands after
         if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
             await self._publish(run, self._current_with_head(run))
 
@@ -522,6 +537,7 @@ class Sender:
     async def _finish_head(self, run: HeadRun) -> None:
         """Settle the mailing's state once nothing of it is queued or in flight."""
         store, lifecycle = self._need()
+        await self._settle_guards(run)
         mailing = await store.mailing(run.mailing.id)
         if mailing.state is MailingState.SENDING and not await lifecycle.complete_if_done(mailing.id):
             if run.halt:
@@ -667,6 +683,7 @@ class Sender:
         run.settle(outcome)
         if job.group is not None:
             self.domains.done(job.group, outcome.state.value)
+        self._judge(run, job.row, outcome)
         if self._waiting_reason and not outcome.in_doubt:
             # The server answered a whole transaction (accepted, refused or deferred it): the
             # mailing no longer waits for it, so its last error no longer describes the present.
@@ -777,6 +794,8 @@ class Sender:
                 return None
             if not relay.limiter.idle and not await relay.limiter.acquire(self._interrupted(run)):
                 return None
+            if run.canary is not None and not await run.canary.pacer.acquire(self._interrupted(run)):
+                return None  # the canary's slow pace
             message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
             if self.dkim is not None:
                 message = self.dkim.sign(message, run.template.sender)
@@ -992,3 +1011,51 @@ class Sender:
             domains=self.domains_document(),
         )
         await write_status(store, status)
+
+    # ---- breaker and canary (core/breaker.py, core/canary.py) ----------------------------
+
+    async def _guard(self, run: HeadRun) -> None:
+        """Give a new head run its canary (if its sample is to be sent) and its breaker."""
+        store, _ = self._need()
+        run.canary = await canaries.begin(store, run.mailing, self.settings)
+        minimum = canaries.canary_minimum(self.settings, run.canary.canary.total) if run.canary else None
+        run.breaker = await self.breakers.for_mailing(store, run.mailing, canary_minimum=minimum)
+
+    def _judge(self, run: HeadRun, row: Claimed, outcome: Outcome) -> None:
+        """One answer for the breaker (O(1)); a trip halts the run at once and the mailing is
+        stopped when what is in flight has landed (_settle_guards)."""
+        if run.breaker is None or outcome.state is RecipientState.PENDING:
+            return
+        if run.canary is not None:
+            run.canary.answer()
+        reason = run.breaker.add(outcome.state, outcome.code, outcome.text, row.email)
+        if reason and not run.trip:
+            run.trip = reason
+            log.warning("mailing %d: %s; stopping it", run.mailing.id, reason)
+            self._halt(run, reason)
+
+    async def _settle_guards(self, run: HeadRun) -> None:
+        """At the end of a head's turn: a tripped breaker stops the mailing; a canary whose whole
+        sample has answered starts its hold (the turn then yields, saying until when)."""
+        store, _ = self._need()
+        if run.trip:
+            if not run.trip_recorded:
+                await self._record_trip(run)
+            return
+        canary = run.canary
+        if canary is None:
+            return
+        await canary.save_progress(store, force=True)
+        if run.halt or not await canaries.sample_finished(store, run.mailing.id):
+            return
+        held = await canary.hold(store)
+        until = datetime.fromtimestamp(held.until or time.time(), timezone.utc)
+        self._halt(run, f"canary: holding until {until:%H:%M:%S} UTC")
+
+    async def _record_trip(self, run: HeadRun) -> None:
+        store, lifecycle = self._need()
+        run.trip_recorded = True
+        if run.canary is not None:
+            await run.canary.save_progress(store, force=True)
+        if await lifecycle.trip(run.mailing.id, run.trip):
+            self.breakers.forget(run.mailing.id)

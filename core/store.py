@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from typing import Any
 import aiosqlite
 
 from .domain import (
+    Canary,
+    CanaryPhase,
     ImportedRow,
     Mailing,
     MailingState,
@@ -38,7 +40,7 @@ from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -150,6 +152,21 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX mailings_wave_group ON mailings(wave_group) WHERE wave_group IS NOT NULL;
     """,
+    # Breaker and canary (core/breaker.py, core/canary.py): per-mailing thresholds (NULL: the
+    # global settings), what tripped, since when outcomes count for the breaker (a restart after
+    # a trip starts a fresh window), the canary plan/progress as JSON, and the canary's sample.
+    6: """
+    ALTER TABLE mailings ADD COLUMN breaker_hard REAL;
+    ALTER TABLE mailings ADD COLUMN breaker_soft REAL;
+    ALTER TABLE mailings ADD COLUMN tripped TEXT;
+    ALTER TABLE mailings ADD COLUMN breaker_since REAL NOT NULL DEFAULT 0;
+    ALTER TABLE mailings ADD COLUMN canary TEXT;
+    CREATE TABLE canary_rows (
+        mailing_id INTEGER NOT NULL,
+        recipient_id INTEGER NOT NULL,
+        PRIMARY KEY (mailing_id, recipient_id)
+    ) WITHOUT ROWID;
+    """,
 }
 
 # Recipient states that count as "not received yet".
@@ -187,7 +204,7 @@ MAILING_COLUMNS = (
     "id, name, subject, from_addr, text_body, html_body, state, position, send_at_local, tz, "
     "send_at_utc, tzdata_version, missed, total, sent, failed, deferred, in_doubt, created_at, "
     "started_at, finished_at, last_error, parent_id, rate, fields, suppressed, unsubscribe_url, unsubscribe_mailto, "
-    "wave_group, wave_parent"
+    "wave_group, wave_parent, breaker_hard, breaker_soft, tripped, breaker_since, canary"
 )
 # The list views never need the bodies; leaving them out keeps 10,000-row sections cheap.
 MAILING_LIST_COLUMNS = MAILING_COLUMNS.replace("text_body, html_body", "NULL, NULL")
@@ -230,7 +247,35 @@ def _mailing_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Mailing:
         unsubscribe_mailto=row[27],
         wave_group=row[28],
         wave_parent=row[29],
+        breaker_hard=row[30],
+        breaker_soft=row[31],
+        tripped=row[32],
+        breaker_since=row[33] or 0.0,
+        canary=canary_from_text(row[34]),
     )
+
+
+def canary_from_text(text: str | None) -> Canary | None:
+    """The canary column (JSON) as a Canary; None when there is none or it cannot be read."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return Canary(
+            size=float(data["size"]), percent=bool(data["percent"]), rate=float(data["rate"]),
+            wait=float(data["wait"]), phase=CanaryPhase(data["phase"]), total=int(data.get("total", 0)),
+            done=int(data.get("done", 0)), until=None if data.get("until") is None else float(data["until"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        log.warning("unreadable canary column %r; ignored", text[:80])
+        return None
+
+
+def canary_text(canary: Canary | None) -> str | None:
+    if canary is None:
+        return None
+    return json.dumps({"size": canary.size, "percent": canary.percent, "rate": canary.rate, "wait": canary.wait,
+                       "phase": canary.phase.value, "total": canary.total, "done": canary.done, "until": canary.until})
 
 
 def _recipient_from_row(row: tuple[Any, ...]) -> Recipient:
@@ -527,6 +572,7 @@ class Tx:
     async def delete_mailing(self, mailing_id: int) -> None:
         await self.db.execute("DELETE FROM recipients WHERE mailing_id = ?", (mailing_id,))
         await self.db.execute("DELETE FROM events WHERE mailing_id = ?", (mailing_id,))
+        await self.db.execute("DELETE FROM canary_rows WHERE mailing_id = ?", (mailing_id,))  # breaker/canary
         await self.db.execute("DELETE FROM mailings WHERE id = ?", (mailing_id,))
 
     async def insert_mailing(
@@ -1258,6 +1304,82 @@ class Store:
             (mailing_id, after_id, limit),
         ) as cur:
             return [_recipient_from_row(r) for r in await cur.fetchall()]
+
+    # ---- breaker and canary (core/breaker.py, core/canary.py) ------------------------------
+
+    async def recent_outcomes(
+        self, mailing_id: int, *, since: float, limit: int, canary_only: bool = False
+    ) -> list[tuple[str, int | None, str, str | None]]:
+        """The mailing's latest `limit` answered recipients (sent, failed, deferred) whose answer
+        came after `since` (epoch seconds), oldest first, as (state, last code, address, last
+        reply): what the breaker's window is rebuilt from when a sender starts."""
+        join = " JOIN canary_rows c ON c.mailing_id = r.mailing_id AND c.recipient_id = r.id" if canary_only else ""
+        async with self.db.execute(
+            f"SELECT r.state, r.last_code, r.email_key, r.last_error FROM recipients r{join} WHERE r.mailing_id = ? "
+            "AND r.state IN ('sent', 'failed', 'deferred') AND r.updated_at > ? "
+            "ORDER BY r.updated_at DESC, r.id DESC LIMIT ?",
+            (mailing_id, since, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(s), c, str(e), t) for s, c, e, t in reversed(rows)]
+
+    async def start_canary(self, mailing_id: int, canary: Canary, size: int) -> Canary:
+        """Choose the canary's sample, `size` pending recipients taken round-robin by domain
+        (the biggest domains first in every round, so each big domain is sampled), and record
+        the canary as sending, in one transaction."""
+        async with self.write() as tx:
+            await tx.db.execute("DELETE FROM canary_rows WHERE mailing_id = ?", (mailing_id,))
+            cur = await tx.db.execute(
+                "INSERT INTO canary_rows (mailing_id, recipient_id) SELECT ?, id FROM ("
+                " SELECT id, ROW_NUMBER() OVER (PARTITION BY d ORDER BY id) AS turn, COUNT(*) OVER (PARTITION BY d) AS n"
+                " FROM (SELECT id, substr(email_key, instr(email_key, '@') + 1) AS d FROM recipients"
+                "       WHERE mailing_id = ? AND state = 'pending'"
+                "       AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = recipients.email_key))"
+                ") ORDER BY turn, n DESC, id LIMIT ?",
+                (mailing_id, mailing_id, max(size, 0)),
+            )
+            chosen = max(cur.rowcount, 0)
+            started = replace(canary, phase=CanaryPhase.SENDING if chosen else CanaryPhase.DONE, total=chosen, done=0)
+            await tx.update_mailing(mailing_id, canary=canary_text(started))
+            await tx.add_event(mailing_id, "canary", f"sending to {chosen:,} recipients first, spread over their domains"
+                               if chosen else "nobody left to sample; sending normally")
+        return started
+
+    async def claim_canary(self, mailing_id: int, held: Iterable[int], limit: int) -> list[Claimed]:
+        """Up to `limit` pending recipients of the canary's sample that the sender does not hold yet."""
+        async with self.db.execute(
+            "SELECT r.id, r.email, r.name, r.fields, r.attempts, r.first_deferred_at, r.in_doubt"
+            " FROM canary_rows c JOIN recipients r ON r.id = c.recipient_id"
+            " WHERE c.mailing_id = ? AND r.mailing_id = ? AND r.state = 'pending'"
+            # A suppressed address is never sent, canary or not: the normal claim marks it later.
+            " AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key)"
+            " AND r.id NOT IN (SELECT value FROM json_each(?)) ORDER BY r.id LIMIT ?",
+            (mailing_id, mailing_id, json.dumps(sorted(held)), limit),
+        ) as cur:
+            return [_claimed(r) for r in await cur.fetchall()]
+
+    async def canary_answered(self, mailing_id: int) -> int:
+        """How many of the canary's sample have an answer (sent, failed or deferred)."""
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM canary_rows c JOIN recipients r ON r.id = c.recipient_id"
+            " WHERE c.mailing_id = ? AND r.state IN ('sent', 'failed', 'deferred')",
+            (mailing_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def put_canary(self, mailing_id: int, canary: Canary | None, event: tuple[str, str] | None = None) -> None:
+        """Store a mailing's canary plan or progress (and an event, when it changes phase)."""
+        async with self.write() as tx:
+            await tx.update_mailing(mailing_id, canary=canary_text(canary))
+            if event is not None:
+                await tx.add_event(mailing_id, *event)
+
+    async def set_breaker(self, mailing_id: int, hard: float | None, soft: float | None) -> None:
+        """A mailing's own breaker thresholds in percent (None: the global setting)."""
+        async with self.write() as tx:
+            await tx.mailing(mailing_id)  # NotFound for an unknown id
+            await tx.update_mailing(mailing_id, breaker_hard=hard, breaker_soft=soft)
 
     # ---- pacing by destination (core/domains.py) ------------------------------------------
 

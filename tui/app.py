@@ -957,6 +957,8 @@ class DashboardApp(App[int]):
             return await self._schedule(mailing)
         if key in ("send-now", "unschedule") and mailing.wave_group is not None:
             return await self._wave_group_action(key, mailing)
+        if key == "send-now" and mailing.tripped:
+            key = "restart"  # sending a mailing the breaker stopped: the same confirmation as Restart
         if key == "send-now":
             await lifecycle.send_now(mailing.id)
             await self._warn_without_unsubscribe(mailing.id)
@@ -968,13 +970,12 @@ class DashboardApp(App[int]):
             await lifecycle.unschedule(mailing.id)
             return f"“{name}” is a draft again (Inactive)"
         if key == "restart":
-            message = (
-                f"Restart “{name}”? It joins the bottom of the queue and sends to its "
-                f"{plural(mailing.remaining, 'remaining recipient')} only."
-            )
-            if not await self._ask("Restart sending", message, "Restart", "Keep stopped"):
+            from .screens.restart import restart_question
+
+            title, message = restart_question(mailing, name)
+            if not await self._ask(title, message, "Restart", "Keep stopped"):
                 return None
-            await lifecycle.restart(mailing.id)
+            await lifecycle.restart(mailing.id, despite_trip=True)  # the dialog said what tripped
             return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
         if key == "retry":
             return await self._retry(mailing)

@@ -19,6 +19,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -57,6 +58,9 @@ from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, 
 from mailtower.core.unsubscribe import set_targets
 
 from . import cli_suppress, loops
+from .cli_breaker import HANDLERS as BREAKER_HANDLERS, add_commands as add_breaker_commands
+from .cli_breaker import add_guard_options, apply_guard_options, canary_json, check_guard_target, guard_options
+from .cli_breaker import restart_line
 
 log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
@@ -216,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--at", metavar='"YYYY-MM-DD HH:MM"', help="schedule it at this wall time in --tz")
     new.add_argument("--tz", metavar="ZONE", help="IANA time zone of --at, e.g. Europe/Berlin")
     cli_suppress.add_target_options(new)
+    add_guard_options(new)  # breaker and canary
     add_global_options(new, in_command=True)
 
     imp = add_command(
@@ -265,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         cmd = add_command(sub, name, summary, details, example)
         cmd.add_argument("id", type=mailing_id, help=ID_HELP)
+        if name == "restart":  # breaker: a mailing it stopped is sent again only when confirmed
+            cmd.add_argument("--force", action="store_true", help="restart it even though the breaker stopped it")
         add_global_options(cmd, in_command=True)
+    add_breaker_commands(sub, add_command)
 
     sch = add_command(
         sub, "schedule", "schedule a mailing at a wall time in a time zone",
@@ -288,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     sch.add_argument("--passed", choices=[p.value for p in Passed], metavar="skip|now|next-day",
                      help="with --local-time, for zones where the time has already passed: skip (keep those "
                           "recipients in a draft), now (a wave due at once), next-day (that time the next day there)")
+    add_guard_options(sch)  # breaker and canary
     add_global_options(sch, in_command=True)
 
     mv = add_command(
@@ -632,6 +641,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     draft = read_draft(args.name, args.subject, args.from_addr, args.text, args.html)
     when = checked_schedule(args.at, args.tz)
     unsubscribe = cli_suppress.checked_targets(args)
+    guards = guard_options(args, args.settings)
     lifecycle = Lifecycle(store)
     mailing_id: int | None = None
     try:
@@ -650,6 +660,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
             report_duplicates(rejects.source, summary.duplicates)
             if any(unsubscribe):
                 await set_targets(store, mailing_id, *unsubscribe)
+            await apply_guard_options(store, await store.mailing(mailing_id), guards)
             if args.now:
                 await lifecycle.send_now(mailing_id)
             elif when is not None:
@@ -780,6 +791,8 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
         # A wave of a local-time schedule: which schedule (the same number for all its waves), and its name.
         "wave_group": m.wave_group,
         "wave_of": m.wave_parent,
+        "tripped": m.tripped,  # what the breaker stopped it for, or null
+        "canary": canary_json(m.canary),
     }
     if m.section is Section.CURRENT:
         data["position"] = m.position
@@ -828,6 +841,9 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 print(f"       #{m['id']} {m['name']}  {m['state']}  {m['sent']}/{m['total']} sent  {m['finished_at'] or ''}")
             if m["last_error"]:
                 print(f"       ! {m['last_error']}")
+            canary = m.get("canary")
+            if canary and canary["phase"] in ("sending", "holding") and section == "current":
+                print(f"       canary {canary['done']}/{canary['total']} {canary['phase']}")  # breaker/canary
             for key in ("waiting", "throttled"):
                 held = m.get(key)
                 if held:
@@ -852,9 +868,13 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     if args.passed and not args.local_time:
         raise UserError("--passed applies to --local-time schedules only")
     passed = Passed(args.passed) if args.passed else None
+    guards = guard_options(args, args.settings)  # checked before anything changes
+    check_guard_target(before, guards)
     result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time, passed)
     for warning in result.warnings:
         warn(warning)
+    for part in result.mailings:  # each wave of a --local-time schedule gets them
+        await apply_guard_options(store, await store.mailing(part.mailing_id), guards)
     if result.local_time:
         recipients = 0
         for scheduled in result.mailings:
@@ -885,7 +905,7 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
         "send-now": lifecycle.send_now,
         "unschedule": lifecycle.unschedule,
         "stop": lifecycle.stop,
-        "restart": lifecycle.restart,
+        "restart": partial(lifecycle.restart, despite_trip=getattr(args, "force", False)),
         "delete": lifecycle.delete,
     }[args.command]
     before = await store.mailing(args.id)
@@ -898,7 +918,7 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
         return 0
     await action(args.id)
     after = None if args.command == "delete" else (await maybe_mailing(store, args.id) or before)
-    say(args, changed_line(args.command, before, after))
+    say(args, changed_line(args.command, before, after) + (restart_line(before) if args.command == "restart" else ""))
     if args.command in ("send-now", "restart"):
         await cli_suppress.warn_without_unsubscribe(store, args.id)
     return 0
@@ -1247,6 +1267,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     **cli_suppress.HANDLERS,
 }
 STORE_COMMANDS.update(cli_domains.HANDLERS)
+STORE_COMMANDS.update(BREAKER_HANDLERS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

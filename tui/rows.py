@@ -12,8 +12,10 @@ from datetime import datetime, timedelta
 
 from rich.text import Text
 
+from mailtower.core.breaker import short_reason
+from mailtower.core.canary import progress_text
 from mailtower.core.display import safe
-from mailtower.core.domain import Mailing, MailingState, Section
+from mailtower.core.domain import CanaryPhase, Mailing, MailingState, Section
 from mailtower.core.progress import Hold, HoldState
 from mailtower.core.domain import Schedule
 from mailtower.core.errors import UserError
@@ -263,13 +265,19 @@ def current_cells(
         left = duration((eta - view.now).total_seconds(), compact)
     marker, marker_style = ("▶" if sending else ""), ("bold" if sending else "")
     finish_cell, left_cell = _cell(finish, right=True), _cell(left, right=True)
+    progress = progress_bar(done, mailing.total, bar_width)
     if hold is not None and mailing.remaining > 0:
         marker, marker_style = HOLD_GLYPHS[hold.state]
         finish_cell, left_cell = _hold_cells(hold, view)
+    canary = _canary_cells(mailing, view)
+    if canary is not None:
+        progress, finish_cell, left_cell = canary
+        if not sending:
+            marker, marker_style = CANARY_GLYPH
     return (
         _cell(f"{marker}{position}", marker_style, right=True),
         _name(mailing, "bold" if sending else ""),
-        progress_bar(done, mailing.total, bar_width),
+        progress,
         _cell(f"{count(mailing.sent, compact)}/{count(mailing.total, compact)}", right=True),
         _cell(count(mailing.failed, compact), "red" if mailing.failed else "", right=True),
         _cell(count(mailing.deferred, compact), "yellow" if mailing.deferred else "", right=True),
@@ -384,12 +392,17 @@ OUTCOME_STYLE = {
 
 def inactive_cells(mailing: Mailing, view: View) -> Cells:
     label, style = OUTCOME_STYLE.get(mailing.state, (mailing.state.value, ""))
+    name = _name(mailing)
+    if mailing.state is MailingState.STOPPED and mailing.tripped:
+        # Stopped by the breaker: said in red where the eye is, the full reason in Details.
+        label, style = "tripped", "bold red"
+        name = (False, name[1] + ((f" · {short_reason(mailing.tripped)}", "red"),))
     if mailing.state is MailingState.DRAFT:
         sent = f"{DASH}/{count(mailing.total, view.compact)}"
     else:
         sent = f"{count(mailing.sent, view.compact)}/{count(mailing.total, view.compact)}"
     ended = _ended(mailing.finished_at, view) if mailing.state is not MailingState.DRAFT else DASH
-    return (_name(mailing), _cell(label, style), _cell(sent, right=True), _cell(ended, right=True))
+    return (name, _cell(label, style), _cell(sent, right=True), _cell(ended, right=True))
 
 
 def _ended(finished: datetime | None, view: View) -> str:
@@ -397,3 +410,41 @@ def _ended(finished: datetime | None, view: View) -> str:
         return DASH
     local = to_zone(finished, view.operator_tz)
     return f"{local:%Y-%m-%d %H:%M}"
+
+
+# ---- canary (core/canary.py) ------------------------------------------------------------------
+
+CANARY_GLYPH = ("◔", "cyan")  # before the queue place of a mailing holding after its canary
+
+
+def canary_words(mailing: Mailing, view: View) -> tuple[str, str] | None:
+    """("canary 37/50", "continues 10:42") while a canary is sent or holds, else None. While it
+    is sent the time is an estimate: the rest of the sample at the canary's rate, then the hold."""
+    canary = mailing.canary
+    if canary is None or canary.phase not in (CanaryPhase.SENDING, CanaryPhase.HOLDING) or mailing.remaining <= 0:
+        return None
+    if canary.phase is CanaryPhase.HOLDING and canary.until is not None:
+        at = datetime.fromtimestamp(canary.until, view.now.tzinfo)
+        approx = ""
+    else:
+        left = max(canary.total - canary.done, 0) / canary.rate if canary.rate > 0 else 0.0
+        at = view.now + timedelta(seconds=left + canary.wait)
+        approx = "~"
+    return progress_text(canary), f"{approx}{finish_text(at, view)}"
+
+
+def _canary_cells(mailing: Mailing, view: View) -> tuple[Cell, Cell, Cell] | None:
+    """The Progress cell says the canary's progress; ETA and Left say when the rest goes on."""
+    words = canary_words(mailing, view)
+    if words is None:
+        return None
+    progress, at = words
+    first = _fixed_width(Section.CURRENT, "finish", view.compact) - 1
+    second = _fixed_width(Section.CURRENT, "left", view.compact)
+    room = first + second
+    phrase = next((p for p in (f"continues {at}", f"cont. {at}") if len(p) <= room), at[:room])
+    return (
+        (False, ((" " + progress, "cyan"),)),
+        (False, ((" " + phrase[:first], "cyan"),)),
+        (False, ((phrase[first:first + second], "cyan"),)),
+    )

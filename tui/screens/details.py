@@ -324,6 +324,8 @@ class DetailsScreen(Screen[None]):
         now.display = bool(lines)
         last_error = self.query_one("#last-error", Static)
         last_error.update(Text(f"Last error: {safe(mailing.last_error)}") if mailing.last_error else "")
+        if mailing.tripped and mailing.state.value == "stopped":  # the breaker stopped it: in red
+            last_error.update(Text(f"Stopped by the {safe(mailing.tripped)}", style="bold red"))
         last_error.display = bool(mailing.last_error)
         domains = self.query_one("#domains", Static)
         domains.update(domains_table(data.domains) if data.domains is not None else "")
