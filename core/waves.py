@@ -213,20 +213,40 @@ def _zone_shares(zone_counts: Mapping[str, int], default_tz: str | None) -> dict
         )
     if default_tz:
         load_zone(default_tz)  # an unknown zone is refused with suggestions
+    _refuse_unknown_zones(zone_counts)
     shares: dict[str, tuple[int, tuple[str, ...]]] = {}
     for key, count in zone_counts.items():
         if count <= 0:
             continue
         zone = key or default_tz or ""
-        if not is_valid_zone(zone):
-            # Checked at import; only a change of the zone data can get here.
-            raise UserError(
-                f"{count:,} recipients have the zone {key!r}, which the time-zone data "
-                f"(tzdata {tzdata_version()}) does not know; change their tz column"
-            )
         before, keys = shares.get(zone, (0, ()))
         shares[zone] = (before + count, tuple(sorted({*keys, key})))
     return shares
+
+
+ZONE_SHOWN = 40  # characters of an unknown zone value quoted in a message
+
+
+def _refuse_unknown_zones(zone_counts: Mapping[str, int]) -> None:
+    """One line naming every stored tz value the zone data does not know (and how many have it).
+
+    Import refuses them, so only a newer tzdata dropping a name or a hand-edited database gets
+    here; the values are quoted escaped and cut short, as they may hold anything."""
+    unknown = sorted(key for key, count in zone_counts.items() if count > 0 and key and not is_valid_zone(key))
+    if not unknown:
+        return
+    people = sum(zone_counts[key] for key in unknown)
+    shown = [_quoted(key) for key in unknown]
+    raise UserError(
+        f"{people:,} recipient{'s have' if people != 1 else ' has'} a time zone that the time-zone data "
+        f"(tzdata {tzdata_version()}) does not know: {listed(shown)}; they cannot be given their local time: "
+        "schedule them at one zone (without --local-time) or cancel them; nothing was changed"
+    )
+
+
+def _quoted(value: str) -> str:
+    text = repr(value[:ZONE_SHOWN])  # repr escapes control characters and terminal escapes
+    return text if len(value) <= ZONE_SHOWN else f"{text}... ({len(value):,} characters)"
 
 
 def _next_day(local: datetime, zone: str, now: datetime) -> Resolved:
@@ -262,6 +282,19 @@ async def grouped_with(store: Store, mailing: Mailing) -> list[Mailing]:
         return [mailing]
     members = [m for m in await store.wave_members(mailing.wave_group) if m.state is MailingState.SCHEDULED]
     return sorted(members, key=lambda m: m.id) or [mailing]
+
+
+def refuse_import_into_wave(mailing: Mailing) -> None:
+    """Recipients added to one scheduled wave would get the mailing at that wave's instant, not
+    at their own local time (a Tokyo reader in the Chicago wave at midnight): refused, saying how."""
+    if mailing.wave_group is None or mailing.state is not MailingState.SCHEDULED:
+        return
+    raise UserError(
+        f"mailing {mailing.id} is one wave of the local-time schedule {_parent_name(mailing)!r}: recipients "
+        "imported into it would get it at that wave's instant, not at their own local time; cancel the "
+        f"schedule (mailtower unschedule {mailing.id}: its waves become one draft), import into that draft "
+        "and schedule it again; nothing was imported"
+    )
 
 
 async def _current_members(tx: Tx, members: list[Mailing]) -> list[Mailing]:
