@@ -131,17 +131,28 @@ class WavePlan:
                 lines.append(f"{self.requested:%H:%M} " + words.format(n=_zones(len(hit)), zones=names))
         return tuple(lines)
 
+    def choices(self) -> tuple[Passed, ...]:
+        """What may be done where the time has passed: not skip when it has passed everywhere
+        (that would schedule nothing)."""
+        if self.passed and not any(w.offset is not None and not _all_passed(w) for w in self.waves):
+            return (Passed.NOW, Passed.NEXT_DAY)
+        return tuple(Passed)
+
     def refusal(self) -> str | None:
         """The one line that refuses the plan when zones have passed and nobody said what to do."""
         if not self.passed or self.choice is not None:
             return None
         zones = listed([share.zone for share in self.passed])
         people = f"{self.passed_recipients:,} recipient{'s' if self.passed_recipients != 1 else ''}"
-        choices = ", ".join(f"--passed {c.value} ({PASSED_MEANING[c]})" for c in Passed)
+        choices = ", ".join(f"--passed {c.value} ({PASSED_MEANING[c]})" for c in self.choices())
         return (
             f"{self.requested:%Y-%m-%d %H:%M} is already in the past in {_zones(len(self.passed))} "
             f"({zones}) for {people}; say what happens to them: {choices}; nothing was changed"
         )
+
+
+def _all_passed(wave: Wave) -> bool:
+    return all(share.passed for share in wave.zones)
 
 
 def listed(names: Iterable[str], first: int = LISTED_ZONES) -> str:
@@ -174,6 +185,7 @@ def plan_waves(
     Raises UserError for recipients without a zone and no `default_tz`, an unknown zone, or a
     next-day time that has passed too; a plan with passed zones and no `choice` is returned
     with `refusal()` saying so (the dialog shows it; `schedule_waves` raises it)."""
+    _refuse_past_everywhere(local, now)
     shares = _zone_shares(zone_counts, default_tz)
     timed: dict[datetime, list[ZoneShare]] = {}
     passed: list[ZoneShare] = []
@@ -200,7 +212,27 @@ def plan_waves(
     ]
     if due_now:
         waves.insert(0, Wave(now.astimezone(timezone.utc).replace(microsecond=0), tuple(due_now), None))
+    if skipped and not waves:
+        # Every zone had passed: "skip" would schedule nothing and only rename the mailing.
+        raise UserError(
+            f"{local:%Y-%m-%d %H:%M} has already passed in every recipient's zone, so --passed skip would "
+            "schedule nothing; choose a later time, or --passed now or --passed next-day; nothing was changed"
+        )
     return WavePlan(local, default_tz, choice, tuple(waves), tuple(passed), tuple(skipped))
+
+
+# The last wall clocks on Earth (Etc/GMT+12, Baker Island) are 12 hours behind UTC.
+LATEST_OFFSET = timedelta(hours=-12)
+
+
+def _refuse_past_everywhere(local: datetime, now: datetime) -> None:
+    """A wall time already past at UTC-12 is past in every zone: a mistake (a wrong year, a wrong
+    day), never something to send "now" or to move to the next day."""
+    if (local - LATEST_OFFSET).replace(tzinfo=timezone.utc) <= now:
+        raise UserError(
+            f"{local:%Y-%m-%d %H:%M} is in the past in every time zone (even at UTC-12); "
+            "choose a later time; nothing was changed"
+        )
 
 
 def _zone_shares(zone_counts: Mapping[str, int], default_tz: str | None) -> dict[str, tuple[int, tuple[str, ...]]]:

@@ -183,13 +183,41 @@ async def test_replan_and_cancel_while_a_wave_is_sending_keep_every_recipient_on
     with pytest.raises(RefusedTransition, match="while a mailing is being sent"):
         await cancel_schedule(store, lifecycle, again.mailing_ids[-1])
     assert dump(store.path) == before
-    # Passed everywhere, skip: everything left goes to one draft; nothing lost or doubled.
-    late = datetime(2027, 1, 23, tzinfo=UTC)
-    with pytest.raises(UserError, match="already in the past in 3 zones"):
-        await schedule_mailing(store, lifecycle, again.mailing_ids[0], datetime(2027, 1, 22, 9, 0), "UTC", True, now=late)
-    done = await schedule_mailing(
-        store, lifecycle, again.mailing_ids[0], datetime(2027, 1, 22, 9, 0), "UTC", True, Passed.SKIP, now=late
-    )
-    assert done.mailings == () and done.skipped_id is not None
+    # Passed in every recipient's zone: skip would schedule nothing, so it is not offered and is refused.
+    late = datetime(2027, 1, 22, 16, 0, tzinfo=UTC)
+    wall = datetime(2027, 1, 22, 9, 0)
+    with pytest.raises(UserError) as refused:
+        await schedule_mailing(store, lifecycle, again.mailing_ids[0], wall, "UTC", True, now=late)
+    assert "--passed skip" not in str(refused.value) and "--passed next-day" in str(refused.value)
+    with pytest.raises(UserError, match="passed in every recipient's zone, so --passed skip would schedule nothing"):
+        await schedule_mailing(store, lifecycle, again.mailing_ids[0], wall, "UTC", True, Passed.SKIP, now=late)
+    assert dump(store.path) == before
+    done = await schedule_mailing(store, lifecycle, again.mailing_ids[0], wall, "UTC", True, Passed.NEXT_DAY, now=late)
+    assert sum(m.wave.recipients for m in done.mailings if m.wave) == 9
     assert totals(store.path) == (11, 11)
     assert len(placement(store.path)) == 11
+
+
+@pytest.mark.parametrize("choice", [None, Passed.SKIP, Passed.NOW, Passed.NEXT_DAY])
+def test_a_time_past_in_every_zone_on_earth_is_refused_whatever_the_choice(choice: Passed | None) -> None:
+    # 09:00 on the 20th at UTC-12 is 21:00 UTC: a minute later it has passed everywhere.
+    with pytest.raises(UserError, match=r"^2027-01-20 09:00 is in the past in every time zone \(even at UTC-12\)"):
+        plan_waves({"Asia/Tokyo": 1, "": 1}, NINE, "UTC", datetime(2027, 1, 20, 21, 1, tzinfo=UTC), choice)
+    # A minute before, it still exists at UTC-12: then it is the choice that decides.
+    plan = plan_waves({"Etc/GMT+12": 1, "Asia/Tokyo": 1}, NINE, "UTC", datetime(2027, 1, 20, 20, 59, tzinfo=UTC), choice)
+    assert plan.recipients == 2 or (choice is None and plan.refusal() is not None)
+
+
+def test_cli_schedule_at_a_time_long_past_changes_nothing(tmp_path: Path, db: Path) -> None:
+    cli = Cli(db)
+    path = write_csv(tmp_path / "people.csv", people({"Asia/Tokyo": 1, "America/Chicago": 1, "": 1}))
+    body = tmp_path / "body.txt"
+    body.write_text("Hello", encoding="utf-8")
+    mailing_id = cli.ok("new", "--name", "launch", "--subject", "s", "--from", "a@example.org",
+                        "--text", str(body), "--recipients", str(path)).strip()
+    before = dump(db)
+    for passed in ([], ["--passed", "skip"], ["--passed", "now"], ["--passed", "next-day"]):
+        code, out, err = cli("schedule", mailing_id, "--at", "2020-01-01 09:00", "--local-time", "--tz", "UTC", *passed)
+        assert (code, out, err.count("\n")) == (2, "", 1), err
+        assert "in the past in every time zone" in err
+    assert dump(db) == before

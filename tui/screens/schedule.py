@@ -193,7 +193,7 @@ class PassedChoice(ModalScreen[Passed | None]):
             yield Static(passed_question(self.plan), id="passed-question", markup=False)
             with Vertical(classes="passed-buttons"):
                 yield Button("Go back to the schedule (Esc)", id="back", compact=True)
-                for choice in Passed:
+                for choice in self.plan.choices():  # not "skip" when that would schedule nothing
                     meaning = PASSED_MEANING[choice]
                     label = f"{choice.value}: {meaning[:1].upper()}{meaning[1:]} ({self.KEYS[choice]})"
                     yield Button(label, id=f"passed-{choice.value}", compact=True)
@@ -202,7 +202,8 @@ class PassedChoice(ModalScreen[Passed | None]):
         self.query_one("#back", Button).focus()
 
     def action_choose(self, value: str) -> None:
-        self.dismiss(Passed(value))
+        if Passed(value) in self.plan.choices():
+            self.dismiss(Passed(value))
 
     def action_back(self) -> None:
         self.dismiss(None)
