@@ -65,7 +65,8 @@ class Wave:
 
     utc: datetime  # aware, UTC
     zones: tuple[ZoneShare, ...]  # sorted by zone name
-    offset: timedelta | None  # requested wall time minus the instant; None for the wave due now
+    offset: timedelta | None  # its zones' wall time (as asked) minus the instant; None for the wave due now
+    next_day: bool = False  # every zone of it is a passed one, moved to the next day (--passed next-day)
 
     @property
     def recipients(self) -> int:
@@ -79,7 +80,7 @@ class Wave:
     def label(self) -> str:
         """"UTC+01:00, 42 zones" or, for the wave due at once, "now, 3 zones"."""
         when = "now" if self.offset is None else f"UTC{format_offset(self.offset)}"
-        return f"{when}, {_zones(len(self.zones))}"
+        return f"{when}, {_zones(len(self.zones))}" + (", next day" if self.next_day else "")
 
     def name(self, parent: str) -> str:
         return f"{parent} [{self.label}]"
@@ -205,11 +206,7 @@ def plan_waves(
         elif choice is Passed.NEXT_DAY:
             later = _next_day(local, zone, now)
             timed.setdefault(later.utc, []).append(ZoneShare(zone, count, later, True, keys))
-    naive_local = local.replace(tzinfo=None)
-    waves = [
-        Wave(utc, tuple(sorted(group, key=lambda s: s.zone)), naive_local - utc.replace(tzinfo=None))
-        for utc, group in sorted(timed.items())
-    ]
+    waves = [_timed_wave(utc, group) for utc, group in sorted(timed.items())]
     if due_now:
         waves.insert(0, Wave(now.astimezone(timezone.utc).replace(microsecond=0), tuple(due_now), None))
     if skipped and not waves:
@@ -219,6 +216,16 @@ def plan_waves(
             "schedule nothing; choose a later time, or --passed now or --passed next-day; nothing was changed"
         )
     return WavePlan(local, default_tz, choice, tuple(waves), tuple(passed), tuple(skipped))
+
+
+def _timed_wave(utc: datetime, group: list[ZoneShare]) -> Wave:
+    """One instant's wave. Its offset is the wall time its zones were asked for minus the instant,
+    from a zone of the requested day if it has one: a zone moved to the next day asked for a
+    wall time a day later (Berlin's next day is UTC+01:00 next day, not UTC-23:00)."""
+    shares = tuple(sorted(group, key=lambda s: s.zone))
+    lead = next((share for share in shares if not share.passed), shares[0])
+    offset = lead.resolved.requested - utc.replace(tzinfo=None)
+    return Wave(utc, shares, offset, next_day=all(share.passed for share in shares))
 
 
 # The last wall clocks on Earth (Etc/GMT+12, Baker Island) are 12 hours behind UTC.
@@ -420,10 +427,11 @@ async def _mark(tx: Tx, mailing_id: int, name: str, group: int, parent: str, zon
 
 
 def _wave_detail(plan: WavePlan, wave: Wave) -> str:
+    asked = wave.schedule().requested  # a day later for a wave moved to the next day
     head = (
         "due at once for zones where the time had passed"
         if wave.offset is None
-        else f"{plan.requested:%Y-%m-%d %H:%M} local time, UTC{format_offset(wave.offset)}"
+        else f"{asked:%Y-%m-%d %H:%M} local time, UTC{format_offset(wave.offset)}"
     )
     return f"{head}: {wave.recipients:,} recipients in {listed(wave_zone_names(wave), 10)}"
 

@@ -221,3 +221,18 @@ def test_cli_schedule_at_a_time_long_past_changes_nothing(tmp_path: Path, db: Pa
         assert (code, out, err.count("\n")) == (2, "", 1), err
         assert "in the past in every time zone" in err
     assert dump(db) == before
+
+
+def test_a_wave_moved_to_the_next_day_is_named_by_its_own_offset_even_into_a_gap() -> None:
+    # 02:30 on 2027-03-27: past in London and Berlin at 02:00 UTC; Berlin's next day 02:30 is in the gap.
+    plan = plan_waves({"Europe/Berlin": 2, "America/Chicago": 1, "Europe/Lisbon": 1}, datetime(2027, 3, 27, 2, 30), "UTC",
+                      datetime(2027, 3, 27, 2, 0, tzinfo=UTC), Passed.NEXT_DAY)
+    assert [(w.utc, w.label) for w in plan.waves] == [
+        (datetime(2027, 3, 27, 2, 30, tzinfo=UTC), "UTC+00:00, 1 zone"),  # Lisbon: 02:30 is just ahead
+        (datetime(2027, 3, 27, 7, 30, tzinfo=UTC), "UTC-05:00, 1 zone"),
+        (datetime(2027, 3, 28, 1, 30, tzinfo=UTC), "UTC+01:00, 1 zone, next day"),  # was "UTC-23:00"
+    ]
+    assert plan.warnings() == (
+        "2027-03-28 02:30 does not exist in Europe/Berlin (clocks jump forward 1 h); using 03:30 CEST (+02:00)",
+    )
+    assert plan.recipients == 4
