@@ -110,6 +110,18 @@ def load_zone(name: str) -> ZoneInfo:
     return _load_known_zone(name)
 
 
+@functools.cache
+def _names_by_lower() -> dict[str, str]:
+    return {zone.lower(): zone for zone in sorted(_zone_index()[1])}
+
+
+def case_hint(name: str) -> str:
+    """"; did you mean Europe/Paris?" when `name` is a zone in other letter case ("europe/paris"),
+    else "". One lookup: cheap enough for every rejected row of a hostile file."""
+    found = _names_by_lower().get(name.strip().lower())
+    return f"; did you mean {found}?" if found is not None and found != name else ""
+
+
 def _unknown_zone_message(name: str) -> str:
     if not name.strip():
         return "no time zone given; expected an IANA name such as Europe/Berlin"

@@ -67,6 +67,8 @@ def test_hostile_tz_values_are_each_rejected_at_import_in_one_escaped_line(tmp_p
     assert len(rejected) == len(HOSTILE_ZONES)
     assert not any(ch in err for ch in "\x1b\x07\u202e")
     assert max(len(line) for line in rejected) < 2000  # a 5000-character value is cut short
+    # A real zone in other letter case is named in the same line.
+    assert any(line.endswith(":2: unknown time zone 'europe/paris'; did you mean Europe/Paris?") for line in rejected)
     # The blank one has no zone: it takes --tz when scheduled.
     with sqlite3.connect(db) as conn:
         assert sorted(conn.execute("SELECT tz FROM recipients")) == [("",), ("Asia/Tokyo",)]
