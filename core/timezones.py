@@ -122,17 +122,27 @@ def case_hint(name: str) -> str:
     return f"; did you mean {found}?" if found is not None and found != name else ""
 
 
+ZONE_NAME_MAX = 64  # the longest IANA name has 32 characters; anything longer is quoted cut short
+
+
+def _quoted_zone(name: str) -> str:
+    """The name as typed, escaped (repr) and at most ZONE_NAME_MAX characters of it."""
+    if len(name) <= ZONE_NAME_MAX:
+        return repr(name)
+    return f"{name[:ZONE_NAME_MAX]!r}... ({len(name):,} characters)"
+
+
 def _unknown_zone_message(name: str) -> str:
     if not name.strip():
         return "no time zone given; expected an IANA name such as Europe/Berlin"
-    suggestions = _suggest_zones(name)
+    suggestions = _suggest_zones(name) if len(name) <= ZONE_NAME_MAX else []
     if not suggestions:
-        return f"unknown time zone {name!r}; expected an IANA name such as Europe/Berlin"
+        return f"unknown time zone {_quoted_zone(name)}; expected an IANA name such as Europe/Berlin"
     if len(suggestions) == 1:
         listed = suggestions[0]
     else:
         listed = ", ".join(suggestions[:-1]) + " or " + suggestions[-1]
-    return f"unknown time zone {name!r}; did you mean {listed}?"
+    return f"unknown time zone {_quoted_zone(name)}; did you mean {listed}?"
 
 
 def _suggest_zones(name: str, limit: int = 3) -> list[str]:

@@ -238,3 +238,22 @@ def test_a_wave_moved_to_the_next_day_is_named_by_its_own_offset_even_into_a_gap
         "2027-03-28 02:30 does not exist in Europe/Berlin (clocks jump forward 1 h); using 03:30 CEST (+02:00)",
     )
     assert plan.recipients == 4
+
+
+@pytest.mark.parametrize("typed", ["A" * 100_000, "Europe/Berlin" * 3000, "\x1b[2J" + "x" * 200])
+def test_a_huge_or_hostile_zone_typed_is_refused_in_one_short_line(typed: str, tmp_path: Path, db: Path) -> None:
+    from mailtower.tui.screens.schedule import preview_schedule
+
+    preview = preview_schedule("2099-06-01", "09:00", typed, operator_tz="UTC", now=NOW)
+    assert preview.error is not None and len(preview.error) < 200 and "\x1b" not in preview.error
+    assert preview.error.startswith("unknown time zone '")
+    path = write_csv(tmp_path / "people.csv", people({"Asia/Tokyo": 1, "": 1}))
+    body = tmp_path / "body.txt"
+    body.write_text("Hello", encoding="utf-8")
+    cli = Cli(db)
+    mailing_id = cli.ok("new", "--name", "n", "--subject", "s", "--from", "a@example.org",
+                        "--text", str(body), "--recipients", str(path)).strip()
+    before = dump(db)
+    code, out, err = cli("schedule", mailing_id, "--at", "2099-01-20 09:00", "--local-time", "--tz", typed)
+    assert (code, out, err.count("\n")) == (2, "", 1) and len(err) < 300, err[:300]
+    assert dump(db) == before
