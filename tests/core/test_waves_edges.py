@@ -111,7 +111,7 @@ GAP_AND_FOLD_DAYS = [
 
 
 @pytest.mark.parametrize("local, now", GAP_AND_FOLD_DAYS)
-@pytest.mark.parametrize("choice", [Passed.SKIP, Passed.NOW, Passed.NEXT_DAY])
+@pytest.mark.parametrize("choice", [Passed.SKIP, Passed.NOW, Passed.NEXT_DAY], ids=lambda c: c.value)
 def test_every_name_of_the_zone_data_lands_in_exactly_one_wave(local: datetime, now: datetime, choice: Passed) -> None:
     counts = {zone: 1 for zone in EVERY_NAME}
     plan = plan_waves(counts, local, "UTC", now, choice)
@@ -240,7 +240,9 @@ def test_a_wave_moved_to_the_next_day_is_named_by_its_own_offset_even_into_a_gap
     assert plan.recipients == 4
 
 
-@pytest.mark.parametrize("typed", ["A" * 100_000, "Europe/Berlin" * 3000, "\x1b[2J" + "x" * 200])
+@pytest.mark.parametrize(
+    "typed", ["A" * 100_000, "Europe/Berlin" * 3000, "\x1b[2J" + "x" * 200], ids=["100k", "berlin-x3000", "escape"]
+)
 def test_a_huge_or_hostile_zone_typed_is_refused_in_one_short_line(typed: str, tmp_path: Path, db: Path) -> None:
     from mailtower.tui.screens.schedule import preview_schedule
 
