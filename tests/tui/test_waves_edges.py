@@ -6,7 +6,6 @@ Real databases, the whole dashboard through Pilot, the frozen clock of tests/tui
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 import sqlite3
@@ -14,6 +13,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from textual.pilot import Pilot
 from textual.widgets import Button, Checkbox, Input
 
 from mailtower.core.domain import Section
@@ -77,8 +77,7 @@ async def test_a_hostile_schedule_name_is_shown_as_text_in_the_row_the_dialog_an
         assert "[bold]Sale[/] [link=http://x]\\x1b]0;o" in shot and "\x1b]0" not in shot
         await focus_row(pilot, Section.SCHEDULED, ids[0])
         await choose(pilot, "schedule")
-        dialog = await opened(pilot, ScheduleDialog)
-        await pilot.pause()
+        await opened(pilot, ScheduleDialog)
         shown = screen_text(app)
         assert "Set schedule: [bold]Sale[/] [link=http://x]\\x1b]0;o" in shown
         assert "\x1b" not in shown and "\u202e" not in shown
@@ -110,23 +109,34 @@ async def test_a_group_of_hundreds_of_waves_is_one_row_at_80x24_drawn_quickly(tm
     print(f"323 waves: first render {drawn:.2f} s")
 
 
-async def test_every_zone_passed_offers_no_skip_in_the_question(tmp_path: Path) -> None:
-    db = tmp_path / "passed.db"
+async def spring_in(db: Path, zones: dict[str, int]) -> int:
     store = await Store.open(db)
     try:
-        spring = await add_mailing(store, tmp_path, "Spring", {"Asia/Tokyo": 2, "Europe/Berlin": 1})
+        return await add_mailing(store, db.parent, "Spring", zones)
     finally:
         await store.close()
+
+
+async def local_time_dialog(pilot: Pilot[int], mailing_id: int, date: str, hour: str = "09:00") -> ScheduleDialog:
+    """Set Schedule on the draft, "each recipient's time zone" ticked, at `date` `hour`, Asia/Tokyo."""
+    await focus_row(pilot, Section.INACTIVE, mailing_id)
+    await choose(pilot, "schedule")
+    dialog = await opened(pilot, ScheduleDialog)
+    dialog.query_one("#local-time", Checkbox).value = True
+    dialog.query_one("#date", Input).value = date
+    dialog.query_one("#hour", Input).value = hour
+    dialog.query_one("#zone", Input).value = "Asia/Tokyo"
+    await pilot.pause()
+    return dialog
+
+
+async def test_every_zone_passed_offers_no_skip_in_the_question(tmp_path: Path) -> None:
+    db = tmp_path / "passed.db"
+    spring = await spring_in(db, {"Asia/Tokyo": 2, "Europe/Berlin": 1})
     app = dashboard_app(db)
     async with running(app, size=(120, 40)) as pilot:
-        await focus_row(pilot, Section.INACTIVE, spring)
-        await choose(pilot, "schedule")
-        dialog = await opened(pilot, ScheduleDialog)
-        dialog.query_one("#local-time", Checkbox).value = True
-        dialog.query_one("#date", Input).value = "2099-05-31"
-        dialog.query_one("#hour", Input).value = "09:00"  # 08:00 UTC in Berlin: two hours ago; in Tokyo too
-        dialog.query_one("#zone", Input).value = "Asia/Tokyo"
-        await pilot.pause()
+        # 09:00 on 2099-05-31 was 08:00 UTC in Berlin, two hours ago; in Tokyo too.
+        await local_time_dialog(pilot, spring, "2099-05-31")
         await pilot.press("ctrl+s")
         question = await opened(pilot, PassedChoice)
         ids = [button.id for button in question.query(Button)]
@@ -141,24 +151,11 @@ async def test_every_zone_passed_offers_no_skip_in_the_question(tmp_path: Path) 
     assert sorted(rows) == [("scheduled", 1), ("scheduled", 2)]
 
 
-def test_past_everywhere_is_said_in_the_dialog_and_schedule_is_withheld(tmp_path: Path) -> None:
-    async def run() -> None:
-        db = tmp_path / "past.db"
-        store = await Store.open(db)
-        try:
-            spring = await add_mailing(store, tmp_path, "Spring", {"Asia/Tokyo": 2})
-        finally:
-            await store.close()
-        app = dashboard_app(db)
-        async with running(app, size=(120, 40)) as pilot:
-            await focus_row(pilot, Section.INACTIVE, spring)
-            await choose(pilot, "schedule")
-            dialog = await opened(pilot, ScheduleDialog)
-            dialog.query_one("#local-time", Checkbox).value = True
-            dialog.query_one("#date", Input).value = "2099-05-29"
-            await pilot.pause()
-            problem = str(dialog.query_one("#problem").render())
-            assert "in the past in every time zone" in problem
-            assert dialog.query_one("#submit", Button).disabled
-
-    asyncio.run(run())
+async def test_past_everywhere_is_said_in_the_dialog_and_schedule_is_withheld(tmp_path: Path) -> None:
+    db = tmp_path / "past.db"
+    spring = await spring_in(db, {"Asia/Tokyo": 2})
+    app = dashboard_app(db)
+    async with running(app, size=(120, 40)) as pilot:
+        dialog = await local_time_dialog(pilot, spring, "2099-05-29")
+        assert "in the past in every time zone" in str(dialog.query_one("#problem").render())
+        assert dialog.query_one("#submit", Button).disabled
