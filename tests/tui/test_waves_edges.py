@@ -20,6 +20,7 @@ from mailtower.core.domain import Section
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.store import Store, iso
+from mailtower.core.waves import Passed
 from mailtower.tui.screens.confirm import ConfirmDialog
 from mailtower.tui.screens.schedule import PassedChoice, ScheduleDialog
 
@@ -159,3 +160,24 @@ async def test_past_everywhere_is_said_in_the_dialog_and_schedule_is_withheld(tm
         dialog = await local_time_dialog(pilot, spring, "2099-05-29")
         assert "in the past in every time zone" in str(dialog.query_one("#problem").render())
         assert dialog.query_one("#submit", Button).disabled
+
+
+async def test_the_draft_of_skipped_zones_is_titled_as_one_mailing(tmp_path: Path) -> None:
+    db = tmp_path / "skipped.db"
+    spring = await spring_in(db, {"Asia/Tokyo": 2, "America/Chicago": 1})
+    store = await Store.open(db)
+    try:  # 09:00 on 2099-05-31 has passed in Tokyo, not yet in Chicago
+        done = await schedule_mailing(
+            store, Lifecycle(store), spring, datetime(2099, 5, 31, 9, 0), "UTC", True, Passed.SKIP, now=FIXED_NOW
+        )
+    finally:
+        await store.close()
+    assert done.skipped_id is not None
+    app = dashboard_app(db)
+    async with running(app, size=(120, 40)) as pilot:
+        await focus_row(pilot, Section.INACTIVE, done.skipped_id)
+        await choose(pilot, "schedule")
+        dialog = await opened(pilot, ScheduleDialog)
+        title = str(dialog.query_one("#schedule-box").border_title)
+        assert title == f"Set schedule: Spring \\[skipped, time passed: 1 zone] (id {done.skipped_id})"  # was "(all 1 waves)"
+        await pilot.press("escape")

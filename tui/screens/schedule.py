@@ -340,7 +340,7 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
     def compose(self) -> ComposeResult:
         local, zone = self.wall or default_wall_time(self.mailing, self.operator_tz, self._now())
         box = Vertical(id="schedule-box")
-        if self.waves > 1 or self.mailing.wave_group is not None:
+        if self.waves > 1:
             title = f"Set schedule: {safe(self.mailing.wave_parent or self.mailing.name)} (all {self.waves} waves)"
         else:
             title = f"Set schedule: {safe(self.mailing.name)} (id {self.mailing.id})"
