@@ -22,6 +22,7 @@ from .files import MAX_BODY_BYTES, read_text_bounded
 from .recipients_csv import ReadProgress, RecipientFile, normalize_address, open_recipients
 from .store import ImportSummary, Store
 from .timezones import is_valid_zone
+from .waves import refuse_import_into_wave
 
 Reporter = Callable[[RejectedRow], None]
 Progress = Callable[[ReadProgress], None]
@@ -220,6 +221,7 @@ async def _import_from(
         current = await tx.mailing(mailing_id)
         if current.state is not mailing.state:
             raise UserError(f"mailing {mailing_id} changed state while importing; try again")
+        refuse_import_into_wave(current)  # issue 14: a wave is one instant, not local time
         counted = _Counted(on_reject)
         rows = source.rows(
             header_fields=template.subject_fields,

@@ -26,6 +26,7 @@ from .display import safe, unsafe_character
 from .domain import ImportedRow, RejectedRow
 from .errors import ImportRejected
 from .files import IDLE_TIMEOUT, MIB, is_stdin, open_stream
+from .timezones import case_hint
 
 __all__ = [
     "RecipientFile",
@@ -353,7 +354,7 @@ def _check_row(
             return RejectedRow(line, f"field '{safe(field)}' holds a control character ({where})")
     tz = cells[layout.tz].strip() if layout.tz is not None else ""
     if tz and not zone_ok(tz):
-        return RejectedRow(line, f"unknown time zone {tz!r}")
+        return RejectedRow(line, f"unknown time zone {tz!r}{case_hint(tz)}")
     fields = {field: cells[index] for index, field in layout.fields}
     return ImportedRow(line=line, email=email, name=name, tz=tz, fields=fields)
 

@@ -110,17 +110,39 @@ def load_zone(name: str) -> ZoneInfo:
     return _load_known_zone(name)
 
 
+@functools.cache
+def _names_by_lower() -> dict[str, str]:
+    return {zone.lower(): zone for zone in sorted(_zone_index()[1])}
+
+
+def case_hint(name: str) -> str:
+    """"; did you mean Europe/Paris?" when `name` is a zone in other letter case ("europe/paris"),
+    else "". One lookup: cheap enough for every rejected row of a hostile file."""
+    found = _names_by_lower().get(name.strip().lower())
+    return f"; did you mean {found}?" if found is not None and found != name else ""
+
+
+ZONE_NAME_MAX = 64  # the longest IANA name has 32 characters; anything longer is quoted cut short
+
+
+def _quoted_zone(name: str) -> str:
+    """The name as typed, escaped (repr) and at most ZONE_NAME_MAX characters of it."""
+    if len(name) <= ZONE_NAME_MAX:
+        return repr(name)
+    return f"{name[:ZONE_NAME_MAX]!r}... ({len(name):,} characters)"
+
+
 def _unknown_zone_message(name: str) -> str:
     if not name.strip():
         return "no time zone given; expected an IANA name such as Europe/Berlin"
-    suggestions = _suggest_zones(name)
+    suggestions = _suggest_zones(name) if len(name) <= ZONE_NAME_MAX else []
     if not suggestions:
-        return f"unknown time zone {name!r}; expected an IANA name such as Europe/Berlin"
+        return f"unknown time zone {_quoted_zone(name)}; expected an IANA name such as Europe/Berlin"
     if len(suggestions) == 1:
         listed = suggestions[0]
     else:
         listed = ", ".join(suggestions[:-1]) + " or " + suggestions[-1]
-    return f"unknown time zone {name!r}; did you mean {listed}?"
+    return f"unknown time zone {_quoted_zone(name)}; did you mean {listed}?"
 
 
 def _suggest_zones(name: str, limit: int = 3) -> list[str]:

@@ -65,7 +65,8 @@ class Wave:
 
     utc: datetime  # aware, UTC
     zones: tuple[ZoneShare, ...]  # sorted by zone name
-    offset: timedelta | None  # requested wall time minus the instant; None for the wave due now
+    offset: timedelta | None  # its zones' wall time (as asked) minus the instant; None for the wave due now
+    next_day: bool = False  # every zone of it is a passed one, moved to the next day (--passed next-day)
 
     @property
     def recipients(self) -> int:
@@ -79,7 +80,7 @@ class Wave:
     def label(self) -> str:
         """"UTC+01:00, 42 zones" or, for the wave due at once, "now, 3 zones"."""
         when = "now" if self.offset is None else f"UTC{format_offset(self.offset)}"
-        return f"{when}, {_zones(len(self.zones))}"
+        return f"{when}, {_zones(len(self.zones))}" + (", next day" if self.next_day else "")
 
     def name(self, parent: str) -> str:
         return f"{parent} [{self.label}]"
@@ -131,17 +132,28 @@ class WavePlan:
                 lines.append(f"{self.requested:%H:%M} " + words.format(n=_zones(len(hit)), zones=names))
         return tuple(lines)
 
+    def choices(self) -> tuple[Passed, ...]:
+        """What may be done where the time has passed: not skip when it has passed everywhere
+        (that would schedule nothing)."""
+        if self.passed and not any(w.offset is not None and not _all_passed(w) for w in self.waves):
+            return (Passed.NOW, Passed.NEXT_DAY)
+        return tuple(Passed)
+
     def refusal(self) -> str | None:
         """The one line that refuses the plan when zones have passed and nobody said what to do."""
         if not self.passed or self.choice is not None:
             return None
         zones = listed([share.zone for share in self.passed])
         people = f"{self.passed_recipients:,} recipient{'s' if self.passed_recipients != 1 else ''}"
-        choices = ", ".join(f"--passed {c.value} ({PASSED_MEANING[c]})" for c in Passed)
+        choices = ", ".join(f"--passed {c.value} ({PASSED_MEANING[c]})" for c in self.choices())
         return (
             f"{self.requested:%Y-%m-%d %H:%M} is already in the past in {_zones(len(self.passed))} "
             f"({zones}) for {people}; say what happens to them: {choices}; nothing was changed"
         )
+
+
+def _all_passed(wave: Wave) -> bool:
+    return all(share.passed for share in wave.zones)
 
 
 def listed(names: Iterable[str], first: int = LISTED_ZONES) -> str:
@@ -174,6 +186,7 @@ def plan_waves(
     Raises UserError for recipients without a zone and no `default_tz`, an unknown zone, or a
     next-day time that has passed too; a plan with passed zones and no `choice` is returned
     with `refusal()` saying so (the dialog shows it; `schedule_waves` raises it)."""
+    _refuse_past_everywhere(local, now)
     shares = _zone_shares(zone_counts, default_tz)
     timed: dict[datetime, list[ZoneShare]] = {}
     passed: list[ZoneShare] = []
@@ -193,14 +206,40 @@ def plan_waves(
         elif choice is Passed.NEXT_DAY:
             later = _next_day(local, zone, now)
             timed.setdefault(later.utc, []).append(ZoneShare(zone, count, later, True, keys))
-    naive_local = local.replace(tzinfo=None)
-    waves = [
-        Wave(utc, tuple(sorted(group, key=lambda s: s.zone)), naive_local - utc.replace(tzinfo=None))
-        for utc, group in sorted(timed.items())
-    ]
+    waves = [_timed_wave(utc, group) for utc, group in sorted(timed.items())]
     if due_now:
         waves.insert(0, Wave(now.astimezone(timezone.utc).replace(microsecond=0), tuple(due_now), None))
+    if skipped and not waves:
+        # Every zone had passed: "skip" would schedule nothing and only rename the mailing.
+        raise UserError(
+            f"{local:%Y-%m-%d %H:%M} has already passed in every recipient's zone, so --passed skip would "
+            "schedule nothing; choose a later time, or --passed now or --passed next-day; nothing was changed"
+        )
     return WavePlan(local, default_tz, choice, tuple(waves), tuple(passed), tuple(skipped))
+
+
+def _timed_wave(utc: datetime, group: list[ZoneShare]) -> Wave:
+    """One instant's wave. Its offset is the wall time its zones were asked for minus the instant,
+    from a zone of the requested day if it has one: a zone moved to the next day asked for a
+    wall time a day later (Berlin's next day is UTC+01:00 next day, not UTC-23:00)."""
+    shares = tuple(sorted(group, key=lambda s: s.zone))
+    lead = next((share for share in shares if not share.passed), shares[0])
+    offset = lead.resolved.requested - utc.replace(tzinfo=None)
+    return Wave(utc, shares, offset, next_day=all(share.passed for share in shares))
+
+
+# The last wall clocks on Earth (Etc/GMT+12, Baker Island) are 12 hours behind UTC.
+LATEST_OFFSET = timedelta(hours=-12)
+
+
+def _refuse_past_everywhere(local: datetime, now: datetime) -> None:
+    """A wall time already past at UTC-12 is past in every zone: a mistake (a wrong year, a wrong
+    day), never something to send "now" or to move to the next day."""
+    if (local - LATEST_OFFSET).replace(tzinfo=timezone.utc) <= now:
+        raise UserError(
+            f"{local:%Y-%m-%d %H:%M} is in the past in every time zone (even at UTC-12); "
+            "choose a later time; nothing was changed"
+        )
 
 
 def _zone_shares(zone_counts: Mapping[str, int], default_tz: str | None) -> dict[str, tuple[int, tuple[str, ...]]]:
@@ -213,20 +252,40 @@ def _zone_shares(zone_counts: Mapping[str, int], default_tz: str | None) -> dict
         )
     if default_tz:
         load_zone(default_tz)  # an unknown zone is refused with suggestions
+    _refuse_unknown_zones(zone_counts)
     shares: dict[str, tuple[int, tuple[str, ...]]] = {}
     for key, count in zone_counts.items():
         if count <= 0:
             continue
         zone = key or default_tz or ""
-        if not is_valid_zone(zone):
-            # Checked at import; only a change of the zone data can get here.
-            raise UserError(
-                f"{count:,} recipients have the zone {key!r}, which the time-zone data "
-                f"(tzdata {tzdata_version()}) does not know; change their tz column"
-            )
         before, keys = shares.get(zone, (0, ()))
         shares[zone] = (before + count, tuple(sorted({*keys, key})))
     return shares
+
+
+ZONE_SHOWN = 40  # characters of an unknown zone value quoted in a message
+
+
+def _refuse_unknown_zones(zone_counts: Mapping[str, int]) -> None:
+    """One line naming every stored tz value the zone data does not know (and how many have it).
+
+    Import refuses them, so only a newer tzdata dropping a name or a hand-edited database gets
+    here; the values are quoted escaped and cut short, as they may hold anything."""
+    unknown = sorted(key for key, count in zone_counts.items() if count > 0 and key and not is_valid_zone(key))
+    if not unknown:
+        return
+    people = sum(zone_counts[key] for key in unknown)
+    shown = [_quoted(key) for key in unknown]
+    raise UserError(
+        f"{people:,} recipient{'s have' if people != 1 else ' has'} a time zone that the time-zone data "
+        f"(tzdata {tzdata_version()}) does not know: {listed(shown)}; they cannot be given their local time: "
+        "schedule them at one zone (without --local-time) or cancel them; nothing was changed"
+    )
+
+
+def _quoted(value: str) -> str:
+    text = repr(value[:ZONE_SHOWN])  # repr escapes control characters and terminal escapes
+    return text if len(value) <= ZONE_SHOWN else f"{text}... ({len(value):,} characters)"
 
 
 def _next_day(local: datetime, zone: str, now: datetime) -> Resolved:
@@ -262,6 +321,19 @@ async def grouped_with(store: Store, mailing: Mailing) -> list[Mailing]:
         return [mailing]
     members = [m for m in await store.wave_members(mailing.wave_group) if m.state is MailingState.SCHEDULED]
     return sorted(members, key=lambda m: m.id) or [mailing]
+
+
+def refuse_import_into_wave(mailing: Mailing) -> None:
+    """Recipients added to one scheduled wave would get the mailing at that wave's instant, not
+    at their own local time (a Tokyo reader in the Chicago wave at midnight): refused, saying how."""
+    if mailing.wave_group is None or mailing.state is not MailingState.SCHEDULED:
+        return
+    raise UserError(
+        f"mailing {mailing.id} is one wave of the local-time schedule {_parent_name(mailing)!r}: recipients "
+        "imported into it would get it at that wave's instant, not at their own local time; cancel the "
+        f"schedule (mailtower unschedule {mailing.id}: its waves become one draft), import into that draft "
+        "and schedule it again; nothing was imported"
+    )
 
 
 async def _current_members(tx: Tx, members: list[Mailing]) -> list[Mailing]:
@@ -355,10 +427,11 @@ async def _mark(tx: Tx, mailing_id: int, name: str, group: int, parent: str, zon
 
 
 def _wave_detail(plan: WavePlan, wave: Wave) -> str:
+    asked = wave.schedule().requested  # a day later for a wave moved to the next day
     head = (
         "due at once for zones where the time had passed"
         if wave.offset is None
-        else f"{plan.requested:%Y-%m-%d %H:%M} local time, UTC{format_offset(wave.offset)}"
+        else f"{asked:%Y-%m-%d %H:%M} local time, UTC{format_offset(wave.offset)}"
     )
     return f"{head}: {wave.recipients:,} recipients in {listed(wave_zone_names(wave), 10)}"
 

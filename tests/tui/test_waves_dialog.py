@@ -161,7 +161,7 @@ async def test_passed_zones_are_asked_about_with_go_back_focused(waves_db: Fixtu
         await pilot.press("d")
         await wait_for(lambda: app.screen is app.dashboard, what="the dialog to close")
     waves = {m.name: m for m in await scheduled_of(waves_db.db) if m.wave_parent == "Spring sale"}
-    kiritimati = waves["Spring sale [UTC-10:00, 1 zone]"]  # 21:00 the next day there
+    kiritimati = waves["Spring sale [UTC+14:00, 1 zone, next day]"]  # 21:00 the next day there
     assert kiritimati.schedule is not None
     assert (kiritimati.schedule.local, kiritimati.schedule.tz) == (datetime(2099, 6, 1, 21, 0), "Pacific/Kiritimati")
     assert sum(m.total for m in waves.values()) == 12

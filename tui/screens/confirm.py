@@ -17,6 +17,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from mailtower.core.display import safe
+
 
 def action_key(label: str) -> str:
     """The key that confirms a destructive dialog by default: the first letter of its button."""
@@ -92,8 +94,10 @@ class ConfirmDialog(ModalScreen[bool]):
         with Vertical(id="confirm-box") as box:
             if self.key is not None:
                 box.border_subtitle = f"{self.key} {self.confirm_label.lower()} · Enter or Esc: {self.keep_label.lower()}"
-            yield Label(Text(self.title_text), id="confirm-title")
-            yield Static(self.message, id="confirm-message", markup=False)
+            # Questions quote mailing names: user data, shown with its escapes visible (core/display.py);
+            # the message's own line breaks stay line breaks.
+            yield Label(Text(safe(self.title_text)), id="confirm-title")
+            yield Static("\n".join(safe(line) for line in self.message.split("\n")), id="confirm-message", markup=False)
             with Horizontal(id="confirm-buttons"):
                 yield Button(Text(self.keep_label), id="cancel", compact=True)
                 yield Button(self.confirm_text(), id="confirm", variant="error" if self.destructive else "primary", compact=True)

@@ -193,7 +193,7 @@ class PassedChoice(ModalScreen[Passed | None]):
             yield Static(passed_question(self.plan), id="passed-question", markup=False)
             with Vertical(classes="passed-buttons"):
                 yield Button("Go back to the schedule (Esc)", id="back", compact=True)
-                for choice in Passed:
+                for choice in self.plan.choices():  # not "skip" when that would schedule nothing
                     meaning = PASSED_MEANING[choice]
                     label = f"{choice.value}: {meaning[:1].upper()}{meaning[1:]} ({self.KEYS[choice]})"
                     yield Button(label, id=f"passed-{choice.value}", compact=True)
@@ -202,7 +202,8 @@ class PassedChoice(ModalScreen[Passed | None]):
         self.query_one("#back", Button).focus()
 
     def action_choose(self, value: str) -> None:
-        self.dismiss(Passed(value))
+        if Passed(value) in self.plan.choices():
+            self.dismiss(Passed(value))
 
     def action_back(self) -> None:
         self.dismiss(None)
@@ -339,7 +340,7 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
     def compose(self) -> ComposeResult:
         local, zone = self.wall or default_wall_time(self.mailing, self.operator_tz, self._now())
         box = Vertical(id="schedule-box")
-        if self.waves > 1 or self.mailing.wave_group is not None:
+        if self.waves > 1:
             title = f"Set schedule: {safe(self.mailing.wave_parent or self.mailing.name)} (all {self.waves} waves)"
         else:
             title = f"Set schedule: {safe(self.mailing.name)} (id {self.mailing.id})"
