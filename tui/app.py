@@ -36,7 +36,7 @@ from textual.notifications import SeverityLevel
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 from textual.worker import Worker
 
 from mailtower.core.display import safe
@@ -201,13 +201,11 @@ class Dashboard(Screen[None]):
         if isinstance(app, DashboardApp):
             app.relayout()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_mailing_table_row_selected(self, event: MailingTable.RowSelected) -> None:
         event.stop()
-        table = event.data_table
-        if isinstance(table, MailingTable) and event.row_key.value is not None:
-            app = self.app
-            if isinstance(app, DashboardApp):
-                app.open_actions(int(event.row_key.value))
+        app = self.app
+        if isinstance(app, DashboardApp):
+            app.open_actions(int(event.key))
 
 
 # ---- the app ---------------------------------------------------------------------------------
