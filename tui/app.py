@@ -279,6 +279,7 @@ class DashboardApp(App[int]):
         self._keys_cache: dict[Section, tuple[list[Mailing], str, list[int], list[str]]] = {}
         self.filter_text = ""
         self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
+        self._actions_menu: ActionsMenu | None = None  # the one Actions menu, composed on first use
         self._read_failed = False
         self.open_error: str | None = None  # the one line to print when the database would not open
         self._next_retry: dict[int, float] = {}  # current mailings left with deferred recipients only
@@ -861,7 +862,7 @@ class DashboardApp(App[int]):
         if mailing is None:
             self.notify("That mailing is gone", severity="warning", timeout=3)
             return
-        menu = ActionsMenu(mailing, self.offers_for(mailing))
+        menu = self._menu_for(mailing)
         self._menu = menu
         try:
             choice = await self.push_screen_wait(menu)
@@ -870,6 +871,17 @@ class DashboardApp(App[int]):
         if choice:
             # The menu followed the mailing while open: act on it as it is now.
             await self.perform(choice, self.find(mailing_id) or menu.mailing)
+
+    def _menu_for(self, mailing: Mailing) -> ActionsMenu:
+        """The Actions menu, composed once and shown again for each mailing (see tui/actions.py)."""
+        offers = self.offers_for(mailing)
+        menu = self._actions_menu
+        if menu is None:
+            menu = self._actions_menu = ActionsMenu(mailing, offers)
+            self.install_screen(menu, "actions")
+        else:
+            menu.open_for(mailing, offers)
+        return menu
 
     @work(group="flow", exit_on_error=False)
     async def _palette_flow(self, key: str, mailing_id: int) -> None:
