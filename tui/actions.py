@@ -21,7 +21,8 @@ from textual.widgets.option_list import Option
 
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
-from mailtower.core.lifecycle import MOVES_DOWN, MOVES_UP, Offer
+from mailtower.core.actions_registry import ACTIONS, MOVES_DOWN, MOVES_UP, Offer
+from mailtower.core.lifecycle import Action
 
 def gone_reason(key: str, mailing: Mailing) -> str:
     """Why an entry the menu offered when it opened is not possible any more."""
@@ -33,7 +34,7 @@ def gone_reason(key: str, mailing: Mailing) -> str:
 
 
 def offer_prompt(offer: Offer) -> Text:
-    if offer.key == "stop":
+    if offer.key == ACTIONS[Action.STOP].key:
         return Text(offer.label, style="bold red")  # the seed's red Cancel button
     return Text(offer.label)
 

@@ -44,7 +44,8 @@ from mailtower.core.config import Settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder
-from mailtower.core.lifecycle import Direction, Lifecycle, Offer
+from mailtower.core.actions_registry import MOVE_KEYS, Confirm, Offer, entry_for, resume_offer
+from mailtower.core.lifecycle import Action, Lifecycle
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume
 from mailtower.core.progress import (
@@ -105,7 +106,6 @@ EXPECT_FOR = 5.0  # seconds after an action of ours during which its mailing's m
 HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
 QUIT_HELP = "leave the dashboard (sending continues in the background)"
 QUIT_DEMO = "end the demo: its SMTP sink and database are throw-away, so nothing is handed off"
-MOVES = {"move-up": Direction.UP, "move-down": Direction.DOWN, "move-top": Direction.TOP, "move-bottom": Direction.BOTTOM}
 
 
 # ---- screens we push (written alongside this app; imported when needed) ----------------------
@@ -798,7 +798,7 @@ class DashboardApp(App[int]):
             hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
             held = hold is not None and hold.state is HoldState.PAUSED
             sending_past_a_pause = mailing.state is MailingState.SENDING and any_paused
-            return [Offer("resume", "Resume sending")] if held or sending_past_a_pause else []
+            return [resume_offer()] if held or sending_past_a_pause else []
 
         return offers_of
 
@@ -926,51 +926,55 @@ class DashboardApp(App[int]):
         self._expect(mailing.id)
         if key == "resume":
             return await self._resume(mailing)
-        if key == "stop":
-            message = (
-                f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
-                f"{'has' if mailing.remaining == 1 else 'have'} not received it yet; "
-                "they are kept, and Restart sends to them only."
-            )
-            if not await self._ask("Cancel sending", message, "Stop sending", "Keep sending"):
-                return None
-            stopped = await lifecycle.stop(mailing.id)
-            return f"Stopped “{name}”: {stopped.counts_text()} (Inactive; messages already in flight are still counted)"
-        if key in MOVES:
-            position = await lifecycle.move(mailing.id, MOVES[key])
-            return f"“{name}” is now number {position} in the queue"
         if key == "details":
             self.push_screen(self._details_screen(store, mailing))
             return None
         if key == "remaining":
             self.push_screen(self._remaining_screen(store, mailing))
             return None
-        if key == "schedule":
+        entry = entry_for(key)  # every other key is a lifecycle action (core/actions_registry)
+        if entry is None:
+            raise UserError(f"unknown action {key!r}")
+        action = entry.action
+        if action is Action.STOP:
+            message = (
+                f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
+                f"{'has' if mailing.remaining == 1 else 'have'} not received it yet; "
+                "they are kept, and Restart sends to them only."
+            )
+            if not await self._ask(entry.confirm, message):
+                return None
+            stopped = await lifecycle.stop(mailing.id)
+            return f"Stopped “{name}”: {stopped.counts_text()} (Inactive; messages already in flight are still counted)"
+        if action is Action.MOVE:
+            position = await lifecycle.move(mailing.id, MOVE_KEYS[key])
+            return f"“{name}” is now number {position} in the queue"
+        if action is Action.SCHEDULE:
             return await self._schedule(mailing)
-        if key == "send-now":
+        if action is Action.SEND_NOW:
             await lifecycle.send_now(mailing.id)
             return f"“{name}” joined the queue (Current)"
-        if key == "unschedule":
+        if action is Action.UNSCHEDULE:
             message = f"Cancel the schedule of “{name}”? The mailing is kept as a draft (Inactive)."
-            if not await self._ask("Cancel schedule", message, "Cancel schedule", "Keep schedule"):
+            if not await self._ask(entry.confirm, message):
                 return None
             await lifecycle.unschedule(mailing.id)
             return f"“{name}” is a draft again (Inactive)"
-        if key == "restart":
+        if action is Action.RESTART:
             message = (
                 f"Restart “{name}”? It joins the bottom of the queue and sends to its "
                 f"{plural(mailing.remaining, 'remaining recipient')} only."
             )
-            if not await self._ask("Restart sending", message, "Restart", "Keep stopped"):
+            if not await self._ask(entry.confirm, message):
                 return None
             await lifecycle.restart(mailing.id)
             return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
-        if key == "delete":
+        if action is Action.DELETE:
             message = (
                 f"Delete “{name}” and its recipient list ({plural(mailing.total, 'recipient')})? "
                 "This cannot be undone."
             )
-            if not await self._ask("Delete mailing", message, "Delete", "Keep"):
+            if not await self._ask(entry.confirm, message):
                 return None
             await lifecycle.delete(mailing.id)
             return f"Deleted “{name}”"
@@ -985,9 +989,11 @@ class DashboardApp(App[int]):
         relays = ", ".join(names) if names else "the paused relays"
         return f"Asked the sender to try {relays} again now (one connection logs in first)"
 
-    async def _ask(self, title: str, message: str, confirm_label: str, keep_label: str) -> bool:
-        """A destructive question: it opens on `keep_label`; only its own key (or Tab) confirms."""
-        return bool(await self.push_screen_wait(_confirm(title, message, confirm_label, True, keep_label)))
+    async def _ask(self, confirm: Confirm | None, message: str) -> bool:
+        """An action's question (core/actions_registry): it opens on the keep button; only the
+        confirm button's own key (or Tab) confirms."""
+        assert confirm is not None
+        return bool(await self.push_screen_wait(_confirm(confirm.title, message, confirm.confirm, True, confirm.keep)))
 
     async def _schedule(self, mailing: Mailing) -> str | None:
         from .screens.schedule import ScheduleDialog
