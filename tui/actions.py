@@ -16,13 +16,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Label, OptionList, Static
+from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
 from mailtower.core.actions_registry import ACTIONS, MOVES_DOWN, MOVES_UP, Offer
 from mailtower.core.lifecycle import Action
+
+from .footer import SteadyFooter
 
 def gone_reason(key: str, mailing: Mailing) -> str:
     """Why an entry the menu offered when it opened is not possible any more."""
@@ -133,7 +135,7 @@ class ActionsMenu(ModalScreen[str | None]):
             yield OptionList(*self._options(), id="offers")
             why = withheld_text(self.offers)
             yield Static(why, id="why", classes="" if why else "-empty")
-        yield Footer()
+        yield SteadyFooter()
 
     def _options(self) -> list[Option]:
         return [Option(offer_prompt(o), id=o.key) for o in self.offers if o.enabled]

@@ -36,7 +36,7 @@ from textual.notifications import SeverityLevel
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 from textual.worker import Worker
 
 from mailtower.core.display import safe
@@ -65,6 +65,7 @@ from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu
+from .footer import SteadyFooter
 from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .handoff import (  # re-exported: the CLI's tests and older imports name them from here
@@ -157,7 +158,7 @@ class Dashboard(Screen[None]):
         with PanelStack(id="panels"):
             yield from self._tables.values()
         yield self.filter_bar
-        yield Footer()
+        yield SteadyFooter()
 
     def on_mount(self) -> None:
         self.table(Section.CURRENT).focus()
@@ -280,6 +281,7 @@ class DashboardApp(App[int]):
         self.filter_text = ""
         self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
         self._actions_menu: ActionsMenu | None = None  # the one Actions menu, composed on first use
+        self._help_screen: HelpScreen | None = None  # the `?` screen, composed on first use
         self._read_failed = False
         self.open_error: str | None = None  # the one line to print when the database would not open
         self._next_retry: dict[int, float] = {}  # current mailings left with deferred recipients only
@@ -823,7 +825,15 @@ class DashboardApp(App[int]):
         self.open_actions(mailing.id)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.where_text(), demo=self.demo))
+        # Composed once and shown again (a Rich table of every key takes a while to lay out).
+        where = self.where_text()
+        screen = self._help_screen
+        if screen is None or screen.where != where:
+            screen = HelpScreen(where, demo=self.demo)
+            if self._help_screen is None:
+                self._help_screen = screen
+                self.install_screen(screen, "help")
+        self.push_screen(screen)
 
     def action_limits(self) -> None:
         if self.store is None:

@@ -9,10 +9,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from mailtower.core.actions_registry import ACTIONS, section_labels
 from mailtower.core.domain import Section
+
+from .footer import SteadyFooter
 
 KEYS: list[tuple[str, str]] = [
     ("Tab / Shift+Tab", "next / previous panel (Current, Scheduled, Inactive)"),
@@ -99,7 +101,11 @@ class HelpScreen(ModalScreen[None]):
             box.border_title = "Keys (demo)" if self.demo else "Keys"
             box.border_subtitle = "Escape closes"
             yield Static(help_table(self.where, self.demo))
-        yield Footer()
+        yield SteadyFooter()
+
+    def on_screen_resume(self) -> None:
+        # Shown again (the app keeps it): from the top, as when it was new.
+        self.query_one(VerticalScroll).scroll_home(animate=False, immediate=True)
 
     def action_close(self) -> None:
         self.dismiss(None)

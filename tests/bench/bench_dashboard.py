@@ -173,9 +173,15 @@ async def run_dashboard(settings: Settings, seconds: float, presses: int) -> dic
     return result
 
 
+# CPU seconds of this (the event loop's) thread during each timed press: what the process itself
+# spent while the key waited, whatever the rest of the machine did. Wall time far above it means
+# the process was waiting for a CPU (other processes), not working.
+ON_CPU: dict[str, list[float]] = {}
+
+
 async def timed_press(app: TimedApp, key: str, done: Callable[[], bool]) -> float:
     """Seconds from the key's arrival until `done()` holds and the screen was painted after that."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     app.simulate_key(key)
     for _ in range(1_000_000):  # bounded: ~10 s of event-loop turns at most
         if done():
@@ -185,6 +191,7 @@ async def timed_press(app: TimedApp, key: str, done: Callable[[], bool]) -> floa
     deadline = seen + 10.0
     while app.painted_at < seen and time.perf_counter() < deadline:
         await asyncio.sleep(0)
+    ON_CPU.setdefault(key, []).append(time.thread_time() - cpu)
     return app.painted_at - start
 
 
@@ -274,6 +281,9 @@ async def main() -> None:
         print("key press -> its effect painted (while sending):")
         for name, values in dash["keys"].items():  # type: ignore[attr-defined]
             print(f"  {name:18s} {len(values):3d}x  {ms(values)}")
+        print("the same presses, CPU time of the event loop's thread only (the machine's load left out):")
+        for key, values in ON_CPU.items():
+            print(f"  {key:18s} {len(values):3d}x  {ms(values)}")
         print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     finally:
         sink.stop()
