@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 from rich.console import Console
+from textual.containers import VerticalScroll
 from textual.geometry import Region
 from textual.widgets import Label, OptionList, Static
 
@@ -30,6 +31,7 @@ from mailtower.core.domain import MailingState, Section
 from mailtower.core.lifecycle import TRANSITIONS, Action
 from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.cli import STORE_COMMANDS, build_parser
+from mailtower.tui.footer import SteadyFooter
 from mailtower.tui.help import HelpScreen, help_table
 from mailtower.tui.palette import commands_of
 
@@ -187,3 +189,31 @@ async def test_the_menu_opened_again_shows_the_new_mailing_as_a_fresh_menu_would
         assert menu.query_one(OptionList).highlighted == 0  # on the first entry, not where j left it
         await pilot.press("enter")  # Set Schedule: the menu's choice is acted on for this mailing
         await wait_for(lambda: type(app.screen).__name__ == "ScheduleDialog", what="the schedule dialog")
+
+
+async def test_tab_between_panels_keeps_the_footer_and_the_keys_screen_is_shown_again_from_the_top(
+    fixed_db: Fixture,
+) -> None:
+    app = dashboard_app(fixed_db.db)
+    async with running(app, size=(80, 24)) as pilot:
+        footer = app.dashboard.query_one(SteadyFooter)
+        await wait_for(lambda: bool(footer.children), what="the footer's keys")
+        keys = list(footer.children)
+        for _ in range(3):
+            await pilot.press("tab")
+            await pilot.pause()
+        assert list(footer.children) == keys  # the same keys: nothing composed again
+        assert "Actions" in " ".join(str(k.render()) for k in footer.children)
+
+        await pilot.press("question_mark")
+        await wait_for(lambda: isinstance(app.screen, HelpScreen), what="the keys")
+        first = app.screen
+        scroll = first.query_one(VerticalScroll)
+        await pilot.press("end")
+        await wait_for(lambda: scroll.scroll_y > 0, what="scrolled down")  # 80x24: the list is longer than the screen
+        await pilot.press("escape")
+        await wait_for(lambda: app.screen is app.dashboard, what="back")
+        await pilot.press("question_mark")
+        await wait_for(lambda: isinstance(app.screen, HelpScreen), what="the keys again")
+        assert app.screen is first
+        await wait_for(lambda: scroll.scroll_y == 0, what="from the top again")
