@@ -299,6 +299,9 @@ class MailingTable(ScrollView, can_focus=True):
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
+        if int(old_value) != int(new_value) and self._keys:
+            # Rows coming into view may have changed while refreshes skipped them (off screen).
+            self.cells_written += self._refresh_rows(self.visible_rows())
         # The labels stay on the first line; every other line shows another row now.
         self.refresh()
 
