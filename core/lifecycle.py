@@ -1,8 +1,9 @@
 """The one owner of mailing states and every transition between them.
 
 The CLI, the dashboard and the sender all change a mailing's state through `Lifecycle`; the
-rules themselves (`target_state`, `offers`) are plain functions so menus can show exactly what
-is allowed without touching the database.
+rules themselves (`target_state`, `TRANSITIONS`) are plain data and functions so menus can show
+exactly what is allowed without touching the database. What each action is called, which
+command does it and which question comes first: core/actions_registry.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 import time
-from dataclasses import dataclass
 from datetime import datetime
 
 from .domain import Mailing, MailingState, Section
@@ -102,85 +102,18 @@ class Direction(str, enum.Enum):
 TURN_EVENTS = ("started", "resumed", "paused", "queued", "stopped")  # events that say whose turn it is
 
 
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """One entry of the Actions menu: what, whether it can be done now, and if not, why."""
-
-    key: str  # stable id: "stop", "move-up", "schedule", "send-now", "unschedule", "restart", "remaining", "delete", "details"
-    label: str
-    enabled: bool = True
-    reason: str = ""
-    destructive: bool = False
+# The Actions menu's vocabulary (Offer, offers, queue_offers, MOVES_UP, MOVES_DOWN) lives in
+# core/actions_registry.py with every action's label, command and confirm (issue 11 item 21);
+# these names are still importable from here for older callers.
+_MOVED_TO_REGISTRY = frozenset({"Offer", "offers", "queue_offers", "MOVES_UP", "MOVES_DOWN"})
 
 
-MOVES_UP = {"move-up": "Move up", "move-top": "Move to top"}
-MOVES_DOWN = {"move-down": "Move down", "move-bottom": "Move to bottom"}
+def __getattr__(name: str) -> object:
+    if name in _MOVED_TO_REGISTRY:
+        from . import actions_registry  # imported late: the registry imports this module
 
-
-def offers(
-    mailing: Mailing, *, any_sending: bool, place: int | None = None, queue_length: int | None = None
-) -> list[Offer]:
-    """The Actions menu of a mailing, as the seed describes it for its section; given its place
-    (0-based, None when not queued) in a queue of `queue_length`, only the moves that move it."""
-    found = _section_offers(mailing, any_sending=any_sending)
-    return found if queue_length is None else queue_offers(found, place, queue_length)
-
-
-def queue_offers(offers: list[Offer], index: int | None, count: int) -> list[Offer]:
-    """The move entries that actually move the mailing at place `index` (0-based) of `count`.
-
-    The head of the queue cannot go up nor the last one down, so those are not offered; Move to
-    top / Move to bottom (which the `move` command has too) sit beside Move up / Move down.
-    """
-    if not any(o.key in MOVES_UP or o.key in MOVES_DOWN for o in offers):
-        return offers
-    moves: list[Offer] = []
-    if index is not None and index > 0:
-        moves += [Offer(key, label) for key, label in MOVES_UP.items()]
-    if index is not None and index < count - 1:
-        moves += [Offer(key, label) for key, label in MOVES_DOWN.items()]
-    result: list[Offer] = []
-    for offer in offers:
-        if offer.key in MOVES_UP or offer.key in MOVES_DOWN:
-            result += moves  # all moves at the place of the first one, in a fixed order
-            moves = []
-        else:
-            result.append(offer)
-    return result
-
-
-def _section_offers(mailing: Mailing, *, any_sending: bool) -> list[Offer]:
-    section = mailing.section
-    if section is Section.CURRENT:
-        return [
-            Offer("stop", "Cancel sending", destructive=True),
-            Offer("move-up", "Move up"),
-            Offer("move-down", "Move down"),
-            Offer("details", "Details"),
-        ]
-    if section is Section.SCHEDULED:
-        cancel = (
-            Offer("unschedule", "Cancel", enabled=False, reason=UNSCHEDULE_WHILE_SENDING)
-            if any_sending
-            else Offer("unschedule", "Cancel", destructive=True)
-        )
-        if mailing.wave_group is not None:
-            # The row of a local-time schedule stands for all its waves (core/waves.py).
-            return [Offer("schedule", "Set Schedule (all waves)"), Offer("send-now", "Send all waves now"),
-                    Offer(cancel.key, "Cancel (all waves)", cancel.enabled, cancel.reason, cancel.destructive),
-                    Offer("details", "Details (next wave)")]
-        return [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now"), cancel, Offer("details", "Details")]
-    items: list[Offer] = []
-    if mailing.state is S.STOPPED:
-        items.append(Offer("restart", f"Restart ({mailing.remaining:,} remaining)"))
-    if mailing.state is not S.DRAFT:
-        items.append(Offer("remaining", "View remaining recipients"))
-    if mailing.state in TRANSITIONS[Action.RETRY][0] and mailing.failed:
-        items.append(Offer("retry", f"Retry failed ({mailing.failed:,} failed)"))
-    if mailing.state in (S.DRAFT, S.STOPPED):
-        items += [Offer("schedule", "Set Schedule"), Offer("send-now", "Send now")]
-    items += [Offer("details", "Details"), Offer("delete", "Delete", destructive=True)]
-    return items
+        return getattr(actions_registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Lifecycle:

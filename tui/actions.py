@@ -3,6 +3,10 @@
 The menu only chooses; the app carries the choice out (confirmations, dialogs, the store).
 While it is open the app hands it the mailing as it is now (`follow`), so an entry that stops
 being possible goes away with a line saying why, instead of being refused only after it is chosen.
+
+The app composes one menu and shows it again for each mailing (`open_for`): composing a screen
+(its widgets, their styles, its footer) costs more than the 50 ms a key may take while the
+sender runs at full speed (issue 11 item 16), and the menu's parts are the same every time.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Label, OptionList, Static
+from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
-from mailtower.core.lifecycle import MOVES_DOWN, MOVES_UP, Offer
+from mailtower.core.actions_registry import ACTIONS, MOVES_DOWN, MOVES_UP, Offer
+from mailtower.core.lifecycle import Action
+
+from .footer import SteadyFooter
 
 def gone_reason(key: str, mailing: Mailing) -> str:
     """Why an entry the menu offered when it opened is not possible any more."""
@@ -29,7 +36,7 @@ def gone_reason(key: str, mailing: Mailing) -> str:
 
 
 def offer_prompt(offer: Offer) -> Text:
-    if offer.key == "stop":
+    if offer.key == ACTIONS[Action.STOP].key:
         return Text(offer.label, style="bold red")  # the seed's red Cancel button
     return Text(offer.label)
 
@@ -47,6 +54,10 @@ def withheld_text(offers: list[Offer]) -> Text:
         text.append(f"{offer.label} is not offered now. ", style="bold")
         text.append(reason + ("" if reason.endswith(".") else "."))
     return text
+
+
+def _name_text(mailing: Mailing) -> Text:
+    return Text(safe(" ".join(mailing.name.split())), style="bold")
 
 
 def describe_state(mailing: Mailing) -> str:
@@ -93,23 +104,38 @@ class ActionsMenu(ModalScreen[str | None]):
 
     def __init__(self, mailing: Mailing, offers: list[Offer]) -> None:
         super().__init__()
+        self._start(mailing, offers)
+
+    def _start(self, mailing: Mailing, offers: list[Offer]) -> None:
         self.mailing = mailing
         self.offers = offers
         self.opened_with = {o.key: o.label for o in offers if o.enabled}
         self.deleted = False
         self._shown_options = [(o.key, o.label) for o in offers if o.enabled]
 
+    def open_for(self, mailing: Mailing, offers: list[Offer]) -> None:
+        """Show this (already composed) menu for another opening: as a new menu would be."""
+        self._start(mailing, offers)
+        if not self.is_mounted:
+            return
+        self.query_one("#name", Label).update(_name_text(mailing))
+        self.query_one("#what", Label).update(Text(describe(mailing)))
+        options = self.query_one(OptionList)
+        options.clear_options()
+        options.add_options(self._options())
+        self._show_why(withheld_text(offers))
+        self._first_option()
+
     def compose(self) -> ComposeResult:
         with Vertical(id="menu") as menu:
             menu.border_title = "Actions"
             menu.border_subtitle = "↑↓ move · Enter choose · Esc close"
-            name = Text(safe(" ".join(self.mailing.name.split())), style="bold")
-            yield Label(name, id="name")
+            yield Label(_name_text(self.mailing), id="name")
             yield Label(Text(describe(self.mailing)), id="what")
             yield OptionList(*self._options(), id="offers")
             why = withheld_text(self.offers)
             yield Static(why, id="why", classes="" if why else "-empty")
-        yield Footer()
+        yield SteadyFooter()
 
     def _options(self) -> list[Option]:
         return [Option(offer_prompt(o), id=o.key) for o in self.offers if o.enabled]
@@ -166,9 +192,12 @@ class ActionsMenu(ModalScreen[str | None]):
         why.set_class(not text, "-empty")
 
     def on_mount(self) -> None:
+        self._first_option()
+
+    def _first_option(self) -> None:
         options = self.query_one(OptionList)
-        if options.option_count:
-            options.highlighted = 0
+        options.highlighted = 0 if options.option_count else None
+        options.scroll_home(animate=False, immediate=True)
         options.focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

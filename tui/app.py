@@ -36,7 +36,7 @@ from textual.notifications import SeverityLevel
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Input
 from textual.worker import Worker
 
 from mailtower.core.display import safe
@@ -44,7 +44,8 @@ from mailtower.core.config import Settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder
-from mailtower.core.lifecycle import Direction, Lifecycle, Offer
+from mailtower.core.actions_registry import ACTIONS, MOVE_KEYS, Confirm, Offer, entry_for, resume_offer
+from mailtower.core.lifecycle import Action, Lifecycle
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume
 from mailtower.core.progress import (
@@ -66,6 +67,7 @@ from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu
+from .footer import SteadyFooter
 from . import loops
 from .header import HeaderInfo, HeaderLine, Mode, NoticeLine, notice_text
 from .handoff import (  # re-exported: the CLI's tests and older imports name them from here
@@ -109,7 +111,6 @@ EXPECT_FOR = 5.0  # seconds after an action of ours during which its mailing's m
 HANGUP_EXIT = 3.0  # seconds after a lost terminal's hand-off before the process leaves regardless
 QUIT_HELP = "leave the dashboard (sending continues in the background)"
 QUIT_DEMO = "end the demo: its SMTP sink and database are throw-away, so nothing is handed off"
-MOVES = {"move-up": Direction.UP, "move-down": Direction.DOWN, "move-top": Direction.TOP, "move-bottom": Direction.BOTTOM}
 
 
 # ---- screens we push (written alongside this app; imported when needed) ----------------------
@@ -161,7 +162,7 @@ class Dashboard(Screen[None]):
         with PanelStack(id="panels"):
             yield from self._tables.values()
         yield self.filter_bar
-        yield Footer()
+        yield SteadyFooter()
 
     def on_mount(self) -> None:
         self.table(Section.CURRENT).focus()
@@ -205,13 +206,11 @@ class Dashboard(Screen[None]):
         if isinstance(app, DashboardApp):
             app.relayout()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_mailing_table_row_selected(self, event: MailingTable.RowSelected) -> None:
         event.stop()
-        table = event.data_table
-        if isinstance(table, MailingTable) and event.row_key.value is not None:
-            app = self.app
-            if isinstance(app, DashboardApp):
-                app.open_actions(int(event.row_key.value))
+        app = self.app
+        if isinstance(app, DashboardApp):
+            app.open_actions(int(event.key))
 
 
 # ---- the app ---------------------------------------------------------------------------------
@@ -285,6 +284,8 @@ class DashboardApp(App[int]):
         self._keys_cache: dict[Section, tuple[list[Mailing], str, list[int], list[str]]] = {}
         self.filter_text = ""
         self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
+        self._actions_menu: ActionsMenu | None = None  # the one Actions menu, composed on first use
+        self._help_screen: HelpScreen | None = None  # the `?` screen, composed on first use
         self._read_failed = False
         self.open_error: str | None = None  # the one line to print when the database would not open
         self._next_retry: dict[int, float] = {}  # current mailings left with deferred recipients only
@@ -817,7 +818,7 @@ class DashboardApp(App[int]):
             hold = hold_of(doc, mailing, self._next_retry.get(mailing.id))
             held = hold is not None and hold.state is HoldState.PAUSED
             sending_past_a_pause = mailing.state is MailingState.SENDING and any_paused
-            return [Offer("resume", "Resume sending")] if held or sending_past_a_pause else []
+            return [resume_offer()] if held or sending_past_a_pause else []
 
         return offers_of
 
@@ -842,7 +843,15 @@ class DashboardApp(App[int]):
         self.open_actions(mailing.id)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.where_text(), demo=self.demo))
+        # Composed once and shown again (a Rich table of every key takes a while to lay out).
+        where = self.where_text()
+        screen = self._help_screen
+        if screen is None or screen.where != where:
+            screen = HelpScreen(where, demo=self.demo)
+            if self._help_screen is None:
+                self._help_screen = screen
+                self.install_screen(screen, "help")
+        self.push_screen(screen)
 
     def action_limits(self) -> None:
         if self.store is None:
@@ -881,7 +890,7 @@ class DashboardApp(App[int]):
         if mailing is None:
             self.notify("That mailing is gone", severity="warning", timeout=3)
             return
-        menu = ActionsMenu(mailing, self.offers_for(mailing))
+        menu = self._menu_for(mailing)
         self._menu = menu
         try:
             choice = await self.push_screen_wait(menu)
@@ -890,6 +899,17 @@ class DashboardApp(App[int]):
         if choice:
             # The menu followed the mailing while open: act on it as it is now.
             await self.perform(choice, self.find(mailing_id) or menu.mailing)
+
+    def _menu_for(self, mailing: Mailing) -> ActionsMenu:
+        """The Actions menu, composed once and shown again for each mailing (see tui/actions.py)."""
+        offers = self.offers_for(mailing)
+        menu = self._actions_menu
+        if menu is None:
+            menu = self._actions_menu = ActionsMenu(mailing, offers)
+            self.install_screen(menu, "actions")
+        else:
+            menu.open_for(mailing, offers)
+        return menu
 
     @work(group="flow", exit_on_error=False)
     async def _palette_flow(self, key: str, mailing_id: int) -> None:
@@ -934,57 +954,63 @@ class DashboardApp(App[int]):
         self._expect(mailing.id)
         if key == "resume":
             return await self._resume(mailing)
-        if key == "stop":
-            message = (
-                f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
-                f"{'has' if mailing.remaining == 1 else 'have'} not received it yet; "
-                "they are kept, and Restart sends to them only."
-            )
-            if not await self._ask("Cancel sending", message, "Stop sending", "Keep sending"):
-                return None
-            stopped = await lifecycle.stop(mailing.id)
-            return f"Stopped “{name}”: {stopped.counts_text()} (Inactive; messages already in flight are still counted)"
-        if key in MOVES:
-            position = await lifecycle.move(mailing.id, MOVES[key])
-            return f"“{name}” is now number {position} in the queue"
         if key == "details":
             self.push_screen(self._details_screen(store, mailing))
             return None
         if key == "remaining":
             self.push_screen(self._remaining_screen(store, mailing))
             return None
-        if key == "schedule":
+        entry = entry_for(key)  # every other key is a lifecycle action (core/actions_registry)
+        if entry is None:
+            raise UserError(f"unknown action {key!r}")
+        action = entry.action
+        if action is Action.STOP:
+            message = (
+                f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
+                f"{'has' if mailing.remaining == 1 else 'have'} not received it yet; "
+                "they are kept, and Restart sends to them only."
+            )
+            if not await self._ask(entry.confirm, message):
+                return None
+            stopped = await lifecycle.stop(mailing.id)
+            return f"Stopped “{name}”: {stopped.counts_text()} (Inactive; messages already in flight are still counted)"
+        if action is Action.MOVE:
+            position = await lifecycle.move(mailing.id, MOVE_KEYS[key])
+            return f"“{name}” is now number {position} in the queue"
+        if action is Action.SCHEDULE:
             return await self._schedule(mailing)
-        if key in ("send-now", "unschedule") and mailing.wave_group is not None:
+        if action in (Action.SEND_NOW, Action.UNSCHEDULE) and mailing.wave_group is not None:
             return await self._wave_group_action(key, mailing)
-        if key == "send-now" and mailing.tripped:
-            key = "restart"  # sending a mailing the breaker stopped: the same confirmation as Restart
-        if key == "send-now":
+        if action is Action.SEND_NOW and mailing.tripped:
+            action = Action.RESTART  # sending a mailing the breaker stopped: the same confirmation as Restart
+        if action is Action.SEND_NOW:
             await lifecycle.send_now(mailing.id)
             await self._warn_without_unsubscribe(mailing.id)
             return f"“{name}” joined the queue (Current)"
-        if key == "unschedule":
+        if action is Action.UNSCHEDULE:
             message = f"Cancel the schedule of “{name}”? The mailing is kept as a draft (Inactive)."
-            if not await self._ask("Cancel schedule", message, "Cancel schedule", "Keep schedule"):
+            if not await self._ask(entry.confirm, message):
                 return None
             await lifecycle.unschedule(mailing.id)
             return f"“{name}” is a draft again (Inactive)"
-        if key == "restart":
+        if action is Action.RESTART:
             from .screens.restart import restart_question
 
             title, message = restart_question(mailing, name)
-            if not await self._ask(title, message, "Restart", "Keep stopped"):
+            restart = ACTIONS[Action.RESTART].confirm
+            assert restart is not None
+            if not await self._ask(Confirm(title, restart.confirm, restart.keep), message):
                 return None
             await lifecycle.restart(mailing.id, despite_trip=True)  # the dialog said what tripped
             return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
-        if key == "retry":
+        if action is Action.RETRY:
             return await self._retry(mailing)
-        if key == "delete":
+        if action is Action.DELETE:
             message = (
                 f"Delete “{name}” and its recipient list ({plural(mailing.total, 'recipient')})? "
                 "This cannot be undone."
             )
-            if not await self._ask("Delete mailing", message, "Delete", "Keep"):
+            if not await self._ask(entry.confirm, message):
                 return None
             await lifecycle.delete(mailing.id)
             return f"Deleted “{name}”"
@@ -1013,7 +1039,7 @@ class DashboardApp(App[int]):
             f"retry time, refused by policy)? It joins the bottom of the queue. Of its {mailing.failed:,} "
             "failed, unknown mailboxes and suppressed addresses are not sent again."
         )
-        if not await self._ask("Retry failed", message, "Retry failed", "Keep as it is"):
+        if not await self._ask(ACTIONS[Action.RETRY].confirm, message):
             return None
         plan = await retry_failed(self.store, mailing.id)
         return f"“{name}” queued again: {plan.describe()} (Current)"
@@ -1027,9 +1053,11 @@ class DashboardApp(App[int]):
         relays = ", ".join(names) if names else "the paused relays"
         return f"Asked the sender to try {relays} again now (one connection logs in first)"
 
-    async def _ask(self, title: str, message: str, confirm_label: str, keep_label: str) -> bool:
-        """A destructive question: it opens on `keep_label`; only its own key (or Tab) confirms."""
-        return bool(await self.push_screen_wait(_confirm(title, message, confirm_label, True, keep_label)))
+    async def _ask(self, confirm: Confirm | None, message: str) -> bool:
+        """An action's question (core/actions_registry): it opens on the keep button; only the
+        confirm button's own key (or Tab) confirms."""
+        assert confirm is not None
+        return bool(await self.push_screen_wait(_confirm(confirm.title, message, confirm.confirm, True, confirm.keep)))
 
     async def _schedule(self, mailing: Mailing) -> str | None:
         from .screens.schedule import ScheduleDialog, schedule_done_text
@@ -1065,7 +1093,7 @@ class DashboardApp(App[int]):
             message = (
                 f"Cancel the schedule of “{name}” ({plural(waves, 'wave')})? Its waves become one draft again (Inactive)."
             )
-            if not await self._ask("Cancel schedule", message, "Cancel schedule", "Keep schedule"):
+            if not await self._ask(ACTIONS[Action.UNSCHEDULE].confirm, message):
                 return None
             kept, count = await cancel_schedule(store, lifecycle, mailing.id)
             self._expect(kept)

@@ -19,7 +19,6 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -42,7 +41,8 @@ from mailtower.core.files import (
     is_stdin,
     same_file,
 )
-from mailtower.core.lifecycle import Direction, Lifecycle
+from mailtower.core.actions_registry import ACTIONS, MOVES, SIMPLE_COMMANDS, ActionEntry, carry_out, command_entry
+from mailtower.core.lifecycle import Action, Direction, Lifecycle
 from mailtower.core.limits import LIMITS, read_limits, set_limits
 from mailtower.tui import cli_domains
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume
@@ -185,6 +185,11 @@ def add_command(sub: Any, name: str, summary: str, details: str, examples: str) 
     return parser
 
 
+def dashboard_name(entry: ActionEntry) -> str:
+    """The line that names a command's action as the dashboard does (one vocabulary)."""
+    return f"The dashboard's Actions menu calls it “{entry.label}”."
+
+
 ID_HELP = "the mailing's id (as `new` printed it, or as `status` shows it: #ID)"
 
 
@@ -250,24 +255,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help='one JSON document {"current": [...], "scheduled": [...], "inactive": [...]} on standard output')
     add_global_options(st, in_command=True)
 
-    for name, summary, details, example in [
-        ("send-now", "queue a draft, scheduled or stopped mailing at the bottom of the queue",
-         "A stopped mailing is sent to its remaining recipients only. Prints nothing on standard\n"
-         "output; standard error says where it is in the queue.", "  mailtower send-now 4\n"),
-        ("unschedule", "cancel a schedule; the mailing stays as a draft",
-         "Refused while any mailing is sending (the rule of the Scheduled section's Cancel).",
-         "  mailtower unschedule 4\n"),
-        ("stop", "stop a current mailing; its remaining recipients are kept",
-         "The sender finishes the messages in flight (5 s at most) and sends nothing more of it;\n"
-         "`restart` sends to the recipients who have not received it.", "  mailtower stop 4\n"),
-        ("restart", "send a stopped mailing to its remaining recipients",
-         "It joins the bottom of the queue; recipients who already received it are not sent again.",
-         "  mailtower restart 4\n"),
-        ("delete", "delete an inactive mailing",
-         "Drafts, stopped and completed mailings only; a current or scheduled one must be stopped or\n"
-         "unscheduled first. Its recipients and their results are deleted with it.",
-         "  mailtower delete 4\n"),
-    ]:
+    # The lifecycle's commands: name, summary and the dashboard's label from core/actions_registry;
+    # what only the command line needs to say here.
+    details_of = {
+        Action.SEND_NOW: ("A stopped mailing is sent to its remaining recipients only. Prints nothing on standard\n"
+                          "output; standard error says where it is in the queue.", "  mailtower send-now 4\n"),
+        Action.UNSCHEDULE: ("Refused while any mailing is sending (the rule of the Scheduled section's Cancel).",
+                            "  mailtower unschedule 4\n"),
+        Action.STOP: ("The sender finishes the messages in flight (5 s at most) and sends nothing more of it;\n"
+                      "`restart` sends to the recipients who have not received it.", "  mailtower stop 4\n"),
+        Action.RESTART: ("It joins the bottom of the queue; recipients who already received it are not sent again.",
+                         "  mailtower restart 4\n"),
+        Action.DELETE: ("Drafts, stopped and completed mailings only; a current or scheduled one must be stopped or\n"
+                        "unscheduled first. Its recipients and their results are deleted with it.",
+                        "  mailtower delete 4\n"),
+    }
+    for action in SIMPLE_COMMANDS:
+        entry = ACTIONS[action]
+        details, example = details_of[action]
+        name, summary, details = str(entry.command), entry.summary, f"{dashboard_name(entry)}\n{details}"
         cmd = add_command(sub, name, summary, details, example)
         cmd.add_argument("id", type=mailing_id, help=ID_HELP)
         if name == "restart":  # breaker: a mailing it stopped is sent again only when confirmed
@@ -276,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_breaker_commands(sub, add_command)
 
     sch = add_command(
-        sub, "schedule", "schedule a mailing at a wall time in a time zone",
+        sub, "schedule", ACTIONS[Action.SCHEDULE].summary,
+        f"{dashboard_name(ACTIONS[Action.SCHEDULE])}\n"
         "A time that does not exist (spring forward) moves forward by the gap; an ambiguous one\n"
         "(fall back) means its first occurrence; either way a warning says so. With --local-time the\n"
         "recipients are grouped into waves: zones (the `tz` column) that reach that wall time at the\n"
@@ -300,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(sch, in_command=True)
 
     mv = add_command(
-        sub, "move", "reorder the queue; prints the new position",
+        sub, "move", ACTIONS[Action.MOVE].summary,
+        f"The dashboard's Actions menu has it as {', '.join(label for _, label in MOVES.values())}.\n"
         "Current mailings are sent strictly in queue order; moving one changes which is sent next.",
         "  mailtower move 4 top\n  mailtower move 4 down\n",
     )
@@ -901,13 +909,6 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
 
 async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
     lifecycle = Lifecycle(store)
-    action = {
-        "send-now": lifecycle.send_now,
-        "unschedule": lifecycle.unschedule,
-        "stop": lifecycle.stop,
-        "restart": partial(lifecycle.restart, despite_trip=getattr(args, "force", False)),
-        "delete": lifecycle.delete,
-    }[args.command]
     before = await store.mailing(args.id)
     if args.command in ("unschedule", "send-now") and before.wave_group is not None:
         # A scheduled wave stands for its whole local-time schedule (core/waves.py).
@@ -916,7 +917,7 @@ async def cmd_simple(args: argparse.Namespace, store: Store) -> int:
         after = await maybe_mailing(store, kept) or before
         say(args, changed_line(args.command, before, after) + (f" ({waves} waves made one again)" if waves > 1 else ""))
         return 0
-    await action(args.id)
+    await carry_out(lifecycle, command_entry(args.command).action, args.id, despite_trip=getattr(args, "force", False))
     after = None if args.command == "delete" else (await maybe_mailing(store, args.id) or before)
     say(args, changed_line(args.command, before, after) + (restart_line(before) if args.command == "restart" else ""))
     if args.command in ("send-now", "restart"):
@@ -1254,11 +1255,7 @@ STORE_COMMANDS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]]
     "import": cmd_import,
     "status": cmd_status,
     "schedule": cmd_schedule,
-    "send-now": cmd_simple,
-    "unschedule": cmd_simple,
-    "stop": cmd_simple,
-    "restart": cmd_simple,
-    "delete": cmd_simple,
+    **{str(ACTIONS[action].command): cmd_simple for action in SIMPLE_COMMANDS},
     "move": cmd_move,
     "remaining": cmd_remaining,
     "recipients": cmd_recipients,

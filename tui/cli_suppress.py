@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from mailtower.core.actions_registry import ACTIONS
+from mailtower.core.lifecycle import Action
 from mailtower.core.display import safe
 from mailtower.core.errors import UserError
 from mailtower.core.recipients_csv import neutralise_formula, normalize_address
@@ -94,7 +96,8 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
         add_global_options(parser, in_command=True)
 
     rty = add_command(
-        sub, "retry", "send a finished or stopped mailing again to its failed recipients",
+        sub, "retry", ACTIONS[Action.RETRY].summary,
+        f"The dashboard's Actions menu calls it “{ACTIONS[Action.RETRY].label}”.\n"
         "The mailing joins the bottom of the queue; its failed recipients that are picked are sent\n"
         "again (the others keep their failure). By default (--temporary) those that failed for a\n"
         "reason that may pass: given up after the retry age, a policy refusal (5.7.x), ...; --all\n"

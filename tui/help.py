@@ -1,4 +1,5 @@
-"""The `?` screen: every key of the dashboard, and which zone data the times use."""
+"""The `?` screen: every key of the dashboard, what each section's Actions menu holds (from
+core/actions_registry, the one list of actions) and which zone data the times use."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
+
+from mailtower.core.actions_registry import ACTIONS, section_labels
+from mailtower.core.domain import Section
+
+from .footer import SteadyFooter
 
 KEYS: list[tuple[str, str]] = [
     ("Tab / Shift+Tab", "next / previous panel (Current, Scheduled, Inactive)"),
@@ -31,11 +37,22 @@ QUIT_DEMO = (
     "(nothing is handed off to a background sender, nothing is kept)",
 )
 
-SECTIONS: list[tuple[str, str]] = [
-    ("Current", "Cancel sending, Move up / down / to top / to bottom, Details"),
-    ("Scheduled", "Set Schedule, Send now, Cancel (not while a mailing is being sent), Details"),
-    ("Inactive", "Restart, View remaining recipients, Set Schedule, Send now, Details, Delete"),
-]
+def section_line(section: Section) -> str:
+    """What a section's Actions menu can hold, in the registry's words: "Cancel sending, Move up /
+    down / to top / to bottom, Details" (core/actions_registry is the one list)."""
+    parts: list[str] = []
+    for label, note in section_labels(section):
+        text = f"{label} ({note})" if note else label
+        if parts and label.startswith("Move ") and parts[-1].startswith("Move "):
+            parts[-1] += " / " + label.removeprefix("Move ")  # "Move up / down / to top / to bottom"
+        else:
+            parts.append(text)
+    return ", ".join(parts)
+
+
+def commands_line() -> str:
+    """Each action's `mailtower` command beside the menu's name for it."""
+    return ", ".join(f"{e.command} ({e.label})" for e in ACTIONS.values() if e.command is not None)
 
 
 def help_table(where: str, demo: bool = False) -> Table:
@@ -48,8 +65,9 @@ def help_table(where: str, demo: bool = False) -> Table:
         table.add_row(Text(key), Text(what))
     table.add_row("", "")
     table.add_row(Text("Actions", style="bold underline"), "")
-    for section, what in SECTIONS:
-        table.add_row(Text(section), Text(what))
+    for section in Section:
+        table.add_row(Text(section.value.capitalize()), Text(section_line(section)))
+    table.add_row(Text("Commands"), Text(f"the same from a shell, `mailtower COMMAND ID`: {commands_line()}"))
     table.add_row(Text("Destructive"), Text("a question that cannot be taken back opens on the safe choice; "
                                             "its action takes the key shown on its button"))
     table.add_row("", "")
@@ -83,7 +101,11 @@ class HelpScreen(ModalScreen[None]):
             box.border_title = "Keys (demo)" if self.demo else "Keys"
             box.border_subtitle = "Escape closes"
             yield Static(help_table(self.where, self.demo))
-        yield Footer()
+        yield SteadyFooter()
+
+    def on_screen_resume(self) -> None:
+        # Shown again (the app keeps it): from the top, as when it was new.
+        self.query_one(VerticalScroll).scroll_home(animate=False, immediate=True)
 
     def action_close(self) -> None:
         self.dismiss(None)

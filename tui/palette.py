@@ -23,7 +23,7 @@ from textual.markup import escape
 
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, MailingState, Section
-from mailtower.core.lifecycle import Offer, offers
+from mailtower.core.actions_registry import Offer, offers
 
 from .actions import describe
 

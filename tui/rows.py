@@ -105,8 +105,9 @@ def layout_for(section: Section, width: int) -> Layout:
     return Layout(columns, compact)
 
 
-def label_cell(column: Column) -> Text:
-    return to_text(_cell(column.label, right=column.right))
+def label_cell(column: Column) -> Cell:
+    """A column's label, aligned as its cells are."""
+    return _cell(column.label, right=column.right)
 
 
 def to_text(cell: Cell) -> Text:
