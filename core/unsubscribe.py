@@ -47,9 +47,17 @@ MAC_BYTES = 16
 _MIN_RAW = 1 + _ID_BYTES + MAC_BYTES + 3  # "a@b" is the shortest address
 MAX_TOKEN = 1024  # characters: a 254-character address makes about 380
 MAX_URL = 1000  # characters of the URL template (a header line must stay under 998 octets)
+MAX_LINE = 998  # octets of a header line, CRLF excluded (RFC 5322 2.1.1)
+# The longest token: an address is at most 254 octets (recipients_csv's path limit) and its key,
+# lower-cased, at most half as long again ("\u0130" is 2 octets, its lower case "i\u0307" 3).
+LONGEST_KEY = 254 * 3 // 2
+LONGEST_TOKEN = len(base64.urlsafe_b64encode(bytes(1 + _ID_BYTES + MAC_BYTES + LONGEST_KEY)).rstrip(b"="))
+_URL_LINE = len("List-Unsubscribe: <>,")  # what surrounds the URL on its header line
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-# Printable ASCII without space and the characters that would end or confuse <...> in a header.
-_URL_CHARS = re.compile(r"[!#-;=?-~]+")
+# Printable ASCII without space and the characters that would end or confuse <...> in a header,
+# or split the list of targets (a comma: RFC 2369 separates targets with it, and parsers split
+# on it without regard to the brackets).
+_URL_CHARS = re.compile(r"[!#-+\--;=?-~]+")
 LARGE_MAILING = 5000  # Gmail and Yahoo require one-click unsubscribe from senders of this many a day
 ONE_CLICK = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 
@@ -129,15 +137,38 @@ def check_url(url: str, flag: str = "--unsubscribe-url") -> str:
     if "{{" in filled or "}}" in filled:
         raise UserError(f"{flag}: only {{{{ {TOKEN_FIELD} }}}} can be filled in here: '{safe(url)}'")
     if not _URL_CHARS.fullmatch(filled):
-        raise UserError(f"{flag}: a space, quote, angle bracket or control character has no place in the URL: '{safe(url)}'")
+        raise UserError(
+            f"{flag}: a space, quote, comma, angle bracket or control character has no place in the URL "
+            f"(percent-encode it): '{safe(url)}'"
+        )
+    slots = len(_TOKEN_SLOT.findall(url))
+    longest = _URL_LINE + len(_TOKEN_SLOT.sub("", url)) + slots * LONGEST_TOKEN
+    if longest > MAX_LINE:
+        raise UserError(
+            f"{flag}: too long: with a token of up to {LONGEST_TOKEN} characters in each of its {slots} "
+            f"{{{{ {TOKEN_FIELD} }}}} the header line could reach {longest} characters (at most {MAX_LINE})"
+        )
+    _check_url_parts(_TOKEN_SLOT.sub("{{}}", url), url, flag)
+    return url
+
+
+def _check_url_parts(marked: str, url: str, flag: str) -> None:
+    """An https URL with a host (and a valid port), the token (`{{}}` in `marked`) in its path or
+    query: in the host it would be lower-cased, cut at 63 characters and refused for its `_`;
+    in the user part it is a login; a fragment is never sent with the one-click POST."""
     try:
-        parts = urlsplit(filled)
+        parts = urlsplit(marked)
         host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError as exc:
         raise UserError(f"{flag}: not a URL ({exc}): '{safe(url)}'") from None
-    if parts.scheme.lower() != "https" or not host:
+    if parts.scheme.lower() != "https" or not host or "{{}}" in parts.scheme:
         raise UserError(f"{flag}: RFC 8058 one-click unsubscribe needs an https:// URL with a host: '{safe(url)}'")
-    return url
+    if "{{}}" in parts.netloc or "{{}}" in parts.fragment:
+        where = "after #, which is never sent to the server" if "{{}}" in parts.fragment else "in the host or user part"
+        raise UserError(
+            f"{flag}: {{{{ {TOKEN_FIELD} }}}} must be in the URL's path or query, not {where}: '{safe(url)}'"
+        )
 
 
 def check_mailto(address: str, normalize: Callable[[str], str], flag: str = "--unsubscribe-mailto") -> str:

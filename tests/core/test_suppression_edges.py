@@ -10,7 +10,11 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
+from mailtower.core.errors import UserError
 from mailtower.core.sink import Sink
+from mailtower.core.unsubscribe import check_url
 from tests.helpers import Cli, recipients, wait_until, write_csv
 
 
@@ -75,3 +79,71 @@ def test_an_address_suppressed_while_sending_is_not_sent_after_the_add_commits(t
     assert counters(cli.db, mailing_id) == ("completed", 10, 8, 0, 2, 0)
     doc = json.loads(cli.ok("status", "--json"))["inactive"][0]
     assert (doc["remaining"], doc["failed"], doc["sent"]) == (0, 0, 8)
+
+
+# ---- the unsubscribe URL template --------------------------------------------------------------
+
+SLOT = "{{ unsubscribe_token }}"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (f"https://{SLOT}.example.org/u", "path or query"),  # the host: lower-cased, 63-octet labels, no `_`
+        (f"https://x{SLOT}y.example.org:443/u", "path or query"),
+        (f"https://{SLOT}@example.org/u", "path or query"),  # the user part
+        (f"https://user:{SLOT}@example.org/u", "path or query"),
+        (f"https://example.org/u#{SLOT}", "never sent"),  # a fragment is not POSTed
+        (f"https://example.org/u?a=1#t={SLOT}", "never sent"),
+        (f"https://example.org:99999/{SLOT}", "not a URL"),
+        (f"https://example.org:https/{SLOT}", "not a URL"),
+        (f"https://example.org/a,b/{SLOT}", "comma"),  # splits the target list for naive parsers
+        (f"https://example.org/{SLOT},<mailto:evil@example.net>", "comma"),
+        ("https://example.org/" + "a" * 700 + SLOT, "too long"),  # fits MAX_URL, not a header line
+        (f"https://example.org/{SLOT}" * 3, "too long"),  # three tokens of up to 570 characters
+    ],
+    ids=["host", "host-part", "user", "password", "fragment", "fragment-after-query", "port-range", "port-name",
+         "comma", "comma-target", "line-too-long", "three-tokens"],
+)
+def test_unsubscribe_urls_that_cannot_work_are_refused(cli: Cli, tmp_path: Path, body: Path, url: str, says: str) -> None:
+    people = write_csv(tmp_path / "p.csv", [dict(r, code="x") for r in recipients(2)])
+    code, _, err = cli("new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+                       "--recipients", str(people), "--now", "--unsubscribe-url", url)
+    assert code == 2 and "--unsubscribe-url" in err and says in err and len(err.strip().splitlines()) == 1, err
+    assert not cli.db.exists() or sqlite3.connect(cli.db).execute("SELECT COUNT(*) FROM mailings").fetchone() == (0,)
+    draft = new_mailing(cli, tmp_path, body, 2)
+    code, _, err = cli("unsubscribe", "set", str(draft), "--url", url)
+    assert code == 2 and "--url" in err and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_longest_accepted_url_fits_a_header_line_for_the_longest_address(tmp_path: Path, body: Path) -> None:
+    """The URL check bounds the line the longest token makes, not only the template."""
+    longest = next(  # bounded: at most 1000 tries, the first that the check accepts
+        url for n in range(1000, 0, -1)
+        if _accepted(url := "https://example.org/" + "a" * n + "/" + SLOT)
+    )
+    local, domain = "a" * 64, "b" * 63 + "." + "c" * 63 + "." + "d" * 49 + ".example.com"
+    address = f"{local}@{domain}"
+    assert len(address) == 254
+    people = write_csv(tmp_path / "long.csv", [{"email": address, "code": "x"}, {"email": "Ann@Example.com", "code": "y"}])
+    with Sink(keep_messages=True) as sink:
+        cli = Cli(tmp_path / "l.db", sink.port)
+        cli.ok("new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+               "--recipients", str(people), "--now", "--unsubscribe-url", longest,
+               "--unsubscribe-mailto", "unsubscribe@example.org")
+        cli.ok("run", "--until-idle")
+        assert len(sink.deliveries) == 2
+        for delivery in sink.deliveries:
+            lines = delivery.data.split(b"\r\n") if b"\r\n" in delivery.data else delivery.data.split(b"\n")
+            assert max(len(line) for line in lines) <= 998
+            head = delivery.data.split(b"\r\n\r\n")[0].decode()
+            token = head.split(longest.split(SLOT)[0])[1].split(">")[0]
+            assert cli.ok("unsubscribe", "verify", token).split("\t")[1].strip() == delivery.recipient.lower()
+
+
+def _accepted(url: str) -> bool:
+    try:
+        check_url(url)
+    except UserError:
+        return False
+    return True
