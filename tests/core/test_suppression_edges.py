@@ -147,3 +147,71 @@ def _accepted(url: str) -> bool:
     except UserError:
         return False
     return True
+
+
+# ---- suppress import: hostile files --------------------------------------------------------------
+
+
+def suppressed_keys(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {k for (k,) in conn.execute("SELECT key FROM suppression")}
+
+
+def test_import_lines_end_at_lf_so_junk_is_one_line_and_numbers_are_right(cli: Cli, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.txt"
+    junk.write_bytes(
+        "g@example.com\x0bh@example.com\r\n"  # VT: one line of junk, not two addresses
+        "i@example.com\u2028j@example.com\r\n"  # LINE SEPARATOR: the same
+        "k@example.com\x0cl@example.com\x1cm@example.com\x85n@example.com\n"
+        "ok@example.com\r\n".encode()
+    )
+    code, _, err = cli("suppress", "import", str(junk))
+    assert code == 0, err
+    assert [line.split(": ")[0] for line in err.splitlines()[:3]] == [f"{junk}:1", f"{junk}:2", f"{junk}:3"]
+    assert "suppressed 1 address (3 lines not valid, skipped)" in err
+    assert suppressed_keys(cli.db) == {"ok@example.com"}
+
+
+def test_a_comment_with_a_comma_does_not_make_a_list_a_csv_file(cli: Cli, tmp_path: Path) -> None:
+    listed = tmp_path / "list.txt"
+    listed.write_text("# unsubscribes, from the web form\n\nann@example.com\n# more, later\nbob@example.com\n", encoding="utf-8")
+    code, _, err = cli("suppress", "import", str(listed))
+    assert code == 0 and "suppressed 2 addresses" in err, err
+    csv_with_comment = tmp_path / "people.csv"
+    csv_with_comment.write_text("# exported, 2026-11-30\nname,email\nCy,cy@example.com\n", encoding="utf-8")
+    code, _, err = cli("suppress", "import", str(csv_with_comment))
+    assert code == 0 and "suppressed 1 address" in err, err
+    assert suppressed_keys(cli.db) == {"ann@example.com", "bob@example.com", "cy@example.com"}
+
+
+def test_the_database_and_its_files_are_never_imported(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("suppress", "add", "seed@example.com")
+    (tmp_path / "link.db").symlink_to(cli.db)
+    # (a hard link to a database is refused when it is opened, before any command runs)
+    for name in (str(cli.db), str(tmp_path / "link.db"), str(tmp_path / "." / ".." / tmp_path.name / cli.db.name)):
+        code, _, err = cli("suppress", "import", name)
+        assert code == 2 and "is the database" in err and len(err.strip().splitlines()) == 1, err
+    assert suppressed_keys(cli.db) == {"seed@example.com"}
+
+
+def test_a_huge_line_is_reported_in_a_short_line(cli: Cli, tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    big.write_text("x" * 2_000_000 + "@example.com\n" + "@" * 1_000_000 + "\nok@example.com\n", encoding="utf-8")
+    code, _, err = cli("suppress", "import", str(big))
+    assert code == 0 and "suppressed 1 address" in err
+    assert max(len(line) for line in err.splitlines()) < 400 and "2,000,012 characters" in err
+    broken_csv = tmp_path / "big.csv"
+    broken_csv.write_text("name,email\nA,a@example.com\nB," + "b" * 200_000 + "\n", encoding="utf-8")
+    code, _, err = cli("suppress", "import", str(broken_csv))
+    assert code == 2 and f"{broken_csv}: line 3:" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("suppress", "add", "ok2@example.com", "--reason", "\x1b" + "r" * 100_000)
+    assert code == 2 and "--reason" in err and len(err) < 400
+
+
+def test_the_default_reason_names_the_file_safely(cli: Cli, tmp_path: Path) -> None:
+    hostile = tmp_path / "list\x1b]0;owned\x07\u202e.txt"
+    hostile.write_text("ann@example.com\n", encoding="utf-8")
+    cli.ok("suppress", "import", str(hostile))
+    with sqlite3.connect(cli.db) as conn:
+        (reason,) = conn.execute("SELECT reason FROM suppression").fetchone()
+    assert reason.isprintable() and "\\x1b" in reason and "\\u202e" in reason
