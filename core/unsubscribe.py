@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+import idna
+
 from .display import safe
 from .domain import Mailing
 from .errors import UserError
@@ -181,7 +183,17 @@ def check_mailto(address: str, normalize: Callable[[str], str], flag: str = "--u
     except (ValueError, UserError) as exc:
         raise UserError(f"{flag}: '{safe(bare)}' is not a valid address ({exc})") from None
     if not normalized.isascii():
-        raise UserError(f"{flag}: '{safe(bare)}' must be an ASCII address")
+        # An internationalised domain has an ASCII form (xn--...) that a mailto URL can carry;
+        # a local part does not. (The validator gives the domain back in Unicode.)
+        local, _, domain = normalized.rpartition("@")
+        try:
+            # IDNA 2008 as the validator uses it (Python's "idna" codec is IDNA 2003: faß -> fass)
+            ascii_domain = idna.encode(domain).decode("ascii") if local.isascii() else ""
+        except (idna.IDNAError, UnicodeError):
+            ascii_domain = ""
+        if not ascii_domain:
+            raise UserError(f"{flag}: '{safe(bare)}' must have an ASCII part before the @-sign")
+        normalized = f"{local}@{ascii_domain}"
     return normalized
 
 

@@ -215,3 +215,25 @@ def test_the_default_reason_names_the_file_safely(cli: Cli, tmp_path: Path) -> N
     with sqlite3.connect(cli.db) as conn:
         (reason,) = conn.execute("SELECT reason FROM suppression").fetchone()
     assert reason.isprintable() and "\\x1b" in reason and "\\u202e" in reason
+
+
+# ---- the unsubscribe mailto address ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("unsub@bücher.example.com", "unsub@xn--bcher-kva.example.com"),
+        ("unsub@xn--bcher-kva.example.com", "unsub@xn--bcher-kva.example.com"),  # the validator gives Unicode back
+        ("mailto:unsub@faß.example.com", "unsub@xn--fa-hia.example.com"),  # IDNA 2008: not "fass"
+    ],
+)
+def test_an_internationalised_mailto_domain_is_stored_in_its_ascii_form(
+    cli: Cli, tmp_path: Path, body: Path, given: str, stored: str
+) -> None:
+    draft = new_mailing(cli, tmp_path, body, 2)
+    cli.ok("unsubscribe", "set", str(draft), "--mailto", given)
+    with sqlite3.connect(cli.db) as conn:
+        assert conn.execute("SELECT unsubscribe_mailto FROM mailings WHERE id = ?", (draft,)).fetchone() == (stored,)
+    code, _, err = cli("unsubscribe", "set", str(draft), "--mailto", "ünsub@example.com")
+    assert code == 2 and "--mailto" in err and "ASCII" in err and len(err.strip().splitlines()) == 1
