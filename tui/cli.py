@@ -762,6 +762,7 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
         "failed": m.failed,
         "deferred": m.deferred,
         "in_doubt": m.in_doubt,
+        "suppressed": m.suppressed,  # skipped as suppressed: total = sent + failed + suppressed + remaining
         "remaining": m.remaining,
         "rate": round(rate, 3),
         "eta": iso(eta),
