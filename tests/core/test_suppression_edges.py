@@ -237,3 +237,35 @@ def test_an_internationalised_mailto_domain_is_stored_in_its_ascii_form(
         assert conn.execute("SELECT unsubscribe_mailto FROM mailings WHERE id = ?", (draft,)).fetchone() == (stored,)
     code, _, err = cli("unsubscribe", "set", str(draft), "--mailto", "ünsub@example.com")
     assert code == 2 and "--mailto" in err and "ASCII" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- DKIM covers the List-Unsubscribe fields the header hook really writes ------------------------
+
+
+def test_dkim_covers_the_folded_list_unsubscribe_of_a_real_mailing(tmp_path: Path, body: Path) -> None:
+    """test_dkim checks the h= list on a hand-made message; here the real hook's folded field (URL
+    and mailto on two lines) goes through the sender, and a changed target breaks the signature."""
+    import dkim
+
+    from tests.core.test_dkim import FROM, ed25519_key, signed_names, verifies
+
+    key = ed25519_key(tmp_path / "dkim.key")
+    with Sink(keep_messages=True) as sink:
+        cli = Cli(tmp_path / "d.db", sink.port, **key.env())
+        people = write_csv(tmp_path / "p.csv", [dict(r, code="x") for r in recipients(3)])
+        cli.ok("new", "--name", "n", "--subject", "s", "--from", FROM, "--text", str(body), "--recipients", str(people),
+               "--now", "--unsubscribe-url", f"https://example.org/u?t={SLOT}", "--unsubscribe-mailto", "leave@example.org")
+        cli.ok("run", "--until-idle")
+        deliveries = list(sink.deliveries)
+    assert len(deliveries) == 3
+    for delivery in deliveries:
+        message = delivery.data
+        fields = {name.lower(): value for name, value in dkim.rfc822_parse(message)[0]}
+        assert b"\r\n <mailto:leave@example.org?subject=unsubscribe%20" in fields[b"list-unsubscribe"]
+        assert verifies(message, key)
+        names = signed_names(message)
+        assert b"list-unsubscribe" in names and b"list-unsubscribe-post" in names
+        swapped = message.replace(b"<https://example.org/u?t=", b"<https://evil.example.net/u?t=", 1)
+        assert swapped != message and not verifies(swapped, key)
+        no_one_click = message.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n", b"", 1)
+        assert no_one_click != message and not verifies(no_one_click, key)
