@@ -133,6 +133,17 @@ class HeadRun:
         self.outcomes.append(outcome)
         self.wake.set()
 
+    def bar(self, row_ids: set[int]) -> None:
+        """Marked rows the last commit found suppressed (and made `suppressed` on disk). One
+        whose connection gave its outcome while that commit was under way (a refusal before the
+        dot) is forgotten with it: written too, it would count the row twice."""
+        self.barred |= row_ids
+        settled = [o.recipient_id for o in self.outcomes if o.recipient_id in row_ids]
+        if settled:
+            self.outcomes = [o for o in self.outcomes if o.recipient_id not in row_ids]
+            for row_id in settled:
+                self._forget_barred(row_id)
+
     def _forget_barred(self, row_id: int) -> bool:
         """Out of memory if the row was found suppressed when marked (True), without an outcome."""
         if row_id not in self.barred:
@@ -480,7 +491,8 @@ class Sender:
             run.waiters = waiters + run.waiters
             self._fail(exc)  # every worker waiting for this write (or a later one) hears of it
             raise
-        run.barred |= barred  # before the waiters hear of the commit (gate_before_dot reads it)
+        if barred:
+            run.bar(barred)  # before the waiters hear of the commit (gate_before_dot reads it)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -677,7 +689,7 @@ class Sender:
             await self._resume(run)
 
     def _requeue(self, run: HeadRun, job: Job) -> None:
-        if run.halt or self.stopping:
+        if run.halt or self.stopping or job.row.id in run.barred:
             run.let_go(job.row.id)
         else:
             run.unmark(job.row.id)

@@ -894,21 +894,25 @@ def _bar_suppressed_marks(conn: sqlite3.Connection, mailing_id: int, marks: list
     `suppressed` instead, counted as a claim's skip is. The sender holds claimed rows in memory
     ahead of its connections; this is the last word before a row's final dot, in commit order
     with `suppress add`, so an address suppressed once that commits is never sent."""
-    found: list[tuple[int, int]] = []
+    found: list[tuple[int, int, str]] = []
     for start in range(0, len(marks), 500):
         chunk = marks[start : start + 500]
+        # A row already `suppressed` (barred by an earlier mark whose connection then gave the
+        # row back for another to send) is barred again, not counted again.
         found += conn.execute(
-            "SELECT r.id, r.in_doubt FROM recipients r JOIN suppression s ON s.key = r.email_key"
-            f" WHERE r.id IN ({','.join('?' * len(chunk))}) AND r.mailing_id = ? AND r.state = 'pending'",
+            "SELECT r.id, r.in_doubt, r.state FROM recipients r"
+            f" WHERE r.id IN ({','.join('?' * len(chunk))}) AND r.mailing_id = ? AND (r.state = 'suppressed'"
+            " OR (r.state = 'pending' AND EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key)))",
             (*chunk, mailing_id),
         ).fetchall()
-    if found:
-        conn.executemany("UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, i) for i, _ in found])
+    fresh = [(i, doubt) for i, doubt, state in found if state == "pending"]
+    if fresh:
+        conn.executemany("UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, i) for i, _ in fresh])
         conn.execute(
             "UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?",
-            (len(found), sum(1 for _, doubt in found if doubt), mailing_id),
+            (len(fresh), sum(1 for _, doubt in fresh if doubt), mailing_id),
         )
-    return [i for i, _ in found]
+    return [i for i, _, _ in found]
 
 
 def _suppress_bounced(conn: sqlite3.Connection, outcomes: list[Outcome], now: float) -> None:

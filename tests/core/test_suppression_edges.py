@@ -269,3 +269,34 @@ def test_dkim_covers_the_folded_list_unsubscribe_of_a_real_mailing(tmp_path: Pat
         assert swapped != message and not verifies(swapped, key)
         no_one_click = message.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n", b"", 1)
         assert no_one_click != message and not verifies(no_one_click, key)
+
+
+async def test_a_mark_bars_a_suppressed_row_once_and_again_if_it_is_marked_again(tmp_path: Path) -> None:
+    """The store's side of the check: a marked row on the list becomes `suppressed`, counted once;
+    marked again (its connection gave it back for another to take), it is barred again, not
+    counted again, and never `sending`."""
+    from mailtower.core.lifecycle import Lifecycle
+    from mailtower.core.operations import Draft, create_mailing
+    from mailtower.core.store import Store
+
+    people = write_csv(tmp_path / "p.csv", recipients(4))
+    store = await Store.open(tmp_path / "m.db")
+    try:
+        mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "hi", None), people, lambda *a: None)
+        lifecycle = Lifecycle(store)
+        await lifecycle.send_now(mailing_id)
+        await lifecycle.start(mailing_id)
+        claimed, _ = await store.record_and_claim(mailing_id, [], 10)
+        assert len(claimed) == 4
+        async with store.write() as tx:
+            await tx.add_suppressions([("user2@example.com", "user2@example.com")], "manual", "")
+        for _ in range(2):
+            barred: set[int] = set()
+            _, mailing = await store.record_and_claim(mailing_id, [], 0, marks=[c.id for c in claimed], barred=barred)
+            assert barred == {claimed[2].id}
+            assert (mailing.suppressed, mailing.remaining) == (1, 3)
+    finally:
+        await store.close()
+    assert row_states(tmp_path / "m.db", mailing_id) == {
+        "user0@example.com": "sending", "user1@example.com": "sending",
+        "user2@example.com": "suppressed", "user3@example.com": "sending"}
