@@ -553,7 +553,7 @@ class Sender:
             m = await store.mailing(mailing_id)
         except NotFound:
             return  # deleted meanwhile (a stopped mailing may be): nothing to say about it
-        counts = f"{m.sent:,} sent, {m.failed:,} failed"
+        counts = f"{m.sent:,} sent, {m.failed:,} failed" + (f", {m.suppressed:,} suppressed" if m.suppressed else "")
         if m.state is MailingState.COMPLETED:
             log.info('mailing %d "%s" finished: %s', m.id, m.name, counts)
         elif m.state is MailingState.STOPPED:

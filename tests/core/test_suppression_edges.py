@@ -66,6 +66,8 @@ def test_an_address_suppressed_while_sending_is_not_sent_after_the_add_commits(t
             release.set()
             _, err = runner.communicate(timeout=60)
             assert runner.returncode == 0, err.decode()
+            # Every account of the run counts the two (8 + 2 = 10), not only the ledger.
+            assert "8 sent, 0 failed, 2 skipped as suppressed" in err.decode()
         finally:
             release.set()
             if runner.poll() is None:
@@ -78,7 +80,10 @@ def test_an_address_suppressed_while_sending_is_not_sent_after_the_add_commits(t
     assert states["user5@example.com"] == states["user9@example.com"] == "suppressed"
     assert counters(cli.db, mailing_id) == ("completed", 10, 8, 0, 2, 0)
     doc = json.loads(cli.ok("status", "--json"))["inactive"][0]
-    assert (doc["remaining"], doc["failed"], doc["sent"]) == (0, 0, 8)
+    assert (doc["remaining"], doc["failed"], doc["sent"], doc["suppressed"]) == (0, 0, 8, 2)
+    with sqlite3.connect(cli.db) as conn:
+        (completed,) = conn.execute("SELECT detail FROM events WHERE mailing_id = ? AND kind = 'completed'", (mailing_id,)).fetchone()
+    assert completed == "8 sent, 0 failed, 2 suppressed"
 
 
 # ---- the unsubscribe URL template --------------------------------------------------------------
