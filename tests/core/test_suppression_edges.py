@@ -105,7 +105,7 @@ SLOT = "{{ unsubscribe_token }}"
         (f"https://example.org/a,b/{SLOT}", "comma"),  # splits the target list for naive parsers
         (f"https://example.org/{SLOT},<mailto:evil@example.net>", "comma"),
         ("https://example.org/" + "a" * 700 + SLOT, "too long"),  # fits MAX_URL, not a header line
-        (f"https://example.org/{SLOT}" * 3, "too long"),  # three tokens of up to 570 characters
+        (f"https://example.org/{SLOT}" * 3, "too long"),  # three tokens of up to 542 characters
     ],
     ids=["host", "host-part", "user", "password", "fragment", "fragment-after-query", "port-range", "port-name",
          "comma", "comma-target", "line-too-long", "three-tokens"],
