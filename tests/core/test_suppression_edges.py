@@ -305,3 +305,70 @@ async def test_a_mark_bars_a_suppressed_row_once_and_again_if_it_is_marked_again
     assert row_states(tmp_path / "m.db", mailing_id) == {
         "user0@example.com": "sending", "user1@example.com": "sending",
         "user2@example.com": "suppressed", "user3@example.com": "sending"}
+
+
+# ---- keys: the same normalisation as the importer, end to end ---------------------------------------
+
+
+def test_unicode_and_idn_addresses_are_suppressed_under_the_importers_key(tmp_path: Path, body: Path) -> None:
+    """An unsubscribe token taken back, and `suppress add` in another spelling (upper case,
+    decomposed accents, the xn-- form of the domain), bar the very recipients the importer keyed."""
+    import unicodedata
+
+    people = write_csv(tmp_path / "p.csv", [
+        {"email": "Uni@Bücher.example.com", "code": "a"},  # unsubscribes with its token (sent with the xn-- domain)
+        {"email": "ÅSA@example.com", "code": "b"},  # suppressed by hand, spelt otherwise
+        {"email": "Info@Example.com", "code": "c"},  # a role mailbox (the validator lower-cases it)
+        {"email": "plain@example.com", "code": "d"},
+    ])
+    with Sink(keep_messages=True) as sink:
+        cli = Cli(tmp_path / "k.db", sink.port)
+        cli.ok("new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+               "--recipients", str(people), "--now", "--unsubscribe-url", f"https://example.org/u/{SLOT}")
+        cli.ok("run", "--until-idle")
+        by_recipient = {d.recipient: d.data for d in sink.deliveries}
+    data = next(v for k, v in by_recipient.items() if k.lower().startswith("uni@"))
+    token = data.split(b"<https://example.org/u/")[1].split(b">")[0].decode()
+    (tmp_path / "tokens.txt").write_text(f"{token}\n", encoding="utf-8")
+    cli.ok("suppress", "import", str(tmp_path / "tokens.txt"))
+    cli.ok("suppress", "add", unicodedata.normalize("NFD", "åsa@EXAMPLE.com"), "INFO@example.COM")
+    again = write_csv(tmp_path / "again.csv", [
+        {"email": "UNI@xn--bcher-kva.example.com", "code": "a"},
+        {"email": "åsa@example.com", "code": "b"},
+        {"email": "info@example.com", "code": "c"},
+        {"email": "plain@example.com", "code": "d"},
+    ])
+    code, out, err = cli("new", "--name", "again", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+                         "--recipients", str(again))
+    assert code == 0 and "3 suppressed addresses skipped" in err, err
+    assert [json.loads(line)["email"] for line in cli.ok("recipients", out.strip(), "--json").splitlines()] == ["plain@example.com"]
+
+
+# ---- tokens ------------------------------------------------------------------------------------------
+
+
+def test_hostile_token_spellings_are_refused_in_one_line_and_the_real_one_kept(cli: Cli, tmp_path: Path) -> None:
+    from mailtower.core.unsubscribe import make_token
+
+    code, _, err = cli("unsubscribe", "verify", make_token(bytes(32), 1, "ann@example.com"))  # another secret
+    assert code == 2 and "signature" in err
+    real = make_token(bytes.fromhex(_secret(cli.db)), 7, "ann@example.com")
+    assert cli.ok("unsubscribe", "verify", f"  {real}\u00a0").strip() == "7\tann@example.com"
+    hostile = [
+        real[:-1], real + "A", real + "==", f"<{real}>", real.lower(), real.replace("A", "\uff21", 1),
+        real[:10] + "\u200b" + real[10:], real + "%0A", real[:5] + "\x1b[2J" + real[5:], "A" * 100_000, "\u00e9" * 50,
+    ]
+    for token in hostile:
+        code, out, err = cli("unsubscribe", "verify", token)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "\x1b" not in err, (token[:40], err)
+        assert len(err) < 300
+    lines = tmp_path / "tokens.txt"
+    lines.write_text("\n".join([*hostile, real]) + "\r\n", encoding="utf-8")
+    code, _, err = cli("suppress", "import", str(lines))
+    assert code == 0 and "suppressed 1 address (1 from unsubscribe tokens" in err and "\x1b" not in err
+    assert len(err.strip().splitlines()) == len(hostile) + 1
+
+
+def _secret(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT value FROM meta WHERE key = 'unsubscribe_secret'").fetchone()[0]
