@@ -56,10 +56,12 @@ LONGEST_KEY = 254 * 3 // 2
 LONGEST_TOKEN = len(base64.urlsafe_b64encode(bytes(1 + _ID_BYTES + MAC_BYTES + LONGEST_KEY)).rstrip(b"="))
 _URL_LINE = len("List-Unsubscribe: <>,")  # what surrounds the URL on its header line
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-# Printable ASCII without space and the characters that would end or confuse <...> in a header,
-# or split the list of targets (a comma: RFC 2369 separates targets with it, and parsers split
-# on it without regard to the brackets).
-_URL_CHARS = re.compile(r"[!#-+\--;=?-~]+")
+# The characters RFC 3986 allows in a URI, less the comma (RFC 2369 separates targets with it,
+# and parsers split on it without regard to the brackets): no space, quote, angle bracket or
+# control character to end or confuse <...> in a header, no backslash (WHATWG parsers read it
+# as "/", RFC 3986 ones as part of the user or host: two readers, two hosts), no { } | ^ `.
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+;=%]+")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 LARGE_MAILING = 5000  # Gmail and Yahoo require one-click unsubscribe from senders of this many a day
 ONE_CLICK = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 
@@ -138,10 +140,10 @@ def check_url(url: str, flag: str = "--unsubscribe-url") -> str:
     filled = _TOKEN_SLOT.sub("TOKEN", url)
     if "{{" in filled or "}}" in filled:
         raise UserError(f"{flag}: only {{{{ {TOKEN_FIELD} }}}} can be filled in here: '{safe(url)}'")
-    if not _URL_CHARS.fullmatch(filled):
+    if not _URL_CHARS.fullmatch(filled) or _BAD_PERCENT.search(filled):
         raise UserError(
-            f"{flag}: a space, quote, comma, angle bracket or control character has no place in the URL "
-            f"(percent-encode it): '{safe(url)}'"
+            f"{flag}: a space, quote, comma, angle bracket, backslash, control character or a % not followed by "
+            f"two hex digits has no place in the URL (percent-encode it): '{safe(url)}'"
         )
     slots = len(_TOKEN_SLOT.findall(url))
     longest = _URL_LINE + len(_TOKEN_SLOT.sub("", url)) + slots * LONGEST_TOKEN

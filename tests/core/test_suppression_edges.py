@@ -106,9 +106,13 @@ SLOT = "{{ unsubscribe_token }}"
         (f"https://example.org/{SLOT},<mailto:evil@example.net>", "comma"),
         ("https://example.org/" + "a" * 700 + SLOT, "too long"),  # fits MAX_URL, not a header line
         (f"https://example.org/{SLOT}" * 3, "too long"),  # three tokens of up to 542 characters
+        (f"https://example.org\\@evil.example.net/{SLOT}", "backslash"),  # two readers, two hosts
+        (f"https://example.org/a|b^c`d/{SLOT}", "backslash"),  # not URI characters (RFC 3986)
+        (f"https://example.org/100%/{SLOT}", "two hex digits"),
+        (f"https://example.org/%zz/{SLOT}", "two hex digits"),
     ],
     ids=["host", "host-part", "user", "password", "fragment", "fragment-after-query", "port-range", "port-name",
-         "comma", "comma-target", "line-too-long", "three-tokens"],
+         "comma", "comma-target", "line-too-long", "three-tokens", "backslash", "not-uri-chars", "percent", "percent-hex"],
 )
 def test_unsubscribe_urls_that_cannot_work_are_refused(cli: Cli, tmp_path: Path, body: Path, url: str, says: str) -> None:
     people = write_csv(tmp_path / "p.csv", [dict(r, code="x") for r in recipients(2)])
