@@ -143,3 +143,36 @@ async def test_the_dashboard_retry_after_another_process_retried_is_refused_in_o
     assert await state_of(cli.db, mailing_id) is MailingState.QUEUED
     counts = await asyncio.to_thread(assert_counts_agree, cli, mailing_id)
     assert counts["remaining"] == 2  # the policy refusals (5.7.1)
+
+
+def test_a_retry_while_a_sender_runs_is_taken_up_by_it(tmp_path: Path) -> None:
+    """The sender that just finished the mailing (and keeps running) sends the retry, and a
+    second retry while it is current is refused without touching it."""
+    from tests.helpers import wait_until
+
+    on = [True]
+    with Sink(fault=faulty(on)) as sink:
+        cli = Cli(tmp_path / "w.db", sink.port, MAILTOWER_RETRY_BASE="0.05", MAILTOWER_RETRY_MAX="0.2")
+        people = write_csv(tmp_path / "p.csv", recipients(8))
+        mailing_id = int(cli.ok("new", "--name", "n", "--subject", "Hi", "--from", "news@example.org",
+                                "--text", str(body_file(tmp_path)), "--recipients", str(people), "--now"))
+        runner = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            def state() -> str:
+                with sqlite3.connect(cli.db) as conn:
+                    return str(conn.execute("SELECT state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0])
+
+            wait_until(lambda: state() == "completed", what="the first run to complete")
+            on[0] = False
+            cli.ok("retry", str(mailing_id), "--all")
+            code, _, err = cli("retry", str(mailing_id), "--all")  # queued or sending by now: refused
+            assert code == 2 and len(err.strip().splitlines()) == 1
+            wait_until(lambda: state() == "completed", what="the retry to complete")
+        finally:
+            runner.terminate()
+            _, err_bytes = runner.communicate(timeout=60)
+        assert runner.returncode == 0, err_bytes.decode()
+        received = sink.received()
+    assert received["user2@example.com"] == received["user3@example.com"] == received["user4@example.com"] == 1
+    assert "user1@example.com" not in received  # its unknown mailbox is suppressed
+    assert assert_counts_agree(cli, mailing_id) == {"sent": 7, "failed": 1, "suppressed": 0, "remaining": 0}
