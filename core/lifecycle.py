@@ -313,7 +313,8 @@ class Lifecycle:
         if mailing.state not in TRANSITIONS[Action.COMPLETE][0] or mailing.remaining > 0:
             return False
         await tx.set_state(mailing.id, S.COMPLETED, position=None, finished_at=iso(tx.now), rate=0, last_error=None)
-        await tx.add_event(mailing.id, "completed", f"{mailing.sent:,} sent, {mailing.failed:,} failed")
+        skipped = f", {mailing.suppressed:,} suppressed" if mailing.suppressed else ""  # or the counts miss some
+        await tx.add_event(mailing.id, "completed", f"{mailing.sent:,} sent, {mailing.failed:,} failed{skipped}")
         await self._close_gaps(tx)
         return True
 

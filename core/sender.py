@@ -46,6 +46,7 @@ from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
 from .smtp_replies import Outcome as ReplyOutcome, Verdict, is_temporary_refusal, mailbox_gone
 from .store import Claimed, Outcome, Store, storage_error
+from .suppression import SuppressedMeanwhile, gate_before_dot
 from .unsubscribe import headers_for as unsubscribe_headers
 
 log = logging.getLogger("mailtower.sender")
@@ -97,6 +98,7 @@ class HeadRun:
     marks: list[int] = field(default_factory=list)  # rows connections are about to send
     held: set[int] = field(default_factory=set)  # claimed rows in memory (queued or in flight)
     marked: set[int] = field(default_factory=set)  # held rows whose `sending` mark was asked for
+    barred: set[int] = field(default_factory=set)  # marked rows found suppressed: suppressed on disk, never sent
     queued: int = 0  # rows on the work queue
     inflight: int = 0
     halt: bool = False
@@ -118,7 +120,7 @@ class HeadRun:
 
     def unmark(self, row_id: int) -> None:
         """A marked row was not sent after all: pending on disk until it is taken again."""
-        if row_id not in self.marked:
+        if self._forget_barred(row_id) or row_id not in self.marked:
             return
         self.marked.discard(row_id)
         if row_id in self.marks:
@@ -130,12 +132,35 @@ class HeadRun:
         """A held row has its outcome: written with the next batch, then out of memory."""
         row_id = outcome.recipient_id
         self.held.discard(row_id)
+        if self._forget_barred(row_id):
+            return  # its mark's commit made it `suppressed`: that says it all (no dot was sent)
         if row_id in self.marked:
             self.marked.discard(row_id)
             if row_id in self.marks:
                 self.marks.remove(row_id)  # the outcome says it all (only without a dot: a refusal)
         self.outcomes.append(outcome)
         self.wake.set()
+
+    def bar(self, row_ids: set[int]) -> None:
+        """Marked rows the last commit found suppressed (and made `suppressed` on disk). One
+        whose connection gave its outcome while that commit was under way (a refusal before the
+        dot) is forgotten with it: written too, it would count the row twice."""
+        self.barred |= row_ids
+        settled = [o.recipient_id for o in self.outcomes if o.recipient_id in row_ids]
+        if settled:
+            self.outcomes = [o for o in self.outcomes if o.recipient_id not in row_ids]
+            for row_id in settled:
+                self._forget_barred(row_id)
+
+    def _forget_barred(self, row_id: int) -> bool:
+        """Out of memory if the row was found suppressed when marked (True), without an outcome."""
+        if row_id not in self.barred:
+            return False
+        self.barred.discard(row_id)
+        self.held.discard(row_id)
+        self.marked.discard(row_id)
+        self.wake.set()
+        return True
 
     def on_disk(self) -> asyncio.Future[None]:
         """A future resolved when everything asked for so far has been committed."""
@@ -466,6 +491,7 @@ class Sender:
         are in doubt at the next start, unmarked ones plainly pending)."""
         run.held.clear()
         run.marked.clear()
+        run.barred.clear()
         run.inflight = 0
 
     async def _flush_and_claim(self, run: HeadRun, claim: int) -> None:
@@ -475,9 +501,11 @@ class Sender:
         outcomes, run.outcomes = run.outcomes, []
         marks, run.marks = run.marks, []
         waiters, run.waiters = run.waiters, []
+        barred: set[int] = set()
         try:
             claimed, mailing = await store.record_and_claim(
-                run.mailing.id, outcomes, 0 if run.canary else claim, rate=self.meter.rate(), marks=marks, held=run.held
+                run.mailing.id, outcomes, 0 if run.canary else claim, rate=self.meter.rate(), marks=marks, held=run.held,
+                barred=barred,
             )
             if run.canary is not None and mailing.state is MailingState.SENDING:
                 claimed = await run.canary.claim(store, run.held, claim)  # only the canary's sample
@@ -485,6 +513,8 @@ class Sender:
             run.waiters = waiters + run.waiters
             self._fail(exc)  # every worker waiting for this write (or a later one) hears of it
             raise
+        if barred:
+            run.bar(barred)  # before the waiters hear of the commit (gate_before_dot reads it)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -554,7 +584,7 @@ class Sender:
             m = await store.mailing(mailing_id)
         except NotFound:
             return  # deleted meanwhile (a stopped mailing may be): nothing to say about it
-        counts = f"{m.sent:,} sent, {m.failed:,} failed"
+        counts = f"{m.sent:,} sent, {m.failed:,} failed" + (f", {m.suppressed:,} suppressed" if m.suppressed else "")
         if m.state is MailingState.COMPLETED:
             log.info('mailing %d "%s" finished: %s', m.id, m.name, counts)
         elif m.state is MailingState.STOPPED:
@@ -673,8 +703,14 @@ class Sender:
         # the server is ever `sending` on disk, one per connection.
         run.marks.append(row_id)
         run.marked.add(row_id)
-        on_disk = run.on_disk()
-        outcome = await self._deliver(conn, relay, run, job.row, on_disk)
+        on_disk = gate_before_dot(run.on_disk(), run.barred, row_id)
+        try:
+            outcome = await self._deliver(conn, relay, run, job.row, on_disk)
+        except SuppressedMeanwhile:
+            # Suppressed after it was claimed: the connection was dropped before the dot (the
+            # server discards the message) and the row is `suppressed` on disk.
+            run.unmark(row_id)
+            return
         if outcome is None:
             # This relay cannot take it now: another connection (or this one, after the
             # rest) sends it. Nothing went past the dot, so nobody is in doubt.
@@ -690,7 +726,7 @@ class Sender:
             await self._resume(run)
 
     def _requeue(self, run: HeadRun, job: Job) -> None:
-        if run.halt or self.stopping:
+        if run.halt or self.stopping or job.row.id in run.barred:
             run.let_go(job.row.id)
         else:
             run.unmark(job.row.id)

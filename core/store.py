@@ -837,6 +837,7 @@ def _record_and_claim(
     rate: float | None,
     marks: list[int],
     held: Iterable[int],
+    barred: set[int] | None = None,
 ) -> tuple[list[Claimed], tuple[Any, ...]]:
     """The sender's batch transaction, run on the database thread (see Store.record_and_claim)."""
     now = time.time()
@@ -860,6 +861,10 @@ def _record_and_claim(
         elif rate is not None:
             conn.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
         if marks:
+            # A row whose address was suppressed after it was claimed is not sent (issue 13 item 6).
+            skipped_marks = _bar_suppressed_marks(conn, mailing_id, marks, now)
+            if barred is not None:
+                barred.update(skipped_marks)
             # After the outcomes: a row one connection gave back and another took up again
             # in the same batch ends up `sending`.
             conn.executemany(
@@ -928,6 +933,32 @@ def _claim_unsuppressed(
         if not barred or len(claimed) >= claim:
             break
     return claimed, skipped
+
+
+def _bar_suppressed_marks(conn: sqlite3.Connection, mailing_id: int, marks: list[int], now: float) -> list[int]:
+    """Rows about to be marked `sending` whose address is on the suppression list become
+    `suppressed` instead, counted as a claim's skip is. The sender holds claimed rows in memory
+    ahead of its connections; this is the last word before a row's final dot, in commit order
+    with `suppress add`, so an address suppressed once that commits is never sent."""
+    found: list[tuple[int, int, str]] = []
+    for start in range(0, len(marks), 500):
+        chunk = marks[start : start + 500]
+        # A row already `suppressed` (barred by an earlier mark whose connection then gave the
+        # row back for another to send) is barred again, not counted again.
+        found += conn.execute(
+            "SELECT r.id, r.in_doubt, r.state FROM recipients r"
+            f" WHERE r.id IN ({','.join('?' * len(chunk))}) AND r.mailing_id = ? AND (r.state = 'suppressed'"
+            " OR (r.state = 'pending' AND EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key)))",
+            (*chunk, mailing_id),
+        ).fetchall()
+    fresh = [(i, doubt) for i, doubt, state in found if state == "pending"]
+    if fresh:
+        conn.executemany("UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, i) for i, _ in fresh])
+        conn.execute(
+            "UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?",
+            (len(fresh), sum(1 for _, doubt in fresh if doubt), mailing_id),
+        )
+    return [i for i, _, _ in found]
 
 
 def _suppress_bounced(conn: sqlite3.Connection, outcomes: list[Outcome], now: float) -> None:
@@ -1236,6 +1267,7 @@ class Store:
         rate: float | None = None,
         marks: list[int] | None = None,
         held: Iterable[int] = (),
+        barred: set[int] | None = None,
     ) -> tuple[list[Claimed], Mailing]:
         """Write outcomes, mark the rows connections are about to send `sending`, and claim up
         to `claim` more due rows (none of `held`, the rows the sender already has), in one
@@ -1251,10 +1283,13 @@ class Store:
 
         This is the sender's hot path: the whole transaction runs as one call on the database
         thread instead of a hop per statement.
+
+        Marked rows whose address is suppressed by now become `suppressed` and are added to
+        `barred`: their connection must not send the final dot.
         """
         async with self._write_lock:
             claimed, row = await self.db._execute(  # noqa: SLF001 - aiosqlite's own way to run on its thread
-                _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate, marks or [], held  # noqa: SLF001
+                _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate, marks or [], held, barred  # noqa: SLF001
             )
         return claimed, _mailing_from_row(row)
 

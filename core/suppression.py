@@ -12,6 +12,7 @@ address is suppressed later is skipped when the sender claims it (state `suppres
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import enum
 import io
@@ -23,13 +24,14 @@ from email_validator import EmailNotValidError
 
 from .display import safe
 from .errors import UserError
-from .files import MIB, read_text_bounded
+from .files import MIB, database_companions, is_stdin, read_text_bounded, same_file
 from .recipients_csv import normalize_address
 from .store import Store
 from .unsubscribe import database_secret, read_token
 
 MAX_IMPORT_BYTES = 256 * MIB  # about five million addresses
 MAX_REASON = 300  # characters kept of a reason
+SHOWN = 80  # characters of a refused value repeated in its message (a line may hold megabytes)
 
 
 class Source(str, enum.Enum):
@@ -63,14 +65,21 @@ def address_key(address: str, *, allow_special: bool = False) -> tuple[str, str]
     try:
         normalized = normalize_address(text, allow_special=allow_special)
     except EmailNotValidError as exc:
-        raise UserError(f"'{safe(text)}' is not a valid address ({exc})") from None
+        raise UserError(f"'{shown(text)}' is not a valid address ({shown(str(exc))})") from None
     return normalized.lower(), normalized
+
+
+def shown(value: str) -> str:
+    """A value for a message: made safe, and cut short (with its length) when it is long."""
+    if len(value) <= SHOWN:
+        return safe(value)
+    return f"{safe(value[:SHOWN])}... ({len(value):,} characters)"
 
 
 def clean_reason(reason: str | None, what: str = "--reason") -> str:
     text = (reason or "").strip()
     if not text.isprintable():
-        raise UserError(f"{what}: a control character has no place in a reason: '{safe(text)}'")
+        raise UserError(f"{what}: a control character has no place in a reason: '{shown(text)}'")
     return text[:MAX_REASON]
 
 
@@ -121,26 +130,36 @@ async def remove_addresses(store: Store, addresses: Iterable[str], *, allow_spec
 
 
 def _values(text: str) -> Iterable[tuple[int, str]]:
-    """(line number, value) of a file: one value a line, or a CSV file's `email` column."""
-    lines = text.splitlines()
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    """(line number, value) of a file: one value a line, or a CSV file's `email` column.
+
+    Lines end at LF (CRLF too), as editors and `csv` number them: str.splitlines() would also
+    break at VT, FF, U+2028 and others, splitting one line's junk into two "addresses" and
+    numbering every later line wrong. Comment lines before a CSV header are not the header."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    first = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")), None)
     if first is None:
         return []
-    header = next(csv.reader([lines[first]]))
-    columns = [h.strip().lower() for h in header]
-    if len(columns) > 1 or columns == ["email"]:
+    if "," in lines[first] or lines[first].strip().strip('"').lower() == "email":
+        try:
+            columns = [h.strip().lower() for h in next(csv.reader([lines[first]]))]
+        except csv.Error as exc:
+            raise ValueError(f"line {first + 1}: {exc}") from None
         if "email" not in columns:
-            raise ValueError(f"line {first + 1}: a CSV file needs an 'email' column (found: {', '.join(columns)})")
+            found = shown(", ".join(columns))
+            raise ValueError(f"line {first + 1}: a CSV file needs an 'email' column (found: {found})")
         return _csv_values(text, first, columns.index("email"))
     return ((n + 1, line.strip()) for n, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#"))
 
 
 def _csv_values(text: str, first: int, column: int) -> Iterable[tuple[int, str]]:
     reader = csv.reader(io.StringIO(text, newline=""))
-    for row in reader:
-        if reader.line_num <= first + 1 or not any(cell.strip() for cell in row):
-            continue  # the header (and blank lines before it), blank rows
-        yield reader.line_num, (row[column].strip() if column < len(row) else "")
+    try:
+        for row in reader:
+            if reader.line_num <= first + 1 or not any(cell.strip() for cell in row):
+                continue  # the header (and blank lines before it), blank rows
+            yield reader.line_num, (row[column].strip() if column < len(row) else "")
+    except csv.Error as exc:
+        raise ValueError(f"line {reader.line_num}: {exc}") from None
 
 
 def parse_file(text: str, secret: bytes, reason: str, label: str, *, allow_special: bool = False) -> ParsedFile:
@@ -187,10 +206,13 @@ async def import_file(
     Lines that are neither a valid address nor a valid token are reported and skipped: a file of
     tokens collected by a web endpoint may hold anyone's junk, and the real unsubscribes in it
     must still be honoured. A file without one valid entry changes nothing and is an error."""
-    label = "standard input" if str(path) == "-" else str(path)
+    label = "standard input" if is_stdin(path) else str(path)
+    if not is_stdin(path) and any(same_file(Path(path), companion) for companion in database_companions(Path(store.path))):
+        raise UserError(f"suppress import: {safe(label)} is the database or one of its files; name the list to import")
+    reason = clean_reason(reason)  # before the file is read: a bad --reason is one line, whatever the file
     text = read_text_bounded(path, limit=MAX_IMPORT_BYTES, what="suppress import")
     secret = await database_secret(store)
-    parsed = parse_file(text, secret, clean_reason(reason) or f"imported from {Path(label).name}", label,
+    parsed = parse_file(text, secret, reason or f"imported from {shown(Path(label).name)}", safe(label),
                         allow_special=allow_special)
     if report is not None:
         for line, why in parsed.invalid:
@@ -201,3 +223,38 @@ async def import_file(
     unique = list({e.key: e for e in parsed.entries}.values())
     added, already = await _store_entries(store, unique)
     return ImportResult(added, already, parsed.invalid, sum(1 for e in unique if e.source is Source.UNSUBSCRIBE))
+
+
+# ---- while a mailing is sending --------------------------------------------------------------
+
+
+class SuppressedMeanwhile(Exception):
+    """A row's address was suppressed after the sender claimed it: its `sending` mark found it
+    on the list (Store.record_and_claim's `barred`), so the final dot must not be sent."""
+
+
+def gate_before_dot(on_disk: asyncio.Future[None], barred: set[int], row_id: int) -> asyncio.Future[None]:
+    """What a connection awaits before a row's final dot: the commit of the row's `sending`
+    mark (`on_disk`), then SuppressedMeanwhile if that commit found the address suppressed.
+
+    A future, not a coroutine: a retried transaction awaits it again. Its exception is marked
+    retrieved, as nobody awaits it when the server refuses the row before the dot."""
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(done: asyncio.Future[None]) -> None:
+        if gate.done():
+            return
+        if done.cancelled():
+            gate.cancel()
+            return
+        failure = done.exception() or (
+            SuppressedMeanwhile(f"recipient {row_id} was suppressed before it was sent") if row_id in barred else None
+        )
+        if failure is None:
+            gate.set_result(None)
+        else:
+            gate.set_exception(failure)
+            gate.exception()
+
+    on_disk.add_done_callback(settle)
+    return gate

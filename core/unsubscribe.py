@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+import idna
+
 from .display import safe
 from .domain import Mailing
 from .errors import UserError
@@ -47,9 +49,19 @@ MAC_BYTES = 16
 _MIN_RAW = 1 + _ID_BYTES + MAC_BYTES + 3  # "a@b" is the shortest address
 MAX_TOKEN = 1024  # characters: a 254-character address makes about 380
 MAX_URL = 1000  # characters of the URL template (a header line must stay under 998 octets)
+MAX_LINE = 998  # octets of a header line, CRLF excluded (RFC 5322 2.1.1)
+# The longest token: an address is at most 254 octets (recipients_csv's path limit) and its key,
+# lower-cased, at most half as long again ("\u0130" is 2 octets, its lower case "i\u0307" 3).
+LONGEST_KEY = 254 * 3 // 2
+LONGEST_TOKEN = len(base64.urlsafe_b64encode(bytes(1 + _ID_BYTES + MAC_BYTES + LONGEST_KEY)).rstrip(b"="))
+_URL_LINE = len("List-Unsubscribe: <>,")  # what surrounds the URL on its header line
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-# Printable ASCII without space and the characters that would end or confuse <...> in a header.
-_URL_CHARS = re.compile(r"[!#-;=?-~]+")
+# The characters RFC 3986 allows in a URI, less the comma (RFC 2369 separates targets with it,
+# and parsers split on it without regard to the brackets): no space, quote, angle bracket or
+# control character to end or confuse <...> in a header, no backslash (WHATWG parsers read it
+# as "/", RFC 3986 ones as part of the user or host: two readers, two hosts), no { } | ^ `.
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+;=%]+")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 LARGE_MAILING = 5000  # Gmail and Yahoo require one-click unsubscribe from senders of this many a day
 ONE_CLICK = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 
@@ -128,16 +140,39 @@ def check_url(url: str, flag: str = "--unsubscribe-url") -> str:
     filled = _TOKEN_SLOT.sub("TOKEN", url)
     if "{{" in filled or "}}" in filled:
         raise UserError(f"{flag}: only {{{{ {TOKEN_FIELD} }}}} can be filled in here: '{safe(url)}'")
-    if not _URL_CHARS.fullmatch(filled):
-        raise UserError(f"{flag}: a space, quote, angle bracket or control character has no place in the URL: '{safe(url)}'")
+    if not _URL_CHARS.fullmatch(filled) or _BAD_PERCENT.search(filled):
+        raise UserError(
+            f"{flag}: a space, quote, comma, angle bracket, backslash, control character or a % not followed by "
+            f"two hex digits has no place in the URL (percent-encode it): '{safe(url)}'"
+        )
+    slots = len(_TOKEN_SLOT.findall(url))
+    longest = _URL_LINE + len(_TOKEN_SLOT.sub("", url)) + slots * LONGEST_TOKEN
+    if longest > MAX_LINE:
+        raise UserError(
+            f"{flag}: too long: with a token of up to {LONGEST_TOKEN} characters in each of its {slots} "
+            f"{{{{ {TOKEN_FIELD} }}}} the header line could reach {longest} characters (at most {MAX_LINE})"
+        )
+    _check_url_parts(_TOKEN_SLOT.sub("{{}}", url), url, flag)
+    return url
+
+
+def _check_url_parts(marked: str, url: str, flag: str) -> None:
+    """An https URL with a host (and a valid port), the token (`{{}}` in `marked`) in its path or
+    query: in the host it would be lower-cased, cut at 63 characters and refused for its `_`;
+    in the user part it is a login; a fragment is never sent with the one-click POST."""
     try:
-        parts = urlsplit(filled)
+        parts = urlsplit(marked)
         host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError as exc:
         raise UserError(f"{flag}: not a URL ({exc}): '{safe(url)}'") from None
-    if parts.scheme.lower() != "https" or not host:
+    if parts.scheme.lower() != "https" or not host or "{{}}" in parts.scheme:
         raise UserError(f"{flag}: RFC 8058 one-click unsubscribe needs an https:// URL with a host: '{safe(url)}'")
-    return url
+    if "{{}}" in parts.netloc or "{{}}" in parts.fragment:
+        where = "after #, which is never sent to the server" if "{{}}" in parts.fragment else "in the host or user part"
+        raise UserError(
+            f"{flag}: {{{{ {TOKEN_FIELD} }}}} must be in the URL's path or query, not {where}: '{safe(url)}'"
+        )
 
 
 def check_mailto(address: str, normalize: Callable[[str], str], flag: str = "--unsubscribe-mailto") -> str:
@@ -150,7 +185,17 @@ def check_mailto(address: str, normalize: Callable[[str], str], flag: str = "--u
     except (ValueError, UserError) as exc:
         raise UserError(f"{flag}: '{safe(bare)}' is not a valid address ({exc})") from None
     if not normalized.isascii():
-        raise UserError(f"{flag}: '{safe(bare)}' must be an ASCII address")
+        # An internationalised domain has an ASCII form (xn--...) that a mailto URL can carry;
+        # a local part does not. (The validator gives the domain back in Unicode.)
+        local, _, domain = normalized.rpartition("@")
+        try:
+            # IDNA 2008 as the validator uses it (Python's "idna" codec is IDNA 2003: faß -> fass)
+            ascii_domain = idna.encode(domain).decode("ascii") if local.isascii() else ""
+        except (idna.IDNAError, UnicodeError):
+            ascii_domain = ""
+        if not ascii_domain:
+            raise UserError(f"{flag}: '{safe(bare)}' must have an ASCII part before the @-sign")
+        normalized = f"{local}@{ascii_domain}"
     return normalized
 
 

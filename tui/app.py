@@ -526,7 +526,8 @@ class DashboardApp(App[int]):
     def on_mailing_moved(self, message: MailingMoved) -> None:
         mailing, name = message.mailing, " ".join(message.mailing.name.split())
         if mailing.state is MailingState.COMPLETED:
-            self.notify(f"{name}: {mailing.sent:,} sent, {mailing.failed:,} failed", title="Completed", timeout=6)
+            skipped = f", {mailing.suppressed:,} suppressed" if mailing.suppressed else ""
+            self.notify(f"{name}: {mailing.sent:,} sent, {mailing.failed:,} failed{skipped}", title="Completed", timeout=6)
         elif mailing.missed:
             self.notify(f"{name} missed its send time: send it now or set a new schedule", severity="warning")
         elif message.before is MailingState.SCHEDULED and mailing.section is Section.CURRENT:

@@ -785,6 +785,7 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
         "failed": m.failed,
         "deferred": m.deferred,
         "in_doubt": m.in_doubt,
+        "suppressed": m.suppressed,  # skipped as suppressed: total = sent + failed + suppressed + remaining
         "remaining": m.remaining,
         "rate": round(rate, 3),
         "eta": iso(eta),
@@ -1114,11 +1115,12 @@ async def counters_if_readable(db: Path) -> dict[int, Mailing] | None:
 
 def run_summary(before: Mapping[int, Mailing], after: Mapping[int, Mailing], seconds: float) -> str:
     """`run` in one line: what it finished and sent, what is left waiting (deferred or in doubt)."""
-    finished = sent = failed = deferred = in_doubt = 0
+    finished = sent = failed = suppressed = deferred = in_doubt = 0
     for mid, now in after.items():
         then = before.get(mid)
         sent += max(0, now.sent - (then.sent if then else 0))
         failed += max(0, now.failed - (then.failed if then else 0))
+        suppressed += max(0, now.suppressed - (then.suppressed if then else 0))
         if now.state is MailingState.COMPLETED and (then is None or then.state is not MailingState.COMPLETED):
             finished += 1
         touched = then is None or (now.sent, now.failed, now.deferred, now.in_doubt) != (
@@ -1126,8 +1128,9 @@ def run_summary(before: Mapping[int, Mailing], after: Mapping[int, Mailing], sec
         if touched or now.section is Section.CURRENT:
             deferred += now.deferred
             in_doubt += now.in_doubt
+    skipped = f", {suppressed:,} skipped as suppressed" if suppressed else ""
     return (f"run ended after {duration(seconds)}: {plural(finished, 'mailing')} finished, {sent:,} sent, "
-            f"{failed:,} failed, {deferred:,} deferred, {in_doubt:,} in doubt")
+            f"{failed:,} failed{skipped}, {deferred:,} deferred, {in_doubt:,} in doubt")
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
