@@ -47,10 +47,14 @@ async def domain_limits(args: argparse.Namespace, store: Store, say: Callable[[a
     """`limits --domain NAME [--rate X] [--connections N] [--per-hour N]`."""
     if args.messages_per_connection is not None:
         raise UserError("--messages-per-connection: not a limit of a domain group (it belongs to the connections)")
-    given = {"rate": args.limit_rate, "connections": args.limit_connections,
-             "per_hour": args.per_hour if args.per_hour is not None else args.rate_per_hour}
-    changes = {name: raw for name, raw in given.items() if raw is not None}
-    await set_domain_limits(store, args.settings, args.domain, changes)
+    if args.per_hour is not None and args.rate_per_hour is not None:
+        raise UserError("--rate-per-hour: with --domain it is the group's --per-hour; give one of them")
+    per_hour_flag = "--per-hour" if args.rate_per_hour is None else "--rate-per-hour"
+    given = {"rate": ("--rate", args.limit_rate), "connections": ("--connections", args.limit_connections),
+             "per_hour": (per_hour_flag, args.per_hour if args.per_hour is not None else args.rate_per_hour)}
+    changes = {name: raw for name, (_, raw) in given.items() if raw is not None}
+    await set_domain_limits(store, args.settings, args.domain, changes,
+                            flags={name: flag for name, (flag, _) in given.items()})
     limits = await read_limits(store, args.settings)
     values = group_limits(args.settings, limits, args.domain)
     if changes:

@@ -1,0 +1,168 @@
+"""Hostile edges of pacing by destination (issue 13 items 1-3, review): group tables, names and
+match entries, live limits from flags and from hand-edited database rows, recipient domains and
+their group, and the sender with a group that cannot send now.
+
+Real SQLite files and a real SMTP server (core/sink.py) throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from mailtower.core.config import DomainGroupSpec, load_settings, parse_number
+from mailtower.core.domains import DomainPacer
+from mailtower.core.errors import UserError
+from mailtower.core.limits import read_limits
+from mailtower.core.sender import Sender
+from mailtower.core.sink import Sink
+from mailtower.core.store import Store
+from tests.core.test_domain_pacing import Arrivals, queued_mailing, settings_for
+from tests.helpers import Cli
+
+SLOW = '[domains.slow]\nmatch = ["slow.example.org"]\nrate = 5\n'
+
+
+def refused(tmp_path: Path, toml_text: str) -> str:
+    toml = tmp_path / "bad.toml"
+    toml.write_text(toml_text, encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_settings({"db": tmp_path / "x.db"}, environ={}, config_path=toml, config_flag="--config")
+    said = str(caught.value)
+    assert "\n" not in said and str(toml) in said
+    return said
+
+
+# ---- the TOML file ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        # a wildcard on a whole top-level domain is every .com domain: that is [domains.default]
+        ('[domains.a]\nmatch = ["*.com"]\n', "'*.com' takes a whole top-level domain"),
+        ('[domains.a]\nmatch = ["*.COM."]\n', "takes a whole top-level domain"),
+        # mail to an IP address is user@[127.0.0.1]: a bare address never matches anything
+        ('[domains.a]\nmatch = ["127.0.0.1"]\n', "'127.0.0.1' is an IP address"),
+        ('[domains.a]\nmatch = ["gmail.com.."]\n', "'gmail.com..' is not a domain name"),
+        # names that differ only in case: `--domain google` could not say which one it means
+        ('[domains.Google]\nmatch = ["a.com"]\n[domains.google]\nmatch = ["b.com"]\n',
+         "[domains.google]: the group name is taken by 'Google'"),
+        ('[domains.DEFAULT]\nmatch = ["a.com"]\n', "[domains.DEFAULT]: the default group is written [domains.default]"),
+        ('[domains.Default]\nrate = 3\n', "[domains.Default]: the default group is written [domains.default]"),
+    ],
+)
+def test_hostile_group_tables_are_refused(tmp_path: Path, table: str, said: str) -> None:
+    assert said in refused(tmp_path, table)
+
+
+def test_a_domain_in_two_groups_is_named_with_its_table(tmp_path: Path) -> None:
+    said = refused(tmp_path, '[domains.a]\nmatch = ["gmail.com"]\n[domains.b]\nmatch = ["GMAIL.com."]\n')
+    assert "[domains.b] match: gmail.com is already in group a" in said  # not "[domains].b"
+
+
+def test_one_domain_twice_in_a_group_counts_once(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('[domains.a]\nmatch = ["x.com", "X.COM", "x.com."]\n', encoding="utf-8")
+    settings = load_settings({"db": tmp_path / "x.db"}, environ={}, config_path=toml, config_flag="--config")
+    assert settings.domains[0].match == ("x.com",)
+
+
+def test_idn_entries_use_the_envelopes_idna_rules(tmp_path: Path) -> None:
+    """"straße.de" is xn--strae-oqa.de on the envelope (IDNA 2008); IDNA 2003 made it strasse.de,
+    another domain: a recipient at straße.de fell into strasse.de's group."""
+    pacer: DomainPacer[object] = DomainPacer([DomainGroupSpec("sharp", ("xn--strae-oqa.de",)),
+                                              DomainGroupSpec("plain", ("strasse.de",))])
+    assert pacer.group_of("a@straße.de").name == "sharp"
+    assert pacer.group_of("a@STRASSE.de").name == "plain"
+    toml = tmp_path / "c.toml"
+    toml.write_text('[domains.a]\nmatch = ["straße.de"]\n[domains.b]\nmatch = ["strasse.de"]\n', encoding="utf-8")
+    settings = load_settings({"db": tmp_path / "x.db"}, environ={}, config_path=toml, config_flag="--config")
+    assert [g.match for g in settings.domains] == [("xn--strae-oqa.de",), ("strasse.de",)]
+
+
+def test_odd_recipient_domains_fall_in_the_right_group() -> None:
+    pacer: DomainPacer[object] = DomainPacer([DomainGroupSpec("google", ("gmail.com",)),
+                                              DomainGroupSpec("de", ("xn--bcher-kva.de",))])
+    assert pacer.group_of("a@GMAIL.COM").name == "google"
+    assert pacer.group_of("a@ｇｍａｉｌ.com").name == "google"  # full-width letters map to gmail.com
+    assert pacer.group_of("a@gmail.com.").name == "google"
+    assert pacer.group_of("a@gmail.com..").name == "default"  # not a domain name: never a named group
+    assert pacer.group_of("a@BÜCHER.de").name == "de"
+    assert pacer.group_of("a@[127.0.0.1]").name == "default"
+    assert pacer.group_of("no-domain").name == "default"
+    assert pacer.group_of("a@").name == "default"
+
+
+def test_minus_zero_is_zero() -> None:
+    """-0 passes every bound as 0 but kept its sign: stored "-0.0", shown "-0" in JSON."""
+    value = parse_number("rate", "-0", "--rate")
+    assert value == 0 and str(value) == "0.0"
+    assert str(parse_number("rate", -0.0, "x")) == "0.0"
+
+
+# ---- `mailtower limits --domain` ------------------------------------------------------------------
+
+
+def test_limits_domain_flags_combined_oddly(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(SLOW, encoding="utf-8")
+    cli = Cli(tmp_path / "x.db", MAILTOWER_CONFIG=str(toml))
+    # --rate-per-hour with --domain is the group's budget; an error names the flag that was typed
+    code, out, err = cli("limits", "--domain", "slow", "--rate-per-hour", "-5")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--rate-per-hour: must be at least 0" in err, err
+    # both at once: one of them would have been dropped without a word
+    code, out, err = cli("limits", "--domain", "slow", "--rate-per-hour", "5", "--per-hour", "6")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "give one of them" in err, err
+    code, out, err = cli("limits", "--domain", "\x1b[2Jslow", "--rate", "1")
+    assert code == 2 and "\x1b" not in err and "'\\x1b[2Jslow'" in err, err
+    doc = json.loads(cli.ok("limits", "--domain", "slow", "--rate", "-0", "--json"))
+    assert doc == {"group": "slow", "connections": 0, "rate": 0, "per_hour": 0}
+    assert isinstance(doc["connections"], int)
+    assert '"rate": 0.0' in cli.ok("limits", "--domain", "slow", "--json")  # never -0.0
+
+
+# ---- hand-edited settings rows --------------------------------------------------------------------
+
+
+async def test_garbage_stored_rows_are_ignored_safely_and_said(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(SLOW, encoding="utf-8")
+    db = tmp_path / "g.db"
+    settings = load_settings({"db": db}, environ={}, config_path=toml, config_flag="--config")
+    store = await Store.open(db)
+    try:
+        await store.put_settings({
+            "domain.slow.rate": "NaN", "domain.slow.connections": "abc", "domain.slow.per_hour": "1e309",
+            "domain.gone.rate": "3", "domain.slow.burst": "2", "domain.\x1b[31mX.rate": "1",
+            "domain.slow.\x1b]0;owned\x07": "1", "domain.default.rate": "-0",
+        })
+        limits = await read_limits(store, settings)
+    finally:
+        await store.close()
+    assert limits.domains == {"default": {"rate": 0.0}}
+    assert str(limits.domains["default"]["rate"]) == "0.0"
+    text = "\n".join(limits.describe())
+    assert not any(ch in text for ch in "\x1b\x07"), text
+    said = {line for line in limits.ignored}
+    assert any("'domain.slow.burst'" in s and "'burst' is not a limit of a domain group" in s for s in said), said
+    assert any("'domain.gone.rate'" in s and "no domain group 'gone'" in s for s in said), said
+    assert any("domain.slow.rate" in s and "'NaN' is not a number" in s for s in said), said
+
+
+async def test_the_sender_sends_through_garbage_rows_with_the_configured_limits(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    toml = tmp_path / "c.toml"
+    toml.write_text(SLOW.replace("rate = 5", "rate = 50"), encoding="utf-8")
+    await queued_mailing(db, tmp_path, [f"s{i}@slow.example.org" for i in range(20)] + ["f@fast.example.com"])
+    store = await Store.open(db)
+    await store.put_settings({"domain.slow.rate": "NaN", "domain.slow.connections": "-1", "domain.removed.rate": "1"})
+    await store.close()
+    arrivals = Arrivals()
+    with Sink(fault=arrivals) as sink:
+        sender = Sender(settings_for(db, sink, toml))
+        await asyncio.wait_for(sender.run(until_idle=True), 30)
+        assert sender.domains.groups["slow"].limiter.configured == 50
+    assert len(arrivals.times("slow.example.org")) == 20
