@@ -22,6 +22,7 @@ are not one named domain's).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +42,10 @@ UNLIMITED_FLOOR = 1.0  # a throttled group without a rate of its own halves at l
 PARK_LIMIT = 20_000  # rows parked in all groups before the sender stops claiming more
 CACHE_LIMIT = 100_000  # remembered domain -> group answers (cleared when full)
 
+POSTPONE_AFTER = 30.0  # seconds: rows of a group whose hourly budget frees later than this leave memory
+
 J = TypeVar("J")
+log = logging.getLogger("mailtower.sender")
 
 
 class GroupMode:
@@ -73,6 +77,8 @@ class DomainGroup(Generic[J]):
     meter: RateMeter = field(default_factory=RateMeter)
     burst: ReplyBurst = field(default_factory=ReplyBurst)
     open: bool = True  # no limit of its own and not throttled: admit without asking the limiter
+    postponed_until: float = 0.0  # wall clock: its rows wait in the ledger for its hourly budget until then
+    postponed: int = 0  # rows of the head mailing put off to the ledger (postpone_paused) in this run
 
     @property
     def name(self) -> str:
@@ -131,7 +137,7 @@ class DomainGroup(Generic[J]):
         self._set_rate()
 
     def mode(self) -> str:
-        if self.per_hour and self.parked and self.has_room() and self.limiter.budget_used_up():
+        if self.per_hour and (self.parked or self.postponed_until > time.time()) and self.limiter.budget_used_up():
             return GroupMode.PAUSED
         return GroupMode.THROTTLED if self.factor < 1.0 else GroupMode.OK
 
@@ -148,6 +154,7 @@ class DomainGroup(Generic[J]):
             "failed": self.failed,
             "in_flight": self.in_flight,
             "waiting": len(self.parked),
+            "postponed": self.postponed,
             "rate": round(self.meter.rate(), 3),
             "limit_rate": round(self.limiter.configured, 3),
             "connections": self.connections,
@@ -221,7 +228,7 @@ class DomainPacer(Generic[J]):
         self.mailing_id = mailing_id
         for group in self.groups.values():
             group.parked.clear()
-            group.in_flight = group.sent = group.deferred = group.failed = 0
+            group.in_flight = group.sent = group.deferred = group.failed = group.postponed = 0
         self._waiting.clear()
         self.parked = 0
 
@@ -234,6 +241,44 @@ class DomainPacer(Generic[J]):
         group.parked.append(job)
         self._waiting.add(group)
         self.parked += 1
+        if self.parked == PARK_LIMIT:  # said once each time the cap is reached, not per row
+            log.warning("%s rows wait for their domain group's limits; no more are claimed until some go "
+                        "(most in group %s: %s)", f"{PARK_LIMIT:,}", self.holding(), self.describe_limits(self.holding()))
+
+    def holding(self) -> str:
+        """The group with the most parked rows (the one that holds the park cap)."""
+        return max(self._waiting, key=lambda g: len(g.parked)).name if self._waiting else ""
+
+    def describe_limits(self, name: str) -> str:
+        group = self.groups.get(name)
+        if group is None:
+            return ""
+        parts = [f"rate {group.limiter.configured:g}/s" if group.limiter.configured else "",
+                 f"connections {group.connections}" if group.connections else "",
+                 f"per hour {group.per_hour:g}" if group.per_hour else ""]
+        return ", ".join(p for p in parts if p) or "no limits of its own"
+
+    def postpone_paused(self) -> list[tuple[J, float, str]]:
+        """Parked rows of groups whose hourly budget frees only in more than POSTPONE_AFTER seconds:
+        (job, when it frees as wall-clock time, why). The sender writes them back deferred to that
+        time without counting an attempt, so a used-up budget neither holds rows in memory (nor the
+        park cap) nor keeps the head mailing's turn: the queue goes on to the next mailing."""
+        postponed: list[tuple[J, float, str]] = []
+        for group in list(self._waiting):
+            frees_in = group.limiter.budget_frees_in() if group.per_hour else 0.0
+            if frees_in <= POSTPONE_AFTER:
+                continue
+            at = time.time() + frees_in
+            why = f"domain group {group.name}: its hourly budget of {group.per_hour:g} is used up"
+            log.info("%s; %s recipients wait in the ledger until %s", why, f"{len(group.parked):,}",
+                     time.strftime("%H:%M:%S", time.localtime(at)))
+            self.parked -= len(group.parked)
+            group.postponed += len(group.parked)
+            postponed.extend((job, at, why) for job in group.parked)
+            group.parked.clear()
+            group.postponed_until = at
+            self._waiting.discard(group)
+        return postponed
 
     def release(self, enqueue: Callable[[J], None]) -> float | None:
         """Let out every parked row whose group has room now; the seconds until a parked row's

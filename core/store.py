@@ -751,7 +751,9 @@ def _outcome_rows(outcomes: list[Outcome], now: float) -> tuple[list[tuple[Any, 
                 o.code,
                 o.text,
                 o.next_attempt_at,
-                now if state is RecipientState.DEFERRED else None,
+                # Retries give up retry_max_age after the first real deferral; a row only put off
+                # (counted_attempt=False: a domain group's hourly budget) starts no such clock.
+                now if state is RecipientState.DEFERRED and o.counted_attempt else None,
                 now,
                 o.recipient_id,
             )

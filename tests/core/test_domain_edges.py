@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from mailtower.core.config import DomainGroupSpec, load_settings, parse_number
-from mailtower.core.domains import DomainPacer
+from mailtower.core.domains import PARK_LIMIT, DomainPacer
 from mailtower.core.errors import UserError
 from mailtower.core.limits import read_limits
 from mailtower.core.sender import Sender
 from mailtower.core.sink import Sink
 from mailtower.core.store import Store
-from tests.core.test_domain_pacing import Arrivals, queued_mailing, settings_for
+from tests.core.test_domain_pacing import Arrivals, config, queued_mailing, settings_for, until
 from tests.helpers import Cli
 
 SLOW = '[domains.slow]\nmatch = ["slow.example.org"]\nrate = 5\n'
@@ -166,3 +170,70 @@ async def test_the_sender_sends_through_garbage_rows_with_the_configured_limits(
         await asyncio.wait_for(sender.run(until_idle=True), 30)
         assert sender.domains.groups["slow"].limiter.configured == 50
     assert len(arrivals.times("slow.example.org")) == 20
+
+
+# ---- a group that cannot send for a long while ----------------------------------------------------
+
+
+async def test_a_used_up_hourly_budget_does_not_hold_the_queue(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Group "slow" may send 2 an hour. Its other 28 rows used to stay parked in memory for
+    hours, keeping the head's turn: the mailing queued behind it got nothing. Now they wait in
+    the ledger (deferred until the budget frees, no attempt counted) and the queue goes on."""
+    db = tmp_path / "q.db"
+    first = await queued_mailing(db, tmp_path, [f"s{i}@slow.example.org" for i in range(30)]
+                                 + [f"f{i}@fast.example.com" for i in range(10)])
+    (tmp_path / "b").mkdir()
+    await queued_mailing(db, tmp_path / "b", [f"b{i}@other.example.com" for i in range(5)])
+    arrivals = Arrivals()
+    caplog.set_level(logging.INFO, logger="mailtower")
+    with Sink(fault=arrivals) as sink:
+        sender = Sender(settings_for(db, sink, config(tmp_path, rate=0, per_hour=2)))
+        task = asyncio.create_task(sender.run())
+        try:
+            await until(lambda: len(arrivals.times("other.example.com")) == 5, 20, "the next mailing's five")
+            slow = next(g for g in sender.domains_document()["groups"] if g["group"] == "slow")  # type: ignore[union-attr]
+            assert slow["state"] == "paused" and "hourly budget of 2" in slow["reason"]
+        finally:
+            sender.request_stop()
+            await asyncio.wait_for(task, 15)
+    assert len(arrivals.times("slow.example.org")) == 2 and len(arrivals.times("fast.example.com")) == 10
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT state, attempts, first_deferred_at, next_attempt_at, last_error FROM recipients "
+                            "WHERE mailing_id = ? AND email LIKE '%@slow.example.org' AND state != 'sent'",
+                            (first,)).fetchall()
+    assert len(rows) == 28
+    for state, attempts, first_deferred, next_at, error in rows:
+        assert (state, attempts, first_deferred) == ("deferred", 0, None)  # no retry clock started
+        assert next_at > time.time() + 600 and "domain group slow" in error
+    assert "hourly budget of 2 is used up; 28 recipients wait in the ledger" in caplog.text
+
+
+def test_the_park_cap_names_the_group_that_holds_it(caplog: pytest.LogCaptureFixture) -> None:
+    pacer: DomainPacer[int] = DomainPacer([DomainGroupSpec("stuck", ("stuck.example.com",), rate=0.01)])
+    stuck, other = pacer.group_of("a@stuck.example.com"), pacer.group_of("a@other.example.com")
+    queue: list[int] = []
+    caplog.set_level(logging.WARNING, logger="mailtower")
+    for n in range(PARK_LIMIT + 1):
+        pacer.admit(stuck, n, queue.append)
+    pacer.admit(other, -1, queue.append)
+    assert queue == [0, -1] and pacer.parked == PARK_LIMIT
+    assert pacer.holding() == "stuck"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "most in group stuck: rate 0.01/s" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 5.0, 1e6])
+def test_throttling_keeps_the_rate_above_zero_and_never_above_the_configured(rate: float) -> None:
+    pacer: DomainPacer[int] = DomainPacer([DomainGroupSpec("g", ("g.example.com",), rate=rate)])
+    group = pacer.groups["g"]
+    now = 1000.0
+    for _ in range(40):  # far more halvings than the floor allows
+        now += 3.0
+        group.throttle("421 slow down", now)
+        assert 0 < group.limiter.configured <= (rate or 1.0) and math.isfinite(group.limiter.configured)
+    assert group.factor >= 1 / 64
+    for _ in range(40):  # recovery, one step a minute, ends exactly at the configured rate
+        now += 61.0
+        group.recover(now)
+        assert 0 < group.limiter.configured <= (rate or 1.0) or group.factor == 1.0
+    assert group.factor == 1.0 and group.limiter.configured == rate and not group.throttled_since
