@@ -337,7 +337,7 @@ class DomainPacer(Generic[J]):
         if verdict.outcome is ReplyOutcome.SENT:
             group.burst.note(False)
             return True
-        said = f"{verdict.code} {verdict.text}"
+        said = f"{verdict.code} {verdict.text}"[:MAX_SAID]  # kept in the status document every second
         group.last_reply = said
         burst = group.burst.note(is_temporary_refusal(verdict, RECIPIENT_STAGES))
         if slows_domain(verdict):
@@ -414,8 +414,7 @@ def group_reports(
     for domain, state, n in counts:
         states = tally[pacer.group_of("@" + domain).name]
         states[state] = states.get(state, 0) + n
-    groups = live.get("groups") if live.get("mailing") == mailing_id else None
-    figures = {g.get("group"): g for g in groups if isinstance(g, dict)} if isinstance(groups, list) else {}
+    figures = _live_figures(live, mailing_id)
     reports = []
     for name, group in pacer.groups.items():
         states, now = tally[name], figures.get(name, {})
@@ -432,11 +431,34 @@ def group_reports(
             limit_rate=_amount(now.get("limit_rate", group.limiter.configured)),
             connections=group.connections,
             per_hour=group.per_hour,
-            state=str(now.get("state", "idle")) if now else "idle",
-            reason=str(now.get("reason", "") or ""),
-            last_reply=str(now.get("last_reply", "") or ""),
+            state=_state(now.get("state")) if now else "idle",
+            reason=_said(now.get("reason")),
+            last_reply=_said(now.get("last_reply")),
         ))
     return reports
+
+
+MAX_SAID = 300  # characters of a reply or reason kept for display (a relay may say a lot)
+_STATES = frozenset({GroupMode.OK, GroupMode.THROTTLED, GroupMode.PAUSED})
+
+
+def _live_figures(live: Mapping[str, Any], mailing_id: int) -> dict[str, Mapping[str, Any]]:
+    """The sender's per-group figures by group name, if the document is about `mailing_id`. The
+    document comes from another process through the database: anything in it may be malformed."""
+    head = live.get("mailing")
+    groups = live.get("groups")
+    if isinstance(head, bool) or head != mailing_id or not isinstance(groups, list):
+        return {}
+    return {g["group"]: g for g in groups if isinstance(g, dict) and isinstance(g.get("group"), str)}
+
+
+def _state(raw: object) -> str:
+    return raw if isinstance(raw, str) and raw in _STATES else "idle"
+
+
+def _said(raw: object) -> str:
+    text = raw if isinstance(raw, str) else ""
+    return text if len(text) <= MAX_SAID else text[:MAX_SAID] + "..."
 
 
 def throttled_groups(live: Mapping[str, Any]) -> int:
@@ -444,7 +466,9 @@ def throttled_groups(live: Mapping[str, Any]) -> int:
     groups = live.get("groups")
     if not isinstance(groups, list):
         return 0
-    return sum(1 for g in groups if isinstance(g, dict) and g.get("state") == GroupMode.THROTTLED)
+    # Each name once: the document comes from another process and may repeat an entry.
+    return len({g.get("group") for g in groups
+                if isinstance(g, dict) and isinstance(g.get("group"), str) and g.get("state") == GroupMode.THROTTLED})
 
 
 def _count(raw: object) -> int:
