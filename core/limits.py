@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .config import BOUNDS, DEFAULT_GROUP, DOMAIN_LIMITS, Bound, Settings, flag_name, parse_number, show_value
+from .display import safe
 from .errors import UserError
 from .store import Store
 
@@ -116,7 +117,8 @@ def _stored_domain_limits(
         if name not in DOMAIN_LIMITS:
             ignored.append(f"{shown}: {show_value(name)} is not a limit of a domain group; ignored")
         elif group not in known:
-            ignored.append(f"{shown}: no domain group {show_value(group)} is configured; ignored")
+            ignored.append(f"{shown}: no domain group {show_value(group)} is configured; ignored "
+                           f"(`mailtower limits --domain {safe(group)} --reset` forgets it)")
         else:
             try:
                 result.setdefault(group, {})[name] = parse_number(DOMAIN_LIMITS[name], raw, shown)
@@ -150,3 +152,15 @@ async def set_domain_limits(store: Store, settings: Settings, group: str, change
         checked[f"{DOMAIN_KEY}{group}.{name}"] = str(value)
     if checked:
         await store.put_settings(checked)
+
+
+async def reset_domain_limits(store: Store, settings: Settings, group: str, source: str = "--domain") -> int:
+    """Forget one group's live values: its [domains.NAME] table applies again. Also for a group
+    the configuration no longer has, whose stored rows would otherwise be reported forever."""
+    stored = await store.get_settings()
+    keys = [f"{DOMAIN_KEY}{group}.{name}" for name in DOMAIN_LIMITS]
+    if group not in group_names(settings) and not any(key in stored for key in keys):
+        names = ", ".join(group_names(settings))
+        raise UserError(f"{source}: no domain group {show_value(group)} and no stored limits of one; "
+                        f"the configured groups are {names}")
+    return await store.delete_settings(keys)

@@ -1273,6 +1273,13 @@ class Store:
         ) as cur:
             return [(str(d), str(s), int(n)) for d, s, n in await cur.fetchall()]
 
+    async def delete_settings(self, keys: Iterable[str]) -> int:
+        """Forget the operator's live values `keys` (then the configuration's apply); how many were set."""
+        wanted = list(keys)
+        async with self.write() as tx:
+            cur = await tx.db.executemany("DELETE FROM settings WHERE key = ?", [(k,) for k in wanted])
+            return max(cur.rowcount, 0)
+
     # ---- suppression and unsubscribe (issue 13, items 6-7) -------------------------------
 
     async def suppression_page(self, after_key: str = "", limit: int = 2000) -> list[tuple[str, str, str, str, int | None, str]]:

@@ -16,7 +16,7 @@ from mailtower.core.display import safe
 from mailtower.core.domains import GroupReport, group_reports
 from mailtower.core.domain import Section
 from mailtower.core.errors import UserError
-from mailtower.core.limits import group_limits, group_names, read_limits, set_domain_limits
+from mailtower.core.limits import group_limits, group_names, read_limits, reset_domain_limits, set_domain_limits
 from mailtower.core.sender_status import read_status
 from mailtower.core.store import Store
 
@@ -41,12 +41,17 @@ def add_limit_options(lim: argparse.ArgumentParser) -> None:
     lim.add_argument("--domain", metavar="NAME",
                      help="change this domain group's limits instead (--rate, --connections, --per-hour)")
     lim.add_argument("--per-hour", metavar="N", help="with --domain: the group's hourly budget, 0 = unlimited")
+    lim.add_argument("--reset", action="store_true",
+                     help="with --domain: forget the group's live limits (its [domains.NAME] table applies again; "
+                          "also clears those of a group no longer configured)")
 
 
 async def domain_limits(args: argparse.Namespace, store: Store, say: Callable[[argparse.Namespace, str], None]) -> int:
     """`limits --domain NAME [--rate X] [--connections N] [--per-hour N]`."""
     if args.messages_per_connection is not None:
         raise UserError("--messages-per-connection: not a limit of a domain group (it belongs to the connections)")
+    if args.reset:
+        return await _reset(args, store, say)
     if args.per_hour is not None and args.rate_per_hour is not None:
         raise UserError("--rate-per-hour: with --domain it is the group's --per-hour; give one of them")
     per_hour_flag = "--per-hour" if args.rate_per_hour is None else "--rate-per-hour"
@@ -60,6 +65,25 @@ async def domain_limits(args: argparse.Namespace, store: Store, say: Callable[[a
     if changes:
         said = ", ".join(f"{name} {_shown(name, values[name])}" for name in changes)
         say(args, f"domain group {args.domain}: {said} (a running sender applies it within a second)")
+    if args.json:
+        print(json.dumps({"group": args.domain, **values}, indent=1))
+    else:
+        print("\n".join(f"{args.domain} {name}: {_shown(name, value)}" for name, value in values.items()))
+    return 0
+
+
+async def _reset(args: argparse.Namespace, store: Store, say: Callable[[argparse.Namespace, str], None]) -> int:
+    given = [flag for flag, value in (("--rate", args.limit_rate), ("--connections", args.limit_connections),
+                                      ("--per-hour", args.per_hour), ("--rate-per-hour", args.rate_per_hour))
+             if value is not None]
+    if given:
+        raise UserError(f"{given[0]}: --reset forgets the group's live limits; give it alone")
+    forgotten = await reset_domain_limits(store, args.settings, args.domain)
+    said = f"{forgotten} stored limit{'s' if forgotten != 1 else ''}" if forgotten else "no stored limits"
+    say(args, f"domain group {safe(args.domain)}: {said} forgotten (a running sender applies it within a second)")
+    if args.domain not in group_names(args.settings):
+        return 0  # a group no longer configured: nothing else to show
+    values = group_limits(args.settings, await read_limits(store, args.settings), args.domain)
     if args.json:
         print(json.dumps({"group": args.domain, **values}, indent=1))
     else:

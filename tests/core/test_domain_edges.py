@@ -237,3 +237,37 @@ def test_throttling_keeps_the_rate_above_zero_and_never_above_the_configured(rat
         group.recover(now)
         assert 0 < group.limiter.configured <= (rate or 1.0) or group.factor == 1.0
     assert group.factor == 1.0 and group.limiter.configured == rate and not group.throttled_since
+
+
+def put_rows(db: Path, rows: dict[str, str]) -> None:
+    """Settings rows as someone editing the database would leave them."""
+    async def put() -> None:
+        store = await Store.open(db)
+        try:
+            await store.put_settings(rows)
+        finally:
+            await store.close()
+
+    asyncio.run(put())
+
+
+def test_a_removed_groups_stored_rows_can_be_forgotten(tmp_path: Path) -> None:
+    """A group taken out of the config keeps its stored rows: ignored and said at every read,
+    and `limits --domain NAME` refused it, so nothing but SQL could clear them."""
+    toml = tmp_path / "c.toml"
+    toml.write_text(SLOW, encoding="utf-8")
+    db = tmp_path / "r.db"
+    cli = Cli(db, MAILTOWER_CONFIG=str(toml))
+    cli.ok("limits", "--domain", "slow", "--rate", "3")
+    put_rows(db, {"domain.gone.rate": "3", "domain.gone.per_hour": "7"})
+    assert "limits --domain gone --reset" in cli.ok("limits")  # the warning says how to clear it
+    code, out, err = cli("limits", "--domain", "gone", "--reset")
+    assert code == 0 and "2 stored limits forgotten" in err, err
+    assert "gone" not in cli.ok("limits")
+    code, out, err = cli("limits", "--domain", "slow", "--reset", "--json")
+    assert code == 0 and json.loads(out)["rate"] == 5 and "1 stored limit forgotten" in err
+    for args, said in [(("--domain", "gone", "--reset"), "no domain group 'gone' and no stored limits of one"),
+                       (("--reset",), "--reset: give --domain NAME too"),
+                       (("--domain", "slow", "--reset", "--per-hour", "3"), "--per-hour: --reset forgets")]:
+        code, out, err = cli("limits", *args)
+        assert code == 2 and out == "" and err.count("\n") == 1 and said in err, (args, err)
