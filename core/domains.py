@@ -414,10 +414,15 @@ def group_reports(
     for domain, state, n in counts:
         states = tally[pacer.group_of("@" + domain).name]
         states[state] = states.get(state, 0) + n
-    figures = _live_figures(live, mailing_id)
+    figures, this_mailing = _live_figures(live, mailing_id)
     reports = []
     for name, group in pacer.groups.items():
         states, now = tally[name], figures.get(name, {})
+        if not this_mailing:
+            # The sender sends another mailing: its counts are not this one's, but a group it
+            # finds throttled or paused is so for every mailing (that is why this one yielded).
+            now = {key: now[key] for key in ("state", "reason", "limit_rate") if key in now} \
+                if _state(now.get("state")) in (GroupMode.THROTTLED, GroupMode.PAUSED) else {}
         reports.append(GroupReport(
             group=name,
             domains=len(group.spec.match),
@@ -442,14 +447,16 @@ MAX_SAID = 300  # characters of a reply or reason kept for display (a relay may 
 _STATES = frozenset({GroupMode.OK, GroupMode.THROTTLED, GroupMode.PAUSED})
 
 
-def _live_figures(live: Mapping[str, Any], mailing_id: int) -> dict[str, Mapping[str, Any]]:
-    """The sender's per-group figures by group name, if the document is about `mailing_id`. The
-    document comes from another process through the database: anything in it may be malformed."""
+def _live_figures(live: Mapping[str, Any], mailing_id: int) -> tuple[dict[str, Mapping[str, Any]], bool]:
+    """The sender's per-group figures by group name, and whether the document is about
+    `mailing_id`. It comes from another process through the database: anything in it may be
+    malformed."""
     head = live.get("mailing")
     groups = live.get("groups")
-    if isinstance(head, bool) or head != mailing_id or not isinstance(groups, list):
-        return {}
-    return {g["group"]: g for g in groups if isinstance(g, dict) and isinstance(g.get("group"), str)}
+    if not isinstance(groups, list):
+        return {}, False
+    figures = {g["group"]: g for g in groups if isinstance(g, dict) and isinstance(g.get("group"), str)}
+    return figures, not isinstance(head, bool) and head == mailing_id
 
 
 def _state(raw: object) -> str:

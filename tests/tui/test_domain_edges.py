@@ -80,3 +80,16 @@ async def test_header_counts_each_throttled_group_once_while_monitoring(
     async with app.run_test(size=(160, 30)) as pilot:
         await until(pilot, lambda: app.dashboard.header.info is not None and "throttled" in app.dashboard.header.plain)
         assert "1 domain throttled" in app.dashboard.header.plain
+
+
+def test_a_paused_group_shows_paused_for_the_mailing_that_yielded_to_another() -> None:
+    """The sender moved on to mailing 5 because group bigmail's hourly budget is used up: mailing
+    4's Details and `mailtower domains 4` said "idle" for it, as if nothing held it back."""
+    doc = {"mailing": 5, "groups": [
+        {"group": "bigmail", "state": "paused", "reason": "its hourly budget of 5000 is used up", "in_flight": 2},
+        {"group": "netmail", "state": "ok", "in_flight": 1, "rate": 4.0},
+    ]}
+    reports = {r.group: r for r in group_reports(GROUPS, [], doc, 4)}
+    assert (reports["bigmail"].state, reports["bigmail"].reason) == ("paused", "its hourly budget of 5000 is used up")
+    assert reports["bigmail"].in_flight == 0  # mailing 5's figures are not mailing 4's
+    assert reports["netmail"].state == "idle" and reports["netmail"].rate == 0.0
