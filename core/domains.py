@@ -468,14 +468,19 @@ def _said(raw: object) -> str:
     return text if len(text) <= MAX_SAID else text[:MAX_SAID] + "..."
 
 
-def throttled_groups(live: Mapping[str, Any]) -> int:
-    """How many groups a sender's domains document says are throttled (for the header)."""
+def throttled_groups(live: Mapping[str, Any], state: str = GroupMode.THROTTLED) -> int:
+    """How many groups a sender's domains document says are throttled (or in `state`)."""
     groups = live.get("groups")
     if not isinstance(groups, list):
         return 0
     # Each name once: the document comes from another process and may repeat an entry.
     return len({g.get("group") for g in groups
-                if isinstance(g, dict) and isinstance(g.get("group"), str) and g.get("state") == GroupMode.THROTTLED})
+                if isinstance(g, dict) and isinstance(g.get("group"), str) and g.get("state") == state})
+
+
+def domain_counts(live: Mapping[str, Any]) -> dict[str, int]:
+    """The header's figures (tui/header.HeaderInfo): groups throttled and groups paused."""
+    return {"domains_throttled": throttled_groups(live), "domains_paused": throttled_groups(live, GroupMode.PAUSED)}
 
 
 def _count(raw: object) -> int:

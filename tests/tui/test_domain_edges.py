@@ -8,10 +8,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from mailtower.core.domains import group_reports, throttled_groups
+from mailtower.core.domains import domain_counts, group_reports, throttled_groups
 from mailtower.core.store import Store
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.cli_domains import domains_table
+from mailtower.tui.header import HeaderInfo, Mode, header_text
 from mailtower.tui.screens import DetailsScreen
 from tests.helpers import until
 
@@ -93,3 +94,27 @@ def test_a_paused_group_shows_paused_for_the_mailing_that_yielded_to_another() -
     assert (reports["bigmail"].state, reports["bigmail"].reason) == ("paused", "its hourly budget of 5000 is used up")
     assert reports["bigmail"].in_flight == 0  # mailing 5's figures are not mailing 4's
     assert reports["netmail"].state == "idle" and reports["netmail"].rate == 0.0
+
+
+def test_header_says_how_many_groups_are_paused() -> None:
+    """A group whose hourly budget is used up sends nothing for up to an hour: the header said
+    nothing of it (only throttled groups were counted)."""
+    base = HeaderInfo(Mode.SENDING, rate=12.0, last_accept_age=1.0)
+    doc = {"mailing": 1, "groups": [{"group": "bigmail", "state": "paused"}, {"group": "netmail", "state": "throttled"}]}
+    text = header_text(replace(base, **domain_counts(doc))).plain
+    assert "· 1 domain throttled" in text and "· 1 domain paused" in text
+    assert "paused" not in header_text(replace(base, **domain_counts({}))).plain
+
+
+async def test_header_of_a_monitoring_dashboard_says_paused(fixed_db: Fixture, held_lease: HeldLease) -> None:
+    await put_sender_meta(fixed_db.db, FIXED_NOW)
+    doc = {"mailing": 1, "groups": [{"group": "bigmail", "state": "paused"}, {"group": "netmail", "state": "paused"}]}
+    store = await Store.open(fixed_db.db)
+    try:
+        await store.put_meta({"sender_domains": json.dumps(doc)})
+    finally:
+        await store.close()
+    app = DashboardApp(settings_for(fixed_db.db), start_sender=False, now=Clock(), operator_tz=OPERATOR_TZ)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await until(pilot, lambda: app.dashboard.header.info is not None and "domains paused" in app.dashboard.header.plain)
+        assert "2 domains paused" in app.dashboard.header.plain
