@@ -32,9 +32,16 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
         "paused) and the last reply come from the running sender while it sends this mailing.",
         "  mailtower domains\n  mailtower domains 4 --json\n",
     )
-    dom.add_argument("mailing_id", nargs="?", type=int, metavar="ID", help=ID_HELP)
+    dom.add_argument("mailing_id", nargs="?", type=_mailing_id, metavar="ID", help=ID_HELP)
     dom.add_argument("--json", action="store_true", help="one JSON document on standard output")
     return [dom]
+
+
+def _mailing_id(text: str) -> int:
+    """The same check as every other command's ID (1 to SQLite's largest integer)."""
+    from mailtower.tui.cli import mailing_id  # here, not at import: tui/cli.py imports this module
+
+    return mailing_id(text)
 
 
 def add_limit_options(lim: argparse.ArgumentParser) -> None:

@@ -271,3 +271,22 @@ def test_a_removed_groups_stored_rows_can_be_forgotten(tmp_path: Path) -> None:
                        (("--domain", "slow", "--reset", "--per-hour", "3"), "--per-hour: --reset forgets")]:
         code, out, err = cli("limits", *args)
         assert code == 2 and out == "" and err.count("\n") == 1 and said in err, (args, err)
+
+
+def test_domains_refuses_an_id_sqlite_cannot_hold(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "x.db")
+    for bad in ("99999999999999999999999", "-1", "1_0"):
+        code, out, err = cli("domains", "--", bad)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "is not a mailing id" in err, (bad, err)
+
+
+async def test_a_group_with_no_limits_of_its_own_never_stalls(tmp_path: Path) -> None:
+    """rate = 0 and connections = 0 mean "none of its own" (not "send nothing"): run --until-idle
+    ends once everything is sent."""
+    db = tmp_path / "z.db"
+    await queued_mailing(db, tmp_path, [f"s{i}@slow.example.org" for i in range(30)] + ["f@fast.example.com"])
+    arrivals = Arrivals()
+    with Sink(fault=arrivals) as sink:
+        sender = Sender(settings_for(db, sink, config(tmp_path, rate=0, connections=0, per_hour=0)))
+        await asyncio.wait_for(sender.run(until_idle=True), 30)
+    assert len(arrivals.times("slow.example.org")) == 30
