@@ -78,7 +78,8 @@ class DomainGroup(Generic[J]):
     burst: ReplyBurst = field(default_factory=ReplyBurst)
     open: bool = True  # no limit of its own and not throttled: admit without asking the limiter
     postponed_until: float = 0.0  # wall clock: its rows wait in the ledger for its hourly budget until then
-    postponed: int = 0  # rows of the head mailing put off to the ledger (postpone_paused) in this run
+    postponed: int = 0  # rows of the head mailing put off to the ledger (DomainPacer.postpone) in this run
+    backlog_until: float = 0.0  # wall clock: the last of its rows put off at the park cap is due then
 
     @property
     def name(self) -> str:
@@ -242,8 +243,8 @@ class DomainPacer(Generic[J]):
         self._waiting.add(group)
         self.parked += 1
         if self.parked == PARK_LIMIT:  # said once each time the cap is reached, not per row
-            log.warning("%s rows wait for their domain group's limits; no more are claimed until some go "
-                        "(most in group %s: %s)", f"{PARK_LIMIT:,}", self.holding(), self.describe_limits(self.holding()))
+            log.warning("%s rows wait for their domain group's limits (most in group %s: %s)",
+                        f"{PARK_LIMIT:,}", self.holding(), self.describe_limits(self.holding()))
 
     def holding(self) -> str:
         """The group with the most parked rows (the one that holds the park cap)."""
@@ -258,11 +259,19 @@ class DomainPacer(Generic[J]):
                  f"per hour {group.per_hour:g}" if group.per_hour else ""]
         return ", ".join(p for p in parts if p) or "no limits of its own"
 
-    def postpone_paused(self) -> list[tuple[J, float, str]]:
-        """Parked rows of groups whose hourly budget frees only in more than POSTPONE_AFTER seconds:
-        (job, when it frees as wall-clock time, why). The sender writes them back deferred to that
-        time without counting an attempt, so a used-up budget neither holds rows in memory (nor the
-        park cap) nor keeps the head mailing's turn: the queue goes on to the next mailing."""
+    def postpone(self) -> list[tuple[J, float, str]]:
+        """Parked rows that would wait long, as (job, when to try again as wall-clock time, why):
+        the sender writes them back deferred to that time without counting an attempt, so a slow
+        group neither holds rows in memory nor, at the park cap, the other domains' rows."""
+        postponed = self._postpone_used_up_budgets()
+        if self.parked >= PARK_LIMIT:
+            postponed += self._postpone_backlog(max(self._waiting, key=lambda g: len(g.parked)))
+        return postponed
+
+    def _postpone_used_up_budgets(self) -> list[tuple[J, float, str]]:
+        """Groups whose hourly budget frees only in more than POSTPONE_AFTER seconds: all their
+        parked rows, until it frees. A used-up budget then does not keep the head mailing's turn
+        either: the queue goes on to the next mailing."""
         postponed: list[tuple[J, float, str]] = []
         for group in list(self._waiting):
             frees_in = group.limiter.budget_frees_in() if group.per_hour else 0.0
@@ -279,6 +288,25 @@ class DomainPacer(Generic[J]):
             group.postponed_until = at
             self._waiting.discard(group)
         return postponed
+
+    def _postpone_backlog(self, group: DomainGroup[J]) -> list[tuple[J, float, str]]:
+        """The park cap is reached and `group` holds the most: the rows it cannot send within
+        POSTPONE_AFTER seconds at its rate of now wait in the ledger, spread at that rate, so
+        claiming goes on for the other domains. A group capped only by connections has no rate
+        to spread by: its rows stay (the log named it when the cap was reached)."""
+        rate = group.limiter.configured
+        keep = max(1, int(rate * POSTPONE_AFTER))
+        if rate <= 0 or len(group.parked) <= keep:
+            return []
+        later = [group.parked.pop() for _ in range(len(group.parked) - keep)][::-1]
+        start = max(time.time() + keep / rate, group.backlog_until)
+        group.backlog_until = start + len(later) / rate
+        self.parked -= len(later)
+        group.postponed += len(later)
+        why = f"domain group {group.name}: more than it sends in {POSTPONE_AFTER:g} s at {rate:g}/s"
+        log.info("%s; %s recipients wait in the ledger, the last until %s", why, f"{len(later):,}",
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(group.backlog_until)))
+        return [(job, start + index / rate, why) for index, job in enumerate(later)]
 
     def release(self, enqueue: Callable[[J], None]) -> float | None:
         """Let out every parked row whose group has room now; the seconds until a parked row's

@@ -490,9 +490,9 @@ class Sender:
             await self._publish(run, self._current_with_head(run))
 
     def _postpone(self, run: HeadRun) -> None:
-        """Rows of a domain group whose hourly budget is used up wait in the ledger, not in memory
-        (core/domains.py, postpone_paused): an attempt is not counted."""
-        for job, at, why in self.domains.postpone_paused():
+        """Rows of a domain group whose hourly budget is used up wait in the ledger, not in memory,
+        and so does a group's backlog at the park cap (core/domains.py, postpone): no attempt is counted."""
+        for job, at, why in self.domains.postpone():
             run.settle(Outcome(job.row.id, RecipientState.DEFERRED, None, why, next_attempt_at=at, counted_attempt=False))
 
     def _enqueue(self, job: Job) -> None:

@@ -220,6 +220,21 @@ def test_the_park_cap_names_the_group_that_holds_it(caplog: pytest.LogCaptureFix
     assert pacer.holding() == "stuck"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "most in group stuck: rate 0.01/s" in warnings[0], warnings
+    # Its backlog beyond what it sends in 30 s goes to the ledger, spread at its rate: claiming goes on.
+    before = time.time()
+    later = pacer.postpone()
+    assert len(later) == PARK_LIMIT - 1 and pacer.parked == 1 and [job for job, _, _ in later][:2] == [2, 3]
+    times = [at for _, at, _ in later]
+    assert times[0] >= before + 100 and all(abs(b - a - 100) < 1e-6 for a, b in zip(times, times[1:]))
+    assert "domain group stuck: more than it sends in 30 s at 0.01/s" in later[0][2]
+
+
+def test_a_group_capped_only_by_connections_keeps_its_rows_at_the_park_cap() -> None:
+    pacer: DomainPacer[int] = DomainPacer([DomainGroupSpec("capped", ("c.example.com",), connections=1)])
+    group = pacer.group_of("a@c.example.com")
+    for n in range(PARK_LIMIT + 1):
+        pacer.admit(group, n, lambda job: None)
+    assert pacer.postpone() == [] and pacer.parked == PARK_LIMIT  # no rate to spread them by
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.01, 5.0, 1e6])
@@ -290,3 +305,26 @@ async def test_a_group_with_no_limits_of_its_own_never_stalls(tmp_path: Path) ->
         sender = Sender(settings_for(db, sink, config(tmp_path, rate=0, connections=0, per_hour=0)))
         await asyncio.wait_for(sender.run(until_idle=True), 30)
     assert len(arrivals.times("slow.example.org")) == 30
+
+
+async def test_one_stuck_group_at_the_park_cap_does_not_hold_the_other_domains(tmp_path: Path) -> None:
+    """24,000 rows of a group sending 0.01/s come first in the ledger, then 40 of other domains.
+    The sender parked 20,000 and then claimed nothing more: the 40 waited for weeks. Now the
+    stuck group's backlog waits in the ledger (deferred, spread at its rate) and the 40 go."""
+    db = tmp_path / "cap.db"
+    stuck = [f"s{i}@slow.example.org" for i in range(PARK_LIMIT + 4000)]  # more than the cap and two claims
+    await queued_mailing(db, tmp_path, stuck + [f"f{i}@fast.example.com" for i in range(40)])
+    arrivals = Arrivals()
+    with Sink(fault=arrivals) as sink:
+        sender = Sender(settings_for(db, sink, config(tmp_path, rate=0.01), batch_size=2000))
+        task = asyncio.create_task(sender.run())
+        try:
+            await until(lambda: len(arrivals.times("fast.example.com")) == 40, 90, "the other domains' 40")
+        finally:
+            sender.request_stop()
+            await asyncio.wait_for(task, 30)
+    assert len(arrivals.times("slow.example.org")) <= 2
+    with sqlite3.connect(db) as conn:
+        (deferred, attempts), = conn.execute(
+            "SELECT COUNT(*), TOTAL(attempts) FROM recipients WHERE state = 'deferred' AND email LIKE '%@slow.example.org'")
+    assert deferred >= PARK_LIMIT - 10 and attempts == 0
