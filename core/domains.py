@@ -43,6 +43,9 @@ PARK_LIMIT = 20_000  # rows parked in all groups before the sender stops claimin
 CACHE_LIMIT = 100_000  # remembered domain -> group answers (cleared when full)
 
 POSTPONE_AFTER = 30.0  # seconds: rows of a group whose hourly budget frees later than this leave memory
+# ...and come back after at most this long, so a live change of the group's limits reaches them
+# within minutes, not when an hourly budget or a weeks-long backlog would have let them go.
+POSTPONE_MAX = 300.0
 
 J = TypeVar("J")
 log = logging.getLogger("mailtower.sender")
@@ -277,7 +280,7 @@ class DomainPacer(Generic[J]):
             frees_in = group.limiter.budget_frees_in() if group.per_hour else 0.0
             if frees_in <= POSTPONE_AFTER:
                 continue
-            at = time.time() + frees_in
+            at = time.time() + min(frees_in, POSTPONE_MAX)
             why = f"domain group {group.name}: its hourly budget of {group.per_hour:g} is used up"
             log.info("%s; %s recipients wait in the ledger until %s", why, f"{len(group.parked):,}",
                      time.strftime("%H:%M:%S", time.localtime(at)))
@@ -299,14 +302,16 @@ class DomainPacer(Generic[J]):
         if rate <= 0 or len(group.parked) <= keep:
             return []
         later = [group.parked.pop() for _ in range(len(group.parked) - keep)][::-1]
-        start = max(time.time() + keep / rate, group.backlog_until)
-        group.backlog_until = start + len(later) / rate
+        now = time.time()
+        start = max(now + keep / rate, min(group.backlog_until, now + POSTPONE_MAX))
+        last = min(start + len(later) / rate, now + POSTPONE_MAX)
+        group.backlog_until = last
         self.parked -= len(later)
         group.postponed += len(later)
         why = f"domain group {group.name}: more than it sends in {POSTPONE_AFTER:g} s at {rate:g}/s"
         log.info("%s; %s recipients wait in the ledger, the last until %s", why, f"{len(later):,}",
-                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(group.backlog_until)))
-        return [(job, start + index / rate, why) for index, job in enumerate(later)]
+                 time.strftime("%H:%M:%S", time.localtime(last)))
+        return [(job, min(start + index / rate, last), why) for index, job in enumerate(later)]
 
     def release(self, enqueue: Callable[[J], None]) -> float | None:
         """Let out every parked row whose group has room now; the seconds until a parked row's
