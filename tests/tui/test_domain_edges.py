@@ -71,16 +71,21 @@ async def test_details_with_a_hostile_live_document_and_garbage_rows(tmp_path: P
 async def test_header_counts_each_throttled_group_once_while_monitoring(
     fixed_db: Fixture, held_lease: HeldLease
 ) -> None:
+    assert "1 domain throttled" in await monitoring_header(fixed_db, hostile_doc(1), "throttled")
+
+
+async def monitoring_header(fixed_db: Fixture, doc: dict[str, object], word: str) -> str:
+    """The header of a dashboard monitoring a sender whose domains document is `doc`, once it says `word`."""
     await put_sender_meta(fixed_db.db, FIXED_NOW)
     store = await Store.open(fixed_db.db)
     try:
-        await store.put_meta({"sender_domains": json.dumps(hostile_doc(1))})
+        await store.put_meta({"sender_domains": json.dumps(doc)})
     finally:
         await store.close()
     app = DashboardApp(settings_for(fixed_db.db), start_sender=False, now=Clock(), operator_tz=OPERATOR_TZ)
     async with app.run_test(size=(160, 30)) as pilot:
-        await until(pilot, lambda: app.dashboard.header.info is not None and "throttled" in app.dashboard.header.plain)
-        assert "1 domain throttled" in app.dashboard.header.plain
+        await until(pilot, lambda: app.dashboard.header.info is not None and word in app.dashboard.header.plain)
+        return app.dashboard.header.plain
 
 
 def test_a_paused_group_shows_paused_for_the_mailing_that_yielded_to_another() -> None:
@@ -107,14 +112,5 @@ def test_header_says_how_many_groups_are_paused() -> None:
 
 
 async def test_header_of_a_monitoring_dashboard_says_paused(fixed_db: Fixture, held_lease: HeldLease) -> None:
-    await put_sender_meta(fixed_db.db, FIXED_NOW)
     doc = {"mailing": 1, "groups": [{"group": "bigmail", "state": "paused"}, {"group": "netmail", "state": "paused"}]}
-    store = await Store.open(fixed_db.db)
-    try:
-        await store.put_meta({"sender_domains": json.dumps(doc)})
-    finally:
-        await store.close()
-    app = DashboardApp(settings_for(fixed_db.db), start_sender=False, now=Clock(), operator_tz=OPERATOR_TZ)
-    async with app.run_test(size=(160, 30)) as pilot:
-        await until(pilot, lambda: app.dashboard.header.info is not None and "domains paused" in app.dashboard.header.plain)
-        assert "2 domains paused" in app.dashboard.header.plain
+    assert "2 domains paused" in await monitoring_header(fixed_db, doc, "domains paused")
