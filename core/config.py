@@ -192,7 +192,7 @@ def parse_number(name: str, raw: object, source: str) -> int | float:
     problem = bound.problem(value)
     if problem is not None:
         raise UserError(f"{source}: {problem}")
-    return bound.kind(value) if value == 0 else value  # -0.0 is 0
+    return bound.kind(0) if value == 0 else value  # -0.0 is 0 (float(-0.0) would keep the sign)
 
 
 # ---- the settings -----------------------------------------------------------------------------
@@ -638,14 +638,13 @@ class DomainGroupSpec:
 
 
 def normal_domain(raw: str) -> str | None:
-    """A domain as the sender compares it: lower case, A-labels (IDNA), no trailing dot; None
-    when it is not a domain name."""
-    text = raw.strip().lower().rstrip(".")
+    """A domain as the sender compares it: lower case, A-labels, no trailing dot; None when it is
+    not a domain name. A-labels by the envelope's rules (compose.ascii_domain: IDNA 2008 with UTS
+    46), so "straße.de" is the domain mail goes to (xn--strae-oqa.de), not IDNA 2003's strasse.de."""
+    text = raw.strip().lower()
+    text = text[:-1] if text.endswith(".") else text
     if not text.isascii():
-        try:
-            text = text.encode("idna").decode("ascii")
-        except UnicodeError:
-            return None
+        text = (ascii_domain(text) or "").lower()
     labels = text.split(".")
     if not text or len(text) > 253 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels):
         return None
@@ -669,6 +668,8 @@ def domain_group_from_toml(name: object, table: Any, path: Path) -> DomainGroupS
         raise UserError(f"{path} [domains]: {show_value(name)} is not a group name "
                         "(1 to 64 letters, digits, '.', '_' or '-')")
     where = f"{path} [domains.{name}]"
+    if name.lower() == DEFAULT_GROUP and name != DEFAULT_GROUP:
+        raise UserError(f"{where}: the default group is written [domains.{DEFAULT_GROUP}] (names are compared ignoring case)")
     if not isinstance(table, dict):
         raise UserError(f"{where}: must be a table")
     unknown = sorted(set(table) - set(DOMAIN_LIMITS) - {"match"})
@@ -684,7 +685,8 @@ def domain_group_from_toml(name: object, table: Any, path: Path) -> DomainGroupS
         raise UserError(f"{where} match: a list of domains is needed, e.g. match = [\"gmail.com\"]")
     if len(match) > MAX_GROUP_DOMAINS:
         raise UserError(f"{where} match: {len(match)} domains; at most {MAX_GROUP_DOMAINS}")
-    return DomainGroupSpec(name, tuple(_match_entry(entry, f"{where} match") for entry in match), **limits)  # type: ignore[arg-type]
+    entries = dict.fromkeys(_match_entry(entry, f"{where} match") for entry in match)  # "x.com" twice is once
+    return DomainGroupSpec(name, tuple(entries), **limits)  # type: ignore[arg-type]
 
 
 def _match_entry(entry: object, where: str) -> str:
@@ -694,26 +696,37 @@ def _match_entry(entry: object, where: str) -> str:
     domain = normal_domain(entry.strip()[2:] if wildcard else entry)
     if domain is None:
         raise UserError(f"{where}: {show_value(entry)} is not a domain name (or *.domain for its subdomains)")
+    if domain.rpartition(".")[2].isdigit():
+        # Mail to an IP address is written user@[192.0.2.1]; such literals are never grouped.
+        raise UserError(f"{where}: {show_value(entry)} is an IP address, not a domain name")
+    if wildcard and "." not in domain:
+        raise UserError(f"{where}: {show_value(entry)} takes a whole top-level domain; name its domains, "
+                        "or give every other domain its limits in [domains.default]")
     return f"*.{domain}" if wildcard else domain
 
 
 def check_domain_groups(groups: tuple[DomainGroupSpec, ...], where: str) -> None:
     """Rules between groups, and each group's limits again (settings may be built in code)."""
     owner: dict[str, str] = {}
+    named: dict[str, str] = {}  # lower-case name -> name: `--domain Google` must not pick between two
     total = 0
     for group in groups:
         if not isinstance(group.name, str) or not _GROUP_NAME.fullmatch(group.name):
             raise UserError(f"{where}: {show_value(group.name)} is not a group name")
+        table = f"{where.removesuffix(' [domains]')} [domains.{group.name}]"
+        key = group.name.lower()
+        if key in named or (key == DEFAULT_GROUP and group.name != DEFAULT_GROUP):
+            taken = named.get(key, DEFAULT_GROUP)
+            raise UserError(f"{table}: the group name is taken by {show_value(taken)} (names are compared "
+                            "ignoring case)" if taken != group.name else f"{table}: the group name is used twice")
+        named[key] = group.name
         for key, bound in DOMAIN_LIMITS.items():
-            parse_number(bound, getattr(group, key), f"{where}.{group.name} {key}")
+            parse_number(bound, getattr(group, key), f"{table} {key}")
         total += len(group.match)
         for domain in group.match:
             if domain in owner and owner[domain] != group.name:
-                raise UserError(f"{where}.{group.name} match: {domain} is already in group {owner[domain]}")
+                raise UserError(f"{table} match: {domain} is already in group {owner[domain]}")
             owner[domain] = group.name
-    names = [g.name for g in groups]
-    if len(set(names)) != len(names):
-        raise UserError(f"{where}: a group name is used twice")
     if total > MAX_GROUP_DOMAINS:
         raise UserError(f"{where}: {total} domains in all; at most {MAX_GROUP_DOMAINS}")
 

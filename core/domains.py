@@ -22,6 +22,7 @@ are not one named domain's).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +42,13 @@ UNLIMITED_FLOOR = 1.0  # a throttled group without a rate of its own halves at l
 PARK_LIMIT = 20_000  # rows parked in all groups before the sender stops claiming more
 CACHE_LIMIT = 100_000  # remembered domain -> group answers (cleared when full)
 
+POSTPONE_AFTER = 30.0  # seconds: rows of a group whose hourly budget frees later than this leave memory
+# ...and come back after at most this long, so a live change of the group's limits reaches them
+# within minutes, not when an hourly budget or a weeks-long backlog would have let them go.
+POSTPONE_MAX = 300.0
+
 J = TypeVar("J")
+log = logging.getLogger("mailtower.sender")
 
 
 class GroupMode:
@@ -73,6 +80,9 @@ class DomainGroup(Generic[J]):
     meter: RateMeter = field(default_factory=RateMeter)
     burst: ReplyBurst = field(default_factory=ReplyBurst)
     open: bool = True  # no limit of its own and not throttled: admit without asking the limiter
+    postponed_until: float = 0.0  # wall clock: its rows wait in the ledger for its hourly budget until then
+    postponed: int = 0  # rows of the head mailing put off to the ledger (DomainPacer.postpone) in this run
+    backlog_until: float = 0.0  # wall clock: the last of its rows put off at the park cap is due then
 
     @property
     def name(self) -> str:
@@ -131,7 +141,7 @@ class DomainGroup(Generic[J]):
         self._set_rate()
 
     def mode(self) -> str:
-        if self.per_hour and self.parked and self.has_room() and self.limiter.budget_used_up():
+        if self.per_hour and (self.parked or self.postponed_until > time.time()) and self.limiter.budget_used_up():
             return GroupMode.PAUSED
         return GroupMode.THROTTLED if self.factor < 1.0 else GroupMode.OK
 
@@ -148,6 +158,7 @@ class DomainGroup(Generic[J]):
             "failed": self.failed,
             "in_flight": self.in_flight,
             "waiting": len(self.parked),
+            "postponed": self.postponed,
             "rate": round(self.meter.rate(), 3),
             "limit_rate": round(self.limiter.configured, 3),
             "connections": self.connections,
@@ -221,7 +232,7 @@ class DomainPacer(Generic[J]):
         self.mailing_id = mailing_id
         for group in self.groups.values():
             group.parked.clear()
-            group.in_flight = group.sent = group.deferred = group.failed = 0
+            group.in_flight = group.sent = group.deferred = group.failed = group.postponed = 0
         self._waiting.clear()
         self.parked = 0
 
@@ -234,6 +245,73 @@ class DomainPacer(Generic[J]):
         group.parked.append(job)
         self._waiting.add(group)
         self.parked += 1
+        if self.parked == PARK_LIMIT:  # said once each time the cap is reached, not per row
+            log.warning("%s rows wait for their domain group's limits (most in group %s: %s)",
+                        f"{PARK_LIMIT:,}", self.holding(), self.describe_limits(self.holding()))
+
+    def holding(self) -> str:
+        """The group with the most parked rows (the one that holds the park cap)."""
+        return max(self._waiting, key=lambda g: len(g.parked)).name if self._waiting else ""
+
+    def describe_limits(self, name: str) -> str:
+        group = self.groups.get(name)
+        if group is None:
+            return ""
+        parts = [f"rate {group.limiter.configured:g}/s" if group.limiter.configured else "",
+                 f"connections {group.connections}" if group.connections else "",
+                 f"per hour {group.per_hour:g}" if group.per_hour else ""]
+        return ", ".join(p for p in parts if p) or "no limits of its own"
+
+    def postpone(self) -> list[tuple[J, float, str]]:
+        """Parked rows that would wait long, as (job, when to try again as wall-clock time, why):
+        the sender writes them back deferred to that time without counting an attempt, so a slow
+        group neither holds rows in memory nor, at the park cap, the other domains' rows."""
+        postponed = self._postpone_used_up_budgets()
+        if self.parked >= PARK_LIMIT:
+            postponed += self._postpone_backlog(max(self._waiting, key=lambda g: len(g.parked)))
+        return postponed
+
+    def _postpone_used_up_budgets(self) -> list[tuple[J, float, str]]:
+        """Groups whose hourly budget frees only in more than POSTPONE_AFTER seconds: all their
+        parked rows, until it frees. A used-up budget then does not keep the head mailing's turn
+        either: the queue goes on to the next mailing."""
+        postponed: list[tuple[J, float, str]] = []
+        for group in list(self._waiting):
+            frees_in = group.limiter.budget_frees_in() if group.per_hour else 0.0
+            if frees_in <= POSTPONE_AFTER:
+                continue
+            at = time.time() + min(frees_in, POSTPONE_MAX)
+            why = f"domain group {group.name}: its hourly budget of {group.per_hour:g} is used up"
+            log.info("%s; %s recipients wait in the ledger until %s", why, f"{len(group.parked):,}",
+                     time.strftime("%H:%M:%S", time.localtime(at)))
+            self.parked -= len(group.parked)
+            group.postponed += len(group.parked)
+            postponed.extend((job, at, why) for job in group.parked)
+            group.parked.clear()
+            group.postponed_until = at
+            self._waiting.discard(group)
+        return postponed
+
+    def _postpone_backlog(self, group: DomainGroup[J]) -> list[tuple[J, float, str]]:
+        """The park cap is reached and `group` holds the most: the rows it cannot send within
+        POSTPONE_AFTER seconds at its rate of now wait in the ledger, spread at that rate, so
+        claiming goes on for the other domains. A group capped only by connections has no rate
+        to spread by: its rows stay (the log named it when the cap was reached)."""
+        rate = group.limiter.configured
+        keep = max(1, int(rate * POSTPONE_AFTER))
+        if rate <= 0 or len(group.parked) <= keep:
+            return []
+        later = [group.parked.pop() for _ in range(len(group.parked) - keep)][::-1]
+        now = time.time()
+        start = max(now + keep / rate, min(group.backlog_until, now + POSTPONE_MAX))
+        last = min(start + len(later) / rate, now + POSTPONE_MAX)
+        group.backlog_until = last
+        self.parked -= len(later)
+        group.postponed += len(later)
+        why = f"domain group {group.name}: more than it sends in {POSTPONE_AFTER:g} s at {rate:g}/s"
+        log.info("%s; %s recipients wait in the ledger, the last until %s", why, f"{len(later):,}",
+                 time.strftime("%H:%M:%S", time.localtime(last)))
+        return [(job, min(start + index / rate, last), why) for index, job in enumerate(later)]
 
     def release(self, enqueue: Callable[[J], None]) -> float | None:
         """Let out every parked row whose group has room now; the seconds until a parked row's
@@ -292,7 +370,7 @@ class DomainPacer(Generic[J]):
         if verdict.outcome is ReplyOutcome.SENT:
             group.burst.note(False)
             return True
-        said = f"{verdict.code} {verdict.text}"
+        said = f"{verdict.code} {verdict.text}"[:MAX_SAID]  # kept in the status document every second
         group.last_reply = said
         burst = group.burst.note(is_temporary_refusal(verdict, RECIPIENT_STAGES))
         if slows_domain(verdict):
@@ -369,11 +447,15 @@ def group_reports(
     for domain, state, n in counts:
         states = tally[pacer.group_of("@" + domain).name]
         states[state] = states.get(state, 0) + n
-    groups = live.get("groups") if live.get("mailing") == mailing_id else None
-    figures = {g.get("group"): g for g in groups if isinstance(g, dict)} if isinstance(groups, list) else {}
+    figures, this_mailing = _live_figures(live, mailing_id)
     reports = []
     for name, group in pacer.groups.items():
         states, now = tally[name], figures.get(name, {})
+        if not this_mailing:
+            # The sender sends another mailing: its counts are not this one's, but a group it
+            # finds throttled or paused is so for every mailing (that is why this one yielded).
+            now = {key: now[key] for key in ("state", "reason", "limit_rate") if key in now} \
+                if _state(now.get("state")) in (GroupMode.THROTTLED, GroupMode.PAUSED) else {}
         reports.append(GroupReport(
             group=name,
             domains=len(group.spec.match),
@@ -387,19 +469,51 @@ def group_reports(
             limit_rate=_amount(now.get("limit_rate", group.limiter.configured)),
             connections=group.connections,
             per_hour=group.per_hour,
-            state=str(now.get("state", "idle")) if now else "idle",
-            reason=str(now.get("reason", "") or ""),
-            last_reply=str(now.get("last_reply", "") or ""),
+            state=_state(now.get("state")) if now else "idle",
+            reason=_said(now.get("reason")),
+            last_reply=_said(now.get("last_reply")),
         ))
     return reports
 
 
-def throttled_groups(live: Mapping[str, Any]) -> int:
-    """How many groups a sender's domains document says are throttled (for the header)."""
+MAX_SAID = 300  # characters of a reply or reason kept for display (a relay may say a lot)
+_STATES = frozenset({GroupMode.OK, GroupMode.THROTTLED, GroupMode.PAUSED})
+
+
+def _live_figures(live: Mapping[str, Any], mailing_id: int) -> tuple[dict[str, Mapping[str, Any]], bool]:
+    """The sender's per-group figures by group name, and whether the document is about
+    `mailing_id`. It comes from another process through the database: anything in it may be
+    malformed."""
+    head = live.get("mailing")
+    groups = live.get("groups")
+    if not isinstance(groups, list):
+        return {}, False
+    figures = {g["group"]: g for g in groups if isinstance(g, dict) and isinstance(g.get("group"), str)}
+    return figures, not isinstance(head, bool) and head == mailing_id
+
+
+def _state(raw: object) -> str:
+    return raw if isinstance(raw, str) and raw in _STATES else "idle"
+
+
+def _said(raw: object) -> str:
+    text = raw if isinstance(raw, str) else ""
+    return text if len(text) <= MAX_SAID else text[:MAX_SAID] + "..."
+
+
+def throttled_groups(live: Mapping[str, Any], state: str = GroupMode.THROTTLED) -> int:
+    """How many groups a sender's domains document says are throttled (or in `state`)."""
     groups = live.get("groups")
     if not isinstance(groups, list):
         return 0
-    return sum(1 for g in groups if isinstance(g, dict) and g.get("state") == GroupMode.THROTTLED)
+    # Each name once: the document comes from another process and may repeat an entry.
+    return len({g.get("group") for g in groups
+                if isinstance(g, dict) and isinstance(g.get("group"), str) and g.get("state") == state})
+
+
+def domain_counts(live: Mapping[str, Any]) -> dict[str, int]:
+    """The header's figures (tui/header.HeaderInfo): groups throttled and groups paused."""
+    return {"domains_throttled": throttled_groups(live), "domains_paused": throttled_groups(live, GroupMode.PAUSED)}
 
 
 def _count(raw: object) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .config import BOUNDS, DEFAULT_GROUP, DOMAIN_LIMITS, Bound, Settings, flag_name, parse_number
+from .config import BOUNDS, DEFAULT_GROUP, DOMAIN_LIMITS, Bound, Settings, flag_name, parse_number, show_value
+from .display import safe
 from .errors import UserError
 from .store import Store
 
@@ -112,13 +113,17 @@ def _stored_domain_limits(
         if not key.startswith(DOMAIN_KEY):
             continue
         group, _, name = key[len(DOMAIN_KEY):].rpartition(".")
-        if group not in known or name not in DOMAIN_LIMITS:
-            ignored.append(f"stored limit {key}: no domain group {group!r} is configured; ignored")
-            continue
-        try:
-            result.setdefault(group, {})[name] = parse_number(DOMAIN_LIMITS[name], raw, f"stored limit {key}")
-        except UserError as exc:
-            ignored.append(f"{exc}; using the configured value")
+        shown = f"stored limit {show_value(key)}"  # the database may hold anything: never raw escapes
+        if name not in DOMAIN_LIMITS:
+            ignored.append(f"{shown}: {show_value(name)} is not a limit of a domain group; ignored")
+        elif group not in known:
+            ignored.append(f"{shown}: no domain group {show_value(group)} is configured; ignored "
+                           f"(`mailtower limits --domain {safe(group)} --reset` forgets it)")
+        else:
+            try:
+                result.setdefault(group, {})[name] = parse_number(DOMAIN_LIMITS[name], raw, shown)
+            except UserError as exc:
+                ignored.append(f"{exc}; using the configured value")
     return result
 
 
@@ -127,21 +132,35 @@ def group_limits(settings: Settings, limits: Limits, name: str) -> dict[str, flo
     spec = next((g for g in settings.domains if g.name == name), None)
     values = {key: float(getattr(spec, key)) if spec is not None else 0.0 for key in DOMAIN_LIMITS}
     values.update(limits.domains.get(name, {}))
+    values["connections"] = int(values["connections"])  # a count, as the TOML file and --connections give it
     return values
 
 
 async def set_domain_limits(store: Store, settings: Settings, group: str, changes: dict[str, object],
-                            source: str = "--domain") -> None:
+                            source: str = "--domain", flags: dict[str, str] | None = None) -> None:
     """Store live limits of one domain group (checked against the same bounds as the TOML file);
-    `changes` maps connections / rate / per_hour to the values given."""
+    `changes` maps connections / rate / per_hour to the values given, `flags` names where each
+    came from (default: --connections, --rate, --per-hour)."""
     names = group_names(settings)
     if group not in names:
-        raise UserError(f"{source}: no domain group {group!r}; the configured groups are {', '.join(names)}")
+        raise UserError(f"{source}: no domain group {show_value(group)}; the configured groups are {', '.join(names)}")
     checked = {}
     for name, raw in changes.items():
         if name not in DOMAIN_LIMITS:
-            raise UserError(f"{source}: '{name}' is not a limit of a domain group")
-        value = parse_number(DOMAIN_LIMITS[name], raw, f"--{name.replace('_', '-')}")
+            raise UserError(f"{source}: {show_value(name)} is not a limit of a domain group")
+        value = parse_number(DOMAIN_LIMITS[name], raw, (flags or {}).get(name, flag_name(name)))
         checked[f"{DOMAIN_KEY}{group}.{name}"] = str(value)
     if checked:
         await store.put_settings(checked)
+
+
+async def reset_domain_limits(store: Store, settings: Settings, group: str, source: str = "--domain") -> int:
+    """Forget one group's live values: its [domains.NAME] table applies again. Also for a group
+    the configuration no longer has, whose stored rows would otherwise be reported forever."""
+    stored = await store.get_settings()
+    keys = [f"{DOMAIN_KEY}{group}.{name}" for name in DOMAIN_LIMITS]
+    if group not in group_names(settings) and not any(key in stored for key in keys):
+        names = ", ".join(group_names(settings))
+        raise UserError(f"{source}: no domain group {show_value(group)} and no stored limits of one; "
+                        f"the configured groups are {names}")
+    return await store.delete_settings(keys)

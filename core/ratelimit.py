@@ -150,6 +150,11 @@ class RateLimiter:
         now = self.clock.now()
         return self._budget_ready_at(now) > now
 
+    def budget_frees_in(self) -> float:
+        """Seconds until the hourly budget allows another message (0.0: it does now)."""
+        now = self.clock.now()
+        return max(0.0, self._budget_ready_at(now) - now)
+
     async def acquire(self, stop: Callable[[], bool] | None = None) -> bool:
         """Wait until a message may go and count it; False (nothing counted) once `stop()` is true.
 

@@ -463,6 +463,8 @@ class Sender:
                 self._drain_queue(run)
             # Rows of domain groups at their limit wait parked; the others go on (core/domains.py).
             soonest = self.domains.release(self._enqueue) if self.domains.parked else None
+            if self.domains.parked:
+                self._postpone(run)
             batch = self._batch_size()
             want_more = not (run.exhausted or run.halt) and run.queued < batch // 2 and self.domains.parked < PARK_LIMIT
             if run.outcomes or run.marks or run.waiters or want_more:
@@ -531,6 +533,12 @@ class Sender:
             await self._record_trip(run)  # stopped now, like an operator's stop; in flight lands after
         if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
             await self._publish(run, self._current_with_head(run))
+
+    def _postpone(self, run: HeadRun) -> None:
+        """Rows of a domain group whose hourly budget is used up wait in the ledger, not in memory,
+        and so does a group's backlog at the park cap (core/domains.py, postpone): no attempt is counted."""
+        for job, at, why in self.domains.postpone():
+            run.settle(Outcome(job.row.id, RecipientState.DEFERRED, None, why, next_attempt_at=at, counted_attempt=False))
 
     def _enqueue(self, job: Job) -> None:
         """A row its domain group lets go now: onto the work queue."""

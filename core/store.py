@@ -797,7 +797,9 @@ def _outcome_rows(outcomes: list[Outcome], now: float) -> tuple[list[tuple[Any, 
                 o.code,
                 o.text,
                 o.next_attempt_at,
-                now if state is RecipientState.DEFERRED else None,
+                # Retries give up retry_max_age after the first real deferral; a row only put off
+                # (counted_attempt=False: a domain group's hourly budget) starts no such clock.
+                now if state is RecipientState.DEFERRED and o.counted_attempt else None,
                 now,
                 o.recipient_id,
             )
@@ -1427,6 +1429,13 @@ class Store:
             (mailing_id,),
         ) as cur:
             return [(str(d), str(s), int(n)) for d, s, n in await cur.fetchall()]
+
+    async def delete_settings(self, keys: Iterable[str]) -> int:
+        """Forget the operator's live values `keys` (then the configuration's apply); how many were set."""
+        wanted = list(keys)
+        async with self.write() as tx:
+            cur = await tx.db.executemany("DELETE FROM settings WHERE key = ?", [(k,) for k in wanted])
+            return max(cur.rowcount, 0)
 
     # ---- suppression and unsubscribe (issue 13, items 6-7) -------------------------------
 

@@ -61,7 +61,7 @@ from mailtower.core.progress import (
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.waves import cancel_schedule, grouped_with, preview_for, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
-from mailtower.core.domains import throttled_groups
+from mailtower.core.domains import domain_counts
 from mailtower.core.sender import Sender
 from mailtower.core.store import Store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
@@ -776,7 +776,7 @@ class DashboardApp(App[int]):
             hold_since=f"{held_since:%H:%M}" if held_since is not None else "",
             next_try_in=hold.next_try - now_epoch if hold is not None and hold.next_try else None,
             in_doubt=sum(m.in_doubt for m in current),
-            domains_throttled=throttled_groups(self.domains_document()) if active else 0,
+            **domain_counts(self.domains_document() if active else {}),
         )
 
     # ---- what the highlighted row is --------------------------------------------------------

@@ -1222,8 +1222,9 @@ def run_async(coro: Awaitable[int]) -> int:
 async def cmd_limits(args: argparse.Namespace, store: Store) -> int:
     if args.domain is not None:
         return await cli_domains.domain_limits(args, store, say)
-    if args.per_hour is not None:
-        raise UserError("--per-hour: give --domain NAME too (the sender's own budget is --rate-per-hour)")
+    if args.per_hour is not None or args.reset:
+        raise UserError("--per-hour: give --domain NAME too (the sender's own budget is --rate-per-hour)"
+                        if args.per_hour is not None else "--reset: give --domain NAME too")
     changes = {
         name: value
         for name, value in {

@@ -40,6 +40,7 @@ class HeaderInfo:
     next_try_in: float | None = None  # seconds until the sender tries again (None: unknown)
     in_doubt: int = 0  # recipients of current mailings that may have reached the server already
     domains_throttled: int = 0  # domain groups slowed by their own pushback (core/domains.py)
+    domains_paused: int = 0  # domain groups whose hourly budget is used up (core/domains.py)
 
 
 def age_text(seconds: float | None) -> str:
@@ -136,6 +137,9 @@ def _left(info: HeaderInfo, *, short: bool, holder: str = "", tight: bool = Fals
     if info.domains_throttled and info.mode not in (Mode.OFF, Mode.STOPPING):
         n = info.domains_throttled
         text.append(f" · {n} domain{'s' if n != 1 else ''} throttled", style="yellow")
+    if info.domains_paused and info.mode not in (Mode.OFF, Mode.STOPPING):
+        n = info.domains_paused
+        text.append(f" · {n} domain{'s' if n != 1 else ''} paused", style="bold red")
     held = info.hold is not None and info.hold.state in (HoldState.PAUSED, HoldState.WAITING)
     if info.mode not in (Mode.OFF, Mode.STOPPING) and not (short and held):
         # Short of room while held back, the hold's "since" says more than the last accept.

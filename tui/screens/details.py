@@ -116,7 +116,7 @@ def domains_table(reports: list[GroupReport]) -> RenderableType:
     for r in reports:
         table.add_row(
             Text(safe(r.group)), f"{r.sent:,}", f"{r.deferred:,}", f"{r.failed:,}", f"{r.in_flight:,}",
-            f"{r.rate:.1f}/s", Text(r.state, style=STATE_STYLES.get(r.state, "")),
+            f"{r.rate:.1f}/s", Text(safe(r.state), style=STATE_STYLES.get(r.state, "")),
             Text(safe(r.reason or r.last_reply), style="" if r.reason else "dim"),
         )
     return Group(heading, table)
