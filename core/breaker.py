@@ -157,6 +157,8 @@ class Breaker:
         already over a threshold trips on the next outcome of this run."""
         for state, _code, address, _text in outcomes[-self.thresholds.window:]:
             kind = RecipientState(state)
+            if kind is RecipientState.DEFERRED and _code is None:
+                continue  # no server answered it (pacing put it back, or no connection): not the domain's word
             deferred = kind is RecipientState.DEFERRED and not asks_to_slow_down(_code, _text)
             self._push(kind is RecipientState.FAILED, deferred, domain_of(address))
 
