@@ -20,6 +20,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .config import Settings
+from .display import safe
 from .domain import Mailing, RecipientState
 from .smtp_replies import Stage, classify
 from .store import Store
@@ -69,7 +70,9 @@ def percent(value: float) -> str:
 
 
 def _reply(code: int | None, text: str | None) -> str:
-    said = " ".join(f"{code or ''} {text or ''}".split())
+    # A relay's words are made safe here, once, so the stored reason (shown in the row, Details,
+    # `breaker`, `status`, the logs and the Restart dialog) never carries an escape sequence.
+    said = safe(" ".join(f"{code or ''} {text or ''}".split()))
     return said if len(said) <= REPLY_SHOWN else said[: REPLY_SHOWN - 1] + "…"
 
 
@@ -207,4 +210,5 @@ def short_reason(reason: str) -> str:
     if share is None:
         return "breaker"
     domain = _DOMAIN.search(reason)
-    return f"{domain.group(1)} {share.group(1)} deferred" if domain else f"{share.group(1)} failed"
+    # safe(): a reason stored by an older version (or edited by hand) may still hold anything.
+    return safe(f"{domain.group(1)} {share.group(1)} deferred" if domain else f"{share.group(1)} failed")

@@ -34,10 +34,9 @@ def parse_size(raw: str, source: str = "--canary") -> tuple[float, bool]:
     """"50" -> (50, False): 50 recipients; "10%" -> (10, True): 10 percent of them."""
     text = raw.strip() if isinstance(raw, str) else ""
     if text.endswith("%"):
-        number = text[:-1].strip()
-        if number.endswith("%"):
-            number = ""  # "5%%": refused below
-        value = parse_number("breaker_hard", number, source) if number else -1.0  # a percent: 0..100, finite
+        if not text[:-1].strip() or text[:-1].strip().endswith("%"):  # "%", "5%%": no number at all
+            raise UserError(f"{source}: {show_value(raw)} is not a number of recipients (N) or a percentage (P%)")
+        value = parse_number("breaker_hard", text, source)  # a percent, 0..100, finite; errors quote `raw`
         if value <= 0:
             raise UserError(f"{source}: {show_value(raw)} must be more than 0 %")
         return float(value), True
@@ -59,9 +58,11 @@ def plan(size: str, rate: str | None, wait: str | None, settings: Settings) -> C
 
 def sample_size(canary: Canary, total: int) -> int:
     """How many recipients the canary samples of a mailing of `total`."""
+    # MAX_SAMPLE bounds a percentage too: 100% of a million recipients at the canary's slow pace
+    # would be days of "canary", and a million rows in canary_rows.
     if canary.percent:
-        return min(total, max(1, math.ceil(total * canary.size / 100)))
-    return min(total, int(canary.size))
+        return min(total, MAX_SAMPLE, max(1, math.ceil(total * canary.size / 100)))
+    return min(total, MAX_SAMPLE, int(canary.size))
 
 
 def canary_minimum(settings: Settings, sample: int) -> int:

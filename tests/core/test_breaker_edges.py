@@ -1,0 +1,88 @@
+"""Hostile edges of the breaker and canary (issue 13 items 4-5, reviewed): values that round to
+something not written, a canary percentage without the sample's bound, a relay's reply carrying
+terminal escapes into the trip reason. Real SQLite and CLI in-process; no sleeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mailtower.core.breaker import Breaker, Thresholds, short_reason
+from mailtower.core.canary import MAX_SAMPLE, parse_size, sample_size
+from mailtower.core.config import load_settings, parse_number
+from mailtower.core.display import safe
+from mailtower.core.domain import Canary
+from mailtower.core.errors import UserError
+from tests.helpers import Cli, recipients, write_csv
+
+
+def new_draft(cli: Cli, tmp_path: Path) -> int:
+    body = tmp_path / "plain.txt"
+    body.write_text("Hello\n", encoding="utf-8")
+    path = write_csv(tmp_path / "r.csv", recipients(5))
+    return int(cli.ok("new", "--name", "X", "--subject", "s", "--from", "a@example.org", "--text", str(body),
+                      "--recipients", str(path)).strip())
+
+
+@pytest.mark.parametrize("raw", ["1e-400", "1e-400%", "0.1e-330", "-1e-999"])
+def test_a_threshold_that_underflows_to_zero_is_refused_not_turned_off(raw: str) -> None:
+    # float("1e-400") is 0.0, and 0 turns the check off: the person wrote a (tiny) positive number.
+    with pytest.raises(UserError) as env:
+        parse_number("breaker_hard", raw, "--breaker-hard")
+    assert str(env.value).startswith("--breaker-hard: ") and "too small" in str(env.value)
+    with pytest.raises(UserError) as env:
+        load_settings(environ={"MAILTOWER_BREAKER_SOFT": raw}, config_path=Path("/dev/null"))
+    assert str(env.value).startswith("MAILTOWER_BREAKER_SOFT: ")
+
+
+def test_negative_zero_is_plain_zero_from_every_source(tmp_path: Path) -> None:
+    assert str(parse_number("breaker_hard", "-0", "x")) == "0.0"
+    assert str(parse_number("breaker_soft", -0.0, "x")) == "0.0"  # a TOML -0.0
+    settings = load_settings(environ={"MAILTOWER_BREAKER_HARD": "-0%"}, config_path=Path("/dev/null"))
+    assert str(settings.breaker_hard) == "0.0"  # shown as "0%", never "-0%"
+
+
+def test_flag_underflow_changes_nothing(cli: Cli, tmp_path: Path) -> None:
+    mailing = new_draft(cli, tmp_path)
+    code, out, err = cli("breaker", str(mailing), "--breaker-hard", "1e-400", "--json")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--breaker-hard" in err
+    doc = json.loads(cli.ok("breaker", str(mailing), "--json"))
+    assert doc["own"]["hard_percent"] is None and doc["hard_percent"] == 5.0
+
+
+@pytest.mark.parametrize("raw", ["%", "5%%", " % ", "%%"])
+def test_canary_percent_without_a_number_says_so(raw: str) -> None:
+    with pytest.raises(UserError) as env:
+        parse_size(raw)
+    assert "is not a number of recipients (N) or a percentage (P%)" in str(env.value)
+
+
+def test_canary_nan_percent_quotes_what_was_typed() -> None:
+    with pytest.raises(UserError) as env:
+        parse_size("nan%")
+    assert "'nan%'" in str(env.value)
+
+
+def test_a_percentage_canary_is_bounded_like_a_count() -> None:
+    assert sample_size(Canary(100, True, 1, 0), 5_000_000) == MAX_SAMPLE
+    assert sample_size(Canary(50, True, 1, 0), 1_000_000) == MAX_SAMPLE
+    assert sample_size(Canary(100, True, 1, 0), 80) == 80  # all of a small mailing stays all of it
+
+
+HOSTILE = "5.1.1 \x1b]0;owned\x07\x1b[2J\x9b31m [bold red]x[/] \u202eevil\r\nmore"
+
+
+def test_a_hostile_reply_never_reaches_the_trip_reason_raw() -> None:
+    breaker = Breaker(Thresholds(window=10, hard=5, soft=0, minimum=1))
+    reason = breaker.add("failed", 550, HOSTILE, "a@b.example")
+    assert reason is not None
+    assert safe(reason) == reason, reason  # nothing left for a terminal to act on
+    assert "\\x1b" in reason  # and the operator sees that it was there
+
+
+def test_short_reason_is_safe_whatever_is_stored() -> None:
+    stored = "breaker: 3 of the last 9 outcomes for ev\x1b[2Jil.example were deferred (33.3%, more than 20%); last: x"
+    shown = short_reason(stored)
+    assert safe(shown) == shown and "\x1b" not in shown
