@@ -1,6 +1,7 @@
 """The breaker: a mailing stops by itself when its recent outcomes say it is doing damage.
 
-Over a sliding window of the mailing's last `breaker_window` outcomes (sent, failed, deferred),
+Over a sliding window of the mailing's last `breaker_window` outcomes (sent, failed, deferred;
+the latest of each recipient, so a recipient retried many times counts once),
 it trips when permanent failures are more than `breaker_hard` percent of the window, or when
 one recipient domain's deferrals are more than `breaker_soft` percent of that domain's outcomes
 in the window. Neither is judged on fewer than `breaker_min` outcomes (of the window, or of
@@ -81,15 +82,21 @@ class Breaker:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
-        # (failed permanently, deferred, domain) of each outcome, oldest first.
-        self._window: deque[tuple[bool, bool, str]] = deque()
+        # [failed permanently, deferred, domain, recipient, live] of each outcome, oldest first.
+        # The window counts each recipient's LATEST outcome only: a recipient retried (deferred
+        # again and again, then perhaps sent) is one recipient, as in the window rebuilt from the
+        # ledger, not one deferral per attempt (one greylisted address retried at the tail of a
+        # mailing would otherwise trip its domain alone). An earlier outcome of a recipient that
+        # answers again is marked dead and skipped; the deque is compacted when half of it is dead.
+        self._window: deque[list] = deque()  # type: ignore[type-arg]
+        self._latest: dict[str, list] = {}  # type: ignore[type-arg]  # recipient -> its live entry
         self._hard = 0
         self._domains: dict[str, list[int]] = {}  # domain -> [outcomes, deferrals] in the window
         self.tripped: str | None = None
         self._size = thresholds.window
 
     def __len__(self) -> int:
-        return len(self._window)
+        return len(self._latest)
 
     @property
     def failed(self) -> int:
@@ -111,7 +118,7 @@ class Breaker:
         if not (hard or deferred or state is _SENT or state is _DEFERRED):
             return None
         domain = address[address.rfind("@") + 1:].lower()
-        self._push(hard, deferred, domain)
+        self._push(hard, deferred, domain, address.lower())
         if self.tripped is not None or not (hard or deferred):
             return None  # a message sent never trips it
         if hard:
@@ -120,9 +127,13 @@ class Breaker:
             self.tripped = self._soft_trip(domain, code, text)
         return self.tripped
 
-    def _push(self, hard: bool, deferred: bool, domain: str) -> None:
-        window = self._window
-        window.append((hard, deferred, domain))
+    def _push(self, hard: bool, deferred: bool, domain: str, recipient: str) -> None:
+        earlier = self._latest.pop(recipient, None)
+        if earlier is not None:
+            self._drop(earlier)
+        entry = [hard, deferred, domain, recipient, True]
+        self._window.append(entry)
+        self._latest[recipient] = entry
         self._hard += hard
         counts = self._domains.get(domain)
         if counts is None:
@@ -130,18 +141,27 @@ class Breaker:
         else:
             counts[0] += 1
             counts[1] += deferred
-        if len(window) > self._size:
-            old_hard, old_deferred, old_domain = self._window.popleft()
-            self._hard -= old_hard
-            old = self._domains[old_domain]
-            old[0] -= 1
-            old[1] -= old_deferred
-            if old[0] == 0:
-                del self._domains[old_domain]  # the dict never holds more domains than the window
+        while len(self._latest) > self._size:
+            oldest = self._window.popleft()
+            if oldest[4]:
+                del self._latest[oldest[3]]
+                self._drop(oldest)
+        if len(self._window) > 2 * self._size:  # dead entries of retried recipients: O(1) amortised
+            self._window = deque(entry for entry in self._window if entry[4])
+
+    def _drop(self, entry: list) -> None:  # type: ignore[type-arg]
+        """Take one outcome out of the counts (it left the window, or its recipient answered again)."""
+        entry[4] = False
+        self._hard -= entry[0]
+        counts = self._domains[entry[2]]
+        counts[0] -= 1
+        counts[1] -= entry[1]
+        if counts[0] == 0:
+            del self._domains[entry[2]]  # the dict never holds more domains than the window
 
     def _hard_trip(self, code: int | None, text: str | None) -> str | None:
         t = self.thresholds
-        n = len(self._window)
+        n = len(self._latest)
         if t.hard <= 0 or n < t.minimum or self._hard * 100 <= t.hard * n:
             return None
         return (f"breaker: {self._hard:,} of the last {n:,} outcomes failed permanently "
@@ -161,7 +181,7 @@ class Breaker:
         for state, _code, address, _text in outcomes[-self.thresholds.window:]:
             kind = RecipientState(state)
             deferred = kind is RecipientState.DEFERRED and not asks_to_slow_down(_code, _text)
-            self._push(kind is RecipientState.FAILED, deferred, domain_of(address))
+            self._push(kind is RecipientState.FAILED, deferred, domain_of(address), address.lower())
 
 
 class Breakers:

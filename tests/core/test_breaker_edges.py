@@ -86,3 +86,58 @@ def test_short_reason_is_safe_whatever_is_stored() -> None:
     stored = "breaker: 3 of the last 9 outcomes for ev\x1b[2Jil.example were deferred (33.3%, more than 20%); last: x"
     shown = short_reason(stored)
     assert safe(shown) == shown and "\x1b" not in shown
+
+
+# ---- retries: a recipient deferred again and again is one recipient, not many outcomes ------------
+
+
+def stuck(stage: str, address: str, attempt: int) -> str | None:
+    return "450 4.2.1 mailbox busy, try again later" if stage == "rcpt" and address.startswith("stuck@") else None
+
+
+def test_one_recipient_retried_many_times_does_not_trip_its_domain(tmp_path: Path, db: Path) -> None:
+    """The window holds each recipient's latest outcome: a greylisted address retried twenty
+    times is one deferral of its domain (as the window rebuilt from the ledger says), not twenty
+    that stop the mailing at its tail, when retries are all that is left."""
+    import sqlite3
+
+    from mailtower.core.sink import Sink
+    from mailtower.core.config import Settings
+    from tests.core.test_canary import Background
+    from tests.helpers import wait_until
+
+    with Sink(fault=stuck) as sink:
+        cli = Cli(db, sink.port)
+        body = tmp_path / "plain.txt"
+        body.write_text("Hello\n", encoding="utf-8")
+        rows = recipients(20, "ok.example") + [{"email": "stuck@grey.example", "name": "S"}]
+        path = write_csv(tmp_path / "r.csv", rows)
+        mailing = int(cli.ok("new", "--name", "X", "--subject", "s", "--from", "a@example.org", "--text", str(body),
+                             "--recipients", str(path), "--now").strip())
+
+        def attempts() -> int:
+            with sqlite3.connect(db) as conn:
+                return int(conn.execute("SELECT attempts FROM recipients WHERE email = 'stuck@grey.example'").fetchone()[0])
+
+        def stopped() -> bool:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT state FROM mailings WHERE id = ?", (mailing,)).fetchone()[0] == "stopped"
+
+        with Background(Settings(db=db, smtp_port=sink.port, connections=2, breaker_min=3, retry_base=0.02, retry_max=0.05)):
+            wait_until(lambda: attempts() >= 8 or stopped(), timeout=30, what="the stuck recipient retried 8 times")
+        with sqlite3.connect(db) as conn:
+            state, tripped = conn.execute("SELECT state, tripped FROM mailings WHERE id = ?", (mailing,)).fetchone()
+        assert tripped is None and state != "stopped", tripped
+
+
+def test_a_recipient_answering_again_replaces_its_outcome_and_memory_stays_bounded() -> None:
+    breaker = Breaker(Thresholds(window=10, hard=50, soft=50, minimum=3))
+    for _ in range(10_000):  # one address deferred over and over: one outcome, never a trip
+        assert breaker.add("deferred", 450, "4.2.1 busy", "Stuck@grey.example") is None
+    assert len(breaker) == 1 and breaker.domain_counts("grey.example") == (1, 1)
+    assert len(breaker._window) <= 2 * 10 + 1
+    assert breaker.add("sent", 250, "ok", "stuck@grey.example") is None  # it got through at last
+    assert breaker.domain_counts("grey.example") == (1, 0)
+    reasons = [breaker.add("deferred", 450, "4.2.1 busy", f"u{i}@grey.example") for i in range(2)]
+    # two different recipients deferred, of three: that is the domain's problem
+    assert reasons[0] is None and reasons[1] is not None and "2 of the last 3 outcomes for grey.example" in reasons[1]
