@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 from .config import Settings, parse_number, show_value
-from .domain import Canary, CanaryPhase, Mailing
+from .domain import Canary, CanaryPhase, Mailing, Section
 from .errors import UserError
 from .ratelimit import RateLimiter
 from .store import Claimed, Store
@@ -145,3 +146,17 @@ async def holds(store: Store, mailing: Mailing) -> bool:
     await store.put_canary(mailing.id, replace(canary, phase=CanaryPhase.DONE),
                            ("canary", "passed: the hold is over, sending the rest"))
     return False
+
+
+async def holding_notes(store: Store) -> list[str]:
+    """What the sender waits for while current mailings hold after their canary, for its
+    "nothing to send now; waiting for ..." line: `run --until-idle` waits out a hold (it is part
+    of sending the mailing, like a retry), and says until when, so it never waits silently."""
+    notes = []
+    for mailing in await store.mailings(Section.CURRENT):
+        canary = mailing.canary
+        if canary is not None and canary.phase is CanaryPhase.HOLDING and canary.until is not None:
+            until = datetime.fromtimestamp(canary.until, timezone.utc)
+            notes.append(f'mailing {mailing.id} "{mailing.name}" holding after its canary until {until:%H:%M:%S} UTC '
+                         "(mailings after it wait: strict queue order)")
+    return notes

@@ -383,7 +383,7 @@ class Sender:
         store, _ = self._need()
         retrying = sum(m.deferred for m in await store.mailings(Section.CURRENT))
         upcoming = [m for m in await store.mailings(Section.SCHEDULED) if not m.missed and m.schedule is not None]
-        waits = []
+        waits = await canaries.holding_notes(store)  # canary holds first: they decide what goes next
         if retrying:
             waits.append(f"{retrying:,} deferred recipients to retry")
         if upcoming:

@@ -141,3 +141,37 @@ def test_a_recipient_answering_again_replaces_its_outcome_and_memory_stays_bound
     reasons = [breaker.add("deferred", 450, "4.2.1 busy", f"u{i}@grey.example") for i in range(2)]
     # two different recipients deferred, of three: that is the domain's problem
     assert reasons[0] is None and reasons[1] is not None and "2 of the last 3 outcomes for grey.example" in reasons[1]
+
+
+# ---- run --until-idle while the head mailing holds after its canary ------------------------------
+
+
+def test_run_until_idle_waits_out_a_canary_hold_and_says_until_when(tmp_path: Path, db: Path) -> None:
+    """Decision: `run --until-idle` waits out the hold (it is part of sending that mailing, as a
+    retry is), and its log says which mailing holds, until when, and that later ones wait."""
+    import sqlite3
+    import time
+
+    from mailtower.core.sink import Sink
+
+    with Sink() as sink:
+        cli = Cli(db, sink.port)
+        body = tmp_path / "plain.txt"
+        body.write_text("Hello\n", encoding="utf-8")
+        ids = []
+        for name, rows, extra in (("First", recipients(10, "a.example"), ["--canary", "2", "--canary-rate", "100",
+                                                                           "--canary-wait", "0.04"]),
+                                  ("Second", recipients(3, "b.example"), [])):
+            path = write_csv(tmp_path / f"{name}.csv", rows)
+            ids.append(int(cli.ok("new", "--name", name, "--subject", "s", "--from", "a@example.org", "--text",
+                                  str(body), "--recipients", str(path), "--now", *extra).strip()))
+        log = tmp_path / "sender.log"
+        started = time.monotonic()
+        cli.ok("run", "--until-idle", "--log", str(log))
+        assert time.monotonic() - started < 60
+        text = log.read_text(encoding="utf-8")
+        assert f'mailing {ids[0]} "First" holding after its canary until ' in text, text
+        assert "mailings after it wait" in text
+        with sqlite3.connect(db) as conn:
+            states = [conn.execute("SELECT state FROM mailings WHERE id = ?", (i,)).fetchone()[0] for i in ids]
+        assert states == ["completed", "completed"] and len(sink.deliveries) == 13
