@@ -1,0 +1,63 @@
+"""Hostile edges of the breaker's dashboard side (issue 13 item 4, reviewed): Enter pressed once
+too often never restarts a tripped mailing, and a trip that happens while the Restart dialog is
+open (it asked about a mailing an operator had stopped) is not overridden by that dialog."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mailtower.core.domain import MailingState
+from mailtower.core.lifecycle import Lifecycle
+from mailtower.core.store import Store
+
+from ..helpers import until
+from .conftest import Fixture
+from .test_breaker_view import TRIPPED, frozen_app, marked, settled  # noqa: F401 - `marked` is a fixture
+
+
+def test_enter_pressed_again_and_again_never_restarts_a_tripped_mailing(marked: Fixture) -> None:  # noqa: F811
+    async def main() -> None:
+        app = frozen_app(marked.db)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settled(pilot)
+            await pilot.press("tab", "tab")
+            # Actions, Restart, then Enter-Enter-Enter as fast as keys come: typed ahead of the dialog.
+            await pilot.press("a", "enter", "enter", "enter", "enter")
+            await until(pilot, lambda: type(app.screen).__name__ in ("Dashboard", "ConfirmDialog", "ActionsMenu"))
+            for _ in range(20):  # let every key be handled (bounded)
+                await pilot.pause(0.02)
+            assert app.store is not None
+            mailing = await app.store.mailing(marked.ids["stopped"])
+            assert mailing.state is MailingState.STOPPED and mailing.tripped == TRIPPED
+
+    asyncio.run(main())
+
+
+def test_a_trip_while_the_restart_dialog_is_open_is_not_overridden(fixed_db: Fixture, held_lease: object) -> None:
+    async def main() -> None:
+        app = frozen_app(fixed_db.db)
+        target = fixed_db.ids["stopped"]
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settled(pilot)
+            await pilot.press("tab", "tab", "a")
+            await until(pilot, lambda: type(app.screen).__name__ == "ActionsMenu")
+            await pilot.press("enter")  # Restart: the plain question, nothing had tripped
+            await until(pilot, lambda: type(app.screen).__name__ == "ConfirmDialog")
+            assert app.screen.title_text == "Restart sending"  # type: ignore[attr-defined]
+            # Meanwhile another terminal restarts it and the breaker stops it again.
+            other = await Store.open(fixed_db.db)
+            try:
+                await Lifecycle(other).restart(target)
+                assert await Lifecycle(other).trip(target, TRIPPED)
+            finally:
+                await other.close()
+            await pilot.press("r")  # the operator confirms the question the dialog asked
+            await until(pilot, lambda: type(app.screen).__name__ == "Dashboard")
+            for _ in range(20):
+                await pilot.pause(0.02)
+            assert app.store is not None
+            mailing = await app.store.mailing(target)
+            # Not restarted: the operator was never told what tripped (Restart asks again, saying it).
+            assert mailing.state is MailingState.STOPPED and mailing.tripped == TRIPPED
+
+    asyncio.run(main())
