@@ -61,3 +61,33 @@ def test_a_trip_while_the_restart_dialog_is_open_is_not_overridden(fixed_db: Fix
             assert mailing.state is MailingState.STOPPED and mailing.tripped == TRIPPED
 
     asyncio.run(main())
+
+
+def test_a_trip_while_the_actions_menu_is_open_changes_what_it_offers(fixed_db: Fixture, held_lease: object) -> None:
+    """The menu follows the present: the breaker stops the head while its menu is open; the menu
+    then offers Restart (which asks, saying what tripped), not Stop, and Enter does not restart it."""
+    async def main() -> None:
+        app = frozen_app(fixed_db.db)
+        target = fixed_db.ids["spring"]  # the head of the queue, in the Current panel
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settled(pilot)
+            await pilot.press("a")
+            await until(pilot, lambda: type(app.screen).__name__ == "ActionsMenu")
+            menu = app.screen
+            assert menu.mailing.id == target and "stop" in menu.opened_with  # type: ignore[attr-defined]
+            other = await Store.open(fixed_db.db)
+            try:
+                assert await Lifecycle(other).trip(target, TRIPPED)
+            finally:
+                await other.close()
+            await until(pilot, lambda: menu.mailing.state is MailingState.STOPPED, timeout=10)  # type: ignore[attr-defined]
+            offered = {o.key for o in menu.offers if o.enabled}  # type: ignore[attr-defined]
+            assert "restart" in offered and "stop" not in offered
+            await pilot.press("enter", "enter")
+            for _ in range(20):
+                await pilot.pause(0.02)
+            assert app.store is not None
+            mailing = await app.store.mailing(target)
+            assert mailing.state is MailingState.STOPPED and mailing.tripped == TRIPPED
+
+    asyncio.run(main())
