@@ -175,3 +175,36 @@ def test_run_until_idle_waits_out_a_canary_hold_and_says_until_when(tmp_path: Pa
         with sqlite3.connect(db) as conn:
             states = [conn.execute("SELECT state FROM mailings WHERE id = ?", (i,)).fetchone()[0] for i in ids]
         assert states == ["completed", "completed"] and len(sink.deliveries) == 13
+
+
+# ---- a tripped mailing scheduled, then unscheduled: it can still be sent -------------------------
+
+
+def test_a_tripped_mailing_scheduled_then_unscheduled_can_be_sent_again(cli: Cli, tmp_path: Path, db: Path) -> None:
+    """Scheduling is the decision to send it again: the trip is forgotten then. Before, the draft
+    left by `unschedule` kept it: send-now refused, naming `restart --force`, which refuses a
+    draft; nothing could send it."""
+    import asyncio
+
+    from mailtower.core.lifecycle import Lifecycle
+    from mailtower.core.store import Store
+
+    mailing = new_draft(cli, tmp_path)
+
+    async def trip() -> None:
+        store = await Store.open(db)
+        try:
+            await Lifecycle(store).send_now(mailing)
+            assert await Lifecycle(store).trip(mailing, "breaker: 9 of the last 9 outcomes failed permanently "
+                                                        "(100.0%, more than 5%); last: 550 5.1.1 unknown")
+        finally:
+            await store.close()
+
+    asyncio.run(trip())
+    code, _, err = cli("send-now", str(mailing))
+    assert code == 2 and "restart" in err and "--force" in err  # a stopped tripped mailing: asks
+    cli.ok("schedule", str(mailing), "--at", "2099-01-01 09:00", "--tz", "UTC")
+    assert json.loads(cli.ok("breaker", str(mailing), "--json"))["tripped"] is None
+    cli.ok("unschedule", str(mailing))
+    cli.ok("send-now", str(mailing))
+    assert json.loads(cli.ok("status", "--json"))["current"][0]["id"] == mailing
