@@ -175,6 +175,21 @@ class Breaker:
         return (f"breaker: {deferrals:,} of the last {outcomes:,} outcomes for {domain} were deferred "
                 f"({deferrals * 100 / outcomes:.1f}%, more than {percent(t.soft)}); last: {_reply(code, text)}")
 
+    def judge(self) -> str | None:
+        """The window as it stands (rebuilt from the ledger when a sender starts a turn): the
+        reason when it is over a threshold already, else None. A sender killed between deciding
+        a trip and writing it leaves the mailing current with such a window: the next sender
+        stops it before sending anything more (waiting for a next failure could be never, as a
+        message sent never trips it)."""
+        before = "(outcomes recorded before this sender started)"
+        reason = self._hard_trip(None, before) if self._hard else None
+        for domain, (_outcomes, deferrals) in list(self._domains.items()):
+            if reason is not None:
+                break
+            reason = self._soft_trip(domain, None, before) if deferrals else None
+        self.tripped = reason
+        return reason
+
     def replay(self, outcomes: list[tuple[str, int | None, str, str | None]]) -> None:
         """Fill the window from the ledger (oldest first) without tripping: a window that is
         already over a threshold trips on the next outcome of this run."""

@@ -1020,6 +1020,10 @@ class Sender:
         run.canary = await canaries.begin(store, run.mailing, self.settings)
         minimum = canaries.canary_minimum(self.settings, run.canary.canary.total) if run.canary else None
         run.breaker = await self.breakers.for_mailing(store, run.mailing, canary_minimum=minimum)
+        if reason := run.breaker.judge():  # a trip decided but not written (a kill -9): now
+            run.trip = reason
+            log.warning("mailing %d: %s; stopping it", run.mailing.id, reason)
+            self._halt(run, reason)
 
     def _judge(self, run: HeadRun, row: Claimed, outcome: Outcome) -> None:
         """One answer for the breaker (O(1)); a trip halts the run at once and the mailing is

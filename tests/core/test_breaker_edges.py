@@ -208,3 +208,41 @@ def test_a_tripped_mailing_scheduled_then_unscheduled_can_be_sent_again(cli: Cli
     cli.ok("unschedule", str(mailing))
     cli.ok("send-now", str(mailing))
     assert json.loads(cli.ok("status", "--json"))["current"][0]["id"] == mailing
+
+
+# ---- kill -9 between the trip decision and its write ---------------------------------------------
+
+
+def test_a_trip_lost_to_a_kill_is_decided_again_before_anything_more_is_sent(cli: Cli, tmp_path: Path, db: Path) -> None:
+    """A sender killed after deciding a trip, before writing it, leaves the mailing current with
+    its failures in the ledger (nothing lost). The next sender stops it before sending more: the
+    rest would all be accepted, and a message sent never trips a breaker, so waiting for the next
+    failure sent them all."""
+    import asyncio
+    import sqlite3
+    import time
+
+    from mailtower.core.config import Settings
+    from mailtower.core.sender import Sender
+    from mailtower.core.sink import Sink
+
+    body = tmp_path / "plain.txt"
+    body.write_text("Hello\n", encoding="utf-8")
+    path = write_csv(tmp_path / "r.csv", recipients(10, "bad.example") + recipients(20, "good.example", start=10))
+    mailing = int(cli.ok("new", "--name", "X", "--subject", "s", "--from", "a@example.org", "--text", str(body),
+                         "--recipients", str(path), "--now").strip())
+    with sqlite3.connect(db) as conn:  # what the killed sender had written: 10 permanent failures
+        conn.execute("UPDATE recipients SET state = 'failed', attempts = 1, last_code = 550, "
+                     "last_error = '5.1.1 user unknown', updated_at = ? WHERE mailing_id = ? AND email LIKE '%@bad.example'",
+                     (time.time(), mailing))
+        conn.execute("UPDATE mailings SET state = 'sending', failed = 10 WHERE id = ?", (mailing,))
+    with Sink() as sink:
+        settings = Settings(db=db, smtp_port=sink.port, connections=2, breaker_min=5)
+        asyncio.run(asyncio.wait_for(Sender(settings).run(until_idle=True), timeout=60))
+        assert sink.deliveries == []
+    with sqlite3.connect(db) as conn:
+        state, tripped, pending = conn.execute(
+            "SELECT state, tripped, (SELECT COUNT(*) FROM recipients WHERE mailing_id = ?1 AND state = 'pending') "
+            "FROM mailings WHERE id = ?1", (mailing,)).fetchone()
+    assert state == "stopped" and tripped.startswith("breaker: 10 of the last 10 outcomes failed permanently")
+    assert pending == 20  # every recipient is kept for a restart
