@@ -246,3 +246,29 @@ def test_a_trip_lost_to_a_kill_is_decided_again_before_anything_more_is_sent(cli
             "FROM mailings WHERE id = ?1", (mailing,)).fetchone()
     assert state == "stopped" and tripped.startswith("breaker: 10 of the last 10 outcomes failed permanently")
     assert pending == 20  # every recipient is kept for a restart
+
+
+def test_finish_estimates_of_the_queue_wait_for_a_canary_hold() -> None:
+    """Strict queue order while a canary holds: the mailings after it finish after the hold,
+    and the Current panel's ETA and Left (and `status`) say so rather than "in 3 s"."""
+    from datetime import datetime, timedelta, timezone
+
+    from mailtower.core.domain import CanaryPhase, Mailing, MailingState
+    from mailtower.core.progress import queue_estimates
+
+    now = datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc)
+    until = (now + timedelta(minutes=10)).timestamp()
+
+    def mailing(i: int, remaining: int, canary: Canary | None = None) -> Mailing:
+        return Mailing(id=i, name=f"m{i}", subject="s", from_addr="a@example.org", text_body="x", html_body=None,
+                       state=MailingState.QUEUED, position=i, schedule=None, missed=False, total=remaining, sent=0,
+                       failed=0, deferred=0, in_doubt=0, created_at=now, started_at=None, finished_at=None,
+                       last_error=None, canary=canary)
+
+    head = mailing(1, 90, Canary(10, False, 1, 600, CanaryPhase.HOLDING, 10, 10, until))
+    estimates = queue_estimates([head, mailing(2, 50)], 10.0, now)
+    assert estimates[1] == now + timedelta(minutes=10, seconds=9)
+    assert estimates[2] == now + timedelta(minutes=10, seconds=14)
+    # Without a hold: as before, each waits only for the messages ahead of it.
+    plain = queue_estimates([mailing(1, 90), mailing(2, 50)], 10.0, now)
+    assert plain == {1: now + timedelta(seconds=9), 2: now + timedelta(seconds=14)}
