@@ -272,3 +272,50 @@ def test_finish_estimates_of_the_queue_wait_for_a_canary_hold() -> None:
     # Without a hold: as before, each waits only for the messages ahead of it.
     plain = queue_estimates([mailing(1, 90), mailing(2, 50)], 10.0, now)
     assert plain == {1: now + timedelta(seconds=9), 2: now + timedelta(seconds=14)}
+
+
+# ---- canaries on degenerate mailings: every one ends, in bounded time -----------------------------
+
+
+def always_deferred(stage: str, address: str, attempt: int) -> str | None:
+    return "450 4.2.0 try later" if stage == "rcpt" else None
+
+
+@pytest.mark.parametrize("case", ["one domain", "all suppressed", "all deferred"])
+def test_a_canary_on_a_degenerate_mailing_ends(case: str, tmp_path: Path, db: Path) -> None:
+    """One domain: the sample is its first recipients, then the rest. All suppressed (after the
+    import, so the mailing has them): nobody to sample, nothing sent, the mailing completes.
+    All deferred: the breaker's domain check stops it on the canary, the rest never tried."""
+    import asyncio
+    import sqlite3
+
+    from mailtower.core.config import Settings
+    from mailtower.core.sender import Sender
+    from mailtower.core.sink import Sink
+
+    with Sink(fault=always_deferred if case == "all deferred" else None) as sink:
+        cli = Cli(db, sink.port)
+        body = tmp_path / "plain.txt"
+        body.write_text("Hello\n", encoding="utf-8")
+        path = write_csv(tmp_path / "r.csv", recipients(12, "one.example"))
+        mailing = int(cli.ok("new", "--name", "X", "--subject", "s", "--from", "a@example.org", "--text", str(body),
+                             "--recipients", str(path), "--canary", "4", "--canary-rate", "100",
+                             "--canary-wait", "0.01").strip())
+        if case == "all suppressed":
+            for i in range(12):
+                cli.ok("suppress", "add", recipients(12, "one.example")[i]["email"])
+        cli.ok("send-now", str(mailing))
+        settings = Settings(db=db, smtp_port=sink.port, connections=2, retry_base=0.05, retry_max=0.1, retry_max_age=0.5)
+        asyncio.run(asyncio.wait_for(Sender(settings).run(until_idle=True), timeout=60))
+        with sqlite3.connect(db) as conn:
+            state, sent, tripped = conn.execute("SELECT state, sent, tripped FROM mailings WHERE id = ?",
+                                                (mailing,)).fetchone()
+            tried = conn.execute("SELECT COUNT(*) FROM recipients WHERE mailing_id = ? AND attempts > 0",
+                                 (mailing,)).fetchone()[0]
+    if case == "one domain":
+        assert state == "completed" and sent == 12 and len(sink.deliveries) == 12
+    elif case == "all suppressed":
+        assert state == "completed" and sent == 0 and sink.deliveries == []
+    else:
+        assert state == "stopped" and tripped and "one.example" in tripped and "deferred" in tripped
+        assert 3 <= tried <= 4  # only (part of) the canary's sample was tried: it trips on 3 of 4
