@@ -1,6 +1,7 @@
 """The breaker: a mailing stops by itself when its recent outcomes say it is doing damage.
 
-Over a sliding window of the mailing's last `breaker_window` outcomes (sent, failed, deferred),
+Over a sliding window of the mailing's last `breaker_window` outcomes (sent, failed, deferred;
+the latest of each recipient, so a recipient retried many times counts once),
 it trips when permanent failures are more than `breaker_hard` percent of the window, or when
 one recipient domain's deferrals are more than `breaker_soft` percent of that domain's outcomes
 in the window. Neither is judged on fewer than `breaker_min` outcomes (of the window, or of
@@ -20,6 +21,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .config import Settings
+from .display import safe
 from .domain import Mailing, RecipientState
 from .smtp_replies import Stage, classify
 from .store import Store
@@ -69,7 +71,9 @@ def percent(value: float) -> str:
 
 
 def _reply(code: int | None, text: str | None) -> str:
-    said = " ".join(f"{code or ''} {text or ''}".split())
+    # A relay's words are made safe here, once, so the stored reason (shown in the row, Details,
+    # `breaker`, `status`, the logs and the Restart dialog) never carries an escape sequence.
+    said = safe(" ".join(f"{code or ''} {text or ''}".split()))
     return said if len(said) <= REPLY_SHOWN else said[: REPLY_SHOWN - 1] + "…"
 
 
@@ -78,15 +82,21 @@ class Breaker:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
-        # (failed permanently, deferred, domain) of each outcome, oldest first.
-        self._window: deque[tuple[bool, bool, str]] = deque()
+        # [failed permanently, deferred, domain, recipient, live] of each outcome, oldest first.
+        # The window counts each recipient's LATEST outcome only: a recipient retried (deferred
+        # again and again, then perhaps sent) is one recipient, as in the window rebuilt from the
+        # ledger, not one deferral per attempt (one greylisted address retried at the tail of a
+        # mailing would otherwise trip its domain alone). An earlier outcome of a recipient that
+        # answers again is marked dead and skipped; the deque is compacted when half of it is dead.
+        self._window: deque[list] = deque()  # type: ignore[type-arg]
+        self._latest: dict[str, list] = {}  # type: ignore[type-arg]  # recipient -> its live entry
         self._hard = 0
         self._domains: dict[str, list[int]] = {}  # domain -> [outcomes, deferrals] in the window
         self.tripped: str | None = None
         self._size = thresholds.window
 
     def __len__(self) -> int:
-        return len(self._window)
+        return len(self._latest)
 
     @property
     def failed(self) -> int:
@@ -108,7 +118,7 @@ class Breaker:
         if not (hard or deferred or state is _SENT or state is _DEFERRED):
             return None
         domain = address[address.rfind("@") + 1:].lower()
-        self._push(hard, deferred, domain)
+        self._push(hard, deferred, domain, address.lower())
         if self.tripped is not None or not (hard or deferred):
             return None  # a message sent never trips it
         if hard:
@@ -117,9 +127,13 @@ class Breaker:
             self.tripped = self._soft_trip(domain, code, text)
         return self.tripped
 
-    def _push(self, hard: bool, deferred: bool, domain: str) -> None:
-        window = self._window
-        window.append((hard, deferred, domain))
+    def _push(self, hard: bool, deferred: bool, domain: str, recipient: str) -> None:
+        earlier = self._latest.pop(recipient, None)
+        if earlier is not None:
+            self._drop(earlier)
+        entry = [hard, deferred, domain, recipient, True]
+        self._window.append(entry)
+        self._latest[recipient] = entry
         self._hard += hard
         counts = self._domains.get(domain)
         if counts is None:
@@ -127,18 +141,27 @@ class Breaker:
         else:
             counts[0] += 1
             counts[1] += deferred
-        if len(window) > self._size:
-            old_hard, old_deferred, old_domain = self._window.popleft()
-            self._hard -= old_hard
-            old = self._domains[old_domain]
-            old[0] -= 1
-            old[1] -= old_deferred
-            if old[0] == 0:
-                del self._domains[old_domain]  # the dict never holds more domains than the window
+        while len(self._latest) > self._size:
+            oldest = self._window.popleft()
+            if oldest[4]:
+                del self._latest[oldest[3]]
+                self._drop(oldest)
+        if len(self._window) > 2 * self._size:  # dead entries of retried recipients: O(1) amortised
+            self._window = deque(entry for entry in self._window if entry[4])
+
+    def _drop(self, entry: list) -> None:  # type: ignore[type-arg]
+        """Take one outcome out of the counts (it left the window, or its recipient answered again)."""
+        entry[4] = False
+        self._hard -= entry[0]
+        counts = self._domains[entry[2]]
+        counts[0] -= 1
+        counts[1] -= entry[1]
+        if counts[0] == 0:
+            del self._domains[entry[2]]  # the dict never holds more domains than the window
 
     def _hard_trip(self, code: int | None, text: str | None) -> str | None:
         t = self.thresholds
-        n = len(self._window)
+        n = len(self._latest)
         if t.hard <= 0 or n < t.minimum or self._hard * 100 <= t.hard * n:
             return None
         return (f"breaker: {self._hard:,} of the last {n:,} outcomes failed permanently "
@@ -152,6 +175,21 @@ class Breaker:
         return (f"breaker: {deferrals:,} of the last {outcomes:,} outcomes for {domain} were deferred "
                 f"({deferrals * 100 / outcomes:.1f}%, more than {percent(t.soft)}); last: {_reply(code, text)}")
 
+    def judge(self) -> str | None:
+        """The window as it stands (rebuilt from the ledger when a sender starts a turn): the
+        reason when it is over a threshold already, else None. A sender killed between deciding
+        a trip and writing it leaves the mailing current with such a window: the next sender
+        stops it before sending anything more (waiting for a next failure could be never, as a
+        message sent never trips it)."""
+        before = "(outcomes recorded before this sender started)"
+        reason = self._hard_trip(None, before) if self._hard else None
+        for domain, (_outcomes, deferrals) in list(self._domains.items()):
+            if reason is not None:
+                break
+            reason = self._soft_trip(domain, None, before) if deferrals else None
+        self.tripped = reason
+        return reason
+
     def replay(self, outcomes: list[tuple[str, int | None, str, str | None]]) -> None:
         """Fill the window from the ledger (oldest first) without tripping: a window that is
         already over a threshold trips on the next outcome of this run."""
@@ -160,7 +198,7 @@ class Breaker:
             if kind is RecipientState.DEFERRED and _code is None:
                 continue  # no server answered it (pacing put it back, or no connection): not the domain's word
             deferred = kind is RecipientState.DEFERRED and not asks_to_slow_down(_code, _text)
-            self._push(kind is RecipientState.FAILED, deferred, domain_of(address))
+            self._push(kind is RecipientState.FAILED, deferred, domain_of(address), address.lower())
 
 
 class Breakers:
@@ -209,4 +247,5 @@ def short_reason(reason: str) -> str:
     if share is None:
         return "breaker"
     domain = _DOMAIN.search(reason)
-    return f"{domain.group(1)} {share.group(1)} deferred" if domain else f"{share.group(1)} failed"
+    # safe(): a reason stored by an older version (or edited by hand) may still hold anything.
+    return safe(f"{domain.group(1)} {share.group(1)} deferred" if domain else f"{share.group(1)} failed")

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 from .config import Settings, parse_number, show_value
-from .domain import Canary, CanaryPhase, Mailing
+from .domain import Canary, CanaryPhase, Mailing, Section
 from .errors import UserError
 from .ratelimit import RateLimiter
 from .store import Claimed, Store
@@ -34,10 +35,9 @@ def parse_size(raw: str, source: str = "--canary") -> tuple[float, bool]:
     """"50" -> (50, False): 50 recipients; "10%" -> (10, True): 10 percent of them."""
     text = raw.strip() if isinstance(raw, str) else ""
     if text.endswith("%"):
-        number = text[:-1].strip()
-        if number.endswith("%"):
-            number = ""  # "5%%": refused below
-        value = parse_number("breaker_hard", number, source) if number else -1.0  # a percent: 0..100, finite
+        if not text[:-1].strip() or text[:-1].strip().endswith("%"):  # "%", "5%%": no number at all
+            raise UserError(f"{source}: {show_value(raw)} is not a number of recipients (N) or a percentage (P%)")
+        value = parse_number("breaker_hard", text, source)  # a percent, 0..100, finite; errors quote `raw`
         if value <= 0:
             raise UserError(f"{source}: {show_value(raw)} must be more than 0 %")
         return float(value), True
@@ -59,9 +59,11 @@ def plan(size: str, rate: str | None, wait: str | None, settings: Settings) -> C
 
 def sample_size(canary: Canary, total: int) -> int:
     """How many recipients the canary samples of a mailing of `total`."""
+    # MAX_SAMPLE bounds a percentage too: 100% of a million recipients at the canary's slow pace
+    # would be days of "canary", and a million rows in canary_rows.
     if canary.percent:
-        return min(total, max(1, math.ceil(total * canary.size / 100)))
-    return min(total, int(canary.size))
+        return min(total, MAX_SAMPLE, max(1, math.ceil(total * canary.size / 100)))
+    return min(total, MAX_SAMPLE, int(canary.size))
 
 
 def canary_minimum(settings: Settings, sample: int) -> int:
@@ -144,3 +146,17 @@ async def holds(store: Store, mailing: Mailing) -> bool:
     await store.put_canary(mailing.id, replace(canary, phase=CanaryPhase.DONE),
                            ("canary", "passed: the hold is over, sending the rest"))
     return False
+
+
+async def holding_notes(store: Store) -> list[str]:
+    """What the sender waits for while current mailings hold after their canary, for its
+    "nothing to send now; waiting for ..." line: `run --until-idle` waits out a hold (it is part
+    of sending the mailing, like a retry), and says until when, so it never waits silently."""
+    notes = []
+    for mailing in await store.mailings(Section.CURRENT):
+        canary = mailing.canary
+        if canary is not None and canary.phase is CanaryPhase.HOLDING and canary.until is not None:
+            until = datetime.fromtimestamp(canary.until, timezone.utc)
+            notes.append(f'mailing {mailing.id} "{mailing.name}" holding after its canary until {until:%H:%M:%S} UTC '
+                         "(mailings after it wait: strict queue order)")
+    return notes

@@ -128,6 +128,7 @@ PERCENT_SETTINGS = frozenset({"breaker_hard", "breaker_soft"})
 
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_NONZERO_DIGIT = re.compile(r"[1-9]")
 _SHOWN_CHARS = 40
 _MAX_DIGITS = 1000
 
@@ -189,6 +190,10 @@ def parse_number(name: str, raw: object, source: str) -> int | float:
         raise UserError(f"{source}: {show_value(raw)} is not {what}")
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{source}: {show_value(raw)} is not a finite number")
+    if value == 0 and isinstance(number, str) and _NONZERO_DIGIT.search(number.strip().split("e")[0].split("E")[0]):
+        # "1e-400" is not 0 to the person who wrote it, yet float() makes it 0, which turns a
+        # threshold off or makes a timeout none: refused rather than read as something not written.
+        raise UserError(f"{source}: {show_value(raw)} is too small to tell from 0")
     problem = bound.problem(value)
     if problem is not None:
         raise UserError(f"{source}: {problem}")

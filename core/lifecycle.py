@@ -151,6 +151,10 @@ class Lifecycle:
             missed=0,
             finished_at=None,
         )
+        # Scheduling a tripped mailing is the operator's decision to send it again (README): the
+        # trip is forgotten here, or a later unschedule left a draft that send-now refused while
+        # pointing at `restart --force`, which refuses a draft (no way to send it at all).
+        await self._forget_trip(tx, mailing_id)
         detail = f"for {resolved.requested:%Y-%m-%d %H:%M} {resolved.tz} ({iso(resolved.utc)})"
         if resolved.warning:
             detail += f"; {resolved.warning}"
@@ -384,7 +388,8 @@ class Lifecycle:
 def refuse_if_tripped(mailing: Mailing, despite_trip: bool) -> None:
     """Sending a mailing the breaker stopped is a decision an operator confirms (the dashboard's
     dialog, the CLI's --force), having been told what tripped."""
-    if mailing.tripped is not None and not despite_trip:
+    # Only a stopped mailing: `restart --force`, which the refusal names, takes only a stopped one.
+    if mailing.tripped is not None and not despite_trip and mailing.state is S.STOPPED:
         raise RefusedTransition(
             f"mailing {mailing.id} was stopped by the {mailing.tripped}; confirm to send it again "
             f"(`mailtower restart {mailing.id} --force`, or Restart in the dashboard)"

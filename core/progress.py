@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
-from .domain import Mailing, MailingState
+from .domain import CanaryPhase, Mailing, MailingState
 
 
 class SenderState(str, enum.Enum):
@@ -105,11 +105,25 @@ def queue_estimates(current: list[Mailing], rate: float, now: datetime | None = 
     """Finish time of each current mailing in queue order: each waits for those ahead of it."""
     now = now or datetime.now(timezone.utc)
     ahead = 0
+    start = now  # when the messages counted in `ahead` begin to go out
     result: dict[int, datetime | None] = {}
     for mailing in current:
+        held = _canary_hold_end(mailing)
+        if held is not None and held > start + timedelta(seconds=ahead / rate if rate > 0 else 0):
+            # It holds after its canary, and (strict queue order) the mailings after it wait too:
+            # its rest, and theirs, go out after the hold.
+            start, ahead = held, 0
         ahead += mailing.remaining
-        result[mailing.id] = estimate_finish(ahead, rate, now)
+        result[mailing.id] = estimate_finish(ahead, rate, start)
     return result
+
+
+def _canary_hold_end(mailing: Mailing) -> datetime | None:
+    """When a mailing holding after its canary goes on (core/canary.py), else None."""
+    canary = mailing.canary
+    if canary is None or canary.phase is not CanaryPhase.HOLDING or canary.until is None:
+        return None
+    return datetime.fromtimestamp(canary.until, timezone.utc)
 
 
 def bumped(snapshot: SenderSnapshot, **changes: object) -> SenderSnapshot:

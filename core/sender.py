@@ -408,7 +408,7 @@ class Sender:
         store, _ = self._need()
         retrying = sum(m.deferred for m in await store.mailings(Section.CURRENT))
         upcoming = [m for m in await store.mailings(Section.SCHEDULED) if not m.missed and m.schedule is not None]
-        waits = []
+        waits = await canaries.holding_notes(store)  # canary holds first: they decide what goes next
         if retrying:
             waits.append(f"{retrying:,} deferred recipients to retry")
         if upcoming:
@@ -1064,6 +1064,10 @@ class Sender:
         run.canary = await canaries.begin(store, run.mailing, self.settings)
         minimum = canaries.canary_minimum(self.settings, run.canary.canary.total) if run.canary else None
         run.breaker = await self.breakers.for_mailing(store, run.mailing, canary_minimum=minimum)
+        if reason := run.breaker.judge():  # a trip decided but not written (a kill -9): now
+            run.trip = reason
+            log.warning("mailing %d: %s; stopping it", run.mailing.id, reason)
+            self._halt(run, reason)
 
     def _judge(self, run: HeadRun, row: Claimed, outcome: Outcome) -> None:
         """One answer for the breaker (O(1)); a trip halts the run at once and the mailing is

@@ -1002,7 +1002,9 @@ class DashboardApp(App[int]):
             assert restart is not None
             if not await self._ask(Confirm(title, restart.confirm, restart.keep), message):
                 return None
-            await lifecycle.restart(mailing.id, despite_trip=True)  # the dialog said what tripped
+            # Despite a trip only when the dialog said what tripped: one that happened while it was
+            # open (restarted elsewhere, stopped again) is refused, and Restart asks again, saying it.
+            await lifecycle.restart(mailing.id, despite_trip=mailing.tripped is not None)
             return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
         if action is Action.RETRY:
             return await self._retry(mailing)
