@@ -184,11 +184,15 @@ async def cmd_suppress(args: argparse.Namespace, store: Store) -> int:
 
 
 async def _list(args: argparse.Namespace, store: Store) -> int:
+    from .cli import say
+
     out = sys.stdout
     after = ""
     while True:  # bounded: every page moves `after` past the keys it returned
         page = await store.suppression_page(after, PAGE)
         if not page:
+            if not after:  # standard output stays empty (a list of nothing); a person is told why
+                say(args, "the suppression list is empty")
             return 0
         after = page[-1][0]
         for _key, email, source, reason, mailing, added in page:
