@@ -88,8 +88,10 @@ class ActionsMenu(ModalScreen[str | None]):
         Binding("k", "cursor_up", show=False),
     ]
 
+    # Opaque on purpose: a see-through screen makes Textual redraw the whole (dimmed) dashboard
+    # behind it on every opening, 40-60 ms of a key press while sending (issue 11 item 16).
     DEFAULT_CSS = """
-    ActionsMenu { align: center middle; }
+    ActionsMenu { align: center middle; background: $background; }
     ActionsMenu > #menu {
         width: 60; max-width: 95%; height: auto; max-height: 90%;
         border: round $accent; background: $surface; padding: 0 1;

@@ -82,8 +82,10 @@ class HelpScreen(ModalScreen[None]):
         Binding("q", "close", show=False),
     ]
 
+    # Opaque on purpose: a see-through screen makes Textual redraw the whole (dimmed) dashboard
+    # behind it on every opening, 40-60 ms of a key press while sending (issue 11 item 16).
     DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
+    HelpScreen { align: center middle; background: $background; }
     HelpScreen > VerticalScroll {
         width: 90; max-width: 100%; height: auto; max-height: 100%;
         border: round $accent; background: $surface; padding: 0 1;
