@@ -253,10 +253,9 @@ def _action_offer(entry: ActionEntry, mailing: Mailing, *, any_sending: bool) ->
     elif mailing.wave_group is not None and mailing.section is Section.SCHEDULED:
         # The row of a local-time schedule stands for all its waves (core/waves.py).
         label = WAVE_LABELS.get(entry.action, label)
-    offer = Offer(entry.key, label, destructive=entry.destructive)
     if entry.action is Action.UNSCHEDULE and any_sending:
         return Offer(entry.key, label, enabled=False, reason=UNSCHEDULE_WHILE_SENDING)
-    return offer
+    return Offer(entry.key, label, destructive=entry.destructive)
 
 
 # A local-time schedule's row in the Scheduled panel: its entries act on every wave.

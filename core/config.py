@@ -26,7 +26,7 @@ import platformdirs
 
 from .compose import ascii_domain  # the same IDNA rules as the envelope (for dkim_domain)
 from .errors import UserError
-from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text_bounded
+from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text_bounded, stat_named
 
 TLS_MODES = ("none", "starttls", "tls")
 
@@ -538,12 +538,7 @@ def _read_config(config: ConfigFile) -> tuple[dict[str, Any], Path | None]:
         return {}, NO_CONFIG
     if config.named_by is None and not os.path.lexists(path):
         return {}, None
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{config.what}: {path} does not exist") from None
-    except OSError as exc:
-        raise UserError(f"{config.what}: cannot read {path}: {exc.strerror or exc}") from None
+    info = stat_named(path, f"{config.what}: {path}")
     if stat.S_ISDIR(info.st_mode):
         raise UserError(f"{config.what}: {path} is a directory, not a file")
     if not stat.S_ISREG(info.st_mode):
@@ -742,12 +737,7 @@ def check_domain_groups(groups: tuple[DomainGroupSpec, ...], where: str) -> None
 def read_password_file(path: Path, what: str) -> tuple[str, bool]:
     """The password in `path` (surrounding white space dropped) and whether `path` is a regular
     file that can be read again. `what` names the setting in errors; the password never appears."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{what}: {path} does not exist") from None
-    except OSError as exc:
-        raise UserError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+    info = stat_named(path, f"{what}: {path}")
     if stat.S_ISDIR(info.st_mode):
         raise UserError(f"{what}: {path} is a directory, not a file")
     regular = stat.S_ISREG(info.st_mode)

@@ -32,7 +32,7 @@ from pathlib import Path
 from .compose import ascii_domain
 from .config import Settings
 from .errors import UserError
-from .files import KIB, describe_size, read_bytes_bounded
+from .files import KIB, describe_size, read_bytes_bounded, stat_named
 
 log = logging.getLogger("mailtower.dkim")
 
@@ -105,12 +105,7 @@ def check_key_file(path: Path, where: str) -> None:
 
     A symbolic link is followed: what is checked (and read) is the file it names, so a link to a
     file that another user owns, or that others may read, is refused like that file itself."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise UserError(f"{where}: does not exist") from None
-    except OSError as exc:
-        raise UserError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    info = stat_named(path, where)
     if stat.S_ISDIR(info.st_mode):
         raise UserError(f"{where}: is a directory, not a key file")
     if not stat.S_ISREG(info.st_mode):

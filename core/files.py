@@ -75,6 +75,18 @@ def _open_error(path: Path, what: str, exc: OSError) -> UserError:
     return UserError(f"{what}: cannot read {path}: {exc.strerror or exc}")
 
 
+def stat_named(path: Path, where: str) -> os.stat_result:
+    """os.stat of a file a person named (links followed); one line starting with `where` (what
+    the file is for, and its name) when it does not exist or cannot be looked at. Which kinds of file it may be is the
+    caller's rule (a config file, a password, a key)."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{where} does not exist") from None
+    except OSError as exc:  # a file named "-" here is that file, never standard input
+        raise UserError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+
+
 def read_bytes_bounded(path: Path | str, *, limit: int, what: str, idle_timeout: float = IDLE_TIMEOUT) -> bytes:
     """The whole content of `path` (at most `limit` bytes), read once; `what` names the source
     in errors (a flag such as "--text", or a setting such as "MAILTOWER_CONFIG").

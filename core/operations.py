@@ -20,7 +20,7 @@ from .domain import ImportedRow, Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .files import MAX_BODY_BYTES, read_text_bounded
 from .recipients_csv import ReadProgress, RecipientFile, normalize_address, open_recipients
-from .store import ImportSummary, Store
+from .store import ImportSummary, Store, Tx
 from .timezones import is_valid_zone
 from .waves import refuse_import_into_wave
 
@@ -170,7 +170,6 @@ async def _create_from(
 ) -> tuple[int, ImportSummary]:
     columns = merge_columns(source.header)
     template = _check_template(draft, columns, allow_special=allow_special_domains)
-    counted = _Counted(on_reject)
     async with store.write() as tx:
         mailing_id = await tx.insert_mailing(
             name=draft.name,
@@ -180,14 +179,9 @@ async def _create_from(
             html_body=draft.html,
             fields=columns,
         )
-        rows = source.rows(
-            header_fields=template.subject_fields,
-            valid_zone=is_valid_zone,
-            on_reject=counted,
-            allow_special_domains=allow_special_domains,
+        summary = await _import_rows(
+            tx, mailing_id, source, template, on_reject, allow_special_domains, progress, "no mailing was created"
         )
-        summary = await tx.import_rows(mailing_id, _reporting(rows, source, counted, progress))
-        _refuse_if_empty(source.label, summary, counted.count, "no mailing was created")
         await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {_source_name(source)}")
     return mailing_id, summary
 
@@ -222,18 +216,29 @@ async def _import_from(
         if current.state is not mailing.state:
             raise UserError(f"mailing {mailing_id} changed state while importing; try again")
         refuse_import_into_wave(current)  # issue 14: a wave is one instant, not local time
-        counted = _Counted(on_reject)
-        rows = source.rows(
-            header_fields=template.subject_fields,
-            valid_zone=is_valid_zone,
-            on_reject=counted,
-            allow_special_domains=allow_special_domains,
+        summary = await _import_rows(
+            tx, mailing_id, source, template, on_reject, allow_special_domains, progress, "nothing was imported"
         )
-        summary = await tx.import_rows(mailing_id, _reporting(rows, source, counted, progress))
-        _refuse_if_empty(source.label, summary, counted.count, "nothing was imported")
         all_columns = sorted(set(mailing.fields) | columns)
         await tx.update_mailing(mailing_id, fields=json.dumps(all_columns))
         await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {_source_name(source)}")
+    return summary
+
+
+async def _import_rows(
+    tx: Tx, mailing_id: int, source: RecipientFile, template: MessageTemplate, on_reject: Reporter,
+    allow_special_domains: bool, progress: Progress | None, nothing_done: str,
+) -> ImportSummary:
+    """Read `source` into the mailing inside `tx`; refused (with `nothing_done`) when no row was valid."""
+    counted = _Counted(on_reject)
+    rows = source.rows(
+        header_fields=template.subject_fields,
+        valid_zone=is_valid_zone,
+        on_reject=counted,
+        allow_special_domains=allow_special_domains,
+    )
+    summary = await tx.import_rows(mailing_id, _reporting(rows, source, counted, progress))
+    _refuse_if_empty(source.label, summary, counted.count, nothing_done)
     return summary
 
 

@@ -181,7 +181,7 @@ class HeadRun:
 class Job:
     run: HeadRun
     row: Claimed
-    group: DomainGroup[Job] | None = None  # its destination group (core/domains.py)
+    group: DomainGroup[Job]  # its destination group (core/domains.py), found once when claimed
 
 
 class Sender:
@@ -713,7 +713,7 @@ class Sender:
         run.marked.add(row_id)
         on_disk = gate_before_dot(run.on_disk(), run.barred, row_id)
         try:
-            outcome = await self._deliver(conn, relay, run, job.row, on_disk)
+            outcome = await self._deliver(conn, relay, run, job.row, job.group, on_disk)
         except SuppressedMeanwhile:
             # Suppressed after it was claimed: the connection was dropped before the dot (the
             # server discards the message) and the row is `suppressed` on disk.
@@ -725,8 +725,7 @@ class Sender:
             self._requeue(run, job)
             return
         run.settle(outcome)
-        if job.group is not None:
-            self.domains.done(job.group, outcome.state.value)
+        self.domains.done(job.group, outcome.state.value)
         self._judge(run, job.row, outcome)
         if self._waiting_reason and not outcome.in_doubt:
             # The server answered a whole transaction (accepted, refused or deferred it): the
@@ -821,6 +820,7 @@ class Sender:
         relay: RelayState,
         run: HeadRun,
         row: Claimed,
+        group: DomainGroup[Job],
         previous: asyncio.Future[None] | None = None,
     ) -> Outcome | None:
         """Send one row; the ledger outcome, or None when this relay cannot take it now.
@@ -846,7 +846,7 @@ class Sender:
             # `previous` stays: a retry's final dot waits for the same commit (instant once done).
             verdict = await conn.send(run.template.sender, row.email, message, previous)
             # A named domain group's reply slows that group only; any other slows the relay.
-            domain_reply = self.domains.note_reply(self.domains.group_of(row.email), verdict)
+            domain_reply = self.domains.note_reply(group, verdict)
             if not domain_reply:
                 self._note_throttling(relay, run, verdict)
             if verdict.outcome is ReplyOutcome.SENT:

@@ -43,25 +43,23 @@ class HeaderInfo:
     domains_paused: int = 0  # domain groups whose hourly budget is used up (core/domains.py)
 
 
+def _span(seconds: float) -> str:
+    """"8 s", "14 min", "2 h 05 min"."""
+    whole = max(int(seconds), 0)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
 def age_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    seconds = max(int(seconds), 0)
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min ago"
+    return "never" if seconds is None else f"{_span(seconds)} ago"
 
 
 def in_text(seconds: float) -> str:
     """"in 8 s", "in 14 min", "in 2 h 05 min": how long until the next try."""
-    seconds = max(int(seconds), 0)
-    if seconds < 60:
-        return f"in {seconds} s"
-    if seconds < 3600:
-        return f"in {seconds // 60} min"
-    return f"in {seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"in {_span(seconds)}"
 
 
 def hold_text(info: HeaderInfo, tight: bool = False) -> str:
