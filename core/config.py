@@ -26,6 +26,7 @@ import platformdirs
 
 from .compose import ascii_domain  # the same IDNA rules as the envelope (for dkim_domain)
 from .errors import UserError
+from .db_target import PgTarget, looks_like_postgres, parse_pg_url
 from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text_bounded, stat_named
 
 TLS_MODES = ("none", "starttls", "tls")
@@ -230,7 +231,7 @@ class RelaySpec:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    db: Path = field(default_factory=default_db_path)
+    db: Path | PgTarget = field(default_factory=default_db_path)  # a SQLite file or a PostgreSQL URL
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_tls: str = "none"  # none | starttls | tls
@@ -436,6 +437,11 @@ def convert_setting(name: str, raw: object, source: str) -> Any:
         if text in FALSE_WORDS:
             return False
         raise UserError(f"{source}: {show_value(raw)} is not one of true, false, 1, 0, yes, no, on, off")
+    if name == "db" and isinstance(raw, PgTarget):
+        return raw
+    if name == "db" and isinstance(raw, str) and looks_like_postgres(raw.strip()):
+        # PostgreSQL (issue 15): checked and shown without its password (core/db_target.py).
+        return parse_pg_url(raw.strip(), source)
     if name in PATH_SETTINGS:
         text = _text(name, str(raw) if isinstance(raw, Path) else raw, source)
         if not text.strip():

@@ -57,7 +57,7 @@ async def export_remaining_csv(
     at the end, so a failed export never leaves a half-written or clobbered file.
     """
     await store.mailing(mailing_id)  # NotFound before any file is touched
-    protected = database_companions(Path(store.path))
+    protected = database_companions(store.path)
     target = check_output_path(
         path, what="export", force=overwrite, protected=protected, replace_hint=REPLACE_HINT
     )

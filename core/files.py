@@ -224,8 +224,11 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino)
 
 
-def database_companions(db: Path) -> list[Path]:
-    """The database and every file that belongs to it (as named and as resolved)."""
+def database_companions(db: object) -> list[Path]:
+    """The database and every file that belongs to it (as named and as resolved); none for a
+    database on a PostgreSQL server (core/db_target.PgTarget), which has no file here."""
+    if not isinstance(db, (str, os.PathLike)):
+        return []
     names: list[Path] = []
     for base in {Path(db), Path(os.path.realpath(db))}:
         names.append(base)

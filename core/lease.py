@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .db_target import PgTarget
 from .store import check_database_path
 
 
@@ -169,3 +170,106 @@ def _read_holder(fd: int) -> Holder:
         return Holder(int(data["pid"]), str(data["host"]), float(data["since"]), str(data["what"]))
     except (ValueError, KeyError, TypeError):
         return Holder(0, "?", 0.0, "another process")
+
+
+# ---- PostgreSQL (issue 15) --------------------------------------------------------------------
+# A database on a server has no file to lock: the lease is a session advisory lock held by the
+# sender on a connection of its own, dropped by the server when that connection ends (the process
+# exited or died). Who holds it is read from pg_stat_activity: the holder names itself in its
+# application_name. The fleet work (several senders) replaces this with registered senders.
+
+SENDER_LOCK = 0x6D61696C746F7773  # "mailtows": one advisory lock key per database
+_APP_PREFIX = "mailtower-lease"
+
+
+def sender_lease(target: "Path | PgTarget") -> "SenderLease | PgSenderLease":
+    """The sender lease of a database: a lock file beside a SQLite file, an advisory lock on PostgreSQL."""
+    if isinstance(target, PgTarget):
+        return PgSenderLease(target)
+    return SenderLease(target)
+
+
+class PgSenderLease:
+    """SenderLease's interface over `pg_try_advisory_lock` (see above)."""
+
+    def __init__(self, target: PgTarget) -> None:
+        self.target = target
+        self._conn = None  # the connection that holds the lock
+        self._probe = None  # a connection kept for holder() (the dashboard asks every second)
+
+    @property
+    def path(self) -> None:
+        return None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    def _connect(self, what: str):  # noqa: ANN202 - a psycopg Connection
+        from .store import pg_store_class
+
+        pg_store_class(self.target)  # the one line naming the extra when psycopg is missing
+        import psycopg
+
+        from .db_errors import pg_failure
+
+        name = f"{_APP_PREFIX} {os.getpid()} {socket.gethostname()} {what}"[:63]
+        try:
+            return psycopg.connect(self.target.url, autocommit=True, connect_timeout=10, application_name=name)
+        except psycopg.Error as exc:
+            raise (pg_failure(self.target, exc) or UserError(f"database {self.target}: cannot connect")) from None
+
+    def acquire(self, what: str = "mailtower run") -> bool:
+        if self._conn is not None:
+            return True
+        conn = self._connect(what)
+        try:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SENDER_LOCK,)).fetchone()[0]
+        except Exception:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # the server drops a session lock with its session
+        self._close_probe()
+
+    def _close_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close()
+
+    def holder(self) -> Holder | None:
+        if self._conn is not None:
+            return Holder(os.getpid(), socket.gethostname(), time.time(), "this process")
+        import psycopg
+
+        for _ in range(2):  # a probe connection the server closed is opened again, once
+            try:
+                if self._probe is None or self._probe.closed:
+                    self._probe = self._connect("probe")
+                row = self._probe.execute(
+                    "SELECT a.application_name, EXTRACT(EPOCH FROM a.backend_start) FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = %s LIMIT 1",
+                    (SENDER_LOCK,),
+                ).fetchone()
+            except psycopg.Error:
+                self._close_probe()
+                continue
+            return None if row is None else _pg_holder(str(row[0] or ""), float(row[1] or 0.0))
+        return Holder(0, "?", 0.0, "another process (the server did not say who)")
+
+
+def _pg_holder(application_name: str, since: float) -> Holder:
+    parts = application_name.split(" ", 3)
+    if len(parts) == 4 and parts[0] == _APP_PREFIX and parts[1].isdigit():
+        return Holder(int(parts[1]), parts[2], since, parts[3])
+    return Holder(0, "?", since, "another process")

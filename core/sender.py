@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from .dkim_signing import load_signer
 from .domains import PARK_LIMIT, DomainGroup, DomainPacer
 from .domain import Mailing, MailingState, RecipientState, Section
 from .errors import NotFound
-from .lease import SenderLease
+from .lease import sender_lease
 from .lifecycle import Lifecycle
 from .limits import Limits, read_limits
 from .operations import RESUME_REQUEST_KEY, parse_resume_request, template_for
@@ -45,7 +44,8 @@ from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_o
 from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
 from .smtp_replies import Outcome as ReplyOutcome, Verdict, is_temporary_refusal, mailbox_gone
-from .store import Claimed, Outcome, Store, storage_error
+from .db_errors import database_errors, is_database_error
+from .store import Claimed, Outcome, Store, open_store, storage_error
 from .suppression import SuppressedMeanwhile, gate_before_dot
 from .unsubscribe import headers_for as unsubscribe_headers
 
@@ -81,7 +81,7 @@ def describe_failure(exc: BaseException, db: Path) -> str:
     fault = storage_error(db, exc)
     if fault is not None:
         return f"the sender stopped: {fault}"
-    if isinstance(exc, sqlite3.Error):
+    if is_database_error(exc):
         return f"the sender stopped: cannot write the ledger {db}: {exc}"
     if isinstance(exc, OSError):
         return f"the sender stopped: {db}: {exc.strerror or exc}"
@@ -191,7 +191,7 @@ class Sender:
         self.settings = settings
         self.relays = relays_from_settings(settings)
         self.dkim = load_signer(settings)  # DKIM (issue 13 item 8): the key read and parsed once per run
-        self.lease = SenderLease(settings.db)
+        self.lease = sender_lease(settings.db)
         self.what = what
         self.snapshot = SenderSnapshot()
         self.meter = RateMeter()
@@ -271,8 +271,8 @@ class Sender:
             raise LeaseHeld(f"another sender is running on {self.settings.db}: {holder.describe() if holder else 'unknown'}")
         try:
             try:
-                self._store = await Store.open(self.settings.db)
-            except (sqlite3.Error, OSError) as exc:
+                self._store = await open_store(self.settings.db)
+            except (*database_errors(), OSError) as exc:
                 raise SenderFailed(describe_failure(exc, self.settings.db)) from exc
             self._lifecycle = Lifecycle(self._store)
             log.info("sender started on %s (pid %d; %s)", self.settings.db, os.getpid(), self._describe_relays())
@@ -307,7 +307,7 @@ class Sender:
             self.snapshot = bumped(self.snapshot, state=SenderState.STOPPED, reason=describe_failure(self._failure, self.settings.db))
         try:
             await self._write_status(force=True, state=SenderState.STOPPED)
-        except (sqlite3.Error, OSError) as exc:
+        except (*database_errors(), OSError) as exc:
             log.info("could not record that the sender stopped: %s", exc)
 
     # ---- main loop -----------------------------------------------------------------------

@@ -36,6 +36,8 @@ from .domain import (
     Schedule,
     Section,
 )
+from .db_errors import is_pg_error, pg_failure
+from .db_target import INSTALL_HINT, PgTarget
 from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
@@ -362,6 +364,8 @@ def storage_error(path: Path, exc: BaseException) -> UserError | None:
     database, damaged...), or None when `exc` is not one and so is a bug."""
     if isinstance(exc, UserError):
         return exc
+    if is_pg_error(exc):
+        return pg_failure(path, exc)  # PostgreSQL (core/store_pg.py): server down, auth, disk full...
     if isinstance(exc, sqlite3.Error):
         text = str(exc).lower()
         for phrase, meaning in _STORAGE_FAULTS:
@@ -588,7 +592,7 @@ class Tx:
     ) -> int:
         cur = await self.db.execute(
             "INSERT INTO mailings (name, subject, from_addr, text_body, html_body, fields, state, "
-            "created_at, updated_at, parent_id) VALUES (?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?)",
+            "created_at, updated_at, parent_id) VALUES (?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?) RETURNING id",
             (
                 name,
                 subject,
@@ -601,7 +605,7 @@ class Tx:
                 parent_id,
             ),
         )
-        return int(cur.lastrowid)  # type: ignore[arg-type]
+        return await _returned_id(cur)
 
     async def import_rows(self, mailing_id: int, rows: Iterator[ImportedRow], chunk: int = 5000) -> ImportSummary:
         """Insert validated rows; duplicates of an address already in the mailing are reported, not inserted.
@@ -679,17 +683,16 @@ class Tx:
     async def add_suppressions(self, entries: Iterable[tuple[str, str]], source: str, reason: str) -> int:
         """Suppress (key, address) pairs; an address already suppressed keeps its first entry.
         Returns how many were new."""
-        before = self.db.total_changes
-        await self.db.executemany(
-            "INSERT OR IGNORE INTO suppression (key, email, source, reason, added_at) VALUES (?, ?, ?, ?, ?)",
+        cur = await self.db.executemany(
+            "INSERT INTO suppression (key, email, source, reason, added_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO NOTHING",
             [(key, email, source, reason, iso(self.now)) for key, email in entries],
         )
-        return self.db.total_changes - before
+        return max(cur.rowcount, 0)
 
     async def remove_suppressions(self, keys: Iterable[str]) -> int:
-        before = self.db.total_changes
-        await self.db.executemany("DELETE FROM suppression WHERE key = ?", [(k,) for k in keys])
-        return self.db.total_changes - before
+        cur = await self.db.executemany("DELETE FROM suppression WHERE key = ?", [(k,) for k in keys])
+        return max(cur.rowcount, 0)
 
     async def failed_rows(self, mailing_id: int, after_id: int, limit: int) -> list[tuple[int, int | None, str | None, bool, bool]]:
         """A page of a mailing's failed rows: (id, last code, last reply, in doubt, suppressed now)."""
@@ -706,8 +709,7 @@ class Tx:
         was in doubt is an open in-doubt row again until it is sent or fails)."""
         if not ids:
             return
-        before = self.db.total_changes
-        doubt = 0
+        moved = doubt = 0
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -715,12 +717,12 @@ class Tx:
                 f"SELECT COUNT(*) FROM recipients WHERE id IN ({marks}) AND state = 'failed' AND in_doubt = 1", chunk
             ) as cur:
                 doubt += int((await cur.fetchone())[0])  # type: ignore[index]
-            await self.db.execute(
+            cur = await self.db.execute(
                 f"UPDATE recipients SET state = 'pending', next_attempt_at = NULL, first_deferred_at = NULL, "
                 f"updated_at = ? WHERE id IN ({marks}) AND mailing_id = ? AND state = 'failed'",
                 (time.time(), *chunk, mailing_id),
             )
-        moved = self.db.total_changes - before
+            moved += max(cur.rowcount, 0)
         await self.db.execute(
             "UPDATE mailings SET failed = failed - ?, in_doubt = in_doubt + ? WHERE id = ?", (moved, doubt, mailing_id)
         )
@@ -744,7 +746,7 @@ class Tx:
             where += f" AND tz IN ({','.join('?' * len(zones))})"
             params += zones
         async with self.db.execute(
-            f"SELECT COUNT(*), TOTAL(state = 'deferred'), TOTAL(in_doubt) FROM recipients WHERE {where}", params
+            f"SELECT COUNT(*), SUM(CASE WHEN state = 'deferred' THEN 1 ELSE 0 END), SUM(in_doubt) FROM recipients WHERE {where}", params
         ) as cur:
             moved, deferred, in_doubt = (int(v or 0) for v in await cur.fetchone())  # type: ignore[union-attr]
         if not moved:
@@ -763,10 +765,10 @@ class Tx:
 
     async def new_wave_group(self, name: str, local: datetime, default_tz: str | None, passed: str | None) -> int:
         cur = await self.db.execute(
-            "INSERT INTO wave_groups (name, send_at_local, default_tz, passed, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO wave_groups (name, send_at_local, default_tz, passed, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
             (name, local.strftime("%Y-%m-%dT%H:%M"), default_tz, passed, iso(self.now)),
         )
-        return int(cur.lastrowid)  # type: ignore[arg-type]
+        return await _returned_id(cur)
 
     async def wave_members(self, group: int) -> list[Mailing]:
         """The mailings of one wave group, earliest instant first."""
@@ -985,13 +987,40 @@ def _rollback_sync(conn: sqlite3.Connection) -> None:
             log.warning("ROLLBACK failed", exc_info=True)
 
 
+async def _returned_id(cur: Any) -> int:
+    """The id an `INSERT ... RETURNING id` gave (read to the end: an unfinished SQLite statement
+    would keep the transaction from committing)."""
+    rows = await cur.fetchall()
+    await cur.close()
+    return int(rows[0][0])
+
+
 class Store:
-    """An open database. Use `await Store.open(path)`; close with `await store.close()`."""
+    """An open SQLite database. Use `await open_store(target)` (a path or a PostgreSQL URL);
+    close with `await store.close()`. core/store_pg.PgStore is the PostgreSQL one: it inherits
+    every query here that both engines accept and overrides the few that differ."""
+
+    # Rows of `r` the sender already holds (one parameter, see _held_param): SQLite reads a JSON list.
+    NOT_HELD = "r.id NOT IN (SELECT value FROM json_each(?))"
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
         self.path = path
         self._write_lock = asyncio.Lock()
+
+    @property
+    def target(self) -> Any:
+        """What this store was opened on, as shown to a person (a path here; a redacted URL on PostgreSQL)."""
+        return self.path
+
+    @property
+    def is_file(self) -> bool:
+        """True for a database file (companions, leases and output-path protection apply)."""
+        return True
+
+    @staticmethod
+    def _held_param(held: Iterable[int]) -> Any:
+        return json.dumps(sorted(held))
 
     @classmethod
     async def open(cls, path: Path | str) -> "Store":
@@ -1040,7 +1069,8 @@ class Store:
                 for statement in _statements(MIGRATIONS[version]):
                     await tx.db.execute(statement)
                 await tx.db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),)
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(version),)
                 )
 
     @asynccontextmanager
@@ -1120,7 +1150,7 @@ class Store:
         """Per section (count, sum of versions, sum of ids): equal signatures mean nothing in it changed."""
         result = {section: (0, 0, 0) for section in Section}
         async with self.db.execute(
-            "SELECT state, COUNT(*), TOTAL(version), TOTAL(id) FROM mailings GROUP BY state"
+            "SELECT state, COUNT(*), COALESCE(SUM(version), 0), COALESCE(SUM(id), 0) FROM mailings GROUP BY state"
         ) as cur:
             for state, count, versions, ids in await cur.fetchall():
                 section = MailingState(state).section
@@ -1141,7 +1171,9 @@ class Store:
         if not search:
             return "", []
         like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        clause = " AND (email LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\' OR last_error LIKE ? ESCAPE '\\')"
+        # LOWER on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+        clause = (" AND (LOWER(email) LIKE LOWER(?) ESCAPE '\\' OR LOWER(name) LIKE LOWER(?) ESCAPE '\\'"
+                  " OR LOWER(last_error) LIKE LOWER(?) ESCAPE '\\')")
         return clause, [like, like, like]
 
     async def remaining(
@@ -1227,7 +1259,8 @@ class Store:
     async def put_settings(self, values: dict[str, str]) -> None:
         async with self.write() as tx:
             await tx.db.executemany(
-                "INSERT OR REPLACE INTO settings (key, value, changed_at) VALUES (?, ?, ?)",
+                "INSERT INTO settings (key, value, changed_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, changed_at = excluded.changed_at",
                 [(k, v, iso(tx.now)) for k, v in values.items()],
             )
 
@@ -1238,7 +1271,10 @@ class Store:
 
     async def put_meta(self, values: dict[str, str]) -> None:
         async with self.write() as tx:
-            await tx.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+            await tx.db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list(values.items()),
+            )
 
     # ---- the sender's ledger operations ------------------------------------------------
 
@@ -1371,8 +1407,8 @@ class Store:
                 " SELECT id, ROW_NUMBER() OVER (PARTITION BY d ORDER BY id) AS turn, COUNT(*) OVER (PARTITION BY d) AS n"
                 " FROM (SELECT id, substr(email_key, instr(email_key, '@') + 1) AS d FROM recipients"
                 "       WHERE mailing_id = ? AND state = 'pending'"
-                "       AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = recipients.email_key))"
-                ") ORDER BY turn, n DESC, id LIMIT ?",
+                "       AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = recipients.email_key)) AS by_domain"
+                ") AS turns ORDER BY turn, n DESC, id LIMIT ?",
                 (mailing_id, mailing_id, max(size, 0)),
             )
             chosen = max(cur.rowcount, 0)
@@ -1390,8 +1426,8 @@ class Store:
             " WHERE c.mailing_id = ? AND r.mailing_id = ? AND r.state = 'pending'"
             # A suppressed address is never sent, canary or not: the normal claim marks it later.
             " AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key)"
-            " AND r.id NOT IN (SELECT value FROM json_each(?)) ORDER BY r.id LIMIT ?",
-            (mailing_id, mailing_id, json.dumps(sorted(held)), limit),
+            f" AND {self.NOT_HELD} ORDER BY r.id LIMIT ?",
+            (mailing_id, mailing_id, self._held_param(held), limit),
         ) as cur:
             return [_claimed(r) for r in await cur.fetchall()]
 
@@ -1464,7 +1500,7 @@ class Store:
         """The meta value of `key`, storing `make` first if there is none (two processes that
         race both read the one that was stored first)."""
         async with self.write() as tx:
-            await tx.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, make))
+            await tx.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, make))
             async with tx.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
                 row = await cur.fetchone()
         return str(row[0])  # type: ignore[index]
@@ -1514,3 +1550,23 @@ async def _wave_members(db: aiosqlite.Connection, group: int) -> list[Mailing]:
         (group,),
     ) as cur:
         return [_mailing_from_row(r) for r in await cur.fetchall()]
+
+
+# ---- choosing the engine (issue 15) ---------------------------------------------------------
+
+
+async def open_store(target: Any) -> Store:
+    """The one way to open a database: a path opens the SQLite Store, a PgTarget (a
+    postgresql:// URL, core/db_target.py) the PostgreSQL one. Without the driver installed,
+    one line says which extra to install."""
+    if not isinstance(target, PgTarget):
+        return await Store.open(target)
+    return await pg_store_class(target).open(target)
+
+
+def pg_store_class(target: PgTarget) -> Any:
+    try:
+        from .store_pg import PgStore
+    except ImportError:
+        raise UserError(f"database {target}: {INSTALL_HINT}") from None
+    return PgStore

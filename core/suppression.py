@@ -207,7 +207,7 @@ async def import_file(
     tokens collected by a web endpoint may hold anyone's junk, and the real unsubscribes in it
     must still be honoured. A file without one valid entry changes nothing and is an error."""
     label = "standard input" if is_stdin(path) else str(path)
-    if not is_stdin(path) and any(same_file(Path(path), companion) for companion in database_companions(Path(store.path))):
+    if not is_stdin(path) and any(same_file(Path(path), companion) for companion in database_companions(store.path)):
         raise UserError(f"suppress import: {safe(label)} is the database or one of its files; name the list to import")
     reason = clean_reason(reason)  # before the file is read: a bad --reason is one line, whatever the file
     text = read_text_bounded(path, limit=MAX_IMPORT_BYTES, what="suppress import")

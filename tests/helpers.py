@@ -39,7 +39,8 @@ class Cli:
 
     def __init__(self, db: Path, smtp_port: int | None = None, **env: str) -> None:
         self.db = db
-        self.env = {"MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": os.devnull, **env}
+        # A PgTarget (tests on PostgreSQL) gives its full URL; a path its text.
+        self.env = {"MAILTOWER_DB": getattr(db, "url", str(db)), "MAILTOWER_CONFIG": os.devnull, **env}
         if smtp_port:
             self.env.update({"MAILTOWER_SMTP_HOST": "127.0.0.1", "MAILTOWER_SMTP_PORT": str(smtp_port)})
 

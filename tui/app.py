@@ -21,7 +21,6 @@ import gc
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -42,6 +41,8 @@ from textual.worker import Worker
 from mailtower.core.display import safe
 from mailtower.core.config import Settings, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
+from mailtower.core.db_errors import database_errors
+from mailtower.core.db_target import PgTarget
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder
 from mailtower.core.actions_registry import ACTIONS, MOVE_KEYS, Confirm, Offer, entry_for, resume_offer
@@ -63,7 +64,7 @@ from mailtower.core.waves import cancel_schedule, grouped_with, preview_for, sen
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.domains import domain_counts
 from mailtower.core.sender import Sender
-from mailtower.core.store import Store, storage_error
+from mailtower.core.store import Store, open_store, storage_error
 from mailtower.core.timezones import operator_zone, to_zone, tzdata_version, utcnow
 
 from .actions import ActionsMenu
@@ -306,8 +307,8 @@ class DashboardApp(App[int]):
 
     async def on_mount(self) -> None:
         try:
-            self.store = await Store.open(self.settings.db)
-        except (UserError, OSError, sqlite3.Error) as exc:
+            self.store = await open_store(self.settings.db)
+        except (UserError, OSError, *database_errors()) as exc:
             fault = storage_error(self.settings.db, exc) or exc
             self.open_error = f"mailtower: {fault}"
             self.exit(return_code=2)
@@ -337,7 +338,7 @@ class DashboardApp(App[int]):
             self._prior_accept = max(last) or None
             limits = await read_limits(store, self.settings)
             self._limit_rates = (limits.rate, limits.rate_per_hour)
-        except (sqlite3.Error, OSError, UserError) as exc:
+        except (*database_errors(), OSError, UserError) as exc:
             log.warning("could not read the sending history: %s", exc)
 
     def _install_signal_handlers(self) -> None:
@@ -456,7 +457,7 @@ class DashboardApp(App[int]):
         async with self._tick_lock:
             try:
                 await self._update()
-            except (sqlite3.Error, OSError) as exc:
+            except (*database_errors(), OSError) as exc:
                 # A busy or briefly unreadable database must not end the dashboard: try again
                 # at the next tick, and say so once.
                 log.warning("refresh failed: %s", exc)
@@ -1167,7 +1168,7 @@ class DashboardApp(App[int]):
         if store is not None:
             try:
                 sections = await store.sections()
-            except (sqlite3.Error, OSError):
+            except (*database_errors(), OSError):
                 pass  # decide from the last refresh rather than not being able to quit
         current = len(sections[Section.CURRENT])
         scheduled = sum(1 for m in sections[Section.SCHEDULED] if not m.missed)
@@ -1255,6 +1256,6 @@ def run_dashboard(settings: Settings) -> int:
     return app.return_code or 0
 
 
-async def check_database_opens(path: Path) -> None:
-    store = await Store.open(path)
+async def check_database_opens(path: Path | PgTarget) -> None:
+    store = await open_store(path)
     await store.close()

@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import stat
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from mailtower.core.config import BOUNDS, Settings, default_db_path, load_settin
 from mailtower.core.dkim_signing import startup_check as dkim_startup_check
 from mailtower.core.display import SafeFormatter, install_safe_logging, safe
 from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
+from mailtower.core.db_errors import database_errors
+from mailtower.core.db_target import PgTarget, redact_url
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.exports import HEADER, PAGE_SIZE, remaining_pages, state_label, write_remaining_csv
 from mailtower.core.files import (
@@ -53,7 +54,7 @@ from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
-from mailtower.core.store import Store, iso, storage_error
+from mailtower.core.store import Store, iso, open_store, storage_error
 from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version
 from mailtower.core.unsubscribe import set_targets
 
@@ -155,8 +156,9 @@ def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool, ski
         if flags[-1] not in skip:
             group.add_argument(*flags, **{"default": unset, **kw})
 
-    add("--db", type=Path, metavar="FILE",
-        help="database file (default: MAILTOWER_DB, the config file's db, or mailtower.db in the user data directory)")
+    add("--db", metavar="FILE|URL",
+        help="database file, or a postgresql://user@host/db URL (default: MAILTOWER_DB, the config file's db, "
+             "or mailtower.db in the user data directory)")
     add("--config", type=Path, metavar="FILE",
         help="TOML config file (default: MAILTOWER_CONFIG or config.toml in the user config directory)")
     # Numbers stay text here: core checks them (bounds, NaN, inf) like every other source does.
@@ -576,7 +578,7 @@ class RejectLog:
 def protected_files(settings: Settings, store: Store, inputs: Iterable[Path | None]) -> list[Path]:
     """Files no output of this command may replace: the database and its companions, and the
     command's own input files (standard input as whatever it is redirected from)."""
-    protected = database_companions(Path(settings.db)) + database_companions(Path(store.path))
+    protected = database_companions(settings.db) + database_companions(store.path)
     for source in inputs:
         if source is not None:
             protected.append(Path("/dev/stdin") if is_stdin(source) else source)
@@ -603,7 +605,7 @@ def optional_output(
 
 
 async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]) -> int:
-    store = await Store.open(settings.db)
+    store = await open_store(settings.db)
     try:
         # A tzdata upgrade moves the instants of schedules; every command sees them right.
         await Lifecycle(store).rederive_schedules()
@@ -1087,29 +1089,29 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return run_async(main())
 
 
-async def counters_if_readable(db: Path) -> dict[int, Mailing] | None:
+async def counters_if_readable(db: Path | PgTarget) -> dict[int, Mailing] | None:
     """Every mailing with its counters, for the summary of `run`; None when the database cannot
     be read as it is (not yet created, not a regular file, damaged): the sender itself then says
     what is wrong in its one line, and this never creates or changes anything first."""
     try:
-        if not stat.S_ISREG(os.stat(db).st_mode):
+        if not isinstance(db, PgTarget) and not stat.S_ISREG(os.stat(db).st_mode):
             return None
     except FileNotFoundError:
         return {}  # a first run on a new database: the sender creates it
     except OSError:
         return None
     try:
-        store = await Store.open(db)
-    except (OSError, UserError, sqlite3.Error):
+        store = await open_store(db)
+    except (OSError, UserError, *database_errors()):
         return None
     try:
         return {m.id: m for m in await store.mailings()}
-    except (OSError, UserError, sqlite3.Error):
+    except (OSError, UserError, *database_errors()):
         return None
     finally:
         try:
             await store.close()
-        except (OSError, sqlite3.Error):
+        except (OSError, *database_errors()):
             pass
 
 
@@ -1179,7 +1181,7 @@ def sender_logging(args: argparse.Namespace, settings: Settings) -> Iterator[Run
             file_handler.stream.close()
 
 
-def open_log(path: Path, db: Path) -> TextIO:
+def open_log(path: Path, db: Path | PgTarget) -> TextIO:
     """`run --log FILE` opened for appending: a regular file (created if need be) that is not the
     database or one of its files; anything else is one line and exit 2 before sending starts."""
     if any(same_file(path, companion) for companion in database_companions(db)):
@@ -1357,6 +1359,8 @@ def prepare_db_location(args: argparse.Namespace, settings: Settings) -> None:
     """Only the default data directory is created; a database named explicitly (--db,
     MAILTOWER_DB, the config file) must be in a directory that exists: a typo in a path
     must not quietly start a new, empty database somewhere else."""
+    if isinstance(settings.db, PgTarget):
+        return  # a server's database: nothing to create here
     directory = settings.db.parent
     if settings.db == default_db_path():
         try:
@@ -1384,7 +1388,7 @@ def write_crash_log(exc: BaseException, argv: Sequence[str]) -> Path | None:
     """Append the traceback to the first log file that can be written; None if none can."""
     record = (
         f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} mailtower {package_version()} "
-        f"pid {os.getpid()}\nargv: {[_shown(a) for a in argv]!r}\n"
+        f"pid {os.getpid()}\nargv: {[redact_url(_shown(a)) for a in argv]!r}\n"
         + "".join(traceback.format_exception(exc))
     )
     for directory in crash_log_candidates():

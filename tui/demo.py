@@ -26,7 +26,7 @@ from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.waves import schedule_waves
 from mailtower.core.sender import Sender
 from mailtower.core.sink import Sink, demo_fault
-from mailtower.core.store import Store
+from mailtower.core.store import Store, open_store
 from mailtower.core.timezones import to_zone, utcnow
 
 from . import loops
@@ -101,7 +101,7 @@ async def _send_some(settings: Settings, store: Store, mailing_id: int, at_least
 
 
 async def build_demo(settings: Settings, folder: Path) -> None:
-    store = await Store.open(settings.db)
+    store = await open_store(settings.db)
     lifecycle = Lifecycle(store)
     try:
         # Inactive first, sent for real so Details and Remaining have something true to show.

@@ -10,6 +10,7 @@ use these without a dashboard.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -23,7 +24,9 @@ from mailtower.core.config import (
     PASSWORD_FILE_ENV,
     SecretOrigin,
     Settings,
+    default_db_path,
 )
+from mailtower.core.db_target import PgTarget
 
 CHILD_STDIN = "/dev/stdin"  # where a background sender reads a password that came from a pipe
 
@@ -39,7 +42,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         if name in ("smtp_password", "smtp_password_file"):
             continue
         value = getattr(settings, name)
-        if isinstance(value, bool):
+        if isinstance(value, PgTarget):
+            env[var] = value.url  # the full URL in the environment, never on a command line (ps shows those)
+        elif isinstance(value, bool):
             env[var] = "true" if value else "false"
         else:
             env[var] = str(value)
@@ -66,17 +71,26 @@ def handoff_command(settings: Settings) -> list[str]:
     config = ["--config", str(settings.config_path)] if settings.config_path else []
     # --log: the sender's INFO lines (started, finished a mailing, waiting, stopped) go to the same
     # file as its stderr, with timestamps (see cli.sender_logging).
-    return [sys.executable, "-m", "mailtower.tui.cli", "--db", str(settings.db), *config, "run", "--until-idle",
+    # A PostgreSQL URL (it may hold a password) reaches the child as MAILTOWER_DB (settings_environment).
+    db = [] if isinstance(settings.db, PgTarget) else ["--db", str(settings.db)]
+    return [sys.executable, "-m", "mailtower.tui.cli", *db, *config, "run", "--until-idle",
             "--log", str(handoff_log_path(settings))]
 
 
 def handoff_log_path(settings: Settings) -> Path:
+    if isinstance(settings.db, PgTarget):
+        # No file beside a server's database: the log goes to the user's data directory, named
+        # after the database (its URL without the password, made a file name).
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", settings.db.display.split("://", 1)[1])[:120]
+        return default_db_path().with_name(f"postgresql-{name}.run.log")
     return settings.db.with_name(settings.db.name + ".run.log")
 
 
 def launch_background_sender(settings: Settings) -> subprocess.Popen[bytes]:
     """Start a detached `mailtower run` that outlives this terminal; it exits once nothing is left."""
     log_path = handoff_log_path(settings)
+    if isinstance(settings.db, PgTarget):
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the user's data directory
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     piped = settings.smtp_password_origin is SecretOrigin.STREAM
     try:

@@ -20,7 +20,7 @@ from typing import Any
 from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from mailtower.core.config import Settings
-from mailtower.core.lease import Holder, SenderLease
+from mailtower.core.lease import Holder, sender_lease
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 
 log = logging.getLogger("mailtower.dashboard")
@@ -42,7 +42,7 @@ class SenderHost:
         self.failure = ""  # why our sender stopped, shown in the header until one runs again
         self.stopping = False  # a graceful stop is waiting for in-flight messages
         self.retry_at = 0.0  # monotonic time before which a failed sender is not started again
-        self._probe = SenderLease(settings.db)
+        self._probe = sender_lease(settings.db)
 
     def holder(self) -> Holder | None:
         """Who holds the sender lease now (None: it is free)."""

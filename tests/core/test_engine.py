@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import pytest
 import subprocess
 from collections import Counter
 from pathlib import Path
 
 
-from mailtower.core.lease import SenderLease
+from mailtower.core.lease import sender_lease
 from mailtower.core.sink import Sink
 from tests.helpers import Cli, recipients, wait_until, write_csv
+from tests.pg_server import sql_rows
 
 
 def status(cli: Cli) -> dict:
@@ -26,11 +27,15 @@ def find(doc: dict, mailing_id: int) -> tuple[str, dict]:
     raise AssertionError(f"mailing {mailing_id} not in status")
 
 
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
+
 def ledger(db: Path, mailing_id: int) -> Counter[str]:
-    with sqlite3.connect(db) as conn:
-        return Counter(dict(conn.execute(
-            "SELECT state, COUNT(*) FROM recipients WHERE mailing_id = ? GROUP BY state", (mailing_id,)
-        ).fetchall()))
+    return Counter(dict(sql_rows(db, "SELECT state, COUNT(*) FROM recipients WHERE mailing_id = ? GROUP BY state",
+                                 (mailing_id,))))
 
 
 def new_mailing(cli: Cli, tmp_path: Path, body: Path, n: int, *extra: str, name: str = "Spring sale", start: int = 0) -> int:
@@ -149,7 +154,7 @@ def test_unschedule_refused_while_sending_then_allowed(tmp_path: Path, body: Pat
 
 def test_second_sender_does_not_send_while_lease_held(cli: Cli, sink: Sink, tmp_path: Path, body: Path, db: Path) -> None:
     new_mailing(cli, tmp_path, body, 10, "--now")
-    lease = SenderLease(db)
+    lease = sender_lease(db)
     assert lease.acquire("test holder")
     try:
         code, _, err = cli("run", "--until-idle")
@@ -174,14 +179,13 @@ def test_550_fails_and_450_is_sent_later(tmp_path: Path, body: Path, db: Path) -
         cli = Cli(db, sink.port, MAILTOWER_RETRY_BASE="0.2", MAILTOWER_RETRY_MAX="0.5")
         mailing_id = new_mailing(cli, tmp_path, body, 5, "--now")
         cli.ok("run", "--until-idle")
-        with sqlite3.connect(db) as conn:
-            rows = dict(
-                (email, (state, code, error, attempts))
-                for email, state, code, error, attempts in conn.execute(
-                    "SELECT email, state, last_code, last_error, attempts FROM recipients WHERE mailing_id = ?",
-                    (mailing_id,),
-                )
+        rows = dict(
+            (email, (state, code, error, attempts))
+            for email, state, code, error, attempts in sql_rows(
+                db, "SELECT email, state, last_code, last_error, attempts FROM recipients WHERE mailing_id = ?",
+                (mailing_id,),
             )
+        )
         assert rows["user1@example.com"][:2] == ("failed", 550)
         assert "no such mailbox" in rows["user1@example.com"][2]
         assert rows["user2@example.com"][0] == "sent" and rows["user2@example.com"][3] == 2

@@ -11,7 +11,7 @@ from mailtower.core.domain import MailingState, Section
 from mailtower.core.errors import RefusedTransition, UserError
 from mailtower.core.lifecycle import TRANSITIONS, Action, Direction, Lifecycle, offers, target_state
 from mailtower.core.operations import Draft, create_mailing
-from mailtower.core.store import Store
+from mailtower.core.store import Store, open_store
 from tests.helpers import recipients, write_csv
 
 S = MailingState
@@ -19,8 +19,8 @@ FUTURE = datetime(2031, 6, 1, 9, 0)
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = await Store.open(tmp_path / "m.db")
+async def store(db_target):
+    s = await open_store(db_target)  # both engines (issue 15)
     yield s
     await s.close()
 

@@ -11,7 +11,6 @@ old -> new and asked about first, on a dialog that opens on "Go back".
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from textual.widgets.input import Selection
 
 from mailtower.core.config import Settings, parse_number
+from mailtower.core.db_errors import database_errors
 from mailtower.core.errors import UserError
 from mailtower.core.limits import LIMITS, Limits, group_limits, group_names, parse_limit, read_limits, set_domain_limits, set_limits
 from mailtower.core.store import Store
@@ -370,7 +370,7 @@ class LimitsScreen(ModalScreen[bool]):
             return
         try:
             await set_limits(self.store, dict(changes))
-        except (UserError, sqlite3.Error, OSError) as exc:
+        except (UserError, *database_errors(), OSError) as exc:
             self._saving = False
             self._check()
             self.notify(str(exc), title="Not saved", severity="error", timeout=8)
@@ -401,7 +401,7 @@ class LimitsScreen(ModalScreen[bool]):
         try:
             await set_domain_limits(self.store, self.settings, self.scope,
                                     {GROUP_FIELDS[name][0]: str(value) for name, value in changes.items()})
-        except (UserError, sqlite3.Error, OSError) as exc:
+        except (UserError, *database_errors(), OSError) as exc:
             self._saving = False
             self._check()
             self.notify(str(exc), title="Not saved", severity="error", timeout=8)

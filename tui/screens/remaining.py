@@ -664,7 +664,7 @@ class RemainingScreen(Screen[None]):
         if self.search:
             what += f" matching '{self.search}'"
         default = Path(f"./remaining-{self.mailing.id}.csv")
-        protected = database_companions(Path(self.store.path))
+        protected = database_companions(self.store.path)
         self.app.push_screen(ExportDialog(default, f"Write {what} to:", protected), self._export_chosen)
 
     def _export_chosen(self, choice: ExportChoice | None) -> None:

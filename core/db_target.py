@@ -1,0 +1,115 @@
+"""Which database a command works on: a SQLite file (a Path, the default) or a PostgreSQL URL.
+
+`--db`, MAILTOWER_DB and the config file's `db` all go through `parse_target`: a value that starts
+with `postgresql://` or `postgres://` is a `PgTarget`, anything else stays a SQLite path. A
+PgTarget prints as its display form, which never holds the password (nor a `password=` query
+parameter), so an f-string, a log line, the dashboard or `status --json` cannot leak it; only
+`PgTarget.url` (given to the driver, and to a handed-off sender through its environment) has it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from .errors import UserError
+
+PG_SCHEMES = ("postgresql", "postgres")
+_SECRET_PARAMS = frozenset({"password", "passfile", "sslpassword"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+INSTALL_HINT = "PostgreSQL support is not installed; pip install 'mailtower[postgres]'"
+
+
+@dataclass(frozen=True, slots=True)
+class PgTarget:
+    """A PostgreSQL database named by URL. `str()` is the redacted display form."""
+
+    url: str = field(repr=False)  # the full URL, password included: for the driver only
+    display: str  # the URL without any password
+
+    def __str__(self) -> str:
+        return self.display
+
+    def __repr__(self) -> str:
+        return f"PgTarget({self.display!r})"
+
+
+DbTarget = Path | PgTarget
+
+
+def looks_like_postgres(text: str) -> bool:
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.lower() in PG_SCHEMES
+
+
+def is_postgres(target: object) -> bool:
+    return isinstance(target, PgTarget)
+
+
+def display(target: object) -> str:
+    """How a target is shown to a person: a path as typed, a URL without its password."""
+    return str(target)
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of any PostgreSQL URL in it removed (for error texts from the driver)."""
+    return re.sub(r"(postgres(?:ql)?://[^:@/\s]*):[^@\s]*@", r"\1@", text, flags=re.IGNORECASE)
+
+
+def parse_target(value: str | Path, source: str) -> DbTarget:
+    """A SQLite path or a PgTarget; a bad URL is one UserError that starts with `source`."""
+    if isinstance(value, (Path, PgTarget)):
+        return value
+    if looks_like_postgres(value):
+        return parse_pg_url(value, source)
+    return Path(value).expanduser()
+
+
+def parse_pg_url(text: str, source: str) -> PgTarget:
+    shown = redact_url(text)
+    if _CONTROL.search(text):
+        raise UserError(f"{source}: {_CONTROL.sub('?', shown)!r}: the URL contains a control character")
+    if any(c.isspace() for c in text):
+        raise UserError(f"{source}: {shown}: a URL cannot contain spaces (write them as %20)")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise UserError(f"{source}: {shown}: not a PostgreSQL URL ({_reason(exc)})") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise UserError(f"{source}: {shown}: port {port} is not a number from 1 to 65535")
+    if parts.fragment:
+        raise UserError(f"{source}: {shown}: a PostgreSQL URL has no #fragment")
+    database = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
+    if "/" in database:
+        raise UserError(f"{source}: {shown}: the database name {database!r} contains '/'")
+    try:
+        params = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise UserError(f"{source}: {shown}: the query {redact_query(parts.query)!r} is not name=value pairs") from None
+    return PgTarget(url=text, display=_display(parts, params))
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    return "the port is not a number" if "port" in text.lower() else redact_url(text)
+
+
+def redact_query(query: str) -> str:
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() not in _SECRET_PARAMS]
+    return urlencode(pairs)
+
+
+def _display(parts, params: list[tuple[str, str]]) -> str:  # noqa: ANN001 - a urllib SplitResult
+    user = parts.username
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    netloc = (quote(unquote(user), safe="") + "@" if user else "") + host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    shown = [(k, v) for k, v in params if k.lower() not in _SECRET_PARAMS]
+    query = f"?{urlencode(shown)}" if shown else ""
+    return f"postgresql://{netloc}{parts.path}{query}"

@@ -1,0 +1,420 @@
+"""The PostgreSQL store: `PgStore(Store)` runs the same queries as the SQLite store.
+
+What differs from core/store.py, and only that, lives here:
+
+- `PgConnection`, a thin adapter that offers what Store uses of aiosqlite (`execute` as an
+  awaitable and an async context manager whose cursor has fetchone/fetchall/rowcount,
+  `executemany`, `in_transaction`) over one psycopg AsyncConnection in autocommit mode, turning
+  `?` placeholders into `%s` and Python bools into the 0/1 integers the schema keeps.
+- Writes are serialised as SQLite's BEGIN IMMEDIATE does: `write()` opens a transaction and
+  takes `pg_advisory_xact_lock(WRITE_LOCK)` first, so one writer at a time across every
+  process, released by COMMIT/ROLLBACK (or the server, when a process dies).
+- The schema (core/pg_schema.py) with `meta.schema_version`, created under the same lock.
+- `data_version()`: the server's current snapshot, which changes whenever any transaction that
+  wrote commits or starts (the dashboard's cheap "did anything change?" probe).
+- The sender's batch transaction `record_and_claim` (SQLite runs it as one call on its thread):
+  the same steps, statement by statement; its claim query already takes rows `FOR UPDATE SKIP
+  LOCKED`, ready for several senders claiming disjoint batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+from .db_target import PgTarget
+from .domain import MailingState
+from .errors import NotFound, UserError
+from .pg_schema import PG_BASE, PG_BASE_VERSION, PG_MIGRATIONS, PG_SCHEMA_VERSION
+from .store import (
+    MAILING_LIST_COLUMNS,
+    Claimed,
+    Mailing,
+    Outcome,
+    Store,
+    Tx,
+    _claimed,
+    _mailing_from_row,
+    _outcome_rows,
+    iso,
+    storage_error,
+)
+
+log = logging.getLogger(__name__)
+
+# Advisory lock keys (64-bit, one namespace per database): "mailtowr" and "mailtows" in ASCII.
+WRITE_LOCK = 0x6D61696C746F7772
+CONNECT_TIMEOUT = 10  # seconds: a server that does not answer is reported, not waited for
+CLOSE_TIMEOUT = 10.0
+_CLAIM_PASSES = 100  # as core/store.py: bound on claim passes that found only suppressed rows
+
+
+@lru_cache(maxsize=512)
+def pg_sql(sql: str) -> str:
+    """SQLite's `?` placeholders as psycopg's `%s` (a literal % doubled first). No query of the
+    store has a `?` or `%` inside a string literal."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _params(params: Sequence[Any] | None) -> list[Any]:
+    # The schema keeps flags as 0/1 integers (as SQLite does); psycopg would send a bool.
+    return [int(p) if isinstance(p, bool) else p for p in params or ()]
+
+
+class PgCursor:
+    """What Store reads from a cursor: the rows (fetched with the statement) and rowcount."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: psycopg.AsyncCursor[Any]) -> None:
+        self._cur = cur
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        return await self._cur.fetchone() if self._cur.description is not None else None
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:
+        return await self._cur.fetchall() if self._cur.description is not None else []
+
+    async def close(self) -> None:
+        await self._cur.close()
+
+
+class _Execution:
+    """`await conn.execute(...)` gives a cursor; `async with conn.execute(...) as cur` closes it."""
+
+    __slots__ = ("_conn", "_sql", "_params", "_cursor")
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any] | None) -> None:
+        self._conn, self._sql, self._params = conn, sql, params
+        self._cursor: PgCursor | None = None
+
+    async def _run(self) -> PgCursor:
+        cur = self._conn.cursor()
+        await cur.execute(pg_sql(self._sql), _params(self._params))
+        return PgCursor(cur)
+
+    def __await__(self):  # noqa: ANN204 - a generator
+        return self._run().__await__()
+
+    async def __aenter__(self) -> PgCursor:
+        self._cursor = await self._run()
+        return self._cursor
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
+
+
+class PgConnection:
+    """The part of aiosqlite's Connection that Store uses, over one psycopg AsyncConnection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Execution:
+        return _Execution(self.conn, sql, params)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
+        cur = self.conn.cursor()
+        await cur.executemany(pg_sql(sql), [_params(row) for row in rows])
+        return PgCursor(cur)
+
+    async def script(self, sql: str) -> None:
+        """Several statements without parameters (the schema)."""
+        await self.conn.execute(sql.encode())
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+async def connect(target: PgTarget) -> psycopg.AsyncConnection[Any]:
+    """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite)."""
+    return await psycopg.AsyncConnection.connect(
+        target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower"
+    )
+
+
+class PgStore(Store):
+    """An open PostgreSQL database; see the module's docstring for what differs from Store."""
+
+    NOT_HELD = "r.id <> ALL(?::bigint[])"
+
+    def __init__(self, db: PgConnection, target: PgTarget) -> None:  # type: ignore[override]
+        super().__init__(db, target)  # type: ignore[arg-type]
+        self.pg = db
+
+    @property
+    def target(self) -> PgTarget:
+        return self.path  # type: ignore[return-value]
+
+    @property
+    def is_file(self) -> bool:
+        return False
+
+    @staticmethod
+    def _held_param(held: Iterable[int]) -> Any:
+        return sorted(held)
+
+    @classmethod
+    async def open(cls, target: PgTarget) -> "PgStore":  # type: ignore[override]
+        """Connect and create or check the schema; any failure is one UserError naming the
+        database (its URL without the password), or, for a bug, the original exception."""
+        try:
+            conn = await connect(target)
+        except Exception as exc:
+            raise (storage_error(target, exc) or exc) from None
+        store = cls(PgConnection(conn), target)
+        try:
+            await store._migrate()
+        except BaseException as exc:
+            await store._close_quietly()
+            if isinstance(exc, Exception):
+                raise (storage_error(target, exc) or exc) from None
+            raise
+        return store
+
+    async def _close_quietly(self) -> None:
+        try:
+            await asyncio.wait_for(self.pg.close(), timeout=CLOSE_TIMEOUT)
+        except Exception:  # noqa: BLE001 - the open already failed; its error is reported
+            pass
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self.pg.close(), timeout=CLOSE_TIMEOUT)
+
+    async def _migrate(self) -> None:
+        async with self.write() as tx:
+            async with tx.db.execute("SELECT to_regclass('meta') IS NOT NULL") as cur:
+                exists = (await cur.fetchone())[0]  # type: ignore[index]
+            current = 0
+            if exists:
+                async with tx.db.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+                    row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+            if current > PG_SCHEMA_VERSION:
+                raise UserError(
+                    f"database {self.target}: schema version {current} is newer than this mailtower ({PG_SCHEMA_VERSION})"
+                )
+            if current == 0:
+                await self._refuse_foreign_tables(tx)
+                await self.pg.script(PG_BASE)
+                current = PG_BASE_VERSION
+            for version in range(current + 1, PG_SCHEMA_VERSION + 1):
+                await self.pg.script(PG_MIGRATIONS[version])
+                current = version
+            await tx.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(current),),
+            )
+
+    async def _refuse_foreign_tables(self, tx: Tx) -> None:
+        """A database that holds tables of its own is not ours to add to."""
+        async with tx.db.execute(
+            "SELECT string_agg(table_name, ', ' ORDER BY table_name) FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_name IN "
+            "('mailings', 'recipients', 'events', 'settings', 'suppression', 'wave_groups', 'canary_rows')"
+        ) as cur:
+            clash = (await cur.fetchone())[0]  # type: ignore[index]
+        if clash:
+            raise UserError(f"database {self.target}: it has tables named {clash} but no mailtower schema version; "
+                            "use an empty database")
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        """One transaction holding the database's write lock: one writer at a time, as on SQLite."""
+        async with self._write_lock:
+            await self.pg.conn.execute("BEGIN")
+            try:
+                await self.pg.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                yield Tx(self.db)
+            except BaseException:
+                await self._rollback()
+                raise
+            else:
+                await self.pg.conn.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        if not self.pg.in_transaction or self.pg.conn.closed:
+            return
+        try:
+            await self.pg.conn.execute("ROLLBACK")
+        except psycopg.Error:
+            log.warning("ROLLBACK failed on %s", self.target, exc_info=True)
+
+    async def data_version(self) -> int:
+        """Changes whenever a transaction that wrote anything on the server starts or ends."""
+        async with self.db.execute("SELECT pg_current_snapshot()::text") as cur:
+            row = await cur.fetchone()
+        return zlib.crc32(str(row[0]).encode())  # type: ignore[index]
+
+    # ---- the sender's batch transaction (the twin of core/store._record_and_claim) ------------
+
+    async def record_and_claim(
+        self,
+        mailing_id: int,
+        outcomes: list[Outcome],
+        claim: int,
+        *,
+        rate: float | None = None,
+        marks: list[int] | None = None,
+        held: Iterable[int] = (),
+        barred: set[int] | None = None,
+    ) -> tuple[list[Claimed], Mailing]:
+        """What Store.record_and_claim does, in one PostgreSQL transaction (see there)."""
+        async with self.write() as tx:
+            claimed, row = await _record_and_claim(tx, mailing_id, outcomes, claim, rate, marks or [], held, barred)
+        return claimed, _mailing_from_row(row)
+
+
+async def _fetchone(tx: Tx, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    async with tx.db.execute(sql, params) as cur:
+        return await cur.fetchone()
+
+
+async def _fetchall(tx: Tx, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async with tx.db.execute(sql, params) as cur:
+        return await cur.fetchall()
+
+
+async def _record_and_claim(
+    tx: Tx,
+    mailing_id: int,
+    outcomes: list[Outcome],
+    claim: int,
+    rate: float | None,
+    marks: list[int],
+    held: Iterable[int],
+    barred: set[int] | None,
+) -> tuple[list[Claimed], tuple[Any, ...]]:
+    now = time.time()
+    db = tx.db
+    if outcomes:
+        rows, c = _outcome_rows(outcomes, now)
+        await db.executemany(
+            "UPDATE recipients SET state = ?, attempts = attempts + ?, "
+            "in_doubt = GREATEST(in_doubt, ?), "
+            "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+            "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ? WHERE id = ?",
+            rows,
+        )
+        await db.execute(
+            "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
+            "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
+            (c["sent"], c["failed"], c["deferred"], c["released_doubt"], c["resolved_doubt"], rate,
+             iso(datetime.fromtimestamp(now, timezone.utc)), mailing_id),
+        )
+        await _suppress_bounced(tx, outcomes, now)
+    elif rate is not None:
+        await db.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
+    if marks:
+        skipped_marks = await _bar_suppressed_marks(tx, mailing_id, marks, now)
+        if barred is not None:
+            barred.update(skipped_marks)
+        await db.executemany(
+            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'",
+            [(now, recipient_id) for recipient_id in marks],
+        )
+    mailing_sql = f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?"
+    row = await _fetchone(tx, mailing_sql, (mailing_id,))
+    if row is None:
+        raise NotFound(f"no mailing with id {mailing_id}")
+    claimed: list[Claimed] = []
+    if claim > 0 and row[6] == MailingState.SENDING.value:
+        cur = await db.execute(
+            "UPDATE recipients SET state = 'pending' WHERE mailing_id = ? AND state = 'deferred' AND next_attempt_at <= ?",
+            (mailing_id, now),
+        )
+        due = max(cur.rowcount, 0)
+        if due:
+            await db.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due, mailing_id))
+        claimed, skipped = await _claim_unsuppressed(tx, mailing_id, sorted(held), claim, now)
+        if due or skipped:
+            row = await _fetchone(tx, mailing_sql, (mailing_id,))
+    return claimed, row  # type: ignore[return-value]
+
+
+# The claim: rows another transaction has locked are skipped, not waited for (several senders
+# claiming at once get disjoint batches). Claimed rows stay `pending` on disk, as on SQLite.
+CLAIM_SQL = (
+    "SELECT r.id, r.email, r.name, r.fields, r.attempts, r.first_deferred_at, r.in_doubt,"
+    " EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) FROM recipients r"
+    " WHERE r.mailing_id = ? AND r.state = 'pending' AND r.id > ?"
+    f" AND {PgStore.NOT_HELD} ORDER BY r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED"
+)
+
+
+async def _claim_unsuppressed(
+    tx: Tx, mailing_id: int, held: list[int], claim: int, now: float
+) -> tuple[list[Claimed], int]:
+    claimed: list[Claimed] = []
+    skipped = after = 0
+    for _ in range(_CLAIM_PASSES):
+        picked = await _fetchall(tx, CLAIM_SQL, (mailing_id, after, held, claim - len(claimed)))
+        if picked:
+            after = picked[-1][0]
+        barred = [r for r in picked if r[7]]
+        claimed += [_claimed(r) for r in picked if not r[7]]
+        if barred:
+            await tx.db.executemany(
+                "UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, r[0]) for r in barred]
+            )
+            doubt = sum(1 for r in barred if r[6])
+            await tx.db.execute(
+                "UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?",
+                (len(barred), doubt, mailing_id),
+            )
+            skipped += len(barred)
+        if not barred or len(claimed) >= claim:
+            break
+    return claimed, skipped
+
+
+async def _bar_suppressed_marks(tx: Tx, mailing_id: int, marks: list[int], now: float) -> list[int]:
+    """As core/store._bar_suppressed_marks: marked rows whose address is suppressed by now."""
+    found = await _fetchall(
+        tx,
+        "SELECT r.id, r.in_doubt, r.state FROM recipients r WHERE r.id = ANY(?::bigint[]) AND r.mailing_id = ?"
+        " AND (r.state = 'suppressed' OR (r.state = 'pending'"
+        " AND EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key)))",
+        (marks, mailing_id),
+    )
+    fresh = [(i, doubt) for i, doubt, state in found if state == "pending"]
+    if fresh:
+        await tx.db.executemany(
+            "UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, i) for i, _ in fresh]
+        )
+        await tx.db.execute(
+            "UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?",
+            (len(fresh), sum(1 for _, doubt in fresh if doubt), mailing_id),
+        )
+    return [i for i, _, _ in found]
+
+
+async def _suppress_bounced(tx: Tx, outcomes: list[Outcome], now: float) -> None:
+    bounced = [(o.text or "", iso(datetime.fromtimestamp(now, timezone.utc)), o.recipient_id) for o in outcomes if o.suppress]
+    if bounced:
+        await tx.db.executemany(
+            "INSERT INTO suppression (key, email, source, reason, mailing_id, added_at) "
+            "SELECT email_key, email, 'bounce', ?, mailing_id, ? FROM recipients WHERE id = ? "
+            "ON CONFLICT (key) DO NOTHING",
+            bounced,
+        )
