@@ -226,3 +226,36 @@ def sql_execute(db: object, sql: str, params: tuple = ()) -> None:
             conn.close()
         return
     sql_rows(db, sql, params)
+
+
+class _PgTestConnection:
+    """What tests use of a sqlite3 connection (execute with `?`, fetch, iterate), over psycopg."""
+
+    def __init__(self, url: str, rows_as_dicts: bool = False) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
+                                     **({"row_factory": dict_row} if rows_as_dicts else {}))
+
+    def execute(self, sql: str, params: tuple = ()):  # noqa: ANN201 - a psycopg cursor
+        return self._conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+
+    def __enter__(self) -> "_PgTestConnection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.close()
+
+
+def connect(db: object, *, rows_as_dicts: bool = False):  # noqa: ANN201
+    """sqlite3.connect(db) for a path; for a PgTarget a connection that takes the same SQL."""
+    url = getattr(db, "url", None)
+    if url is None:
+        import sqlite3
+
+        conn = sqlite3.connect(db)  # type: ignore[arg-type]
+        if rows_as_dicts:
+            conn.row_factory = sqlite3.Row
+        return conn
+    return _PgTestConnection(url, rows_as_dicts)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,15 @@ from mailtower.core.domain import MailingState, RecipientState
 from mailtower.core.errors import UserError
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.sink import Sink
-from mailtower.core.store import Store
+from mailtower.core.store import open_store
 from tests.helpers import Cli, recipients, write_csv
+from tests.pg_server import connect
+
+
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15), except those marked SQLite-only."""
+    return db_target
 
 S = RecipientState
 
@@ -50,13 +56,12 @@ def unknown_users(stage: str, address: str, attempt: int) -> str | None:
 
 
 def mailing_row(db: Path, mailing_id: int) -> dict[str, object]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
+    with connect(db, rows_as_dicts=True) as conn:
         return dict(conn.execute("SELECT * FROM mailings WHERE id = ?", (mailing_id,)).fetchone())
 
 
 def events(db: Path, mailing_id: int) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return conn.execute("SELECT kind, detail FROM events WHERE mailing_id = ? ORDER BY id", (mailing_id,)).fetchall()
 
 
@@ -244,13 +249,13 @@ def test_window_is_rebuilt_from_the_ledger_after_a_sender_restart(tmp_path: Path
         assert mailing_row(db, mailing_id)["state"] == "completed"
 
     async def check() -> None:
-        store = await Store.open(db)
+        store = await open_store(db)
         try:
             mailing = await store.mailing(mailing_id)
             settings = Settings(db=db, breaker_window=50, breaker_min=20)
             breaker = await Breakers(settings).for_mailing(store, mailing)
             assert len(breaker) == 50  # the 50 latest of 100 outcomes
-            with sqlite3.connect(db) as conn:
+            with connect(db) as conn:
                 latest = conn.execute(
                     "SELECT state FROM recipients WHERE mailing_id = ? ORDER BY updated_at DESC, id DESC LIMIT 50",
                     (mailing_id,),

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
+import pytest
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailtower.core.sink import Sink
 from tests.helpers import Cli, recipients, wait_until, write_csv
+from tests.pg_server import connect
 
 
-def test_two_senders_and_many_commands_at_once(tmp_path: Path) -> None:
-    db = tmp_path / "busy.db"
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15), except those marked SQLite-only."""
+    return db_target
+
+
+def test_two_senders_and_many_commands_at_once(tmp_path: Path, db: Path) -> None:
     body = tmp_path / "b.txt"
     body.write_text("Hello {{ name }}\n")
     rng = random.Random(7)
@@ -73,6 +79,6 @@ def test_two_senders_and_many_commands_at_once(tmp_path: Path) -> None:
     received = sink.received()
     assert len(received) == 3 * 300 + 3 * 100
     assert set(received.values()) == {1}
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM mailings WHERE state = 'completed'").fetchone()[0] == 6
         assert conn.execute("SELECT COUNT(*) FROM recipients WHERE state != 'sent'").fetchone()[0] == 0

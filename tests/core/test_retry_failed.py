@@ -4,12 +4,19 @@ faults are switched off between the runs."""
 
 from __future__ import annotations
 
-import sqlite3
+import pytest
 from collections import Counter
 from pathlib import Path
 
 from mailtower.core.sink import Sink
 from tests.helpers import Cli, recipients, write_csv
+from tests.pg_server import connect
+
+
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15), except those marked SQLite-only."""
+    return db_target
 
 FAULTS = {
     "user1@example.com": ("rcpt", "550 5.1.1 no such user"),  # suppressed by the sender
@@ -20,30 +27,29 @@ FAULTS = {
 
 
 def ledger(db: Path, mailing_id: int) -> dict[str, str]:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return dict(conn.execute("SELECT email, state FROM recipients WHERE mailing_id = ?", (mailing_id,)).fetchall())
 
 
 def mailing_row(db: Path, mailing_id: int) -> tuple:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return conn.execute(
             "SELECT state, sent, failed, deferred, in_doubt, suppressed FROM mailings WHERE id = ?", (mailing_id,)
         ).fetchone()
 
 
 def events(db: Path, mailing_id: int) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return conn.execute("SELECT kind, detail FROM events WHERE mailing_id = ? ORDER BY id", (mailing_id,)).fetchall()
 
 
-def test_retry_sends_again_to_failures_that_may_pass_then_all_but_suppressed(tmp_path: Path, body: Path) -> None:
+def test_retry_sends_again_to_failures_that_may_pass_then_all_but_suppressed(tmp_path: Path, body: Path, db: Path) -> None:
     faulty = True
 
     def fault(stage: str, address: str, attempt: int) -> str | None:
         where, reply = FAULTS.get(address, ("", ""))
         return reply if faulty and stage == where else None
 
-    db = tmp_path / "r.db"
     with Sink(fault=fault) as sink:
         cli = Cli(db, sink.port, MAILTOWER_RETRY_BASE="0.05", MAILTOWER_RETRY_MAX="0.1", MAILTOWER_RETRY_MAX_AGE="0.3")
         people = write_csv(tmp_path / "p.csv", [dict(r, code="x") for r in recipients(6)])
@@ -93,8 +99,7 @@ def test_retry_is_refused_for_mailings_that_are_not_finished(cli: Cli, tmp_path:
     assert mailing_row(cli.db, mailing_id)[0] == "queued"
 
 
-def test_a_stopped_mailing_retries_its_failed_and_keeps_its_remaining(tmp_path: Path, body: Path) -> None:
-    db = tmp_path / "s.db"
+def test_a_stopped_mailing_retries_its_failed_and_keeps_its_remaining(tmp_path: Path, body: Path, db: Path) -> None:
     with Sink(fault=lambda stage, address, attempt: "554 5.7.1 policy" if stage == "data" and attempt == 1 and address == "user0@example.com" else None) as sink:
         cli = Cli(db, sink.port)
         people = write_csv(tmp_path / "p.csv", [dict(r, code="x") for r in recipients(3)])

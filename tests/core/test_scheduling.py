@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import pytest
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +12,13 @@ from mailtower.core.sink import Sink
 from mailtower.core.store import iso
 from mailtower.core.timezones import tzdata_version
 from tests.helpers import Cli, recipients, write_csv
+from tests.pg_server import connect
+
+
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15), except those marked SQLite-only."""
+    return db_target
 
 
 def status(cli: Cli) -> dict:
@@ -25,7 +32,7 @@ def new(cli: Cli, tmp_path: Path, body: Path, rows: list[dict[str, str]], *extra
 
 
 def set_columns(db: Path, mailing_id: int, **columns: object) -> None:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         for key, value in columns.items():
             conn.execute(f"UPDATE mailings SET {key} = ? WHERE id = ?", (value, mailing_id))
 
@@ -39,7 +46,7 @@ def test_new_tzdata_version_rederives_future_schedules(cli: Cli, tmp_path: Path,
     item = status(cli)["scheduled"][0]
     assert item["send_at_utc"] == "2031-07-01T07:00:00Z"
     assert item["send_at_local"] == "2031-07-01 09:00" and item["tz"] == "Europe/Berlin"
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         assert conn.execute("SELECT tzdata_version FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0] == tzdata_version()
         details = [d for k, d in conn.execute("SELECT kind, detail FROM events WHERE mailing_id = ?", (mailing_id,)) if k == "rescheduled"]
     assert details and "2020a" in details[0] and tzdata_version() in details[0]
@@ -94,7 +101,7 @@ def test_local_time_splits_by_recipient_zone(cli: Cli, tmp_path: Path, body: Pat
     assert all(m["name"] == f"launch [UTC{offsets[m['tz']]}, 1 zone]" for m in scheduled)
     assert sum(m["total"] for m in scheduled) == 30
     # Every recipient exactly once across the three, each in the mailing for its zone.
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         placed = Counter(e for (e,) in conn.execute("SELECT email FROM recipients"))
         pairs = set(conn.execute(
             "SELECT r.tz, m.tz FROM recipients r JOIN mailings m ON m.id = r.mailing_id WHERE r.tz != ''"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,13 @@ import pytest
 from mailtower.core.sink import Sink
 from mailtower.core.smtp_replies import failure_may_pass, mailbox_gone
 from tests.helpers import Cli, recipients, write_csv
+from tests.pg_server import connect
+
+
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15), except those marked SQLite-only."""
+    return db_target
 
 
 def new_mailing(cli: Cli, tmp_path: Path, body: Path, n: int, *extra: str, name: str = "news") -> tuple[int, str]:
@@ -30,7 +36,7 @@ def suppressed(cli: Cli) -> dict[str, dict]:
 
 
 def counters(db: Path, mailing_id: int) -> tuple:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return conn.execute(
             "SELECT state, total, sent, failed, suppressed FROM mailings WHERE id = ?", (mailing_id,)
         ).fetchone()
@@ -71,14 +77,14 @@ FAULTS = {
 }
 
 
-def test_unknown_and_disabled_mailboxes_are_suppressed_by_the_sender(tmp_path: Path, body: Path) -> None:
+def test_unknown_and_disabled_mailboxes_are_suppressed_by_the_sender(tmp_path: Path, body: Path, db: Path) -> None:
     def fault(stage: str, address: str, attempt: int) -> str | None:
         if address == "user7@example.com" and stage == "rcpt" and attempt == 1:
             return "450 4.2.1 mailbox busy"
         return FAULTS.get(address) if stage == "rcpt" else None
 
     with Sink(fault=fault) as sink:
-        cli = Cli(tmp_path / "s.db", sink.port, MAILTOWER_RETRY_BASE="0.05", MAILTOWER_RETRY_MAX="0.2")
+        cli = Cli(db, sink.port, MAILTOWER_RETRY_BASE="0.05", MAILTOWER_RETRY_MAX="0.2")
         mailing_id, _ = new_mailing(cli, tmp_path, body, 10, "--now")
         cli.ok("run", "--until-idle")
         assert "user7@example.com" in sink.received()
@@ -87,7 +93,7 @@ def test_unknown_and_disabled_mailboxes_are_suppressed_by_the_sender(tmp_path: P
     entry = listed["user1@example.com"]
     assert entry["source"] == "bounce" and entry["mailing_id"] == mailing_id
     assert entry["reason"].startswith("5.1.1") and entry["added_at"]
-    assert counters(tmp_path / "s.db", mailing_id) == ("completed", 10, 4, 6, 0)
+    assert counters(db, mailing_id) == ("completed", 10, 4, 6, 0)
 
 
 def test_new_and_import_skip_suppressed_addresses_and_say_how_many(cli: Cli, tmp_path: Path, body: Path) -> None:

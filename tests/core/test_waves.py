@@ -21,10 +21,17 @@ from mailtower.core.errors import RefusedTransition, UserError
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.scheduling import ScheduleResult, schedule_mailing
-from mailtower.core.store import SCHEMA_VERSION, Store
+from mailtower.core.store import SCHEMA_VERSION, Store, open_store
 from mailtower.core.timezones import is_valid_zone
 from mailtower.core.waves import Passed, cancel_schedule, listed, plan_waves, send_group_now
 from tests.helpers import Cli, write_csv
+from tests.pg_server import connect
+
+
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15), except those marked SQLite-only."""
+    return db_target
 
 UTC = timezone.utc
 NOW = datetime(2027, 1, 20, 0, 0, tzinfo=UTC)  # the frozen clock of most cases here
@@ -68,7 +75,7 @@ async def schedule(
 
 def placement(db: Path) -> dict[str, tuple[int, str, str, str | None]]:
     """email -> (mailing id, mailing state, mailing name, the recipient's tz) for every recipient."""
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         rows = conn.execute(
             "SELECT r.email, m.id, m.state, m.name, r.tz FROM recipients r JOIN mailings m ON m.id = r.mailing_id"
         ).fetchall()
@@ -76,7 +83,7 @@ def placement(db: Path) -> dict[str, tuple[int, str, str, str | None]]:
 
 
 def dump(db: Path) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return [
             *conn.execute("SELECT * FROM mailings ORDER BY id"),
             *conn.execute("SELECT * FROM recipients ORDER BY id"),
@@ -86,8 +93,8 @@ def dump(db: Path) -> list[tuple]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    opened = await Store.open(tmp_path / "m.db")
+async def store(db_target):
+    opened = await open_store(db_target)
     yield opened
     await opened.close()
 
@@ -335,7 +342,7 @@ def test_cli_schedule_in_waves_refuses_passed_zones_then_takes_a_choice(tmp_path
     assert [(offset, zones, people_) for _, offset, _, zones, people_ in lines] == [
         ("UTC+00:00", "1", "2"), ("UTC-06:00", "1", "1"),
     ]
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         states = Counter(state for (state,) in conn.execute("SELECT state FROM mailings"))
         draft = conn.execute("SELECT name, total FROM mailings WHERE state = 'draft'").fetchone()
     assert states == Counter({"scheduled": 2, "draft": 1})
@@ -344,11 +351,12 @@ def test_cli_schedule_in_waves_refuses_passed_zones_then_takes_a_choice(tmp_path
     # `unschedule` on one wave cancels the schedule as a whole.
     code, _, err = cli("unschedule", lines[1][0])
     assert code == 0, err
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         rows = sorted(conn.execute("SELECT state, name, total FROM mailings"))
     assert rows == [("draft", "launch", 3), ("draft", "launch [skipped, time passed: 1 zone]", 2)]
 
 
+@pytest.mark.sqlite_only  # SQLite's migrations 1-3; PostgreSQL starts at version 6
 async def test_a_database_from_before_waves_is_upgraded_in_place(tmp_path: Path) -> None:
     from mailtower.core.store import MIGRATIONS, _statements
 
