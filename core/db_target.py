@@ -75,11 +75,13 @@ def parse_pg_url(text: str, source: str) -> PgTarget:
         raise UserError(f"{source}: {shown}: a URL cannot contain spaces (write them as %20)")
     try:
         parts = urlsplit(text)
-        port = parts.port
     except ValueError as exc:
-        raise UserError(f"{source}: {shown}: not a PostgreSQL URL ({_reason(exc)})") from None
-    if port is not None and not 1 <= port <= 65535:
-        raise UserError(f"{source}: {shown}: port {port} is not a number from 1 to 65535")
+        raise UserError(f"{source}: {shown}: not a PostgreSQL URL ({redact_url(str(exc))})") from None
+    port = _port_text(parts.netloc)
+    if port and not (port.isascii() and port.isdigit()):
+        raise UserError(f"{source}: {shown}: the port {port!r} is not a number")
+    if port and not 1 <= int(port) <= 65535:
+        raise UserError(f"{source}: {shown}: port {int(port)} is not a number from 1 to 65535")
     if parts.fragment:
         raise UserError(f"{source}: {shown}: a PostgreSQL URL has no #fragment")
     database = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
@@ -92,9 +94,12 @@ def parse_pg_url(text: str, source: str) -> PgTarget:
     return PgTarget(url=text, display=_display(parts, params))
 
 
-def _reason(exc: ValueError) -> str:
-    text = str(exc)
-    return "the port is not a number" if "port" in text.lower() else redact_url(text)
+def _port_text(netloc: str) -> str:
+    """The port as written ('' when none): after the last ':' of the host part, outside [IPv6]."""
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):
+        host = host.partition("]")[2]
+    return host.rpartition(":")[2] if ":" in host else ""
 
 
 def redact_query(query: str) -> str:
@@ -108,8 +113,9 @@ def _display(parts, params: list[tuple[str, str]]) -> str:  # noqa: ANN001 - a u
     if ":" in host:  # an IPv6 literal keeps its brackets
         host = f"[{host}]"
     netloc = (quote(unquote(user), safe="") + "@" if user else "") + host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    port = _port_text(parts.netloc)
+    if port:
+        netloc += f":{int(port)}"
     shown = [(k, v) for k, v in params if k.lower() not in _SECRET_PARAMS]
-    query = f"?{urlencode(shown)}" if shown else ""
+    query = f"?{urlencode(shown, safe='/:,')}" if shown else ""
     return f"postgresql://{netloc}{parts.path}{query}"

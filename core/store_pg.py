@@ -96,14 +96,14 @@ class PgCursor:
 class _Execution:
     """`await conn.execute(...)` gives a cursor; `async with conn.execute(...) as cur` closes it."""
 
-    __slots__ = ("_conn", "_sql", "_params", "_cursor")
+    __slots__ = ("_owner", "_sql", "_params", "_cursor")
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any] | None) -> None:
-        self._conn, self._sql, self._params = conn, sql, params
+    def __init__(self, owner: "PgConnection", sql: str, params: Sequence[Any] | None) -> None:
+        self._owner, self._sql, self._params = owner, sql, params
         self._cursor: PgCursor | None = None
 
     async def _run(self) -> PgCursor:
-        cur = self._conn.cursor()
+        cur = (await self._owner.ready()).cursor()
         await cur.execute(pg_sql(self._sql), _params(self._params))
         return PgCursor(cur)
 
@@ -120,22 +120,37 @@ class _Execution:
 
 
 class PgConnection:
-    """The part of aiosqlite's Connection that Store uses, over one psycopg AsyncConnection."""
+    """The part of aiosqlite's Connection that Store uses, over one psycopg AsyncConnection.
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    A connection the server dropped (restart, network) is opened again at the next statement
+    outside a write transaction; inside one the statement fails, so no transaction ever goes on
+    half on one connection and half on another."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], target: PgTarget) -> None:
         self.conn = conn
+        self.target = target
+        self.in_write = False  # set by PgStore.write() for the length of a transaction
+
+    async def ready(self) -> psycopg.AsyncConnection[Any]:
+        if not (self.conn.closed or self.conn.broken):
+            return self.conn
+        if self.in_write:
+            raise psycopg.OperationalError("the connection to the server was lost during a transaction")
+        log.info("database %s: connection lost; connecting again", self.target)
+        self.conn = await connect(self.target)
+        return self.conn
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Execution:
-        return _Execution(self.conn, sql, params)
+        return _Execution(self, sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
-        cur = self.conn.cursor()
+        cur = (await self.ready()).cursor()
         await cur.executemany(pg_sql(sql), [_params(row) for row in rows])
         return PgCursor(cur)
 
     async def script(self, sql: str) -> None:
         """Several statements without parameters (the schema)."""
-        await self.conn.execute(sql.encode())
+        await (await self.ready()).execute(sql.encode())
 
     @property
     def in_transaction(self) -> bool:
@@ -181,7 +196,7 @@ class PgStore(Store):
             conn = await connect(target)
         except Exception as exc:
             raise (storage_error(target, exc) or exc) from None
-        store = cls(PgConnection(conn), target)
+        store = cls(PgConnection(conn, target), target)
         try:
             await store._migrate()
         except BaseException as exc:
@@ -242,19 +257,23 @@ class PgStore(Store):
     async def write(self) -> AsyncIterator[Tx]:
         """One transaction holding the database's write lock: one writer at a time, as on SQLite."""
         async with self._write_lock:
-            await self.pg.conn.execute("BEGIN")
+            conn = await self.pg.ready()
+            await conn.execute("BEGIN")
+            self.pg.in_write = True
             try:
-                await self.pg.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
                 yield Tx(self.db)
             except BaseException:
                 await self._rollback()
                 raise
             else:
-                await self.pg.conn.execute("COMMIT")
+                await conn.execute("COMMIT")
+            finally:
+                self.pg.in_write = False
 
     async def _rollback(self) -> None:
-        if not self.pg.in_transaction or self.pg.conn.closed:
-            return
+        if self.pg.conn.closed or self.pg.conn.broken or not self.pg.in_transaction:
+            return  # nothing to roll back, or the server already did (the connection is gone)
         try:
             await self.pg.conn.execute("ROLLBACK")
         except psycopg.Error:

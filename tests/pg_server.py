@@ -25,6 +25,7 @@ from pathlib import Path
 NO_POSTGRES_ENV = "MAILTOWER_TESTS_NO_POSTGRES"
 USER = "mailtower"
 TEMPLATE = "mailtower_template"
+PASSWORD_USER, PASSWORD = "mailtower_pw", "right-horse-battery"
 START_TIMEOUT = 60  # seconds
 STOP_TIMEOUT = 20
 
@@ -43,7 +44,7 @@ def find_bindir() -> Path:
     for bindir in candidates:
         if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
             return bindir
-    found = shutil.which("pg_ctl")
+    found = None if given else shutil.which("pg_ctl")  # PG_BINDIR, when set, is the only place looked at
     if found and (Path(found).parent / "initdb").is_file():
         return Path(found).parent
     raise PostgresMissing(
@@ -100,7 +101,9 @@ class PgServer:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")
         with open(self.data / "pg_hba.conf", "w", encoding="utf-8") as hba:  # only the socket and 127.0.0.1
-            hba.write("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+            # PASSWORD_USER must give its password (the tests of a refused login); everyone else is trusted.
+            hba.write(f"local all all trust\nhost all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n"
+                      "host all all 127.0.0.1/32 trust\n")
         for attempt in range(5):
             self.port = _free_port()
             options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} -c fsync=off "
@@ -159,6 +162,7 @@ class PgServer:
 
         with self.admin() as conn:
             conn.execute(f"CREATE DATABASE {TEMPLATE}")
+            conn.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
 
         async def migrate() -> None:
             store = await open_store(parse_pg_url(self.url(TEMPLATE), "test template"))
