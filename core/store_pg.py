@@ -152,6 +152,11 @@ class PgConnection:
         """Several statements without parameters (the schema)."""
         await (await self.ready()).execute(sql.encode())
 
+    async def commit(self) -> None:
+        """As aiosqlite's: outside `write()` statements are committed already (autocommit)."""
+        if self.in_transaction and not self.in_write:
+            await self.conn.execute("COMMIT")
+
     @property
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != pq.TransactionStatus.IDLE

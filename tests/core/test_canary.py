@@ -5,7 +5,6 @@ synchronisation (the hold is a fraction of a minute, allowed by --canary-wait)."
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -19,8 +18,15 @@ from mailtower.core.domain import Canary, CanaryPhase
 from mailtower.core.errors import UserError
 from mailtower.core.sender import Sender
 from mailtower.core.sink import Sink
-from mailtower.core.store import Store, canary_from_text
+from mailtower.core.store import canary_from_text, open_store
 from tests.helpers import Cli, recipients, wait_until, write_csv
+from tests.pg_server import connect
+
+@pytest.fixture
+def db(db_target):
+    """Every test here that takes `db` runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 
 
 @pytest.fixture
@@ -43,17 +49,17 @@ def new_mailing(cli: Cli, tmp_path: Path, body: Path, rows: list[dict[str, str]]
 
 
 def canary_of(db: Path, mailing_id: int) -> Canary | None:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return canary_from_text(conn.execute("SELECT canary FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0])
 
 
 def state_of(db: Path, mailing_id: int) -> str:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return str(conn.execute("SELECT state FROM mailings WHERE id = ?", (mailing_id,)).fetchone()[0])
 
 
 def event_kinds(db: Path, mailing_id: int) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return conn.execute("SELECT kind, detail FROM events WHERE mailing_id = ? ORDER BY id", (mailing_id,)).fetchall()
 
 
@@ -156,7 +162,7 @@ def test_hold_survives_a_sender_restart_and_later_mailings_wait(tmp_path: Path, 
             assert canary_of(db, first) == held
 
             async def shorten() -> None:  # the operator's clock moves on: the hold ends now
-                store = await Store.open(db)
+                store = await open_store(db)
                 try:
                     from dataclasses import replace
                     await store.put_canary(first, replace(held, until=time.time()))
@@ -182,7 +188,7 @@ def test_a_bad_canary_trips_the_breaker_and_the_rest_is_never_sent(tmp_path: Pat
                                  "--canary-wait", "0.01")
         cli.ok("run", "--until-idle")
         assert state_of(db, mailing_id) == "stopped"
-        with sqlite3.connect(db) as conn:
+        with connect(db) as conn:
             tripped, sent, failed = conn.execute("SELECT tripped, sent, failed FROM mailings WHERE id = ?",
                                                  (mailing_id,)).fetchone()
         assert tripped.startswith("breaker: ") and "failed permanently" in tripped

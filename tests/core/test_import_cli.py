@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import json
-import sqlite3
 from pathlib import Path
 
 from tests.helpers import Cli
+from tests.pg_server import connect
+
+@pytest.fixture
+def db(db_target):
+    """Every test here that takes `db` runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 
 HOSTILE = (
     "\ufeffEmail,Name,code\r\n"
@@ -22,7 +30,7 @@ HOSTILE = (
 
 
 def emails(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return [e for (e,) in conn.execute("SELECT email FROM recipients ORDER BY id")]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sqlite3
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -18,6 +17,13 @@ from mailtower.core.errors import UserError
 from mailtower.core.sink import Sink
 from mailtower.core.unsubscribe import make_token, read_token
 from tests.helpers import Cli, recipients, write_csv
+from tests.pg_server import connect
+
+@pytest.fixture
+def db(db_target):
+    """Every test here that takes `db` runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 
 URL = "https://example.org/unsubscribe/{{ unsubscribe_token }}?l=1"
 SECRET = bytes(range(32))
@@ -33,9 +39,9 @@ def new_mailing(cli: Cli, tmp_path: Path, body: Path, n: int, *extra: str) -> tu
 
 
 def mailings(db: Path) -> list[tuple]:
-    if not db.exists():
+    if isinstance(db, Path) and not db.exists():
         return []
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return conn.execute("SELECT id, unsubscribe_url, unsubscribe_mailto FROM mailings").fetchall()
 
 
@@ -65,9 +71,9 @@ def headers_of(message: Message) -> tuple[str, str | None]:
     return unfolded, message["List-Unsubscribe-Post"]
 
 
-def test_messages_carry_list_unsubscribe_with_verifiable_tokens(tmp_path: Path, body: Path) -> None:
+def test_messages_carry_list_unsubscribe_with_verifiable_tokens(tmp_path: Path, body: Path, db: Path) -> None:
     with Sink(keep_messages=True) as sink:
-        cli = Cli(tmp_path / "u.db", sink.port)
+        cli = Cli(db, sink.port)
         code, mailing_id, err = new_mailing(
             cli, tmp_path, body, 5, "--now", "--unsubscribe-url", URL, "--unsubscribe-mailto", "leave@example.org")
         assert code == 0, err
@@ -101,9 +107,9 @@ def test_messages_carry_list_unsubscribe_with_verifiable_tokens(tmp_path: Path, 
     assert f"mailing {mailing_id}" in listed[deliveries[0].recipient]["reason"]
 
 
-def test_mailto_only_has_no_one_click_header(tmp_path: Path, body: Path) -> None:
+def test_mailto_only_has_no_one_click_header(tmp_path: Path, body: Path, db: Path) -> None:
     with Sink(keep_messages=True) as sink:
-        cli = Cli(tmp_path / "m.db", sink.port)
+        cli = Cli(db, sink.port)
         code, mailing_id, err = new_mailing(cli, tmp_path, body, 1, "--unsubscribe-mailto", "mailto:Leave@Example.org")
         assert code == 0, err
         cli.ok("send-now", str(mailing_id))

@@ -6,7 +6,6 @@ Real SQLite files, the CLI in-process, a frozen clock (`now=`) wherever the time
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,15 @@ from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.store import Store
 from mailtower.core.timezones import _zone_index
 from mailtower.core.waves import Passed, cancel_schedule, plan_waves
+from mailtower.core.store import open_store
 from tests.helpers import Cli, write_csv
+from tests.pg_server import connect
+
+@pytest.fixture
+def db(db_target):
+    """Every test here that takes `db` runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 
 from .test_waves import dump, new_mailing, people, placement
 
@@ -31,17 +38,17 @@ EVERY_NAME = sorted(_zone_index()[1])  # every name the zone data loads, aliases
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    opened = await Store.open(tmp_path / "m.db")
+async def store(db_target):
+    opened = await open_store(db_target)
     yield opened
     await opened.close()
 
 
 def totals(db: Path) -> tuple[int, int]:
     """(recipient rows, the sum of the mailings' totals): both must stay the same."""
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         rows = conn.execute("SELECT COUNT(*) FROM recipients").fetchone()[0]
-        total = conn.execute("SELECT TOTAL(total) FROM mailings").fetchone()[0]
+        total = conn.execute("SELECT COALESCE(SUM(total), 0) FROM mailings").fetchone()[0]
     return int(rows), int(total)
 
 
@@ -70,7 +77,7 @@ def test_hostile_tz_values_are_each_rejected_at_import_in_one_escaped_line(tmp_p
     # A real zone in other letter case is named in the same line.
     assert any(line.endswith(":2: unknown time zone 'europe/paris'; did you mean Europe/Paris?") for line in rejected)
     # The blank one has no zone: it takes --tz when scheduled.
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         assert sorted(conn.execute("SELECT tz FROM recipients")) == [("",), ("Asia/Tokyo",)]
 
 
@@ -156,7 +163,7 @@ def test_cli_import_into_a_wave_says_so_in_one_line(tmp_path: Path, db: Path) ->
     assert dump(db) == before
     # The way it says: cancel (one draft again), import, schedule again; then the late one has its own wave.
     cli.ok("unschedule", wave)
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         (draft,) = conn.execute("SELECT id FROM mailings WHERE state = 'draft'").fetchone()
     cli.ok("import", str(draft), str(late))
     out = cli.ok("schedule", str(draft), "--at", "2099-01-20 09:00", "--local-time", "--tz", "UTC")
