@@ -14,16 +14,22 @@ from mailtower.core.errors import NotFound, UserError
 from mailtower.core.exports import HEADER, export_remaining_csv
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
-from mailtower.core.store import Outcome, Store
+from mailtower.core.store import Outcome, Store, open_store
+
+
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
 
 FAR_FUTURE = 4102444800.0  # 2100-01-01: a deferral that never comes due during a test
 
 
-async def make_store(tmp_path: Path, count: int) -> tuple[Store, int]:
+async def make_store(db: Path, tmp_path: Path, count: int) -> tuple[Store, int]:
     source = tmp_path / "list.csv"
     lines = ["email,name"] + [f"user{i:05d}@{('a.example', 'b.example')[i % 2]},\"Name, {i}\"" for i in range(count)]
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    store = await Store.open(tmp_path / "db.sqlite")
+    store = await open_store(db)
     draft = Draft("Export me", "Hello", "from@example.com", "Hi {{name}}", None)
     mailing_id, summary = await create_mailing(store, draft, source, on_reject=lambda row: None)
     assert summary.imported == count
@@ -55,8 +61,8 @@ def read_csv(path: Path) -> list[list[str]]:
         return list(csv.reader(handle))
 
 
-async def test_exports_every_remaining_row_with_state_and_error(tmp_path: Path) -> None:
-    store, mailing_id = await make_store(tmp_path, 50)
+async def test_exports_every_remaining_row_with_state_and_error(tmp_path: Path, db: Path) -> None:
+    store, mailing_id = await make_store(db, tmp_path, 50)
     try:
         await settle_some(store, mailing_id, sent=10, failed=5, deferred=4, doubt=3)
         target = tmp_path / "out.csv"
@@ -76,9 +82,9 @@ async def test_exports_every_remaining_row_with_state_and_error(tmp_path: Path) 
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
-async def test_streams_in_pages_and_filters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_streams_in_pages_and_filters(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(exports, "PAGE_SIZE", 7)  # many pages from a small list: paging must not drop or repeat rows
-    store, mailing_id = await make_store(tmp_path, 100)
+    store, mailing_id = await make_store(db, tmp_path, 100)
     try:
         everyone = await export_remaining_csv(store, mailing_id, tmp_path / "all.csv")
         only_b = await export_remaining_csv(store, mailing_id, tmp_path / "b.csv", search="b.example")
@@ -91,8 +97,8 @@ async def test_streams_in_pages_and_filters(tmp_path: Path, monkeypatch: pytest.
     assert all(row[0].endswith("@b.example") for row in read_csv(tmp_path / "b.csv")[1:])
 
 
-async def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
-    store, mailing_id = await make_store(tmp_path, 5)
+async def test_refuses_to_overwrite_unless_asked(tmp_path: Path, db: Path) -> None:
+    store, mailing_id = await make_store(db, tmp_path, 5)
     target = tmp_path / "out.csv"
     target.write_text("precious\n")
     try:
@@ -107,8 +113,8 @@ async def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-async def test_clear_errors_for_bad_targets(tmp_path: Path) -> None:
-    store, mailing_id = await make_store(tmp_path, 5)
+async def test_clear_errors_for_bad_targets(tmp_path: Path, db: Path) -> None:
+    store, mailing_id = await make_store(db, tmp_path, 5)
     try:
         with pytest.raises(UserError, match="does not exist"):
             await export_remaining_csv(store, mailing_id, tmp_path / "missing" / "out.csv")
@@ -121,8 +127,8 @@ async def test_clear_errors_for_bad_targets(tmp_path: Path) -> None:
     assert not (tmp_path / "nobody.csv").exists()
 
 
-async def test_empty_remaining_writes_header_only(tmp_path: Path) -> None:
-    store, mailing_id = await make_store(tmp_path, 4)
+async def test_empty_remaining_writes_header_only(tmp_path: Path, db: Path) -> None:
+    store, mailing_id = await make_store(db, tmp_path, 4)
     try:
         await settle_some(store, mailing_id, sent=4, failed=0, deferred=0, doubt=0)
         assert await export_remaining_csv(store, mailing_id, tmp_path / "none.csv") == 0

@@ -14,7 +14,13 @@ from mailtower.core.errors import UserError
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.scheduling import ScheduleResult, schedule_mailing
-from mailtower.core.store import Store
+from mailtower.core.store import Store, open_store
+
+@pytest.fixture
+def db(db_target):
+    """Every test here runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 from tests.helpers import recipients, write_csv
 
 ZONES = ["Europe/Berlin", "America/New_York", "Asia/Kathmandu"]
@@ -30,14 +36,14 @@ async def new_mailing(store: Store, tmp_path: Path, zones: list[str]) -> int:
     return mailing_id
 
 
-async def schedule(tmp_path: Path, zones: list[str], local: datetime, tz: str | None, local_time: bool) -> tuple[ScheduleResult, Store]:
-    store = await Store.open(tmp_path / "m.db")
+async def schedule(db: Path, tmp_path: Path, zones: list[str], local: datetime, tz: str | None, local_time: bool) -> tuple[ScheduleResult, Store]:
+    store = await open_store(db)
     mailing_id = await new_mailing(store, tmp_path, zones)
     return await schedule_mailing(store, Lifecycle(store), mailing_id, local, tz, local_time), store
 
 
-async def test_one_zone_in_a_spring_forward_gap(tmp_path: Path) -> None:
-    result, store = await schedule(tmp_path, [""], GAP, "Europe/Berlin", False)
+async def test_one_zone_in_a_spring_forward_gap(tmp_path: Path, db: Path) -> None:
+    result, store = await schedule(db, tmp_path, [""], GAP, "Europe/Berlin", False)
     try:
         (only,) = result.mailings
         assert not result.local_time and result.requested == GAP
@@ -52,8 +58,8 @@ async def test_one_zone_in_a_spring_forward_gap(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_local_time_splits_by_zone_and_warns_only_where_the_time_is_missing(tmp_path: Path) -> None:
-    result, store = await schedule(tmp_path, ZONES, GAP, None, True)
+async def test_local_time_splits_by_zone_and_warns_only_where_the_time_is_missing(tmp_path: Path, db: Path) -> None:
+    result, store = await schedule(db, tmp_path, ZONES, GAP, None, True)
     try:
         assert result.local_time and len(result.mailings) == 3
         by_zone = {m.resolved.tz: m for m in result.mailings}
@@ -83,9 +89,9 @@ async def test_local_time_splits_by_zone_and_warns_only_where_the_time_is_missin
     ],
 )
 async def test_a_refused_schedule_changes_nothing(
-    tmp_path: Path, local: datetime, tz: str | None, local_time: bool, words: str
+    tmp_path: Path, db: Path, local: datetime, tz: str | None, local_time: bool, words: str
 ) -> None:
-    store = await Store.open(tmp_path / "m.db")
+    store = await open_store(db)
     try:
         mailing_id = await new_mailing(store, tmp_path, ZONES)
         with pytest.raises(UserError, match=words):

@@ -22,7 +22,7 @@ from mailtower.core.sender_status import (
     status_from_meta,
     write_status,
 )
-from mailtower.core.store import Store
+from mailtower.core.store import Store, open_store
 from mailtower.tui.header import HeaderLine
 from tests.helpers import Cli
 from tests.tui.conftest import Clock, HeldLease, build_fixed, wait_for
@@ -34,7 +34,7 @@ WAITING = {
 }
 
 
-async def test_round_trip_through_the_meta_table(tmp_path: Path) -> None:
+async def test_round_trip_through_the_meta_table(db_target: Path) -> None:
     status = SenderStatus(
         state=SenderState.WAITING,
         heartbeat=1_900_000_000.125,
@@ -43,7 +43,7 @@ async def test_round_trip_through_the_meta_table(tmp_path: Path) -> None:
         last_accept_at=1_899_999_990.5,
         waiting=WAITING,
     )
-    store = await Store.open(tmp_path / "m.db")
+    store = await open_store(db_target)
     try:
         await write_status(store, status)
         assert await read_status(store) == status
@@ -61,8 +61,8 @@ async def test_round_trip_through_the_meta_table(tmp_path: Path) -> None:
     }
 
 
-async def test_nothing_written_reads_as_no_status(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "m.db")
+async def test_nothing_written_reads_as_no_status(db_target: Path) -> None:
+    store = await open_store(db_target)
     try:
         assert await read_status(store) is None
     finally:
