@@ -159,3 +159,32 @@ async def _async(value: bool) -> bool:
 @pytest.fixture(autouse=True)
 def _no_inherited_db(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MAILTOWER_DB", raising=False)
+
+
+def test_a_sender_killed_mid_send_frees_the_lease_and_the_next_one_finishes(pg_url: str, tmp_path: Path) -> None:
+    """kill -9: the server ends the dead sender's session, which drops its advisory lock; the next
+    sender takes over at once, sends the in-doubt rows again, and nobody is lost (duplicates at
+    most one per connection)."""
+    import signal
+
+    target = parse_pg_url(pg_url, "test")
+    with Sink() as sink:
+        cli = Cli(target, sink.port, MAILTOWER_SMTP_CONNECTIONS="3", MAILTOWER_RATE="200")
+        body = tmp_path / "b.txt"
+        body.write_text("x\n", encoding="utf-8")
+        cli.ok("new", "--name", "killed", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+               "--recipients", str(write_csv(tmp_path / "r.csv", recipients(300))), "--now")
+        victim = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: len(sink.deliveries) >= 50, timeout=30, what="the victim sending")
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=30)
+        code, _, err = cli("run", "--until-idle")
+        assert code == 0, err
+        received = sink.received()
+    assert set(received) == {f"user{i}@example.com" for i in range(300)}
+    assert sum(received.values()) - 300 <= 3  # at most the killed sender's connections
+    doc = json.loads(cli.ok("status", "--json"))
+    (item,) = doc["inactive"]
+    assert (item["state"], item["sent"]) == ("completed", 300)
