@@ -16,6 +16,13 @@ from mailtower.core.display import safe
 from mailtower.core.domain import Canary
 from mailtower.core.errors import UserError
 from tests.helpers import Cli, recipients, write_csv
+from tests.pg_server import connect
+
+@pytest.fixture
+def db(db_target):
+    """Every test here that takes `db` runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 
 
 def new_draft(cli: Cli, tmp_path: Path) -> int:
@@ -99,8 +106,6 @@ def test_one_recipient_retried_many_times_does_not_trip_its_domain(tmp_path: Pat
     """The window holds each recipient's latest outcome: a greylisted address retried twenty
     times is one deferral of its domain (as the window rebuilt from the ledger says), not twenty
     that stop the mailing at its tail, when retries are all that is left."""
-    import sqlite3
-
     from mailtower.core.sink import Sink
     from mailtower.core.config import Settings
     from tests.core.test_canary import Background
@@ -116,16 +121,16 @@ def test_one_recipient_retried_many_times_does_not_trip_its_domain(tmp_path: Pat
                              "--recipients", str(path), "--now").strip())
 
         def attempts() -> int:
-            with sqlite3.connect(db) as conn:
+            with connect(db) as conn:
                 return int(conn.execute("SELECT attempts FROM recipients WHERE email = 'stuck@grey.example'").fetchone()[0])
 
         def stopped() -> bool:
-            with sqlite3.connect(db) as conn:
+            with connect(db) as conn:
                 return conn.execute("SELECT state FROM mailings WHERE id = ?", (mailing,)).fetchone()[0] == "stopped"
 
         with Background(Settings(db=db, smtp_port=sink.port, connections=2, breaker_min=3, retry_base=0.02, retry_max=0.05)):
             wait_until(lambda: attempts() >= 8 or stopped(), timeout=30, what="the stuck recipient retried 8 times")
-        with sqlite3.connect(db) as conn:
+        with connect(db) as conn:
             state, tripped = conn.execute("SELECT state, tripped FROM mailings WHERE id = ?", (mailing,)).fetchone()
         assert tripped is None and state != "stopped", tripped
 
@@ -149,7 +154,6 @@ def test_a_recipient_answering_again_replaces_its_outcome_and_memory_stays_bound
 def test_run_until_idle_waits_out_a_canary_hold_and_says_until_when(tmp_path: Path, db: Path) -> None:
     """Decision: `run --until-idle` waits out the hold (it is part of sending that mailing, as a
     retry is), and its log says which mailing holds, until when, and that later ones wait."""
-    import sqlite3
     import time
 
     from mailtower.core.sink import Sink
@@ -172,7 +176,7 @@ def test_run_until_idle_waits_out_a_canary_hold_and_says_until_when(tmp_path: Pa
         text = log.read_text(encoding="utf-8")
         assert f'mailing {ids[0]} "First" holding after its canary until ' in text, text
         assert "mailings after it wait" in text
-        with sqlite3.connect(db) as conn:
+        with connect(db) as conn:
             states = [conn.execute("SELECT state FROM mailings WHERE id = ?", (i,)).fetchone()[0] for i in ids]
         assert states == ["completed", "completed"] and len(sink.deliveries) == 13
 
@@ -187,12 +191,12 @@ def test_a_tripped_mailing_scheduled_then_unscheduled_can_be_sent_again(cli: Cli
     import asyncio
 
     from mailtower.core.lifecycle import Lifecycle
-    from mailtower.core.store import Store
+    from mailtower.core.store import open_store
 
     mailing = new_draft(cli, tmp_path)
 
     async def trip() -> None:
-        store = await Store.open(db)
+        store = await open_store(db)
         try:
             await Lifecycle(store).send_now(mailing)
             assert await Lifecycle(store).trip(mailing, "breaker: 9 of the last 9 outcomes failed permanently "
@@ -219,7 +223,6 @@ def test_a_trip_lost_to_a_kill_is_decided_again_before_anything_more_is_sent(cli
     rest would all be accepted, and a message sent never trips a breaker, so waiting for the next
     failure sent them all."""
     import asyncio
-    import sqlite3
     import time
 
     from mailtower.core.config import Settings
@@ -231,7 +234,7 @@ def test_a_trip_lost_to_a_kill_is_decided_again_before_anything_more_is_sent(cli
     path = write_csv(tmp_path / "r.csv", recipients(10, "bad.example") + recipients(20, "good.example", start=10))
     mailing = int(cli.ok("new", "--name", "X", "--subject", "s", "--from", "a@example.org", "--text", str(body),
                          "--recipients", str(path), "--now").strip())
-    with sqlite3.connect(db) as conn:  # what the killed sender had written: 10 permanent failures
+    with connect(db) as conn:  # what the killed sender had written: 10 permanent failures
         conn.execute("UPDATE recipients SET state = 'failed', attempts = 1, last_code = 550, "
                      "last_error = '5.1.1 user unknown', updated_at = ? WHERE mailing_id = ? AND email LIKE '%@bad.example'",
                      (time.time(), mailing))
@@ -240,10 +243,10 @@ def test_a_trip_lost_to_a_kill_is_decided_again_before_anything_more_is_sent(cli
         settings = Settings(db=db, smtp_port=sink.port, connections=2, breaker_min=5)
         asyncio.run(asyncio.wait_for(Sender(settings).run(until_idle=True), timeout=60))
         assert sink.deliveries == []
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         state, tripped, pending = conn.execute(
-            "SELECT state, tripped, (SELECT COUNT(*) FROM recipients WHERE mailing_id = ?1 AND state = 'pending') "
-            "FROM mailings WHERE id = ?1", (mailing,)).fetchone()
+            "SELECT state, tripped, (SELECT COUNT(*) FROM recipients WHERE mailing_id = ? AND state = 'pending') "
+            "FROM mailings WHERE id = ?", (mailing, mailing)).fetchone()
     assert state == "stopped" and tripped.startswith("breaker: 10 of the last 10 outcomes failed permanently")
     assert pending == 20  # every recipient is kept for a restart
 
@@ -287,8 +290,6 @@ def test_a_canary_on_a_degenerate_mailing_ends(case: str, tmp_path: Path, db: Pa
     import, so the mailing has them): nobody to sample, nothing sent, the mailing completes.
     All deferred: the breaker's domain check stops it on the canary, the rest never tried."""
     import asyncio
-    import sqlite3
-
     from mailtower.core.config import Settings
     from mailtower.core.sender import Sender
     from mailtower.core.sink import Sink
@@ -307,7 +308,7 @@ def test_a_canary_on_a_degenerate_mailing_ends(case: str, tmp_path: Path, db: Pa
         cli.ok("send-now", str(mailing))
         settings = Settings(db=db, smtp_port=sink.port, connections=2, retry_base=0.05, retry_max=0.1, retry_max_age=0.5)
         asyncio.run(asyncio.wait_for(Sender(settings).run(until_idle=True), timeout=60))
-        with sqlite3.connect(db) as conn:
+        with connect(db) as conn:
             state, sent, tripped = conn.execute("SELECT state, sent, tripped FROM mailings WHERE id = ?",
                                                 (mailing,)).fetchone()
             tried = conn.execute("SELECT COUNT(*) FROM recipients WHERE mailing_id = ? AND attempts > 0",

@@ -16,6 +16,7 @@ from mailtower.core.errors import UserError
 from mailtower.core.sink import Sink
 from mailtower.core.unsubscribe import check_url
 from tests.helpers import Cli, recipients, wait_until, write_csv
+from tests.pg_server import connect
 
 
 def new_mailing(cli: Cli, tmp_path: Path, body: Path, n: int, *extra: str, name: str = "news") -> int:
@@ -29,12 +30,12 @@ def new_mailing(cli: Cli, tmp_path: Path, body: Path, n: int, *extra: str, name:
 
 
 def row_states(db: Path, mailing_id: int) -> dict[str, str]:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return dict(conn.execute("SELECT email, state FROM recipients WHERE mailing_id = ?", (mailing_id,)))
 
 
 def counters(db: Path, mailing_id: int) -> tuple:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return conn.execute(
             "SELECT state, total, sent, failed, suppressed, in_doubt FROM mailings WHERE id = ?", (mailing_id,)
         ).fetchone()
@@ -43,7 +44,7 @@ def counters(db: Path, mailing_id: int) -> tuple:
 # ---- the suppression check while a mailing is sending ------------------------------------------
 
 
-def test_an_address_suppressed_while_sending_is_not_sent_after_the_add_commits(tmp_path: Path, body: Path) -> None:
+def test_an_address_suppressed_while_sending_is_not_sent_after_the_add_commits(tmp_path: Path, body: Path, db_target: Path) -> None:
     """The sender holds claimed rows in memory ahead of its connections; an address suppressed
     after its row was claimed but before it is sent must not be sent (the `sending` mark is
     where the decision is made, in the same transaction order as the `suppress add`)."""
@@ -56,7 +57,7 @@ def test_an_address_suppressed_while_sending_is_not_sent_after_the_add_commits(t
         return None
 
     with Sink(fault=fault) as sink:
-        cli = Cli(tmp_path / "s.db", sink.port, MAILTOWER_SMTP_CONNECTIONS="1")
+        cli = Cli(db_target, sink.port, MAILTOWER_SMTP_CONNECTIONS="1")  # both engines (issue 15)
         mailing_id = new_mailing(cli, tmp_path, body, 10, "--now")
         runner = cli.popen("run", "--until-idle", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -81,7 +82,7 @@ def test_an_address_suppressed_while_sending_is_not_sent_after_the_add_commits(t
     assert counters(cli.db, mailing_id) == ("completed", 10, 8, 0, 2, 0)
     doc = json.loads(cli.ok("status", "--json"))["inactive"][0]
     assert (doc["remaining"], doc["failed"], doc["sent"], doc["suppressed"]) == (0, 0, 8, 2)
-    with sqlite3.connect(cli.db) as conn:
+    with connect(cli.db) as conn:
         (completed,) = conn.execute("SELECT detail FROM events WHERE mailing_id = ? AND kind = 'completed'", (mailing_id,)).fetchone()
     assert completed == "8 sent, 0 failed, 2 suppressed"
 
@@ -280,16 +281,16 @@ def test_dkim_covers_the_folded_list_unsubscribe_of_a_real_mailing(tmp_path: Pat
         assert no_one_click != message and not verifies(no_one_click, key)
 
 
-async def test_a_mark_bars_a_suppressed_row_once_and_again_if_it_is_marked_again(tmp_path: Path) -> None:
+async def test_a_mark_bars_a_suppressed_row_once_and_again_if_it_is_marked_again(tmp_path: Path, db_target: Path) -> None:
     """The store's side of the check: a marked row on the list becomes `suppressed`, counted once;
     marked again (its connection gave it back for another to take), it is barred again, not
     counted again, and never `sending`."""
     from mailtower.core.lifecycle import Lifecycle
     from mailtower.core.operations import Draft, create_mailing
-    from mailtower.core.store import Store
+    from mailtower.core.store import open_store
 
     people = write_csv(tmp_path / "p.csv", recipients(4))
-    store = await Store.open(tmp_path / "m.db")
+    store = await open_store(db_target)  # both engines (issue 15)
     try:
         mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "hi", None), people, lambda *a: None)
         lifecycle = Lifecycle(store)
@@ -306,7 +307,7 @@ async def test_a_mark_bars_a_suppressed_row_once_and_again_if_it_is_marked_again
             assert (mailing.suppressed, mailing.remaining) == (1, 3)
     finally:
         await store.close()
-    assert row_states(tmp_path / "m.db", mailing_id) == {
+    assert row_states(db_target, mailing_id) == {
         "user0@example.com": "sending", "user1@example.com": "sending",
         "user2@example.com": "suppressed", "user3@example.com": "sending"}
 
