@@ -22,8 +22,14 @@ from mailtower.core.limits import read_limits, set_domain_limits
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.sender import Sender
 from mailtower.core.sink import Sink
-from mailtower.core.store import Store
+from mailtower.core.store import open_store
 from tests.helpers import Cli, write_csv
+
+@pytest.fixture
+def db(db_target):
+    """The sending tests here run on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 
 GROUPS = """
 [domains.slow]
@@ -47,7 +53,7 @@ def settings_for(db: Path, sink: Sink, toml: Path, **extra: object) -> Settings:
 
 
 async def queued_mailing(db: Path, tmp_path: Path, emails: list[str]) -> int:
-    store = await Store.open(db)
+    store = await open_store(db)
     try:
         people = write_csv(tmp_path / "people.csv", [{"email": e, "name": "N"} for e in emails])
         mailing_id, _ = await create_mailing(
@@ -177,10 +183,9 @@ def test_a_group_at_its_connection_cap_parks_its_rows_and_others_go_on() -> None
 # ---- the sender ---------------------------------------------------------------------------------
 
 
-async def test_a_slow_domain_does_not_hold_up_the_others(tmp_path: Path) -> None:
+async def test_a_slow_domain_does_not_hold_up_the_others(tmp_path: Path, db: Path) -> None:
     """The slow group's rows come first in the ledger, yet every other row is sent while the
     slow ones trickle out at their rate (no head-of-line blocking), and that rate holds."""
-    db = tmp_path / "p.db"
     slow = [f"s{i}@slow.example.org" for i in range(16)]
     fast = [f"f{i}@fast.example.com" for i in range(300)]
     await queued_mailing(db, tmp_path, slow + fast)
@@ -201,10 +206,9 @@ async def test_a_slow_domain_does_not_hold_up_the_others(tmp_path: Path) -> None
     assert default_doc["sent"] == 300
 
 
-async def test_connection_cap_of_a_group_holds_at_the_server(tmp_path: Path) -> None:
+async def test_connection_cap_of_a_group_holds_at_the_server(tmp_path: Path, db: Path) -> None:
     """connections = 1: never two messages to that group at the server at once, while the
     sender has four connections."""
-    db = tmp_path / "c.db"
     await queued_mailing(db, tmp_path, [f"s{i}@slow.example.org" for i in range(12)] + [f"f{i}@fast.example.com" for i in range(40)])
     lock, active, most = threading.Lock(), {"slow": 0}, {"slow": 0}
 
@@ -226,8 +230,7 @@ async def test_connection_cap_of_a_group_holds_at_the_server(tmp_path: Path) -> 
     assert most["slow"] == 1
 
 
-async def test_live_group_limits_apply_within_a_second_and_survive_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "l.db"
+async def test_live_group_limits_apply_within_a_second_and_survive_a_restart(tmp_path: Path, db: Path) -> None:
     await queued_mailing(db, tmp_path, [f"s{i}@slow.example.org" for i in range(200)])
     arrivals = Arrivals()
     with Sink(fault=arrivals) as sink:
@@ -237,7 +240,7 @@ async def test_live_group_limits_apply_within_a_second_and_survive_a_restart(tmp
         task = asyncio.create_task(sender.run(until_idle=True))
         try:
             await until(lambda: len(arrivals.times("slow.example.org")) >= 3, 10, "three slow ones")
-            other = await Store.open(db)  # as `mailtower limits --domain slow --rate 200` in another process
+            other = await open_store(db)  # as `mailtower limits --domain slow --rate 200` in another process
             changed = time.monotonic()
             await set_domain_limits(other, settings, "slow", {"rate": "200"})
             await other.close()
@@ -247,7 +250,7 @@ async def test_live_group_limits_apply_within_a_second_and_survive_a_restart(tmp
             await until(lambda: len(arrivals.times("slow.example.org")) == 200, 15, "all 200")
         finally:
             await asyncio.wait_for(task, 30)
-        store = await Store.open(db)
+        store = await open_store(db)
         try:
             limits = await read_limits(store, settings)
             assert limits.domains == {"slow": {"rate": 200.0}}
@@ -276,8 +279,7 @@ def test_live_group_limits_are_checked(tmp_path: Path) -> None:
     assert doc["domains"]["default"] == {"connections": 0, "rate": 0, "per_hour": 0}
 
 
-async def test_an_hourly_budget_pauses_only_its_group(tmp_path: Path) -> None:
-    db = tmp_path / "h.db"
+async def test_an_hourly_budget_pauses_only_its_group(tmp_path: Path, db: Path) -> None:
     await queued_mailing(db, tmp_path, [f"s{i}@slow.example.org" for i in range(10)] + [f"f{i}@fast.example.com" for i in range(30)])
     arrivals = Arrivals()
     with Sink(fault=arrivals) as sink:
