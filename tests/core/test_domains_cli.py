@@ -3,6 +3,8 @@ in flight, rate, state and last reply, from the ledger and the running sender.""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import signal
 import subprocess
@@ -11,6 +13,12 @@ from pathlib import Path
 from mailtower.core.sink import Sink
 from tests.helpers import Cli, wait_until, write_csv
 
+@pytest.fixture
+def db(db_target):
+    """Runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
+
 CONFIG = """
 [domains.slow]
 match = ["slow.example.org"]
@@ -18,10 +26,10 @@ rate = {rate}
 """
 
 
-def setup(tmp_path: Path, sink: Sink, rate: float, emails: list[str]) -> tuple[Cli, int]:
+def setup(tmp_path: Path, db: Path, sink: Sink, rate: float, emails: list[str]) -> tuple[Cli, int]:
     toml = tmp_path / "c.toml"
     toml.write_text(CONFIG.format(rate=rate), encoding="utf-8")
-    cli = Cli(tmp_path / "d.db", sink.port, MAILTOWER_CONFIG=str(toml), MAILTOWER_SMTP_CONNECTIONS="2",
+    cli = Cli(db, sink.port, MAILTOWER_CONFIG=str(toml), MAILTOWER_SMTP_CONNECTIONS="2",
               MAILTOWER_RETRY_BASE="30", MAILTOWER_RETRY_MAX="60")
     people = write_csv(tmp_path / "p.csv", [{"email": e} for e in emails])
     body = tmp_path / "b.txt"
@@ -39,11 +47,11 @@ def fault(stage: str, address: str, attempt: int) -> str | None:
     return None
 
 
-def test_counts_per_group_from_the_ledger(tmp_path: Path) -> None:
+def test_counts_per_group_from_the_ledger(tmp_path: Path, db: Path) -> None:
     emails = ([f"s{i}@slow.example.org" for i in range(5)] + ["bad1@slow.example.org", "later1@slow.example.org"]
               + [f"f{i}@fast.example.com" for i in range(7)] + ["bad2@fast.example.com"])
     with Sink(fault=fault) as sink:
-        cli, mailing_id = setup(tmp_path, sink, 0, emails)
+        cli, mailing_id = setup(tmp_path, db, sink, 0, emails)
         # The deferred one waits 30 s for its retry, so the mailing stays current: the sender
         # runs in the background until every recipient has had its first attempt, then stops.
         runner = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -67,9 +75,9 @@ def test_counts_per_group_from_the_ledger(tmp_path: Path) -> None:
     assert lines[1].split("\t")[:4] == ["slow", "5", "1", "1"] and lines[2].split("\t")[:4] == ["default", "7", "0", "1"]
 
 
-def test_live_figures_while_the_sender_runs(tmp_path: Path) -> None:
+def test_live_figures_while_the_sender_runs(tmp_path: Path, db: Path) -> None:
     with Sink() as sink:
-        cli, mailing_id = setup(tmp_path, sink, 2, [f"s{i}@slow.example.org" for i in range(40)] + ["f@fast.example.com"])
+        cli, mailing_id = setup(tmp_path, db, sink, 2, [f"s{i}@slow.example.org" for i in range(40)] + ["f@fast.example.com"])
         runner = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_until(lambda: len(sink.deliveries) >= 4, timeout=20, what="a few deliveries")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,15 @@ from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.sender import Sender
 from mailtower.core.sink import Sink
-from mailtower.core.store import Store
+from mailtower.core.store import open_store
 from tests.helpers import recipients, wait_for, write_csv
+from tests.pg_server import connect
+
+@pytest.fixture
+def db(db_target):
+    """Runs on SQLite and on PostgreSQL (issue 15)."""
+    return db_target
+
 
 N = 600
 
@@ -29,9 +35,8 @@ def pool_config(path: Path, *ports: int, extra: str = "") -> Path:
     return path
 
 
-async def test_one_relay_down_mid_send_the_other_completes(tmp_path: Path) -> None:
-    db = tmp_path / "pool.db"
-    store = await Store.open(db)
+async def test_one_relay_down_mid_send_the_other_completes(tmp_path: Path, db: Path) -> None:
+    store = await open_store(db)
     people = write_csv(tmp_path / "p.csv", recipients(N))
     mailing_id, _ = await create_mailing(store, Draft("pool", "Hi", "news@example.org", "Body", None), people, lambda r: None)
     await Lifecycle(store).send_now(mailing_id)
@@ -64,7 +69,7 @@ async def test_one_relay_down_mid_send_the_other_completes(tmp_path: Path) -> No
     # Copies beyond one only for transactions in flight on relay0 when it went down.
     assert sum(received.values()) - N <= 2
     assert len(second.received()) > len(first.received())
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         assert conn.execute("SELECT state, sent FROM mailings").fetchone() == ("completed", N)
     statuses = {r.name: r for r in sender.snapshot.relays}
     assert statuses["relay0"].state == "resting" and statuses["relay0"].reason
