@@ -93,7 +93,11 @@ class PgServer:
     def start(self) -> None:
         self._as_postgres = os.getuid() == 0
         if self._as_postgres:
-            entry = pwd.getpwnam("postgres")
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError:
+                raise PostgresMissing("initdb refuses to run as root and there is no `postgres` user to run it as: "
+                                      "install Debian's postgresql package (it creates the user)") from None
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self.socket_dir.mkdir()
         if self._as_postgres:

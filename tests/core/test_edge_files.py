@@ -29,6 +29,9 @@ from mailtower.core.sink import Sink
 from mailtower.core.store import Store
 from tests.helpers import Cli, wait_until
 
+# SQLite only (issue 15): about files a person names beside a SQLite database file (companions, links, devices); the PostgreSQL store has tests of its own (test_postgres_*.py).
+pytestmark = pytest.mark.sqlite_only
+
 GOOD_AND_BAD = "email,name\nann@example.com,Ann\nnot-an-address,Bob\ncid@example.com,Cid\n"
 
 

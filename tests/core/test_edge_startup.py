@@ -26,6 +26,9 @@ from mailtower.core.store import Store
 from mailtower.tui.cli import EXIT_INTERNAL_ERROR
 from tests.helpers import Cli, recipients, write_csv
 
+# SQLite only (issue 15): a SQLite database file that cannot be used, and the file lease under every name of one file; the PostgreSQL store has tests of its own (test_postgres_*.py).
+pytestmark = pytest.mark.sqlite_only
+
 TIMEOUT = 60  # seconds: far above a normal start (< 2 s); only a hang reaches it
 
 
