@@ -15,12 +15,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mailtower.core.sink import free_port
 
 NO_POSTGRES_ENV = "MAILTOWER_TESTS_NO_POSTGRES"
 USER = "mailtower"
@@ -51,12 +52,6 @@ def find_bindir() -> Path:
         "PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package "
         f"(apt-get install postgresql), set PG_BINDIR, or set {NO_POSTGRES_ENV}=1 to run the SQLite half only"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -109,7 +104,7 @@ class PgServer:
             hba.write(f"local all all trust\nhost all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n"
                       "host all all 127.0.0.1/32 trust\n")
         for attempt in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} -c fsync=off "
                        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
                        "-c shared_buffers=32MB")

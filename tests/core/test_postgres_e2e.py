@@ -74,10 +74,7 @@ def test_a_second_sender_on_the_same_database_is_refused_naming_the_first(pg_url
     target = parse_pg_url(pg_url, "test")
     with Sink() as sink:
         cli = Cli(target, sink.port, MAILTOWER_RATE="20")
-        body = tmp_path / "b.txt"
-        body.write_text("x\n", encoding="utf-8")
-        cli.ok("new", "--name", "slow", "--subject", "s", "--from", "news@example.org", "--text", str(body),
-               "--recipients", str(write_csv(tmp_path / "r.csv", recipients(400))), "--now")
+        new_queued(cli, tmp_path, 400)
         first = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(lambda: len(sink.deliveries) > 0, timeout=30, what="first sender sending")
@@ -91,6 +88,14 @@ def test_a_second_sender_on_the_same_database_is_refused_naming_the_first(pg_url
         cli.ok("stop", "1")
         code, _, err = cli("run", "--until-idle")
         assert code == 0, err
+
+
+def new_queued(cli: Cli, tmp_path: Path, n: int) -> int:
+    """A mailing to `n` recipients, queued through the CLI."""
+    body = tmp_path / "b.txt"
+    body.write_text("x\n", encoding="utf-8")
+    return int(cli.ok("new", "--name", "m", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+                      "--recipients", str(write_csv(tmp_path / "r.csv", recipients(n))), "--now"))
 
 
 def pg_settings(url: str, port: int, **overrides: object) -> Settings:
@@ -170,10 +175,7 @@ def test_a_sender_killed_mid_send_frees_the_lease_and_the_next_one_finishes(pg_u
     target = parse_pg_url(pg_url, "test")
     with Sink() as sink:
         cli = Cli(target, sink.port, MAILTOWER_SMTP_CONNECTIONS="3", MAILTOWER_RATE="200")
-        body = tmp_path / "b.txt"
-        body.write_text("x\n", encoding="utf-8")
-        cli.ok("new", "--name", "killed", "--subject", "s", "--from", "news@example.org", "--text", str(body),
-               "--recipients", str(write_csv(tmp_path / "r.csv", recipients(300))), "--now")
+        new_queued(cli, tmp_path, 300)
         victim = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(lambda: len(sink.deliveries) >= 50, timeout=30, what="the victim sending")

@@ -15,6 +15,7 @@ import pytest
 from mailtower.core.config import load_settings
 from mailtower.core.db_target import PgTarget, parse_pg_url, parse_target, redact_url
 from mailtower.core.errors import UserError
+from mailtower.core.sink import free_port
 from mailtower.core.store import open_store
 from tests.helpers import Cli
 from tests.pg_server import PASSWORD, PASSWORD_USER
@@ -87,8 +88,8 @@ def test_a_bad_url_in_the_config_file_names_the_file(tmp_path: Path) -> None:
     assert str(config) in err and "port 0" in err and SECRET not in err and err.count("\n") == 1
 
 
-def test_a_bad_db_flag_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
-    os.chdir(tmp_path)
+def test_a_bad_db_flag_is_one_line_and_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     code, out, err = Cli(tmp_path / "x.db")("--db", f"postgresql://u:{SECRET}@h:70000/db", "status")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("mailtower: --db: ") and "70000" in err and SECRET not in err
@@ -109,14 +110,6 @@ def test_without_the_driver_one_line_names_the_extra(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr == ("mailtower: database postgresql://user@127.0.0.1:1/db: PostgreSQL support is not "
                                "installed; pip install 'mailtower[postgres]'\n")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_server_that_is_down_is_one_line(tmp_path: Path) -> None:
