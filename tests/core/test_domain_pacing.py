@@ -183,9 +183,12 @@ def test_a_group_at_its_connection_cap_parks_its_rows_and_others_go_on() -> None
 # ---- the sender ---------------------------------------------------------------------------------
 
 
-async def test_a_slow_domain_does_not_hold_up_the_others(tmp_path: Path, db: Path) -> None:
+async def test_a_slow_domain_does_not_hold_up_the_others(tmp_path: Path) -> None:
     """The slow group's rows come first in the ledger, yet every other row is sent while the
     slow ones trickle out at their rate (no head-of-line blocking), and that rate holds."""
+    # About pacing, and it times 300 sends against 0.6 s: SQLite only (PostgreSQL's throughput
+    # is a benchmark's business, not a wall-clock assertion on a loaded test machine).
+    db = tmp_path / "p.db"
     slow = [f"s{i}@slow.example.org" for i in range(16)]
     fast = [f"f{i}@fast.example.com" for i in range(300)]
     await queued_mailing(db, tmp_path, slow + fast)
