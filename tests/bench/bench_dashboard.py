@@ -24,8 +24,11 @@ import csv
 import os
 import shutil
 import statistics
+import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -121,6 +124,82 @@ class Meter:
 
 
 METER = Meter()
+
+
+class StallWatch:
+    """Which callbacks hold the event loop longer than `threshold` seconds, and where they were.
+
+    Every callback the loop runs (a task's step, a timer, a message) goes through `Handle._run`;
+    a thread samples the loop thread's stack while one runs past half the threshold, so a stall
+    is reported with the code it was in, not only the task's name."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.running: asyncio.Handle | None = None
+        self.started = 0.0
+        self.samples: list[tuple[str, ...]] = []
+        self.stalls: list[tuple[float, str, tuple[str, ...]]] = []
+        self.loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+
+    def install(self) -> None:
+        original = asyncio.Handle._run
+        watch = self
+
+        def timed_run(handle: asyncio.Handle) -> None:
+            if threading.get_ident() != watch.loop_thread:  # the SMTP sink's own loop
+                original(handle)
+                return
+            watch.samples = []
+            watch.started = time.perf_counter()
+            watch.running = handle
+            try:
+                original(handle)
+            finally:
+                watch.running = None
+                took = time.perf_counter() - watch.started
+                if took > watch.threshold:
+                    middle = watch.samples[len(watch.samples) // 2] if watch.samples else ()
+                    watch.stalls.append((took, describe_handle(handle), middle))
+
+        asyncio.Handle._run = timed_run  # type: ignore[method-assign]
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):  # bounded by the process: a daemon thread
+            running, started = self.running, self.started
+            if running is None or time.perf_counter() - started < self.threshold / 2:
+                continue
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is not None and self.running is running:
+                self.samples.append(tuple(
+                    f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}"
+                    for f in traceback.extract_stack(frame)[-14:]
+                ))
+
+    def report(self) -> None:
+        print(f"callbacks holding the loop > {self.threshold * 1000:.0f} ms (during the dashboard run):")
+        groups: dict[str, list[tuple[float, tuple[str, ...]]]] = {}
+        for took, what, stack in self.stalls:
+            groups.setdefault(what, []).append((took, stack))
+        for what, stalls in sorted(groups.items(), key=lambda kv: -max(t for t, _ in kv[1])):
+            values = [t for t, _ in stalls]
+            print(f"  {len(values):4d}x max {max(values) * 1000:5.1f} ms total {sum(values) * 1000:7.1f} ms  {what}")
+            for took, stack in sorted(stalls, reverse=True)[:3]:  # where the three longest were
+                print(f"      {took * 1000:5.1f} ms in:")
+                for line in stack:
+                    print(f"        {line}")
+
+
+def describe_handle(handle: asyncio.Handle) -> str:
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        return f"task {getattr(coro, '__qualname__', coro)}"
+    return f"callback {getattr(callback, '__qualname__', callback)}"
+
+
 
 
 class TimedApp(DashboardApp):
@@ -243,6 +322,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--mailings", type=int, default=1000)
     parser.add_argument("--presses", type=int, default=60)
+    parser.add_argument("--stalls", type=float, default=0.0, metavar="MS",
+                        help="also list the callbacks that held the event loop longer than MS during the dashboard run")
     args = parser.parse_args()
     METER.wrap_screen()
     print(f"load average (1, 5, 15 min) at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
@@ -260,6 +341,9 @@ async def main() -> None:
             if name == "alone":
                 runs[name] = await run_sender_alone(settings, args.seconds)
             else:
+                watch = StallWatch(args.stalls / 1000) if args.stalls > 0 else None
+                if watch is not None:
+                    watch.install()
                 runs[name] = await run_dashboard(settings, args.seconds, args.presses)
         sent0, cpu0 = runs["alone"]  # type: ignore[misc]
         dash = runs["dashboard"]
@@ -284,6 +368,8 @@ async def main() -> None:
         print("the same presses, CPU time of the event loop's thread only (the machine's load left out):")
         for key, values in ON_CPU.items():
             print(f"  {key:18s} {len(values):3d}x  {ms(values)}")
+        if watch is not None:
+            watch.report()
         print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     finally:
         sink.stop()
