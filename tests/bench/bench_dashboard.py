@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import os
 import shutil
 import statistics
@@ -145,6 +146,8 @@ class StallWatch:
         self.samples: list[tuple[str, ...]] = []
         self.stalls: list[tuple[float, str, tuple[str, ...]]] = []
         self.loop_thread = threading.get_ident()
+        self.collections: list[tuple[int, float]] = []
+        self._gc_start = 0.0
         self._stop = threading.Event()
 
     def install(self) -> None:
@@ -169,6 +172,14 @@ class StallWatch:
 
         asyncio.Handle._run = timed_run  # type: ignore[method-assign]
         threading.Thread(target=self._sample, daemon=True).start()
+        gc.callbacks.append(self._collected)
+
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        """The collector's pauses (they stop the loop too): generation and length."""
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        elif threading.get_ident() == self.loop_thread:
+            self.collections.append((info["generation"], time.perf_counter() - self._gc_start))
 
     def _sample(self) -> None:
         while not self._stop.wait(0.002):  # bounded by the process: a daemon thread
@@ -194,6 +205,10 @@ class StallWatch:
                 print(f"      {took * 1000:5.1f} ms in:")
                 for line in stack:
                     print(f"        {line}")
+        for generation in range(3):
+            pauses = [t for g, t in self.collections if g == generation]
+            if pauses:
+                print(f"  garbage collections of generation {generation}: {len(pauses)}x, max {max(pauses) * 1000:.1f} ms")
 
 
 def describe_handle(handle: asyncio.Handle) -> str:

@@ -173,3 +173,25 @@ async def test_moving_the_focus_does_not_repaint_the_whole_screen(tmp_path: Path
         await wait_for(lambda: not dashboard._repaint_required, what="a settled screen")
         dashboard.set_focus(table(app, Section.SCHEDULED))
         assert not dashboard._repaint_required  # only the two panels repaint (their :focus styles)
+
+
+async def test_a_menu_shown_again_after_a_new_theme_takes_the_theme(tmp_path: Path) -> None:
+    fx = await build_fixed(tmp_path / "m.db", small=True)
+    app = dashboard_app(fx.db)
+    async with running(app, size=(120, 40)) as pilot:
+        await pilot.press("a")
+        await wait_for(lambda: isinstance(app.screen, ActionsMenu), what="the menu")
+        menu = app.screen
+        dark = menu.styles.background
+        await pilot.press("escape")
+        await wait_for(lambda: app.screen is app.dashboard, what="the dashboard")
+        app.theme = "textual-light"
+        await pilot.pause()
+        await pilot.press("a")
+        await wait_for(lambda: app.screen is menu, what="the menu again")
+        await pilot.pause()
+        assert menu.styles.background != dark  # its styles were refreshed for the new theme
+        await pilot.press("escape")
+        await pilot.press("a")  # and shown again in the same theme: the same styles
+        await wait_for(lambda: app.screen is menu, what="the menu once more")
+        assert menu.styles.background != dark

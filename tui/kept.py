@@ -1,0 +1,29 @@
+"""Screens the app composes once and shows again (the Actions menu, the Keys screen).
+
+Textual refreshes every style of a screen each time it is pushed, in case the app's CSS changed
+while it was away; for a screen that is composed once and shown again that is most of the cost
+of showing it (5-10 ms of each `a` while sending, issue 11 item 16). A `KeptScreen` refreshes
+its styles on its first showing and again only when the app's CSS changed since (a new theme).
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from textual import events
+from textual.screen import ModalScreen
+
+ResultType = TypeVar("ResultType")
+
+
+class KeptScreen(ModalScreen[ResultType]):
+    """A modal screen kept by the app and shown again: its styles refreshed only when stale."""
+
+    _styled_for: int | None = None  # the app's CSS generation this screen's styles were refreshed for
+
+    def _on_screen_resume(self, event: events.ScreenResume) -> None:
+        generation = self.app._css_update_count  # Textual's count of CSS changes (themes)
+        if self._styled_for == generation:
+            event.refresh_styles = False
+        self._styled_for = generation
+        super()._on_screen_resume(event)
