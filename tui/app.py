@@ -84,6 +84,7 @@ from .sender_host import STOP_TIMEOUT, SenderHost
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .sparkline import RateHistory, RateSparklines
+from .collector import Collector
 from .refresh import KeysFirst, holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import (
@@ -273,6 +274,7 @@ class DashboardApp(App[int]):
         self._dashboard: Dashboard | None = None
         self._tick_lock = asyncio.Lock()
         self.keys_first = KeysFirst()  # the refresh waits while a key is being answered
+        self.collector = Collector()  # the garbage collector runs at the refresh, not during keys
         self._key_frame_hook = False  # a call after the next frame is asked for (see on_event)
         self._preparing = False  # the Keys screen and the Actions menu are being composed
         self._force = True
@@ -331,6 +333,7 @@ class DashboardApp(App[int]):
         # What exists now (modules, widgets, the first sections read) lives as long as the app:
         # keeping it out of the collector's full passes removes their pauses from scrolling.
         gc.freeze()
+        self.collector.take_over(time.monotonic())
         self.set_interval(self.refresh_interval, self._tick, name="refresh")
         self.call_after_refresh(self._prepare_screens)
 
@@ -380,6 +383,7 @@ class DashboardApp(App[int]):
 
     async def on_unmount(self) -> None:
         self._remove_signal_handlers()
+        self.collector.give_back()
         if self.sender is not None:
             # Leaving by any other path than `leave` still stops the sender gracefully.
             await self._stop_sender()
@@ -473,6 +477,7 @@ class DashboardApp(App[int]):
             return
         async with self._tick_lock:
             self.keys_first.refreshed(time.monotonic())
+            self._collect_garbage()
             try:
                 await self._update()
             except (sqlite3.Error, OSError) as exc:
@@ -512,6 +517,10 @@ class DashboardApp(App[int]):
             self._last_second = second
             self._render()
 
+    def _collect_garbage(self) -> None:
+        """The collector's turn (tui/collector.py): at a refresh, when no key is being answered."""
+        self.collector.collect(time.monotonic())
+
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
             # Keys first: a refresh tick that comes now waits for this key's frame (refresh.KeysFirst).
@@ -548,6 +557,7 @@ class DashboardApp(App[int]):
                     _, mounted = self._get_screen(screen)
                     self._load_screen_css(screen)
                     await mounted
+            gc.freeze()  # they live as long as the app, as what on_mount froze
         finally:
             self._preparing = False
 

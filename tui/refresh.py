@@ -93,11 +93,23 @@ def patch_live(current: list[Mailing], live: Mapping[int, MailingProgress]) -> l
     return patched
 
 
+TROUBLE = ("paused", "resting", "throttled")  # the relay states that can hold a mailing back
+
+
 def holds_for(current: list[Mailing], waiting: dict[str, object], next_retry: Mapping[int, float]) -> dict[int, Hold]:
     """Why each current mailing is held back now (paused, waiting, throttled, retrying), from the
-    sender's waiting document and the next retry times."""
+    sender's waiting document and the next retry times.
+
+    Only the mailings something can hold are asked (`hold_of` per mailing is the rule): one a
+    relay in trouble names, the sending one while any relay is in trouble, one with a retry
+    time. The rest cannot be held, and there may be thousands of them at every refresh."""
+    relays = waiting.get("relays")
+    troubled = [e for e in relays if isinstance(e, dict) and e.get("state") in TROUBLE] if isinstance(relays, list) else []
+    named = {e.get("mailing") for e in troubled}
     result: dict[int, Hold] = {}
     for mailing in current:
+        if not (mailing.id in next_retry or mailing.id in named or (troubled and mailing.state is MailingState.SENDING)):
+            continue
         hold = hold_of(waiting, mailing, next_retry.get(mailing.id))
         if hold is not None:
             result[mailing.id] = hold

@@ -10,14 +10,18 @@ behaviour that makes it fast, and that the figures stay right with it.
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
+from datetime import datetime, timezone
 from pathlib import Path
 
-from mailtower.core.domain import Section
+from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.lifecycle import Lifecycle
+from mailtower.core.progress import hold_of
 from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.help import HelpScreen
-from mailtower.tui.refresh import KeysFirst
+from mailtower.tui.refresh import KeysFirst, holds_for
 
 from .conftest import build_fixed, new_mailing, wait_for
 from .pilot import dashboard_app, opened, running, table
@@ -195,3 +199,64 @@ async def test_a_menu_shown_again_after_a_new_theme_takes_the_theme(tmp_path: Pa
         await pilot.press("a")  # and shown again in the same theme: the same styles
         await wait_for(lambda: app.screen is menu, what="the menu once more")
         assert menu.styles.background != dark
+
+
+# ---- holds: only the mailings something can hold are asked -----------------------------------------
+
+
+def _mailing(mailing_id: int, state: MailingState, *, remaining: int = 10, deferred: int = 0) -> Mailing:
+    return Mailing(
+        id=mailing_id, name=f"m{mailing_id}", subject="s", from_addr="a@example.com", text_body="x", html_body=None,
+        state=state, position=mailing_id, schedule=None, missed=False, total=remaining, sent=0, failed=0,
+        deferred=deferred, in_doubt=0, created_at=datetime(2099, 1, 1, tzinfo=timezone.utc), started_at=None,
+        finished_at=None, last_error=None,
+    )
+
+
+def test_holds_for_asks_only_who_can_be_held_and_agrees_with_the_rule_for_everyone() -> None:
+    current = [
+        _mailing(1, MailingState.SENDING),
+        _mailing(2, MailingState.QUEUED),
+        _mailing(3, MailingState.QUEUED, remaining=4, deferred=4),  # retries only
+        *(_mailing(i, MailingState.QUEUED) for i in range(4, 400)),
+    ]
+    when = "2099-01-01T10:00:00Z"
+    documents: list[dict[str, object]] = [
+        {},
+        {"relays": []},
+        {"relays": [{"relay": "r1", "state": "ok", "mailing": 1}]},
+        {"relays": [{"relay": "r1", "state": "throttled", "mailing": 2, "reason": "slow down", "since": when}]},
+        {"relays": [{"relay": "r1", "state": "resting", "mailing": 1, "reason": "refused", "since": when,
+                     "next_try": when}], "all_unavailable": True},
+        {"relays": [{"relay": "r1", "state": "paused", "mailing": 7, "reason": "auth", "since": when},
+                    {"relay": "r2", "state": "throttled", "mailing": 1}, "not a dict"], "all_unavailable": True},
+        {"relays": "garbage"},
+    ]
+    for retries in ({}, {3: 4_000_000_000.0}):
+        for doc in documents:
+            everyone = {m.id: h for m in current if (h := hold_of(doc, m, retries.get(m.id))) is not None}
+            assert holds_for(current, doc, retries) == everyone, doc
+
+
+# ---- the garbage collector runs at the refresh, not in the middle of keys ---------------------------
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_the_dashboard_collects_garbage_itself_and_gives_the_collector_back(tmp_path: Path) -> None:
+    fx = await build_fixed(tmp_path / "m.db", small=True)
+    assert gc.isenabled()
+    app = dashboard_app(fx.db, refresh_interval=0.05)
+    async with running(app, size=(120, 40)):
+        await wait_for(lambda: app.collector.active, what="the collector taken over")
+        assert not gc.isenabled()  # no automatic pass can land in the middle of a key
+        cycle = _Cycle()
+        gone = weakref.ref(cycle)
+        del cycle  # garbage only the cyclic collector can free
+        before = app.collector.collections
+        await wait_for(lambda: gone() is None, what="the cycle collected at a refresh")
+        assert app.collector.collections > before
+    assert gc.isenabled()  # given back when the dashboard ends
