@@ -252,6 +252,10 @@ async def test_the_dashboard_collects_garbage_itself_and_gives_the_collector_bac
     app = dashboard_app(fx.db, refresh_interval=0.05)
     async with running(app, size=(120, 40)):
         await wait_for(lambda: app.collector.active, what="the collector taken over")
+        # What exists once the kept screens are composed is frozen with the app (gc.freeze):
+        # the garbage below is made after that.
+        await wait_for(lambda: app._actions_menu is not None and app._actions_menu.is_running and not app._preparing,
+                       what="the kept screens composed")
         assert not gc.isenabled()  # no automatic pass can land in the middle of a key
         cycle = _Cycle()
         gone = weakref.ref(cycle)
