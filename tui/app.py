@@ -557,11 +557,6 @@ class DashboardApp(App[int]):
                     _, mounted = self._get_screen(screen)
                     self._load_screen_css(screen)
                     await mounted
-                    # Laid out and drawn once at the present size too, into the widgets' line
-                    # caches (Textual draws only the current screen): its first showing then
-                    # costs what every later one does.
-                    screen._refresh_layout(self.size)
-                    screen._compositor.render_update(full=True)
             gc.freeze()  # they live as long as the app, as what on_mount froze
         finally:
             self._preparing = False
