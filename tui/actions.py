@@ -15,7 +15,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -25,6 +24,7 @@ from mailtower.core.actions_registry import ACTIONS, MOVES_DOWN, MOVES_UP, Offer
 from mailtower.core.lifecycle import Action
 
 from .footer import SteadyFooter
+from .kept import KeptScreen
 
 def gone_reason(key: str, mailing: Mailing) -> str:
     """Why an entry the menu offered when it opened is not possible any more."""
@@ -78,7 +78,7 @@ def describe(mailing: Mailing) -> str:
     return " · ".join(parts)
 
 
-class ActionsMenu(ModalScreen[str | None]):
+class ActionsMenu(KeptScreen[str | None]):
     """Returns the key of the chosen offer, or None when closed with Escape."""
 
     BINDINGS = [

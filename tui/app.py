@@ -29,12 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.notifications import SeverityLevel
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.reactive import Reactive
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Input
 from textual.worker import Worker
 
@@ -83,7 +85,8 @@ from .sender_host import STOP_TIMEOUT, SenderHost
 from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .sparkline import RateHistory, RateSparklines
-from .refresh import holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
+from .collector import Collector
+from .refresh import KeysFirst, holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import (
     Cells, View, WaveGroup, current_cells, group_waves, grouped_count, inactive_cells, scheduled_cells,
@@ -144,6 +147,11 @@ class Dashboard(Screen[None]):
         Binding("tab", "app.focus_next", "Next panel", id="next-panel"),
         Binding("shift+tab", "app.focus_previous", "Previous panel", id="previous-panel", show=False),
     ]
+
+    # Textual repaints the whole screen when the focus moves; the panels that gain and lose it
+    # repaint themselves (their :focus styles change), so Tab costs two panels, not the screen
+    # (issue 11 item 16).
+    focused: Reactive[Widget | None] = Reactive(None, repaint=False)
 
     def __init__(self) -> None:
         super().__init__()
@@ -266,6 +274,10 @@ class DashboardApp(App[int]):
         self.renders = 0
         self._dashboard: Dashboard | None = None
         self._tick_lock = asyncio.Lock()
+        self.keys_first = KeysFirst()  # the refresh waits while a key is being answered
+        self.collector = Collector()  # the garbage collector runs at the refresh, not during keys
+        self._key_frame_hook = False  # a call after the next frame is asked for (see on_event)
+        self._preparing = False  # the Keys screen and the Actions menu are being composed
         self._force = True
         self._dirty = True
         self._data_version = -1
@@ -322,7 +334,9 @@ class DashboardApp(App[int]):
         # What exists now (modules, widgets, the first sections read) lives as long as the app:
         # keeping it out of the collector's full passes removes their pauses from scrolling.
         gc.freeze()
+        self.collector.take_over(time.monotonic())
         self.set_interval(self.refresh_interval, self._tick, name="refresh")
+        self.call_after_refresh(self._prepare_screens)
 
     async def _read_history(self) -> None:
         """What earlier runs knew, read before our sender starts (it overwrites sender_last_accept):
@@ -370,6 +384,7 @@ class DashboardApp(App[int]):
 
     async def on_unmount(self) -> None:
         self._remove_signal_handlers()
+        self.collector.give_back()
         if self.sender is not None:
             # Leaving by any other path than `leave` still stops the sender gracefully.
             await self._stop_sender()
@@ -454,7 +469,16 @@ class DashboardApp(App[int]):
     async def _tick(self) -> None:
         if self.store is None or self._leaving or self._exit:
             return
+        if not self._force and not self.keys_first.may_refresh(time.monotonic()):
+            return  # owed: it runs right after the key's frame (_after_key_frame)
+        await self._tick_now()
+
+    async def _tick_now(self) -> None:
+        if self.store is None or self._leaving or self._exit:
+            return
         async with self._tick_lock:
+            self.keys_first.refreshed(time.monotonic())
+            self._collect_garbage()
             try:
                 await self._update()
             except (*database_errors(), OSError) as exc:
@@ -494,6 +518,50 @@ class DashboardApp(App[int]):
             self._last_second = second
             self._render()
 
+    def _collect_garbage(self) -> None:
+        """The collector's turn (tui/collector.py): at a refresh, when no key is being answered."""
+        self.collector.collect(time.monotonic())
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            # Keys first: a refresh tick that comes now waits for this key's frame (refresh.KeysFirst).
+            self.keys_first.key(time.monotonic())
+            if not self._key_frame_hook:
+                self._key_frame_hook = True
+                self.call_after_refresh(self._after_key_frame)
+        await super().on_event(event)
+
+    def _after_key_frame(self) -> None:
+        """The key's frame is drawn: the refresh it put off runs now, in the gap before the next key."""
+        self._key_frame_hook = False
+        if self.keys_first.take_owed():
+            self.run_worker(self._tick_now(), name="refresh", group="refresh", exit_on_error=False)
+
+    def _prepare_screens(self) -> None:
+        """Compose the Keys screen and the Actions menu before their first key: composing them on
+        the key cost it 50-150 ms while sending (issue 11 item 16); the key then only shows them."""
+        if self._preparing or self._exit or self._leaving:
+            return
+        self._preparing = True
+        self.run_worker(self._compose_hidden(), name="prepare screens", group="prepare", exit_on_error=False)
+
+    async def _compose_hidden(self) -> None:
+        try:
+            screens: list[Screen[Any]] = [self._help_for(self.where_text())]
+            mailing = next((m for ms in self.sections.values() for m in ms), None)
+            if mailing is not None and self._actions_menu is None:
+                screens.append(self._menu_for(mailing))
+            for screen in screens:
+                if not screen.is_running:
+                    # Textual's own first step of showing a screen (register, compose, mount),
+                    # without showing it.
+                    _, mounted = self._get_screen(screen)
+                    self._load_screen_css(screen)
+                    await mounted
+            gc.freeze()  # they live as long as the app, as what on_mount froze
+        finally:
+            self._preparing = False
+
     def _sample_rate(self, second: int) -> None:
         """Once a second of the dashboard's clock: the rate the header shows, and each relay's,
         into the sparkline's history. A clock set back samples again at once (`!=`, not `>`)."""
@@ -518,6 +586,8 @@ class DashboardApp(App[int]):
         self.sections = sections
         if Section.CURRENT in read.reread:  # retry times move only with a Current mailing's row
             self._next_retry = await next_retries(store, sections[Section.CURRENT])
+        if self._actions_menu is None and any(sections.values()):
+            self._prepare_screens()  # the first mailings appeared: the menu can be composed now
 
     def _announce_moves(self, old: dict[Section, list[Mailing]], new: dict[Section, list[Mailing]]) -> None:
         for mailing, before in moved_mailings(old, new, self._expected, time.monotonic()):
@@ -845,15 +915,18 @@ class DashboardApp(App[int]):
         self.open_actions(mailing.id)
 
     def action_help(self) -> None:
-        # Composed once and shown again (a Rich table of every key takes a while to lay out).
-        where = self.where_text()
+        self.push_screen(self._help_for(self.where_text()))
+
+    def _help_for(self, where: str) -> HelpScreen:
+        """The Keys screen, composed once (at start, see _prepare_screens) and shown again: a
+        Rich table of every key takes a while to lay out."""
         screen = self._help_screen
         if screen is None or screen.where != where:
             screen = HelpScreen(where, demo=self.demo)
             if self._help_screen is None:
                 self._help_screen = screen
                 self.install_screen(screen, "help")
-        self.push_screen(screen)
+        return screen
 
     def action_limits(self) -> None:
         if self.store is None:

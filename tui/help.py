@@ -8,13 +8,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from mailtower.core.actions_registry import ACTIONS, section_labels
 from mailtower.core.domain import Section
 
 from .footer import SteadyFooter
+from .kept import KeptScreen
 
 KEYS: list[tuple[str, str]] = [
     ("Tab / Shift+Tab", "next / previous panel (Current, Scheduled, Inactive)"),
@@ -75,7 +75,7 @@ def help_table(where: str, demo: bool = False) -> Table:
     return table
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(KeptScreen[None]):
     BINDINGS = [
         Binding("escape", "close", "Close", id="close"),
         Binding("question_mark", "close", "Close", show=False),

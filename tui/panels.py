@@ -54,6 +54,7 @@ NOT_DRAWN: Cells = ()  # a row never on screen yet: its cells are computed when 
 ELLIPSIS = "…"
 
 CellsOf = Callable[[int], Cells]
+Look = tuple[Style, Style]  # a panel's base style and its cursor's, as focus has them now
 
 
 class MailingTable(ScrollView, can_focus=True):
@@ -123,8 +124,11 @@ class MailingTable(ScrollView, can_focus=True):
         self._shown: dict[str, Cells] = {}  # the cells each row was last drawn (or refreshed) with
         self._cells_of: CellsOf | None = None
         self._restore: str | None = None  # the highlighted mailing across a change of columns
-        # Drawn lines by (cells, on the cursor, width); emptied when the styles change (focus).
-        self._strips: dict[tuple[Cells, bool, int], Strip] = {}
+        # Drawn lines by (look, cells, on the cursor, width). The look (the panel's colours, which
+        # focus changes) is part of the key, so Tab or a dialog closing redraws from lines already
+        # drawn in that look instead of drawing every visible row again (issue 11 item 16).
+        self._strips: dict[tuple[Look, Cells, bool, int], Strip] = {}
+        self._look: Look | None = None  # the present look; found again when the styles change
         self._header: Strip | None = None
         self.cells_written = 0
         self.border_title = TITLES[section]
@@ -309,23 +313,35 @@ class MailingTable(ScrollView, can_focus=True):
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
-        self._forget_drawn()
+        self._restyle()
 
     def on_focus(self) -> None:
-        self._forget_drawn()
+        self._restyle()
         self.refresh()
 
     def on_blur(self) -> None:
-        self._forget_drawn()
+        self._restyle()
         self.refresh()
 
     def on_resize(self) -> None:
-        self._forget_drawn()
+        self._restyle()
         self._sync_size()
+
+    def _restyle(self) -> None:
+        """The styles may have changed: the look is found again at the next line drawn (lines
+        drawn in an earlier look stay cached under it; a focus change often comes back)."""
+        self._look = None
+        self._header = None
 
     def _forget_drawn(self) -> None:
         self._strips.clear()
-        self._header = None
+        self._restyle()
+
+    def current_look(self) -> Look:
+        look = self._look
+        if look is None:
+            look = self._look = (self.rich_style, self.get_component_rich_style("mailing-table--cursor"))
+        return look
 
     def _columns(self) -> tuple:  # type: ignore[type-arg]
         return self.layout_spec.columns if self.layout_spec is not None else ()
@@ -345,11 +361,12 @@ class MailingTable(ScrollView, can_focus=True):
         if cells is NOT_DRAWN and self._cells_of is not None:
             cells = self._shown[key] = self._cells_of(index)
         on_cursor = index == self.cursor_row
-        strip = self._strips.get((cells, on_cursor, width))
+        look = self.current_look()
+        strip = self._strips.get((look, cells, on_cursor, width))
         if strip is None:
-            if len(self._strips) > 4 * max(self.size.height, 10):  # bounded: a screenful of rows
+            if len(self._strips) > 8 * max(self.size.height, 10):  # bounded: a few screenfuls of rows
                 self._strips.clear()
-            strip = self._strips[(cells, on_cursor, width)] = self._row_strip(cells, on_cursor, width)
+            strip = self._strips[(look, cells, on_cursor, width)] = self._row_strip(cells, on_cursor, width, look)
         return strip
 
     def _header_strip(self, width: int) -> Strip:
@@ -357,11 +374,10 @@ class MailingTable(ScrollView, can_focus=True):
         labels = tuple(label_cell(c) for c in self._columns())
         return self._line(labels, style, style, None, width)
 
-    def _row_strip(self, cells: Cells, on_cursor: bool, width: int) -> Strip:
-        base = self.rich_style
+    def _row_strip(self, cells: Cells, on_cursor: bool, width: int, look: Look) -> Strip:
+        base, cursor = look
         if not on_cursor:
             return self._line(cells, base, base, None, width)
-        cursor = self.get_component_rich_style("mailing-table--cursor")
         # As the DataTable drew it: the cursor's colour wins over a cell's own (red, green...).
         return self._line(cells, base + cursor, base + cursor, Style(color=cursor.color), width)
 
@@ -483,13 +499,27 @@ class PanelStack(Vertical):
             if table.styles.height is None or table.styles.height.value != height:
                 table.styles.height = height
 
+    _fit_asked = False
+
     def on_resize(self, event: events.Resize) -> None:
         self.fit()
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
-        self.fit()
+        self._fit_after_frame()
 
     def on_descendant_blur(self, event: events.DescendantBlur) -> None:
+        self._fit_after_frame()
+
+    def _fit_after_frame(self) -> None:
+        """A move of the focus (a blur, then a focus) resizes the panels once, after the frame
+        that shows the focus moved: that frame is the key's answer, the new heights follow it
+        (one layout instead of two inside the key, issue 11 item 16)."""
+        if not self._fit_asked:
+            self._fit_asked = True
+            self.call_after_refresh(self._fit_now)
+
+    def _fit_now(self) -> None:
+        self._fit_asked = False
         self.fit()
 
 

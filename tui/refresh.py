@@ -93,12 +93,61 @@ def patch_live(current: list[Mailing], live: Mapping[int, MailingProgress]) -> l
     return patched
 
 
+TROUBLE = ("paused", "resting", "throttled")  # the relay states that can hold a mailing back
+
+
 def holds_for(current: list[Mailing], waiting: dict[str, object], next_retry: Mapping[int, float]) -> dict[int, Hold]:
     """Why each current mailing is held back now (paused, waiting, throttled, retrying), from the
-    sender's waiting document and the next retry times."""
+    sender's waiting document and the next retry times.
+
+    Only the mailings something can hold are asked (`hold_of` per mailing is the rule): one a
+    relay in trouble names, the sending one while any relay is in trouble, one with a retry
+    time. The rest cannot be held, and there may be thousands of them at every refresh."""
+    relays = waiting.get("relays")
+    troubled = [e for e in relays if isinstance(e, dict) and e.get("state") in TROUBLE] if isinstance(relays, list) else []
+    named = {e.get("mailing") for e in troubled}
     result: dict[int, Hold] = {}
     for mailing in current:
+        if not (mailing.id in next_retry or mailing.id in named or (troubled and mailing.state is MailingState.SENDING)):
+            continue
         hold = hold_of(waiting, mailing, next_retry.get(mailing.id))
         if hold is not None:
             result[mailing.id] = hold
     return result
+
+
+@dataclass(slots=True)
+class KeysFirst:
+    """When the periodic refresh may run: not while the operator's keys are being answered.
+
+    A refresh (store read, rows rebuilt, three panels and the header repainted) holds the event
+    loop for 10-25 ms; a key whose handling and frame fall behind it waits that long on top of
+    its own work (issue 11 item 16). So a refresh tick that comes within `quiet` seconds of a
+    key is owed instead of run, and the app runs it right after the key's frame is drawn, in the
+    gap before the next key. Figures never get older than `late` seconds: past that a tick runs
+    whatever the keys do (a held-down key does not freeze the screen)."""
+
+    quiet: float = 0.3
+    late: float = 1.0
+    key_at: float = float("-inf")
+    refreshed_at: float = float("-inf")
+    owed: bool = False
+
+    def key(self, now: float) -> None:
+        self.key_at = now
+
+    def may_refresh(self, now: float) -> bool:
+        """True: refresh now. False: a key came just now; the refresh is owed (see `take_owed`)."""
+        if now - self.key_at >= self.quiet or now - self.refreshed_at >= self.late:
+            return True
+        self.owed = True
+        return False
+
+    def take_owed(self) -> bool:
+        """After a key's frame: whether a refresh was put off for it (and is now to be run)."""
+        owed, self.owed = self.owed, False
+        return owed
+
+    def refreshed(self, now: float) -> None:
+        self.refreshed_at = now
+        self.owed = False
