@@ -551,6 +551,7 @@ class DashboardApp(App[int]):
             mailing = next((m for ms in self.sections.values() for m in ms), None)
             if mailing is not None and self._actions_menu is None:
                 screens.append(self._menu_for(mailing))
+            composed = False
             for screen in screens:
                 if not screen.is_running:
                     # Textual's own first step of showing a screen (register, compose, mount),
@@ -558,7 +559,11 @@ class DashboardApp(App[int]):
                     _, mounted = self._get_screen(screen)
                     self._load_screen_css(screen)
                     await mounted
-            gc.freeze()  # they live as long as the app, as what on_mount froze
+                    composed = True
+            if composed:
+                # They live as long as the app, as what on_mount froze. Only when something was
+                # composed: a freeze also keeps whatever cyclic garbage exists at that moment.
+                gc.freeze()
         finally:
             self._preparing = False
 
