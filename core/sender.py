@@ -239,9 +239,17 @@ class Carry:
     retire: bool = False
     since: float = 0.0  # monotonic time the job was taken
     orphaned: bool = False  # the job was given to another connection; its envelope was sent ahead
+    # The job's message, rendered (and signed) while the connection waited for the dot's reply:
+    # off the critical path of a connection, which only waits for the server then (issue 12).
+    made: tuple[int, bytes] | None = None
 
     def hold(self, job: Job) -> None:
-        self.job, self.since = job, time.monotonic()
+        self.job, self.since, self.made = job, time.monotonic(), None
+
+    def premade(self, row_id: int) -> bytes | None:
+        """The message rendered ahead for this row, if any (once)."""
+        made, self.made = self.made, None
+        return made[1] if made is not None and made[0] == row_id else None
 
     def take(self) -> Job | None:
         job, self.job = self.job, None
@@ -884,7 +892,26 @@ class Sender:
             carry.retire = True  # the end-of-work marker: this worker ends after its message
             return None
         carry.hold(job)
-        return job.row.email if job.run is run else None
+        if job.run is not run:
+            return None
+        # Rendered once this dot's write is out, while the connection waits for its reply.
+        asyncio.get_running_loop().call_soon(self._render_ahead, carry, job)
+        return job.row.email
+
+    def _render_ahead(self, carry: Carry, job: Job) -> None:
+        if carry.job is not job or self.stopping:
+            return
+        try:
+            carry.made = (job.row.id, self._message(job.run, job.row))
+        except Exception:  # noqa: BLE001 - rendered again when sent, which reports it as always
+            carry.made = None
+
+    def _message(self, run: HeadRun, row: Claimed) -> bytes:
+        """One recipient's message, personalised and (with DKIM) signed."""
+        message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
+        if self.dkim is not None:
+            message = self.dkim.sign(message, run.template.sender)
+        return message
 
     async def _send_job(
         self, conn: SmtpConnection, relay: RelayState, run: HeadRun, job: Job, carry: Carry | None = None, index: int = 0
@@ -897,8 +924,9 @@ class Sender:
         run.marked.add(row_id)
         on_disk = OnDisk(self, run, row_id)
         then = None if carry is None else (lambda: self._look_ahead(carry, conn, relay, run, index))
+        premade = None if carry is None else carry.premade(row_id)
         try:
-            outcome = await self._deliver(conn, relay, run, job.row, job.group, on_disk, then)
+            outcome = await self._deliver(conn, relay, run, job.row, job.group, on_disk, then, premade)
         except SuppressedMeanwhile:
             # Suppressed after it was claimed: the connection was dropped before the dot (the
             # server discards the message) and the row is `suppressed` on disk.
@@ -1008,11 +1036,12 @@ class Sender:
         group: DomainGroup[Job],
         previous: Awaitable[object] | None = None,
         then: Callable[[], str | None] | None = None,
+        premade: bytes | None = None,
     ) -> Outcome | None:
         """Send one row; the ledger outcome, or None when this relay cannot take it now.
 
         `previous` (this connection's last outcome being written) must complete before this
-        message's final dot."""
+        message's final dot. `premade`: the message rendered ahead (Carry.made), for the first try."""
         retries = 0
         while True:
             if not conn.connected:
@@ -1026,9 +1055,7 @@ class Sender:
                 return None
             if run.canary is not None and not await run.canary.pacer.acquire(self._interrupted(run)):
                 return None  # the canary's slow pace
-            message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
-            if self.dkim is not None:
-                message = self.dkim.sign(message, run.template.sender)
+            message, premade = premade or self._message(run, row), None  # a retry renders afresh
             # `previous` stays: a retry's final dot waits for the same commit (instant once done).
             verdict = await conn.send(run.template.sender, row.email, message, previous, then)
             # A named domain group's reply slows that group only; any other slows the relay.

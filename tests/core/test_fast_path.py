@@ -289,3 +289,62 @@ def test_the_breaker_hears_every_outcome_with_envelopes_sent_ahead(tmp_path: Pat
     # A refusal of an envelope sent ahead whose job was then given back (the run had halted)
     # is no outcome: that row stays pending, at most one per connection.
     assert failed <= refused <= failed + 2 and 20 <= failed < 300 and sending == 0
+
+
+# ---- rendering: the quoted-printable shortcut and the message rendered ahead --------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def _lines() -> st.SearchStrategy[str]:
+    line = st.text(alphabet=st.sampled_from(list(" \t.=!-/:;<>?@AZaz~_\u00e9\x7f\x01")), max_size=90)
+    return st.lists(line, min_size=1, max_size=4).map(lambda lines: "".join(x + "\n" for x in lines))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_lines())
+def test_quoted_printable_shortcut_is_exactly_what_binascii_writes(text: str) -> None:
+    """Lines taken as they are (_QP_PLAIN) come out byte for byte as b2a_qp would write them:
+    dots, "=", trailing blanks, tabs, long lines and non-ASCII all still go through b2a_qp."""
+    import binascii
+
+    from mailtower.core.compose import _quoted_printable
+
+    expected = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    assert _quoted_printable(text) == expected
+
+
+def test_quoted_printable_shortcut_edges() -> None:
+    import binascii
+
+    from mailtower.core.compose import _QP_PLAIN, _quoted_printable
+
+    for text in [".\n", ".x\n", "a \n", "a\t\n", "=\n", "x" * 72 + "\n", "x" * 73 + "\n", "x" * 76 + "\n",
+                 "x" * 77 + "\n", "\n", "a\n\nb\n", "Hello Person 1,\n"]:
+        expected = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+        assert _quoted_printable(text) == expected, text
+    assert _QP_PLAIN.fullmatch("Hello Person 1, your code is SPRING000001.\n")
+    assert not _QP_PLAIN.fullmatch("x" * 73 + "\n") and not _QP_PLAIN.fullmatch(".\n")
+
+
+def test_every_message_rendered_ahead_is_the_recipients_own(tmp_path: Path) -> None:
+    """Messages are rendered while the connection waits for the previous dot's reply: each
+    recipient still gets exactly one message, addressed and personalised for them, with the
+    Message-ID of their own row."""
+    import email
+
+    db = tmp_path / "ahead.db"
+    with Sink(keep_messages=True) as sink:
+        cli = Cli(db, sink.port, MAILTOWER_SMTP_CONNECTIONS="3")
+        new_mailing(cli, tmp_path, 60)
+        cli.ok("run", "--until-idle")
+        deliveries = list(sink.deliveries)
+    assert len(deliveries) == 60 and len({d.recipient for d in deliveries}) == 60
+    with sqlite3.connect(db) as conn:
+        ids = dict(conn.execute("SELECT email, id FROM recipients").fetchall())
+    for d in deliveries:
+        message = email.message_from_bytes(d.data)
+        assert message["To"].endswith(f"<{d.recipient}>") or message["To"] == d.recipient, (message["To"], d.recipient)
+        assert f".r{ids[d.recipient]}@" in message["Message-ID"]
+        number = d.recipient.split("@")[0].removeprefix("user")
+        assert message.get_payload(decode=True).decode() == f"Hello User {number}\r\n"
