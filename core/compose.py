@@ -306,7 +306,7 @@ _QP_PLAIN = re.compile(r"(?:(?:[!-\-/-<>-~](?:[ -<>-~]{0,70}[!-<>-~])?)?\n)+")
 
 def _quoted_printable(text: str) -> bytes:
     """UTF-8, quoted-printable, CRLF line endings (text has LF endings only)."""
-    if _QP_PLAIN.fullmatch(text):
+    if len(text) <= 74 and _QP_PLAIN.fullmatch(text):  # one short line (longer ones rarely pass)
         return text.replace("\n", "\r\n").encode("ascii")
     # With LF input b2a_qp writes LF for hard and soft line breaks and encodes every other
     # control byte, so the only LF bytes in its output are line breaks.

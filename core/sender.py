@@ -605,13 +605,18 @@ class Sender:
             return  # busy: the feeder writes it (OnDisk wakes it)
         waiters = run.waiters
         run.outcomes, run.marks, run.waiters = [], [], []
+        self._committed(run, waiters, barred, done[1])
+
+    def _committed(self, run: HeadRun, waiters: list[asyncio.Future[None]], barred: set[int], mailing: Mailing) -> None:
+        """A ledger write is on disk: rows it found suppressed are barred, then the connections
+        waiting for it go on, and the mailing's row as written is taken."""
         run.last_flush = time.monotonic()
         if barred:
             run.bar(barred)  # before the waiters hear of the commit (OnDisk reads it)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        self._took_mailing(run, done[1])
+        self._took_mailing(run, mailing)
 
     def _took_mailing(self, run: HeadRun, mailing: Mailing) -> None:
         run.mailing = mailing
@@ -649,13 +654,7 @@ class Sender:
             run.waiters = waiters + run.waiters
             self._fail(exc)  # every worker waiting for this write (or a later one) hears of it
             raise
-        run.last_flush = time.monotonic()
-        if barred:
-            run.bar(barred)  # before the waiters hear of the commit (OnDisk reads it)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._took_mailing(run, mailing)
+        self._committed(run, waiters, barred, mailing)
         if mailing.state is MailingState.SENDING and claim and not claimed:
             run.exhausted = True
         for row in claimed:
