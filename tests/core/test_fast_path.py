@@ -396,3 +396,26 @@ def test_marking_rows_costs_the_same_in_a_small_and_a_large_mailing(tmp_path: Pa
     large_id, large_marks = asyncio.run(mailing(large, 20_000))
     small_steps, large_steps = _write_steps(small, small_id, small_marks), _write_steps(large, large_id, large_marks)
     assert large_steps <= 2 * small_steps + 20, (small_steps, large_steps)
+
+
+# ---- kill -9 with envelopes sent ahead ----------------------------------------------------------
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_sigkill_with_envelopes_sent_ahead_loses_nothing(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/core/test_crash.py's harness (kill -9 at random moments, again and again) without its
+    rate limit, which turns the look-ahead off: with envelopes going out with final dots and the
+    ledger written inline, still nobody is lost, at most one row per connection is in doubt after
+    each kill, and the extra copies stay within connections x kills."""
+    from tests.core import test_crash
+
+    class Unpaced(Cli):
+        def __init__(self, db: Path, smtp_port: int | None = None, **env: str) -> None:
+            env.pop("MAILTOWER_RATE", None)
+            super().__init__(db, smtp_port, **env)
+
+    monkeypatch.setattr(test_crash, "Cli", Unpaced)
+    monkeypatch.setattr(test_crash, "N", 3000)  # unpaced, enough left for the kills
+    test_crash.test_sigkill_many_times_loses_nothing(tmp_path, seed)
