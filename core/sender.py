@@ -593,11 +593,14 @@ class Sender:
         """Write the outcomes and marks so far right now on this thread (see OnDisk), if the
         store can without waiting; a failure stops the sender like a failed batch write."""
         store = self._store
-        if store is None or self._failure is not None:
+        # A store without the inline path (one that cannot write without waiting) leaves every
+        # write to the feeder: the awaitable record_and_claim, same guarantees.
+        record_now = getattr(store, "record_now", None)
+        if record_now is None or self._failure is not None:
             return
         barred: set[int] = set()
         try:
-            done = store.record_now(run.mailing.id, run.outcomes, marks=run.marks, barred=barred, known=run.mailing)
+            done = record_now(run.mailing.id, run.outcomes, marks=run.marks, barred=barred, known=run.mailing)
         except Exception as exc:
             self._fail(exc)  # every worker waiting for this write hears of it
             return
