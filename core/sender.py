@@ -6,8 +6,9 @@ in the same transaction) and puts them on a queue; workers, each with its own co
 one of the relays, take rows off the queue and send them. The feeder keeps the queue topped
 up ahead of the workers. Claimed rows stay `pending` on disk: a connection marks the row it is
 about to send `sending` in the same transaction that records its previous outcome, and waits
-for that commit before the row's final dot. The write overlaps the next SMTP transaction, and
-a crash leaves at most one message per connection in doubt.
+for that commit before the row's final dot (it does the write itself on the loop's thread when
+the store is free: OnDisk), so a crash leaves at most one message per connection in doubt. With
+PIPELINING the next row's envelope goes out with the final dot (Carry, _look_ahead).
 
 Stopping is bounded: a stop ends the sender within STOP_GRACE seconds plus one final ledger
 write; messages still in flight then are cut off and left in doubt. A failure of the sender
@@ -21,6 +22,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from datetime import datetime, timezone
@@ -46,7 +48,7 @@ from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
 from .smtp_replies import Outcome as ReplyOutcome, Verdict, is_temporary_refusal, mailbox_gone
 from .db_errors import database_errors, is_database_error
 from .store import Claimed, Outcome, Store, open_store, storage_error
-from .suppression import SuppressedMeanwhile, gate_before_dot
+from .suppression import SuppressedMeanwhile
 from .unsubscribe import headers_for as unsubscribe_headers
 
 log = logging.getLogger("mailtower.sender")
@@ -57,6 +59,9 @@ PUBLISH_INTERVAL = 0.2  # how often the progress snapshot is rebuilt while sendi
 RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasing a row
 LIMITS_INTERVAL = 0.5  # how often the operator's limits are read: a change applies within a second
 STOP_GRACE = 5.0  # seconds a stop waits for messages in flight before cutting them off (left in doubt)
+# A job taken ahead at a final dot whose reply is this late goes to another connection (checked
+# with the control tick, so it waits at most this plus CONTROL_INTERVAL).
+AHEAD_PATIENCE = 1.0
 
 
 def pause_reason(verdict: Verdict, at_login: bool) -> str:
@@ -104,6 +109,9 @@ class HeadRun:
     halt: bool = False
     halt_reason: str = ""
     exhausted: bool = False
+    last_flush: float = field(default_factory=time.monotonic)  # monotonic time of the last ledger write
+    refill_at: int = 1 << 30  # the feeder claims more when fewer rows than this are queued
+    rows_wait: bool = False  # rows wait in domain groups: every outcome may let one go (feeder)
     # Resolved by the next commit: "everything asked for so far is on disk".
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -139,7 +147,14 @@ class HeadRun:
             if row_id in self.marks:
                 self.marks.remove(row_id)  # the outcome says it all (only without a dot: a refusal)
         self.outcomes.append(outcome)
-        self.wake.set()
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Wake the feeder when it has something to do besides writing outcomes (connections
+        write those with their next mark): refill the queue, let parked rows go, or finish.
+        Waking it for every message cost a loop turn, a task and a timer each (issue 12)."""
+        if self.queued < self.refill_at or self.rows_wait or (self.inflight <= 1 and self.queued == 0) or self.halt:
+            self.wake.set()
 
     def bar(self, row_ids: set[int]) -> None:
         """Marked rows the last commit found suppressed (and made `suppressed` on disk). One
@@ -163,10 +178,10 @@ class HeadRun:
         return True
 
     def on_disk(self) -> asyncio.Future[None]:
-        """A future resolved when everything asked for so far has been committed."""
+        """A future resolved when everything asked for so far has been committed. The feeder is
+        woken only if the waiting connection cannot write it itself (OnDisk)."""
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
-        self.wake.set()
         return waiter
 
     def fail_waiters(self, exc: BaseException) -> None:
@@ -177,11 +192,83 @@ class HeadRun:
                 waiter.exception()  # retrieved here: nobody may be left to await it
 
 
+class OnDisk:
+    """Awaited before a row's final dot: the row's `sending` mark and the connection's previous
+    outcome are committed, and the mark did not find the address suppressed meanwhile (else
+    SuppressedMeanwhile: no dot). The worker writes them itself, at once, on the event loop's
+    thread when the store can (Store.record_now: no hop to the database thread, no wake-up of
+    the feeder); else the feeder writes them. Awaitable again on a retry (instant then)."""
+
+    __slots__ = ("sender", "run", "waiter", "row_id")
+
+    def __init__(self, sender: Sender, run: HeadRun, row_id: int) -> None:
+        self.sender, self.run, self.row_id = sender, run, row_id
+        self.waiter = run.on_disk()
+
+    def __await__(self) -> Generator[object, None, None]:
+        if not self.waiter.done():
+            if len(self.sender._busy) > 1:  # noqa: SLF001
+                # One turn of the loop first: other connections whose replies came in the same
+                # wake-up add their outcomes and marks, and one write serves them all.
+                yield
+            if not self.waiter.done():
+                self.sender._flush_inline(self.run)  # noqa: SLF001 - the sender's own helper
+                if not self.waiter.done():
+                    self.run.wake.set()  # the store was busy: the feeder writes it
+        yield from self.waiter.__await__()
+        if self.row_id in self.run.barred:
+            raise SuppressedMeanwhile(f"recipient {self.row_id} was suppressed before it was sent")
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     run: HeadRun
     row: Claimed
     group: DomainGroup[Job]  # its destination group (core/domains.py), found once when claimed
+
+
+@dataclass(eq=False, slots=True)
+class Carry:
+    """A worker's next job, taken off the queue at the previous final dot so that its MAIL,
+    RCPT and DATA went out in the same write (SmtpConnection.send's `then`). Until the worker
+    starts it, it still counts in its run's `queued` (the feeder waits for it like for a queued
+    one); `retire` is set when the look-ahead took the queue's end-of-work marker instead. The
+    job went through its domain group's admission like every job on the queue."""
+
+    job: Job | None = None
+    retire: bool = False
+    since: float = 0.0  # monotonic time the job was taken
+    orphaned: bool = False  # the job was given to another connection; its envelope was sent ahead
+    # The job's message, rendered (and signed) while the connection waited for the dot's reply:
+    # off the critical path of a connection, which only waits for the server then (issue 12).
+    made: tuple[int, bytes] | None = None
+
+    def hold(self, job: Job) -> None:
+        self.job, self.since, self.made = job, time.monotonic(), None
+
+    def premade(self, row_id: int) -> bytes | None:
+        """The message rendered ahead for this row, if any (once)."""
+        made, self.made = self.made, None
+        return made[1] if made is not None and made[0] == row_id else None
+
+    def take(self) -> Job | None:
+        job, self.job = self.job, None
+        return job
+
+    def overdue(self, now: float) -> Job | None:
+        """The job, if it waited longer than AHEAD_PATIENCE behind a slow final-dot reply:
+        taken back (another connection sends it) and this connection drops its envelope."""
+        if self.job is None or now - self.since < AHEAD_PATIENCE:
+            return None
+        self.orphaned = True
+        return self.take()
+
+    def give_back(self) -> None:
+        """The worker ends (cut off, retired) with a job in hand: it goes back to pending."""
+        job = self.take()
+        if job is not None:
+            job.run.queued -= 1
+            job.run.let_go(job.row.id)
 
 
 class Sender:
@@ -212,6 +299,7 @@ class Sender:
         self.limits: Limits | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()  # workers sending a message (the rest wait for work)
+        self._carries: set[Carry] = set()  # each worker's job taken ahead, if any
         self._last_limits_read = 0.0
         self._stop_at: float | None = None  # monotonic time of the stop request
         self._failure: BaseException | None = None  # what stopped the sender, if anything did
@@ -466,8 +554,10 @@ class Sender:
             if self.domains.parked:
                 self._postpone(run)
             batch = self._batch_size()
+            run.refill_at = batch // 2
+            run.rows_wait = bool(self.domains.parked)
             want_more = not (run.exhausted or run.halt) and run.queued < batch // 2 and self.domains.parked < PARK_LIMIT
-            if run.outcomes or run.marks or run.waiters or want_more:
+            if self._flush_due(run) or want_more:
                 await self._flush_and_claim(run, batch if want_more else 0)
             if time.monotonic() - last_control >= CONTROL_INTERVAL:
                 last_control = time.monotonic()
@@ -476,13 +566,65 @@ class Sender:
                 run.outcomes or run.marks or self.domains.parked
             ):
                 break
-            if run.outcomes or run.marks or (want_more and not run.exhausted and not run.halt):
+            if time.monotonic() - self._last_publish >= PUBLISH_INTERVAL:
+                await self._publish(run, self._current_with_head(run))  # connections write most outcomes now
+            if self._flush_due(run) or (want_more and not run.exhausted and not run.halt):
+                await asyncio.sleep(0)  # the write may have been done inline: let the workers run
                 continue
             run.wake.clear()
             try:
                 await asyncio.wait_for(run.wake.wait(), timeout=min(FLUSH_INTERVAL, soonest or FLUSH_INTERVAL))
             except TimeoutError:
                 pass
+
+    def _flush_due(self, run: HeadRun) -> bool:
+        """The feeder writes now when a connection waits for a write (its own inline write could
+        not be done), or outcomes have waited FLUSH_INTERVAL, or nothing is in flight to write
+        them with. Otherwise each connection writes the outcomes so far with its next mark just
+        before its next final dot (OnDisk), so there is one write per dot at most, not two."""
+        if run.waiters or run.marks:
+            return True
+        if not run.outcomes:
+            return False
+        idle = run.inflight == 0 and run.queued == 0  # nobody is about to write them
+        return idle or run.halt or self.stopping or time.monotonic() - run.last_flush >= FLUSH_INTERVAL
+
+    def _flush_inline(self, run: HeadRun) -> None:
+        """Write the outcomes and marks so far right now on this thread (see OnDisk), if the
+        store can without waiting; a failure stops the sender like a failed batch write."""
+        store = self._store
+        # A store without the inline path (one that cannot write without waiting) leaves every
+        # write to the feeder: the awaitable record_and_claim, same guarantees.
+        record_now = getattr(store, "record_now", None)
+        if record_now is None or self._failure is not None:
+            return
+        barred: set[int] = set()
+        try:
+            done = record_now(run.mailing.id, run.outcomes, marks=run.marks, barred=barred, known=run.mailing)
+        except Exception as exc:
+            self._fail(exc)  # every worker waiting for this write hears of it
+            return
+        if done is None:
+            return  # busy: the feeder writes it (OnDisk wakes it)
+        waiters = run.waiters
+        run.outcomes, run.marks, run.waiters = [], [], []
+        self._committed(run, waiters, barred, done[1])
+
+    def _committed(self, run: HeadRun, waiters: list[asyncio.Future[None]], barred: set[int], mailing: Mailing) -> None:
+        """A ledger write is on disk: rows it found suppressed are barred, then the connections
+        waiting for it go on, and the mailing's row as written is taken."""
+        run.last_flush = time.monotonic()
+        if barred:
+            run.bar(barred)  # before the waiters hear of the commit (OnDisk reads it)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._took_mailing(run, mailing)
+
+    def _took_mailing(self, run: HeadRun, mailing: Mailing) -> None:
+        run.mailing = mailing
+        if mailing.state is not MailingState.SENDING:
+            self._halt(run, f"mailing {mailing.id} is now {mailing.state.value}")
 
     def _batch_size(self) -> int:
         connections = sum(r.connections for r in self.relays)
@@ -515,15 +657,8 @@ class Sender:
             run.waiters = waiters + run.waiters
             self._fail(exc)  # every worker waiting for this write (or a later one) hears of it
             raise
-        if barred:
-            run.bar(barred)  # before the waiters hear of the commit (gate_before_dot reads it)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        run.mailing = mailing
-        if mailing.state is not MailingState.SENDING:
-            self._halt(run, f"mailing {mailing.id} is now {mailing.state.value}")
-        elif claim and not claimed:
+        self._committed(run, waiters, barred, mailing)
+        if mailing.state is MailingState.SENDING and claim and not claimed:
             run.exhausted = True
         for row in claimed:
             run.held.add(row.id)
@@ -561,6 +696,7 @@ class Sender:
                     break
         if self.stopping:
             self._halt(run, "the sender is shutting down")
+        self._release_overdue_carries()
         await self._apply_limits()
         self.domains.tick()
         await self._publish(run, current)
@@ -672,27 +808,34 @@ class Sender:
         """One connection to one relay: takes rows off the queue while its relay is usable."""
         conn = SmtpConnection(relay.relay)
         task = asyncio.current_task()
+        carry = Carry()
+        self._carries.add(carry)
         try:
             while True:
-                await self._wait_for_relay(relay, conn)
-                job = await self._work.get()
+                job = self._carried(carry, conn, relay)
                 if job is None:
-                    return
+                    if carry.retire:
+                        return
+                    await self._wait_for_relay(relay, conn)
+                    job = await self._work.get()
+                    if job is None:
+                        return
                 run = job.run
                 run.queued -= 1
                 if run.halt or self.stopping:
                     # Stopping or halted: nothing new is started, no connection is opened.
+                    conn.withdraw()
                     run.let_go(job.row.id)
                     continue
                 assert task is not None
                 self._busy.add(task)
                 run.inflight += 1
                 try:
-                    await self._send_job(conn, relay, run, job)
+                    await self._send_job(conn, relay, run, job, carry, index)
                 finally:
                     run.inflight -= 1
                     self._busy.discard(task)
-                    run.wake.set()
+                    run.nudge()
                 per_connection = self.limits.messages_per_connection if self.limits else self.settings.messages_per_connection
                 if per_connection and conn.sent_on_connection >= per_connection:
                     await conn.close()
@@ -702,18 +845,90 @@ class Sender:
             conn.abort()  # cut off (a stop's grace is over, or a surplus idle worker): no QUIT dance
             raise
         finally:
+            self._carries.discard(carry)
+            carry.give_back()
             await conn.close()
 
-    async def _send_job(self, conn: SmtpConnection, relay: RelayState, run: HeadRun, job: Job) -> None:
+    def _carried(self, carry: Carry, conn: SmtpConnection, relay: RelayState) -> Job | None:
+        """The job whose envelope went out with the last dot, unless the relay must be waited
+        for first: then it goes back on the queue (another connection may send it) and the
+        envelope sent ahead is dropped with the connection."""
+        job = carry.take()
+        if carry.orphaned:
+            carry.orphaned = False
+            conn.withdraw()  # its job went to another connection
+        if job is None:
+            conn.withdraw()  # nothing to follow an envelope sent ahead (a stale one: never dotted)
+            return None
+        if relay.unavailable:
+            conn.withdraw()
+            self._work.put_nowait(job)  # still counted in run.queued
+            return None
+        return job
+
+    def _release_overdue_carries(self) -> None:
+        """Jobs taken ahead by connections stuck on a slow final-dot reply go back on the queue."""
+        now = time.monotonic()
+        for carry in self._carries:
+            job = carry.overdue(now)
+            if job is not None:
+                self._work.put_nowait(job)  # still counted in run.queued
+
+    def _look_ahead(self, carry: Carry, conn: SmtpConnection, relay: RelayState, run: HeadRun, index: int) -> str | None:
+        """At a final dot: take this connection's next job off the queue now, so its MAIL, RCPT
+        and DATA share the dot's write (one write per message instead of three). Only when
+        nothing would hold that job back: no pacing (global, relay, a canary's pace), no
+        reconnect due after this message. Jobs on the queue were admitted by their domain group
+        (DomainPacer.admit) like any other, so a domain's limits hold."""
+        if carry.job is not None or carry.retire or run.halt or self.stopping or self._work.empty():
+            return None
+        if run.canary is not None or not (self.limiter.idle and relay.limiter.idle):
+            return None
+        if relay.unavailable or index >= relay.connections:
+            return None
+        per_connection = self.limits.messages_per_connection if self.limits else self.settings.messages_per_connection
+        if per_connection and conn.sent_on_connection + 1 >= per_connection:
+            return None
+        job = self._work.get_nowait()
+        if job is None:
+            carry.retire = True  # the end-of-work marker: this worker ends after its message
+            return None
+        carry.hold(job)
+        if job.run is not run:
+            return None
+        # Rendered once this dot's write is out, while the connection waits for its reply.
+        asyncio.get_running_loop().call_soon(self._render_ahead, carry, job)
+        return job.row.email
+
+    def _render_ahead(self, carry: Carry, job: Job) -> None:
+        if carry.job is not job or self.stopping:
+            return
+        try:
+            carry.made = (job.row.id, self._message(job.run, job.row))
+        except Exception:  # noqa: BLE001 - rendered again when sent, which reports it as always
+            carry.made = None
+
+    def _message(self, run: HeadRun, row: Claimed) -> bytes:
+        """One recipient's message, personalised and (with DKIM) signed."""
+        message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
+        if self.dkim is not None:
+            message = self.dkim.sign(message, run.template.sender)
+        return message
+
+    async def _send_job(
+        self, conn: SmtpConnection, relay: RelayState, run: HeadRun, job: Job, carry: Carry | None = None, index: int = 0
+    ) -> None:
         row_id = job.row.id
         # Mark the row `sending` in the next commit (with this connection's previous outcome)
         # and send; its final dot waits for that commit, so only a row that may have reached
         # the server is ever `sending` on disk, one per connection.
         run.marks.append(row_id)
         run.marked.add(row_id)
-        on_disk = gate_before_dot(run.on_disk(), run.barred, row_id)
+        on_disk = OnDisk(self, run, row_id)
+        then = None if carry is None else (lambda: self._look_ahead(carry, conn, relay, run, index))
+        premade = None if carry is None else carry.premade(row_id)
         try:
-            outcome = await self._deliver(conn, relay, run, job.row, job.group, on_disk)
+            outcome = await self._deliver(conn, relay, run, job.row, job.group, on_disk, then, premade)
         except SuppressedMeanwhile:
             # Suppressed after it was claimed: the connection was dropped before the dot (the
             # server discards the message) and the row is `suppressed` on disk.
@@ -821,12 +1036,14 @@ class Sender:
         run: HeadRun,
         row: Claimed,
         group: DomainGroup[Job],
-        previous: asyncio.Future[None] | None = None,
+        previous: Awaitable[object] | None = None,
+        then: Callable[[], str | None] | None = None,
+        premade: bytes | None = None,
     ) -> Outcome | None:
         """Send one row; the ledger outcome, or None when this relay cannot take it now.
 
         `previous` (this connection's last outcome being written) must complete before this
-        message's final dot."""
+        message's final dot. `premade`: the message rendered ahead (Carry.made), for the first try."""
         retries = 0
         while True:
             if not conn.connected:
@@ -840,11 +1057,9 @@ class Sender:
                 return None
             if run.canary is not None and not await run.canary.pacer.acquire(self._interrupted(run)):
                 return None  # the canary's slow pace
-            message = run.template.render(recipient_id=row.id, email=row.email, name=row.name, fields=row.fields)
-            if self.dkim is not None:
-                message = self.dkim.sign(message, run.template.sender)
+            message, premade = premade or self._message(run, row), None  # a retry renders afresh
             # `previous` stays: a retry's final dot waits for the same commit (instant once done).
-            verdict = await conn.send(run.template.sender, row.email, message, previous)
+            verdict = await conn.send(run.template.sender, row.email, message, previous, then)
             # A named domain group's reply slows that group only; any other slows the relay.
             domain_reply = self.domains.note_reply(group, verdict)
             if not domain_reply:

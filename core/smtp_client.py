@@ -14,7 +14,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -32,6 +32,10 @@ from aiosmtplib.errors import (
 from .compose import ascii_domain
 from .config import Settings
 from .smtp_replies import Stage, Verdict, classify, classify_auth, classify_failure
+
+# A body larger than this is written before the wait for the ledger (see send): sending it
+# overlaps the commit; a small one goes in the same write as its final dot.
+_EARLY_BODY = 32768
 
 # RFC 5321 4.5.2: a line starting with a period gets one more.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -157,9 +161,14 @@ class _ReplyReader(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        # A reply nobody asked for (a 421 before an idle disconnect, say) would be paired with
-        # the next command, so a connection holding one is not used again.
-        return self.open and not self._ready
+        return self.usable_owing(0)
+
+    def usable_owing(self, owed: int) -> bool:
+        """Up, and holding no more replies than the `owed` ones to commands already written.
+
+        A reply nobody asked for (a 421 before an idle disconnect, say) would be paired with
+        the next command, so a connection holding one is not used again."""
+        return self.open and len(self._ready) <= owed
 
     @property
     def open(self) -> bool:
@@ -169,6 +178,13 @@ class _ReplyReader(asyncio.Protocol):
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if not self._buffer and self._error is None and data.endswith(b"\r\n") and data.count(b"\n") == 1:
+            # The common case (issue 12): one whole single-line reply, "250 2.0.0 Ok: queued".
+            code = data[:3]
+            if data[3:4] == b" " and code.isdigit() and not self._lines:
+                self._ready.append((int(code), data[4:-2].decode("utf-8", "replace")))
+                self._wake()
+                return
         buffer = self._buffer
         buffer += data
         start = 0
@@ -275,6 +291,9 @@ class SmtpConnection:
         self.sent_on_connection = 0
         self.extra_backoff = 0.0  # growing wait after "too many connections" while others work
         self.held_until = 0.0  # monotonic: this connection does not try to connect before then
+        # MAIL+RCPT+DATA written with the previous final dot whose three replies are still to
+        # be read: the next send() must be for exactly this envelope (see send's `then`).
+        self._presented: tuple[bytes, bytes] | None = None
 
     def held_off(self, limit: float) -> float:
         """This connection was refused as one too many: it waits before trying again (1 s
@@ -285,7 +304,19 @@ class SmtpConnection:
 
     @property
     def connected(self) -> bool:
-        return self._reader is not None and self._reader.usable
+        return self._reader is not None and self._reader.usable_owing(3 if self._presented else 0)
+
+    @property
+    def presented(self) -> bool:
+        """The next message's envelope went out with the last final dot (its replies unread)."""
+        return self._presented is not None and self.session_open
+
+    def withdraw(self) -> None:
+        """The envelope sent ahead will not be followed by its message: the server is in (or
+        about to enter) its data phase, which only a dot ends, and a dot would deliver an empty
+        message. Dropping the connection ends it with nothing delivered."""
+        if self._presented is not None:
+            self.abort()
 
     @property
     def session_open(self) -> bool:
@@ -305,6 +336,7 @@ class SmtpConnection:
             raise ConnectFailed(classify_failure("refused", Stage.HELO, "the server sent data nobody asked for"))
         reader = _ReplyReader(transport)
         transport.set_protocol(reader)
+        self._presented = None
         self.pipelining = smtp.supports_extension("pipelining")
         self.smtputf8 = smtp.supports_extension("smtputf8")
         self.extra_backoff = 0.0
@@ -345,8 +377,11 @@ class SmtpConnection:
         reader, self._reader = self._reader, None
         if reader is None:
             return
+        presented, self._presented = self._presented, None
         try:
-            if reader.usable:
+            # With an envelope sent ahead the server may be reading message data: QUIT would be
+            # data, so the connection is just closed (the server discards the transaction).
+            if reader.usable and presented is None:
                 reader.write(b"QUIT\r\n")
                 await reader.replies(1, timeout=2)
         except (SMTPException, OSError):
@@ -355,6 +390,7 @@ class SmtpConnection:
             reader.transport.close()
 
     def abort(self) -> None:
+        self._presented = None
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.transport.abort()
@@ -377,34 +413,52 @@ class SmtpConnection:
         return mail + b"\r\n", b"RCPT TO:<" + recipient + b">\r\n"
 
     async def send(
-        self, from_addr: str, to_addr: str, message: bytes, before_dot: Awaitable[object] | None = None
+        self,
+        from_addr: str,
+        to_addr: str,
+        message: bytes,
+        before_dot: Awaitable[object] | None = None,
+        then: Callable[[], str | None] | None = None,
     ) -> Verdict:
         """One transaction: MAIL, RCPT, DATA, payload. Never raises for SMTP trouble.
 
-        `before_dot` is awaited after the message body is written and before the final dot:
-        the sender passes "the previous outcome of this connection is on disk", so a ledger
-        write overlaps the next transaction while at most one message per connection is
-        ever past its dot without its outcome recorded.
+        `before_dot` is awaited before the message body and final dot are written: the sender
+        passes "this row's `sending` mark and the previous outcome of this connection are on
+        disk", so at most one message per connection is ever past its dot without its outcome
+        recorded. (A body larger than _EARLY_BODY goes out before the wait, to overlap.)
+
+        `then`, with PIPELINING, is asked at the final dot for the next recipient to send on
+        this connection (same sender address); its MAIL, RCPT and DATA are written with the dot,
+        and the next send() must be for that recipient (else `withdraw()` first). Nobody is in
+        doubt because of it: without its own final dot the next message is not delivered.
         """
         reader = self._reader
-        if reader is None or not reader.usable:
+        if reader is None or not self.connected:
             return classify_failure("disconnect", Stage.MAIL, "not connected")
         stage = Stage.MAIL
         envelope = self.envelope(from_addr, to_addr)
+        presented, self._presented = self._presented, None
+        if presented is not None and presented != envelope:
+            # Not the message announced with the last dot: that transaction cannot be ended
+            # without delivering something, so the connection goes (nothing was dotted).
+            self.abort()
+            return classify_failure("disconnect", Stage.MAIL, "the connection was dropped to change the message")
         if isinstance(envelope, Verdict):
             return envelope
         try:
             if self.pipelining:
-                reader.write(envelope[0] + envelope[1] + b"DATA\r\n")
+                if presented is None:
+                    reader.write(envelope[0] + envelope[1] + b"DATA\r\n")
                 replies = await reader.replies(3, self.relay.timeout)
-                refusal = _first_refusal(replies)
-                if refusal is not None:
-                    if replies[2][0] == 354:
-                        # The server took DATA although it refused the envelope: an empty
-                        # message ends that data phase and goes nowhere without recipients.
-                        reader.write(b".\r\n")
-                        await reader.replies(1, self.relay.timeout)
-                    return await self._refused(*refusal)
+                if replies[0][0] != 250 or replies[1][0] // 100 != 2 or replies[2][0] != 354:
+                    refusal = _first_refusal(replies)
+                    if refusal is not None:
+                        if replies[2][0] == 354:
+                            # The server took DATA although it refused the envelope: an empty
+                            # message ends that data phase and goes nowhere without recipients.
+                            reader.write(b".\r\n")
+                            await reader.replies(1, self.relay.timeout)
+                        return await self._refused(*refusal)
             else:
                 for stage, command in zip(_ENVELOPE_STAGES, (*envelope, b"DATA\r\n")):
                     reader.write(command)
@@ -414,11 +468,19 @@ class SmtpConnection:
             stage = Stage.DATA
             body = _dot_stuffed(message)
             if before_dot is not None:
-                reader.write(body)
-                body = b""
+                if len(body) > _EARLY_BODY and not _is_done(before_dot):
+                    reader.write(body)
+                    body = b""
                 await before_dot
             stage = Stage.DOT
-            reader.write(body + b".\r\n")
+            ahead = self._envelope_ahead(from_addr, then) if then is not None and self.pipelining else None
+            if ahead is None:
+                reader.write(body + b".\r\n")
+            else:
+                # One write (one TLS record, one send(2)) for this message's end and the next
+                # one's envelope: writes, not bytes, were the largest cost per message.
+                reader.write(b"".join((body, b".\r\n", ahead[0], ahead[1], b"DATA\r\n")))
+                self._presented = ahead
             await reader.drain()
             ((code, text),) = await reader.replies(1, self.relay.data_timeout)
             self.sent_on_connection += 1
@@ -436,6 +498,15 @@ class SmtpConnection:
             # the server discards the message, so dropping the connection leaves nobody in doubt.
             self.abort()
             raise
+
+    def _envelope_ahead(self, from_addr: str, then: Callable[[], str | None]) -> tuple[bytes, bytes] | None:
+        """The next message's MAIL and RCPT to write with this dot, if the caller has one."""
+        to_addr = then()
+        if to_addr is None:
+            return None
+        envelope = self.envelope(from_addr, to_addr)
+        # An address this server cannot take is refused by the next send() itself, unwritten.
+        return None if isinstance(envelope, Verdict) else envelope
 
     async def _refused(self, code: int, text: str, stage: Stage) -> Verdict:
         verdict = classify(code, _scrub(text, self.relay), stage)
@@ -544,6 +615,10 @@ def _first_refusal(replies: list[tuple[int, str]]) -> tuple[int, str, Stage] | N
         if not _accepted(stage, code):
             return code, text, stage
     return None
+
+
+def _is_done(awaitable: Awaitable[object]) -> bool:
+    return isinstance(awaitable, asyncio.Future) and awaitable.done()
 
 
 def _dot_stuffed(message: bytes) -> bytes:

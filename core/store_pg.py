@@ -295,6 +295,12 @@ class PgStore(Store):
 
     # ---- the sender's batch transaction (the twin of core/store._record_and_claim) ------------
 
+    def record_now(self, *args: Any, **kwargs: Any) -> None:
+        """No inline write on PostgreSQL: every statement is a round trip to the server, so the
+        sender always takes the awaitable path (record_and_claim). SQLite's inline write would
+        open a second connection to a file this store does not have."""
+        return None
+
     async def record_and_claim(
         self,
         mailing_id: int,

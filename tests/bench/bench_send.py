@@ -1,6 +1,6 @@
 """Sending throughput: `mailtower run --until-idle` against Postfix's smtp-sink, next to smtp-source.
 
-    .venv/bin/python tests/bench/bench_send.py [--n 20000] [--k 8] [--rounds 3] [--latency-run] [--dashboard]
+    .venv/bin/python tests/bench/bench_send.py [--n 20000] [--k 8] [--rounds 3] [--latency-run [--latency-n N]] [--dashboard]
         [--dkim rsa,ed25519]
 
 Prints, per round and as medians: mailtower's rate (personalised text+HTML, ~2 KB, two merge
@@ -163,13 +163,13 @@ def message_size(tmp: Path) -> int:
     return len(t.render(recipient_id=1, email="person1@example.com", name="Person 1", fields={"code": "SPRING000001"}))
 
 
-def latency_round(tmp: Path, n: int, k: int, delay: float) -> float:
+def latency_round(tmp: Path, n: int, k: int, delay: float) -> Round:
     """K connections against a sink that waits `delay` before answering each final dot."""
     sys.path.insert(0, str(ROOT))
     from mailtower.core.sink import Sink
 
     with Sink(latency=delay) as sink:
-        return mailtower_round(tmp, n, k, sink.port, f"latency-{time.monotonic_ns()}").wall
+        return mailtower_round(tmp, n, k, sink.port, f"latency-{time.monotonic_ns()}")
 
 
 # ---- DKIM on next to DKIM off (issue 13, item 8) ----------------------------------------------------
@@ -345,10 +345,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dashboard", action="store_true")
     ap.add_argument("--latency-run", action="store_true")
+    ap.add_argument("--latency-n", type=int, default=0,
+                    help="messages in each latency-bound round (default: --n, at most 4000)")
     ap.add_argument("--dkim", default="", help="also DKIM-on rounds next to DKIM-off, for these key types: rsa,ed25519")
     ap.add_argument("--domain-groups", type=int, default=0, metavar="N",
                     help="also send with N domain groups configured next to none (pacing by destination)")
     args = ap.parse_args()
+    if not (0 <= args.latency_n <= 200_000):
+        ap.error("--latency-n must be 0..200000")
     ensure_postfix_tools()
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-"))
     size = message_size(tmp)
@@ -372,7 +376,7 @@ def main() -> None:
     m_ours = statistics.median(r.wall for r in ours)
     m_theirs = statistics.median(theirs)
     print(f"median: mailtower run --until-idle {m_ours:,.0f} msg/s; smtp-source {m_theirs:,.0f} msg/s; "
-          f"ratio {m_ours / m_theirs:.3f} (target >= 0.15)")
+          f"ratio {m_ours / m_theirs:.3f} (target >= 0.35)")
     if dash:
         # Starting the dashboard (importing Textual, the first frame) is a fixed cost, not sending
         # speed, so this compares the rates while sending; whole-process rates are shown beside.
@@ -382,10 +386,18 @@ def main() -> None:
               f"ratio {m_dash / m_send:.3f} (target >= 0.85); whole-process ratio {m_dash_wall / m_ours:.3f}")
     if args.latency_run:
         k, delay = 32, 0.05
-        rates = [latency_round(tmp, min(args.n, 4000), k, delay) for _ in range(args.rounds)]
-        m = statistics.median(rates)
-        print(f"latency-bound K={k}, {delay * 1000:.0f} ms per DATA reply: {m:,.0f} msg/s vs K/delay {k / delay:,.0f}; "
-              f"ratio {m / (k / delay):.3f} (target >= 0.8)")
+        n = args.latency_n or min(args.n, 4000)
+        rounds = [latency_round(tmp, n, k, delay) for _ in range(args.rounds)]
+        for r, one in enumerate(rounds):
+            print(f"latency round {r + 1}: {one.wall:,.0f} msg/s (while sending {one.sending:,.0f})", flush=True)
+        m = statistics.median(r.wall for r in rounds)
+        m_send = statistics.median(r.sending for r in rounds)
+        # The whole-process rate includes starting the interpreter and 32 logins (about a second
+        # here): with N=4000 that alone is 0.13 of the ideal time, so the rate while sending is
+        # printed beside it and --latency-n makes the run long enough for the start not to count.
+        print(f"latency-bound K={k}, N={n}, {delay * 1000:.0f} ms per DATA reply: {m:,.0f} msg/s "
+              f"(while sending {m_send:,.0f}) vs K/delay {k / delay:,.0f}; ratio {m / (k / delay):.3f}, "
+              f"while sending {m_send / (k / delay):.3f} (target >= 0.9)")
     if args.dkim:
         dkim_block(tmp, args.n, args.k, args.rounds, [kind for kind in args.dkim.split(",") if kind in DKIM_KINDS])
     if args.domain_groups:
