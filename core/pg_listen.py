@@ -12,7 +12,8 @@ arrives (`notified`); the dashboard compares that counter between two ticks inst
 the server every tick. When the connection drops it is opened again after a pause that doubles
 up to MAX_BACKOFF, each attempt bounded by CONNECT_TIMEOUT; every (re)connection counts as a
 change (what happened meanwhile was not heard). An idle connection is pinged every PING seconds,
-so a silently dead one is noticed.
+so a silently dead one is noticed. While it is not listening (reconnecting, or the triggers are
+missing and this login may not add them) the dashboard polls as it does on SQLite.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ async def install_notify(conn: Any) -> None:
         await conn.execute(NOTIFY_DDL.encode())
 
 
+class _NoTriggers(Exception):
+    """The notify triggers are missing and this login cannot add them."""
+
+
 class ChangeListener:
     """One LISTEN connection; `notified` grows with every notification and every reconnection."""
 
@@ -83,6 +88,7 @@ class ChangeListener:
         self.notified = 0
         self.connects = 0
         self.connected = False
+        self.unavailable = ""  # why notifications cannot work here (the triggers could not be added)
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -113,6 +119,11 @@ class ChangeListener:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
+            except _NoTriggers as exc:
+                self.unavailable = str(exc)
+                log.warning("database %s: no change notifications (%s); the dashboard polls instead", self.target, exc)
+                await self._close_conn()
+                return
             except Exception as exc:  # noqa: BLE001 - any failure means: connect again, later
                 log.info("database %s: change notifications interrupted (%s); reconnecting in %.2g s",
                          self.target, exc, backoff)
@@ -129,7 +140,12 @@ class ChangeListener:
 
         self._conn = await psycopg.AsyncConnection.connect(
             self.target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower-listen")
-        await install_notify(self._conn)
+        try:
+            await install_notify(self._conn)
+        except psycopg.Error as exc:  # e.g. a login that may not create triggers: poll instead
+            if self._conn.broken or self._conn.closed:
+                raise
+            raise _NoTriggers(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
         await self._conn.execute(f"LISTEN {CHANNEL}")
         self.connected = True
         self.connects += 1

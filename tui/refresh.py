@@ -116,8 +116,9 @@ class ChangeWatch:
     database changed. On SQLite it is `PRAGMA data_version` (a local read, no server to spare).
     On PostgreSQL it is a counter of the notifications a LISTEN connection heard
     (core/pg_listen.py), so an idle tick asks the server nothing; the server's snapshot is read
-    only every SAFETY_POLL seconds, in case the listening connection is down (it reconnects by
-    itself). A burst of notifications between two ticks is one change: one read."""
+    only every SAFETY_POLL seconds in case a notification was lost, and at every call while the
+    listener is not connected (it reconnects by itself). A burst of notifications between two
+    ticks is one change: one read."""
 
     def __init__(self, safety_poll: float = SAFETY_POLL, clock: Callable[[], float] = time.monotonic) -> None:
         self.safety_poll = safety_poll
@@ -136,7 +137,7 @@ class ChangeWatch:
             self.listener = ChangeListener(store.target)
             self.listener.start()
         now = self.clock()
-        if now >= self._next_poll:
+        if now >= self._next_poll or not self.listener.connected:  # not listening: poll as on SQLite
             self._next_poll = now + self.safety_poll
             self.polls += 1
             self._polled = await store.data_version()

@@ -152,3 +152,30 @@ async def test_the_listener_reconnects_when_the_server_drops_it(pg_url: str, tmp
     assert app.change_watch.listener is None  # closed with the dashboard
     assert sql_rows(target, "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'mailtower-listen' "
                             "AND datname = current_database()") == [(0,)]
+
+
+async def test_a_login_that_may_not_add_the_triggers_polls_instead(pg_url: str, tmp_path: Path) -> None:
+    target = parse_pg_url(pg_url, "test")
+    mailing_id = await draft(target, tmp_path)
+    database = pg_url.rsplit("/", 1)[1]
+    role = f"ro_{database}"
+    for table in NOTIFY_TABLES:  # a database from before the triggers
+        sql_execute(target, f"DROP TRIGGER mailtower_notify_{table} ON {table}")
+    sql_execute(target, f"CREATE ROLE {role} LOGIN")
+    sql_execute(target, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    sql_execute(target, f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    limited = parse_pg_url(pg_url.replace("postgresql://mailtower@", f"postgresql://{role}@"), "test")
+    try:
+        app = DashboardApp(Settings(db=limited), start_sender=False, operator_tz="UTC")  # type: ignore[arg-type]
+        async with app.run_test(size=(120, 30)):
+            await wait_for(check(lambda: app.change_watch.listener is not None
+                                 and "permission" in app.change_watch.listener.unavailable), timeout=20)
+            await wait_for(check(lambda: inactive(app, mailing_id) is not None), timeout=10)
+            sql_execute(target, "UPDATE mailings SET name = 'renamed elsewhere' WHERE id = ?", (mailing_id,))
+            # Not listening: polled as on SQLite, so it arrives within a couple of ticks, not 5 s.
+            await wait_for(check(lambda: getattr(inactive(app, mailing_id), "name", "") == "renamed elsewhere"),
+                           timeout=3)
+    finally:
+        sql_execute(target, f"REASSIGN OWNED BY {role} TO mailtower")
+        sql_execute(target, f"DROP OWNED BY {role}")
+        sql_execute(target, f"DROP ROLE {role}")
