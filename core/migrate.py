@@ -26,6 +26,7 @@ How, in this order, so a refusal changes nothing on either side:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -49,7 +50,7 @@ LOCAL_TABLES = frozenset({"senders"})
 # Tables whose id is a generated identity on PostgreSQL: the sequence is set past the copied ids.
 IDENTITY_TABLES = ("mailings", "recipients", "events", "wave_groups")
 CHUNK = 5000  # rows per fetch from the source: bounded memory whatever the ledger's size
-_SKIP_META = "schema_version"
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ def open_source(path: Path) -> sqlite3.Connection:
 def _check_source(conn: sqlite3.Connection, path: Path) -> None:
     try:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as exc:  # locked, unreadable, a WAL file it may not open...
+        raise UserError(f"--db: {path}: cannot read it ({exc})") from None
     except sqlite3.DatabaseError as exc:
         raise UserError(f"--db: {path}: not a mailtower database ({exc})") from None
     if "meta" not in names:
@@ -125,6 +128,10 @@ def _check_source(conn: sqlite3.Connection, path: Path) -> None:
     unknown = sorted(n for n in names - set(TABLES) - LOCAL_TABLES if not n.startswith("sqlite_"))
     if unknown:
         raise UserError(f"--db: {path}: it has tables migrate does not know ({', '.join(unknown)}); nothing copied")
+    for table in TABLES:  # column names go into SQL text on both sides: plain identifiers only
+        odd = [c for c in source_columns(conn, table) if not _IDENTIFIER.fullmatch(c)]
+        if odd:
+            raise UserError(f"--db: {path}: {table} has a column named {odd[0]!r}, which no mailtower schema has")
 
 
 def source_columns(conn: sqlite3.Connection, table: str) -> list[str]:

@@ -246,3 +246,12 @@ def test_migrate_refuses_while_a_sender_holds_the_lease(source: Path, empty_pg: 
         lease.release()
     assert code == 2 and err.count("\n") == 1 and "is sending from it" in err, err
     assert sql_rows(_target(empty_pg), "SELECT to_regclass('mailings') IS NULL") == [(True,)]
+
+
+def test_migrate_refuses_column_names_that_are_not_plain_identifiers(source: Path, empty_pg: str) -> None:
+    with sqlite3.connect(source) as conn:
+        conn.execute('ALTER TABLE settings ADD COLUMN "x) FROM STDIN; DROP TABLE meta; --" TEXT')
+    conn.close()
+    code, _, err = migrate(source, "--to", empty_pg)
+    assert code == 2 and err.count("\n") == 1 and "settings has a column named" in err, err
+    assert sql_rows(_target(empty_pg), "SELECT to_regclass('mailings') IS NULL") == [(True,)]
