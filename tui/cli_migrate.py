@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from mailtower.core.display import safe
 from mailtower.core.migrate import migrate, parse_to
 
 from . import loops
@@ -35,9 +36,10 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
 def cmd_migrate(args: argparse.Namespace, settings: Any) -> int:
     target = parse_to(args.to)
     result = loops.run(migrate(settings.db, target, lambda line: print(line, flush=True)))
+    for line in result.disagreements:
+        print(f"mailtower: warning: {safe(line)}", file=sys.stderr)
     print(f"migrated {settings.db} to {target}: {result.rows:,} rows in {len(result.tables)} tables, "
           f"{result.seconds:.1f} s; verified", flush=True)
-    sys.stdout.flush()
     return 0
 
 

@@ -120,6 +120,7 @@ def test_migrate_copies_every_table_byte_exact_keeping_ids(source: Path, empty_p
     assert [line.split(":")[0] for line in lines[:-1]] == list(TABLES)
     assert lines[-1].startswith("migrated ") and lines[-1].endswith("verified")
     assert_untouched(before, source)  # read-only: not a byte changed
+    assert err == ""  # the counters agree with the ledger
     target = _target(empty_pg)
     for table in TABLES:
         cols = source_columns(source, table)
@@ -255,3 +256,13 @@ def test_migrate_refuses_column_names_that_are_not_plain_identifiers(source: Pat
     code, _, err = migrate(source, "--to", empty_pg)
     assert code == 2 and err.count("\n") == 1 and "settings has a column named" in err, err
     assert sql_rows(_target(empty_pg), "SELECT to_regclass('mailings') IS NULL") == [(True,)]
+
+
+def test_counters_that_disagree_with_the_ledger_are_copied_and_reported(source: Path, empty_pg: str) -> None:
+    with sqlite3.connect(source) as conn:
+        conn.execute("UPDATE mailings SET sent = sent - 1 WHERE id = 1")
+    conn.close()
+    code, _, err = migrate(source, "--to", empty_pg)
+    assert code == 0
+    assert err.count("\n") == 1 and "warning: mailing 1: its counters say sent 39 but 40 rows" in err, err
+    assert sql_rows(_target(empty_pg), "SELECT sent FROM mailings WHERE id = 1") == [(39,)]
