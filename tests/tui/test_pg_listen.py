@@ -179,3 +179,19 @@ async def test_a_login_that_may_not_add_the_triggers_polls_instead(pg_url: str, 
         sql_execute(target, f"REASSIGN OWNED BY {role} TO mailtower")
         sql_execute(target, f"DROP OWNED BY {role}")
         sql_execute(target, f"DROP ROLE {role}")
+
+
+async def test_a_database_from_before_the_triggers_gets_them_from_its_first_dashboard(pg_url: str, tmp_path: Path) -> None:
+    target = parse_pg_url(pg_url, "test")
+    mailing_id = await draft(target, tmp_path)
+    for table in NOTIFY_TABLES:
+        sql_execute(target, f"DROP TRIGGER mailtower_notify_{table} ON {table}")
+    app = DashboardApp(Settings(db=target), start_sender=False, operator_tz="UTC")  # type: ignore[arg-type]
+    async with app.run_test(size=(120, 30)):
+        app.change_watch.safety_poll = 3600.0
+        await wait_for(check(lambda: app.change_watch.listener is not None and app.change_watch.listener.connected),
+                       timeout=20)
+        await wait_for(check(lambda: inactive(app, mailing_id) is not None), timeout=10)
+        sql_execute(target, "UPDATE mailings SET name = 'renamed elsewhere' WHERE id = ?", (mailing_id,))
+        await wait_for(check(lambda: getattr(inactive(app, mailing_id), "name", "") == "renamed elsewhere"), timeout=5)
+    assert len(sql_rows(target, "SELECT 1 FROM pg_trigger WHERE tgname LIKE 'mailtower_notify_%'")) == len(NOTIFY_TABLES)
