@@ -134,6 +134,13 @@ CREATE TABLE canary_rows (
 );
 """
 
+# ---- change notifications for the dashboard (LISTEN/NOTIFY, core/pg_listen.py) ----
+# Statement-level triggers on mailings, events and settings; idempotent, so also run on a database
+# created before them (pg_listen.install_notify). Not a schema version: no table or column changes.
+from .pg_listen import NOTIFY_DDL  # noqa: E402 - kept beside its topic
+
+PG_BASE += NOTIFY_DDL
+
 # Schema changes after the base: {version: DDL}, each the PostgreSQL twin of core/store.MIGRATIONS[version].
 PG_MIGRATIONS: dict[int, str] = {}
 

@@ -86,7 +86,7 @@ from .messages import MailingMoved, SenderModeChanged
 from .palette import Command, DashboardCommands, MailingCommand, mailing_offers
 from .sparkline import RateHistory, RateSparklines
 from .collector import Collector
-from .refresh import KeysFirst, holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
+from .refresh import ChangeWatch, KeysFirst, holds_for, moved_mailings, next_retries, patch_live, read_changed_sections
 from .panels import CellsOf, FilterBar, MailingTable, PanelStack, matches_filter
 from .rows import (
     Cells, View, WaveGroup, current_cells, group_waves, grouped_count, inactive_cells, scheduled_cells,
@@ -281,6 +281,7 @@ class DashboardApp(App[int]):
         self._force = True
         self._dirty = True
         self._data_version = -1
+        self.change_watch = ChangeWatch()  # PostgreSQL: LISTEN/NOTIFY, not a query every tick
         self._signatures: dict[Section, tuple[int, int, int]] = {}
         self._last_read = 0.0
         self._snap_version = -1
@@ -388,6 +389,7 @@ class DashboardApp(App[int]):
         if self.sender is not None:
             # Leaving by any other path than `leave` still stops the sender gracefully.
             await self._stop_sender()
+        await self.change_watch.close()
         if self.store is not None:
             store, self.store = self.store, None
             await store.close()
@@ -501,7 +503,7 @@ class DashboardApp(App[int]):
             await self._check_lease()
         read = self._force
         if not read and mono - self._last_read >= (1.0 if self.sending_here else 0.5):
-            read = await store.data_version() != self._data_version
+            read = await self.change_watch.version(store) != self._data_version
         snapshot = self.sender.snapshot if self.sender is not None else None
         moved = snapshot is not None and snapshot.version != self._snap_version
         if moved and not read and snapshot is not None and mono - self._last_read >= self.refresh_interval:
@@ -581,7 +583,7 @@ class DashboardApp(App[int]):
         self._force = False
         self._last_read = time.monotonic()
         # The version first: a commit landing during the read changes it again, so it is re-read.
-        self._data_version = await store.data_version()
+        self._data_version = await self.change_watch.version(store)
         read = await read_changed_sections(store, self.sections, self._signatures)
         sections = read.sections
         self._signatures = read.signatures

@@ -58,7 +58,7 @@ from mailtower.core.store import Store, iso, open_store, storage_error
 from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version
 from mailtower.core.unsubscribe import set_targets
 
-from . import cli_suppress, loops
+from . import cli_migrate, cli_suppress, loops
 from .cli_breaker import HANDLERS as BREAKER_HANDLERS, add_commands as add_breaker_commands
 from .cli_breaker import add_guard_options, apply_guard_options, canary_json, check_guard_target, guard_options
 from .cli_breaker import restart_line
@@ -394,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(run, in_command=True)
 
     cli_suppress.add_commands(sub, add_command)
+    cli_migrate.add_commands(sub, add_command)
 
     demo = add_command(
         sub, "demo", "the dashboard on a throw-away database with a local SMTP sink",
@@ -1313,6 +1314,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return run_dashboard(settings)
     if args.command == "run":
         return cmd_run(args, settings)
+    if args.command in cli_migrate.HANDLERS:  # reads its SQLite source read-only: not through with_store
+        return cli_migrate.HANDLERS[args.command](args, settings)
     args.settings = settings
     command = STORE_COMMANDS[args.command]
     return run_async(with_store(settings, lambda store: command(args, store)))

@@ -10,9 +10,12 @@ state they return; rendering lives in tui/rows.py, tui/panels.py and tui/header.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
+from mailtower.core.db_target import is_postgres
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.progress import Hold, MailingProgress, hold_of
 from mailtower.core.store import Store
@@ -151,3 +154,50 @@ class KeysFirst:
     def refreshed(self, now: float) -> None:
         self.refreshed_at = now
         self.owed = False
+
+
+# ---- PostgreSQL: LISTEN/NOTIFY instead of polling (issue 15 item 5) ----------------------------
+SAFETY_POLL = 5.0  # seconds: the store is asked directly this often, in case a notification was lost
+
+
+class ChangeWatch:
+    """The dashboard's "did anything change?" probe: `await version(store)` changes when the
+    database changed. On SQLite it is `PRAGMA data_version` (a local read, no server to spare).
+    On PostgreSQL it is a counter of the notifications a LISTEN connection heard
+    (core/pg_listen.py), so an idle tick asks the server nothing; the server's snapshot is read
+    only every SAFETY_POLL seconds in case a notification was lost, and at every call while the
+    listener is not connected (it reconnects by itself). A burst of notifications between two
+    ticks is one change: one read."""
+
+    def __init__(self, safety_poll: float = SAFETY_POLL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.safety_poll = safety_poll
+        self.clock = clock
+        self.listener: Any = None  # core.pg_listen.ChangeListener, on PostgreSQL only
+        self.polls = 0  # how often the server was asked (tests: no polling storm)
+        self._polled = 0
+        self._next_poll = 0.0
+
+    async def version(self, store: Store) -> int:
+        if not is_postgres(store.target):
+            return await store.data_version()
+        if self.listener is None:
+            from mailtower.core.pg_listen import ChangeListener
+
+            self.listener = ChangeListener(store.target)
+            self.listener.start()
+        now = self.clock()
+        if now >= self._next_poll or not self.listener.connected:  # not listening: poll as on SQLite
+            self._next_poll = now + self.safety_poll
+            self.polls += 1
+            self._polled = await store.data_version()
+        return self.heard
+
+    @property
+    def heard(self) -> int:
+        """The PostgreSQL version as last heard, without asking anything."""
+        return hash((getattr(self.listener, "notified", 0), self._polled))
+
+    async def close(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            await listener.close()
