@@ -224,7 +224,9 @@ class PgSenderLease:
             return True
         conn = self._connect(what)
         try:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SENDER_LOCK,)).fetchone()[0]
+            # Shared: several senders may work on one PostgreSQL database (core/fleet.py); the lock
+            # still says to a dashboard that someone sends.
+            got = conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (SENDER_LOCK,)).fetchone()[0]
         except Exception:
             conn.close()
             raise

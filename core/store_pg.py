@@ -176,6 +176,7 @@ class PgStore(Store):
     """An open PostgreSQL database; see the module's docstring for what differs from Store."""
 
     NOT_HELD = "r.id <> ALL(?::bigint[])"
+    NOW_SQL = "(EXTRACT(EPOCH FROM clock_timestamp())::double precision)"  # the SERVER's clock (fleet)
 
     def __init__(self, db: PgConnection, target: PgTarget) -> None:  # type: ignore[override]
         super().__init__(db, target)  # type: ignore[arg-type]
@@ -305,7 +306,9 @@ class PgStore(Store):
     ) -> tuple[list[Claimed], Mailing]:
         """What Store.record_and_claim does, in one PostgreSQL transaction (see there)."""
         async with self.write() as tx:
-            claimed, row = await _record_and_claim(tx, mailing_id, outcomes, claim, rate, marks or [], held, barred)
+            claimed, row = await _record_and_claim(
+                tx, mailing_id, outcomes, claim, rate, marks or [], held, barred, self.claim_owner
+            )
         return claimed, _mailing_from_row(row)
 
 
@@ -328,16 +331,20 @@ async def _record_and_claim(
     marks: list[int],
     held: Iterable[int],
     barred: set[int] | None,
+    owner: int | None = None,
 ) -> tuple[list[Claimed], tuple[Any, ...]]:
     now = time.time()
     db = tx.db
+    me = -1 if owner is None else owner  # fleet: claims carry their sender's id (core/fleet.py)
+    if owner is not None and outcomes:
+        outcomes = await _owned_outcomes(tx, outcomes, owner)  # fence: rows taken over are not ours to record
     if outcomes:
         rows, c = _outcome_rows(outcomes, now)
         await db.executemany(
             "UPDATE recipients SET state = ?, attempts = attempts + ?, "
             "in_doubt = GREATEST(in_doubt, ?), "
             "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
-            "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ? WHERE id = ?",
+            "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?",
             rows,
         )
         await db.execute(
@@ -353,10 +360,16 @@ async def _record_and_claim(
         skipped_marks = await _bar_suppressed_marks(tx, mailing_id, marks, now)
         if barred is not None:
             barred.update(skipped_marks)
+        # Fenced: only a row still claimed by this sender (another may have taken it over).
         await db.executemany(
-            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'",
-            [(now, recipient_id) for recipient_id in marks],
+            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'"
+            " AND COALESCE(claimed_by, -1) = ?",
+            [(now, recipient_id, me) for recipient_id in marks],
         )
+        if owner is not None and barred is not None:
+            barred.update(r[0] for r in await _fetchall(
+                tx, "SELECT id FROM recipients WHERE id = ANY(?::bigint[]) AND NOT (state = 'sending' AND claimed_by = ?)",
+                (marks, owner)))
     mailing_sql = f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?"
     row = await _fetchone(tx, mailing_sql, (mailing_id,))
     if row is None:
@@ -370,7 +383,12 @@ async def _record_and_claim(
         due = max(cur.rowcount, 0)
         if due:
             await db.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due, mailing_id))
-        claimed, skipped = await _claim_unsuppressed(tx, mailing_id, sorted(held), claim, now)
+        claimed, skipped = await _claim_unsuppressed(tx, mailing_id, sorted(held), claim, now, me)
+        if owner is not None and claimed:
+            # Only while this sender is alive on disk (see core/store._record_and_claim).
+            await db.execute("UPDATE recipients SET claimed_by = ? WHERE id = ANY(?::bigint[])"
+                             " AND EXISTS (SELECT 1 FROM senders WHERE id = ? AND state = 'running')",
+                             (owner, [c.id for c in claimed], owner))
         if due or skipped:
             row = await _fetchone(tx, mailing_sql, (mailing_id,))
     return claimed, row  # type: ignore[return-value]
@@ -382,17 +400,17 @@ CLAIM_SQL = (
     "SELECT r.id, r.email, r.name, r.fields, r.attempts, r.first_deferred_at, r.in_doubt,"
     " EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) FROM recipients r"
     " WHERE r.mailing_id = ? AND r.state = 'pending' AND r.id > ?"
-    f" AND {PgStore.NOT_HELD} ORDER BY r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED"
+    f" AND {PgStore.NOT_HELD} AND (r.claimed_by IS NULL OR r.claimed_by = ?) ORDER BY r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED"
 )
 
 
 async def _claim_unsuppressed(
-    tx: Tx, mailing_id: int, held: list[int], claim: int, now: float
+    tx: Tx, mailing_id: int, held: list[int], claim: int, now: float, me: int = -1
 ) -> tuple[list[Claimed], int]:
     claimed: list[Claimed] = []
     skipped = after = 0
     for _ in range(_CLAIM_PASSES):
-        picked = await _fetchall(tx, CLAIM_SQL, (mailing_id, after, held, claim - len(claimed)))
+        picked = await _fetchall(tx, CLAIM_SQL, (mailing_id, after, held, me, claim - len(claimed)))
         if picked:
             after = picked[-1][0]
         barred = [r for r in picked if r[7]]
@@ -410,6 +428,14 @@ async def _claim_unsuppressed(
         if not barred or len(claimed) >= claim:
             break
     return claimed, skipped
+
+
+async def _owned_outcomes(tx: Tx, outcomes: list[Outcome], owner: int) -> list[Outcome]:
+    """As core/store._owned_outcomes: the outcomes of rows still claimed by `owner`."""
+    mine = {r[0] for r in await _fetchall(
+        tx, "SELECT id FROM recipients WHERE id = ANY(?::bigint[]) AND claimed_by = ?",
+        ([o.recipient_id for o in outcomes], owner))}
+    return [o for o in outcomes if o.recipient_id in mine]
 
 
 async def _bar_suppressed_marks(tx: Tx, mailing_id: int, marks: list[int], now: float) -> list[int]:
