@@ -66,7 +66,7 @@ class SenderInfo:
     age: float  # seconds since its last heartbeat, in the database's clock
 
     def document(self) -> dict[str, Any]:
-        return {"id": self.id, "host": self.host, "pid": self.pid, "started_at": self.started_at,
+        return {"sender": self.id, "host": self.host, "pid": self.pid, "started_at": self.started_at,
                 "heartbeat_at": self.heartbeat_at, "heartbeat_age": round(self.age, 3), "rate": self.rate,
                 "connections": self.connections, "state": self.state, "alive": self.alive}
 
@@ -204,3 +204,13 @@ class FleetMember:
             return
         if in_doubt:
             log.warning("%d recipients were cut off in flight; they are in doubt and will be sent again", in_doubt)
+
+
+async def senders_document(store: Store, timeout: float) -> list[dict[str, Any]] | None:
+    """The senders for `status --json` (key `senders`): those running or ended within the hour,
+    each with host, pid, rate, connections, last heartbeat and whether it is alive. None while no
+    sender is alive (the document then has its three sections only, as before the fleet)."""
+    senders = await list_senders(store, timeout)
+    if not any(s.alive for s in senders):
+        return None
+    return [s.document() for s in senders]
