@@ -589,7 +589,8 @@ class Sender:
         mailing = await store.mailing(run.mailing.id)
         if mailing.state is MailingState.SENDING and not await lifecycle.complete_if_done(mailing.id):
             if (run.halt and self.stopping or not run.halt) and await self.fleet.others_hold(mailing.id):
-                pass  # fleet: other senders go on with this mailing; it stays theirs
+                run.halt_reason = "other senders go on with it"  # fleet: it stays theirs (said in the log)
+                run.halt = True
             elif run.halt:
                 await lifecycle.yield_turn(mailing.id, run.halt_reason)
             elif not await store.has_due_work(mailing.id):
