@@ -336,17 +336,19 @@ async def _record_and_claim(
     now = time.time()
     db = tx.db
     me = -1 if owner is None else owner  # fleet: claims carry their sender's id (core/fleet.py)
-    if owner is not None and outcomes:
-        outcomes = await _owned_outcomes(tx, outcomes, owner)  # fence: rows taken over are not ours to record
+    written = owner is not None and bool(outcomes)
+    if written:
+        outcomes = await _write_owned_outcomes(tx, outcomes, owner, now)  # type: ignore[arg-type]
     if outcomes:
         rows, c = _outcome_rows(outcomes, now)
-        await db.executemany(
-            "UPDATE recipients SET state = ?, attempts = attempts + ?, "
-            "in_doubt = GREATEST(in_doubt, ?), "
-            "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
-            "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?",
-            rows,
-        )
+        if not written:
+            await db.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + ?, "
+                "in_doubt = GREATEST(in_doubt, ?), "
+                "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+                "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?",
+                rows,
+            )
         await db.execute(
             "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
             "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
@@ -356,20 +358,16 @@ async def _record_and_claim(
         await _suppress_bounced(tx, outcomes, now)
     elif rate is not None:
         await db.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
-    if marks:
+    if marks and owner is not None:
+        await _mark_owned(tx, mailing_id, marks, owner, now, barred)
+    elif marks:
         skipped_marks = await _bar_suppressed_marks(tx, mailing_id, marks, now)
         if barred is not None:
             barred.update(skipped_marks)
-        # Fenced: only a row still claimed by this sender (another may have taken it over).
         await db.executemany(
-            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'"
-            " AND COALESCE(claimed_by, -1) = ?",
-            [(now, recipient_id, me) for recipient_id in marks],
+            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending' AND claimed_by IS NULL",
+            [(now, recipient_id) for recipient_id in marks],
         )
-        if owner is not None and barred is not None:
-            barred.update(r[0] for r in await _fetchall(
-                tx, "SELECT id FROM recipients WHERE id = ANY(?::bigint[]) AND NOT (state = 'sending' AND claimed_by = ?)",
-                (marks, owner)))
     mailing_sql = f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?"
     row = await _fetchone(tx, mailing_sql, (mailing_id,))
     if row is None:
@@ -430,12 +428,49 @@ async def _claim_unsuppressed(
     return claimed, skipped
 
 
-async def _owned_outcomes(tx: Tx, outcomes: list[Outcome], owner: int) -> list[Outcome]:
-    """As core/store._owned_outcomes: the outcomes of rows still claimed by `owner`."""
-    mine = {r[0] for r in await _fetchall(
-        tx, "SELECT id FROM recipients WHERE id = ANY(?::bigint[]) AND claimed_by = ?",
-        ([o.recipient_id for o in outcomes], owner))}
-    return [o for o in outcomes if o.recipient_id in mine]
+async def _write_owned_outcomes(tx: Tx, outcomes: list[Outcome], owner: int, now: float) -> list[Outcome]:
+    """Write the outcomes of rows still claimed by `owner` (fleet: a row another sender took over
+    is that sender's to record) and return those, in one round trip (counters follow from them)."""
+    rows, _ = _outcome_rows(outcomes, now)
+    written = await _returning_ids(
+        tx,
+        "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = GREATEST(in_doubt, ?), "
+        "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+        "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL "
+        "WHERE id = ? AND claimed_by = ? RETURNING id",
+        [(*row, owner) for row in rows],
+    )
+    return [o for o in outcomes if o.recipient_id in written]
+
+
+async def _mark_owned(tx: Tx, mailing_id: int, marks: list[int], owner: int, now: float, barred: set[int] | None) -> None:
+    """Mark rows `sending` (the commit before their final dot) only if still claimed by `owner`
+    (the fence) and their address is not suppressed, in one round trip; a row not marked is
+    barred (no final dot): suppressed ones become `suppressed` (core/store._bar_suppressed_marks)."""
+    marked = await _returning_ids(
+        tx,
+        "UPDATE recipients r SET state = 'sending', updated_at = ? WHERE r.id = ? AND r.state = 'pending'"
+        " AND r.claimed_by = ? AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) RETURNING r.id",
+        [(now, recipient_id, owner) for recipient_id in marks],
+    )
+    left = [i for i in marks if i not in marked]
+    if left:
+        await _bar_suppressed_marks(tx, mailing_id, left, now)
+        if barred is not None:
+            barred.update(left)
+
+
+async def _returning_ids(tx: Tx, sql: str, rows: list[tuple[Any, ...]]) -> set[int]:
+    """executemany of an `UPDATE ... RETURNING id` (pipelined by psycopg): the ids it updated."""
+    conn = await tx.db.ready()  # type: ignore[attr-defined]
+    ids: set[int] = set()
+    async with conn.cursor() as cur:
+        await cur.executemany(pg_sql(sql), [_params(row) for row in rows], returning=True)
+        while True:
+            ids.update(r[0] for r in await cur.fetchall())
+            if not cur.nextset():
+                break
+    return ids
 
 
 async def _bar_suppressed_marks(tx: Tx, mailing_id: int, marks: list[int], now: float) -> list[int]:
