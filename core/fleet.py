@@ -188,6 +188,9 @@ class FleetMember:
                 except FleetLost as lost:
                     self.on_lost(lost)
                     return
+            except Exception as exc:  # a bug: the sender stops saying so rather than beating no more
+                self.on_lost(exc)
+                return
 
     async def leave(self) -> None:
         """Stop beating and release this sender's claims (rows cut off in flight become in doubt)."""

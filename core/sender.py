@@ -116,7 +116,8 @@ class HeadRun:
     def let_go(self, row_id: int) -> None:
         """A held row leaves memory unsent: if it was marked, it goes back to plain pending."""
         self.held.discard(row_id)
-        if row_id not in self.marked and row_id not in self.barred:  # fleet: its claim on disk is released
+        if row_id not in self.barred and (row_id not in self.marked or row_id in self.marks):
+            # Fleet: its claim on disk is released (a written mark is undone by unmark's outcome).
             self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False))
         self.unmark(row_id)
         self.wake.set()

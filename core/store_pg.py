@@ -260,14 +260,17 @@ class PgStore(Store):
                             "use an empty database")
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Tx]:
-        """One transaction holding the database's write lock: one writer at a time, as on SQLite."""
+    async def write(self, *, shared: bool = False) -> AsyncIterator[Tx]:
+        """One transaction holding the database's write lock: one writer at a time, as on SQLite.
+        `shared` (fleet senders' batches, core/fleet.py): batches of several senders overlap (their
+        rows are disjoint, claimed on disk) but every other write still waits for all of them."""
         async with self._write_lock:
             conn = await self.pg.ready()
             await conn.execute("BEGIN")
             self.pg.in_write = True
             try:
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+                await conn.execute(f"SELECT {lock}(%s)", (WRITE_LOCK,))
                 yield Tx(self.db)
             except BaseException:
                 await self._rollback()
@@ -305,7 +308,7 @@ class PgStore(Store):
         barred: set[int] | None = None,
     ) -> tuple[list[Claimed], Mailing]:
         """What Store.record_and_claim does, in one PostgreSQL transaction (see there)."""
-        async with self.write() as tx:
+        async with self.write(shared=self.claim_owner is not None) as tx:
             claimed, row = await _record_and_claim(
                 tx, mailing_id, outcomes, claim, rate, marks or [], held, barred, self.claim_owner
             )

@@ -54,7 +54,7 @@ from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
-from mailtower.core.fleet import senders_document
+from mailtower.core.fleet import FleetLost, senders_document
 from mailtower.core.store import Store, iso, open_store, storage_error
 from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version
 from mailtower.core.unsubscribe import set_targets
@@ -1081,7 +1081,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             return fail(str(exc))
         except SenderFailed as exc:
             cause = exc.__cause__
-            if cause is not None and storage_error(settings.db, cause) is None:
+            if cause is not None and storage_error(settings.db, cause) is None and not isinstance(cause, FleetLost):
                 raise cause from None  # a bug, not the disk: main() logs its traceback (exit 70)
             return fail(str(exc))  # the ledger could not be written (full or read-only disk): exit 2
         if before is not None:
