@@ -1350,12 +1350,7 @@ class Store:
             await tx.db.execute(
                 "UPDATE recipients SET claimed_by = NULL WHERE claimed_by IN (SELECT id FROM senders WHERE state <> 'running')"
             )
-            total = 0
-            for mailing_id, n in per_mailing:
-                total += n
-                await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
-                await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when a sender stopped; sending them again")
-            return total
+            return await _count_in_doubt(tx, per_mailing, "a sender stopped")
 
     async def record_and_claim(
         self,
@@ -1699,12 +1694,7 @@ class Store:
         )
         await tx.db.execute(f"UPDATE recipients SET claimed_by = NULL WHERE {held}", ids)
         who = ", ".join(f"sender {i} (pid {pid} on {host})" if host else f"sender {i}" for i, host, pid in senders)
-        total = 0
-        for mailing_id, n in per_mailing:
-            total += n
-            await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
-            await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when {who} stopped ({why}); sending them again")
-        return total
+        return await _count_in_doubt(tx, per_mailing, f"{who} stopped ({why})")
 
     async def _claim_owned(self, sql: str, params: tuple[Any, ...]) -> list[Claimed]:
         """Rows chosen by `sql` (a claim query), recorded as claimed by this store's sender."""
@@ -1718,6 +1708,16 @@ class Store:
                     [self.claim_owner, *(r.id for r in rows), self.claim_owner],
                 )
         return rows
+
+
+async def _count_in_doubt(tx: Tx, per_mailing: Iterable[tuple[int, int]], when: str) -> int:
+    """Rows that became in doubt, per mailing: counted on the mailing, with an event saying when."""
+    total = 0
+    for mailing_id, n in per_mailing:
+        total += n
+        await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
+        await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when {when}; sending them again")
+    return total
 
 
 async def _waiting_zones(db: aiosqlite.Connection, mailing_ids: Iterable[int]) -> dict[str, int]:

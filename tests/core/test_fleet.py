@@ -87,6 +87,14 @@ def everyone(n: int, domain: str = "example.com") -> set[str]:
     return {f"user{i}@{domain}" for i in range(n)}
 
 
+def kill_left(*procs: subprocess.Popen[bytes] | None) -> None:
+    """A test that failed leaves no sender behind."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -110,10 +118,7 @@ def test_two_senders_share_the_head_mailing_each_recipient_once_within_the_fleet
             assert pa.wait(timeout=90) == 0, pa.stderr.read().decode()  # type: ignore[union-attr]
             assert pb.wait(timeout=90) == 0, pb.stderr.read().decode()  # type: ignore[union-attr]
         finally:
-            for proc in (pa, pb):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait(timeout=30)
+            kill_left(pa, pb)
         got = combined(sink_a, sink_b)
         assert set(got) == everyone(n) and set(got.values()) == {1}  # each recipient exactly once
         assert len(sink_a.deliveries) > 0 and len(sink_b.deliveries) > 0  # both did part of the work
@@ -154,10 +159,7 @@ def test_kill_9_one_sender_mid_mailing_the_other_finishes_it(target: PgTarget, t
             assert in_flight_claims <= connections
             assert pb.wait(timeout=120) == 0, pb.stderr.read().decode()  # type: ignore[union-attr]
         finally:
-            for proc in (pa, pb):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait(timeout=30)
+            kill_left(pa, pb)
         got = combined(sink_a, sink_b)
     assert set(got) == everyone(n)  # nobody lost
     duplicates = sum(c - 1 for c in got.values())
@@ -227,10 +229,7 @@ def test_strict_queue_order_no_row_of_the_second_mailing_while_the_first_has_row
             assert pa.wait(timeout=120) == 0, pa.stderr.read().decode()  # type: ignore[union-attr]
             assert pb.wait(timeout=120) == 0, pb.stderr.read().decode()  # type: ignore[union-attr]
         finally:
-            for proc in (pa, pb):
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(timeout=30)
+            kill_left(pa, pb)
         got = combined(sink_a, sink_b)
         a_got = {d.recipient.lower() for d in sink_a.deliveries}
         b_got = {d.recipient.lower() for d in sink_b.deliveries}

@@ -37,6 +37,12 @@ class DetailsHost(App[None]):
             await self.store.close()
 
 
+async def new_mailing(store: Store, tmp_path: Path, n: int) -> int:
+    people = write_csv(tmp_path / "r.csv", recipients(n))
+    mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "Hi", None), people, lambda r: None)
+    return mailing_id
+
+
 def text_of(widget: Widget) -> str:
     width, height = widget.size
     return "\n".join(strip.text.rstrip() for strip in widget.render_lines(Region(0, 0, width, height)))
@@ -46,8 +52,7 @@ async def test_details_list_the_senders_with_host_pid_rate_and_heartbeat(pg_url:
     target = parse_pg_url(pg_url, "test")
     store = await open_store(target)
     try:
-        people = write_csv(tmp_path / "r.csv", recipients(5))
-        mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "Hi", None), people, lambda r: None)
+        mailing_id = await new_mailing(store, tmp_path, 5)
         await Lifecycle(store).send_now(mailing_id)
         first = await store.register_sender("alpha.example", 4242, 32)
         second = await store.register_sender("beta\x1b[31m.example", 5151, 16)  # a host name with an escape
@@ -72,8 +77,7 @@ async def test_details_show_no_senders_table_before_anyone_sent(pg_url: str, tmp
     target = parse_pg_url(pg_url, "test")
     store = await open_store(target)
     try:
-        people = write_csv(tmp_path / "r.csv", recipients(3))
-        mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "Hi", None), people, lambda r: None)
+        mailing_id = await new_mailing(store, tmp_path, 3)
     finally:
         await store.close()
     app = DetailsHost(target, mailing_id)
