@@ -114,12 +114,14 @@ class HeadRun:
     trip_recorded: bool = False  # the mailing is stopped for it (the lifecycle was told)
 
     def let_go(self, row_id: int) -> None:
-        """A held row leaves memory unsent: if it was marked, it goes back to plain pending."""
+        """A held row leaves memory unsent: plain pending on disk again, its claim released."""
         self.held.discard(row_id)
-        if row_id not in self.barred and (row_id not in self.marked or row_id in self.marks):
-            # Fleet: its claim on disk is released (a written mark is undone by unmark's outcome).
+        if not self._forget_barred(row_id):
+            self.marked.discard(row_id)
+            if row_id in self.marks:
+                self.marks.remove(row_id)  # not written yet (a short list, one per connection)
+            # One outcome undoes a written mark and releases the claim on disk (fleet, core/fleet.py).
             self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False))
-        self.unmark(row_id)
         self.wake.set()
 
     def unmark(self, row_id: int) -> None:
@@ -129,8 +131,8 @@ class HeadRun:
         self.marked.discard(row_id)
         if row_id in self.marks:
             self.marks.remove(row_id)  # not written yet: nothing to undo (a short list, one per connection)
-        else:
-            self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False))
+        else:  # back on this sender's queue: it keeps its claim (fleet, core/fleet.py)
+            self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False, keep_claim=True))
 
     def settle(self, outcome: Outcome) -> None:
         """A held row has its outcome: written with the next batch, then out of memory."""

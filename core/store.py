@@ -346,6 +346,7 @@ class Outcome:
     counted_attempt: bool = True
     was_in_doubt: bool = False  # the row was already in doubt when it was claimed
     suppress: bool = False  # FAILED as an unknown or disabled mailbox: its address joins the suppression list
+    keep_claim: bool = False  # fleet: PENDING for this sender's own queue again, so it stays claimed by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -882,6 +883,8 @@ def _record_and_claim(
                  iso(datetime.fromtimestamp(now, timezone.utc)), mailing_id),
             )
             _suppress_bounced(conn, outcomes, now)
+            if owner is not None:
+                _keep_claims(conn, outcomes, owner)
         elif rate is not None:
             conn.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
         if marks:
@@ -1018,6 +1021,15 @@ def _owned_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], owner: in
     mine = {r[0] for r in conn.execute(
         "SELECT id FROM recipients WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ?", (ids, owner))}
     return [o for o in outcomes if o.recipient_id in mine]
+
+
+def _keep_claims(conn: sqlite3.Connection, outcomes: list[Outcome], owner: int) -> None:
+    """Rows given back to this sender's own queue (a relay could not take them) stay its own:
+    its next mark of them must pass the fence."""
+    kept = [o.recipient_id for o in outcomes if o.keep_claim]
+    if kept:
+        conn.execute("UPDATE recipients SET claimed_by = ? WHERE id IN (SELECT value FROM json_each(?))",
+                     (owner, json.dumps(kept)))
 
 
 def _unmarked(conn: sqlite3.Connection, marks: list[int], owner: int) -> list[int]:

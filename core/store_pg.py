@@ -443,7 +443,11 @@ async def _write_owned_outcomes(tx: Tx, outcomes: list[Outcome], owner: int, now
         "WHERE id = ? AND claimed_by = ? RETURNING id",
         [(*row, owner) for row in rows],
     )
-    return [o for o in outcomes if o.recipient_id in written]
+    mine = [o for o in outcomes if o.recipient_id in written]
+    kept = [o.recipient_id for o in mine if o.keep_claim]  # back on this sender's own queue: still its own
+    if kept:
+        await tx.db.execute("UPDATE recipients SET claimed_by = ? WHERE id = ANY(?::bigint[])", (owner, kept))
+    return mine
 
 
 async def _mark_owned(tx: Tx, mailing_id: int, marks: list[int], owner: int, now: float, barred: set[int] | None) -> None:

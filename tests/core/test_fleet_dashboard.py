@@ -18,7 +18,7 @@ from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.store import Store, open_store
 from mailtower.tui.screens.details import DetailsScreen
-from tests.helpers import recipients, until, write_csv
+from tests.helpers import recipients, until, wait_until, write_csv
 from tests.pg_server import sql_execute
 
 
@@ -94,8 +94,9 @@ def test_the_lease_probe_names_how_many_senders_a_fleet_has(pg_url: str) -> None
         assert one.acquire("mailtower run") and two.acquire("mailtower run")  # shared: both may send
         holder: Any = probe.holder()
         assert holder is not None and holder.describe().startswith("mailtower run and 1 more sender(s) (pid ")
-        two.release()
-        assert probe.holder().describe().startswith("mailtower run (pid ")  # type: ignore[union-attr]
+        two.release()  # the server drops the lock when that backend has ended: a moment later
+        wait_until(lambda: probe.holder().describe().startswith("mailtower run (pid "), timeout=10,  # type: ignore[union-attr]
+                   what="the probe to see one sender")
     finally:
         for lease in (one, two, probe):
             lease.release()
