@@ -138,6 +138,17 @@ class FleetMember:
             return False
         return await self.store.held_by_others(mailing_id, self.timeout)
 
+    async def shared(self, limits: Limits) -> Limits:
+        """`share` with the number of live senders read again (a tiny read, at most twice a second
+        from the sender's limits check): a sender joining or leaving moves everyone's share
+        within a second, not only at the next heartbeat."""
+        if self.store is not None and not self.exclusive:
+            try:
+                self.live = max(1, await self.store.live_senders(self.timeout))
+            except (*database_errors(), OSError):
+                pass  # the heartbeat says what is wrong; the last count stands
+        return self.share(limits)
+
     def share(self, limits: Limits) -> Limits:
         """This sender's part of the fleet's limits: 1/N of each (N live senders)."""
         n = self.live

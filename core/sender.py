@@ -641,7 +641,7 @@ class Sender:
             return
         self._last_limits_read = time.monotonic()
         store, _ = self._need()
-        limits = self.fleet.share(await read_limits(store, self.settings))  # this sender's part of the fleet's
+        limits = await self.fleet.shared(await read_limits(store, self.settings))  # this sender's part of the fleet's
         if limits == self.limits:
             return
         self.limits = limits
