@@ -123,6 +123,9 @@ BOUNDS: dict[str, Bound] = {
     "breaker_min": Bound(int, 1, 100_000),
     "canary_rate": Bound(float, 0, 10_000, above_low=True),  # messages per second while sampling
     "canary_wait": Bound(float, 0, 7 * 24 * 60),  # minutes the canary holds before the rest goes out
+    # Several senders on one database (issue 15, core/fleet.py): a sender whose heartbeat is older
+    # than this is dead; its claims expire and its in-flight rows become in doubt.
+    "sender_heartbeat_timeout": Bound(float, 1, DAY),
 }
 # Settings given in percent: "5%" and 5 are the same.
 PERCENT_SETTINGS = frozenset({"breaker_hard", "breaker_soft"})
@@ -261,6 +264,7 @@ class Settings:
     breaker_min: int = 20
     canary_rate: float = 1.0
     canary_wait: float = 10.0
+    sender_heartbeat_timeout: float = 30.0  # seconds (fleet, core/fleet.py)
     relays: tuple[RelaySpec, ...] = ()  # a pool of relays; empty means the one smtp_* relay
     domains: tuple["DomainGroupSpec", ...] = ()  # pacing by destination ([domains.NAME] in the TOML file)
     allow_special_domains: bool = False  # accept .local, .test, ... addresses (internal networks)
@@ -308,6 +312,7 @@ ENV: dict[str, str] = {
     "MAILTOWER_BREAKER_MIN": "breaker_min",
     "MAILTOWER_CANARY_RATE": "canary_rate",
     "MAILTOWER_CANARY_WAIT": "canary_wait",
+    "MAILTOWER_SENDER_HEARTBEAT_TIMEOUT": "sender_heartbeat_timeout",
 }
 
 TEXT_SETTINGS = frozenset({"smtp_host", "smtp_user", "smtp_password", "smtp_ca_file", "helo_name"})

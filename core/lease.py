@@ -224,7 +224,9 @@ class PgSenderLease:
             return True
         conn = self._connect(what)
         try:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (SENDER_LOCK,)).fetchone()[0]
+            # Shared: several senders may work on one PostgreSQL database (core/fleet.py); the lock
+            # still says to a dashboard that someone sends.
+            got = conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (SENDER_LOCK,)).fetchone()[0]
         except Exception:
             conn.close()
             raise
@@ -254,17 +256,23 @@ class PgSenderLease:
             try:
                 if self._probe is None or self._probe.closed:
                     self._probe = self._connect("probe")
-                row = self._probe.execute(
+                rows = self._probe.execute(
                     "SELECT a.application_name, EXTRACT(EPOCH FROM a.backend_start) FROM pg_locks l "
                     "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
                     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = %s LIMIT 1",
+                    "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = %s "
+                    "ORDER BY a.backend_start",
                     (SENDER_LOCK,),
-                ).fetchone()
+                ).fetchall()
             except psycopg.Error:
                 self._close_probe()
                 continue
-            return None if row is None else _pg_holder(str(row[0] or ""), float(row[1] or 0.0))
+            if not rows:
+                return None
+            first = _pg_holder(str(rows[0][0] or ""), float(rows[0][1] or 0.0))
+            if len(rows) > 1:  # a fleet (core/fleet.py): the header says how many send
+                first = Holder(first.pid, first.host, first.since, f"{first.what} and {len(rows) - 1} more sender(s)")
+            return first
         return Holder(0, "?", 0.0, "another process (the server did not say who)")
 
 

@@ -36,6 +36,7 @@ from .dkim_signing import load_signer
 from .domains import PARK_LIMIT, DomainGroup, DomainPacer
 from .domain import Mailing, MailingState, RecipientState, Section
 from .errors import NotFound
+from .fleet import FleetMember
 from .lease import sender_lease
 from .lifecycle import Lifecycle
 from .limits import Limits, read_limits
@@ -121,9 +122,14 @@ class HeadRun:
     trip_recorded: bool = False  # the mailing is stopped for it (the lifecycle was told)
 
     def let_go(self, row_id: int) -> None:
-        """A held row leaves memory unsent: if it was marked, it goes back to plain pending."""
+        """A held row leaves memory unsent: plain pending on disk again, its claim released."""
         self.held.discard(row_id)
-        self.unmark(row_id)
+        if not self._forget_barred(row_id):
+            self.marked.discard(row_id)
+            if row_id in self.marks:
+                self.marks.remove(row_id)  # not written yet (a short list, one per connection)
+            # One outcome undoes a written mark and releases the claim on disk (fleet, core/fleet.py).
+            self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False))
         self.wake.set()
 
     def unmark(self, row_id: int) -> None:
@@ -133,8 +139,8 @@ class HeadRun:
         self.marked.discard(row_id)
         if row_id in self.marks:
             self.marks.remove(row_id)  # not written yet: nothing to undo (a short list, one per connection)
-        else:
-            self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False))
+        else:  # back on this sender's queue: it keeps its claim (fleet, core/fleet.py)
+            self.outcomes.append(Outcome(row_id, RecipientState.PENDING, counted_attempt=False, keep_claim=True))
 
     def settle(self, outcome: Outcome) -> None:
         """A held row has its outcome: written with the next batch, then out of memory."""
@@ -309,6 +315,8 @@ class Sender:
         self._idle_exit = False  # run(until_idle=True) returned because nothing was left (for the log)
         self._idle_logged = False  # "waiting" is logged once each time the sender runs out of due work
         self.breakers = Breakers(settings)  # per mailing, kept across turns (core/breaker.py)
+        # One sender of the fleet (core/fleet.py): heartbeat, claims on disk, shared limits.
+        self.fleet = FleetMember(settings, self._fail, lambda: (self.meter.rate(), sum(r.connections for r in self.relays)))
 
     # ---- public --------------------------------------------------------------------------
 
@@ -371,6 +379,7 @@ class Sender:
             except Exception as exc:
                 self._fail(exc)
             finally:
+                await self.fleet.leave()
                 await self._final_status()
                 await self._store.close()
                 log.info("sender stopped: %s", self._why_stopped(until_idle))
@@ -402,10 +411,11 @@ class Sender:
 
     async def _main(self, until_idle: bool) -> None:
         store, lifecycle = self._need()
-        recovered = await store.recover_in_doubt()
+        recovered = await self.fleet.join(store, self.settings.connections)  # only dead senders' rows
         if recovered:
             log.warning("%d recipients were in flight when the last sender stopped; sending them again", recovered)
-        await self._sweep_stale_sending()
+        if self.fleet.alone:
+            await self._sweep_stale_sending()
         await lifecycle.rederive_schedules()
         await self._apply_limits(force=True)
         if self.limits is not None:
@@ -484,6 +494,8 @@ class Sender:
                 return None  # the head holds after its canary: strict queue order, the rest wait
             if await store.has_due_work(mailing.id):
                 return await store.mailing(mailing.id)
+            if await self.fleet.others_hold(mailing.id):
+                return None  # another sender sends its last rows: strict queue order waits for them
             if mailing.remaining == 0:
                 await lifecycle.complete_if_done(mailing.id)
         return None
@@ -647,6 +659,7 @@ class Sender:
         waiters, run.waiters = run.waiters, []
         barred: set[int] = set()
         try:
+            self.fleet.check()  # a sender that may have been declared dead claims and marks nothing
             claimed, mailing = await store.record_and_claim(
                 run.mailing.id, outcomes, 0 if run.canary else claim, rate=self.meter.rate(), marks=marks, held=run.held,
                 barred=barred,
@@ -714,7 +727,10 @@ class Sender:
         await self._settle_guards(run)
         mailing = await store.mailing(run.mailing.id)
         if mailing.state is MailingState.SENDING and not await lifecycle.complete_if_done(mailing.id):
-            if run.halt:
+            if (run.halt and self.stopping or not run.halt) and await self.fleet.others_hold(mailing.id):
+                run.halt_reason = "other senders go on with it"  # fleet: it stays theirs (said in the log)
+                run.halt = True
+            elif run.halt:
                 await lifecycle.yield_turn(mailing.id, run.halt_reason)
             elif not await store.has_due_work(mailing.id):
                 await lifecycle.yield_turn(mailing.id, "only recipients waiting for a retry are left")
@@ -761,7 +777,7 @@ class Sender:
             return
         self._last_limits_read = time.monotonic()
         store, _ = self._need()
-        limits = await read_limits(store, self.settings)
+        limits = await self.fleet.shared(await read_limits(store, self.settings))  # this sender's part of the fleet's
         if limits == self.limits:
             return
         self.limits = limits

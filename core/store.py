@@ -43,7 +43,7 @@ from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -169,6 +169,22 @@ MIGRATIONS: dict[int, str] = {
         recipient_id INTEGER NOT NULL,
         PRIMARY KEY (mailing_id, recipient_id)
     ) WITHOUT ROWID;
+    """,
+    # Several senders on one database (issue 15, core/fleet.py): who is sending (a heartbeat in the
+    # database's clock, epoch seconds) and which sender holds a ledger row (NULL: nobody).
+    7: """
+    CREATE TABLE senders (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        rate REAL NOT NULL DEFAULT 0,
+        connections INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'running'
+    );
+    ALTER TABLE recipients ADD COLUMN claimed_by INTEGER;
+    CREATE INDEX recipients_claimed ON recipients(claimed_by) WHERE claimed_by IS NOT NULL;
     """,
 }
 
@@ -331,6 +347,7 @@ class Outcome:
     counted_attempt: bool = True
     was_in_doubt: bool = False  # the row was already in doubt when it was claimed
     suppress: bool = False  # FAILED as an unknown or disabled mailbox: its address joins the suppression list
+    keep_claim: bool = False  # fleet: PENDING for this sender's own queue again, so it stays claimed by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -843,6 +860,7 @@ def _record_and_claim(
     marks: list[int],
     held: Iterable[int],
     barred: set[int] | None = None,
+    owner: int | None = None,
     begin: Callable[[sqlite3.Connection], None] = _begin_immediate_sync,
     columns: str = MAILING_LIST_COLUMNS,
 ) -> tuple[list[Claimed], tuple[Any, ...]]:
@@ -850,14 +868,17 @@ def _record_and_claim(
     on the event loop's own (see Store.record_and_claim). `columns`: what to read back of the
     mailing's row (the state first when not MAILING_LIST_COLUMNS)."""
     now = time.time()
+    me = -1 if owner is None else owner  # fleet: claims carry their sender's id (core/fleet.py)
     begin(conn)
     try:
+        if owner is not None and outcomes:
+            outcomes = _owned_outcomes(conn, outcomes, owner)  # fence: rows taken over are not ours to record
         if outcomes:
             rows, c = _outcome_rows(outcomes, now)
             conn.executemany(
                 "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
                 "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
-                "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ? WHERE id = ?",
+                "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?",
                 rows,
             )
             conn.execute(
@@ -867,6 +888,8 @@ def _record_and_claim(
                  _iso_second(int(now)), mailing_id),
             )
             _suppress_bounced(conn, outcomes, now)
+            if owner is not None:
+                _keep_claims(conn, outcomes, owner)
         elif rate is not None:
             conn.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
         if marks:
@@ -876,10 +899,14 @@ def _record_and_claim(
                 barred.update(skipped_marks)
             # After the outcomes: a row one connection gave back and another took up again
             # in the same batch ends up `sending`.
+            # Fenced: only a row still claimed by this sender (another may have taken it over).
             conn.executemany(
-                "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'",
-                [(now, recipient_id) for recipient_id in marks],
+                "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'"
+                " AND COALESCE(claimed_by, -1) = ?",
+                [(now, recipient_id, me) for recipient_id in marks],
             )
+            if owner is not None and barred is not None:
+                barred.update(_unmarked(conn, marks, owner))
         row = conn.execute(f"SELECT {columns} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         if row is None:
             raise NotFound(f"no mailing with id {mailing_id}")
@@ -895,7 +922,13 @@ def _record_and_claim(
                 conn.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due, mailing_id))
             # Claiming writes nothing: the rows stay `pending` and the sender skips those it
             # already holds, so a crash leaves claimed-but-unstarted rows plainly pending.
-            claimed, skipped = _claim_unsuppressed(conn, mailing_id, json.dumps(sorted(held)), claim, now)
+            claimed, skipped = _claim_unsuppressed(conn, mailing_id, json.dumps(sorted(held)), claim, now, me)
+            if owner is not None and claimed:
+                # Only while this sender is alive on disk: one declared dead claims nothing (its
+                # marks then fail the fence and no final dot is sent).
+                conn.execute("UPDATE recipients SET claimed_by = ? WHERE id IN (SELECT value FROM json_each(?))"
+                             " AND EXISTS (SELECT 1 FROM senders WHERE id = ? AND state = 'running')",
+                             (owner, json.dumps([c.id for c in claimed]), owner))
             if due or skipped:
                 row = conn.execute(f"SELECT {columns} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         conn.execute("COMMIT")
@@ -936,7 +969,7 @@ _CLAIM_PASSES = 100  # bound on claim passes that found only suppressed rows (ea
 
 
 def _claim_unsuppressed(
-    conn: sqlite3.Connection, mailing_id: int, held: str, claim: int, now: float
+    conn: sqlite3.Connection, mailing_id: int, held: str, claim: int, now: float, me: int = -1
 ) -> tuple[list[Claimed], int]:
     """Claim up to `claim` pending rows (none of `held`, a JSON list); rows whose address is on
     the suppression list (a primary-key probe per row) become `suppressed` instead, counted on
@@ -948,8 +981,9 @@ def _claim_unsuppressed(
             "SELECT r.id, r.email, r.name, r.fields, r.attempts, r.first_deferred_at, r.in_doubt,"
             " EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) FROM recipients r"
             " WHERE r.mailing_id = ? AND r.state = 'pending' AND r.id > ?"
-            " AND r.id NOT IN (SELECT value FROM json_each(?)) ORDER BY r.id LIMIT ?",
-            (mailing_id, after, held, claim - len(claimed)),
+            " AND r.id NOT IN (SELECT value FROM json_each(?)) AND (r.claimed_by IS NULL OR r.claimed_by = ?)"
+            " ORDER BY r.id LIMIT ?",
+            (mailing_id, after, held, me, claim - len(claimed)),
         ).fetchall()
         if picked:
             after = picked[-1][0]  # a further pass goes on after these (claimed rows stay pending)
@@ -1009,6 +1043,36 @@ def _suppress_bounced(conn: sqlite3.Connection, outcomes: list[Outcome], now: fl
             "SELECT email_key, email, 'bounce', ?, mailing_id, ? FROM recipients WHERE id = ?",
             bounced,
         )
+
+
+# ---- fleet: claims on disk (issue 15, core/fleet.py) -----------------------------------------
+
+
+def _owned_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], owner: int) -> list[Outcome]:
+    """The outcomes of rows still claimed by `owner`: a row another sender took over (this one
+    was declared dead meanwhile) is that sender's to record now."""
+    ids = json.dumps([o.recipient_id for o in outcomes])
+    mine = {r[0] for r in conn.execute(
+        "SELECT id FROM recipients WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ?", (ids, owner))}
+    return [o for o in outcomes if o.recipient_id in mine]
+
+
+def _keep_claims(conn: sqlite3.Connection, outcomes: list[Outcome], owner: int) -> None:
+    """Rows given back to this sender's own queue (a relay could not take them) stay its own:
+    its next mark of them must pass the fence."""
+    kept = [o.recipient_id for o in outcomes if o.keep_claim]
+    if kept:
+        conn.execute("UPDATE recipients SET claimed_by = ? WHERE id IN (SELECT value FROM json_each(?))",
+                     (owner, json.dumps(kept)))
+
+
+def _unmarked(conn: sqlite3.Connection, marks: list[int], owner: int) -> list[int]:
+    """Marked rows that did not become `sending` for `owner` (suppressed, or no longer its own):
+    their connection must not send the final dot."""
+    rows = conn.execute(
+        "SELECT id FROM recipients WHERE id IN (SELECT value FROM json_each(?))"
+        " AND NOT (state = 'sending' AND claimed_by = ?)", (json.dumps(marks), owner)).fetchall()
+    return [r[0] for r in rows]
 
 
 def _rollback_sync(conn: sqlite3.Connection) -> None:
@@ -1320,23 +1384,27 @@ class Store:
 
     # ---- the sender's ledger operations ------------------------------------------------
 
-    async def recover_in_doubt(self) -> int:
-        """At start-up: rows left `sending` by a dead sender may have been delivered; send again."""
+    async def recover_in_doubt(self, heartbeat_timeout: float | None = None, me: int | None = None) -> int:
+        """At start-up: rows left `sending` by a dead sender may have been delivered; send again.
+
+        Fleet (core/fleet.py): only rows of senders that are not alive, or without an owner; a
+        live sender's rows in flight are its own. `heartbeat_timeout` None: every sender but
+        `me` is dead (SQLite: the lease says so); else those whose heartbeat is older."""
         async with self.write() as tx:
+            await self._declare_dead(tx, heartbeat_timeout, me)
+            orphan = "state = 'sending' AND (claimed_by IS NULL OR claimed_by IN (SELECT id FROM senders WHERE state <> 'running'))"
             async with tx.db.execute(
-                "SELECT mailing_id, COUNT(*) FROM recipients WHERE state = 'sending' AND in_doubt = 0 GROUP BY mailing_id"
+                f"SELECT mailing_id, COUNT(*) FROM recipients WHERE {orphan} AND in_doubt = 0 GROUP BY mailing_id"
             ) as cur:
                 per_mailing = await cur.fetchall()
             await tx.db.execute(
-                "UPDATE recipients SET state = 'pending', in_doubt = 1, updated_at = ? WHERE state = 'sending'",
+                f"UPDATE recipients SET state = 'pending', in_doubt = 1, claimed_by = NULL, updated_at = ? WHERE {orphan}",
                 (time.time(),),
             )
-            total = 0
-            for mailing_id, n in per_mailing:
-                total += n
-                await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
-                await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when a sender stopped; sending them again")
-            return total
+            await tx.db.execute(
+                "UPDATE recipients SET claimed_by = NULL WHERE claimed_by IN (SELECT id FROM senders WHERE state <> 'running')"
+            )
+            return await _count_in_doubt(tx, per_mailing, "a sender stopped")
 
     async def record_and_claim(
         self,
@@ -1375,7 +1443,8 @@ class Store:
             return done
         async with self._write_lock:
             claimed, row = await self.db._execute(  # noqa: SLF001 - aiosqlite's own way to run on its thread
-                _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate, marks or [], held, barred  # noqa: SLF001
+                _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate, marks or [], held, barred,  # noqa: SLF001
+                self.claim_owner,
             )
         return claimed, _mailing_from_row(row)
 
@@ -1396,8 +1465,8 @@ class Store:
     async def has_due_work(self, mailing_id: int) -> bool:
         async with self.db.execute(
             "SELECT 1 FROM recipients WHERE mailing_id = ? AND (state = 'pending' OR "
-            "(state = 'deferred' AND next_attempt_at <= ?)) LIMIT 1",
-            (mailing_id, time.time()),
+            "(state = 'deferred' AND next_attempt_at <= ?)) AND (claimed_by IS NULL OR claimed_by = ?) LIMIT 1",
+            (mailing_id, time.time(), -1 if self.claim_owner is None else self.claim_owner),
         ) as cur:
             return await cur.fetchone() is not None
 
@@ -1468,15 +1537,18 @@ class Store:
 
     async def claim_canary(self, mailing_id: int, held: Iterable[int], limit: int) -> list[Claimed]:
         """Up to `limit` pending recipients of the canary's sample that the sender does not hold yet."""
-        async with self.db.execute(
+        sql = (
             "SELECT r.id, r.email, r.name, r.fields, r.attempts, r.first_deferred_at, r.in_doubt"
             " FROM canary_rows c JOIN recipients r ON r.id = c.recipient_id"
             " WHERE c.mailing_id = ? AND r.mailing_id = ? AND r.state = 'pending'"
             # A suppressed address is never sent, canary or not: the normal claim marks it later.
             " AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key)"
-            f" AND {self.NOT_HELD} ORDER BY r.id LIMIT ?",
-            (mailing_id, mailing_id, self._held_param(held), limit),
-        ) as cur:
+            f" AND {self.NOT_HELD} AND (r.claimed_by IS NULL OR r.claimed_by = ?) ORDER BY r.id LIMIT ?"
+        )
+        params = (mailing_id, mailing_id, self._held_param(held), -1 if self.claim_owner is None else self.claim_owner, limit)
+        if self.claim_owner is not None:
+            return await self._claim_owned(sql, params)
+        async with self.db.execute(sql, params) as cur:
             return [_claimed(r) for r in await cur.fetchall()]
 
     async def canary_answered(self, mailing_id: int) -> int:
@@ -1579,6 +1651,134 @@ class Store:
         except (ValueError, TypeError):
             return []  # a hand-edited value: Details shows no zones rather than failing
 
+    # ---- fleet: several senders on one database (issue 15, core/fleet.py) --------------
+    # A sender registers (a `senders` row) and beats its heartbeat in the DATABASE's clock (hosts'
+    # clocks differ); alive = state 'running' and a heartbeat younger than the timeout. Every
+    # claimed ledger row carries its sender's id (recipients.claimed_by) until its outcome or its
+    # release; rows of a sender declared dead are released (`sending` ones become in doubt).
+
+    claim_owner: int | None = None  # the sender id this store's claims carry (set by core/fleet.py)
+    NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
+    _ALIVE = "state = 'running' AND heartbeat_at >= {now} - ?"
+
+    async def register_sender(self, host: str, pid: int, connections: int) -> int:
+        """A new `running` sender; senders that ended more than a day ago are forgotten."""
+        now = self.NOW_SQL
+        async with self.write() as tx:
+            await tx.db.execute(f"DELETE FROM senders WHERE state <> 'running' AND heartbeat_at < {now} - 86400")
+            cur = await tx.db.execute(
+                f"INSERT INTO senders (host, pid, started_at, heartbeat_at, connections) VALUES (?, ?, {now}, {now}, ?) RETURNING id",
+                (host, pid, connections),
+            )
+            return await _returned_id(cur)
+
+    async def sender_heartbeat(self, sender_id: int, rate: float, connections: int, timeout: float) -> int | None:
+        """Beat; how many senders are alive now, or None when this one is no longer `running`
+        (another declared it dead)."""
+        async with self.write() as tx:
+            cur = await tx.db.execute(
+                f"UPDATE senders SET heartbeat_at = {self.NOW_SQL}, rate = ?, connections = ? WHERE id = ? AND state = 'running'",
+                (rate, connections, sender_id),
+            )
+            if cur.rowcount <= 0:
+                return None
+            return await self._live_senders(tx.db, timeout)
+
+    async def live_senders(self, timeout: float) -> int:
+        return await self._live_senders(self.db, timeout)
+
+    async def _live_senders(self, db: Any, timeout: float) -> int:
+        async with db.execute(f"SELECT COUNT(*) FROM senders WHERE {self._ALIVE.format(now=self.NOW_SQL)}", (timeout,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def held_by_others(self, mailing_id: int, timeout: float) -> bool:
+        """Whether another live sender holds rows of this mailing (claimed or in flight): strict
+        queue order waits for them, and this sender's end of turn does not yield the mailing."""
+        me = -1 if self.claim_owner is None else self.claim_owner
+        async with self.db.execute(
+            "SELECT 1 FROM recipients WHERE claimed_by IS NOT NULL AND claimed_by <> ? AND mailing_id = ?"
+            f" AND claimed_by IN (SELECT id FROM senders WHERE {self._ALIVE.format(now=self.NOW_SQL)}) LIMIT 1",
+            (me, mailing_id, timeout),
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def sender_rows(self, timeout: float) -> list[tuple[Any, ...]]:
+        """Senders running or ended within the hour: id, host, pid, started_at, heartbeat_at,
+        rate, connections, state, alive, the database's clock now."""
+        now = self.NOW_SQL
+        async with self.db.execute(
+            f"SELECT id, host, pid, started_at, heartbeat_at, rate, connections, state,"
+            f" CASE WHEN {self._ALIVE.format(now=now)} THEN 1 ELSE 0 END, {now} FROM senders"
+            f" WHERE state = 'running' OR heartbeat_at >= {now} - 3600 ORDER BY id",
+            (timeout,),
+        ) as cur:
+            return list(await cur.fetchall())
+
+    async def expire_senders(self, timeout: float, me: int | None = None) -> int:
+        """Declare dead every running sender (not `me`) whose heartbeat is older than `timeout`
+        and release its rows: `sending` ones become in doubt (counted, with an event), claimed
+        ones claimable. Returns how many rows became in doubt."""
+        async with self.write() as tx:
+            dead = await self._declare_dead(tx, timeout, me)
+            return await self._release_claims(tx, dead, "its heartbeat stopped") if dead else 0
+
+    async def retire_sender(self, sender_id: int) -> int:
+        """A sender that ends: `stopped`, its claims released (rows cut off in flight in doubt)."""
+        async with self.write() as tx:
+            await tx.db.execute(f"UPDATE senders SET state = 'stopped', heartbeat_at = {self.NOW_SQL} WHERE id = ?", (sender_id,))
+            return await self._release_claims(tx, [(sender_id, "", 0)], "it stopped")
+
+    async def _declare_dead(self, tx: Tx, timeout: float | None, me: int | None) -> list[tuple[int, str, int]]:
+        """Running senders (not `me`) older than `timeout` (None: all of them) become `dead`."""
+        stale = "state = 'running' AND id <> ?" + ("" if timeout is None else f" AND heartbeat_at < {self.NOW_SQL} - ?")
+        params: tuple[Any, ...] = (-1 if me is None else me,) + (() if timeout is None else (timeout,))
+        async with tx.db.execute(f"SELECT id, host, pid FROM senders WHERE {stale}", params) as cur:
+            dead = [(int(r[0]), str(r[1]), int(r[2])) for r in await cur.fetchall()]
+        if dead:
+            await tx.db.execute(f"UPDATE senders SET state = 'dead' WHERE id IN ({','.join('?' * len(dead))})",
+                                [d[0] for d in dead])
+        return dead
+
+    async def _release_claims(self, tx: Tx, senders: list[tuple[int, str, int]], why: str) -> int:
+        ids = [s[0] for s in senders]
+        held = f"claimed_by IN ({','.join('?' * len(ids))})"
+        async with tx.db.execute(
+            f"SELECT mailing_id, COUNT(*) FROM recipients WHERE {held} AND state = 'sending' AND in_doubt = 0 GROUP BY mailing_id",
+            ids,
+        ) as cur:
+            per_mailing = await cur.fetchall()
+        await tx.db.execute(
+            f"UPDATE recipients SET state = 'pending', in_doubt = 1, claimed_by = NULL, updated_at = ? WHERE {held} AND state = 'sending'",
+            [time.time(), *ids],
+        )
+        await tx.db.execute(f"UPDATE recipients SET claimed_by = NULL WHERE {held}", ids)
+        who = ", ".join(f"sender {i} (pid {pid} on {host})" if host else f"sender {i}" for i, host, pid in senders)
+        return await _count_in_doubt(tx, per_mailing, f"{who} stopped ({why})")
+
+    async def _claim_owned(self, sql: str, params: tuple[Any, ...]) -> list[Claimed]:
+        """Rows chosen by `sql` (a claim query), recorded as claimed by this store's sender."""
+        async with self.write() as tx:
+            async with tx.db.execute(sql, params) as cur:
+                rows = [_claimed(r) for r in await cur.fetchall()]
+            if rows:
+                await tx.db.execute(
+                    f"UPDATE recipients SET claimed_by = ? WHERE id IN ({','.join('?' * len(rows))})"
+                    " AND EXISTS (SELECT 1 FROM senders WHERE id = ? AND state = 'running')",
+                    [self.claim_owner, *(r.id for r in rows), self.claim_owner],
+                )
+        return rows
+
+
+async def _count_in_doubt(tx: Tx, per_mailing: Iterable[tuple[int, int]], when: str) -> int:
+    """Rows that became in doubt, per mailing: counted on the mailing, with an event saying when."""
+    total = 0
+    for mailing_id, n in per_mailing:
+        total += n
+        await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
+        await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when {when}; sending them again")
+    return total
+
 
     # ---- fast path: the sender's ledger write on the event loop's thread (issue 12) --------
 
@@ -1616,7 +1816,7 @@ class Store:
         columns = MAILING_LIST_COLUMNS if known is None or known.id != mailing_id else _MAILING_COUNTERS
         try:
             claimed, row = _record_and_claim(
-                conn, mailing_id, outcomes, claim, rate, marks or [], held, barred, _begin_now, columns
+                conn, mailing_id, outcomes, claim, rate, marks or [], held, barred, self.claim_owner, _begin_now, columns
             )
         except _Busy:
             return None

@@ -33,6 +33,7 @@ import psycopg
 from psycopg import pq
 
 from .db_target import PgTarget
+from .domain import MailingState
 from .errors import NotFound, UserError
 from .pg_schema import PG_BASE, PG_BASE_VERSION, PG_MIGRATIONS, PG_SCHEMA_VERSION
 from .store import (
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 WRITE_LOCK = 0x6D61696C746F7772
 CONNECT_TIMEOUT = 10  # seconds: a server that does not answer is reported, not waited for
 CLOSE_TIMEOUT = 10.0
-_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode()  # one round trip
 _CLAIM_PASSES = 100  # as core/store.py: bound on claim passes that found only suppressed rows
 
 
@@ -84,14 +84,10 @@ class PgCursor:
         return self._cur.rowcount
 
     async def fetchone(self) -> tuple[Any, ...] | None:
-        # In pipeline mode the result (and so the description) arrives with the fetch.
-        return await self._cur.fetchone() if self._has_rows() else None
+        return await self._cur.fetchone() if self._cur.description is not None else None
 
     async def fetchall(self) -> list[tuple[Any, ...]]:
-        return await self._cur.fetchall() if self._has_rows() else []
-
-    def _has_rows(self) -> bool:
-        return self._cur.description is not None or self._cur.connection._pipeline is not None  # noqa: SLF001
+        return await self._cur.fetchall() if self._cur.description is not None else []
 
     async def close(self) -> None:
         await self._cur.close()
@@ -180,6 +176,7 @@ class PgStore(Store):
     """An open PostgreSQL database; see the module's docstring for what differs from Store."""
 
     NOT_HELD = "r.id <> ALL(?::bigint[])"
+    NOW_SQL = "(EXTRACT(EPOCH FROM clock_timestamp())::double precision)"  # the SERVER's clock (fleet)
 
     def __init__(self, db: PgConnection, target: PgTarget) -> None:  # type: ignore[override]
         super().__init__(db, target)  # type: ignore[arg-type]
@@ -263,13 +260,16 @@ class PgStore(Store):
                             "use an empty database")
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Tx]:
-        """One transaction holding the database's write lock: one writer at a time, as on SQLite."""
+    async def write(self, *, shared: bool = False) -> AsyncIterator[Tx]:
+        """One transaction holding the database's write lock: one writer at a time, as on SQLite.
+        `shared` (fleet senders' batches, core/fleet.py): batches of several senders overlap (their
+        rows are disjoint, claimed on disk) but every other write still waits for all of them."""
         async with self._write_lock:
             conn = await self.pg.ready()
             self.pg.in_write = True
             try:
-                await conn.execute(_BEGIN_LOCKED)  # one round trip: BEGIN and the write lock
+                lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+                await conn.execute(f"BEGIN; SELECT {lock}({WRITE_LOCK})".encode())  # one round trip
                 yield Tx(self.db)
             except BaseException:
                 await self._rollback()
@@ -312,153 +312,210 @@ class PgStore(Store):
         held: Iterable[int] = (),
         barred: set[int] | None = None,
     ) -> tuple[list[Claimed], Mailing]:
-        """What Store.record_and_claim does, in one PostgreSQL transaction (see there).
-
-        The whole batch goes to the server in pipeline mode and its results are read once at
-        the end: one wait for the server per batch (the sender waits for this commit before a
-        marked row's final dot), not one per statement."""
-        async with self._write_lock:
-            conn = await self.pg.ready()
-            self.pg.in_write = True
-            try:
-                async with conn.pipeline():
-                    batch = _Batch(conn, mailing_id, time.time())
-                    await batch.send(outcomes, claim, rate, marks or [], sorted(held))
-                    claimed, row = await batch.finish(claim)
-                    if barred is not None:
-                        barred.update(batch.barred_marks)
-                    await conn.execute("COMMIT")
-            except BaseException:
-                await self._rollback()
-                raise
-            finally:
-                self.pg.in_write = False
+        """What Store.record_and_claim does, in one PostgreSQL transaction (see there)."""
+        async with self.write(shared=self.claim_owner is not None) as tx:
+            claimed, row = await _record_and_claim(
+                tx, mailing_id, outcomes, claim, rate, marks or [], held, barred, self.claim_owner
+            )
         return claimed, _mailing_from_row(row)
 
 
+async def _fetchone(tx: Tx, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    async with tx.db.execute(sql, params) as cur:
+        return await cur.fetchone()
+
+
+async def _fetchall(tx: Tx, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async with tx.db.execute(sql, params) as cur:
+        return await cur.fetchall()
+
+
+async def _record_and_claim(
+    tx: Tx,
+    mailing_id: int,
+    outcomes: list[Outcome],
+    claim: int,
+    rate: float | None,
+    marks: list[int],
+    held: Iterable[int],
+    barred: set[int] | None,
+    owner: int | None = None,
+) -> tuple[list[Claimed], tuple[Any, ...]]:
+    now = time.time()
+    db = tx.db
+    me = -1 if owner is None else owner  # fleet: claims carry their sender's id (core/fleet.py)
+    written = owner is not None and bool(outcomes)
+    if written:
+        outcomes = await _write_owned_outcomes(tx, outcomes, owner, now)  # type: ignore[arg-type]
+    if outcomes:
+        rows, c = _outcome_rows(outcomes, now)
+        if not written:
+            await db.executemany(
+                "UPDATE recipients SET state = ?, attempts = attempts + ?, "
+                "in_doubt = GREATEST(in_doubt, ?), "
+                "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+                "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?",
+                rows,
+            )
+        await db.execute(
+            "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
+            "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
+            (c["sent"], c["failed"], c["deferred"], c["released_doubt"], c["resolved_doubt"], rate,
+             iso(datetime.fromtimestamp(now, timezone.utc)), mailing_id),
+        )
+        await _suppress_bounced(tx, outcomes, now)
+    elif rate is not None:
+        await db.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
+    if marks and owner is not None:
+        await _mark_owned(tx, mailing_id, marks, owner, now, barred)
+    elif marks:
+        skipped_marks = await _bar_suppressed_marks(tx, mailing_id, marks, now)
+        if barred is not None:
+            barred.update(skipped_marks)
+        await db.executemany(
+            "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending' AND claimed_by IS NULL",
+            [(now, recipient_id) for recipient_id in marks],
+        )
+    mailing_sql = f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?"
+    row = await _fetchone(tx, mailing_sql, (mailing_id,))
+    if row is None:
+        raise NotFound(f"no mailing with id {mailing_id}")
+    claimed: list[Claimed] = []
+    if claim > 0 and row[6] == MailingState.SENDING.value:
+        cur = await db.execute(
+            "UPDATE recipients SET state = 'pending' WHERE mailing_id = ? AND state = 'deferred' AND next_attempt_at <= ?",
+            (mailing_id, now),
+        )
+        due = max(cur.rowcount, 0)
+        if due:
+            await db.execute("UPDATE mailings SET deferred = deferred - ? WHERE id = ?", (due, mailing_id))
+        claimed, skipped = await _claim_unsuppressed(tx, mailing_id, sorted(held), claim, now, me)
+        if owner is not None and claimed:
+            # Only while this sender is alive on disk (see core/store._record_and_claim).
+            await db.execute("UPDATE recipients SET claimed_by = ? WHERE id = ANY(?::bigint[])"
+                             " AND EXISTS (SELECT 1 FROM senders WHERE id = ? AND state = 'running')",
+                             (owner, [c.id for c in claimed], owner))
+        if due or skipped:
+            row = await _fetchone(tx, mailing_sql, (mailing_id,))
+    return claimed, row  # type: ignore[return-value]
+
+
 # The claim: rows another transaction has locked are skipped, not waited for (several senders
-# claiming at once get disjoint batches). Claimed rows stay `pending` on disk, as on SQLite; only
-# a mailing that is `sending` hands out rows (a stop committed by another process is honoured).
-CLAIM_SQL = pg_sql(
+# claiming at once get disjoint batches). Claimed rows stay `pending` on disk, as on SQLite.
+CLAIM_SQL = (
     "SELECT r.id, r.email, r.name, r.fields, r.attempts, r.first_deferred_at, r.in_doubt,"
     " EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) FROM recipients r"
     " WHERE r.mailing_id = ? AND r.state = 'pending' AND r.id > ?"
-    f" AND {PgStore.NOT_HELD}"
+    f" AND {PgStore.NOT_HELD} AND (r.claimed_by IS NULL OR r.claimed_by = ?)"
+    # Only a mailing that is `sending` hands out rows: a stop committed by another process is
+    # honoured even by a claim that started before it.
     " AND EXISTS (SELECT 1 FROM mailings m WHERE m.id = r.mailing_id AND m.state = 'sending')"
     " ORDER BY r.id LIMIT ? FOR UPDATE OF r SKIP LOCKED"
 )
-# Outcomes: GREATEST where SQLite has its two-argument MAX.
-_OUTCOME_SQL = pg_sql(
-    "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = GREATEST(in_doubt, ?), "
-    "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
-    "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ? WHERE id = ?"
-)
-_COUNTERS_SQL = pg_sql(
-    "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
-    "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?"
-)
-_BOUNCED_SQL = pg_sql(
-    "INSERT INTO suppression (key, email, source, reason, mailing_id, added_at) "
-    "SELECT email_key, email, 'bounce', ?, mailing_id, ? FROM recipients WHERE id = ? ON CONFLICT (key) DO NOTHING"
-)
-# Marked rows whose address is suppressed by now become `suppressed` (counted once), and every
-# marked row that is `suppressed` (now or by an earlier mark) is returned: its connection must not
-# send the final dot. The outer SELECT sees the rows as they were before this statement, so a row
-# barred here comes from `barred` and one barred earlier from the second half, never both.
-_BAR_MARKS_SQL = pg_sql(
-    "WITH barred AS ("
-    " UPDATE recipients r SET state = 'suppressed', updated_at = ? WHERE r.id = ANY(?::bigint[])"
-    " AND r.mailing_id = ? AND r.state = 'pending'"
-    " AND EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) RETURNING r.id, r.in_doubt),"
-    " counted AS (UPDATE mailings SET suppressed = suppressed + (SELECT COUNT(*) FROM barred),"
-    " in_doubt = in_doubt - (SELECT COUNT(*) FROM barred WHERE in_doubt <> 0)"
-    " WHERE id = ? AND EXISTS (SELECT 1 FROM barred))"
-    " SELECT id FROM barred UNION ALL"
-    " SELECT id FROM recipients WHERE id = ANY(?::bigint[]) AND mailing_id = ? AND state = 'suppressed'"
-)
-_MARK_SQL = pg_sql(
-    "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ANY(?::bigint[]) AND state = 'pending'"
-)
-# Deferred rows whose retry time has come are pending again (and no longer counted deferred).
-_DUE_SQL = pg_sql(
-    "WITH due AS (UPDATE recipients SET state = 'pending' WHERE mailing_id = ? AND state = 'deferred'"
-    " AND next_attempt_at <= ?"
-    " AND EXISTS (SELECT 1 FROM mailings m WHERE m.id = ? AND m.state = 'sending') RETURNING 1)"
-    " UPDATE mailings SET deferred = deferred - (SELECT COUNT(*) FROM due) WHERE id = ? AND EXISTS (SELECT 1 FROM due)"
-)
-_MAILING_SQL = pg_sql(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?")
-_SKIP_SQL = pg_sql("UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ANY(?::bigint[])")
-_SKIP_COUNT_SQL = pg_sql("UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?")
 
 
-class _Batch:
-    """One record-and-claim transaction in pipeline mode: statements are sent as they come and
-    the rows are read in `finish`, after the last one was sent."""
+async def _claim_unsuppressed(
+    tx: Tx, mailing_id: int, held: list[int], claim: int, now: float, me: int = -1
+) -> tuple[list[Claimed], int]:
+    claimed: list[Claimed] = []
+    skipped = after = 0
+    for _ in range(_CLAIM_PASSES):
+        picked = await _fetchall(tx, CLAIM_SQL, (mailing_id, after, held, me, claim - len(claimed)))
+        if picked:
+            after = picked[-1][0]
+        barred = [r for r in picked if r[7]]
+        claimed += [_claimed(r) for r in picked if not r[7]]
+        if barred:
+            await tx.db.executemany(
+                "UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, r[0]) for r in barred]
+            )
+            doubt = sum(1 for r in barred if r[6])
+            await tx.db.execute(
+                "UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?",
+                (len(barred), doubt, mailing_id),
+            )
+            skipped += len(barred)
+        if not barred or len(claimed) >= claim:
+            break
+    return claimed, skipped
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], mailing_id: int, now: float) -> None:
-        self.conn, self.mailing_id, self.now = conn, mailing_id, now
-        self.barred_marks: list[int] = []
-        self._marks_cur: psycopg.AsyncCursor[Any] | None = None
-        self._claim_cur: psycopg.AsyncCursor[Any] | None = None
-        self._held: list[int] = []
 
-    async def _send(self, sql: str, params: Sequence[Any]) -> psycopg.AsyncCursor[Any]:
-        cur = self.conn.cursor()
-        await cur.execute(sql, _params(params))
-        return cur
+async def _write_owned_outcomes(tx: Tx, outcomes: list[Outcome], owner: int, now: float) -> list[Outcome]:
+    """Write the outcomes of rows still claimed by `owner` (fleet: a row another sender took over
+    is that sender's to record) and return those, in one round trip (counters follow from them)."""
+    rows, _ = _outcome_rows(outcomes, now)
+    written = await _returning_ids(
+        tx,
+        "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = GREATEST(in_doubt, ?), "
+        "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+        "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL "
+        "WHERE id = ? AND claimed_by = ? RETURNING id",
+        [(*row, owner) for row in rows],
+    )
+    mine = [o for o in outcomes if o.recipient_id in written]
+    kept = [o.recipient_id for o in mine if o.keep_claim]  # back on this sender's own queue: still its own
+    if kept:
+        await tx.db.execute("UPDATE recipients SET claimed_by = ? WHERE id = ANY(?::bigint[])", (owner, kept))
+    return mine
 
-    async def send(self, outcomes: list[Outcome], claim: int, rate: float | None, marks: list[int], held: list[int]) -> None:
-        m, now = self.mailing_id, self.now
-        await self.conn.execute("BEGIN")  # in pipeline mode: one statement per execute
-        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-        if outcomes:
-            rows, c = _outcome_rows(outcomes, now)
-            await self.conn.cursor().executemany(_OUTCOME_SQL, [_params(r) for r in rows])
-            await self._send(_COUNTERS_SQL, (c["sent"], c["failed"], c["deferred"], c["released_doubt"],
-                                             c["resolved_doubt"], rate, iso(datetime.fromtimestamp(now, timezone.utc)), m))
-            bounced = [(o.text or "", iso(datetime.fromtimestamp(now, timezone.utc)), o.recipient_id)
-                       for o in outcomes if o.suppress]
-            if bounced:
-                await self.conn.cursor().executemany(_BOUNCED_SQL, bounced)
-        elif rate is not None:
-            await self._send(pg_sql("UPDATE mailings SET rate = ? WHERE id = ?"), (rate, m))
-        if marks:
-            self._marks_cur = await self._send(_BAR_MARKS_SQL, (now, marks, m, m, marks, m))
-            # After the outcomes: a row one connection gave back and another took up again in
-            # the same batch ends up `sending`.
-            await self._send(_MARK_SQL, (now, marks))
-        self._held = held
-        if claim > 0:
-            await self._send(_DUE_SQL, (m, now, m, m))
-            self._claim_cur = await self._send(CLAIM_SQL, (m, 0, held, claim))
 
-    async def finish(self, claim: int) -> tuple[list[Claimed], tuple[Any, ...]]:
-        mailing_cur = await self._send(_MAILING_SQL, (self.mailing_id,))
-        if self._marks_cur is not None:
-            self.barred_marks = [r[0] for r in await self._marks_cur.fetchall()]
-        picked = await self._claim_cur.fetchall() if self._claim_cur is not None else []
-        row = await mailing_cur.fetchone()
-        if row is None:
-            raise NotFound(f"no mailing with id {self.mailing_id}")
-        claimed = [_claimed(r) for r in picked if not r[7]]
-        if any(r[7] for r in picked):  # suppressed rows found: skip them and claim on (rare)
-            claimed, row = await self._claim_past_suppressed(picked, claim)
-        return claimed, row
+async def _mark_owned(tx: Tx, mailing_id: int, marks: list[int], owner: int, now: float, barred: set[int] | None) -> None:
+    """Mark rows `sending` (the commit before their final dot) only if still claimed by `owner`
+    (the fence) and their address is not suppressed, in one round trip; a row not marked is
+    barred (no final dot): suppressed ones become `suppressed` (core/store._bar_suppressed_marks)."""
+    marked = await _returning_ids(
+        tx,
+        "UPDATE recipients r SET state = 'sending', updated_at = ? WHERE r.id = ? AND r.state = 'pending'"
+        " AND r.claimed_by = ? AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key) RETURNING r.id",
+        [(now, recipient_id, owner) for recipient_id in marks],
+    )
+    left = [i for i in marks if i not in marked]
+    if left:
+        await _bar_suppressed_marks(tx, mailing_id, left, now)
+        if barred is not None:
+            barred.update(left)
 
-    async def _claim_past_suppressed(self, picked: list[tuple[Any, ...]], claim: int) -> tuple[list[Claimed], tuple[Any, ...]]:
-        """As core/store._claim_unsuppressed: suppressed rows a claim found become `suppressed`
-        (counted on the mailing) and the claim goes on after them, a bounded number of passes."""
-        m, now = self.mailing_id, self.now
-        claimed: list[Claimed] = []
-        for _ in range(_CLAIM_PASSES):
-            barred = [r for r in picked if r[7]]
-            claimed += [_claimed(r) for r in picked if not r[7]]
-            if barred:
-                await self._send(_SKIP_SQL, (now, [r[0] for r in barred]))
-                await self._send(_SKIP_COUNT_SQL, (len(barred), sum(1 for r in barred if r[6]), m))
-            if not barred or len(claimed) >= claim or not picked:
+
+async def _returning_ids(tx: Tx, sql: str, rows: list[tuple[Any, ...]]) -> set[int]:
+    """executemany of an `UPDATE ... RETURNING id` (pipelined by psycopg): the ids it updated."""
+    conn = await tx.db.ready()  # type: ignore[attr-defined]
+    ids: set[int] = set()
+    async with conn.cursor() as cur:
+        await cur.executemany(pg_sql(sql), [_params(row) for row in rows], returning=True)
+        while True:
+            ids.update(r[0] for r in await cur.fetchall())
+            if not cur.nextset():
                 break
-            cur = await self._send(CLAIM_SQL, (m, picked[-1][0], self._held, claim - len(claimed)))
-            picked = await cur.fetchall()
-        row = await (await self._send(_MAILING_SQL, (m,))).fetchone()
-        return claimed, row  # type: ignore[return-value]
+    return ids
+
+
+async def _bar_suppressed_marks(tx: Tx, mailing_id: int, marks: list[int], now: float) -> list[int]:
+    """As core/store._bar_suppressed_marks: marked rows whose address is suppressed by now."""
+    found = await _fetchall(
+        tx,
+        "SELECT r.id, r.in_doubt, r.state FROM recipients r WHERE r.id = ANY(?::bigint[]) AND r.mailing_id = ?"
+        " AND (r.state = 'suppressed' OR (r.state = 'pending'"
+        " AND EXISTS (SELECT 1 FROM suppression s WHERE s.key = r.email_key)))",
+        (marks, mailing_id),
+    )
+    fresh = [(i, doubt) for i, doubt, state in found if state == "pending"]
+    if fresh:
+        await tx.db.executemany(
+            "UPDATE recipients SET state = 'suppressed', updated_at = ? WHERE id = ?", [(now, i) for i, _ in fresh]
+        )
+        await tx.db.execute(
+            "UPDATE mailings SET suppressed = suppressed + ?, in_doubt = in_doubt - ? WHERE id = ?",
+            (len(fresh), sum(1 for _, doubt in fresh if doubt), mailing_id),
+        )
+    return [i for i, _, _ in found]
+
+
+async def _suppress_bounced(tx: Tx, outcomes: list[Outcome], now: float) -> None:
+    bounced = [(o.text or "", iso(datetime.fromtimestamp(now, timezone.utc)), o.recipient_id) for o in outcomes if o.suppress]
+    if bounced:
+        await tx.db.executemany(
+            "INSERT INTO suppression (key, email, source, reason, mailing_id, added_at) "
+            "SELECT email_key, email, 'bounce', ?, mailing_id, ? FROM recipients WHERE id = ? "
+            "ON CONFLICT (key) DO NOTHING",
+            bounced,
+        )

@@ -54,6 +54,7 @@ from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
+from mailtower.core.fleet import FleetLost, senders_document
 from mailtower.core.store import Store, iso, open_store, storage_error
 from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version
 from mailtower.core.unsubscribe import set_targets
@@ -833,7 +834,10 @@ async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
 
 async def cmd_status(args: argparse.Namespace, store: Store) -> int:
     doc = await status_document(store)
+    senders = await senders_document(store, args.settings.sender_heartbeat_timeout)  # fleet (core/fleet.py)
     if args.json:
+        if senders is not None:
+            doc["senders"] = senders
         # One compact document: the C encoder keeps 10,000 mailings well under a second.
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
@@ -860,6 +864,11 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 held = m.get(key)
                 if held:
                     print(f"       {key}: {held['reason']} (since {held['since']}, next try {held['next_try'] or 'unknown'})")
+    if senders is not None and len(senders) > 1:
+        print(f"Senders ({sum(1 for x in senders if x['alive'])} alive)")
+        for x in senders:
+            print(f"       #{x['sender']} {safe(x['host'])} pid {x['pid']}  {x['rate']:.1f}/s  {x['connections']} connections"
+                  f"  heartbeat {x['heartbeat_age']:.1f} s ago  {'alive' if x['alive'] else x['state']}")
     return 0
 
 
@@ -1073,7 +1082,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             return fail(str(exc))
         except SenderFailed as exc:
             cause = exc.__cause__
-            if cause is not None and storage_error(settings.db, cause) is None:
+            if cause is not None and storage_error(settings.db, cause) is None and not isinstance(cause, FleetLost):
                 raise cause from None  # a bug, not the disk: main() logs its traceback (exit 70)
             return fail(str(exc))  # the ledger could not be written (full or read-only disk): exit 2
         if before is not None:

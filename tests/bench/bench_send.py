@@ -1,7 +1,7 @@
 """Sending throughput: `mailtower run --until-idle` against Postfix's smtp-sink, next to smtp-source.
 
     .venv/bin/python tests/bench/bench_send.py [--n 20000] [--k 8] [--rounds 3] [--latency-run [--latency-n N]] [--dashboard]
-        [--dkim rsa,ed25519]
+        [--dkim rsa,ed25519] [--db postgres|postgresql://... [--senders 2]]
 
 Prints, per round and as medians: mailtower's rate (personalised text+HTML, ~2 KB, two merge
 fields, full ledger) and smtp-source's rate for N messages of the same size over the same K
@@ -350,11 +350,25 @@ def main() -> None:
     ap.add_argument("--dkim", default="", help="also DKIM-on rounds next to DKIM-off, for these key types: rsa,ed25519")
     ap.add_argument("--domain-groups", type=int, default=0, metavar="N",
                     help="also send with N domain groups configured next to none (pacing by destination)")
+    # Issue 15 (tests/bench/bench_fleet.py): the ledger on PostgreSQL ("postgres": a throw-away server
+    # started as the tests do) next to SQLite, and --senders S senders next to one.
+    ap.add_argument("--db", default="", help="postgres (a throw-away server) or a postgresql:// URL")
+    ap.add_argument("--senders", type=int, default=1, help="with --db: also S senders next to one")
     args = ap.parse_args()
     if not (0 <= args.latency_n <= 200_000):
         ap.error("--latency-n must be 0..200000")
     ensure_postfix_tools()
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-"))
+    if args.db:
+        from bench_fleet import fleet_block  # type: ignore[import-not-found]
+
+        def smtp_sink() -> tuple[int, object]:
+            started = SmtpSink()
+            return started.port, started.stop
+
+        fleet_block(args, tmp, smtp_sink)  # type: ignore[arg-type]
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     size = message_size(tmp)
     print(f"N={args.n} K={args.k} message size ~{size} bytes, {args.rounds} alternating rounds")
     ours: list[Round] = []

@@ -146,7 +146,9 @@ def new_mailing(cli: Cli, tmp_path: Path, body: Path, n: int, from_addr: str = F
 
 
 def mailing_state(cli: Cli, mailing_id: int) -> str:
-    for items in json.loads(cli.ok("status", "--json")).values():
+    for section, items in json.loads(cli.ok("status", "--json")).items():
+        if section == "senders":  # the fleet (core/fleet.py), not mailings
+            continue
         for item in items:
             if item["id"] == mailing_id:
                 return str(item["state"])

@@ -303,8 +303,10 @@ def test_a_stop_cuts_off_a_message_in_flight_after_the_grace(tmp_path: Path, rea
         took = stop_and_time(runner)
         assert took <= STOP_GRACE + 3.0, f"the stop took {took:.1f} s"
         assert runner.returncode == 0
-        # The cut-off message may have reached the server: it is in doubt, nothing else is.
-        assert ledger(db).get("sending") == {slow}
+        # The cut-off message may have reached the server: it is in doubt, nothing else is (the
+        # sender released it as it ended: pending and in doubt, claimed by nobody; core/fleet.py).
+        assert ledger(db).get("pending") == {slow} and "sending" not in ledger(db)
+        assert mailing_row(db, mailing_id)[3] == 1
         assert SenderLease(db).holder() is None
         cli.ok("run", "--until-idle")
         state, sent, failed, in_doubt, _ = mailing_row(db, mailing_id)

@@ -21,7 +21,7 @@ def status(cli: Cli) -> dict:
 
 def find(doc: dict, mailing_id: int) -> tuple[str, dict]:
     for section, items in doc.items():
-        for item in items:
+        for item in items if section != "senders" else ():  # senders: the fleet (core/fleet.py)
             if item["id"] == mailing_id:
                 return section, item
     raise AssertionError(f"mailing {mailing_id} not in status")
@@ -153,6 +153,8 @@ def test_unschedule_refused_while_sending_then_allowed(tmp_path: Path, body: Pat
 
 
 def test_second_sender_does_not_send_while_lease_held(cli: Cli, sink: Sink, tmp_path: Path, body: Path, db: Path) -> None:
+    if not isinstance(db, Path):
+        pytest.skip("on PostgreSQL several senders share a database (core/fleet.py, tests/core/test_fleet.py)")
     new_mailing(cli, tmp_path, body, 10, "--now")
     lease = sender_lease(db)
     assert lease.acquire("test holder")

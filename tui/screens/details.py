@@ -23,6 +23,7 @@ from mailtower.core.domain import Mailing, Section
 from mailtower.core.progress import Hold, HoldState
 from mailtower.core.store import Store
 from mailtower.core.timezones import is_valid_zone, operator_zone, to_zone
+from mailtower.tui.senders import SendersPanel
 
 LIVE_REFRESH = 2.0  # seconds between reloads while the mailing is current
 
@@ -278,6 +279,7 @@ class DetailsScreen(Screen[None]):
             yield Static(id="now", markup=False)
             yield Static(id="last-error", markup=False)
             yield Static(id="domains")
+            yield SendersPanel(self.store, self.domains[0].sender_heartbeat_timeout if self.domains else None)  # fleet
             with Horizontal(classes="pair"):
                 yield Static(id="failed-codes")
                 yield Static(id="deferred-codes")

@@ -1,0 +1,230 @@
+"""Several senders on one database (issue 15 items 3-4): registration, heartbeat, claims, expiry.
+
+Every sender (on SQLite the only one, under the lease; on PostgreSQL any number, on any hosts)
+registers a row in `senders` and beats its heartbeat there every `interval` seconds, in the
+DATABASE's clock (hosts' clocks differ). A sender is alive while its row is `running` and its
+heartbeat is younger than `sender_heartbeat_timeout`.
+
+The rules (the store's SQL implements them, core/store.py "fleet"):
+
+- Claim: a claimed ledger row carries its sender's id on disk (recipients.claimed_by). The claim
+  query takes only rows nobody holds (claimed_by NULL) or this sender's own (minus those it has
+  in memory), `FOR UPDATE SKIP LOCKED` on PostgreSQL, so live senders' batches are disjoint.
+- Fence: a row becomes `sending` (the commit before its final dot) only if it is still claimed
+  by this sender; a mark that finds it otherwise reports the row "barred" and its connection
+  does not send the final dot. An outcome (or a release) is written only for a row still claimed
+  by this sender, and clears the claim.
+- Expiry: every heartbeat, each sender declares dead the running senders whose heartbeat is
+  older than the timeout; a dead sender's `sending` rows become pending and in doubt (counted,
+  with an event) and its other claims are released. At start-up only rows of senders that are
+  not alive (or without an owner) are recovered; on SQLite the lease says every other sender is
+  dead. A sender that ends releases its own claims (rows cut off in flight are in doubt).
+- Self-fencing: a sender that cannot write its heartbeat for longer than the timeout, or finds
+  itself declared dead, stops (SenderFailed): no further claims and no further final dots.
+- Limits hold for the fleet: each sender applies 1/N of rate, per-hour budget, connections and
+  the domain groups' limits, N = live senders, recomputed with every heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .config import Settings
+from .db_errors import database_errors
+from .limits import Limits
+from .store import Store
+
+log = logging.getLogger("mailtower.sender")
+
+MAX_INTERVAL = 5.0  # seconds between heartbeats at most ("every few seconds")
+
+
+class FleetLost(Exception):
+    """This sender may have been declared dead by the others: it must not send further."""
+
+
+@dataclass(frozen=True, slots=True)
+class SenderInfo:
+    """One registered sender, as `status --json` and the dashboard show it."""
+
+    id: int
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    rate: float
+    connections: int
+    state: str
+    alive: bool
+    age: float  # seconds since its last heartbeat, in the database's clock
+
+    def document(self) -> dict[str, Any]:
+        return {"sender": self.id, "host": self.host, "pid": self.pid, "started_at": self.started_at,
+                "heartbeat_at": self.heartbeat_at, "heartbeat_age": round(self.age, 3), "rate": self.rate,
+                "connections": self.connections, "state": self.state, "alive": self.alive}
+
+
+async def list_senders(store: Store, timeout: float) -> list[SenderInfo]:
+    """Senders running, or ended within the hour, oldest first."""
+    rows = await store.sender_rows(timeout)
+    return [
+        SenderInfo(int(r[0]), str(r[1]), int(r[2]), float(r[3]), float(r[4]), float(r[5]), int(r[6]), str(r[7]),
+                   bool(r[8]), max(0.0, float(r[9]) - float(r[4])))
+        for r in rows
+    ]
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """A quarter of the timeout (three beats may be missed before the others give up), at most 5 s."""
+    return min(MAX_INTERVAL, timeout / 4)
+
+
+class FleetMember:
+    """This process as one sender of the fleet: join, beat, share the limits, leave."""
+
+    def __init__(
+        self, settings: Settings, on_lost: Callable[[BaseException], None], figures: Callable[[], tuple[float, int]]
+    ) -> None:
+        self.settings = settings
+        self.figures = figures  # (rate, connections) of this sender now, for its heartbeat row
+        self.timeout = settings.sender_heartbeat_timeout
+        self.interval = heartbeat_interval(self.timeout)
+        self.on_lost = on_lost
+        self.store: Store | None = None
+        self.sender_id: int | None = None
+        self.live = 1  # live senders, this one included, as of the last heartbeat
+        self.alone = True  # no other sender was alive when this one joined
+        self._last_beat = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def exclusive(self) -> bool:
+        """SQLite: the lease makes this the only sender, so any other registered one is dead."""
+        return self.store is not None and self.store.is_file
+
+    async def join(self, store: Store, connections: int) -> int:
+        """Register, recover what dead senders left in flight, start the heartbeat. Returns how
+        many rows became in doubt."""
+        self.store = store
+        self.sender_id = await store.register_sender(socket.gethostname(), os.getpid(), connections)
+        store.claim_owner = self.sender_id
+        self._last_beat = time.monotonic()
+        recovered = await store.recover_in_doubt(None if self.exclusive else self.timeout, me=self.sender_id)
+        self.live = max(1, await store.live_senders(self.timeout))
+        self.alone = self.live <= 1
+        if not self.alone:
+            log.info("sender %d joins %d other live sender(s); limits are shared", self.sender_id, self.live - 1)
+        self._task = asyncio.create_task(self._beat_forever())
+        return recovered
+
+    def check(self) -> None:
+        """Raise FleetLost when the heartbeat has not been written for longer than the timeout."""
+        if self.sender_id is not None and time.monotonic() - self._last_beat > self.timeout:
+            raise FleetLost(
+                f"sender {self.sender_id}: its heartbeat could not be written for {self.timeout:g} s; "
+                "other senders may have taken its recipients over, so it stops"
+            )
+
+    async def others_hold(self, mailing_id: int) -> bool:
+        """Whether another live sender holds rows of this mailing (never on SQLite: one sender)."""
+        if self.store is None or self.exclusive:
+            return False
+        return await self.store.held_by_others(mailing_id, self.timeout)
+
+    async def shared(self, limits: Limits) -> Limits:
+        """`share` with the number of live senders read again (a tiny read, at most twice a second
+        from the sender's limits check): a sender joining or leaving moves everyone's share
+        within a second, not only at the next heartbeat."""
+        if self.store is not None and not self.exclusive:
+            try:
+                self.live = max(1, await self.store.live_senders(self.timeout))
+            except (*database_errors(), OSError):
+                pass  # the heartbeat says what is wrong; the last count stands
+        return self.share(limits)
+
+    def share(self, limits: Limits) -> Limits:
+        """This sender's part of the fleet's limits: 1/N of each (N live senders)."""
+        n = self.live
+        if n <= 1:
+            return limits
+        domains: dict[str, dict[str, float]] = {}
+        for spec in self.settings.domains:
+            given = limits.domains.get(spec.name, {})
+            cap = int(given.get("connections", spec.connections))
+            domains[spec.name] = {
+                "connections": max(1, cap // n) if cap else 0,  # 0: no cap of its own
+                "rate": float(given.get("rate", spec.rate)) / n,
+                "per_hour": float(given.get("per_hour", spec.per_hour)) / n,
+            }
+        return replace(limits, rate=limits.rate / n, rate_per_hour=limits.rate_per_hour / n,
+                       connections=max(1, limits.connections // n), domains=domains)
+
+    async def beat(self) -> None:
+        """One heartbeat, then expire senders that stopped beating. Raises FleetLost when this
+        sender was declared dead."""
+        store = self.store
+        assert store is not None and self.sender_id is not None
+        rate, connections = self.figures()
+        live = await store.sender_heartbeat(self.sender_id, rate, connections, self.timeout)
+        if live is None:
+            raise FleetLost(f"sender {self.sender_id} was declared dead by another sender (no heartbeat for "
+                            f"{self.timeout:g} s); its recipients went to the others, so it stops")
+        self._last_beat = time.monotonic()
+        if live != self.live:
+            log.info("%d sender(s) alive; each applies 1/%d of the limits", live, live)
+        self.live = max(1, live)
+        recovered = await store.expire_senders(self.timeout, me=self.sender_id)
+        if recovered:
+            log.warning("a sender stopped beating: %d of its recipients in flight are in doubt and sent again", recovered)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.beat()
+            except FleetLost as exc:
+                self.on_lost(exc)
+                return
+            except (*database_errors(), OSError) as exc:
+                log.warning("sender %s: heartbeat not written: %s", self.sender_id, exc)
+                try:
+                    self.check()
+                except FleetLost as lost:
+                    self.on_lost(lost)
+                    return
+            except Exception as exc:  # a bug: the sender stops saying so rather than beating no more
+                self.on_lost(exc)
+                return
+
+    async def leave(self) -> None:
+        """Stop beating and release this sender's claims (rows cut off in flight become in doubt)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.store is None or self.sender_id is None:
+            return
+        try:
+            in_doubt = await self.store.retire_sender(self.sender_id)
+        except (*database_errors(), OSError) as exc:
+            log.info("sender %d: could not release its claims (they expire with its heartbeat): %s", self.sender_id, exc)
+            return
+        if in_doubt:
+            log.warning("%d recipients were cut off in flight; they are in doubt and will be sent again", in_doubt)
+
+
+async def senders_document(store: Store, timeout: float) -> list[dict[str, Any]] | None:
+    """The senders for `status --json` (key `senders`): those running or ended within the hour,
+    each with host, pid, rate, connections, last heartbeat and whether it is alive. None while no
+    sender is alive (the document then has its three sections only, as before the fleet)."""
+    senders = await list_senders(store, timeout)
+    if not any(s.alive for s in senders):
+        return None
+    return [s.document() for s in senders]
