@@ -1769,17 +1769,6 @@ class Store:
                 )
         return rows
 
-
-async def _count_in_doubt(tx: Tx, per_mailing: Iterable[tuple[int, int]], when: str) -> int:
-    """Rows that became in doubt, per mailing: counted on the mailing, with an event saying when."""
-    total = 0
-    for mailing_id, n in per_mailing:
-        total += n
-        await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
-        await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when {when}; sending them again")
-    return total
-
-
     # ---- fast path: the sender's ledger write on the event loop's thread (issue 12) --------
 
     def record_now(
@@ -1863,6 +1852,16 @@ async def _wave_members(db: aiosqlite.Connection, group: int) -> list[Mailing]:
         (group,),
     ) as cur:
         return [_mailing_from_row(r) for r in await cur.fetchall()]
+
+
+async def _count_in_doubt(tx: Tx, per_mailing: Iterable[tuple[int, int]], when: str) -> int:
+    """Rows that became in doubt, per mailing: counted on the mailing, with an event saying when."""
+    total = 0
+    for mailing_id, n in per_mailing:
+        total += n
+        await tx.db.execute("UPDATE mailings SET in_doubt = in_doubt + ? WHERE id = ?", (n, mailing_id))
+        await tx.add_event(mailing_id, "in doubt", f"{n} recipients were in flight when {when}; sending them again")
+    return total
 
 
 # ---- choosing the engine (issue 15) ---------------------------------------------------------
