@@ -60,7 +60,8 @@ def pg_failure(target: object, exc: BaseException) -> UserError | None:
     is the server's or the connection's fault; None for one that is a bug (bad SQL, a constraint)."""
     if not is_pg_error(exc):
         return None
-    text = redact_url(str(exc)).strip()
+    scrub = getattr(target, "scrub", redact_url)  # a PgTarget knows every form of its password
+    text = scrub(str(exc)).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     lower = text.lower()
     psycopg = sys.modules["psycopg"]

@@ -171,9 +171,13 @@ class PgConnection:
 
 async def connect(target: PgTarget) -> psycopg.AsyncConnection[Any]:
     """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite)."""
-    return await psycopg.AsyncConnection.connect(
-        target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower"
-    )
+    try:
+        return await psycopg.AsyncConnection.connect(
+            target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower"
+        )
+    except psycopg.ProgrammingError as exc:  # libpq refused the URL itself; its text may quote the password
+        reason = target.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise UserError(f"database {target}: {reason}") from None
 
 
 class PgStore(Store):

@@ -1,0 +1,101 @@
+"""Hostile review of the PostgreSQL support (issue 15): URLs an operator may type, texts the
+driver may echo, and the server going away. Each test names the class of fault it pins down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailtower.core.db_target import parse_pg_url, redact_url
+from mailtower.core.errors import UserError
+from mailtower.core.sink import free_port
+
+SECRET = "s3cr3t-Pa55"
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    home = cwd / "home"
+    home.mkdir(exist_ok=True)
+    full = {**os.environ, "MAILTOWER_CONFIG": os.devnull, "HOME": str(home), "XDG_STATE_HOME": str(home / "state"),
+            "TMPDIR": str(home), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mailtower.tui.cli", *args], capture_output=True, text=True,
+                          env=full, timeout=90, cwd=cwd)
+
+
+# ---- URLs that Python's urllib and libpq read differently, or that libpq refuses itself ------------
+
+@pytest.mark.parametrize("url, words", [
+    # a raw '@' in the password: urllib splits at the last '@', libpq at the first (it resolved the
+    # host "<rest of password>@127.0.0.1" and printed it)
+    (f"postgresql://u:p@{SECRET}@127.0.0.1:1/db", "contains '@'"),
+    # libpq's own refusals were an "internal error" (exit 70) quoting the password
+    (f"postgresql://u:{SECRET}%ZZ@127.0.0.1:1/db", "'%' not followed by two hex digits"),
+    (f"postgresql://u:{SECRET}@127.0.0.1:1/d%00b", "%00"),
+    (f"postgresql://u:{SECRET}@127.0.0.1:1/db?foo=bar", 'invalid URI query parameter: "foo"'),
+    # an upper-case scheme: libpq took the whole URL for key=value conninfo and echoed it
+    (f"POSTGRESQL://u:{SECRET}@127.0.0.1:{{port}}/db?nonsense=1", "nonsense"),
+])
+def test_a_url_libpq_would_read_otherwise_is_one_line_exit_2_without_the_password(
+        tmp_path: Path, url: str, words: str) -> None:
+    url = url.replace("{port}", str(free_port()))
+    for command in (["status"], ["status", "--json"], ["run", "--until-idle"]):
+        proc = _cli("--db", url, *command, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
+        assert SECRET not in proc.stderr + proc.stdout and "s3cr" not in proc.stderr
+    leftovers = [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert not leftovers, leftovers  # no crash log, nothing written
+
+
+def test_an_upper_case_scheme_reaches_the_server_as_a_url(tmp_path: Path) -> None:
+    proc = _cli("--db", f"POSTGRESQL://u:{SECRET}@127.0.0.1:{free_port()}/db", "status", cwd=tmp_path)
+    assert proc.returncode == 2 and "not running" in proc.stderr and SECRET not in proc.stderr, proc.stderr
+
+
+def test_several_hosts_are_shown_as_written() -> None:
+    target = parse_pg_url(f"postgresql://u:{SECRET}@10.0.0.1:5433,10.0.0.2:5434/db", "--db")
+    assert str(target) == "postgresql://u@10.0.0.1:5433,10.0.0.2:5434/db"
+
+
+@pytest.mark.parametrize("text", [
+    f"could not connect: postgresql://u:p@ss{SECRET}@h/db",  # '@' inside the password
+    f"bad: postgresql://u@h/db?sslmode=require&password={SECRET}",
+    f"bad: postgresql://u@h/db?PassWord={SECRET}",
+    f"missing \"=\" after \"host=h password={SECRET} dbname=x\"",
+    f"missing \"=\" after \"host=h password='{SECRET} x' dbname=x\"",
+    f"POSTGRES://u:{SECRET}@h/db",
+])
+def test_redact_url_removes_every_written_form_of_a_password(text: str) -> None:
+    assert SECRET not in redact_url(text)
+    assert "s3cr" not in redact_url(text)
+
+
+def test_a_target_scrubs_its_password_in_every_encoding_from_driver_text() -> None:
+    target = parse_pg_url("postgresql://u:a%2Fb%40c-long@127.0.0.1:1/db?sslpassword=key-pass-1", "--db")
+    for text in ('token "a/b@c-long"', 'token "a%2Fb%40c-long"', "token key-pass-1"):
+        assert target.scrub(text) == "token ***" or target.scrub(text) == 'token "***"', target.scrub(text)
+
+
+def test_the_crash_log_never_holds_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailtower.tui import cli
+
+    monkeypatch.setattr(cli, "crash_log_candidates", lambda: [tmp_path])
+    exc = RuntimeError(f'missing "=" after "postgresql://u:{SECRET}@h/db?password={SECRET}" in connection info')
+    log = cli.write_crash_log(exc, ["--db", f"postgresql://u:p@{SECRET}@h/db"])
+    assert log is not None
+    assert SECRET not in log.read_text(encoding="utf-8")
+
+
+def test_open_store_refusing_a_url_is_a_user_error() -> None:
+    import asyncio
+
+    from mailtower.core.store import open_store
+
+    target = parse_pg_url(f"postgresql://u:{SECRET}@127.0.0.1:{free_port()}/db?sslmode=bogus", "test")
+    with pytest.raises(UserError) as caught:
+        asyncio.run(open_store(target))
+    assert SECRET not in str(caught.value) and "sslmode" in str(caught.value)
