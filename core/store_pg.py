@@ -68,7 +68,17 @@ def pg_sql(sql: str) -> str:
 
 def _params(params: Sequence[Any] | None) -> list[Any]:
     # The schema keeps flags as 0/1 integers (as SQLite does); psycopg would send a bool.
-    return [int(p) if isinstance(p, bool) else p for p in params or ()]
+    values = [int(p) if isinstance(p, bool) else p for p in params or ()]
+    for value in values:
+        if isinstance(value, str) and "\0" in value:
+            # Checked before the statement goes out, so the transaction rolls back whole; the
+            # inputs a person gives refuse NUL themselves, naming the field: this is the backstop.
+            raise UserError(f"a text value contains a NUL character, which PostgreSQL cannot store: {_shown(value)}")
+    return values
+
+
+def _shown(value: str) -> str:
+    return repr(value[:60] + ("..." if len(value) > 60 else ""))
 
 
 class PgCursor:

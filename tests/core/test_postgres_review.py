@@ -99,3 +99,47 @@ def test_open_store_refusing_a_url_is_a_user_error() -> None:
     with pytest.raises(UserError) as caught:
         asyncio.run(open_store(target))
     assert SECRET not in str(caught.value) and "sslmode" in str(caught.value)
+
+
+# ---- text PostgreSQL cannot store (NUL): one rule on both engines --------------------------------
+
+def _run_cli(db: object, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MAILTOWER_CONFIG": os.devnull}
+    env.pop("MAILTOWER_DB", None)
+    return subprocess.run([sys.executable, "-m", "mailtower.tui.cli", "--db", str(getattr(db, "url", db)), *args],
+                          capture_output=True, text=True, env=env, timeout=90, cwd=tmp_path, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("flag", ["--text", "--html"])
+def test_a_body_with_a_nul_is_refused_on_both_engines_and_nothing_is_created(
+        db_target: object, tmp_path: Path, flag: str) -> None:
+    # SQLite stored it (and migrate then refused the database); PostgreSQL was an internal error.
+    body = tmp_path / "body.txt"
+    body.write_bytes(b"Hello {{ name }}\nbad \x00 byte\n")
+    people = tmp_path / "r.csv"
+    people.write_text("email,name\na@example.com,Al\n", encoding="utf-8")
+    made = _run_cli(db_target, tmp_path, "new", "--name", "n", "--subject", "Hi", "--from", "x@example.org",
+                    flag, str(body), "--recipients", str(people))
+    assert made.returncode == 2 and made.stderr.count("\n") == 1, made.stderr
+    assert f"{flag}: {body}: line 2: contains a NUL character" in made.stderr
+    status = _run_cli(db_target, tmp_path, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    import json
+
+    listed = json.loads(status.stdout)
+    assert not any(listed.get(key) for key in ("active", "inactive", "scheduled", "drafts")), listed
+
+
+async def test_any_nul_reaching_the_postgres_store_is_a_user_error_and_rolls_back(pg_url: str, tmp_path: Path) -> None:
+    from mailtower.core.operations import Draft, create_mailing
+    from mailtower.core.store import open_store
+
+    people = tmp_path / "r.csv"
+    people.write_text("email,name\na@example.com,Al\n", encoding="utf-8")
+    store = await open_store(parse_pg_url(pg_url, "test"))
+    try:
+        with pytest.raises(UserError, match="NUL character, which PostgreSQL cannot store"):
+            await create_mailing(store, Draft("n", "Subject", "x@example.org", "Hi\x00", None), people, lambda *a: None)
+        assert await store.mailings() == []
+    finally:
+        await store.close()
