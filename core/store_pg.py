@@ -50,6 +50,11 @@ from .store import (
 )
 
 log = logging.getLogger(__name__)
+# psycopg logs "error ignored terminating <AsyncPipeline [BAD]>" when the server goes away mid-pipeline;
+# with no handler configured (the CLI) logging's last resort would print it to stderr as a second
+# line next to our one-line error. A NullHandler keeps it off the terminal; a log file set up on
+# the root logger (the background sender's) still receives it.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 # Advisory lock keys (64-bit, one namespace per database): "mailtowr" and "mailtows" in ASCII.
 WRITE_LOCK = 0x6D61696C746F7772

@@ -143,3 +143,63 @@ async def test_any_nul_reaching_the_postgres_store_is_a_user_error_and_rolls_bac
         assert await store.mailings() == []
     finally:
         await store.close()
+
+
+# ---- the server goes away while a sender works -------------------------------------------------
+
+@pytest.fixture
+def own_server():
+    """A PostgreSQL server of this test's own: it is stopped and started again mid-test."""
+    from tests.pg_server import PostgresMissing, start_server
+
+    try:
+        server = start_server()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _pg_ctl(server, *args: str) -> None:  # noqa: ANN001 - tests.pg_server.PgServer
+    options = (f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.socket_dir} -c fsync=off "
+               "-c max_connections=200")
+    extra = ["-o", options] if args[-1] == "start" else []
+    server._run(str(server.bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.root / "server.log"),
+                *extra, "-w", "-t", "30", *args, timeout=60)
+
+
+def test_the_server_stopping_mid_run_ends_the_sender_in_one_line_and_a_rerun_completes(
+        own_server, tmp_path: Path) -> None:
+    import json
+
+    from mailtower.core.sink import Sink
+    from tests.helpers import Cli, recipients, wait_until, write_csv
+
+    target = parse_pg_url(own_server.new_database(), "test")
+    with Sink(latency=0.01) as sink:
+        cli = Cli(target, sink.port, MAILTOWER_SMTP_CONNECTIONS="3", MAILTOWER_RATE="100")
+        body = tmp_path / "b.txt"
+        body.write_text("x\n", encoding="utf-8")
+        cli.ok("new", "--name", "m", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+               "--recipients", str(write_csv(tmp_path / "r.csv", recipients(300))), "--now")
+        sender = cli.popen("run", "--until-idle", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: len(sink.deliveries) >= 30, timeout=60, what="the sender sending")
+            _pg_ctl(own_server, "-m", "fast", "stop")
+            out, err = sender.communicate(timeout=90)  # bounded: a hang fails here
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait(timeout=30)
+        text = err.decode(errors="replace")
+        assert sender.returncode != 0 and text.count("\n") == 1 and "Traceback" not in text, text
+        assert f"database {target}" in text, text
+        _pg_ctl(own_server, "start")
+        code, _, err2 = cli("run", "--until-idle")
+        assert code == 0, err2
+        received = sink.received()
+    assert set(received) == {f"user{i}@example.com" for i in range(300)}
+    (item,) = json.loads(cli.ok("status", "--json"))["inactive"]
+    assert (item["state"], item["sent"]) == ("completed", 300)
