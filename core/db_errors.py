@@ -32,6 +32,7 @@ def is_pg_error(exc: BaseException) -> bool:
 
 # libpq's words for the usual reasons a connection fails, and what they mean to an operator.
 _CONNECTION_FAULTS: tuple[tuple[str, str], ...] = (
+    ("lock timeout", "another session held a lock too long (the database stayed busy); try again"),
     ("connection refused", "the server is not running or does not accept connections there"),
     ("no such file or directory", "the server is not running (no socket there)"),
     ("could not translate host name", "the host name is not known"),

@@ -59,6 +59,9 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 # Advisory lock keys (64-bit, one namespace per database): "mailtowr" and "mailtows" in ASCII.
 WRITE_LOCK = 0x6D61696C746F7772
 CONNECT_TIMEOUT = 10  # seconds: a server that does not answer is reported, not waited for
+# Seconds any statement waits for a lock another session holds (the write lock, `LOCK TABLE` in a
+# psql session...): as SQLite's busy_timeout, then one line "the database stayed busy", never a hang.
+LOCK_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
 _BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode()  # one round trip
 _CLAIM_PASSES = 100  # as core/store.py: bound on claim passes that found only suppressed rows
@@ -187,12 +190,18 @@ class PgConnection:
 async def connect(target: PgTarget) -> psycopg.AsyncConnection[Any]:
     """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite)."""
     try:
-        return await psycopg.AsyncConnection.connect(
+        conn = await psycopg.AsyncConnection.connect(
             target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower"
         )
     except psycopg.ProgrammingError as exc:  # libpq refused the URL itself; its text may quote the password
         reason = target.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise UserError(f"database {target}: {reason}") from None
+    try:
+        await conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT * 1000)}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 class PgStore(Store):

@@ -203,3 +203,39 @@ def test_the_server_stopping_mid_run_ends_the_sender_in_one_line_and_a_rerun_com
     assert set(received) == {f"user{i}@example.com" for i in range(300)}
     (item,) = json.loads(cli.ok("status", "--json"))["inactive"]
     assert (item["state"], item["sent"]) == ("completed", 300)
+
+
+# ---- a lock held by another session: a bounded wait, then one line -----------------------------
+
+@pytest.mark.parametrize("holding", [
+    "SELECT pg_advisory_lock({write_lock})",  # another process's write transaction, stuck
+    "BEGIN; LOCK TABLE mailings IN ACCESS EXCLUSIVE MODE",  # an operator's psql session
+])
+async def test_a_lock_held_elsewhere_is_a_bounded_wait_then_one_line(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holding: str) -> None:
+    import asyncio
+
+    import psycopg
+
+    from mailtower.core import store_pg
+    from mailtower.core.operations import Draft, create_mailing
+    from mailtower.core.store import open_store, storage_error
+
+    monkeypatch.setattr(store_pg, "LOCK_TIMEOUT", 0.5)
+    people = tmp_path / "r.csv"
+    people.write_text("email,name\na@example.com,Al\n", encoding="utf-8")
+    target = parse_pg_url(pg_url, "test")
+    store = await open_store(target)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            other.execute(holding.format(write_lock=store_pg.WRITE_LOCK))
+            with pytest.raises(Exception) as caught:
+                await asyncio.wait_for(
+                    create_mailing(store, Draft("n", "Subject", "x@example.org", "Hi", None), people,
+                                   lambda *a: None), timeout=20)
+            error = storage_error(target, caught.value) if not isinstance(caught.value, UserError) else caught.value
+            assert isinstance(error, UserError), repr(caught.value)
+            assert "stayed busy" in str(error) and "\n" not in str(error)
+        assert await store.mailings() == []  # nothing half-written; and the store works again
+    finally:
+        await store.close()
