@@ -486,9 +486,11 @@ class DashboardApp(App[int]):
             except (*database_errors(), OSError) as exc:
                 # A busy or briefly unreadable database must not end the dashboard: try again
                 # at the next tick, and say so once.
-                log.warning("refresh failed: %s", exc)
+                # One line naming the database (a driver's text is several lines, may quote a URL).
+                said = str(storage_error(self.settings.db, exc) or exc).strip().splitlines() or [type(exc).__name__]
+                log.warning("refresh failed: %s", said[0])
                 if not self._read_failed:
-                    self.notify(f"Could not read the database: {exc}; retrying", severity="warning", timeout=5)
+                    self.notify(f"Could not read the database: {said[0]}; retrying", severity="warning", timeout=5)
                 self._read_failed = True
                 self._force = True
             else:
