@@ -418,7 +418,8 @@ class DashboardApp(App[int]):
         """Monitor whoever holds the lease; take it when it is free (if we may send)."""
         if self.sender is not None or self._leaving:
             return
-        holder = self.sender_host.holder()
+        # In a thread: on PostgreSQL it may connect to the server, which must not freeze the screen.
+        holder = await asyncio.to_thread(self.sender_host.holder)
         if holder is not None:
             if self.mode is not Mode.MONITORING or self.holder != holder:
                 self.mode, self.holder = Mode.MONITORING, holder

@@ -44,7 +44,11 @@ async def test_the_server_going_away_is_one_line_and_the_dashboard_carries_on(ow
         await wait_for(check(lambda: bool(warned())), timeout=30)
         (message,) = warned()
         assert "\n" not in message and f"{target}" in message, message  # one line, naming the database
-        assert app.is_running
+        # The lease probe (who sends?) asks the server every second too: it must not end the app.
+        checks = app._next_lease_check  # noqa: SLF001
+        await wait_for(check(lambda: app._next_lease_check >= checks + 2), timeout=30)  # noqa: SLF001
+        assert app.is_running and app.return_code is None
+        assert app.holder is not None and "cannot be reached" in app.holder.what  # unknown is not "free"
         _pg_ctl(own_server, "start")
         sql_execute(target, "UPDATE mailings SET name = 'after the restart' WHERE id = ?", (mailing_id,))
         app._force = True  # noqa: SLF001
