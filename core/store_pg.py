@@ -225,6 +225,15 @@ class PgStore(Store):
     def _held_param(held: Iterable[int]) -> Any:
         return sorted(held)
 
+    @staticmethod
+    def _remaining_filter(search: str) -> tuple[str, list[Any]]:
+        # SQLite's LOWER folds ASCII only; PostgreSQL's follows the database's locale (Ä -> ä on a
+        # UTF-8 one). Under the "C" collation it folds ASCII only too: the same matches on both engines.
+        clause, params = Store._remaining_filter(search)
+        for column in ("email", "name", "last_error"):
+            clause = clause.replace(f"LOWER({column})", f'LOWER({column} COLLATE "C")')
+        return clause.replace("LOWER(?)", 'LOWER(? COLLATE "C")'), params
+
     @classmethod
     async def open(cls, target: PgTarget) -> "PgStore":  # type: ignore[override]
         """Connect and create or check the schema; any failure is one UserError naming the

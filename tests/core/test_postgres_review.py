@@ -239,3 +239,35 @@ async def test_a_lock_held_elsewhere_is_a_bounded_wait_then_one_line(
         assert await store.mailings() == []  # nothing half-written; and the store works again
     finally:
         await store.close()
+
+
+# ---- the same query, the same answer on both engines --------------------------------------------
+
+async def test_search_folds_case_the_same_on_a_utf8_database_as_on_sqlite(pg_server, tmp_path: Path) -> None:
+    """A production server's databases are usually UTF-8 (LOWER('Ä') = 'ä' there); SQLite folds
+    ASCII only. The remaining-recipients search gave different rows on the two engines."""
+    from mailtower.core.operations import Draft, create_mailing
+    from mailtower.core.store import open_store
+
+    name = f"utf8_{os.getpid()}"
+    with pg_server.admin() as conn:  # empty: open_store creates the schema
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'")
+    people = tmp_path / "r.csv"
+    people.write_text("email,name\na@example.com,ÄRGER\nb@example.com,ärger\nc@example.com,Zed\n", encoding="utf-8")
+    found: dict[str, dict[str, list[str]]] = {}
+    try:
+        for engine, target in (("sqlite", tmp_path / "m.db"), ("postgres", parse_pg_url(pg_server.url(name), "t"))):
+            store = await open_store(target)
+            try:
+                mailing, _ = await create_mailing(store, Draft("n", "s", "x@example.org", "Hi", None), people,
+                                                  lambda *a: None)
+                found[engine] = {term: sorted(r.email for r in await store.remaining(mailing, search=term))
+                                 for term in ("ärger", "ÄRGER", "zED")}
+                assert await store.remaining_count(mailing, search="ärger") == len(found[engine]["ärger"])
+            finally:
+                await store.close()
+    finally:
+        pg_server.drop_database(pg_server.url(name))
+    assert found["postgres"] == found["sqlite"]
+    assert found["sqlite"]["zED"] == ["c@example.com"]
