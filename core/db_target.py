@@ -61,7 +61,8 @@ def display(target: object) -> str:
     return str(target)
 
 
-_URL_IN_TEXT = re.compile(r"postgres(?:ql)?://[^\s\"'<>]*", re.IGNORECASE)
+# To the next white space: a password may hold quotes (a trailing quote only lands in the path).
+_URL_IN_TEXT = re.compile(r"postgres(?:ql)?://\S*", re.IGNORECASE)
 _KEYWORD_SECRET = re.compile(r"\b(password|passfile|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
 
 

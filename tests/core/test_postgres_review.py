@@ -68,6 +68,8 @@ def test_several_hosts_are_shown_as_written() -> None:
     f"missing \"=\" after \"host=h password={SECRET} dbname=x\"",
     f"missing \"=\" after \"host=h password='{SECRET} x' dbname=x\"",
     f"POSTGRES://u:{SECRET}@h/db",
+    f"argv: ['--db', 'postgresql://u:it's{SECRET}@h/db']",  # a quote inside the password
+    f'missing "=" after "postgresql://u:a"b{SECRET}@h/db" in connection info string',
 ])
 def test_redact_url_removes_every_written_form_of_a_password(text: str) -> None:
     assert SECRET not in redact_url(text)
