@@ -60,8 +60,10 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 WRITE_LOCK = 0x6D61696C746F7772
 CONNECT_TIMEOUT = 10  # seconds: a server that does not answer is reported, not waited for
 # Seconds any statement waits for a lock another session holds (the write lock, `LOCK TABLE` in a
-# psql session...): as SQLite's busy_timeout, then one line "the database stayed busy", never a hang.
-LOCK_TIMEOUT = 30.0
+# psql session...), then one line "the database stayed busy", never a hang. Longer than SQLite's
+# 30 s busy_timeout: a legitimate writer holds the write lock longer here (a million-row import
+# takes ~40 s on PostgreSQL), and a running sender must wait it out rather than stop.
+LOCK_TIMEOUT = 120.0
 CLOSE_TIMEOUT = 10.0
 _BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode()  # one round trip
 _CLAIM_PASSES = 100  # as core/store.py: bound on claim passes that found only suppressed rows
