@@ -150,14 +150,11 @@ async def test_any_nul_reaching_the_postgres_store_is_a_user_error_and_rolls_bac
 # ---- the server goes away while a sender works -------------------------------------------------
 
 @pytest.fixture
-def own_server():
+def own_server(pg_server):  # noqa: ANN001, ARG001 - pg_server: the same skip/fail when PostgreSQL is missing
     """A PostgreSQL server of this test's own: it is stopped and started again mid-test."""
-    from tests.pg_server import PostgresMissing, start_server
+    from tests.pg_server import start_server
 
-    try:
-        server = start_server()
-    except PostgresMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+    server = start_server()
     try:
         yield server
     finally:

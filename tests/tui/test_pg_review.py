@@ -10,10 +10,13 @@ import pytest
 from mailtower.core.config import Settings
 from mailtower.core.db_target import parse_pg_url
 from mailtower.tui.app import DashboardApp
-from tests.core.test_postgres_review import _pg_ctl, own_server  # noqa: F401 - a fixture used by name
+from tests.core import test_postgres_review as review
 from tests.helpers import wait_for
 from tests.pg_server import sql_execute
 from tests.tui.test_pg_listen import draft, inactive
+
+own_server = review.own_server  # a fixture: a server of the test's own, stopped and started mid-test
+_pg_ctl = review._pg_ctl
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,7 +32,7 @@ def check(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     return probe
 
 
-async def test_the_server_going_away_is_one_line_and_the_dashboard_carries_on(own_server, tmp_path: Path) -> None:  # noqa: F811
+async def test_the_server_going_away_is_one_line_and_the_dashboard_carries_on(own_server, tmp_path: Path) -> None:  # noqa: ANN001
     target = parse_pg_url(own_server.new_database(), "test")
     mailing_id = await draft(target, tmp_path)
     app = DashboardApp(Settings(db=target), start_sender=False, operator_tz="UTC")  # type: ignore[arg-type]
