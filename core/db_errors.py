@@ -32,6 +32,7 @@ def is_pg_error(exc: BaseException) -> bool:
 
 # libpq's words for the usual reasons a connection fails, and what they mean to an operator.
 _CONNECTION_FAULTS: tuple[tuple[str, str], ...] = (
+    ("lock timeout", "another session held a lock too long (the database stayed busy); try again"),
     ("connection refused", "the server is not running or does not accept connections there"),
     ("no such file or directory", "the server is not running (no socket there)"),
     ("could not translate host name", "the host name is not known"),
@@ -60,7 +61,8 @@ def pg_failure(target: object, exc: BaseException) -> UserError | None:
     is the server's or the connection's fault; None for one that is a bug (bad SQL, a constraint)."""
     if not is_pg_error(exc):
         return None
-    text = redact_url(str(exc)).strip()
+    scrub = getattr(target, "scrub", redact_url)  # a PgTarget knows every form of its password
+    text = scrub(str(exc)).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     lower = text.lower()
     psycopg = sys.modules["psycopg"]

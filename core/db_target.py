@@ -28,9 +28,17 @@ class PgTarget:
 
     url: str = field(repr=False)  # the full URL, password included: for the driver only
     display: str  # the URL without any password
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)  # every form of the password
 
     def __str__(self) -> str:
         return self.display
+
+    def scrub(self, text: str) -> str:
+        """`text` (a driver's message, say) without this target's password in any form it may hold."""
+        text = redact_url(text)
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
 
     def __repr__(self) -> str:
         return f"PgTarget({self.display!r})"
@@ -53,9 +61,30 @@ def display(target: object) -> str:
     return str(target)
 
 
+# To the next white space: a password may hold quotes (a trailing quote only lands in the path).
+_URL_IN_TEXT = re.compile(r"postgres(?:ql)?://\S*", re.IGNORECASE)
+_KEYWORD_SECRET = re.compile(r"\b(password|passfile|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
+
+
 def redact_url(text: str) -> str:
-    """`text` with the password of any PostgreSQL URL in it removed (for error texts from the driver)."""
-    return re.sub(r"(postgres(?:ql)?://[^:@/\s]*):[^@\s]*@", r"\1@", text, flags=re.IGNORECASE)
+    """`text` with the password of any PostgreSQL URL in it removed (for error texts from the driver,
+    argv in the crash log): the userinfo's password (up to the LAST '@' of the host part, as
+    urllib reads it), `password=`-like query parameters, and libpq's key=value form."""
+    return _KEYWORD_SECRET.sub(r"\1=***", _URL_IN_TEXT.sub(lambda m: _redact_one_url(m.group(0)), text))
+
+
+def _redact_one_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at:
+        netloc = userinfo.partition(":")[0] + "@" + hosts
+    path, q, query = tail.partition("?")
+    if q:
+        kept = [pair for pair in query.split("&") if pair.partition("=")[0].lower() not in _SECRET_PARAMS]
+        tail = path + ("?" + "&".join(kept) if kept else "")
+    return f"{scheme}://{netloc}{tail}"
 
 
 def parse_target(value: str | Path, source: str) -> DbTarget:
@@ -67,8 +96,13 @@ def parse_target(value: str | Path, source: str) -> DbTarget:
     return Path(value).expanduser()
 
 
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")
+
+
 def parse_pg_url(text: str, source: str) -> PgTarget:
     shown = redact_url(text)
+    scheme, _, rest = text.partition("://")
+    text = f"{scheme.lower()}://{rest}"  # libpq knows the scheme in lower case only
     if _CONTROL.search(text):
         raise UserError(f"{source}: {_CONTROL.sub('?', shown)!r}: the URL contains a control character")
     if any(c.isspace() for c in text):
@@ -77,6 +111,11 @@ def parse_pg_url(text: str, source: str) -> PgTarget:
         parts = urlsplit(text)
     except ValueError as exc:
         raise UserError(f"{source}: {shown}: not a PostgreSQL URL ({redact_url(str(exc))})") from None
+    if parts.netloc.count("@") > 1:
+        # urllib splits at the last '@', libpq at the first: they would disagree on the host.
+        raise UserError(f"{source}: {shown}: the user or password contains '@' (write it as %40)")
+    if _BAD_ESCAPE.search(text):
+        raise UserError(f"{source}: {shown}: the URL has a '%' not followed by two hex digits, or %00")
     port = _port_text(parts.netloc)
     if port and not (port.isascii() and port.isdigit()):
         raise UserError(f"{source}: {shown}: the port {port!r} is not a number")
@@ -91,7 +130,30 @@ def parse_pg_url(text: str, source: str) -> PgTarget:
         params = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise UserError(f"{source}: {shown}: the query {redact_query(parts.query)!r} is not name=value pairs") from None
-    return PgTarget(url=text, display=_display(parts, params))
+    _check_with_driver(text, source, shown)
+    return PgTarget(url=text, display=_display(parts, params), secrets=_secrets(parts, params))
+
+
+def _check_with_driver(url: str, source: str, shown: str) -> None:
+    """libpq's own parse of the URL (unknown parameters, bad values), when the driver is there;
+    its message may quote the password, so only a scrubbed form of it is shown."""
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return  # the store says which extra to install when it opens
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        secrets = _secrets(urlsplit(url), parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        reason = PgTarget(url="", display="", secrets=secrets).scrub(str(exc).strip().splitlines()[0])
+        raise UserError(f"{source}: {shown}: {_CONTROL.sub('?', reason)}") from None
+
+
+def _secrets(parts, params: list[tuple[str, str]]) -> tuple[str, ...]:  # noqa: ANN001 - a SplitResult
+    found = [parts.password or ""] + [v for k, v in params if k.lower() in _SECRET_PARAMS]
+    forms = {form for secret in found for form in (secret, unquote(secret), quote(unquote(secret), safe=""))}
+    return tuple(form for form in forms if len(form) >= 3)  # a 1-2 character "password" would scrub every word
 
 
 def _port_text(netloc: str) -> str:
@@ -112,9 +174,10 @@ def _display(parts, params: list[tuple[str, str]]) -> str:  # noqa: ANN001 - a u
     host = parts.hostname or ""
     if ":" in host:  # an IPv6 literal keeps its brackets
         host = f"[{host}]"
-    netloc = (quote(unquote(user), safe="") + "@" if user else "") + host
+    hosts = parts.netloc.rpartition("@")[2]  # as written (several hosts, IPv6): it holds no password
+    netloc = (quote(unquote(user), safe="") + "@" if user else "") + (hosts if "," in hosts else host)
     port = _port_text(parts.netloc)
-    if port:
+    if port and "," not in hosts:
         netloc += f":{int(port)}"
     shown = [(k, v) for k, v in params if k.lower() not in _SECRET_PARAMS]
     query = f"?{urlencode(shown, safe='/:,')}" if shown else ""

@@ -179,6 +179,11 @@ def _read_holder(fd: int) -> Holder:
 # application_name. The fleet work (several senders) replaces this with registered senders.
 
 SENDER_LOCK = 0x6D61696C746F7773  # "mailtows": one advisory lock key per database
+# holder() runs on the dashboard's refresh: when the server cannot be reached it says so, and tries
+# again only after PROBE_RETRY seconds, each try bounded by PROBE_CONNECT_TIMEOUT (libpq's unit: s).
+PROBE_CONNECT_TIMEOUT = 3
+PROBE_RETRY = 5.0
+_UNREACHABLE = Holder(0, "?", 0.0, "unknown (the database server cannot be reached)")
 _APP_PREFIX = "mailtower-lease"
 
 
@@ -196,6 +201,7 @@ class PgSenderLease:
         self.target = target
         self._conn = None  # the connection that holds the lock
         self._probe = None  # a connection kept for holder() (the dashboard asks every second)
+        self._probe_retry_at = 0.0  # monotonic: no probe before then (the server was unreachable)
 
     @property
     def path(self) -> None:
@@ -205,7 +211,7 @@ class PgSenderLease:
     def held(self) -> bool:
         return self._conn is not None
 
-    def _connect(self, what: str):  # noqa: ANN202 - a psycopg Connection
+    def _connect(self, what: str, timeout: int = 10):  # noqa: ANN202 - a psycopg Connection
         from .store import pg_store_class
 
         pg_store_class(self.target)  # the one line naming the extra when psycopg is missing
@@ -215,7 +221,7 @@ class PgSenderLease:
 
         name = f"{_APP_PREFIX} {os.getpid()} {socket.gethostname()} {what}"[:63]
         try:
-            return psycopg.connect(self.target.url, autocommit=True, connect_timeout=10, application_name=name)
+            return psycopg.connect(self.target.url, autocommit=True, connect_timeout=timeout, application_name=name)
         except psycopg.Error as exc:
             raise (pg_failure(self.target, exc) or UserError(f"database {self.target}: cannot connect")) from None
 
@@ -252,10 +258,15 @@ class PgSenderLease:
             return Holder(os.getpid(), socket.gethostname(), time.time(), "this process")
         import psycopg
 
+        if time.monotonic() < self._probe_retry_at:
+            return _UNREACHABLE  # the server could not be reached a moment ago: do not wait on it again yet
         for _ in range(2):  # a probe connection the server closed is opened again, once
             try:
                 if self._probe is None or self._probe.closed:
-                    self._probe = self._connect("probe")
+                    try:
+                        self._probe = self._connect("probe", timeout=PROBE_CONNECT_TIMEOUT)
+                    except UserError:
+                        break  # a fresh connection failed: a second one would only wait as long again
                 rows = self._probe.execute(
                     "SELECT a.application_name, EXTRACT(EPOCH FROM a.backend_start) FROM pg_locks l "
                     "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
@@ -264,7 +275,7 @@ class PgSenderLease:
                     "ORDER BY a.backend_start",
                     (SENDER_LOCK,),
                 ).fetchall()
-            except psycopg.Error:
+            except (psycopg.Error, UserError):  # the server went away (or never answered)
                 self._close_probe()
                 continue
             if not rows:
@@ -273,7 +284,9 @@ class PgSenderLease:
             if len(rows) > 1:  # a fleet (core/fleet.py): the header says how many send
                 first = Holder(first.pid, first.host, first.since, f"{first.what} and {len(rows) - 1} more sender(s)")
             return first
-        return Holder(0, "?", 0.0, "another process (the server did not say who)")
+        # Unknown is not free: a dashboard must not start a sender on a database it cannot reach.
+        self._probe_retry_at = time.monotonic() + PROBE_RETRY
+        return _UNREACHABLE
 
 
 def _pg_holder(application_name: str, since: float) -> Holder:

@@ -45,7 +45,11 @@ def _read_body(path: Path | None, what: str) -> str | None:
     """A body file, read once and bounded (a device or an endless pipe is refused, not read)."""
     if path is None:
         return None
-    return read_text_bounded(path, limit=MAX_BODY_BYTES, what=what)
+    text = read_text_bounded(path, limit=MAX_BODY_BYTES, what=what)
+    if "\0" in text:  # PostgreSQL cannot store it, and no mail body needs it: refused on both engines
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise UserError(f"{what}: {path}: line {line}: contains a NUL character (not a text file?)")
+    return text
 
 
 def read_draft(name: str, subject: str, from_addr: str, text_file: Path | None, html_file: Path | None) -> Draft:

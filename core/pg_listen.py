@@ -120,13 +120,14 @@ class ChangeListener:
             except asyncio.CancelledError:
                 raise
             except _NoTriggers as exc:
-                self.unavailable = str(exc)
-                log.warning("database %s: no change notifications (%s); the dashboard polls instead", self.target, exc)
+                self.unavailable = self.target.scrub(str(exc))  # the driver's text: never the password
+                log.warning("database %s: no change notifications (%s); the dashboard polls instead", self.target,
+                            self.unavailable)
                 await self._close_conn()
                 return
             except Exception as exc:  # noqa: BLE001 - any failure means: connect again, later
                 log.info("database %s: change notifications interrupted (%s); reconnecting in %.2g s",
-                         self.target, exc, backoff)
+                         self.target, self.target.scrub(str(exc)), backoff)
             finally:
                 self.connected = False
                 await self._close_conn()

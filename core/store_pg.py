@@ -51,10 +51,20 @@ from .store import (
 )
 
 log = logging.getLogger(__name__)
+# psycopg logs "error ignored terminating <AsyncPipeline [BAD]>" when the server goes away mid-pipeline;
+# with no handler configured (the CLI) logging's last resort would print it to stderr as a second
+# line next to our one-line error. A NullHandler keeps it off the terminal; a log file set up on
+# the root logger (the background sender's) still receives it.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 # Advisory lock keys (64-bit, one namespace per database): "mailtowr" and "mailtows" in ASCII.
 WRITE_LOCK = 0x6D61696C746F7772
 CONNECT_TIMEOUT = 10  # seconds: a server that does not answer is reported, not waited for
+# Seconds any statement waits for a lock another session holds (the write lock, `LOCK TABLE` in a
+# psql session...), then one line "the database stayed busy", never a hang. Longer than SQLite's
+# 30 s busy_timeout: a legitimate writer holds the write lock longer here (a million-row import
+# takes ~40 s on PostgreSQL), and a running sender must wait it out rather than stop.
+LOCK_TIMEOUT = 120.0
 CLOSE_TIMEOUT = 10.0
 _CLAIM_PASSES = 100  # as core/store.py: bound on claim passes that found only suppressed rows
 
@@ -68,7 +78,17 @@ def pg_sql(sql: str) -> str:
 
 def _params(params: Sequence[Any] | None) -> list[Any]:
     # The schema keeps flags as 0/1 integers (as SQLite does); psycopg would send a bool.
-    return [int(p) if isinstance(p, bool) else p for p in params or ()]
+    values = [int(p) if isinstance(p, bool) else p for p in params or ()]
+    for value in values:
+        if isinstance(value, str) and "\0" in value:
+            # Checked before the statement goes out, so the transaction rolls back whole; the
+            # inputs a person gives refuse NUL themselves, naming the field: this is the backstop.
+            raise UserError(f"a text value contains a NUL character, which PostgreSQL cannot store: {_shown(value)}")
+    return values
+
+
+def _shown(value: str) -> str:
+    return repr(value[:60] + ("..." if len(value) > 60 else ""))
 
 
 class PgCursor:
@@ -167,9 +187,19 @@ class PgConnection:
 
 async def connect(target: PgTarget) -> psycopg.AsyncConnection[Any]:
     """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite)."""
-    return await psycopg.AsyncConnection.connect(
-        target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower"
-    )
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower"
+        )
+    except psycopg.ProgrammingError as exc:  # libpq refused the URL itself; its text may quote the password
+        reason = target.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise UserError(f"database {target}: {reason}") from None
+    try:
+        await conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT * 1000)}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 class PgStore(Store):
@@ -193,6 +223,15 @@ class PgStore(Store):
     @staticmethod
     def _held_param(held: Iterable[int]) -> Any:
         return sorted(held)
+
+    @staticmethod
+    def _remaining_filter(search: str) -> tuple[str, list[Any]]:
+        # SQLite's LOWER folds ASCII only; PostgreSQL's follows the database's locale (Ä -> ä on a
+        # UTF-8 one). Under the "C" collation it folds ASCII only too: the same matches on both engines.
+        clause, params = Store._remaining_filter(search)
+        for column in ("email", "name", "last_error"):
+            clause = clause.replace(f"LOWER({column})", f'LOWER({column} COLLATE "C")')
+        return clause.replace("LOWER(?)", 'LOWER(? COLLATE "C")'), params
 
     @classmethod
     async def open(cls, target: PgTarget) -> "PgStore":  # type: ignore[override]

@@ -418,7 +418,8 @@ class DashboardApp(App[int]):
         """Monitor whoever holds the lease; take it when it is free (if we may send)."""
         if self.sender is not None or self._leaving:
             return
-        holder = self.sender_host.holder()
+        # In a thread: on PostgreSQL it may connect to the server, which must not freeze the screen.
+        holder = await asyncio.to_thread(self.sender_host.holder)
         if holder is not None:
             if self.mode is not Mode.MONITORING or self.holder != holder:
                 self.mode, self.holder = Mode.MONITORING, holder
@@ -486,9 +487,11 @@ class DashboardApp(App[int]):
             except (*database_errors(), OSError) as exc:
                 # A busy or briefly unreadable database must not end the dashboard: try again
                 # at the next tick, and say so once.
-                log.warning("refresh failed: %s", exc)
+                # One line naming the database (a driver's text is several lines, may quote a URL).
+                said = str(storage_error(self.settings.db, exc) or exc).strip().splitlines() or [type(exc).__name__]
+                log.warning("refresh failed: %s", said[0])
                 if not self._read_failed:
-                    self.notify(f"Could not read the database: {exc}; retrying", severity="warning", timeout=5)
+                    self.notify(f"Could not read the database: {said[0]}; retrying", severity="warning", timeout=5)
                 self._read_failed = True
                 self._force = True
             else:

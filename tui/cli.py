@@ -1401,7 +1401,7 @@ def write_crash_log(exc: BaseException, argv: Sequence[str]) -> Path | None:
     record = (
         f"==== {datetime.now(timezone.utc).isoformat(timespec='seconds')} mailtower {package_version()} "
         f"pid {os.getpid()}\nargv: {[redact_url(_shown(a)) for a in argv]!r}\n"
-        + "".join(traceback.format_exception(exc))
+        + redact_url("".join(traceback.format_exception(exc)))  # a driver's text may quote a URL
     )
     for directory in crash_log_candidates():
         path = directory / "mailtower-errors.log"

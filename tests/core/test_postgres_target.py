@@ -33,7 +33,7 @@ SECRET = "s3cr3t-Pa55"
 def test_a_url_is_a_pg_target_whose_every_printed_form_hides_the_password(text: str) -> None:
     target = parse_target(text, "--db")
     assert isinstance(target, PgTarget)
-    assert target.url == text  # the driver gets everything
+    assert target.url.partition("://")[2] == text.partition("://")[2]  # the driver gets everything (scheme in lower case: libpq knows only that)
     for shown in (str(target), f"{target}", target.display):
         assert SECRET not in shown and shown.startswith("postgresql://")
     assert SECRET not in repr(target) and SECRET not in json.dumps({"db": str(target)})
