@@ -225,3 +225,39 @@ async def test_replies_nobody_asked_for_end_the_connection_instead_of_piling_up(
 
         await wait_for(closed, timeout=TIMEOUT / 2)
         assert not conn.connected
+
+
+# ---- another process holds the database's write lock ------------------------------------------
+
+def test_no_final_dot_while_another_process_holds_the_write_lock(tmp_path: Path, reap: list) -> None:
+    """Another process (an import, a person's sqlite3) holds the write lock for 2 s while the
+    sender runs with envelopes going ahead: the inline write gives way, and since no `sending`
+    mark can reach the disk, no connection sends a final dot beyond the one it had already sent
+    (at most one message per connection is delivered meanwhile). Then everything goes on:
+    everyone once, nobody in doubt, the sender never failed."""
+    from mailtower.core.sink import Sink
+    from tests.core.test_edge_sender import mailing_row
+
+    n, connections = 400, 3
+    db = tmp_path / "locked.db"
+    with Sink(latency=0.003) as sink:
+        cli = Cli(db, sink.port, MAILTOWER_SMTP_CONNECTIONS=str(connections))
+        mailing_id = new_mailing(cli, tmp_path, n)
+        runner = cli.popen("run", "--until-idle", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        reap.append(runner)
+        wait_until(lambda: len(sink.deliveries) >= 20, timeout=30, what="sending under way")
+        other = sqlite3.connect(db, isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            at_lock = len(sink.deliveries)
+            time.sleep(2.0)  # how long the other process holds the lock (the scenario, not a wait)
+            during = len(sink.deliveries) - at_lock
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert runner.wait(timeout=60) == 0, runner.stderr.read().decode() if runner.stderr else ""
+        received = sink.received()
+    assert during <= connections, f"{during} messages delivered while no mark could be written"
+    assert len(received) == n and set(received.values()) == {1}
+    state, sent, failed, in_doubt, _ = mailing_row(db, mailing_id)
+    assert (state, sent, failed, in_doubt) == ("completed", n, 0, 0)
