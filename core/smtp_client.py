@@ -31,7 +31,7 @@ from aiosmtplib.errors import (
 
 from .compose import ascii_domain
 from .config import Settings
-from .smtp_replies import Stage, Verdict, classify, classify_auth, classify_failure
+from .smtp_replies import Outcome, Stage, Verdict, classify, classify_auth, classify_failure
 
 # A body larger than this is written before the wait for the ledger (see send): sending it
 # overlaps the commit; a small one goes in the same write as its final dot.
@@ -531,6 +531,14 @@ class SmtpConnection:
 
     async def _refused(self, code: int, text: str, stage: Stage) -> Verdict:
         verdict = classify(code, _scrub(text, self.relay), stage)
+        if verdict.outcome is Outcome.SENT and stage is not Stage.DOT:
+            # A positive reply where another was due (250 to DATA instead of 354): it is not a
+            # delivery (no message went), and a server answering out of protocol cannot be
+            # trusted to pair replies: the connection goes, nobody in doubt, the row is retried.
+            self.abort()
+            return classify_failure(
+                "disconnect", stage, _scrub(f"the server answered {stage.name} with {code} {text}, out of protocol", self.relay)
+            )
         if verdict.new_connection:
             self.abort()
         elif stage is not Stage.DOT and self._reader is not None:

@@ -261,3 +261,36 @@ def test_no_final_dot_while_another_process_holds_the_write_lock(tmp_path: Path,
     assert len(received) == n and set(received.values()) == {1}
     state, sent, failed, in_doubt, _ = mailing_row(db, mailing_id)
     assert (state, sent, failed, in_doubt) == ("completed", n, 0, 0)
+
+
+# ---- a positive reply where another was due is not a delivery -----------------------------------
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("data_reply", [b"250 2.0.0 ok", b"220 fine", b"300 go on"])
+async def test_a_positive_reply_to_data_instead_of_354_is_not_taken_for_a_delivery(pipelining: bool, data_reply: bytes) -> None:
+    """The server answers DATA with 250 (or another 2xx/3xx) instead of 354: no message was
+    sent, yet the reply went to the refusal path, whose verdict for a 2xx is SENT: the recipient
+    was recorded `sent` and never received anything (lost). The server is not following the
+    protocol: the connection goes, nobody is in doubt, and the recipient is sent again."""
+    from mailtower.core.smtp_replies import Outcome as ReplyOutcome
+    from tests.core.test_smtp_client import greet, read_lines, scripted
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer, pipelining=pipelining)
+        if pipelining:
+            await read_lines(reader, 3)
+            writer.write(b"250 ok\r\n250 ok\r\n" + data_reply + b"\r\n")
+        else:
+            for reply in (b"250 ok", b"250 ok", data_reply):
+                await read_lines(reader, 1)
+                writer.write(reply + b"\r\n")
+        await writer.drain()
+        while await asyncio.wait_for(reader.readline(), TIMEOUT):  # RSET, QUIT: answered, until closed
+            writer.write(b"250 ok\r\n")
+            await writer.drain()
+
+    async with scripted(script) as (conn, _errors):
+        verdict = await asyncio.wait_for(conn.send("a@example.org", "one@example.org", b"Subject: 1\r\n\r\nx\r\n"), TIMEOUT)
+        assert verdict.outcome is not ReplyOutcome.SENT, verdict
+        assert verdict.outcome is ReplyOutcome.RECONNECT and not verdict.in_doubt
+        assert not conn.connected
