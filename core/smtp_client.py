@@ -31,7 +31,7 @@ from aiosmtplib.errors import (
 
 from .compose import ascii_domain
 from .config import Settings
-from .smtp_replies import Stage, Verdict, classify, classify_auth, classify_failure
+from .smtp_replies import Outcome, Stage, Verdict, classify, classify_auth, classify_failure
 
 # A body larger than this is written before the wait for the ledger (see send): sending it
 # overlaps the commit; a small one goes in the same write as its final dot.
@@ -137,6 +137,12 @@ def _secret_forms(user: str, password: str) -> tuple[str, ...]:
 # A reply line longer than this (RFC 5321 4.5.3.1.5 allows 512 octets) means the peer is not
 # speaking SMTP; stop buffering rather than grow without bound.
 _MAX_REPLY_LINE = 65536
+# More lines in one reply than any server's EHLO has, or more replies waiting unread than a
+# pipelined group can have (the dot's reply and the next MAIL, RCPT, DATA): the peer is not
+# answering us, it is talking; stop buffering (memory) and drop the connection (nobody is
+# delivered to by a connection we stop talking on before a dot).
+_MAX_REPLY_LINES = 1000
+_MAX_UNREAD_REPLIES = 64
 
 
 class _ReplyReader(asyncio.Protocol):
@@ -183,6 +189,7 @@ class _ReplyReader(asyncio.Protocol):
             code = data[:3]
             if data[3:4] == b" " and code.isdigit() and not self._lines:
                 self._ready.append((int(code), data[4:-2].decode("utf-8", "replace")))
+                self._check_unread()
                 self._wake()
                 return
         buffer = self._buffer
@@ -254,12 +261,26 @@ class _ReplyReader(asyncio.Protocol):
         text = line[4:].decode("utf-8", "replace")
         if line[3:4] == b"-":
             self._lines.append(text)
+            if len(self._lines) > _MAX_REPLY_LINES:
+                self._give_up(f"the server sent a reply of more than {_MAX_REPLY_LINES} lines")
             return
         if self._lines:
             self._lines.append(text)
             text = "\n".join(self._lines)
             self._lines = []
         self._ready.append((int(code), text))
+        self._check_unread()
+
+    def _check_unread(self) -> None:
+        if len(self._ready) > _MAX_UNREAD_REPLIES:
+            self._give_up(f"the server sent more than {_MAX_UNREAD_REPLIES} replies nobody asked for")
+
+    def _give_up(self, why: str) -> None:
+        """The peer is not answering our commands: no more buffering, the connection goes."""
+        self._lines = []
+        self._wake()  # a reply asked for that came before the flood is still the answer
+        self._fail(SMTPServerDisconnected(why))
+        self.transport.abort()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -510,6 +531,14 @@ class SmtpConnection:
 
     async def _refused(self, code: int, text: str, stage: Stage) -> Verdict:
         verdict = classify(code, _scrub(text, self.relay), stage)
+        if verdict.outcome is Outcome.SENT and stage is not Stage.DOT:
+            # A positive reply where another was due (250 to DATA instead of 354): it is not a
+            # delivery (no message went), and a server answering out of protocol cannot be
+            # trusted to pair replies: the connection goes, nobody in doubt, the row is retried.
+            self.abort()
+            return classify_failure(
+                "disconnect", stage, _scrub(f"the server answered {stage.name} with {code} {text}, out of protocol", self.relay)
+            )
         if verdict.new_connection:
             self.abort()
         elif stage is not Stage.DOT and self._reader is not None:
