@@ -306,6 +306,10 @@ class Sender:
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()  # workers sending a message (the rest wait for work)
         self._carries: set[Carry] = set()  # each worker's job taken ahead, if any
+        # The ledger write before a dot done on the event loop's own thread (Store.record_now):
+        # fastest for `mailtower run`; a front end that answers keys on the same loop (the
+        # dashboard) turns it off, so the writes run on the database's thread instead.
+        self.inline_writes = True
         self._last_limits_read = 0.0
         self._stop_at: float | None = None  # monotonic time of the stop request
         self._failure: BaseException | None = None  # what stopped the sender, if anything did
@@ -607,7 +611,7 @@ class Sender:
         store = self._store
         # A store without the inline path (one that cannot write without waiting) leaves every
         # write to the feeder: the awaitable record_and_claim, same guarantees.
-        record_now = getattr(store, "record_now", None)
+        record_now = getattr(store, "record_now", None) if self.inline_writes else None
         if record_now is None or self._failure is not None:
             return
         barred: set[int] = set()

@@ -54,10 +54,13 @@ class SenderHost:
     def create(self) -> Sender:
         """A new sender for this dashboard. A bad relay setting raises; the next try then waits."""
         try:
-            return Sender(self.settings, what="dashboard")
+            sender = Sender(self.settings, what="dashboard")
         except Exception:
             self.retry_at = time.monotonic() + SENDER_RETRY
             raise
+        # Keys first (issue 11 item 16): the ledger writes leave the event loop the keys share.
+        sender.inline_writes = False
+        return sender
 
     def run(
         self,

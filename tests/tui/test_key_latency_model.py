@@ -264,3 +264,16 @@ async def test_the_dashboard_collects_garbage_itself_and_gives_the_collector_bac
         await wait_for(lambda: gone() is None, what="the cycle collected at a refresh")
         assert app.collector.collections > before
     assert gc.isenabled()  # given back when the dashboard ends
+
+
+def test_the_dashboards_own_sender_writes_the_ledger_off_the_keys_loop(tmp_path: Path) -> None:
+    """`mailtower run` writes the ledger before each dot on its event loop's thread (fastest);
+    the dashboard's in-process sender shares that loop with the keys, so its writes go to the
+    database's thread (measured: j/k median 10.9 -> 5.8 ms, `a` max 56 -> 37 ms while sending)."""
+    from mailtower.core.config import Settings
+    from mailtower.core.sender import Sender
+    from mailtower.tui.sender_host import SenderHost
+
+    settings = Settings(db=tmp_path / "m.db")
+    assert Sender(settings).inline_writes
+    assert not SenderHost(settings).create().inline_writes
