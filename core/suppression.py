@@ -12,7 +12,6 @@ address is suppressed later is skipped when the sender claims it (state `suppres
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import enum
 import io
@@ -231,30 +230,3 @@ async def import_file(
 class SuppressedMeanwhile(Exception):
     """A row's address was suppressed after the sender claimed it: its `sending` mark found it
     on the list (Store.record_and_claim's `barred`), so the final dot must not be sent."""
-
-
-def gate_before_dot(on_disk: asyncio.Future[None], barred: set[int], row_id: int) -> asyncio.Future[None]:
-    """What a connection awaits before a row's final dot: the commit of the row's `sending`
-    mark (`on_disk`), then SuppressedMeanwhile if that commit found the address suppressed.
-
-    A future, not a coroutine: a retried transaction awaits it again. Its exception is marked
-    retrieved, as nobody awaits it when the server refuses the row before the dot."""
-    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def settle(done: asyncio.Future[None]) -> None:
-        if gate.done():
-            return
-        if done.cancelled():
-            gate.cancel()
-            return
-        failure = done.exception() or (
-            SuppressedMeanwhile(f"recipient {row_id} was suppressed before it was sent") if row_id in barred else None
-        )
-        if failure is None:
-            gate.set_result(None)
-        else:
-            gate.set_exception(failure)
-            gate.exception()
-
-    on_disk.add_done_callback(settle)
-    return gate
