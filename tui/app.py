@@ -530,7 +530,9 @@ class DashboardApp(App[int]):
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key):
             # Keys first: a refresh tick that comes now waits for this key's frame (refresh.KeysFirst).
-            self.keys_first.key(time.monotonic())
+            now = time.monotonic()
+            self.keys_first.key(now)
+            self.collector.key(now)
             if not self._key_frame_hook:
                 self._key_frame_hook = True
                 self.call_after_refresh(self._after_key_frame)

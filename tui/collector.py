@@ -9,6 +9,12 @@ collector is off and the dashboard collects at its refresh, which runs in the ga
 (refresh.KeysFirst): the young generations at every refresh (a few times a second), everything
 every `full_every` seconds. Memory that reference counting frees (most of it) is freed at once
 as ever; only garbage in reference cycles waits, for less than a second (young) or `full_every`.
+
+A full pass costs far more than a young one (45 ms of CPU after 30 s at full sending speed,
+`tests/bench/bench_dashboard.py`, against 10-15 ms), more than a key may take on its own. So it
+waits for a pause in the operator's typing (`key_pause` seconds without a key): keys come in
+bursts, and a burst is where a 45 ms pause would be felt. A burst that never ends does not put it
+off for ever: past `full_every + max_delay` it runs at the next refresh whatever the keys do.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import gc
 from dataclasses import dataclass
 
 FULL_EVERY = 30.0  # seconds between full collections while the dashboard runs
+KEY_PAUSE = 2.0  # seconds without a key before a due full collection may run
+MAX_DELAY = 300.0  # seconds a due full collection may wait for such a pause
 
 
 @dataclass(slots=True)
@@ -24,9 +32,13 @@ class Collector:
     """Owns the process's automatic collection while the dashboard runs; gives it back after."""
 
     full_every: float = FULL_EVERY
+    key_pause: float = KEY_PAUSE
+    max_delay: float = MAX_DELAY
     collections: int = 0  # for tests: how many collections the dashboard made
+    full_collections: int = 0  # for tests: how many of them were full
     _was_enabled: bool | None = None  # None: not taken over
     _full_at: float = 0.0
+    _key_at: float = float("-inf")
 
     @property
     def active(self) -> bool:
@@ -44,13 +56,24 @@ class Collector:
                 gc.enable()
             self._was_enabled = None
 
+    def key(self, now: float) -> None:
+        """A key arrived (the dashboard tells every one): a full pass due now waits for a pause."""
+        self._key_at = now
+
+    def full_pass_due(self, now: float) -> bool:
+        """A full pass is due and the keys allow it: paused long enough, or waited too long."""
+        if now < self._full_at:
+            return False
+        return now - self._key_at >= self.key_pause or now >= self._full_at + self.max_delay
+
     def collect(self, now: float) -> None:
         """One collection, at a moment the dashboard chose (no key is waiting)."""
         if self._was_enabled is None:
             return
-        if now >= self._full_at:
+        if self.full_pass_due(now):
             self._full_at = now + self.full_every
             gc.collect(2)
+            self.full_collections += 1
         else:
             gc.collect(1)
         self.collections += 1

@@ -266,6 +266,50 @@ async def test_the_dashboard_collects_garbage_itself_and_gives_the_collector_bac
     assert gc.isenabled()  # given back when the dashboard ends
 
 
+def test_a_due_full_collection_waits_for_a_pause_in_the_keys_but_not_for_ever() -> None:
+    from mailtower.tui.collector import Collector
+
+    collector = Collector(full_every=30.0, key_pause=2.0, max_delay=300.0)
+    collector.take_over(0.0)
+    try:
+        assert not collector.full_pass_due(29.0)  # not due yet
+        assert collector.full_pass_due(30.0)  # due, and no key ever came
+        collector.key(29.5)
+        assert not collector.full_pass_due(30.0)  # a key half a second ago: the typing goes on
+        assert not collector.full_pass_due(31.4)
+        assert collector.full_pass_due(31.5)  # two seconds without a key
+        # Keys held down for five minutes, one every second: put off until 30 s + max_delay.
+        due_at = []
+        for second in range(30, 400):
+            collector.key(float(second))
+            if collector.full_pass_due(second + 0.5):
+                due_at.append(second + 0.5)
+        assert due_at[0] == 330.5  # then it runs whatever the keys do
+    finally:
+        collector.give_back()
+
+
+async def test_no_full_collection_lands_inside_a_burst_of_keys(tmp_path: Path) -> None:
+    """The full pass is the longest pause the dashboard makes (45 ms at full sending speed, more
+    than a key may take): while keys keep coming it waits, and it runs once they pause."""
+    fx = await build_fixed(tmp_path / "m.db", small=True)
+    app = dashboard_app(fx.db, refresh_interval=0.05)
+    async with running(app, size=(120, 40)) as pilot:
+        await wait_for(lambda: app.collector.active, what="the collector taken over")
+        app.collector.full_every, app.collector.key_pause = 0.1, 0.6
+        app.collector._full_at = time.monotonic()  # due now
+        refreshes = app.collector.collections
+        full = app.collector.full_collections
+        for _ in range(200):  # bounded: keys 0.1 s apart until the refresh has run many times
+            await pilot.press("j")
+            await pilot.pause(0.1)
+            if app.collector.collections >= refreshes + 10:
+                break
+        assert app.collector.collections >= refreshes + 10  # the refresh did collect meanwhile...
+        assert app.collector.full_collections == full  # ...young generations only
+        await wait_for(lambda: app.collector.full_collections > full, what="the full pass after the keys paused")
+
+
 def test_the_dashboards_own_sender_writes_the_ledger_off_the_keys_loop(tmp_path: Path) -> None:
     """`mailtower run` writes the ledger before each dot on its event loop's thread (fastest);
     the dashboard's in-process sender shares that loop with the keys, so its writes go to the
