@@ -26,7 +26,7 @@ from .errors import UserError
 from .files import MIB, database_companions, is_stdin, read_text_bounded, same_file
 from .recipients_csv import normalize_address
 from .store import Store
-from .unsubscribe import database_secret, read_token
+from .unsubscribe import check_token, issued_secret
 
 MAX_IMPORT_BYTES = 256 * MIB  # about five million addresses
 MAX_REASON = 300  # characters kept of a reason
@@ -161,7 +161,7 @@ def _csv_values(text: str, first: int, column: int) -> Iterable[tuple[int, str]]
         raise ValueError(f"line {reader.line_num}: {exc}") from None
 
 
-def parse_file(text: str, secret: bytes, reason: str, label: str, *, allow_special: bool = False) -> ParsedFile:
+def parse_file(text: str, secret: bytes | None, reason: str, label: str, *, allow_special: bool = False) -> ParsedFile:
     """Entries of a suppression file: addresses (source `import`) and unsubscribe tokens
     (source `unsubscribe`, verified against this database's secret)."""
     parsed = ParsedFile()
@@ -177,13 +177,13 @@ def parse_file(text: str, secret: bytes, reason: str, label: str, *, allow_speci
     return parsed
 
 
-def _entry(value: str, secret: bytes, reason: str, allow_special: bool) -> Entry:
+def _entry(value: str, secret: bytes | None, reason: str, allow_special: bool) -> Entry:
     if not value:
         raise UserError("no address")
     if "@" in value:
         key, normalized = address_key(value, allow_special=allow_special)
         return Entry(key, normalized, Source.IMPORT, reason)
-    unsubscribe = read_token(secret, value)
+    unsubscribe = check_token(secret, value)
     why = f"unsubscribed (one-click) from mailing {unsubscribe.mailing_id}"
     return Entry(unsubscribe.address, unsubscribe.address, Source.UNSUBSCRIBE, why)
 
@@ -210,7 +210,7 @@ async def import_file(
         raise UserError(f"suppress import: {safe(label)} is the database or one of its files; name the list to import")
     reason = clean_reason(reason)  # before the file is read: a bad --reason is one line, whatever the file
     text = read_text_bounded(path, limit=MAX_IMPORT_BYTES, what="suppress import")
-    secret = await database_secret(store)
+    secret = await issued_secret(store)  # a token import makes no secret: none was issued
     parsed = parse_file(text, secret, reason or f"imported from {shown(Path(label).name)}", safe(label),
                         allow_special=allow_special)
     if report is not None:

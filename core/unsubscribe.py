@@ -91,6 +91,14 @@ def make_token(secret: bytes, mailing_id: int, address_key: str) -> str:
 
 def read_token(secret: bytes, token: str) -> Unsubscribe:
     """The mailing and address a token was made for; UserError saying why it is not valid."""
+    mailing_id, mac, key = _token_parts(token)
+    if not hmac.compare_digest(mac, _mac(secret, mailing_id, key)):
+        raise UserError("unsubscribe token is not valid: its signature does not match (altered, or from another database)")
+    return Unsubscribe(mailing_id, key.decode("utf-8", "replace"))  # signed by us: UTF-8 as we wrote it
+
+
+def _token_parts(token: str) -> tuple[int, bytes, bytes]:
+    """A token's mailing id, signature and address key, if it is shaped as this module writes them."""
     text = token.strip()
     if not text:
         raise UserError("unsubscribe token is empty")
@@ -108,15 +116,30 @@ def read_token(secret: bytes, token: str) -> Unsubscribe:
     if len(raw) < _MIN_RAW or raw[0] != _VERSION:
         raise UserError("unsubscribe token is not valid: not a mailtower unsubscribe token")
     mailing_id = int.from_bytes(raw[1 : 1 + _ID_BYTES], "big")
-    mac, key = raw[1 + _ID_BYTES : 1 + _ID_BYTES + MAC_BYTES], raw[1 + _ID_BYTES + MAC_BYTES :]
-    if not hmac.compare_digest(mac, _mac(secret, mailing_id, key)):
-        raise UserError("unsubscribe token is not valid: its signature does not match (altered, or from another database)")
-    return Unsubscribe(mailing_id, key.decode("utf-8", "replace"))  # signed by us: UTF-8 as we wrote it
+    return mailing_id, raw[1 + _ID_BYTES : 1 + _ID_BYTES + MAC_BYTES], raw[1 + _ID_BYTES + MAC_BYTES :]
 
 
 async def database_secret(store: Store) -> bytes:
     """The database's token secret, made on first use (the same for every process)."""
-    stored = await store.meta_once(SECRET_KEY, secrets.token_hex(32))
+    return _checked_secret(store, await store.meta_once(SECRET_KEY, secrets.token_hex(32)))
+
+
+async def issued_secret(store: Store) -> bytes | None:
+    """The secret tokens were signed with, or None if this database never issued one. Checking a
+    token must not make a secret: that is a write, and a check changes nothing."""
+    stored = await store.meta(SECRET_KEY)
+    return None if stored is None else _checked_secret(store, stored)
+
+
+def check_token(secret: bytes | None, token: str) -> Unsubscribe:
+    """read_token, for a database that may never have issued a token."""
+    if secret is None:
+        _token_parts(token)  # a malformed token is named as such
+        raise UserError("unsubscribe token is not valid: this database has issued no unsubscribe tokens")
+    return read_token(secret, token)
+
+
+def _checked_secret(store: Store, stored: str) -> bytes:
     try:
         secret = bytes.fromhex(stored)
     except ValueError:

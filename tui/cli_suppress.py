@@ -23,11 +23,11 @@ from mailtower.core.store import Store
 from mailtower.core.suppression import add_addresses, clean_reason, import_file, remove_addresses
 from mailtower.core.unsubscribe import (
     check_mailto,
+    check_token,
     check_url,
-    database_secret,
     describe_targets,
+    issued_secret,
     missing_warning,
-    read_token,
     set_targets,
 )
 
@@ -209,7 +209,7 @@ async def cmd_unsubscribe(args: argparse.Namespace, store: Store) -> int:
     from .cli import named, say
 
     if args.unsubscribe_command == "verify":
-        found = read_token(await database_secret(store), args.token)
+        found = check_token(await issued_secret(store), args.token)
         print(f"{found.mailing_id}\t{safe(found.address)}")
         return 0
     if args.none and (args.unsubscribe_url or args.unsubscribe_mailto):

@@ -355,6 +355,11 @@ def test_unicode_and_idn_addresses_are_suppressed_under_the_importers_key(tmp_pa
 def test_hostile_token_spellings_are_refused_in_one_line_and_the_real_one_kept(cli: Cli, tmp_path: Path) -> None:
     from mailtower.core.unsubscribe import make_token
 
+    code, _, err = cli("unsubscribe", "verify", make_token(bytes(32), 1, "ann@example.com"))
+    assert code == 2 and "issued no unsubscribe tokens" in err  # and checking made no secret:
+    with sqlite3.connect(cli.db) as conn:
+        assert conn.execute("SELECT count(*) FROM meta WHERE key = 'unsubscribe_secret'").fetchone() == (0,)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('unsubscribe_secret', ?)", ("ab" * 32,))
     code, _, err = cli("unsubscribe", "verify", make_token(bytes(32), 1, "ann@example.com"))  # another secret
     assert code == 2 and "signature" in err
     real = make_token(bytes.fromhex(_secret(cli.db)), 7, "ann@example.com")
@@ -377,3 +382,15 @@ def test_hostile_token_spellings_are_refused_in_one_line_and_the_real_one_kept(c
 def _secret(db: Path) -> str:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT value FROM meta WHERE key = 'unsubscribe_secret'").fetchone()[0]
+
+
+def test_a_token_import_on_a_database_that_issued_none_changes_nothing(cli: Cli, tmp_path: Path) -> None:
+    from mailtower.core.unsubscribe import make_token
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(make_token(bytes(32), 1, "ann@example.com") + "\n", encoding="utf-8")
+    code, _, err = cli("suppress", "import", str(tokens))
+    assert code == 2 and "nothing to suppress" in err
+    with sqlite3.connect(cli.db) as conn:
+        assert conn.execute("SELECT count(*) FROM meta WHERE key = 'unsubscribe_secret'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM suppression").fetchone() == (0,)
