@@ -452,7 +452,7 @@ _OUTCOMES_SQL = (
     " WHERE bounce ORDER BY email_key, n ON CONFLICT (key) DO NOTHING)"
     " SELECT COUNT(*) FROM w"
 )
-_OUTCOMES_FENCED = pg_sql(_OUTCOMES_SQL.format(fence=" AND r.claimed_by = ?", counted="w"))
+_OUTCOMES_FENCED = pg_sql(_OUTCOMES_SQL.format(fence=" AND r.claimed_by + 0 = ?", counted="w"))
 _OUTCOMES_OPEN = pg_sql(_OUTCOMES_SQL.format(fence="", counted="v"))
 
 # Marks: rows about to get their final dot become `sending`, fenced to their claimer (fleet:
