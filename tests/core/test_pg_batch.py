@@ -232,3 +232,22 @@ async def test_a_nul_in_an_outcomes_reply_is_refused_and_nothing_is_written(pg_u
         assert mailing.sent == 1  # the store goes on
     finally:
         await store.close()
+
+
+async def test_a_statement_failing_on_the_server_mid_batch_leaves_nothing_of_the_batch(pg_url: str, tmp_path: Path) -> None:
+    """The batch is one transaction although its statements go out before any result is read:
+    the claim fails on the server (an id beyond bigint) after the outcomes and marks were sent."""
+    target = parse_pg_url(pg_url, "test")
+    store = await open_store(target)
+    try:
+        mailing_id = await sending_mailing(store, tmp_path, 6)
+        claimed, _ = await store.record_and_claim(mailing_id, [], 3)
+        with pytest.raises(Exception, match="out of range"):
+            await store.record_and_claim(mailing_id, [Outcome(claimed[0].id, RecipientState.SENT, 250)], 3,
+                                         marks=[claimed[1].id], held={2**70})
+        assert set(states(target).values()) == {"pending:0"}
+        assert (await store.mailing(mailing_id)).sent == 0
+        _, mailing = await store.record_and_claim(mailing_id, [Outcome(claimed[0].id, RecipientState.SENT, 250)], 0)
+        assert mailing.sent == 1  # the connection is usable again
+    finally:
+        await store.close()
