@@ -13,8 +13,9 @@ What differs from core/store.py, and only that, lives here:
 - `data_version()`: the server's current snapshot, which changes whenever any transaction that
   wrote commits or starts (the dashboard's cheap "did anything change?" probe).
 - The sender's batch transaction `record_and_claim` (SQLite runs it as one call on its thread):
-  the same steps, statement by statement; its claim query already takes rows `FOR UPDATE SKIP
-  LOCKED`, ready for several senders claiming disjoint batches.
+  the same steps, each one statement that takes its decisions on the server (fence, suppression,
+  the mailing's state), all sent in pipeline mode, COMMIT included: one round trip per batch.
+  Its claim takes rows `FOR UPDATE SKIP LOCKED`, so several senders claim disjoint batches.
 """
 
 from __future__ import annotations
@@ -579,6 +580,9 @@ class _Batch:
         m, now, owner = self.mailing_id, self.now, self.owner
         when = _iso_second(int(now))
         lock = "pg_advisory_xact_lock_shared" if owner is not None else "pg_advisory_xact_lock"
+        # An explicit transaction, although the pipeline's Sync would commit an implicit one (two
+        # statements fewer, ~5% of the sender's CPU): a batch cut off while being sent (a
+        # cancellation) must leave nothing, and psycopg sends the Sync even then.
         await self.conn.execute("BEGIN")  # pipeline mode: one statement per execute
         await self.conn.execute(f"SELECT {lock}({WRITE_LOCK})")
         if outcomes:
