@@ -394,11 +394,13 @@ class PgStore(Store):
         mailing's index for the batch's lookups by id, scanning every pending row of the
         mailing for each batch. Autovacuum would analyze it too, but only up to a minute later."""
         self._analyzed.add(mailing_id)
-        rows = await self._rows(
-            "SELECT c.reltuples < 0 OR COALESCE(s.n_mod_since_analyze > 500 + GREATEST(c.reltuples, 0) / 5, FALSE)"
-            " FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = 'recipients'::regclass", ())
-        if rows and rows[0][0]:
-            await self._rows("ANALYZE (SKIP_LOCKED) recipients", ())  # never waits behind autovacuum
+        async with self._write_lock:  # never inside another write transaction of this store
+            rows = await self._rows(
+                "SELECT c.reltuples < 0 OR COALESCE(s.n_mod_since_analyze > 500 + GREATEST(c.reltuples, 0) / 5, FALSE)"
+                " FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
+                " WHERE c.oid = 'recipients'::regclass", ())
+            if rows and rows[0][0]:
+                await self._rows("ANALYZE (SKIP_LOCKED) recipients", ())  # never waits behind autovacuum
 
     async def _claim_past_suppressed(
         self, mailing_id: int, claimed: list[Claimed], claim: int, after: int, held: list[int], row: tuple[Any, ...]
