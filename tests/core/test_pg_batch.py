@@ -90,6 +90,13 @@ async def sending_mailing(store: Store, tmp_path: Path, n: int) -> int:
     return mailing_id
 
 
+@contextlib.asynccontextmanager
+async def opened(pg_url: str) -> AsyncIterator[tuple[PgTarget, Store]]:
+    """The test database and a store open on it (closed after)."""
+    async with opened(pg_url) as (target, store):
+        yield target, store
+
+
 def states(target: PgTarget) -> dict[int, str]:
     return dict(sql_rows(target, "SELECT id, state || ':' || COALESCE(claimed_by, 0) FROM recipients"))
 
@@ -172,9 +179,7 @@ async def test_two_fleet_stores_claiming_at_once_get_disjoint_rows_in_queue_orde
 
 
 async def test_suppressed_rows_are_skipped_counted_and_the_claim_goes_on_past_them(pg_url: str, tmp_path: Path) -> None:
-    target = parse_pg_url(pg_url, "test")
-    store = await open_store(target)
-    try:
+    async with opened(pg_url) as (target, store):
         mailing_id = await sending_mailing(store, tmp_path, 30)
         ids = sorted(i for (i,) in sql_rows(target, "SELECT id FROM recipients"))
         # The first twelve addresses are suppressed: a claim of ten must go past all of them.
@@ -194,14 +199,10 @@ async def test_suppressed_rows_are_skipped_counted_and_the_claim_goes_on_past_th
         assert barred == {ids[12]} and mailing.suppressed == 13  # barred again, not counted again
         rows = states(target)
         assert rows[ids[12]] == "suppressed:0" and rows[ids[13]] == "sending:0"
-    finally:
-        await store.close()
 
 
 async def test_a_row_written_twice_in_one_batch_ends_as_its_last_outcome(pg_url: str, tmp_path: Path) -> None:
-    target = parse_pg_url(pg_url, "test")
-    store = await open_store(target)
-    try:
+    async with opened(pg_url) as (target, store):
         mailing_id = await sending_mailing(store, tmp_path, 5)
         claimed, _ = await store.record_and_claim(mailing_id, [], 5)
         row = claimed[0].id
@@ -212,14 +213,10 @@ async def test_a_row_written_twice_in_one_batch_ends_as_its_last_outcome(pg_url:
         assert (mailing.sent, mailing.failed) == (1, 1)
         assert sql_rows(target, "SELECT state, attempts, last_code FROM recipients WHERE id = ?", (row,)) == [("failed", 1, 550)]
         assert sql_rows(target, "SELECT reason FROM suppression") == [("no such user",)]
-    finally:
-        await store.close()
 
 
 async def test_a_nul_in_an_outcomes_reply_is_refused_and_nothing_is_written(pg_url: str, tmp_path: Path) -> None:
-    target = parse_pg_url(pg_url, "test")
-    store = await open_store(target)
-    try:
+    async with opened(pg_url) as (target, store):
         mailing_id = await sending_mailing(store, tmp_path, 3)
         claimed, _ = await store.record_and_claim(mailing_id, [], 3)
         with pytest.raises(UserError, match="NUL"):
@@ -230,16 +227,12 @@ async def test_a_nul_in_an_outcomes_reply_is_refused_and_nothing_is_written(pg_u
         assert set(states(target).values()) == {"pending:0"}
         _, mailing = await store.record_and_claim(mailing_id, [Outcome(claimed[0].id, RecipientState.SENT, 250)], 0)
         assert mailing.sent == 1  # the store goes on
-    finally:
-        await store.close()
 
 
 async def test_a_statement_failing_on_the_server_mid_batch_leaves_nothing_of_the_batch(pg_url: str, tmp_path: Path) -> None:
     """The batch is one transaction although its statements go out before any result is read:
     the claim fails on the server (an id beyond bigint) after the outcomes and marks were sent."""
-    target = parse_pg_url(pg_url, "test")
-    store = await open_store(target)
-    try:
+    async with opened(pg_url) as (target, store):
         mailing_id = await sending_mailing(store, tmp_path, 6)
         claimed, _ = await store.record_and_claim(mailing_id, [], 3)
         with pytest.raises(Exception, match="out of range"):
@@ -249,19 +242,13 @@ async def test_a_statement_failing_on_the_server_mid_batch_leaves_nothing_of_the
         assert (await store.mailing(mailing_id)).sent == 0
         _, mailing = await store.record_and_claim(mailing_id, [Outcome(claimed[0].id, RecipientState.SENT, 250)], 0)
         assert mailing.sent == 1  # the connection is usable again
-    finally:
-        await store.close()
 
 
 async def test_the_first_batch_of_a_just_imported_mailing_gives_the_planner_its_size(pg_url: str, tmp_path: Path) -> None:
     """Without statistics the planner took the ledger for tiny and each batch's marks scanned
     every pending row of the mailing (25 ms per batch at 5,000 rows, growing with the mailing)."""
-    target = parse_pg_url(pg_url, "test")
-    store = await open_store(target)
-    try:
+    async with opened(pg_url) as (target, store):
         mailing_id = await sending_mailing(store, tmp_path, 2000)
         await store.record_and_claim(mailing_id, [], 10)
         ((estimate,),) = sql_rows(target, "SELECT reltuples FROM pg_class WHERE oid = 'recipients'::regclass")
         assert estimate >= 1000
-    finally:
-        await store.close()
