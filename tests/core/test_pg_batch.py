@@ -93,8 +93,12 @@ async def sending_mailing(store: Store, tmp_path: Path, n: int) -> int:
 @contextlib.asynccontextmanager
 async def opened(pg_url: str) -> AsyncIterator[tuple[PgTarget, Store]]:
     """The test database and a store open on it (closed after)."""
-    async with opened(pg_url) as (target, store):
+    target = parse_pg_url(pg_url, "test")
+    store = await open_store(target)
+    try:
         yield target, store
+    finally:
+        await store.close()
 
 
 def states(target: PgTarget) -> dict[int, str]:
