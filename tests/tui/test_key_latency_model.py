@@ -247,8 +247,11 @@ class _Cycle:
 
 
 async def test_the_dashboard_collects_garbage_itself_and_gives_the_collector_back(tmp_path: Path) -> None:
+    from mailtower.tui.collector import NEVER
+
     fx = await build_fixed(tmp_path / "m.db", small=True)
     assert gc.isenabled()
+    thresholds = gc.get_threshold()
     app = dashboard_app(fx.db, refresh_interval=0.05)
     async with running(app, size=(120, 40)):
         await wait_for(lambda: app.collector.active, what="the collector taken over")
@@ -256,14 +259,16 @@ async def test_the_dashboard_collects_garbage_itself_and_gives_the_collector_bac
         # the garbage below is made after that.
         await wait_for(lambda: app._actions_menu is not None and app._actions_menu.is_running and not app._preparing,
                        what="the kept screens composed")
-        assert not gc.isenabled()  # no automatic pass can land in the middle of a key
+        # Only the youngest generation's short passes are automatic: no long pass can land in
+        # the middle of a key.
+        assert gc.isenabled() and gc.get_threshold()[1:] == (NEVER, NEVER)
         cycle = _Cycle()
         gone = weakref.ref(cycle)
         del cycle  # garbage only the cyclic collector can free
         before = app.collector.collections
         await wait_for(lambda: gone() is None, what="the cycle collected at a refresh")
         assert app.collector.collections > before
-    assert gc.isenabled()  # given back when the dashboard ends
+    assert gc.isenabled() and gc.get_threshold() == thresholds  # given back when the dashboard ends
 
 
 def test_a_due_full_collection_waits_for_a_pause_in_the_keys_but_not_for_ever() -> None:
