@@ -105,3 +105,95 @@ def test_outcomes_and_marks_of_rows_another_sender_took_over_are_not_written(tmp
     assert barred == {ids[2]}
     assert _row(db, "recipients", ids[2], "state") == ("pending",)
     assert _row(db, "recipients", ids[3], "state") == ("sending",)
+
+
+# ---- one TLS context per relay, not one per connection -----------------------------------------
+
+import ssl  # noqa: E402
+
+import pytest  # noqa: E402
+import trustme  # noqa: E402
+
+from mailtower.core.sink import Sink  # noqa: E402
+from mailtower.core.smtp_client import ConnectFailed, Relay, SmtpConnection  # noqa: E402
+from mailtower.core.smtp_replies import Outcome as ReplyOutcome  # noqa: E402
+
+USER, PASSWORD = "mailer", "s3cret-Pa55word"
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    return ctx
+
+
+def _counting_contexts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the client TLS contexts made (the standard library's, not ours)."""
+    made: list[int] = []
+    real = ssl.create_default_context
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if args[:1] == (ssl.Purpose.SERVER_AUTH,) or kwargs.get("purpose") == ssl.Purpose.SERVER_AUTH:
+            made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    return made
+
+
+@pytest.mark.parametrize("mode", ["starttls", "tls"])
+async def test_connections_to_a_relay_share_one_tls_context(
+    mode: str, tmp_path: Path, ca: trustme.CA, server_context: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the system's CA store for a client context costs about 37 ms of CPU: aiosmtplib
+    did it at every connection (K at start, again at every reconnect). Now once per relay, and
+    every connection still verifies the server and sends."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    made = _counting_contexts(monkeypatch)
+    implicit = mode == "tls"
+    with Sink(tls_context=server_context, credentials=None if implicit else (USER, PASSWORD), implicit_tls=implicit) as sink:
+        relay = Relay("127.0.0.1", sink.port, mode, user="" if implicit else USER, password=PASSWORD,
+                      ca_file=str(ca_file), timeout=10, data_timeout=10)
+        made.clear()  # aiosmtpd's controller makes one of its own to see that the sink is up
+        for i in range(4):  # four connections, one after another (reconnects)
+            conn = SmtpConnection(relay)
+            await asyncio.wait_for(conn.connect(), 10)
+            try:
+                verdict = await asyncio.wait_for(conn.send("news@example.org", f"p{i}@example.com", b"Subject: x\r\n\r\nhi\r\n"), 10)
+                assert verdict.outcome is ReplyOutcome.SENT
+            finally:
+                await conn.close()
+        assert len(sink.received()) == 4
+    assert len(made) == 1
+
+
+async def test_a_replaced_ca_file_is_read_again_and_a_wrong_one_still_refuses(
+    tmp_path: Path, ca: trustme.CA, server_context: ssl.SSLContext
+) -> None:
+    """The shared context is keyed on the CA file as it is on disk: replacing the file with one
+    of another CA makes the next connection fail verification (nothing stale is trusted), and
+    a missing file is a connect failure that names the relay, as before."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with Sink(tls_context=server_context, credentials=(USER, PASSWORD)) as sink:
+        relay = Relay("127.0.0.1", sink.port, "starttls", user=USER, password=PASSWORD, ca_file=str(ca_file), timeout=10)
+        conn = SmtpConnection(relay)
+        await asyncio.wait_for(conn.connect(), 10)
+        await conn.close()
+        other = tmp_path / "other.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        other.replace(ca_file)
+        with pytest.raises(ConnectFailed) as refused:
+            await asyncio.wait_for(SmtpConnection(relay).connect(), 10)
+        assert "TLS" in refused.value.verdict.text or "certificate" in refused.value.verdict.text.lower()
+        ca_file.unlink()
+        with pytest.raises(ConnectFailed) as missing:
+            await asyncio.wait_for(SmtpConnection(relay).connect(), 10)
+        assert f"127.0.0.1:{sink.port}" in missing.value.verdict.text
