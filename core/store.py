@@ -840,6 +840,16 @@ def _write_owned_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], own
     outcome instead of a fence query and then the updates: the sender's write before each final
     dot mostly carries one outcome (issue 12)."""
     rows = _outcome_rows(outcomes, now)[0]
+    ids = [o.recipient_id for o in outcomes]
+    if len(set(ids)) < len(ids):
+        # A row twice in one batch: ownership as it was before the first of them (whose
+        # UPDATE gives the claim up), as the separate fence query had it.
+        mine = {r[0] for r in conn.execute(
+            "SELECT id FROM recipients WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ?",
+            (json.dumps(ids), owner))}
+        owned = [(o, row) for o, row in zip(outcomes, rows) if o.recipient_id in mine]
+        conn.executemany(_OUTCOME_UPDATE, [row for _, row in owned])
+        return [o for o, _ in owned]
     sql = _OUTCOME_UPDATE + " AND claimed_by = ?"
     return [o for o, row in zip(outcomes, rows) if conn.execute(sql, (*row, owner)).rowcount]
 

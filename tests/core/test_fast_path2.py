@@ -225,3 +225,17 @@ def test_an_html_body_escapes_each_value_once_however_often_it_is_used(monkeypat
     body = message.split(b"\r\n\r\n", 1)[1].replace(b"=\r\n", b"")
     assert body.count(b"Dear Tom &amp; &lt;Jerry&gt;, code X&quot;1.") == 7
     assert b"<Jerry>" not in body
+
+
+def test_a_row_twice_in_one_batch_is_written_as_before(tmp_path: Path) -> None:
+    """Two outcomes of one row in one write (given back, then sent): both belong to this sender,
+    as the separate fence query judged them before the first UPDATE gave the claim up."""
+    db = tmp_path / "twice.db"
+    mailing_id = new_mailing(Cli(db, 2525), tmp_path, 2)
+    owner, ids = asyncio.run(_sending_with_claims(db, mailing_id, 2))
+    _traced_write(db, mailing_id, [], [ids[0]], owner, set())
+    sent_before = _row(db, "mailings", mailing_id, "sent")[0]
+    outcomes = [Outcome(ids[0], RecipientState.PENDING, counted_attempt=False), Outcome(ids[0], RecipientState.SENT, 250)]
+    _traced_write(db, mailing_id, outcomes, [], owner, set())
+    assert _row(db, "recipients", ids[0], "state") == ("sent",)
+    assert _row(db, "mailings", mailing_id, "sent")[0] == sent_before + 1
