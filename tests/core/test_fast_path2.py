@@ -118,19 +118,10 @@ from mailtower.core.sink import Sink  # noqa: E402
 from mailtower.core.smtp_client import ConnectFailed, Relay, SmtpConnection  # noqa: E402
 from mailtower.core.smtp_replies import Outcome as ReplyOutcome  # noqa: E402
 
-USER, PASSWORD = "mailer", "s3cret-Pa55word"
+from tests.core import test_tls  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def server_context(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
-    return ctx
+USER, PASSWORD = test_tls.USER, test_tls.PASSWORD
+ca, server_context = test_tls.ca, test_tls.server_context  # the same CA and server fixtures
 
 
 def _counting_contexts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
