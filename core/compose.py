@@ -345,8 +345,6 @@ class _Slots:
     def fill(self, values: Mapping[str, str]) -> str:
         return self._format % self._get(values)
 
-    def fill_escaped(self, values: Mapping[str, str]) -> str:
-        return self._format % tuple(map(html.escape, self._get(values)))
 
 
 class _Body:
@@ -357,7 +355,7 @@ class _Body:
     that hold a field: for a typical body a few dozen bytes per recipient instead of kilobytes.
     """
 
-    __slots__ = ("fields", "_segments", "_escape")
+    __slots__ = ("fields", "_segments", "_escape", "_distinct")
 
     def __init__(self, template: str, escape: bool) -> None:
         text = _normalise_newlines(template)
@@ -388,13 +386,16 @@ class _Body:
             segments.append(_quoted_printable(text[done:]))
         self._segments = tuple(segments)
         self.fields = tuple(fields)
+        self._distinct = tuple(dict.fromkeys(fields))  # each field once, for escaping
 
     def render_into(self, pieces: list[bytes], values: Mapping[str, str]) -> None:
+        if self._escape:
+            # Each value escaped once per message, not at every place it is used (a name in
+            # every paragraph was escaped once per paragraph; issue 12).
+            values = {field: html.escape(values[field]) for field in self._distinct}
         for segment in self._segments:
             if isinstance(segment, bytes):
                 pieces.append(segment)
-            elif self._escape:
-                pieces.append(_quoted_printable(segment.fill_escaped(values)))
             else:
                 pieces.append(_quoted_printable(segment.fill(values)))
 

@@ -827,6 +827,41 @@ def _outcome_rows(outcomes: list[Outcome], now: float) -> tuple[list[tuple[Any, 
     return rows, counts
 
 
+_OUTCOME_UPDATE = (
+    "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
+    "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
+    "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?"
+)
+
+
+def _write_owned_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], owner: int, now: float) -> list[Outcome]:
+    """Write the outcomes of rows still claimed by `owner`, one fenced UPDATE each; returns those
+    written (a row another sender took over is that sender's to record now). One statement per
+    outcome instead of a fence query and then the updates: the sender's write before each final
+    dot mostly carries one outcome (issue 12)."""
+    rows = _outcome_rows(outcomes, now)[0]
+    ids = [o.recipient_id for o in outcomes]
+    if len(set(ids)) < len(ids):
+        # A row twice in one batch: ownership as it was before the first of them (whose
+        # UPDATE gives the claim up), as the separate fence query had it.
+        mine = {r[0] for r in conn.execute(
+            "SELECT id FROM recipients WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ?",
+            (json.dumps(ids), owner))}
+        owned = [(o, row) for o, row in zip(outcomes, rows) if o.recipient_id in mine]
+        conn.executemany(_OUTCOME_UPDATE, [row for _, row in owned])
+        return [o for o, _ in owned]
+    sql = _OUTCOME_UPDATE + " AND claimed_by = ?"
+    return [o for o, row in zip(outcomes, rows) if conn.execute(sql, (*row, owner)).rowcount]
+
+
+def _write_marks(conn: sqlite3.Connection, marks: list[int], now: float, me: int) -> list[int]:
+    """Mark rows `sending` (only a pending row still claimed by `me`, -1: no fleet); returns the
+    marks that changed nothing (already `suppressed`, or not this sender's any more)."""
+    sql = ("UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'"
+           " AND COALESCE(claimed_by, -1) = ?")
+    return [recipient_id for recipient_id in marks if not conn.execute(sql, (now, recipient_id, me)).rowcount]
+
+
 def _claimed(row: tuple[Any, ...]) -> Claimed:
     return Claimed(
         id=row[0],
@@ -872,18 +907,18 @@ def _record_and_claim(
     begin(conn)
     try:
         if owner is not None and outcomes:
-            outcomes = _owned_outcomes(conn, outcomes, owner)  # fence: rows taken over are not ours to record
+            # Fenced in the UPDATE itself: a row another sender took over (this one was declared
+            # dead meanwhile) is not ours to record, and its UPDATE changes nothing.
+            outcomes = _write_owned_outcomes(conn, outcomes, owner, now)
+        elif outcomes:
+            conn.executemany(_OUTCOME_UPDATE, _outcome_rows(outcomes, now)[0])
         if outcomes:
-            rows, c = _outcome_rows(outcomes, now)
-            conn.executemany(
-                "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
-                "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
-                "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?",
-                rows,
-            )
+            c = _outcome_rows(outcomes, now)[1]
+            # version + 1 here: the mailings_version trigger then has nothing to do (its WHEN is
+            # false), one UPDATE of the mailing's row per write instead of two; same version.
             conn.execute(
                 "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
-                "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ? WHERE id = ?",
+                "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ?, version = version + 1 WHERE id = ?",
                 (c["sent"], c["failed"], c["deferred"], c["released_doubt"], c["resolved_doubt"], rate,
                  _iso_second(int(now)), mailing_id),
             )
@@ -900,13 +935,11 @@ def _record_and_claim(
             # After the outcomes: a row one connection gave back and another took up again
             # in the same batch ends up `sending`.
             # Fenced: only a row still claimed by this sender (another may have taken it over).
-            conn.executemany(
-                "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'"
-                " AND COALESCE(claimed_by, -1) = ?",
-                [(now, recipient_id, me) for recipient_id in marks],
-            )
-            if owner is not None and barred is not None:
-                barred.update(_unmarked(conn, marks, owner))
+            missed = _write_marks(conn, marks, now, me)
+            if owner is not None and barred is not None and missed:
+                # Only a mark that changed nothing can have failed the fence (issue 12: no
+                # second query per write for the common case where every mark took).
+                barred.update(_unmarked(conn, missed, owner))
         row = conn.execute(f"SELECT {columns} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         if row is None:
             raise NotFound(f"no mailing with id {mailing_id}")
@@ -1046,15 +1079,6 @@ def _suppress_bounced(conn: sqlite3.Connection, outcomes: list[Outcome], now: fl
 
 
 # ---- fleet: claims on disk (issue 15, core/fleet.py) -----------------------------------------
-
-
-def _owned_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], owner: int) -> list[Outcome]:
-    """The outcomes of rows still claimed by `owner`: a row another sender took over (this one
-    was declared dead meanwhile) is that sender's to record now."""
-    ids = json.dumps([o.recipient_id for o in outcomes])
-    mine = {r[0] for r in conn.execute(
-        "SELECT id FROM recipients WHERE id IN (SELECT value FROM json_each(?)) AND claimed_by = ?", (ids, owner))}
-    return [o for o in outcomes if o.recipient_id in mine]
 
 
 def _keep_claims(conn: sqlite3.Connection, outcomes: list[Outcome], owner: int) -> None:
