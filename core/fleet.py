@@ -121,6 +121,7 @@ class FleetMember:
         self._expiry: asyncio.Task[None] | None = None
         self.limiter = limiter  # the sender's own limiter: the hourly budget counts the fleet's sends in it
         self._budget_read = 0.0  # monotonic time the fleet's hourly budget was last counted
+        self._budget_live = 0  # live senders when it was
         self._pool: dict[str, tuple[int, float]] = {}  # relay name -> its configured (connections, rate)
 
     @property
@@ -190,14 +191,15 @@ class FleetMember:
             if limiter is not None:
                 limiter.set_elsewhere(0)
             return
-        if time.monotonic() - self._budget_read < BUDGET_INTERVAL and limiter.per_hour == per_hour:
-            return
+        if (time.monotonic() - self._budget_read < BUDGET_INTERVAL and limiter.per_hour == per_hour
+                and self._budget_live == self.live):
+            return  # a sender joining or leaving changes everyone's share at once
         window, allowed = budget_window(per_hour)
         fleet = await self.store.sent_within(window)
         mine = limiter.sent_in_window()
         left = max(0, allowed - max(fleet, mine))
         limiter.set_elsewhere(allowed - (mine + left // max(1, self.live)))
-        self._budget_read = time.monotonic()
+        self._budget_read, self._budget_live = time.monotonic(), self.live
 
     def share_pool(self, relays: Sequence[Any]) -> bool:
         """A relay pool's per-relay connections and rates, 1/N of each as configured (at least

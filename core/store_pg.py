@@ -213,8 +213,11 @@ def connect_timeout(target: PgTarget) -> int:
     return max(MIN_CONNECT_TIMEOUT, min(seconds, MAX_CONNECT_TIMEOUT))
 
 
-async def connect(target: PgTarget, lock_timeout: float = LOCK_TIMEOUT) -> psycopg.AsyncConnection[Any]:
-    """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite)."""
+async def connect(target: PgTarget, lock_timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+    """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite) whose
+    statements wait at most `lock_timeout` seconds (LOCK_TIMEOUT unless told) for a lock."""
+    if lock_timeout is None:
+        lock_timeout = LOCK_TIMEOUT
     seconds = connect_timeout(target)
     try:
         conn = await psycopg.AsyncConnection.connect(
@@ -414,7 +417,6 @@ class PgStore(Store):
 
     _beat_conn: PgConnection | None = None
     _beat_guard: asyncio.Lock | None = None
-    _lock_wait: float = LOCK_TIMEOUT
 
     async def _beat_db(self) -> PgConnection:
         """The heartbeat's connection, opened at first use (again after a loss) with a lock wait
@@ -495,13 +497,15 @@ class PgStore(Store):
     # ---- fleet limits: the hourly budget counted in the shared ledger (issue 15 review) ------
 
     async def sent_within(self, seconds: float) -> int:
-        """Messages recorded sent in the last `seconds` by any sender (the ledger's `updated_at`
-        of a `sent` row is when its 250 was recorded). Only mailings written to within the window
-        (plus a minute of clock skew between hosts) are looked at, through recipients_work."""
+        """Messages sent in the last `seconds` by any sender: rows recorded `sent` then (their
+        `updated_at` is when the 250 was recorded) and rows `sending` (marked before their final
+        dot: they may be on their way now, their outcome not yet recorded). Only mailings written
+        to within the window (plus a minute of clock skew between hosts) are looked at, through
+        recipients_work."""
         now = time.time()
         since = iso(datetime.fromtimestamp(now - seconds - 60, timezone.utc))
         _, rows = await self._on_beat_db(
-            "SELECT COUNT(*) FROM recipients WHERE state = 'sent' AND updated_at >= ?"
+            "SELECT COUNT(*) FROM recipients WHERE state IN ('sent', 'sending') AND updated_at >= ?"
             " AND mailing_id IN (SELECT id FROM mailings WHERE updated_at >= ?)",
             (now - seconds, since),
         )
@@ -512,8 +516,8 @@ class PgStore(Store):
     async def operator_lock_wait(self) -> None:
         """A person waits for this process (a CLI command): a write that finds another process
         holding a lock gives up after OPERATOR_LOCK_TIMEOUT with one line, not after two minutes.
-        Senders keep LOCK_TIMEOUT: a short wait must not stop them."""
-        self._lock_wait = OPERATOR_LOCK_TIMEOUT
+        Senders keep LOCK_TIMEOUT: a short wait must not stop them. (A connection opened again
+        after a loss has LOCK_TIMEOUT: a command that lost its connection is rare and short.)"""
         await self.pg.script(f"SET lock_timeout = {int(OPERATOR_LOCK_TIMEOUT * 1000)}")
 
     @asynccontextmanager

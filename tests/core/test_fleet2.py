@@ -243,8 +243,8 @@ async def test_a_failed_mailing_creation_leaves_nothing(target: PgTarget, tmp_pa
 def test_the_hourly_budget_counts_what_every_sender_sent_in_the_shared_ledger(target: PgTarget, tmp_path: Path) -> None:
     budget, earlier = 100, 60
     with Sink() as sink_a, Sink() as sink_b:
-        a = Cli(target, sink_a.port, **FAST)
-        b = Cli(target, sink_b.port, **FAST)
+        a = Cli(target, sink_a.port, **FAST, MAILTOWER_RATE="20")
+        b = Cli(target, sink_b.port, **FAST, MAILTOWER_RATE="20")
         # Sent within the hour by a sender that has since ended: the budget has 40 left.
         old = new_mailing(a, tmp_path, earlier, name="earlier")
         sql_execute(target, "UPDATE recipients SET state = 'sent', updated_at = EXTRACT(EPOCH FROM now()) WHERE mailing_id = ?", (old,))
@@ -252,8 +252,11 @@ def test_the_hourly_budget_counts_what_every_sender_sent_in_the_shared_ledger(ta
         a.ok("limits", "--rate-per-hour", str(budget))
         mailing_id = new_mailing(a, tmp_path, 300)
         pa = a.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        pb = b.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        pb = None
         try:
+            wait_until(lambda: sent_count(target, mailing_id) >= 5, timeout=30, what="the first sender sending")
+            pb = b.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            wait_until(lambda: len(heartbeat_ages(target)) == 2, timeout=30, what="the second sender running")
             wait_until(lambda: sent_count(target, mailing_id) >= budget - earlier - 2, timeout=60, what="the budget used")
             # Watch for a while (several counts of the budget, BUDGET_INTERVAL apart): nothing more.
             deadline = time.monotonic() + 4.0
@@ -263,7 +266,7 @@ def test_the_hourly_budget_counts_what_every_sender_sent_in_the_shared_ledger(ta
             delivered = len(sink_a.deliveries) + len(sink_b.deliveries)
         finally:
             for proc in (pa, pb):
-                if proc.poll() is None:
+                if proc is not None and proc.poll() is None:
                     proc.terminate()
             kill_left(pa, pb)
     # Before: each sender kept to 1/2 of the budget in its own window, blind to the ledger: 100 sent.
