@@ -38,6 +38,7 @@ from mailtower.core.sender_status import SenderStatus, fleet_status, read_status
 from mailtower.core.sink import Sink
 from mailtower.core.store import open_store
 from mailtower.core.errors import UserError
+from tests.core import test_fleet
 from tests.helpers import Cli, recipients, wait_until, write_csv
 from tests.pg_server import connect as pg_connect
 from tests.pg_server import sql_execute, sql_rows
@@ -46,16 +47,8 @@ TIMEOUT = 2.0  # seconds: sender_heartbeat_timeout in these tests
 FAST = {"MAILTOWER_SENDER_HEARTBEAT_TIMEOUT": f"{TIMEOUT:g}", "MAILTOWER_SMTP_CONNECTIONS": "2",
         "MAILTOWER_RETRY_BASE": "0.2", "MAILTOWER_RETRY_MAX": "0.5"}
 WRITE_LOCK = 0x6D61696C746F7772  # core/store_pg.WRITE_LOCK
-
-
-@pytest.fixture
-def target(pg_url: str) -> PgTarget:
-    return parse_pg_url(pg_url, "test database")
-
-
-@pytest.fixture(autouse=True)
-def _no_inherited_db(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MAILTOWER_DB", raising=False)
+# test_fleet's fixtures (the test database as a PgTarget; no MAILTOWER_DB inherited) and helper.
+target, _no_inherited_db, kill_left = test_fleet.target, test_fleet._no_inherited_db, test_fleet.kill_left
 
 
 def new_mailing(cli: Cli, tmp_path: Path, n: int, *, name: str = "m") -> int:
@@ -68,13 +61,6 @@ def new_mailing(cli: Cli, tmp_path: Path, n: int, *, name: str = "m") -> int:
 
 def sent_count(db: Any, mailing_id: int) -> int:
     return int(sql_rows(db, "SELECT sent FROM mailings WHERE id = ?", (mailing_id,))[0][0])
-
-
-def kill_left(*procs: subprocess.Popen[bytes] | None) -> None:
-    for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 class HeldLock:
