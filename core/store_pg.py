@@ -421,6 +421,9 @@ class PgStore(Store):
     async def _beat_db(self) -> PgConnection:
         """The heartbeat's connection, opened at first use (again after a loss) with a lock wait
         of a few seconds: a beat stuck behind a row lock is tried again at the next beat."""
+        lost = self._beat_conn is not None and (self._beat_conn.conn.closed or self._beat_conn.conn.broken)
+        if lost:
+            await self.close_heartbeat()  # opened again here, with the heartbeat's own lock wait
         if self._beat_conn is None:
             self._beat_conn = PgConnection(await connect(self.target, lock_timeout=BEAT_LOCK_TIMEOUT), self.target)
         return self._beat_conn
