@@ -20,30 +20,44 @@ The rules (the store's SQL implements them, core/store.py "fleet"):
   not alive (or without an owner) are recovered; on SQLite the lease says every other sender is
   dead. A sender that ends releases its own claims (rows cut off in flight are in doubt).
 - Self-fencing: a sender that cannot write its heartbeat for longer than the timeout, or finds
-  itself declared dead, stops (SenderFailed): no further claims and no further final dots.
-- Limits hold for the fleet: each sender applies 1/N of rate, per-hour budget, connections and
-  the domain groups' limits, N = live senders, recomputed with every heartbeat.
+  itself declared dead, stops (SenderFailed): no further claims and no further final dots. On
+  SQLite the lease already makes it the only sender: nobody can take its rows, so it does not
+  fence itself when a long write of another process delays its heartbeat.
+- The heartbeat never waits for the write lock (PostgreSQL: a connection of its own, see
+  core/store_pg.py "fleet heartbeat"), and the expiry runs beside it, not before the next beat:
+  a write that holds the lock longer than the timeout (a wave schedule, a big import into a
+  draft) delays sending, never the heartbeats, so nobody alive is declared dead.
+- Limits hold for the fleet: each sender applies 1/N of rate, connections (the relay pool's
+  per-relay connections and rates too) and the domain groups' limits, N = live senders,
+  recomputed with every heartbeat. The hourly budget is counted in the shared ledger (messages
+  recorded sent in the window by anyone): each sender may send its own sends so far plus 1/N of
+  what is left of the fleet's budget, read again every BUDGET_INTERVAL, so the fleet stays within
+  it (over by at most what was in flight, not yet recorded, when the count was read).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import Settings
 from .db_errors import database_errors
 from .limits import Limits
+from .ratelimit import HOUR, RateLimiter
+from .sender_status import SENDER_PREFIX
 from .store import Store
 
 log = logging.getLogger("mailtower.sender")
 
 MAX_INTERVAL = 5.0  # seconds between heartbeats at most ("every few seconds")
+BUDGET_INTERVAL = 2.0  # seconds between two counts of the fleet's hourly budget in the ledger
 
 
 class FleetLost(Exception):
@@ -90,7 +104,8 @@ class FleetMember:
     """This process as one sender of the fleet: join, beat, share the limits, leave."""
 
     def __init__(
-        self, settings: Settings, on_lost: Callable[[BaseException], None], figures: Callable[[], tuple[float, int]]
+        self, settings: Settings, on_lost: Callable[[BaseException], None], figures: Callable[[], tuple[float, int]],
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.figures = figures  # (rate, connections) of this sender now, for its heartbeat row
@@ -103,6 +118,17 @@ class FleetMember:
         self.alone = True  # no other sender was alive when this one joined
         self._last_beat = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self.limiter = limiter  # the sender's own limiter: the hourly budget counts the fleet's sends in it
+        self._budget_read = 0.0  # monotonic time the fleet's hourly budget was last counted
+        self._budget_live = 0  # live senders when it was
+        self._pool: dict[str, tuple[int, float]] = {}  # relay name -> its configured (connections, rate)
+
+    @property
+    def status_key(self) -> int | None:
+        """Whose status document the sender writes (sender_status.write_status): its own on
+        PostgreSQL, where several senders would overwrite the shared one; None on SQLite."""
+        return None if self.store is None or self.exclusive else self.sender_id
 
     @property
     def exclusive(self) -> bool:
@@ -116,6 +142,8 @@ class FleetMember:
         self.sender_id = await store.register_sender(socket.gethostname(), os.getpid(), connections)
         store.claim_owner = self.sender_id
         self._last_beat = time.monotonic()
+        if not self.exclusive:
+            await store.forget_sender_statuses(SENDER_PREFIX)  # of senders forgotten (ended a day ago)
         recovered = await store.recover_in_doubt(None if self.exclusive else self.timeout, me=self.sender_id)
         self.live = max(1, await store.live_senders(self.timeout))
         self.alone = self.live <= 1
@@ -125,7 +153,10 @@ class FleetMember:
         return recovered
 
     def check(self) -> None:
-        """Raise FleetLost when the heartbeat has not been written for longer than the timeout."""
+        """Raise FleetLost when the heartbeat has not been written for longer than the timeout
+        (never on SQLite: under the lease nobody else can have taken this sender's rows)."""
+        if self.exclusive:
+            return
         if self.sender_id is not None and time.monotonic() - self._last_beat > self.timeout:
             raise FleetLost(
                 f"sender {self.sender_id}: its heartbeat could not be written for {self.timeout:g} s; "
@@ -145,9 +176,43 @@ class FleetMember:
         if self.store is not None and not self.exclusive:
             try:
                 self.live = max(1, await self.store.live_senders(self.timeout))
+                await self._count_budget(limits.rate_per_hour)
             except (*database_errors(), OSError):
                 pass  # the heartbeat says what is wrong; the last count stands
         return self.share(limits)
+
+    async def _count_budget(self, per_hour: float) -> None:
+        """The fleet's hourly budget for this sender's limiter: what the ledger says every sender
+        sent in the window is the fleet's; this sender may go on to its own count so far plus
+        1/N of what is left (rounded down: N senders never take more than is left between two
+        counts, at the price of up to N-1 unused messages an hour)."""
+        limiter = self.limiter
+        if limiter is None or per_hour <= 0 or not math.isfinite(per_hour) or self.store is None:
+            if limiter is not None:
+                limiter.set_elsewhere(0)
+            return
+        if (time.monotonic() - self._budget_read < BUDGET_INTERVAL and limiter.per_hour == per_hour
+                and self._budget_live == self.live):
+            return  # a sender joining or leaving changes everyone's share at once
+        window, allowed = budget_window(per_hour)
+        fleet = await self.store.sent_within(window)
+        mine = limiter.sent_in_window()
+        left = max(0, allowed - max(fleet, mine))
+        limiter.set_elsewhere(allowed - (mine + left // max(1, self.live)))
+        self._budget_read, self._budget_live = time.monotonic(), self.live
+
+    def share_pool(self, relays: Sequence[Any]) -> bool:
+        """A relay pool's per-relay connections and rates, 1/N of each as configured (at least
+        one connection). One relay follows the live `connections` limit instead (see share).
+        Returns whether any changed (the sender then starts or ends workers)."""
+        n = max(1, self.live)
+        changed = False
+        for relay in relays:
+            connections, rate = self._pool.setdefault(relay.name, (relay.connections, relay.limiter.configured))
+            mine = max(1, connections // n) if connections else connections
+            changed = changed or mine != relay.connections or rate / n != relay.limiter.configured
+            relay.connections, relay.limiter.configured = mine, rate / n
+        return changed
 
     def share(self, limits: Limits) -> Limits:
         """This sender's part of the fleet's limits: 1/N of each (N live senders)."""
@@ -163,8 +228,8 @@ class FleetMember:
                 "rate": float(given.get("rate", spec.rate)) / n,
                 "per_hour": float(given.get("per_hour", spec.per_hour)) / n,
             }
-        return replace(limits, rate=limits.rate / n, rate_per_hour=limits.rate_per_hour / n,
-                       connections=max(1, limits.connections // n), domains=domains)
+        # The hourly budget is not divided: it is counted in the ledger for the fleet (_count_budget).
+        return replace(limits, rate=limits.rate / n, connections=max(1, limits.connections // n), domains=domains)
 
     async def beat(self) -> None:
         """One heartbeat, then expire senders that stopped beating. Raises FleetLost when this
@@ -180,7 +245,23 @@ class FleetMember:
         if live != self.live:
             log.info("%d sender(s) alive; each applies 1/%d of the limits", live, live)
         self.live = max(1, live)
-        recovered = await store.expire_senders(self.timeout, me=self.sender_id)
+        if self._expiry is None or self._expiry.done():
+            # Beside the heartbeat, not before the next one: releasing a dead sender's rows takes
+            # the write lock, which a long write may hold for longer than the timeout.
+            self._expiry = asyncio.create_task(self._expire())
+
+    async def _expire(self) -> None:
+        """Expire senders that stopped beating; a failure is said and tried again next beat."""
+        store = self.store
+        assert store is not None
+        try:
+            recovered = await store.expire_senders(self.timeout, me=self.sender_id)
+        except (*database_errors(), OSError) as exc:
+            log.warning("sender %s: could not expire senders that stopped beating: %s", self.sender_id, exc)
+            return
+        except Exception as exc:  # a bug: the sender stops saying so
+            self.on_lost(exc)
+            return
         if recovered:
             log.warning("a sender stopped beating: %d of its recipients in flight are in doubt and sent again", recovered)
 
@@ -205,10 +286,11 @@ class FleetMember:
 
     async def leave(self) -> None:
         """Stop beating and release this sender's claims (rows cut off in flight become in doubt)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for task in (self._task, self._expiry):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._expiry = None
         if self.store is None or self.sender_id is None:
             return
         try:
@@ -218,6 +300,14 @@ class FleetMember:
             return
         if in_doubt:
             log.warning("%d recipients were cut off in flight; they are in doubt and will be sent again", in_doubt)
+
+
+def budget_window(per_hour: float) -> tuple[float, int]:
+    """(seconds, messages allowed in them) of an hourly budget, as ratelimit.RateLimiter counts it:
+    per_hour an hour, or below one an hour one message per 3600/per_hour seconds."""
+    if per_hour >= 1:
+        return HOUR, int(per_hour)
+    return HOUR / per_hour, 1
 
 
 async def senders_document(store: Store, timeout: float) -> list[dict[str, Any]] | None:

@@ -174,7 +174,7 @@ async def _create_from(
 ) -> tuple[int, ImportSummary]:
     columns = merge_columns(source.header)
     template = _check_template(draft, columns, allow_special=allow_special_domains)
-    async with store.write() as tx:
+    async with store.new_mailing_write() as tx:  # PostgreSQL: the write lock only for the commit
         mailing_id = await tx.insert_mailing(
             name=draft.name,
             subject=draft.subject,

@@ -57,6 +57,9 @@ class RateLimiter:
         # bounded by the window's seconds however many messages go out.
         self._window: deque[list[float]] = deque()
         self._window_count = 0
+        # Fleet (core/fleet.py): the part of the budget this limiter leaves to other senders,
+        # counted against it as if sent here (set_elsewhere).
+        self.elsewhere = 0
 
     # ---- per-second rate ----------------------------------------------------------------
 
@@ -96,6 +99,22 @@ class RateLimiter:
                 self._window_count = 0
             # A lower budget keeps what already went out in the window: it is never exceeded.
 
+    def set_elsewhere(self, messages: int) -> None:
+        """Fleet: `messages` of the budget belong to other senders (sent, or their share of what
+        is left); this limiter lets through only what remains of it."""
+        self.elsewhere = max(0, int(messages))
+
+    def sent_in_window(self) -> int:
+        """Messages this limiter let through within the budget's window (0 without a budget)."""
+        if self.per_hour <= 0 or not math.isfinite(self.per_hour):
+            return 0
+        self._budget_ready_at(self.clock.now())  # forgets what left the window
+        return self._window_count
+
+    def budget_window(self) -> tuple[float, int]:
+        """(window in seconds, messages allowed in it) of the hourly budget."""
+        return self._budget()
+
     def _budget(self) -> tuple[float, int]:
         """(window in seconds, messages allowed in it): per_hour per hour, or for less than one
         an hour, one message per 3600/per_hour seconds."""
@@ -111,8 +130,10 @@ class RateLimiter:
         # window (s + 1 + window): conservative, so the budget holds for any exact timing.
         while self._window and self._window[0][0] + 1 + window <= now:
             self._window_count -= int(self._window.popleft()[1])
-        if self._window_count < allowed:
+        if self._window_count + self.elsewhere < allowed:
             return now
+        if not self._window:
+            return now + self.step  # all of it is other senders': look again when the fleet's count is read again
         return self._window[0][0] + 1 + window
 
     # ---- taking a slot ------------------------------------------------------------------

@@ -320,7 +320,8 @@ class Sender:
         self._idle_logged = False  # "waiting" is logged once each time the sender runs out of due work
         self.breakers = Breakers(settings)  # per mailing, kept across turns (core/breaker.py)
         # One sender of the fleet (core/fleet.py): heartbeat, claims on disk, shared limits.
-        self.fleet = FleetMember(settings, self._fail, lambda: (self.meter.rate(), sum(r.connections for r in self.relays)))
+        self.fleet = FleetMember(settings, self._fail, lambda: (self.meter.rate(), sum(r.connections for r in self.relays)),
+                                 self.limiter)
 
     # ---- public --------------------------------------------------------------------------
 
@@ -782,7 +783,10 @@ class Sender:
         self._last_limits_read = time.monotonic()
         store, _ = self._need()
         limits = await self.fleet.shared(await read_limits(store, self.settings))  # this sender's part of the fleet's
+        pool_shared = len(self.relays) > 1 and self.fleet.share_pool(self.relays)  # fleet: 1/N of each relay's too
         if limits == self.limits:
+            if pool_shared:
+                self._start_workers()
             return
         self.limits = limits
         for problem in limits.ignored:  # said once per change, not once a second
@@ -1289,7 +1293,7 @@ class Sender:
             waiting=self.waiting_document(),
             domains=self.domains_document(),
         )
-        await write_status(store, status)
+        await write_status(store, status, self.fleet.status_key)  # fleet: each sender its own (core/fleet.py)
 
     # ---- breaker and canary (core/breaker.py, core/canary.py) ----------------------------
 

@@ -1857,6 +1857,44 @@ class Store:
             return None
         return conn
 
+    # ---- fleet: long writes and lock waits (issue 15 review; PostgreSQL's in core/store_pg.py) ----
+
+    def new_mailing_write(self) -> Any:
+        """The transaction that creates a mailing with its recipients. SQLite has one writer at a
+        time whatever is written: the ordinary write. PostgreSQL takes its lock only to commit."""
+        return self.write()
+
+    async def operator_lock_wait(self) -> None:
+        """A person waits for this process: SQLite's busy timeout (30 s) is short already."""
+
+    async def meta_prefixed(self, prefix: str) -> dict[str, str]:
+        """Every meta key that starts with `prefix` (each fleet sender's own status), with its value."""
+        async with self.db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        ) as cur:
+            return {str(k): str(v) for k, v in await cur.fetchall()}
+
+    async def put_sender_status(self, key: str, value: str) -> None:
+        """One sender's own status row (PostgreSQL writes it without the write lock)."""
+        await self.put_meta({key: value})
+
+    async def forget_sender_statuses(self, prefix: str) -> None:
+        """Drop the status rows of senders no longer registered (forgotten a day after they ended)."""
+        async with self.write() as tx:
+            await tx.db.execute(
+                "DELETE FROM meta WHERE substr(key, 1, ?) = ? AND substr(key, ?) NOT IN (SELECT CAST(id AS TEXT) FROM senders)",
+                (len(prefix), prefix, len(prefix) + 1),
+            )
+
+    async def sent_within(self, seconds: float) -> int:
+        """Messages recorded sent in the last `seconds` (PostgreSQL: by every sender; one sender
+        here, whose own limiter counts exactly, so the fleet never asks)."""
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM recipients WHERE state = 'sent' AND updated_at >= ?", (time.time() - seconds,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
 
 async def _waiting_zones(db: aiosqlite.Connection, mailing_ids: Iterable[int]) -> dict[str, int]:
     ids = list(mailing_ids)

@@ -26,11 +26,13 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from .db_target import PgTarget
 from .domain import RecipientState
@@ -47,6 +49,7 @@ from .store import (
     _iso_second,
     _mailing_from_row,
     _outcome_rows,
+    iso,
     storage_error,
 )
 
@@ -60,11 +63,18 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 # Advisory lock keys (64-bit, one namespace per database): "mailtowr" and "mailtows" in ASCII.
 WRITE_LOCK = 0x6D61696C746F7772
 CONNECT_TIMEOUT = 10  # seconds: a server that does not answer is reported, not waited for
+# A `connect_timeout` given in the URL is honoured within these bounds (libpq's own minimum is 2 s;
+# "0", libpq's "for ever", and anything longer become MAX: nothing a person types hangs a process).
+MIN_CONNECT_TIMEOUT, MAX_CONNECT_TIMEOUT = 2, 300
 # Seconds any statement waits for a lock another session holds (the write lock, `LOCK TABLE` in a
 # psql session...), then one line "the database stayed busy", never a hang. Longer than SQLite's
 # 30 s busy_timeout: a legitimate writer holds the write lock longer here (a million-row import
 # takes ~40 s on PostgreSQL), and a running sender must wait it out rather than stop.
 LOCK_TIMEOUT = 120.0
+# A person waiting for a CLI command hears after this long that another process holds the lock
+# (PgStore.operator_lock_wait): well before two minutes; a million-row `new` no longer holds it.
+OPERATOR_LOCK_TIMEOUT = 20.0
+BEAT_LOCK_TIMEOUT = 3.0  # seconds a heartbeat waits for its `senders` row (tried again at the next beat)
 CLOSE_TIMEOUT = 10.0
 _CLAIM_PASSES = 100  # as core/store.py: bound on claim passes that found only suppressed rows
 
@@ -187,17 +197,41 @@ class PgConnection:
         await self.conn.close()
 
 
-async def connect(target: PgTarget) -> psycopg.AsyncConnection[Any]:
-    """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite)."""
+def connect_timeout(target: PgTarget) -> int:
+    """Seconds to wait for the server: the URL's `connect_timeout` if it has one, kept within
+    MIN/MAX_CONNECT_TIMEOUT (libpq reads 0 as "wait for ever": here it is the longest bound),
+    else CONNECT_TIMEOUT. A value that is not a whole number is one line naming it."""
+    try:
+        given = conninfo_to_dict(target.url).get("connect_timeout")
+    except psycopg.ProgrammingError:
+        return CONNECT_TIMEOUT  # the URL itself is refused by connect(), with libpq's words
+    if given is None or str(given).strip() == "":
+        return CONNECT_TIMEOUT
+    try:
+        seconds = int(str(given).strip())
+    except ValueError:
+        raise UserError(f"database {target}: connect_timeout={target.scrub(str(given))!r} in the URL "
+                        "is not a whole number of seconds") from None
+    if seconds <= 0:
+        return MAX_CONNECT_TIMEOUT
+    return max(MIN_CONNECT_TIMEOUT, min(seconds, MAX_CONNECT_TIMEOUT))
+
+
+async def connect(target: PgTarget, lock_timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+    """One autocommit connection (transactions are explicit BEGIN/COMMIT, as on SQLite) whose
+    statements wait at most `lock_timeout` seconds (LOCK_TIMEOUT unless told) for a lock."""
+    if lock_timeout is None:
+        lock_timeout = LOCK_TIMEOUT
+    seconds = connect_timeout(target)
     try:
         conn = await psycopg.AsyncConnection.connect(
-            target.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="mailtower"
+            target.url, autocommit=True, connect_timeout=seconds, application_name="mailtower"
         )
     except psycopg.ProgrammingError as exc:  # libpq refused the URL itself; its text may quote the password
         reason = target.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         raise UserError(f"database {target}: {reason}") from None
     try:
-        await conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT * 1000)}")
+        await conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
     except BaseException:
         await conn.close()
         raise
@@ -246,13 +280,24 @@ class PgStore(Store):
             raise (storage_error(target, exc) or exc) from None
         store = cls(PgConnection(conn, target), target)
         try:
-            await store._migrate()
+            if not await store._schema_is_current():
+                await store._migrate()
         except BaseException as exc:
             await store._close_quietly()
             if isinstance(exc, Exception):
                 raise (storage_error(target, exc) or exc) from None
             raise
         return store
+
+    async def _schema_is_current(self) -> bool:
+        """Whether the schema is this version's already: a read, so opening a database does not
+        queue for the write lock behind another process's long write (only a migration needs it)."""
+        async with self.db.execute("SELECT to_regclass('meta') IS NOT NULL") as cur:
+            if not (await cur.fetchone())[0]:  # type: ignore[index]
+                return False
+        async with self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+            row = await cur.fetchone()
+        return row is not None and row[0] == str(PG_SCHEMA_VERSION)
 
     async def _close_quietly(self) -> None:
         try:
@@ -261,6 +306,7 @@ class PgStore(Store):
             pass
 
     async def close(self) -> None:
+        await self.close_heartbeat()  # the fleet heartbeat's connection, if one was opened (end of class)
         await asyncio.wait_for(self.pg.close(), timeout=CLOSE_TIMEOUT)
 
     async def _migrate(self) -> None:
@@ -401,6 +447,155 @@ class PgStore(Store):
                 " WHERE c.oid = 'recipients'::regclass", ())
             if rows and rows[0][0]:
                 await self._rows("ANALYZE (SKIP_LOCKED) recipients", ())  # never waits behind autovacuum
+
+    # ---- fleet heartbeat (issue 15 review, core/fleet.py) --------------------------------------
+    # A write may hold the database's write lock for long (an import into a big draft, a wave
+    # schedule, a psql session): a heartbeat queued behind it (this store's _write_lock, then the
+    # advisory lock) would age past sender_heartbeat_timeout and the fleet would fence itself or
+    # declare live senders dead. So the heartbeat, the count of live senders and the look for
+    # stale senders run on a connection of their own, as single autocommit statements without the
+    # advisory lock. That is safe because each touches one `senders` row at a time and the server
+    # re-checks the WHERE of an UPDATE on the newest row version: a beat and a declaration of death
+    # of the same sender are serialised by that row's lock, whichever commits first wins and the
+    # other sees it (_declare_dead below marks dead with the staleness test in the same UPDATE).
+    # Releasing a dead sender's rows still runs under the write lock (expire_senders), so it
+    # never races a claim.
+
+    _beat_conn: PgConnection | None = None
+    _beat_guard: asyncio.Lock | None = None
+
+    async def _beat_db(self) -> PgConnection:
+        """The heartbeat's connection, opened at first use (again after a loss) with a lock wait
+        of a few seconds: a beat stuck behind a row lock is tried again at the next beat."""
+        lost = self._beat_conn is not None and (self._beat_conn.conn.closed or self._beat_conn.conn.broken)
+        if lost:
+            await self.close_heartbeat()  # opened again here, with the heartbeat's own lock wait
+        if self._beat_conn is None:
+            self._beat_conn = PgConnection(await connect(self.target, lock_timeout=BEAT_LOCK_TIMEOUT), self.target)
+        return self._beat_conn
+
+    async def _on_beat_db(self, sql: str, params: Sequence[Any]) -> tuple[int, list[tuple[Any, ...]]]:
+        """One autocommit statement on the heartbeat's connection: (rowcount, rows)."""
+        if self._beat_guard is None:
+            self._beat_guard = asyncio.Lock()
+        async with self._beat_guard:
+            db = await self._beat_db()
+            async with db.execute(sql, params) as cur:
+                return cur.rowcount, await cur.fetchall()
+
+    async def sender_heartbeat(self, sender_id: int, rate: float, connections: int, timeout: float) -> int | None:
+        """As Store.sender_heartbeat, without the write lock (see above)."""
+        updated, _ = await self._on_beat_db(
+            f"UPDATE senders SET heartbeat_at = {self.NOW_SQL}, rate = ?, connections = ? WHERE id = ? AND state = 'running'",
+            (rate, connections, sender_id),
+        )
+        if updated <= 0:
+            return None
+        return await self.live_senders(timeout)
+
+    async def live_senders(self, timeout: float) -> int:
+        _, rows = await self._on_beat_db(f"SELECT COUNT(*) FROM senders WHERE {self._ALIVE.format(now=self.NOW_SQL)}", (timeout,))
+        return int(rows[0][0]) if rows else 0
+
+    async def stale_senders(self, timeout: float, me: int | None = None) -> int:
+        """Running senders (not `me`) whose heartbeat is older than `timeout`: a read, no lock.
+        Only when there are some does expire_senders need the write lock."""
+        _, rows = await self._on_beat_db(
+            f"SELECT COUNT(*) FROM senders WHERE state = 'running' AND id <> ? AND heartbeat_at < {self.NOW_SQL} - ?",
+            (-1 if me is None else me, timeout),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def expire_senders(self, timeout: float, me: int | None = None) -> int:
+        """As Store.expire_senders, but the write lock is asked for only when a sender is stale."""
+        if not await self.stale_senders(timeout, me):
+            return 0
+        return await super().expire_senders(timeout, me)
+
+    async def _declare_dead(self, tx: Tx, timeout: float | None, me: int | None) -> list[tuple[int, str, int]]:
+        """As Store._declare_dead in one UPDATE: a heartbeat that commits meanwhile (it takes no
+        write lock) is seen by the re-check of the WHERE, so a sender that just beat stays alive."""
+        stale = "state = 'running' AND id <> ?" + ("" if timeout is None else f" AND heartbeat_at < {self.NOW_SQL} - ?")
+        params: tuple[Any, ...] = (-1 if me is None else me,) + (() if timeout is None else (timeout,))
+        async with tx.db.execute(f"UPDATE senders SET state = 'dead' WHERE {stale} RETURNING id, host, pid", params) as cur:
+            rows = await cur.fetchall()
+        return sorted((int(r[0]), str(r[1]), int(r[2])) for r in rows)
+
+    async def retire_sender(self, sender_id: int) -> int:
+        """As Store.retire_sender; then the heartbeat's connection is closed (the sender ends)."""
+        try:
+            return await super().retire_sender(sender_id)
+        finally:
+            await self.close_heartbeat()
+
+    async def close_heartbeat(self) -> None:
+        conn, self._beat_conn = self._beat_conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), timeout=CLOSE_TIMEOUT)
+            except (psycopg.Error, OSError, asyncio.TimeoutError):
+                pass  # the server drops a connection whose client went away
+
+    async def put_sender_status(self, key: str, value: str) -> None:
+        """A sender's own status row, once a second: one upsert of a row no other sender writes,
+        so on the heartbeat's connection without the write lock (never queued behind a long write)."""
+        await self._on_beat_db(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # ---- fleet limits: the hourly budget counted in the shared ledger (issue 15 review) ------
+
+    async def sent_within(self, seconds: float) -> int:
+        """Messages sent in the last `seconds` by any sender: rows recorded `sent` then (their
+        `updated_at` is when the 250 was recorded) and rows `sending` (marked before their final
+        dot: they may be on their way now, their outcome not yet recorded). Only mailings written
+        to within the window (plus a minute of clock skew between hosts) are looked at, through
+        recipients_work."""
+        now = time.time()
+        since = iso(datetime.fromtimestamp(now - seconds - 60, timezone.utc))
+        _, rows = await self._on_beat_db(
+            "SELECT COUNT(*) FROM recipients WHERE state IN ('sent', 'sending') AND updated_at >= ?"
+            " AND mailing_id IN (SELECT id FROM mailings WHERE updated_at >= ?)",
+            (now - seconds, since),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    # ---- long writes and lock waits (issue 15 review) -----------------------------------------
+
+    async def operator_lock_wait(self) -> None:
+        """A person waits for this process (a CLI command): a write that finds another process
+        holding a lock gives up after OPERATOR_LOCK_TIMEOUT with one line, not after two minutes.
+        Senders keep LOCK_TIMEOUT: a short wait must not stop them. (A connection opened again
+        after a loss has LOCK_TIMEOUT: a command that lost its connection is rare and short.)"""
+        await self.pg.script(f"SET lock_timeout = {int(OPERATOR_LOCK_TIMEOUT * 1000)}")
+
+    @asynccontextmanager
+    async def new_mailing_write(self) -> AsyncIterator[Tx]:
+        """The transaction that creates a mailing with its recipients (operations.create_mailing),
+        which may take tens of seconds for a million rows. The rows it inserts belong to a new
+        mailing nobody else can see before COMMIT, so the bulk of it needs no write lock: the
+        lock is taken only for the COMMIT, and other writers (senders' batches, the heartbeat's
+        expiry, CLI commands) go on meanwhile. All-or-nothing as before: a failure part-way rolls
+        everything back, and nothing of it is visible to senders or readers until it commits.
+
+        Imports into an existing mailing and wave schedules keep the whole-transaction lock:
+        they read the mailing's state and act on it, which only the lock keeps true."""
+        async with self._write_lock:
+            conn = await self.pg.ready()
+            self.pg.in_write = True
+            try:
+                await conn.execute(b"BEGIN")
+                yield Tx(self.db)
+                await conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode())
+            except BaseException:
+                await self._rollback()
+                raise
+            else:
+                await conn.execute("COMMIT")
+            finally:
+                self.pg.in_write = False
+
 
     async def _claim_past_suppressed(
         self, mailing_id: int, claimed: list[Claimed], claim: int, after: int, held: list[int], row: tuple[Any, ...]

@@ -609,6 +609,7 @@ def optional_output(
 async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]) -> int:
     store = await open_store(settings.db)
     try:
+        await store.operator_lock_wait()  # a person waits: another process's lock is said well before 2 minutes
         # A tzdata upgrade moves the instants of schedules; every command sees them right.
         await Lifecycle(store).rederive_schedules()
         return await body(store)
