@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from email_validator import EmailNotValidError
 
 from .compose import MessageTemplate, check_header_value, check_merge_syntax, parse_sender
 from .display import safe, unsafe_character
 from .domain import ImportedRow, Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .files import MAX_BODY_BYTES, read_text_bounded
-from .recipients_csv import ReadProgress, RecipientFile, normalize_address, open_recipients
+from .recipients_csv import InvalidAddress, ReadProgress, RecipientFile, normalize_address, open_recipients
 from .store import ImportSummary, Store, Tx
 from .timezones import is_valid_zone
 from .waves import refuse_import_into_wave
@@ -95,7 +94,7 @@ def _check_sender(from_addr: str, allow_special: bool) -> None:
         raise UserError(f"--from: {exc}") from None
     try:
         normalize_address(address, allow_special=allow_special)
-    except EmailNotValidError as exc:
+    except InvalidAddress as exc:
         raise UserError(f"--from: '{safe(address)}' is not a valid address ({exc})") from None
 
 

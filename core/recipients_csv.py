@@ -17,16 +17,33 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
-
-import email_validator
-from email_validator import EmailNotValidError, validate_email
+from typing import Any, BinaryIO, Protocol
 
 from .display import safe, unsafe_character
 from .domain import ImportedRow, RejectedRow
 from .errors import ImportRejected
 from .files import IDLE_TIMEOUT, MIB, is_stdin, open_stream
 from .timezones import case_hint
+
+
+class InvalidAddress(ValueError):
+    """An address that is not valid; its text says why (email_validator's words, or ours)."""
+
+
+def _validator():  # noqa: ANN202 - the email_validator module
+    """email_validator, imported at its first use: its import compiles its grammar (20-30 ms),
+    which every start of `mailtower run` paid though a running sender never checks an address."""
+    import email_validator
+
+    return email_validator
+
+
+def _validate(address: str, **options: bool) -> Any:  # email_validator's ValidatedEmail
+    validator = _validator()
+    try:
+        return validator.validate_email(address, check_deliverability=False, **options)
+    except validator.EmailNotValidError as exc:
+        raise InvalidAddress(str(exc)) from None
 
 __all__ = [
     "RecipientFile",
@@ -104,8 +121,8 @@ def _check_domain(domain: str, allow_special: bool = False) -> _Domain | None:
             return None
         return _Domain(lowered, len(domain))
     try:
-        result = validate_email("x@" + domain, check_deliverability=False)
-    except EmailNotValidError:
+        result = _validate("x@" + domain)
+    except InvalidAddress:
         return None
     forms = (domain, result.domain, result.ascii_domain or result.domain)
     return _Domain(result.domain, max(len(form.encode("utf-8")) for form in forms))
@@ -117,17 +134,22 @@ SPECIAL_DOMAINS_HINT = (
 )
 
 
+@functools.lru_cache(maxsize=1)
+def _special_use_names() -> tuple[str, ...]:
+    return tuple(_validator().SPECIAL_USE_DOMAIN_NAMES)
+
+
 def _special_use_suffix(domain: str) -> str | None:
     """The special-use name (RFC 6761 and friends, as email_validator lists them) that a lowercased
     ASCII domain is or ends in, or None."""
-    for name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+    for name in _special_use_names():
         if domain == name or domain.endswith("." + name):
             return name
     return None
 
 
 def normalize_address(address: str, *, allow_special: bool = False) -> str:
-    """The normalized form of an address (as email_validator gives it); EmailNotValidError if invalid.
+    """The normalized form of an address (as email_validator gives it); InvalidAddress if invalid.
 
     A plain ASCII local part at a plain host name costs two regex matches (the domain's verdict is
     also cached); every other address goes through the full email_validator check. Special-use
@@ -141,9 +163,9 @@ def normalize_address(address: str, *, allow_special: bool = False) -> str:
             return local + "@" + checked.normalized
     special = _special_use_suffix(domain.lower()) if at else None
     if special is None:
-        return validate_email(address, check_deliverability=False).normalized
+        return _validate(address).normalized
     if not allow_special:
-        raise EmailNotValidError(f"{domain} is a special-use domain (like .local and .test), {SPECIAL_DOMAINS_HINT}")
+        raise InvalidAddress(f"{domain} is a special-use domain (like .local and .test), {SPECIAL_DOMAINS_HINT}")
     return _normalize_special(local, domain, special)
 
 
@@ -155,7 +177,7 @@ def _normalize_special(local: str, domain: str, special: str) -> str:
     and put back afterwards.
     """
     stem = domain[: len(domain) - len(special)]  # "corp." of "corp.local", "" of "localhost"
-    result = validate_email(f"{local}@{stem}test", check_deliverability=False, test_environment=True)
+    result = _validate(f"{local}@{stem}test", test_environment=True)
     normalized_stem = result.domain[: len(result.domain) - len("test")]
     return f"{result.local_part}@{normalized_stem}{special}"
 
@@ -334,7 +356,7 @@ def _check_row(
         return RejectedRow(line, "empty email")
     try:
         email = normalize_address(raw_email, allow_special=allow_special)
-    except EmailNotValidError as exc:
+    except InvalidAddress as exc:
         return RejectedRow(line, f"invalid email address '{safe(raw_email)}': {exc}")
     name = cells[layout.name].strip() if layout.name is not None else ""
     if _HEADER_BREAKERS.search(name):

@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from email_validator import EmailNotValidError
 
 from .display import safe
 from .errors import UserError
 from .files import MIB, database_companions, is_stdin, read_text_bounded, same_file
-from .recipients_csv import normalize_address
+from .recipients_csv import InvalidAddress, normalize_address
 from .store import Store
 from .unsubscribe import check_token, issued_secret
 
@@ -63,7 +62,7 @@ def address_key(address: str, *, allow_special: bool = False) -> tuple[str, str]
         raise UserError("an empty address")
     try:
         normalized = normalize_address(text, allow_special=allow_special)
-    except EmailNotValidError as exc:
+    except InvalidAddress as exc:
         raise UserError(f"'{shown(text)}' is not a valid address ({shown(str(exc))})") from None
     return normalized.lower(), normalized
 

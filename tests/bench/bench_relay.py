@@ -51,6 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.bench.compiled import precompile  # noqa: E402
 from tests.postfix_relay import PostfixRelay  # noqa: E402
 
 PY = sys.executable
@@ -319,15 +320,6 @@ def check_and_empty_maildir(relay: PostfixRelay, n: int, who: str) -> str | None
             f"{len(twice)} twice, {len(extra)} unexpected, {len(ids)} distinct Message-IDs")
 
 
-def precompile() -> None:
-    """Compile mailtower's modules to bytecode once, as installing the package does. With
-    PYTHONDONTWRITEBYTECODE set (as in this project's shells) an editable checkout otherwise
-    compiles every module from source at each start: about 0.1 s of CPU per `mailtower run`,
-    counted in its rate and not in the baseline's (whose library is compiled already)."""
-    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "core"), str(ROOT / "tui")], check=True,
-                   stdout=subprocess.DEVNULL, timeout=RUN_TIMEOUT)
-
-
 def parse_connections(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -359,7 +351,7 @@ def main() -> int:
         ap.error("--delay-ms must be 0..1000")
     if args.profile and not Path(PY).with_name("py-spy").exists():
         ap.error(f"--profile needs py-spy next to {PY} (pip install py-spy into this venv)")
-    precompile()
+    precompile(RUN_TIMEOUT)
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-relay-"))
     failures: list[str] = []
     results: dict[int, list[tuple[Result, Result]]] = {k: [] for k in args.connections}

@@ -36,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.compiled import precompile  # noqa: E402
 
 
 def ensure_postfix_tools() -> None:
@@ -358,6 +361,7 @@ def main() -> None:
     if not (0 <= args.latency_n <= 200_000):
         ap.error("--latency-n must be 0..200000")
     ensure_postfix_tools()
+    precompile()  # as installed: `mailtower run` starts from bytecode (tests/bench/compiled.py)
     tmp = Path(tempfile.mkdtemp(prefix="mailtower-bench-"))
     if args.db:
         from bench_fleet import fleet_block  # type: ignore[import-not-found]
