@@ -227,7 +227,7 @@ async def test_a_failed_mailing_creation_leaves_nothing(target: PgTarget, tmp_pa
 
 
 def test_the_hourly_budget_counts_what_every_sender_sent_in_the_shared_ledger(target: PgTarget, tmp_path: Path) -> None:
-    budget, earlier = 100, 60
+    budget, earlier, IN_FLIGHT = 100, 60, 2  # noqa: N806 - a bound, named as one
     with Sink() as sink_a, Sink() as sink_b:
         a = Cli(target, sink_a.port, **FAST, MAILTOWER_RATE="20")
         b = Cli(target, sink_b.port, **FAST, MAILTOWER_RATE="20")
@@ -244,10 +244,12 @@ def test_the_hourly_budget_counts_what_every_sender_sent_in_the_shared_ledger(ta
             pb = b.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             wait_until(lambda: len(heartbeat_ages(target)) == 2, timeout=30, what="the second sender running")
             wait_until(lambda: sent_count(target, mailing_id) >= budget - earlier - 2, timeout=60, what="the budget used")
-            # Watch for a while (several counts of the budget, BUDGET_INTERVAL apart): nothing more.
+            # Watch for a while (several counts of the budget, BUDGET_INTERVAL apart): nothing more
+            # than the documented bound, the messages in flight when a count was read (README:
+            # one per connection; the 2 connections are shared, one each).
             deadline = time.monotonic() + 4.0
             while time.monotonic() < deadline:
-                assert sent_count(target, mailing_id) + earlier <= budget, "the fleet went over its hourly budget"
+                assert sent_count(target, mailing_id) + earlier <= budget + IN_FLIGHT, "the fleet went over its hourly budget"
                 time.sleep(0.1)
             delivered = len(sink_a.deliveries) + len(sink_b.deliveries)
         finally:
@@ -256,7 +258,7 @@ def test_the_hourly_budget_counts_what_every_sender_sent_in_the_shared_ledger(ta
                     proc.terminate()
             kill_left(pa, pb)
     # Before: each sender kept to 1/2 of the budget in its own window, blind to the ledger: 100 sent.
-    assert budget - earlier - 2 <= delivered <= budget - earlier
+    assert budget - earlier - 2 <= delivered <= budget - earlier + IN_FLIGHT
 
 
 def test_a_relay_pools_connections_and_rates_are_shared_by_the_live_senders(tmp_path: Path) -> None:
