@@ -304,7 +304,9 @@ async def test_no_full_collection_lands_inside_a_burst_of_keys(tmp_path: Path) -
     app = dashboard_app(fx.db, refresh_interval=0.05)
     async with running(app, size=(120, 40)) as pilot:
         await wait_for(lambda: app.collector.active, what="the collector taken over")
-        app.collector.full_every, app.collector.key_pause = 0.1, 0.6
+        # A pause long enough that no gap between two keys reaches it, on however loaded a
+        # machine (CI once took over 0.6 s between two presses 0.1 s apart).
+        app.collector.full_every, app.collector.key_pause = 0.1, 30.0
         app.collector._full_at = time.monotonic()  # due now
         refreshes = app.collector.collections
         full = app.collector.full_collections
@@ -315,6 +317,7 @@ async def test_no_full_collection_lands_inside_a_burst_of_keys(tmp_path: Path) -
                 break
         assert app.collector.collections >= refreshes + 10  # the refresh did collect meanwhile...
         assert app.collector.full_collections == full  # ...young generations only
+        app.collector.key_pause = 0.6  # the keys have stopped: this pause passes soon
         await wait_for(lambda: app.collector.full_collections > full, what="the full pass after the keys paused")
 
 
