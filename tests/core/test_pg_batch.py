@@ -22,6 +22,7 @@ from mailtower.core.errors import UserError
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.store import Outcome, Store, open_store
+from mailtower.core.store_pg import array_literal
 from tests.helpers import recipients, write_csv
 from tests.pg_server import sql_execute, sql_rows
 
@@ -217,6 +218,53 @@ async def test_a_row_written_twice_in_one_batch_ends_as_its_last_outcome(pg_url:
         assert (mailing.sent, mailing.failed) == (1, 1)
         assert sql_rows(target, "SELECT state, attempts, last_code FROM recipients WHERE id = ?", (row,)) == [("failed", 1, 550)]
         assert sql_rows(target, "SELECT reason FROM suppression") == [("no such user",)]
+
+
+async def test_replies_with_the_array_syntax_in_them_are_stored_exactly(pg_url: str, tmp_path: Path) -> None:
+    """The batch sends its columns as array literals (store_pg.array_literal): a relay's words
+    holding quotes, backslashes, braces, commas, the word NULL or nothing at all are stored as
+    they came, each in its own row, and timestamps keep every digit."""
+    replies = ['say "hi"', "C:\\path\\", "{a,b}", "NULL", "", "a,b", "tab\tnew\nline", "\\\"", "ünïcödé ✉", " spaced "]
+    async with opened(pg_url) as (target, store):
+        mailing_id = await sending_mailing(store, tmp_path, len(replies))
+        claimed, _ = await store.record_and_claim(mailing_id, [], len(replies))
+        retry_at = 1_900_000_000.123456
+        outcomes = [Outcome(c.id, RecipientState.DEFERRED, 451, text, next_attempt_at=retry_at)
+                    for c, text in zip(claimed, replies)]
+        await store.record_and_claim(mailing_id, outcomes, 0)
+        stored = dict(sql_rows(target, "SELECT id, last_error FROM recipients"))
+        assert [stored[c.id] for c in claimed] == replies
+        assert {r for (r,) in sql_rows(target, "SELECT next_attempt_at FROM recipients")} == {retry_at}
+
+
+async def test_a_retry_that_is_due_is_claimed_by_the_next_batch_whoever_deferred_it(pg_url: str, tmp_path: Path) -> None:
+    """A batch leaves out the statement that makes retries due while the mailing had no deferred
+    rows at its last read: a deferral by this store or by another one is still retried at once."""
+    async with opened(pg_url) as (target, store):
+        mailing_id = await sending_mailing(store, tmp_path, 4)
+        claimed, _ = await store.record_and_claim(mailing_id, [], 2)
+        assert claimed and (await store.record_and_claim(mailing_id, [], 0))[1].deferred == 0
+        mine = Outcome(claimed[0].id, RecipientState.DEFERRED, 451, "later", next_attempt_at=1.0)
+        again, mailing = await store.record_and_claim(mailing_id, [mine], 0)
+        assert mailing.deferred == 1
+        again, _ = await store.record_and_claim(mailing_id, [], 4, held={claimed[1].id})
+        assert claimed[0].id in {c.id for c in again}
+        other = await open_store(target)
+        try:  # another sender defers a row this store holds no count for
+            theirs = Outcome(claimed[1].id, RecipientState.DEFERRED, 451, "later", next_attempt_at=1.0)
+            await other.record_and_claim(mailing_id, [theirs], 0)
+        finally:
+            await other.close()
+        found: set[int] = set()
+        for _ in range(2):  # the first batch reads the new count, the second makes the row due
+            picked, _ = await store.record_and_claim(mailing_id, [], 4)
+            found |= {c.id for c in picked}
+        assert claimed[1].id in found
+
+
+def test_an_array_literal_quotes_every_string_and_keeps_null_apart() -> None:
+    assert array_literal([1, None, True, False, 2.5, 'a"b', "x\\y", "NULL"]) == '{1,NULL,t,f,2.5,"a\\"b","x\\\\y","NULL"}'
+    assert array_literal([]) == "{}"
 
 
 async def test_a_nul_in_an_outcomes_reply_is_refused_and_nothing_is_written(pg_url: str, tmp_path: Path) -> None:
