@@ -159,10 +159,13 @@ class PgConnection:
     outside a write transaction; inside one the statement fails, so no transaction ever goes on
     half on one connection and half on another."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], target: PgTarget) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], target: PgTarget, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.conn = conn
         self.target = target
         self.in_write = False  # set by PgStore.write() for the length of a transaction
+        # Seconds a statement waits for a lock; a connection opened again keeps it (a CLI command
+        # that lost its connection still gives up after OPERATOR_LOCK_TIMEOUT, not two minutes).
+        self.lock_timeout = lock_timeout
 
     async def ready(self) -> psycopg.AsyncConnection[Any]:
         if not (self.conn.closed or self.conn.broken):
@@ -170,7 +173,7 @@ class PgConnection:
         if self.in_write:
             raise psycopg.OperationalError("the connection to the server was lost during a transaction")
         log.info("database %s: connection lost; connecting again", self.target)
-        self.conn = await connect(self.target)
+        self.conn = await connect(self.target, lock_timeout=self.lock_timeout)
         return self.conn
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Execution:
@@ -489,7 +492,8 @@ class PgStore(Store):
         if lost:
             await self.close_heartbeat()  # opened again here, with the heartbeat's own lock wait
         if self._beat_conn is None:
-            self._beat_conn = PgConnection(await connect(self.target, lock_timeout=BEAT_LOCK_TIMEOUT), self.target)
+            self._beat_conn = PgConnection(await connect(self.target, lock_timeout=BEAT_LOCK_TIMEOUT), self.target,
+                                           lock_timeout=BEAT_LOCK_TIMEOUT)
         return self._beat_conn
 
     async def _on_beat_db(self, sql: str, params: Sequence[Any]) -> tuple[int, list[tuple[Any, ...]]]:
@@ -584,8 +588,9 @@ class PgStore(Store):
     async def operator_lock_wait(self) -> None:
         """A person waits for this process (a CLI command): a write that finds another process
         holding a lock gives up after OPERATOR_LOCK_TIMEOUT with one line, not after two minutes.
-        Senders keep LOCK_TIMEOUT: a short wait must not stop them. (A connection opened again
-        after a loss has LOCK_TIMEOUT: a command that lost its connection is rare and short.)"""
+        Senders keep LOCK_TIMEOUT: a short wait must not stop them. A connection opened again
+        after a loss keeps the operator's wait (PgConnection.lock_timeout)."""
+        self.pg.lock_timeout = OPERATOR_LOCK_TIMEOUT
         await self.pg.script(f"SET lock_timeout = {int(OPERATOR_LOCK_TIMEOUT * 1000)}")
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ and the test harness fails loudly when the server cannot be had."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -143,6 +144,30 @@ async def test_a_connection_the_server_dropped_is_opened_again(pg_url: str, tmp_
         await Lifecycle(store).send_now(mailing_id)
         assert (await store.mailing(mailing_id)).state.value == "queued"
         assert store.pg.conn.info.backend_pid != backend  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+async def test_a_command_that_lost_its_connection_keeps_its_short_lock_wait(pg_url: str, tmp_path: Path) -> None:
+    """A CLI command waits 20 s for another process's lock, not a sender's two minutes: the
+    connection opened again after a loss keeps that wait."""
+    from mailtower.core.store_pg import OPERATOR_LOCK_TIMEOUT
+
+    target = parse_pg_url(pg_url, "test")
+    store = await open_store(target)
+    try:
+        await store.operator_lock_wait()  # type: ignore[attr-defined]
+        backend = store.pg.conn.info.backend_pid  # type: ignore[attr-defined]
+        with connect(target) as admin:
+            admin.execute("SELECT pg_terminate_backend(?)", (backend,))
+        with contextlib.suppress(psycopg.OperationalError):  # the first statement may find it gone
+            await store.mailings()
+        await store.mailings()  # ...and the next opens it again
+        async with store.pg.conn.cursor() as cur:  # type: ignore[attr-defined]
+            await cur.execute("SHOW lock_timeout")
+            shown = (await cur.fetchone())[0]  # type: ignore[index]
+        assert store.pg.conn.info.backend_pid != backend  # type: ignore[attr-defined]
+        assert shown == f"{int(OPERATOR_LOCK_TIMEOUT)}s"
     finally:
         await store.close()
 
