@@ -176,7 +176,7 @@ def _epoch(iso_text: object) -> float | None:
 
 def hold_of(waiting: dict[str, object], mailing: Mailing, next_retry: float | None = None) -> Hold | None:
     """Why `mailing` is held back, from the sender's `sender_waiting` document (read with
-    relays.parse_waiting in another process, Sender.waiting_document in this one) and, when only
+    sender_status.parse_waiting in another process, Sender.waiting_document in this one) and, when only
     deferred recipients are left, the earliest retry time (`next_retry`, wall clock)."""
     from .relays import held_back  # relays imports this module
 

@@ -30,7 +30,6 @@ from datetime import datetime, timezone
 from .config import Settings
 from .progress import RateMeter
 from .ratelimit import RateLimiter
-from .sender_status import parse_waiting as parse_waiting  # the status contract owns it; still importable here
 from .smtp_client import Relay, SmtpConnection
 from .smtp_replies import ReplyBurst
 

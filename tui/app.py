@@ -689,7 +689,7 @@ class DashboardApp(App[int]):
 
     def waiting_document(self) -> dict[str, object]:
         """Why the sender is held back: our sender's own document, or what another process wrote
-        (the meta `status --json` reads, parsed by core.relays.parse_waiting)."""
+        (the meta `status --json` reads, parsed by core.sender_status.parse_waiting)."""
         if self.sender is not None:
             return self.sender.waiting_document()
         remote = self._live_remote()

@@ -531,7 +531,8 @@ async def test_non_ascii_sender_without_smtputf8_pauses_and_fails_nobody(tmp_pat
      '"since": "yesterday", "next_try": NaN, "mailing": 1}]}', '{"relays": [{"state": "throttled", "since": 1e300}]}'],
 )
 def test_status_survives_a_malformed_sender_waiting_row(raw: str) -> None:
-    from mailtower.core.relays import held_back, parse_waiting
+    from mailtower.core.relays import held_back
+    from mailtower.core.sender_status import parse_waiting
 
     held = held_back(parse_waiting(raw), 1, True)
     assert set(held) == {"waiting", "throttled"}
