@@ -9,7 +9,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -18,7 +18,9 @@ from .display import safe, unsafe_character
 from .domain import ImportedRow, Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, UserError
 from .files import MAX_BODY_BYTES, read_text_bounded
-from .recipients_csv import InvalidAddress, ReadProgress, RecipientFile, normalize_address, open_recipients
+from .recipients_csv import (
+    InvalidAddress, ReadProgress, RecipientFile, normalize_address, open_recipients, zone_column_note,
+)
 from .store import ImportSummary, Store, Tx
 from .timezones import is_valid_zone
 from .waves import refuse_import_into_wave
@@ -242,7 +244,8 @@ async def _import_rows(
     )
     summary = await tx.import_rows(mailing_id, _reporting(rows, source, counted, progress))
     _refuse_if_empty(source.label, summary, counted.count, nothing_done)
-    return summary
+    note = zone_column_note(source.header)
+    return summary if note is None else replace(summary, notes=(*summary.notes, f"{source.label}: {note}"))
 
 
 def _source_name(source: RecipientFile) -> str:

@@ -75,6 +75,8 @@ FORMULA_LEADS = frozenset("=+-@\t\r")
 # (not only CR and LF) could split a header; NUL is refused by SMTP servers.
 _HEADER_BREAKERS = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _RESERVED = ("email", "name", "tz")
+# Column names an operator may use for a recipient's time zone, meaning the `tz` column.
+_ZONE_LOOKALIKES = ("timezone", "time_zone", "time-zone", "time zone", "zone", "tzid", "tz_name", "iana_tz", "olson")
 _BODY_WHITESPACE = "\t\n\r"  # allowed in merge-field values (not in names)
 _ZONE_CACHE_MAX = 4096
 
@@ -264,6 +266,20 @@ class RecipientFile:
 def open_recipients(path: Path | str, **bounds: int) -> RecipientFile:
     """Open a recipient file (a path, a pipe, a FIFO, or `-` for standard input) and parse its header."""
     return RecipientFile(path, **bounds)
+
+
+def zone_column_note(header: list[str]) -> str | None:
+    """A line for a file whose time-zone column has another name than `tz` ("timezone"): it is
+    imported as a merge field and every recipient keeps the mailing's zone, which a local-time
+    (wave) schedule would then get wrong without a word."""
+    names = [cell.strip() for cell in header]
+    if any(name.lower() == "tz" for name in names):
+        return None
+    for name in names:
+        if name.lower() in _ZONE_LOOKALIKES:
+            return (f"column {name!r} was imported as a merge field: recipients' time zones are read only "
+                    "from a column named 'tz' (local-time schedules use them); name the column 'tz' to set them")
+    return None
 
 
 def read_header(path: Path) -> list[str]:

@@ -355,6 +355,7 @@ class ImportSummary:
     imported: int
     duplicates: list[int]  # line numbers of rows whose address was already in the mailing
     suppressed: int = 0  # rows skipped because their address is on the suppression list
+    notes: tuple[str, ...] = ()  # what the operator should know about the file (one line each)
 
 
 # ---- opening ------------------------------------------------------------------------------

@@ -671,6 +671,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
             finally:
                 rejects.close()
             report_duplicates(rejects.source, summary.duplicates)
+            report_notes(summary.notes)
             if any(unsubscribe):
                 await set_targets(store, mailing_id, *unsubscribe)
             await apply_guard_options(store, await store.mailing(mailing_id), guards)
@@ -708,6 +709,11 @@ def report_duplicates(source: str, lines: list[int]) -> None:
         print(safe(f"{source}:{line}: duplicate address, already in the mailing"), file=sys.stderr)
     if len(lines) > 50:
         print(safe(f"{source}: {len(lines) - 50:,} more duplicate addresses skipped"), file=sys.stderr)
+
+
+def report_notes(notes: Iterable[str]) -> None:
+    for note in notes:
+        warn(safe(note))
 
 
 def skipped(rejected: int, duplicates: int, suppressed: int = 0) -> str:
@@ -765,6 +771,7 @@ async def cmd_import(args: argparse.Namespace, store: Store) -> int:
             raise UserError(f"{exc} (the {summary.imported:,} recipients were imported)") from None
         raise
     report_duplicates(rejects.source, summary.duplicates)
+    report_notes(summary.notes)
     m = await maybe_mailing(store, args.id)
     into = f"mailing {named(m)}" if m is not None else f"mailing {args.id}"
     now = f"; it has {plural(m.total, 'recipient')} now" if m is not None else ""

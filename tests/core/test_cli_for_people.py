@@ -370,3 +370,25 @@ def test_import_progress_appears_on_a_terminal_only(tmp_path: Path) -> None:
     # --quiet on a terminal: no progress either.
     code, out, err = run_with_stderr_on(tmp_path, [*args, "--name", "Big 3", "--quiet"], tty=True)
     assert code == 0 and "rows read" not in err and "\x1b" not in err
+
+
+@pytest.mark.parametrize("column", ["timezone", "Time_Zone", "zone"])
+def test_a_time_zone_column_not_named_tz_is_named_in_a_warning(tmp_path: Path, column: str) -> None:
+    """A file whose zone column is called "timezone" imports it as a merge field: every recipient
+    keeps the mailing's zone, and a local-time schedule would be wrong without a word. `new` and
+    `import` say so, once, and import as before."""
+    cli = Cli(tmp_path / "m.db")
+    first = write_csv(tmp_path / "zones.csv", recipients(3, **{column: "Asia/Tokyo"}))
+    more = write_csv(tmp_path / "more.csv", recipients(3, start=100, **{column: "Asia/Tokyo"}))
+    args = new_args(tmp_path, 3)
+    args[args.index("--recipients") + 1] = str(first)
+    for people, command in ((first, args), (more, ["import", "1", str(more)])):
+        code, _, err = cli(*command)
+        assert code == 0, err
+        warnings = [line for line in err.splitlines() if line.startswith("mailtower: warning:")]
+        assert warnings == [f"mailtower: warning: {people}: column {column!r} was imported as a merge field: recipients' "
+                            "time zones are read only from a column named 'tz' (local-time schedules use them); "
+                            "name the column 'tz' to set them"]
+    with_tz = write_csv(tmp_path / "tz.csv", recipients(2, start=200, tz="Asia/Tokyo", **{column: "x"}))
+    code, _, err = cli("import", "1", str(with_tz))
+    assert code == 0 and "warning" not in err  # a `tz` column is there: the other is a field on purpose
