@@ -159,13 +159,24 @@ class PgConnection:
     outside a write transaction; inside one the statement fails, so no transaction ever goes on
     half on one connection and half on another."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], target: PgTarget, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], target: PgTarget, lock_timeout: float | None = None) -> None:
         self.conn = conn
         self.target = target
         self.in_write = False  # set by PgStore.write() for the length of a transaction
         # Seconds a statement waits for a lock; a connection opened again keeps it (a CLI command
         # that lost its connection still gives up after OPERATOR_LOCK_TIMEOUT, not two minutes).
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = LOCK_TIMEOUT if lock_timeout is None else lock_timeout
+
+    @classmethod
+    async def open(cls, target: PgTarget, lock_timeout: float | None = None) -> "PgConnection":
+        """A connection whose statements wait at most `lock_timeout` seconds (LOCK_TIMEOUT unless told) for a lock."""
+        conn = await connect(target, lock_timeout=lock_timeout)
+        return cls(conn, target, lock_timeout=lock_timeout)
+
+    async def set_lock_timeout(self, seconds: float) -> None:
+        """This connection's lock wait from now on, kept by the connection opened after a loss."""
+        self.lock_timeout = seconds
+        await self.script(f"SET lock_timeout = {int(seconds * 1000)}")
 
     async def ready(self) -> psycopg.AsyncConnection[Any]:
         if not (self.conn.closed or self.conn.broken):
@@ -285,10 +296,10 @@ class PgStore(Store):
         """Connect and create or check the schema; any failure is one UserError naming the
         database (its URL without the password), or, for a bug, the original exception."""
         try:
-            conn = await connect(target)
+            db = await PgConnection.open(target)
         except Exception as exc:
             raise (storage_error(target, exc) or exc) from None
-        store = cls(PgConnection(conn, target), target)
+        store = cls(db, target)
         try:
             if not await store._schema_is_current():
                 await store._migrate()
@@ -492,8 +503,7 @@ class PgStore(Store):
         if lost:
             await self.close_heartbeat()  # opened again here, with the heartbeat's own lock wait
         if self._beat_conn is None:
-            self._beat_conn = PgConnection(await connect(self.target, lock_timeout=BEAT_LOCK_TIMEOUT), self.target,
-                                           lock_timeout=BEAT_LOCK_TIMEOUT)
+            self._beat_conn = await PgConnection.open(self.target, lock_timeout=BEAT_LOCK_TIMEOUT)
         return self._beat_conn
 
     async def _on_beat_db(self, sql: str, params: Sequence[Any]) -> tuple[int, list[tuple[Any, ...]]]:
@@ -589,9 +599,8 @@ class PgStore(Store):
         """A person waits for this process (a CLI command): a write that finds another process
         holding a lock gives up after OPERATOR_LOCK_TIMEOUT with one line, not after two minutes.
         Senders keep LOCK_TIMEOUT: a short wait must not stop them. A connection opened again
-        after a loss keeps the operator's wait (PgConnection.lock_timeout)."""
-        self.pg.lock_timeout = OPERATOR_LOCK_TIMEOUT
-        await self.pg.script(f"SET lock_timeout = {int(OPERATOR_LOCK_TIMEOUT * 1000)}")
+        after a loss keeps the operator's wait."""
+        await self.pg.set_lock_timeout(OPERATOR_LOCK_TIMEOUT)
 
     @asynccontextmanager
     async def new_mailing_write(self) -> AsyncIterator[Tx]:
@@ -768,15 +777,10 @@ def _outcome_arrays(outcomes: list[Outcome], now: float) -> list[str]:
                 for o, r in zip(outcomes, released)]
     columns: list[list[Any]] = [
         [row[8] for row in rows], [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows],
-        [row[3] for row in rows], [row[4] for row in rows], [_float(row[5]) for row in rows], [_float(row[6]) for row in rows],
+        [row[3] for row in rows], [row[4] for row in rows], [row[5] for row in rows], [row[6] for row in rows],
         released, resolved, [o.keep_claim for o in outcomes], [o.suppress for o in outcomes],
     ]
     return [array_literal(column) for column in columns]
-
-
-def _float(value: float | None) -> float | None:
-    # A float column stays float even where a caller gave an int (written as such).
-    return None if value is None else float(value)
 
 
 def array_literal(values: Sequence[Any]) -> str:
