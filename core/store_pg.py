@@ -14,7 +14,8 @@ What differs from core/store.py, and only that, lives here:
   wrote commits or starts (the dashboard's cheap "did anything change?" probe).
 - The sender's batch transaction `record_and_claim` (SQLite runs it as one call on its thread):
   the same steps, each one statement that takes its decisions on the server (fence, suppression,
-  the mailing's state), all sent in pipeline mode, COMMIT included: one round trip per batch.
+  the mailing's state), prepared once per connection and sent together as one message, which
+  the server runs as one transaction: one round trip per batch.
   Its claim takes rows `FOR UPDATE SKIP LOCKED`, so several senders claim disjoint batches.
 """
 
@@ -54,7 +55,7 @@ from .store import (
 )
 
 log = logging.getLogger(__name__)
-# psycopg logs "error ignored terminating <AsyncPipeline [BAD]>" when the server goes away mid-pipeline;
+# psycopg logs the errors it ignores while closing (a pipeline, a cursor) when the server goes away;
 # with no handler configured (the CLI) logging's last resort would print it to stderr as a second
 # line next to our one-line error. A NullHandler keeps it off the terminal; a log file set up on
 # the root logger (the background sender's) still receives it.
@@ -163,6 +164,7 @@ class PgConnection:
         self.conn = conn
         self.target = target
         self.in_write = False  # set by PgStore.write() for the length of a transaction
+        self.prepared_on: psycopg.AsyncConnection[Any] | None = None  # the connection the batch's statements are prepared on
         # Seconds a statement waits for a lock; a connection opened again keeps it (a CLI command
         # that lost its connection still gives up after OPERATOR_LOCK_TIMEOUT, not two minutes).
         self.lock_timeout = LOCK_TIMEOUT if lock_timeout is None else lock_timeout
@@ -424,8 +426,8 @@ class PgStore(Store):
     ) -> tuple[list[Claimed], Mailing]:
         """What Store.record_and_claim does, in one PostgreSQL transaction (see there).
 
-        The whole transaction goes to the server in pipeline mode, COMMIT included, and the
-        results are read after one wait: one round trip per batch (the sender waits for it before
+        The whole transaction goes to the server as one message, and the results are read
+        after one wait: one round trip per batch (the sender waits for it before
         a marked row's final dot), not one per statement. Each step is one statement whose
         decisions are taken by the server (see _Batch), so nothing needs a result before the
         next statement is sent. Only a claim that found suppressed addresses and so came back
@@ -434,15 +436,13 @@ class PgStore(Store):
         if mailing_id not in self._analyzed:
             await self._analyze_if_stale(mailing_id)
         async with self._write_lock:
-            conn = await self.pg.ready()
+            await self.pg.ready()  # a lost connection is opened again here, before the batch begins
             self.pg.in_write = True
             try:
-                batch = _Batch(conn, mailing_id, time.time(), owner)
-                async with conn.pipeline():
-                    await batch.send(outcomes, claim, rate, marks or [], sorted(held),
-                                     retries=claim > 0 and self._retries_possible(mailing_id, batch.now))
-                # Leaving the pipeline is the one wait for the server (a Sync and every result).
-                claimed, row, short = await batch.results(claim)
+                batch = _Batch(mailing_id, time.time(), owner)
+                batch.build(outcomes, claim, rate, marks or [], sorted(held),
+                            retries=claim > 0 and self._retries_possible(mailing_id, batch.now))
+                claimed, row, short = await batch.run(self.pg, claim)
             except BaseException:
                 await self._rollback()
                 raise
@@ -670,19 +670,18 @@ _OUTCOMES_SQL = (
     " last_error = COALESCE(v.reply, r.last_error), next_attempt_at = v.next_at,"
     " first_deferred_at = COALESCE(r.first_deferred_at, v.deferred_at), updated_at = ?,"
     " claimed_by = CASE WHEN v.keep THEN ?::bigint END"
-    " FROM v WHERE r.id = v.id{fence}"
+    " FROM v WHERE r.id = v.id AND r.id = ANY(?::bigint[]){fence}"
     " RETURNING r.email_key, r.email, r.mailing_id, v.*),"
     " t AS (SELECT COUNT(*) FILTER (WHERE state = 'sent') AS n_sent, COUNT(*) FILTER (WHERE state = 'failed') AS n_failed,"
     " COUNT(*) FILTER (WHERE state = 'deferred') AS n_deferred, COALESCE(SUM(released), 0) AS n_released,"
     " COALESCE(SUM(resolved), 0) AS n_resolved FROM {counted}),"
-    " c AS (UPDATE mailings SET sent = sent + n_sent, failed = failed + n_failed, deferred = deferred + n_deferred,"
-    " in_doubt = in_doubt + n_released - n_resolved, rate = COALESCE(?, rate), updated_at = ? FROM t WHERE id = ?),"
     " b AS (INSERT INTO suppression (key, email, source, reason, mailing_id, added_at)"
     " SELECT DISTINCT ON (email_key) email_key, email, 'bounce', COALESCE(reply, ''), mailing_id, ? FROM w"
     " WHERE bounce ORDER BY email_key, n ON CONFLICT (key) DO NOTHING)"
-    " SELECT COUNT(*) FROM w"
+    " SELECT set_config('mailtower.counted', COALESCE(current_setting('mailtower.counted', TRUE), '')"
+    " || concat_ws(',', n_sent, n_failed, n_deferred, n_released - n_resolved) || ';', TRUE) FROM t"
 )
-_OUTCOMES_FENCED = pg_sql(_OUTCOMES_SQL.format(fence=" AND r.claimed_by + 0 = ?", counted="w"))
+_OUTCOMES_FENCED = pg_sql(_OUTCOMES_SQL.format(fence=" AND COALESCE(r.claimed_by, -1) = ?", counted="w"))
 _OUTCOMES_OPEN = pg_sql(_OUTCOMES_SQL.format(fence="", counted="v"))
 
 # Marks: rows about to get their final dot become `sending`, fenced to their claimer (fleet:
@@ -743,6 +742,52 @@ _CLAIM_OWNED = pg_sql(_CLAIM_SQL.format(
     own=", o AS (UPDATE recipients r SET claimed_by = ? WHERE r.id = ANY(ARRAY(SELECT id FROM p WHERE NOT barred))"
     " AND EXISTS (SELECT 1 FROM senders WHERE id = ? AND state = 'running'))"))
 _MAILING_SQL = pg_sql(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?")
+
+# The mailing's counters, added up from what the batch's outcome statements left in the
+# transaction-local setting `mailtower.counted`, written by the batch's last statement, which
+# returns the mailing's row. Last, because the row is every sender's: the first writer holds it
+# to its commit, and another sender's batch waits that long (right after the outcomes, it was
+# held for the whole rest of the batch, and a second sender spent ~1 ms a batch waiting).
+_COUNTED_SQL = pg_sql(
+    "WITH k AS (SELECT COALESCE(SUM(split_part(x, ',', 1)::bigint), 0) AS n_sent,"
+    " COALESCE(SUM(split_part(x, ',', 2)::bigint), 0) AS n_failed, COALESCE(SUM(split_part(x, ',', 3)::bigint), 0) AS n_deferred,"
+    " COALESCE(SUM(split_part(x, ',', 4)::bigint), 0) AS n_doubt"
+    " FROM unnest(string_to_array(current_setting('mailtower.counted', TRUE), ';')) AS x WHERE x <> '')"
+    " UPDATE mailings SET sent = sent + n_sent, failed = failed + n_failed, deferred = deferred + n_deferred,"
+    f" in_doubt = in_doubt + n_doubt, rate = COALESCE(?, rate), updated_at = ? FROM k WHERE id = ? RETURNING {MAILING_LIST_COLUMNS}"
+)
+
+_RATE_SQL = pg_sql("UPDATE mailings SET rate = ? WHERE id = ?")
+
+# The batch's statements are prepared once per connection and run by EXECUTE: the batch goes as
+# one simple query (see _Batch), which the server would otherwise parse and plan statement by
+# statement every time (server CPU per message doubled without it).
+_PREPARED = {sql: f"mailtower_batch_{i}" for i, sql in enumerate(
+    (_OUTCOMES_FENCED, _OUTCOMES_OPEN, _MARKS_SQL, _DUE_SQL, _CLAIM_OPEN, _CLAIM_OWNED, _MAILING_SQL, _RATE_SQL,
+     _COUNTED_SQL))}
+
+
+def _numbered(sql: str) -> str:
+    """psycopg's `%s` placeholders as the server's $1, $2... (and `%%` as `%`), for PREPARE."""
+    parts = [part.split("%s") for part in sql.split("%%")]
+    out, n = [], 0
+    for pieces in parts:
+        text = pieces[0]
+        for piece in pieces[1:]:
+            n += 1
+            text += f"${n}{piece}"
+        out.append(text)
+    return "%".join(out)
+
+
+async def _prepare_batch(conn: psycopg.AsyncConnection[Any]) -> None:
+    """PREPARE every batch statement this connection does not have yet (a PREPARE that failed
+    half way leaves some: they are kept, not prepared twice)."""
+    cur = await conn.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'mailtower_batch_%'")
+    have = {name for (name,) in await cur.fetchall()}
+    missing = [f"PREPARE {name} AS {_numbered(sql)}" for sql, name in _PREPARED.items() if name not in have]
+    if missing:
+        await conn.execute(";".join(missing).encode())
 
 
 def _claim_sql(owner: int | None) -> str:
@@ -806,67 +851,84 @@ def array_literal(values: Sequence[Any]) -> str:
 
 
 class _Batch:
-    """One record-and-claim transaction in pipeline mode: `send` queues every statement (COMMIT
-    included) without waiting, `results` reads them after the pipeline's one sync."""
+    """One record-and-claim transaction as one message: `add` collects the statements, `run`
+    sends them joined in one simple query (bound on the client) and reads every result after the
+    one wait.
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], mailing_id: int, now: float, owner: int | None) -> None:
-        self.conn, self.mailing_id, self.now, self.owner = conn, mailing_id, now, owner
+    One message rather than a pipeline of statements: the server runs the whole message at once
+    (one implicit transaction, so all or nothing, also for a sender cancelled while sending it),
+    while a pipeline gives the event loop back between statements, and the batch held the
+    mailing's row lock across those turns; a second sender's batch then waited for them (~1 ms a
+    batch at K=32, py-spy and auto_explain, issue 15)."""
+
+    def __init__(self, mailing_id: int, now: float, owner: int | None) -> None:
+        self.mailing_id, self.now, self.owner = mailing_id, now, owner
         self.barred_marks: list[int] = []
         self.after = 0  # the last row the claim looked at (a further pass goes on after it)
         self._marks: list[int] = []
-        self._marks_cur: psycopg.AsyncCursor[Any] | None = None
-        self._claim_cur: psycopg.AsyncCursor[Any] | None = None
-        self._mailing_cur: psycopg.AsyncCursor[Any] | None = None
+        self._sql: list[str] = []
+        self._params: list[Any] = []
+        self._read: list[str] = []  # what each statement's result is: "marks", "claim", "mailing" or ""
 
-    async def _send(self, sql: str, params: Sequence[Any]) -> psycopg.AsyncCursor[Any]:
-        cur = self.conn.cursor()
-        await cur.execute(sql, _params(params))
-        return cur
+    def _add(self, sql: str, params: Sequence[Any], read: str = "") -> None:
+        name = _PREPARED.get(sql)
+        self._sql.append(sql if name is None else f"EXECUTE {name}({', '.join(['%s'] * len(params))})")
+        self._params.extend(params)
+        self._read.append(read)
 
-    async def send(self, outcomes: list[Outcome], claim: int, rate: float | None, marks: list[int], held: list[int],
-                   *, retries: bool = True) -> None:
+    def build(self, outcomes: list[Outcome], claim: int, rate: float | None, marks: list[int], held: list[int],
+              *, retries: bool = True) -> None:
         """`retries`: the mailing may have deferred rows (else no statement makes them due)."""
         m, now, owner = self.mailing_id, self.now, self.owner
         when = _iso_second(int(now))
         lock = "pg_advisory_xact_lock_shared" if owner is not None else "pg_advisory_xact_lock"
-        # An explicit transaction, although the pipeline's Sync would commit an implicit one (two
-        # statements fewer, ~5% of the sender's CPU): a batch cut off while being sent (a
-        # cancellation) must leave nothing, and psycopg sends the Sync even then.
-        await self.conn.execute("BEGIN")  # pipeline mode: one statement per execute
-        await self.conn.execute(f"SELECT {lock}({WRITE_LOCK})")
+        self._add(f"SELECT {lock}({WRITE_LOCK})", ())
         if outcomes:
             fenced = owner is not None
             for run in _generations(outcomes):
                 head = _outcome_arrays(run, now)
-                await self._send(_OUTCOMES_FENCED if fenced else _OUTCOMES_OPEN,
-                                 [*head, now, owner, *([owner] if fenced else []), rate, when, m, when])
+                self._add(_OUTCOMES_FENCED if fenced else _OUTCOMES_OPEN,
+                          [*head, now, owner, head[0], *([owner] if fenced else []), when])
         elif rate is not None:
-            await self._send(pg_sql("UPDATE mailings SET rate = ? WHERE id = ?"), (rate, m))
+            self._add(_RATE_SQL, (rate, m))
         if marks:
             # After the outcomes: a row one connection gave back and another took up again in the
             # same batch ends up `sending`.
             self._marks = marks
             me = -1 if owner is None else owner
-            self._marks_cur = await self._send(_MARKS_SQL, (array_literal(marks), now, m, m, now, me, m))
+            self._add(_MARKS_SQL, (array_literal(marks), now, m, m, now, me, m), "marks")
         if claim > 0:
             if retries:
-                await self._send(_DUE_SQL, (m, now, m, m))
-            self._claim_cur = await self._send(_claim_sql(owner), _claim_params(m, 0, held, owner, claim, now))
-        self._mailing_cur = await self._send(_MAILING_SQL, (m,))
-        await self.conn.execute("COMMIT")
+                self._add(_DUE_SQL, (m, now, m, m))
+            self._add(_claim_sql(owner), _claim_params(m, 0, held, owner, claim, now), "claim")
+        if outcomes:
+            self._add(_COUNTED_SQL, (rate, when, m), "mailing")
+        else:
+            self._add(_MAILING_SQL, (m,), "mailing")
 
-    async def results(self, claim: int) -> tuple[list[Claimed], tuple[Any, ...] | None, bool]:
+    async def run(self, pg: PgConnection, claim: int) -> tuple[list[Claimed], tuple[Any, ...] | None, bool]:
         """The claimed rows, the mailing's row, and whether the claim came back short because it
         skipped suppressed rows (the mailing may have more to claim after them)."""
-        if self._marks_cur is not None:
-            found = await self._marks_cur.fetchall()
+        conn = await pg.ready()
+        if pg.prepared_on is not conn:
+            await _prepare_batch(conn)
+            pg.prepared_on = conn
+        found: dict[str, list[tuple[Any, ...]]] = {}
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute(";".join(self._sql), _params(self._params))
+            for i, read in enumerate(self._read):
+                if i:
+                    cur.nextset()
+                if read:
+                    found[read] = await cur.fetchall()
+        if self._marks:
             if self.owner is None:  # as on SQLite: only suppressed rows are barred
-                self.barred_marks = [i for i, marked in found if not marked]
+                self.barred_marks = [i for i, marked in found["marks"] if not marked]
             else:  # fenced: every row not marked `sending` for this sender (suppressed or taken over)
-                marked = {i for i, ok in found if ok}
+                marked = {i for i, ok in found["marks"] if ok}
                 self.barred_marks = [i for i in self._marks if i not in marked]
-        picked = await self._claim_cur.fetchall() if self._claim_cur is not None else []
-        row = await self._mailing_cur.fetchone() if self._mailing_cur is not None else None
+        picked = found.get("claim", [])
+        row = next(iter(found["mailing"]), None)
         claimed = [_claimed(r) for r in picked if not r[7]]
         if picked:
             self.after = picked[-1][0]

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from mailtower.core.db_target import parse_pg_url
+from mailtower.core.domain import RecipientState
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.pg_schema import PG_SCHEMA_VERSION
@@ -78,6 +79,15 @@ async def test_a_database_with_tables_of_its_own_is_refused(pg_server) -> None:
 async def new_mailing(store: Store, tmp_path: Path, n: int = 5) -> int:
     path = write_csv(tmp_path / "r.csv", recipients(n))
     mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "Hi", None), path, lambda r: None)
+    return mailing_id
+
+
+async def sending_mailing(store: Store, tmp_path: Path, n: int) -> int:
+    """A mailing of n recipients that is `sending`, as the sender sees it."""
+    mailing_id = await new_mailing(store, tmp_path, n)
+    lc = Lifecycle(store)
+    await lc.send_now(mailing_id)
+    await lc.start(mailing_id)
     return mailing_id
 
 
@@ -179,16 +189,69 @@ async def test_record_and_claim_hands_out_disjoint_batches_to_two_stores(pg_url:
     target = parse_pg_url(pg_url, "test")
     a, b = await open_store(target), await open_store(target)
     try:
-        mailing_id = await new_mailing(a, tmp_path, 10)
-        lc = Lifecycle(a)
-        await lc.send_now(mailing_id)
-        await lc.start(mailing_id)
+        mailing_id = await sending_mailing(a, tmp_path, 10)
         first, _ = await a.record_and_claim(mailing_id, [], 4)
         again, _ = await a.record_and_claim(mailing_id, [], 4, held={c.id for c in first})
         assert len(first) == 4 and len(again) == 4 and not {c.id for c in first} & {c.id for c in again}
         ids = sorted(c.id for c in first + again)
         other, _ = await b.record_and_claim(mailing_id, [], 100, held=ids)
         assert sorted(c.id for c in other) == sorted(set(range(1, 11)) - set(ids))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_sender_batch_after_a_dropped_connection_prepares_again_and_counts_once(pg_url: str, tmp_path: Path) -> None:
+    """The batch's statements are prepared per connection: the connection opened after a loss
+    gets them again, and a batch that failed with the connection wrote nothing (one message, one
+    transaction), so the outcomes written again count once."""
+    from mailtower.core.store import Outcome
+
+    target = parse_pg_url(pg_url, "test")
+    store = await open_store(target)
+    try:
+        mailing_id = await sending_mailing(store, tmp_path, 6)
+        claimed, _ = await store.record_and_claim(mailing_id, [], 6)
+        ids = [c.id for c in claimed]
+        _, mailing = await store.record_and_claim(mailing_id, [Outcome(ids[0], RecipientState.SENT, 250)], 0, marks=ids[1:3])
+        assert mailing.sent == 1
+        backend = store.pg.conn.info.backend_pid  # type: ignore[attr-defined]
+        with connect(target) as admin:
+            admin.execute("SELECT pg_terminate_backend(?)", (backend,))
+        outcomes = [Outcome(ids[1], RecipientState.SENT, 250), Outcome(ids[2], RecipientState.FAILED, 550, "5.1.1 no")]
+        try:
+            _, mailing = await store.record_and_claim(mailing_id, outcomes, 0, marks=ids[3:4])
+        except psycopg.OperationalError:  # the batch found the connection gone: written again
+            _, mailing = await store.record_and_claim(mailing_id, outcomes, 0, marks=ids[3:4])
+        assert store.pg.conn.info.backend_pid != backend  # type: ignore[attr-defined]
+        assert (mailing.sent, mailing.failed) == (2, 1)
+        states = dict(sql_rows(target, "SELECT id, state FROM recipients WHERE mailing_id = ?", (mailing_id,)))
+        assert [states[i] for i in ids] == ["sent", "sent", "failed", "sending", "pending", "pending"]
+    finally:
+        await store.close()
+
+
+async def test_two_senders_batches_add_up_on_the_mailing(pg_url: str, tmp_path: Path) -> None:
+    """Each batch adds its own outcomes to the mailing's counters in its last statement; two
+    stores writing at once (fleet batches overlap) lose no count."""
+    from mailtower.core.store import Outcome
+
+    target = parse_pg_url(pg_url, "test")
+    a, b = await open_store(target), await open_store(target)
+    try:
+        mailing_id = await sending_mailing(a, tmp_path, 40)
+        mine, _ = await a.record_and_claim(mailing_id, [], 20)
+        theirs, _ = await b.record_and_claim(mailing_id, [], 20, held=[c.id for c in mine])
+
+        async def send(store: Store, rows: list[int]) -> None:
+            for i in range(0, len(rows), 2):
+                await store.record_and_claim(mailing_id, [Outcome(rows[i], RecipientState.SENT, 250),
+                                                          Outcome(rows[i + 1], RecipientState.DEFERRED, 451, "later",
+                                                                  next_attempt_at=4e9)], 0)
+
+        await asyncio.wait_for(asyncio.gather(send(a, [c.id for c in mine]), send(b, [c.id for c in theirs])), 30)
+        mailing = await a.mailing(mailing_id)
+        assert (mailing.sent, mailing.deferred) == (20, 20)
     finally:
         await a.close()
         await b.close()
