@@ -11,7 +11,9 @@ Figures, alternating rounds (the machine is shared: medians and the spread are p
 1. one sender, K connections, against Postfix's smtp-sink: PostgreSQL next to SQLite (target >= 0.8);
 2. with --senders S: S senders each with 32 connections (a fleet limit of 32*S: limits are the
    fleet's) against sinks that hold each final-dot reply 50 ms, next to one sender with 32
-   (target >= 1.8 for S=2). Each sender gets its own sink process so the sink is not the bottleneck.
+   (target >= 1.8 for S=2). Each sender gets its own sink process (tests/bench/latency_sink.py, a
+   lean asyncio SMTP sink: two aiosmtpd sinks took ~0.75 of a core here, which the senders and
+   the server then lacked) so the sink is not the bottleneck.
 Rates are "while sending": (sent - 1) / (first to last outcome in the ledger); whole-process rates
 (start of the first process to exit of the last) are printed beside them.
 Under each figure a "costs" line gives what holds on a shared machine: the senders' CPU per message
@@ -33,17 +35,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import latency_sink  # noqa: E402 - beside this file, on sys.path as the benchmark's directory
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 LATENCY_K, LATENCY = 32, 0.05
 
-SINK_CODE = """
-import sys
-from mailtower.core.sink import Sink
-with Sink(latency=float(sys.argv[1])) as sink:
-    print(sink.port, flush=True)
-    sys.stdin.read()
-"""
 
 
 @dataclass(frozen=True)
@@ -107,15 +104,10 @@ def postgres(db: str) -> Iterator[Databases]:
 
 @contextlib.contextmanager
 def sinks(count: int, latency: float) -> Iterator[list[int]]:
-    """`count` aiosmtpd sinks (core/sink.py), each in a process of its own; their ports."""
-    procs = [subprocess.Popen([PY, "-c", SINK_CODE, str(latency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-             for _ in range(count)]
-    try:
-        yield [int(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
-    finally:
-        for p in procs:
-            p.stdin.close()  # type: ignore[union-attr]
-            p.wait(timeout=30)
+    """`count` lean sinks (latency_sink.py: aiosmtpd's CPU would be the bottleneck on 2 cores),
+    each in a process of its own; their ports."""
+    with latency_sink.started(count, latency) as started:
+        yield started.ports
 
 
 def environment(db: str, port: int, k: int, **extra: str) -> dict[str, str]:

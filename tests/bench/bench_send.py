@@ -5,8 +5,9 @@
 
 Prints, per round and as medians: mailtower's rate (personalised text+HTML, ~2 KB, two merge
 fields, full ledger) and smtp-source's rate for N messages of the same size over the same K
-persistent sessions, and their ratio. With --latency-run it also runs K=32 against smtp-sink
-delaying each DATA reply by 50 ms and compares with K / 0.05. With --dashboard it also times the
+persistent sessions, and their ratio. With --latency-run it also runs K=32 against a sink that
+holds each final-dot reply 50 ms (latency_sink.py: smtp-sink's delays are whole seconds) and
+compares with K / 0.05. With --dashboard it also times the
 same send with the dashboard open headless instead of the headless sender; that comparison uses
 the rate while sending (first to last outcome in the ledger), because starting Textual is a fixed
 cost of about half a second and not part of sending; whole-process rates are printed too.
@@ -65,9 +66,7 @@ class SmtpSink:
         self.port = free_port()
         args = [tool("smtp-sink"), "-u", "nobody"]
         if delay:
-            # -w: wait this many seconds before replying to the final dot (whole seconds only in some
-            # versions); fall back to -t? smtp-sink takes -w delay in seconds as an integer, so the
-            # 50 ms case uses a fault-injecting aiosmtpd sink instead (see latency_round).
+            # smtp-sink's delays (-w, -W) are whole seconds: the 50 ms case uses latency_sink.py.
             raise ValueError("use latency_round for sub-second delays")
         args += [f"127.0.0.1:{self.port}", "2048"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -167,12 +166,14 @@ def message_size(tmp: Path) -> int:
 
 
 def latency_round(tmp: Path, n: int, k: int, delay: float) -> Round:
-    """K connections against a sink that waits `delay` before answering each final dot."""
-    sys.path.insert(0, str(ROOT))
-    from mailtower.core.sink import Sink
+    """K connections against a sink that waits `delay` before answering each final dot
+    (latency_sink.py, in a process of its own; it counts what it accepted: each message once)."""
+    import latency_sink
 
-    with Sink(latency=delay) as sink:
-        return mailtower_round(tmp, n, k, sink.port, f"latency-{time.monotonic_ns()}")
+    with latency_sink.started(1, delay) as sink:
+        result = mailtower_round(tmp, n, k, sink.ports[0], f"latency-{time.monotonic_ns()}")
+    assert sink.accepted == [n], f"the sink accepted {sink.accepted[0]} messages for {n} recipients"
+    return result
 
 
 # ---- DKIM on next to DKIM off (issue 13, item 8) ----------------------------------------------------
