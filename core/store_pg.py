@@ -898,9 +898,9 @@ def array_literal(values: Sequence[Any]) -> str:
 
 
 class _Batch:
-    """One record-and-claim transaction as one message: `add` collects the statements, `run`
-    sends them joined in one simple query (bound on the client) and reads every result after the
-    one wait.
+    """One record-and-claim transaction as one message: `build` collects the statements (each a
+    prepared one run by EXECUTE), `run` sends them joined in one simple query (bound on the
+    client) and reads every result after the one wait.
 
     One message rather than a pipeline of statements: the server runs the whole message at once
     (one implicit transaction, so all or nothing, also for a sender cancelled while sending it),
