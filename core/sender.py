@@ -306,9 +306,10 @@ class Sender:
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()  # workers sending a message (the rest wait for work)
         self._carries: set[Carry] = set()  # each worker's job taken ahead, if any
-        # The ledger write before a dot done on the event loop's own thread (Store.record_now):
-        # fastest for `mailtower run`; a front end that answers keys on the same loop (the
-        # dashboard) turns it off, so the writes run on the database's thread instead.
+        # The ledger writes done on the event loop's own thread (Store.record_now), the feeder's
+        # batches and claims included: fastest for `mailtower run`; a front end that answers keys
+        # on the same loop (the dashboard) turns it off, so the writes run on the database's
+        # thread instead.
         self.inline_writes = True
         self._last_limits_read = 0.0
         self._stop_at: float | None = None  # monotonic time of the stop request
@@ -667,7 +668,7 @@ class Sender:
             self.fleet.check()  # a sender that may have been declared dead claims and marks nothing
             claimed, mailing = await store.record_and_claim(
                 run.mailing.id, outcomes, 0 if run.canary else claim, rate=self.meter.rate(), marks=marks, held=run.held,
-                barred=barred,
+                barred=barred, inline=self.inline_writes,
             )
             if run.canary is not None and mailing.state is MailingState.SENDING:
                 claimed = await run.canary.claim(store, run.held, claim)  # only the canary's sample

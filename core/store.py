@@ -1441,6 +1441,7 @@ class Store:
         marks: list[int] | None = None,
         held: Iterable[int] = (),
         barred: set[int] | None = None,
+        inline: bool = True,
     ) -> tuple[list[Claimed], Mailing]:
         """Write outcomes, mark the rows connections are about to send `sending`, and claim up
         to `claim` more due rows (none of `held`, the rows the sender already has), in one
@@ -1461,11 +1462,13 @@ class Store:
         `barred`: their connection must not send the final dot.
 
         Done at once on the calling thread when the store is free (record_now), else on the
-        database thread.
+        database thread; always there when not `inline` (a front end answering keys on the same
+        event loop: a claim of 200 rows held the dashboard's loop 12-21 ms).
         """
-        done = self.record_now(mailing_id, outcomes, claim, rate=rate, marks=marks, held=held, barred=barred)
-        if done is not None:
-            return done
+        if inline:
+            done = self.record_now(mailing_id, outcomes, claim, rate=rate, marks=marks, held=held, barred=barred)
+            if done is not None:
+                return done
         async with self._write_lock:
             claimed, row = await self.db._execute(  # noqa: SLF001 - aiosqlite's own way to run on its thread
                 _record_and_claim, self.db._conn, mailing_id, outcomes, claim, rate, marks or [], held, barred,  # noqa: SLF001

@@ -426,6 +426,7 @@ class PgStore(Store):
         marks: list[int] | None = None,
         held: Iterable[int] = (),
         barred: set[int] | None = None,
+        inline: bool = True,  # noqa: ARG002 - nothing is ever done inline on PostgreSQL (record_now)
     ) -> tuple[list[Claimed], Mailing]:
         """What Store.record_and_claim does, in one PostgreSQL transaction (see there).
 
