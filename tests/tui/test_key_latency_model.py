@@ -307,6 +307,7 @@ async def test_no_full_collection_lands_inside_a_burst_of_keys(tmp_path: Path) -
         # A pause long enough that no gap between two keys reaches it, on however loaded a
         # machine (CI once took over 0.6 s between two presses 0.1 s apart).
         app.collector.full_every, app.collector.key_pause = 0.1, 30.0
+        await pilot.press("j")  # a key first: a refresh between the next line and the first key would find no key yet
         app.collector._full_at = time.monotonic()  # due now
         refreshes = app.collector.collections
         full = app.collector.full_collections
