@@ -414,7 +414,7 @@ def main() -> None:
         # The whole-process rate includes starting the interpreter and 32 logins (about a second
         # here): with N=4000 that alone is 0.13 of the ideal time, so the rate while sending is
         # printed beside it and --latency-n makes the run long enough for the start not to count.
-        print(f"latency-bound K={k}, N={n}, {delay * 1000:.0f} ms per DATA reply: {m:,.0f} msg/s "
+        print(f"latency-bound K={k}, N={n}, {delay * 1000:.0f} ms per final-dot reply: {m:,.0f} msg/s "
               f"(while sending {m_send:,.0f}) vs K/delay {k / delay:,.0f}; ratio {m / (k / delay):.3f}, "
               f"while sending {m_send / (k / delay):.3f} (target >= 0.9)")
     if args.dkim:
