@@ -460,11 +460,11 @@ class PgStore(Store):
         if short:
             claimed, row = await self._claim_past_suppressed(mailing_id, claimed, claim, batch.after, sorted(held), row)
         elif floor and len(claimed) < claim:  # nothing more after the floor: the rest from the first row
-            self._floors.pop(mailing_id, None)
+            floor = 0
             claimed, row = await self._claim_past_suppressed(
                 mailing_id, claimed, claim, 0, sorted({*held, *(c.id for c in claimed)}), row)
         if claim > 0:
-            self._raise_floor(mailing_id, claimed, batch.due_from)
+            self._raise_floor(mailing_id, floor, claimed, batch.due_from)
         mailing = _mailing_from_row(row)
         # Rows deferred by this batch or by another sender after this read are seen by the next
         # batch; none of them is due before its retry delay has passed.
@@ -482,21 +482,16 @@ class PgStore(Store):
         id lowers it, a claim that finds nothing after the floor claims on from the first row (so
         a mailing is never taken for exhausted by a floor pass), and the periodic full claim finds
         what another sender gave back."""
-        given_back = [o.recipient_id for o in outcomes if o.state is RecipientState.PENDING]
         floor, full_claim = self._floors.get(mailing_id, (0, None))
-        if given_back:
-            floor = min(floor, min(given_back) - 1)
         if full_claim is None or time.monotonic() - full_claim >= FULL_CLAIM_EVERY:
-            floor = 0
-        self._floors[mailing_id] = (max(floor, 0), full_claim)
-        return max(floor, 0)
+            return 0
+        given_back = [o.recipient_id for o in outcomes if o.state is RecipientState.PENDING]
+        return max(min(floor, min(given_back) - 1), 0) if given_back else floor
 
-    def _raise_floor(self, mailing_id: int, claimed: list[Claimed], due_from: int | None) -> None:
-        floor, full_claim = self._floors.get(mailing_id, (0, None))
-        if floor == 0:  # this claim looked at every row
-            full_claim = time.monotonic()
-        if claimed:
-            floor = max(c.id for c in claimed)
+    def _raise_floor(self, mailing_id: int, looked_from: int, claimed: list[Claimed], due_from: int | None) -> None:
+        """After a claim that looked at the rows after `looked_from` (0: every row)."""
+        full_claim = time.monotonic() if looked_from == 0 else self._floors[mailing_id][1]
+        floor = max(c.id for c in claimed) if claimed else looked_from
         if due_from is not None:
             floor = min(floor, due_from - 1)
         self._floors[mailing_id] = (max(floor, 0), full_claim)

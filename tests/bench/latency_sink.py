@@ -34,7 +34,7 @@ class SinkProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.in_data = False
-        self.replies: deque[tuple[float, bytes]] = deque()  # (time it may go, reply), in order
+        self.replies: deque[tuple[float, bytes, bool]] = deque()  # (time it may go, reply, close after), in order
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,7 +90,7 @@ class SinkProtocol(asyncio.Protocol):
 
     def _reply(self, text: bytes, delay: float = 0.0, *, close: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        self.replies.append((loop.time() + delay, text + (b"" if not close else b"\0")))
+        self.replies.append((loop.time() + delay, text, close))
         self._flush()
 
     def _flush(self) -> None:
@@ -102,12 +102,12 @@ class SinkProtocol(asyncio.Protocol):
         now = loop.time()
         out = b""
         while self.replies and self.replies[0][0] <= now:
-            text = self.replies.popleft()[1]
-            if text.endswith(b"\0"):
-                self.transport.write(out + text[:-1])
+            _, text, close = self.replies.popleft()
+            out += text
+            if close:
+                self.transport.write(out)
                 self.transport.close()
                 return
-            out += text
         if out:
             self.transport.write(out)
         if self.replies and self.timer is None:

@@ -21,6 +21,7 @@ from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.pg_schema import PG_SCHEMA_VERSION
 from mailtower.core.store import SCHEMA_VERSION, Store, open_store
 from mailtower.core.store_pg import PgStore
+from tests.core.test_pg_batch import sending_mailing
 from tests.helpers import recipients, write_csv
 from tests.pg_server import connect, sql_rows
 
@@ -79,15 +80,6 @@ async def test_a_database_with_tables_of_its_own_is_refused(pg_server) -> None:
 async def new_mailing(store: Store, tmp_path: Path, n: int = 5) -> int:
     path = write_csv(tmp_path / "r.csv", recipients(n))
     mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "Hi", None), path, lambda r: None)
-    return mailing_id
-
-
-async def sending_mailing(store: Store, tmp_path: Path, n: int) -> int:
-    """A mailing of n recipients that is `sending`, as the sender sees it."""
-    mailing_id = await new_mailing(store, tmp_path, n)
-    lc = Lifecycle(store)
-    await lc.send_now(mailing_id)
-    await lc.start(mailing_id)
     return mailing_id
 
 
