@@ -810,6 +810,16 @@ _PREPARED = {sql: f"mailtower_batch_{i}" for i, sql in enumerate(
      _COUNTED_SQL))}
 
 
+# How the server plans the batch's prepared statements, for this transaction only. Left to itself
+# (plan_cache_mode `auto`) it planned the outcomes, marks and counters afresh at every EXECUTE,
+# its estimate for a plan kept across calls never winning over one made for the values: that
+# planning was a third of the server's CPU per message at K=8 (perf, issue 15). Every lookup in
+# them goes by primary key or the mailing's id, so one plan serves every batch. The claim and
+# the due rows keep a plan made for their values (a range of the mailing's rows, once per claim).
+_PLANS_GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', TRUE)"
+_PLANS_CUSTOM = "set_config('plan_cache_mode', 'auto', TRUE)"
+
+
 def _numbered(sql: str) -> str:
     """psycopg's `%s` placeholders as the server's $1, $2... (and `%%` as `%`), for PREPARE."""
     parts = [part.split("%s") for part in sql.split("%%")]
@@ -927,7 +937,7 @@ class _Batch:
         m, now, owner = self.mailing_id, self.now, self.owner
         when = _iso_second(int(now))
         lock = "pg_advisory_xact_lock_shared" if owner is not None else "pg_advisory_xact_lock"
-        self._add(f"SELECT {lock}({WRITE_LOCK})", ())
+        self._add(f"SELECT {lock}({WRITE_LOCK}), {_PLANS_GENERIC}", ())
         if outcomes:
             fenced = owner is not None
             for run in _generations(outcomes):
@@ -943,9 +953,11 @@ class _Batch:
             me = -1 if owner is None else owner
             self._add(_MARKS_SQL, (array_literal(marks), now, m, m, now, me, m), "marks")
         if claim > 0:
+            self._add(f"SELECT {_PLANS_CUSTOM}", ())
             if retries:
                 self._add(_DUE_SQL, (m, now, m, m), "due")
             self._add(_claim_sql(owner), _claim_params(m, after, held, owner, claim, now), "claim")
+            self._add(f"SELECT {_PLANS_GENERIC}", ())
         if outcomes:
             self._add(_COUNTED_SQL, (rate, when, m), "mailing")
         else:
