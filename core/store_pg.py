@@ -442,7 +442,8 @@ class PgStore(Store):
         async with self._write_lock:
             await self.pg.ready()  # a lost connection is opened again here, before the batch begins
             self.pg.in_write = True
-            floor = self._claim_floor(mailing_id, outcomes) if claim > 0 else 0
+            self._lower_floor(mailing_id, outcomes)
+            floor = self._claim_floor(mailing_id) if claim > 0 else 0
             try:
                 batch = _Batch(mailing_id, time.time(), owner)
                 batch.build(outcomes, claim, rate, marks or [], sorted(held),
@@ -471,7 +472,7 @@ class PgStore(Store):
         self._deferred_seen[mailing_id] = mailing.deferred
         return claimed, mailing
 
-    def _claim_floor(self, mailing_id: int, outcomes: list[Outcome]) -> int:
+    def _claim_floor(self, mailing_id: int) -> int:
         """The id after which this batch's claim looks: 0 (every row of the mailing) for the first
         claim, every FULL_CLAIM_EVERY seconds, and after rows this sender gave back; else the
         last row this store claimed. The claim is ordered by id, and its plan walked the primary
@@ -481,12 +482,20 @@ class PgStore(Store):
         Rows below the floor that become pending again are found anyway: the due statement's lowest
         id lowers it, a claim that finds nothing after the floor claims on from the first row (so
         a mailing is never taken for exhausted by a floor pass), and the periodic full claim finds
-        what another sender gave back."""
+        what another sender gave back; rows this sender gives back lower it (_lower_floor)."""
         floor, full_claim = self._floors.get(mailing_id, (0, None))
         if full_claim is None or time.monotonic() - full_claim >= FULL_CLAIM_EVERY:
             return 0
+        return floor
+
+    def _lower_floor(self, mailing_id: int, outcomes: list[Outcome]) -> None:
+        """Rows this batch gives back are pending again: the next claim looks from before the
+        first of them, whether or not this batch claims (a batch without a claim once left them
+        to the periodic full claim, up to FULL_CLAIM_EVERY later)."""
         given_back = [o.recipient_id for o in outcomes if o.state is RecipientState.PENDING]
-        return max(min(floor, min(given_back) - 1), 0) if given_back else floor
+        if given_back and mailing_id in self._floors:
+            floor, full_claim = self._floors[mailing_id]
+            self._floors[mailing_id] = (max(min(floor, min(given_back) - 1), 0), full_claim)
 
     def _raise_floor(self, mailing_id: int, looked_from: int, claimed: list[Claimed], due_from: int | None) -> None:
         """After a claim that looked at the rows after `looked_from` (0: every row)."""

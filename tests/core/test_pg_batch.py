@@ -372,3 +372,16 @@ async def test_the_batch_reuses_one_plan_for_its_per_row_statements_and_plans_ea
         assert claim[0] == 0 and claim[1] >= 2, plans
         cur = await conn.execute("SHOW plan_cache_mode")
         assert (await cur.fetchone()) == ("auto",)
+
+
+async def test_a_row_given_back_by_a_batch_without_a_claim_is_claimed_by_the_next_claim(pg_url: str, tmp_path: Path) -> None:
+    """The claim floor was lowered only by a batch that also claimed: a row given back in a
+    batch of outcomes alone waited for the periodic full claim (FULL_CLAIM_EVERY)."""
+    async with opened(pg_url) as (_, store):
+        mailing_id = await sending_mailing(store, tmp_path, 30)
+        first, _ = await store.record_and_claim(mailing_id, [], 10)
+        held = {c.id for c in first}
+        await store.record_and_claim(mailing_id, [Outcome(4, RecipientState.PENDING, None, None, counted_attempt=False)], 0)
+        held.discard(4)
+        again, _ = await store.record_and_claim(mailing_id, [], 3, held=held)
+        assert [c.id for c in again] == [4, 11, 12]
