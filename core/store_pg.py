@@ -925,10 +925,15 @@ def sql_literal(value: Any) -> str:
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else f"'{value!r}'::float8"  # 'nan', 'inf', '-inf'
-    if isinstance(value, int):
-        return str(int(value))
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
+        if not math.isfinite(value):
+            return f"'{value!r}'::float8"  # 'nan', 'inf', '-inf'
+        text = repr(value)
+    elif isinstance(value, int):
+        text = str(int(value))
+    else:
+        raise TypeError(f"no SQL literal for {type(value).__name__}")
+    # A space before a minus sign, as psycopg does: after a "-" in the SQL, "-1" would begin a comment.
+    return " " + text if text.startswith("-") else text
 
 
 def with_literals(sql: str, params: Sequence[Any]) -> str:

@@ -271,6 +271,7 @@ def test_the_batch_writes_each_parameter_as_its_literal_and_counts_the_placehold
     assert with_literals("EXECUTE b(%s, %s, %s, %s) -- 5%%", ["it's", 2, None, 0.5]) == "EXECUTE b('it''s', 2, NULL, 0.5) -- 5%"
     assert [sql_literal(v) for v in (float("nan"), float("inf"), -float("inf"))] == [
         "'nan'::float8", "'inf'::float8", "'-inf'::float8"]
+    assert with_literals("SELECT 1 -%s, 2 -%s", [-1, -0.5]) == "SELECT 1 - -1, 2 - -0.5"  # not a "--" comment
     with pytest.raises(ValueError):
         with_literals("EXECUTE b(%s)", [1, 2])
     with pytest.raises(TypeError):
