@@ -22,6 +22,7 @@ What differs from core/store.py, and only that, lives here:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import re
@@ -833,15 +834,12 @@ _PLANS_CUSTOM = "set_config('plan_cache_mode', 'auto', TRUE)"
 
 def _numbered(sql: str) -> str:
     """psycopg's `%s` placeholders as the server's $1, $2... (and `%%` as `%`), for PREPARE."""
-    parts = [part.split("%s") for part in sql.split("%%")]
-    out, n = [], 0
-    for pieces in parts:
-        text = pieces[0]
-        for piece in pieces[1:]:
-            n += 1
-            text += f"${n}{piece}"
-        out.append(text)
-    return "%".join(out)
+    n = itertools.count(1)
+    return "".join(f"${next(n)}" if token == "%s" else "%" if token == "%%" else token for token in _PLACEHOLDERS.split(sql))
+
+
+# psycopg's placeholders and its escaped percent sign, as split by _numbered and with_literals.
+_PLACEHOLDERS = re.compile(r"(%%|%s)")
 
 
 async def _prepare_batch(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -944,8 +942,6 @@ def with_literals(sql: str, params: Sequence[Any]) -> str:
     values = iter(params)
     return "".join(sql_literal(next(values)) if token == "%s" else "%" if token == "%%" else token for token in tokens)
 
-
-_PLACEHOLDERS = re.compile(r"(%%|%s)")
 
 
 class _Batch:

@@ -22,6 +22,7 @@ from mailtower.core.errors import UserError
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.store import Outcome, Store, open_store
+from mailtower.core import store_pg
 from mailtower.core.store_pg import array_literal, sql_literal, with_literals
 from tests.helpers import recipients, write_csv
 from tests.pg_server import sql_execute, sql_rows
@@ -382,7 +383,8 @@ async def test_the_batch_reuses_one_plan_for_its_per_row_statements_and_plans_ea
         cur = await conn.execute("SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
                                  " WHERE name LIKE 'mailtower_batch_%'")
         plans = {name: (generic, custom) for name, generic, custom in await cur.fetchall()}
-        marks, outcomes, claim = (plans[f"mailtower_batch_{i}"] for i in (2, 1, 4))  # no fleet: the open outcomes and claim
+        marks, outcomes, claim = (plans[store_pg._PREPARED[sql]]  # noqa: SLF001 - no fleet: the open outcomes and claim
+                                  for sql in (store_pg._MARKS_SQL, store_pg._OUTCOMES_OPEN, store_pg._CLAIM_OPEN))  # noqa: SLF001
         assert marks[1] == 0 and marks[0] >= 10, plans
         assert outcomes[1] == 0 and outcomes[0] >= 10, plans
         assert claim[0] == 0 and claim[1] >= 2, plans
