@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import re
 import time
 import zlib
@@ -838,7 +837,7 @@ def _numbered(sql: str) -> str:
     return "".join(f"${next(n)}" if token == "%s" else "%" if token == "%%" else token for token in _PLACEHOLDERS.split(sql))
 
 
-# psycopg's placeholders and its escaped percent sign, as split by _numbered and with_literals.
+# psycopg's placeholders and its escaped percent sign, as split by _numbered.
 _PLACEHOLDERS = re.compile(r"(%%|%s)")
 
 
@@ -912,38 +911,6 @@ def array_literal(values: Sequence[Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def sql_literal(value: Any) -> str:
-    """A batch parameter as SQL text, for a statement whose parameters are typed (the EXECUTE of
-    a prepared statement): psycopg's client-side binding quoted each one through libpq and parsed
-    the query for its placeholders every batch, 10% of a PostgreSQL sender's CPU (py-spy, K=8).
-    Only for a connection with standard_conforming_strings on, where a quote is the one
-    character to double inside '...'; _params has refused NUL already."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return f"'{value!r}'::float8"  # 'nan', 'inf', '-inf'
-        text = repr(value)
-    elif isinstance(value, int):
-        text = str(int(value))
-    else:
-        raise TypeError(f"no SQL literal for {type(value).__name__}")
-    # A space before a minus sign, as psycopg does: after a "-" in the SQL, "-1" would begin a comment.
-    return " " + text if text.startswith("-") else text
-
-
-def with_literals(sql: str, params: Sequence[Any]) -> str:
-    """`sql` with each %s replaced by its parameter's literal (and %% by %), as psycopg would."""
-    tokens = _PLACEHOLDERS.split(sql)
-    if sum(token == "%s" for token in tokens) != len(params):
-        raise ValueError(f"{len(params)} parameters for the placeholders of {sql[:60]!r}")
-    values = iter(params)
-    return "".join(sql_literal(next(values)) if token == "%s" else "%" if token == "%%" else token for token in tokens)
-
-
-
 class _Batch:
     """One record-and-claim transaction as one message: `build` collects the statements (each a
     prepared one run by EXECUTE), `run` sends them joined in one simple query (bound on the
@@ -1013,12 +980,8 @@ class _Batch:
             pg.prepared_on = conn
         found: dict[str, list[tuple[Any, ...]]] = {}
         params = _params(self._params)
-        own_literals = conn.info.parameter_status("standard_conforming_strings") == b"on"
         async with psycopg.AsyncClientCursor(conn) as cur:
-            if own_literals:
-                await cur.execute(with_literals(";".join(self._sql), params).encode(), prepare=False)
-            else:  # backslashes in '...' are escapes there: psycopg's own quoting knows how
-                await cur.execute(";".join(self._sql), params, prepare=False)
+            await cur.execute(";".join(self._sql), params, prepare=False)
             for i, read in enumerate(self._read):
                 if i:
                     cur.nextset()

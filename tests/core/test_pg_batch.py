@@ -23,7 +23,7 @@ from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.store import Outcome, Store, open_store
 from mailtower.core import store_pg
-from mailtower.core.store_pg import array_literal, sql_literal, with_literals
+from mailtower.core.store_pg import array_literal
 from tests.helpers import recipients, write_csv
 from tests.pg_server import sql_execute, sql_rows
 
@@ -224,10 +224,10 @@ async def test_a_row_written_twice_in_one_batch_ends_as_its_last_outcome(pg_url:
 @pytest.mark.parametrize("conforming", ["on", "off"])
 async def test_replies_with_the_array_syntax_in_them_are_stored_exactly(pg_url: str, tmp_path: Path, conforming: str) -> None:
     """The batch sends its columns as array literals (store_pg.array_literal) inside SQL string
-    literals it writes itself (store_pg.sql_literal): a relay's words holding quotes, apostrophes,
-    backslashes, braces, commas, the word NULL, SQL or nothing at all are stored as they came,
-    each in its own row, and timestamps keep every digit. With standard_conforming_strings off
-    (a backslash escapes inside '...') the batch leaves the quoting to psycopg."""
+    literals psycopg quotes: a relay's words holding quotes, apostrophes, backslashes, braces,
+    commas, the word NULL, SQL or nothing at all are stored as they came, each in its own row, and
+    timestamps keep every digit, whether a backslash escapes inside '...' or not
+    (standard_conforming_strings off or on)."""
     replies = ['say "hi"', "C:\\path\\", "{a,b}", "NULL", "", "a,b", "tab\tnew\nline", "\\\"", "ünïcödé ✉", " spaced ",
                "it's", "'); DROP TABLE recipients; --", "\\'", "$$ $q$", "100% %s %%"]
     async with opened(pg_url) as (target, store):
@@ -266,17 +266,6 @@ async def test_a_retry_that_is_due_is_claimed_by_the_next_batch_whoever_deferred
             picked, _ = await store.record_and_claim(mailing_id, [], 4)
             found |= {c.id for c in picked}
         assert claimed[1].id in found
-
-
-def test_the_batch_writes_each_parameter_as_its_literal_and_counts_the_placeholders() -> None:
-    assert with_literals("EXECUTE b(%s, %s, %s, %s) -- 5%%", ["it's", 2, None, 0.5]) == "EXECUTE b('it''s', 2, NULL, 0.5) -- 5%"
-    assert [sql_literal(v) for v in (float("nan"), float("inf"), -float("inf"))] == [
-        "'nan'::float8", "'inf'::float8", "'-inf'::float8"]
-    assert with_literals("SELECT 1 -%s, 2 -%s", [-1, -0.5]) == "SELECT 1 - -1, 2 - -0.5"  # not a "--" comment
-    with pytest.raises(ValueError):
-        with_literals("EXECUTE b(%s)", [1, 2])
-    with pytest.raises(TypeError):
-        sql_literal(b"bytes")
 
 
 def test_an_array_literal_quotes_every_string_and_keeps_null_apart() -> None:
