@@ -24,7 +24,6 @@ as `mailtower` through a symlink, loads the old store (the script prints which o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
@@ -42,6 +41,7 @@ from mailtower.core.domain import RecipientState  # noqa: E402
 from mailtower.core.lifecycle import Lifecycle  # noqa: E402
 from mailtower.core.operations import Draft, create_mailing  # noqa: E402
 from mailtower.core.store import Outcome, Store, open_store  # noqa: E402
+from mailtower.tui import loops  # noqa: E402 - the sender's own event loop (uvloop where installed)
 from tests.helpers import recipients, write_csv  # noqa: E402
 from tests.pg_server import PgServer, sql_execute, sql_rows, start_server  # noqa: E402
 
@@ -147,7 +147,7 @@ def main() -> None:
             load_pg_stat_statements(server)
         rounds = []
         for number in range(1, args.rounds + 1):
-            figures = asyncio.run(one_round(server, args.n, args.marks, args.statements))
+            figures = loops.run(one_round(server, args.n, args.marks, args.statements))
             rounds.append(figures)
             print(f"round {number}: client CPU {figures.client_ms:.3f} ms/batch, server CPU {figures.server_ms:.3f} ms/batch, "
                   f"wall {figures.wall_ms:.3f} ms/batch, {figures.rate:,.0f} msg/s ({figures.batches} batches)", flush=True)
