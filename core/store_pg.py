@@ -831,14 +831,14 @@ _PLANS_GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', TRUE)"
 _PLANS_CUSTOM = "set_config('plan_cache_mode', 'auto', TRUE)"
 
 
+# psycopg's placeholders and its escaped percent sign, as split by _numbered.
+_PLACEHOLDERS = re.compile(r"(%%|%s)")
+
+
 def _numbered(sql: str) -> str:
     """psycopg's `%s` placeholders as the server's $1, $2... (and `%%` as `%`), for PREPARE."""
     n = itertools.count(1)
     return "".join(f"${next(n)}" if token == "%s" else "%" if token == "%%" else token for token in _PLACEHOLDERS.split(sql))
-
-
-# psycopg's placeholders and its escaped percent sign, as split by _numbered.
-_PLACEHOLDERS = re.compile(r"(%%|%s)")
 
 
 async def _prepare_batch(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -979,9 +979,8 @@ class _Batch:
             await _prepare_batch(conn)
             pg.prepared_on = conn
         found: dict[str, list[tuple[Any, ...]]] = {}
-        params = _params(self._params)
         async with psycopg.AsyncClientCursor(conn) as cur:
-            await cur.execute(";".join(self._sql), params, prepare=False)
+            await cur.execute(";".join(self._sql), _params(self._params), prepare=False)
             for i, read in enumerate(self._read):
                 if i:
                     cur.nextset()
