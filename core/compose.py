@@ -47,8 +47,12 @@ _SIMPLE_ADDRESS = re.compile(
     rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
 )
 # RFC 6532 extends atext with every non-ASCII character (printability is checked separately).
-_DOT_ATOM_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*")
-_HOST_NAME = re.compile(r"[\w\-\u0080-\U0010ffff]+(?:\.[\w\-\u0080-\U0010ffff]+)*", re.ASCII)
+# Both classes are written as "every character but" the ASCII ones left out: the same sets, and
+# compiled in a fraction of the time a range up to U+10FFFF takes (~20 ms at every start).
+_UTF8_ATEXT = r"[^\x00-\x20\x7f\"(),.:;<>@\[\\\]]"  # atext and every non-ASCII character
+_HOST_CHAR = r"[^\x00-\x2c./:-@\[-^`{-\x7f]"  # ASCII letters, digits, "-", "_" and every non-ASCII character
+_DOT_ATOM_UTF8 = re.compile(rf"{_UTF8_ATEXT}+(?:\.{_UTF8_ATEXT}+)*")
+_HOST_NAME = re.compile(rf"{_HOST_CHAR}+(?:\.{_HOST_CHAR}+)*")
 _DOMAIN_LITERAL = re.compile(r"\[[!-Z^-~]*\]")
 _QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _QUOTED_PAIR = re.compile(r"\\(.)")

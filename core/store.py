@@ -43,6 +43,12 @@ from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
 
+# How often the sender's inline ledger writes have the WAL checkpointed (Store._checkpoint_soon):
+# at ~7 WAL pages a write, a few thousand pages a second at most.
+CHECKPOINT_INTERVAL = 0.1
+CHECKPOINT_WAIT_MS = 20  # RESTART's wait for the writer under way
+RESTART_FRAMES = 1000  # the WAL's length (pages) at which it is started again: SQLite's own default
+
 SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, str] = {
@@ -972,6 +978,23 @@ def _record_and_claim(
     return claimed, row
 
 
+def _checkpoint_wal(path: Path) -> None:
+    """Checkpoint the WAL of `path` on a connection of its own (run off the event loop). PASSIVE
+    copies what is there beside the writers; a writer restarts the WAL from its start only
+    after a checkpoint that left nothing behind, which a writer writing all the time never
+    lets PASSIVE finish, so RESTART then copies the few pages written meanwhile, holding new
+    writes back briefly (the inline write gives way to the database thread's meanwhile). A
+    reader on an old snapshot (another process) makes it give up at once, to try next time."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames >= RESTART_FRAMES:
+            conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    finally:
+        conn.close()
+
+
 class _Busy(Exception):
     """The database is being written by someone else right now (the inline path gives way)."""
 
@@ -1133,6 +1156,9 @@ class Store:
         # The sender's ledger writes done on the event loop's thread (see record_now, fast path).
         self._inline: sqlite3.Connection | None = None
         self._inline_broken = False
+        # The inline connection never checkpoints the WAL itself (see _checkpoint_soon).
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._checkpoint_at = 0.0
 
     @property
     def target(self) -> Any:
@@ -1181,6 +1207,8 @@ class Store:
         """Close the connection; its worker thread ends even if the final close fails."""
         inline, self._inline = self._inline, None
         try:
+            if self._checkpoint is not None:
+                await self._checkpoint  # a few ms; it logs its own failure
             if inline is not None:
                 inline.close()
         finally:
@@ -1837,6 +1865,7 @@ class Store:
             )
         except _Busy:
             return None
+        self._checkpoint_soon()
         if known is None or columns is MAILING_LIST_COLUMNS:
             return claimed, _mailing_from_row(row)
         state = known.state if row[0] == known.state.value else MailingState(row[0])
@@ -1855,11 +1884,32 @@ class Store:
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # _checkpoint_soon does it off the loop
         except sqlite3.Error:
             conn.close()
             self._inline_broken = True
             return None
         return conn
+
+    def _checkpoint_soon(self) -> None:
+        """After an inline write: copy the WAL back into the database on another thread, at most
+        every CHECKPOINT_INTERVAL. SQLite's automatic checkpoint runs inside the commit that
+        crosses 1,000 WAL pages: on the event loop's thread that stalled every connection
+        10-25 ms every half second (issue 12)."""
+        now = time.monotonic()
+        if self._checkpoint is not None or now - self._checkpoint_at < CHECKPOINT_INTERVAL:
+            return
+        self._checkpoint_at = now
+        self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint())
+
+    async def _run_checkpoint(self) -> None:
+        try:
+            await asyncio.to_thread(_checkpoint_wal, self.path)
+        except sqlite3.Error as exc:
+            # The next write meets a real storage fault itself (and says so).
+            log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+        finally:
+            self._checkpoint = None
 
     # ---- fleet: long writes and lock waits (issue 15 review; PostgreSQL's in core/store_pg.py) ----
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import csv
+import gc
 import json
 import logging
 import os
@@ -1295,6 +1297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Every way out is an exit status and at most one line on stderr: 2 for what a person can
     fix (bad input, a refused action, a full or read-only disk), EXIT_INTERNAL_ERROR for a bug,
     whose traceback goes to a log file the line names."""
+    if argv is None:
+        # The process ends when this returns: nothing made so far needs the collector's last
+        # passes over every module's objects at exit (40-90 ms after a send; issue 12).
+        atexit.register(gc.freeze)
     argv = list(sys.argv[1:] if argv is None else argv)
     settings: Settings | None = None
     install_safe_logging()  # log lines carry server replies and names: made safe like everything shown

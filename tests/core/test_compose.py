@@ -651,3 +651,19 @@ async def test_rendered_bytes_go_through_smtp_unchanged() -> None:
     message = parse(envelope.original_content)
     assert body(message, "plain") == ".\n.leading dot\n..two dots\n.Oslo\n" + "x" * 300 + "\n"
     assert body(message, "html") == "<p>\n..Oslo\n</p>\n"
+
+
+def test_the_address_character_classes_are_exactly_the_rfc_6532_sets() -> None:
+    """The classes for an internationalised local part and host name are written as "every
+    character but" (fast to compile at each start); they must take exactly the characters the
+    plain definitions take, checked over every code point."""
+    from mailtower.core import compose
+
+    atext = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+    plain = {
+        "local part": (re.compile(rf"[{atext}\u0080-\U0010ffff]"), re.compile(compose._UTF8_ATEXT)),
+        "host name": (re.compile(r"[\w\-\u0080-\U0010ffff]", re.ASCII), re.compile(compose._HOST_CHAR)),
+    }
+    for what, (defined, written) in plain.items():
+        differ = [hex(c) for c in range(0x110000) if bool(defined.match(chr(c))) != bool(written.match(chr(c)))]
+        assert not differ, f"{what}: {differ[:10]}"

@@ -17,6 +17,7 @@ from mailtower.core.domain import RecipientState
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.sink import Sink
 from mailtower.core.smtp_replies import Outcome
+from mailtower.core import store as store_module
 from mailtower.core.store import Outcome as LedgerOutcome, Store
 from tests.core.test_edge_sender import ledger, mailing_row, new_mailing
 from tests.core.test_smtp_client import TIMEOUT, greet, read_body, read_lines, scripted
@@ -145,6 +146,45 @@ def test_a_ledger_write_gives_way_while_another_connection_writes(tmp_path: Path
     asyncio.run(check())
     states = {email: state for state, emails in ledger(db).items() for email in emails}
     assert sorted(states.values()) == ["pending", "pending", "pending", "sending", "sent"]
+
+
+def test_inline_writes_leave_the_wal_checkpoint_to_the_database_thread(tmp_path: Path, monkeypatch) -> None:
+    """SQLite checkpoints the WAL inside the commit that crosses 1,000 pages, with two fsyncs: on
+    the event loop's thread that stalled every connection. The inline connection never does it;
+    the store has its database thread checkpoint instead, so the WAL still stays small (1,500
+    writes append ~35 MB to a WAL nobody checkpoints)."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_INTERVAL", 0.0)  # whenever none is under way
+    db = tmp_path / "wal.db"
+    wal = Path(f"{db}-wal")
+    mailing_id = new_mailing(Cli(db, 2525), tmp_path, 1500)
+
+    async def check() -> None:
+        store = await Store.open(db)
+        try:
+            await Lifecycle(store).start(mailing_id)
+            claimed, _ = await store.record_and_claim(mailing_id, [], 1500)
+            assert len(claimed) == 1500
+            previous: list[LedgerOutcome] = []
+            for row in claimed:
+                for _ in range(5000):  # it gives way while a RESTART checkpoint holds writes back
+                    done = store.record_now(mailing_id, previous, 0, marks=[row.id])
+                    if done is not None:
+                        break
+                    await asyncio.sleep(0.001)
+                else:
+                    raise AssertionError("the inline write kept giving way")
+                await asyncio.sleep(0.001)  # a sender's writes come between replies
+                previous = [LedgerOutcome(row.id, RecipientState.SENT, 250)]
+            assert store.record_now(mailing_id, previous, 0) is not None
+            inline = store._inline  # noqa: SLF001 - the connection under test
+            assert inline is not None
+            assert inline.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+            assert wal.stat().st_size < 8 * 1024 * 1024, wal.stat().st_size
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+    assert ledger(db) == {"sent": ledger(db)["sent"]} and len(ledger(db)["sent"]) == 1500
 
 
 def test_reconnecting_every_few_messages_sends_everyone_once(tmp_path: Path) -> None:
