@@ -24,8 +24,6 @@ from email.utils import format_datetime, getaddresses
 from functools import lru_cache
 from operator import itemgetter
 
-import idna
-
 from .errors import UserError
 
 BUILTIN_FIELDS = frozenset({"email", "name"})
@@ -136,6 +134,8 @@ def ascii_domain(domain: str) -> str | None:
     Used for the SMTP envelope and for address headers, so neither needs SMTPUTF8 for a domain."""
     if domain.isascii():
         return domain
+    import idna  # only for an internationalised domain: its tables cost every start ~5 ms
+
     try:
         return idna.encode(domain, uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError):

@@ -32,8 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-import idna
-
 from .display import safe
 from .domain import Mailing
 from .errors import UserError
@@ -211,6 +209,8 @@ def check_mailto(address: str, normalize: Callable[[str], str], flag: str = "--u
         # An internationalised domain has an ASCII form (xn--...) that a mailto URL can carry;
         # a local part does not. (The validator gives the domain back in Unicode.)
         local, _, domain = normalized.rpartition("@")
+        import idna  # only for an internationalised domain: its tables cost every start ~5 ms
+
         try:
             # IDNA 2008 as the validator uses it (Python's "idna" codec is IDNA 2003: faß -> fass)
             ascii_domain = idna.encode(domain).decode("ascii") if local.isascii() else ""

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -86,10 +85,28 @@ def mailing_id(text: str) -> int:
 
 
 def package_version() -> str:
+    # Imported here: importlib.metadata and the lookup cost ~30 ms, at every start if done
+    # while the parser is built (issue 12: a send's whole time counts from the start).
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("mailtower")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+class VersionAction(argparse.Action):
+    """--version: argparse's own action needs the text when the parser is built; this one looks
+    the version up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002 - argparse's name
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> NoReturn:
+        sys.stdout.write(f"mailtower {package_version()} (tzdata {tzdata_version()})\n")
+        parser.exit()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -205,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=OVERVIEW,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"mailtower {package_version()} (tzdata {tzdata_version()})",
+    p.add_argument("--version", action=VersionAction,
                    help="print the version of mailtower and of its time-zone data, and exit")
     add_global_options(p, in_command=False)
     sub = p.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND",

@@ -392,3 +392,32 @@ def test_a_time_zone_column_not_named_tz_is_named_in_a_warning(tmp_path: Path, c
     with_tz = write_csv(tmp_path / "tz.csv", recipients(2, start=200, tz="Asia/Tokyo", **{column: "x"}))
     code, _, err = cli("import", "1", str(with_tz))
     assert code == 0 and "warning" not in err  # a `tz` column is there: the other is a field on purpose
+
+
+def test_version_names_mailtower_and_its_zone_data(tmp_path: Path) -> None:
+    """--version is looked up only when asked (not while the parser is built, at every start),
+    and still says which mailtower and which IANA release, on standard output, exit 0."""
+    from importlib.metadata import version
+
+    from mailtower.core.timezones import tzdata_version
+
+    code, out, err = Cli(tmp_path / "v.db")("--version")
+    assert (code, err) == (0, "")
+    assert out == f"mailtower {version('mailtower')} (tzdata {tzdata_version()})\n"
+    assert not (tmp_path / "v.db").exists()  # nothing opened, nothing created
+
+
+def test_the_command_line_starts_without_what_only_rare_paths_need() -> None:
+    """A send's whole time counts from the process's start (issue 12): building the parser and
+    loading the sender do not import package metadata (only --version needs it) nor the IDNA
+    tables (only an internationalised domain does)."""
+    probe = (
+        "import sys\n"
+        "from mailtower.tui import cli\n"
+        "import mailtower.core.sender, mailtower.core.unsubscribe\n"
+        "cli.build_parser()\n"
+        "print(sorted(m for m in ('importlib.metadata', 'idna') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "[]\n"
