@@ -22,6 +22,7 @@ refusing relay sees one connection (and at most one login) per attempt, not one 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class RelayState:
     # one connection at a time finds out whether the relay works
     healthy: bool = False
     probing: bool = False
+    # set when that connection has its answer: the others wait on it, not on a timer
+    probe_over: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     # throttled: the server asks us to slow down
     throttled_until: float = 0.0  # monotonic end of the cool-down
     throttled_since: float = 0.0  # wall clock; 0 = not throttled

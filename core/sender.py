@@ -19,6 +19,7 @@ raises SenderFailed naming the cause.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -60,6 +61,8 @@ PUBLISH_INTERVAL = 0.2  # how often the progress snapshot is rebuilt while sendi
 RECONNECT_RETRIES = 3  # transaction retries on fresh connections before releasing a row
 LIMITS_INTERVAL = 0.5  # how often the operator's limits are read: a change applies within a second
 STOP_GRACE = 5.0  # seconds a stop waits for messages in flight before cutting them off (left in doubt)
+# How long a connection waiting for the probing one's answer goes before it looks again (a stop).
+PROBE_LOOK_AGAIN = 0.05
 # A job taken ahead at a final dot whose reply is this late goes to another connection (checked
 # with the control tick, so it waits at most this plus CONTROL_INTERVAL).
 AHEAD_PATIENCE = 1.0
@@ -1024,14 +1027,19 @@ class Sender:
         Until a connection of this relay has worked (at start, after trouble, after a resume),
         only one connection at a time tries: the others wait for its result, so a refusing relay
         sees one connection and at most one login per attempt, never one per connection."""
-        for _ in range(100_000):  # bounded: each pass sleeps 0.05 s unless it returns
+        for _ in range(100_000):  # bounded: each pass waits at most PROBE_LOOK_AGAIN unless it returns
             if self._cannot_start(relay, run):
                 return False
             if relay.healthy or not relay.probing:
                 break
-            await self._backoff_sleep(0.05)
+            # Woken as soon as the probing connection has its answer: polling every 0.05 s
+            # held the other connections back that long at every start (issue 12).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(relay.probe_over.wait(), timeout=PROBE_LOOK_AGAIN)
         probe = not relay.healthy
         relay.probing = relay.probing or probe
+        if probe:
+            relay.probe_over.clear()
         try:
             await conn.connect()
         except ConnectFailed as exc:
@@ -1050,6 +1058,7 @@ class Sender:
         finally:
             if probe:
                 relay.probing = False
+                relay.probe_over.set()
         relay.sessions.add(conn)
         relay.connected()
         return True

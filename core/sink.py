@@ -44,6 +44,7 @@ class Delivery:
     mail_from: str = ""
     mail_options: tuple[str, ...] = ()  # MAIL FROM parameters, e.g. ("SMTPUTF8",)
     data: bytes = b""  # the message, only with Sink(keep_messages=True)
+    connection: int = 0  # which connection brought it, numbered as they said EHLO
 
 
 @dataclass
@@ -138,7 +139,8 @@ class SinkHandler:
         message_id = str(headers.get("Message-ID", ""))
         with self.lock:
             self.deliveries.extend(
-                Delivery(r, message_id, len(data), envelope.mail_from or "", tuple(envelope.mail_options), data if self.keep_messages else b"")
+                Delivery(r, message_id, len(data), envelope.mail_from or "", tuple(envelope.mail_options),
+                         data if self.keep_messages else b"", self._sessions.get(id(session), 0))
                 for r in accepted
             )
         if action == "DROP":

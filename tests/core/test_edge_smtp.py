@@ -13,6 +13,7 @@ import json
 import sqlite3
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -538,3 +539,18 @@ def test_status_survives_a_malformed_sender_waiting_row(raw: str) -> None:
     assert set(held) == {"waiting", "throttled"}
     for entry in held.values():
         assert entry is None or (entry["since"] is None and entry["next_try"] is None)
+
+
+async def test_the_other_connections_follow_the_probe_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At start one connection finds out whether the relay works; the other three connect as
+    soon as it has (woken by it, not by a timer: with the timer at 30 s here, the first
+    connection would send nearly all 40 messages alone, 50 ms each, before the others looked)."""
+    monkeypatch.setattr("mailtower.core.sender.PROBE_LOOK_AGAIN", 30.0)
+    db = await prepared_db(tmp_path, recipients(40))
+    with Sink(latency=0.05) as sink:
+        sender = Sender(settings(db, sink.port))
+        await asyncio.wait_for(sender.run(until_idle=True), 60)
+    assert ledger(db) == {"sent": 40}
+    per_connection = Counter(d.connection for d in sink.deliveries)
+    # Polling: 37 on the first connection, 1 on each other (the job each held while it waited).
+    assert len(per_connection) == 4 and max(per_connection.values()) <= 20, per_connection
