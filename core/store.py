@@ -978,21 +978,29 @@ def _record_and_claim(
     return claimed, row
 
 
-def _checkpoint_wal(path: Path) -> None:
-    """Checkpoint the WAL of `path` on a connection of its own (run off the event loop). PASSIVE
+def _checkpoint_wal(conn: sqlite3.Connection) -> None:
+    """Checkpoint the WAL on the store's checkpoint connection (run off the event loop). PASSIVE
     copies what is there beside the writers; a writer restarts the WAL from its start only
     after a checkpoint that left nothing behind, which a writer writing all the time never
     lets PASSIVE finish, so RESTART then copies the few pages written meanwhile, holding new
     writes back briefly (the inline write gives way to the database thread's meanwhile). A
-    reader on an old snapshot (another process) makes it give up at once, to try next time."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    reader on an old snapshot (another process) makes it give up after CHECKPOINT_WAIT_MS, to
+    try next time."""
+    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames >= RESTART_FRAMES:
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+
+
+def _checkpoint_connection(path: Path) -> sqlite3.Connection:
+    """The store's own connection for checkpoints, opened once (off the event loop) and kept,
+    so the database's name is not opened again while the sender runs."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
     try:
-        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if frames >= RESTART_FRAMES:
-            conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
-            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-    finally:
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")  # RESTART's wait; PASSIVE never waits
+    except BaseException:
         conn.close()
+        raise
+    return conn
 
 
 class _Busy(Exception):
@@ -1159,6 +1167,7 @@ class Store:
         # The inline connection never checkpoints the WAL itself (see _checkpoint_soon).
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpoint_at = 0.0
+        self._checkpointer: sqlite3.Connection | None = None
 
     @property
     def target(self) -> Any:
@@ -1209,6 +1218,9 @@ class Store:
         try:
             if self._checkpoint is not None:
                 await self._checkpoint  # a few ms; it logs its own failure
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                checkpointer.close()
             if inline is not None:
                 inline.close()
         finally:
@@ -1904,7 +1916,9 @@ class Store:
 
     async def _run_checkpoint(self) -> None:
         try:
-            await asyncio.to_thread(_checkpoint_wal, self.path)
+            if self._checkpointer is None:
+                self._checkpointer = await asyncio.to_thread(_checkpoint_connection, self.path)
+            await asyncio.to_thread(_checkpoint_wal, self._checkpointer)
         except sqlite3.Error as exc:
             # The next write meets a real storage fault itself (and says so).
             log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
