@@ -1213,7 +1213,8 @@ class Store:
         return store
 
     async def close(self) -> None:
-        """Close the connection; its worker thread ends even if the final close fails."""
+        """Close the connections (the inline and checkpoint ones after any checkpoint under way);
+        the database thread ends even if the final close fails."""
         inline, self._inline = self._inline, None
         try:
             if self._checkpoint is not None:
