@@ -52,7 +52,6 @@ from mailtower.core.recipients_csv import ReadProgress, neutralise_formula
 from mailtower.core.progress import queue_estimates
 from mailtower.core.relays import held_back, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
-from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.fleet import FleetLost, senders_document
@@ -918,6 +917,8 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     passed = Passed(args.passed) if args.passed else None
     guards = guard_options(args, args.settings)  # checked before anything changes
     check_guard_target(before, guards)
+    from mailtower.core.scheduling import schedule_mailing  # only this command needs it (issue 12: start time)
+
     result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time, passed)
     for warning in result.warnings:
         warn(warning)

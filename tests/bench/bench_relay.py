@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.compiled import precompile  # noqa: E402
+from tests.bench.compiled import MAILTOWER, precompile  # noqa: E402
 from tests.postfix_relay import PostfixRelay  # noqa: E402
 
 PY = sys.executable
@@ -248,7 +248,7 @@ def load_average() -> str:
 
 def mailtower_run(tmp: Path, relay: PostfixRelay, n: int, k: int, tag: str, mpc: int | None,
                   command: list[str] | None = None, port: int | None = None) -> Result:
-    """`command` (default `python -m mailtower.tui.cli run --until-idle`) sends; it is timed."""
+    """`command` (default `mailtower run --until-idle`, through its entry point) sends; it is timed."""
     db = tmp / f"{tag}.db"
     text, html = body_files(tmp)
     env = {**os.environ, **relay.env(), "MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": os.devnull,
@@ -261,7 +261,7 @@ def mailtower_run(tmp: Path, relay: PostfixRelay, n: int, k: int, tag: str, mpc:
          "--recipients", str(people_csv(tmp, n)), "--now"],
         env=env, check=True, stdout=subprocess.DEVNULL, timeout=RUN_TIMEOUT,
     )
-    elapsed, cpu_ms, sys_ms = timed_child(command or [PY, "-m", "mailtower.tui.cli", "run", "--until-idle"], env, n)
+    elapsed, cpu_ms, sys_ms = timed_child(command or [*MAILTOWER, "run", "--until-idle"], env, n)
     load = load_average()
     with sqlite3.connect(db) as conn:
         sent, first, last = conn.execute(
@@ -387,7 +387,7 @@ def main() -> int:
                 # A name ending in .svg gets a flame graph, any other collapsed stacks (text).
                 form = "flamegraph" if args.profile.endswith(".svg") else "raw"
                 wrap = [str(Path(PY).with_name("py-spy")), "record", "--gil", "-r", "200", "-f", form,
-                        "-o", args.profile, "--", PY, "-m", "mailtower.tui.cli", "run", "--until-idle"]
+                        "-o", args.profile, "--", *MAILTOWER, "run", "--until-idle"]
                 k = args.connections[0]
                 ours = mailtower_run(tmp, relay, args.n, k, "profile", args.messages_per_connection, wrap, port)
                 drain(relay, args.n)

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.compiled import precompile  # noqa: E402
+from tests.bench.compiled import MAILTOWER, precompile  # noqa: E402
 
 
 def ensure_postfix_tools() -> None:
@@ -133,7 +133,7 @@ def mailtower_round(tmp: Path, n: int, k: int, port: int, tag: str, dashboard: b
     if dashboard:
         cmd = [PY, str(Path(__file__).with_name("dashboard_send.py")), "--until-idle"]
     else:
-        cmd = [PY, "-m", "mailtower.tui.cli", "run", "--until-idle"]
+        cmd = [*MAILTOWER, "run", "--until-idle"]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)
     elapsed = time.perf_counter() - start
@@ -302,7 +302,7 @@ def paced_round(tmp: Path, args: argparse.Namespace, port: int, tag: str, spread
     db, env = make_db(tmp, args.n, port, args.k, tag, domains=spread, config=config)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([PY, "-m", "mailtower.tui.cli", "run", "--until-idle"], env=env, check=True)
+    subprocess.run([*MAILTOWER, "run", "--until-idle"], env=env, check=True)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     with sqlite3.connect(db) as conn:
