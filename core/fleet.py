@@ -140,7 +140,10 @@ class FleetMember:
         many rows became in doubt."""
         self.store = store
         self.sender_id = await store.register_sender(socket.gethostname(), os.getpid(), connections)
-        store.claim_owner = self.sender_id
+        # Claims carry their sender's id on disk only where another sender could take them over.
+        # Under SQLite's lease nobody can: no fence to check, and no claimed_by (and its index)
+        # to write at every claim and clear at every outcome (issue 12: the ledger's writes).
+        store.claim_owner = None if self.exclusive else self.sender_id
         self._last_beat = time.monotonic()
         if not self.exclusive:
             await store.forget_sender_statuses(SENDER_PREFIX)  # of senders forgotten (ended a day ago)
@@ -294,7 +297,7 @@ class FleetMember:
         if self.store is None or self.sender_id is None:
             return
         try:
-            in_doubt = await self.store.retire_sender(self.sender_id)
+            in_doubt = await self.store.retire_sender(self.sender_id, unowned=self.exclusive)
         except (*database_errors(), OSError) as exc:
             log.info("sender %d: could not release its claims (they expire with its heartbeat): %s", self.sender_id, exc)
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+from collections import Counter
 import json
 import logging
 import os
@@ -1792,11 +1793,13 @@ class Store:
             dead = await self._declare_dead(tx, timeout, me)
             return await self._release_claims(tx, dead, "its heartbeat stopped") if dead else 0
 
-    async def retire_sender(self, sender_id: int) -> int:
-        """A sender that ends: `stopped`, its claims released (rows cut off in flight in doubt)."""
+    async def retire_sender(self, sender_id: int, unowned: bool = False) -> int:
+        """A sender that ends: `stopped`, its claims released (rows cut off in flight in doubt).
+        `unowned`: rows in flight without an owner are its own too (SQLite's lease: its claims
+        carry no owner, core/fleet.py)."""
         async with self.write() as tx:
             await tx.db.execute(f"UPDATE senders SET state = 'stopped', heartbeat_at = {self.NOW_SQL} WHERE id = ?", (sender_id,))
-            return await self._release_claims(tx, [(sender_id, "", 0)], "it stopped")
+            return await self._release_claims(tx, [(sender_id, "", 0)], "it stopped", unowned)
 
     async def _declare_dead(self, tx: Tx, timeout: float | None, me: int | None) -> list[tuple[int, str, int]]:
         """Running senders (not `me`) older than `timeout` (None: all of them) become `dead`."""
@@ -1809,21 +1812,27 @@ class Store:
                                 [d[0] for d in dead])
         return dead
 
-    async def _release_claims(self, tx: Tx, senders: list[tuple[int, str, int]], why: str) -> int:
+    async def _release_claims(self, tx: Tx, senders: list[tuple[int, str, int]], why: str, unowned: bool = False) -> int:
         ids = [s[0] for s in senders]
         held = f"claimed_by IN ({','.join('?' * len(ids))})"
-        async with tx.db.execute(
-            f"SELECT mailing_id, COUNT(*) FROM recipients WHERE {held} AND state = 'sending' AND in_doubt = 0 GROUP BY mailing_id",
-            ids,
-        ) as cur:
-            per_mailing = await cur.fetchall()
-        await tx.db.execute(
-            f"UPDATE recipients SET state = 'pending', in_doubt = 1, claimed_by = NULL, updated_at = ? WHERE {held} AND state = 'sending'",
-            [time.time(), *ids],
-        )
+        flights: list[tuple[str, list[Any]]] = [(f"{held} AND state = 'sending'", list(ids))]
+        if unowned:
+            # By mailing, so the (mailing_id, state) index finds them: not a scan of every row.
+            flights.append(("mailing_id IN (SELECT id FROM mailings) AND state = 'sending' AND claimed_by IS NULL", []))
+        cut: Counter[int] = Counter()
+        for where, params in flights:
+            async with tx.db.execute(
+                f"SELECT mailing_id, COUNT(*) FROM recipients WHERE {where} AND in_doubt = 0 GROUP BY mailing_id", params
+            ) as cur:
+                for mailing_id, n in await cur.fetchall():
+                    cut[mailing_id] += n
+            await tx.db.execute(
+                f"UPDATE recipients SET state = 'pending', in_doubt = 1, claimed_by = NULL, updated_at = ? WHERE {where}",
+                [time.time(), *params],
+            )
         await tx.db.execute(f"UPDATE recipients SET claimed_by = NULL WHERE {held}", ids)
         who = ", ".join(f"sender {i} (pid {pid} on {host})" if host else f"sender {i}" for i, host, pid in senders)
-        return await _count_in_doubt(tx, per_mailing, f"{who} stopped ({why})")
+        return await _count_in_doubt(tx, cut.items(), f"{who} stopped ({why})")
 
     async def _claim_owned(self, sql: str, params: tuple[Any, ...]) -> list[Claimed]:
         """Rows chosen by `sql` (a claim query), recorded as claimed by this store's sender."""

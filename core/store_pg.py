@@ -605,10 +605,10 @@ class PgStore(Store):
             rows = await cur.fetchall()
         return sorted((int(r[0]), str(r[1]), int(r[2])) for r in rows)
 
-    async def retire_sender(self, sender_id: int) -> int:
+    async def retire_sender(self, sender_id: int, unowned: bool = False) -> int:
         """As Store.retire_sender; then the heartbeat's connection is closed (the sender ends)."""
         try:
-            return await super().retire_sender(sender_id)
+            return await super().retire_sender(sender_id, unowned)
         finally:
             await self.close_heartbeat()
 
