@@ -35,6 +35,8 @@ class Confirm:
 
 @dataclass(frozen=True, slots=True)
 class ActionEntry:
+    """One action as the menu, the palette, the `?` screen and the command line all present it."""
+
     action: Action
     label: str  # the menu's, the palette's and the `?` screen's name for it
     summary: str  # one line: what it does (the subcommand's description too)

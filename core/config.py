@@ -234,6 +234,9 @@ class RelaySpec:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Every setting, after the command line, the environment and the TOML file were merged and
+    checked against BOUNDS."""
+
     db: Path | PgTarget = field(default_factory=default_db_path)  # a SQLite file or a PostgreSQL URL
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25

@@ -30,6 +30,8 @@ from .store import check_database_path
 
 @dataclass(frozen=True, slots=True)
 class Holder:
+    """The process holding a database's sender lease."""
+
     pid: int
     host: str
     since: float

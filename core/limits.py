@@ -25,6 +25,8 @@ LIMITS: dict[str, tuple[type, float]] = {name: (bound.kind, bound.low) for name,
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """The sending limits in force: the operator's live changes over the configured values."""
+
     rate: float
     rate_per_hour: float
     connections: int

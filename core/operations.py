@@ -35,6 +35,8 @@ RESERVED_COLUMNS = {"email", "name", "tz"}
 
 @dataclass(frozen=True, slots=True)
 class Draft:
+    """A new mailing's content as the operator gave it, before it is checked and stored."""
+
     name: str
     subject: str
     from_addr: str

@@ -25,6 +25,8 @@ class SenderState(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class MailingProgress:
+    """One mailing's counters as the sender knows them now (ahead of the store by up to a write)."""
+
     id: int
     sent: int
     failed: int
@@ -38,6 +40,8 @@ class MailingProgress:
 
 @dataclass(frozen=True, slots=True)
 class SenderSnapshot:
+    """What the sender shows the dashboard: its state, rate and each current mailing's progress."""
+
     state: SenderState = SenderState.IDLE
     reason: str = ""
     rate: float = 0.0

@@ -101,6 +101,8 @@ class _Reader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Domain:
+    """A recipient domain as the importer keeps it: its normalised form and the longest of its encodings."""
+
     normalized: str
     longest_bytes: int  # longest UTF-8 length among the raw, normalized and ASCII forms
 

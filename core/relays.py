@@ -43,6 +43,8 @@ THROTTLE_MAX = 60.0  # ...doubling while the throttling goes on, up to this
 
 @dataclass(frozen=True, slots=True)
 class RelayStatus:
+    """One relay as the dashboard and `status --json` show it."""
+
     name: str
     state: str  # up | idle | resting | paused | throttled
     reason: str
@@ -59,6 +61,8 @@ def _wall(monotonic_at: float) -> float:
 
 @dataclass(eq=False)
 class RelayState:
+    """One relay while the sender runs: its connections, pacing, back-off and health."""
+
     name: str
     relay: Relay
     connections: int

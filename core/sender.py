@@ -231,6 +231,8 @@ class OnDisk:
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """One claimed row on the work queue, with the run and the destination group it belongs to."""
+
     run: HeadRun
     row: Claimed
     group: DomainGroup[Job]  # its destination group (core/domains.py), found once when claimed

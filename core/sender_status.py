@@ -56,6 +56,8 @@ class MetaStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SenderStatus:
+    """What a sender tells other processes about itself (the meta document `status --json` reads)."""
+
     state: SenderState
     heartbeat: float  # wall clock (epoch seconds) of the write
     reason: str = ""

@@ -63,6 +63,8 @@ Failure = Literal["disconnect", "timeout", "refused", "unsendable"]
 
 @dataclass(frozen=True)
 class Verdict:
+    """What one server reply means for its recipient and for the connection (core/smtp_replies.py decides)."""
+
     outcome: Outcome
     code: int | None
     enhanced: str | None  # "5.1.1"

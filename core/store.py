@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-from collections import Counter
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -359,6 +359,8 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class ImportSummary:
+    """What an import of recipients did: rows added, duplicates, suppressed rows, notes for the operator."""
+
     imported: int
     duplicates: list[int]  # line numbers of rows whose address was already in the mailing
     suppressed: int = 0  # rows skipped because their address is on the suppression list

@@ -41,6 +41,8 @@ class Source(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """One address on the suppression list, with where it came from and why."""
+
     key: str
     email: str
     source: Source
@@ -189,6 +191,8 @@ def _entry(value: str, secret: bytes | None, reason: str, allow_special: bool) -
 
 @dataclass(frozen=True, slots=True)
 class ImportResult:
+    """What an import into the suppression list did."""
+
     added: int
     already: int
     invalid: list[tuple[int, str]]

@@ -100,6 +100,8 @@ class Wave:
 
 @dataclass(frozen=True, slots=True)
 class WavePlan:
+    """A local-time schedule worked out: the waves, earliest first, and the zones whose time had passed."""
+
     requested: datetime  # the wall time asked for
     default_tz: str | None  # the zone of recipients without one
     choice: Passed | None  # what to do where the time has passed (None: not said)
@@ -302,12 +304,17 @@ def _next_day(local: datetime, zone: str, now: datetime) -> Resolved:
 
 @dataclass(frozen=True, slots=True)
 class PlacedWave:
+    """A wave of a local-time schedule and the mailing that sends it."""
+
     mailing_id: int
     wave: Wave
 
 
 @dataclass(frozen=True, slots=True)
 class WaveResult:
+    """A local-time schedule as it was written: its plan, its group of wave mailings, the draft of
+    skipped zones."""
+
     plan: WavePlan
     group: int
     waves: tuple[PlacedWave, ...]
