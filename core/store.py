@@ -864,12 +864,19 @@ def _write_owned_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], own
     return [o for o, row in zip(outcomes, rows) if conn.execute(sql, (*row, owner)).rowcount]
 
 
+# The mark before a row's final dot: only a pending row still claimed by `me` (-1: no fleet) and
+# whose address is not suppressed. The suppression probe is in the UPDATE itself, so the common
+# write (no mark suppressed) runs no query to look for suppressed ones (issue 12).
+_MARK_SQL = (
+    "UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'"
+    " AND COALESCE(claimed_by, -1) = ? AND NOT EXISTS (SELECT 1 FROM suppression s WHERE s.key = recipients.email_key)"
+)
+
+
 def _write_marks(conn: sqlite3.Connection, marks: list[int], now: float, me: int) -> list[int]:
-    """Mark rows `sending` (only a pending row still claimed by `me`, -1: no fleet); returns the
-    marks that changed nothing (already `suppressed`, or not this sender's any more)."""
-    sql = ("UPDATE recipients SET state = 'sending', updated_at = ? WHERE id = ? AND state = 'pending'"
-           " AND COALESCE(claimed_by, -1) = ?")
-    return [recipient_id for recipient_id in marks if not conn.execute(sql, (now, recipient_id, me)).rowcount]
+    """Mark rows `sending` (see _MARK_SQL); returns the marks that changed nothing (suppressed
+    address or row, not this sender's any more, or already marked by an earlier one in `marks`)."""
+    return [recipient_id for recipient_id in marks if not conn.execute(_MARK_SQL, (now, recipient_id, me)).rowcount]
 
 
 def _claimed(row: tuple[Any, ...]) -> Claimed:
@@ -920,37 +927,47 @@ def _record_and_claim(
             # Fenced in the UPDATE itself: a row another sender took over (this one was declared
             # dead meanwhile) is not ours to record, and its UPDATE changes nothing.
             outcomes = _write_owned_outcomes(conn, outcomes, owner, now)
-        elif outcomes:
-            conn.executemany(_OUTCOME_UPDATE, _outcome_rows(outcomes, now)[0])
-        if outcomes:
             c = _outcome_rows(outcomes, now)[1]
+        elif outcomes:
+            written, c = _outcome_rows(outcomes, now)
+            conn.executemany(_OUTCOME_UPDATE, written)
+        # The mailing's row as this write leaves it comes back from its own UPDATE (RETURNING),
+        # not from a SELECT after it; read again only if a later statement changes it.
+        rows: list[Any] | None = None
+        if outcomes:
             # version + 1 here: the mailings_version trigger then has nothing to do (its WHEN is
             # false), one UPDATE of the mailing's row per write instead of two; same version.
-            conn.execute(
+            rows = conn.execute(
                 "UPDATE mailings SET sent = sent + ?, failed = failed + ?, deferred = deferred + ?, "
-                "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ?, version = version + 1 WHERE id = ?",
+                "in_doubt = in_doubt + ? - ?, rate = COALESCE(?, rate), updated_at = ?, version = version + 1 WHERE id = ?"
+                f" RETURNING {columns}",
                 (c["sent"], c["failed"], c["deferred"], c["released_doubt"], c["resolved_doubt"], rate,
                  _iso_second(int(now)), mailing_id),
-            )
+            ).fetchall()  # to the end: an unfinished statement would keep the COMMIT from happening
             _suppress_bounced(conn, outcomes, now)
             if owner is not None:
                 _keep_claims(conn, outcomes, owner)
         elif rate is not None:
-            conn.execute("UPDATE mailings SET rate = ? WHERE id = ?", (rate, mailing_id))
+            rows = conn.execute(f"UPDATE mailings SET rate = ? WHERE id = ? RETURNING {columns}", (rate, mailing_id)).fetchall()
         if marks:
-            # A row whose address was suppressed after it was claimed is not sent (issue 13 item 6).
-            skipped_marks = _bar_suppressed_marks(conn, mailing_id, marks, now)
-            if barred is not None:
-                barred.update(skipped_marks)
             # After the outcomes: a row one connection gave back and another took up again
             # in the same batch ends up `sending`.
             # Fenced: only a row still claimed by this sender (another may have taken it over).
             missed = _write_marks(conn, marks, now, me)
-            if owner is not None and barred is not None and missed:
-                # Only a mark that changed nothing can have failed the fence (issue 12: no
-                # second query per write for the common case where every mark took).
-                barred.update(_unmarked(conn, missed, owner))
-        row = conn.execute(f"SELECT {columns} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
+            if missed:
+                # Only a mark that changed nothing can have met a suppressed address (issue 13
+                # item 6: a row whose address was suppressed after it was claimed is not sent)
+                # or failed the fence; the common write, where every mark took, asks nothing more.
+                skipped_marks = _bar_suppressed_marks(conn, mailing_id, missed, now)
+                if skipped_marks:
+                    rows = None  # its counters changed
+                if barred is not None:
+                    barred.update(skipped_marks)
+                    if owner is not None:
+                        barred.update(_unmarked(conn, missed, owner))
+        row = rows[0] if rows else None
+        if rows is None:
+            row = conn.execute(f"SELECT {columns} FROM mailings WHERE id = ?", (mailing_id,)).fetchone()
         if row is None:
             raise NotFound(f"no mailing with id {mailing_id}")
         claimed: list[Claimed] = []
@@ -1073,8 +1090,9 @@ def _claim_unsuppressed(
 
 
 def _bar_suppressed_marks(conn: sqlite3.Connection, mailing_id: int, marks: list[int], now: float) -> list[int]:
-    """Rows about to be marked `sending` whose address is on the suppression list become
-    `suppressed` instead, counted as a claim's skip is. The sender holds claimed rows in memory
+    """Marks that did not take (_write_marks) whose address is on the suppression list: their
+    rows become `suppressed` instead, counted as a claim's skip is; returns them and the marked
+    rows that were `suppressed` already. The sender holds claimed rows in memory
     ahead of its connections; this is the last word before a row's final dot, in commit order
     with `suppress add`, so an address suppressed once that commits is never sent."""
     found: list[tuple[int, int, str]] = []
