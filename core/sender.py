@@ -673,7 +673,7 @@ class Sender:
             self.fleet.check()  # a sender that may have been declared dead claims and marks nothing
             claimed, mailing = await store.record_and_claim(
                 run.mailing.id, outcomes, 0 if run.canary else claim, rate=self.meter.rate(), marks=marks, held=run.held,
-                barred=barred, inline=self.inline_writes,
+                barred=barred, inline=self.inline_writes, known=run.mailing,
             )
             if run.canary is not None and mailing.state is MailingState.SENDING:
                 claimed = await run.canary.claim(store, run.held, claim)  # only the canary's sample

@@ -43,6 +43,7 @@ from .errors import NotFound, UserError
 from .pg_schema import PG_BASE, PG_BASE_VERSION, PG_MIGRATIONS, PG_SCHEMA_VERSION
 from .store import (
     MAILING_LIST_COLUMNS,
+    _MAILING_COUNTERS,
     Claimed,
     Mailing,
     Outcome,
@@ -50,9 +51,10 @@ from .store import (
     Tx,
     _claimed,
     _iso_second,
-    _mailing_from_row,
     _outcome_rows,
     iso,
+    mailing_as_written,
+    mailing_columns,
     storage_error,
 )
 
@@ -429,6 +431,7 @@ class PgStore(Store):
         held: Iterable[int] = (),
         barred: set[int] | None = None,
         inline: bool = True,  # noqa: ARG002 - nothing is ever done inline on PostgreSQL (record_now)
+        known: Mailing | None = None,
     ) -> tuple[list[Claimed], Mailing]:
         """What Store.record_and_claim does, in one PostgreSQL transaction (see there).
 
@@ -447,7 +450,8 @@ class PgStore(Store):
             self._lower_floor(mailing_id, outcomes)
             floor = self._claim_floor(mailing_id) if claim > 0 else 0
             try:
-                batch = _Batch(mailing_id, time.time(), owner)
+                columns = mailing_columns(mailing_id, known)
+                batch = _Batch(mailing_id, time.time(), owner, columns)
                 batch.build(outcomes, claim, rate, marks or [], sorted(held),
                             retries=claim > 0 and self._retries_possible(mailing_id, batch.now), after=floor)
                 claimed, row, short = await batch.run(self.pg, claim)
@@ -461,14 +465,14 @@ class PgStore(Store):
         if row is None:
             raise NotFound(f"no mailing with id {mailing_id}")
         if short:
-            claimed, row = await self._claim_past_suppressed(mailing_id, claimed, claim, batch.after, sorted(held), row)
+            claimed, row = await self._claim_past_suppressed(mailing_id, claimed, claim, batch.after, sorted(held), row, columns)
         elif floor and len(claimed) < claim:  # nothing more after the floor: the rest from the first row
             floor = 0
             claimed, row = await self._claim_past_suppressed(
-                mailing_id, claimed, claim, 0, sorted({*held, *(c.id for c in claimed)}), row)
+                mailing_id, claimed, claim, 0, sorted({*held, *(c.id for c in claimed)}), row, columns)
         if claim > 0:
             self._raise_floor(mailing_id, floor, claimed, batch.due_from)
-        mailing = _mailing_from_row(row)
+        mailing = mailing_as_written(row, known, columns)
         # Rows deferred by this batch or by another sender after this read are seen by the next
         # batch; none of them is due before its retry delay has passed.
         self._deferred_seen[mailing_id] = mailing.deferred
@@ -682,10 +686,12 @@ class PgStore(Store):
 
 
     async def _claim_past_suppressed(
-        self, mailing_id: int, claimed: list[Claimed], claim: int, after: int, held: list[int], row: tuple[Any, ...]
+        self, mailing_id: int, claimed: list[Claimed], claim: int, after: int, held: list[int], row: tuple[Any, ...],
+        columns: str,
     ) -> tuple[list[Claimed], tuple[Any, ...]]:
         """As core/store._claim_unsuppressed: a claim whose rows were partly suppressed goes on
-        after them (each pass marks the suppressed ones it found), a bounded number of passes."""
+        after them (each pass marks the suppressed ones it found), a bounded number of passes.
+        The mailing's row is read again with `columns` (the batch's)."""
         owner = self.claim_owner
         async with self.write(shared=owner is not None):
             for _ in range(_CLAIM_PASSES):
@@ -695,7 +701,7 @@ class PgStore(Store):
                 if len(picked) < want or len(claimed) >= claim:
                     break  # no more pending rows, or the claim is full
                 after = picked[-1][0]
-            row = next(iter(await self._rows(_MAILING_SQL, (mailing_id,))), row)
+            row = next(iter(await self._rows(_mailing_sql(columns), (mailing_id,))), row)
         return claimed, row
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -796,20 +802,33 @@ _CLAIM_OWNED = pg_sql(_CLAIM_SQL.format(
     own=", o AS (UPDATE recipients r SET claimed_by = ? WHERE r.id = ANY(ARRAY(SELECT id FROM p WHERE NOT barred))"
     " AND EXISTS (SELECT 1 FROM senders WHERE id = ? AND state = 'running'))"))
 _MAILING_SQL = pg_sql(f"SELECT {MAILING_LIST_COLUMNS} FROM mailings WHERE id = ?")
+_MAILING_COUNTERS_SQL = pg_sql(f"SELECT {_MAILING_COUNTERS} FROM mailings WHERE id = ?")
+
+
+def _mailing_sql(columns: str) -> str:
+    return _MAILING_SQL if columns is MAILING_LIST_COLUMNS else _MAILING_COUNTERS_SQL
 
 # The mailing's counters, added up from what the batch's outcome statements left in the
 # transaction-local setting `mailtower.counted`, written by the batch's last statement, which
 # returns the mailing's row. Last, because the row is every sender's: the first writer holds it
 # to its commit, and another sender's batch waits that long (right after the outcomes, it was
 # held for the whole rest of the batch, and a second sender spent ~1 ms a batch waiting).
-_COUNTED_SQL = pg_sql(
+_COUNTED_TEMPLATE = (
     "WITH k AS (SELECT COALESCE(SUM(split_part(x, ',', 1)::bigint), 0) AS n_sent,"
     " COALESCE(SUM(split_part(x, ',', 2)::bigint), 0) AS n_failed, COALESCE(SUM(split_part(x, ',', 3)::bigint), 0) AS n_deferred,"
     " COALESCE(SUM(split_part(x, ',', 4)::bigint), 0) AS n_doubt"
     " FROM unnest(string_to_array(current_setting('mailtower.counted', TRUE), ';')) AS x WHERE x <> '')"
     " UPDATE mailings SET sent = sent + n_sent, failed = failed + n_failed, deferred = deferred + n_deferred,"
-    f" in_doubt = in_doubt + n_doubt, rate = COALESCE(?, rate), updated_at = ? FROM k WHERE id = ? RETURNING {MAILING_LIST_COLUMNS}"
+    " in_doubt = in_doubt + n_doubt, rate = COALESCE(?, rate), updated_at = ? FROM k WHERE id = ? RETURNING {columns}"
 )
+_COUNTED_SQL = pg_sql(_COUNTED_TEMPLATE.format(columns=MAILING_LIST_COLUMNS))
+# The sender knows its mailing (record_and_claim's `known`): only the state and counters come
+# back, which spares this process converting the whole row (its dates among them) every batch.
+_COUNTED_COUNTERS_SQL = pg_sql(_COUNTED_TEMPLATE.format(columns=_MAILING_COUNTERS))
+
+
+def _counted_sql(columns: str) -> str:
+    return _COUNTED_SQL if columns is MAILING_LIST_COLUMNS else _COUNTED_COUNTERS_SQL
 
 _RATE_SQL = pg_sql("UPDATE mailings SET rate = ? WHERE id = ?")
 
@@ -818,7 +837,7 @@ _RATE_SQL = pg_sql("UPDATE mailings SET rate = ? WHERE id = ?")
 # statement every time (server CPU per message doubled without it).
 _PREPARED = {sql: f"mailtower_batch_{i}" for i, sql in enumerate(
     (_OUTCOMES_FENCED, _OUTCOMES_OPEN, _MARKS_SQL, _DUE_SQL, _CLAIM_OPEN, _CLAIM_OWNED, _MAILING_SQL, _RATE_SQL,
-     _COUNTED_SQL))}
+     _COUNTED_SQL, _MAILING_COUNTERS_SQL, _COUNTED_COUNTERS_SQL))}
 
 
 # How the server plans the batch's prepared statements, for this transaction only. Left to itself
@@ -922,8 +941,9 @@ class _Batch:
     mailing's row lock across those turns; a second sender's batch then waited for them (~1 ms a
     batch at K=32, py-spy and auto_explain, issue 15)."""
 
-    def __init__(self, mailing_id: int, now: float, owner: int | None) -> None:
+    def __init__(self, mailing_id: int, now: float, owner: int | None, columns: str = MAILING_LIST_COLUMNS) -> None:
         self.mailing_id, self.now, self.owner = mailing_id, now, owner
+        self.columns = columns  # what the batch reads back of the mailing's row (mailing_columns)
         self.barred_marks: list[int] = []
         self.after = 0  # the last row the claim looked at (a further pass goes on after it)
         self._marks: list[int] = []
@@ -967,9 +987,9 @@ class _Batch:
             self._add(_claim_sql(owner), _claim_params(m, after, held, owner, claim, now), "claim")
             self._add(f"SELECT {_PLANS_GENERIC}", ())
         if outcomes:
-            self._add(_COUNTED_SQL, (rate, when, m), "mailing")
+            self._add(_counted_sql(self.columns), (rate, when, m), "mailing")
         else:
-            self._add(_MAILING_SQL, (m,), "mailing")
+            self._add(_mailing_sql(self.columns), (m,), "mailing")
 
     async def run(self, pg: PgConnection, claim: int) -> tuple[list[Claimed], tuple[Any, ...] | None, bool]:
         """The claimed rows, the mailing's row, and whether the claim came back short because it

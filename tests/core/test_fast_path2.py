@@ -230,3 +230,60 @@ def test_a_row_twice_in_one_batch_is_written_as_before(tmp_path: Path) -> None:
     _traced_write(db, mailing_id, outcomes, [], owner, set())
     assert _row(db, "recipients", ids[0], "state") == ("sent",)
     assert _row(db, "mailings", mailing_id, "sent")[0] == sent_before + 1
+
+
+# ---- round 3: no SELECT in the common write, and the mailing a write returns (issue 12) ---------
+
+
+def test_the_write_before_a_dot_reads_nothing_back_with_a_select(tmp_path: Path) -> None:
+    """The common write (an outcome, a mark that takes): the mark's UPDATE probes the suppression
+    list itself and the mailing's row comes back from its UPDATE (RETURNING), so no SELECT runs;
+    before, one looked for suppressed marks and one read the mailing afterwards."""
+    db = tmp_path / "selects.db"
+    mailing_id = new_mailing(Cli(db, 2525), tmp_path, 3)
+    owner, ids = asyncio.run(_sending_with_claims(db, mailing_id, 3))
+    _traced_write(db, mailing_id, [], [ids[0]], owner, set())
+    statements = _traced_write(db, mailing_id, [Outcome(ids[0], RecipientState.SENT, 250)], [ids[1]], owner, set())
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")], statements
+    assert _row(db, "recipients", ids[1], "state") == ("sending",)
+
+
+async def test_a_write_told_its_mailing_returns_what_reading_the_mailing_returns(tmp_path: Path, db_target: Path) -> None:
+    """record_and_claim(known=...) reads back only the state and counters and takes the rest from
+    `known`: what it returns must equal the mailing read afresh, after plain writes and after
+    one whose mark met a suppressed address (its counters change in a later statement)."""
+    from mailtower.core.domain import Section
+    from mailtower.core.operations import Draft, create_mailing
+    from mailtower.core.store import open_store
+    from tests.helpers import recipients, write_csv
+
+    people = write_csv(tmp_path / "p.csv", recipients(5))
+    store = await open_store(db_target)  # both engines (issue 15)
+
+    async def fresh() -> object:
+        return next(m for m in await store.mailings(Section.CURRENT) if m.id == mailing_id)
+
+    try:
+        mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "hi", None), people, lambda *a: None)
+        lifecycle = Lifecycle(store)
+        await lifecycle.send_now(mailing_id)
+        await lifecycle.start(mailing_id)
+        claimed, known = await store.record_and_claim(mailing_id, [], 10)
+        ids = [c.id for c in claimed]
+        async with store.write() as tx:
+            await tx.add_suppressions([("user3@example.com", "user3@example.com")], "manual", "")
+        steps = [
+            ([], [ids[0]], 2.5),
+            ([Outcome(ids[0], RecipientState.SENT, 250)], [ids[1], ids[2]], None),
+            ([Outcome(ids[1], RecipientState.FAILED, 550, "no such user")], [ids[3]], 4.0),  # ids[3] is suppressed
+            ([Outcome(ids[2], RecipientState.DEFERRED, 451, "later", next_attempt_at=9e9)], [], None),
+        ]
+        for outcomes, marks, rate in steps:
+            barred: set[int] = set()
+            _, known = await store.record_and_claim(mailing_id, outcomes, 0, rate=rate, marks=marks, barred=barred,
+                                                    known=known)
+            assert known == await fresh()
+        assert barred == set()  # the last step marked nothing
+        assert (known.sent, known.failed, known.deferred, known.suppressed, known.rate) == (1, 1, 1, 1, 4.0)
+    finally:
+        await store.close()
