@@ -1978,8 +1978,10 @@ class Store:
                 self._checkpointer = await asyncio.to_thread(_checkpoint_connection, self.path)
             await asyncio.to_thread(_checkpoint_wal, self._checkpointer)
         except sqlite3.Error as exc:
-            # The next write meets a real storage fault itself (and says so).
-            log.warning("WAL checkpoint of %s failed: %s", self.path, exc)
+            # The next write meets a storage fault (a full disk...) itself and says so in its one
+            # line; a warning here too was a second line for the same fault on the sender's stderr.
+            level = logging.DEBUG if storage_error(self.path, exc) is not None else logging.WARNING
+            log.log(level, "WAL checkpoint of %s failed: %s", self.path, exc)
         finally:
             self._checkpoint = None
 
