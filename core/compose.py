@@ -18,7 +18,7 @@ import html
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from email.utils import format_datetime, getaddresses
 from functools import lru_cache
@@ -350,13 +350,44 @@ class _Slots:
         return self._format % self._get(values)
 
 
+# Fixed text this short between two lines that hold a field is encoded again with them for each
+# recipient: one encoding call for a paragraph of filled lines and the blank lines between them
+# is cheaper than one call per line (issue 12: a body with a field in every paragraph).
+_JOIN_GAP = 80
+
+
+def _field_runs(text: str, matches: list[re.Match[str]]) -> Iterator[tuple[int, int, int, int]]:
+    """(start, end, first, last): text[start:end] is whole lines holding matches[first:last],
+    the lines of a field and of any field that shares them, joined across fixed text of at most
+    _JOIN_GAP characters. Runs are in order and do not overlap; quoted-printable encodes each
+    line on its own, so encoding a run equals encoding its lines one by one."""
+    index = 0
+    run: list[int] | None = None
+    while index < len(matches):
+        start = text.rfind("\n", 0, matches[index].start()) + 1
+        end = text.index("\n", matches[index].end()) + 1
+        first = index
+        while index + 1 < len(matches) and matches[index + 1].start() < end:
+            index += 1
+            end = text.index("\n", matches[index].end()) + 1
+        index += 1
+        if run is not None and start - run[1] <= _JOIN_GAP:
+            run[1], run[3] = end, index
+            continue
+        if run is not None:
+            yield run[0], run[1], run[2], run[3]
+        run = [start, end, first, index]
+    if run is not None:
+        yield run[0], run[1], run[2], run[3]
+
 
 class _Body:
     """One text/plain or text/html body, as runs of lines.
 
     Quoted-printable encodes each line on its own (soft breaks restart at every hard break), so
     the lines without a merge field are encoded once here and render() encodes only the lines
-    that hold a field: for a typical body a few dozen bytes per recipient instead of kilobytes.
+    that hold a field (with short fixed text between them, _field_runs): for a typical body a
+    few dozen bytes per recipient instead of kilobytes.
     """
 
     __slots__ = ("fields", "_segments", "_escape", "_distinct")
@@ -370,19 +401,10 @@ class _Body:
         fields: list[str] = []
         done = 0  # text[:done] is in segments
         matches = list(_FIELD_RE.finditer(text))
-        index = 0
-        while index < len(matches):
-            # the whole lines around this field, and around any field that shares them
-            start = text.rfind("\n", 0, matches[index].start()) + 1
-            end = text.index("\n", matches[index].end()) + 1
-            first = index
-            while index + 1 < len(matches) and matches[index + 1].start() < end:
-                index += 1
-                end = text.index("\n", matches[index].end()) + 1
-            index += 1
+        for start, end, first, last in _field_runs(text, matches):
             if start > done:
                 segments.append(_quoted_printable(text[done:start]))
-            slots = _Slots.of_matches(text, start, end, matches[first:index])
+            slots = _Slots.of_matches(text, start, end, matches[first:last])
             segments.append(slots)
             fields.extend(slots.fields)
             done = end

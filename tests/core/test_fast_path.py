@@ -368,6 +368,28 @@ def test_quoted_printable_shortcut_edges() -> None:
     assert not _QP_PLAIN.fullmatch("x" * 73 + "\n") and not _QP_PLAIN.fullmatch(".\n")
 
 
+def test_lines_with_fields_close_together_are_encoded_as_one_run() -> None:
+    """A body with a field in every paragraph is encoded in one call per recipient, not one per
+    line; fixed text longer than _JOIN_GAP between two field lines still splits the run (it is
+    encoded once, when the template is built). The message is the same either way."""
+    import binascii
+
+    from mailtower.core.compose import _JOIN_GAP, MessageTemplate, _Slots
+
+    para = "Our collection is here, {{ name }}. Use code {{ code }} at checkout. "
+    near = "Hello {{ name }},\n\n" + (para + "\n\n") * 7
+    far = near + "x" * (_JOIN_GAP + 1) + "\nBye {{ name }}\n"
+    for text, runs in ((near, 1), (far, 2)):
+        template = MessageTemplate.build(mailing_id=1, subject="s", from_addr="news@example.org", text=text,
+                                         html=None, available_fields={"code"})
+        (body,) = template._bodies  # noqa: SLF001
+        assert sum(isinstance(segment, _Slots) for segment in body._segments) == runs  # noqa: SLF001
+        raw = template.render(recipient_id=7, email="a@example.com", name="Ann  Lee ", fields={"code": "C=1 "}, now=0)
+        intended = text.replace("{{ name }}", "Ann  Lee ").replace("{{ code }}", "C=1 ")
+        encoded = binascii.b2a_qp(intended.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+        assert raw.split(b"\r\n\r\n", 1)[1] == encoded
+
+
 def test_every_message_rendered_ahead_is_the_recipients_own(tmp_path: Path) -> None:
     """Messages are rendered while the connection waits for the previous dot's reply: each
     recipient still gets exactly one message, addressed and personalised for them, with the
