@@ -158,6 +158,11 @@ PG_MIGRATIONS: dict[int, str] = {
     ALTER TABLE recipients ADD COLUMN claimed_by BIGINT;
     CREATE INDEX recipients_claimed ON recipients(claimed_by) WHERE claimed_by IS NOT NULL;
     """,
+    # SQLite's 8 drops recipients_remaining; PostgreSQL keeps it (see PgStore._remaining_rows):
+    # nothing changes here but the version, which stays the same on both engines.
+    8: """
+    SELECT 1;
+    """,
 }
 
 PG_SCHEMA_VERSION = max([PG_BASE_VERSION, *PG_MIGRATIONS])

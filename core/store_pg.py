@@ -292,6 +292,15 @@ class PgStore(Store):
         return sorted(held)
 
     @staticmethod
+    def _remaining_rows(columns: str, where: str, params: list[Any]) -> tuple[str, list[Any]]:
+        """PostgreSQL keeps its recipients_remaining index (schema 8 drops it on SQLite only):
+        for the merged arms its planner chose a sort of every remaining row after the first id
+        (32 ms a page at 300,000 rows), and an UPDATE of `state` writes a new entry in every
+        index anyway (it is never a HOT update), so the index costs a mark little here."""
+        return (f"SELECT {columns} FROM recipients WHERE mailing_id = ? AND state IN ('pending', 'sending', 'deferred')"
+                f"{where}", params)
+
+    @staticmethod
     def _remaining_filter(search: str) -> tuple[str, list[Any]]:
         # SQLite's LOWER folds ASCII only; PostgreSQL's follows the database's locale (Ä -> ä on a
         # UTF-8 one). Under the "C" collation it folds ASCII only too: the same matches on both engines.

@@ -34,6 +34,21 @@ def recipients(n: int, domain: str = "example.com", start: int = 0, **extra: str
     return [{"email": f"user{i}@{domain}", "name": f"User {i}", **extra} for i in range(start, start + n)]
 
 
+async def sending_mailing(store: Any, csv_path: Path, n: int, claim: int) -> tuple[int, list[Any], Any]:
+    """A mailing of `n` recipients (user0@example.com ...) written to `csv_path`, started, with
+    `claim` rows claimed as the sender claims them: (mailing id, claimed rows, the mailing)."""
+    from mailtower.core.lifecycle import Lifecycle
+    from mailtower.core.operations import Draft, create_mailing
+
+    people = write_csv(csv_path, recipients(n))
+    mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "hi", None), people, lambda *a: None)
+    lifecycle = Lifecycle(store)
+    await lifecycle.send_now(mailing_id)
+    await lifecycle.start(mailing_id)
+    claimed, mailing = await store.record_and_claim(mailing_id, [], claim)
+    return mailing_id, claimed, mailing
+
+
 class Cli:
     """Runs `mailtower` in-process against one database and SMTP port, capturing output."""
 

@@ -253,22 +253,16 @@ async def test_a_write_told_its_mailing_returns_what_reading_the_mailing_returns
     `known`: what it returns must equal the mailing read afresh, after plain writes and after
     one whose mark met a suppressed address (its counters change in a later statement)."""
     from mailtower.core.domain import Section
-    from mailtower.core.operations import Draft, create_mailing
     from mailtower.core.store import open_store
-    from tests.helpers import recipients, write_csv
+    from tests.helpers import sending_mailing
 
-    people = write_csv(tmp_path / "p.csv", recipients(5))
     store = await open_store(db_target)  # both engines (issue 15)
 
     async def fresh() -> object:
         return next(m for m in await store.mailings(Section.CURRENT) if m.id == mailing_id)
 
     try:
-        mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "hi", None), people, lambda *a: None)
-        lifecycle = Lifecycle(store)
-        await lifecycle.send_now(mailing_id)
-        await lifecycle.start(mailing_id)
-        claimed, known = await store.record_and_claim(mailing_id, [], 10)
+        mailing_id, claimed, known = await sending_mailing(store, tmp_path / "p.csv", 5, 10)
         ids = [c.id for c in claimed]
         async with store.write() as tx:
             await tx.add_suppressions([("user3@example.com", "user3@example.com")], "manual", "")

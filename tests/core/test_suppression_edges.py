@@ -285,18 +285,12 @@ async def test_a_mark_bars_a_suppressed_row_once_and_again_if_it_is_marked_again
     """The store's side of the check: a marked row on the list becomes `suppressed`, counted once;
     marked again (its connection gave it back for another to take), it is barred again, not
     counted again, and never `sending`."""
-    from mailtower.core.lifecycle import Lifecycle
-    from mailtower.core.operations import Draft, create_mailing
     from mailtower.core.store import open_store
+    from tests.helpers import sending_mailing
 
-    people = write_csv(tmp_path / "p.csv", recipients(4))
     store = await open_store(db_target)  # both engines (issue 15)
     try:
-        mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "hi", None), people, lambda *a: None)
-        lifecycle = Lifecycle(store)
-        await lifecycle.send_now(mailing_id)
-        await lifecycle.start(mailing_id)
-        claimed, _ = await store.record_and_claim(mailing_id, [], 10)
+        mailing_id, claimed, _ = await sending_mailing(store, tmp_path / "p.csv", 4, 10)
         assert len(claimed) == 4
         async with store.write() as tx:
             await tx.add_suppressions([("user2@example.com", "user2@example.com")], "manual", "")
