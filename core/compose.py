@@ -18,7 +18,7 @@ import html
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from email.utils import format_datetime, getaddresses
 from functools import lru_cache
@@ -356,13 +356,13 @@ class _Slots:
 _JOIN_GAP = 80
 
 
-def _field_runs(text: str, matches: list[re.Match[str]]) -> Iterator[tuple[int, int, int, int]]:
+def _field_runs(text: str, matches: list[re.Match[str]]) -> list[tuple[int, int, int, int]]:
     """(start, end, first, last): text[start:end] is whole lines holding matches[first:last],
     the lines of a field and of any field that shares them, joined across fixed text of at most
     _JOIN_GAP characters. Runs are in order and do not overlap; quoted-printable encodes each
     line on its own, so encoding a run equals encoding its lines one by one."""
+    runs: list[tuple[int, int, int, int]] = []
     index = 0
-    run: list[int] | None = None
     while index < len(matches):
         start = text.rfind("\n", 0, matches[index].start()) + 1
         end = text.index("\n", matches[index].end()) + 1
@@ -371,14 +371,10 @@ def _field_runs(text: str, matches: list[re.Match[str]]) -> Iterator[tuple[int, 
             index += 1
             end = text.index("\n", matches[index].end()) + 1
         index += 1
-        if run is not None and start - run[1] <= _JOIN_GAP:
-            run[1], run[3] = end, index
-            continue
-        if run is not None:
-            yield run[0], run[1], run[2], run[3]
-        run = [start, end, first, index]
-    if run is not None:
-        yield run[0], run[1], run[2], run[3]
+        if runs and start - runs[-1][1] <= _JOIN_GAP:
+            start, _, first, _ = runs.pop()  # this run goes on across the short fixed text
+        runs.append((start, end, first, index))
+    return runs
 
 
 class _Body:
