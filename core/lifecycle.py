@@ -209,22 +209,25 @@ class Lifecycle:
         refuse_if_tripped(mailing, despite_trip)
         await self._enqueue(tx, mailing_id, "send now" if mailing.state is not S.STOPPED else "restarted")
 
-    async def absorb_wave_in(self, tx: Tx, wave_id: int, into_id: int) -> int:
-        """A scheduled wave of a local-time schedule gives its recipients not yet sent to back to
-        `into_id`, when the schedule is set again, cancelled or sent now as a whole (core/waves.py).
-        The emptied wave is removed (it only ever held what the split gave it); one with sent or
-        failed recipients of its own keeps them as a draft. Returns how many recipients moved."""
-        wave = await tx.mailing(wave_id)
-        if wave.state is not S.SCHEDULED:
-            raise RefusedTransition(f"mailing {wave_id} is {wave.state.value}: only a scheduled wave can be merged back")
-        moved = await tx.move_waiting_recipients(wave_id, into_id, None)
-        await tx.add_event(into_id, "waves merged", f"{moved:,} recipients back from mailing {wave_id} ({wave.name})")
-        if await tx.recipient_count(wave_id) == 0:
-            await tx.delete_mailing(wave_id)
-        else:
-            await self.unschedule_in(tx, wave_id, f"its recipients not yet sent to went back to mailing {into_id}")
-            await tx.update_mailing(wave_id, wave_group=None)
-        return moved
+    async def absorb_waves_in(self, tx: Tx, wave_ids: list[int], into_id: int) -> int:
+        """Scheduled waves of a local-time schedule give their recipients not yet sent to back to
+        `into_id`, when the schedule is set again, cancelled or sent now as a whole (core/waves.py),
+        all in one move. An emptied wave is removed (it only ever held what the split gave it);
+        one with sent or failed recipients of its own keeps them as a draft. Returns how many
+        recipients moved."""
+        waves = [await tx.mailing(wave_id) for wave_id in wave_ids]
+        for wave in waves:
+            if wave.state is not S.SCHEDULED:
+                raise RefusedTransition(f"mailing {wave.id} is {wave.state.value}: only a scheduled wave can be merged back")
+        came = await tx.gather_waiting(wave_ids, into_id)
+        for wave in waves:
+            await tx.add_event(into_id, "waves merged", f"{came.get(wave.id, 0):,} recipients back from mailing {wave.id} ({wave.name})")
+            if await tx.recipient_count(wave.id) == 0:
+                await tx.delete_mailing(wave.id)
+            else:
+                await self.unschedule_in(tx, wave.id, f"its recipients not yet sent to went back to mailing {into_id}")
+                await tx.update_mailing(wave.id, wave_group=None)
+        return sum(came.values())
 
     async def promote(self, mailing_id: int, late_by_seconds: float) -> bool:
         """A due schedule joins the bottom of the queue (False if it was changed meanwhile)."""

@@ -354,8 +354,8 @@ async def _current_members(tx: Tx, members: list[Mailing]) -> list[Mailing]:
 async def _merge(tx: Tx, lifecycle: Lifecycle, members: list[Mailing]) -> int:
     """Bring the waves of `members` back into the first one; returns its id."""
     anchor = members[0].id
-    for other in members[1:]:
-        await lifecycle.absorb_wave_in(tx, other.id, anchor)
+    if members[1:]:
+        await lifecycle.absorb_waves_in(tx, [other.id for other in members[1:]], anchor)
     return anchor
 
 
@@ -398,19 +398,33 @@ async def schedule_waves(
             raise UserError(f"the recipients of mailing {mailing_id} changed while scheduling; try again")
         group = await tx.new_wave_group(parent, local, default_tz, choice.value if choice else None)
         source = await tx.mailing(anchor)
+        # Every part is made first and the recipients are moved to them in one statement.
+        targets = [anchor] + [await _new_part(tx, source) for _ in plan.waves[1:]]
+        skipped_to = None if not plan.skipped else anchor if not plan.waves else await _new_part(tx, source)
+        moved = await tx.move_waiting_by_zone(anchor, _zone_targets(plan, targets, skipped_to))
         placed: list[PlacedWave] = []
-        for index, wave in enumerate(plan.waves):
-            target = anchor if index == 0 else await _new_part(tx, source, wave.keys, f"{wave.label} wave")
+        for target, wave in zip(targets, plan.waves):
+            if target != anchor:
+                await _created(tx, target, moved, source, f"{wave.label} wave")
             await _mark(tx, target, wave.name(parent), group, parent, wave.zone_pairs())
             await lifecycle.schedule_in(tx, target, wave.schedule())
             await tx.add_event(target, "wave", _wave_detail(plan, wave))
             placed.append(PlacedWave(target, wave))
-        skipped_id = await _keep_skipped(tx, lifecycle, source, plan, group, parent, first=not plan.waves)
-    return WaveResult(plan, group, tuple(placed), skipped_id)
+        if skipped_to is not None:
+            await _keep_skipped(tx, lifecycle, source, plan, group, parent, skipped_to, moved)
+    return WaveResult(plan, group, tuple(placed), skipped_to)
 
 
-async def _new_part(tx: Tx, source: Mailing, keys: list[str], what: str) -> int:
-    """A new mailing with `source`'s message, taking its waiting recipients of zones `keys`."""
+def _zone_targets(plan: WavePlan, targets: list[int], skipped_to: int | None) -> dict[str, int]:
+    """Where the recipients of each zone key go; the first wave's stay where they are."""
+    moves = {key: target for target, wave in zip(targets[1:], plan.waves[1:]) for key in wave.keys}
+    if skipped_to is not None and skipped_to != targets[0]:
+        moves.update((key, skipped_to) for share in plan.skipped for key in share.keys)
+    return moves
+
+
+async def _new_part(tx: Tx, source: Mailing) -> int:
+    """A new, empty mailing with `source`'s message, to take some of its recipients."""
     target = await tx.insert_mailing(
         name=source.name,
         subject=source.subject,
@@ -422,9 +436,11 @@ async def _new_part(tx: Tx, source: Mailing, keys: list[str], what: str) -> int:
     )
     # Every wave keeps the mailing's List-Unsubscribe targets (issue 13).
     await tx.update_mailing(target, unsubscribe_url=source.unsubscribe_url, unsubscribe_mailto=source.unsubscribe_mailto)
-    moved = await tx.move_waiting_recipients(source.id, target, keys)
-    await tx.add_event(target, "created", f"{moved:,} recipients from mailing {source.id}, for its {what}")
     return target
+
+
+async def _created(tx: Tx, target: int, moved: dict[int, int], source: Mailing, what: str) -> None:
+    await tx.add_event(target, "created", f"{moved.get(target, 0):,} recipients from mailing {source.id}, for its {what}")
 
 
 async def _mark(tx: Tx, mailing_id: int, name: str, group: int, parent: str, zones: list[tuple[str, int]]) -> None:
@@ -448,19 +464,15 @@ def wave_zone_names(wave: Wave) -> list[str]:
 
 
 async def _keep_skipped(
-    tx: Tx, lifecycle: Lifecycle, source: Mailing, plan: WavePlan, group: int, parent: str, *, first: bool
-) -> int | None:
-    """With --passed skip: the passed zones' recipients stay together in a draft named so."""
-    if not plan.skipped:
-        return None
-    keys = [key for share in plan.skipped for key in share.keys]
-    if first:
-        # Every zone had passed: the mailing itself is the draft.
-        target = source.id
+    tx: Tx, lifecycle: Lifecycle, source: Mailing, plan: WavePlan, group: int, parent: str, target: int, moved: dict[int, int]
+) -> None:
+    """With --passed skip: the passed zones' recipients stay together in a draft named so, `target`
+    (the mailing itself when every zone had passed)."""
+    if target == source.id:
         if source.state is MailingState.SCHEDULED:
             await lifecycle.unschedule_in(tx, target, "every recipient's time had passed; kept as a draft")
     else:
-        target = await _new_part(tx, source, keys, "zones where the time had passed")
+        await _created(tx, target, moved, source, "zones where the time had passed")
     count = sum(share.recipients for share in plan.skipped)
     name = f"{parent} [skipped, time passed: {_zones(len(plan.skipped))}]"
     await _mark(tx, target, name, group, parent, [(share.zone, share.recipients) for share in plan.skipped])
@@ -470,7 +482,6 @@ async def _keep_skipped(
         f"{plan.requested:%Y-%m-%d %H:%M} had passed in {listed([s.zone for s in plan.skipped], 10)}: "
         f"{count:,} recipients kept here as a draft, not scheduled",
     )
-    return target
 
 
 async def schedule_single(
