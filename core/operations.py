@@ -21,7 +21,7 @@ from .files import MAX_BODY_BYTES, read_text_bounded
 from .recipients_csv import (
     InvalidAddress, ReadProgress, RecipientFile, normalize_address, open_recipients, zone_column_note,
 )
-from .store import ImportSummary, Store, Tx
+from .store import ImportSummary, StagedRows, Store, Tx
 from .timezones import is_valid_zone
 from .waves import refuse_import_into_wave
 
@@ -177,19 +177,19 @@ async def _create_from(
 ) -> tuple[int, ImportSummary]:
     columns = merge_columns(source.header)
     template = _check_template(draft, columns, allow_special=allow_special_domains)
-    async with store.new_mailing_write() as tx:  # PostgreSQL: the write lock only for the commit
-        mailing_id = await tx.insert_mailing(
-            name=draft.name,
-            subject=draft.subject,
-            from_addr=draft.from_addr,
-            text_body=draft.text,
-            html_body=draft.html,
-            fields=columns,
-        )
-        summary = await _import_rows(
-            tx, mailing_id, source, template, on_reject, allow_special_domains, progress, "no mailing was created"
-        )
-        await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {_source_name(source)}")
+    counted = _Counted(on_reject)
+    async with store.staged_rows(_checked_rows(source, template, counted, allow_special_domains, progress)) as staged:
+        async with store.new_mailing_write() as tx:  # PostgreSQL: the write lock only for the commit
+            mailing_id = await tx.insert_mailing(
+                name=draft.name,
+                subject=draft.subject,
+                from_addr=draft.from_addr,
+                text_body=draft.text,
+                html_body=draft.html,
+                fields=columns,
+            )
+            summary = await _insert(tx, mailing_id, staged, source, counted, "no mailing was created")
+            await tx.add_event(mailing_id, "created", f"{summary.imported:,} recipients from {_source_name(source)}")
     return mailing_id, summary
 
 
@@ -204,6 +204,7 @@ async def import_recipients(
         raise UserError(
             f"mailing {mailing_id} is {mailing.state.value}: recipients can be added to a draft, scheduled or stopped mailing"
         )
+    refuse_import_into_wave(mailing)  # issue 14: a wave is one instant, not local time (checked again below)
     with open_recipients(recipients) as source:
         return await _import_from(store, mailing, source, on_reject, allow_special_domains, progress)
 
@@ -218,33 +219,37 @@ async def _import_from(
         template = template_for(mailing, columns)
     except UserError as exc:
         raise ImportRejected(f"{source.label}: {exc}") from None
-    async with store.write() as tx:
-        current = await tx.mailing(mailing_id)
-        if current.state is not mailing.state:
-            raise UserError(f"mailing {mailing_id} changed state while importing; try again")
-        refuse_import_into_wave(current)  # issue 14: a wave is one instant, not local time
-        summary = await _import_rows(
-            tx, mailing_id, source, template, on_reject, allow_special_domains, progress, "nothing was imported"
-        )
-        all_columns = sorted(set(mailing.fields) | columns)
-        await tx.update_mailing(mailing_id, fields=json.dumps(all_columns))
-        await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {_source_name(source)}")
+    counted = _Counted(on_reject)
+    async with store.staged_rows(_checked_rows(source, template, counted, allow_special_domains, progress)) as staged:
+        async with store.write() as tx:
+            current = await tx.mailing(mailing_id)
+            if current.state is not mailing.state:
+                raise UserError(f"mailing {mailing_id} changed state while importing; try again")
+            refuse_import_into_wave(current)  # issue 14: a wave is one instant, not local time
+            summary = await _insert(tx, mailing_id, staged, source, counted, "nothing was imported")
+            all_columns = sorted(set(mailing.fields) | columns)
+            await tx.update_mailing(mailing_id, fields=json.dumps(all_columns))
+            await tx.add_event(mailing_id, "imported", f"{summary.imported:,} recipients from {_source_name(source)}")
     return summary
 
 
-async def _import_rows(
-    tx: Tx, mailing_id: int, source: RecipientFile, template: MessageTemplate, on_reject: Reporter,
-    allow_special_domains: bool, progress: Progress | None, nothing_done: str,
-) -> ImportSummary:
-    """Read `source` into the mailing inside `tx`; refused (with `nothing_done`) when no row was valid."""
-    counted = _Counted(on_reject)
+def _checked_rows(
+    source: RecipientFile, template: MessageTemplate, counted: _Counted, allow_special_domains: bool,
+    progress: Progress | None,
+) -> Iterator[ImportedRow]:
+    """The file's valid rows, each rejected one reported through `counted`."""
     rows = source.rows(
         header_fields=template.subject_fields,
         valid_zone=is_valid_zone,
         on_reject=counted,
         allow_special_domains=allow_special_domains,
     )
-    summary = await tx.import_rows(mailing_id, _reporting(rows, source, counted, progress))
+    return _reporting(rows, source, counted, progress)
+
+
+async def _insert(tx: Tx, mailing_id: int, staged: StagedRows, source: RecipientFile, counted: _Counted, nothing_done: str) -> ImportSummary:
+    """The staged rows into the mailing inside `tx`; refused (with `nothing_done`) when no row was valid."""
+    summary = await tx.insert_staged(mailing_id, staged)
     _refuse_if_empty(source.label, summary, counted.count, nothing_done)
     note = zone_column_note(source.header)
     return summary if note is None else replace(summary, notes=(*summary.notes, f"{source.label}: {note}"))

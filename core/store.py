@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import itertools
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields  # `fields` is a column and a parameter here
 from datetime import datetime, timezone
 from operator import attrgetter
@@ -414,6 +415,32 @@ class ImportSummary:
     notes: tuple[str, ...] = ()  # what the operator should know about the file (one line each)
 
 
+async def _without_suppressed(db: Any, rows: list[ImportedRow]) -> list[ImportedRow]:
+    """The rows whose address is not on the suppression list (one indexed lookup per chunk)."""
+    if not rows:
+        return rows
+    keys = list({r.email.lower() for r in rows})
+    async with db.execute(f"SELECT key FROM suppression WHERE key IN ({','.join('?' * len(keys))})", keys) as cur:
+        barred = {row[0] for row in await cur.fetchall()}
+    return [r for r in rows if r.email.lower() not in barred] if barred else rows
+
+
+@dataclass
+class StagedRows:
+    """A recipient file on its way into a mailing (Store.staged_rows, then Tx.insert_staged).
+
+    SQLite: read and checked already, its rows in `table` (a TEMP table of the store's
+    connection), `count` of them, with the lines that repeated an address of the file and how
+    many suppressed addresses were left out. PostgreSQL: `table` is None and `rows` is read
+    inside the write transaction."""
+
+    rows: Iterator[ImportedRow]
+    table: str | None = None
+    count: int = 0
+    duplicates: list[int] = field(default_factory=list)
+    suppressed: int = 0
+
+
 # ---- opening ------------------------------------------------------------------------------
 
 # sqlite3 reports storage faults only as text; these phrases (from sqlite3_errstr) say which.
@@ -710,6 +737,33 @@ class Tx:
         )
         return ImportSummary(imported=imported, duplicates=duplicates, suppressed=suppressed)
 
+    async def insert_staged(self, mailing_id: int, staged: StagedRows) -> ImportSummary:
+        """Add the recipients of `staged` to the mailing: rows read ahead into a TEMP table by
+        Store.staged_rows (SQLite) in one statement, skipping (and reporting) addresses already
+        in the mailing; else the file's rows read now (PostgreSQL, import_rows)."""
+        if staged.table is None:
+            return await self.import_rows(mailing_id, staged.rows)
+        table = staged.table
+        already = ("EXISTS (SELECT 1 FROM recipients r WHERE r.mailing_id = ? AND r.email_key = s.email_key)")
+        duplicates = list(staged.duplicates)
+        async with self.db.execute("SELECT 1 FROM recipients WHERE mailing_id = ? LIMIT 1", (mailing_id,)) as cur:
+            has_rows = await cur.fetchone() is not None
+        if has_rows:  # a new mailing has none: no lookup a row
+            async with self.db.execute(f"SELECT line FROM temp.{table} s WHERE {already}", (mailing_id,)) as cur:
+                duplicates += [int(line) for line, in await cur.fetchall()]
+        imported = staged.count - (len(duplicates) - len(staged.duplicates))
+        async with self._indexes_set_aside(imported):
+            await self.db.execute(
+                "INSERT INTO recipients (mailing_id, email, email_key, name, tz, fields) "
+                f"SELECT ?, email, email_key, name, tz, fields FROM temp.{table} s"
+                + (f" WHERE NOT {already}" if has_rows else "") + " ORDER BY line",
+                (mailing_id, mailing_id) if has_rows else (mailing_id,),
+            )
+        await self.db.execute(
+            "UPDATE mailings SET total = total + ?, updated_at = ? WHERE id = ?", (imported, iso(self.now), mailing_id)
+        )
+        return ImportSummary(imported=imported, duplicates=sorted(duplicates), suppressed=staged.suppressed)
+
     async def _without_duplicates(
         self, mailing_id: int, batch: list[ImportedRow], duplicates: list[int]
     ) -> list[ImportedRow]:
@@ -733,15 +787,7 @@ class Tx:
     # ---- suppression and retry (issue 13, items 6 and 9) ---------------------------------
 
     async def without_suppressed(self, rows: list[ImportedRow]) -> list[ImportedRow]:
-        """The rows whose address is not on the suppression list (one indexed lookup per chunk)."""
-        if not rows:
-            return rows
-        keys = list({r.email.lower() for r in rows})
-        async with self.db.execute(
-            f"SELECT key FROM suppression WHERE key IN ({','.join('?' * len(keys))})", keys
-        ) as cur:
-            barred = {row[0] for row in await cur.fetchall()}
-        return [r for r in rows if r.email.lower() not in barred] if barred else rows
+        return await _without_suppressed(self.db, rows)
 
     async def add_suppressions(self, entries: Iterable[tuple[str, str]], source: str, reason: str) -> int:
         """Suppress (key, address) pairs; an address already suppressed keeps its first entry.
@@ -1313,6 +1359,7 @@ class Store:
         self.db = db
         self.path = path
         self._write_lock = asyncio.Lock()
+        self._staging_ids = itertools.count(1)  # names of the TEMP tables of imports (staged_rows)
         # The sender's ledger writes done on the event loop's thread (see record_now, fast path).
         self._inline: sqlite3.Connection | None = None
         self._inline_broken = False
@@ -1432,6 +1479,94 @@ class Store:
                     raise
                 await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
         raise UserError(f"{self.path}: the database stayed busy; try again")
+
+    @asynccontextmanager
+    async def staged_rows(self, rows: Iterator[ImportedRow], chunk: int = 5000) -> AsyncIterator[StagedRows]:
+        """Read a recipient file into a TEMP table before the write transaction that adds it to a
+        mailing (Tx.insert_staged): reading and checking a million rows took ~50 s, and inside
+        the transaction every sender waited for all of it; now only the copy into `recipients`
+        holds the lock. A TEMP table belongs to this connection and its own file: writing it takes
+        no lock on the database. Rows go in as they come (in chunks: memory stays flat); then
+        addresses repeated within the file are noted by line and suppressed ones counted, and
+        both left out (the sender checks suppression again before each message). The table is
+        dropped on the way out, whatever happens. A structural error in the file raises out of
+        here: nothing was written to the database."""
+        table = f"staged_recipients_{next(self._staging_ids)}"
+        await self._staging_statement(
+            f"CREATE TEMP TABLE {table} (line INTEGER PRIMARY KEY, email TEXT NOT NULL, "
+            "email_key TEXT NOT NULL, name TEXT NOT NULL, tz TEXT NOT NULL, fields TEXT NOT NULL)"
+        )
+        staged = StagedRows(iter(()), table)
+        try:
+            batch: list[ImportedRow] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= chunk:
+                    await self._stage_chunk(table, batch)
+                    batch = []
+            await self._stage_chunk(table, batch)
+            await self._settle_staged(staged)
+            yield staged
+        finally:
+            await self._drop_staging(table)
+
+    async def _stage_chunk(self, table: str, batch: list[ImportedRow]) -> None:
+        await self._staging_statement(
+            f"INSERT INTO temp.{table} (line, email, email_key, name, tz, fields) VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.line, r.email, r.email.lower(), r.name, r.tz, json.dumps(r.fields) if r.fields else "{}") for r in batch],
+        )
+
+    async def _settle_staged(self, staged: StagedRows) -> None:
+        """Leave out of the staged rows every repeat of an address (the first line keeps it),
+        then the suppressed addresses; note what was left out. The index is built once from a
+        sort: kept up to date row by row, it cost more than reading the file."""
+        table = staged.table
+        await self._staging_statement(f"CREATE INDEX temp.{table}_key ON {table} (email_key, line)")
+        repeats = f"EXISTS (SELECT 1 FROM temp.{table} t WHERE t.email_key = s.email_key AND t.line < s.line)"
+        async with self.db.execute(f"SELECT line FROM temp.{table} s WHERE {repeats} ORDER BY line") as cur:
+            staged.duplicates = [int(line) for line, in await cur.fetchall()]
+        if staged.duplicates:
+            await self._staging_statement(f"DELETE FROM temp.{table} AS s WHERE {repeats}")
+        barred = "email_key IN (SELECT key FROM main.suppression)"
+        async with self.db.execute(f"SELECT COUNT(*), (SELECT COUNT(*) FROM temp.{table}) FROM temp.{table} WHERE {barred}") as cur:
+            staged.suppressed, total = (int(v) for v in await cur.fetchone())  # type: ignore[union-attr]
+        if staged.suppressed:
+            await self._staging_statement(f"DELETE FROM temp.{table} WHERE {barred}")
+        staged.count = total - staged.suppressed
+
+    async def _drop_staging(self, table: str) -> None:
+        # On the way out of a failure too: an error here must not hide that one. A table left
+        # behind goes with the connection (TEMP), and its name is never used again.
+        try:
+            await self._staging_statement(f"DROP TABLE IF EXISTS temp.{table}")
+        except (sqlite3.Error, UserError, ValueError) as exc:
+            log.debug("could not drop the import's table %s: %s", table, exc)
+
+    async def _staging_statement(self, sql: str, rows: list[tuple[Any, ...]] | None = None) -> None:
+        """A statement on the TEMP table, never inside another coroutine's write transaction on
+        this connection (a rollback of that one would take staged rows with it). SQLite keeps
+        TEMP tables in a file of its temporary directory, not beside the database: a fault there
+        is said so."""
+        async with self._write_lock:
+            try:
+                if rows is None:
+                    await self.db.execute(sql)
+                elif rows:
+                    await self.db.execute("BEGIN")  # one transaction (of the TEMP file only) a chunk
+                    try:
+                        await self.db.executemany(sql, rows)
+                    except BaseException:
+                        await self._rollback()
+                        raise
+                    await self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                fault = storage_error(self.path, exc)
+                if fault is None:
+                    raise
+                raise UserError(
+                    f"reading the recipient file into SQLite's temporary directory failed: {str(exc).lower()} (SQLite "
+                    "takes SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp: point SQLITE_TMPDIR at a disk with room); nothing was imported"
+                ) from None
 
     # ---- reads -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -38,7 +38,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from .db_target import PgTarget
-from .domain import RecipientState
+from .domain import ImportedRow, RecipientState
 from .errors import NotFound, UserError
 from .pg_schema import PG_BASE, PG_BASE_VERSION, PG_MIGRATIONS, PG_SCHEMA_VERSION
 from .store import (
@@ -47,6 +47,7 @@ from .store import (
     Claimed,
     Mailing,
     Outcome,
+    StagedRows,
     Store,
     Tx,
     _claimed,
@@ -666,6 +667,12 @@ class PgStore(Store):
         Senders keep LOCK_TIMEOUT: a short wait must not stop them. A connection opened again
         after a loss keeps the operator's wait."""
         await self.pg.set_lock_timeout(OPERATOR_LOCK_TIMEOUT)
+
+    @asynccontextmanager
+    async def staged_rows(self, rows: Iterator[ImportedRow], chunk: int = 5000) -> AsyncIterator[StagedRows]:  # noqa: ARG002
+        """The file is read inside the write transaction (Tx.import_rows): a new mailing takes the
+        lock only for its COMMIT here (new_mailing_write)."""
+        yield StagedRows(rows)
 
     @asynccontextmanager
     async def new_mailing_write(self) -> AsyncIterator[Tx]:
