@@ -739,30 +739,32 @@ class Tx:
 
     async def insert_staged(self, mailing_id: int, staged: StagedRows) -> ImportSummary:
         """Add the recipients of `staged` to the mailing: rows read ahead into a TEMP table by
-        Store.staged_rows (SQLite) in one statement, skipping (and reporting) addresses already
+        Store.staged_rows (SQLite) in one statement, leaving out (and reporting) addresses already
         in the mailing; else the file's rows read now (PostgreSQL, import_rows)."""
         if staged.table is None:
             return await self.import_rows(mailing_id, staged.rows)
         table = staged.table
-        already = ("EXISTS (SELECT 1 FROM recipients r WHERE r.mailing_id = ? AND r.email_key = s.email_key)")
-        duplicates = list(staged.duplicates)
         async with self.db.execute("SELECT 1 FROM recipients WHERE mailing_id = ? LIMIT 1", (mailing_id,)) as cur:
             has_rows = await cur.fetchone() is not None
+        already: list[int] = []
         if has_rows:  # a new mailing has none: no lookup a row
-            async with self.db.execute(f"SELECT line FROM temp.{table} s WHERE {already}", (mailing_id,)) as cur:
-                duplicates += [int(line) for line, in await cur.fetchall()]
-        imported = staged.count - (len(duplicates) - len(staged.duplicates))
+            # Settled here, while recipients_key is there to answer (the copy below may set it aside).
+            found = "EXISTS (SELECT 1 FROM recipients r WHERE r.mailing_id = ? AND r.email_key = s.email_key)"
+            async with self.db.execute(f"SELECT line FROM temp.{table} s WHERE {found}", (mailing_id,)) as cur:
+                already = [int(line) for line, in await cur.fetchall()]
+            if already:
+                await self.db.execute(f"DELETE FROM temp.{table} AS s WHERE {found}", (mailing_id,))
+        imported = staged.count - len(already)
         async with self._indexes_set_aside(imported):
             await self.db.execute(
                 "INSERT INTO recipients (mailing_id, email, email_key, name, tz, fields) "
-                f"SELECT ?, email, email_key, name, tz, fields FROM temp.{table} s"
-                + (f" WHERE NOT {already}" if has_rows else "") + " ORDER BY line",
-                (mailing_id, mailing_id) if has_rows else (mailing_id,),
+                f"SELECT ?, email, email_key, name, tz, fields FROM temp.{table} ORDER BY line",
+                (mailing_id,),
             )
         await self.db.execute(
             "UPDATE mailings SET total = total + ?, updated_at = ? WHERE id = ?", (imported, iso(self.now), mailing_id)
         )
-        return ImportSummary(imported=imported, duplicates=sorted(duplicates), suppressed=staged.suppressed)
+        return ImportSummary(imported=imported, duplicates=sorted([*staged.duplicates, *already]), suppressed=staged.suppressed)
 
     async def _without_duplicates(
         self, mailing_id: int, batch: list[ImportedRow], duplicates: list[int]

@@ -114,3 +114,22 @@ def test_a_full_temporary_directory_is_one_line_and_nothing_is_imported(small_fs
 def write_text(path: Path) -> Path:
     path.write_text("Hello {{ name }}\n", encoding="utf-8")
     return path
+
+
+async def test_a_large_import_into_a_mailing_with_rows_sets_the_indexes_aside_and_still_skips_its_addresses(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailtower.core import store as store_module
+    from tests.core.test_wave_moves import schema
+
+    mailing_id, _ = await create_mailing(store, DRAFT, write_csv(tmp_path / "a.csv", recipients(4)), lambda row: None)
+    version, indexes, _ = schema(store.path)
+    monkeypatch.setattr(store_module, "REBUILD_MIN_ROWS", 1)  # 8 rows into a table of 4 stand for a million
+    more = await import_recipients(store, mailing_id, write_csv(tmp_path / "b.csv", recipients(10, start=2)), lambda row: None)
+    assert (more.imported, more.duplicates) == (8, [2, 3])
+    after, rebuilt, check = schema(store.path)
+    assert after > version and (rebuilt, check) == (indexes, "ok")
+    with sqlite3.connect(store.path) as conn:
+        emails = [e for e, in conn.execute("SELECT email FROM recipients WHERE mailing_id = ? ORDER BY id", (mailing_id,))]
+    assert emails == [f"user{i}@example.com" for i in range(12)]
+    assert (await store.mailing(mailing_id)).total == 12
