@@ -208,14 +208,15 @@ MIGRATIONS: dict[int, str] = {
 }
 
 # Recipient states that count as "not received yet".
-# Moving recipients between mailings (Tx.moving_recipients): below this many rows the indexes
-# are kept up to date row by row; above it they are built again when the moved rows are at least
-# a 1/REBUILD_ROW_COST share of the table (measured: ~20 us a moved row kept up to date, ~4 us a
+REMAINING_STATES = (RecipientState.PENDING.value, RecipientState.SENDING.value, RecipientState.DEFERRED.value)
+_WAITING = "(" + ", ".join(f"'{state}'" for state in REMAINING_STATES) + ")"
+
+# Moving or copying recipients into a mailing (Tx._indexes_set_aside): below this many rows the
+# indexes are kept up to date row by row; above it they are built again when the rows are at
+# least a 1/REBUILD_ROW_COST share of the table (measured: ~20 us a row kept up to date, ~4 us a
 # row of the table to build `recipients_key` and `recipients_work` again).
 REBUILD_MIN_ROWS = 20_000
 REBUILD_ROW_COST = 5
-REMAINING_STATES = (RecipientState.PENDING.value, RecipientState.SENDING.value, RecipientState.DEFERRED.value)
-_WAITING = "(" + ", ".join(f"'{state}'" for state in REMAINING_STATES) + ")"
 
 
 @dataclass(frozen=True)
@@ -904,15 +905,17 @@ class Tx:
 
     @asynccontextmanager
     async def _indexes_set_aside(self, rows: int) -> AsyncIterator[None]:
-        """Around a statement that moves `rows` recipients from one mailing to another.
+        """Around a statement that moves `rows` recipients from one mailing to another, or
+        copies them into one (an import, Tx.insert_staged).
 
-        On SQLite each moved row deletes and inserts an entry in every index that names
+        On SQLite each such row deletes and/or inserts an entry in every index that names
         `mailing_id`; `recipients_key` is ordered by address, so those land all over the index
         (about 20 us a row on the project's machine: a million-recipient wave schedule held the
         write lock ~50 s, and every sender waited for it). When the rows are a large share of the
         table, those indexes are dropped here and built again after the statement from one sort
         (about 4 us a row of the whole table), in the same transaction: a failure rolls the drop
-        back with the rest. PostgreSQL is left as it is."""
+        back with the rest. The statement must not need them (a lookup would scan the table).
+        PostgreSQL is left as it is."""
         indexes = await self._indexes_worth_rebuilding(rows)
         for name, _ in indexes:
             await self.db.execute(f'DROP INDEX "{name}"')
@@ -921,7 +924,7 @@ class Tx:
             await self.db.execute(sql)
 
     async def _indexes_worth_rebuilding(self, rows: int) -> list[tuple[str, str]]:
-        """(name, CREATE statement) of the recipients indexes naming `mailing_id`, when moving
+        """(name, CREATE statement) of the recipients indexes naming `mailing_id`, when writing
         `rows` is cheaper with them built again than kept up to date; else none."""
         if rows < REBUILD_MIN_ROWS or not isinstance(self.db, aiosqlite.Connection):
             return []
