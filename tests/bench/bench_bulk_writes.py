@@ -19,6 +19,7 @@ and the longest stretch in which that sender recorded no message (read from the 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sqlite3
 import subprocess
@@ -130,9 +131,8 @@ def main() -> None:
     people = write_people(tmp / "people.csv", args.rows, args.zones)
     other = write_people(tmp / "other.csv", OTHER, 1, seed=2)
     sink = SmtpSink()
-    env = {"MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": "/dev/null", "MAILTOWER_SMTP_HOST": "127.0.0.1",
-           "MAILTOWER_SMTP_PORT": str(sink.port), "MAILTOWER_SMTP_CONNECTIONS": "2", "MAILTOWER_RATE": str(SENDER_RATE),
-           "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": "/dev/null", "MAILTOWER_SMTP_HOST": "127.0.0.1",
+           "MAILTOWER_SMTP_PORT": str(sink.port), "MAILTOWER_SMTP_CONNECTIONS": "2", "MAILTOWER_RATE": str(SENDER_RATE)}
     sender = None
     try:
         other_id = int(mailtower(env, "-q", "new", "--name", "other", "--subject", "Hi", "--from", "news@example.org",
