@@ -209,7 +209,6 @@ MIGRATIONS: dict[int, str] = {
 
 # Recipient states that count as "not received yet".
 REMAINING_STATES = (RecipientState.PENDING.value, RecipientState.SENDING.value, RecipientState.DEFERRED.value)
-_WAITING = "(" + ", ".join(f"'{state}'" for state in REMAINING_STATES) + ")"
 
 # Moving or copying recipients into a mailing (Tx._indexes_set_aside): below this many rows the
 # indexes are kept up to date row by row; above it they are built again when the rows are at
@@ -230,8 +229,8 @@ class _Counts:
     def __add__(self, other: _Counts) -> _Counts:
         return _Counts(self.total + other.total, self.deferred + other.deferred, self.in_doubt + other.in_doubt)
 
-    def __sub__(self, other: _Counts) -> _Counts:
-        return _Counts(self.total - other.total, self.deferred - other.deferred, self.in_doubt - other.in_doubt)
+    def __neg__(self) -> _Counts:
+        return _Counts(-self.total, -self.deferred, -self.in_doubt)
 
 
 _NONE = _Counts(0, 0, 0)
@@ -414,16 +413,6 @@ class ImportSummary:
     duplicates: list[int]  # line numbers of rows whose address was already in the mailing
     suppressed: int = 0  # rows skipped because their address is on the suppression list
     notes: tuple[str, ...] = ()  # what the operator should know about the file (one line each)
-
-
-async def _without_suppressed(db: Any, rows: list[ImportedRow]) -> list[ImportedRow]:
-    """The rows whose address is not on the suppression list (one indexed lookup per chunk)."""
-    if not rows:
-        return rows
-    keys = list({r.email.lower() for r in rows})
-    async with db.execute(f"SELECT key FROM suppression WHERE key IN ({','.join('?' * len(keys))})", keys) as cur:
-        barred = {row[0] for row in await cur.fetchall()}
-    return [r for r in rows if r.email.lower() not in barred] if barred else rows
 
 
 @dataclass
@@ -790,7 +779,15 @@ class Tx:
     # ---- suppression and retry (issue 13, items 6 and 9) ---------------------------------
 
     async def without_suppressed(self, rows: list[ImportedRow]) -> list[ImportedRow]:
-        return await _without_suppressed(self.db, rows)
+        """The rows whose address is not on the suppression list (one indexed lookup per chunk)."""
+        if not rows:
+            return rows
+        keys = list({r.email.lower() for r in rows})
+        async with self.db.execute(
+            f"SELECT key FROM suppression WHERE key IN ({','.join('?' * len(keys))})", keys
+        ) as cur:
+            barred = {row[0] for row in await cur.fetchall()}
+        return [r for r in rows if r.email.lower() not in barred] if barred else rows
 
     async def add_suppressions(self, entries: Iterable[tuple[str, str]], source: str, reason: str) -> int:
         """Suppress (key, address) pairs; an address already suppressed keeps its first entry.
@@ -854,11 +851,12 @@ class Tx:
         if not targets:
             return {}
         zones = list(targets)
-        where = f"mailing_id = ? AND state IN {_WAITING} AND tz IN ({','.join('?' * len(zones))})"
+        where = f"mailing_id = ? AND state IN ('pending', 'sending', 'deferred') AND tz IN ({','.join('?' * len(zones))})"
         by_zone = await self._waiting_counts("tz", where, [source_id, *zones])
         got: dict[int, _Counts] = {}
         for zone, counts in by_zone.items():
-            got[targets[str(zone)]] = got.get(targets[str(zone)], _NONE) + counts
+            target = targets[str(zone)]
+            got[target] = got.get(target, _NONE) + counts
         cases = " ".join("WHEN ? THEN ?" for _ in zones)
         await self._move_rows(
             f"UPDATE recipients SET mailing_id = CASE tz {cases} END WHERE {where}",
@@ -874,7 +872,7 @@ class Tx:
         came from each source."""
         if not source_ids:
             return {}
-        where = f"mailing_id IN ({','.join('?' * len(source_ids))}) AND state IN {_WAITING}"
+        where = f"mailing_id IN ({','.join('?' * len(source_ids))}) AND state IN ('pending', 'sending', 'deferred')"
         came = {int(m): counts for m, counts in (await self._waiting_counts("mailing_id", where, list(source_ids))).items()}
         await self._move_rows(
             f"UPDATE recipients SET mailing_id = ? WHERE {where}", [target_id, *source_ids],
@@ -896,8 +894,7 @@ class Tx:
             return
         async with self._indexes_set_aside(moved):
             await self.db.execute(update, params)
-        changes = [(m, c) for m, c in gained.items()] + [(m, _NONE - c) for m, c in lost.items()]
-        for mailing_id, counts in changes:
+        for mailing_id, counts in [*gained.items(), *((m, -c) for m, c in lost.items())]:
             await self.db.execute(
                 "UPDATE mailings SET total = total + ?, deferred = deferred + ?, in_doubt = in_doubt + ? WHERE id = ?",
                 (counts.total, counts.deferred, counts.in_doubt, mailing_id),
@@ -1507,19 +1504,20 @@ class Store:
             for row in rows:
                 batch.append(row)
                 if len(batch) >= chunk:
-                    await self._stage_chunk(table, batch)
+                    await self._stage_chunk(staged, batch)
                     batch = []
-            await self._stage_chunk(table, batch)
+            await self._stage_chunk(staged, batch)
             await self._settle_staged(staged)
             yield staged
         finally:
             await self._drop_staging(table)
 
-    async def _stage_chunk(self, table: str, batch: list[ImportedRow]) -> None:
+    async def _stage_chunk(self, staged: StagedRows, batch: list[ImportedRow]) -> None:
         await self._staging_statement(
-            f"INSERT INTO temp.{table} (line, email, email_key, name, tz, fields) VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO temp.{staged.table} (line, email, email_key, name, tz, fields) VALUES (?, ?, ?, ?, ?, ?)",
             [(r.line, r.email, r.email.lower(), r.name, r.tz, json.dumps(r.fields) if r.fields else "{}") for r in batch],
         )
+        staged.count += len(batch)
 
     async def _settle_staged(self, staged: StagedRows) -> None:
         """Leave out of the staged rows every repeat of an address (the first line keeps it),
@@ -1533,11 +1531,11 @@ class Store:
         if staged.duplicates:
             await self._staging_statement(f"DELETE FROM temp.{table} AS s WHERE {repeats}")
         barred = "email_key IN (SELECT key FROM main.suppression)"
-        async with self.db.execute(f"SELECT COUNT(*), (SELECT COUNT(*) FROM temp.{table}) FROM temp.{table} WHERE {barred}") as cur:
-            staged.suppressed, total = (int(v) for v in await cur.fetchone())  # type: ignore[union-attr]
+        async with self.db.execute(f"SELECT COUNT(*) FROM temp.{table} WHERE {barred}") as cur:
+            staged.suppressed = int((await cur.fetchone())[0])  # type: ignore[index]
         if staged.suppressed:
             await self._staging_statement(f"DELETE FROM temp.{table} WHERE {barred}")
-        staged.count = total - staged.suppressed
+        staged.count -= len(staged.duplicates) + staged.suppressed
 
     async def _drop_staging(self, table: str) -> None:
         # On the way out of a failure too: an error here must not hide that one. A table left

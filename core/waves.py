@@ -400,7 +400,9 @@ async def schedule_waves(
         source = await tx.mailing(anchor)
         # Every part is made first and the recipients are moved to them in one statement.
         targets = [anchor] + [await _new_part(tx, source) for _ in plan.waves[1:]]
-        skipped_to = None if not plan.skipped else anchor if not plan.waves else await _new_part(tx, source)
+        skipped_to = None  # with --passed skip: the draft of the passed zones (the mailing itself if all passed)
+        if plan.skipped:
+            skipped_to = await _new_part(tx, source) if plan.waves else anchor
         moved = await tx.move_waiting_by_zone(anchor, _zone_targets(plan, targets, skipped_to))
         placed: list[PlacedWave] = []
         for target, wave in zip(targets, plan.waves):
