@@ -273,13 +273,16 @@ class PostfixRelay:
         rate_time_unit: int = 60,
         connection_rate_limit: int | None = None,
         extra_main: dict[str, str] | None = None,
+        parent: Path | None = None,
     ) -> Iterator["PostfixRelay"]:
         reason = missing_reason()
         if reason:
             raise RuntimeError(reason)
         if os.geteuid() != 0:
             raise RuntimeError("a private Postfix instance must be started as root (postfix(1) is for the superuser)")
-        root = Path(tempfile.mkdtemp(prefix="mailtower-postfix-", dir=_traversable_temp_dir()))
+        # `parent`: where the instance's directory goes (queue and Maildir with it); by default
+        # the temp directory. A benchmark may put it on a tmpfs, for a relay whose disk is not the limit.
+        root = Path(tempfile.mkdtemp(prefix="mailtower-postfix-", dir=_traversable_temp_dir(parent)))
         relay: PostfixRelay | None = None
         try:
             os.chmod(root, 0o755)  # the unprivileged daemons must traverse it
@@ -507,9 +510,15 @@ class PostfixRelay:
             time.sleep(0.1)
 
 
-def _traversable_temp_dir() -> str:
-    """The temp directory, unless the postfix user could not reach into it (a private TMPDIR):
-    then /tmp or /var/tmp."""
+def _traversable_temp_dir(wanted: Path | None = None) -> str:
+    """`wanted` if given and the postfix user can reach into it (else an error); otherwise the
+    temp directory, unless the postfix user could not reach into it (a private TMPDIR): then
+    /tmp or /var/tmp."""
+    if wanted is not None:
+        path = Path(wanted).resolve()
+        if not (path.is_dir() and all(p.stat().st_mode & 0o001 for p in (path, *path.parents))):
+            raise RuntimeError(f"{wanted}: not a directory the postfix user can traverse")
+        return str(path)
     for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
         path = Path(candidate).resolve()
         if path.is_dir() and all(p.stat().st_mode & 0o001 for p in (path, *path.parents)):
