@@ -6,7 +6,8 @@ and the `?` screen call it (`label`), the one line that says what it does (`summ
 the dashboard asks first (`confirm`) and whether it cannot be taken back (`destructive`).
 Actions only the sender takes (promote, start, yield, complete) have entries too, with no key and
 no command, so every action is accounted for once. `VIEWS` are the menu's entries that change
-nothing (Details, View remaining recipients, Resume sending); `MOVES` the four ways to move.
+no mailing (Details, View remaining recipients, Resume sending, which asks first: RESUME_CONFIRM);
+`MOVES` the four ways to move.
 
 Which entries a mailing's menu offers (`offers`) follows its section and the seed's rules; the
 rules themselves (who may go where) stay in core/lifecycle.py. Readers look entries up when
@@ -62,6 +63,8 @@ ACTIONS: dict[Action, ActionEntry] = {
     Action.SEND_NOW: ActionEntry(
         Action.SEND_NOW, "Send now", "queue a draft, scheduled or stopped mailing at the bottom of the queue",
         command="send-now", key="send-now",
+        # Risky: it starts a campaign, or brings one forward; what is sent cannot be called back.
+        confirm=Confirm("Send now", "Send now", "Keep as it is"),
     ),
     Action.STOP: ActionEntry(
         Action.STOP, "Cancel sending", "stop a current mailing; its remaining recipients are kept",
@@ -266,6 +269,11 @@ WAVE_LABELS: dict[Action, str] = {
     Action.SEND_NOW: "Send all waves now",
     Action.UNSCHEDULE: "Cancel (all waves)",
 }
+
+
+# Resume sending asks too: each try logs in again, and a relay that refused the login may lock
+# the account after a few more.
+RESUME_CONFIRM = Confirm("Resume sending", "Resume", "Keep paused")
 
 
 def resume_offer() -> Offer:

@@ -47,7 +47,7 @@ from mailtower.core.db_errors import database_errors
 from mailtower.core.db_target import PgTarget
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder
-from mailtower.core.actions_registry import ACTIONS, MOVE_KEYS, Confirm, Offer, entry_for, resume_offer
+from mailtower.core.actions_registry import ACTIONS, MOVE_KEYS, RESUME_CONFIRM, Confirm, Offer, entry_for, resume_offer
 from mailtower.core.lifecycle import Action, Lifecycle
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume
@@ -124,6 +124,23 @@ def _confirm(title: str, message: str, confirm_label: str, destructive: bool, ke
     from .screens.confirm import ConfirmDialog
 
     return ConfirmDialog(title, message, confirm_label=confirm_label, destructive=destructive, keep_label=keep_label)
+
+
+def describe_schedule(mailing: Mailing) -> str:
+    """"scheduled for 2099-07-01 18:00 Europe/Berlin", "a draft", "queued"."""
+    if mailing.state is MailingState.SCHEDULED and mailing.schedule is not None:
+        return f"scheduled for {mailing.schedule.local:%Y-%m-%d %H:%M} {mailing.schedule.tz}"
+    return "a draft" if mailing.state is MailingState.DRAFT else mailing.state.value
+
+
+def send_now_question(mailing: Mailing, name: str) -> str:
+    """What Send now is about to do to this mailing, in the words of its state."""
+    if mailing.state is MailingState.SCHEDULED and mailing.schedule is not None:
+        return f"Send “{name}” now? It is {describe_schedule(mailing)}; now it joins the bottom of the queue (Current)."
+    if mailing.state is MailingState.STOPPED:
+        return (f"Send “{name}” again now to its {plural(mailing.remaining, 'remaining recipient')}? "
+                "It joins the bottom of the queue (Current).")
+    return f"Send “{name}” now to its {plural(mailing.total, 'recipient')}? It joins the bottom of the queue (Current)."
 
 
 def plural(n: int, word: str) -> str:
@@ -1071,6 +1088,8 @@ class DashboardApp(App[int]):
         if action is Action.SEND_NOW and mailing.tripped:
             action = Action.RESTART  # sending a mailing the breaker stopped: the same confirmation as Restart
         if action is Action.SEND_NOW:
+            if not await self._ask(entry.confirm, send_now_question(mailing, name)):
+                return None
             await lifecycle.send_now(mailing.id)
             await self._warn_without_unsubscribe(mailing.id)
             return f"“{name}” joined the queue (Current)"
@@ -1133,13 +1152,19 @@ class DashboardApp(App[int]):
         plan = await retry_failed(self.store, mailing.id)
         return f"“{name}” queued again: {plan.describe()} (Current)"
 
-    async def _resume(self, mailing: Mailing) -> str:
+    async def _resume(self, mailing: Mailing) -> str | None:  # noqa: ARG002 - every paused relay, whatever the mailing
         """Ask the sender (ours or another process's) to try the paused relays again now."""
         store = self.store
         assert store is not None
         names = paused_relays(self.waiting_document())
-        await request_resume(store)
         relays = ", ".join(names) if names else "the paused relays"
+        message = (
+            f"Try {relays} again now? One connection logs in first; if the relay refuses it again, "
+            "sending stays paused (a relay may lock an account after repeated refused logins)."
+        )
+        if not await self._ask(RESUME_CONFIRM, message):
+            return None
+        await request_resume(store)
         return f"Asked the sender to try {relays} again now (one connection logs in first)"
 
     async def _ask(self, confirm: Confirm | None, message: str) -> bool:
@@ -1163,6 +1188,7 @@ class DashboardApp(App[int]):
         )
         if request is None:
             return None
+        await self._refuse_if_rescheduled(mailing)
         result = await schedule_mailing(
             store, lifecycle, mailing.id, request.local, request.tz, request.local_time, request.passed, now=self.now()
         )
@@ -1171,6 +1197,22 @@ class DashboardApp(App[int]):
             self.notify(warning, severity="warning", timeout=8)
         await self._warn_without_unsubscribe(mailing.id)
         return schedule_done_text(" ".join((mailing.wave_parent or mailing.name).split()), request, result)
+
+    async def _refuse_if_rescheduled(self, mailing: Mailing) -> None:
+        """The schedule dialog shows the mailing as it was when it opened: if it was scheduled,
+        sent or cancelled elsewhere meanwhile, saving would undo that unseen (issue 11)."""
+        assert self.store is not None
+        try:
+            now = await self.store.mailing(mailing.id)
+        except NotFound:
+            raise UserError(f"“{' '.join(mailing.name.split())}” was deleted while the dialog was open") from None
+        before = (mailing.state, mailing.schedule and (mailing.schedule.local, mailing.schedule.tz), mailing.wave_group)
+        after = (now.state, now.schedule and (now.schedule.local, now.schedule.tz), now.wave_group)
+        if before != after:
+            raise UserError(
+                f"“{' '.join(mailing.name.split())}” was changed elsewhere while the dialog was open "
+                f"(now {describe_schedule(now)}); nothing was saved: open Set Schedule again"
+            )
 
     async def _wave_group_action(self, key: str, mailing: Mailing) -> str | None:
         """Cancel or Send now on a local-time schedule's row: every scheduled wave of it, as one mailing again."""
@@ -1187,6 +1229,14 @@ class DashboardApp(App[int]):
             kept, count = await cancel_schedule(store, lifecycle, mailing.id)
             self._expect(kept)
             return f"“{name}” is one draft again (Inactive; {plural(count, 'wave')} cancelled)"
+        message = (
+            f"Send “{name}” now to every recipient of its {plural(waves, 'wave')}, instead of at their local times? "
+            "It joins the bottom of the queue as one mailing (Current)."
+        )
+        send_now = ACTIONS[Action.SEND_NOW].confirm
+        assert send_now is not None
+        if not await self._ask(Confirm("Send all waves now", send_now.confirm, send_now.keep), message):
+            return None
         kept, count = await send_group_now(store, lifecycle, mailing.id)
         self._expect(kept)
         return f"“{name}” joined the queue as one mailing (Current; {plural(count, 'wave')})"

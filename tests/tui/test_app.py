@@ -251,6 +251,7 @@ async def test_scheduled_send_now_and_set_schedule(fixed_db: Fixture) -> None:
     async with running(app) as pilot:
         await focus_row(pilot, Section.SCHEDULED, ids["tokyo"])
         await choose(pilot, "send-now")
+        await confirm(pilot)  # it brings the schedule forward: it asks first
         await until_state(fixed_db.db, ids["tokyo"], MailingState.QUEUED)
         await wait_for(lambda: table(app, Section.CURRENT).keys[-1] == str(ids["tokyo"]))
         # Set Schedule on another: type a new date in the dialog and press Enter.
@@ -305,6 +306,7 @@ async def test_inactive_restart_send_now_delete(fixed_db: Fixture) -> None:
         await until_state(fixed_db.db, ids["stopped"], MailingState.QUEUED)
         await focus_row(pilot, Section.INACTIVE, ids["draft"])
         await choose(pilot, "send-now", opener="enter")
+        await confirm(pilot)
         await until_state(fixed_db.db, ids["draft"], MailingState.QUEUED)
         await focus_row(pilot, Section.INACTIVE, ids["done"])
         await choose(pilot, "delete")
@@ -334,7 +336,9 @@ async def test_inactive_set_schedule_default_and_in_each_recipients_zone(tmp_pat
         await focus_row(pilot, Section.INACTIVE, plain)
         await choose(pilot, "schedule")
         await wait_for(lambda: isinstance(app.screen, ScheduleDialog))
-        await pilot.press("enter")  # the dialog's default: a valid time in the operator's zone
+        # No date until one is typed (Enter alone schedules nothing: tests/tui/test_reflex_keys.py);
+        # the hour (09:00) and the zone (the operator's) are filled in.
+        await pilot.press(*"2099-06-01", "enter")
         await until_state(db, plain, MailingState.SCHEDULED)
         await focus_row(pilot, Section.INACTIVE, world)
         await choose(pilot, "schedule")
@@ -435,6 +439,7 @@ async def test_monitor_mode_shows_who_sends_and_actions_still_work(fixed_db: Fix
         assert app.sender is None
         await focus_row(pilot, Section.INACTIVE, fixed_db.ids["draft"])
         await choose(pilot, "send-now")
+        await confirm(pilot)
         await until_state(fixed_db.db, fixed_db.ids["draft"], MailingState.QUEUED)
 
 

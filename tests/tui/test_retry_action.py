@@ -15,7 +15,7 @@ from mailtower.tui.screens.confirm import ConfirmDialog
 
 from .conftest import new_mailing, wait_for
 from .pilot import dashboard_app, focus_row, opened, running, state_of
-from .test_app import choose
+from .test_app import choose, confirm
 
 
 async def finished_with_failures(db: Path, tmp_path: Path) -> int:
@@ -78,6 +78,7 @@ async def test_send_now_of_a_large_mailing_without_unsubscribe_warns(tmp_path: P
     async with running(app) as pilot:
         await focus_row(pilot, Section.INACTIVE, mailing_id)
         await choose(pilot, "send-now")
+        await confirm(pilot)
         await wait_for(lambda: any("no unsubscribe link" in str(n.message) for n in app._notifications),
                        what="the warning")
     assert await state_of(db, mailing_id) is MailingState.QUEUED

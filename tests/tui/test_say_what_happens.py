@@ -35,6 +35,7 @@ from mailtower.core.store import Store
 from mailtower.core.timezones import Shift, resolve
 from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.palette import PaletteIndex
+from mailtower.tui.screens.confirm import ConfirmDialog
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.screens.details import DetailsScreen
 from tests.helpers import until
@@ -171,6 +172,22 @@ async def test_paused_relay_elsewhere_is_said_in_header_and_row(paused_elsewhere
         assert "paused" not in row_text(app, Section.CURRENT, fx.ids["news"])
 
 
+async def resume_from_menu(pilot: Pilot[Any], mailing_id: int) -> None:
+    """Resume sending from the mailing's Actions menu (its first entry while paused), confirmed
+    with the question's own key."""
+    app = pilot.app
+    assert isinstance(app, DashboardApp)
+    app.dashboard.table(Section.CURRENT).select_key(str(mailing_id))
+    await pilot.press("a")
+    await until(pilot, lambda: isinstance(app.screen, ActionsMenu) and app.screen.is_mounted)
+    await pilot.pause()
+    await pilot.press("enter")
+    await until(pilot, lambda: isinstance(app.screen, ConfirmDialog) and app.screen.is_mounted)
+    dialog = app.screen
+    assert isinstance(dialog, ConfirmDialog) and dialog.key == "r"
+    await pilot.press("r")
+
+
 async def test_resume_is_offered_while_paused_and_asks_the_sender(paused_elsewhere: Fixture) -> None:
     fx = paused_elsewhere
     app = frozen(fx.db)
@@ -188,8 +205,19 @@ async def test_resume_is_offered_while_paused_and_asks_the_sender(paused_elsewhe
         # The palette shows the same offers.
         index = [entry async for entry in PaletteIndex().scan(app.sections, app.situational_offers)]
         assert f"Resume sending 'Spring sale — Europe' (id {fx.ids['spring']})" in [e.title for e in index]
-        before = time.time()
+        # Each try logs in again: it asks first, and Enter keeps it paused (issue 11 item 1).
         await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog) and app.screen.is_mounted)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen is app.dashboard)
+        assert not any("again now" in t for t in toasts(app))
+        conn = sqlite3.connect(fx.db)
+        try:
+            assert conn.execute("SELECT 1 FROM meta WHERE key = ?", (RESUME_REQUEST_KEY,)).fetchone() is None
+        finally:
+            conn.close()
+        before = time.time()
+        await resume_from_menu(pilot, fx.ids["spring"])
         await until(pilot, lambda: any("try 127.0.0.1:2526 again" in t for t in toasts(app)))
     conn = sqlite3.connect(fx.db)
     try:
@@ -233,8 +261,8 @@ def test_resume_is_offered_for_the_sending_mailing_when_one_relay_of_a_pool_is_p
             assert app.offers_for(spring)[0].key == "resume"
             assert "resume" not in [o.key for o in app.offers_for(news)]
             assert "paused" not in row_text(app, Section.CURRENT, fixed_db.ids["spring"])  # it still sends
-            await app.perform("resume", spring)
-            assert any("try mx-b again now" in t for t in toasts(app)), toasts(app)
+            await resume_from_menu(pilot, fixed_db.ids["spring"])
+            await until(pilot, lambda: any("try mx-b again now" in t for t in toasts(app)))
 
     try:
         asyncio.run(check())
@@ -318,8 +346,8 @@ async def test_refused_login_in_this_process_then_resume_sends(tmp_path: Path, c
             mailing = app.find(mailing_id)
             assert mailing is not None and app.offers_for(mailing)[0].key == "resume"
             sink.login.password = PASSWORD.encode()  # the operator fixed the account
-            await app.perform("resume", mailing)
-            assert any("again now" in t for t in toasts(app))
+            await resume_from_menu(pilot, mailing_id)
+            await until(pilot, lambda: any("again now" in t for t in toasts(app)))
             await until(pilot, lambda: len(sink.deliveries) == 5, timeout=20)
             await until(pilot, lambda: app.find(mailing_id) is None
                         or app.find(mailing_id).state is MailingState.COMPLETED, timeout=20)  # type: ignore[union-attr]

@@ -193,14 +193,23 @@ async def test_confirm_dialog_its_key_confirms_enter_and_escape_keep(tmp_path: P
 # --- schedule dialog -----------------------------------------------------------------------
 
 
-async def test_schedule_prefills_tomorrow_nine_in_operator_zone(tmp_path: Path) -> None:
+async def test_schedule_of_a_draft_prefills_nine_in_operator_zone_but_no_date(tmp_path: Path) -> None:
+    """A draft's dialog names tomorrow but does not fill it in: Enter, Enter, Enter from the
+    dashboard must not schedule a draft to go out (the standard: no reflex key starts a campaign)."""
     db, mailing_id = await new_mailing(tmp_path, 3)
     async with Host(db, mailing_id, schedule_dialog).run_test(size=(80, 24)) as pilot:
         dialog = await opened(pilot, ScheduleDialog)
         values = [dialog.query_one(f"#{name}", Input).value for name in ("date", "hour", "zone")]
-        assert values == ["2027-01-16", "09:00", OPERATOR_TZ]
+        assert values == ["", "09:00", OPERATOR_TZ]
         assert "Daylight savings automatically applied" in text_of(dialog.query_one("#dst"))
-        assert dialog.query_one("#submit", Button).disabled is False
+        assert dialog.query_one("#submit", Button).disabled is True
+        assert "tomorrow is 2027-01-16" in text_of(dialog.query_one("#problem"))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert pilot.app.screen is dialog  # nothing to submit: the dialog stays
+        await pilot.press(*"2027-01-16", "enter")
+        await pilot.pause()
+        assert pilot.app.screen is not dialog
 
 
 async def test_schedule_prefills_from_existing_schedule(tmp_path: Path) -> None:

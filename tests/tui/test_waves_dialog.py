@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Button, Checkbox, Input, OptionList
+from textual.widgets.input import Selection
 
 from mailtower.core.domain import MailingState, Section
 from mailtower.core.lifecycle import Lifecycle
@@ -94,6 +95,10 @@ async def open_dialog_on_spring(pilot: Pilot[int], fx: Fixture) -> ScheduleDialo
     assert isinstance(dialog, ScheduleDialog)
     for field in dialog.query(Input):
         field.cursor_blink = False  # a blinking cursor makes the snapshots depend on timing
+    # A draft's dialog has no date until one is typed: the frozen clock's tomorrow.
+    date = dialog.query_one("#date", Input)
+    date.value = "2099-06-01"
+    date.selection = Selection(0, len(date.value))  # as a filled-in field opens: selected
     dialog.query_one("#local-time", Checkbox).value = True
     await pilot.pause()
     return dialog

@@ -345,6 +345,8 @@ class LimitsScreen(ModalScreen[bool]):
 
     @work(exclusive=True, group="limits-save", exit_on_error=False)
     async def _save(self, limits: Limits) -> None:
+        if await self._changed_elsewhere(limits):
+            return
         if self.scope != WHOLE_SENDER:
             await self._save_group(limits)
             return
@@ -377,6 +379,27 @@ class LimitsScreen(ModalScreen[bool]):
             return
         self.notify(SAVED, title="Sending limits", timeout=5)
         self.dismiss(True)
+
+    async def _changed_elsewhere(self, limits: Limits) -> bool:
+        """Whether the limits shown were changed by someone else since the dialog read them: then
+        the fields show the new values and nothing is saved. Saved as they were, the stale ones
+        would undo that change unseen, and "more than doubles" would be judged against values no
+        longer in force (a rate cut to 5 elsewhere, then 100 saved here against the 60 shown)."""
+        try:
+            live = await read_limits(self.store, self.settings)
+        except (*database_errors(), OSError) as exc:
+            self._saving = False
+            self._check()
+            self.notify(str(exc), title="Not saved", severity="error", timeout=8)
+            return True
+        if self._values(live) == self._values(limits):
+            return False
+        self.limits = live
+        self._saving = False
+        self._fill()
+        self.notify("The limits were changed elsewhere while this dialog was open. The fields show them now; "
+                    "type your change again.", title="Not saved", severity="warning", timeout=10)
+        return True
 
     async def _save_group(self, limits: Limits) -> None:
         """Save the shown domain group's limits (core checks them again, as for the command)."""

@@ -78,6 +78,9 @@ def preview_schedule(
 
     With `local_time` the zone is only for recipients without one, so its own instant being past
     is not an error: the waves decide (`wave_preview`)."""
+    if not date_text.strip():
+        tomorrow = to_zone(now, operator_tz).date() + timedelta(days=1)
+        return Preview(None, None, (), None, f"type the date to send on, as YYYY-MM-DD (tomorrow is {tomorrow:%Y-%m-%d})")
     try:
         local = parse_date_hour(date_text, hour_text)
     except UserError as exc:
@@ -215,7 +218,8 @@ class PassedChoice(ModalScreen[Passed | None]):
 
 
 def default_wall_time(mailing: Mailing, operator_tz: str, now: datetime) -> tuple[datetime, str]:
-    """The mailing's own schedule, else tomorrow 09:00 in the operator's zone."""
+    """The mailing's own schedule, else tomorrow 09:00 in the operator's zone (the dialog then
+    shows only the hour and zone: see ScheduleDialog.compose)."""
     if mailing.schedule is not None:
         return mailing.schedule.local, mailing.schedule.tz
     tomorrow = to_zone(now, operator_tz).date() + timedelta(days=1)
@@ -339,6 +343,9 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
 
     def compose(self) -> ComposeResult:
         local, zone = self.wall or default_wall_time(self.mailing, self.operator_tz, self._now())
+        # A mailing without a schedule gets no date until one is typed: Enter pressed by reflex
+        # (Enter on the row, Enter on Set Schedule, Enter) must not schedule a draft to go out.
+        shown_date = f"{local:%Y-%m-%d}" if self.wall or self.mailing.schedule is not None else ""
         box = Vertical(id="schedule-box")
         if self.waves > 1:
             title = f"Set schedule: {safe(self.mailing.wave_parent or self.mailing.name)} (all {self.waves} waves)"
@@ -348,7 +355,7 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         with box:
             with Horizontal(classes="row"):
                 yield Label("Date", classes="field-label")
-                yield Input(f"{local:%Y-%m-%d}", placeholder="YYYY-MM-DD", id="date", max_length=10, compact=True)
+                yield Input(shown_date, placeholder="YYYY-MM-DD", id="date", max_length=10, compact=True)
                 yield Label("Hour", classes="gap-label")
                 yield Input(f"{local:%H:%M}", placeholder="HH:MM", id="hour", max_length=5, compact=True)
             with Horizontal(classes="row", id="zone-row"):
