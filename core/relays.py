@@ -138,6 +138,8 @@ class RelayState:
         self.healthy = False
         self._trouble(mailing_id)
         if self.paused:
+            if not self.pause_reason:
+                self.pause_reason = self.reason = reason  # the pause must always say why
             return
         self.pause_reason = reason
         self.reason = reason
@@ -175,7 +177,13 @@ class RelayState:
             self.retry_at = wall
 
     def connected(self) -> None:
-        """A connection (and its login) succeeded: the relay works; others may connect too."""
+        """A connection (and its login) succeeded: the relay works; others may connect too.
+
+        Not while paused: a session that opened during a pause (its handshake began before it)
+        says nothing about what paused the relay (a refused MAIL FROM, a quota), and clearing the
+        reason then left the pause without one ("paused: " in the status)."""
+        if self.paused:
+            return
         self.healthy = True
         if self.pause_reason:
             self.pause_reason = ""

@@ -1087,6 +1087,8 @@ class Sender:
                     return None  # stopping or halted: no new connection (the row goes back to pending)
                 if not await self._connect(conn, relay, run):
                     return None
+                if relay.unavailable:
+                    return None  # paused or held off while this connection was opening: no MAIL
             if not self.limiter.idle and not await self.limiter.acquire(self._interrupted(run)):
                 return None
             if not relay.limiter.idle and not await relay.limiter.acquire(self._interrupted(run)):

@@ -121,6 +121,22 @@ RATE_WORDING = re.compile(
     re.IGNORECASE,
 )
 
+# A 5xx whose words say our account is over a sending quota (Amazon SES "554 Throttling failure:
+# Daily message quota exceeded", Gmail "550 5.4.5 Daily user sending quota exceeded", Microsoft
+# "554 5.2.0 ...SubmissionQuotaExceededException"): not the recipient's fault and not for good.
+# Only quota words tied to sending: "mailbox over quota" is the recipient's mailbox (X.2.2).
+SENDING_QUOTA_WORDING = re.compile(
+    r"(?:sending|submission|message|messages|send|daily|hourly|outbound|account|user)\s*quota"
+    r"|quota\s*exceeded\s*for\s*(?:sending|messages)|sending limit",
+    re.IGNORECASE,
+)
+# A 5xx whose words say we send too fast (SES "554 Throttling failure: Maximum sending rate
+# exceeded", "550 5.7.1 Rate limit exceeded, try again later"): the relay means "slow down".
+SENDING_RATE_WORDING = re.compile(
+    r"\brate[- ]?limit|rate exceeded|sending rate|throttl|too many messages|too much mail|slow down|try again later",
+    re.IGNORECASE,
+)
+
 RULES: tuple[Rule, ...] = (
     # --- addresses we could not send at all (no command written) ---
     Rule("sender-needs-smtputf8", Outcome.PAUSE, failures=frozenset(["unsendable"]), stages=_stages(Stage.MAIL),
@@ -184,6 +200,13 @@ RULES: tuple[Rule, ...] = (
     Rule("sender-refused", Outcome.PAUSE, classes=_codes(5), stages=_stages(Stage.MAIL),
          throttle=Throttle.BY_WORDING,
          why="5xx to MAIL FROM (sender address, size, policy): would fail everyone alike; pause"),
+    # --- a 5xx that is a relay's quota or rate limit in its own words: nobody failed ---
+    Rule("over-sending-quota", Outcome.PAUSE, classes=_codes(5), wording=SENDING_QUOTA_WORDING,
+         throttle=Throttle.YES,
+         why="5xx saying our sending quota is used up: every message alike until it resets; pause, nobody failed"),
+    Rule("over-sending-rate", Outcome.DEFER, classes=_codes(5), wording=SENDING_RATE_WORDING,
+         throttle=Throttle.YES,
+         why="5xx saying we send too fast: a rate limit despite the code; defer and slow down"),
     # --- temporary ---
     Rule("throttled-454", Outcome.DEFER, codes=_codes(454), throttle=Throttle.YES,
          why="454 outside AUTH: temporary refusal, commonly a rate limit: defer and slow down"),

@@ -134,6 +134,18 @@ EXAMPLES: dict[str, list[Case]] = {
         Case(550, "5.7.1 Sender blocked", S.MAIL, O.PAUSE),
         Case(552, "5.3.4 Message size exceeds fixed limit", S.MAIL, O.PAUSE),
     ],
+    # A relay's quota or rate limit in its own words under a 5xx: nobody failed for it.
+    "over-sending-quota": [
+        Case(554, "Throttling failure: Daily message quota exceeded.", S.DOT, O.PAUSE, throttle=True),
+        Case(550, "5.4.5 Daily user sending quota exceeded.", S.RCPT, O.PAUSE, throttle=True),
+        Case(554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException", S.DOT, O.PAUSE,
+             throttle=True),
+    ],
+    "over-sending-rate": [
+        Case(550, "5.7.1 Daily sending rate exceeded", S.DOT, O.DEFER, throttle=True),
+        Case(500, "Too many messages on this connection", S.RCPT, O.DEFER, throttle=True),
+        Case(554, "Throttling failure: Maximum sending rate exceeded.", S.DOT, O.DEFER, throttle=True),
+    ],
     "throttled-454": [
         Case(454, "4.7.1 Relay access denied, slow down", S.RCPT, O.DEFER, throttle=True),
         Case(454, "4.7.0 Too many messages", S.MAIL, O.DEFER, throttle=True),
@@ -161,7 +173,6 @@ EXAMPLES: dict[str, list[Case]] = {
     ],
     "message-policy": [
         Case(550, "5.7.26 Unauthenticated email is not accepted (DMARC)", S.DOT, O.FAIL),
-        Case(550, "5.7.1 Daily sending rate exceeded", S.DOT, O.FAIL, throttle=True),
     ],
     "recipient-refused": [
         Case(550, "5.1.1 User unknown", S.RCPT, O.FAIL),
@@ -178,7 +189,6 @@ EXAMPLES: dict[str, list[Case]] = {
         Case(554, "5.7.1 Message refused", S.RCPT, O.FAIL),
         Case(552, "5.3.4 Message size exceeds fixed maximum message size", S.DOT, O.FAIL),
         Case(554, "5.5.1 No valid recipients", S.DATA, O.FAIL),
-        Case(500, "Too many messages on this connection", S.RCPT, O.FAIL, throttle=True),
     ],
 }
 

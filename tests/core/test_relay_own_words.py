@@ -1,0 +1,122 @@
+"""A relay's quota and rate limits in its own words, replies that contradict themselves, and a
+pause that always says why: nobody failed for the relay's limits, nobody sent twice unflagged."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mailtower.core.sender import Sender
+from mailtower.core.sink import Sink
+from mailtower.core.smtp_replies import Outcome, Stage, classify
+from tests.helpers import recipients, wait_for
+
+from .test_edge_smtp import events, holds_for, ledger, prepared_db, settings, started, stopped, until
+
+QUOTA = [
+    ("Amazon SES", 554, "Throttling failure: Daily message quota exceeded.", Stage.DOT),
+    ("Gmail", 550, "5.4.5 Daily user sending quota exceeded. Learn more at https://support.google.com/", Stage.RCPT),
+    ("Microsoft", 554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message",
+     Stage.DOT),
+    ("generic", 550, "5.7.1 Hourly sending limit reached for this account", Stage.MAIL),
+]
+RATE = [
+    ("Amazon SES", 554, "Throttling failure: Maximum sending rate exceeded.", Stage.DOT),
+    ("generic", 550, "5.7.1 Rate limit exceeded, try again later", Stage.RCPT),
+    ("generic", 554, "Too many messages, slow down", Stage.DOT),
+]
+
+
+@pytest.mark.parametrize("who, code, text, stage", QUOTA, ids=[q[0] for q in QUOTA])
+def test_a_sending_quota_used_up_pauses_and_fails_nobody(who: str, code: int, text: str, stage: Stage) -> None:
+    verdict = classify(code, text, stage)
+    assert verdict.outcome is Outcome.PAUSE and verdict.throttle, (who, verdict)
+
+
+@pytest.mark.parametrize("who, code, text, stage", RATE, ids=[r[0] for r in RATE])
+def test_a_5xx_rate_limit_defers_and_slows_down(who: str, code: int, text: str, stage: Stage) -> None:
+    verdict = classify(code, text, stage)
+    assert verdict.outcome is Outcome.DEFER and verdict.throttle, (who, verdict)
+
+
+@pytest.mark.parametrize("code, text, stage, outcome", [
+    (552, "5.2.2 Mailbox over quota", Stage.DOT, Outcome.DEFER),  # the recipient's mailbox: as before
+    (550, "User over quota", Stage.RCPT, Outcome.FAIL),  # not a sending quota
+    (550, "5.1.1 <x@example.com>: Recipient address rejected: User unknown", Stage.RCPT, Outcome.FAIL),
+    (554, "5.7.1 Message rejected as spam", Stage.DOT, Outcome.FAIL),
+])
+def test_other_permanent_refusals_are_unchanged(code: int, text: str, stage: Stage, outcome: Outcome) -> None:
+    assert classify(code, text, stage).outcome is outcome
+
+
+async def test_a_5xx_rate_limit_after_the_dot_fails_nobody(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Amazon SES answers the final dot "554 Throttling failure: Maximum sending rate exceeded."
+    for a while: those recipients were failed for good; now they wait and go later."""
+    db = await prepared_db(tmp_path, recipients(20))
+    throttled = {"user3@example.com", "user11@example.com"}
+
+    def fault(stage: str, address: str, attempt: int) -> str | None:
+        if stage == "data" and attempt == 1 and address in throttled:
+            return "554 Throttling failure: Maximum sending rate exceeded."
+        return None
+
+    with Sink(fault=fault) as sink:
+        sender = Sender(settings(db, sink.port))
+        await asyncio.wait_for(sender.run(until_idle=True), 60)
+    assert ledger(db) == {"sent": 20}
+    assert set(sink.received().values()) == {1}  # each accepted once
+    assert sender.relays[0].limiter.factor < 1.0  # and it slowed down
+
+
+@pytest.mark.parametrize("at, reply", [("rcpt", "550 5.4.5 Daily user sending quota exceeded."),
+                                       ("mail", "554 5.7.1 client host blocked")], ids=["quota", "blocked"])
+async def test_a_pause_keeps_its_reason_and_fails_nobody(tmp_path, at: str, reply: str) -> None:  # type: ignore[no-untyped-def]
+    """Every connection is refused: the relay pauses once, with the relay's words, however many
+    connections were still opening (their sessions once cleared the reason, and the status
+    said "paused: " with nothing after it), and nobody is failed."""
+    db = await prepared_db(tmp_path, recipients(20))
+    words = reply[4:]
+
+    def fault(stage: str, address: str, attempt: int) -> str | None:
+        return reply if stage == at else None
+
+    with Sink(fault=fault, latency=0.05) as sink:
+        sender = Sender(settings(db, sink.port, connections=4))
+        task = await started(sender)
+        try:
+            relay = sender.relays[0]
+            await wait_for(until(lambda: relay.paused), 20)
+            # The other connections finish opening meanwhile (50 ms a reply): the reason stays.
+            assert await holds_for(lambda: relay.status().state == "paused" and words in relay.status().reason, 1.5), \
+                relay.status()
+        finally:
+            await stopped(sender, task)
+    assert "failed" not in ledger(db)
+    paused = [d for k, d in events(db) if k == "auto-paused"]
+    assert paused and all(words in d for d in paused), paused
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+async def test_a_reply_to_the_dot_whose_lines_disagree_leaves_the_recipient_in_doubt(
+    tmp_path, pipelining: bool  # type: ignore[no-untyped-def]
+) -> None:
+    """"250-2.0.0 Ok: queued" then "451 4.3.0 temporary" in one reply (RFC 5321 4.2.1 wants one
+    code): the last line's 451 deferred it, it was sent again, and the resend was not flagged."""
+    db = await prepared_db(tmp_path, recipients(6))
+
+    def fault(stage: str, address: str, attempt: int) -> str | None:
+        if stage == "data" and attempt == 1 and address.startswith("user3@"):
+            return "250-2.0.0 Ok: queued as 4F2A1\r\n451 4.3.0 temporary"
+        return None
+
+    with Sink(fault=fault, pipelining=pipelining) as sink:
+        sender = Sender(settings(db, sink.port, connections=2))
+        await asyncio.wait_for(sender.run(until_idle=True), 60)
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        state, in_doubt = conn.execute(
+            "SELECT state, in_doubt FROM recipients WHERE email = 'user3@example.com'").fetchone()
+    assert state == "sent" and in_doubt == 1  # sent again, and marked as a possible duplicate
+    assert ledger(db) == {"sent": 6}
