@@ -562,6 +562,9 @@ def _read_config(config: ConfigFile) -> tuple[dict[str, Any], Path | None]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{config.what}: {path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses once per nested [ or {: no real setting nests that deep
+        raise UserError(f"{config.what}: {path}: not valid TOML for mailtower "
+                        "(arrays or tables nested too deeply)") from None
     return data, path.absolute()
 
 

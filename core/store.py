@@ -550,6 +550,45 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+def sqlite_filename(path: Path) -> str:
+    """The name SQLite is given for the database file `path` names: that path made absolute.
+    SQLite built with SQLITE_USE_URI (Debian's is) reads a name starting with `file:` as a URI
+    (`file:x.db?mode=memory` would be x.db, in memory) and `:memory:` as no file at all, while the
+    checks, the sender lease and the output protection see the file as named: a name starting
+    with '/' is always a plain file name to SQLite, so both mean one and the same file."""
+    return str(Path(path).absolute())
+
+
+_SHOWN_TABLES = 5
+
+
+async def _refuse_foreign_database(db: aiosqlite.Connection, path: Path) -> None:
+    """A SQLite file that has tables but no mailtower schema version is someone else's database:
+    refused before anything is written to it (not even the switch to WAL). An empty file, or a new
+    one, becomes a mailtower database; one of any older schema version is upgraded as before."""
+    async with db.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ) as cur:
+        names = sorted(row[0] for row in await cur.fetchall())
+    if not names or ("meta" in names and await _has_schema_version(db)):
+        return
+    shown = ", ".join(n if n.isprintable() and len(n) <= 40 else repr(n[:40]) for n in names[:_SHOWN_TABLES])
+    if len(names) > _SHOWN_TABLES:
+        shown += f" and {len(names) - _SHOWN_TABLES} more"
+    raise UserError(f"database {path}: not a mailtower database (it has tables named {shown} but no mailtower "
+                    "schema version); refusing to add mailtower's tables to it: give a new file name")
+
+
+async def _has_schema_version(db: aiosqlite.Connection) -> bool:
+    """True when the meta table holds a schema version as mailtower writes it (a whole number)."""
+    try:
+        async with db.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+            row = await cur.fetchone()
+    except sqlite3.OperationalError:  # a meta table of another shape: not ours
+        return False
+    return row is not None and str(row[0]).isascii() and str(row[0]).isdigit()
+
+
 def _open_failure(path: Path, exc: Exception) -> Exception:
     """The error to raise when opening failed: one line saying what to fix, where we can tell."""
     fault = storage_error(path, exc)
@@ -1167,7 +1206,7 @@ def _checkpoint_wal(conn: sqlite3.Connection) -> None:
 def _checkpoint_connection(path: Path) -> sqlite3.Connection:
     """The store's own connection for checkpoints, opened once (off the event loop) and kept,
     so the database's name is not opened again while the sender runs."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0, check_same_thread=False)
+    conn = sqlite3.connect(sqlite_filename(path), isolation_level=None, timeout=0, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")  # RESTART's wait; PASSIVE never waits
     except BaseException:
@@ -1393,13 +1432,14 @@ class Store:
         if not path.exists():
             _create_private_file(path)
         check_database_path(path)  # what SQLite will open is still a regular file
-        conn = aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+        conn = aiosqlite.connect(sqlite_filename(path), isolation_level=None, timeout=30.0)
         _daemonize(conn)
         try:
             db = await conn
         except Exception as exc:
             raise _open_failure(path, exc) from None
         try:
+            await _refuse_foreign_database(db, path)  # before WAL mode changes the file's header
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA busy_timeout = 30000")
@@ -2184,7 +2224,8 @@ class Store:
         """A second connection to the same file for record_now; None (and the awaitable path
         from then on) if it cannot be opened."""
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=0, check_same_thread=False)
+            conn = sqlite3.connect(sqlite_filename(self.path), isolation_level=None, timeout=0,
+                                   check_same_thread=False)
         except sqlite3.Error:
             self._inline_broken = True
             return None

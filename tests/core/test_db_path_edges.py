@@ -1,0 +1,185 @@
+"""What `--db` names, through the real `mailtower` command on real SQLite files.
+
+A database name is one file: the file the checks, the sender lease and the output protection look
+at is the file SQLite opens, even for names SQLite would otherwise read as a URI (`file:x.db`,
+`x.db?mode=memory`) or as no file at all (`:memory:`). A SQLite file that is someone else's
+database (tables, but no mailtower schema version) is refused in one line and left as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailtower.core.sink import Sink
+from mailtower.core.store import SCHEMA_VERSION, Store
+from tests.helpers import Cli, recipients, write_csv
+
+# SQLite only: file names and SQLite files; PostgreSQL refuses foreign tables in test_postgres_store.py.
+pytestmark = pytest.mark.sqlite_only
+
+# Names SQLite (built with SQLITE_USE_URI, as Debian's is) reads as a URI or as no file, when relative.
+URI_LIKE_NAMES = ["file:m.db", "file:m.db?mode=memory", "m.db?mode=memory", "m.db#x", ":memory:", "file::memory:"]
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def new_mailing(cli: Cli, tmp_path: Path, n: int = 2) -> str:
+    body = tmp_path / "body.txt"
+    body.write_text("Hello {{ name }}\n", encoding="utf-8")
+    people = write_csv(tmp_path / "people.csv", recipients(n))
+    return cli.ok("new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+                  "--recipients", str(people)).strip()
+
+
+def mailings_in(path: Path) -> int:
+    with sqlite3.connect(path.absolute()) as conn:  # absolute: the literal file, never a URI
+        return int(conn.execute("SELECT count(*) FROM mailings").fetchone()[0])
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the working directory: the names under test are relative."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ---- a name is one file ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", URI_LIKE_NAMES)
+def test_a_uri_like_db_name_is_stored_in_that_literal_file(here: Path, name: str) -> None:
+    cli = Cli(Path(name))
+    new_mailing(cli, here)
+    assert (here / name).is_file() and mailings_in(here / name) == 1
+    # Nothing else became a database: no m.db beside it, and the next command sees the mailing.
+    companions = {f"{name}-wal", f"{name}-shm"}
+    assert sorted(p.name for p in here.iterdir() if p.name not in companions) == sorted([name, "body.txt", "people.csv"])
+    assert '#1 n' in cli.ok("status")
+
+
+def test_output_naming_the_file_db_is_refused_and_the_database_is_intact(here: Path) -> None:
+    cli = Cli(Path("file:X.db"))
+    mailing = new_mailing(cli, here)
+    before = digest(here / "file:X.db")
+    code, out, err = cli("--db", "file:X.db", "remaining", mailing, "--csv", "-o", "file:X.db", "--force")
+    assert code == 2 and out == "" and "will not write over" in one_line(err)
+    assert digest(here / "file:X.db") == before and mailings_in(here / "file:X.db") == 1
+
+
+def test_output_to_the_name_sqlite_used_to_open_is_another_file(here: Path) -> None:
+    # Before the fix SQLite opened X.db for `--db file:X.db` while the protection looked at
+    # file:X.db, so `-o X.db --force` overwrote the live database with CSV.
+    cli = Cli(Path("file:X.db"))
+    mailing = new_mailing(cli, here)
+    before = digest(here / "file:X.db")
+    code, out, err = cli("--db", "file:X.db", "remaining", mailing, "--csv", "-o", "X.db", "--force")
+    assert code == 0, err
+    assert (here / "X.db").read_text(encoding="utf-8").startswith("email,")
+    assert digest(here / "file:X.db") == before and mailings_in(here / "file:X.db") == 1
+
+
+def test_an_existing_database_is_not_opened_through_a_file_uri_name(here: Path) -> None:
+    real = Cli(Path("X.db"))
+    new_mailing(real, here)
+    before = digest(here / "X.db")
+    code, out, err = Cli(Path("file:X.db"))("--db", "file:X.db", "remaining", "1", "--csv", "-o", "X.db", "--force")
+    assert code != 0 and "Traceback" not in err  # file:X.db is a new, empty database: no mailing 1
+    assert digest(here / "X.db") == before and mailings_in(here / "X.db") == 1
+
+
+def test_a_sender_on_a_file_uri_name_sends_from_that_file(here: Path) -> None:
+    # The sender's own connections (inline ledger writes, checkpoints) open the same file too.
+    with Sink() as sink:
+        cli = Cli(Path("file:S.db"), sink.port)
+        mailing = new_mailing(cli, here, n=30)
+        cli.ok("send-now", mailing)
+        cli.ok("run", "--until-idle")
+        assert len(sink.received()) == 30
+    with sqlite3.connect(here / "file:S.db") as conn:
+        assert conn.execute("SELECT state, sent FROM mailings").fetchone() == ("completed", 30)
+    assert not (here / "S.db").exists()
+
+
+# ---- someone else's SQLite file ---------------------------------------------------------------------
+
+
+def foreign_db(path: Path, *statements: str) -> Path:
+    with sqlite3.connect(path) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    conn.close()
+    return path
+
+
+FOREIGN = {
+    "our table names": ("CREATE TABLE recipients (x)", "CREATE TABLE mailings (y)"),
+    "other tables": ("CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"),
+    "a view only": ("CREATE VIEW v AS SELECT 1",),
+    "a meta table of its own": ("CREATE TABLE meta (k, v)", "INSERT INTO meta VALUES ('schema_version', 3)"),
+    "meta without a version": ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                               "INSERT INTO meta VALUES ('owner', 'someone')"),
+    "a version that is not a number": ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                                       "INSERT INTO meta VALUES ('schema_version', 'v2')"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN))
+@pytest.mark.parametrize("command", [["status"], ["limits"], ["run", "--until-idle"]])
+def test_a_foreign_sqlite_database_is_refused_and_left_as_it_was(tmp_path: Path, kind: str, command: list[str]) -> None:
+    db = foreign_db(tmp_path / "f.db", *FOREIGN[kind])
+    before = digest(db)
+    code, out, err = Cli(db)(*command)
+    line = one_line(err)
+    assert code == 2 and out == ""
+    assert str(db) in line and "not a mailtower database" in line and "refusing to add mailtower's tables" in line
+    assert digest(db) == before  # not even switched to WAL
+    # `run` takes the sender lease (an empty lock file beside it) before it opens the database.
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lease")) == ["f.db"]
+
+
+def test_the_refusal_names_the_tables_on_one_line(tmp_path: Path) -> None:
+    db = foreign_db(tmp_path / "f.db", *(f'CREATE TABLE "t{i}" (x)' for i in range(9)), 'CREATE TABLE "a\nb" (x)')
+    line = one_line(Cli(db)("status")[2])
+    assert "tables named 'a\\nb', t0, t1, t2, t3 and 5 more" in line
+
+
+@pytest.mark.parametrize("content", [b"", None])
+def test_an_empty_file_or_a_new_name_becomes_a_mailtower_database(tmp_path: Path, content: bytes | None) -> None:
+    db = tmp_path / "new.db"
+    if content is not None:
+        db.write_bytes(content)
+    cli = Cli(db)
+    new_mailing(cli, tmp_path)
+    assert mailings_in(db) == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+
+
+def test_a_mailtower_database_with_a_table_of_the_users_own_still_opens(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    cli = Cli(db)
+    new_mailing(cli, tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE my_notes (x)")
+    conn.close()
+    assert "#1 n" in cli.ok("status")
+
+
+def test_store_open_refuses_a_foreign_database_in_process(tmp_path: Path) -> None:
+    db = foreign_db(tmp_path / "f.db", "CREATE TABLE t (x)")
+    with pytest.raises(Exception, match="not a mailtower database") as caught:
+        asyncio.run(Store.open(db))
+    assert type(caught.value).__name__ == "UserError"
