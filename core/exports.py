@@ -3,23 +3,66 @@
 The export streams keyset pages from the store, so a million remaining recipients cost a page
 of memory, not a million rows. The file is created readable by its owner only: it holds
 addresses and server replies.
+
+The file is one `import` (and `new --recipients`) reads back into an equivalent mailing: after
+`email` and `name` come the status columns (`state`, `attempts`, `last_code`, `last_error`), which
+the importer recognises as the export's and does not take as merge fields (see
+recipients_csv.EXPORT_STATUS_COLUMNS), then `tz` when a listed recipient has a time zone, then every
+merge field any listed recipient carries, in sorted order. Finding those columns takes one pass
+over the listed rows before the file is written.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from .display import safe
 from .domain import Recipient, RecipientState
+from .errors import UserError
 from .files import atomic_output, check_output_path, database_companions
-from .recipients_csv import neutralise_formula
+from .recipients_csv import EXPORT_STATUS_COLUMNS, neutralise_formula
 from .store import Store
 
-HEADER = ("email", "name", "state", "attempts", "last_code", "last_error")
+HEADER = ("email", "name", *EXPORT_STATUS_COLUMNS)
 PAGE_SIZE = 2000
 REPLACE_HINT = "allow replacing it or choose another name"
+# Columns the importer reads as the recipient's own (any case): a merge field cannot take their name.
+_RECIPIENT_COLUMNS = ("email", "name", "tz")
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The columns of an export beyond HEADER: `tz` if any listed recipient has a zone, and the
+    merge fields of the listed recipients (sorted, so the same rows always give the same file)."""
+
+    tz: bool = False
+    fields: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> tuple[str, ...]:
+        return (*HEADER, *(("tz",) if self.tz else ()), *self.fields)
+
+
+def columns_of(recipients: Iterable[Recipient], mailing_id: int = 0) -> Columns:
+    """The columns that hold every value of `recipients`; UserError if a merge field's name is the
+    name of a column the export writes itself (the file could not be read back)."""
+    tz = False
+    names: set[str] = set()
+    for recipient in recipients:
+        tz = tz or bool(recipient.tz)
+        names.update(recipient.fields)
+    for name in sorted(names):
+        if name.lower() in _RECIPIENT_COLUMNS or name in EXPORT_STATUS_COLUMNS:
+            where = f"mailing {mailing_id}" if mailing_id else "the recipients"
+            raise UserError(
+                f"{where}: merge field '{safe(name)}' has the name of a column the export writes itself "
+                f"({', '.join(HEADER + ('tz',))}), so the file could not be read back; nothing was written"
+            )
+    return Columns(tz, tuple(sorted(names)))
 
 
 def state_label(recipient: Recipient) -> str:
@@ -33,17 +76,24 @@ def state_label(recipient: Recipient) -> str:
     return recipient.state.value
 
 
-def _row(recipient: Recipient) -> tuple[str, str, str, int, str, str]:
-    # Every text cell is neutralised: names come from imported files and last_error from remote
-    # servers, and a spreadsheet would run "=HYPERLINK(...)" or "+cmd|..." as a formula.
-    return (
+def _row(recipient: Recipient, columns: Columns = Columns()) -> list[str | int]:
+    # Every text cell is neutralised: names and merge fields come from imported files and
+    # last_error from remote servers, and a spreadsheet would run "=HYPERLINK(...)" or "+cmd|..."
+    # as a formula. The importer removes the apostrophe again (recipients_csv.restore_formula).
+    row: list[str | int] = [
         neutralise_formula(recipient.email),
         neutralise_formula(recipient.name),
         state_label(recipient),
         recipient.attempts,
         "" if recipient.last_code is None else str(recipient.last_code),
         neutralise_formula(recipient.last_error or ""),
-    )
+    ]
+    if columns.tz:
+        row.append(neutralise_formula(recipient.tz))
+    if columns.fields:
+        values = recipient.fields
+        row.extend(neutralise_formula(str(values.get(name, ""))) for name in columns.fields)
+    return row
 
 
 async def export_remaining_csv(
@@ -78,12 +128,36 @@ async def remaining_pages(store: Store, mailing_id: int, search: str = "") -> As
         after_id = page[-1].id
 
 
+async def remaining_columns(store: Store, mailing_id: int, search: str = "") -> Columns:
+    """The columns an export of the remaining recipients (so filtered) needs: one pass over them."""
+    tz = False
+    names: set[str] = set()
+    async for page in remaining_pages(store, mailing_id, search):
+        found = columns_of(page, mailing_id)
+        tz = tz or found.tz
+        names.update(found.fields)
+    return Columns(tz, tuple(sorted(names)))
+
+
 async def write_remaining_csv(store: Store, mailing_id: int, handle: TextIO, search: str = "") -> int:
-    """CSV (header row, address first) of the remaining recipients to an open text handle; rows written."""
+    """CSV (header row, address first) of the remaining recipients to an open text handle; rows written.
+
+    A pass over the rows finds their columns before anything is written, so a refusal (a merge
+    field named like a column of the export) leaves the handle untouched."""
+    columns = await remaining_columns(store, mailing_id, search)
     writer = csv.writer(handle)
-    writer.writerow(HEADER)
+    writer.writerow([neutralise_formula(name) for name in columns.header])  # a merge field "=x" too
+    known = frozenset(columns.fields)
     written = 0
     async for page in remaining_pages(store, mailing_id, search):
-        writer.writerows(_row(recipient) for recipient in page)
+        for recipient in page:
+            if (recipient.tz and not columns.tz) or not recipient.fields.keys() <= known:
+                # Recipients with other columns were imported between the two passes: writing
+                # on would lose their values.
+                raise UserError(
+                    f"mailing {mailing_id}: recipients with other columns were imported during the export, "
+                    "so it is incomplete; export again"
+                )
+        writer.writerows(_row(recipient, columns) for recipient in page)
         written += len(page)
     return written

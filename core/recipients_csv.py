@@ -46,7 +46,9 @@ def _validate(address: str, **options: bool) -> Any:  # email_validator's Valida
         raise InvalidAddress(str(exc)) from None
 
 __all__ = [
+    "EXPORT_STATUS_COLUMNS",
     "RecipientFile",
+    "RejectedCells",
     "open_recipients",
     "read_header",
     "read_recipients",
@@ -75,6 +77,11 @@ FORMULA_LEADS = frozenset("=+-@\t\r")
 # (not only CR and LF) could split a header; NUL is refused by SMTP servers.
 _HEADER_BREAKERS = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _RESERVED = ("email", "name", "tz")
+# The status columns `remaining --csv` (core/exports) writes after `email` and `name`. A file whose
+# header holds all four, spelled so, is such an export: they are read as the export's, not as
+# merge fields, so the file imports into an equivalent mailing. One or two of them alone (a
+# "state" column of a mailing list) are merge fields as ever.
+EXPORT_STATUS_COLUMNS = ("state", "attempts", "last_code", "last_error")
 # Column names an operator may use for a recipient's time zone, meaning the `tz` column.
 _ZONE_LOOKALIKES = ("timezone", "time_zone", "time-zone", "time zone", "zone", "tzid", "tz_name", "iana_tz", "olson")
 _BODY_WHITESPACE = "\t\n\r"  # allowed in merge-field values (not in names)
@@ -186,6 +193,23 @@ def _normalize_special(local: str, domain: str, special: str) -> str:
     return f"{result.local_part}@{normalized_stem}{special}"
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class RejectedCells(RejectedRow):
+    """A rejected row with its own cells (the export's apostrophe removed, as for a valid row) and
+    the file's column names, so a --rejects file can give the row back (standard input has no
+    other copy). It is the same rejection as RejectedRow(line, reason): the cells are context."""
+
+    cells: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RejectedRow):
+            return (self.line, self.reason) == (other.line, other.reason)
+        return NotImplemented
+
+    __hash__ = RejectedRow.__hash__
+
+
 @dataclass(frozen=True, slots=True)
 class _Layout:
     """Where each column of a parsed header goes."""
@@ -195,6 +219,7 @@ class _Layout:
     name: int | None
     tz: int | None
     fields: list[tuple[int, str]]
+    status: tuple[int, ...] = ()  # the columns of an export's status (EXPORT_STATUS_COLUMNS), not data
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +252,11 @@ class RecipientFile:
 
     @property
     def header(self) -> list[str]:
-        """Column names (BOM removed, stripped)."""
-        return self._layout.names
+        """Names of the columns that hold recipient data (BOM removed, stripped, an export's
+        apostrophe removed): every column but the status columns of a `remaining --csv` export."""
+        if not self._layout.status:
+            return self._layout.names
+        return [n for i, n in enumerate(self._layout.names) if i not in self._layout.status]
 
     def rows(
         self,
@@ -325,6 +353,7 @@ def _valid_rows(
     zone_ok = _bounded_memo(valid_zone)
     guarded_columns = [(i, f) for i, f in layout.fields if f in guarded]
     width = len(layout.names)
+    columns = tuple(layout.names)
     for line, cells in _rows(reader, label):
         if not cells:
             continue
@@ -340,7 +369,7 @@ def _valid_rows(
         if isinstance(outcome, ImportedRow):
             yield outcome
         elif outcome is not None:
-            on_reject(outcome)
+            on_reject(RejectedCells(outcome.line, outcome.reason, tuple(cells), columns))
 
 
 def neutralise_formula(cell: str) -> str:
@@ -513,7 +542,8 @@ def _parse_header(reader: _Reader, path: str) -> _Layout:
             raise ImportRejected(f"{path}: no header row in the first {MAX_LINES_BEFORE_HEADER:,} lines")
     if header is None:
         raise ImportRejected(f"{path}: the file is empty (a header row with an 'email' column is required)")
-    names = [cell.strip() for cell in header]
+    # A header cell is neutralised like any other when an export writes it (a merge field "=x").
+    names = [restore_formula(cell.strip()) for cell in header]
     seen: dict[str, int] = {}
     for column, name in enumerate(names, 1):
         if not name:
@@ -530,5 +560,7 @@ def _parse_header(reader: _Reader, path: str) -> _Layout:
     reserved = {key: seen[key] - 1 for key in _RESERVED if key in seen}
     if "email" not in reserved:
         raise ImportRejected(f"{path}: line {line}: the header has no 'email' column")
-    fields = [(i, name) for i, name in enumerate(names) if name.lower() not in _RESERVED]
-    return _Layout(names, reserved["email"], reserved.get("name"), reserved.get("tz"), fields)
+    status = tuple(seen[name] - 1 for name in EXPORT_STATUS_COLUMNS) if all(
+        name in seen for name in EXPORT_STATUS_COLUMNS) else ()
+    fields = [(i, name) for i, name in enumerate(names) if name.lower() not in _RESERVED and i not in status]
+    return _Layout(names, reserved["email"], reserved.get("name"), reserved.get("tz"), fields, status)

@@ -23,7 +23,7 @@ from pathlib import Path
 from .display import safe
 from .errors import UserError
 from .files import MIB, database_companions, is_stdin, read_text_bounded, same_file
-from .recipients_csv import InvalidAddress, normalize_address
+from .recipients_csv import InvalidAddress, normalize_address, restore_formula
 from .store import Store
 from .unsubscribe import check_token, issued_secret
 
@@ -108,21 +108,33 @@ async def _store_entries(store: Store, entries: list[Entry]) -> tuple[int, int]:
 
 
 async def remove_addresses(store: Store, addresses: Iterable[str], *, allow_special: bool = False) -> tuple[int, list[str]]:
-    """Take addresses off the list (mailings created later may send to them again).
-    Returns (removed, those that were not on it)."""
+    """Take addresses off the list (mailings created later may send to them again); all or nothing.
+
+    Each address is looked up by its key, as `suppress add` made it. One that is not a valid
+    address is still taken off if an entry has exactly that key (an entry added while special-use
+    domains were allowed); otherwise it is refused (UserError, one line) and nothing is removed.
+    Returns (removed, the valid addresses that were not on the list)."""
     keys: dict[str, str] = {}
+    invalid: dict[str, str] = {}  # key -> why the address is not valid
     for address in addresses:
         text = address.strip()
+        if not text:
+            raise UserError("suppress remove: an empty address; nothing was removed")
         try:
             key, _ = address_key(text, allow_special=allow_special)
-        except UserError:
-            key = text.lower()  # an entry that no longer validates can still be removed by its key
-        if not key:
-            raise UserError("suppress remove: an empty address")
+        except UserError as exc:
+            key = text.lower()
+            invalid.setdefault(key, str(exc))
         keys.setdefault(key, text)
     present = await store.suppressed_keys(keys)
-    async with store.write() as tx:
-        removed = await tx.remove_suppressions(present)
+    keys, present = await _as_listed(store, keys, present, allow_special)
+    for key, why in invalid.items():
+        if key in keys and key not in present:
+            raise UserError(f"suppress remove: {why}; nothing was removed")
+    removed = 0
+    if present:
+        async with store.write() as tx:
+            removed = await tx.remove_suppressions(present)
     return removed, [keys[k] for k in keys if k not in present]
 
 
@@ -151,13 +163,37 @@ def _values(text: str) -> Iterable[tuple[int, str]]:
     return ((n + 1, line.strip()) for n, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#"))
 
 
+async def _as_listed(
+    store: Store, keys: dict[str, str], present: set[str], allow_special: bool
+) -> tuple[dict[str, str], set[str]]:
+    """Addresses pasted from a listing: `suppress list` and `remaining` show "'=x@example.org"
+    for "=x@example.org" (a listing may end up in a spreadsheet). One not on the list as given is
+    looked up without that apostrophe too, as `import` reads such a cell."""
+    restored: dict[str, str] = {}
+    for key, text in keys.items():
+        plain = restore_formula(text)
+        if key not in present and plain != text:
+            try:
+                restored[address_key(plain, allow_special=allow_special)[0]] = key
+            except UserError:
+                continue
+    found = await store.suppressed_keys(restored) if restored else set()
+    if not found:
+        return keys, present
+    swapped = {restored[f] for f in found}  # the keys as given, now found without the apostrophe
+    kept = {k: t for k, t in keys.items() if k not in swapped}
+    return {**kept, **{f: keys[restored[f]] for f in found}}, set(present) | found
+
+
 def _csv_values(text: str, first: int, column: int) -> Iterable[tuple[int, str]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         for row in reader:
             if reader.line_num <= first + 1 or not any(cell.strip() for cell in row):
                 continue  # the header (and blank lines before it), blank rows
-            yield reader.line_num, (row[column].strip() if column < len(row) else "")
+            # An export's cell (`remaining --csv`) has an apostrophe before "=", "+", "-" or "@":
+            # the address is what follows it, as `import` reads it.
+            yield reader.line_num, (restore_formula(row[column].strip()) if column < len(row) else "")
     except csv.Error as exc:
         raise ValueError(f"line {reader.line_num}: {exc}") from None
 

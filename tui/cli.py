@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--recipients", type=Path, required=True, metavar="CSV",
                      help="recipient CSV file (- reads standard input)")
     new.add_argument("--rejects", type=Path, metavar="FILE",
-                     help="also write rejected rows to this CSV file (written once the import succeeded)")
+                     help="also write rejected rows to this CSV file: line, reason, then the row's own cells "
+                          "under the file's column names (written once the import succeeded)")
     new.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
     when = new.add_mutually_exclusive_group()
     when.add_argument("--now", action="store_true", help="queue it for sending now (without --now or --at: a draft)")
@@ -261,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("id", type=mailing_id, help=ID_HELP)
     imp.add_argument("csv", type=Path, metavar="CSV", help="recipient CSV file; - reads standard input")
     imp.add_argument("--rejects", type=Path, metavar="FILE",
-                     help="also write rejected rows to this CSV file (written once the import succeeded)")
+                     help="also write rejected rows to this CSV file: line, reason, then the row's own cells "
+                          "under the file's column names (written once the import succeeded)")
     imp.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
     add_global_options(imp, in_command=True)
 
@@ -341,12 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     rem = add_command(
         sub, "remaining", "recipients who have not received a mailing",
         "Pending, deferred and in-doubt recipients: by default tab-separated address, state and the\n"
-        "server's last reply; --csv the columns `import` reads back.",
+        "server's last reply; --csv a file `import` and `new --recipients` read back into the same\n"
+        "recipients: email, name, state, attempts, last_code, last_error (read back as the export's\n"
+        "status, not as merge fields), then tz and each merge field when the recipients have them.",
         "  mailtower remaining 4 | less\n"
         "  mailtower remaining 4 --csv -o left.csv\n",
     )
     rem.add_argument("id", type=mailing_id, help=ID_HELP)
-    rem.add_argument("--csv", action="store_true", help="CSV (address first) instead of the tab-separated listing")
+    rem.add_argument("--csv", action="store_true",
+                     help="CSV with every column `import` reads back (address first) instead of the tab-separated listing")
     rem.add_argument("-o", "--output", type=Path, metavar="FILE",
                      help="write to this file instead of standard output (- is standard output)")
     rem.add_argument("--force", action="store_true", help="replace the --output file if it exists")
@@ -363,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", metavar="STATES", help=f"only these states, comma-separated: {', '.join(STATE_CHOICES)} (default: all)"
     )
     fmt = rcp.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    fmt.add_argument("--csv", action="store_true",
+                     help="CSV with a header row: email, name, state, attempts, last_code, last_error")
     fmt.add_argument("--json", action="store_true", help="JSON lines: one object per recipient")
     add_global_options(rcp, in_command=True)
 
@@ -551,6 +557,12 @@ def _short(reason: str) -> str:
 class RejectLog:
     """Reports rejected rows on stderr (the first `limit`) and into an open CSV handle when given.
 
+    The file holds `line,reason` and then the rejected row's own cells under the recipient
+    file's column names (formula-protected like every CSV mailtower writes, so `import` reads
+    the cells back as they were): a list read from standard input can be fixed and imported
+    again once the `line` and `reason` columns are deleted. The header is written with the first
+    rejected row (a file without one is `line,reason` alone).
+
     The handle is a temporary file (see `optional_output`): it becomes the --rejects file only
     when the whole command succeeded."""
 
@@ -564,9 +576,16 @@ class RejectLog:
         self._max_bytes = max_bytes
         self._room = max_bytes
         self._unwritten = 0
+        self._columns: tuple[str, ...] | None = None  # of the header written, once it is
         if handle is not None:
             self._writer = csv.writer(handle)
-            self._writer.writerow(["line", "reason"])
+
+    def _header(self, columns: tuple[str, ...]) -> None:
+        if self._columns is None:
+            self._columns = columns
+            cells = ["line", "reason", *(neutralise_formula(c) for c in columns)]
+            self._room -= sum(len(c.encode("utf-8")) + 3 for c in cells)
+            self._writer.writerow(cells)
 
     def __call__(self, row: RejectedRow) -> None:
         self.count += 1
@@ -577,19 +596,25 @@ class RejectLog:
             print(safe(f"{self.source}:{row.line}: {reason}"), file=sys.stderr)
         if self._writer is None:
             return
-        cost = len(reason.encode("utf-8")) + 24  # the line number, quotes and separators
+        cells: tuple[str, ...] = getattr(row, "cells", ())
+        self._header(getattr(row, "columns", ()))
+        # The line number, quotes and separators; a cell may be quoted, its quotes doubled.
+        cost = len(reason.encode("utf-8")) + 24 + sum(len(c.encode("utf-8")) + c.count('"') + 4 for c in cells)
         if cost > self._room:
             self._unwritten += 1
             return
         self._room -= cost
-        self._writer.writerow([row.line, neutralise_formula(reason)])
+        self._writer.writerow([row.line, neutralise_formula(reason), *(neutralise_formula(c) for c in cells)])
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.clear()
         if self.count > self.limit:
             print(safe(f"{self.source}: {self.count - self.limit:,} more rows rejected"), file=sys.stderr)
-        if self._writer is not None and self._unwritten:
+        if self._writer is None:
+            return
+        self._header(())
+        if self._unwritten:
             note = f"{self._unwritten:,} more rows rejected; the file stops at {describe_size(self._max_bytes)}"
             self._writer.writerow(["", note])
             print(safe(f"{self.source}: {note}"), file=sys.stderr)

@@ -39,6 +39,21 @@ def addresses(n: int) -> str:
     return f"{n:,} address{'' if n == 1 else 'es'}"
 
 
+SHOWN_ABSENT = 10  # addresses named in the line of `suppress remove` about those not on the list
+
+
+def removed_line(removed: int, absent: list[str]) -> str:
+    """The one line of a `suppress remove` that found some addresses not on the list."""
+    if len(absent) == 1:
+        note = f"{absent[0]}: not on the suppression list"
+    else:
+        more = f" and {len(absent) - SHOWN_ABSENT:,} more" if len(absent) > SHOWN_ABSENT else ""
+        note = f"{len(absent):,} addresses not on the suppression list: {', '.join(absent[:SHOWN_ABSENT])}{more}"
+    if not removed:
+        return f"{note}; nothing removed"
+    return f"removed {addresses(removed)} from the suppression list; {note}"
+
+
 def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) -> None:
     from .cli import ID_HELP, OneLineParser, add_global_options, mailing_id
 
@@ -70,7 +85,10 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
                              description="Tab-separated: address, source, date, mailing, reason.")
     lst.add_argument("--json", action="store_true", help="JSON lines: one object per address")
     rem = actions.add_parser("remove", help="take addresses off the list",
-                             description="Mailings created or imported later may send to them again.")
+                             description="Mailings created or imported later may send to them again. All or nothing:\n"
+                                         "a value that is not an address (and not on the list) changes nothing (exit 2);\n"
+                                         "addresses not on the list are named in one line (exit 0).",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     rem.add_argument("addresses", nargs="+", metavar="ADDRESS", help="the addresses to take off the list")
     for parser in (sup, add, imp, lst, rem):
         add_global_options(parser, in_command=True)
@@ -176,10 +194,11 @@ async def cmd_suppress(args: argparse.Namespace, store: Store) -> int:
         return 0
     if args.suppress_command == "remove":
         removed, absent = await remove_addresses(store, args.addresses, allow_special=allow)
-        for address in absent:
-            print(safe(f"mailtower: {address}: not on the suppression list"), file=sys.stderr)
-        say(args, f"removed {addresses(removed)} from the suppression list")
-        return 0
+        if not absent:
+            say(args, f"removed {addresses(removed)} from the suppression list")
+        else:  # one line, shown even with --quiet: what was asked did not all happen (like before)
+            print(safe(removed_line(removed, absent)), file=sys.stderr)
+        return 0  # like `suppress add` of an address already on it: nothing left to do is no error
     return await _list(args, store)
 
 
@@ -201,7 +220,9 @@ async def _list(args: argparse.Namespace, store: Store) -> int:
                                       "mailing_id": mailing, "reason": reason}) + "\n")
             else:
                 cells = (email, source, added, "" if mailing is None else str(mailing), reason)
-                # Reasons are servers' and people's words: one safe cell each, no formula.
+                # Reasons are servers' and people's words: one safe cell each, no formula (a listing
+                # redirected to a file may be opened in a spreadsheet); `suppress remove` takes the
+                # address as shown here too (remove_addresses).
                 out.write("\t".join(neutralise_formula(safe(c)) for c in cells) + "\n")
 
 

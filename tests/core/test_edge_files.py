@@ -180,7 +180,7 @@ def test_existing_rejects_file_needs_force_and_is_replaced_atomically(
     assert code == 0, err
     with target.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["line", "reason"] and rows[1][0] == "3" and "not-an-address" in rows[1][1]
+    assert rows[0][:2] == ["line", "reason"] and rows[1][0] == "3" and "not-an-address" in rows[1][1]
     assert target.stat().st_ino != inode  # a new file renamed over the old one, not rewritten in place
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
