@@ -206,25 +206,39 @@ class OnDisk:
     outcome are committed, and the mark did not find the address suppressed meanwhile (else
     SuppressedMeanwhile: no dot). The worker writes them itself, at once, on the event loop's
     thread when the store can (Store.record_now: no hop to the database thread, no wake-up of
-    the feeder); else the feeder writes them. Awaitable again on a retry (instant then)."""
+    the feeder); else the feeder writes them. Awaitable again on a retry (instant then).
+
+    The mark is asked for at the first await, when the server has taken the envelope and the
+    body is next: a row whose connection is still opening, or was refused at MAIL or RCPT, is
+    never `sending` on disk, so a stop does not leave it "in doubt" for a message the server
+    never had (a mark asked for when the job started was written by the next commit, whatever
+    the connection was doing)."""
 
     __slots__ = ("sender", "run", "waiter", "row_id")
 
     def __init__(self, sender: Sender, run: HeadRun, row_id: int) -> None:
         self.sender, self.run, self.row_id = sender, run, row_id
-        self.waiter = run.on_disk()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def _mark(self) -> asyncio.Future[None]:
+        """Ask for the row's mark in the next commit; the future that commit resolves."""
+        self.run.marks.append(self.row_id)
+        self.run.marked.add(self.row_id)
+        self.waiter = self.run.on_disk()
+        return self.waiter
 
     def __await__(self) -> Generator[object, None, None]:
-        if not self.waiter.done():
+        waiter = self.waiter or self._mark()
+        if not waiter.done():
             if len(self.sender._busy) > 1:  # noqa: SLF001
                 # One turn of the loop first: other connections whose replies came in the same
                 # wake-up add their outcomes and marks, and one write serves them all.
                 yield
-            if not self.waiter.done():
+            if not waiter.done():
                 self.sender._flush_inline(self.run)  # noqa: SLF001 - the sender's own helper
-                if not self.waiter.done():
+                if not waiter.done():
                     self.run.wake.set()  # the store was busy: the feeder writes it
-        yield from self.waiter.__await__()
+        yield from waiter.__await__()
         if self.row_id in self.run.barred:
             raise SuppressedMeanwhile(f"recipient {self.row_id} was suppressed before it was sent")
 
@@ -949,11 +963,10 @@ class Sender:
         self, conn: SmtpConnection, relay: RelayState, run: HeadRun, job: Job, carry: Carry | None = None, index: int = 0
     ) -> None:
         row_id = job.row.id
-        # Mark the row `sending` in the next commit (with this connection's previous outcome)
-        # and send; its final dot waits for that commit, so only a row that may have reached
-        # the server is ever `sending` on disk, one per connection.
-        run.marks.append(row_id)
-        run.marked.add(row_id)
+        # Send, marking the row `sending` in the next commit (with this connection's previous
+        # outcome) once the server took its envelope (OnDisk); its final dot waits for that
+        # commit, so only a row that may have reached the server is ever `sending` on disk, one
+        # per connection.
         on_disk = OnDisk(self, run, row_id)
         then = None if carry is None else (lambda: self._look_ahead(carry, conn, relay, run, index))
         premade = None if carry is None else carry.premade(row_id)

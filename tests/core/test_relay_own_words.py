@@ -120,3 +120,39 @@ async def test_a_reply_to_the_dot_whose_lines_disagree_leaves_the_recipient_in_d
             "SELECT state, in_doubt FROM recipients WHERE email = 'user3@example.com'").fetchone()
     assert state == "sent" and in_doubt == 1  # sent again, and marked as a possible duplicate
     assert ledger(db) == {"sent": 6}
+
+
+async def test_a_stop_while_the_relay_holds_its_greeting_leaves_nobody_in_doubt(
+    tmp_path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """The relay accepts the connection and says nothing. The row the connection was given was
+    marked `sending` when its job started, so the stop cut off "1 message in flight" and left it
+    in doubt, though the server never had it: a row is marked only once its envelope is taken."""
+    import sqlite3
+
+    monkeypatch.setattr("mailtower.core.sender.STOP_GRACE", 0.5)
+    db = await prepared_db(tmp_path, recipients(3))
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # held open, never greeted
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sender = Sender(settings(db, port, connections=1, smtp_timeout=60))
+        task = await started(sender)
+        await wait_for(until(lambda: bool(accepted)), 20)
+        # Long enough for the feeder's next write (FLUSH_INTERVAL), which wrote the early mark.
+        assert await holds_for(lambda: not task.done(), 0.6)
+        await stopped(sender, task)
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    with sqlite3.connect(db) as conn:
+        states = dict(conn.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state").fetchall())
+        (mailing_doubt,) = conn.execute("SELECT in_doubt FROM mailings").fetchone()
+        flagged = conn.execute("SELECT COUNT(*) FROM recipients WHERE in_doubt <> 0").fetchone()[0]
+    assert states == {"pending": 3} and mailing_doubt == 0 and flagged == 0
