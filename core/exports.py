@@ -15,7 +15,7 @@ over the listed rows before the file is written.
 from __future__ import annotations
 
 import csv
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -47,19 +47,14 @@ class Columns:
         return (*HEADER, *(("tz",) if self.tz else ()), *self.fields)
 
 
-def columns_of(recipients: Iterable[Recipient], mailing_id: int = 0) -> Columns:
-    """The columns that hold every value of `recipients`; UserError if a merge field's name is the
-    name of a column the export writes itself (the file could not be read back)."""
-    tz = False
-    names: set[str] = set()
-    for recipient in recipients:
-        tz = tz or bool(recipient.tz)
-        names.update(recipient.fields)
+def columns_of(tz: bool, names: set[str], mailing_id: int) -> Columns:
+    """The columns that hold every value of the listed recipients (`tz`: any has a zone; `names`:
+    their merge fields); UserError if a merge field's name is the name of a column the export
+    writes itself (the file could not be read back)."""
     for name in sorted(names):
         if name.lower() in _RECIPIENT_COLUMNS or name in EXPORT_STATUS_COLUMNS:
-            where = f"mailing {mailing_id}" if mailing_id else "the recipients"
             raise UserError(
-                f"{where}: merge field '{safe(name)}' has the name of a column the export writes itself "
+                f"mailing {mailing_id}: merge field '{safe(name)}' has the name of a column the export writes itself "
                 f"({', '.join(HEADER + ('tz',))}), so the file could not be read back; nothing was written"
             )
     return Columns(tz, tuple(sorted(names)))
@@ -133,10 +128,10 @@ async def remaining_columns(store: Store, mailing_id: int, search: str = "") -> 
     tz = False
     names: set[str] = set()
     async for page in remaining_pages(store, mailing_id, search):
-        found = columns_of(page, mailing_id)
-        tz = tz or found.tz
-        names.update(found.fields)
-    return Columns(tz, tuple(sorted(names)))
+        for recipient in page:
+            tz = tz or bool(recipient.tz)
+            names.update(recipient.fields)
+    return columns_of(tz, names, mailing_id)
 
 
 async def write_remaining_csv(store: Store, mailing_id: int, handle: TextIO, search: str = "") -> int:

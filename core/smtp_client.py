@@ -158,9 +158,7 @@ class _ReplyReader(asyncio.Protocol):
         self.transport = transport
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
-        self._lines: list[str] = []  # continuation lines of the reply being read
-        self._first_code = b""  # the code of its first line
-        self._mixed = False  # a continuation line had another code
+        self._lines: list[tuple[bytes, str]] = []  # continuation lines (code, text) of the reply being read
         self._ready: deque[tuple[int, str]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._wanted = 0
@@ -263,26 +261,21 @@ class _ReplyReader(asyncio.Protocol):
             return
         text = line[4:].decode("utf-8", "replace")
         if line[3:4] == b"-":
-            if not self._lines:
-                self._first_code = code
-            elif code != self._first_code:
-                self._mixed = True
-            self._lines.append(text)
+            self._lines.append((code, text))
             if len(self._lines) > _MAX_REPLY_LINES:
                 self._give_up(f"the server sent a reply of more than {_MAX_REPLY_LINES} lines")
             return
         value = int(code)
         if self._lines:
-            self._lines.append(text)
-            text = "\n".join(self._lines)
-            self._lines = []
-            if self._mixed or code != self._first_code:
+            lines, self._lines = [*self._lines, (code, text)], []
+            text = "\n".join(t for _, t in lines)
+            first = lines[0][0]
+            if any(c != first for c, _ in lines):
                 # RFC 5321 4.2.1: every line of a reply has the same code. One that says 250 and
                 # then 451 does not say what happened; code 0 is judged as nonsense (after the
                 # final dot: in doubt, so a resend is flagged, never a silent duplicate).
-                text = f"a reply whose lines disagree ({self._first_code.decode()} then {code.decode()}): {text}"
+                text = f"a reply whose lines disagree ({first.decode()} then {code.decode()}): {text}"
                 value = 0
-            self._mixed = False
         self._ready.append((value, text))
         self._check_unread()
 

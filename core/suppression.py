@@ -12,6 +12,8 @@ address is suppressed later is skipped when the sender claims it (state `suppres
 
 from __future__ import annotations
 
+import contextlib
+
 import csv
 import enum
 import io
@@ -113,9 +115,13 @@ async def remove_addresses(store: Store, addresses: Iterable[str], *, allow_spec
     Each address is looked up by its key, as `suppress add` made it. One that is not a valid
     address is still taken off if an entry has exactly that key (an entry added while special-use
     domains were allowed); otherwise it is refused (UserError, one line) and nothing is removed.
+    One pasted from a listing (`suppress list`, `remaining` show "'=x@example.org" for
+    "=x@example.org": a listing may end up in a spreadsheet) is looked up without that
+    apostrophe too, as `import` reads such a cell.
     Returns (removed, the valid addresses that were not on the list)."""
     keys: dict[str, str] = {}
     invalid: dict[str, str] = {}  # key -> why the address is not valid
+    listed: dict[str, str] = {}  # key as given -> key without a listing's formula apostrophe
     for address in addresses:
         text = address.strip()
         if not text:
@@ -126,15 +132,22 @@ async def remove_addresses(store: Store, addresses: Iterable[str], *, allow_spec
             key = text.lower()
             invalid.setdefault(key, str(exc))
         keys.setdefault(key, text)
-    present = await store.suppressed_keys(keys)
-    keys, present = await _as_listed(store, keys, present, allow_special)
+        plain = restore_formula(text)
+        if plain != text:
+            with contextlib.suppress(UserError):
+                listed[key] = address_key(plain, allow_special=allow_special)[0]
+    present = await store.suppressed_keys([*keys, *listed.values()])
+    for given, plain in listed.items():
+        if given not in present and plain in present:
+            keys[plain] = keys.pop(given)
     for key, why in invalid.items():
         if key in keys and key not in present:
             raise UserError(f"suppress remove: {why}; nothing was removed")
+    targets = {key for key in keys if key in present}
     removed = 0
-    if present:
+    if targets:
         async with store.write() as tx:
-            removed = await tx.remove_suppressions(present)
+            removed = await tx.remove_suppressions(targets)
     return removed, [keys[k] for k in keys if k not in present]
 
 
@@ -161,28 +174,6 @@ def _values(text: str) -> Iterable[tuple[int, str]]:
             raise ValueError(f"line {first + 1}: a CSV file needs an 'email' column (found: {found})")
         return _csv_values(text, first, columns.index("email"))
     return ((n + 1, line.strip()) for n, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#"))
-
-
-async def _as_listed(
-    store: Store, keys: dict[str, str], present: set[str], allow_special: bool
-) -> tuple[dict[str, str], set[str]]:
-    """Addresses pasted from a listing: `suppress list` and `remaining` show "'=x@example.org"
-    for "=x@example.org" (a listing may end up in a spreadsheet). One not on the list as given is
-    looked up without that apostrophe too, as `import` reads such a cell."""
-    restored: dict[str, str] = {}
-    for key, text in keys.items():
-        plain = restore_formula(text)
-        if key not in present and plain != text:
-            try:
-                restored[address_key(plain, allow_special=allow_special)[0]] = key
-            except UserError:
-                continue
-    found = await store.suppressed_keys(restored) if restored else set()
-    if not found:
-        return keys, present
-    swapped = {restored[f] for f in found}  # the keys as given, now found without the apostrophe
-    kept = {k: t for k, t in keys.items() if k not in swapped}
-    return {**kept, **{f: keys[restored[f]] for f in found}}, set(present) | found
 
 
 def _csv_values(text: str, first: int, column: int) -> Iterable[tuple[int, str]]:
