@@ -119,6 +119,7 @@ class FleetMember:
         self._last_beat = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._expiry_failed = 0  # expiries in a row that failed
         self.limiter = limiter  # the sender's own limiter: the hourly budget counts the fleet's sends in it
         self._budget_read = 0.0  # monotonic time the fleet's hourly budget was last counted
         self._budget_live = 0  # live senders when it was
@@ -260,15 +261,21 @@ class FleetMember:
         try:
             recovered = await store.expire_senders(self.timeout, me=self.sender_id)
         except (*database_errors(), OSError) as exc:
-            log.warning("sender %s: could not expire senders that stopped beating: %s", self.sender_id, exc)
+            # As with the heartbeat: said once it is not a one-off (see _beat_forever).
+            self._expiry_failed += 1
+            level = logging.WARNING if self._expiry_failed > 1 else logging.DEBUG
+            log.log(level, "sender %s: could not expire senders that stopped beating (%d in a row): %s",
+                    self.sender_id, self._expiry_failed, exc)
             return
         except Exception as exc:  # a bug: the sender stops saying so
             self.on_lost(exc)
             return
+        self._expiry_failed = 0
         if recovered:
             log.warning("a sender stopped beating: %d of its recipients in flight are in doubt and sent again", recovered)
 
     async def _beat_forever(self) -> None:
+        failed = 0  # heartbeats in a row that could not be written
         while True:
             await asyncio.sleep(self.interval)
             try:
@@ -277,7 +284,12 @@ class FleetMember:
                 self.on_lost(exc)
                 return
             except (*database_errors(), OSError) as exc:
-                log.warning("sender %s: heartbeat not written: %s", self.sender_id, exc)
+                failed += 1
+                # Said from the second failure in a row on: a database that went away fails the
+                # send loop as well, which ends the sender with one line; a first failure
+                # said at once raced that line onto standard error as a second one.
+                level = logging.WARNING if failed > 1 else logging.DEBUG
+                log.log(level, "sender %s: heartbeat not written (%d in a row): %s", self.sender_id, failed, exc)
                 try:
                     self.check()
                 except FleetLost as lost:
@@ -286,6 +298,10 @@ class FleetMember:
             except Exception as exc:  # a bug: the sender stops saying so rather than beating no more
                 self.on_lost(exc)
                 return
+            else:
+                if failed > 1:
+                    log.warning("sender %s: heartbeat written again after %d failures", self.sender_id, failed)
+                failed = 0
 
     async def leave(self) -> None:
         """Stop beating and release this sender's claims (rows cut off in flight become in doubt)."""

@@ -412,8 +412,11 @@ class PgStore(Store):
             return  # nothing to roll back, or the server already did (the connection is gone)
         try:
             await self.pg.conn.execute("ROLLBACK")
-        except psycopg.Error:
-            log.warning("ROLLBACK failed on %s", self.target, exc_info=True)
+        except psycopg.Error as exc:
+            # The connection breaking under the ROLLBACK is the fault already being raised: not
+            # a second line for it (the server rolls back what a lost connection held).
+            level = logging.DEBUG if self.pg.conn.broken or self.pg.conn.closed else logging.WARNING
+            log.log(level, "ROLLBACK failed on %s: %s", self.target, self.target.scrub(str(exc)))
 
     async def data_version(self) -> int:
         """Changes whenever a transaction that wrote anything on the server starts or ends."""

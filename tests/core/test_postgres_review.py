@@ -204,6 +204,59 @@ def test_the_server_stopping_mid_run_ends_the_sender_in_one_line_and_a_rerun_com
     assert (item["state"], item["sent"]) == ("completed", 300)
 
 
+async def test_a_heartbeat_failing_once_is_not_said_failing_in_a_row_is(
+        pg_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server going away failed the heartbeat and the send loop at once: the heartbeat's warning
+    raced the sender's one line onto standard error (CI saw two lines). A single failed beat is
+    now quiet (the next one is written on a new connection, or the send loop says what is wrong);
+    failures in a row are said."""
+    import logging
+
+    import psycopg
+
+    from mailtower.core import store_pg
+    from mailtower.core.config import Settings
+    from mailtower.core.fleet import FleetMember
+    from mailtower.core.store import open_store
+    from tests.helpers import wait_for
+
+    monkeypatch.setattr(store_pg, "BEAT_LOCK_TIMEOUT", 0.05)  # a beat behind a row lock fails at once
+    target = parse_pg_url(pg_url, "test")
+    store = await open_store(target)
+    lost: list[BaseException] = []
+    member = FleetMember(Settings(db=target, sender_heartbeat_timeout=1.0), lost.append, lambda: (0.0, 0))
+    caplog.set_level(logging.DEBUG, logger="mailtower.sender")
+
+    def said(level: int, words: str) -> bool:
+        return any(words in r.getMessage() for r in caplog.records
+                   if r.name == "mailtower.sender" and r.levelno == level)
+
+    try:
+        await member.join(store, 1)
+        sender_id = member.sender_id
+        await wait_for(lambda: _holds(store._beat_conn is not None), timeout=10)
+        with psycopg.connect(pg_url, autocommit=True) as other:
+            # the server ends the heartbeat's connection (as a shutdown does): one beat fails
+            other.execute("SELECT pg_terminate_backend(%s)", (store._beat_conn.conn.info.backend_pid,))
+            await wait_for(lambda: _holds(said(logging.DEBUG, "(1 in a row)")), timeout=10)
+            written = member._last_beat
+            await wait_for(lambda: _holds(member._last_beat > written), timeout=10)  # on a new connection
+            assert not said(logging.WARNING, "heartbeat") and lost == []
+
+            # a row lock held elsewhere: every beat fails until it goes
+            other.execute("BEGIN")
+            other.execute("SELECT id FROM senders WHERE id = %s FOR UPDATE", (sender_id,))
+            await wait_for(lambda: _holds(said(logging.WARNING, "(2 in a row)")), timeout=10)
+            other.execute("ROLLBACK")
+    finally:
+        await member.leave()
+        await store.close()
+
+
+async def _holds(condition: bool) -> bool:
+    return condition
+
+
 # ---- a lock held by another session: a bounded wait, then one line -----------------------------
 
 @pytest.mark.parametrize("holding", [
