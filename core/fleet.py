@@ -30,9 +30,11 @@ The rules (the store's SQL implements them, core/store.py "fleet"):
 - Limits hold for the fleet: each sender applies 1/N of rate, connections (the relay pool's
   per-relay connections and rates too) and the domain groups' limits, N = live senders,
   recomputed with every heartbeat. The hourly budget is counted in the shared ledger (messages
-  recorded sent in the window by anyone): each sender may send its own sends so far plus 1/N of
-  what is left of the fleet's budget, read again every BUDGET_INTERVAL, so the fleet stays within
-  it (over by at most what was in flight, not yet recorded, when the count was read).
+  recorded sent in the window by anyone) and in each sender's own count of its sends, written
+  with its heartbeat: the budget less what gone senders sent is shared out equally among the
+  running ones (budget_allowance), counted again every BUDGET_INTERVAL, so the fleet stays
+  within it (over by at most what was in flight, not yet recorded, when a count was read). A
+  sender that joins takes its share after JOIN_SETTLE, once the others have counted theirs again.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ log = logging.getLogger("mailtower.sender")
 
 MAX_INTERVAL = 5.0  # seconds between heartbeats at most ("every few seconds")
 BUDGET_INTERVAL = 2.0  # seconds between two counts of the fleet's hourly budget in the ledger
+# A sender joining a fleet takes no part of the hourly budget for this long: the others count
+# their shares again when they see the number of live senders change (their limits check, every
+# half second or so) and anyway every BUDGET_INTERVAL; before that each may still send the larger
+# share it counted without the newcomer. Twice the interval: a busy send loop checks late.
+JOIN_SETTLE = 2 * BUDGET_INTERVAL
 
 
 class FleetLost(Exception):
@@ -122,6 +129,7 @@ class FleetMember:
         self._expiry_failed = 0  # expiries in a row that failed
         self.limiter = limiter  # the sender's own limiter: the hourly budget counts the fleet's sends in it
         self._budget_read = 0.0  # monotonic time the fleet's hourly budget was last counted
+        self._joined_at = 0.0  # monotonic time this sender joined the fleet
         self._budget_live = 0  # live senders when it was
         self._pool: dict[str, tuple[int, float]] = {}  # relay name -> its configured (connections, rate)
 
@@ -145,7 +153,7 @@ class FleetMember:
         # Under SQLite's lease nobody can: no fence to check, and no claimed_by (and its index)
         # to write at every claim and clear at every outcome (issue 12: the ledger's writes).
         store.claim_owner = None if self.exclusive else self.sender_id
-        self._last_beat = time.monotonic()
+        self._last_beat = self._joined_at = time.monotonic()
         if not self.exclusive:
             await store.forget_sender_statuses(SENDER_PREFIX)  # of senders forgotten (ended a day ago)
         recovered = await store.recover_in_doubt(None if self.exclusive else self.timeout, me=self.sender_id)
@@ -186,10 +194,9 @@ class FleetMember:
         return self.share(limits)
 
     async def _count_budget(self, per_hour: float) -> None:
-        """The fleet's hourly budget for this sender's limiter: what the ledger says every sender
-        sent in the window is the fleet's; this sender may go on to its own count so far plus
-        1/N of what is left (rounded down: N senders never take more than is left between two
-        counts, at the price of up to N-1 unused messages an hour)."""
+        """The fleet's hourly budget for this sender's limiter (budget_allowance): the ledger's
+        count of what was sent in the window, and each running sender's own sends in it as its
+        last heartbeat said."""
         limiter = self.limiter
         if limiter is None or per_hour <= 0 or not math.isfinite(per_hour) or self.store is None:
             if limiter is not None:
@@ -199,10 +206,14 @@ class FleetMember:
                 and self._budget_live == self.live):
             return  # a sender joining or leaving changes everyone's share at once
         window, allowed = budget_window(per_hour)
+        if not self.alone and time.monotonic() - self._joined_at < JOIN_SETTLE:
+            limiter.set_elsewhere(allowed)  # nothing yet: the others have not all counted again
+            self._budget_read = 0.0  # counted at the next check, not BUDGET_INTERVAL later
+            return
         fleet = await self.store.sent_within(window)
+        others = await self.store.budget_counts(self.sender_id)
         mine = limiter.sent_in_window()
-        left = max(0, allowed - max(fleet, mine))
-        limiter.set_elsewhere(allowed - (mine + left // max(1, self.live)))
+        limiter.set_elsewhere(allowed - budget_allowance(allowed, fleet, others, mine))
         self._budget_read, self._budget_live = time.monotonic(), self.live
 
     def share_pool(self, relays: Sequence[Any]) -> bool:
@@ -241,7 +252,8 @@ class FleetMember:
         store = self.store
         assert store is not None and self.sender_id is not None
         rate, connections = self.figures()
-        live = await store.sender_heartbeat(self.sender_id, rate, connections, self.timeout)
+        sent = self.limiter.sent_in_window() if self.limiter is not None else 0
+        live = await store.sender_heartbeat(self.sender_id, rate, connections, self.timeout, sent)
         if live is None:
             raise FleetLost(f"sender {self.sender_id} was declared dead by another sender (no heartbeat for "
                             f"{self.timeout:g} s); its recipients went to the others, so it stops")
@@ -319,6 +331,30 @@ class FleetMember:
             return
         if in_doubt:
             log.warning("%d recipients were cut off in flight; they are in doubt and will be sent again", in_doubt)
+
+
+def budget_allowance(allowed: int, fleet: int, others: Sequence[int], mine: int) -> int:
+    """How many messages in the budget's window this sender may have sent in all, of `allowed`
+    for the fleet: `fleet` were recorded sent in the window by anyone, `others` are what each
+    other running sender said it sent in it, `mine` this sender's own count.
+
+    Sends in the window by senders that are gone (and before the fleet) are the ledger's count
+    less the running senders' own; the rest of the budget is split so that each running sender
+    may reach an equal share Q, and one that already sent more than Q keeps what it sent and
+    sends no more: sum(max(count, Q)) over the running senders is what is left. Each sender
+    counts at its own time, but Q only falls while the same senders run (counts grow; an old
+    count of another sender only makes the gone senders' part look larger), so shares counted
+    earlier never add up to more than the budget. Over by at most what was in flight (counted by
+    its sender, not yet in the ledger). Rounded down: up to N-1 messages an hour unused."""
+    counts = [*others, mine]
+    gone = max(0, fleet - sum(counts))
+    left, senders = allowed - gone, len(counts)
+    for count in sorted(counts, reverse=True):  # those above the share keep their count
+        if count * senders <= left:
+            break
+        left, senders = left - count, senders - 1
+    share = left // senders if senders and left > 0 else 0
+    return max(mine, share)
 
 
 def budget_window(per_hour: float) -> tuple[float, int]:

@@ -163,6 +163,9 @@ PG_MIGRATIONS: dict[int, str] = {
     8: """
     SELECT 1;
     """,
+    9: """
+    ALTER TABLE senders ADD COLUMN budget_sent INTEGER NOT NULL DEFAULT 0;
+    """,
 }
 
 PG_SCHEMA_VERSION = max([PG_BASE_VERSION, *PG_MIGRATIONS])

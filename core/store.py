@@ -53,7 +53,7 @@ CHECKPOINT_INTERVAL = 0.1
 CHECKPOINT_WAIT_MS = 20  # RESTART's wait for the writer under way
 RESTART_FRAMES = 1000  # the WAL's length (pages) at which it is started again: SQLite's own default
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -204,6 +204,12 @@ MIGRATIONS: dict[int, str] = {
     # about twice as slow (21 ms instead of 10 for 90,000 remaining rows). PostgreSQL keeps it.
     8: """
     DROP INDEX IF EXISTS recipients_remaining;
+    """,
+    # The fleet's hourly budget (core/fleet.py, FleetMember._count_budget): each sender's own
+    # sends within the budget's window, written with its heartbeat, so that what one sender may
+    # still send never counts what another may still send as left over.
+    9: """
+    ALTER TABLE senders ADD COLUMN budget_sent INTEGER NOT NULL DEFAULT 0;
     """,
 }
 
@@ -2060,6 +2066,7 @@ class Store:
     claim_owner: int | None = None  # the sender id this store's claims carry (set by core/fleet.py)
     NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
     _ALIVE = "state = 'running' AND heartbeat_at >= {now} - ?"
+    _BUDGET_COUNTS = "SELECT budget_sent FROM senders WHERE state = 'running' AND id <> ?"
 
     async def register_sender(self, host: str, pid: int, connections: int) -> int:
         """A new `running` sender; senders that ended more than a day ago are forgotten."""
@@ -2072,13 +2079,16 @@ class Store:
             )
             return await _returned_id(cur)
 
-    async def sender_heartbeat(self, sender_id: int, rate: float, connections: int, timeout: float) -> int | None:
+    async def sender_heartbeat(self, sender_id: int, rate: float, connections: int, timeout: float,
+                               budget_sent: int = 0) -> int | None:
         """Beat; how many senders are alive now, or None when this one is no longer `running`
-        (another declared it dead)."""
+        (another declared it dead). `budget_sent`: what this sender sent within the hourly
+        budget's window (core/fleet.py counts the fleet's budget with it)."""
         async with self.write() as tx:
             cur = await tx.db.execute(
-                f"UPDATE senders SET heartbeat_at = {self.NOW_SQL}, rate = ?, connections = ? WHERE id = ? AND state = 'running'",
-                (rate, connections, sender_id),
+                f"UPDATE senders SET heartbeat_at = {self.NOW_SQL}, rate = ?, connections = ?, budget_sent = ?"
+                " WHERE id = ? AND state = 'running'",
+                (rate, connections, budget_sent, sender_id),
             )
             if cur.rowcount <= 0:
                 return None
@@ -2086,6 +2096,13 @@ class Store:
 
     async def live_senders(self, timeout: float) -> int:
         return await self._live_senders(self.db, timeout)
+
+    async def budget_counts(self, me: int | None) -> list[int]:
+        """What each `running` sender but `me` said at its last heartbeat it sent within the
+        hourly budget's window. Running, not alive: a sender whose heartbeat is late keeps its
+        part of the budget until it is declared dead (never handed out twice)."""
+        async with self.db.execute(self._BUDGET_COUNTS, (-1 if me is None else me,)) as cur:
+            return [int(row[0]) for row in await cur.fetchall()]
 
     async def _live_senders(self, db: Any, timeout: float) -> int:
         async with db.execute(f"SELECT COUNT(*) FROM senders WHERE {self._ALIVE.format(now=self.NOW_SQL)}", (timeout,)) as cur:

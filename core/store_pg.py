@@ -584,11 +584,13 @@ class PgStore(Store):
             async with db.execute(sql, params) as cur:
                 return cur.rowcount, await cur.fetchall()
 
-    async def sender_heartbeat(self, sender_id: int, rate: float, connections: int, timeout: float) -> int | None:
+    async def sender_heartbeat(self, sender_id: int, rate: float, connections: int, timeout: float,
+                               budget_sent: int = 0) -> int | None:
         """As Store.sender_heartbeat, without the write lock (see above)."""
         updated, _ = await self._on_beat_db(
-            f"UPDATE senders SET heartbeat_at = {self.NOW_SQL}, rate = ?, connections = ? WHERE id = ? AND state = 'running'",
-            (rate, connections, sender_id),
+            f"UPDATE senders SET heartbeat_at = {self.NOW_SQL}, rate = ?, connections = ?, budget_sent = ?"
+            " WHERE id = ? AND state = 'running'",
+            (rate, connections, budget_sent, sender_id),
         )
         if updated <= 0:
             return None
@@ -597,6 +599,11 @@ class PgStore(Store):
     async def live_senders(self, timeout: float) -> int:
         _, rows = await self._on_beat_db(f"SELECT COUNT(*) FROM senders WHERE {self._ALIVE.format(now=self.NOW_SQL)}", (timeout,))
         return int(rows[0][0]) if rows else 0
+
+    async def budget_counts(self, me: int | None) -> list[int]:
+        """As Store.budget_counts, on the heartbeat's connection (no wait behind a long write)."""
+        _, rows = await self._on_beat_db(self._BUDGET_COUNTS, (-1 if me is None else me,))
+        return [int(row[0]) for row in rows]
 
     async def stale_senders(self, timeout: float, me: int | None = None) -> int:
         """Running senders (not `me`) whose heartbeat is older than `timeout`: a read, no lock.

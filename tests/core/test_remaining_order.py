@@ -102,7 +102,7 @@ async def test_a_database_of_schema_7_loses_the_remaining_index_and_keeps_its_ro
         assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'recipients_remaining'").fetchone()
     store = await Store.open(path)
     try:
-        assert await store.meta("schema_version") == str(SCHEMA_VERSION) == "8"
+        assert await store.meta("schema_version") == str(SCHEMA_VERSION) == "9"
         assert [(r.id, r.state.value) for r in await store.remaining(1)] == [(2, "deferred"), (3, "pending"), (4, "sending")]
     finally:
         await store.close()
