@@ -151,8 +151,12 @@ def test_sigkill_with_retries_and_slow_dots_ahead_loses_nothing(tmp_path: Path, 
             before = len(sink.deliveries)
             runner = cli.popen("run", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             reap.append(runner)
-            wait_until(lambda: len(sink.deliveries) > before or runner.poll() is not None, timeout=30, what="delivering")
-            time.sleep(rng.uniform(0.0, 0.3))  # the random moment of the kill, not a synchronisation
+            # The kill's random moment, counted in deliveries: at most 8 x 40 of the 500, so the
+            # mailing never completes before the last kill (a runner with nothing left to send
+            # idles, and a wait counted in time timed out on a fast host).
+            target = before + rng.randint(1, 40)
+            wait_until(lambda: len(sink.deliveries) >= target or runner.poll() is not None, timeout=30,
+                       what=f"{target - before} deliveries")
             if runner.poll() is None:
                 runner.send_signal(signal.SIGKILL)
                 kills += 1
