@@ -86,6 +86,12 @@ class SenderFailed(Exception):
     message is one line naming the cause. Nothing was marked sent that was not."""
 
 
+def _why_unusable(verdict: Verdict) -> str:
+    """The first words of a resting relay's reason (the dashboard's header shows them alone): a
+    relay that answered, with a 4xx greeting or a refused STARTTLS, was reached."""
+    return "cannot reach the server" if verdict.code is None else "the server turned us away for now"
+
+
 def describe_failure(exc: BaseException, db: Path) -> str:
     fault = storage_error(db, exc)
     if fault is not None:
@@ -1200,7 +1206,7 @@ class Sender:
             log.warning("relay %s paused: %s", relay.name, relay.reason)
         else:
             said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
-            what = "login failed for now" if at_login else "cannot reach the server"
+            what = "login failed for now" if at_login else _why_unusable(verdict)
             relay.rest(f"{what}: {said}", run.mailing.id)
         if all(r.paused or r.resting for r in self.relays):
             if len(self.relays) == 1:

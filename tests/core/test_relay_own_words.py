@@ -156,3 +156,38 @@ async def test_a_stop_while_the_relay_holds_its_greeting_leaves_nobody_in_doubt(
         (mailing_doubt,) = conn.execute("SELECT in_doubt FROM mailings").fetchone()
         flagged = conn.execute("SELECT COUNT(*) FROM recipients WHERE in_doubt <> 0").fetchone()[0]
     assert states == {"pending": 3} and mailing_doubt == 0 and flagged == 0
+
+
+@pytest.mark.parametrize("greeting, words", [
+    (b"421 4.3.2 Service busy, try again later\r\n", "the server turned us away for now: 421"),
+    (None, "cannot reach the server: "),  # nobody listening
+])
+async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
+    tmp_path, greeting: bytes | None, words: str  # type: ignore[no-untyped-def]
+) -> None:
+    """A relay's busy greeting (421) was worded "cannot reach the server", which sends an operator
+    to the network and the firewall; the server was reached and said no for now."""
+    from mailtower.core.sink import free_port
+
+    db = await prepared_db(tmp_path, recipients(3))
+
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert greeting is not None
+        writer.write(greeting)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(busy, "127.0.0.1", 0) if greeting is not None else None
+    port = server.sockets[0].getsockname()[1] if server is not None else free_port()
+    try:
+        sender = Sender(settings(db, port, connections=1))
+        task = await started(sender)
+        await wait_for(until(lambda: bool(sender.relays[0].reason)), 20)
+        reason = sender.relays[0].reason
+        await stopped(sender, task)
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+    assert reason.startswith(words), reason
+    assert ledger(db) == {"pending": 3}
