@@ -47,7 +47,7 @@ from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
-from .smtp_replies import Outcome as ReplyOutcome, Verdict, is_temporary_refusal, mailbox_gone
+from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict, is_temporary_refusal, mailbox_gone
 from .db_errors import database_errors, is_database_error
 from .store import Claimed, Outcome, Store, open_store, storage_error
 from .suppression import SuppressedMeanwhile
@@ -88,8 +88,11 @@ class SenderFailed(Exception):
 
 def _why_unusable(verdict: Verdict) -> str:
     """The first words of a resting relay's reason (the dashboard's header shows them alone): a
-    relay that answered, with a 4xx greeting or a refused STARTTLS, was reached."""
-    return "cannot reach the server" if verdict.code is None else "the server turned us away for now"
+    relay that answered, with a 4xx greeting or a refused STARTTLS, or that went silent after
+    its greeting, was reached."""
+    if verdict.code is not None:
+        return "the server turned us away for now"
+    return "cannot reach the server" if verdict.stage is Stage.CONNECT else "the server broke off the session"
 
 
 def describe_failure(exc: BaseException, db: Path) -> str:

@@ -667,6 +667,9 @@ def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
         return classify_failure("timeout", Stage.CONNECT, _scrub(f"{where} timed out: {exc}", relay))
     if isinstance(exc, SMTPServerDisconnected):
         return classify_failure("disconnect", Stage.CONNECT, _scrub(f"{where} hung up: {exc}", relay))
+    if isinstance(exc, SMTPResponseException) and exc.code < 0:
+        # aiosmtplib's own code for what it could not read (-1 "Response too long"): no reply.
+        return classify_failure("disconnect", Stage.HELO, _scrub(f"{where} sent no SMTP reply: {exc.message}", relay))
     if isinstance(exc, SMTPResponseException):
         return classify(exc.code, _scrub(exc.message, relay), Stage.HELO)
     return classify_failure("refused", Stage.CONNECT, _scrub(f"cannot connect to {where}: {exc}", relay))

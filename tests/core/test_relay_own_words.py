@@ -158,26 +158,34 @@ async def test_a_stop_while_the_relay_holds_its_greeting_leaves_nobody_in_doubt(
     assert states == {"pending": 3} and mailing_doubt == 0 and flagged == 0
 
 
-@pytest.mark.parametrize("greeting, words", [
-    (b"421 4.3.2 Service busy, try again later\r\n", "the server turned us away for now: 421"),
+@pytest.mark.parametrize("replies, words", [
+    ([b"421 4.3.2 Service busy, try again later\r\n"], "the server turned us away for now: 421"),
+    ([b"220 relay ready\r\n", b"454 4.7.0 TLS not available\r\n"], "the server turned us away for now: 454"),
+    # a line longer than any reply: aiosmtplib's code -1 is no reply of the server's
+    ([b"220 relay ready\r\n", b"250-" + b"x" * 70_000 + b"\r\n"], "the server broke off the session: "),
     (None, "cannot reach the server: "),  # nobody listening
-])
+], ids=["busy greeting", "EHLO refused", "overlong reply", "closed port"])
 async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
-    tmp_path, greeting: bytes | None, words: str  # type: ignore[no-untyped-def]
+    tmp_path, replies: list[bytes] | None, words: str  # type: ignore[no-untyped-def]
 ) -> None:
     """A relay's busy greeting (421) was worded "cannot reach the server", which sends an operator
-    to the network and the firewall; the server was reached and said no for now."""
+    to the network and the firewall; the server was reached and said no for now. A reply too long
+    to read showed aiosmtplib's own code: "-1 Response too long"."""
     from mailtower.core.sink import free_port
 
     db = await prepared_db(tmp_path, recipients(3))
 
-    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert greeting is not None
-        writer.write(greeting)
-        await writer.drain()
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert replies is not None
+        for number, reply in enumerate(replies):
+            if number:
+                await reader.readline()  # the client's command
+            writer.write(reply)
+            await writer.drain()
+        await reader.readline()
         writer.close()
 
-    server = await asyncio.start_server(busy, "127.0.0.1", 0) if greeting is not None else None
+    server = await asyncio.start_server(scripted, "127.0.0.1", 0) if replies is not None else None
     port = server.sockets[0].getsockname()[1] if server is not None else free_port()
     try:
         sender = Sender(settings(db, port, connections=1))
@@ -189,5 +197,5 @@ async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
         if server is not None:
             server.close()
             await server.wait_closed()
-    assert reason.startswith(words), reason
+    assert reason.startswith(words) and "-1" not in reason, reason
     assert ledger(db) == {"pending": 3}
