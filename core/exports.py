@@ -8,8 +8,9 @@ The file is one `import` (and `new --recipients`) reads back into an equivalent 
 `email` and `name` come the status columns (`state`, `attempts`, `last_code`, `last_error`), which
 the importer recognises as the export's and does not take as merge fields (see
 recipients_csv.EXPORT_STATUS_COLUMNS), then `tz` when a listed recipient has a time zone, then every
-merge field any listed recipient carries, in sorted order. Finding those columns takes one pass
-over the listed rows before the file is written.
+merge field any listed recipient carries, in sorted order (one named like a status column, such as
+a list's `state`, as `field:state`, which the importer reads back as `state`). Finding those
+columns takes one pass over the listed rows before the file is written.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .display import safe
 from .domain import Recipient, RecipientState
 from .errors import UserError
 from .files import atomic_output, check_output_path, database_companions
-from .recipients_csv import EXPORT_STATUS_COLUMNS, neutralise_formula
+from .recipients_csv import EXPORT_STATUS_COLUMNS, export_column_name, neutralise_formula
 from .store import Store
 
 HEADER = ("email", "name", *EXPORT_STATUS_COLUMNS)
@@ -44,7 +45,7 @@ class Columns:
 
     @property
     def header(self) -> tuple[str, ...]:
-        return (*HEADER, *(("tz",) if self.tz else ()), *self.fields)
+        return (*HEADER, *(("tz",) if self.tz else ()), *(export_column_name(name) for name in self.fields))
 
 
 def columns_of(tz: bool, names: set[str], mailing_id: int) -> Columns:
@@ -52,10 +53,16 @@ def columns_of(tz: bool, names: set[str], mailing_id: int) -> Columns:
     their merge fields); UserError if a merge field's name is the name of a column the export
     writes itself (the file could not be read back)."""
     for name in sorted(names):
-        if name.lower() in _RECIPIENT_COLUMNS or name in EXPORT_STATUS_COLUMNS:
+        renamed = export_column_name(name)
+        if name.lower() in _RECIPIENT_COLUMNS:
             raise UserError(
                 f"mailing {mailing_id}: merge field '{safe(name)}' has the name of a column the export writes itself "
-                f"({', '.join(HEADER + ('tz',))}), so the file could not be read back; nothing was written"
+                f"({', '.join(_RECIPIENT_COLUMNS)}), so the file could not be read back; nothing was written"
+            )
+        if renamed != name and renamed in names:
+            raise UserError(
+                f"mailing {mailing_id}: merge field '{safe(name)}' would be written as '{safe(renamed)}', the name of "
+                "another merge field, so the file could not be read back; nothing was written"
             )
     return Columns(tz, tuple(sorted(names)))
 

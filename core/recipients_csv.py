@@ -47,6 +47,7 @@ def _validate(address: str, **options: bool) -> Any:  # email_validator's Valida
 
 __all__ = [
     "EXPORT_STATUS_COLUMNS",
+    "export_column_name",
     "RecipientFile",
     "RejectedCells",
     "open_recipients",
@@ -82,6 +83,9 @@ _RESERVED = ("email", "name", "tz")
 # merge fields, so the file imports into an equivalent mailing. One or two of them alone (a
 # "state" column of a mailing list) are merge fields as ever.
 EXPORT_STATUS_COLUMNS = ("state", "attempts", "last_code", "last_error")
+# In such an export a merge field named like a status column (a list's "state" column) is written
+# as "field:state", and read back as "state".
+EXPORT_FIELD_PREFIX = "field:"
 # Column names an operator may use for a recipient's time zone, meaning the `tz` column.
 _ZONE_LOOKALIKES = ("timezone", "time_zone", "time-zone", "time zone", "zone", "tzid", "tz_name", "iana_tz", "olson")
 _BODY_WHITESPACE = "\t\n\r"  # allowed in merge-field values (not in names)
@@ -531,6 +535,17 @@ def _csv_reason(exc: csv.Error) -> str:
     return text
 
 
+def export_column_name(field: str) -> str:
+    """The header an export writes for merge field `field` (see EXPORT_FIELD_PREFIX)."""
+    return EXPORT_FIELD_PREFIX + field if field in EXPORT_STATUS_COLUMNS else field
+
+
+def _export_field_name(column: str) -> str:
+    """The merge field an export's column `column` holds: export_column_name undone."""
+    bare = column.removeprefix(EXPORT_FIELD_PREFIX)
+    return bare if bare != column and bare in EXPORT_STATUS_COLUMNS else column
+
+
 def _parse_header(reader: _Reader, path: str) -> _Layout:
     header: list[str] | None = None
     line = 0
@@ -562,5 +577,7 @@ def _parse_header(reader: _Reader, path: str) -> _Layout:
         raise ImportRejected(f"{path}: line {line}: the header has no 'email' column")
     status = tuple(seen[name] - 1 for name in EXPORT_STATUS_COLUMNS) if all(
         name in seen for name in EXPORT_STATUS_COLUMNS) else ()
+    if status:
+        names = [_export_field_name(name) for name in names]
     fields = [(i, name) for i, name in enumerate(names) if name.lower() not in _RESERVED and i not in status]
     return _Layout(names, reserved["email"], reserved.get("name"), reserved.get("tz"), fields, status)
