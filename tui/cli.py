@@ -1437,16 +1437,30 @@ def prepare_db_location(args: argparse.Namespace, settings: Settings) -> None:
         except OSError as exc:
             raise UserError(f"cannot create the data directory {directory}: {exc.strerror or exc}") from None
         return
-    if directory.is_dir():
-        return
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise UserError(f"{_db_source(args, settings)}: {settings.db}: the directory {directory} {what} "
+                        "(mailtower does not create it)")
+    if args.command in ON_EXISTING_MAILINGS and not os.path.lexists(settings.db):
+        raise UserError(f"{_db_source(args, settings)}: {settings.db}: no database there (`mailtower new` "
+                        "creates one); nothing was created")
+
+
+# Commands that look at or act on mailings already there: on a database named explicitly that
+# does not exist (a typo), they say so instead of creating an empty one and showing it.
+ON_EXISTING_MAILINGS = frozenset({
+    "status", "schedule", "move", "remaining", "recipients", "resume", "retry",
+    *(str(ACTIONS[action].command) for action in SIMPLE_COMMANDS),
+})
+
+
+def _db_source(args: argparse.Namespace, settings: Settings) -> str:
+    """Where the database's name came from, for a line about it."""
     if args.db is not None:
-        source = "--db"
-    elif os.environ.get("MAILTOWER_DB"):
-        source = "MAILTOWER_DB"
-    else:
-        source = f"{settings.config_path}: db"
-    what = "is not a directory" if directory.exists() else "does not exist"
-    raise UserError(f"{source}: {settings.db}: the directory {directory} {what} (mailtower does not create it)")
+        return "--db"
+    if os.environ.get("MAILTOWER_DB"):
+        return "MAILTOWER_DB"
+    return f"{settings.config_path}: db"
 
 
 def crash_log_candidates() -> list[Path]:

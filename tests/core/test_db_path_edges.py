@@ -183,3 +183,26 @@ def test_store_open_refuses_a_foreign_database_in_process(tmp_path: Path) -> Non
     with pytest.raises(Exception, match="not a mailtower database") as caught:
         asyncio.run(Store.open(db))
     assert type(caught.value).__name__ == "UserError"
+
+
+# ---- a database that is not there -------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["status", "--json"], ["remaining", "1"], ["recipients", "1"], ["schedule", "1", "--at", "2099-01-01 09:00"],
+    ["move", "1", "up"], ["resume"], ["retry", "1"], ["send-now", "1"], ["unschedule", "1"], ["stop", "1"],
+    ["restart", "1"], ["delete", "1"],
+])
+def test_a_command_on_mailings_of_a_database_that_is_not_there_creates_nothing(here: Path, command: list[str]) -> None:
+    """`mailtower --db typo.db status` made an empty database and showed "Inactive (0)": a typo
+    looked like every mailing gone. A command about existing mailings now says there is none."""
+    cli = Cli(Path("typo.db"))
+    code, _, err = cli(*command)
+    assert code == 2 and "typo.db: no database there" in one_line(err), err
+    assert sorted(p.name for p in here.iterdir()) == []
+
+
+def test_new_still_creates_the_database_a_command_names(here: Path) -> None:
+    cli = Cli(Path("fresh.db"))
+    new_mailing(cli, here)
+    assert mailings_in(here / "fresh.db") == 1
+    cli.ok("status")  # and the commands above work on it
