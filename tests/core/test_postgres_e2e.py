@@ -114,7 +114,7 @@ async def test_the_dashboard_monitors_a_sender_in_another_process(pg_url: str, t
     target = parse_pg_url(pg_url, "test")
     with Sink() as sink:
         cli = Cli(target, sink.port, MAILTOWER_RATE="100")
-        mailing_id = await queued_mailing(target, tmp_path, 300)
+        mailing_id = await queued_mailing(target, tmp_path, 600)  # 6 s of sending: the dashboard starts well inside
         runner = cli.popen("run", "--until-idle", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_until(lambda: len(sink.deliveries) > 0, timeout=30, what="the other process sending")
@@ -136,7 +136,7 @@ async def test_the_dashboard_monitors_a_sender_in_another_process(pg_url: str, t
         finally:
             runner.wait(timeout=60)
         assert runner.returncode == 0, runner.stderr.read().decode() if runner.stderr else ""
-        assert sink.received() == Counter({f"user{i}@example.com": 1 for i in range(300)})
+        assert sink.received() == Counter({f"user{i}@example.com": 1 for i in range(600)})
 
 
 async def queued_mailing(target: object, tmp_path: Path, n: int) -> int:

@@ -182,7 +182,7 @@ def test_the_server_stopping_mid_run_ends_the_sender_in_one_line_and_a_rerun_com
         body = tmp_path / "b.txt"
         body.write_text("x\n", encoding="utf-8")
         cli.ok("new", "--name", "m", "--subject", "s", "--from", "news@example.org", "--text", str(body),
-               "--recipients", str(write_csv(tmp_path / "r.csv", recipients(300))), "--now")
+               "--recipients", str(write_csv(tmp_path / "r.csv", recipients(600))), "--now")  # 6 s: outlasts the stop
         sender = cli.popen("run", "--until-idle", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             wait_until(lambda: len(sink.deliveries) >= 30, timeout=60, what="the sender sending")
@@ -199,9 +199,9 @@ def test_the_server_stopping_mid_run_ends_the_sender_in_one_line_and_a_rerun_com
         code, _, err2 = cli("run", "--until-idle")
         assert code == 0, err2
         received = sink.received()
-    assert set(received) == {f"user{i}@example.com" for i in range(300)}
+    assert set(received) == {f"user{i}@example.com" for i in range(600)}
     (item,) = json.loads(cli.ok("status", "--json"))["inactive"]
-    assert (item["state"], item["sent"]) == ("completed", 300)
+    assert (item["state"], item["sent"]) == ("completed", 600)
 
 
 async def test_a_heartbeat_failing_once_is_not_said_failing_in_a_row_is(
