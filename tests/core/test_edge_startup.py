@@ -490,7 +490,7 @@ def test_read_only_filesystem_is_one_line(fs: Path, tmp_path: Path, body: Path) 
            "--recipients", str(csv_path)]
     assert_one_line(run_cli("--db", str(db), *new), str(db), "cannot write in")
     assert_one_line(run_cli("--db", str(db), "status"), str(db), "cannot write in")
-    assert_one_line(run_cli("--db", str(fs / "new.db"), "status"), str(fs / "new.db"), "Read-only file system")
+    assert_one_line(run_cli("--db", str(fs / "new.db"), "limits"), str(fs / "new.db"), "Read-only file system")
     assert_one_line(run_cli("--db", str(db), "run", "--until-idle"), "lease", "Read-only file system")
 
 
