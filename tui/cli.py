@@ -1426,8 +1426,9 @@ def refuse_undecodable(argv: Sequence[str], environ: Mapping[str, str]) -> None:
 
 def prepare_db_location(args: argparse.Namespace, settings: Settings) -> None:
     """Only the default data directory is created; a database named explicitly (--db,
-    MAILTOWER_DB, the config file) must be in a directory that exists: a typo in a path
-    must not quietly start a new, empty database somewhere else."""
+    MAILTOWER_DB, the config file) must be in a directory that exists, and must exist itself
+    for the commands on existing mailings (ON_EXISTING_MAILINGS): a typo in a path must not
+    quietly start a new, empty database somewhere else."""
     if isinstance(settings.db, PgTarget):
         return  # a server's database: nothing to create here
     directory = settings.db.parent

@@ -2,7 +2,7 @@
 (core/fleet.budget_allowance). Before, each sender took 1/N of what the ledger said was left,
 which counted another sender's unused share as left over: a sender that had sent little
 since the other's count handed half of the other's share out again, and the fleet went over
-its budget (CI: 43 of 40 with two senders)."""
+its budget (test_fleet2: 43 sent where 40 were left, 2 in flight allowed)."""
 
 from __future__ import annotations
 
