@@ -273,11 +273,8 @@ class FleetMember:
         try:
             recovered = await store.expire_senders(self.timeout, me=self.sender_id)
         except (*database_errors(), OSError) as exc:
-            # As with the heartbeat: said once it is not a one-off (see _beat_forever).
             self._expiry_failed += 1
-            level = logging.WARNING if self._expiry_failed > 1 else logging.DEBUG
-            log.log(level, "sender %s: could not expire senders that stopped beating (%d in a row): %s",
-                    self.sender_id, self._expiry_failed, exc)
+            self._say_failure("could not expire senders that stopped beating", self._expiry_failed, exc)
             return
         except Exception as exc:  # a bug: the sender stops saying so
             self.on_lost(exc)
@@ -297,11 +294,7 @@ class FleetMember:
                 return
             except (*database_errors(), OSError) as exc:
                 failed += 1
-                # Said from the second failure in a row on: a database that went away fails the
-                # send loop as well, which ends the sender with one line; a first failure
-                # said at once raced that line onto standard error as a second one.
-                level = logging.WARNING if failed > 1 else logging.DEBUG
-                log.log(level, "sender %s: heartbeat not written (%d in a row): %s", self.sender_id, failed, exc)
+                self._say_failure("heartbeat not written", failed, exc)
                 try:
                     self.check()
                 except FleetLost as lost:
@@ -314,6 +307,13 @@ class FleetMember:
                 if failed > 1:
                     log.warning("sender %s: heartbeat written again after %d failures", self.sender_id, failed)
                 failed = 0
+
+    def _say_failure(self, what: str, in_a_row: int, exc: BaseException) -> None:
+        """A failed heartbeat or expiry, said from the second in a row on: a database that went
+        away fails the send loop as well, which ends the sender with one line; a first failure
+        said at once raced that line onto standard error as a second one."""
+        level = logging.WARNING if in_a_row > 1 else logging.DEBUG
+        log.log(level, "sender %s: %s (%d in a row): %s", self.sender_id, what, in_a_row, exc)
 
     async def leave(self) -> None:
         """Stop beating and release this sender's claims (rows cut off in flight become in doubt)."""

@@ -77,6 +77,20 @@ def pause_reason(verdict: Verdict, at_login: bool) -> str:
     return f"login refused: {said}" if at_login else f"paused, the server refuses the session: {said}"
 
 
+def rest_reason(verdict: Verdict, at_login: bool) -> str:
+    """Why a relay rests (tried again by itself), in the operator's words; the dashboard's header
+    shows the words before the colon alone. A relay that answered (a 4xx greeting, a refused
+    STARTTLS) or broke off after its greeting was reached: only a failed connect "cannot reach"."""
+    said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
+    if at_login:
+        what = "login failed for now"
+    elif verdict.code is not None:
+        what = "the server turned us away for now"
+    else:
+        what = "cannot reach the server" if verdict.stage is Stage.CONNECT else "the server broke off the session"
+    return f"{what}: {said}"
+
+
 class LeaseHeld(Exception):
     """Another process is the sender for this database."""
 
@@ -84,15 +98,6 @@ class LeaseHeld(Exception):
 class SenderFailed(Exception):
     """The sender could not go on (its ledger could not be written, a worker broke); the
     message is one line naming the cause. Nothing was marked sent that was not."""
-
-
-def _why_unusable(verdict: Verdict) -> str:
-    """The first words of a resting relay's reason (the dashboard's header shows them alone): a
-    relay that answered, with a 4xx greeting or a refused STARTTLS, or that went silent after
-    its greeting, was reached."""
-    if verdict.code is not None:
-        return "the server turned us away for now"
-    return "cannot reach the server" if verdict.stage is Stage.CONNECT else "the server broke off the session"
 
 
 def describe_failure(exc: BaseException, db: Path) -> str:
@@ -1208,9 +1213,7 @@ class Sender:
             relay.pause(pause_reason(verdict, at_login), run.mailing.id)
             log.warning("relay %s paused: %s", relay.name, relay.reason)
         else:
-            said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
-            what = "login failed for now" if at_login else _why_unusable(verdict)
-            relay.rest(f"{what}: {said}", run.mailing.id)
+            relay.rest(rest_reason(verdict, at_login), run.mailing.id)
         if all(r.paused or r.resting for r in self.relays):
             if len(self.relays) == 1:
                 reason = relay.reason

@@ -13,7 +13,6 @@ address is suppressed later is skipped when the sender claims it (state `suppres
 from __future__ import annotations
 
 import contextlib
-
 import csv
 import enum
 import io
