@@ -61,11 +61,42 @@ def _lease_error(path: Path, exc: OSError) -> UserError:
     return UserError(f"sender lease {path}: {exc.strerror or exc}")
 
 
+# How often acquire takes a lease file that was removed under it before it gives up (each time
+# another process made and removed one in between: bounded, never a spin).
+LOCK_ATTEMPTS = 5
+
+
+def _open_lease_file(path: Path) -> tuple[int, bool]:
+    """The lease file opened for locking, made (private) if missing; and whether we made it."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _lease_error(path, exc) from None
+    try:
+        return os.open(path, flags | os.O_CREAT, 0o600), False
+    except OSError as exc:
+        raise _lease_error(path, exc) from None
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """The open file `fd` is still the one `path` names (it was not removed or replaced)."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 class SenderLease:
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
         self._fd: int | None = None
         self._held_path: Path | None = None
+        self._created = False  # the lease file was made by this process's acquire
 
     @property
     def path(self) -> Path | None:
@@ -87,25 +118,31 @@ class SenderLease:
         path = lease_path(self.db_path)
         if path is None:
             raise UserError(f"database {self.db_path}: it disappeared while taking the sender lease")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise _lease_error(path, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(LOCK_ATTEMPTS):
+            fd, created = _open_lease_file(path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as exc:
+                os.close(fd)
+                raise _lease_error(path, exc) from None
+            if _still_named(fd, path):
+                break
+            # A run that failed before its store opened removed the file it had made while we
+            # waited to lock it: a lock on that orphan guards nothing; lock the file now named.
+            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            return False
-        except OSError as exc:
-            os.close(fd)
-            raise _lease_error(path, exc) from None
+        else:
+            raise UserError(f"sender lease {path}: the file kept being replaced while it was locked; try again")
         try:
             self._write_info(fd, what)
         except OSError as exc:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             raise _lease_error(path, exc) from None
-        self._fd, self._held_path = fd, path
+        self._fd, self._held_path, self._created = fd, path, created
         return True
 
     def _ensure_database(self) -> None:
@@ -127,12 +164,21 @@ class SenderLease:
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
 
-    def release(self) -> None:
+    def release(self, *, discard: bool = False) -> None:
+        """Give the lease up. `discard`: the run never opened the database (it is not one of
+        ours, or could not be read), so a lease file this process made is removed rather than
+        left beside somebody else's file; one that was there before stays."""
         if self._fd is None:
             return
-        fd, self._fd, self._held_path = self._fd, None, None
+        fd, path, created = self._fd, self._held_path, self._created
+        self._fd, self._held_path, self._created = None, None, False
         try:
-            os.ftruncate(fd, 0)
+            if discard and created and path is not None:
+                # Removed while still locked: a process that opened it meanwhile finds it is no
+                # longer named when it gets the lock (acquire checks), and takes the new one.
+                path.unlink(missing_ok=True)
+            else:
+                os.ftruncate(fd, 0)
         except OSError:
             pass  # a full or read-only disk: the lock below still goes
         finally:
@@ -244,7 +290,7 @@ class PgSenderLease:
         self._conn = conn
         return True
 
-    def release(self) -> None:
+    def release(self, *, discard: bool = False) -> None:  # noqa: ARG002 - no file to discard on PostgreSQL
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()  # the server drops a session lock with its session

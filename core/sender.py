@@ -404,11 +404,13 @@ class Sender:
         if not self.lease.acquire(self.what):
             holder = self.lease.holder()
             raise LeaseHeld(f"another sender is running on {self.settings.db}: {holder.describe() if holder else 'unknown'}")
+        opened = False
         try:
             try:
                 self._store = await open_store(self.settings.db)
             except (*database_errors(), OSError) as exc:
                 raise SenderFailed(describe_failure(exc, self.settings.db)) from exc
+            opened = True
             self._lifecycle = Lifecycle(self._store)
             log.info("sender started on %s (pid %d; %s)", self.settings.db, os.getpid(), self._describe_relays())
             try:
@@ -425,7 +427,7 @@ class Sender:
             if self._failure is not None:
                 raise SenderFailed(describe_failure(self._failure, self.settings.db)) from self._failure
         finally:
-            self.lease.release()
+            self.lease.release(discard=not opened)  # no lease file left beside a file that is not ours
 
     def _describe_relays(self) -> str:
         """For the start line of the log: where mail goes (the limits follow once read)."""

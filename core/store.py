@@ -478,6 +478,10 @@ def storage_error(path: Path, exc: BaseException) -> UserError | None:
     return None
 
 
+# SQLite's smallest page: a database file is empty (new) or at least one page long.
+MIN_DATABASE_BYTES = 512
+
+
 def check_database_path(path: Path) -> None:
     """Refuse, before SQLite sees it, a path that cannot be a database file.
 
@@ -513,6 +517,12 @@ def check_database_path(path: Path) -> None:
             f"database {path}: the file has {info.st_nlink} hard links; a database must have one name "
             "(remove the other links, or use a symbolic link)"
         )
+    if 0 < info.st_size < MIN_DATABASE_BYTES:
+        # SQLite takes a file of one byte for an empty database and writes over it (a file holding
+        # only a newline, say); no database file is this short, so it is somebody else's file.
+        size = f"{info.st_size} byte{'s' if info.st_size > 1 else ''}"
+        raise UserError(f"database {path}: the file holds {size}, too few for a SQLite database "
+                        f"(one is empty or at least {MIN_DATABASE_BYTES} bytes); it was left as it is: give a new file name")
     _check_companions(path)
 
 

@@ -146,8 +146,34 @@ def test_a_foreign_sqlite_database_is_refused_and_left_as_it_was(tmp_path: Path,
     assert code == 2 and out == ""
     assert str(db) in line and "not a mailtower database" in line and "refusing to add mailtower's tables" in line
     assert digest(db) == before  # not even switched to WAL
-    # `run` takes the sender lease (an empty lock file beside it) before it opens the database.
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lease")) == ["f.db"]
+    # `run` takes the sender lease (a lock file beside it) before it opens the database; a run
+    # that could not open it removes the file it made: nothing is left beside somebody's file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.db"]
+
+
+@pytest.mark.parametrize("content", [b"\n", b"x", b"1\n", b"notes\n" * 20, b"\0" * 511])
+@pytest.mark.parametrize("command", [["status"], ["limits"], ["run", "--until-idle"], ["migrate", "--to", "postgresql://127.0.0.1:1/x"]])
+def test_a_file_too_short_to_be_a_database_is_refused_and_left_as_it_was(tmp_path: Path, content: bytes,
+                                                                        command: list[str]) -> None:
+    """SQLite took a one-byte file (a lone newline, say) for an empty database and wrote a new
+    database over it. No database file is shorter than 512 bytes: every such file is refused."""
+    db = tmp_path / "notes.txt"
+    db.write_bytes(content)
+    code, out, err = Cli(db)(*command)
+    line = one_line(err)
+    assert code == 2 and out == ""
+    assert f"database {db}: the file holds {len(content)} byte" in line and "too few for a SQLite database" in line
+    assert db.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_file_of_512_bytes_is_read_by_sqlite_and_refused_as_not_a_database(tmp_path: Path) -> None:
+    db = tmp_path / "blob.bin"
+    db.write_bytes(b"x" * 512)
+    code, _, err = Cli(db)("run", "--until-idle")
+    assert code == 2 and "not a SQLite database" in one_line(err)
+    assert db.read_bytes() == b"x" * 512
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin"]
 
 
 def test_the_refusal_names_the_tables_on_one_line(tmp_path: Path) -> None:

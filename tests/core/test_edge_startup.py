@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from mailtower.core.errors import UserError
+from mailtower.core import lease as lease_module
 from mailtower.core.lease import SenderLease
 from mailtower.core.sink import Sink
 from mailtower.core.store import Store
@@ -302,6 +303,50 @@ def test_a_database_with_a_second_hard_link_is_refused(tmp_path: Path, sink: Sin
     lease = SenderLease(db)
     assert lease.acquire()  # one name again: usable
     lease.release()
+
+
+def test_a_lease_file_removed_before_it_was_locked_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that cannot open its database removes the lease file it made (no litter beside
+    somebody else's file). A process that opened that file just before would lock a file nobody
+    else can find; acquire sees it is no longer the named one and locks the file now named."""
+    db = make_db(tmp_path / "m.db")
+    real_open = lease_module._open_lease_file  # noqa: SLF001
+    opened: list[int] = []
+
+    def removed_before_locking(path: Path) -> tuple[int, bool]:
+        fd, created = real_open(path)
+        if not opened:
+            path.unlink()  # what release(discard=True) of another process does in this gap
+        opened.append(fd)
+        return fd, created
+
+    monkeypatch.setattr(lease_module, "_open_lease_file", removed_before_locking)
+    first = SenderLease(db)
+    assert first.acquire("first sender")
+    try:
+        assert len(opened) == 2  # the orphan was let go, the file now named was taken
+        assert first.path is not None and first.path.exists()
+        second = SenderLease(db)
+        assert not second.acquire("second sender")
+        holder = second.holder()
+        assert holder is not None and holder.what == "first sender"
+    finally:
+        first.release()
+
+
+def test_a_discarded_lease_removes_only_a_file_it_made(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "m.db")
+    lease = SenderLease(db)
+    assert lease.acquire()
+    path = lease.path
+    assert path is not None
+    lease.release(discard=True)
+    assert not path.exists()
+    path.write_bytes(b"")  # a lease file that was there before (an earlier run's)
+    lease = SenderLease(db)
+    assert lease.acquire()
+    lease.release(discard=True)
+    assert path.exists()
 
 
 def test_relative_name_shares_the_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
