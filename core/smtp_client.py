@@ -660,13 +660,19 @@ def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
         cause = exc.__cause__
         if isinstance(cause, ssl.SSLError):
             detail = f"TLS failed with {where}: {cause.reason or cause}"
+        elif isinstance(cause, SMTPServerDisconnected):
+            # aiosmtplib's connect covers the greeting: the server took the connection and closed
+            # it unread (a connection limit, a blocklist, postscreen). It was reached.
+            detail = f"{where} accepted the connection and hung up before its greeting"
+            return classify_failure("disconnect", Stage.CONNECT, _scrub(detail, relay))
         else:
             detail = f"cannot connect to {where}: {exc}"
         return classify_failure("refused", Stage.CONNECT, _scrub(detail, relay))
     if isinstance(exc, SMTPTimeoutError):
         return classify_failure("timeout", Stage.CONNECT, _scrub(f"{where} timed out: {exc}", relay))
     if isinstance(exc, SMTPServerDisconnected):
-        return classify_failure("disconnect", Stage.CONNECT, _scrub(f"{where} hung up: {exc}", relay))
+        # After the greeting (connect errors are the branch above): EHLO or STARTTLS was cut off.
+        return classify_failure("disconnect", Stage.HELO, _scrub(f"{where} hung up after its greeting: {exc}", relay))
     if isinstance(exc, SMTPResponseException) and exc.code < 0:
         # aiosmtplib's own code for what it could not read (-1 "Response too long"): no reply.
         return classify_failure("disconnect", Stage.HELO, _scrub(f"{where} sent no SMTP reply: {exc.message}", relay))

@@ -336,6 +336,12 @@ def classify_failure(kind: Failure, stage: Stage, detail: str) -> Verdict:
     )
 
 
+def connection_lost(verdict: Verdict) -> bool:
+    """The verdict is a connection the server ended (it was reached), not a reply, a refused
+    connect or a timeout (classify_failure's kind "disconnect")."""
+    return verdict.code is None and verdict.text.startswith(_FAILURE_WORDS["disconnect"] + " ")
+
+
 _FAILURE_WORDS: dict[str, str] = {
     "disconnect": "connection lost",
     "timeout": "timed out",

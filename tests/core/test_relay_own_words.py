@@ -164,7 +164,11 @@ async def test_a_stop_while_the_relay_holds_its_greeting_leaves_nobody_in_doubt(
     # a line longer than any reply: aiosmtplib's code -1 is no reply of the server's
     ([b"220 relay ready\r\n", b"250-" + b"x" * 70_000 + b"\r\n"], "the server broke off the session: "),
     (None, "cannot reach the server: "),  # nobody listening
-], ids=["busy greeting", "EHLO refused", "overlong reply", "closed port"])
+    # accepted, then closed before any greeting (a connection limit, a blocklist): it was reached
+    ([], "the server broke off the session: connection lost while connecting: "),
+    ([b"220 relay ready\r\n"], "the server broke off the session: connection lost at EHLO: "),  # closed at EHLO
+], ids=["busy greeting", "EHLO refused", "overlong reply", "closed port", "hung up before greeting",
+        "hung up after greeting"])
 async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
     tmp_path, replies: list[bytes] | None, words: str  # type: ignore[no-untyped-def]
 ) -> None:
@@ -182,7 +186,8 @@ async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
                 await reader.readline()  # the client's command
             writer.write(reply)
             await writer.drain()
-        await reader.readline()
+        if replies:
+            await reader.readline()
         writer.close()
 
     server = await asyncio.start_server(scripted, "127.0.0.1", 0) if replies is not None else None
@@ -198,4 +203,8 @@ async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
             server.close()
             await server.wait_closed()
     assert reason.startswith(words) and "-1" not in reason, reason
+    if replies == []:
+        assert "accepted the connection and hung up before its greeting" in reason, reason
+    elif replies == [b"220 relay ready\r\n"]:
+        assert "hung up after its greeting" in reason, reason
     assert ledger(db) == {"pending": 3}
