@@ -172,3 +172,31 @@ async def test_limits_dialog_refuses_a_bad_group_value(tmp_path: Path) -> None:
 
 
 
+
+
+async def test_a_groups_connections_set_to_no_cap_asks_first(tmp_path: Path) -> None:
+    """0 connections is "no cap of its own" for a domain group: bigmail may then use every one of
+    the sender's connections, five times its cap of 4. It was taken for a decrease and saved
+    without the question that 9 (more than double) gets."""
+    from mailtower.tui.screens.confirm import ConfirmDialog
+
+    settings = replace(settings_for(tmp_path / "l.db"), domains=GROUPS, connections=20)
+    app = LimitsHost(settings)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await show_group(pilot, app, "bigmail", "20")
+        connections = screen.query_one("#connections", Input)
+        connections.focus()
+        connections.value = ""
+        await pilot.press("0", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog))
+        question = app.screen
+        assert isinstance(question, ConfirmDialog)
+        assert "Connections: 4 → no cap of its own" in question.message
+        await pilot.press("enter")  # the question opens on Go back
+        await until(pilot, lambda: app.screen is screen)
+    store = await Store.open(tmp_path / "l.db")
+    try:
+        limits = await read_limits(store, settings)
+    finally:
+        await store.close()
+    assert limits.domains == {}  # nothing saved

@@ -160,6 +160,12 @@ async def test_passed_zones_are_asked_about_with_go_back_focused(waves_db: Fixtu
         await pilot.press("enter")
         await wait_for(lambda: app.screen is dialog, what="back in the dialog")
         assert [m.wave_parent for m in await scheduled_of(waves_db.db)].count("Spring sale") == 0
+        # Tab then Enter goes back too: the choices never take the focus ("now" may be next).
+        await pilot.press("ctrl+s")
+        question = await opened(pilot, PassedChoice)
+        await pilot.press("tab", "tab", "enter")
+        await wait_for(lambda: app.screen is dialog, what="back in the dialog after Tab, Enter")
+        assert [m.wave_parent for m in await scheduled_of(waves_db.db)].count("Spring sale") == 0
         # Its own key decides: next day.
         await pilot.press("ctrl+s")
         await opened(pilot, PassedChoice)

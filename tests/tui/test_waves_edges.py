@@ -152,6 +152,41 @@ async def test_every_zone_passed_offers_no_skip_in_the_question(tmp_path: Path) 
     assert sorted(rows) == [("scheduled", 1), ("scheduled", 2)]
 
 
+async def skipped_draft(db: Path) -> int:
+    """Spring scheduled at 09:00 on 2099-05-31 in each zone, passed zones kept in a draft: its id."""
+    spring = await spring_in(db, {"Asia/Tokyo": 2, "America/Chicago": 1})
+    store = await Store.open(db)
+    try:  # 09:00 on 2099-05-31 has passed in Tokyo, not yet in Chicago
+        done = await schedule_mailing(
+            store, Lifecycle(store), spring, datetime(2099, 5, 31, 9, 0), "UTC", True, Passed.SKIP, now=FIXED_NOW
+        )
+    finally:
+        await store.close()
+    assert done.skipped_id is not None
+    return done.skipped_id
+
+
+async def test_the_draft_of_skipped_zones_opens_set_schedule_without_a_date(tmp_path: Path) -> None:
+    """The draft a local-time schedule kept back has no schedule of its own: Set Schedule filled
+    in its group's date, so Enter on the row, Enter on Set Schedule, Enter submitted it (and, with
+    Tab, Enter on the question, sent it at once). It shows the group's hour and zone, no date."""
+    db = tmp_path / "skipped-enter.db"
+    skipped = await skipped_draft(db)
+    app = dashboard_app(db)
+    async with running(app, size=(120, 40)) as pilot:
+        await focus_row(pilot, Section.INACTIVE, skipped)
+        await choose(pilot, "schedule")
+        dialog = await opened(pilot, ScheduleDialog)
+        assert dialog.query_one("#date", Input).value == ""
+        assert dialog.query_one("#hour", Input).value == "09:00"
+        assert dialog.query_one("#submit", Button).disabled
+        await pilot.press("enter", "enter")
+        await pilot.pause()
+    with sqlite3.connect(db) as conn:
+        (state,) = conn.execute("SELECT state FROM mailings WHERE id = ?", (skipped,)).fetchone()
+    assert state == "draft"
+
+
 async def test_past_everywhere_is_said_in_the_dialog_and_schedule_is_withheld(tmp_path: Path) -> None:
     db = tmp_path / "past.db"
     spring = await spring_in(db, {"Asia/Tokyo": 2})
@@ -164,20 +199,12 @@ async def test_past_everywhere_is_said_in_the_dialog_and_schedule_is_withheld(tm
 
 async def test_the_draft_of_skipped_zones_is_titled_as_one_mailing(tmp_path: Path) -> None:
     db = tmp_path / "skipped.db"
-    spring = await spring_in(db, {"Asia/Tokyo": 2, "America/Chicago": 1})
-    store = await Store.open(db)
-    try:  # 09:00 on 2099-05-31 has passed in Tokyo, not yet in Chicago
-        done = await schedule_mailing(
-            store, Lifecycle(store), spring, datetime(2099, 5, 31, 9, 0), "UTC", True, Passed.SKIP, now=FIXED_NOW
-        )
-    finally:
-        await store.close()
-    assert done.skipped_id is not None
+    skipped = await skipped_draft(db)
     app = dashboard_app(db)
     async with running(app, size=(120, 40)) as pilot:
-        await focus_row(pilot, Section.INACTIVE, done.skipped_id)
+        await focus_row(pilot, Section.INACTIVE, skipped)
         await choose(pilot, "schedule")
         dialog = await opened(pilot, ScheduleDialog)
         title = str(dialog.query_one("#schedule-box").border_title)
-        assert title == f"Set schedule: Spring \\[skipped, time passed: 1 zone] (id {done.skipped_id})"  # was "(all 1 waves)"
+        assert title == f"Set schedule: Spring \\[skipped, time passed: 1 zone] (id {skipped})"  # was "(all 1 waves)"
         await pilot.press("escape")

@@ -55,7 +55,10 @@ FIELDS: dict[str, LimitField] = {
 
 # Limits that let more mail out the more they grow; 0 means unlimited for the rates.
 PACING: dict[str, str] = {"rate": "msg/s", "rate_per_hour": "msg/h", "connections": ""}
-UNLIMITED_AT_ZERO = {"rate", "rate_per_hour"}
+UNLIMITED_AT_ZERO = frozenset({"rate", "rate_per_hour"})
+# A domain group's limits: 0 is no cap of its own for every one, connections too (the group may
+# then use all of the sender's connections: core/config.py's domain_connections).
+GROUP_UNLIMITED_AT_ZERO = frozenset({"rate", "rate_per_hour", "connections"})
 
 # With domain groups configured, a Select picks whose limits the fields show: the whole sender's,
 # or one group's (field -> the group's limit, and the BOUNDS row its value is checked against).
@@ -67,15 +70,15 @@ GROUP_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-def more_than_doubles(name: str, old: float, new: float) -> bool:
+def more_than_doubles(name: str, old: float, new: float, unlimited_at_zero: frozenset[str] = UNLIMITED_AT_ZERO) -> bool:
     """Whether changing pacing limit `name` from `old` to `new` lets out more than twice as much.
 
-    For a rate 0 is unlimited: setting a limit where there was none is a decrease, and
-    removing a limit (to 0) is the largest increase there is.
+    For a limit in `unlimited_at_zero` 0 is unlimited: setting a limit where there was none is a
+    decrease, and removing a limit (to 0) is the largest increase there is.
     """
     if name not in PACING or new == old:
         return False
-    if name in UNLIMITED_AT_ZERO:
+    if name in unlimited_at_zero:
         if old == 0:
             return False
         if new == 0:
@@ -83,9 +86,9 @@ def more_than_doubles(name: str, old: float, new: float) -> bool:
     return new > 2 * old
 
 
-def shown_value(name: str, value: float) -> str:
-    if name in UNLIMITED_AT_ZERO and value == 0:
-        return "unlimited"
+def shown_value(name: str, value: float, unlimited_at_zero: frozenset[str] = UNLIMITED_AT_ZERO) -> str:
+    if name in unlimited_at_zero and value == 0:
+        return "unlimited" if name in UNLIMITED_AT_ZERO else "no cap of its own"
     unit = PACING.get(name, "")
     return f"{format_value(value)} {unit}".rstrip()
 
@@ -411,8 +414,9 @@ class LimitsScreen(ModalScreen[bool]):
             self.notify("No limit changed", timeout=3)
             self.dismiss(False)
             return
-        raised = [f"{FIELDS[n].label}: {shown_value(n, old[n])} → {shown_value(n, v)}"
-                  for n, v in changes.items() if more_than_doubles(n, old[n], v)]
+        group = GROUP_UNLIMITED_AT_ZERO
+        raised = [f"{FIELDS[n].label}: {shown_value(n, old[n], group)} → {shown_value(n, v, group)}"
+                  for n, v in changes.items() if more_than_doubles(n, old[n], v, group)]
         if raised and not await self.app.push_screen_wait(
             ConfirmDialog(f"Raise the limits of {self.scope}?",
                           "This lets out more than twice as much mail to these domains:\n" + "\n".join(raised),

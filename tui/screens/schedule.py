@@ -163,8 +163,9 @@ def schedule_done_text(name: str, request: ScheduleRequest, result: ScheduleResu
 
 
 class PassedChoice(ModalScreen[Passed | None]):
-    """Zones where the time has passed: skip, now or next day, each by its own key; the focus
-    starts on Go back, so Enter alone never decides for the operator."""
+    """Zones where the time has passed: skip, now or next day, each by its own key (or a click);
+    the focus is on Go back and stays there (the choices cannot take it), so neither Enter nor
+    Tab then Enter decides for the operator."""
 
     DEFAULT_CSS = """
     PassedChoice { align: center middle; }
@@ -199,7 +200,9 @@ class PassedChoice(ModalScreen[Passed | None]):
                 for choice in self.plan.choices():  # not "skip" when that would schedule nothing
                     meaning = PASSED_MEANING[choice]
                     label = f"{choice.value}: {meaning[:1].upper()}{meaning[1:]} ({self.KEYS[choice]})"
-                    yield Button(label, id=f"passed-{choice.value}", compact=True)
+                    button = Button(label, id=f"passed-{choice.value}", compact=True)
+                    button.can_focus = False  # "now" may be the next button: Tab, Enter would send
+                    yield button
 
     def on_mount(self) -> None:
         self.query_one("#back", Button).focus()
@@ -344,8 +347,9 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
     def compose(self) -> ComposeResult:
         local, zone = self.wall or default_wall_time(self.mailing, self.operator_tz, self._now())
         # A mailing without a schedule gets no date until one is typed: Enter pressed by reflex
-        # (Enter on the row, Enter on Set Schedule, Enter) must not schedule a draft to go out.
-        shown_date = f"{local:%Y-%m-%d}" if self.wall or self.mailing.schedule is not None else ""
+        # (Enter on the row, Enter on Set Schedule, Enter) must not schedule a draft to go out,
+        # also a draft kept back from a local-time schedule (its group's hour and zone are shown).
+        shown_date = f"{local:%Y-%m-%d}" if self.mailing.schedule is not None else ""
         box = Vertical(id="schedule-box")
         if self.waves > 1:
             title = f"Set schedule: {safe(self.mailing.wave_parent or self.mailing.name)} (all {self.waves} waves)"
