@@ -250,6 +250,25 @@ async def test_removing_a_rate_limit_asks_and_setting_one_does_not(fixed_db: Fix
     assert await stored_rate(fixed_db.db, settings) == 50.0
 
 
+async def test_a_limit_typed_with_a_key_a_number_has_no_place_for_is_shown_wrong_not_saved(fixed_db: Fixture) -> None:
+    """Textual's number fields dropped the keys they do not take without a word: "0x10" typed as
+    the rate was saved as 10 msg/s, "1e3" connections as 13. Every key stays; the value is refused."""
+    settings = settings_for(fixed_db.db, rate=60.0)
+    app = dashboard(fixed_db.db, settings=settings)
+    async with running(app) as pilot:
+        await pilot.press("l")
+        limits = await limits_loaded(pilot)
+        await pilot.press(*"0x10")
+        field = limits.query_one("#rate", Input)
+        assert field.value == "0x10"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is limits and not field.is_valid and limits.query_one("#save", Button).disabled
+        assert "0x10" in str(limits.query_one("#rate-error").render())
+        await pilot.press("escape")
+    assert await stored_rate(fixed_db.db, settings) == 60.0
+
+
 def test_more_than_doubles() -> None:
     from mailtower.tui.screens.limits import more_than_doubles
 

@@ -238,16 +238,13 @@ class LimitsScreen(ModalScreen[bool]):
                     yield Select([("the whole sender", WHOLE_SENDER)] + [(f"domain group {n}", n) for n in group_names(self.settings)],
                                  value=WHOLE_SENDER, allow_blank=False, id="scope", compact=True)
             for name, field in FIELDS.items():
-                kind, _ = LIMITS[name]
                 with Vertical(classes="limit", id=f"{name}-box"):
                     with Horizontal(classes="row"):
                         yield Label(field.label, classes="field-label")
-                        yield Input(
-                            id=name,
-                            type="integer" if kind is int else "number",
-                            validators=[LimitValidator(name, self._bound)],
-                            compact=True,
-                        )
+                        # No `type`: Textual's number fields drop a key they do not take without a
+                        # word ("0x10" became 10, "1e3" connections 13); every key is kept and the
+                        # validator says what is wrong with the whole value instead.
+                        yield Input(id=name, validators=[LimitValidator(name, self._bound)], compact=True)
                         yield Static(field.hint, classes="hint", markup=False)
                     yield Static("", id=f"{name}-changed", classes="changed", markup=False)
                     yield Static("", id=f"{name}-error", classes="error", markup=False)
