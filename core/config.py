@@ -230,6 +230,7 @@ class RelaySpec:
     verify: bool = True
     ca_file: str = ""
     name: str = ""
+    password_file: str = ""  # where `password` was read from, if from a file (never written over)
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,7 +629,21 @@ def _relay_from_toml(table: Any, where: str) -> RelaySpec:
     if "password_file" in table:
         file = convert_setting("smtp_password_file", table["password_file"], f"{where} password_file")
         data["password"], _ = read_password_file(file, f"{where} password_file")
+        data["password_file"] = str(file)
     return RelaySpec(**data)
+
+
+def files_read(settings: Settings) -> list[Path]:
+    """The files these settings came from or name for reading: the TOML file, password files, CA
+    files and the DKIM key. No output of any command may be written over, or appended to, one of
+    them (a `--log` on the password file would corrupt the password, on the TOML file every later
+    command)."""
+    names: list[str | Path | None] = [settings.config_path, settings.smtp_password_file, settings.smtp_ca_file,
+                                       settings.dkim_key_file]
+    for relay in settings.relays:
+        names += [relay.password_file, relay.ca_file]
+    # Regular files only: MAILTOWER_CONFIG=/dev/null reads nothing worth keeping.
+    return [path for path in (Path(name).expanduser() for name in names if name) if path.is_file()]
 
 
 # ---- pacing by destination: [domains.NAME] groups ---------------------------------------------

@@ -16,7 +16,7 @@ columns takes one pass over the listed rows before the file is written.
 from __future__ import annotations
 
 import csv
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -99,17 +99,19 @@ def _row(recipient: Recipient, columns: Columns = Columns()) -> list[str | int]:
 
 
 async def export_remaining_csv(
-    store: Store, mailing_id: int, path: Path, search: str = "", *, overwrite: bool = False
+    store: Store, mailing_id: int, path: Path, search: str = "", *, overwrite: bool = False,
+    protected: Iterable[Path] = (),
 ) -> int:
     """Write the remaining recipients of `mailing_id` (optionally filtered) to `path`; returns rows written.
 
     The same rules as every file mailtower writes (core/files): refused before any work if it is
     the database or one of its companion files (however named), a directory, in a missing
-    directory, or an existing file without `overwrite`; written beside it and renamed into place
-    at the end, so a failed export never leaves a half-written or clobbered file.
+    directory, or an existing file without `overwrite`, or one of `protected` (the files the
+    settings were read from); written beside it and renamed into place at the end, so a failed
+    export never leaves a half-written or clobbered file.
     """
     await store.mailing(mailing_id)  # NotFound before any file is touched
-    protected = database_companions(store.path)
+    protected = [*database_companions(store.path), *protected]
     target = check_output_path(
         path, what="export", force=overwrite, protected=protected, replace_hint=REPLACE_HINT
     )

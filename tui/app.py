@@ -41,7 +41,7 @@ from textual.widgets import Input
 from textual.worker import Worker
 
 from mailtower.core.display import safe
-from mailtower.core.config import Settings, security_warnings
+from mailtower.core.config import Settings, files_read, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.db_errors import database_errors
 from mailtower.core.db_target import PgTarget
@@ -1252,7 +1252,7 @@ class DashboardApp(App[int]):
     def _remaining_screen(self, store: Store, mailing: Mailing) -> Screen[None]:
         from .screens.remaining import RemainingScreen
 
-        return RemainingScreen(store, mailing)
+        return RemainingScreen(store, mailing, files_read(self.settings))
 
     # ---- command palette ---------------------------------------------------------------------
 

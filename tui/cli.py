@@ -26,7 +26,7 @@ from typing import Any, NoReturn, TextIO
 
 import platformdirs
 
-from mailtower.core.config import BOUNDS, Settings, default_db_path, load_settings, security_warnings
+from mailtower.core.config import BOUNDS, Settings, default_db_path, files_read, load_settings, security_warnings
 from mailtower.core.dkim_signing import startup_check as dkim_startup_check
 from mailtower.core.display import SafeFormatter, install_safe_logging, safe
 from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
@@ -621,9 +621,10 @@ class RejectLog:
 
 
 def protected_files(settings: Settings, store: Store, inputs: Iterable[Path | None]) -> list[Path]:
-    """Files no output of this command may replace: the database and its companions, and the
-    command's own input files (standard input as whatever it is redirected from)."""
-    protected = database_companions(settings.db) + database_companions(store.path)
+    """Files no output of this command may replace: the database and its companions, the files
+    the settings were read from (config, passwords, keys), and the command's own input files
+    (standard input as whatever it is redirected from)."""
+    protected = database_companions(settings.db) + database_companions(store.path) + files_read(settings)
     for source in inputs:
         if source is not None:
             protected.append(Path("/dev/stdin") if is_stdin(source) else source)
@@ -1222,7 +1223,7 @@ def sender_logging(args: argparse.Namespace, settings: Settings) -> Iterator[Run
     file_handler: logging.StreamHandler[TextIO] | None = None
     file_is_stderr = False
     if args.log is not None:
-        stream = open_log(args.log, settings.db)
+        stream = open_log(args.log, settings)
         file_handler = logging.StreamHandler(stream)
         file_handler.setFormatter(SafeFormatter(LOG_FORMAT, LOG_DATE_FORMAT))
         file_handler.setLevel(logging.INFO)
@@ -1244,11 +1245,15 @@ def sender_logging(args: argparse.Namespace, settings: Settings) -> Iterator[Run
             file_handler.stream.close()
 
 
-def open_log(path: Path, db: Path | PgTarget) -> TextIO:
+def open_log(path: Path, settings: Settings) -> TextIO:
     """`run --log FILE` opened for appending: a regular file (created if need be) that is not the
-    database or one of its files; anything else is one line and exit 2 before sending starts."""
-    if any(same_file(path, companion) for companion in database_companions(db)):
+    database or one of its files, nor a file the settings were read from; anything else is one
+    line and exit 2 before sending starts."""
+    if any(same_file(path, companion) for companion in database_companions(settings.db)):
         raise UserError(f"--log: {path} is the database or one of its files; name another file")
+    for read in files_read(settings):
+        if same_file(path, read):
+            raise UserError(f"--log: {path} is the same file as {read}, which the settings are read from; name another file")
     not_regular = f"--log: {path} is not a regular file (the sender's log is appended to a file)"
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):

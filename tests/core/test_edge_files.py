@@ -636,3 +636,72 @@ def test_dash_is_not_an_output_file_name(plain: Cli, mailing: int, tmp_path: Pat
         code, out, err = plain("remaining", str(mailing), "--csv", "-o", "-")
         assert code == 0 and out.startswith("email,")
     assert not (tmp_path / "-").exists()
+
+
+# --- the files the settings are read from are never written -----------------------------------------------
+
+
+def settings_files(tmp_path: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """A TOML file naming a relay with its own password file, an SMTP password file and a DKIM key
+    (dkimpy's base64 Ed25519 form): each a file the settings are read from."""
+    import base64
+
+    def private(name: str, data: bytes) -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        return path
+
+    files = {
+        "password file": private("smtp.pw", b"secret\n"),
+        "relay password file": private("relay.pw", b"relay-secret\n"),
+        "DKIM key": private("dkim.key", base64.b64encode(os.urandom(32)) + b"\n"),
+    }
+    config = tmp_path / "mailtower.toml"
+    config.write_text(f'[[relays]]\nhost = "127.0.0.1"\nuser = "u"\npassword_file = "{files["relay password file"]}"\n',
+                      encoding="utf-8")
+    files["config file"] = config
+    env = {"MAILTOWER_CONFIG": str(config), "MAILTOWER_SMTP_USER": "u",
+           "MAILTOWER_SMTP_PASSWORD_FILE": str(files["password file"]),
+           "MAILTOWER_DKIM_DOMAIN": "example.org", "MAILTOWER_DKIM_SELECTOR": "s1",
+           "MAILTOWER_DKIM_KEY_FILE": str(files["DKIM key"]), "MAILTOWER_DKIM_ALGORITHM": "ed25519-sha256"}
+    return files, env
+
+
+@pytest.mark.parametrize("which", ["config file", "password file", "relay password file", "DKIM key"])
+@pytest.mark.parametrize("output", ["remaining --output", "new --rejects", "run --log"])
+def test_no_output_writes_over_a_file_the_settings_are_read_from(
+    db: Path, tmp_path: Path, text: Path, people: Path, which: str, output: str
+) -> None:
+    """`--force` replaced the TOML file, the SMTP password file or the DKIM key with a listing, and
+    `run --log` appended log lines to them (no --force needed): a corrupt password or key, and
+    every later command refused for a TOML file that no longer parses."""
+    files, env = settings_files(tmp_path)
+    cli = Cli(db, **env)
+    mailing_id = cli.ok(*new_args(text, people, "--force")).strip()  # rows with faults: --rejects has some
+    target = files[which]
+    before = {name: path.read_bytes() for name, path in files.items()}
+    if output == "remaining --output":
+        args = ["remaining", mailing_id, "--csv", "--output", str(target), "--force"]
+    elif output == "new --rejects":
+        args = new_args(text, people, "--rejects", str(target), "--force")
+    else:
+        args = ["run", "--until-idle", "--log", str(target)]
+    code, out, err = cli(*args)
+    line = one_line(err)
+    assert code == 2 and ("will not write over" in line or "the settings are read from" in line), err
+    assert {name: path.read_bytes() for name, path in files.items()} == before
+
+
+async def test_the_dashboards_export_refuses_a_file_the_settings_are_read_from(
+    plain: Cli, mailing: int, db: Path, tmp_path: Path
+) -> None:
+    password = tmp_path / "smtp.pw"
+    password.write_text("secret\n")
+    store = await Store.open(db)
+    try:
+        with pytest.raises(UserError, match="will not write over"):
+            await export_remaining_csv(store, mailing, password, overwrite=True, protected=[password])
+    finally:
+        await store.close()
+    assert password.read_text() == "secret\n"

@@ -566,10 +566,11 @@ class RemainingScreen(Screen[None]):
         Binding("r", "reload", "Reload"),
     ]
 
-    def __init__(self, store: Store, mailing: Mailing) -> None:
+    def __init__(self, store: Store, mailing: Mailing, settings_files: Sequence[Path] = ()) -> None:
         super().__init__()
         self.store = store
         self.mailing = mailing
+        self.settings_files = tuple(settings_files)  # never exported over (core/config.files_read)
         self.search = ""
         self._pages = RemainingPages(store, mailing.id, "", mailing.remaining)
         self._filter_timer: Timer | None = None
@@ -664,7 +665,7 @@ class RemainingScreen(Screen[None]):
         if self.search:
             what += f" matching '{self.search}'"
         default = Path(f"./remaining-{self.mailing.id}.csv")
-        protected = database_companions(self.store.path)
+        protected = [*database_companions(self.store.path), *self.settings_files]
         self.app.push_screen(ExportDialog(default, f"Write {what} to:", protected), self._export_chosen)
 
     def _export_chosen(self, choice: ExportChoice | None) -> None:
@@ -675,7 +676,7 @@ class RemainingScreen(Screen[None]):
     async def _export(self, choice: ExportChoice, search: str) -> None:
         try:
             written = await export_remaining_csv(
-                self.store, self.mailing.id, choice.path, search, overwrite=choice.overwrite
+                self.store, self.mailing.id, choice.path, search, overwrite=choice.overwrite, protected=self.settings_files
             )
         except UserError as exc:
             self.notify(str(exc), title="Export failed", severity="error")
