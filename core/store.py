@@ -18,6 +18,7 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -573,6 +574,34 @@ def sqlite_filename(path: Path) -> str:
     checks, the sender lease and the output protection see the file as named: a name starting
     with '/' is always a plain file name to SQLite, so both mean one and the same file."""
     return str(Path(path).absolute())
+
+
+def remove_if_unused(path: Path) -> bool:
+    """Remove the SQLite database `path` (and its -wal, -shm and -journal files) if it holds
+    nothing but mailtower's empty schema: for a command that created it and then refused its
+    input, which must leave nothing behind. False (kept) if anything was written to it, if it is
+    not one of ours, or if it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(sqlite_filename(path))}?mode=ro", uri=True, timeout=0)
+    except sqlite3.Error:
+        return False
+    try:
+        tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if "meta" not in tables or conn.execute("SELECT key FROM meta").fetchall() != [("schema_version",)]:
+            return False
+        for table in tables:
+            if table not in ("meta", "sqlite_sequence") and conn.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone():
+                return False
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    for name in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            name.unlink()
+        except FileNotFoundError:
+            pass
+    return True
 
 
 _SHOWN_TABLES = 5

@@ -55,7 +55,7 @@ from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.fleet import FleetLost, senders_document
-from mailtower.core.store import Store, iso, open_store, storage_error
+from mailtower.core.store import Store, iso, open_store, remove_if_unused, storage_error
 from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version
 from mailtower.core.unsubscribe import set_targets
 
@@ -651,14 +651,23 @@ def optional_output(
 
 
 async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]) -> int:
+    # A command that creates the database and then refuses its input (`new` with a bad address,
+    # `suppress import` of an empty file) leaves no new empty database behind.
+    created = isinstance(settings.db, Path) and not os.path.lexists(settings.db)
     store = await open_store(settings.db)
+    succeeded = False
     try:
         await store.operator_lock_wait()  # a person waits: another process's lock is said well before 2 minutes
         # A tzdata upgrade moves the instants of schedules; every command sees them right.
         await Lifecycle(store).rederive_schedules()
-        return await body(store)
+        code = await body(store)
+        succeeded = code == 0
+        return code
     finally:
         await store.close()
+        if created and not succeeded:
+            assert isinstance(settings.db, Path)
+            remove_if_unused(settings.db)
 
 
 def warn(message: str) -> None:

@@ -232,3 +232,38 @@ def test_new_still_creates_the_database_a_command_names(here: Path) -> None:
     new_mailing(cli, here)
     assert mailings_in(here / "fresh.db") == 1
     cli.ok("status")  # and the commands above work on it
+
+
+REFUSED_ON_A_NEW_DATABASE = {
+    "a name with an escape": ["new", "--name", "T\x1b[2J", "--subject", "s", "--from", "news@example.org"],
+    "a sender that is no address": ["new", "--name", "T", "--subject", "s", "--from", "not an address"],
+    "an empty recipient file": ["new", "--name", "T", "--subject", "s", "--from", "news@example.org", "--empty"],
+    "nothing to suppress": ["suppress", "import", "empty.txt"],
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_ON_A_NEW_DATABASE))
+def test_a_command_that_refuses_its_input_leaves_no_new_database(here: Path, case: str) -> None:
+    """`new` with a bad --from made the database named by --db, then refused: a typo in --db
+    left a new 94 KB database behind a command that said it changed nothing."""
+    (here / "body.txt").write_text("Hello\n", encoding="utf-8")
+    write_csv(here / "people.csv", recipients(2))
+    (here / "empty.txt").write_text("", encoding="utf-8")
+    args = list(REFUSED_ON_A_NEW_DATABASE[case])
+    if args[0] == "new":
+        empty = "--empty" in args
+        args = [a for a in args if a != "--empty"] + ["--text", "body.txt", "--recipients", "empty.txt" if empty else "people.csv"]
+    code, _, err = Cli(Path("fresh.db"))(*args)
+    assert code == 2 and one_line(err)
+    assert sorted(p.name for p in here.iterdir()) == ["body.txt", "empty.txt", "people.csv"]
+
+
+def test_a_refused_command_keeps_a_database_that_was_there(here: Path) -> None:
+    cli = Cli(Path("kept.db"))
+    cli.ok("limits")  # an existing database with nothing in it yet
+    code, _, _ = cli("new", "--name", "T", "--subject", "s", "--from", "not an address", "--text", "x", "--recipients", "y")
+    assert code == 2 and (here / "kept.db").exists()
+    touched = here / "touched.db"
+    touched.write_bytes(b"")  # made by the person: theirs to keep, even empty
+    code, _, _ = Cli(touched)("suppress", "import", str(touched.with_name("missing.txt")))
+    assert code == 2 and touched.exists()

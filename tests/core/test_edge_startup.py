@@ -77,6 +77,9 @@ def make_db(path: Path) -> Path:
 
 
 def mailing_count(db: Path) -> int:
+    """Mailings in `db`; 0 where there is no database (a refused command removes one it made)."""
+    if not db.exists():
+        return 0
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM mailings").fetchone()[0])
 
