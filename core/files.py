@@ -39,6 +39,9 @@ MAX_BODY_BYTES = 10 * MIB  # a text or HTML body
 MAX_CONFIG_BYTES = 1 * MIB  # the TOML file
 MAX_SECRET_BYTES = 64 * KIB  # a password file
 IDLE_TIMEOUT = 30.0  # seconds a pipe may stay silent before we give up on it
+# Seconds a named pipe may wait for its writer to open it: until then it reads as empty (no
+# writer is end of file), and a writer that came a moment later lost a body without a word.
+WRITER_WAIT = 5.0
 
 STDIN_NAMES = ("-",)
 _CHUNK = 64 * KIB
@@ -130,6 +133,22 @@ class _GuardedRaw(io.RawIOBase):
         self._error = error
         self._total = 0
         self._restore_blocking: bool | None = None
+        self._pending = b""  # a byte read while waiting for the writer (wait_for_writer)
+
+    def wait_for_writer(self, wait: float) -> None:
+        """For a named pipe: wait up to `wait` seconds until something was written, or a writer
+        came and went (an empty pipe), or holds it open without writing yet (then reading waits as
+        for any pipe); one line if nobody opened it to write."""
+        ready, _, _ = select.select([self._fd], [], [], wait)
+        if ready:
+            return
+        try:
+            first = os.read(self._fd, 1)
+        except BlockingIOError:
+            return  # a writer has it open and has not written yet
+        if not first:
+            raise self._error(f"{self._what}: nobody opened this named pipe to write within {wait:g} s; nothing was read")
+        self._pending = first  # written between the wait and this read: kept for the reader
 
     def set_blocking(self, blocking: bool) -> None:
         """Set the fd's mode, putting the old one back on close (stdin's file description is
@@ -150,6 +169,10 @@ class _GuardedRaw(io.RawIOBase):
         room = min(len(view), self._limit + 1 - self._total)
         if room <= 0:
             raise self._error(f"{self._what}: larger than the limit of {describe_size(self._limit)}")
+        if self._pending:
+            view[:1], self._pending = self._pending, b""
+            self._total += 1
+            return 1
         while True:
             try:
                 count = os.readv(self._fd, [view[:room]])
@@ -184,13 +207,15 @@ def open_stream(
     limit: int,
     idle_timeout: float = IDLE_TIMEOUT,
     error: type[UserError] = UserError,
+    writer_wait: float = WRITER_WAIT,
 ) -> BinaryIO:
     """A buffered binary stream over `path`, opened once, for reading line by line.
 
-    Same rules as `read_bytes_bounded` (pipes, FIFOs, devices, `-` for stdin; a FIFO with no writer
-    reads as empty instead of blocking) but streamed, so memory stays flat whatever the size: the
-    whole stream is bounded by `limit` bytes and a pipe may stay silent for `idle_timeout` seconds.
-    Failing to open raises OSError (the caller words it); passing a bound raises `error`."""
+    Same rules as `read_bytes_bounded` (pipes, FIFOs, devices, `-` for stdin; a FIFO waits at most
+    `writer_wait` seconds for a writer, then one line, never blocks for ever) but streamed, so memory
+    stays flat whatever the size: the whole stream is bounded by `limit` bytes and a pipe may stay
+    silent for `idle_timeout` seconds. Failing to open raises OSError (the caller words it); passing
+    a bound raises `error`."""
     if is_stdin(path):
         fd = _stdin_fd()
     else:
@@ -207,6 +232,8 @@ def open_stream(
         raise
     try:
         raw.set_blocking(stat.S_ISREG(info.st_mode))
+        if stat.S_ISFIFO(info.st_mode) and not is_stdin(path):  # stdin's shell opened it with its writer
+            raw.wait_for_writer(writer_wait)
     except BaseException:
         raw.close()
         raise

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -327,8 +328,44 @@ def test_fifo_with_no_writer_does_not_hang(db: Path, tmp_path: Path, text: Path,
         except subprocess.TimeoutExpired:
             pytest.fail(f"mailtower {' '.join(args)} still waits on a FIFO with no writer after 15 s")
         assert done.returncode == 2
-        assert "empty" in one_line(done.stderr.decode())
+        assert "nobody opened this named pipe to write within 5 s" in one_line(done.stderr.decode())
     assert fingerprint(db) == before
+
+
+@pytest.mark.parametrize("flag", ["--text", "--recipients"])
+def test_a_fifo_whose_writer_comes_a_moment_later_is_read_whole(db: Path, tmp_path: Path, text: Path, people: Path,
+                                                               flag: str) -> None:
+    """A FIFO opened before its writer read as empty at once: `--text fifo --html page.html` made a
+    mailing with an empty text part (exit 0), and the writer that came a second later blocked for
+    ever. The writer is waited for (WRITER_WAIT), and what it writes is read."""
+    fifo = tmp_path / "late.fifo"
+    os.mkfifo(fifo)
+    html = tmp_path / "page.html"
+    html.write_text("<p>Hello</p>\n", encoding="utf-8")
+    content = "Written late\n" if flag == "--text" else people.read_text(encoding="utf-8")
+
+    def late_writer() -> None:
+        time.sleep(1.0)  # the reader is waiting by now: this is what arriving late means
+        with open(fifo, "w", encoding="utf-8") as handle:
+            handle.write(content)
+
+    writer = threading.Thread(target=late_writer, daemon=True)
+    writer.start()
+    try:
+        args = new_args(text, fifo if flag == "--recipients" else people, "--force")
+        if flag == "--text":
+            args[args.index("--text") + 1] = str(fifo)
+            args += ["--html", str(html)]
+        done = subprocess_cli(db, *args, timeout=30)
+    finally:
+        writer.join(timeout=30)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(db) as conn:
+        body, total = conn.execute("SELECT text_body, total FROM mailings").fetchone()
+    if flag == "--text":
+        assert body == "Written late\n"
+    else:
+        assert total == len(emails(db)) > 0
 
 
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])

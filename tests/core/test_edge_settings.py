@@ -322,7 +322,7 @@ def _password_file_cases(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     yield private(tmp_path / "two-lines", "first\nsecond\n"), "more than one line"
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo, 0o600)
-    yield fifo, "is empty"  # no writer: read as empty at once, not waited on for ever
+    yield fifo, "nobody opened this named pipe"  # no writer: waited on for WRITER_WAIT, never for ever
     yield tmp_path / "missing", "does not exist"
 
 
