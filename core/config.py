@@ -854,6 +854,10 @@ def check_settings(settings: Settings, sources: Mapping[str, str] | None = None)
     for name in BOUNDS.keys() & SETTABLE:
         parse_number(name, getattr(settings, name), source(name))
     convert_setting("smtp_tls", settings.smtp_tls, source("smtp_tls"))
+    if not settings.relays and not settings.smtp_host.strip():
+        # An empty host got as far as the sender, which then waited for ever on a relay it could
+        # not name (and the warning said "mail to  goes unencrypted").
+        raise UserError(f"{source('smtp_host')}: the relay's host is empty; give its name or address")
     if settings.retry_base > settings.retry_max:
         raise UserError(
             f"{source('retry_base')}: the first retry wait ({_number_text(settings.retry_base)} s) is longer "
@@ -861,6 +865,8 @@ def check_settings(settings: Settings, sources: Mapping[str, str] | None = None)
         )
     for number, relay in enumerate(settings.relays, 1):
         where = f"{source('relays')} #{number}"
+        if not relay.host.strip():
+            raise UserError(f"{where}: the relay's host is empty; give its name or address")
         parse_number("smtp_port", relay.port, f"{where} port")
         parse_number("connections", relay.connections, f"{where} connections")
         parse_number("rate", relay.rate, f"{where} rate")
@@ -898,7 +904,8 @@ def security_warnings(settings: Settings) -> list[str]:
     """What an operator must be told about a weakened setup (shown in the dashboard and by `run`)."""
     warnings = []
     for host, tls, _, verify in _endpoints(settings):
-        if tls == "none" and not is_loopback(host):
+        if tls == "none" and not is_loopback(host) and settings.smtp_allow_plain:
+            # Without ALLOW_PLAIN the sender refuses this relay (check_smtp_security): one line, no warning.
             warnings.append(f"mail to {host} goes unencrypted (MAILTOWER_SMTP_ALLOW_PLAIN)")
         if tls != "none" and not verify:
             warnings.append(f"the TLS certificate of {host} is not verified (MAILTOWER_SMTP_VERIFY=0)")

@@ -474,3 +474,36 @@ def test_uvloop_is_a_dependency_where_supported_and_fast_still_exists() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert any(d.startswith("uvloop") and "sys_platform != 'win32'" in d for d in project["dependencies"])
     assert "fast" in project["optional-dependencies"]
+
+
+# ---- the relay's host ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_relay_host_is_refused_wherever_it_is_given(tmp_path: Path, host: str) -> None:
+    """An empty host passed every command; `run` then warned "mail to  goes unencrypted" and waited
+    for ever, sending nothing, on a relay it could not name. (An empty variable is an unset one.)"""
+    if host:
+        assert "the relay's host is empty" in refusal(load, {"MAILTOWER_SMTP_HOST": host})
+    assert refusal(load, smtp_host=host).startswith("--smtp-host: ")
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[smtp]\nhost = "{host}"\n', encoding="utf-8")
+    assert "the relay's host is empty" in refusal(load, config=config)
+    pool = tmp_path / "pool.toml"
+    pool.write_text(f'[[relays]]\nhost = "127.0.0.1"\n\n[[relays]]\nhost = "{host}"\n', encoding="utf-8")
+    message = refusal(load, config=pool)
+    assert "#2" in message and ("the relay's host is empty" in message or "a relay needs a host" in message)
+
+
+def test_plain_text_to_a_remote_relay_is_refused_in_one_line_without_a_warning_before_it(tmp_path: Path) -> None:
+    """The refusal came after a warning that said the mail "goes unencrypted
+    (MAILTOWER_SMTP_ALLOW_PLAIN)", which was not set: two lines, the first one wrong."""
+    from mailtower.core.config import security_warnings
+
+    settings = load({"MAILTOWER_SMTP_HOST": "mail.example.net", "MAILTOWER_SMTP_TLS": "none"})
+    assert security_warnings(settings) == []
+    allowed = load({"MAILTOWER_SMTP_HOST": "mail.example.net", "MAILTOWER_SMTP_TLS": "none", "MAILTOWER_SMTP_ALLOW_PLAIN": "1"})
+    assert security_warnings(allowed) == ["mail to mail.example.net goes unencrypted (MAILTOWER_SMTP_ALLOW_PLAIN)"]
+    code, out, err = Cli(tmp_path / "m.db", MAILTOWER_SMTP_HOST="mail.example.net", MAILTOWER_SMTP_TLS="none")(
+        "run", "--until-idle")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a loopback address" in err
