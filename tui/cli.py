@@ -73,11 +73,13 @@ SQLITE_MAX_ID = 2**63 - 1
 
 
 def mailing_id(text: str) -> int:
-    """An argparse type: a mailing id is a whole number SQLite can hold (1 to 2**63-1)."""
+    """An argparse type: a mailing id is a whole number SQLite can hold (1 to 2**63-1), written
+    as `new` printed it or as `status` shows it (#12)."""
     # Only ASCII digits: int() would also take "1_0" and other scripts' digits.
-    if re.fullmatch(r"[+-]?[0-9]+", text.strip()) is None:
+    digits = text.strip().removeprefix("#")
+    if re.fullmatch(r"[+-]?[0-9]+", digits) is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a mailing id (a whole number)")
-    value = int(text.strip())
+    value = int(digits)
     if not 1 <= value <= SQLITE_MAX_ID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a mailing id (ids run from 1 to {SQLITE_MAX_ID})")
     return value

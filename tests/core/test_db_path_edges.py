@@ -267,3 +267,15 @@ def test_a_refused_command_keeps_a_database_that_was_there(here: Path) -> None:
     touched.write_bytes(b"")  # made by the person: theirs to keep, even empty
     code, _, _ = Cli(touched)("suppress", "import", str(touched.with_name("missing.txt")))
     assert code == 2 and touched.exists()
+
+
+def test_an_id_written_as_status_shows_it_is_taken(here: Path) -> None:
+    """Every id's help says "as `status` shows it: #ID", and `#1` was refused as not a mailing id."""
+    cli = Cli(Path("ids.db"))
+    mailing = new_mailing(cli, here)
+    assert f"#{mailing} n" in cli.ok("status")
+    assert cli.ok("recipients", f"#{mailing}").count("@example.com") == 2
+    assert cli.ok("remaining", f"#{mailing}").count("@example.com") == 2
+    for bad in ("##1", "#", "#x", "# 1"):
+        code, _, err = cli("remaining", bad)
+        assert code == 2 and "is not a mailing id" in one_line(err), (bad, err)
