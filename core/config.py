@@ -440,6 +440,8 @@ def convert_setting(name: str, raw: object, source: str) -> Any:
     if name in BOOL_SETTINGS:
         if isinstance(raw, bool):
             return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)  # a TOML integer: `= 1` was refused as not one of "... 1, 0 ..."
         text = raw.strip().lower() if isinstance(raw, str) else None
         if text in TRUE_WORDS:
             return True

@@ -246,7 +246,8 @@ async def import_file(
         for line, why in parsed.invalid:
             report(line, why)
     if not parsed.entries:
-        found = f"{len(parsed.invalid):,} lines not valid" if parsed.invalid else "it holds no address or token"
+        count = len(parsed.invalid)
+        found = f"{count:,} line{'s' if count != 1 else ''} not valid" if count else "it holds no address or token"
         raise UserError(f"{label}: nothing to suppress ({found}); nothing was changed")
     unique = list({e.key: e for e in parsed.entries}.values())
     added, already = await _store_entries(store, unique)

@@ -85,6 +85,14 @@ def mailing_id(text: str) -> int:
     return value
 
 
+def file_path(text: str) -> Path:
+    """An argparse type for a file name: Path("") is "." (the current directory), so an empty
+    name was refused as "'.' is a directory" instead of for what it is."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a file name")
+    return Path(text)
+
+
 def package_version() -> str:
     # Imported here: importlib.metadata and the lookup cost ~30 ms, at every start if done
     # while the parser is built (issue 12: a send's whole time counts from the start).
@@ -180,7 +188,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool, ski
     add("--db", metavar="FILE|URL",
         help="database file, or a postgresql://user@host/db URL (default: MAILTOWER_DB, the config file's db, "
              "or mailtower.db in the user data directory)")
-    add("--config", type=Path, metavar="FILE",
+    add("--config", type=file_path, metavar="FILE",
         help="TOML config file (default: MAILTOWER_CONFIG or config.toml in the user config directory)")
     # Numbers stay text here: core checks them (bounds, NaN, inf) like every other source does.
     add("--smtp-host", metavar="HOST", help="SMTP relay host name or address (default: 127.0.0.1)")
@@ -235,12 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--subject", required=True, help="the Subject line; may hold merge fields such as {{ name }}")
     new.add_argument("--from", dest="from_addr", required=True, metavar="ADDRESS",
                      help='the sender: an address or "Display Name <address>"')
-    new.add_argument("--text", type=Path, metavar="FILE", help="plain-text body (UTF-8; - reads standard input)")
-    new.add_argument("--html", type=Path, metavar="FILE", help="HTML body (UTF-8; - reads standard input); "
+    new.add_argument("--text", type=file_path, metavar="FILE", help="plain-text body (UTF-8; - reads standard input)")
+    new.add_argument("--html", type=file_path, metavar="FILE", help="HTML body (UTF-8; - reads standard input); "
                      "give --text, --html or both")
-    new.add_argument("--recipients", type=Path, required=True, metavar="CSV",
+    new.add_argument("--recipients", type=file_path, required=True, metavar="CSV",
                      help="recipient CSV file (- reads standard input)")
-    new.add_argument("--rejects", type=Path, metavar="FILE",
+    new.add_argument("--rejects", type=file_path, metavar="FILE",
                      help="also write rejected rows to this CSV file: line, reason, then the row's own cells "
                           "under the file's column names (written once the import succeeded)")
     new.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
@@ -262,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  producer | mailtower import 4 -\n",
     )
     imp.add_argument("id", type=mailing_id, help=ID_HELP)
-    imp.add_argument("csv", type=Path, metavar="CSV", help="recipient CSV file; - reads standard input")
-    imp.add_argument("--rejects", type=Path, metavar="FILE",
+    imp.add_argument("csv", type=file_path, metavar="CSV", help="recipient CSV file; - reads standard input")
+    imp.add_argument("--rejects", type=file_path, metavar="FILE",
                      help="also write rejected rows to this CSV file: line, reason, then the row's own cells "
                           "under the file's column names (written once the import succeeded)")
     imp.add_argument("--force", action="store_true", help="replace the --rejects file if it exists")
@@ -354,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     rem.add_argument("id", type=mailing_id, help=ID_HELP)
     rem.add_argument("--csv", action="store_true",
                      help="CSV with every column `import` reads back (address first) instead of the tab-separated listing")
-    rem.add_argument("-o", "--output", type=Path, metavar="FILE",
+    rem.add_argument("-o", "--output", type=file_path, metavar="FILE",
                      help="write to this file instead of standard output (- is standard output)")
     rem.add_argument("--force", action="store_true", help="replace the --output file if it exists")
     add_global_options(rem, in_command=True)
@@ -416,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  nohup mailtower run --log sender.log &\n",
     )
     run.add_argument("--until-idle", action="store_true", help="return once nothing is current or scheduled")
-    run.add_argument("--log", type=Path, metavar="FILE",
+    run.add_argument("--log", type=file_path, metavar="FILE",
                      help="append the sender's log (start, each mailing sent or finished, waits, stop) to FILE")
     add_global_options(run, in_command=True)
 

@@ -79,7 +79,7 @@ def add_commands(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) 
                     "against this database's secret; lines that are neither are listed and skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    imp.add_argument("file", type=Path, metavar="FILE", help="the file; - reads standard input")
+    imp.add_argument("file", type=_file_path, metavar="FILE", help="the file; - reads standard input")
     imp.add_argument("--reason", metavar="TEXT", help="why, for the addresses (default: imported from FILE)")
     lst = actions.add_parser("list", help="the suppressed addresses",
                              description="Tab-separated: address, source, date, mailing, reason.")
@@ -189,7 +189,8 @@ async def cmd_suppress(args: argparse.Namespace, store: Store) -> int:
             print(safe(f"{label}: {invalid - 50:,} more lines skipped"), file=sys.stderr)
         notes = [f"{result.unsubscribes:,} from unsubscribe tokens"] if result.unsubscribes else []
         notes += [f"{result.already:,} already were"] if result.already else []
-        notes += [f"{len(result.invalid):,} lines not valid, skipped"] if result.invalid else []
+        invalid = len(result.invalid)
+        notes += [f"{invalid:,} line{'s' if invalid != 1 else ''} not valid, skipped"] if invalid else []
         say(args, f"suppressed {addresses(result.added)}" + (f" ({', '.join(notes)})" if notes else ""))
         return 0
     if args.suppress_command == "remove":
@@ -258,3 +259,9 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Store], Awaitable[int]]] = {
     "unsubscribe": cmd_unsubscribe,
     "retry": cmd_retry,
 }
+
+
+def _file_path(text: str) -> Path:
+    from .cli import file_path  # here, not at import: tui/cli.py imports this module
+
+    return file_path(text)

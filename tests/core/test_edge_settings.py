@@ -507,3 +507,23 @@ def test_plain_text_to_a_remote_relay_is_refused_in_one_line_without_a_warning_b
     code, out, err = Cli(tmp_path / "m.db", MAILTOWER_SMTP_HOST="mail.example.net", MAILTOWER_SMTP_TLS="none")(
         "run", "--until-idle")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not a loopback address" in err
+
+
+def test_a_toml_switch_may_be_written_1_or_0(tmp_path: Path) -> None:
+    """`allow_special_domains = 1` was refused as "1 is not one of true, false, 1, 0, ...": the
+    words the line offered were the ones written, as a TOML integer."""
+    config = tmp_path / "switch.toml"
+    config.write_text("allow_special_domains = 1\n", encoding="utf-8")
+    assert load(config=config).allow_special_domains is True
+    config.write_text("allow_special_domains = 0\n", encoding="utf-8")
+    assert load(config=config).allow_special_domains is False
+    config.write_text("allow_special_domains = 2\n", encoding="utf-8")
+    assert "2 is not one of true, false" in refusal(load, config=config)
+
+
+@pytest.mark.parametrize("args", [["--config", "", "status"], ["remaining", "1", "-o", ""], ["run", "--log", ""],
+                                  ["suppress", "import", ""], ["import", "1", ""]])
+def test_an_empty_file_name_is_said_to_be_one(tmp_path: Path, args: list[str]) -> None:
+    """Path("") is ".": an empty --config, -o or --log was refused as "'.' is a directory"."""
+    code, _, err = Cli(tmp_path / "m.db")(*args)
+    assert code == 2 and "an empty path is not a file name" in err and len(err.strip().splitlines()) == 1, err

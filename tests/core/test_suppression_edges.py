@@ -349,6 +349,7 @@ def test_unicode_and_idn_addresses_are_suppressed_under_the_importers_key(tmp_pa
 def test_hostile_token_spellings_are_refused_in_one_line_and_the_real_one_kept(cli: Cli, tmp_path: Path) -> None:
     from mailtower.core.unsubscribe import make_token
 
+    cli.ok("limits")  # the database (a refused command on a new one leaves none behind)
     code, _, err = cli("unsubscribe", "verify", make_token(bytes(32), 1, "ann@example.com"))
     assert code == 2 and "issued no unsubscribe tokens" in err  # and checking made no secret:
     with sqlite3.connect(cli.db) as conn:
@@ -383,6 +384,7 @@ def test_a_token_import_on_a_database_that_issued_none_changes_nothing(cli: Cli,
 
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(make_token(bytes(32), 1, "ann@example.com") + "\n", encoding="utf-8")
+    cli.ok("limits")  # the database (a refused command on a new one leaves none behind)
     code, _, err = cli("suppress", "import", str(tokens))
     assert code == 2 and "nothing to suppress" in err
     with sqlite3.connect(cli.db) as conn:
