@@ -161,6 +161,7 @@ def test_percent_thresholds_from_env_and_config(tmp_path: Path) -> None:
 
 
 def test_new_refuses_a_bad_threshold_and_creates_nothing(cli: Cli, tmp_path: Path, body: Path, db: Path) -> None:
+    cli.ok("limits")  # the database first: a refused command on a new one leaves none to look at
     path = write_csv(tmp_path / "r.csv", recipients(3))
     for flag, value in [("--breaker-hard", "nan"), ("--breaker-soft", "120%"), ("--breaker-hard", "-5%")]:
         code, out, err = cli("new", "--name", "X", "--subject", "s", "--from", "a@example.org", "--text", str(body),

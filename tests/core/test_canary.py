@@ -109,6 +109,7 @@ def test_sizes_and_minimum() -> None:
 
 
 def test_bad_canary_options_create_nothing(cli: Cli, tmp_path: Path, body: Path) -> None:
+    cli.ok("limits")  # the database first: a refused command on a new one leaves none to look at
     path = write_csv(tmp_path / "r.csv", recipients(3))
     for extra in (["--canary", "0"], ["--canary", "5", "--canary-rate", "inf"], ["--canary", "5", "--canary-wait", "-1"],
                   ["--canary-rate", "2"]):

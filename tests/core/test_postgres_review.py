@@ -120,6 +120,7 @@ def test_a_body_with_a_nul_is_refused_on_both_engines_and_nothing_is_created(
     body.write_bytes(b"Hello {{ name }}\nbad \x00 byte\n")
     people = tmp_path / "r.csv"
     people.write_text("email,name\na@example.com,Al\n", encoding="utf-8")
+    assert _run_cli(db_target, tmp_path, "limits").returncode == 0  # the database first (a refused command leaves no new one)
     made = _run_cli(db_target, tmp_path, "new", "--name", "n", "--subject", "Hi", "--from", "x@example.org",
                     flag, str(body), "--recipients", str(people))
     assert made.returncode == 2 and made.stderr.count("\n") == 1, made.stderr
