@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import events, work
 from textual.app import App, ComposeResult
@@ -240,6 +240,21 @@ class Dashboard(Screen[None]):
 
 
 # ---- the app ---------------------------------------------------------------------------------
+
+
+if TYPE_CHECKING:
+    from .screens.schedule import ScheduleRequest  # the screen module is imported when first used
+
+
+def _same_schedule(mailing: Mailing, request: "ScheduleRequest", wall: tuple[datetime, str] | None) -> bool:
+    """The dialog was submitted with the schedule the mailing (or its waves) already has, and no
+    question about passed zones was answered: there is nothing to save."""
+    if mailing.state is not MailingState.SCHEDULED or mailing.missed or request.passed is not None:
+        return False
+    if mailing.wave_group is not None:
+        return request.local_time and wall is not None and (request.local, request.tz) == wall
+    schedule = mailing.schedule
+    return schedule is not None and not request.local_time and (request.local, request.tz) == (schedule.local, schedule.tz)
 
 
 class DashboardApp(App[int]):
@@ -1189,6 +1204,10 @@ class DashboardApp(App[int]):
         if request is None:
             return None
         await self._refuse_if_rescheduled(mailing)
+        if _same_schedule(mailing, request, wall):
+            # Enter on the row, on Set Schedule and in the dialog: saving it again would plan the
+            # waves anew (new mailing ids for the same send times) for nothing asked.
+            return f"“{' '.join((mailing.wave_parent or mailing.name).split())}”: the schedule is unchanged; nothing was saved"
         result = await schedule_mailing(
             store, lifecycle, mailing.id, request.local, request.tz, request.local_time, request.passed, now=self.now()
         )

@@ -254,6 +254,22 @@ async def test_set_schedule_on_the_group_row_replans_every_wave(waves_db: Fixtur
     assert len({m.wave_group for m in waves}) == 1
 
 
+async def test_set_schedule_saved_unchanged_on_the_group_row_changes_nothing(waves_db: Fixture) -> None:
+    """Enter on the row, Enter on Set Schedule, Enter in the dialog (filled in as the schedule
+    asked) planned the waves again: the same send times, but new mailings in place of the old
+    (other ids) and new events, for nothing the operator asked. Unchanged, nothing is saved."""
+    before = sorted((m.id, m.wave_group, m.total) for m in await scheduled_of(waves_db.db) if m.wave_parent == "Autumn waves")
+    app = dashboard_app(waves_db.db)
+    async with running(app, size=(120, 40)) as pilot:
+        await focus_row(pilot, Section.SCHEDULED, waves_db.ids["wave0"])
+        await choose(pilot, "schedule")
+        await opened(pilot, ScheduleDialog)
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: app.screen is app.dashboard, what="the dialog to close")
+    after = sorted((m.id, m.wave_group, m.total) for m in await scheduled_of(waves_db.db) if m.wave_parent == "Autumn waves")
+    assert after == before and len(after) == 3
+
+
 # --- pictures --------------------------------------------------------------------------------
 
 
