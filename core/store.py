@@ -18,7 +18,6 @@ import sqlite3
 import stat
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -580,28 +579,33 @@ def remove_if_unused(path: Path) -> bool:
     """Remove the SQLite database `path` (and its -wal, -shm and -journal files) if it holds
     nothing but mailtower's empty schema: for a command that created it and then refused its
     input, which must leave nothing behind. False (kept) if anything was written to it, if it is
-    not one of ours, or if it cannot be read."""
+    not one of ours, if another process is writing it, or if it cannot be read.
+
+    The check and the removal happen under the write lock: another process's write that was
+    waiting for it then finds the file gone (SQLite refuses to write a database whose file was
+    removed: "readonly database") instead of landing in a file nobody can open again."""
     try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(sqlite_filename(path))}?mode=ro", uri=True, timeout=0)
+        conn = sqlite3.connect(sqlite_filename(path), isolation_level=None, timeout=0)
     except sqlite3.Error:
         return False
     try:
+        conn.execute("BEGIN IMMEDIATE")
         tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         if "meta" not in tables or conn.execute("SELECT key FROM meta").fetchall() != [("schema_version",)]:
             return False
         for table in tables:
             if table not in ("meta", "sqlite_sequence") and conn.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone():
                 return False
-    except sqlite3.Error:
+        for name in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+            try:
+                name.unlink()
+            except FileNotFoundError:
+                pass
+        return True
+    except (sqlite3.Error, OSError):
         return False
     finally:
-        conn.close()
-    for name in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
-        try:
-            name.unlink()
-        except FileNotFoundError:
-            pass
-    return True
+        conn.close()  # rolls the empty transaction back
 
 
 _SHOWN_TABLES = 5

@@ -279,3 +279,24 @@ def test_an_id_written_as_status_shows_it_is_taken(here: Path) -> None:
     for bad in ("##1", "#", "#x", "# 1"):
         code, _, err = cli("remaining", bad)
         assert code == 2 and "is not a mailing id" in one_line(err), (bad, err)
+
+
+def test_an_unused_database_is_removed_only_while_nobody_writes_it(here: Path) -> None:
+    """remove_if_unused checks and removes under the write lock: a process writing the new database
+    meanwhile keeps it (its write is not lost in a file nobody can open again)."""
+    from mailtower.core.store import remove_if_unused
+
+    db = here / "u.db"
+    Cli(db).ok("limits")
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        assert not remove_if_unused(db) and db.exists()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    used = here / "used.db"
+    new_mailing(Cli(used), here)
+    assert not remove_if_unused(used) and mailings_in(used) == 1
+    assert remove_if_unused(db)
+    assert sorted(p.name for p in here.iterdir() if p.name.startswith("u.db")) == []
