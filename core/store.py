@@ -18,6 +18,7 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -579,17 +580,22 @@ def remove_if_unused(path: Path) -> bool:
     """Remove the SQLite database `path` (and its -wal, -shm and -journal files) if it holds
     nothing but mailtower's empty schema: for a command that created it and then refused its
     input, which must leave nothing behind. False (kept) if anything was written to it, if it is
-    not one of ours, if another process is writing it, or if it cannot be read.
+    not one of ours, if another process has it open, or if it cannot be read.
 
-    The check and the removal happen under the write lock: another process's write that was
-    waiting for it then finds the file gone (SQLite refuses to write a database whose file was
-    removed: "readonly database") instead of landing in a file nobody can open again."""
+    In WAL mode a connection that merely has the file open would go on writing into the removed
+    file without an error, so the file leaves WAL mode first, which SQLite allows only while no
+    other connection has it open; then the check and the removal happen under the exclusive
+    lock. A process that opened the file meanwhile waits for that lock and then finds its file
+    gone (Store.open refuses it, see _refuse_if_replaced)."""
     try:
-        conn = sqlite3.connect(sqlite_filename(path), isolation_level=None, timeout=0)
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(sqlite_filename(path))}?mode=rw", uri=True,
+                               isolation_level=None, timeout=0)
     except sqlite3.Error:
         return False
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("PRAGMA journal_mode = DELETE").fetchone() != ("delete",):
+            return False
+        conn.execute("BEGIN EXCLUSIVE")
         tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         if "meta" not in tables or conn.execute("SELECT key FROM meta").fetchall() != [("schema_version",)]:
             return False
@@ -605,7 +611,19 @@ def remove_if_unused(path: Path) -> bool:
     except (sqlite3.Error, OSError):
         return False
     finally:
-        conn.close()  # rolls the empty transaction back
+        conn.close()  # rolls the empty transaction back; a kept file goes back to WAL at its next open
+
+
+def _refuse_if_replaced(path: Path, opened: os.stat_result) -> None:
+    """After the first read of a database just opened (which waited for any lock on it): the name
+    still names the file that was opened. A refused command that made the database may have
+    removed it meanwhile (remove_if_unused); writing on would go into a file nobody can open."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        raise UserError(f"database {path}: the file was removed or replaced while it was being opened; try again")
 
 
 _SHOWN_TABLES = 5
@@ -1481,6 +1499,7 @@ class Store:
         if not path.exists():
             _create_private_file(path)
         check_database_path(path)  # what SQLite will open is still a regular file
+        opened = os.stat(path)
         conn = aiosqlite.connect(sqlite_filename(path), isolation_level=None, timeout=30.0)
         _daemonize(conn)
         try:
@@ -1489,6 +1508,7 @@ class Store:
             raise _open_failure(path, exc) from None
         try:
             await _refuse_foreign_database(db, path)  # before WAL mode changes the file's header
+            _refuse_if_replaced(path, opened)
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA busy_timeout = 30000")

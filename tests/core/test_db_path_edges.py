@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mailtower.core.errors import UserError
 from mailtower.core.sink import Sink
 from mailtower.core.store import SCHEMA_VERSION, Store
 from tests.helpers import Cli, recipients, write_csv
@@ -295,8 +296,40 @@ def test_an_unused_database_is_removed_only_while_nobody_writes_it(here: Path) -
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+    # Merely open (a dashboard or sender that started on the new file): in WAL mode its writes
+    # would have gone on into the removed file without an error. Kept, and still usable.
+    idle = sqlite3.connect(db, isolation_level=None)
+    idle.execute("PRAGMA journal_mode = WAL")
+    idle.execute("SELECT count(*) FROM mailings").fetchone()
+    try:
+        assert not remove_if_unused(db) and db.exists()
+        idle.execute("INSERT INTO meta (key, value) VALUES ('probe', 'written')")
+    finally:
+        idle.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone() == ("written",)
+        conn.execute("DELETE FROM meta WHERE key = 'probe'")
+    conn.close()
     used = here / "used.db"
     new_mailing(Cli(used), here)
     assert not remove_if_unused(used) and mailings_in(used) == 1
     assert remove_if_unused(db)
     assert sorted(p.name for p in here.iterdir() if p.name.startswith("u.db")) == []
+
+
+def test_a_database_removed_while_it_was_being_opened_is_refused(here: Path) -> None:
+    """A process that opened the new database while a refused command removed it would write into
+    a file nobody can open again: the name must still name the file opened."""
+    from mailtower.core.store import _refuse_if_replaced
+
+    db = here / "r.db"
+    Cli(db).ok("limits")
+    opened = db.stat()
+    _refuse_if_replaced(db, opened)  # the same file: nothing said
+    with db.open("rb"):  # held open, as the opening process holds it: its inode is not reused
+        db.unlink()
+        with pytest.raises(UserError, match="removed or replaced while it was being opened"):
+            _refuse_if_replaced(db, opened)
+        db.write_bytes(b"")
+        with pytest.raises(UserError, match="removed or replaced"):
+            _refuse_if_replaced(db, opened)
