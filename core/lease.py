@@ -69,16 +69,20 @@ LOCK_ATTEMPTS = 5
 def _open_lease_file(path: Path) -> tuple[int, bool]:
     """The lease file opened for locking, made (private) if missing; and whether we made it."""
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise _lease_error(path, exc) from None
-    try:
-        return os.open(path, flags | os.O_CREAT, 0o600), False
-    except OSError as exc:
-        raise _lease_error(path, exc) from None
+    for _ in range(LOCK_ATTEMPTS):  # made and removed by others in between: try again, bounded
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _lease_error(path, exc) from None
+        try:
+            return os.open(path, flags), False
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise _lease_error(path, exc) from None
+    raise UserError(f"sender lease {path}: the file kept being made and removed; try again")
 
 
 def _still_named(fd: int, path: Path) -> bool:
@@ -128,7 +132,13 @@ class SenderLease:
             except OSError as exc:
                 os.close(fd)
                 raise _lease_error(path, exc) from None
-            if _still_named(fd, path):
+            try:
+                named = _still_named(fd, path)
+            except OSError as exc:  # the directory became unreadable: the lock must not stay held
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise _lease_error(path, exc) from None
+            if named:
                 break
             # A run that failed before its store opened removed the file it had made while we
             # waited to lock it: a lock on that orphan guards nothing; lock the file now named.
