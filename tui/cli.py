@@ -88,7 +88,7 @@ def mailing_id(text: str) -> int:
 def file_path(text: str) -> Path:
     """An argparse type for a file name: Path("") is "." (the current directory), so an empty
     name was refused as "'.' is a directory" instead of for what it is."""
-    if not text.strip():
+    if text == "":
         raise argparse.ArgumentTypeError("an empty path is not a file name")
     return Path(text)
 

@@ -332,6 +332,31 @@ def test_fifo_with_no_writer_does_not_hang(db: Path, tmp_path: Path, text: Path,
     assert fingerprint(db) == before
 
 
+def test_a_fifo_read_before_its_writer_opens_it_gets_what_the_writer_writes(tmp_path: Path) -> None:
+    """The reader opens first (the writer's non-blocking open succeeds only once a reader has the
+    FIFO open), the writer after it: the old reader had returned empty by then."""
+    from mailtower.core.files import read_bytes_bounded
+
+    fifo = tmp_path / "ordered.fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_bytes_bounded(fifo, limit=1 << 20, what="--text")),
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 10
+    fd = None
+    while fd is None and reader.is_alive() and time.monotonic() < deadline:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader has it open yet
+            time.sleep(0.01)
+    if fd is not None:
+        os.write(fd, b"after the reader\n")
+        os.close(fd)
+    reader.join(timeout=30)
+    assert got == [b"after the reader\n"]
+
+
 @pytest.mark.parametrize("flag", ["--text", "--recipients"])
 def test_a_fifo_whose_writer_comes_a_moment_later_is_read_whole(db: Path, tmp_path: Path, text: Path, people: Path,
                                                                flag: str) -> None:
