@@ -47,7 +47,7 @@ from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
-from .smtp_replies import Outcome as ReplyOutcome, Stage, Verdict, connection_lost, is_temporary_refusal, mailbox_gone
+from .smtp_replies import Outcome as ReplyOutcome, Verdict, connection_lost, is_temporary_refusal, mailbox_gone, server_reached
 from .db_errors import database_errors, is_database_error
 from .store import Claimed, Outcome, Store, open_store, storage_error
 from .suppression import SuppressedMeanwhile
@@ -80,17 +80,19 @@ def pause_reason(verdict: Verdict, at_login: bool) -> str:
 def rest_reason(verdict: Verdict, at_login: bool) -> str:
     """Why a relay rests (tried again by itself), in the operator's words; the dashboard's header
     shows the words before the colon alone. A relay that answered (a 4xx greeting, a refused
-    STARTTLS) or took the connection and then closed it: only a connect refused or timed out
-    "cannot reach"."""
+    STARTTLS), or took the connection and then closed it or went quiet, was reached: only a
+    connect refused or timed out "cannot reach"."""
     said = f"{verdict.code} {verdict.text}" if verdict.code is not None else verdict.text
     if at_login:
         what = "login failed for now"
     elif verdict.code is not None:
         what = "the server turned us away for now"
-    elif verdict.stage is Stage.CONNECT and not connection_lost(verdict):
+    elif not server_reached(verdict):
         what = "cannot reach the server"
-    else:
+    elif connection_lost(verdict):
         what = "the server broke off the session"
+    else:
+        what = "the server took the connection but did not answer in time"
     return f"{what}: {said}"
 
 

@@ -32,7 +32,7 @@ from aiosmtplib.errors import (
 
 from .compose import ascii_domain
 from .config import Settings
-from .smtp_replies import Outcome, Stage, Verdict, classify, classify_auth, classify_failure
+from .smtp_replies import REACHED, Outcome, Stage, Verdict, classify, classify_auth, classify_failure
 
 # A body larger than this is written before the wait for the ledger (see send): sending it
 # overlaps the commit; a small one goes in the same write as its final dot.
@@ -658,18 +658,26 @@ def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
         return classify_failure("refused", Stage.CONNECT, _scrub(f"TLS failed with {relay.host}: {exc.reason or exc}", relay))
     if isinstance(exc, SMTPConnectError):
         cause = exc.__cause__
+        # aiosmtplib's connect covers the TCP connection, implicit TLS and the greeting; the cause
+        # says which failed. After the TCP connection the server was reached (REACHED): a
+        # connection limit, a blocklist, postscreen's greeting delay, TLS on a plain port.
+        if relay.tls == "tls" and isinstance(cause, (ConnectionResetError, ssl.SSLEOFError)):
+            detail = f"{where} {REACHED} and hung up during TLS"
+            return classify_failure("disconnect", Stage.CONNECT, _scrub(detail, relay))
         if isinstance(cause, ssl.SSLError):
             detail = f"TLS failed with {where}: {cause.reason or cause}"
         elif isinstance(cause, SMTPServerDisconnected):
-            # aiosmtplib's connect covers the greeting: the server took the connection and closed
-            # it unread (a connection limit, a blocklist, postscreen). It was reached.
-            detail = f"{where} accepted the connection and hung up before its greeting"
+            detail = f"{where} {REACHED} and hung up before its greeting"
             return classify_failure("disconnect", Stage.CONNECT, _scrub(detail, relay))
+        elif isinstance(cause, SMTPTimeoutError):  # not asyncio's: the wait for the greeting
+            detail = f"{where} {REACHED} and sent no greeting within {relay.timeout:g} s"
+            return classify_failure("timeout", Stage.CONNECT, _scrub(detail, relay))
         else:
             detail = f"cannot connect to {where}: {exc}"
         return classify_failure("refused", Stage.CONNECT, _scrub(detail, relay))
     if isinstance(exc, SMTPTimeoutError):
-        return classify_failure("timeout", Stage.CONNECT, _scrub(f"{where} timed out: {exc}", relay))
+        # After the greeting (connect errors are the branch above): EHLO or STARTTLS went unanswered.
+        return classify_failure("timeout", Stage.HELO, _scrub(f"{where} timed out after its greeting: {exc}", relay))
     if isinstance(exc, SMTPServerDisconnected):
         # After the greeting (connect errors are the branch above): EHLO or STARTTLS was cut off.
         return classify_failure("disconnect", Stage.HELO, _scrub(f"{where} hung up after its greeting: {exc}", relay))

@@ -342,6 +342,17 @@ def connection_lost(verdict: Verdict) -> bool:
     return verdict.code is None and verdict.text.startswith(_FAILURE_WORDS["disconnect"] + " ")
 
 
+# What the detail of a failure while connecting says when the server had taken the TCP connection
+# and the failure came after it (no greeting in time, a hang-up during implicit TLS): it was reached.
+REACHED = "took the connection"
+
+
+def server_reached(verdict: Verdict) -> bool:
+    """The server was reached: it replied, ended the connection itself, or had taken it when the
+    failure came. Only a connect refused or timed out (or a name that does not resolve) is not."""
+    return verdict.code is not None or verdict.stage is not Stage.CONNECT or connection_lost(verdict) or REACHED in verdict.text
+
+
 _FAILURE_WORDS: dict[str, str] = {
     "disconnect": "connection lost",
     "timeout": "timed out",

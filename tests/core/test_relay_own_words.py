@@ -204,7 +204,51 @@ async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
             await server.wait_closed()
     assert reason.startswith(words) and "-1" not in reason, reason
     if replies == []:
-        assert "accepted the connection and hung up before its greeting" in reason, reason
+        assert "took the connection and hung up before its greeting" in reason, reason
     elif replies == [b"220 relay ready\r\n"]:
         assert "hung up after its greeting" in reason, reason
     assert ledger(db) == {"pending": 3}
+
+
+@pytest.mark.parametrize("case", ["no greeting", "no answer to EHLO", "hung up during implicit TLS", "closed port, TLS"])
+async def test_a_relay_that_took_the_connection_is_not_said_to_be_unreachable(tmp_path, case: str) -> None:  # type: ignore[no-untyped-def]
+    """A relay that takes the connection and then says nothing (postscreen's greeting delay, an
+    overloaded server), or hangs up during implicit TLS (port 465), was worded "cannot reach the
+    server", like a closed port."""
+    from mailtower.core.sink import free_port
+
+    db = await prepared_db(tmp_path, recipients(2))
+    held: list[asyncio.StreamWriter] = []
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if case == "no answer to EHLO":
+            writer.write(b"220 relay ready\r\n")
+            await writer.drain()
+        if case == "hung up during implicit TLS":
+            writer.close()  # the client's TLS hello gets no answer but the end of the connection
+            return
+        held.append(writer)  # kept open, silent
+
+    server = await asyncio.start_server(scripted, "127.0.0.1", 0) if case != "closed port, TLS" else None
+    port = server.sockets[0].getsockname()[1] if server is not None else free_port()
+    tls = {"smtp_tls": "tls", "smtp_allow_plain": False} if "TLS" in case else {}
+    try:
+        sender = Sender(settings(db, port, connections=1, smtp_timeout=1, **tls))
+        task = await started(sender)
+        await wait_for(until(lambda: bool(sender.relays[0].reason)), 20)
+        reason = sender.relays[0].reason
+        await stopped(sender, task)
+    finally:
+        for writer in held:
+            writer.close()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+    expected = {
+        "no greeting": ("the server took the connection but did not answer in time: ", "sent no greeting within 1 s"),
+        "no answer to EHLO": ("the server took the connection but did not answer in time: ", "timed out after its greeting"),
+        "hung up during implicit TLS": ("the server broke off the session: ", "took the connection and hung up during TLS"),
+        "closed port, TLS": ("cannot reach the server: ", ""),
+    }[case]
+    assert reason.startswith(expected[0]) and expected[1] in reason, reason
+    assert ledger(db) == {"pending": 2}
