@@ -1466,9 +1466,21 @@ def prepare_db_location(args: argparse.Namespace, settings: Settings) -> None:
         what = "is not a directory" if directory.exists() else "does not exist"
         raise UserError(f"{_db_source(args, settings)}: {settings.db}: the directory {directory} {what} "
                         "(mailtower does not create it)")
-    if args.command in ON_EXISTING_MAILINGS and not os.path.lexists(settings.db):
+    if args.command in ON_EXISTING_MAILINGS and _no_database_yet(settings.db):
         raise UserError(f"{_db_source(args, settings)}: {settings.db}: no database there (`mailtower new` "
                         "creates one); nothing was created")
+
+
+def _no_database_yet(path: Path) -> bool:
+    """Nothing at `path`, or an empty file (which `new` would make a database; a command about
+    existing mailings would write the schema into it and show none)."""
+    try:
+        info = os.stat(path)
+        return stat.S_ISREG(info.st_mode) and info.st_size == 0
+    except FileNotFoundError:
+        return not os.path.islink(path)  # a dangling link: check_database_path says so
+    except OSError:
+        return False  # the store's own checks say what is wrong with it
 
 
 # Commands that look at or act on mailings already there: on a database named explicitly that

@@ -228,6 +228,15 @@ def test_a_command_on_mailings_of_a_database_that_is_not_there_creates_nothing(h
     assert sorted(p.name for p in here.iterdir()) == []
 
 
+def test_a_command_on_mailings_of_an_empty_file_leaves_it_empty(here: Path) -> None:
+    """`status` on an empty file wrote the whole schema into it and showed "Inactive (0)"; `new`
+    still makes an empty file a database (test_an_empty_file_or_a_new_name_becomes_...)."""
+    (here / "touched.db").write_bytes(b"")
+    code, _, err = Cli(Path("touched.db"))("status")
+    assert code == 2 and "touched.db: no database there" in one_line(err)
+    assert (here / "touched.db").read_bytes() == b""
+
+
 def test_new_still_creates_the_database_a_command_names(here: Path) -> None:
     cli = Cli(Path("fresh.db"))
     new_mailing(cli, here)
