@@ -166,17 +166,20 @@ async def skipped_draft(db: Path) -> int:
     return done.skipped_id
 
 
-async def test_the_draft_of_skipped_zones_opens_set_schedule_without_a_date(tmp_path: Path) -> None:
+async def test_the_draft_of_skipped_zones_opens_set_schedule_as_one_mailing_without_a_date(tmp_path: Path) -> None:
     """The draft a local-time schedule kept back has no schedule of its own: Set Schedule filled
     in its group's date, so Enter on the row, Enter on Set Schedule, Enter submitted it (and, with
-    Tab, Enter on the question, sent it at once). It shows the group's hour and zone, no date."""
-    db = tmp_path / "skipped-enter.db"
+    Tab, Enter on the question, sent it at once). It shows the group's hour and zone, no date,
+    and is titled as one mailing."""
+    db = tmp_path / "skipped.db"
     skipped = await skipped_draft(db)
     app = dashboard_app(db)
     async with running(app, size=(120, 40)) as pilot:
         await focus_row(pilot, Section.INACTIVE, skipped)
         await choose(pilot, "schedule")
         dialog = await opened(pilot, ScheduleDialog)
+        title = str(dialog.query_one("#schedule-box").border_title)
+        assert title == f"Set schedule: Spring \\[skipped, time passed: 1 zone] (id {skipped})"  # was "(all 1 waves)"
         assert dialog.query_one("#date", Input).value == ""
         assert dialog.query_one("#hour", Input).value == "09:00"
         assert dialog.query_one("#submit", Button).disabled
@@ -197,14 +200,3 @@ async def test_past_everywhere_is_said_in_the_dialog_and_schedule_is_withheld(tm
         assert dialog.query_one("#submit", Button).disabled
 
 
-async def test_the_draft_of_skipped_zones_is_titled_as_one_mailing(tmp_path: Path) -> None:
-    db = tmp_path / "skipped.db"
-    skipped = await skipped_draft(db)
-    app = dashboard_app(db)
-    async with running(app, size=(120, 40)) as pilot:
-        await focus_row(pilot, Section.INACTIVE, skipped)
-        await choose(pilot, "schedule")
-        dialog = await opened(pilot, ScheduleDialog)
-        title = str(dialog.query_one("#schedule-box").border_title)
-        assert title == f"Set schedule: Spring \\[skipped, time passed: 1 zone] (id {skipped})"  # was "(all 1 waves)"
-        await pilot.press("escape")
