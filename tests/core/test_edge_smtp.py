@@ -340,7 +340,10 @@ async def test_status_json_shows_the_throttling(tmp_path: Path) -> None:
                 code, out, _ = await cli_in_thread(cli, "status", "--json")
                 document = json.loads(out)
                 current = document["current"]
-                return bool(current) and current[0].get("throttled") is not None
+                # The header is published when the refusal comes; the deferral is on disk with
+                # the next ledger write: both, before the stop (a CI run read the ledger first).
+                deferred = "deferred" in {state for state, _ in recipient_rows(db).values()}
+                return bool(current) and current[0].get("throttled") is not None and deferred
 
             await wait_for(throttled_shown, timeout=20, interval=0.2)
         finally:
