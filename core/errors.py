@@ -24,3 +24,11 @@ class RefusedTransition(UserError):
 
 class ImportRejected(UserError):
     """A recipient file has a structural error; nothing from it was imported."""
+
+
+class NoValidRecipient(ImportRejected):
+    """A recipient file was read to its end and adds nobody; `rejected` of its rows were invalid."""
+
+    def __init__(self, message: str, rejected: int) -> None:
+        super().__init__(message)
+        self.rejected = rejected

@@ -269,6 +269,45 @@ def database_companions(db: object) -> list[Path]:
     return names
 
 
+def _read_identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, mode) of what reading `path` reads: standard input's file for `-`,
+    else the file a name leads to (links followed); None when there is none (yet)."""
+    try:
+        info = os.fstat(sys.stdin.fileno()) if is_stdin(path) else os.stat(path)
+    except (OSError, AttributeError, ValueError):
+        return None
+    return (info.st_dev, info.st_ino, info.st_mode)
+
+
+def _source_name(path: Path) -> str:
+    return "standard input" if is_stdin(path) else str(path)
+
+
+def check_inputs(inputs: Iterable[tuple[str, Path | None]], database: Iterable[Path]) -> None:
+    """Refuse, before anything is read, input files that cannot be what the person meant: one of
+    the database's own files (the database, its -wal, -shm or lease file; an import would read
+    binary pages, or an empty log, as a list), and two inputs of one command that read one
+    stream (standard input, a pipe, a FIFO or a device: the first would take all of it, the
+    second nothing), however each is named (`-`, /dev/stdin, /dev/fd/0, a link)."""
+    own = {identity[:2]: path for path in database if (identity := _read_identity(path)) is not None}
+    named = [(flag, path) for flag, path in inputs if path is not None]
+    streams: dict[tuple[int, int], str] = {}
+    for flag, path in named:
+        identity = _read_identity(path)
+        if identity is None:
+            continue  # reading it says what is wrong with it
+        where = f"{flag}: " if flag else ""
+        if identity[:2] in own:
+            raise UserError(f"{where}{_source_name(path)} is the database's own file ({own[identity[:2]]}), not a file to read")
+        if stat.S_ISREG(identity[2]) and not is_stdin(path):
+            continue  # a regular file may be read twice
+        earlier = streams.setdefault(identity[:2], flag)
+        if earlier != flag:
+            stdin = _read_identity(Path("-"))
+            what = "standard input" if stdin is not None and stdin[:2] == identity[:2] else f"one stream ({path})"
+            raise UserError(f"{earlier} and {flag} both read {what}; give a file for all but one")
+
+
 def same_file(a: Path, b: Path) -> bool:
     """True when `a` and `b` name one file (symlinks, hard links and relative paths included)."""
     ia, ib = _identity(a), _identity(b)

@@ -16,7 +16,7 @@ from pathlib import Path
 from .compose import MessageTemplate, check_header_value, check_merge_syntax, parse_sender
 from .display import safe, unsafe_character
 from .domain import ImportedRow, Mailing, MailingState, RejectedRow
-from .errors import ImportRejected, UserError
+from .errors import ImportRejected, NoValidRecipient, UserError
 from .files import MAX_BODY_BYTES, read_text_bounded
 from .recipients_csv import (
     InvalidAddress, ReadProgress, RecipientFile, normalize_address, open_recipients, zone_column_note,
@@ -155,7 +155,7 @@ def _refuse_if_empty(label: str, summary: ImportSummary, rejected: int, what: st
     if summary.suppressed:
         reasons.append(f"{summary.suppressed:,} suppressed")
     detail = f" ({', '.join(reasons)})" if reasons else " (it has a header but no rows)"
-    raise ImportRejected(f"{label}: no valid recipient{detail}; {what}")
+    raise NoValidRecipient(f"{label}: no valid recipient{detail}; {what}", rejected)
 
 
 async def create_mailing(

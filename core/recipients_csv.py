@@ -468,12 +468,22 @@ def _spool(source: BinaryIO, label: str, max_lines: int) -> BinaryIO:
     into the pipe (the sender needs that lock). The source is still read exactly once, a bad
     line still stops it at once, and memory stays flat."""
     spool = tempfile.TemporaryFile()
-    try:
-        for line in _lines(source, label, max_lines):
+
+    def kept(lines: Iterator[str]) -> Iterator[str]:
+        for line in lines:
             try:
                 spool.write(line.encode("utf-8"))
             except OSError as exc:
                 raise ImportRejected(f"{label}: cannot keep a copy while importing: {exc.strerror or exc}") from exc
+            yield line
+
+    try:
+        lines = kept(_lines(source, label, max_lines))
+        # The header is judged as soon as it has arrived: a stream without an email column is
+        # refused then, not after millions of lines copied (the copy is read again for the rows).
+        _parse_header(csv.reader(lines, strict=True), label)
+        for _ in lines:
+            pass
         spool.seek(0)
     except BaseException:
         spool.close()

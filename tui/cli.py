@@ -32,11 +32,12 @@ from mailtower.core.display import SafeFormatter, install_safe_logging, safe
 from mailtower.core.domain import Mailing, MailingState, Recipient, RejectedRow, Section
 from mailtower.core.db_errors import database_errors
 from mailtower.core.db_target import PgTarget, redact_url
-from mailtower.core.errors import NotFound, UserError
+from mailtower.core.errors import NoValidRecipient, NotFound, UserError
 from mailtower.core.exports import HEADER, PAGE_SIZE, remaining_pages, state_label, write_remaining_csv
 from mailtower.core.files import (
     MIB,
     atomic_output,
+    check_inputs,
     check_output_path,
     database_companions,
     describe_size,
@@ -573,8 +574,8 @@ class RejectLog:
     again once the `line` and `reason` columns are deleted. The header is written with the first
     rejected row (a file without one is `line,reason` alone).
 
-    The handle is a temporary file (see `optional_output`): it becomes the --rejects file only
-    when the whole command succeeded."""
+    The handle is a temporary file (see `rejects_output`): it becomes the --rejects file only
+    when the whole command succeeded, or when it failed because no row was valid."""
 
     def __init__(self, source: Path, handle: TextIO | None = None, limit: int = 50,
                  max_bytes: int = MAX_REJECTS_BYTES, progress: ImportProgress | None = None) -> None:
@@ -630,11 +631,16 @@ class RejectLog:
             print(safe(f"{self.source}: {note}"), file=sys.stderr)
 
 
+def own_files(settings: Settings, store: Store) -> list[Path]:
+    """The database's files: never an input, never an output."""
+    return database_companions(settings.db) + database_companions(store.path)
+
+
 def protected_files(settings: Settings, store: Store, inputs: Iterable[Path | None]) -> list[Path]:
     """Files no output of this command may replace: the database and its companions, the files
     the settings were read from (config, passwords, keys), and the command's own input files
     (standard input as whatever it is redirected from)."""
-    protected = database_companions(settings.db) + database_companions(store.path) + files_read(settings)
+    protected = own_files(settings, store) + files_read(settings)
     for source in inputs:
         if source is not None:
             protected.append(Path("/dev/stdin") if is_stdin(source) else source)
@@ -658,6 +664,22 @@ def optional_output(
         return
     with atomic_output(target, what=flag, force=force, protected=protected) as handle:
         yield handle
+
+
+@contextmanager
+def rejects_output(target: Path | None, *, force: bool, protected: list[Path]) -> Iterator[TextIO | None]:
+    """`optional_output` for --rejects: also put in place when the import was refused because no
+    row was valid, since then the file is the only full account of why (stderr shows the first 50)."""
+    refused: NoValidRecipient | None = None
+    with optional_output(target, flag="--rejects", force=force, protected=protected) as handle:
+        try:
+            yield handle
+        except NoValidRecipient as exc:
+            if handle is None or not exc.rejected:
+                raise
+            refused = exc
+    if refused is not None:
+        raise NoValidRecipient(f"{refused}; the rejected rows are in {target}", refused.rejected) from None
 
 
 async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]) -> int:
@@ -708,10 +730,7 @@ async def discard_quietly(store: Store, lifecycle: Lifecycle, mailing_id: int) -
 
 
 async def cmd_new(args: argparse.Namespace, store: Store) -> int:
-    from_stdin = [flag for flag, path in (("--text", args.text), ("--html", args.html), ("--recipients", args.recipients))
-                  if path is not None and is_stdin(path)]
-    if len(from_stdin) > 1:
-        raise UserError(f"{' and '.join(from_stdin)} both read standard input (-); give a file for all but one")
+    check_inputs((("--text", args.text), ("--html", args.html), ("--recipients", args.recipients)), own_files(args.settings, store))
     protected = protected_files(args.settings, store, [args.recipients, args.text, args.html])
     target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
     draft = read_draft(args.name, args.subject, args.from_addr, args.text, args.html)
@@ -723,7 +742,7 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     try:
         # The rejects file is put in place only when everything else succeeded; if that last
         # step fails, the new mailing is taken back, so the command changed nothing.
-        with optional_output(target, flag="--rejects", force=args.force, protected=protected) as handle:
+        with rejects_output(target, force=args.force, protected=protected) as handle:
             progress = ImportProgress(args.recipients, enabled=not args.quiet)
             rejects = RejectLog(args.recipients, handle, progress=progress)
             try:
@@ -815,11 +834,12 @@ async def discard_new_mailing(store: Store, lifecycle: Lifecycle, mailing_id: in
 
 
 async def cmd_import(args: argparse.Namespace, store: Store) -> int:
+    check_inputs((("", args.csv),), own_files(args.settings, store))
     protected = protected_files(args.settings, store, [args.csv])
     target = checked_output(args.rejects, flag="--rejects", force=args.force, protected=protected)
     summary = None
     try:
-        with optional_output(target, flag="--rejects", force=args.force, protected=protected) as handle:
+        with rejects_output(target, force=args.force, protected=protected) as handle:
             progress = ImportProgress(args.csv, enabled=not args.quiet)
             rejects = RejectLog(args.csv, handle, progress=progress)
             try:

@@ -17,6 +17,7 @@ from mailtower.core.actions_registry import ACTIONS
 from mailtower.core.lifecycle import Action
 from mailtower.core.display import safe
 from mailtower.core.errors import UserError
+from mailtower.core.files import check_inputs
 from mailtower.core.recipients_csv import neutralise_formula, normalize_address
 from mailtower.core.retry import RetryMode, retry_failed
 from mailtower.core.store import Store
@@ -167,7 +168,7 @@ async def warn_without_unsubscribe(store: Store, mailing_id: int) -> None:
 
 
 async def cmd_suppress(args: argparse.Namespace, store: Store) -> int:
-    from .cli import say
+    from .cli import own_files, say
 
     allow = args.settings.allow_special_domains
     if args.suppress_command == "add":
@@ -175,6 +176,7 @@ async def cmd_suppress(args: argparse.Namespace, store: Store) -> int:
         say(args, f"suppressed {addresses(added)}" + (f" ({already:,} already were)" if already else ""))
         return 0
     if args.suppress_command == "import":
+        check_inputs((("", args.file),), own_files(args.settings, store))
         label = "standard input" if str(args.file) == "-" else str(args.file)
         invalid = 0
 

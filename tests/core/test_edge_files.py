@@ -222,6 +222,35 @@ def test_rejects_file_appears_only_when_the_import_succeeded(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_list_of_nothing_but_rejected_rows_still_gets_its_rejects_file(
+    plain: Cli, mailing: int, tmp_path: Path, db: Path, text: Path
+) -> None:
+    """Refused for having no valid row, the import still writes --rejects: stderr names only the
+    first 50 rows, the file is the one full account of why (and of a list read from a pipe)."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("email,name\n" + "".join(f"person{i}.example.com,P{i}\n" for i in range(60)), encoding="utf-8")
+    before = fingerprint(db)
+    for number, args in enumerate((new_args(text, bad), ["import", str(mailing), str(bad)])):
+        target = tmp_path / f"rejects{number}.csv"
+        code, out, err = plain(*args, "--rejects", str(target))
+        assert code == 2 and out == ""
+        last = err.strip().splitlines()[-1]
+        assert last.startswith(f"mailtower: {bad}: no valid recipient (60 rejected); ")
+        assert last.endswith(f"; the rejected rows are in {target}")
+        with target.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["line", "reason", "email", "name"] and len(rows) == 61
+        assert rows[-1][0] == "61" and rows[-1][2:] == ["person59.example.com", "P59"]
+        assert fingerprint(db) == before
+    code, out, err = plain(*new_args(text, bad), "--rejects", str(tmp_path / "rejects0.csv"))
+    assert code == 2 and "already exists" in one_line(err)  # not replaced without --force, as ever
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("email,name\n", encoding="utf-8")
+    code, out, err = plain(*new_args(text, header_only), "--rejects", str(tmp_path / "none.csv"))
+    assert code == 2 and not (tmp_path / "none.csv").exists()  # nothing rejected: nothing to account for
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_new_that_fails_after_the_import_leaves_no_rejects_file(plain: Cli, tmp_path: Path, db: Path, text: Path,
                                                               people: Path) -> None:
     target = tmp_path / "rejects.csv"
@@ -451,6 +480,15 @@ def test_endless_blank_lines_end_with_a_clear_refusal(head: bytes) -> None:
                     pass
 
 
+def test_an_endless_stream_without_an_email_column_is_refused_at_its_header() -> None:
+    """Judged when the header has arrived, not after the line bound's worth of rows was copied."""
+    from mailtower.core.recipients_csv import open_recipients
+
+    with endless(b"name,code\n", b"Ann,1\n" * 10000) as path:
+        with pytest.raises(ImportRejected, match="line 1: the header has no 'email' column"):
+            open_recipients(path, max_lines=5_000_000)
+
+
 def test_endless_stream_is_bounded_in_bytes() -> None:
     from mailtower.core.recipients_csv import open_recipients
 
@@ -613,6 +651,53 @@ def test_new_from_standard_input_and_only_one_input_may_be_stdin(db: Path, text:
                           "--recipients", "-", input=b"Hello\n")
     assert done.returncode == 2
     assert "standard input" in one_line(done.stderr.decode())
+    assert fingerprint(db) == before
+
+
+def test_two_inputs_that_read_one_stream_are_refused_before_reading(db: Path, tmp_path: Path, text: Path) -> None:
+    """However standard input is named (`-`, /dev/stdin, /dev/fd/0), and for one FIFO named
+    twice: the first input would take all of it and the second nothing."""
+    Cli(db).ok("limits")
+    before = fingerprint(db)
+    for text_name, recipients in (("/dev/stdin", "-"), ("-", "/dev/fd/0"), ("/dev/fd/0", "/proc/self/fd/0")):
+        done = subprocess_cli(db, "new", "--name", "n", "--subject", "s", "--from", "news@example.org",
+                              "--text", text_name, "--recipients", recipients, input=b"email\nann@example.com\n")
+        assert done.returncode == 2
+        assert one_line(done.stderr.decode()) == (
+            "mailtower: --text and --recipients both read standard input; give a file for all but one")
+        assert fingerprint(db) == before
+    fifo = tmp_path / "body.fifo"
+    os.mkfifo(fifo)
+    done = subprocess_cli(db, "new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", str(fifo),
+                          "--html", str(fifo), "--recipients", str(text))
+    assert done.returncode == 2  # refused at once, not after waiting for a writer
+    assert one_line(done.stderr.decode()) == f"mailtower: --text and --html both read one stream ({fifo}); give a file for all but one"
+    assert fingerprint(db) == before
+
+
+def test_the_database_own_files_are_never_read_as_input(plain: Cli, mailing: int, db: Path, tmp_path: Path,
+                                                        text: Path) -> None:
+    """The database, its -wal (there while the command has it open) or a link to either, as a
+    body, a recipient list or a suppression list, or redirected to standard input."""
+    link = tmp_path / "list.csv"
+    link.symlink_to(db)
+    wal = Path(f"{db}-wal")
+    before = fingerprint(db)
+    cases: list[tuple[list[str], str]] = [
+        (new_args(text, db), f"--recipients: {db}"), (new_args(wal, text), f"--text: {wal}"),
+        (new_args(text, text) + ["--html", str(link)], f"--html: {link}"), (["import", str(mailing), str(link)], str(link)),
+        (["suppress", "import", str(db)], str(db)),
+    ]
+    for args, named in cases:
+        code, out, err = plain(*args)
+        assert code == 2 and out == ""
+        line = one_line(err)
+        assert line.startswith(f"mailtower: {named} is the database's own file (") and line.endswith("not a file to read")
+        assert fingerprint(db) == before
+    with db.open("rb") as stdin:
+        done = subprocess_cli(db, "import", str(mailing), "-", stdin=stdin)
+    assert done.returncode == 2 and one_line(done.stderr.decode()).startswith(
+        "mailtower: standard input is the database's own file (")
     assert fingerprint(db) == before
 
 
