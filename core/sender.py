@@ -47,7 +47,9 @@ from .relays import RelayState, relays_from_settings
 from .progress import RateMeter, SenderSnapshot, SenderState, bumped, progress_of, queue_estimates
 from .sender_status import SenderStatus, write_status
 from .smtp_client import ConnectFailed, SmtpConnection, scrub_secrets
-from .smtp_replies import Outcome as ReplyOutcome, Verdict, connection_lost, is_temporary_refusal, mailbox_gone, server_reached
+from .smtp_replies import (
+    Outcome as ReplyOutcome, Verdict, connection_lost, is_temporary_refusal, mailbox_gone, server_reached, tls_failed,
+)
 from .db_errors import database_errors, is_database_error
 from .store import Claimed, Outcome, Store, open_store, storage_error
 from .suppression import SuppressedMeanwhile
@@ -87,6 +89,8 @@ def rest_reason(verdict: Verdict, at_login: bool) -> str:
         what = "login failed for now"
     elif verdict.code is not None:
         what = "the server turned us away for now"
+    elif tls_failed(verdict):
+        what = "TLS with the server failed"
     elif not server_reached(verdict):
         what = "cannot reach the server"
     elif connection_lost(verdict):

@@ -32,7 +32,7 @@ from aiosmtplib.errors import (
 
 from .compose import ascii_domain
 from .config import Settings
-from .smtp_replies import REACHED, Outcome, Stage, Verdict, classify, classify_auth, classify_failure
+from .smtp_replies import REACHED, TLS_FAILED, Outcome, Stage, Verdict, classify, classify_auth, classify_failure
 
 # A body larger than this is written before the wait for the ledger (see send): sending it
 # overlaps the commit; a small one goes in the same write as its final dot.
@@ -655,7 +655,7 @@ def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
         # connections, 554 no service for you): judged by the table like any reply.
         return classify(exc.code, _scrub(exc.message, relay), Stage.CONNECT)
     if isinstance(exc, ssl.SSLError):
-        return classify_failure("refused", Stage.CONNECT, _scrub(f"TLS failed with {relay.host}: {exc.reason or exc}", relay))
+        return classify_failure("refused", Stage.CONNECT, _scrub(f"{TLS_FAILED} {relay.host}: {exc.reason or exc}", relay))
     if isinstance(exc, SMTPConnectError):
         cause = exc.__cause__
         # aiosmtplib's connect covers the TCP connection, implicit TLS and the greeting; the cause
@@ -665,7 +665,7 @@ def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
             detail = f"{where} {REACHED} and hung up during TLS"
             return classify_failure("disconnect", Stage.CONNECT, _scrub(detail, relay))
         if isinstance(cause, ssl.SSLError):
-            detail = f"TLS failed with {where}: {cause.reason or cause}"
+            detail = f"{TLS_FAILED} {where}: {cause.reason or cause}"
         elif isinstance(cause, SMTPServerDisconnected):
             detail = f"{where} {REACHED} and hung up before its greeting"
             return classify_failure("disconnect", Stage.CONNECT, _scrub(detail, relay))

@@ -18,7 +18,7 @@ from typing import Literal
 
 __all__ = [
     "Failure", "Outcome", "RULES", "Rule", "Stage", "Throttle", "Verdict",
-    "classify", "classify_auth", "classify_failure", "find_rule", "parse_enhanced",
+    "classify", "classify_auth", "classify_failure", "find_rule", "parse_enhanced", "tls_failed",
     "RECIPIENT_STAGES", "ReplyBurst", "is_temporary_refusal", "slows_domain",
 ]
 
@@ -347,10 +347,22 @@ def connection_lost(verdict: Verdict) -> bool:
 REACHED = "took the connection"
 
 
+# What the detail of a failed TLS handshake (implicit TLS or STARTTLS) starts with.
+TLS_FAILED = "TLS failed with"
+
+
 def server_reached(verdict: Verdict) -> bool:
-    """The server was reached: it replied, ended the connection itself, or had taken it when the
-    failure came. Only a connect refused or timed out (or a name that does not resolve) is not."""
-    return verdict.code is not None or verdict.stage is not Stage.CONNECT or connection_lost(verdict) or REACHED in verdict.text
+    """The server was reached: it replied, ended the connection itself, had taken it when the
+    failure came, or TLS with it failed. Only a connect refused or timed out (or a name that does
+    not resolve) is not."""
+    return (verdict.code is not None or verdict.stage is not Stage.CONNECT or connection_lost(verdict)
+            or REACHED in verdict.text or tls_failed(verdict))
+
+
+def tls_failed(verdict: Verdict) -> bool:
+    """The TLS handshake with the server failed: its certificate was not trusted or not for
+    its name, or the two sides share no protocol (TLS to a plain port). Not the network."""
+    return verdict.code is None and f": {TLS_FAILED} " in verdict.text
 
 
 _FAILURE_WORDS: dict[str, str] = {

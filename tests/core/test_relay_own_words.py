@@ -252,3 +252,30 @@ async def test_a_relay_that_took_the_connection_is_not_said_to_be_unreachable(tm
     }[case]
     assert reason.startswith(expected[0]) and expected[1] in reason, reason
     assert ledger(db) == {"pending": 2}
+
+
+@pytest.mark.parametrize("case", ["STARTTLS, untrusted certificate", "implicit TLS, untrusted certificate",
+                                  "implicit TLS to a plain port"])
+async def test_a_failed_tls_handshake_is_said_to_be_tls_not_the_network(tmp_path, case: str) -> None:  # type: ignore[no-untyped-def]
+    """A certificate the sender does not trust, or TLS spoken to a plain SMTP port, was worded
+    "cannot reach the server", which sends an operator to the network; the header names TLS."""
+    import ssl
+
+    import trustme
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)  # a CA nobody was told to trust
+    db = await prepared_db(tmp_path, recipients(2))
+    sink_options = {} if "plain port" in case else {"tls_context": context, "implicit_tls": case.startswith("implicit")}
+    tls = {"smtp_tls": "tls" if case.startswith("implicit") else "starttls", "smtp_allow_plain": False}
+    with Sink(**sink_options) as sink:  # type: ignore[arg-type]
+        sender = Sender(settings(db, sink.port, connections=1, smtp_timeout=5, **tls))
+        task = await started(sender)
+        await wait_for(until(lambda: bool(sender.relays[0].reason)), 20)
+        reason = sender.relays[0].reason
+        await stopped(sender, task)
+        assert sink.deliveries == []
+    expected = "CERTIFICATE_VERIFY_FAILED" if "certificate" in case else "WRONG_VERSION_NUMBER"
+    assert reason.startswith("TLS with the server failed: ") and f"TLS failed with 127.0.0.1" in reason, reason
+    assert expected in reason, reason
+    assert ledger(db) == {"pending": 2}
