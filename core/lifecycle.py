@@ -16,7 +16,7 @@ from datetime import datetime
 from .domain import Mailing, MailingState, Section
 from .errors import RefusedTransition, UserError
 from .store import Store, Tx, iso
-from .timezones import Resolved, load_zone, resolve, tzdata_version, utcnow
+from .timezones import Resolved, load_zone, resolve, tzdata_version, utcnow, wall_minute
 
 S = MailingState
 
@@ -132,7 +132,7 @@ class Lifecycle:
         load_zone(tz)
         resolved = resolve(local, tz)
         if resolved.utc <= utcnow():
-            raise UserError(f"{local:%Y-%m-%d %H:%M} in {tz} is in the past; choose a later time")
+            raise UserError(f"{wall_minute(local)} in {tz} is in the past; choose a later time")
         async with self.store.write() as tx:
             await self._checked(tx, mailing_id, Action.SCHEDULE)
             await self.schedule_in(tx, mailing_id, resolved)

@@ -400,7 +400,12 @@ def _clock(value: datetime) -> str:
 
 
 def _wall(value: datetime) -> str:
-    return f"{value:%Y-%m-%d} {_clock(value)}"
+    return f"{value.year:04d}-{value:%m-%d} {_clock(value)}"
+
+
+def wall_minute(value: datetime) -> str:
+    """YYYY-MM-DD HH:MM, the year in four digits as it was typed (strftime writes year 1 as "1")."""
+    return f"{value.year:04d}-{value:%m-%d %H:%M}"
 
 
 def _wall_after(effective: datetime, requested: datetime) -> str:

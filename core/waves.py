@@ -28,7 +28,7 @@ from .domain import Mailing, MailingState
 from .errors import UserError
 from .lifecycle import Action, Lifecycle, target_state
 from .store import Store, Tx
-from .timezones import Resolved, Shift, format_offset, is_valid_zone, load_zone, resolve, tzdata_version
+from .timezones import Resolved, Shift, format_offset, is_valid_zone, load_zone, resolve, tzdata_version, wall_minute
 
 LISTED_ZONES = 3  # zones named in one line before "and N more"
 
@@ -149,7 +149,7 @@ class WavePlan:
         people = f"{self.passed_recipients:,} recipient{'s' if self.passed_recipients != 1 else ''}"
         choices = ", ".join(f"--passed {c.value} ({PASSED_MEANING[c]})" for c in self.choices())
         return (
-            f"{self.requested:%Y-%m-%d %H:%M} is already in the past in {_zones(len(self.passed))} "
+            f"{wall_minute(self.requested)} is already in the past in {_zones(len(self.passed))} "
             f"({zones}) for {people}; say what happens to them: {choices}; nothing was changed"
         )
 
@@ -214,7 +214,7 @@ def plan_waves(
     if skipped and not waves:
         # Every zone had passed: "skip" would schedule nothing and only rename the mailing.
         raise UserError(
-            f"{local:%Y-%m-%d %H:%M} has already passed in every recipient's zone, so --passed skip would "
+            f"{wall_minute(local)} has already passed in every recipient's zone, so --passed skip would "
             "schedule nothing; choose a later time, or --passed now or --passed next-day; nothing was changed"
         )
     return WavePlan(local, default_tz, choice, tuple(waves), tuple(passed), tuple(skipped))
@@ -239,7 +239,7 @@ def _refuse_past_everywhere(local: datetime, now: datetime) -> None:
     day), never something to send "now" or to move to the next day."""
     if (local - LATEST_OFFSET).replace(tzinfo=timezone.utc) <= now:
         raise UserError(
-            f"{local:%Y-%m-%d %H:%M} is in the past in every time zone (even at UTC-12); "
+            f"{wall_minute(local)} is in the past in every time zone (even at UTC-12); "
             "choose a later time; nothing was changed"
         )
 
@@ -294,7 +294,7 @@ def _next_day(local: datetime, zone: str, now: datetime) -> Resolved:
     later = resolve(local + timedelta(days=1), zone)
     if later.utc <= now:
         raise UserError(
-            f"{local:%Y-%m-%d %H:%M} is in the past in {zone} even a day later; choose a later time"
+            f"{wall_minute(local)} is in the past in {zone} even a day later; choose a later time"
         )
     return later
 
@@ -481,7 +481,7 @@ async def _keep_skipped(
     await tx.add_event(
         target,
         "skipped",
-        f"{plan.requested:%Y-%m-%d %H:%M} had passed in {listed([s.zone for s in plan.skipped], 10)}: "
+        f"{wall_minute(plan.requested)} had passed in {listed([s.zone for s in plan.skipped], 10)}: "
         f"{count:,} recipients kept here as a draft, not scheduled",
     )
 
@@ -493,7 +493,7 @@ async def schedule_single(
     one mailing first (the group's Set Schedule without local time). Returns (mailing, instant)."""
     resolved = resolve(local, tz)
     if resolved.utc <= now:
-        raise UserError(f"{local:%Y-%m-%d %H:%M} in {tz} is in the past; choose a later time")
+        raise UserError(f"{wall_minute(local)} in {tz} is in the past; choose a later time")
     mailing = await store.mailing(mailing_id)
     members = await grouped_with(store, mailing)
     async with store.write() as tx:

@@ -57,7 +57,7 @@ from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.fleet import FleetLost, senders_document
 from mailtower.core.store import Store, iso, open_store, remove_if_unused, storage_error
-from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version
+from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version, wall_minute
 from mailtower.core.unsubscribe import set_targets
 
 from . import cli_migrate, cli_suppress, loops
@@ -718,7 +718,7 @@ def checked_schedule(at: str | None, tz: str | None) -> datetime | None:
     load_zone(tz)
     when = parse_wall_time(at)
     if resolve(when, tz).utc <= datetime.now(timezone.utc):
-        raise UserError(f"--at: {when:%Y-%m-%d %H:%M} in {tz} is in the past; choose a later time")
+        raise UserError(f"--at: {wall_minute(when)} in {tz} is in the past; choose a later time")
     return when
 
 

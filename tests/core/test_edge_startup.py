@@ -447,6 +447,17 @@ def test_schedules_at_the_edge_of_time_are_one_line(mailing: tuple[Cli, int], at
     cli, mailing_id = mailing
     code, _, err = cli("schedule", str(mailing_id), "--at", at, "--tz", tz)
     assert_one_line((code, err), "outside the range")
+    assert f"{at} in {tz} is outside" in err  # echoed as typed: strftime wrote year 1 as "1"
+    assert "draft" in cli.ok("status")
+
+
+@pytest.mark.parametrize("at", ["0001-01-03 12:00", "0999-06-01 10:00"])
+def test_a_past_schedule_before_the_year_1000_is_echoed_as_typed(mailing: tuple[Cli, int], at: str) -> None:
+    cli, mailing_id = mailing
+    for command in (["schedule", str(mailing_id), "--at", at, "--tz", "UTC"],
+                    ["schedule", str(mailing_id), "--at", at, "--local-time", "--tz", "UTC"]):
+        code, _, err = cli(*command)
+        assert code == 2 and err.startswith(f"mailtower: {at} ") and "in the past" in err, err
     assert "draft" in cli.ok("status")
 
 

@@ -38,6 +38,7 @@ from mailtower.core.timezones import (
     resolve,
     search_zones,
     to_zone,
+    wall_minute,
     utcnow,
 )
 
@@ -101,7 +102,7 @@ def preview_schedule(
     )
     error = None
     if until <= timedelta(0) and not local_time:
-        error = f"{local:%Y-%m-%d %H:%M} in {zone} is in the past ({humanize_delta(until)}); choose a later time"
+        error = f"{wall_minute(local)} in {zone} is in the past ({humanize_delta(until)}); choose a later time"
     return Preview(local, resolved, lines, resolved.warning, error)
 
 
@@ -144,7 +145,7 @@ def wave_preview(zones: Mapping[str, int], local: datetime, default_tz: str, *, 
 def passed_question(plan: WavePlan) -> str:
     people = f"{plan.passed_recipients:,} recipient{'s' if plan.passed_recipients != 1 else ''}"
     return (
-        f"{plan.requested:%Y-%m-%d %H:%M} has already passed in {len(plan.passed):,} "
+        f"{wall_minute(plan.requested)} has already passed in {len(plan.passed):,} "
         f"zone{'s' if len(plan.passed) != 1 else ''} ({listed([s.zone for s in plan.passed])}) for {people}. "
         "What happens to them?"
     )
