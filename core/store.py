@@ -1096,10 +1096,13 @@ def _outcome_rows(outcomes: list[Outcome], now: float) -> tuple[list[tuple[Any, 
     return rows, counts
 
 
+# Numbered: the state (?1) is read twice. A sent row's last error is gone (a deferral before it
+# said why it waited, not why it failed); otherwise an outcome without words keeps the last.
+# A bare ? appended after this (the fence) is ?10.
 _OUTCOME_UPDATE = (
-    "UPDATE recipients SET state = ?, attempts = attempts + ?, in_doubt = MAX(in_doubt, ?), "
-    "last_code = COALESCE(?, last_code), last_error = COALESCE(?, last_error), next_attempt_at = ?, "
-    "first_deferred_at = COALESCE(first_deferred_at, ?), updated_at = ?, claimed_by = NULL WHERE id = ?"
+    "UPDATE recipients SET state = ?1, attempts = attempts + ?2, in_doubt = MAX(in_doubt, ?3), "
+    "last_code = COALESCE(?4, last_code), last_error = CASE WHEN ?1 = 'sent' THEN NULL ELSE COALESCE(?5, last_error) END, "
+    "next_attempt_at = ?6, first_deferred_at = COALESCE(first_deferred_at, ?7), updated_at = ?8, claimed_by = NULL WHERE id = ?9"
 )
 
 

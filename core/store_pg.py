@@ -751,7 +751,7 @@ _OUTCOMES_SQL = (
     " AS v(id, state, tried, doubt, code, reply, next_at, deferred_at, released, resolved, keep, bounce, n)),"
     " w AS (UPDATE recipients r SET state = v.state, attempts = r.attempts + v.tried,"
     " in_doubt = GREATEST(r.in_doubt, v.doubt), last_code = COALESCE(v.code, r.last_code),"
-    " last_error = COALESCE(v.reply, r.last_error), next_attempt_at = v.next_at,"
+    " last_error = CASE WHEN v.state = 'sent' THEN NULL ELSE COALESCE(v.reply, r.last_error) END, next_attempt_at = v.next_at,"
     " first_deferred_at = COALESCE(r.first_deferred_at, v.deferred_at), updated_at = ?,"
     " claimed_by = CASE WHEN v.keep THEN ?::bigint END"
     " FROM v WHERE r.id = v.id AND r.id = ANY(?::bigint[]){fence}"

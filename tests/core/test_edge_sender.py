@@ -378,6 +378,30 @@ def test_stopping_opens_no_new_connections(tmp_path: Path, reap: list) -> None:
 # ---- item 12: last_error describes the present ------------------------------------------------
 
 
+async def test_a_recipient_sent_after_a_deferral_keeps_no_error(tmp_path: Path, db_target: Path) -> None:
+    """Deferred (451) and then sent: the row showed `sent`, 250 and the deferral's "451 greylisted"
+    as its last error in `recipients` and the exports. A row only put off (no reply of its own)
+    keeps the error it had."""
+    from mailtower.core.domain import RecipientState
+    from mailtower.core.store import Outcome, open_store
+    from tests.helpers import sending_mailing
+
+    store = await open_store(db_target)  # both engines (issue 15)
+    try:
+        mailing_id, claimed, _ = await sending_mailing(store, tmp_path / "p.csv", 2, 2)
+        first, second = claimed[0].id, claimed[1].id
+        deferrals = [Outcome(row, RecipientState.DEFERRED, 451, "4.7.1 greylisted, try later", next_attempt_at=0.0)
+                     for row in (first, second)]
+        await store.record_and_claim(mailing_id, deferrals, 0)
+        put_off = Outcome(second, RecipientState.PENDING, counted_attempt=False)
+        await store.record_and_claim(mailing_id, [Outcome(first, RecipientState.SENT, 250), put_off], 0)
+        rows = {r.id: r for r in await store.recipients(mailing_id)}
+    finally:
+        await store.close()
+    assert (rows[first].state, rows[first].last_code, rows[first].last_error) == (RecipientState.SENT, 250, None)
+    assert (rows[second].last_code, rows[second].last_error) == (451, "4.7.1 greylisted, try later")
+
+
 def test_last_error_is_cleared_when_sending_resumes_and_completes(tmp_path: Path, reap: list) -> None:
     db = tmp_path / "edge.db"
     port = free_port()  # nobody listens yet
