@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import platformdirs
 
 from .compose import ascii_domain  # the same IDNA rules as the envelope (for dkim_domain)
+from .display import unsafe_character
 from .errors import UserError
 from .db_target import PgTarget, looks_like_postgres, parse_pg_url
 from .files import MAX_CONFIG_BYTES, MAX_SECRET_BYTES, read_text_bounded, stat_named
@@ -337,11 +338,18 @@ def _control_character(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
 
 
+def _shown_setting_unsafe(text: str) -> bool:
+    """As _control_character, and direction overrides and isolates too: a host, path or name is
+    echoed in warnings and errors, where U+202E would show 'evil\u202egro.elpmaxe' as another name."""
+    return _control_character(text) or unsafe_character(text) is not None
+
+
 def _text(name: str, raw: object, source: str) -> str:
     if not isinstance(raw, str):
         raise UserError(f"{source}: {show_value(raw)} is not text")
-    if _control_character(raw):
-        raise UserError(f"{source}: {show_value(raw, name in SECRET_SETTINGS)} contains a control character")
+    if (_control_character if name in SECRET_SETTINGS else _shown_setting_unsafe)(raw):
+        what = "a control character" if name in SECRET_SETTINGS else "a control character or a direction override"
+        raise UserError(f"{source}: {show_value(raw, name in SECRET_SETTINGS)} contains {what}")
     return raw
 
 
@@ -539,8 +547,8 @@ def _choose_config(config_path: Path | None, config_flag: str | None, environ: M
         return ConfigFile(Path(config_path).expanduser(), config_flag)
     if environ.get(CONFIG_ENV, ""):
         named = environ[CONFIG_ENV]
-        if _control_character(named):
-            raise UserError(f"{CONFIG_ENV}: {show_value(named)} contains a control character")
+        if _shown_setting_unsafe(named):
+            raise UserError(f"{CONFIG_ENV}: {show_value(named)} contains a control character or a direction override")
         return ConfigFile(Path(named).expanduser(), CONFIG_ENV)
     return ConfigFile(default_config_path(), None)
 
@@ -724,7 +732,7 @@ def domain_group_from_toml(name: object, table: Any, path: Path) -> DomainGroupS
 
 
 def _match_entry(entry: object, where: str) -> str:
-    if not isinstance(entry, str) or _control_character(entry):
+    if not isinstance(entry, str) or _shown_setting_unsafe(entry):
         raise UserError(f"{where}: {show_value(entry)} is not a domain name")
     wildcard = entry.strip().startswith("*.")
     domain = normal_domain(entry.strip()[2:] if wildcard else entry)

@@ -25,7 +25,13 @@ from typing import Any, TextIO
 # isolates (they reorder the text around them, "Trojan Source"), and lone surrogates (which cannot
 # even be encoded for the terminal). Marks such as U+200E and joiners are left alone: they only
 # affect the character next to them and are needed by scripts and emoji.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_DANGEROUS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+# Characters that show as nothing and join or separate nothing a script needs: a name made of
+# them looks empty, and "Spring\u200b sale" looks like "Spring sale" beside it. Shown escaped,
+# refused where a name identifies something (unsafe_character(..., invisible=True)).
+_INVISIBLE = "\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0"
+_UNSAFE = re.compile(f"[{_DANGEROUS}{_INVISIBLE}]")
+_REFUSED = re.compile(f"[{_DANGEROUS}]")
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
@@ -50,10 +56,16 @@ def safe(text: object) -> str:
     return _UNSAFE.sub(_escape, value)
 
 
-def unsafe_character(text: str, *, allow: str = "") -> str | None:
-    """A description of the first character of `text` that `safe()` would escape ("U+001B at
-    position 4"), ignoring those in `allow`; None if there is none."""
-    for match in _UNSAFE.finditer(text):
+def without_unsafe(text: str) -> str:
+    """`text` without the characters `safe()` would escape: for a field being typed into."""
+    return text if _UNSAFE.search(text) is None else _UNSAFE.sub("", text)
+
+
+def unsafe_character(text: str, *, allow: str = "", invisible: bool = False) -> str | None:
+    """A description of the first character of `text` a terminal would act on ("U+001B at
+    position 4"), or with `invisible` also the first that shows as nothing (which `safe()`
+    escapes too), ignoring those in `allow`; None if there is none."""
+    for match in (_UNSAFE if invisible else _REFUSED).finditer(text):
         if match.group() not in allow:
             return f"U+{ord(match.group()):04X} at position {match.start() + 1}"
     return None

@@ -19,7 +19,7 @@ import csv
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Callable, TextIO
 
 from .display import safe
 from .domain import Recipient, RecipientState
@@ -76,6 +76,20 @@ def state_label(recipient: Recipient) -> str:
     if recipient.in_doubt and recipient.state is RecipientState.PENDING:
         return "in doubt"
     return recipient.state.value
+
+
+class _ShownWriter:
+    """A csv writer whose cells pass through `shown` first (the row's own line ending does not)."""
+
+    def __init__(self, writer: Any, shown: Callable[[str], str]) -> None:
+        self._writer, self._shown = writer, shown
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._writer.writerow([self._shown(str(cell)) for cell in row])
+
+    def writerows(self, rows: Iterable[Iterable[object]]) -> None:
+        for row in rows:
+            self.writerow(row)
 
 
 def _row(recipient: Recipient, columns: Columns = Columns()) -> list[str | int]:
@@ -143,13 +157,15 @@ async def remaining_columns(store: Store, mailing_id: int, search: str = "") -> 
     return columns_of(tz, names, mailing_id)
 
 
-async def write_remaining_csv(store: Store, mailing_id: int, handle: TextIO, search: str = "") -> int:
-    """CSV (header row, address first) of the remaining recipients to an open text handle; rows written.
+async def write_remaining_csv(store: Store, mailing_id: int, handle: TextIO, search: str = "",
+                              shown: Callable[[str], str] | None = None) -> int:
+    """CSV (header row, address first) of the remaining recipients to an open text handle; rows
+    written. `shown` (display.safe for a terminal) is applied to every cell.
 
     A pass over the rows finds their columns before anything is written, so a refusal (a merge
     field named like a column of the export) leaves the handle untouched."""
     columns = await remaining_columns(store, mailing_id, search)
-    writer = csv.writer(handle)
+    writer = csv.writer(handle) if shown is None else _ShownWriter(csv.writer(handle), shown)
     writer.writerow([neutralise_formula(name) for name in columns.header])  # a merge field "=x" too
     known = frozenset(columns.fields)
     written = 0

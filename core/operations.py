@@ -88,6 +88,10 @@ def _check_draft_text(draft: Draft) -> None:
         where = unsafe_character(value)
         if where is not None:
             raise UserError(f"{flag} holds a control character ({where}): '{safe(value)}'")
+    # A mailing is told apart by its name: one that shows as nothing, or as another's, is refused.
+    where = unsafe_character(draft.name, invisible=True)
+    if where is not None:
+        raise UserError(f"--name holds an invisible character ({where}): '{safe(draft.name)}'")
 
 
 def _check_sender(from_addr: str, allow_special: bool) -> None:

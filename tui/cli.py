@@ -703,7 +703,7 @@ async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]
 
 
 def warn(message: str) -> None:
-    print(f"mailtower: warning: {message}", file=sys.stderr)
+    print(safe(f"mailtower: warning: {message}"), file=sys.stderr)
 
 
 def checked_schedule(at: str | None, tz: str | None) -> datetime | None:
@@ -932,34 +932,38 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
         # One compact document: the C encoder keeps 10,000 mailings well under a second.
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
+    # Names, errors, reasons and hosts come from people, SMTP servers and other senders: every
+    # line is shown with control characters escaped, whatever field carried them (the JSON above
+    # is escaped by json.dumps, which writes ASCII only).
+    def show(line: str) -> None:
+        print(safe(line))
+
     for section, items in doc.items():
-        print(f"{section.capitalize()} ({len(items)})")
-        # Names and errors come from people and SMTP servers: shown with control characters
-        # escaped (the JSON above is escaped by json.dumps, which writes ASCII only).
-        for m in ({key: safe(value) if isinstance(value, str) else value for key, value in m.items()} for m in items):
+        show(f"{section.capitalize()} ({len(items)})")
+        for m in items:
             if section == "current":
                 eta = m["eta"] or "unknown"
-                print(f"  {m['position']:>3}. #{m['id']} {m['name']}  {m['sent']}/{m['total']} sent, "
-                      f"{m['failed']} failed, {m['deferred']} deferred  {m['state']}  eta {eta}")
+                show(f"  {m['position']:>3}. #{m['id']} {m['name']}  {m['sent']}/{m['total']} sent, "
+                     f"{m['failed']} failed, {m['deferred']} deferred  {m['state']}  eta {eta}")
             elif section == "scheduled":
                 missed = "  MISSED" if m["missed"] else ""
-                print(f"       #{m['id']} {m['name']}  {m['send_at_local']} {m['tz']} ({m['send_at_utc']}){missed}")
+                show(f"       #{m['id']} {m['name']}  {m['send_at_local']} {m['tz']} ({m['send_at_utc']}){missed}")
             else:
-                print(f"       #{m['id']} {m['name']}  {m['state']}  {m['sent']}/{m['total']} sent  {m['finished_at'] or ''}")
+                show(f"       #{m['id']} {m['name']}  {m['state']}  {m['sent']}/{m['total']} sent  {m['finished_at'] or ''}")
             if m["last_error"]:
-                print(f"       ! {m['last_error']}")
+                show(f"       ! {m['last_error']}")
             canary = m.get("canary")
             if canary and canary["phase"] in ("sending", "holding") and section == "current":
-                print(f"       canary {canary['done']}/{canary['total']} {canary['phase']}")  # breaker/canary
+                show(f"       canary {canary['done']}/{canary['total']} {canary['phase']}")  # breaker/canary
             for key in ("waiting", "throttled"):
                 held = m.get(key)
                 if held:
-                    print(f"       {key}: {held['reason']} (since {held['since']}, next try {held['next_try'] or 'unknown'})")
+                    show(f"       {key}: {held['reason']} (since {held['since']}, next try {held['next_try'] or 'unknown'})")
     if senders is not None and len(senders) > 1:
-        print(f"Senders ({sum(1 for x in senders if x['alive'])} alive)")
+        show(f"Senders ({sum(1 for x in senders if x['alive'])} alive)")
         for x in senders:
-            print(f"       #{x['sender']} {safe(x['host'])} pid {x['pid']}  {x['rate']:.1f}/s  {x['connections']} connections"
-                  f"  heartbeat {x['heartbeat_age']:.1f} s ago  {'alive' if x['alive'] else x['state']}")
+            show(f"       #{x['sender']} {x['host']} pid {x['pid']}  {x['rate']:.1f}/s  {x['connections']} connections"
+                 f"  heartbeat {x['heartbeat_age']:.1f} s ago  {'alive' if x['alive'] else x['state']}")
     return 0
 
 
@@ -1142,9 +1146,10 @@ async def cmd_recipients(args: argparse.Namespace, store: Store) -> int:
 
 
 async def write_remaining(store: Store, mailing_id: int, handle: TextIO, *, as_csv: bool) -> int:
-    """The remaining recipients as CSV or as the tab-separated listing; rows written."""
+    """The remaining recipients as CSV or as the tab-separated listing; rows written. CSV to a
+    terminal is made safe, as `recipients --csv` is (a file gets the exact values)."""
     if as_csv:
-        return await write_remaining_csv(store, mailing_id, handle)
+        return await write_remaining_csv(store, mailing_id, handle, shown=safe if handle.isatty() else None)
     written = 0
     async for page in remaining_pages(store, mailing_id):
         for r in page:

@@ -37,11 +37,11 @@ def cmd_migrate(args: argparse.Namespace, settings: Any) -> int:
     from mailtower.core.migrate import migrate, parse_to
 
     target = parse_to(args.to)
-    result = loops.run(migrate(settings.db, target, lambda line: print(line, flush=True)))
+    result = loops.run(migrate(settings.db, target, lambda line: print(safe(line), flush=True)))
     for line in result.disagreements:
         print(f"mailtower: warning: {safe(line)}", file=sys.stderr)
-    print(f"migrated {settings.db} to {target}: {result.rows:,} rows in {len(result.tables)} tables, "
-          f"{result.seconds:.1f} s; verified", flush=True)
+    print(safe(f"migrated {settings.db} to {target}: {result.rows:,} rows in {len(result.tables)} tables, "
+               f"{result.seconds:.1f} s; verified"), flush=True)
     return 0
 
 

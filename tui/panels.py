@@ -35,6 +35,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Input, Label
 
+from mailtower.tui.fields import TextField
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, Section
 
@@ -552,7 +553,7 @@ class FilterBar(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Label("Filter ")
-        yield Input(placeholder="name, subject or id", id="filter", compact=True)
+        yield TextField(placeholder="name, subject or id", id="filter", compact=True)
         yield Label(" Enter: back to the panels · Esc: clear", id="filter-hint")
 
     @property

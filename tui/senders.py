@@ -33,7 +33,7 @@ def senders_table(senders: list[SenderInfo]) -> RenderableType:
         state = "alive" if s.alive else ("dead" if s.state in ("running", "dead") else s.state)
         table.add_row(
             str(s.id), Text(safe(s.host)), str(s.pid), f"{s.rate:.1f}/s", str(s.connections), f"{s.age:.0f} s ago",
-            Text(state, style={"alive": "green", "dead": "red"}.get(state, "dim")),
+            Text(safe(state), style={"alive": "green", "dead": "red"}.get(state, "dim")),
         )
     return Group(heading, table)
 

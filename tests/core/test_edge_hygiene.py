@@ -414,3 +414,90 @@ def test_control_characters_in_a_header_column_are_refused(tmp_path: Path) -> No
     code, out, err = Cli(db, None)(*new_args(body, people))
     assert code == 2 and "column 3 of the header holds a control character (U+001B" in err
     assert "\x1b" not in err  # the refusal itself is safe to print
+
+
+
+# ---- characters that show as nothing ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\ufeff\u2060", "Spring\u200b sale", "\u3164"])
+def test_a_mailing_name_that_shows_as_nothing_or_as_another_is_refused(
+    cli: Cli, tmp_path: Path, body: Path, db: Path, name: str
+) -> None:
+    """`--name $'\\u200b'` made a mailing listed as "#2   draft" (past the empty-name check), and
+    "Spring\u200b sale" one that looks like "Spring sale" beside it."""
+    people = write_csv(tmp_path / "p.csv", [{"email": "a@example.com", "name": "Ann", "code": "1"}])
+    code, out, err = cli(*new_args(body, people, name=name))
+    assert code == 2 and out == ""
+    assert err.startswith("mailtower: --name holds an invisible character (U+") and len(err.splitlines()) == 1
+    assert clean(err) and safe(name) in err
+    assert mailings(db) == []
+
+
+def test_invisible_characters_elsewhere_are_kept_and_shown_escaped(
+    cli: Cli, tmp_path: Path, body: Path, db: Path
+) -> None:
+    """A subject, a From name or a recipient's name may hold one (pasted text): kept as it is
+    for the mail, shown as an escape on the terminal. Joiners and marks that scripts need stay."""
+    people = write_csv(tmp_path / "p.csv", [{"email": "a@example.com", "name": "A\u200bnn", "code": "1"}])
+    mailing_id = cli.ok(*new_args(body, people, subject="Hi\u200bthere", sender='"Bank\u200b" <news@example.org>')).strip()
+    assert safe("Hi\u200bthere") == "Hi\\u200bthere" and safe("\u200d\u200e\u0301") == "\u200d\u200e\u0301"
+    listing = cli.ok("recipients", mailing_id, "--json")
+    assert json.loads(listing)["name"] == "A\u200bnn"
+    assert unsafe_character("Spring\u200b sale") is None  # refused only where a name identifies a mailing
+    assert unsafe_character("Spring\u200b sale", invisible=True) == "U+200B at position 7"
+
+
+
+def _stdout_of(db: Path, args: list[str], *, tty: bool) -> str:
+    """`mailtower ARGS` in a child whose stdout is a pseudo-terminal (or a pipe): what it wrote."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": os.devnull}
+    command = [sys.executable, "-m", "mailtower.tui.cli", *args]
+    if not tty:
+        return subprocess.run(command, env=env, capture_output=True, timeout=60, check=True).stdout.decode("utf-8")
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
+    finally:
+        os.close(slave)
+    seen = bytearray()
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:  # bounded: ends at EOF (the child closed the terminal) or the deadline
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    # CSV rows end in CRLF, to which the terminal adds its own CR: both are the line's ending.
+    return seen.decode("utf-8").replace("\r\r\n", "\n").replace("\r\n", "\n")
+
+
+def test_remaining_csv_on_a_terminal_is_escaped_and_exact_in_a_pipe(cli: Cli, tmp_path: Path, body: Path, db: Path) -> None:
+    """`remaining ID --csv` on a terminal wrote a stored name's ESC and CR raw (a row rewrote
+    itself on screen); `recipients --csv` escaped them there. Into a pipe or a file, exact values."""
+    people = write_csv(tmp_path / "p.csv", [{"email": "a@example.com", "name": "Ann", "code": "1"}])
+    mailing_id = cli.ok(*new_args(body, people)).strip()
+    hostile_rows(db, int(mailing_id))
+    shown = _stdout_of(db, ["remaining", mailing_id, "--csv"], tty=True)
+    assert safe(HOSTILE) in shown and clean(shown), shown
+    exact = _stdout_of(db, ["remaining", mailing_id, "--csv"], tty=False)
+    assert list(csv.reader(io.StringIO(exact)))[1][5] == "451 " + HOSTILE

@@ -527,3 +527,22 @@ def test_an_empty_file_name_is_said_to_be_one(tmp_path: Path, args: list[str]) -
     """Path("") is ".": an empty --config, -o or --log was refused as "'.' is a directory"."""
     code, _, err = Cli(tmp_path / "m.db")(*args)
     assert code == 2 and "an empty path is not a file name" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("source", "value"), [
+    ("MAILTOWER_SMTP_HOST", "evil\u202egro.elpmaxe"), ("MAILTOWER_DKIM_KEY_FILE", "/keys/key\u202emep.txt"),
+    ("MAILTOWER_SMTP_HOST", "relay\u2066.example.org"), ("TOML relay name", "mx-\u202e"),
+])
+def test_a_setting_with_a_direction_override_is_refused(tmp_path: Path, source: str, value: str) -> None:
+    """A host or a path is echoed in warnings and errors, where U+202E shows "evil\u202egro.elpmaxe"
+    as "evil...example.org": refused like a control character, and named escaped."""
+    if source.startswith("TOML"):
+        config = tmp_path / "m.toml"
+        config.write_text(f'[[relays]]\nname = "{value}"\nhost = "127.0.0.1"\n', encoding="utf-8")
+        with pytest.raises(UserError, match="direction override") as caught:
+            load(config=config)
+    else:
+        with pytest.raises(UserError, match="direction override") as caught:
+            load({source: value, "MAILTOWER_DKIM_DOMAIN": "example.org", "MAILTOWER_DKIM_SELECTOR": "s1"})
+    assert "\u202e" not in str(caught.value) and "\u2066" not in str(caught.value)
+    assert load({"MAILTOWER_SMTP_PASSWORD": "pa\u202ess"}).smtp_password == "pa\u202ess"  # a secret is not shown

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mailtower.core.domain import Section
 from mailtower.core.progress import SenderState
 from mailtower.core.sender_status import (
     HEARTBEAT_AHEAD,
@@ -182,3 +183,25 @@ async def test_cli_and_dashboard_see_a_fresh_sender_alike(tmp_path: Path) -> Non
             assert app.current_rate() == 42.5
     finally:
         lease.release()
+
+
+async def test_status_text_escapes_what_a_sender_wrote(tmp_path: Path) -> None:
+    """The waiting and throttled reasons are a relay's words, written by a sender in another
+    process (an older version, another host of the fleet): `status` printed them raw, the
+    other fields escaped; every line of it is escaped now, as `status --json` is."""
+    fx = await build_fixed(tmp_path / "fixed.db", small=True)
+    hostile = "450 \x1b]0;pwned\x07E\x1b[2J\u202etxt"
+    store = await Store.open(fx.db)
+    try:
+        current = [m.id for m in await store.mailings(Section.CURRENT)]
+        waiting = {"all_unavailable": True, "relays": [
+            {"relay": "r1", "state": state, "reason": hostile, "since": time.time() - 5, "next_try": None,
+             "mailing": mailing_id} for state, mailing_id in zip(("paused", "throttled"), current)]}
+        await store.put_meta({"sender_state": "sending", "sender_heartbeat": f"{time.time():.3f}",
+                              "sender_waiting": json.dumps(waiting)})
+    finally:
+        await store.close()
+    code, out, err = await _cli(Cli(fx.db), "status")
+    assert code == 0, err
+    assert "450 \\x1b]0;pwned\\x07E\\x1b[2J\\u202etxt" in out, out
+    assert not any(c in out for c in "\x1b\x07\u202e")

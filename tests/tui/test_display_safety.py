@@ -148,3 +148,26 @@ async def test_remaining_screen_rows_escape_replies(tmp_path: Path) -> None:
         assert len(rows) == 3 and all(clean(line) and "451 \\x1b]0;pwned" in line for line in rows)
         assert clean(text_of(app.screen.query_one("#remaining-title")))
         assert clean(text_of(app.screen.query_one("#remaining-error")))
+
+
+async def test_text_pasted_into_a_field_loses_what_a_terminal_acts_on(tmp_path: Path) -> None:
+    """The filter, the export path and the schedule's fields drew a pasted ESC or U+202E raw
+    (Textual draws an Input's value as it is): they never hold one now."""
+    from textual import events
+    from textual.widgets import Input
+
+    from mailtower.tui.fields import TextField
+
+    db, mailing_id = await hostile_mailing(tmp_path, stopped=True)
+    app = Host(db, mailing_id, RemainingScreen)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, RemainingScreen) and app.screen.is_mounted)
+        field = app.screen.query_one("#filter", Input)
+        assert isinstance(field, TextField)
+        field.focus()
+        await pilot.pause()
+        field.post_message(events.Paste("a\x1b]0;T\x07b\u202ec\u200bd"))
+        await until(pilot, lambda: field.value != "")
+        await pilot.press("e", "x")
+        assert field.value == "a]0;Tbcdex"
+        assert clean(text_of(field))

@@ -24,6 +24,7 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Input, Label, Select, Static
 from textual.widgets.input import Selection
 
+from mailtower.tui.fields import TextField
 from mailtower.core.config import Settings, parse_number
 from mailtower.core.db_errors import database_errors
 from mailtower.core.errors import UserError
@@ -244,7 +245,7 @@ class LimitsScreen(ModalScreen[bool]):
                         # No `type`: Textual's number fields drop a key they do not take without a
                         # word ("0x10" became 10, "1e3" connections 13); every key is kept and the
                         # validator says what is wrong with the whole value instead.
-                        yield Input(id=name, validators=[LimitValidator(name, self._bound)], compact=True)
+                        yield TextField(id=name, validators=[LimitValidator(name, self._bound)], compact=True)
                         yield Static(field.hint, classes="hint", markup=False)
                     yield Static("", id=f"{name}-changed", classes="changed", markup=False)
                     yield Static("", id=f"{name}-error", classes="error", markup=False)

@@ -32,6 +32,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Static
 
+from mailtower.tui.fields import TextField
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing, Recipient
 from mailtower.core.errors import UserError
@@ -474,7 +475,7 @@ class ExportDialog(ModalScreen[ExportChoice | None]):
         box.border_title = "Export to CSV"
         with box:
             yield Label(self.what, id="export-what")
-            yield Input(str(self.default), id="export-path", compact=True)
+            yield TextField(str(self.default), id="export-path", compact=True)
             yield Checkbox("Replace the file if it exists", id="export-overwrite", compact=True)
             yield Static(id="export-note", markup=False)
             with Horizontal(id="export-buttons"):
@@ -508,7 +509,7 @@ class ExportDialog(ModalScreen[ExportChoice | None]):
     @on(Checkbox.Changed)
     def _check(self) -> None:
         problem = self._problem(self._choice())
-        self.query_one("#export-note", Static).update(problem)
+        self.query_one("#export-note", Static).update(safe(problem))
         self.query_one("#export-ok", Button).disabled = bool(problem)
 
     @on(Input.Submitted)
@@ -579,7 +580,7 @@ class RemainingScreen(Screen[None]):
         yield Static(id="remaining-title", markup=False)
         with Horizontal(id="filter-row"):
             yield Label("Filter", id="filter-label")
-            yield Input(placeholder="part of an address, name or error  (/)", id="filter", compact=True)
+            yield TextField(placeholder="part of an address, name or error  (/)", id="filter", compact=True)
         yield ColumnHeader()
         yield RecipientList(self._pages, id="recipients")
         yield Static(id="remaining-error", markup=False)

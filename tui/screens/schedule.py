@@ -23,6 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from mailtower.tui.fields import TextField
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
 from mailtower.core.errors import UserError
@@ -234,7 +235,7 @@ class ZoneList(OptionList, can_focus=False):
     """Matches for the zone field; driven from the field with the arrow keys, or clicked."""
 
 
-class ZoneInput(Input):
+class ZoneInput(TextField):
     """The zone field: up and down walk the matches below it (an Input does not use them)."""
 
     BINDINGS = [
@@ -360,9 +361,9 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         with box:
             with Horizontal(classes="row"):
                 yield Label("Date", classes="field-label")
-                yield Input(shown_date, placeholder="YYYY-MM-DD", id="date", max_length=10, compact=True)
+                yield TextField(shown_date, placeholder="YYYY-MM-DD", id="date", max_length=10, compact=True)
                 yield Label("Hour", classes="gap-label")
-                yield Input(f"{local:%H:%M}", placeholder="HH:MM", id="hour", max_length=5, compact=True)
+                yield TextField(f"{local:%H:%M}", placeholder="HH:MM", id="hour", max_length=5, compact=True)
             with Horizontal(classes="row", id="zone-row"):
                 yield Label("Time zone", classes="field-label")
                 yield ZoneInput(zone, placeholder="part of a name, e.g. berlin", id="zone", compact=True)
