@@ -70,10 +70,11 @@ def columns_of(tz: bool, names: set[str], mailing_id: int) -> Columns:
 def state_label(recipient: Recipient) -> str:
     """What the operator calls the row's state: pending, deferred, sending, or in doubt.
 
-    "In doubt" is a pending row that was in flight when a sender died: it may have been
-    delivered already, and it will be sent again.
+    "In doubt" is a row that was in flight when a sender died or its connection broke after
+    the final dot: it may have been delivered already, and it will be sent again (at once, or
+    when its retry comes).
     """
-    if recipient.in_doubt and recipient.state is RecipientState.PENDING:
+    if recipient.in_doubt and recipient.state in (RecipientState.PENDING, RecipientState.DEFERRED):
         return "in doubt"
     return recipient.state.value
 

@@ -92,8 +92,14 @@ class RelayState:
     throttle_backoff: float = THROTTLE_FIRST
     retry_at: float = 0.0  # wall clock: the earliest retry of a recipient deferred while throttled
     burst: ReplyBurst = field(default_factory=ReplyBurst)  # 4xx at MAIL/RCPT, whatever the wording
+    # Seconds a final dot typically waits for its reply here (a moving average): a relay that
+    # scans content answers in seconds, and a job sent ahead waits that long before it is overdue.
+    dot_wait: float = 0.0
     # The connections of this relay that have connected at least once (to count the live ones).
     sessions: weakref.WeakSet[SmtpConnection] = field(default_factory=weakref.WeakSet)
+
+    def note_dot_wait(self, seconds: float) -> None:
+        self.dot_wait = seconds if not self.dot_wait else 0.8 * self.dot_wait + 0.2 * seconds
 
     def live_connections(self, besides: SmtpConnection) -> int:
         """How many other connections of this relay are open and usable now."""

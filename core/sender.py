@@ -66,8 +66,11 @@ STOP_GRACE = 5.0  # seconds a stop waits for messages in flight before cutting t
 # How long a connection waiting for the probing one's answer goes before it looks again (a stop).
 PROBE_LOOK_AGAIN = 0.05
 # A job taken ahead at a final dot whose reply is this late goes to another connection (checked
-# with the control tick, so it waits at most this plus CONTROL_INTERVAL).
+# with the control tick, so it waits at most this plus CONTROL_INTERVAL), or AHEAD_SLOWER times
+# the relay's usual wait for a dot's reply when that is longer: a relay that scans content
+# answers in seconds, and giving its jobs away cost a new connection (and login) per message.
 AHEAD_PATIENCE = 1.0
+AHEAD_SLOWER = 4.0
 
 
 def pause_reason(verdict: Verdict, at_login: bool) -> str:
@@ -286,13 +289,14 @@ class Carry:
     job: Job | None = None
     retire: bool = False
     since: float = 0.0  # monotonic time the job was taken
+    patience: float = AHEAD_PATIENCE  # how long it may wait behind the dot's reply
     orphaned: bool = False  # the job was given to another connection; its envelope was sent ahead
     # The job's message, rendered (and signed) while the connection waited for the dot's reply:
     # off the critical path of a connection, which only waits for the server then (issue 12).
     made: tuple[int, bytes] | None = None
 
-    def hold(self, job: Job) -> None:
-        self.job, self.since, self.made = job, time.monotonic(), None
+    def hold(self, job: Job, patience: float = AHEAD_PATIENCE) -> None:
+        self.job, self.since, self.made, self.patience = job, time.monotonic(), None, patience
 
     def premade(self, row_id: int) -> bytes | None:
         """The message rendered ahead for this row, if any (once)."""
@@ -304,9 +308,9 @@ class Carry:
         return job
 
     def overdue(self, now: float) -> Job | None:
-        """The job, if it waited longer than AHEAD_PATIENCE behind a slow final-dot reply:
+        """The job, if it waited longer than its patience behind a slow final-dot reply:
         taken back (another connection sends it) and this connection drops its envelope."""
-        if self.job is None or now - self.since < AHEAD_PATIENCE:
+        if self.job is None or now - self.since < self.patience:
             return None
         self.orphaned = True
         return self.take()
@@ -962,7 +966,7 @@ class Sender:
         if job is None:
             carry.retire = True  # the end-of-work marker: this worker ends after its message
             return None
-        carry.hold(job)
+        carry.hold(job, max(AHEAD_PATIENCE, AHEAD_SLOWER * relay.dot_wait))
         if job.run is not run:
             return None
         # Rendered once this dot's write is out, while the connection waits for its reply.
@@ -1141,13 +1145,12 @@ class Sender:
             if not domain_reply:
                 self._note_throttling(relay, run, verdict)
             if verdict.outcome is ReplyOutcome.SENT:
+                relay.note_dot_wait(conn.dot_wait)
                 await self._accepted(run, relay)
                 return Outcome(row.id, RecipientState.SENT, verdict.code, None, was_in_doubt=row.in_doubt)
             if verdict.outcome is ReplyOutcome.RECONNECT:
                 if verdict.in_doubt:
-                    return Outcome(
-                        row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True, was_in_doubt=row.in_doubt
-                    )
+                    return await self._in_doubt(run, relay, row, verdict)
                 if domain_reply:
                     return self._deferral(row, verdict)  # the domain said 421: its recipient waits, not the relay
                 if run.halt or self.stopping:
@@ -1189,6 +1192,25 @@ class Sender:
     def _interrupted(self, run: HeadRun):  # type: ignore[no-untyped-def]
         """For pacing waits: give up the slot when the sender stops or this head halts."""
         return lambda: self.stopping or run.halt
+
+    async def _in_doubt(self, run: HeadRun, relay: RelayState, row: Claimed, verdict: Verdict) -> Outcome:
+        """The connection broke (or the reply made no sense) after the final dot: the message may
+        have been delivered. The relay rests, and the recipient is flagged in doubt and sent
+        again: at once the first time (by another relay, or this one after its rest), after a
+        growing retry wait like a deferral when it was in doubt already. Sent again at once each
+        time, a relay that drops every session after the dot got the same message hundreds of
+        times a second."""
+        await self._relay_trouble(run, relay, verdict)
+        if not row.in_doubt:
+            log.warning("%s may have received mailing %d already (%s); it is sent again, in doubt",
+                        row.email, run.mailing.id, verdict.text)
+            return Outcome(row.id, RecipientState.PENDING, verdict.code, verdict.text, in_doubt=True)
+        outcome = self._deferral(row, verdict)
+        if outcome.state is RecipientState.DEFERRED:
+            outcome = replace(outcome, in_doubt=True, was_in_doubt=row.in_doubt)
+            log.warning("%s may have received mailing %d already (%s); it is sent again in %.0f s, in doubt",
+                        row.email, run.mailing.id, verdict.text, (outcome.next_attempt_at or 0.0) - time.time())
+        return outcome
 
     def _deferral(self, row: Claimed, verdict: Verdict) -> Outcome:
         now = time.time()

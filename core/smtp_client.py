@@ -97,8 +97,15 @@ class Relay:
 
 def _scrub(text: str, relay: Relay) -> str:
     """Keep the password out of anything shown or stored: in clear and in every base64 form
-    SASL sends it (the PLAIN blob, LOGIN's encoded user name and password)."""
-    return scrub_secrets(" ".join(text.split()), relay.user, relay.password)[:300]
+    SASL sends it (the PLAIN blob, LOGIN's encoded user name and password). Line breaks are
+    kept, each line's spaces made one: smtp_replies.one_line drops the enhanced code each line of
+    a multi-line reply repeats, and makes it one line."""
+    lines = "\n".join(" ".join(line.split()) for line in text.splitlines())
+    return scrub_secrets(lines, relay.user, relay.password)[:_SCRUBBED_MAX]
+
+
+# More than one_line keeps (smtp_replies.MAX_TEXT): room for the codes it removes.
+_SCRUBBED_MAX = 2000
 
 
 def scrub_secrets(text: str, user: str, password: str) -> str:
@@ -255,7 +262,9 @@ class _ReplyReader(asyncio.Protocol):
 
     def _line(self, line: bytes) -> None:
         code = line[:3]
-        if len(code) != 3 or not code.isdigit():
+        # RFC 5321 4.2: three digits, then a space, a hyphen or the end of the line ("2500 Ok"
+        # is not 250).
+        if len(code) != 3 or not code.isdigit() or line[3:4] not in (b" ", b"-", b""):
             self._fail(SMTPServerDisconnected(f"the server sent a line that is not an SMTP reply: {line[:80]!r}"))
             self.transport.abort()
             return
@@ -318,6 +327,7 @@ class SmtpConnection:
         self.pipelining = False
         self.smtputf8 = False  # the server offers SMTPUTF8 (RFC 6531)
         self.sent_on_connection = 0
+        self.dot_wait = 0.0  # seconds the last final dot waited for its reply
         self.extra_backoff = 0.0  # growing wait after "too many connections" while others work
         self.held_until = 0.0  # monotonic: this connection does not try to connect before then
         # MAIL+RCPT+DATA written with the previous final dot whose three replies are still to
@@ -482,7 +492,19 @@ class SmtpConnection:
             if self.pipelining:
                 if presented is None:
                     reader.write(envelope[0] + envelope[1] + b"DATA\r\n")
-                replies = await reader.replies(3, self.relay.timeout)
+                replies: list[tuple[int, str]] = []
+                try:
+                    while len(replies) < 3:  # each reply its own timeout (RFC 5321 4.5.3.2)
+                        replies += await reader.replies(1, self.relay.timeout)
+                except (SMTPTimeoutError, SMTPServerDisconnected):
+                    # A refusal that came before the server hung up (421, or 554 and a close, as
+                    # Gmail, Yahoo and Postfix do) is the server's answer, not the hang-up.
+                    refusal = _first_refusal(replies)
+                    if refusal is None:
+                        stage = _ENVELOPE_STAGES[len(replies)]  # the command that went unanswered
+                        raise
+                    self.abort()
+                    return await self._refused(*refusal)
                 if replies[0][0] != 250 or replies[1][0] // 100 != 2 or replies[2][0] != 354:
                     refusal = _first_refusal(replies)
                     if refusal is not None:
@@ -515,7 +537,9 @@ class SmtpConnection:
                 reader.write(b"".join((body, b".\r\n", ahead[0], ahead[1], b"DATA\r\n")))
                 self._presented = ahead
             await reader.drain()
+            dotted = time.monotonic()
             ((code, text),) = await reader.replies(1, self.relay.data_timeout)
+            self.dot_wait = time.monotonic() - dotted
             self.sent_on_connection += 1
             if code // 100 != 2:
                 return await self._refused(code, text, stage)
@@ -686,6 +710,10 @@ def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
         return classify_failure("disconnect", Stage.HELO, _scrub(f"{where} sent no SMTP reply: {exc.message}", relay))
     if isinstance(exc, SMTPResponseException):
         return classify(exc.code, _scrub(exc.message, relay), Stage.HELO)
+    if relay.tls == "starttls" and "STARTTLS extension not supported" in str(exc):
+        # Reached, and it does not offer STARTTLS (or something between strips it): nothing
+        # goes out in clear, and the network is not what to look at.
+        return classify_failure("refused", Stage.CONNECT, f"{TLS_FAILED} {where}: the server does not offer STARTTLS")
     return classify_failure("refused", Stage.CONNECT, _scrub(f"cannot connect to {where}: {exc}", relay))
 
 

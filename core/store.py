@@ -1948,13 +1948,16 @@ class Store:
         """A keyset page of a mailing's ledger in id order, all rows or those whose state label
         (pending, in doubt, sending, deferred, sent, failed; see exports.state_label) is in `labels`.
 
-        "pending" means pending and not in doubt; "in doubt" a pending row that was in flight when
-        a sender died. Callers page with `after_id` = the last id of the previous page.
+        "pending" and "deferred" mean so and not in doubt; "in doubt" a pending or deferred row
+        that may have been delivered already (exports.state_label). Callers page with `after_id`
+        = the last id of the previous page.
         """
         conditions = {
             "pending": "(state = 'pending' AND in_doubt = 0)",
-            "in doubt": "(state = 'pending' AND in_doubt = 1)",
-            **{s.value: f"state = '{s.value}'" for s in RecipientState if s is not RecipientState.PENDING},
+            "deferred": "(state = 'deferred' AND in_doubt = 0)",
+            "in doubt": "(state IN ('pending', 'deferred') AND in_doubt = 1)",
+            **{s.value: f"state = '{s.value}'" for s in RecipientState
+               if s not in (RecipientState.PENDING, RecipientState.DEFERRED)},
         }
         labels = set(labels)
         unknown = sorted(labels - set(conditions))

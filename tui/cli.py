@@ -970,9 +970,10 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
 async def cmd_resume(args: argparse.Namespace, store: Store) -> int:
     names = [r.name for r in relays_from_settings(args.settings)]
     await request_resume(store, args.relay, names)
-    say(args, f"asked the sender to try {args.relay or 'every paused relay'} again")
     if await live_status(store) is None:
         say(args, "no sender is running, so nothing is paused (a new `mailtower run` starts with every relay unpaused)")
+    else:
+        say(args, f"asked the sender to try {args.relay or 'every paused relay'} again")
     return 0
 
 
@@ -1117,6 +1118,8 @@ def recipient_json(r: Recipient) -> str:
             "last_code": r.last_code,
             "last_error": r.last_error,
             "next_attempt_at": iso(r.next_attempt_at),
+            # Also on a row sent in the end: it may have been delivered more than once.
+            "in_doubt": r.in_doubt,
         }
     )
 

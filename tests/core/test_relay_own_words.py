@@ -255,7 +255,7 @@ async def test_a_relay_that_took_the_connection_is_not_said_to_be_unreachable(tm
 
 
 @pytest.mark.parametrize("case", ["STARTTLS, untrusted certificate", "implicit TLS, untrusted certificate",
-                                  "implicit TLS to a plain port"])
+                                  "implicit TLS to a plain port", "STARTTLS not offered"])
 async def test_a_failed_tls_handshake_is_said_to_be_tls_not_the_network(tmp_path, case: str) -> None:  # type: ignore[no-untyped-def]
     """A certificate the sender does not trust, or TLS spoken to a plain SMTP port, was worded
     "cannot reach the server", which sends an operator to the network; the header names TLS."""
@@ -266,7 +266,8 @@ async def test_a_failed_tls_handshake_is_said_to_be_tls_not_the_network(tmp_path
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     trustme.CA().issue_cert("127.0.0.1").configure_cert(context)  # a CA nobody was told to trust
     db = await prepared_db(tmp_path, recipients(2))
-    sink_options = {} if "plain port" in case else {"tls_context": context, "implicit_tls": case.startswith("implicit")}
+    plain = "plain port" in case or "not offered" in case
+    sink_options = {} if plain else {"tls_context": context, "implicit_tls": case.startswith("implicit")}
     tls = {"smtp_tls": "tls" if case.startswith("implicit") else "starttls", "smtp_allow_plain": False}
     with Sink(**sink_options) as sink:  # type: ignore[arg-type]
         sender = Sender(settings(db, sink.port, connections=1, smtp_timeout=5, **tls))
@@ -275,7 +276,181 @@ async def test_a_failed_tls_handshake_is_said_to_be_tls_not_the_network(tmp_path
         reason = sender.relays[0].reason
         await stopped(sender, task)
         assert sink.deliveries == []
-    expected = "CERTIFICATE_VERIFY_FAILED" if "certificate" in case else "WRONG_VERSION_NUMBER"
+    expected = {"STARTTLS not offered": "the server does not offer STARTTLS",
+                "implicit TLS to a plain port": "WRONG_VERSION_NUMBER"}.get(case, "CERTIFICATE_VERIFY_FAILED")
     assert reason.startswith("TLS with the server failed: ") and f"TLS failed with 127.0.0.1" in reason, reason
     assert expected in reason, reason
     assert ledger(db) == {"pending": 2}
+
+
+async def test_a_relay_that_hangs_up_after_every_final_dot_is_not_hammered(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A relay that takes each message and drops the session before its reply: each recipient
+    may have it already. Sent again at once, every dot was a new connection and a possible
+    duplicate, hundreds a second for as long as the run lasted. Now the recipient waits for a
+    retry (in doubt) and the relay rests, both with a growing backoff."""
+    import sqlite3
+    import time
+
+    db = await prepared_db(tmp_path, recipients(2))
+    connections: list[float] = []
+    dots: list[float] = []
+
+    server = await asyncio.start_server(
+        timed_relay(pipelining=False, hang_up_after_dot=True, connections=connections, dots=dots), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sender = Sender(settings(db, port, connections=2, retry_base=0.5, retry_max=4, connect_backoff_max=4))
+        task = await started(sender)
+        start = time.monotonic()
+        await wait_for(until(lambda: len(dots) >= 2), 20)
+        await holds_for(lambda: True, 3.0)  # watch what follows for 3 s
+        seen_dots, seen_connections = len(dots), len(connections)
+        reason = sender.relays[0].reason
+        await stopped(sender, task)
+    finally:
+        server.close()
+        await server.wait_closed()
+    # Each recipient once, then again after 0.5 s, 1 s, 2 s (and the relay's rest) at most.
+    assert seen_dots <= 8 and seen_connections <= 10, (seen_dots, seen_connections, time.monotonic() - start)
+    assert reason.startswith("the server broke off the session: connection lost after the final dot"), reason
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT state, in_doubt, attempts >= 1 FROM recipients").fetchall()
+        (flagged,) = conn.execute("SELECT in_doubt FROM mailings").fetchone()
+    assert all(r[1:] == (1, 1) for r in rows), rows
+    assert flagged == 2
+
+
+def pipelining_relay(rcpt_reply: bytes, mail_reply: bytes = b"250 2.1.0 ok\r\n", *, close: bool = True):  # type: ignore[no-untyped-def]
+    """A relay offering PIPELINING that answers MAIL and RCPT as given and, after a refusal,
+    hangs up at once (close=True), as Gmail, Yahoo and Postfix do after a 421 or 554."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 relay ready\r\n")
+        try:
+            while line := await reader.readline():
+                command = line[:4].upper()
+                reply = {b"EHLO": b"250-relay\r\n250 PIPELINING\r\n", b"MAIL": mail_reply, b"RCPT": rcpt_reply,
+                         b"DATA": b"554 5.5.1 no valid recipients\r\n", b"RSET": b"250 ok\r\n"}.get(command, b"250 ok\r\n")
+                writer.write(reply)
+                await writer.drain()
+                if close and command in (b"MAIL", b"RCPT") and not reply.startswith(b"2"):
+                    break
+        finally:
+            writer.close()
+
+    return serve
+
+
+@pytest.mark.parametrize(("mail", "rcpt", "expected"), [
+    (b"250 ok\r\n", b"421 4.7.0 relay.test Service not available, closing transmission channel\r\n", "throttled"),
+    (b"250 ok\r\n", b"421-4.7.28 Our system has detected an unusual rate of\r\n421 4.7.28 mail. Try later.\r\n", "throttled"),
+    (b"554 5.7.1 Service unavailable; client host blocked using zen.spamhaus.org\r\n", b"250 ok\r\n", "paused"),
+    (b"250 ok\r\n", b"550 5.1.1 <user0@example.com>: Recipient address rejected: User unknown\r\n", "failed"),
+], ids=["421 at RCPT", "Gmail 421-4.7.28", "554 blocklist at MAIL", "550 5.1.1 at RCPT"])
+async def test_a_pipelined_refusal_before_the_server_hangs_up_is_heard(tmp_path, mail: bytes, rcpt: bytes,  # type: ignore[no-untyped-def]
+                                                                       expected: str) -> None:
+    """With PIPELINING, a refusal followed at once by the end of the connection was lost: the
+    sender saw "connection lost at MAIL FROM" (even when MAIL was accepted), never throttled or
+    paused, hammered the relay with new connections, and never failed an unknown mailbox."""
+    import sqlite3
+
+    db = await prepared_db(tmp_path, recipients(1))
+    server = await asyncio.start_server(pipelining_relay(rcpt, mail), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sender = Sender(settings(db, port, connections=1))
+        task = await started(sender)
+        relay = sender.relays[0]
+        if expected == "failed":
+            await wait_for(until(lambda: ledger(db) == {"failed": 1}), 20)
+        else:
+            await wait_for(until(lambda: bool(relay.throttle_reason if expected == "throttled" else relay.pause_reason)), 20)
+        reason = relay.throttle_reason or relay.pause_reason or relay.reason
+        await stopped(sender, task)
+    finally:
+        server.close()
+        await server.wait_closed()
+    said = (rcpt if b"250" in mail else mail).split(b"\r\n")[0][4:].decode()
+    if expected == "failed":
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM suppression").fetchone() == (1,)
+            assert "User unknown" in conn.execute("SELECT last_error FROM recipients").fetchone()[0]
+    else:
+        assert "connection lost" not in reason and said.split()[0] in reason, reason
+        assert ledger(db) in ({"pending": 1}, {"deferred": 1})
+
+
+async def test_each_pipelined_reply_has_its_own_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """RFC 5321 4.5.3.2 times each command: a relay that takes 0.6 s over each of MAIL, RCPT and
+    DATA (a recipient callout, a tarpit) never got mail with a 1 s timeout, which was spent on
+    all three replies together; and the wait was blamed on MAIL FROM, which had been answered."""
+    db = await prepared_db(tmp_path, recipients(2))
+
+    server = await asyncio.start_server(timed_relay(command_delay=0.6), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sender = Sender(settings(db, port, connections=1, smtp_timeout=1))
+        await asyncio.wait_for(sender.run(until_idle=True), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert ledger(db) == {"sent": 2}
+
+
+async def test_a_relay_slow_to_answer_the_dot_keeps_its_connection(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A relay that scans content answers each final dot after a second or more. The job sent
+    ahead with the dot was given to another connection after 1 s, and this one dropped (the
+    server saw each session end in the middle of DATA): a new connection, and a login, per
+    message. Now a job waits as long as this relay usually takes."""
+    db = await prepared_db(tmp_path, recipients(5))
+    connections: list[float] = []
+
+    server = await asyncio.start_server(timed_relay(dot_delay=1.3, connections=connections), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sender = Sender(settings(db, port, connections=1))
+        await asyncio.wait_for(sender.run(until_idle=True), 60)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert ledger(db) == {"sent": 5}
+    assert len(connections) <= 2, len(connections)  # the first dot's wait is not known yet
+
+
+def timed_relay(*, pipelining: bool = True, command_delay: float = 0.0, dot_delay: float = 0.0,
+                hang_up_after_dot: bool = False, connections: list[float] | None = None,
+                dots: list[float] | None = None):  # type: ignore[no-untyped-def]
+    """A relay that accepts everything, `command_delay` s late for each of MAIL, RCPT and DATA
+    and `dot_delay` s late for each final dot, or hanging up after each dot instead of replying;
+    it notes the time of each connection and each final dot."""
+    import time
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connections is not None:
+            connections.append(time.monotonic())
+        writer.write(b"220 relay ready\r\n")
+        try:
+            while line := await reader.readline():
+                command = line[:4].upper()
+                if command in (b"MAIL", b"RCPT", b"DATA"):
+                    await asyncio.sleep(command_delay)
+                if command == b"EHLO":
+                    writer.write(b"250-relay\r\n250 PIPELINING\r\n" if pipelining else b"250-relay\r\n250 8BITMIME\r\n")
+                elif command == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    while await reader.readline() not in (b".\r\n", b""):
+                        pass
+                    if dots is not None:
+                        dots.append(time.monotonic())
+                    if hang_up_after_dot:
+                        break  # the message is in; the session ends before the reply
+                    await asyncio.sleep(dot_delay)  # a content scan
+                    writer.write(b"250 2.0.0 queued\r\n")
+                else:
+                    writer.write(b"250 ok\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    return serve

@@ -149,6 +149,27 @@ async def test_a_line_that_is_not_smtp_drops_the_connection_before_the_dot() -> 
     assert "not an SMTP reply" in verdict.text
 
 
+async def test_a_dot_reply_whose_code_runs_on_is_not_an_acceptance() -> None:
+    """`2500 Ok queued` was read as 250 and the recipient marked sent: three digits must be
+    followed by a space, a hyphen or the end of the line (RFC 5321 4.2). After the dot it
+    says nothing certain: in doubt."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        await read_lines(reader, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
+        await writer.drain()
+        await read_body(reader)
+        writer.write(b"2500 Ok queued\r\n")
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), TIMEOUT)  # until the client hangs up
+
+    async with scripted(script) as (conn, errors):
+        verdict = await asyncio.wait_for(conn.send("a@example.org", "b@example.org", b"x\r\n"), TIMEOUT)
+    assert not errors, errors
+    assert verdict.outcome is not Outcome.SENT and verdict.in_doubt, verdict
+    assert "not an SMTP reply" in verdict.text
+
+
 async def test_hang_up_after_the_dot_leaves_the_message_in_doubt() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await greet(reader, writer)
