@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 import traceback
+import unicodedata
 from typing import Any, TextIO
 
 # C0 controls (TAB, LF and CR included), DEL and the C1 controls (0x9b is a one-byte CSI on many
@@ -29,7 +30,7 @@ _DANGEROUS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\ud
 # Characters that show as nothing and join or separate nothing a script needs: a name made of
 # them looks empty, and "Spring\u200b sale" looks like "Spring sale" beside it. Shown escaped,
 # refused where a name identifies something (unsafe_character(..., invisible=True)).
-_INVISIBLE = "\u115f\u1160\u180e\u200b\u2060-\u2064\u3164\ufeff\uffa0"
+_INVISIBLE = "\u00ad\u115f\u1160\u17b4\u17b5\u200b\u2060-\u2064\u206a-\u206f\u2800\u3164\ufeff\uffa0\U000e0000-\U000e007f"
 _UNSAFE = re.compile(f"[{_DANGEROUS}{_INVISIBLE}]")
 _REFUSED = re.compile(f"[{_DANGEROUS}]")
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
@@ -41,7 +42,9 @@ def _escape(match: re.Match[str]) -> str:
     if short is not None:
         return short
     code = ord(char)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def safe(text: object) -> str:
@@ -54,6 +57,12 @@ def safe(text: object) -> str:
     if _UNSAFE.search(value) is None:
         return value
     return _UNSAFE.sub(_escape, value)
+
+
+def shows_nothing(text: str) -> bool:
+    """True when `text` would look empty: only spaces, marks, joiners and other characters that
+    draw nothing of their own (U+200E, U+200D, U+00AD, a combining mark...)."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Mn", "Me", "Cc") or _UNSAFE.match(c) for c in text)
 
 
 def without_unsafe(text: str) -> str:

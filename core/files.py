@@ -299,8 +299,8 @@ def check_inputs(inputs: Iterable[tuple[str, Path | None]], database: Iterable[P
         where = f"{flag}: " if flag else ""
         if identity[:2] in own:
             raise UserError(f"{where}{_source_name(path)} is the database's own file ({own[identity[:2]]}), not a file to read")
-        if stat.S_ISREG(identity[2]) and not is_stdin(path):
-            continue  # a regular file may be read twice
+        if not is_stdin(path) and not (stat.S_ISFIFO(identity[2]) or stat.S_ISSOCK(identity[2])):
+            continue  # a file or a device (/dev/null) may be opened twice; a pipe gives its bytes once
         earlier = streams.setdefault(identity[:2], flag)
         if earlier != flag:
             stdin = _read_identity(Path("-"))

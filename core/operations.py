@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from .compose import MessageTemplate, check_header_value, check_merge_syntax, parse_sender
-from .display import safe, unsafe_character
+from .display import safe, shows_nothing, unsafe_character
 from .domain import ImportedRow, Mailing, MailingState, RejectedRow
 from .errors import ImportRejected, NoValidRecipient, UserError
 from .files import MAX_BODY_BYTES, read_text_bounded
@@ -92,6 +92,8 @@ def _check_draft_text(draft: Draft) -> None:
     where = unsafe_character(draft.name, invisible=True)
     if where is not None:
         raise UserError(f"--name holds an invisible character ({where}): '{safe(draft.name)}'")
+    if shows_nothing(draft.name):
+        raise UserError(f"--name: a mailing needs a name that shows: '{safe(draft.name)}' draws nothing")
 
 
 def _check_sender(from_addr: str, allow_special: bool) -> None:

@@ -1383,8 +1383,8 @@ class Sender:
     def _judge(self, run: HeadRun, row: Claimed, outcome: Outcome) -> None:
         """One answer for the breaker (O(1)); a trip halts the run at once and the mailing is
         stopped when what is in flight has landed (_settle_guards)."""
-        if run.breaker is None or outcome.state is RecipientState.PENDING:
-            return
+        if run.breaker is None or outcome.state is RecipientState.PENDING or outcome.in_doubt:
+            return  # in doubt (even deferred for its retry) is no answer of the recipient's domain
         if run.canary is not None:
             run.canary.answer()
         reason = run.breaker.add(outcome.state, outcome.code, outcome.text, row.email)

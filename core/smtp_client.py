@@ -511,8 +511,11 @@ class SmtpConnection:
                         if replies[2][0] == 354:
                             # The server took DATA although it refused the envelope: an empty
                             # message ends that data phase and goes nowhere without recipients.
-                            reader.write(b".\r\n")
-                            await reader.replies(1, self.relay.timeout)
+                            try:
+                                reader.write(b".\r\n")
+                                await reader.replies(1, self.relay.timeout)
+                            except (SMTPTimeoutError, SMTPServerDisconnected, OSError):
+                                self.abort()  # the refusal is the answer, whatever became of the session
                         return await self._refused(*refusal)
             else:
                 for stage, command in zip(_ENVELOPE_STAGES, (*envelope, b"DATA\r\n")):

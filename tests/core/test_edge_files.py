@@ -666,6 +666,9 @@ def test_two_inputs_that_read_one_stream_are_refused_before_reading(db: Path, tm
         assert one_line(done.stderr.decode()) == (
             "mailtower: --text and --recipients both read standard input; give a file for all but one")
         assert fingerprint(db) == before
+    done = subprocess_cli(db, "new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", "/dev/null",
+                          "--html", str(text), "--recipients", "/dev/null", stdin=subprocess.DEVNULL)
+    assert "both read" not in done.stderr.decode()  # a device opens twice (an empty list is refused as such)
     fifo = tmp_path / "body.fifo"
     os.mkfifo(fifo)
     done = subprocess_cli(db, "new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", str(fifo),

@@ -276,10 +276,13 @@ async def test_a_failed_tls_handshake_is_said_to_be_tls_not_the_network(tmp_path
         reason = sender.relays[0].reason
         await stopped(sender, task)
         assert sink.deliveries == []
-    expected = {"STARTTLS not offered": "the server does not offer STARTTLS",
-                "implicit TLS to a plain port": "WRONG_VERSION_NUMBER"}.get(case, "CERTIFICATE_VERIFY_FAILED")
+    # OpenSSL before 3.2 says WRONG_VERSION_NUMBER to TLS spoken to a plain port, later ones
+    # RECORD_LAYER_FAILURE: either is the handshake's own word.
+    expected = {"STARTTLS not offered": ("the server does not offer STARTTLS",),
+                "implicit TLS to a plain port": ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE")}.get(
+        case, ("CERTIFICATE_VERIFY_FAILED",))
     assert reason.startswith("TLS with the server failed: ") and f"TLS failed with 127.0.0.1" in reason, reason
-    assert expected in reason, reason
+    assert any(word in reason for word in expected), reason
     assert ledger(db) == {"pending": 2}
 
 
@@ -305,14 +308,15 @@ async def test_a_relay_that_hangs_up_after_every_final_dot_is_not_hammered(tmp_p
         await wait_for(until(lambda: len(dots) >= 2), 20)
         await holds_for(lambda: True, 3.0)  # watch what follows for 3 s
         seen_dots, seen_connections = len(dots), len(connections)
-        reason = sender.relays[0].reason
+        # The reason is cleared while a new connection opens, until its dot is dropped again.
+        broke_off = "the server broke off the session: connection lost after the final dot"
+        await wait_for(until(lambda: sender.relays[0].reason.startswith(broke_off)), 20)
         await stopped(sender, task)
     finally:
         server.close()
         await server.wait_closed()
     # Each recipient once, then again after 0.5 s, 1 s, 2 s (and the relay's rest) at most.
     assert seen_dots <= 8 and seen_connections <= 10, (seen_dots, seen_connections, time.monotonic() - start)
-    assert reason.startswith("the server broke off the session: connection lost after the final dot"), reason
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT state, in_doubt, attempts >= 1 FROM recipients").fetchall()
         (flagged,) = conn.execute("SELECT in_doubt FROM mailings").fetchone()
@@ -381,16 +385,16 @@ async def test_a_pipelined_refusal_before_the_server_hangs_up_is_heard(tmp_path,
 
 
 async def test_each_pipelined_reply_has_its_own_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """RFC 5321 4.5.3.2 times each command: a relay that takes 0.6 s over each of MAIL, RCPT and
-    DATA (a recipient callout, a tarpit) never got mail with a 1 s timeout, which was spent on
+    """RFC 5321 4.5.3.2 times each command: a relay that takes 1 s over each of MAIL, RCPT and
+    DATA (a recipient callout, a tarpit) never got mail with a 2 s timeout, which was spent on
     all three replies together; and the wait was blamed on MAIL FROM, which had been answered."""
     db = await prepared_db(tmp_path, recipients(2))
 
-    server = await asyncio.start_server(timed_relay(command_delay=0.6), "127.0.0.1", 0)
+    server = await asyncio.start_server(timed_relay(command_delay=1.0), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        sender = Sender(settings(db, port, connections=1, smtp_timeout=1))
-        await asyncio.wait_for(sender.run(until_idle=True), 30)
+        sender = Sender(settings(db, port, connections=1, smtp_timeout=2))
+        await asyncio.wait_for(sender.run(until_idle=True), 60)
     finally:
         server.close()
         await server.wait_closed()
@@ -454,3 +458,33 @@ def timed_relay(*, pipelining: bool = True, command_delay: float = 0.0, dot_dela
             writer.close()
 
     return serve
+
+
+async def test_recipients_in_doubt_do_not_trip_the_breaker(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A recipient in doubt a second time waits for a retry (deferred, still in doubt); the
+    breaker counted that as its domain deferring and stopped the mailing, blaming example.com
+    for a relay that drops the session after each dot (and a restart's window did not)."""
+    import sqlite3
+
+    db = await prepared_db(tmp_path, recipients(8))
+    dots: list[float] = []
+    server = await asyncio.start_server(timed_relay(pipelining=False, hang_up_after_dot=True, dots=dots), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sender = Sender(settings(db, port, connections=4, breaker_min=3, breaker_soft=50, retry_base=0.5, retry_max=4,
+                                 connect_backoff_max=1))
+        task = await started(sender)
+
+        def twice_in_doubt() -> bool:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT COUNT(*) FROM recipients WHERE state = 'deferred' AND in_doubt = 1").fetchone()[0] >= 4
+
+        await wait_for(until(twice_in_doubt), 30)
+        await stopped(sender, task)
+    finally:
+        server.close()
+        await server.wait_closed()
+    with sqlite3.connect(db) as conn:
+        state, = conn.execute("SELECT state FROM mailings").fetchone()
+        stops = conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'stopped'").fetchone()[0]
+    assert state in ("sending", "queued") and stops == 0, (state, stops)

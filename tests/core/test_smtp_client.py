@@ -170,6 +170,23 @@ async def test_a_dot_reply_whose_code_runs_on_is_not_an_acceptance() -> None:
     assert "not an SMTP reply" in verdict.text
 
 
+async def test_a_refusal_is_kept_when_the_server_hangs_up_in_the_empty_data_phase() -> None:
+    """A relay that refuses the recipient, takes DATA all the same (354) and hangs up after the
+    empty message that ends it: the refusal was lost ("connection lost at MAIL FROM")."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        await read_lines(reader, 3)
+        writer.write(b"250 ok\r\n550 5.1.1 <b@example.org>: User unknown\r\n354 go ahead\r\n")
+        await writer.drain()
+        await reader.readline()  # the lone dot
+        writer.close()
+
+    async with scripted(script) as (conn, errors):
+        verdict = await asyncio.wait_for(conn.send("a@example.org", "b@example.org", b"x\r\n"), TIMEOUT)
+    assert not errors, errors
+    assert verdict.outcome is Outcome.FAIL and verdict.code == 550 and "User unknown" in verdict.text, verdict
+
+
 async def test_hang_up_after_the_dot_leaves_the_message_in_doubt() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await greet(reader, writer)
