@@ -112,3 +112,26 @@ async def until(pilot: "Pilot[Any]", condition: Callable[[], bool], timeout: flo
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await pilot.pause(interval)
+
+
+def read_terminal(master: int, proc: "subprocess.Popen[bytes]", deadline: float) -> bytes:
+    """Everything written to a pseudo-terminal (its master side) by `proc`, until end of file
+    (every writer closed it), the process ended with nothing more to read, or `deadline`
+    (monotonic): bounded whatever the child does."""
+    import select
+
+    seen = bytearray()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer of the terminal is gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return bytes(seen)

@@ -13,7 +13,6 @@ import json
 import os
 import pty
 import re
-import select
 import signal
 import struct
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 from mailtower.core.config import Settings
 from mailtower.core.sink import Sink
 from mailtower.tui.cli import build_parser
-from tests.helpers import Cli, recipients, wait_until, write_csv
+from tests.helpers import Cli, read_terminal, recipients, wait_until, write_csv
 
 GLOBAL_FLAGS = ["--db", "--config", "--smtp-host", "--smtp-port", "--smtp-tls", "--connections", "--rate", "--quiet"]
 
@@ -322,22 +321,9 @@ def run_with_stderr_on(tmp_path: Path, args: list[str], *, tty: bool, timeout: f
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     finally:
         os.close(slave)
-    seen = bytearray()
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:  # bounded: ends at EOF (the child closed the terminal) or the deadline
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: every writer of the terminal is gone
-                break
-            if not chunk:
-                break
-            seen += chunk
+        seen = read_terminal(master, proc, deadline)
         out = proc.stdout.read().decode() if proc.stdout else ""
         proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:

@@ -24,7 +24,7 @@ from aiosmtpd.smtp import Envelope
 
 from mailtower.core.sink import Sink, SinkHandler
 from mailtower.core.store import Store
-from tests.helpers import Cli, wait_until, write_csv
+from tests.helpers import Cli, read_terminal, wait_until, write_csv
 
 # Everything a terminal acts on: C0 (TAB, LF, CR included), DEL, C1 (0x9b is a one-byte CSI),
 # line/paragraph separators, bidi embeddings, overrides and isolates.
@@ -456,7 +456,6 @@ def _stdout_of(db: Path, args: list[str], *, tty: bool) -> str:
     """`mailtower ARGS` in a child whose stdout is a pseudo-terminal (or a pipe): what it wrote."""
     import os
     import pty
-    import select
     import subprocess
     import sys
     import time
@@ -470,22 +469,8 @@ def _stdout_of(db: Path, args: list[str], *, tty: bool) -> str:
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
     finally:
         os.close(slave)
-    seen = bytearray()
-    deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline:  # bounded: ends at EOF (the child closed the terminal) or the deadline
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child is gone
-                break
-            if not chunk:
-                break
-            seen += chunk
+        seen = read_terminal(master, proc, time.monotonic() + 60)
     finally:
         os.close(master)
         proc.wait(timeout=30)
