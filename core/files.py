@@ -287,15 +287,14 @@ def check_inputs(inputs: Iterable[tuple[str, Path | None]], database: Iterable[P
     """Refuse, before anything is read, input files that cannot be what the person meant: one of
     the database's own files (the database, its -wal, -shm or lease file; an import would read
     binary pages, or an empty log, as a list), and two inputs of one command that read one
-    stream (standard input, a pipe, a FIFO or a device: the first would take all of it, the
+    stream (standard input, a pipe, a FIFO or a socket: the first would take all of it, the
     second nothing), however each is named (`-`, /dev/stdin, /dev/fd/0, a link)."""
     own = {identity[:2]: path for path in database if (identity := _read_identity(path)) is not None}
-    named = [(flag, path) for flag, path in inputs if path is not None]
     streams: dict[tuple[int, int], str] = {}
-    for flag, path in named:
-        identity = _read_identity(path)
-        if identity is None:
-            continue  # reading it says what is wrong with it
+    for flag, path in inputs:
+        identity = None if path is None else _read_identity(path)
+        if path is None or identity is None:
+            continue  # not given, or reading it says what is wrong with it
         where = f"{flag}: " if flag else ""
         if identity[:2] in own:
             raise UserError(f"{where}{_source_name(path)} is the database's own file ({own[identity[:2]]}), not a file to read")
