@@ -397,18 +397,22 @@ class SmtpConnection:
             port=relay.port,
             timeout=relay.timeout,
             use_tls=relay.tls == "tls",
-            start_tls=relay.tls == "starttls",
+            start_tls=False,  # STARTTLS below, so that a failure says whether the greeting came
             validate_certs=relay.verify,
             tls_context=context,
             local_hostname=relay.helo_name or None,
         )
+        greeted = False
         try:
             await smtp.connect()
+            greeted = True
+            if relay.tls == "starttls":
+                await smtp.starttls()
             if smtp.last_ehlo_response is None:
                 await smtp.ehlo()
         except (OSError, SMTPException) as exc:  # ssl.SSLError is an OSError
             smtp.close()
-            raise ConnectFailed(_handshake_verdict(exc, relay)) from None
+            raise ConnectFailed(_handshake_verdict(exc, relay, greeted)) from None
         except BaseException:
             smtp.close()
             raise
@@ -670,11 +674,17 @@ def envelope_address(address: str, smtputf8: bool) -> bytes | str:
     return f"{local}@{domain}".encode("utf-8")
 
 
-def _handshake_verdict(exc: OSError | SMTPException, relay: Relay) -> Verdict:
-    """What a failure while connecting, greeting, starting TLS or logging in means.
+def _handshake_verdict(exc: OSError | SMTPException, relay: Relay, greeted: bool = True) -> Verdict:
+    """What a failure while connecting, greeting, starting TLS or logging in means (`greeted`:
+    the server's greeting had been read when it came).
 
     The order matters: aiosmtplib's errors subclass one another."""
     where = f"{relay.host}:{relay.port}"
+    if not greeted and isinstance(exc, SMTPResponseException) and exc.code < 0:
+        # aiosmtplib raises what it could not read of the greeting unwrapped (not as a connect
+        # error): the server answered the connection with something that is not SMTP.
+        detail = f"{where} {REACHED} and sent a greeting that is not an SMTP reply: {exc.message}"
+        return classify_failure("disconnect", Stage.CONNECT, _scrub(detail, relay))
     if isinstance(exc, SMTPAuthenticationError):
         return classify_auth(exc.code, exc.message)
     if isinstance(exc, SMTPConnectResponseError):

@@ -167,8 +167,10 @@ async def test_a_stop_while_the_relay_holds_its_greeting_leaves_nobody_in_doubt(
     # accepted, then closed before any greeting (a connection limit, a blocklist): it was reached
     ([], "the server broke off the session: connection lost while connecting: "),
     ([b"220 relay ready\r\n"], "the server broke off the session: connection lost at EHLO: "),  # closed at EHLO
+    # not SMTP at all (another service on the port): it was said to be lost at EHLO, never sent
+    ([b"SSH-2.0-OpenSSH_9.2\r\n"], "the server broke off the session: connection lost while connecting: "),
 ], ids=["busy greeting", "EHLO refused", "overlong reply", "closed port", "hung up before greeting",
-        "hung up after greeting"])
+        "hung up after greeting", "greeting not SMTP"])
 async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
     tmp_path, replies: list[bytes] | None, words: str  # type: ignore[no-untyped-def]
 ) -> None:
@@ -207,6 +209,8 @@ async def test_a_relay_that_answers_no_is_not_said_to_be_unreachable(
         assert "took the connection and hung up before its greeting" in reason, reason
     elif replies == [b"220 relay ready\r\n"]:
         assert "hung up after its greeting" in reason, reason
+    elif replies == [b"SSH-2.0-OpenSSH_9.2\r\n"]:
+        assert "took the connection and sent a greeting that is not an SMTP reply: " in reason, reason
     assert ledger(db) == {"pending": 3}
 
 
