@@ -1210,6 +1210,10 @@ class Sender:
             outcome = replace(outcome, in_doubt=True, was_in_doubt=row.in_doubt)
             log.warning("%s may have received mailing %d already (%s); it is sent again in %.0f s, in doubt",
                         row.email, run.mailing.id, verdict.text, (outcome.next_attempt_at or 0.0) - time.time())
+        else:
+            # Given up at the retry age, still in doubt: no answer of the server's, so neither the
+            # breaker nor the end of a wait may take it for one (_judge, _send_job).
+            outcome = replace(outcome, in_doubt=True, text=f"{outcome.text} (it may have been delivered)")
         return outcome
 
     def _deferral(self, row: Claimed, verdict: Verdict) -> Outcome:

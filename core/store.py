@@ -405,7 +405,7 @@ class Outcome:
     code: int | None = None
     text: str | None = None
     next_attempt_at: float | None = None
-    in_doubt: bool = False  # released because the connection broke after the final dot
+    in_doubt: bool = False  # this attempt broke off after the final dot (released, deferred or given up)
     counted_attempt: bool = True
     was_in_doubt: bool = False  # the row was already in doubt when it was claimed
     suppress: bool = False  # FAILED as an unknown or disabled mailbox: its address joins the suppression list

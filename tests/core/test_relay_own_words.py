@@ -492,3 +492,33 @@ async def test_recipients_in_doubt_do_not_trip_the_breaker(tmp_path) -> None:  #
         state, = conn.execute("SELECT state FROM mailings").fetchone()
         stops = conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'stopped'").fetchone()[0]
     assert state in ("sending", "queued") and stops == 0, (state, stops)
+
+
+async def test_a_recipient_given_up_while_in_doubt_is_no_answer_of_its_domain(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A recipient still in doubt when its retries run out is failed, and it may have been
+    delivered. That failure was fed to the breaker as its domain's (example.com, for a relay that
+    drops every session after the dot) and taken as the server answering, which ended the wait
+    and wrote a "resumed" with no reply heard."""
+    import sqlite3
+
+    db = await prepared_db(tmp_path, recipients(4))
+    server = await asyncio.start_server(timed_relay(pipelining=False, hang_up_after_dot=True), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sender = Sender(settings(db, port, connections=2, breaker_min=2, breaker_hard=10, retry_base=0.3, retry_max=0.6,
+                                 connect_backoff_max=0.5, retry_max_age=2))
+        task = await started(sender)
+        await wait_for(until(lambda: ledger(db) == {"failed": 4} or "stopped" in dict(events(db))), 30)
+        await stopped(sender, task)
+    finally:
+        server.close()
+        await server.wait_closed()
+    kinds = [kind for kind, _ in events(db)]
+    assert "stopped" not in kinds and kinds[-1] == "completed", kinds
+    # A turn taken again after a pause for retries is "resumed"; a wait that ended is not: nothing was answered.
+    assert all(kinds[i - 1] == "paused" for i, kind in enumerate(kinds) if kind == "resumed"), kinds
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT in_doubt, last_error FROM recipients").fetchall()
+        open_doubts, = conn.execute("SELECT in_doubt FROM mailings").fetchone()
+    assert all(flag == 1 and error.endswith("(it may have been delivered)") for flag, error in rows), rows
+    assert open_doubts == 0  # resolved (failed) though still flagged
