@@ -279,6 +279,23 @@ def _read_identity(path: Path) -> tuple[int, int, int] | None:
     return (info.st_dev, info.st_ino, info.st_mode)
 
 
+def _gives_bytes_once(identity: tuple[int, int, int]) -> bool:
+    """A pipe, FIFO or socket, or the terminal standard input reads: what one reader takes, the
+    next does not get (on a terminal each would read until its own Ctrl-D, in no order anyone
+    could tell)."""
+    mode = identity[2]
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return True
+    if not stat.S_ISCHR(mode):
+        return False
+    stdin = _read_identity(Path("-"))
+    try:
+        terminal = os.isatty(sys.stdin.fileno())
+    except (AttributeError, ValueError, OSError):
+        terminal = False
+    return terminal and stdin is not None and stdin[:2] == identity[:2]
+
+
 def _source_name(path: Path) -> str:
     return "standard input" if is_stdin(path) else str(path)
 
@@ -298,7 +315,7 @@ def check_inputs(inputs: Iterable[tuple[str, Path | None]], database: Iterable[P
         where = f"{flag}: " if flag else ""
         if identity[:2] in own:
             raise UserError(f"{where}{_source_name(path)} is the database's own file ({own[identity[:2]]}), not a file to read")
-        if not is_stdin(path) and not (stat.S_ISFIFO(identity[2]) or stat.S_ISSOCK(identity[2])):
+        if not is_stdin(path) and not _gives_bytes_once(identity):
             continue  # a file or a device (/dev/null) may be opened twice; a pipe gives its bytes once
         earlier = streams.setdefault(identity[:2], flag)
         if earlier != flag:

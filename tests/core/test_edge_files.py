@@ -678,6 +678,27 @@ def test_two_inputs_that_read_one_stream_are_refused_before_reading(db: Path, tm
     assert fingerprint(db) == before
 
 
+def test_standard_input_on_a_terminal_is_one_stream_too(db: Path) -> None:
+    """`--text /dev/stdin --recipients -` typed at a terminal: each would read until its own
+    Ctrl-D, the list first or the body first as the code happened to open them. Refused at
+    once, as for a pipe; nothing waits for the keyboard."""
+    import pty
+
+    Cli(db).ok("limits")
+    before = fingerprint(db)
+    master, slave = pty.openpty()
+    try:
+        done = subprocess_cli(db, "new", "--name", "n", "--subject", "s", "--from", "news@example.org",
+                              "--text", "/dev/stdin", "--recipients", "-", stdin=slave, timeout=15)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert done.returncode == 2
+    assert one_line(done.stderr.decode()) == (
+        "mailtower: --text and --recipients both read standard input; give a file for all but one")
+    assert fingerprint(db) == before
+
+
 def test_the_database_own_files_are_never_read_as_input(plain: Cli, mailing: int, db: Path, tmp_path: Path,
                                                         text: Path) -> None:
     """The database, its -wal (there while the command has it open) or a link to either, as a
