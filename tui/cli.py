@@ -740,8 +740,9 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
     lifecycle = Lifecycle(store)
     mailing_id: int | None = None
     try:
-        # The rejects file is put in place only when everything else succeeded; if that last
-        # step fails, the new mailing is taken back, so the command changed nothing.
+        # The rejects file is put in place when everything else succeeded (and when no row was
+        # valid, where it is the only full account: rejects_output); if putting it in place
+        # fails, the new mailing is taken back, so the command changed nothing.
         with rejects_output(target, force=args.force, protected=protected) as handle:
             progress = ImportProgress(args.recipients, enabled=not args.quiet)
             rejects = RejectLog(args.recipients, handle, progress=progress)
