@@ -343,6 +343,7 @@ class Sender:
         self._lifecycle: Lifecycle | None = None
         self._waiting_reason = ""
         self.last_accept_at: float | None = None  # wall clock of the last 250 to a final dot
+        self.sent_while_in_doubt = 0  # recipients sent in this run who may have had the message already
         self._last_status_write = 0.0
         self._last_publish = 0.0
         # The Current section as the last control tick read it: between ticks only the head
@@ -1012,6 +1013,8 @@ class Sender:
             self._requeue(run, job)
             return
         run.settle(outcome)
+        if outcome.was_in_doubt and outcome.state is RecipientState.SENT:
+            self.sent_while_in_doubt += 1
         self.domains.done(job.group, outcome.state.value)
         self._judge(run, job.row, outcome)
         if self._waiting_reason and not outcome.in_doubt:

@@ -1190,7 +1190,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if before is not None:
             after = await counters_if_readable(settings.db)
             if after is not None:
-                summary = run_summary(before, after, time.monotonic() - started)
+                summary = run_summary(before, after, time.monotonic() - started, sender.sent_while_in_doubt)
                 if logs.to_file:
                     log.info("%s", summary)
                 if not logs.file_is_stderr:
@@ -1227,8 +1227,10 @@ async def counters_if_readable(db: Path | PgTarget) -> dict[int, Mailing] | None
             pass
 
 
-def run_summary(before: Mapping[int, Mailing], after: Mapping[int, Mailing], seconds: float) -> str:
-    """`run` in one line: what it finished and sent, what is left waiting (deferred or in doubt)."""
+def run_summary(before: Mapping[int, Mailing], after: Mapping[int, Mailing], seconds: float,
+                sent_while_in_doubt: int = 0) -> str:
+    """`run` in one line: what it finished and sent (and how many of those may have had it
+    already), what is left waiting (deferred or in doubt)."""
     finished = sent = failed = suppressed = deferred = in_doubt = 0
     for mid, now in after.items():
         then = before.get(mid)
@@ -1243,7 +1245,8 @@ def run_summary(before: Mapping[int, Mailing], after: Mapping[int, Mailing], sec
             deferred += now.deferred
             in_doubt += now.in_doubt
     skipped = f", {suppressed:,} skipped as suppressed" if suppressed else ""
-    return (f"run ended after {duration(seconds)}: {plural(finished, 'mailing')} finished, {sent:,} sent, "
+    twice = f" ({sent_while_in_doubt:,} of them in doubt before: possibly twice)" if sent_while_in_doubt else ""
+    return (f"run ended after {duration(seconds)}: {plural(finished, 'mailing')} finished, {sent:,} sent{twice}, "
             f"{failed:,} failed{skipped}, {deferred:,} deferred, {in_doubt:,} in doubt")
 
 

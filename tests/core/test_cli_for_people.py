@@ -245,6 +245,23 @@ def test_background_sender_log_has_start_finish_and_stop(tmp_path: Path, sink: S
         next(x for x in lines if "sender stopped" in x))
 
 
+def test_run_summary_says_who_was_sent_while_in_doubt(tmp_path: Path, sink: Sink) -> None:
+    """Recipients a killed sender left `sending` may have had the message; this run sends them
+    again. Its summary said only "10 sent, 0 in doubt", as if nothing could have gone twice."""
+    import sqlite3
+
+    db = tmp_path / "m.db"
+    cli = Cli(db, sink.port)
+    cli.ok(*new_args(tmp_path, 10, "--now"))
+    with sqlite3.connect(db) as conn:  # what kill -9 leaves: rows marked before their final dot
+        conn.execute("UPDATE recipients SET state = 'sending' WHERE id IN (SELECT id FROM recipients ORDER BY id LIMIT 3)")
+    code, _, err = cli("run", "--until-idle")
+    assert code == 0, err
+    assert re.fullmatch(r"run ended after [0-9.]+ s: 1 mailing finished, 10 sent \(3 of them in doubt before: possibly "
+                        r"twice\), 0 failed, 0 deferred, 0 in doubt", err.strip().splitlines()[-1]), err
+    assert len(sink.deliveries) == 10
+
+
 def test_run_log_says_when_it_waits_and_when_it_is_stopped(tmp_path: Path, sink: Sink) -> None:
     db = tmp_path / "m.db"
     cli = Cli(db, sink.port)
