@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import stat
 import threading
@@ -629,16 +630,123 @@ def _refuse_if_replaced(path: Path, opened: os.stat_result) -> None:
 _SHOWN_TABLES = 5
 
 
-async def _refuse_foreign_database(db: aiosqlite.Connection, path: Path) -> None:
+def _look_before_writing(path: Path) -> None:
+    """Read the file through a read-only connection before any connection that can write opens it.
+
+    Refused here, with nothing changed: someone else's database (tables but no mailtower schema
+    version, or an empty schema whose header carries another application's id or version), and a
+    file that reads as damaged. The last matters with a -wal beside it: SQLite cannot tell a -wal
+    of another database (or of another copy of this one) from this one's, and the last writing
+    connection to close copies it into the file and deletes it, so a command that only said
+    "damaged" had destroyed a database that moving the wrong -wal aside would have saved. A
+    read-only connection never copies it."""
+    left_over = _wal_left_over(path)  # before this connection takes its own lock on the -shm
+    uri = f"file:{urllib.parse.quote(sqlite_filename(path))}?mode=ro"
+    try:
+        ro = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+    except sqlite3.Error:
+        return  # cannot even be read: the writing connection says why, as before
+    try:
+        _refuse_foreign_database(ro, path)
+        if left_over:
+            _refuse_a_foreign_wal(ro, path)
+            if ro.execute("PRAGMA quick_check(1)").fetchone() != ("ok",):
+                raise sqlite3.DatabaseError("database disk image is malformed (quick_check)")
+    except sqlite3.DatabaseError as exc:
+        fault = storage_error(path, exc)
+        damaged = fault is not None and any(word in str(exc).lower() for word in ("malformed", "not a database"))
+        wal = Path(f"{path}-wal")
+        if damaged and wal.is_file() and wal.stat().st_size > 0:
+            raise UserError(f"{fault} as its -wal file leaves it ({wal}); if that file is another database's or "
+                            "another copy's, move it aside and try again; nothing was changed") from None
+        if damaged:
+            raise fault from None  # type: ignore[misc]
+        # Anything else (busy, a -shm it may not create): the writing connection meets it and says so.
+    finally:
+        ro.close()
+
+
+# The file's header (page 1) says whose it is: mailtower's application id (PRAGMA application_id,
+# "mtwr") and a random number for this database (PRAGMA user_version). Page 1 goes into the -wal
+# with most transactions, so a -wal of another database brings its number along (_look_before_writing).
+APPLICATION_ID = 0x6D747772
+
+
+async def _mark_database(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    if not row or row[0] == 0:
+        await db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        await db.execute(f"PRAGMA user_version = {secrets.randbelow(2**31 - 1) + 1}")
+
+
+def _database_id(db: sqlite3.Connection) -> int | None:
+    try:
+        row = db.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return None if not row or not row[0] else int(row[0])
+
+
+def _refuse_a_foreign_wal(ro: sqlite3.Connection, path: Path) -> None:
+    """The -wal left beside the file was written for another database: the file read alone (an
+    immutable connection does not look at the -wal) and the file as the -wal leaves it carry two
+    numbers (see APPLICATION_ID). A -wal of another mailtower database can leave a structurally
+    sound mix of the two, which no check of the pages tells from this database."""
+    alone = sqlite3.connect(f"file:{urllib.parse.quote(sqlite_filename(path))}?immutable=1", uri=True)
+    try:
+        own = _database_id(alone)
+    finally:
+        alone.close()
+    applied = _database_id(ro)
+    if own is not None and applied != own:
+        wal = f"{path}-wal"
+        raise UserError(f"database {path}: the -wal file beside it ({wal}) belongs to another database (it makes the "
+                        f"file's id {applied or 0}, which is {own}); move it aside and try again; nothing was changed")
+
+
+def _wal_left_over(path: Path) -> bool:
+    """A -wal with frames in it that no open connection uses: a writer was killed, or the file
+    came from somewhere else. Only then is the whole file checked before it is opened to write
+    (PRAGMA quick_check reads every page, about 2 ms a MB): while a sender runs, every command
+    meets a -wal in use, and that one is sound. An open connection holds a lock on the -shm
+    file as long as it is open; Linux lists every lock in /proc/locks (where that cannot be
+    read, the -wal is taken to be in use and nothing is checked)."""
+    try:
+        if os.stat(f"{path}-wal").st_size == 0:
+            return False
+        shm = os.stat(f"{path}-shm")
+    except FileNotFoundError:
+        return os.path.exists(f"{path}-wal")  # frames but no -shm: nobody has it open
+    except OSError:
+        return False
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            table = locks.read(1 << 24)
+    except OSError:
+        return False
+    shm_id = f"{os.major(shm.st_dev):02x}:{os.minor(shm.st_dev):02x}:{shm.st_ino}"
+    return all(shm_id not in line.split() for line in table.splitlines())
+
+
+def _refuse_foreign_database(db: sqlite3.Connection, path: Path) -> None:
     """A SQLite file that has tables but no mailtower schema version is someone else's database:
-    refused before anything is written to it (not even the switch to WAL). An empty file, or a new
-    one, becomes a mailtower database; one of any older schema version is upgraded as before."""
-    async with db.execute(
-        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-    ) as cur:
-        names = sorted(row[0] for row in await cur.fetchall())
-    if not names or ("meta" in names and await _has_schema_version(db)):
+    refused before anything is written to it (not even the switch to WAL); so is a file without
+    tables whose header names another application (`PRAGMA application_id` and `user_version`
+    other than mailtower's, APPLICATION_ID). An empty file, or a new one, becomes a mailtower
+    database; one of any older schema version is upgraded as before."""
+    names = sorted(row[0] for row in db.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"))
+    if "meta" in names and _has_schema_version(db):
         return
+    if not names:
+        application = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if application in (0, APPLICATION_ID) and (version == 0 or application == APPLICATION_ID):
+            return  # new, or made by mailtower (its tables came in the same transaction: a crash left none)
+        raise UserError(f"database {path}: not a mailtower database (no tables, but its header names another "
+                        f"application: application_id {application}, user_version {version}); refusing to add "
+                        "mailtower's tables to it: give a new file name")
     shown = ", ".join(n if n.isprintable() and len(n) <= 40 else repr(n[:40]) for n in names[:_SHOWN_TABLES])
     if len(names) > _SHOWN_TABLES:
         shown += f" and {len(names) - _SHOWN_TABLES} more"
@@ -646,11 +754,10 @@ async def _refuse_foreign_database(db: aiosqlite.Connection, path: Path) -> None
                     "schema version); refusing to add mailtower's tables to it: give a new file name")
 
 
-async def _has_schema_version(db: aiosqlite.Connection) -> bool:
+def _has_schema_version(db: sqlite3.Connection) -> bool:
     """True when the meta table holds a schema version as mailtower writes it (a whole number)."""
     try:
-        async with db.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
-            row = await cur.fetchone()
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except sqlite3.OperationalError:  # a meta table of another shape: not ours
         return False
     return row is not None and str(row[0]).isascii() and str(row[0]).isdigit()
@@ -1503,6 +1610,7 @@ class Store:
             _create_private_file(path)
         check_database_path(path)  # what SQLite will open is still a regular file
         opened = os.stat(path)
+        await asyncio.to_thread(_look_before_writing, path)  # before WAL mode changes the file's header
         conn = aiosqlite.connect(sqlite_filename(path), isolation_level=None, timeout=30.0)
         _daemonize(conn)
         try:
@@ -1510,7 +1618,6 @@ class Store:
         except Exception as exc:
             raise _open_failure(path, exc) from None
         try:
-            await _refuse_foreign_database(db, path)  # before WAL mode changes the file's header
             _refuse_if_replaced(path, opened)
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
@@ -1557,6 +1664,7 @@ class Store:
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(version),)
                 )
+            await _mark_database(tx.db)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:

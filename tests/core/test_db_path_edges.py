@@ -134,6 +134,9 @@ FOREIGN = {
                                "INSERT INTO meta VALUES ('owner', 'someone')"),
     "a version that is not a number": ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
                                        "INSERT INTO meta VALUES ('schema_version', 'v2')"),
+    # no tables yet, but the header says whose it is (`mailtower status` added 20 tables to it)
+    "another application's id": ("PRAGMA application_id = 1234",),
+    "a user version of its own": ("PRAGMA user_version = 5",),
 }
 
 
@@ -342,3 +345,69 @@ def test_a_database_removed_while_it_was_being_opened_is_refused(here: Path) -> 
         db.write_bytes(b"")
         with pytest.raises(UserError, match="removed or replaced"):
             _refuse_if_replaced(db, opened)
+
+
+# ---- a -wal beside the database that is not its own -----------------------------------------------
+
+
+def wal_of_another_database(tmp_path: Path, *statements: str) -> bytes:
+    """The -wal of another mailtower database with `statements` written and not yet copied into
+    it (taken while its connection is open, as a crash would leave it)."""
+    other = tmp_path / "other"
+    other.mkdir()
+    new_mailing(Cli(other / "c.db"), other, 30)
+    conn = sqlite3.connect(other / "c.db", isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        for statement in statements:
+            conn.execute(statement)
+        return (other / "c.db-wal").read_bytes()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("statements, said", [
+    # pages of another database's recipients, read through this one's schema: damaged
+    (("UPDATE recipients SET state = 'sent'",), "the database is damaged (truncated or corrupt) as its -wal file leaves it"),
+    # with its page 1 too: a sound database, the other one; only its number tells
+    (("CREATE TABLE extra (x)", "UPDATE recipients SET state = 'sent'"), "belongs to another database"),
+], ids=["its pages", "its schema too"])
+def test_a_wal_of_another_database_is_refused_and_both_files_kept(tmp_path: Path, statements: tuple[str, ...],
+                                                                  said: str) -> None:
+    """SQLite cannot tell another database's -wal from this one's: the first command to open
+    the pair copied it into the file as it closed and deleted it. `status` said "damaged" and had
+    turned a database of 300 recipients into a broken one; moving the -wal aside would have saved it."""
+    db = tmp_path / "m.db"
+    cli = Cli(db)
+    new_mailing(cli, tmp_path, 300)
+    wal = Path(f"{db}-wal")
+    wal.write_bytes(wal_of_another_database(tmp_path, *statements))
+    before = digest(db), digest(wal)
+    for command in (["status"], ["limits"], ["run", "--until-idle"]):
+        code, out, err = cli(*command)
+        line = one_line(err)
+        assert code == 2 and out == "", err
+        assert line.startswith(f"mailtower: database {db}: ") and said in line and line.endswith(
+            "move it aside and try again; nothing was changed"), line
+        assert (digest(db), digest(wal)) == before
+    wal.unlink()
+    Path(f"{db}-shm").unlink(missing_ok=True)
+    assert "0/300 sent" in cli.ok("status")
+
+
+def test_a_wal_left_by_a_killed_writer_is_still_recovered(tmp_path: Path) -> None:
+    """This database's own -wal, as a process killed before it closed leaves it (its page 1
+    included): recovered as before, not refused."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "m.db"
+    cli = Cli(db)
+    new_mailing(cli, tmp_path, 50)
+    killed = (f"import os, sqlite3; c = sqlite3.connect({str(db)!r}, isolation_level=None); "
+              "c.execute('PRAGMA wal_autocheckpoint = 0'); c.execute('CREATE TABLE my_notes (x)'); "
+              "c.execute(\"UPDATE mailings SET name = 'renamed'\"); os._exit(0)")
+    subprocess.run([sys.executable, "-c", killed], check=True, timeout=30)
+    assert Path(f"{db}-wal").stat().st_size > 0
+    code, out, err = cli("status")
+    assert code == 0 and err == "" and "#1 renamed" in out, (out, err)
