@@ -280,8 +280,10 @@ class DashboardApp(App[int]):
         hangup_exit: float | None = None,
         cleanup: Callable[[], None] | None = None,
         demo: bool = False,
+        confirm_arm_seconds: float | None = None,
     ) -> None:
         super().__init__()
+        self.confirm_arm_seconds = confirm_arm_seconds  # None: tui/screens/confirm.ARM_SECONDS
         self.demo = demo  # a throw-away database and sink: quitting ends it, nothing is handed off
         self.settings = settings
         self.warnings = security_warnings(settings)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mailtower.core.config import Settings
+from mailtower.tui.screens import confirm
 from mailtower.core.lease import SenderLease
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.operations import Draft, create_mailing
@@ -215,3 +216,12 @@ def held_lease(fixed_db: Fixture) -> Iterator[HeldLease]:
     lease = HeldLease(fixed_db.db)
     yield lease
     lease.release()
+
+
+@pytest.fixture(autouse=True)
+def keys_count_at_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A destructive dialog's key counts at once here, except in tests marked `armed`, which test
+    that wait itself (tests/tui/test_reflex_keys.py): it is there for a person typing ahead, and
+    every other test would only wait it out at each confirmation."""
+    if request.node.get_closest_marker("armed") is None:
+        monkeypatch.setattr(confirm, "ARM_SECONDS", 0.0, raising=False)

@@ -140,3 +140,42 @@ async def test_limits_changed_elsewhere_are_shown_not_overwritten(tmp_path: Path
         await wait_for(lambda: app.screen is screen, what="back in the limits")
     async with opened(fx.db) as store:
         assert (await read_limits(store, settings)).rate == 5.0
+
+
+@pytest.mark.armed
+async def test_a_word_typed_ahead_does_not_answer_the_question(tmp_path: Path) -> None:
+    """Enter, Enter and then "spring" typed ahead (the operator meant to search): the `s` landed in
+    the question that Enter, Enter had opened and stopped the sending. A destructive question's
+    key counts only after it has been shown for a moment with no key pressed."""
+    fx = await build_fixed(tmp_path / "f.db")
+    spring = fx.ids["spring"]
+    app = dashboard_app(fx.db)
+    async with running(app) as pilot:
+        await pilot.press("enter", "enter", *"spring", "s")
+        dialog = await question(pilot)
+        assert await state_of(fx.db, spring) is MailingState.SENDING
+        assert app.screen is dialog and "came too soon" in str(dialog.query_one("#confirm-box").border_subtitle)
+        await wait_for(lambda: dialog.armed, timeout=5, what="the question to take its key")
+        await pilot.press("s")
+        await wait_for(lambda: app.screen is not dialog, what="the question to close")
+    assert await state_of(fx.db, spring) is MailingState.STOPPED
+
+
+@pytest.mark.parametrize("keys", [("tab", "enter"), ("tab", "tab", "enter"), ("shift+tab", "enter"), ("tab", "space", "escape")])
+async def test_tab_then_enter_keeps_a_destructive_question(tmp_path: Path, keys: tuple[str, ...]) -> None:
+    """Tab moved the focus to the destructive button and Enter pressed it: a stop by reflex. The
+    destructive button never takes the focus (a click or its key still answer)."""
+    fx = await build_fixed(tmp_path / "f.db")
+    spring = fx.ids["spring"]
+    app = dashboard_app(fx.db)
+    async with running(app) as pilot:
+        await choose(pilot, "stop")
+        dialog = await question(pilot)
+        await pilot.press(*keys)
+        await wait_for(lambda: app.screen is not dialog, what="the question to close")
+        assert await state_of(fx.db, spring) is MailingState.SENDING
+        await choose(pilot, "stop")
+        dialog = await question(pilot)
+        await pilot.click("#confirm")
+        await wait_for(lambda: app.screen is not dialog, what="the question to close")
+    assert await state_of(fx.db, spring) is MailingState.STOPPED

@@ -178,6 +178,28 @@ async def test_passed_zones_are_asked_about_with_go_back_focused(waves_db: Fixtu
     assert sum(m.total for m in waves.values()) == 12
 
 
+@pytest.mark.armed
+async def test_a_choice_typed_ahead_into_the_passed_zones_question_decides_nothing(waves_db: Fixture) -> None:
+    """`n` sends where the hour has passed at once: pressed with Ctrl+S in one burst (typed ahead
+    of the question), it decided before the question was read. Only once the question has been
+    shown a moment with no key pressed does it count."""
+    app = dashboard_app(waves_db.db)
+    async with running(app, size=(120, 40)) as pilot:
+        dialog = await open_dialog_on_spring(pilot, waves_db)
+        dialog.query_one("#date", Input).value = "2099-05-31"
+        dialog.query_one("#hour", Input).value = "21:00"
+        await pilot.pause()
+        await pilot.press("ctrl+s", "n")
+        question = await opened(pilot, PassedChoice)
+        await pilot.pause()
+        assert app.screen is question
+        assert [m.wave_parent for m in await scheduled_of(waves_db.db)].count("Spring sale") == 0
+        await wait_for(lambda: question.armed, timeout=5, what="the question to take its keys")
+        await pilot.press("d")
+        await wait_for(lambda: app.screen is app.dashboard, what="the dialog to close")
+    assert any(m.wave_parent == "Spring sale" for m in await scheduled_of(waves_db.db))
+
+
 # --- the grouped Scheduled rows -----------------------------------------------------------------
 
 

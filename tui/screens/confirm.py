@@ -3,14 +3,18 @@
 A harmless question (quit, hand the sending off) starts on its confirm button: Enter confirms.
 A destructive or risky one (stop a sending, delete, cancel a schedule, restart, raise the limits)
 starts on the safe choice, so Enter alone, pressed once too often, never does it: the action takes
-its own key, shown on its button (or Tab to the button, or a click). Escape always keeps things
-as they are.
+its own key, shown on its button, or a click on that button, which never takes the focus (Tab,
+Enter would press it). The key counts only once the dialog has had ARM_SECONDS without a key
+press: a word typed ahead ("spring" after Enter, Enter) or keys pasted into it stopped a sending
+with its `s`. Escape always keeps things as they are.
 """
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -18,6 +22,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
 from mailtower.core.display import safe
+
+
+# How long a destructive dialog must have been shown, with no key pressed, before its key counts.
+ARM_SECONDS = 0.5
 
 
 def action_key(label: str) -> str:
@@ -28,7 +36,41 @@ def action_key(label: str) -> str:
     raise ValueError(f"no letter in {label!r} to use as its key")
 
 
-class ConfirmDialog(ModalScreen[bool]):
+class KeyArming:
+    """For a modal screen whose letter keys act: they count only after ARM_SECONDS without a key
+    press since it opened (see the module's docstring). `armed_keys` are the keys that wait; any
+    other key pressed starts the wait again."""
+
+    armed_keys: frozenset[str] = frozenset()
+    _quiet_since = 0.0
+
+    def start_arming(self) -> None:
+        self._quiet_since = time.monotonic()
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key not in self.armed_keys:
+            self._quiet_since = time.monotonic()
+
+    def _arm_seconds(self) -> float:
+        # The dashboard may set its own (tests of other things set 0); ARM_SECONDS otherwise.
+        value = getattr(getattr(self, "app", None), "confirm_arm_seconds", None)
+        return ARM_SECONDS if value is None else float(value)
+
+    @property
+    def armed(self) -> bool:
+        """Its keys would count now."""
+        return time.monotonic() - self._quiet_since >= self._arm_seconds()
+
+    def too_soon(self) -> bool:
+        """True (and the wait starts again) when an armed key came before the screen was armed:
+        typed ahead, or part of a burst, it is no answer to a question just shown."""
+        if self.armed:
+            return False
+        self._quiet_since = time.monotonic()
+        return True
+
+
+class ConfirmDialog(KeyArming, ModalScreen[bool]):
     """Dismisses with True when confirmed, False when kept as it is."""
 
     DEFAULT_CSS = """
@@ -88,7 +130,9 @@ class ConfirmDialog(ModalScreen[bool]):
         # Only a destructive dialog has its own key; a harmless one confirms with Enter.
         self.key = (key or action_key(confirm_label)) if destructive else None
         if self.key is not None:
-            self._bindings.bind(self.key, "confirm", confirm_label, show=False)
+            self._bindings.bind(self.key, "confirm_key", confirm_label, show=False)
+            self.armed_keys = frozenset({self.key})
+        self.start_arming()
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box") as box:
@@ -100,7 +144,10 @@ class ConfirmDialog(ModalScreen[bool]):
             yield Static("\n".join(safe(line) for line in self.message.split("\n")), id="confirm-message", markup=False)
             with Horizontal(id="confirm-buttons"):
                 yield Button(Text(self.keep_label), id="cancel", compact=True)
-                yield Button(self.confirm_text(), id="confirm", variant="error" if self.destructive else "primary", compact=True)
+                confirm = Button(self.confirm_text(), id="confirm", variant="error" if self.destructive else "primary",
+                                 compact=True)
+                confirm.can_focus = not self.destructive
+                yield confirm
 
     def confirm_text(self) -> Text:
         """"Stop sending (s)": the button names its key, so the key is never a secret."""
@@ -109,6 +156,14 @@ class ConfirmDialog(ModalScreen[bool]):
     def on_mount(self) -> None:
         # Enter presses the focused button: the safe one when the action cannot be taken back.
         self.query_one("#cancel" if self.destructive else "#confirm", Button).focus()
+        self.start_arming()
+
+    def action_confirm_key(self) -> None:
+        if self.too_soon():
+            box = self.query_one("#confirm-box")
+            box.border_subtitle = f"{self.key} came too soon: read the question, then press {self.key}"
+            return
+        self.dismiss(True)
 
     @on(Button.Pressed, "#confirm")
     def action_confirm(self) -> None:

@@ -24,6 +24,7 @@ from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mailtower.tui.fields import TextField
+from mailtower.tui.screens.confirm import KeyArming
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
 from mailtower.core.errors import UserError
@@ -164,7 +165,7 @@ def schedule_done_text(name: str, request: ScheduleRequest, result: ScheduleResu
     return text
 
 
-class PassedChoice(ModalScreen[Passed | None]):
+class PassedChoice(KeyArming, ModalScreen[Passed | None]):
     """Zones where the time has passed: skip, now or next day, each by its own key (or a click);
     the focus is on Go back and stays there (the choices cannot take it), so neither Enter nor
     Tab then Enter decides for the operator."""
@@ -187,10 +188,12 @@ class PassedChoice(ModalScreen[Passed | None]):
     ]
 
     KEYS = {Passed.SKIP: "s", Passed.NOW: "n", Passed.NEXT_DAY: "d"}
+    armed_keys = frozenset({"n", "d"})  # they send, now or tomorrow: not typed ahead (KeyArming)
 
     def __init__(self, plan: WavePlan) -> None:
         super().__init__()
         self.plan = plan
+        self.start_arming()
 
     def compose(self) -> ComposeResult:
         box = Vertical()
@@ -208,10 +211,12 @@ class PassedChoice(ModalScreen[Passed | None]):
 
     def on_mount(self) -> None:
         self.query_one("#back", Button).focus()
+        self.start_arming()
 
     def action_choose(self, value: str) -> None:
-        if Passed(value) in self.plan.choices():
-            self.dismiss(Passed(value))
+        choice = Passed(value)
+        if choice in self.plan.choices() and not (self.KEYS[choice] in self.armed_keys and self.too_soon()):
+            self.dismiss(choice)
 
     def action_back(self) -> None:
         self.dismiss(None)
