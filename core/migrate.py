@@ -239,6 +239,17 @@ def sqlite_sequence(conn: sqlite3.Connection, table: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+def deleted_id_floor(conn: sqlite3.Connection, table: str) -> int:
+    """The highest mailing id deleted (core/store.py keeps it so that no id is handed out twice)."""
+    if table != "mailings":
+        return 0
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'mailing_id_floor'").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0]) if row and str(row[0]).isdigit() else 0
+
+
 # ---- the target -----------------------------------------------------------------------------
 
 
@@ -345,7 +356,7 @@ async def _set_sequences(src: sqlite3.Connection, conn: Any) -> None:
     """Each identity goes on after the highest id copied (or ever handed out, for AUTOINCREMENT)."""
     for table in IDENTITY_TABLES:
         cur = await conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
-        high = max(int((await cur.fetchone())[0]), sqlite_sequence(src, table))
+        high = max(int((await cur.fetchone())[0]), sqlite_sequence(src, table), deleted_id_floor(src, table))
         await conn.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), %s, %s)", (max(high, 1), high > 0))
 

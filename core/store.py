@@ -797,6 +797,20 @@ async def _close_quietly(db: aiosqlite.Connection) -> None:
         pass
 
 
+# SQLite gives a new row the highest id + 1, so deleting the newest mailing handed its id to the
+# next one: a dialog left open on the deleted one then stopped or deleted the new one, and the new
+# one's Message-IDs and unsubscribe tokens (made from mailing and recipient ids) were the old one's.
+# The highest id deleted is kept in meta and new ids start above it.
+_KEEP_MAILING_ID_FLOOR = (
+    "INSERT INTO meta (key, value) VALUES ('mailing_id_floor', ?) ON CONFLICT (key) DO UPDATE SET "
+    "value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))"
+)
+_NEXT_MAILING_ID = (
+    "MAX(COALESCE((SELECT MAX(id) FROM mailings), 0), "
+    "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'mailing_id_floor'), 0)) + 1"
+)
+
+
 class Tx:
     """SQL available inside one write transaction. Only `lifecycle` calls `set_state`."""
 
@@ -871,6 +885,8 @@ class Tx:
         await self.db.execute("DELETE FROM events WHERE mailing_id = ?", (mailing_id,))
         await self.db.execute("DELETE FROM canary_rows WHERE mailing_id = ?", (mailing_id,))  # breaker/canary
         await self.db.execute("DELETE FROM mailings WHERE id = ?", (mailing_id,))
+        if isinstance(self.db, aiosqlite.Connection):  # PostgreSQL's identity never hands an id out twice
+            await self.db.execute(_KEEP_MAILING_ID_FLOOR, (mailing_id,))
 
     async def insert_mailing(
         self,
@@ -883,9 +899,11 @@ class Tx:
         fields: Iterable[str],
         parent_id: int | None = None,
     ) -> int:
+        sqlite = isinstance(self.db, aiosqlite.Connection)
         cur = await self.db.execute(
-            "INSERT INTO mailings (name, subject, from_addr, text_body, html_body, fields, state, "
-            "created_at, updated_at, parent_id) VALUES (?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?) RETURNING id",
+            "INSERT INTO mailings (id, name, subject, from_addr, text_body, html_body, fields, state, "
+            f"created_at, updated_at, parent_id) VALUES ({_NEXT_MAILING_ID if sqlite else 'DEFAULT'}, "
+            "?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?) RETURNING id",
             (
                 name,
                 subject,

@@ -281,3 +281,19 @@ def test_limits_command(cli: Cli) -> None:
     code, _, err = cli("limits", "--connections", "0")
     assert code == 2 and "--connections" in err and len(err.strip().splitlines()) == 1
     assert json.loads(cli.ok("limits", "--json"))["connections"] == 4
+
+
+def test_a_deleted_mailings_id_is_never_handed_out_again(cli: Cli, tmp_path: Path, body: Path, db: Path) -> None:
+    """SQLite gave a new mailing the highest id + 1: delete the newest, and the next `new` had its
+    id. A dashboard dialog left open on the deleted one then deleted or stopped the new one, and
+    the new one's Message-IDs and unsubscribe tokens (mailing and recipient ids) were the old one's."""
+    first = new_mailing(cli, tmp_path, body, 2, name="first")
+    second = new_mailing(cli, tmp_path, body, 2, name="second")
+    cli.ok("delete", str(second))
+    third = new_mailing(cli, tmp_path, body, 2, name="third")
+    assert third > second > first
+    cli.ok("delete", str(third))
+    cli.ok("delete", str(first))
+    assert new_mailing(cli, tmp_path, body, 2, name="fourth") > third
+    code, _, err = cli("delete", str(second))
+    assert code == 2 and f"no mailing with id {second}" in err
