@@ -832,6 +832,7 @@ class Sender:
             return
         self._last_limits_read = time.monotonic()
         store, _ = self._need()
+        store.check_still_there()
         limits = await self.fleet.shared(await read_limits(store, self.settings))  # this sender's part of the fleet's
         pool_shared = len(self.relays) > 1 and self.fleet.share_pool(self.relays)  # fleet: 1/N of each relay's too
         if limits == self.limits:

@@ -615,16 +615,16 @@ def remove_if_unused(path: Path) -> bool:
         conn.close()  # rolls the empty transaction back; a kept file goes back to WAL at its next open
 
 
-def _refuse_if_replaced(path: Path, opened: os.stat_result) -> None:
+def _refuse_if_replaced(path: Path, opened: os.stat_result, when: str = "while it was being opened; try again") -> None:
     """After the first read of a database just opened (which waited for any lock on it): the name
     still names the file that was opened. A refused command that made the database may have
     removed it meanwhile (remove_if_unused); writing on would go into a file nobody can open."""
     try:
         now = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # gone, or its filesystem unmounted (ENOENT, ENOTCONN, ESTALE...)
         now = None
     if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
-        raise UserError(f"database {path}: the file was removed or replaced while it was being opened; try again")
+        raise UserError(f"database {path}: the file was removed, moved or replaced {when}")
 
 
 _SHOWN_TABLES = 5
@@ -1603,6 +1603,7 @@ class Store:
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpoint_at = 0.0
         self._checkpointer: sqlite3.Connection | None = None
+        self._opened: os.stat_result | None = None  # the file opened (see still_there)
 
     @property
     def target(self) -> Any:
@@ -1642,6 +1643,7 @@ class Store:
             await db.execute("PRAGMA busy_timeout = 30000")
             await db.execute("PRAGMA foreign_keys = ON")
             store = cls(db, path)
+            store._opened = opened
             await store._migrate()
         except BaseException as exc:
             await _close_quietly(db)
@@ -1649,6 +1651,14 @@ class Store:
                 raise _open_failure(path, exc) from None
             raise
         return store
+
+    def check_still_there(self) -> None:
+        """Raise UserError when the database's name no longer leads to the file this store opened:
+        deleted or replaced (a restore copied over it), renamed, or its filesystem unmounted. A
+        sender writing on would record results nobody will read, and a second sender started on
+        the name would take another lease (it is named after the file) and send everyone again."""
+        if self._opened is not None:
+            _refuse_if_replaced(self.path, self._opened, "since it was opened")
 
     async def close(self) -> None:
         """Close the connections (the inline and checkpoint ones after any checkpoint under way);

@@ -345,6 +345,9 @@ class PgStore(Store):
         except Exception:  # noqa: BLE001 - the open already failed; its error is reported
             pass
 
+    def check_still_there(self) -> None:
+        """A server's database has no file name to lose (see Store.check_still_there)."""
+
     async def close(self) -> None:
         await self.close_heartbeat()  # the fleet heartbeat's connection, if one was opened (end of class)
         await asyncio.wait_for(self.pg.close(), timeout=CLOSE_TIMEOUT)

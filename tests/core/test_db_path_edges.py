@@ -18,7 +18,7 @@ import pytest
 from mailtower.core.errors import UserError
 from mailtower.core.sink import Sink
 from mailtower.core.store import SCHEMA_VERSION, Store
-from tests.helpers import Cli, recipients, write_csv
+from tests.helpers import Cli, recipients, wait_until, write_csv
 
 # SQLite only: file names and SQLite files; PostgreSQL refuses foreign tables in test_postgres_store.py.
 pytestmark = pytest.mark.sqlite_only
@@ -411,3 +411,44 @@ def test_a_wal_left_by_a_killed_writer_is_still_recovered(tmp_path: Path) -> Non
     assert Path(f"{db}-wal").stat().st_size > 0
     code, out, err = cli("status")
     assert code == 0 and err == "" and "#1 renamed" in out, (out, err)
+
+
+@pytest.mark.parametrize("how", ["moved", "replaced", "deleted"])
+def test_a_sender_stops_when_the_database_name_no_longer_leads_to_its_file(tmp_path: Path, how: str) -> None:
+    """The database's filesystem unmounted under a sender (or the file moved, or a copy put in its
+    place): it sent on for 77 s into a file nobody could open, its summary counted another
+    sender's sends, and a second sender on the name took another lease and sent everyone again.
+    It stops within a second or two, with one line and exit 2."""
+    import os
+    import shutil
+    import subprocess
+
+    db = tmp_path / "m.db"
+    with Sink() as sink:
+        cli = Cli(db, sink.port, MAILTOWER_RATE="50", MAILTOWER_SMTP_CONNECTIONS="1")
+        body = tmp_path / "body.txt"
+        body.write_text("Hello\n", encoding="utf-8")
+        people = write_csv(tmp_path / "people.csv", recipients(3000))
+        cli.ok("new", "--name", "n", "--subject", "s", "--from", "news@example.org", "--text", str(body),
+               "--recipients", str(people), "--now")
+        runner = cli.popen("run", "--until-idle", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: len(sink.deliveries) >= 10, timeout=30, what="sending")
+            if how == "moved":
+                db.rename(tmp_path / "elsewhere.db")
+            elif how == "replaced":
+                shutil.copy(db, tmp_path / "copy.db")
+                os.replace(tmp_path / "copy.db", db)
+            else:
+                db.unlink()
+            runner.wait(timeout=30)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait(10)
+        err = runner.stderr.read().decode() if runner.stderr else ""
+        sent = len(sink.deliveries)
+    assert runner.returncode == 2, err
+    assert err.strip().splitlines()[-1] == (
+        f"mailtower: the sender stopped: database {db}: the file was removed, moved or replaced since it was opened"), err
+    assert sent < 1000  # 50 a second: it stopped within seconds, not at the end of the mailing
