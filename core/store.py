@@ -1687,7 +1687,15 @@ class Store:
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in _statements(MIGRATIONS[version]):
-                    await tx.db.execute(statement)
+                    try:
+                        await tx.db.execute(statement)
+                    except sqlite3.OperationalError as exc:
+                        if storage_error(self.path, exc) is not None:
+                            raise  # a full disk, a read-only file: said as such
+                        # Tables of a later version under an earlier number (the meta row edited,
+                        # or copied from another file): upgrading again would only half work.
+                        raise UserError(f"database {self.path}: its tables do not match its schema version "
+                                        f"{current} (upgrading to {version}: {exc}); nothing was changed") from None
                 await tx.db.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(version),)

@@ -452,3 +452,21 @@ def test_a_sender_stops_when_the_database_name_no_longer_leads_to_its_file(tmp_p
     assert err.strip().splitlines()[-1] == (
         f"mailtower: the sender stopped: database {db}: the file was removed, moved or replaced since it was opened"), err
     assert sent < 1000  # 50 a second: it stopped within seconds, not at the end of the mailing
+
+
+def test_a_schema_version_below_its_tables_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    """The meta row edited down (or copied from an older file): upgrading again failed on a column
+    that was already there, and every command ended in "internal error" (exit 70)."""
+    db = tmp_path / "m.db"
+    cli = Cli(db)
+    new_mailing(cli, tmp_path)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION - 1),))
+    conn.close()
+    before = digest(db)
+    code, out, err = cli("status")
+    line = one_line(err)
+    assert code == 2 and out == ""
+    assert line.startswith(f"mailtower: database {db}: its tables do not match its schema version {SCHEMA_VERSION - 1} ("
+                           ) and line.endswith("nothing was changed"), line
+    assert digest(db) == before
