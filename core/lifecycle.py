@@ -9,16 +9,24 @@ command does it and which question comes first: core/actions_registry.py.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Awaitable, Callable
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from .domain import Mailing, MailingState, Section
+from .domain import Mailing, MailingState, Schedule, Section
 from .errors import RefusedTransition, UserError
 from .store import Store, Tx, iso
-from .timezones import Resolved, load_zone, resolve, tzdata_version, utcnow, wall_minute
+from .timezones import (
+    Resolved, humanize_delta, is_valid_zone, load_zone, quoted_zone, resolve, tzdata_version, utcnow, wall_minute,
+)
 
 S = MailingState
+log = logging.getLogger("mailtower.lifecycle")
+
+# A schedule whose instant cannot be derived (its zone is not in the installed tzdata) is held
+# as missed with a last_error starting with this, so it is recognised and released again.
+UNRESOLVABLE = "schedule cannot be resolved: "
 
 
 class Action(str, enum.Enum):
@@ -150,6 +158,7 @@ class Lifecycle:
             tzdata_version=tzdata_version(),
             missed=0,
             finished_at=None,
+            last_error=None,  # it said why the old schedule waited (missed, an unknown zone)
         )
         # Scheduling a tripped mailing is the operator's decision to send it again (README): the
         # trip is forgotten here, or a later unschedule left a draft that send-now refused while
@@ -160,33 +169,68 @@ class Lifecycle:
             detail += f"; {resolved.warning}"
         await tx.add_event(mailing_id, "scheduled", detail)
 
-    async def rederive_schedules(self) -> int:
+    async def rederive_schedules(self, *, warn: bool = True) -> int:
         """Derive the UTC instant of every schedule again when the time-zone data changed.
 
         A schedule is what the operator asked for (wall time + zone); the instant is only
         derived from it, so a tzdata upgrade that moves a zone's rules moves the instant too.
+        A schedule whose zone the data does not know (a downgrade, a dropped name, a hand-edited
+        row) cannot be derived: it is held as missed, never sent at its old or a guessed
+        instant, and everything else goes on; one warning line names what waits and why
+        (`warn`: the sender's log; a command shows it in its own words, e.g. `status`).
+        Returns how many instants moved.
         """
         version = tzdata_version()
         changed = 0
+        held: list[tuple[Mailing, str]] = []
         for mailing in await self.store.mailings(Section.SCHEDULED):
             schedule = mailing.schedule
-            if schedule is None or schedule.tzdata_version == version:
+            if schedule is None:
                 continue
-            resolved = resolve(schedule.local, schedule.tz)
-            async with self.store.write() as tx:
-                current = await tx.mailing(mailing.id)
-                if current.state is not S.SCHEDULED or current.schedule != schedule:
-                    continue
-                await tx.update_mailing(mailing.id, send_at_utc=iso(resolved.utc), tzdata_version=version)
-                if resolved.utc != schedule.utc:
-                    await tx.add_event(
-                        mailing.id,
-                        "rescheduled",
-                        f"time-zone data changed from {schedule.tzdata_version or 'unknown'} to {version}: "
-                        f"{schedule.local:%Y-%m-%d %H:%M} {schedule.tz} is now {iso(resolved.utc)} (was {iso(schedule.utc)})",
-                    )
-                    changed += 1
+            reason = _unresolvable_reason(schedule, version)
+            if reason is not None:
+                await self._hold_unresolvable(mailing, schedule, reason)
+                held.append((mailing, reason))
+            elif schedule.tzdata_version != version or held_unresolvable(mailing):
+                changed += await self._rederive_one(mailing, schedule, version)
+        if held and warn:
+            log.warning("%s", _held_line(held))
         return changed
+
+    async def _rederive_one(self, mailing: Mailing, schedule: Schedule, version: str) -> int:
+        resolved = resolve(schedule.local, schedule.tz)
+        async with self.store.write() as tx:
+            current = await tx.mailing(mailing.id)
+            if current.state is not S.SCHEDULED or current.schedule != schedule:
+                return 0
+            await tx.update_mailing(mailing.id, send_at_utc=iso(resolved.utc), tzdata_version=version)
+            if held_unresolvable(current):
+                # Its zone is known again: it goes back to waiting for its time (a time already
+                # past is judged against the grace period as usual).
+                await tx.update_mailing(mailing.id, missed=0, last_error=None)
+                await tx.add_event(mailing.id, "schedule resolved", f"{schedule.tz} is known again (tzdata {version})")
+            if resolved.utc == schedule.utc:
+                return 0
+            await tx.add_event(
+                mailing.id,
+                "rescheduled",
+                f"time-zone data changed from {schedule.tzdata_version or 'unknown'} to {version}: "
+                f"{schedule.local:%Y-%m-%d %H:%M} {schedule.tz} is now {iso(resolved.utc)} (was {iso(schedule.utc)})",
+            )
+            return 1
+
+    async def _hold_unresolvable(self, mailing: Mailing, schedule: Schedule, reason: str) -> None:
+        """Mark it missed with what to do; written once (every command looks, few write)."""
+        note = unresolvable_note(mailing.id, reason)
+        if mailing.missed and mailing.last_error == note:
+            return
+        async with self.store.write() as tx:
+            current = await tx.mailing(mailing.id)
+            if current.state is not S.SCHEDULED or current.schedule != schedule:
+                return
+            # tzdata_version is left as it was: the instant was never derived with this data.
+            await tx.update_mailing(mailing.id, missed=1, last_error=note)
+            await tx.add_event(mailing.id, "schedule unresolvable", reason)
 
     async def unschedule(self, mailing_id: int) -> None:
         async with self.store.write() as tx:
@@ -195,8 +239,10 @@ class Lifecycle:
 
     async def unschedule_in(self, tx: Tx, mailing_id: int, detail: str = "kept as a draft") -> None:
         """The unschedule write, inside a transaction the caller holds (and has checked)."""
+        # last_error said why the schedule waited (missed, an unknown zone): a draft has no schedule.
         await tx.set_state(
-            mailing_id, S.DRAFT, send_at_local=None, tz=None, send_at_utc=None, tzdata_version=None, missed=0
+            mailing_id, S.DRAFT, send_at_local=None, tz=None, send_at_utc=None, tzdata_version=None, missed=0,
+            last_error=None,
         )
         await tx.add_event(mailing_id, "schedule cancelled", detail)
 
@@ -249,7 +295,7 @@ class Lifecycle:
             await tx.update_mailing(
                 mailing_id,
                 missed=1,
-                last_error=f"missed its send time by {late_by_seconds / 60:.0f} min while no sender was running; "
+                last_error=f"missed its send time by {_lateness(late_by_seconds)} while no sender was running; "
                 "send now or reschedule",
             )
             await tx.add_event(mailing_id, "missed", f"sender was not running at the due time; {late_by_seconds:.0f} s late")
@@ -386,6 +432,47 @@ class Lifecycle:
         mailing = await tx.mailing(mailing_id)
         if mailing.tripped is not None:
             await tx.update_mailing(mailing_id, tripped=None, breaker_since=time.time())
+
+
+def _lateness(seconds: float) -> str:
+    """"under 1 s", "42 s", "3 min", "2 h 05 min": a tiny grace must not read "by 0 min"."""
+    if seconds < 60:
+        return f"{int(seconds)} s" if seconds >= 1 else "under 1 s"
+    return humanize_delta(timedelta(seconds=seconds)).removeprefix("in ")
+
+
+def _unresolvable_reason(schedule: Schedule, version: str) -> str | None:
+    """Why the instant of `schedule` cannot be derived with the installed data, or None."""
+    if not is_valid_zone(schedule.tz):
+        return f"time zone {quoted_zone(schedule.tz)} is not in the installed time-zone data (tzdata {version})"
+    if schedule.tzdata_version == version:
+        return None  # derived with this very data: nothing to check again
+    try:
+        resolve(schedule.local, schedule.tz)
+    except UserError as exc:  # out of the schedulable range under the new rules
+        return str(exc)
+    return None
+
+
+def unresolvable_note(mailing_id: int, reason: str) -> str:
+    """The last_error of a held schedule: why, and the two ways out."""
+    return (f"{UNRESOLVABLE}{reason}; it will not be sent until you reschedule it with a known zone "
+            f"(`mailtower schedule {mailing_id} --at \"YYYY-MM-DD HH:MM\" --tz ZONE`) "
+            f"or unschedule it (`mailtower unschedule {mailing_id}`)")
+
+
+def held_unresolvable(mailing: Mailing) -> bool:
+    """Whether `mailing` waits because its schedule could not be resolved (rederive_schedules)."""
+    return mailing.missed and (mailing.last_error or "").startswith(UNRESOLVABLE)
+
+
+def _held_line(held: list[tuple[Mailing, str]]) -> str:
+    """One warning line for every held schedule (the first three named in full)."""
+    shown = "; ".join(f'mailing {m.id} "{m.name}": {reason}' for m, reason in held[:3])
+    more = f"; and {len(held) - 3} more" if len(held) > 3 else ""
+    who = "a scheduled mailing waits" if len(held) == 1 else f"{len(held)} scheduled mailings wait"
+    return (f"{who} and will not be sent, its schedule cannot be resolved: {shown}{more}; "
+            "reschedule with a known zone (`mailtower schedule ID --at ... --tz ZONE`) or unschedule (`mailtower unschedule ID`)")
 
 
 def refuse_if_tripped(mailing: Mailing, despite_trip: bool) -> None:

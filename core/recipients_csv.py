@@ -23,7 +23,7 @@ from .display import safe, unsafe_character
 from .domain import ImportedRow, RejectedRow
 from .errors import ImportRejected
 from .files import IDLE_TIMEOUT, MIB, is_stdin, open_stream
-from .timezones import case_hint
+from .timezones import case_hint, quoted_zone
 
 
 class InvalidAddress(ValueError):
@@ -427,7 +427,7 @@ def _check_row(
             return RejectedRow(line, f"field '{safe(field)}' holds a control character ({where})")
     tz = cells[layout.tz].strip() if layout.tz is not None else ""
     if tz and not zone_ok(tz):
-        return RejectedRow(line, f"unknown time zone {tz!r}{case_hint(tz)}")
+        return RejectedRow(line, f"unknown time zone {quoted_zone(tz)}{case_hint(tz)}")  # a long value cut short
     fields = {field: cells[index] for index, field in layout.fields}
     return ImportedRow(line=line, email=email, name=name, tz=tz, fields=fields)
 

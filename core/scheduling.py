@@ -18,7 +18,7 @@ from datetime import datetime
 from .errors import UserError
 from .lifecycle import Lifecycle
 from .store import Store
-from .timezones import Resolved, utcnow
+from .timezones import Resolved, reversed_sign_note, utcnow
 from .waves import Passed, Wave, WavePlan, schedule_single, schedule_waves
 
 
@@ -37,6 +37,7 @@ class ScheduleResult:
     warnings: tuple[str, ...] = ()  # one human line per kind of adjustment (a gap, a fold)
     plan: WavePlan | None = None  # local time: the waves as planned
     skipped_id: int | None = None  # local time with Passed.SKIP: the draft keeping those recipients
+    notes: tuple[str, ...] = ()  # facts worth a second look, not warnings (an Etc/GMT zone's reversed sign)
 
     @property
     def mailing_ids(self) -> tuple[int, ...]:
@@ -59,14 +60,17 @@ async def schedule_mailing(
     cannot be scheduled now, a single-zone schedule without a zone, and a local-time schedule
     where the time has passed in some zones unless `passed` says what to do with them."""
     now = now or utcnow()
+    # "Etc/GMT-3" is UTC+3: a person who typed it may have meant the opposite.
+    sign = reversed_sign_note(tz) if tz else None
+    notes = (sign,) if sign else ()
     if local_time:
         done = await schedule_waves(store, lifecycle, mailing_id, local, tz, now, passed)
         scheduled = tuple(ScheduledMailing(p.mailing_id, p.wave.schedule(), p.wave) for p in done.waves)
-        return ScheduleResult(local, True, scheduled, done.plan.warnings(), done.plan, done.skipped_id)
+        return ScheduleResult(local, True, scheduled, done.plan.warnings(), done.plan, done.skipped_id, notes)
     if not tz:
         raise UserError("scheduling needs a time zone (or local time, to use each recipient's zone)")
     if passed is not None:
         raise UserError("--passed applies to a schedule in each recipient's zone (--local-time) only")
     target, resolved = await schedule_single(store, lifecycle, mailing_id, local, tz, now)
     warnings = (resolved.warning,) if resolved.warning else ()
-    return ScheduleResult(local, False, (ScheduledMailing(target, resolved),), warnings)
+    return ScheduleResult(local, False, (ScheduledMailing(target, resolved),), warnings, notes=notes)

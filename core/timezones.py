@@ -125,7 +125,7 @@ def case_hint(name: str) -> str:
 ZONE_NAME_MAX = 64  # the longest IANA name has 32 characters; anything longer is quoted cut short
 
 
-def _quoted_zone(name: str) -> str:
+def quoted_zone(name: str) -> str:
     """The name as typed, escaped (repr) and at most ZONE_NAME_MAX characters of it."""
     if len(name) <= ZONE_NAME_MAX:
         return repr(name)
@@ -135,14 +135,156 @@ def _quoted_zone(name: str) -> str:
 def _unknown_zone_message(name: str) -> str:
     if not name.strip():
         return "no time zone given; expected an IANA name such as Europe/Berlin"
+    if len(name) <= ZONE_NAME_MAX:
+        # An offset or an abbreviation says which offset was meant: a look-alike name with
+        # another offset (Etc/GMT-3 for "GMT-3", CET for "EDT") would move the send time.
+        special = _offset_advice(name) or _abbreviation_advice(name)
+        if special is not None:
+            return f"unknown time zone {quoted_zone(name)}; {special}"
     suggestions = _suggest_zones(name) if len(name) <= ZONE_NAME_MAX else []
     if not suggestions:
-        return f"unknown time zone {_quoted_zone(name)}; expected an IANA name such as Europe/Berlin"
-    if len(suggestions) == 1:
-        listed = suggestions[0]
-    else:
-        listed = ", ".join(suggestions[:-1]) + " or " + suggestions[-1]
-    return f"unknown time zone {_quoted_zone(name)}; did you mean {listed}?"
+        return f"unknown time zone {quoted_zone(name)}; expected an IANA name such as Europe/Berlin"
+    return f"unknown time zone {quoted_zone(name)}; did you mean {_either(suggestions)}?"
+
+
+def _either(names: list[str]) -> str:
+    """"A", "A or B", "A, B or C"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+# --- offsets and abbreviations typed for a zone ----------------------------------------------
+
+# "GMT-3", "UTC+5", "+03:00", "-0330", "UTC−3" (a Unicode minus), "Etc/GMT-03" (POSIX sign).
+_OFFSET_TYPED_RE = re.compile(
+    r"(?P<etc>etc/)?(?P<base>gmt|utc|ut)?\s*(?P<sign>[+\-\u2212])\s*(?P<hours>[0-9]{1,2})(?::?(?P<minutes>[0-9]{2}))?",
+    re.IGNORECASE,
+)
+_ETC_GMT_RE = re.compile(r"Etc/GMT[+-][0-9]{1,2}")
+# Zones most people mean when several use one abbreviation, named first (the rest alphabetical).
+_WELL_KNOWN = (
+    "America/New_York", "America/Chicago", "America/Denver", "America/Phoenix", "America/Los_Angeles",
+    "America/Anchorage", "Pacific/Honolulu", "America/Halifax", "America/St_Johns", "America/Toronto",
+    "America/Vancouver", "America/Mexico_City", "America/Sao_Paulo", "Europe/London", "Europe/Dublin",
+    "Europe/Lisbon", "Europe/Berlin", "Europe/Paris", "Europe/Athens", "Europe/Helsinki", "Europe/Moscow",
+    "Asia/Kolkata", "Asia/Jerusalem", "Asia/Karachi", "Asia/Shanghai", "Asia/Hong_Kong", "Asia/Tokyo",
+    "Asia/Seoul", "Asia/Manila", "Asia/Jakarta", "Africa/Johannesburg", "Africa/Lagos", "Africa/Nairobi",
+    "Australia/Sydney", "Australia/Melbourne", "Australia/Brisbane", "Australia/Adelaide",
+    "Australia/Perth", "Pacific/Auckland",
+)
+
+
+def _typed_offset(name: str) -> timedelta | None:
+    """The UTC offset an offset-like name means, or None if it is not one.
+
+    "GMT-3" is read as people write it (UTC-3); only an "Etc/GMT-3" spelling takes the POSIX
+    sign, where minus means east of Greenwich (UTC+3).
+    """
+    match = _OFFSET_TYPED_RE.fullmatch(name.strip())
+    if match is None or (match["etc"] and not match["base"]):
+        return None
+    hours, minutes = int(match["hours"]), int(match["minutes"] or 0)
+    if minutes >= 60:
+        return None
+    offset = timedelta(hours=hours, minutes=minutes)
+    east = match["sign"] == "+"
+    if match["etc"]:
+        east = not east
+    return offset if east else -offset
+
+
+def etc_zone_for(offset: timedelta) -> str | None:
+    """The Etc zone fixed at `offset` ("Etc/GMT+3" for UTC-03:00; "UTC" for zero), if there is one."""
+    hours, rest = divmod(int(offset.total_seconds()), 3600)
+    if rest or not -12 <= hours <= 14:
+        return None
+    if hours == 0:
+        return "UTC"
+    # POSIX counts west of Greenwich as positive: the sign of the name is the reverse of the offset's.
+    return f"Etc/GMT{'-' if hours > 0 else '+'}{abs(hours)}"
+
+
+def _offset_advice(name: str) -> str | None:
+    offset = _typed_offset(name)
+    if offset is None:
+        return None
+    shown = f"UTC{format_offset(offset)}"
+    etc = etc_zone_for(offset)
+    if etc == "UTC":
+        return f"for {shown} use UTC"
+    if etc is not None:
+        mirror = etc_zone_for(-offset)
+        opposite = f", {mirror} is UTC{format_offset(-offset)}" if mirror else ""
+        return f"for {shown} use {etc} (the POSIX sign is reversed: {etc} is {shown}{opposite})"
+    steady = _zones_fixed_at(offset)
+    if steady:
+        return f"there is no Etc zone for {shown}; did you mean {_either(steady)} ({shown} all year)?"
+    return f"no zone is {shown} all year: give the IANA name of the place, such as Europe/Berlin"
+
+
+def _zones_fixed_at(offset: timedelta, limit: int = 3) -> list[str]:
+    """Places whose offset is `offset` in January and July of this year and the next."""
+    found = [zone for zone, offsets in _zone_samples().items() if set(offsets) == {offset} and not zone.startswith("Etc/")]
+    return _well_known_first(found)[:limit]
+
+
+def _abbreviation_advice(name: str) -> str | None:
+    """For "EDT", "cest", "BST": the zones whose clocks show that abbreviation now or next year."""
+    key = name.strip()
+    if not key.isalpha() or not 2 <= len(key) <= 6:
+        return None
+    users = _abbreviation_users().get(key.upper())
+    if users:
+        zones = _well_known_first(users)[:3]
+        return f"{key.upper()} is an abbreviation, not a zone: did you mean {_either(zones)} (zones that use {key.upper()})?"
+    if key.isupper():
+        # Looks like an abbreviation no zone uses now: only a city of that name, never a
+        # look-alike legacy name ("EST" for "SGT") whose offset is another.
+        cities = search_zones(key, limit=3)
+        return f"did you mean {_either(cities)}?" if cities else f"{key} is not a zone name (nor an abbreviation any zone uses now); expected an IANA name such as Europe/Berlin"
+    return None
+
+
+def _well_known_first(zones: list[str]) -> list[str]:
+    rank = {zone: index for index, zone in enumerate(_WELL_KNOWN)}
+    return sorted(zones, key=lambda zone: (rank.get(zone, len(rank)), zone))
+
+
+@functools.cache
+def _zone_samples() -> dict[str, tuple[timedelta, ...]]:
+    """Each place's offsets on 15 January and 15 July of this year and the next."""
+    year = utcnow().year
+    instants = [datetime(y, m, 15, 12, tzinfo=timezone.utc) for y in (year, year + 1) for m in (1, 7)]
+    samples: dict[str, tuple[timedelta, ...]] = {}
+    for zone in zone_names():
+        loaded = _load_known_zone(zone)
+        samples[zone] = tuple(_offset_at(instant, loaded) for instant in instants)
+    return samples
+
+
+@functools.cache
+def _abbreviation_users() -> dict[str, list[str]]:
+    """Abbreviation ("EDT") -> the places whose clocks show it on those sample days."""
+    year = utcnow().year
+    instants = [datetime(y, m, 15, 12, tzinfo=timezone.utc) for y in (year, year + 1) for m in (1, 7)]
+    users: dict[str, list[str]] = {}
+    for zone in zone_names():
+        if zone.startswith("Etc/"):
+            continue
+        loaded = _load_known_zone(zone)
+        for label in {instant.astimezone(loaded).tzname() or "" for instant in instants}:
+            if label.isalpha():  # "+03" is an offset, not an abbreviation
+                users.setdefault(label.upper(), []).append(zone)
+    return users
+
+
+def reversed_sign_note(tz: str) -> str | None:
+    """"Etc/GMT-3 is UTC+03:00 (the POSIX sign is reversed)" for an Etc/GMT±N zone, else None."""
+    if not _ETC_GMT_RE.fullmatch(tz) or not is_valid_zone(tz):
+        return None
+    offset = _offset_at(datetime(2000, 1, 1, tzinfo=timezone.utc), _load_known_zone(tz))
+    if not offset:
+        return None  # Etc/GMT-0 is UTC either way
+    return f"{tz} is UTC{format_offset(offset)} (the POSIX sign is reversed)"
 
 
 def _suggest_zones(name: str, limit: int = 3) -> list[str]:
@@ -319,6 +461,41 @@ def to_zone(utc: datetime, tz: str) -> datetime:
         # A naive value would silently be read as the machine's own zone by astimezone().
         raise ValueError("to_zone() needs an aware datetime")
     return utc.astimezone(load_zone(tz))
+
+
+@dataclass(frozen=True, slots=True)
+class WallClock:
+    """How a stored schedule's instant reads on the clocks of its zone."""
+
+    wall: datetime  # naive: the wall time at the instant (after a gap, not the one asked for)
+    abbreviation: str  # "EDT"; "" for zones that show only an offset ("+03")
+    offset: timedelta  # UTC offset in effect at the instant
+    shift: Shift  # how the wall time asked for had to be read
+
+    def text(self) -> str:
+        """"2027-03-14 03:30" when plain, "2027-03-14 03:30 EDT" after a gap and
+        "2027-11-07 01:30 EDT (first)" in a fold (the dashboard's words)."""
+        if self.shift is Shift.NONE:
+            return wall_minute(self.wall)
+        label = self.abbreviation or f"UTC{format_offset(self.offset)}"
+        first = " (first)" if self.shift is Shift.FOLD else ""
+        return f"{wall_minute(self.wall)} {label}{first}"
+
+
+def wall_clock(requested: datetime, tz: str, utc: datetime) -> WallClock | None:
+    """The wall time the stored instant `utc` of a schedule asked for at `requested` in `tz`
+    really happens at; None when the bundled data does not know `tz` (nothing can be said)."""
+    if not is_valid_zone(tz):
+        return None
+    local = to_zone(utc, tz)
+    try:
+        shift = resolve(requested, tz).shift
+    except UserError:  # out of range: the stored instant is all there is
+        shift = Shift.NONE
+    offset = local.utcoffset()
+    assert offset is not None  # a ZoneInfo always has one
+    name = local.tzname() or ""
+    return WallClock(local.replace(tzinfo=None), name if name.isalpha() else "", offset, shift)
 
 
 def utcnow() -> datetime:

@@ -57,7 +57,9 @@ from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.fleet import FleetLost, senders_document
 from mailtower.core.store import Store, iso, open_store, remove_if_unused, storage_error
-from mailtower.core.timezones import format_offset, load_zone, parse_wall_time, resolve, tzdata_version, wall_minute
+from mailtower.core.timezones import (
+    Shift, format_offset, load_zone, parse_wall_time, resolve, reversed_sign_note, tzdata_version, wall_clock, wall_minute,
+)
 from mailtower.core.unsubscribe import set_targets
 
 from . import cli_migrate, cli_suppress, loops
@@ -690,8 +692,9 @@ async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]
     succeeded = False
     try:
         await store.operator_lock_wait()  # a person waits: another process's lock is said well before 2 minutes
-        # A tzdata upgrade moves the instants of schedules; every command sees them right.
-        await Lifecycle(store).rederive_schedules()
+        # A tzdata upgrade moves the instants of schedules; every command sees them right. One
+        # that cannot be resolved is held (status shows it; `run` warns), never a refusal here.
+        await Lifecycle(store).rederive_schedules(warn=False)
         code = await body(store)
         succeeded = code == 0
         return code
@@ -704,6 +707,11 @@ async def with_store(settings: Settings, body: Callable[[Store], Awaitable[int]]
 
 def warn(message: str) -> None:
     print(safe(f"mailtower: warning: {message}"), file=sys.stderr)
+
+
+def print_note(message: str) -> None:
+    """A fact about what was accepted that is easy to get wrong (not silenced by --quiet)."""
+    print(safe(f"mailtower: note: {message}"), file=sys.stderr)
 
 
 def checked_schedule(at: str | None, tz: str | None) -> datetime | None:
@@ -764,6 +772,9 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
                 resolved = await lifecycle.schedule(mailing_id, when, args.tz)
                 if resolved.warning:
                     warn(resolved.warning)
+                sign = reversed_sign_note(args.tz)
+                if sign:
+                    print_note(sign)
     except BaseException:
         # Whatever stopped it (a refusal, a full disk, the rejects file, Ctrl-C), `new` leaves nothing.
         if mailing_id is not None:
@@ -888,6 +899,7 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
         "send_at_local": m.schedule.local.strftime("%Y-%m-%d %H:%M") if m.schedule else None,
         "tz": m.schedule.tz if m.schedule else None,
         "send_at_utc": iso(m.schedule.utc) if m.schedule else None,
+        **schedule_json(m),
         "missed": m.missed,
         "created_at": iso(m.created_at),
         "started_at": iso(m.started_at),
@@ -902,6 +914,35 @@ def mailing_json(m: Mailing, eta: datetime | None, rate: float) -> dict[str, Any
     if m.section is Section.CURRENT:
         data["position"] = m.position
     return data
+
+
+def schedule_json(m: Mailing) -> dict[str, Any]:
+    """What the clocks of the schedule's zone will show when it is sent (after a spring-forward
+    gap not the time asked for), and whether it can be resolved at all (an unknown zone)."""
+    clock = wall_clock(m.schedule.local, m.schedule.tz, m.schedule.utc) if m.schedule else None
+    return {
+        "send_at_effective": wall_minute(clock.wall) if clock else None,  # wall time in "tz" at send_at_utc
+        "send_at_offset": format_offset(clock.offset) if clock else None,
+        "send_at_abbreviation": (clock.abbreviation or None) if clock else None,
+        "send_at_shift": clock.shift.value if clock else None,  # "none", "gap" (moved forward), "fold" (first)
+        "send_at_text": clock.text() if clock else None,  # as status and the dashboard show it
+        "unresolvable": m.schedule is not None and clock is None,  # its zone is not in the installed tzdata
+    }
+
+
+def scheduled_line(m: dict[str, Any]) -> str:
+    """A Scheduled entry of `status`: the wall time that will happen, the one asked for if it differs."""
+    if m["unresolvable"]:
+        return (f"       #{m['id']} {m['name']}  {m['send_at_local']} {m['tz']} "
+                f"(unknown zone; last derived {m['send_at_utc']})  CANNOT BE RESOLVED")
+    missed = "  MISSED" if m["missed"] else ""
+    shown = m["send_at_text"] or m["send_at_local"]
+    asked = ""
+    if m["send_at_shift"] == Shift.GAP.value:
+        asked = f"; asked for {m['send_at_local']}, which the clocks skip"
+    elif m["send_at_effective"] not in (None, m["send_at_local"]):
+        asked = f"; asked for {m['send_at_local']}"
+    return f"       #{m['id']} {m['name']}  {shown} {m['tz']} ({m['send_at_utc']}{asked}){missed}"
 
 
 async def status_document(store: Store) -> dict[str, list[dict[str, Any]]]:
@@ -947,8 +988,7 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 show(f"  {m['position']:>3}. #{m['id']} {m['name']}  {m['sent']}/{m['total']} sent, "
                      f"{m['failed']} failed, {m['deferred']} deferred  {m['state']}  eta {eta}")
             elif section == "scheduled":
-                missed = "  MISSED" if m["missed"] else ""
-                show(f"       #{m['id']} {m['name']}  {m['send_at_local']} {m['tz']} ({m['send_at_utc']}){missed}")
+                show(scheduled_line(m))
             else:
                 show(f"       #{m['id']} {m['name']}  {m['state']}  {m['sent']}/{m['total']} sent  {m['finished_at'] or ''}")
             if m["last_error"]:
@@ -993,6 +1033,8 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
     result = await schedule_mailing(store, Lifecycle(store), args.id, when, args.tz, args.local_time, passed)
     for warning in result.warnings:
         warn(warning)
+    for fact in result.notes:
+        print_note(fact)
     for part in result.mailings:  # each wave of a --local-time schedule gets them
         await apply_guard_options(store, await store.mailing(part.mailing_id), guards)
     if result.local_time:
