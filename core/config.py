@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 import math
 import os
 import re
 import stat
+import sys
 import tomllib
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -59,6 +61,11 @@ MAX_CONNECTIONS = 500
 # Slower than one message per 100 s is a per-hour budget (rate_per_hour, from 1 a hour), which the
 # pacer waits for in short steps; a per-second rate that slow only ever means a long sleep.
 MIN_RATE = 0.01
+# No relay answers a command sooner than this over a network; a smaller timeout (1e-320 was
+# accepted) fails every connection at once and reads as the relay's fault.
+MIN_TIMEOUT = 0.1
+# Retry and backoff waits: anything shorter is a busy loop against the relay (tests use 0.02 s).
+MIN_WAIT = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +107,18 @@ class Bound:
 # arithmetic far from overflow while allowing any real use.
 BOUNDS: dict[str, Bound] = {
     "smtp_port": Bound(int, 1, 65535),
-    "smtp_timeout": Bound(float, 0, 3600, above_low=True),
-    "smtp_data_timeout": Bound(float, 0, 3600, above_low=True),  # RFC 5321 suggests 600
+    "smtp_timeout": Bound(float, MIN_TIMEOUT, 3600),
+    "smtp_data_timeout": Bound(float, MIN_TIMEOUT, 3600),  # RFC 5321 suggests 600
     "connections": Bound(int, 1, MAX_CONNECTIONS),
     "rate": Bound(float, 0, 1e6, least_nonzero=MIN_RATE, zero_means="unlimited"),  # messages per second
     "rate_per_hour": Bound(float, 0, 1e9, least_nonzero=1, zero_means="unlimited"),  # a live limit only
     "messages_per_connection": Bound(int, 0, 1_000_000, zero_means="never reconnect"),
     # Rows claimed per transaction; the default (0) is 25 per connection, 12,500 at most.
     "batch_size": Bound(int, 0, 50_000, zero_means="from the connections"),
-    "retry_base": Bound(float, 0, 30 * DAY, above_low=True),
-    "retry_max": Bound(float, 0, 30 * DAY, above_low=True),
-    "retry_max_age": Bound(float, 0, 365 * DAY, above_low=True),
-    "connect_backoff_max": Bound(float, 0, DAY, above_low=True),
+    "retry_base": Bound(float, MIN_WAIT, 30 * DAY),
+    "retry_max": Bound(float, MIN_WAIT, 30 * DAY),
+    "retry_max_age": Bound(float, MIN_WAIT, 365 * DAY),
+    "connect_backoff_max": Bound(float, MIN_WAIT, DAY),
     # 0 is meaningful: a schedule missed while no sender ran is never sent late on its own.
     "grace": Bound(float, 0, 365 * DAY),
     # A domain group's own cap on messages in flight ([domains.NAME] connections; a live limit too).
@@ -122,7 +129,8 @@ BOUNDS: dict[str, Bound] = {
     "breaker_hard": Bound(float, 0, 100, zero_means="off"),
     "breaker_soft": Bound(float, 0, 100, zero_means="off"),
     "breaker_min": Bound(int, 1, 100_000),
-    "canary_rate": Bound(float, 0, 10_000, above_low=True),  # messages per second while sampling
+    # Messages per second while sampling; below `rate`'s floor the queue waits for ever behind it.
+    "canary_rate": Bound(float, MIN_RATE, 10_000),
     "canary_wait": Bound(float, 0, 7 * 24 * 60),  # minutes the canary holds before the rest goes out
     # Several senders on one database (issue 15, core/fleet.py): a sender whose heartbeat is older
     # than this is dead; its claims expire and its in-flight rows become in doubt.
@@ -143,10 +151,25 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+class WrittenFloat(float):
+    """A TOML float that remembers how it was written: tomllib reads `1e-400` as 0.0, which would
+    turn a threshold off or make a rate unlimited; the text tells "0" from "too small"."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> "WrittenFloat":
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
 def show_value(raw: object, secret: bool = False) -> str:
     """A value as an error line may quote it: one line, short, control characters escaped."""
     if secret:
         return "(the value is hidden)"
+    if isinstance(raw, WrittenFloat):
+        return show_value(raw.text).strip("'")  # as written in the file, unquoted like any TOML number
     if isinstance(raw, bool):
         return "true" if raw else "false"
     if not isinstance(raw, str):
@@ -195,14 +218,29 @@ def parse_number(name: str, raw: object, source: str) -> int | float:
         raise UserError(f"{source}: {show_value(raw)} is not {what}")
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"{source}: {show_value(raw)} is not a finite number")
-    if value == 0 and isinstance(number, str) and _NONZERO_DIGIT.search(number.strip().split("e")[0].split("E")[0]):
+    if _too_small(value, number):
         # "1e-400" is not 0 to the person who wrote it, yet float() makes it 0, which turns a
         # threshold off or makes a timeout none: refused rather than read as something not written.
+        # A subnormal (1e-320) is as meaningless and shows as 9.99989e-321.
         raise UserError(f"{source}: {show_value(raw)} is too small to tell from 0")
     problem = bound.problem(value)
     if problem is not None:
         raise UserError(f"{source}: {problem}")
-    return bound.kind(0) if value == 0 else value  # -0.0 is 0 (float(-0.0) would keep the sign)
+    # -0.0 is 0 (float(-0.0) would keep the sign); a WrittenFloat becomes a plain float.
+    return bound.kind(0) if value == 0 else bound.kind(value)
+
+
+def _too_small(value: int | float, number: object) -> bool:
+    """A float that is subnormal, or 0 although its text (a flag's, a variable's, a TOML
+    token) has a nonzero digit before the exponent."""
+    if not isinstance(value, float):
+        return False
+    if value != 0:
+        return abs(value) < sys.float_info.min
+    written = number.text if isinstance(number, WrittenFloat) else number
+    if not isinstance(written, str):
+        return False  # a float given in code: nothing was written
+    return _NONZERO_DIGIT.search(re.split("[eE]", written.strip())[0]) is not None
 
 
 # ---- the settings -----------------------------------------------------------------------------
@@ -283,9 +321,20 @@ class Settings:
     config_path: Path | None = None  # the TOML file these settings were read from (for child processes)
     smtp_password_file: Path | None = None  # the file smtp_password was read from, if any
     smtp_password_origin: SecretOrigin = SecretOrigin.VALUE
+    # (live limit, source) of each of LIVE_LIMITS given explicitly ("--rate", "MAILTOWER_RATE",
+    # "FILE rate"), not a default: a stored live limit that differs must not silently beat it
+    # (core/limits.py applies the more careful of the two and says so).
+    limit_sources: tuple[tuple[str, str], ...] = ()
 
     def with_overrides(self, values: Mapping[str, Any]) -> "Settings":
         return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    @property
+    def given_limits(self) -> str:
+        """`limit_sources` as text, for a background sender's environment (GIVEN_LIMITS_ENV): the
+        hand-off passes every setting as a variable, defaults too, so without it a child would
+        take a default for a value someone gave."""
+        return json.dumps(dict(self.limit_sources), sort_keys=True)
 
 
 # Environment variable -> setting name.
@@ -319,6 +368,14 @@ ENV: dict[str, str] = {
     "MAILTOWER_CANARY_WAIT": "canary_wait",
     "MAILTOWER_SENDER_HEARTBEAT_TIMEOUT": "sender_heartbeat_timeout",
 }
+# The limits an operator changes live (core/limits.py), in the order they are shown.
+LIVE_LIMITS = ("rate", "rate_per_hour", "connections", "messages_per_connection")
+# Set by mailtower for a background sender (tui/handoff.py passes every ENV entry): which of its
+# MAILTOWER_* limit values its parent was given explicitly, and by what (Settings.given_limits).
+GIVEN_LIMITS_ENV = "MAILTOWER_GIVEN_LIMITS"
+GIVEN_LIMITS = "given_limits"
+ENV[GIVEN_LIMITS_ENV] = GIVEN_LIMITS
+_MAX_GIVEN_LIMITS = 64 * 1024
 
 TEXT_SETTINGS = frozenset({"smtp_host", "smtp_user", "smtp_password", "smtp_ca_file", "helo_name"})
 BOOL_SETTINGS = frozenset({"smtp_verify", "smtp_allow_plain", "allow_special_domains"})
@@ -475,7 +532,25 @@ def convert_setting(name: str, raw: object, source: str) -> Any:
         return _text(name, raw, source)
     if name in DKIM_SETTINGS:
         return dkim_setting(name, raw, source)
+    if name == GIVEN_LIMITS:
+        return _given_limits(raw, source)
     raise UserError(f"{source}: unknown setting '{name}'")
+
+
+def _given_limits(raw: object, source: str) -> dict[str, str]:
+    """GIVEN_LIMITS_ENV's text: a JSON object of live limit -> the source it was given by."""
+    what = f"{source}: {show_value(raw)} is not what mailtower hands a background sender " \
+           "(a JSON object of limit names and where each was given)"
+    try:
+        given = json.loads(raw) if isinstance(raw, str) and len(raw) <= _MAX_GIVEN_LIMITS else None
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        raise UserError(what)
+    for name, where in given.items():
+        if name not in LIVE_LIMITS or not isinstance(where, str) or not where or _shown_setting_unsafe(where):
+            raise UserError(what)
+    return given
 
 
 # ---- sources ----------------------------------------------------------------------------------
@@ -504,6 +579,9 @@ def _layer(values: Iterable[tuple[str, object, str]], layer: Layer) -> dict[str,
     """Check each (setting, raw value, source) of one layer; a layer may name only one password source."""
     given: dict[str, Given] = {}
     for name, raw, source in values:
+        if name in given:
+            # `rate = 5` and `[smtp] rate = 7` in one file: which one was meant is not for us to guess.
+            raise UserError(f"{source}: the same setting as {given[name].source}; give it once")
         if name in ("relays", "domains"):
             given[name] = Given(tuple(raw), source, layer)  # type: ignore[call-overload]
         else:
@@ -514,6 +592,23 @@ def _layer(values: Iterable[tuple[str, object, str]], layer: Layer) -> dict[str,
             f"({given['smtp_password'].source} is also set)"
         )
     return given
+
+
+def _limit_sources(merged: Mapping[str, Given]) -> tuple[tuple[str, str], ...]:
+    """(name, source) of each live limit given explicitly. A background sender's variables carry
+    every setting, defaults too: there GIVEN_LIMITS_ENV says which of them its parent was given
+    (flags given to the child itself are always explicit)."""
+    handed = merged.get(GIVEN_LIMITS)
+    sources: dict[str, str] = {}
+    for name in LIVE_LIMITS:
+        given = merged.get(name)
+        if given is None:
+            continue
+        if handed is None or given.layer is Layer.FLAGS:
+            sources[name] = given.source
+        elif name in handed.value:
+            sources[name] = handed.value[name]
+    return tuple(sources.items())
 
 
 def _merge(layers: Iterable[dict[str, Given]]) -> dict[str, Given]:
@@ -570,7 +665,7 @@ def _read_config(config: ConfigFile) -> tuple[dict[str, Any], Path | None]:
         raise UserError(f"{config.what}: {path} is not a regular file (a background sender must read it again)")
     text = read_text_bounded(path, limit=MAX_CONFIG_BYTES, what=config.what)
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text, parse_float=WrittenFloat)  # the written token: see WrittenFloat
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{config.what}: {path}: not valid TOML ({exc})") from None
     except RecursionError:  # tomllib recurses once per nested [ or {: no real setting nests that deep
@@ -837,8 +932,9 @@ def load_settings(
                Layer.FLAGS),
     ]
     merged = _merge(layers)
-    values = {name: given.value for name, given in merged.items() if name not in PASSWORD_SETTINGS}
+    values = {name: given.value for name, given in merged.items() if name not in (*PASSWORD_SETTINGS, GIVEN_LIMITS)}
     values.update(_password(merged))
+    values["limit_sources"] = _limit_sources(merged)
     settings = Settings(config_path=read_path).with_overrides(values)
     check_settings(settings, {name: given.source for name, given in merged.items()})
     return settings
@@ -873,16 +969,24 @@ def check_settings(settings: Settings, sources: Mapping[str, str] | None = None)
             f"{source('retry_base')}: the first retry wait ({_number_text(settings.retry_base)} s) is longer "
             f"than the longest, retry_max = {_number_text(settings.retry_max)} s ({sources.get('retry_max', 'default')})"
         )
+    named: dict[str, int] = {}  # a relay's name -> its number: `resume --relay NAME` must pick one
     for number, relay in enumerate(settings.relays, 1):
         where = f"{source('relays')} #{number}"
         if not relay.host.strip():
             raise UserError(f"{where}: the relay's host is empty; give its name or address")
+        if relay.name and relay.name in named:
+            raise UserError(f"{where} name: {show_value(relay.name)} is also the name of #{named[relay.name]}; "
+                            "give each relay its own name")
+        named.setdefault(relay.name, number)
         parse_number("smtp_port", relay.port, f"{where} port")
         parse_number("connections", relay.connections, f"{where} connections")
         parse_number("rate", relay.rate, f"{where} rate")
         if relay.tls not in TLS_MODES:
             raise UserError(f"{where}: tls {show_value(relay.tls)} must be one of {', '.join(TLS_MODES)}")
     check_domain_groups(settings.domains, source("domains"))
+    unknown = [name for name, _ in settings.limit_sources if name not in LIVE_LIMITS]
+    if unknown:
+        raise UserError(f"setting limit_sources: {show_value(unknown[0])} is not a live limit")
     total = sum(relay.connections for relay in settings.relays)
     if total > MAX_CONNECTIONS:
         raise UserError(f"{source('relays')}: the relays' connections add up to {total}; at most {MAX_CONNECTIONS}")

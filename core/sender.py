@@ -53,6 +53,7 @@ from .smtp_replies import (
 from .db_errors import database_errors, is_database_error
 from .store import Claimed, Outcome, Store, open_store, storage_error
 from .suppression import SuppressedMeanwhile
+from .timezones import utcnow
 from .unsubscribe import headers_for as unsubscribe_headers
 
 log = logging.getLogger("mailtower.sender")
@@ -344,6 +345,7 @@ class Sender:
         self._waiting_reason = ""
         self.last_accept_at: float | None = None  # wall clock of the last 250 to a final dot
         self.sent_while_in_doubt = 0  # recipients sent in this run who may have had the message already
+        self._started_at: datetime | None = None  # when run() began (see _apply_limits)
         self._last_status_write = 0.0
         self._last_publish = 0.0
         # The Current section as the last control tick read it: between ticks only the head
@@ -414,6 +416,7 @@ class Sender:
 
     async def run(self, until_idle: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
+        self._started_at = utcnow().replace(microsecond=0)  # as precise as a stored limit's time
         check_smtp_security(self.settings)
         if not self.lease.acquire(self.what):
             holder = self.lease.holder()
@@ -833,7 +836,9 @@ class Sender:
         self._last_limits_read = time.monotonic()
         store, _ = self._need()
         store.check_still_there()
-        limits = await self.fleet.shared(await read_limits(store, self.settings))  # this sender's part of the fleet's
+        # A limit stored since this sender started is the operator's latest word and holds over a
+        # flag; one stored before meets the flag with the more careful value (core/limits.py).
+        limits = await self.fleet.shared(await read_limits(store, self.settings, since=self._started_at))
         pool_shared = len(self.relays) > 1 and self.fleet.share_pool(self.relays)  # fleet: 1/N of each relay's too
         if limits == self.limits:
             if pool_shared:

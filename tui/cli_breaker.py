@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mailtower.core.breaker import Thresholds, percent
-from mailtower.core.canary import plan
-from mailtower.core.config import BOUNDS, Settings, parse_number
+from mailtower.core.canary import MAX_SAMPLE, plan
+from mailtower.core.config import BOUNDS, Settings, parse_number, show_value
 from mailtower.core.display import safe
 from mailtower.core.domain import Canary, CanaryPhase, Mailing, Section
 from mailtower.core.errors import UserError
@@ -65,8 +65,20 @@ def guard_options(args: argparse.Namespace, settings: Settings) -> GuardOptions:
     return GuardOptions(
         hard=None if hard is None else float(parse_number("breaker_hard", hard, "--breaker-hard")),
         soft=None if soft is None else float(parse_number("breaker_soft", soft, "--breaker-soft")),
-        canary=None if size is None else plan(size, rate, wait, settings),
+        canary=None if size is None else plan(canary_count(size), rate, wait, settings),
     )
+
+
+def canary_count(raw: str) -> str:
+    """--canary as canary.plan reads it, with a sign read as everywhere else: "+5" is 5, and
+    "-0" or "-5" is a count below 1 (it was "not a number")."""
+    text = raw.strip()
+    digits = text[1:]
+    if text[:1] not in ("+", "-") or not (digits.isascii() and digits.isdigit()):
+        return raw
+    if text[0] == "-":
+        raise UserError(f"--canary: {show_value(raw)} must be from 1 to {MAX_SAMPLE:,} recipients (or a percentage)")
+    return digits
 
 
 async def apply_guard_options(store: Store, mailing: Mailing, options: GuardOptions) -> None:
@@ -99,6 +111,21 @@ def describe_canary(canary: Canary) -> str:
     """"50 recipients at 1/s, then 10 min hold"."""
     size = f"{canary.size:g}% of the recipients" if canary.percent else f"{int(canary.size):,} recipients"
     return f"{size} at {canary.rate:g}/s, then a {canary.wait / 60:g} min hold"
+
+
+def describe_thresholds(hard: float, soft: float, window: int, minimum: int) -> str:
+    """"more than 5% failed, or more than 20% of one domain deferred, of the last 500 outcomes
+    (at least 20)"; a threshold of 0 is off, and said to be (never "more than 0%")."""
+    failed, deferred = f"more than {percent(hard)} failed", f"more than {percent(soft)} of one domain deferred"
+    if not hard and not soft:
+        return "off (failures: off, deferrals: off)"
+    if not hard:
+        checks = f"{deferred} (failures: off)"
+    elif not soft:
+        checks = f"{failed} (deferrals: off)"
+    else:
+        checks = f"{failed}, or {deferred}"
+    return f"{checks}, of the last {window:,} outcomes (at least {minimum:,})"
 
 
 def restart_line(before: Mailing) -> str:
@@ -166,8 +193,7 @@ async def cmd_breaker(args: argparse.Namespace, store: Store) -> int:
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
     own = " (its own)" if mailing.breaker_hard is not None or mailing.breaker_soft is not None else ""
-    print(f"breaker: more than {percent(doc['hard_percent'])} failed, or more than {percent(doc['soft_percent'])} "
-          f"of one domain deferred, of the last {doc['window']:,} outcomes (at least {doc['minimum']:,}){own}")
+    print(f"breaker: {describe_thresholds(doc['hard_percent'], doc['soft_percent'], doc['window'], doc['minimum'])}{own}")
     if mailing.canary is not None:
         c = mailing.canary
         print(f"canary: {describe_canary(c)}; {c.phase.value}" + (f", {c.done:,}/{c.total:,}" if c.total else ""))

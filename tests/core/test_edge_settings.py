@@ -35,7 +35,7 @@ NUMERIC_ENV = {var: name for var, name in ENV.items() if name in {
     "retry_base", "retry_max", "retry_max_age", "grace", "batch_size"}}
 # Refused for every numeric setting, whatever it is.
 ALWAYS_BAD = ["nan", "NaN", "inf", "-inf", "infinity", "1e400", "-1", "-0.5", "abc", "true", "0x10", "1_000",
-              "9" * 5000, "4\n4", "١٢"]
+              "9" * 5000, "4\n4", "١٢", "1e-400", "1e-320"]
 # Refused for these in particular (too big, a fraction for a whole number, 0 where 0 means nothing).
 SPECIFIC_BAD = {
     "smtp_port": ["0", "65536", "25.5"],
@@ -43,11 +43,11 @@ SPECIFIC_BAD = {
     "rate": ["0.001", "1000001"],
     "messages_per_connection": ["1.5", "1000001"],
     "batch_size": ["50001", "7.5"],
-    "smtp_timeout": ["0", "3601"],
-    "smtp_data_timeout": ["0", "86400"],
-    "retry_base": ["0", "1e12"],
-    "retry_max": ["0", "1e12"],
-    "retry_max_age": ["0", "1e12"],
+    "smtp_timeout": ["0", "3601", "0.05"],
+    "smtp_data_timeout": ["0", "86400", "0.05"],
+    "retry_base": ["0", "1e12", "0.001"],
+    "retry_max": ["0", "1e12", "0.001"],
+    "retry_max_age": ["0", "1e12", "0.001"],
     "grace": ["1e12"],
 }
 
