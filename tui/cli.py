@@ -66,6 +66,7 @@ from . import cli_migrate, cli_suppress, loops
 from .cli_breaker import HANDLERS as BREAKER_HANDLERS, add_commands as add_breaker_commands
 from .cli_breaker import add_guard_options, apply_guard_options, canary_json, check_guard_target, guard_options
 from .cli_breaker import restart_line
+from .output import LogFileHandler, StdoutFailed, fill_closed_streams, guard_stdout
 
 log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
 
@@ -780,7 +781,13 @@ async def cmd_new(args: argparse.Namespace, store: Store) -> int:
         if mailing_id is not None:
             await discard_quietly(store, lifecycle, mailing_id)
         raise
-    print(mailing_id)
+    try:
+        print(mailing_id, flush=True)
+    except StdoutFailed as exc:
+        # Done and committed: a script retrying a command it thinks failed would make it twice.
+        queued = " and queued" if args.now else (" and scheduled" if when is not None else " (a draft)")
+        raise UserError(f"mailing {mailing_id} was created{queued}, but its id could not be written to standard "
+                        f"output: {exc}; see `mailtower status`, do not create it again") from None
     created = None if args.quiet else await maybe_mailing(store, mailing_id)
     if created is not None:
         say(args, created_line(created, rejects.count, len(summary.duplicates), summary.suppressed))
@@ -1313,11 +1320,11 @@ def sender_logging(args: argparse.Namespace, settings: Settings) -> Iterator[Run
     logger = logging.getLogger("mailtower")
     stderr_handler = install_safe_logging()
     saved = (logger.level, stderr_handler.level)
-    file_handler: logging.StreamHandler[TextIO] | None = None
+    file_handler: LogFileHandler | None = None
     file_is_stderr = False
     if args.log is not None:
         stream = open_log(args.log, settings)
-        file_handler = logging.StreamHandler(stream)
+        file_handler = LogFileHandler(stream, args.log)
         file_handler.setFormatter(SafeFormatter(LOG_FORMAT, LOG_DATE_FORMAT))
         file_handler.setLevel(logging.INFO)
         logger.addHandler(file_handler)
@@ -1334,8 +1341,7 @@ def sender_logging(args: argparse.Namespace, settings: Settings) -> Iterator[Run
         stderr_handler.setLevel(saved[1])
         if file_handler is not None:
             logger.removeHandler(file_handler)
-            file_handler.close()
-            file_handler.stream.close()
+            file_handler.close_file()
 
 
 def open_log(path: Path, settings: Settings) -> TextIO:
@@ -1438,16 +1444,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Every way out is an exit status and at most one line on stderr: 2 for what a person can
     fix (bad input, a refused action, a full or read-only disk), EXIT_INTERNAL_ERROR for a bug,
     whose traceback goes to a log file the line names."""
+    closed: set[int] = set()
     if argv is None:
         # The process ends when this returns: nothing made so far needs the collector's last
         # passes over every module's objects at exit (40-90 ms after a send; issue 12).
         atexit.register(gc.freeze)
+        closed = fill_closed_streams()  # before anything is opened (see tui/output.py)
+    guard_stdout()
     argv = list(sys.argv[1:] if argv is None else argv)
     settings: Settings | None = None
     install_safe_logging()  # log lines carry server replies and names: made safe like everything shown
     try:
         refuse_undecodable(argv, os.environ)
         args = build_parser().parse_args(argv)
+        if 1 in closed and args.command not in (None, "run", "demo"):
+            raise UserError(f"standard output is closed: `{args.command}` writes there; redirect it "
+                            "(> /dev/null to drop what it prints)")
         if args.command == "demo":
             from .demo import run_demo
 
@@ -1457,9 +1469,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for warning in dkim_startup_check(settings):
                 warn(warning)
         prepare_db_location(args, settings)
-        return dispatch(args, settings)
+        code = dispatch(args, settings)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a failure here is the output's, said as such below
+        return code
     except UserError as exc:
         return fail(str(exc))
+    except StdoutFailed as exc:
+        return fail(f"cannot write to standard output: {exc} (what the command did before that stays done)")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
