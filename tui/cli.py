@@ -46,7 +46,7 @@ from mailtower.core.files import (
 )
 from mailtower.core.actions_registry import ACTIONS, MOVES, SIMPLE_COMMANDS, ActionEntry, carry_out, command_entry
 from mailtower.core.lifecycle import Action, Direction, Lifecycle
-from mailtower.core.limits import LIMITS, read_limits, set_limits
+from mailtower.core.limits import LIMITS, parse_limit, read_limits, set_limits
 from mailtower.tui import cli_domains
 from mailtower.core.operations import create_mailing, import_recipients, read_draft, request_resume
 from mailtower.core.recipients_csv import ReadProgress, neutralise_formula
@@ -1407,7 +1407,8 @@ async def cmd_limits(args: argparse.Namespace, store: Store) -> int:
     await set_limits(store, changes)
     limits = await read_limits(store, args.settings)
     if changes:
-        said = ", ".join(f"{name} {limits_value(name, getattr(limits, name))}" for name in changes)
+        # What was stored (a flag of this command's own process may make its table show another).
+        said = ", ".join(f"{name} {limits_value(name, parse_limit(name, raw))}" for name, raw in changes.items())
         say(args, f"limits changed: {said} (a running sender applies them within a second)")
     if args.json:
         doc = {name: getattr(limits, name) for name in LIMITS}
