@@ -340,10 +340,10 @@ def test_a_database_removed_while_it_was_being_opened_is_refused(here: Path) -> 
     _refuse_if_replaced(db, opened)  # the same file: nothing said
     with db.open("rb"):  # held open, as the opening process holds it: its inode is not reused
         db.unlink()
-        with pytest.raises(UserError, match="removed or replaced while it was being opened"):
+        with pytest.raises(UserError, match="removed, moved or replaced while it was being opened"):
             _refuse_if_replaced(db, opened)
         db.write_bytes(b"")
-        with pytest.raises(UserError, match="removed or replaced"):
+        with pytest.raises(UserError, match="removed, moved or replaced"):
             _refuse_if_replaced(db, opened)
 
 
