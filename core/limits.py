@@ -102,7 +102,7 @@ async def read_limits(store: Store, settings: Settings, since: datetime | None =
         except UserError as exc:
             ignored.append(f"{exc}; using the configured {values[name]:g}")
             continue
-        later = since is not None and when is not None and when > since  # times are whole seconds
+        later = since is not None and when is not None and when > since
         if name in given and value != values[name] and not later:
             ignored.append(_conflict(name, given[name], values[name], value, when))
             if careful(name, values[name], value) != value:

@@ -416,7 +416,7 @@ class Sender:
 
     async def run(self, until_idle: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
-        self._started_at = utcnow().replace(microsecond=0)  # as precise as a stored limit's time
+        self._started_at = utcnow()
         check_smtp_security(self.settings)
         if not self.lease.acquire(self.what):
             holder = self.lease.holder()

@@ -276,6 +276,10 @@ def iso(dt: datetime | None) -> str | None:
     return None if dt is None else dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def iso_precise(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
@@ -668,7 +672,8 @@ def _look_before_writing(path: Path) -> None:
 
 # The file's header (page 1) says whose it is: mailtower's application id (PRAGMA application_id,
 # "mtwr") and a random number for this database (PRAGMA user_version). Page 1 goes into the -wal
-# with most transactions, so a -wal of another database brings its number along (_look_before_writing).
+# when the schema or the file's size changes (an import, a new mailing), so a -wal of another
+# database often brings its number along; a sender's -wal often does not (_refuse_a_foreign_wal).
 APPLICATION_ID = 0x6D747772
 
 
@@ -695,14 +700,31 @@ def _refuse_a_foreign_wal(ro: sqlite3.Connection, path: Path) -> None:
     sound mix of the two, which no check of the pages tells from this database."""
     alone = sqlite3.connect(f"file:{urllib.parse.quote(sqlite_filename(path))}?immutable=1", uri=True)
     try:
-        own = _database_id(alone)
+        own, own_mailings = _database_id(alone), _mailing_births(alone)
     finally:
         alone.close()
     applied = _database_id(ro)
+    wal = f"{path}-wal"
     if own is not None and applied != own:
-        wal = f"{path}-wal"
         raise UserError(f"database {path}: the -wal file beside it ({wal}) belongs to another database (it makes the "
                         f"file's id {applied or 0}, which is {own}); move it aside and try again; nothing was changed")
+    # A sender's commits seldom touch page 1: its -wal carries mailings' pages instead. A mailing
+    # never changes its creation time, subject or sender, and no id is handed out twice
+    # (mailing_id_floor), so one id that is two different mailings means two databases.
+    applied_mailings = _mailing_births(ro)
+    changed = sorted(i for i, born in own_mailings.items() if applied_mailings.get(i, born) != born)
+    if changed:
+        raise UserError(f"database {path}: the -wal file beside it ({wal}) belongs to another database (mailing "
+                        f"{changed[0]} is another mailing there); move it aside and try again; nothing was changed")
+
+
+def _mailing_births(db: sqlite3.Connection) -> dict[int, tuple[str, str, str]]:
+    """What never changes of each mailing, by id; nothing where the file cannot say (damaged)."""
+    try:
+        rows = db.execute("SELECT id, created_at, subject, from_addr FROM mailings")
+        return {int(i): (str(born), str(subject), str(sender)) for i, born, subject, sender in rows}
+    except sqlite3.Error:
+        return {}
 
 
 def _wal_left_over(path: Path) -> bool:
@@ -1976,7 +1998,9 @@ class Store:
             await tx.db.executemany(
                 "INSERT INTO settings (key, value, changed_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, changed_at = excluded.changed_at",
-                [(k, v, iso(tx.now)) for k, v in values.items()],
+                # To the microsecond: a sender tells a limit stored after its start (the operator's
+                # latest word) from one stored before, even within one second (core/limits.py).
+                [(k, v, iso_precise(tx.now)) for k, v in values.items()],
             )
 
     async def meta(self, key: str) -> str | None:

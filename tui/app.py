@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,10 +281,8 @@ class DashboardApp(App[int]):
         hangup_exit: float | None = None,
         cleanup: Callable[[], None] | None = None,
         demo: bool = False,
-        confirm_arm_seconds: float | None = None,
     ) -> None:
         super().__init__()
-        self.confirm_arm_seconds = confirm_arm_seconds  # None: tui/screens/confirm.ARM_SECONDS
         self.demo = demo  # a throw-away database and sink: quitting ends it, nothing is handed off
         self.settings = settings
         self.warnings = security_warnings(settings)
@@ -296,6 +295,7 @@ class DashboardApp(App[int]):
         self.refresh_interval = refresh_interval
         self.stop_timeout = stop_timeout
         self.sender_host = SenderHost(settings, stop_timeout=stop_timeout)  # our sender, when we send
+        self.opened_at = utcnow()  # a live limit stored after this is the operator's latest word
         self.hangup_exit = hangup_exit
         self.cleanup = cleanup
         self.store: Store | None = None
@@ -491,6 +491,20 @@ class DashboardApp(App[int]):
         self.mode = Mode.OFF
         self._force = True
         self._next_lease_check = 0.0
+
+    async def _handoff_settings(self) -> Settings:
+        """The settings the background sender starts with. A limit given at our start (`--rate 2`)
+        and handed on as given would meet a live limit the operator stored in this dashboard as
+        one stored before the child's start, and win again: only limits still in force as given
+        here are handed on as given (core/limits.read_limits)."""
+        if not self.settings.limit_sources or self.store is None:
+            return self.settings
+        try:
+            limits = await read_limits(self.store, self.settings, since=self.opened_at)
+        except (*database_errors(), OSError):
+            return self.settings  # the child reads them itself and says what is wrong
+        kept = tuple((name, source) for name, source in self.settings.limit_sources if name in limits.given)
+        return replace(self.settings, limit_sources=kept)
 
     async def _stop_sender(self) -> None:
         """Graceful: in-flight messages finish and are recorded, unstarted rows go back to pending."""
@@ -1346,7 +1360,7 @@ class DashboardApp(App[int]):
         exit_message = None
         if handing_off:
             try:
-                self.handed_off = self.handoff(self.settings)
+                self.handed_off = self.handoff(await self._handoff_settings())
             except OSError as exc:
                 exit_message = (
                     f"mailtower: could not start the background sender ({exc}); run `mailtower run` to keep sending"

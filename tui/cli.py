@@ -1458,9 +1458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         refuse_undecodable(argv, os.environ)
         args = build_parser().parse_args(argv)
-        if 1 in closed and args.command not in (None, "run", "demo"):
-            raise UserError(f"standard output is closed: `{args.command}` writes there; redirect it "
-                            "(> /dev/null to drop what it prints)")
+        if 1 in closed and args.command == "new":  # the one command whose output is needed to go on
+            raise UserError("standard output is closed: `new` writes the new mailing's id there; redirect it "
+                            "(> /dev/null to drop it)")
         if args.command == "demo":
             from .demo import run_demo
 

@@ -82,6 +82,11 @@ def fill_closed_streams() -> set[int]:
         if opened != fd:
             os.dup2(opened, fd)
             os.close(opened)
+    # Python set the stream of a number closed at its start to None, and print(file=None) writes to
+    # standard output: with standard error closed, errors went where scripts read ids.
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if fd in closed and getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False))
     return closed
 
 

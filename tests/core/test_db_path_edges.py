@@ -470,3 +470,36 @@ def test_a_schema_version_below_its_tables_is_one_line_and_changes_nothing(tmp_p
     assert line.startswith(f"mailtower: database {db}: its tables do not match its schema version {SCHEMA_VERSION - 1} ("
                            ) and line.endswith("nothing was changed"), line
     assert digest(db) == before
+
+
+def test_a_killed_senders_wal_of_another_database_is_refused(tmp_path: Path) -> None:
+    """A sender's commits rewrite mailings' and recipients' pages, seldom page 1: the -wal a killed
+    sender of another database leaves carries no header to tell, and its pages read as a sound
+    database, the other one (the reviewer's case: `status` showed the other campaign sending,
+    and the next write committed into the mix)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "m.db"
+    new_mailing(Cli(db), tmp_path, 2)
+    other = tmp_path / "other"
+    other.mkdir()
+    c = other / "c.db"
+    body = other / "body.txt"
+    body.write_text("Other\n", encoding="utf-8")
+    people = write_csv(other / "p.csv", recipients(300))
+    Cli(c).ok("new", "--name", "C", "--subject", "another campaign", "--from", "other@example.org", "--text",
+              str(body), "--recipients", str(people), "--now")
+    killed = (f"import os, sqlite3; c = sqlite3.connect({str(c)!r}, isolation_level=None); "
+              "c.execute('PRAGMA wal_autocheckpoint = 0'); "
+              "c.execute(\"UPDATE recipients SET state = 'sent', updated_at = 1 WHERE id <= 100\"); "
+              "c.execute('UPDATE mailings SET sent = 100 WHERE id = 1'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", killed], check=True, timeout=30)
+    wal = Path(f"{db}-wal")
+    wal.write_bytes(Path(f"{c}-wal").read_bytes())
+    before = digest(db), digest(wal)
+    code, out, err = Cli(db)("status")
+    line = one_line(err)
+    assert code == 2 and out == "", err
+    assert "belongs to another database (mailing 1 is another mailing there)" in line, line
+    assert (digest(db), digest(wal)) == before

@@ -73,8 +73,24 @@ def test_a_closed_standard_output_is_refused_before_anything_is_done(tmp_path: P
     done = mailtower(db, *new_args(tmp_path), "--now", preexec_fn=lambda: os.close(1))
     err = done.stderr.decode().strip()
     assert done.returncode == 2, err
-    assert err == "mailtower: standard output is closed: `new` writes there; redirect it (> /dev/null to drop what it prints)"
+    assert err == ("mailtower: standard output is closed: `new` writes the new mailing's id there; redirect it "
+                   "(> /dev/null to drop it)")
     assert mailings(db) == []
+
+
+def test_other_commands_work_with_a_closed_standard_output_or_error(tmp_path: Path) -> None:
+    """`stop` writes nothing a script reads: it was refused as if it did. With standard error
+    closed, messages went to standard output (print to a closed stream falls back to it), where
+    `id=$(mailtower new ...)` read two lines."""
+    db = tmp_path / "m.db"
+    Cli(db).ok(*new_args(tmp_path), "--now")
+    done = mailtower(db, "stop", "1", preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0, done.stderr
+    assert mailings(db)[0]["state"] == "stopped"
+    done = mailtower(db, *new_args(tmp_path), stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert done.returncode == 0 and done.stdout.decode().split() == ["2"], done.stdout
+    done = mailtower(db, "stop", "99", stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert done.returncode == 2 and done.stdout == b""
 
 
 def test_run_with_a_closed_standard_output_sends(tmp_path: Path) -> None:

@@ -286,3 +286,30 @@ def test_snapshot_limits_invalid(tmp_path: Path, snap_compare: Any, size: tuple[
 
     app = Host(snapshot_settings(tmp_path), now=lambda: NOW)
     assert snap_compare(app, terminal_size=size, run_before=settled(type_zero))
+
+
+async def test_a_live_limit_raised_in_the_dashboard_survives_the_hand_off(tmp_path: Path) -> None:
+    """Started with --rate 2, raised to 50 in the dialog: the dashboard's sender sent at 50, but the
+    background sender it hands off to was told --rate 2 was given, found the 50 stored before its
+    own start, and went back to 2. A limit stored while the dashboard was open is handed on as
+    the operator's latest word; one stored before it opened still meets the flag."""
+    from dataclasses import replace
+
+    from mailtower.core.limits import set_limits
+    from mailtower.core.store import Store
+
+    from .pilot import dashboard_app, running
+
+    db = tmp_path / "m.db"
+    store = await Store.open(db)
+    await set_limits(store, {"connections": 9})  # before: --connections 2 still meets it
+    await store.close()
+    settings = replace(settings_in(tmp_path, {}), db=db, rate=2.0, connections=2,
+                       limit_sources=(("rate", "--rate"), ("connections", "--connections")))
+    app = dashboard_app(db, settings=settings)
+    async with running(app):
+        store = await Store.open(db)
+        await set_limits(store, {"rate": 50})
+        await store.close()
+        handed = await app._handoff_settings()
+    assert handed.limit_sources == (("connections", "--connections"),)

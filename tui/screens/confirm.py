@@ -51,15 +51,10 @@ class KeyArming:
         if event.key not in self.armed_keys:
             self._quiet_since = time.monotonic()
 
-    def _arm_seconds(self) -> float:
-        # The dashboard may set its own (tests of other things set 0); ARM_SECONDS otherwise.
-        value = getattr(getattr(self, "app", None), "confirm_arm_seconds", None)
-        return ARM_SECONDS if value is None else float(value)
-
     @property
     def armed(self) -> bool:
         """Its keys would count now."""
-        return time.monotonic() - self._quiet_since >= self._arm_seconds()
+        return time.monotonic() - self._quiet_since >= ARM_SECONDS
 
     def too_soon(self) -> bool:
         """True (and the wait starts again) when an armed key came before the screen was armed:
