@@ -17,6 +17,7 @@ from textual.widgets import Input
 from mailtower.core.domain import MailingState, Section
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.limits import read_limits, set_limits
+from mailtower.tui.screens import confirm as confirm_screen
 from mailtower.tui.screens.confirm import ConfirmDialog
 from mailtower.tui.screens.limits import LimitsScreen
 from mailtower.tui.screens.schedule import ScheduleDialog
@@ -143,10 +144,12 @@ async def test_limits_changed_elsewhere_are_shown_not_overwritten(tmp_path: Path
 
 
 @pytest.mark.armed
-async def test_a_word_typed_ahead_does_not_answer_the_question(tmp_path: Path) -> None:
+async def test_a_word_typed_ahead_does_not_answer_the_question(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Enter, Enter and then "spring" typed ahead (the operator meant to search): the `s` landed in
     the question that Enter, Enter had opened and stopped the sending. A destructive question's
     key counts only after it has been shown for a moment with no key pressed."""
+    # Longer than the real wait, so that a slow machine cannot arm it before the typed-ahead keys land.
+    monkeypatch.setattr(confirm_screen, "ARM_SECONDS", 3.0)
     fx = await build_fixed(tmp_path / "f.db")
     spring = fx.ids["spring"]
     app = dashboard_app(fx.db)
@@ -155,7 +158,7 @@ async def test_a_word_typed_ahead_does_not_answer_the_question(tmp_path: Path) -
         dialog = await question(pilot)
         assert await state_of(fx.db, spring) is MailingState.SENDING
         assert app.screen is dialog and "came too soon" in str(dialog.query_one("#confirm-box").border_subtitle)
-        await wait_for(lambda: dialog.armed, timeout=5, what="the question to take its key")
+        await wait_for(lambda: dialog.armed, timeout=15, what="the question to take its key")
         await pilot.press("s")
         await wait_for(lambda: app.screen is not dialog, what="the question to close")
     assert await state_of(fx.db, spring) is MailingState.STOPPED

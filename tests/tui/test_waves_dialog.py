@@ -24,6 +24,7 @@ from mailtower.core.scheduling import schedule_mailing
 from mailtower.core.store import Store
 from mailtower.tui.actions import ActionsMenu
 from mailtower.tui.app import DashboardApp
+from mailtower.tui.screens import confirm as confirm_screen
 from mailtower.tui.screens.schedule import PassedChoice, ScheduleDialog
 from tests.helpers import write_csv
 
@@ -179,10 +180,12 @@ async def test_passed_zones_are_asked_about_with_go_back_focused(waves_db: Fixtu
 
 
 @pytest.mark.armed
-async def test_a_choice_typed_ahead_into_the_passed_zones_question_decides_nothing(waves_db: Fixture) -> None:
+async def test_a_choice_typed_ahead_into_the_passed_zones_question_decides_nothing(waves_db: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """`n` sends where the hour has passed at once: pressed with Ctrl+S in one burst (typed ahead
     of the question), it decided before the question was read. Only once the question has been
     shown a moment with no key pressed does it count."""
+    # Longer than the real wait, so that a slow machine cannot arm it before the typed-ahead keys land.
+    monkeypatch.setattr(confirm_screen, "ARM_SECONDS", 3.0)
     app = dashboard_app(waves_db.db)
     async with running(app, size=(120, 40)) as pilot:
         dialog = await open_dialog_on_spring(pilot, waves_db)
@@ -194,7 +197,7 @@ async def test_a_choice_typed_ahead_into_the_passed_zones_question_decides_nothi
         await pilot.pause()
         assert app.screen is question
         assert [m.wave_parent for m in await scheduled_of(waves_db.db)].count("Spring sale") == 0
-        await wait_for(lambda: question.armed, timeout=5, what="the question to take its keys")
+        await wait_for(lambda: question.armed, timeout=15, what="the question to take its keys")
         await pilot.press("d")
         await wait_for(lambda: app.screen is app.dashboard, what="the dialog to close")
     assert any(m.wave_parent == "Spring sale" for m in await scheduled_of(waves_db.db))
