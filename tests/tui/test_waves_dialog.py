@@ -180,7 +180,9 @@ async def test_passed_zones_are_asked_about_with_go_back_focused(waves_db: Fixtu
 
 
 @pytest.mark.armed
-async def test_a_choice_typed_ahead_into_the_passed_zones_question_decides_nothing(waves_db: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_choice_typed_ahead_into_the_passed_zones_question_decides_nothing(
+    waves_db: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`n` sends where the hour has passed at once: pressed with Ctrl+S in one burst (typed ahead
     of the question), it decided before the question was read. Only once the question has been
     shown a moment with no key pressed does it count."""
