@@ -21,7 +21,7 @@ from textual.widgets.option_list import Option
 from mailtower.core.display import safe
 from mailtower.core.domain import Mailing
 from mailtower.core.actions_registry import ACTIONS, MOVES_DOWN, MOVES_UP, Offer
-from mailtower.core.lifecycle import Action
+from mailtower.core.lifecycle import Action, held_unresolvable
 
 from .footer import SteadyFooter
 from .kept import KeptScreen
@@ -72,7 +72,9 @@ def describe(mailing: Mailing) -> str:
     parts = [mailing.section.value.capitalize()]
     if mailing.state.value != mailing.section.value:
         parts.append(mailing.state.value)
-    if mailing.missed:
+    if held_unresolvable(mailing):
+        parts.append("time zone unknown to the installed data")
+    elif mailing.missed:
         parts.append("missed its send time")
     parts.append(f"id {mailing.id}")
     return " · ".join(parts)

@@ -49,7 +49,7 @@ from mailtower.core.db_target import PgTarget
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder
 from mailtower.core.actions_registry import ACTIONS, MOVE_KEYS, RESUME_CONFIRM, Confirm, Offer, entry_for, resume_offer
-from mailtower.core.lifecycle import Action, Lifecycle
+from mailtower.core.lifecycle import Action, Lifecycle, held_unresolvable
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume
 from mailtower.core.progress import (
@@ -659,6 +659,9 @@ class DashboardApp(App[int]):
         if mailing.state is MailingState.COMPLETED:
             skipped = f", {mailing.suppressed:,} suppressed" if mailing.suppressed else ""
             self.notify(f"{name}: {mailing.sent:,} sent, {mailing.failed:,} failed{skipped}", title="Completed", timeout=6)
+        elif held_unresolvable(mailing):
+            self.notify(f"{name}: its time zone is not in the installed time-zone data: set a new schedule with a "
+                        "known zone, or cancel it", severity="warning")
         elif mailing.missed:
             self.notify(f"{name} missed its send time: send it now or set a new schedule", severity="warning")
         elif message.before is MailingState.SCHEDULED and mailing.section is Section.CURRENT:

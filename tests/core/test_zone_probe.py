@@ -232,3 +232,30 @@ def test_an_over_long_zone_is_cut_short_in_reject_lines(cli: Cli, tmp_path: Path
     assert code == 0, err
     rejected = [x for x in err.splitlines() if "unknown time zone" in x]
     assert len(rejected) == 1 and len(rejected[0]) < 200 and "480 characters" in rejected[0]
+
+
+def test_the_dashboard_says_an_unresolvable_schedule_is_not_a_missed_time(tmp_path: Path) -> None:
+    """The Actions menu's line and the pop-up said "missed its send time: send it now", which for
+    a zone the data does not know sends a schedule nobody can place."""
+    from mailtower.core.lifecycle import Lifecycle
+    from mailtower.core.store import Store
+    from mailtower.tui.actions import describe
+
+    db = tmp_path / "m.db"
+    body = tmp_path / "body.txt"
+    body.write_text("Hello\n", encoding="utf-8")
+    mailing_id = new(Cli(db), tmp_path, body, recipients(2), "--at", LATER, "--tz", "Europe/Berlin")
+    unknown_zone(db, mailing_id)
+
+    async def shown_in_the_menu() -> str:
+        store = await Store.open(db)
+        try:
+            await Lifecycle(store).rederive_schedules(warn=False)
+            return describe(await store.mailing(mailing_id))
+        finally:
+            await store.close()
+
+    import asyncio
+
+    shown = asyncio.run(shown_in_the_menu())
+    assert shown == f"Scheduled · time zone unknown to the installed data · id {mailing_id}"
