@@ -136,19 +136,12 @@ def _conflict(name: str, source: str, configured: float, stored: float, when: da
 
 
 async def _stored_settings(store: Store, ignored: list[str]) -> dict[str, tuple[str, datetime | None]]:
-    """The settings table. Store.get_settings fails on a changed_at that is not a time (a
-    hand-edited row); the rows are then read here with each such time unknown: the value still
-    holds (it may be the lower rate), and the bad time is said."""
-    try:
-        return await store.get_settings()  # type: ignore[return-value]
-    except (ValueError, TypeError, AttributeError):
-        pass
-    async with store.db.execute("SELECT key, value, changed_at FROM settings") as cur:
-        rows = await cur.fetchall()
+    """The settings table, each time read where it can be: a hand-edited changed_at that is not a
+    time leaves the value standing (it may be the lower rate), its time unknown, and is said."""
     result: dict[str, tuple[str, datetime | None]] = {}
-    for key, value, written in rows:
+    for key, value, written in await store.settings_rows():
         result[key] = (value, _time(written))
-        if result[key][1] is None and str(key).startswith(("limit.", DOMAIN_KEY)):
+        if result[key][1] is None and key.startswith(("limit.", DOMAIN_KEY)):
             ignored.append(f"stored limit {show_value(key)}: changed_at {show_value(written)} is not a time; "
                            "the value is kept, its time unknown")
     return result
@@ -233,7 +226,7 @@ async def set_domain_limits(store: Store, settings: Settings, group: str, change
 async def reset_domain_limits(store: Store, settings: Settings, group: str, source: str = "--domain") -> int:
     """Forget one group's live values: its [domains.NAME] table applies again. Also for a group
     the configuration no longer has, whose stored rows would otherwise be reported forever."""
-    stored = await store.get_settings()
+    stored = await _stored_settings(store, [])
     keys = [f"{DOMAIN_KEY}{group}.{name}" for name in DOMAIN_LIMITS]
     if group not in group_names(settings) and not any(key in stored for key in keys):
         names = ", ".join(group_names(settings))

@@ -272,12 +272,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def iso_precise(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def iso(dt: datetime | None, timespec: str = "seconds") -> str | None:
+    return None if dt is None else dt.astimezone(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def parse_iso(text: str | None) -> datetime | None:
@@ -840,6 +836,11 @@ class Tx:
         self.db = db
         self.now = utcnow()
 
+    @property
+    def on_sqlite(self) -> bool:
+        """A SQLite file (PostgreSQL's store runs these statements through its own connection)."""
+        return isinstance(self.db, aiosqlite.Connection)
+
     async def mailing(self, mailing_id: int) -> Mailing:
         async with self.db.execute(f"SELECT {MAILING_COLUMNS} FROM mailings WHERE id = ?", (mailing_id,)) as cur:
             row = await cur.fetchone()
@@ -907,7 +908,7 @@ class Tx:
         await self.db.execute("DELETE FROM events WHERE mailing_id = ?", (mailing_id,))
         await self.db.execute("DELETE FROM canary_rows WHERE mailing_id = ?", (mailing_id,))  # breaker/canary
         await self.db.execute("DELETE FROM mailings WHERE id = ?", (mailing_id,))
-        if isinstance(self.db, aiosqlite.Connection):  # PostgreSQL's identity never hands an id out twice
+        if self.on_sqlite:  # PostgreSQL's identity never hands an id out twice
             await self.db.execute(_KEEP_MAILING_ID_FLOOR, (mailing_id,))
 
     async def insert_mailing(
@@ -921,10 +922,9 @@ class Tx:
         fields: Iterable[str],
         parent_id: int | None = None,
     ) -> int:
-        sqlite = isinstance(self.db, aiosqlite.Connection)
         cur = await self.db.execute(
             "INSERT INTO mailings (id, name, subject, from_addr, text_body, html_body, fields, state, "
-            f"created_at, updated_at, parent_id) VALUES ({_NEXT_MAILING_ID if sqlite else 'DEFAULT'}, "
+            f"created_at, updated_at, parent_id) VALUES ({_NEXT_MAILING_ID if self.on_sqlite else 'DEFAULT'}, "
             "?, ?, ?, ?, ?, ?, 'draft', ?, ?, ?) RETURNING id",
             (
                 name,
@@ -1176,7 +1176,7 @@ class Tx:
     async def _indexes_worth_rebuilding(self, rows: int) -> list[tuple[str, str]]:
         """(name, CREATE statement) of the recipients indexes naming `mailing_id`, when writing
         `rows` is cheaper with them built again than kept up to date; else none."""
-        if rows < REBUILD_MIN_ROWS or not isinstance(self.db, aiosqlite.Connection):
+        if rows < REBUILD_MIN_ROWS or not self.on_sqlite:
             return []
         async with self.db.execute("SELECT COUNT(*) FROM recipients") as cur:
             table = int((await cur.fetchone())[0])  # type: ignore[index]
@@ -1625,7 +1625,7 @@ class Store:
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpoint_at = 0.0
         self._checkpointer: sqlite3.Connection | None = None
-        self._opened: os.stat_result | None = None  # the file opened (see still_there)
+        self._opened: os.stat_result | None = None  # the file opened (see check_still_there)
 
     @property
     def target(self) -> Any:
@@ -1989,9 +1989,13 @@ class Store:
         ) as cur:
             return {s: n for s, n in await cur.fetchall()}
 
-    async def get_settings(self) -> dict[str, tuple[str, datetime]]:
+    async def settings_rows(self) -> list[tuple[str, str, str]]:
+        """The settings table as stored: key, value, changed_at (text, perhaps edited by hand)."""
         async with self.db.execute("SELECT key, value, changed_at FROM settings") as cur:
-            return {k: (v, parse_iso(c)) for k, v, c in await cur.fetchall()}  # type: ignore[misc]
+            return [(str(k), str(v), str(c)) for k, v, c in await cur.fetchall()]
+
+    async def get_settings(self) -> dict[str, tuple[str, datetime]]:
+        return {k: (v, parse_iso(c)) for k, v, c in await self.settings_rows()}  # type: ignore[misc]
 
     async def put_settings(self, values: dict[str, str]) -> None:
         async with self.write() as tx:
@@ -2000,7 +2004,7 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, changed_at = excluded.changed_at",
                 # To the microsecond: a sender tells a limit stored after its start (the operator's
                 # latest word) from one stored before, even within one second (core/limits.py).
-                [(k, v, iso_precise(tx.now)) for k, v in values.items()],
+                [(k, v, iso(tx.now, "microseconds")) for k, v in values.items()],
             )
 
     async def meta(self, key: str) -> str | None:

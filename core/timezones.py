@@ -249,23 +249,26 @@ def _well_known_first(zones: list[str]) -> list[str]:
     return sorted(zones, key=lambda zone: (rank.get(zone, len(rank)), zone))
 
 
+def _sample_instants() -> list[datetime]:
+    """15 January and 15 July of this year and the next: winter and summer, north and south."""
+    year = utcnow().year
+    return [datetime(y, m, 15, 12, tzinfo=timezone.utc) for y in (year, year + 1) for m in (1, 7)]
+
+
 @functools.cache
 def _zone_samples() -> dict[str, tuple[timedelta, ...]]:
-    """Each place's offsets on 15 January and 15 July of this year and the next."""
-    year = utcnow().year
-    instants = [datetime(y, m, 15, 12, tzinfo=timezone.utc) for y in (year, year + 1) for m in (1, 7)]
+    """Each place's offsets on the sample days (_sample_instants)."""
     samples: dict[str, tuple[timedelta, ...]] = {}
     for zone in zone_names():
         loaded = _load_known_zone(zone)
-        samples[zone] = tuple(_offset_at(instant, loaded) for instant in instants)
+        samples[zone] = tuple(_offset_at(instant, loaded) for instant in _sample_instants())
     return samples
 
 
 @functools.cache
 def _abbreviation_users() -> dict[str, list[str]]:
-    """Abbreviation ("EDT") -> the places whose clocks show it on those sample days."""
-    year = utcnow().year
-    instants = [datetime(y, m, 15, 12, tzinfo=timezone.utc) for y in (year, year + 1) for m in (1, 7)]
+    """Abbreviation ("EDT") -> the places whose clocks show it on the sample days (_sample_instants)."""
+    instants = _sample_instants()
     users: dict[str, list[str]] = {}
     for zone in zone_names():
         if zone.startswith("Etc/"):
