@@ -59,6 +59,13 @@ def safe(text: object) -> str:
     return _UNSAFE.sub(_escape, value)
 
 
+def one_line(text: object) -> str:
+    """`text` as a list or a sentence shows it on one line: what `safe()` escapes shown escaped (a
+    CR or LF in a name reads `\\r` or `\\n`, never as a space, so "a\\rb" and "a b" differ), then
+    each run of the white space left (spaces, no-break spaces) as one space, none at the ends."""
+    return " ".join(safe(text).split())
+
+
 def shows_nothing(text: str) -> bool:
     """True when `text` would look empty: only spaces, marks, joiners and other characters that
     draw nothing of their own (U+200E, U+200D, U+00AD, a combining mark...)."""

@@ -18,7 +18,7 @@ from textual.containers import Vertical
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from mailtower.core.display import safe
+from mailtower.core.display import one_line
 from mailtower.core.domain import Mailing
 from mailtower.core.actions_registry import ACTIONS, MOVES_DOWN, MOVES_UP, Offer
 from mailtower.core.lifecycle import Action, held_unresolvable
@@ -57,7 +57,7 @@ def withheld_text(offers: list[Offer]) -> Text:
 
 
 def _name_text(mailing: Mailing) -> Text:
-    return Text(safe(" ".join(mailing.name.split())), style="bold")
+    return Text(one_line(mailing.name), style="bold")
 
 
 def describe_state(mailing: Mailing) -> str:

@@ -41,7 +41,7 @@ from textual.widget import Widget
 from textual.widgets import Input
 from textual.worker import Worker
 
-from mailtower.core.display import safe
+from mailtower.core.display import one_line, safe
 from mailtower.core.config import Settings, files_read, security_warnings
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.db_errors import database_errors
@@ -121,10 +121,20 @@ QUIT_DEMO = "end the demo: its SMTP sink and database are throw-away, so nothing
 # ---- screens we push (written alongside this app; imported when needed) ----------------------
 
 
-def _confirm(title: str, message: str, confirm_label: str, destructive: bool, keep_label: str = "Cancel") -> Screen[bool]:
+def _confirm(title: str, message: str, confirm_label: str, destructive: bool, keep_label: str = "Cancel") -> "ConfirmDialog":
     from .screens.confirm import ConfirmDialog
 
     return ConfirmDialog(title, message, confirm_label=confirm_label, destructive=destructive, keep_label=keep_label)
+
+
+def stop_question(mailing: Mailing, name: str) -> str:
+    """The Stop dialog's question, with the mailing's remaining count as it is now (the dialog
+    says it again as the mailing goes on sending behind it)."""
+    return (
+        f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
+        f"{'has' if mailing.remaining == 1 else 'have'} not received it yet; "
+        "they are kept, and Restart sends to them only."
+    )
 
 
 def describe_schedule(mailing: Mailing) -> str:
@@ -244,6 +254,7 @@ class Dashboard(Screen[None]):
 
 
 if TYPE_CHECKING:
+    from .screens.confirm import ConfirmDialog  # imported when first used (_confirm)
     from .screens.schedule import ScheduleRequest  # the screen module is imported when first used
 
 
@@ -332,6 +343,7 @@ class DashboardApp(App[int]):
         self._keys_cache: dict[Section, tuple[list[Mailing], str, list[int], list[str]]] = {}
         self.filter_text = ""
         self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
+        self._stop_dialog: tuple[ConfirmDialog, int, str] | None = None  # the open Stop dialog, its mailing, its name
         self._actions_menu: ActionsMenu | None = None  # the one Actions menu, composed on first use
         self._help_screen: HelpScreen | None = None  # the `?` screen, composed on first use
         self._read_failed = False
@@ -563,6 +575,8 @@ class DashboardApp(App[int]):
         if read:
             await self._read(store)
             self._follow_menu()
+        if read or moved:
+            self._follow_stop_dialog()
         if snapshot is not None:
             self._snap_version = snapshot.version
         second = int(self.now().timestamp())
@@ -655,7 +669,7 @@ class DashboardApp(App[int]):
         self._expected = {k: t for k, t in self._expected.items() if t > time.monotonic()}
 
     def on_mailing_moved(self, message: MailingMoved) -> None:
-        mailing, name = message.mailing, " ".join(message.mailing.name.split())
+        mailing, name = message.mailing, one_line(message.mailing.name)
         if mailing.state is MailingState.COMPLETED:
             skipped = f", {mailing.suppressed:,} suppressed" if mailing.suppressed else ""
             self.notify(f"{name}: {mailing.sent:,} sent, {mailing.failed:,} failed{skipped}", title="Completed", timeout=6)
@@ -957,6 +971,18 @@ class DashboardApp(App[int]):
 
         return offers_of
 
+    def _follow_stop_dialog(self) -> None:
+        """The open Stop dialog says how many have not received it yet now, not when it opened:
+        the mailing goes on sending behind it (the sender's newest counters, else the store's)."""
+        if self._stop_dialog is None:
+            return
+        dialog, mailing_id, name = self._stop_dialog
+        if not dialog.is_mounted:
+            return
+        mailing = next((m for m in self.live_current() if m.id == mailing_id), None) or self.find(mailing_id)
+        if mailing is not None:
+            dialog.show_message(stop_question(mailing, name))
+
     def _follow_menu(self) -> None:
         """The open Actions menu shows what can be done now, not what could when it opened."""
         menu = self._menu
@@ -1088,7 +1114,7 @@ class DashboardApp(App[int]):
         lifecycle = self.lifecycle
         store = self.store
         assert lifecycle is not None and store is not None
-        name = " ".join(mailing.name.split())
+        name = one_line(mailing.name)
         self._expect(mailing.id)
         if key == "resume":
             return await self._resume(mailing)
@@ -1103,13 +1129,15 @@ class DashboardApp(App[int]):
             raise UserError(f"unknown action {key!r}")
         action = entry.action
         if action is Action.STOP:
-            message = (
-                f"Stop sending “{name}”? {plural(mailing.remaining, 'recipient')} "
-                f"{'has' if mailing.remaining == 1 else 'have'} not received it yet; "
-                "they are kept, and Restart sends to them only."
-            )
-            if not await self._ask(entry.confirm, message):
-                return None
+            confirm = entry.confirm
+            assert confirm is not None
+            dialog = _confirm(confirm.title, stop_question(mailing, name), confirm.confirm, True, confirm.keep)
+            self._stop_dialog = (dialog, mailing.id, name)  # its count follows each read (_follow_stop_dialog)
+            try:
+                if not await self.push_screen_wait(dialog):
+                    return None
+            finally:
+                self._stop_dialog = None
             stopped = await lifecycle.stop(mailing.id)
             return f"Stopped “{name}”: {stopped.counts_text()} (Inactive; messages already in flight are still counted)"
         if action is Action.MOVE:
@@ -1175,7 +1203,7 @@ class DashboardApp(App[int]):
         from mailtower.core.retry import retry_failed
 
         assert self.store is not None
-        name = " ".join(mailing.name.split())
+        name = one_line(mailing.name)
         message = (
             f"Send “{name}” again to its failed recipients whose failure may pass (given up after the "
             f"retry time, refused by policy)? It joins the bottom of the queue. Of its {mailing.failed:,} "
@@ -1226,7 +1254,7 @@ class DashboardApp(App[int]):
         if _same_schedule(mailing, request, wall):
             # Enter on the row, on Set Schedule and in the dialog: saving it again would plan the
             # waves anew (new mailing ids for the same send times) for nothing asked.
-            return f"“{' '.join((mailing.wave_parent or mailing.name).split())}”: the schedule is unchanged; nothing was saved"
+            return f"“{one_line(mailing.wave_parent or mailing.name)}”: the schedule is unchanged; nothing was saved"
         result = await schedule_mailing(
             store, lifecycle, mailing.id, request.local, request.tz, request.local_time, request.passed, now=self.now()
         )
@@ -1234,7 +1262,7 @@ class DashboardApp(App[int]):
         for warning in result.warnings:
             self.notify(warning, severity="warning", timeout=8)
         await self._warn_without_unsubscribe(mailing.id)
-        return schedule_done_text(" ".join((mailing.wave_parent or mailing.name).split()), request, result)
+        return schedule_done_text(one_line(mailing.wave_parent or mailing.name), request, result)
 
     async def _refuse_if_rescheduled(self, mailing: Mailing) -> None:
         """The schedule dialog shows the mailing as it was when it opened: if it was scheduled,
@@ -1243,12 +1271,12 @@ class DashboardApp(App[int]):
         try:
             now = await self.store.mailing(mailing.id)
         except NotFound:
-            raise UserError(f"“{' '.join(mailing.name.split())}” was deleted while the dialog was open") from None
+            raise UserError(f"“{one_line(mailing.name)}” was deleted while the dialog was open") from None
         before = (mailing.state, mailing.schedule and (mailing.schedule.local, mailing.schedule.tz), mailing.wave_group)
         after = (now.state, now.schedule and (now.schedule.local, now.schedule.tz), now.wave_group)
         if before != after:
             raise UserError(
-                f"“{' '.join(mailing.name.split())}” was changed elsewhere while the dialog was open "
+                f"“{one_line(mailing.name)}” was changed elsewhere while the dialog was open "
                 f"(now {describe_schedule(now)}); nothing was saved: open Set Schedule again"
             )
 
@@ -1256,7 +1284,7 @@ class DashboardApp(App[int]):
         """Cancel or Send now on a local-time schedule's row: every scheduled wave of it, as one mailing again."""
         store, lifecycle = self.store, self.lifecycle
         assert store is not None and lifecycle is not None
-        name = " ".join((mailing.wave_parent or mailing.name).split())
+        name = one_line(mailing.wave_parent or mailing.name)
         waves = len(await grouped_with(store, mailing))
         if key == "unschedule":
             message = (

@@ -65,7 +65,7 @@ from mailtower.core.unsubscribe import set_targets
 from . import cli_migrate, cli_suppress, loops
 from .cli_breaker import HANDLERS as BREAKER_HANDLERS, add_commands as add_breaker_commands
 from .cli_breaker import add_guard_options, apply_guard_options, canary_json, check_guard_target, guard_options
-from .cli_breaker import restart_line
+from .cli_breaker import join_signed_values, restart_line
 from .output import LogFileHandler, StdoutFailed, fill_closed_streams, guard_stdout
 
 log = logging.getLogger("mailtower.tui.cli")  # not __name__: that is "__main__" under python -m
@@ -127,6 +127,12 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USER_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        # "--canary -0%": the value is joined to its option, or argparse reads it as an option.
+        args = join_signed_values(list(sys.argv[1:] if args is None else args))
+        return super().parse_known_args(args, namespace)
 
 
 # ---- the parser ------------------------------------------------------------------------------
@@ -839,7 +845,22 @@ def when_scheduled(m: Mailing) -> str:
     """"2027-03-28 09:00 Europe/Berlin (2027-03-28 07:00 UTC)"."""
     if m.schedule is None:
         return "no time"
-    return f"{m.schedule.local:%Y-%m-%d %H:%M} {m.schedule.tz} ({m.schedule.utc:%Y-%m-%d %H:%M} UTC)"
+    return schedule_text(m.schedule.local, m.schedule.tz, m.schedule.utc)
+
+
+def schedule_text(requested: datetime, tz: str, utc: datetime) -> str:
+    """A schedule as `new` and `schedule` confirm it: the wall time that will be used, as `status`
+    shows it ("2027-03-14 03:30 EDT America/New_York (2027-03-14 07:30 UTC; asked for 2027-03-14
+    02:30, which the clocks skip)"); plainly "2027-03-28 09:00 Europe/Berlin (... UTC)" when the
+    time asked for happens once."""
+    clock = wall_clock(requested, tz, utc)
+    shown = clock.text() if clock is not None else wall_minute(requested)
+    asked = ""
+    if clock is not None and clock.shift is Shift.GAP:
+        asked = f"; asked for {wall_minute(requested)}, which the clocks skip"
+    elif clock is not None and clock.wall != requested:
+        asked = f"; asked for {wall_minute(requested)}"
+    return f"{shown} {tz} ({utc:%Y-%m-%d %H:%M} UTC{asked})"
 
 
 async def discard_new_mailing(store: Store, lifecycle: Lifecycle, mailing_id: int) -> None:
@@ -1062,8 +1083,7 @@ async def cmd_schedule(args: argparse.Namespace, store: Store) -> int:
         return 0
     resolved = result.mailings[0].resolved
     # The wall time in effect (after a spring-forward gap, the later one the warning named).
-    say(args, f"scheduled {named(before)} for {resolved.effective:%Y-%m-%d %H:%M} {resolved.tz} "
-              f"({resolved.utc:%Y-%m-%d %H:%M} UTC)")
+    say(args, f"scheduled {named(before)} for {schedule_text(resolved.requested, resolved.tz, resolved.utc)}")
     await cli_suppress.warn_without_unsubscribe(store, args.id)
     return 0
 

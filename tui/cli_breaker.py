@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mailtower.core.breaker import Thresholds, percent
-from mailtower.core.canary import MAX_SAMPLE, plan
+from mailtower.core.canary import MAX_SAMPLE, parse_size, plan
 from mailtower.core.config import BOUNDS, Settings, parse_number, show_value
 from mailtower.core.display import safe
 from mailtower.core.domain import Canary, CanaryPhase, Mailing, Section
@@ -69,16 +70,57 @@ def guard_options(args: argparse.Namespace, settings: Settings) -> GuardOptions:
     )
 
 
+# Options whose value may start with "-" ("--canary -5%", "--breaker-hard -1"): argparse takes
+# such a word for an option ("expected one argument") unless it looks like a negative integer, so
+# the parser joins it to its option first and the value's own check names what is wrong.
+SIGNED_VALUE_OPTIONS = frozenset({"--breaker-hard", "--breaker-soft", "--canary", "--canary-rate", "--canary-wait"})
+
+_CANARY_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def join_signed_values(args: list[str]) -> list[str]:
+    """`args` with "--canary", "-0%" as "--canary=-0%" (up to a "--"): a guard option always takes
+    the next word as its value, so a value starting with "-" is read as one, never as an option."""
+    joined: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word == "--":
+            joined.extend(args[index:])
+            break
+        following = args[index + 1] if index + 1 < len(args) else None
+        if word in SIGNED_VALUE_OPTIONS and following is not None and following.startswith("-"):
+            joined.append(f"{word}={following}")
+            index += 2
+            continue
+        joined.append(word)
+        index += 1
+    return joined
+
+
 def canary_count(raw: str) -> str:
-    """--canary as canary.plan reads it, with a sign read as everywhere else: "+5" is 5, and
-    "-0" or "-5" is a count below 1 (it was "not a number")."""
+    """--canary as canary.plan reads it, checked here so that every refusal is one line naming the
+    option and the value as typed. A sign is read as everywhere else: "+5" is 5, "+5%" is 5 %;
+    "-0", "-5" or "-5%" is a size below the least canary (it was "not a number", or for "-5%"
+    a line that did not say which value)."""
     text = raw.strip()
-    digits = text[1:]
-    if text[:1] not in ("+", "-") or not (digits.isascii() and digits.isdigit()):
-        return raw
-    if text[0] == "-":
-        raise UserError(f"--canary: {show_value(raw)} must be from 1 to {MAX_SAMPLE:,} recipients (or a percentage)")
-    return digits
+    sign = text[:1] if text[:1] in ("+", "-") else ""
+    body = text[len(sign):]
+    is_percent = body.endswith("%")
+    number = body[:-1].strip() if is_percent else body
+    if not number.isascii() or _CANARY_NUMBER.fullmatch(number) is None or (not is_percent and not number.isdigit()):
+        raise UserError(f"--canary: {show_value(raw)} is not a number of recipients (N) or a percentage (P%)")
+    if sign == "-":
+        raise UserError(f"--canary: {show_value(raw)} " + (
+            "must be more than 0 % and at most 100 %" if is_percent
+            else f"must be from 1 to {MAX_SAMPLE:,} recipients (or a percentage)"))
+    try:
+        parse_size(body)
+    except UserError:
+        raise UserError(f"--canary: {show_value(raw)} " + (
+            "must be more than 0 % and at most 100 %" if is_percent
+            else f"must be from 1 to {MAX_SAMPLE:,} recipients (or a percentage)")) from None
+    return body
 
 
 async def apply_guard_options(store: Store, mailing: Mailing, options: GuardOptions) -> None:

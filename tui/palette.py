@@ -21,7 +21,7 @@ from textual.style import Style
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.markup import escape
 
-from mailtower.core.display import safe
+from mailtower.core.display import one_line
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.actions_registry import Offer, offers
 
@@ -78,7 +78,7 @@ def action_name(offer: Offer) -> str:
 
 
 def shown_name(mailing: Mailing) -> str:
-    name = safe(" ".join(mailing.name.split()))
+    name = one_line(mailing.name)
     return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
 
 

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from mailtower.core.breaker import short_reason
 from mailtower.core.canary import progress_text
-from mailtower.core.display import safe
+from mailtower.core.display import one_line, safe
 from mailtower.core.domain import CanaryPhase, Mailing, MailingState, Section
 from mailtower.core.progress import Hold, HoldState
 from mailtower.core.domain import Schedule
@@ -126,7 +126,7 @@ def _cell(text: str, style: str = "", *, right: bool = False) -> Cell:
 
 def _name(mailing: Mailing, style: str = "") -> Cell:
     # No newlines or tabs from user data in a one-line row.
-    return _cell(" ".join(mailing.name.split()), style)
+    return _cell(one_line(mailing.name), style)
 
 
 def count(n: int, compact: bool) -> str:
@@ -329,7 +329,7 @@ def _wave_cells(mailing: Mailing, schedule: Schedule, group: WaveGroup, view: Vi
     """The Name and Send at cells of a group's row: whose waves, how many left, the next one."""
     style = "red" if mailing.missed else ""
     waves = f"{group.waves} wave{'s' if group.waves != 1 else ''}"
-    parent = " " + " ".join(group.parent.split())
+    parent = " " + one_line(group.parent)
     local = f"{schedule.local:%Y-%m-%d %H:%M} local"
     if view.compact:
         # The name column is narrow here: the count goes with the time.

@@ -136,13 +136,25 @@ class ConfirmDialog(KeyArming, ModalScreen[bool]):
             # Questions quote mailing names: user data, shown with its escapes visible (core/display.py);
             # the message's own line breaks stay line breaks.
             yield Label(Text(safe(self.title_text)), id="confirm-title")
-            yield Static("\n".join(safe(line) for line in self.message.split("\n")), id="confirm-message", markup=False)
+            yield Static(self._message_text(), id="confirm-message", markup=False)
             with Horizontal(id="confirm-buttons"):
                 yield Button(Text(self.keep_label), id="cancel", compact=True)
                 confirm = Button(self.confirm_text(), id="confirm", variant="error" if self.destructive else "primary",
                                  compact=True)
                 confirm.can_focus = not self.destructive
                 yield confirm
+
+    def _message_text(self) -> str:
+        return "\n".join(safe(line) for line in self.message.split("\n"))
+
+    def show_message(self, message: str) -> None:
+        """Say the question anew (a count that moved while it was open); the focus, the key's
+        wait and the buttons stay as they are."""
+        if message == self.message:
+            return
+        self.message = message
+        if self.is_mounted:
+            self.query_one("#confirm-message", Static).update(self._message_text())
 
     def confirm_text(self) -> Text:
         """"Stop sending (s)": the button names its key, so the key is never a secret."""

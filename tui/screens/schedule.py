@@ -37,6 +37,7 @@ from mailtower.core.timezones import (
     is_valid_zone,
     load_zone,
     parse_date_hour,
+    reversed_sign_note,
     resolve,
     search_zones,
     to_zone,
@@ -105,7 +106,9 @@ def preview_schedule(
     error = None
     if until <= timedelta(0) and not local_time:
         error = f"{wall_minute(local)} in {zone} is in the past ({humanize_delta(until)}); choose a later time"
-    return Preview(local, resolved, lines, resolved.warning, error)
+    # "Etc/GMT+5 is UTC-05:00 (the POSIX sign is reversed)": the note `mailtower schedule` prints.
+    warning = "; ".join(part for part in (resolved.warning, reversed_sign_note(zone)) if part) or None
+    return Preview(local, resolved, lines, warning, error)
 
 
 WAVE_ROWS = 4  # waves listed in the preview; the rest are counted
@@ -413,7 +416,9 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         if local_time and self.zones is not None and preview.valid and preview.local is not None:
             waves = wave_preview(self.zones, preview.local, zone_text.strip(), operator_tz=self.operator_tz, now=now)
             self.wave_plan = waves.plan
-            warning = "; ".join(waves.plan.warnings()) if waves.plan is not None else None
+            warnings = list(waves.plan.warnings()) if waves.plan is not None else []
+            sign = reversed_sign_note(zone_text.strip())  # the zone of recipients without one
+            warning = "; ".join([*warnings, *([sign] if sign else [])])
             preview = Preview(preview.local, preview.resolved, (), warning or None, waves.error)
             self.wave_lines = waves.lines
         self.preview = preview
