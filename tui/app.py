@@ -169,7 +169,9 @@ class Dashboard(Screen[None]):
         Binding("a", "app.actions", "Actions", id="actions"),
         Binding("question_mark", "app.help", "Keys", id="help"),
         Binding("l", "app.limits", "Limits", id="limits"),
-        Binding("slash", "app.filter", "Filter", id="filter"),
+        # Priority: it runs as the key arrives, before the keys typed after it are handed on, so
+        # "/sale" typed in one burst over SSH goes into the filter, not to the panels' keys.
+        Binding("slash", "app.filter", "Filter", id="filter", priority=True),
         Binding("escape", "app.clear_filter", "Clear filter", id="clear-filter", show=False),
         Binding("q", "app.leave", "Quit", id="quit"),
         Binding("tab", "app.focus_next", "Next panel", id="next-panel"),
@@ -854,7 +856,11 @@ class DashboardApp(App[int]):
     # ---- the filter ------------------------------------------------------------------------------
 
     def action_filter(self) -> None:
-        self.dashboard.filter_bar.open()
+        bar = self.dashboard.filter_bar
+        if self.dashboard.focused is bar.input:
+            bar.input.insert_text_at_cursor("/")  # the binding takes "/" first: typed in the filter, it is text
+            return
+        bar.open()
 
     def action_clear_filter(self) -> None:
         bar = self.dashboard.filter_bar

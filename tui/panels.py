@@ -566,7 +566,9 @@ class FilterBar(Horizontal):
 
     def open(self) -> None:
         self.add_class("-active")
-        self.input.focus()
+        # Now, not after the messages already waiting (what `focus()` does): the keys typed after
+        # "/" in the same burst are handed to whatever has the focus when each is read.
+        self.screen.set_focus(self.input)
 
     def clear(self) -> None:
         self.input.value = ""

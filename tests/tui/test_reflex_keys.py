@@ -12,11 +12,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from textual import events
 from textual.widgets import Input
 
 from mailtower.core.domain import MailingState, Section
 from mailtower.core.lifecycle import Lifecycle
 from mailtower.core.limits import read_limits, set_limits
+from mailtower.tui.app import DashboardApp
 from mailtower.tui.screens import confirm as confirm_screen
 from mailtower.tui.screens.confirm import ConfirmDialog
 from mailtower.tui.screens.limits import LimitsScreen
@@ -182,3 +184,33 @@ async def test_tab_then_enter_keeps_a_destructive_question(tmp_path: Path, keys:
         await pilot.click("#confirm")
         await wait_for(lambda: app.screen is not dialog, what="the question to close")
     assert await state_of(fx.db, spring) is MailingState.STOPPED
+
+
+def type_in_one_burst(app: DashboardApp, keys: list[str]) -> None:
+    """Queue `keys` the way a terminal delivers a burst over SSH: all at once, before the app has
+    handled the first (Pilot's press waits for each key to be handled)."""
+    chars = {"slash": "/", "space": " ", "enter": "\r"}
+    for key in keys:
+        event = events.Key(key, chars.get(key, key if len(key) == 1 else None))
+        event.set_sender(app)
+        app._driver.send_message(event)  # what the terminal driver does with each key it reads
+
+
+@pytest.mark.parametrize("burst", [["slash", *"sale jan", "enter"], ["slash", *"launch", "enter"], ["slash", *"a/b"]])
+async def test_a_filter_typed_in_one_burst_goes_into_the_filter(tmp_path: Path, burst: list[str]) -> None:
+    """`/` then "sale jan" and Enter in one burst: the filter took the focus only after the keys
+    already waiting, so `a` opened the Actions menu, `j` went to Move up and Enter moved the
+    mailing to the top of the queue. Every key after `/` is the filter's."""
+    fx = await build_fixed(tmp_path / "f.db", sending=False, small=True)
+    async with opened(fx.db) as store:
+        before = {m.id: (m.state, m.position) for m in await store.mailings()}
+    app = dashboard_app(fx.db)
+    async with running(app) as pilot:
+        await focus_row(pilot, Section.CURRENT, fx.ids["news"])
+        typed = "".join("/" if key == "slash" else key for key in burst[1:] if key != "enter")
+        type_in_one_burst(app, burst)
+        await wait_for(lambda: app.filter_text == typed, what=f"the filter to read {typed!r}: {app.filter_text!r}")
+        await pilot.pause()
+        assert app.screen is app.dashboard
+    async with opened(fx.db) as store:
+        assert {m.id: (m.state, m.position) for m in await store.mailings()} == before
