@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import re
 import time
 import zlib
@@ -413,6 +414,10 @@ class PgStore(Store):
     async def _rollback(self) -> None:
         if self.pg.conn.closed or self.pg.conn.broken or not self.pg.in_transaction:
             return  # nothing to roll back, or the server already did (the connection is gone)
+        # psycopg answers a ROLLBACK, once it has prepared statements of its own (any query run
+        # five times), with DEALLOCATE ALL, which drops the batch's statements too: the next
+        # batch prepares them again (_Batch.run) instead of failing on a missing one.
+        self.pg.prepared_on = None
         try:
             await self.pg.conn.execute("ROLLBACK")
         except psycopg.Error as exc:
@@ -468,7 +473,7 @@ class PgStore(Store):
             try:
                 columns = mailing_columns(mailing_id, known)
                 batch = _Batch(mailing_id, time.time(), owner, columns)
-                batch.build(outcomes, claim, rate, marks or [], sorted(held),
+                batch.build(outcomes, claim, rate, marks or [], sorted(held) if claim > 0 else [],  # the claim's alone
                             retries=claim > 0 and self._retries_possible(mailing_id, batch.now), after=floor)
                 claimed, row, short = await batch.run(self.pg, claim)
             except BaseException:
@@ -758,18 +763,36 @@ _OUTCOMES_SQL = (
     " first_deferred_at = COALESCE(r.first_deferred_at, v.deferred_at), updated_at = ?,"
     " claimed_by = CASE WHEN v.keep THEN ?::bigint END"
     " FROM v WHERE r.id = v.id AND r.id = ANY(?::bigint[]){fence}"
-    " RETURNING r.email_key, r.email, r.mailing_id, v.*),"
+    " RETURNING {returning}),"
     " t AS (SELECT COUNT(*) FILTER (WHERE state = 'sent') AS n_sent, COUNT(*) FILTER (WHERE state = 'failed') AS n_failed,"
     " COUNT(*) FILTER (WHERE state = 'deferred') AS n_deferred, COALESCE(SUM(released), 0) AS n_released,"
-    " COALESCE(SUM(resolved), 0) AS n_resolved FROM {counted}),"
-    " b AS (INSERT INTO suppression (key, email, source, reason, mailing_id, added_at)"
-    " SELECT DISTINCT ON (email_key) email_key, email, 'bounce', COALESCE(reply, ''), mailing_id, ? FROM w"
-    " WHERE bounce ORDER BY email_key, n ON CONFLICT (key) DO NOTHING)"
+    " COALESCE(SUM(resolved), 0) AS n_resolved FROM {counted}){bounces}"
     " SELECT set_config('mailtower.counted', COALESCE(current_setting('mailtower.counted', TRUE), '')"
     " || concat_ws(',', n_sent, n_failed, n_deferred, n_released - n_resolved) || ';', TRUE) FROM t"
 )
-_OUTCOMES_FENCED = pg_sql(_OUTCOMES_SQL.format(fence=" AND COALESCE(r.claimed_by, -1) = ?", counted="w"))
-_OUTCOMES_OPEN = pg_sql(_OUTCOMES_SQL.format(fence="", counted="v"))
+# Bounced addresses join the suppression list in the same statement. Most batches have none: they
+# run the statement without that INSERT (and return only what `t` counts from the rows written),
+# which the server otherwise set up and ran for nothing at every batch (an INSERT ... ON CONFLICT
+# with its indexes opened, a sort of the rows written).
+_BOUNCES = (
+    ", b AS (INSERT INTO suppression (key, email, source, reason, mailing_id, added_at)"
+    " SELECT DISTINCT ON (email_key) email_key, email, 'bounce', COALESCE(reply, ''), mailing_id, ? FROM w"
+    " WHERE bounce ORDER BY email_key, n ON CONFLICT (key) DO NOTHING)"
+)
+_FENCE = " AND COALESCE(r.claimed_by, -1) = ?"
+_OUTCOMES_FENCED = pg_sql(_OUTCOMES_SQL.format(fence=_FENCE, counted="w", bounces="",
+                                               returning="v.state, v.released, v.resolved"))
+_OUTCOMES_OPEN = pg_sql(_OUTCOMES_SQL.format(fence="", counted="v", bounces="", returning="r.id"))
+_OUTCOMES_FENCED_BOUNCES = pg_sql(_OUTCOMES_SQL.format(fence=_FENCE, counted="w", bounces=_BOUNCES,
+                                                       returning="r.email_key, r.email, r.mailing_id, v.*"))
+_OUTCOMES_OPEN_BOUNCES = pg_sql(_OUTCOMES_SQL.format(fence="", counted="v", bounces=_BOUNCES,
+                                                     returning="r.email_key, r.email, r.mailing_id, v.*"))
+
+
+def _outcomes_sql(fenced: bool, bounces: bool) -> str:
+    if bounces:
+        return _OUTCOMES_FENCED_BOUNCES if fenced else _OUTCOMES_OPEN_BOUNCES
+    return _OUTCOMES_FENCED if fenced else _OUTCOMES_OPEN
 
 # Marks: rows about to get their final dot become `sending`, fenced to their claimer (fleet:
 # this sender; alone: nobody) and only if their address is not suppressed; marked rows whose
@@ -861,14 +884,6 @@ def _counted_sql(columns: str) -> str:
 
 _RATE_SQL = pg_sql("UPDATE mailings SET rate = ? WHERE id = ?")
 
-# The batch's statements are prepared once per connection and run by EXECUTE: the batch goes as
-# one simple query (see _Batch), which the server would otherwise parse and plan statement by
-# statement every time (server CPU per message doubled without it).
-_PREPARED = {sql: f"mailtower_batch_{i}" for i, sql in enumerate(
-    (_OUTCOMES_FENCED, _OUTCOMES_OPEN, _MARKS_SQL, _DUE_SQL, _CLAIM_OPEN, _CLAIM_OWNED, _MAILING_SQL, _RATE_SQL,
-     _COUNTED_SQL, _MAILING_COUNTERS_SQL, _COUNTED_COUNTERS_SQL))}
-
-
 # How the server plans the batch's prepared statements, for this transaction only. Left to itself
 # (plan_cache_mode `auto`) it planned the outcomes, marks and counters afresh at every EXECUTE,
 # its estimate for a plan kept across calls never winning over one made for the values: that
@@ -877,6 +892,22 @@ _PREPARED = {sql: f"mailtower_batch_{i}" for i, sql in enumerate(
 # the due rows keep a plan made for their values (a range of the mailing's rows, once per claim).
 _PLANS_GENERIC = "set_config('plan_cache_mode', 'force_generic_plan', TRUE)"
 _PLANS_CUSTOM = "set_config('plan_cache_mode', 'auto', TRUE)"
+# The batch's first statement (the write lock, then generic plans) and the switches around the
+# claim, prepared like the others: sent as plain SELECTs they were parsed and planned again at
+# every batch.
+_LOCK_SHARED_SQL = f"SELECT pg_advisory_xact_lock_shared({WRITE_LOCK}), {_PLANS_GENERIC}"
+_LOCK_SQL = f"SELECT pg_advisory_xact_lock({WRITE_LOCK}), {_PLANS_GENERIC}"
+_PLANS_CUSTOM_SQL = f"SELECT {_PLANS_CUSTOM}"
+_PLANS_GENERIC_SQL = f"SELECT {_PLANS_GENERIC}"
+
+
+# The batch's statements are prepared once per connection and run by EXECUTE: the batch goes as
+# one simple query (see _Batch), which the server would otherwise parse and plan statement by
+# statement every time (server CPU per message doubled without it).
+_PREPARED = {sql: f"mailtower_batch_{i}" for i, sql in enumerate(
+    (_OUTCOMES_FENCED, _OUTCOMES_OPEN, _MARKS_SQL, _DUE_SQL, _CLAIM_OPEN, _CLAIM_OWNED, _MAILING_SQL, _RATE_SQL,
+     _COUNTED_SQL, _MAILING_COUNTERS_SQL, _COUNTED_COUNTERS_SQL, _OUTCOMES_FENCED_BOUNCES, _OUTCOMES_OPEN_BOUNCES,
+     _LOCK_SHARED_SQL, _LOCK_SQL, _PLANS_CUSTOM_SQL, _PLANS_GENERIC_SQL))}
 
 
 # psycopg's placeholders and its escaped percent sign, as split by _numbered.
@@ -959,6 +990,33 @@ def array_literal(values: Sequence[Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+def _literal(value: Any) -> str:
+    """One parameter of a batch statement as an SQL literal, written into the EXECUTE that runs
+    it (the batch goes as one simple query). The batch's parameters are only integers, floats,
+    None and strings (array literals, ISO times), so this is all it needs; psycopg's client-side
+    binding did the same through a dumper per value and a pass of the whole query (a tenth of
+    this process's CPU per batch, py-spy). A string is quoted with its single quotes doubled, as
+    E'...' with backslashes doubled too when it has any (right whatever the server's
+    standard_conforming_strings); NUL is refused before anything is sent (see _params), so the
+    transaction rolls back whole. Its type comes from the prepared statement, as before (psycopg
+    sent unknown-typed literals too)."""
+    if value is None:
+        return "NULL"
+    if value is True or value is False:
+        return "1" if value else "0"  # the schema's flags are 0/1 integers (see _params)
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"'{value!r}'::float8"
+    if isinstance(value, str):
+        if "\0" in value:
+            raise UserError(f"a text value contains a NUL character, which PostgreSQL cannot store: {_shown(value)}")
+        if "\\" in value:
+            return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"a batch parameter of type {type(value).__name__}")  # a bug: never sent unquoted
+
+
 class _Batch:
     """One record-and-claim transaction as one message: `build` collects the statements (each a
     prepared one run by EXECUTE), `run` sends them joined in one simple query (bound on the
@@ -977,14 +1035,16 @@ class _Batch:
         self.after = 0  # the last row the claim looked at (a further pass goes on after it)
         self._marks: list[int] = []
         self._sql: list[str] = []
-        self._params: list[Any] = []
         self._read: list[str] = []  # what each statement's result is: "marks", "due", "claim", "mailing" or ""
         self.due_from: int | None = None  # the lowest id the due statement made pending
 
     def _add(self, sql: str, params: Sequence[Any], read: str = "") -> None:
         name = _PREPARED.get(sql)
-        self._sql.append(sql if name is None else f"EXECUTE {name}({', '.join(['%s'] * len(params))})")
-        self._params.extend(params)
+        if name is None:
+            assert not params, "only the prepared statements of the batch take parameters"
+            self._sql.append(sql.replace("%%", "%"))
+        else:
+            self._sql.append(f"EXECUTE {name}({', '.join([_literal(p) for p in params])})" if params else f"EXECUTE {name}")
         self._read.append(read)
 
     def build(self, outcomes: list[Outcome], claim: int, rate: float | None, marks: list[int], held: list[int],
@@ -993,14 +1053,14 @@ class _Batch:
         `after`: the claim looks at rows after this id only (PgStore._claim_floor)."""
         m, now, owner = self.mailing_id, self.now, self.owner
         when = _iso_second(int(now))
-        lock = "pg_advisory_xact_lock_shared" if owner is not None else "pg_advisory_xact_lock"
-        self._add(f"SELECT {lock}({WRITE_LOCK}), {_PLANS_GENERIC}", ())
+        self._add(_LOCK_SHARED_SQL if owner is not None else _LOCK_SQL, ())
         if outcomes:
             fenced = owner is not None
             for run in _generations(outcomes):
                 head = _outcome_arrays(run, now)
-                self._add(_OUTCOMES_FENCED if fenced else _OUTCOMES_OPEN,
-                          [*head, now, owner, head[0], *([owner] if fenced else []), when])
+                bounces = any(o.suppress for o in run)
+                self._add(_outcomes_sql(fenced, bounces),
+                          [*head, now, owner, head[0], *([owner] if fenced else []), *([when] if bounces else [])])
         elif rate is not None:
             self._add(_RATE_SQL, (rate, m))
         if marks:
@@ -1010,11 +1070,11 @@ class _Batch:
             me = -1 if owner is None else owner
             self._add(_MARKS_SQL, (array_literal(marks), now, m, m, now, me, m), "marks")
         if claim > 0:
-            self._add(f"SELECT {_PLANS_CUSTOM}", ())
+            self._add(_PLANS_CUSTOM_SQL, ())
             if retries:
                 self._add(_DUE_SQL, (m, now, m, m), "due")
             self._add(_claim_sql(owner), _claim_params(m, after, held, owner, claim, now), "claim")
-            self._add(f"SELECT {_PLANS_GENERIC}", ())
+            self._add(_PLANS_GENERIC_SQL, ())
         if outcomes:
             self._add(_counted_sql(self.columns), (rate, when, m), "mailing")
         else:
@@ -1029,7 +1089,7 @@ class _Batch:
             pg.prepared_on = conn
         found: dict[str, list[tuple[Any, ...]]] = {}
         async with psycopg.AsyncClientCursor(conn) as cur:
-            await cur.execute(";".join(self._sql), _params(self._params), prepare=False)
+            await cur.execute(";".join(self._sql), prepare=False)  # bound here: see _literal
             for i, read in enumerate(self._read):
                 if i:
                     cur.nextset()
