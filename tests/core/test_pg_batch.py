@@ -287,6 +287,22 @@ async def test_a_nul_in_an_outcomes_reply_is_refused_and_nothing_is_written(pg_u
         assert mailing.sent == 1  # the store goes on
 
 
+async def test_a_batch_after_a_rollback_finds_its_statements(pg_url: str, tmp_path: Path) -> None:
+    """Once psycopg has prepared statements of its own (a query run five times), it follows a
+    ROLLBACK with DEALLOCATE ALL, which dropped the batch's prepared statements too: the next
+    batch failed with 'prepared statement "mailtower_batch_..." does not exist'."""
+    async with opened(pg_url) as (target, store):
+        mailing_id = await sending_mailing(store, tmp_path, 6)
+        claimed, _ = await store.record_and_claim(mailing_id, [], 3)
+        for _ in range(8):  # past psycopg's prepare threshold (5)
+            await store.data_version()
+        with pytest.raises(RuntimeError):
+            async with store.write():
+                raise RuntimeError("an operator's change that fails: rolled back")
+        _, mailing = await store.record_and_claim(mailing_id, [Outcome(claimed[0].id, RecipientState.SENT, 250)], 0)
+        assert mailing.sent == 1
+
+
 async def test_a_statement_failing_on_the_server_mid_batch_leaves_nothing_of_the_batch(pg_url: str, tmp_path: Path) -> None:
     """The batch is one transaction although its statements go out before any result is read:
     the claim fails on the server (an id beyond bigint) after the outcomes and marks were sent."""
