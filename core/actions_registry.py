@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .domain import Mailing, MailingState, Section
-from .lifecycle import TRANSITIONS, UNSCHEDULE_WHILE_SENDING, Action, Direction, Lifecycle
+from .lifecycle import TRANSITIONS, UNSCHEDULE_WHILE_SENDING, Action, Direction, Lifecycle, moved_order
 
 S = MailingState
 
@@ -269,6 +269,19 @@ WAVE_LABELS: dict[Action, str] = {
     Action.SEND_NOW: "Send all waves now",
     Action.UNSCHEDULE: "Cancel (all waves)",
 }
+
+
+# A move that changes which mailing is at the head of the queue (the one being sent, or sent next)
+# asks first: Enter, Down, Enter on the second mailing would otherwise start it and send the one
+# being sent back to wait. Moves behind the head are done at once.
+MOVE_HEAD_CONFIRM = Confirm("Change what is sent first", "Move", "Keep the order")
+
+
+def changes_head(order: list[int], mailing_id: int, direction: Direction) -> bool:
+    """Whether moving `mailing_id` in the queue `order` (mailing ids, head first) puts another
+    mailing at its head."""
+    new = moved_order(order, mailing_id, direction)
+    return bool(order) and bool(new) and new[0] != order[0]
 
 
 # Resume sending asks too: each try logs in again, and a relay that refused the login may lock

@@ -79,6 +79,14 @@ REFUSALS: dict[Action, str] = {
 # Actions that put a mailing on its way to the queue: refused for a mailing without recipients.
 NEEDS_RECIPIENTS = frozenset({Action.SCHEDULE, Action.SEND_NOW, Action.RESTART})
 
+# What the caller was told about a mailing before it asked for an action (a dashboard's question):
+# called with the mailing as the action's own transaction reads it, it raises (a UserError saying
+# what changed) when that no longer holds, and nothing is done. A compare-and-act: no other writer
+# comes between the look and the change.
+Expect = Callable[[Mailing], None]
+# The same for a move: called with the queue's order (mailing ids) as the move's transaction reads it.
+ExpectQueue = Callable[[list[int]], None]
+
 UNSCHEDULE_WHILE_SENDING = (
     "a scheduled mailing cannot be cancelled while a mailing is being sent: stop the current "
     "mailing first, cancel this schedule, then restart the stopped mailing"
@@ -107,6 +115,23 @@ class Direction(str, enum.Enum):
     BOTTOM = "bottom"
 
 
+def moved_order(order: list[int], mailing_id: int, direction: Direction) -> list[int]:
+    """The queue `order` (mailing ids, head first) after moving `mailing_id` (unchanged when it
+    is not in it): what Lifecycle.move stores, and what the dashboard asks about first."""
+    if mailing_id not in order:
+        return list(order)
+    index = order.index(mailing_id)
+    rest = [mid for mid in order if mid != mailing_id]
+    new_index = {
+        Direction.UP: max(index - 1, 0),
+        Direction.DOWN: min(index + 1, len(rest)),
+        Direction.TOP: 0,
+        Direction.BOTTOM: len(rest),
+    }[direction]
+    rest.insert(new_index, mailing_id)
+    return rest
+
+
 TURN_EVENTS = ("started", "resumed", "paused", "queued", "stopped")  # events that say whose turn it is
 
 
@@ -130,8 +155,12 @@ class Lifecycle:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def _checked(self, tx: Tx, mailing_id: int, action: Action) -> tuple[Mailing, MailingState | None]:
+    async def _checked(
+        self, tx: Tx, mailing_id: int, action: Action, expect: Expect | None = None
+    ) -> tuple[Mailing, MailingState | None]:
         mailing = await tx.mailing(mailing_id)
+        if expect is not None:
+            expect(mailing)  # first: "changed while you were asked" says more than "not allowed now"
         any_sending = await tx.any_sending() if action is Action.UNSCHEDULE else False
         return mailing, target_state(mailing, action, any_sending=any_sending)
 
@@ -232,9 +261,9 @@ class Lifecycle:
             await tx.update_mailing(mailing.id, missed=1, last_error=note)
             await tx.add_event(mailing.id, "schedule unresolvable", reason)
 
-    async def unschedule(self, mailing_id: int) -> None:
+    async def unschedule(self, mailing_id: int, *, expect: Expect | None = None) -> None:
         async with self.store.write() as tx:
-            await self._checked(tx, mailing_id, Action.UNSCHEDULE)
+            await self._checked(tx, mailing_id, Action.UNSCHEDULE, expect)
             await self.unschedule_in(tx, mailing_id)
 
     async def unschedule_in(self, tx: Tx, mailing_id: int, detail: str = "kept as a draft") -> None:
@@ -246,12 +275,14 @@ class Lifecycle:
         )
         await tx.add_event(mailing_id, "schedule cancelled", detail)
 
-    async def send_now(self, mailing_id: int, *, despite_trip: bool = False) -> None:
+    async def send_now(self, mailing_id: int, *, despite_trip: bool = False, expect: Expect | None = None) -> None:
         async with self.store.write() as tx:
-            await self.send_now_in(tx, mailing_id, despite_trip=despite_trip)
+            await self.send_now_in(tx, mailing_id, despite_trip=despite_trip, expect=expect)
 
-    async def send_now_in(self, tx: Tx, mailing_id: int, *, despite_trip: bool = False) -> None:
-        mailing, _ = await self._checked(tx, mailing_id, Action.SEND_NOW)
+    async def send_now_in(
+        self, tx: Tx, mailing_id: int, *, despite_trip: bool = False, expect: Expect | None = None
+    ) -> None:
+        mailing, _ = await self._checked(tx, mailing_id, Action.SEND_NOW, expect)
         refuse_if_tripped(mailing, despite_trip)
         await self._enqueue(tx, mailing_id, "send now" if mailing.state is not S.STOPPED else "restarted")
 
@@ -300,9 +331,9 @@ class Lifecycle:
             )
             await tx.add_event(mailing_id, "missed", f"sender was not running at the due time; {late_by_seconds:.0f} s late")
 
-    async def restart(self, mailing_id: int, *, despite_trip: bool = False) -> None:
+    async def restart(self, mailing_id: int, *, despite_trip: bool = False, expect: Expect | None = None) -> None:
         async with self.store.write() as tx:
-            mailing, _ = await self._checked(tx, mailing_id, Action.RESTART)
+            mailing, _ = await self._checked(tx, mailing_id, Action.RESTART, expect)
             refuse_if_tripped(mailing, despite_trip)
             await self._enqueue(tx, mailing_id, "restarted (remaining recipients only)")
 
@@ -353,9 +384,9 @@ class Lifecycle:
             return bool(last) and last[0][0] in ("resumed", "started")  # its last pause was not recorded
         return bool(last) and (last[0] == ("paused", detail) or (last[0][0] == "resumed" and last[1:] == [("paused", detail)]))
 
-    async def stop(self, mailing_id: int) -> Mailing:
+    async def stop(self, mailing_id: int, *, expect: Expect | None = None) -> Mailing:
         async with self.store.write() as tx:
-            await self._checked(tx, mailing_id, Action.STOP)
+            await self._checked(tx, mailing_id, Action.STOP, expect)
             await tx.set_state(mailing_id, S.STOPPED, position=None, finished_at=iso(tx.now))
             await tx.add_event(mailing_id, "stopped", "by the operator")
             await self._close_gaps(tx)
@@ -375,26 +406,21 @@ class Lifecycle:
         async with self.store.write() as tx:
             return await self.complete_in(tx, await tx.mailing(mailing_id))
 
-    async def delete(self, mailing_id: int) -> None:
+    async def delete(self, mailing_id: int, *, expect: Expect | None = None) -> None:
         async with self.store.write() as tx:
-            await self._checked(tx, mailing_id, Action.DELETE)
+            await self._checked(tx, mailing_id, Action.DELETE, expect)
             await tx.delete_mailing(mailing_id)
 
-    async def move(self, mailing_id: int, direction: Direction) -> int:
+    async def move(self, mailing_id: int, direction: Direction, *, expect: ExpectQueue | None = None) -> int:
         """Reorder the queue; returns the mailing's new 1-based position."""
         async with self.store.write() as tx:
             await self._checked(tx, mailing_id, Action.MOVE)
-            order = [mid for mid, _ in await tx.queue()]
-            index = order.index(mailing_id)
-            order.pop(index)
-            new_index = {
-                Direction.UP: max(index - 1, 0),
-                Direction.DOWN: min(index + 1, len(order)),
-                Direction.TOP: 0,
-                Direction.BOTTOM: len(order),
-            }[direction]
-            order.insert(new_index, mailing_id)
+            before = [mid for mid, _ in await tx.queue()]
+            if expect is not None:
+                expect(list(before))
+            order = moved_order(before, mailing_id, direction)
             await tx.set_positions(order)
+            index, new_index = before.index(mailing_id), order.index(mailing_id)
             if new_index != index:
                 await tx.add_event(mailing_id, "moved", f"to position {new_index + 1} of {len(order)}")
             return new_index + 1

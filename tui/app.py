@@ -24,11 +24,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from textual import events, work
 from textual.app import App, ComposeResult
@@ -43,13 +43,15 @@ from textual.worker import Worker
 
 from mailtower.core.display import one_line, safe
 from mailtower.core.config import Settings, files_read, security_warnings
-from mailtower.core.domain import Mailing, MailingState, Section
+from mailtower.core.domain import Mailing, MailingState, Schedule, Section
 from mailtower.core.db_errors import database_errors
 from mailtower.core.db_target import PgTarget
 from mailtower.core.errors import NotFound, UserError
 from mailtower.core.lease import Holder
-from mailtower.core.actions_registry import ACTIONS, MOVE_KEYS, RESUME_CONFIRM, Confirm, Offer, entry_for, resume_offer
-from mailtower.core.lifecycle import Action, Lifecycle, held_unresolvable
+from mailtower.core.actions_registry import (
+    ACTIONS, MOVE_HEAD_CONFIRM, MOVE_KEYS, RESUME_CONFIRM, Confirm, Offer, changes_head, entry_for, resume_offer,
+)
+from mailtower.core.lifecycle import Action, Direction, Expect, Lifecycle, held_unresolvable, moved_order
 from mailtower.core.limits import read_limits
 from mailtower.core.operations import request_resume
 from mailtower.core.progress import (
@@ -157,6 +159,59 @@ def send_now_question(mailing: Mailing, name: str) -> str:
 def plural(n: int, word: str) -> str:
     """"1 recipient", "1,200 recipients"."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+# ---- what a question told the operator -------------------------------------------------------
+
+# A question shows the mailing as it was when it opened. What it states must still hold when it
+# is answered, or the answer is to another question: every question says what the mailing is (its
+# state, its schedule, whether it is a local-time schedule's wave) and how many recipients it has;
+# Restart (and Send now of a stopped mailing) how many remain, Retry how many failed. The Stop
+# question's count follows the sending while it is open (_follow_stop_dialog): it only states that
+# the mailing is current, so counters that move behind it never refuse it.
+ASKED = ("state", "schedule", "waves", "recipients")
+ASKED_REMAINING = (*ASKED, "remaining")
+ASKED_FAILED = (*ASKED, "failed")
+ASKED_STOP = ("section",)
+
+_FACTS: dict[str, Callable[[Mailing], object]] = {
+    "section": lambda m: m.section,
+    "state": lambda m: m.state,
+    "schedule": lambda m: (m.schedule.local, m.schedule.tz) if m.schedule is not None else None,
+    "waves": lambda m: m.wave_group,
+    "recipients": lambda m: m.total,
+    "remaining": lambda m: m.remaining,
+    "failed": lambda m: m.failed,
+}
+
+
+def what_changed(asked: Mailing, now: Mailing, facts: tuple[str, ...]) -> str | None:
+    """What `now` is, in the words of the facts of `asked` a question stated that no longer hold
+    ("scheduled for 2099-08-01 09:00 Europe/Berlin", "525 recipients"); None when they all do."""
+    changed = {fact for fact in facts if _FACTS[fact](asked) != _FACTS[fact](now)}
+    if not changed:
+        return None
+    parts = []
+    if changed & {"section", "state", "schedule"}:
+        parts.append(describe_schedule(now))
+    if "waves" in changed:
+        parts.append("a local-time schedule's wave" if now.wave_group is not None else "no longer a local-time schedule")
+    if "recipients" in changed:
+        parts.append(plural(now.total, "recipient"))
+    if "remaining" in changed:
+        parts.append(f"{now.remaining:,} remaining")
+    if "failed" in changed:
+        parts.append(f"{now.failed:,} failed")
+    return ", ".join(parts)
+
+
+def changed_elsewhere(name: str, now: str) -> UserError:
+    return UserError(
+        f"“{name}” was changed elsewhere while the question was open (now {now}); nothing was done: open the menu again"
+    )
+
+
+T = TypeVar("T")
 
 
 # ---- the dashboard screen ------------------------------------------------------------------
@@ -342,6 +397,7 @@ class DashboardApp(App[int]):
         # Mailings our own actions changed, until when (monotonic): their own toast says what
         # happened, so no second "moved" notice (with a count a beat later) for them.
         self._expected: dict[int, float] = {}
+        self._scheduled_before: dict[int, Schedule] = {}  # mailings that left Scheduled: their schedule then
         self._keys_cache: dict[Section, tuple[list[Mailing], str, list[int], list[str]]] = {}
         self.filter_text = ""
         self._menu: ActionsMenu | None = None  # the open Actions menu, kept up to date by each read
@@ -667,6 +723,11 @@ class DashboardApp(App[int]):
 
     def _announce_moves(self, old: dict[Section, list[Mailing]], new: dict[Section, list[Mailing]]) -> None:
         for mailing, before in moved_mailings(old, new, self._expected, time.monotonic()):
+            if before is MailingState.SCHEDULED and mailing.section is Section.CURRENT:
+                # When it was to be sent: came due, or sent now before its time (on_mailing_moved).
+                was = next((m for m in old.get(Section.SCHEDULED, []) if m.id == mailing.id), None)
+                if was is not None and was.schedule is not None:
+                    self._scheduled_before[mailing.id] = was.schedule
             self.post_message(MailingMoved(mailing, before))
         self._expected = {k: t for k, t in self._expected.items() if t > time.monotonic()}
 
@@ -681,7 +742,12 @@ class DashboardApp(App[int]):
         elif mailing.missed:
             self.notify(f"{name} missed its send time: send it now or set a new schedule", severity="warning")
         elif message.before is MailingState.SCHEDULED and mailing.section is Section.CURRENT:
-            self.notify(f"{name} came due and joined the queue", title="Scheduled", timeout=5)
+            schedule = self._scheduled_before.pop(mailing.id, None) or mailing.schedule
+            if schedule is not None and schedule.utc > self.now():
+                # Send now elsewhere, before its time: it did not come due.
+                self.notify(f"{name} was queued (sent now, before its send time)", title="Scheduled", timeout=5)
+            else:
+                self.notify(f"{name} came due and joined the queue", title="Scheduled", timeout=5)
         elif mailing.state is MailingState.STOPPED and message.before is not MailingState.STOPPED:
             self.notify(f"{name} was stopped ({mailing.counts_text()})", timeout=5)
 
@@ -1144,11 +1210,10 @@ class DashboardApp(App[int]):
                     return None
             finally:
                 self._stop_dialog = None
-            stopped = await lifecycle.stop(mailing.id)
+            stopped = await self._as_asked(mailing, ASKED_STOP, lambda expect: lifecycle.stop(mailing.id, expect=expect))
             return f"Stopped “{name}”: {stopped.counts_text()} (Inactive; messages already in flight are still counted)"
         if action is Action.MOVE:
-            position = await lifecycle.move(mailing.id, MOVE_KEYS[key])
-            return f"“{name}” is now number {position} in the queue"
+            return await self._move(mailing, MOVE_KEYS[key])
         if action is Action.SCHEDULE:
             return await self._schedule(mailing)
         if action in (Action.SEND_NOW, Action.UNSCHEDULE) and mailing.wave_group is not None:
@@ -1158,14 +1223,15 @@ class DashboardApp(App[int]):
         if action is Action.SEND_NOW:
             if not await self._ask(entry.confirm, send_now_question(mailing, name)):
                 return None
-            await lifecycle.send_now(mailing.id)
+            facts = ASKED_REMAINING if mailing.state is MailingState.STOPPED else ASKED
+            await self._as_asked(mailing, facts, lambda expect: lifecycle.send_now(mailing.id, expect=expect))
             await self._warn_without_unsubscribe(mailing.id)
             return f"“{name}” joined the queue (Current)"
         if action is Action.UNSCHEDULE:
             message = f"Cancel the schedule of “{name}”? The mailing is kept as a draft (Inactive)."
             if not await self._ask(entry.confirm, message):
                 return None
-            await lifecycle.unschedule(mailing.id)
+            await self._as_asked(mailing, ASKED, lambda expect: lifecycle.unschedule(mailing.id, expect=expect))
             return f"“{name}” is a draft again (Inactive)"
         if action is Action.RESTART:
             from .screens.restart import restart_question
@@ -1177,7 +1243,11 @@ class DashboardApp(App[int]):
                 return None
             # Despite a trip only when the dialog said what tripped: one that happened while it was
             # open (restarted elsewhere, stopped again) is refused, and Restart asks again, saying it.
-            await lifecycle.restart(mailing.id, despite_trip=mailing.tripped is not None)
+            despite_trip = mailing.tripped is not None
+            await self._as_asked(
+                mailing, ASKED_REMAINING,
+                lambda expect: lifecycle.restart(mailing.id, despite_trip=despite_trip, expect=expect),
+            )
             return f"“{name}” restarted for its {plural(mailing.remaining, 'remaining recipient')} (Current; {mailing.failed:,} failed are not sent again)"
         if action is Action.RETRY:
             return await self._retry(mailing)
@@ -1188,7 +1258,7 @@ class DashboardApp(App[int]):
             )
             if not await self._ask(entry.confirm, message):
                 return None
-            await lifecycle.delete(mailing.id)
+            await self._as_asked(mailing, ASKED, lambda expect: lifecycle.delete(mailing.id, expect=expect))
             return f"Deleted “{name}”"
         raise UserError(f"unknown action {key!r}")
 
@@ -1217,7 +1287,8 @@ class DashboardApp(App[int]):
         )
         if not await self._ask(ACTIONS[Action.RETRY].confirm, message):
             return None
-        plan = await retry_failed(self.store, mailing.id)
+        store = self.store
+        plan = await self._as_asked(mailing, ASKED_FAILED, lambda expect: retry_failed(store, mailing.id), read_first=True)
         return f"“{name}” queued again: {plan.describe()} (Current)"
 
     async def _resume(self, mailing: Mailing) -> str | None:  # noqa: ARG002 - every paused relay, whatever the mailing
@@ -1240,6 +1311,87 @@ class DashboardApp(App[int]):
         confirm button's own key (or Tab) confirms."""
         assert confirm is not None
         return bool(await self.push_screen_wait(_confirm(confirm.title, message, confirm.confirm, True, confirm.keep)))
+
+    async def _as_asked(
+        self,
+        mailing: Mailing,
+        facts: tuple[str, ...],
+        act: Callable[[Expect], Awaitable[T]],
+        *,
+        name: str | None = None,
+        read_first: bool = False,
+        waves: int | None = None,
+    ) -> T:
+        """Carry out a confirmed action on `mailing` only if what its question stated (`facts`
+        of the mailing as the question showed it) still holds; else refuse in one line, nothing done.
+
+        `act` gets the check as the lifecycle's `expect`: it runs inside the action's own
+        transaction (a compare-and-act). Actions whose core takes no check (a local-time
+        schedule's waves, Retry) read the mailing again first (`read_first`); `waves`: how many
+        waves the question counted, counted again."""
+        store = self.store
+        assert store is not None
+        shown = name or one_line(mailing.name)
+
+        def expect(now: Mailing) -> None:
+            changed = what_changed(mailing, now, facts)
+            if changed is not None:
+                raise changed_elsewhere(shown, changed)
+
+        try:
+            if read_first:
+                now = await store.mailing(mailing.id)
+                expect(now)
+                if waves is not None and (counted := len(await grouped_with(store, now))) != waves:
+                    raise changed_elsewhere(shown, plural(counted, "wave"))
+            return await act(expect)
+        except NotFound:
+            raise UserError(f"“{shown}” was deleted while the question was open; nothing was done") from None
+
+    async def _move(self, mailing: Mailing, direction: Direction) -> str | None:
+        """Move a current mailing. A move that changes which mailing is at the head of the queue
+        (the one being sent, or sent next) asks first, on the safe choice; the others are done at once.
+        In the move's transaction the queue must still be as judged: a move judged harmless that
+        would now change the head, or an asked one whose head or new head changed, is refused."""
+        lifecycle = self.lifecycle
+        assert lifecycle is not None
+        name = one_line(mailing.name)
+        order = [m.id for m in self.sections[Section.CURRENT]]
+        asked = changes_head(order, mailing.id, direction)
+        if asked and not await self._ask(MOVE_HEAD_CONFIRM, self._move_question(order, mailing, direction)):
+            return None
+        heads = (order[0], moved_order(order, mailing.id, direction)[0]) if asked else None
+
+        def expect(now: list[int]) -> None:
+            if asked and now and (now[0], moved_order(now, mailing.id, direction)[0]) != heads:
+                raise UserError(f"The queue changed elsewhere while the question was open; “{name}” was not moved: "
+                                "open the menu again")
+            if not asked and changes_head(now, mailing.id, direction):
+                raise UserError(f"The queue changed meanwhile: moving “{name}” now would change which mailing is "
+                                "sent first; nothing was moved: open the menu again")
+
+        position = await lifecycle.move(mailing.id, direction, expect=expect)
+        return f"“{name}” is now number {position} in the queue"
+
+    def _move_question(self, order: list[int], mailing: Mailing, direction: Direction) -> str:
+        """"Move “Beta” up (to number 1 of 3)? “Beta” starts sending now, and “Alpha”, which is being sent, ..."."""
+        after = moved_order(order, mailing.id, direction)
+
+        def named(mailing_id: int) -> str:
+            found = self.find(mailing_id)
+            return f"“{one_line(found.name)}”" if found is not None else f"mailing {mailing_id}"
+
+        head, new_head = self.find(order[0]), after[0]
+        where = {Direction.UP: "up", Direction.DOWN: "down", Direction.TOP: "to the top",
+                 Direction.BOTTOM: "to the bottom"}[direction]
+        question = f"Move “{one_line(mailing.name)}” {where} (to number {after.index(mailing.id) + 1} of {len(after)})? "
+        back = f"number {after.index(order[0]) + 1}"
+        if head is not None and head.state is MailingState.SENDING:
+            return question + (
+                f"{named(new_head)} starts sending now, and {named(order[0])}, which is being sent, pauses and "
+                f"waits at {back} (it goes on where it was when its turn comes again)."
+            )
+        return question + f"{named(new_head)} is then sent first, before {named(order[0])} (now at {back})."
 
     async def _schedule(self, mailing: Mailing) -> str | None:
         from .screens.schedule import ScheduleDialog, schedule_done_text
@@ -1298,7 +1450,10 @@ class DashboardApp(App[int]):
             )
             if not await self._ask(ACTIONS[Action.UNSCHEDULE].confirm, message):
                 return None
-            kept, count = await cancel_schedule(store, lifecycle, mailing.id)
+            kept, count = await self._as_asked(
+                mailing, ASKED, lambda expect: cancel_schedule(store, lifecycle, mailing.id), name=name,
+                read_first=True, waves=waves,
+            )
             self._expect(kept)
             return f"“{name}” is one draft again (Inactive; {plural(count, 'wave')} cancelled)"
         message = (
@@ -1309,7 +1464,10 @@ class DashboardApp(App[int]):
         assert send_now is not None
         if not await self._ask(Confirm("Send all waves now", send_now.confirm, send_now.keep), message):
             return None
-        kept, count = await send_group_now(store, lifecycle, mailing.id)
+        kept, count = await self._as_asked(
+            mailing, ASKED, lambda expect: send_group_now(store, lifecycle, mailing.id), name=name,
+            read_first=True, waves=waves,
+        )
         self._expect(kept)
         return f"“{name}” joined the queue as one mailing (Current; {plural(count, 'wave')})"
 
