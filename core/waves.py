@@ -299,6 +299,63 @@ def _next_day(local: datetime, zone: str, now: datetime) -> Resolved:
     return later
 
 
+# --- sooner than now ------------------------------------------------------------------------------
+
+
+def send_times(
+    zone_counts: Mapping[str, int],
+    local: datetime,
+    tz: str,
+    now: datetime,
+    *,
+    local_time: bool,
+    choice: Passed | None = None,
+) -> dict[str, tuple[datetime, str]]:
+    """When the recipients of each tz value ('' for none) would get a schedule of wall time
+    `local`, and the zone giving that instant: all at `local` in `tz`, or (`local_time`) in
+    their own zone as `plan_waves` groups them; recipients kept in a draft (skip) get none.
+    Raises what `plan_waves` raises."""
+    keys = [key for key, count in zone_counts.items() if count > 0]
+    if not local_time:
+        utc = resolve(local, tz).utc
+        return {key: (utc, tz) for key in keys}
+    plan = plan_waves(zone_counts, local, tz, now, choice)
+    return {key: (wave.utc, share.zone) for wave in plan.waves for share in wave.zones for key in share.keys}
+
+
+@dataclass(frozen=True, slots=True)
+class Sooner:
+    """A new schedule that sends to some recipients earlier than they are scheduled now."""
+
+    recipients: int  # how many would get it sooner
+    zones: tuple[str, ...]  # their own zones (the new schedule's for those without one), sorted
+    by: timedelta  # the most any of them moves forward
+    earliest: datetime  # the earliest send time of the new schedule (UTC)
+    earliest_zone: str  # the zone giving that instant
+    before: datetime  # the earliest send time until now (UTC)
+
+
+def sooner_sends(
+    current: Mapping[str, datetime], new: Mapping[str, tuple[datetime, str]], zone_counts: Mapping[str, int]
+) -> Sooner | None:
+    """Whether the send times `new` (per tz value: instant and zone, as `send_times` gives them)
+    bring any recipient's send time forward from `current` (per tz value: its instant now);
+    None when nobody gets it sooner. A tz value without a current time (nothing scheduled yet)
+    is never sooner."""
+    moved = {key: current[key] - new[key][0] for key in new if key in current and new[key][0] < current[key]}
+    if not moved:
+        return None
+    earliest, zone = min(new.values())
+    return Sooner(
+        recipients=sum(zone_counts.get(key, 0) for key in moved),
+        zones=tuple(sorted({key or new[key][1] for key in moved})),
+        by=max(moved.values()),
+        earliest=earliest,
+        earliest_zone=zone,
+        before=min(current.values()),
+    )
+
+
 # --- carrying a plan out --------------------------------------------------------------------------
 
 

@@ -4,8 +4,11 @@ The rules are core's (`timezones.resolve`, `parse_date_hour`, `waves.plan_waves`
 moves forward, a fold time means its first occurrence, past times and unknown zones are refused.
 With "each recipient's time zone" chosen it previews the waves (core/waves.py): when each goes
 out in the operator's zone, its zones and recipients; where the time has already passed in some
-zones it asks what happens to them (`PassedChoice`) before it schedules anything. The dialog only
-shows the rules as the operator types and refuses to submit what the lifecycle would refuse.
+zones it asks what happens to them (`PassedChoice`) before it schedules anything. A save that
+would send to anyone sooner than the mailing is scheduled now asks first too (`sooner_question`),
+on Go back, with its own key: Enter, Space and Tab by reflex never bring a campaign forward.
+The dialog only shows the rules as the operator types and refuses to submit what the lifecycle
+would refuse.
 """
 
 from __future__ import annotations
@@ -24,12 +27,21 @@ from textual.widgets import Button, Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mailtower.tui.fields import TextField
-from mailtower.tui.screens.confirm import KeyArming
-from mailtower.core.display import safe
-from mailtower.core.domain import Mailing
+from mailtower.tui.screens.confirm import ConfirmDialog, KeyArming
+from mailtower.core.display import one_line, safe
+from mailtower.core.domain import Mailing, MailingState
 from mailtower.core.errors import UserError
 from mailtower.core.scheduling import ScheduleResult
-from mailtower.core.waves import PASSED_MEANING, Passed, WavePlan, listed, plan_waves
+from mailtower.core.waves import (
+    PASSED_MEANING,
+    Passed,
+    Sooner,
+    WavePlan,
+    listed,
+    plan_waves,
+    send_times,
+    sooner_sends,
+)
 from mailtower.core.timezones import (
     Resolved,
     format_instant,
@@ -154,6 +166,29 @@ def passed_question(plan: WavePlan) -> str:
         f"zone{'s' if len(plan.passed) != 1 else ''} ({listed([s.zone for s in plan.passed])}) for {people}. "
         "What happens to them?"
     )
+
+
+SOONER_KEY = "s"
+
+
+def sooner_question(name: str, sooner: Sooner, *, operator_tz: str, recipients_known: bool = True) -> str:
+    """The question before a save that brings send times forward: how much sooner, for whom, and
+    the earliest new send time in UTC, in its zone and in the operator's."""
+    amount = humanize_delta(sooner.by).removeprefix("in ")
+    who = f"{sooner.recipients:,} recipient{'s' if sooner.recipients != 1 else ''} in " if recipients_known else ""
+    first = f"{utc_minute(sooner.earliest)} = {format_instant(sooner.earliest, sooner.earliest_zone)}"
+    if sooner.earliest_zone != operator_tz:
+        first += f" (your zone: {format_instant(sooner.earliest, operator_tz)})"
+    return (
+        f"This sends “{name}” up to {amount} sooner than it is scheduled now, "
+        f"to {who}{listed(sooner.zones)}.\n"
+        f"Earliest send: {first}; until now {utc_minute(sooner.before)}."
+    )
+
+
+def utc_minute(instant: datetime) -> str:
+    """"2099-06-07 04:00 UTC"."""
+    return f"{wall_minute(to_zone(instant, 'UTC'))} UTC"
 
 
 def schedule_done_text(name: str, request: ScheduleRequest, result: ScheduleResult) -> str:
@@ -501,6 +536,65 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         field.value = event.option.id or ""
         field.focus()
 
+    # --- sooner than now -----------------------------------------------------------------
+
+    def _counts(self) -> dict[str, int]:
+        """The recipients per tz value the send times are judged for ('' for those without one)."""
+        return dict(self.zones) if self.zones else {"": 1}
+
+    def _current_times(self, counts: Mapping[str, int], now: datetime) -> dict[str, datetime] | None:
+        """When each tz value's recipients get the mailing as it is scheduled now; None for a
+        mailing with no send time (a draft being scheduled is not "sooner")."""
+        mailing = self.mailing
+        if mailing.state is not MailingState.SCHEDULED or mailing.schedule is None:
+            return None
+        first = mailing.schedule.utc  # a local-time schedule's row is its earliest wave
+        times: dict[str, tuple[datetime, str]] = {}
+        if mailing.wave_group is not None and self.wall is not None:
+            # The waves as they were planned: the group's wall time in each zone, zones passed
+            # by now on the next day (the latest they can be, so no move forward goes unasked).
+            try:
+                times = send_times(counts, self.wall[0], self.wall[1], now, local_time=True, choice=Passed.NEXT_DAY)
+            except UserError:
+                times = {}
+        return {key: max(times[key][0], first) if key in times else first for key in counts}
+
+    def _sooner(self, request: ScheduleRequest) -> Sooner | None:
+        """What saving `request` would bring forward, if anything."""
+        now = self._now()
+        counts = self._counts()
+        current = self._current_times(counts, now)
+        if current is None:
+            return None
+        try:
+            new = send_times(counts, request.local, request.tz, now, local_time=request.local_time, choice=request.passed)
+        except UserError:
+            return None  # the lifecycle refuses it and says why; nothing is saved
+        return sooner_sends(current, new, counts)
+
+    def _save(self, request: ScheduleRequest) -> None:
+        """Dismiss with `request`, once confirmed if it brings any send time forward: the question
+        opens on Go back (Enter, Space, Esc), the save takes its own key or a click."""
+        sooner = self._sooner(request)
+        if sooner is None:
+            self.dismiss(request)
+            return
+        name = one_line(self.mailing.wave_parent or self.mailing.name)
+        question = ConfirmDialog(
+            "Send sooner than scheduled?",
+            sooner_question(name, sooner, operator_tz=self.operator_tz, recipients_known=bool(self.zones)),
+            "Send sooner",
+            destructive=True,
+            keep_label="Go back",
+            key=SOONER_KEY,
+        )
+
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                self.dismiss(request)
+
+        self.app.push_screen(question, answered)
+
     @on(Button.Pressed, "#submit")
     def action_submit(self) -> None:
         self._refresh_preview()  # the clock may have moved since the last keystroke
@@ -512,11 +606,11 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
             # Nothing is scheduled until the operator says what happens where the time has passed.
             def chosen(choice: Passed | None) -> None:
                 if choice is not None:
-                    self.dismiss(ScheduleRequest(request.local, request.tz, True, choice))
+                    self._save(ScheduleRequest(request.local, request.tz, True, choice))
 
             self.app.push_screen(PassedChoice(plan), chosen)
             return
-        self.dismiss(request)
+        self._save(request)
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
