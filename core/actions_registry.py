@@ -277,11 +277,17 @@ WAVE_LABELS: dict[Action, str] = {
 MOVE_HEAD_CONFIRM = Confirm("Change what is sent first", "Move", "Keep the order")
 
 
-def changes_head(order: list[int], mailing_id: int, direction: Direction) -> bool:
+def changes_head(order: list[int], mailing_id: int, direction: Direction, sending: int | None = None) -> bool:
     """Whether moving `mailing_id` in the queue `order` (mailing ids, head first) puts another
-    mailing at its head."""
+    mailing at its head, or changes which mailings are ahead of the one being sent (`sending`):
+    a head waiting only for its retries stays first while the next one is sent, and a mailing
+    moved ahead of that one would be sent instead."""
     new = moved_order(order, mailing_id, direction)
-    return bool(order) and bool(new) and new[0] != order[0]
+    if not order or not new:
+        return False
+    if new[0] != order[0]:
+        return True
+    return sending in order and set(order[:order.index(sending)]) != set(new[:new.index(sending)])
 
 
 # Resume sending asks too: each try logs in again, and a relay that refused the login may lock

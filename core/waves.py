@@ -420,6 +420,20 @@ def _parent_name(mailing: Mailing) -> str:
     return mailing.wave_parent if mailing.wave_parent is not None else mailing.name
 
 
+async def current_send_times(store: Store, members: list[Mailing]) -> dict[str, datetime]:
+    """When the recipients of each tz value ('' for none) not yet sent to get the mailing as it
+    is scheduled now: the instant of the scheduled wave (or mailing) holding them, the latest
+    when several do. Empty when none of `members` is scheduled."""
+    times: dict[str, datetime] = {}
+    for member in members:
+        if member.state is not MailingState.SCHEDULED or member.schedule is None:
+            continue
+        for key in await store.waiting_zones([member.id]):
+            if key not in times or member.schedule.utc > times[key]:
+                times[key] = member.schedule.utc
+    return times
+
+
 async def preview_for(store: Store, mailing: Mailing) -> dict[str, int]:
     """The recipient zones a local-time schedule of `mailing` (its whole group) would plan with."""
     return await store.waiting_zones(m.id for m in await grouped_with(store, mailing))

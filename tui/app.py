@@ -65,7 +65,7 @@ from mailtower.core.progress import (
     queue_estimates,
 )
 from mailtower.core.scheduling import schedule_mailing
-from mailtower.core.waves import cancel_schedule, grouped_with, preview_for, send_group_now
+from mailtower.core.waves import cancel_schedule, current_send_times, grouped_with, preview_for, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
 from mailtower.core.domains import domain_counts
 from mailtower.core.sender import Sender
@@ -185,10 +185,20 @@ _FACTS: dict[str, Callable[[Mailing], object]] = {
 }
 
 
+# Counts a question states that results still coming in make smaller (a Restart just after Stop:
+# the messages in flight at the stop are counted as they land): fewer is within what was asked,
+# more is not (recipients imported meanwhile).
+_ONLY_MORE = frozenset({"remaining", "failed"})
+
+
+def _no_longer_holds(fact: str, asked: Any, now: Any) -> bool:
+    return bool(now > asked) if fact in _ONLY_MORE else asked != now
+
+
 def what_changed(asked: Mailing, now: Mailing, facts: tuple[str, ...]) -> str | None:
     """What `now` is, in the words of the facts of `asked` a question stated that no longer hold
     ("scheduled for 2099-08-01 09:00 Europe/Berlin", "525 recipients"); None when they all do."""
-    changed = {fact for fact in facts if _FACTS[fact](asked) != _FACTS[fact](now)}
+    changed = {fact for fact in facts if _no_longer_holds(fact, _FACTS[fact](asked), _FACTS[fact](now))}
     if not changed:
         return None
     parts = []
@@ -924,7 +934,9 @@ class DashboardApp(App[int]):
     def action_filter(self) -> None:
         bar = self.dashboard.filter_bar
         if self.dashboard.focused is bar.input:
-            bar.input.insert_text_at_cursor("/")  # the binding takes "/" first: typed in the filter, it is text
+            # The binding takes "/" first: typed in the filter it is text, over a selection as any key.
+            start, end = sorted(bar.input.selection)
+            bar.input.replace("/", start, end)
             return
         bar.open()
 
@@ -1357,8 +1369,9 @@ class DashboardApp(App[int]):
         assert lifecycle is not None
         name = one_line(mailing.name)
         order = [m.id for m in self.sections[Section.CURRENT]]
-        asked = changes_head(order, mailing.id, direction)
-        if asked and not await self._ask(MOVE_HEAD_CONFIRM, self._move_question(order, mailing, direction)):
+        sending = next((m.id for m in self.sections[Section.CURRENT] if m.state is MailingState.SENDING), None)
+        asked = changes_head(order, mailing.id, direction, sending)
+        if asked and not await self._ask(MOVE_HEAD_CONFIRM, self._move_question(order, mailing, direction, sending)):
             return None
         heads = (order[0], moved_order(order, mailing.id, direction)[0]) if asked else None
 
@@ -1366,14 +1379,14 @@ class DashboardApp(App[int]):
             if asked and now and (now[0], moved_order(now, mailing.id, direction)[0]) != heads:
                 raise UserError(f"The queue changed elsewhere while the question was open; “{name}” was not moved: "
                                 "open the menu again")
-            if not asked and changes_head(now, mailing.id, direction):
+            if not asked and changes_head(now, mailing.id, direction, sending):
                 raise UserError(f"The queue changed meanwhile: moving “{name}” now would change which mailing is "
                                 "sent first; nothing was moved: open the menu again")
 
         position = await lifecycle.move(mailing.id, direction, expect=expect)
         return f"“{name}” is now number {position} in the queue"
 
-    def _move_question(self, order: list[int], mailing: Mailing, direction: Direction) -> str:
+    def _move_question(self, order: list[int], mailing: Mailing, direction: Direction, sending: int | None) -> str:
         """"Move “Beta” up (to number 1 of 3)? “Beta” starts sending now, and “Alpha”, which is being sent, ..."."""
         after = moved_order(order, mailing.id, direction)
 
@@ -1386,6 +1399,16 @@ class DashboardApp(App[int]):
                  Direction.BOTTOM: "to the bottom"}[direction]
         question = f"Move “{one_line(mailing.name)}” {where} (to number {after.index(mailing.id) + 1} of {len(after)})? "
         back = f"number {after.index(order[0]) + 1}"
+        if sending is not None and sending != order[0] and sending in after:
+            # The head waits for its retries while the one behind it is sent.
+            at = f"number {after.index(sending) + 1}"
+            if sending == mailing.id:
+                return question + (f"It is being sent: it pauses and waits at {at}, and the first mailing ahead of "
+                                   "it with mail due is sent instead (it goes on where it was when its turn comes again).")
+            return question + (
+                f"It goes ahead of {named(sending)}, which is being sent: {named(mailing.id)} is sent now and "
+                f"{named(sending)} pauses and waits at {at} (it goes on where it was when its turn comes again)."
+            )
         if head is not None and head.state is MailingState.SENDING:
             return question + (
                 f"{named(new_head)} starts sending now, and {named(order[0])}, which is being sent, pauses and "
@@ -1400,11 +1423,13 @@ class DashboardApp(App[int]):
         assert store is not None and lifecycle is not None
         # A wave stands for its whole local-time schedule: the dialog plans with all its waves.
         zones = await preview_for(store, mailing)
-        waves = len(await grouped_with(store, mailing))
+        members = await grouped_with(store, mailing)
+        waves = len(members)
         asked = await store.wave_request(mailing.wave_group) if mailing.wave_group is not None else None
         wall = (asked[0], asked[1] or self.operator_tz) if asked is not None else None
+        current = await current_send_times(store, members)
         request = await self.push_screen_wait(
-            ScheduleDialog(mailing, self.operator_tz, now=self.now, zones=zones, waves=waves, wall=wall)
+            ScheduleDialog(mailing, self.operator_tz, now=self.now, zones=zones, waves=waves, wall=wall, current=current)
         )
         if request is None:
             return None

@@ -311,3 +311,32 @@ async def test_after_what_happens_where_it_has_passed_a_sooner_save_still_asks(t
         await pilot.press("s")
         await wait_for(lambda: app.screen is app.dashboard, what="the dashboard")
     assert await send_times(db) == [datetime(2099, 5, 31, 18, 0, tzinfo=UTC), datetime(2099, 6, 1, 6, 0, tzinfo=UTC)]
+
+
+async def test_waves_whose_wall_time_passed_everywhere_are_judged_by_their_own_times(tmp_path: Path) -> None:
+    """The dialog planned the group's waves again from its wall time to know when each zone is
+    sent to now; once that time had passed in every zone the plan failed and every zone counted
+    as the earliest wave, so moving Berlin's 07:00 UTC wave to 03:00 UTC asked nothing. It judges
+    by the scheduled waves' own instants (waves.current_send_times, as the app gives them)."""
+    from mailtower.core.waves import Passed, current_send_times, grouped_with, preview_for
+    from mailtower.tui.screens.schedule import ScheduleRequest
+
+    utc = timezone.utc
+    async with opened(tmp_path / "w.db") as store:
+        lifecycle = Lifecycle(store)
+        mailing_id = await add_mailing(store, tmp_path, "Waves", {"Asia/Tokyo": 2, "Europe/Berlin": 3, "America/New_York": 4})
+        result = await schedule_mailing(store, lifecycle, mailing_id, datetime(2099, 6, 1, 9, 0), "UTC", True,
+                                        Passed.NEXT_DAY, now=datetime(2099, 6, 1, 8, 0, tzinfo=utc))
+        waves = sorted([await store.mailing(i) for i in result.mailing_ids], key=lambda m: m.schedule.utc)  # type: ignore[union-attr]
+        await lifecycle.send_now(waves[0].id)  # New York's wave has gone
+        tokyo = await store.mailing(waves[1].id)
+        members = await grouped_with(store, tokyo)
+        asked = await store.wave_request(tokyo.wave_group)  # type: ignore[arg-type]
+        assert asked is not None
+        now = datetime(2099, 6, 1, 22, 0, tzinfo=utc)  # 09:00 has passed in every zone
+        dialog = ScheduleDialog(tokyo, "Europe/Berlin", now=lambda: now, zones=await preview_for(store, tokyo),
+                                waves=len(members), wall=(asked[0], asked[1] or "UTC"),
+                                current=await current_send_times(store, members))
+        sooner = dialog._sooner(ScheduleRequest(datetime(2099, 6, 2, 3, 0), "UTC", False))
+        assert sooner is not None and sooner.zones == ("Europe/Berlin",) and sooner.recipients == 3
+        assert dialog._sooner(ScheduleRequest(datetime(2099, 6, 2, 8, 0), "UTC", False)) is None  # later for all

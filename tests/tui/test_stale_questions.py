@@ -335,3 +335,51 @@ async def test_a_schedule_sent_now_elsewhere_is_not_said_to_have_come_due(tmp_pa
         assert await notice(app, "Tokyo") == "Tokyo morning brief came due and joined the queue"
         await pilot.pause()
     assert [n for n in notices(app) if "came due" in n] == ["Tokyo morning brief came due and joined the queue"]
+
+
+@pytest.mark.parametrize("action, key", [("restart", "r"), ("send-now", "s")])
+async def test_results_landing_after_stop_do_not_refuse_restart(tmp_path: Path, action: str, key: str) -> None:
+    """Messages in flight at Stop are counted as they land: the remaining count falls while the
+    Restart (or Send now) question is open. Fewer to send is within what was asked; refusing it
+    sent the operator back to the menu again and again while results kept coming."""
+    fx = await build_fixed(tmp_path / "d.db", sending=False, small=True)
+    stopped = fx.ids["stopped"]
+    app = dashboard(fx.db)
+    async with running(app) as pilot:
+        await focus_row(pilot, Section.INACTIVE, stopped)
+        await choose(pilot, action)
+        await question(pilot)
+        async with opened(fx.db) as store:
+            await fake_progress(store, stopped, 1)  # one in flight at the stop is delivered now
+        await pilot.press(key)
+        await wait_for(lambda: any("joined the queue" in n or "restarted" in n for n in notices(app)), what=str(notices(app)))
+    assert await state_of(fx.db, stopped) is MailingState.QUEUED
+
+
+async def test_a_move_ahead_of_the_mailing_being_sent_behind_a_waiting_head_asks(tmp_path: Path) -> None:
+    """The head waits only for its retries (queued, first) while the second is sent: Move up on
+    the third put it ahead of the one being sent, and the sender switched to it, with no question
+    (only a new first mailing counted as a new head)."""
+    db = tmp_path / "q.db"
+    async with opened(db) as store:
+        lifecycle = Lifecycle(store)
+        alpha = await new_mailing(store, tmp_path, "Alpha retries", 5)
+        beta = await new_mailing(store, tmp_path, "Beta going", 20)
+        gamma = await new_mailing(store, tmp_path, "Gamma next", 20)
+        for mailing_id in (alpha, beta, gamma):
+            await lifecycle.send_now(mailing_id)
+        await fake_progress(store, alpha, 3, deferred=2)  # only retries left, not due yet
+        await lifecycle.start(beta)  # the sender passes over Alpha (nothing due) to Beta
+    app = dashboard(db)
+    async with running(app, size=(120, 30)) as pilot:
+        await focus_row(pilot, Section.CURRENT, gamma)
+        await menu_pick(pilot, "move-up")
+        dialog = await question(pilot)
+        assert "goes ahead of “Beta going”, which is being sent" in dialog.message
+        await pilot.press("enter")  # the safe choice
+        await wait_for(lambda: app.screen is app.dashboard, what="the question to close")
+        await focus_row(pilot, Section.CURRENT, alpha)
+        await menu_pick(pilot, "move-down")  # Alpha behind Beta: the head changes, asked too
+        await question(pilot)
+        await pilot.press("enter")
+    assert await queue_of(db) == [alpha, beta, gamma]

@@ -374,10 +374,13 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         zones: Mapping[str, int] | None = None,
         waves: int = 1,
         wall: tuple[datetime, str] | None = None,
+        current: Mapping[str, datetime] | None = None,
     ) -> None:
         """`zones`: the recipients not yet sent to per zone ('' for none), for the waves preview;
         `waves`: how many scheduled waves the mailing stands for (a local-time schedule's row);
-        `wall`: the wall time and zone to start from (a local-time schedule's own request)."""
+        `wall`: the wall time and zone to start from (a local-time schedule's own request);
+        `current`: when each of those zones' recipients are sent to now (its scheduled waves'
+        instants), against which a save is judged sooner."""
         super().__init__()
         self.mailing = mailing
         self.operator_tz = operator_tz if is_valid_zone(operator_tz) else "UTC"
@@ -387,6 +390,7 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         self.zones = dict(zones) if zones is not None else None
         self.waves = waves
         self.wall = wall
+        self.current = dict(current) if current else None
         self.wave_plan: WavePlan | None = None
 
     def compose(self) -> ComposeResult:
@@ -549,6 +553,11 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         if mailing.state is not MailingState.SCHEDULED or mailing.schedule is None:
             return None
         first = mailing.schedule.utc  # a local-time schedule's row is its earliest wave
+        if self.current:
+            # The waves' own instants. A zone not among them (none expected) counts as the latest
+            # wave: a doubt leads to the question, never to a silent move forward.
+            latest = max(self.current.values())
+            return {key: self.current.get(key, latest) for key in counts}
         times: dict[str, tuple[datetime, str]] = {}
         if mailing.wave_group is not None and self.wall is not None:
             # The waves as they were planned: the group's wall time in each zone, zones passed
