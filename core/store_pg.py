@@ -1039,12 +1039,8 @@ class _Batch:
         self.due_from: int | None = None  # the lowest id the due statement made pending
 
     def _add(self, sql: str, params: Sequence[Any], read: str = "") -> None:
-        name = _PREPARED.get(sql)
-        if name is None:
-            assert not params, "only the prepared statements of the batch take parameters"
-            self._sql.append(sql.replace("%%", "%"))
-        else:
-            self._sql.append(f"EXECUTE {name}({', '.join([_literal(p) for p in params])})" if params else f"EXECUTE {name}")
+        name = _PREPARED[sql]  # every statement of the batch is one of its prepared ones
+        self._sql.append(f"EXECUTE {name}({', '.join([_literal(p) for p in params])})" if params else f"EXECUTE {name}")
         self._read.append(read)
 
     def build(self, outcomes: list[Outcome], claim: int, rate: float | None, marks: list[int], held: list[int],

@@ -110,16 +110,15 @@ def canary_count(raw: str) -> str:
     number = body[:-1].strip() if is_percent else body
     if not number.isascii() or _CANARY_NUMBER.fullmatch(number) is None or (not is_percent and not number.isdigit()):
         raise UserError(f"--canary: {show_value(raw)} is not a number of recipients (N) or a percentage (P%)")
+    out_of_range = UserError(f"--canary: {show_value(raw)} " + (
+        "must be more than 0 % and at most 100 %" if is_percent
+        else f"must be from 1 to {MAX_SAMPLE:,} recipients (or a percentage)"))
     if sign == "-":
-        raise UserError(f"--canary: {show_value(raw)} " + (
-            "must be more than 0 % and at most 100 %" if is_percent
-            else f"must be from 1 to {MAX_SAMPLE:,} recipients (or a percentage)"))
+        raise out_of_range
     try:
         parse_size(body)
     except UserError:
-        raise UserError(f"--canary: {show_value(raw)} " + (
-            "must be more than 0 % and at most 100 %" if is_percent
-            else f"must be from 1 to {MAX_SAMPLE:,} recipients (or a percentage)")) from None
+        raise out_of_range from None
     return body
 
 

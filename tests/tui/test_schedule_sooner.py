@@ -23,35 +23,22 @@ from textual.widgets import Checkbox, Input
 
 from mailtower.core.domain import Mailing, MailingState, Section
 from mailtower.core.lifecycle import Lifecycle
-from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.scheduling import schedule_mailing
-from mailtower.core.store import Store
 from mailtower.tui.app import DashboardApp
 from mailtower.tui.screens import confirm as confirm_screen
 from mailtower.tui.screens.confirm import ConfirmDialog
 from mailtower.tui.screens.schedule import ScheduleDialog
-from tests.helpers import write_csv
 
 from .conftest import FIXED_NOW, wait_for
 from .pilot import dashboard_app, focus_row, opened, running
 from .test_app import choose
+from .test_waves_dialog import add_mailing
 
 pytestmark = pytest.mark.asyncio
 
 GALA = datetime(2099, 6, 7, 18, 0)  # Europe/Berlin: 16:00 UTC
 UTC = timezone.utc
 PROBE_KEYS = ["tab", "tab", "tab", "space", "tab", "tab", "enter"]  # to the checkbox, tick it, to Schedule, Enter
-
-
-async def add_mailing(store: Store, folder: Path, name: str, zones: dict[str, int]) -> int:
-    rows, i = [], 0
-    for zone, n in zones.items():
-        for _ in range(n):
-            rows.append({"email": f"{name.split()[0].lower()}{i}@example.com", "name": f"Reader {i}", "tz": zone})
-            i += 1
-    path = write_csv(folder / f"{name.split()[0].lower()}.csv", rows)
-    mailing_id, _ = await create_mailing(store, Draft(name, "Gala", "news@example.com", "Hi", None), path, lambda r: None)
-    return mailing_id
 
 
 async def gala(tmp_path: Path, zones: dict[str, int] | None = None) -> tuple[Path, int]:

@@ -546,33 +546,23 @@ class ScheduleDialog(ModalScreen[ScheduleRequest | None]):
         """The recipients per tz value the send times are judged for ('' for those without one)."""
         return dict(self.zones) if self.zones else {"": 1}
 
-    def _current_times(self, counts: Mapping[str, int], now: datetime) -> dict[str, datetime] | None:
-        """When each tz value's recipients get the mailing as it is scheduled now; None for a
-        mailing with no send time (a draft being scheduled is not "sooner")."""
+    def _current_times(self, counts: Mapping[str, int]) -> dict[str, datetime] | None:
+        """When each tz value's recipients get the mailing as it is scheduled now: the scheduled
+        waves' own instants (`current`, waves.current_send_times), else the mailing's schedule;
+        None for a mailing with no send time (a draft being scheduled is not "sooner")."""
         mailing = self.mailing
         if mailing.state is not MailingState.SCHEDULED or mailing.schedule is None:
             return None
-        first = mailing.schedule.utc  # a local-time schedule's row is its earliest wave
-        if self.current:
-            # The waves' own instants. A zone not among them (none expected) counts as the latest
-            # wave: a doubt leads to the question, never to a silent move forward.
-            latest = max(self.current.values())
-            return {key: self.current.get(key, latest) for key in counts}
-        times: dict[str, tuple[datetime, str]] = {}
-        if mailing.wave_group is not None and self.wall is not None:
-            # The waves as they were planned: the group's wall time in each zone, zones passed
-            # by now on the next day (the latest they can be, so no move forward goes unasked).
-            try:
-                times = send_times(counts, self.wall[0], self.wall[1], now, local_time=True, choice=Passed.NEXT_DAY)
-            except UserError:
-                times = {}
-        return {key: max(times[key][0], first) if key in times else first for key in counts}
+        # A zone missing from `current` (none expected) counts as the latest wave: a doubt leads
+        # to the question, never to a silent move forward.
+        latest = max(self.current.values()) if self.current else mailing.schedule.utc
+        return {key: (self.current or {}).get(key, latest) for key in counts}
 
     def _sooner(self, request: ScheduleRequest) -> Sooner | None:
         """What saving `request` would bring forward, if anything."""
         now = self._now()
         counts = self._counts()
-        current = self._current_times(counts, now)
+        current = self._current_times(counts)
         if current is None:
             return None
         try:
