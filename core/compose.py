@@ -61,14 +61,11 @@ _CONTROLS_TO_SPACE = dict.fromkeys(
 )
 _ID_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Za-z:.]+\]")
 
-_TEXT_HEADERS = (
-    b'Content-Type: text/plain; charset="utf-8"\r\n'
-    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-)
-_HTML_HEADERS = (
-    b'Content-Type: text/html; charset="utf-8"\r\n'
-    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-)
+# Each part's Content-Transfer-Encoding follows these, chosen per message (_Body.render_into).
+_TEXT_HEADERS = b'Content-Type: text/plain; charset="utf-8"\r\n'
+_HTML_HEADERS = b'Content-Type: text/html; charset="utf-8"\r\n'
+_QUOTED_PRINTABLE = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+_SEVEN_BIT = b"Content-Transfer-Encoding: 7bit\r\n\r\n"
 
 
 def fields_used(*templates: str | None) -> set[str]:
@@ -377,49 +374,102 @@ def _field_runs(text: str, matches: list[re.Match[str]]) -> list[tuple[int, int,
     return runs
 
 
+# A body goes as it is ("7bit", RFC 2045 section 2.7) when every line is printable ASCII of at
+# most 998 characters (RFC 5322 section 2.1.1) without trailing white space, which some gateways
+# strip; else quoted-printable. Most bodies and merge values are plain ASCII, and encoding them
+# was the largest part of rendering (issue 12). "=_" is left to quoted-printable too: every
+# multipart boundary starts with it (_choose_boundary), and a merge value must never be able to
+# end a part; quoted-printable writes "=" as "=3D".
+_SEVEN_BIT_LINE = 998
+_SEVEN_BIT_TEXT = re.compile(r"[ -~\n]*")
+
+
+def _seven_bit_lines(text: str) -> bool:
+    """Whole lines of text (LF endings) whose characters 7bit allows may go unencoded."""
+    if " \n" in text or "=_" in text:
+        return False
+    return len(text) <= _SEVEN_BIT_LINE or max(map(len, text.split("\n"))) <= _SEVEN_BIT_LINE
+
+
+def _seven_bit_value(value: str) -> bool:
+    """A merge value has only characters 7bit allows (isprintable: no line break, so the
+    pattern is asked only for a value with one, which is rare)."""
+    return value.isascii() and (value.isprintable() or _SEVEN_BIT_TEXT.fullmatch(value) is not None)
+
+
 class _Body:
     """One text/plain or text/html body, as runs of lines.
 
     Quoted-printable encodes each line on its own (soft breaks restart at every hard break), so
     the lines without a merge field are encoded once here and render() encodes only the lines
     that hold a field (with short fixed text between them, _field_runs): for a typical body a
-    few dozen bytes per recipient instead of kilobytes.
+    few dozen bytes per recipient instead of kilobytes. A body whose template and values allow
+    it goes as 7bit instead, unencoded (the same runs, with CRLF line endings).
     """
 
-    __slots__ = ("fields", "_segments", "_escape", "_distinct")
+    __slots__ = ("fields", "_segments", "_seven_bit", "_escape", "_distinct")
 
     def __init__(self, template: str, escape: bool) -> None:
         text = _normalise_newlines(template)
         if not text.endswith("\n"):
             text += "\n"  # every part ends with a line break, so the boundary follows cleanly
         self._escape = escape
-        segments: list[bytes | _Slots] = []
+        pieces: list[str | _Slots] = []  # fixed text and runs of lines with a field, in order
         fields: list[str] = []
-        done = 0  # text[:done] is in segments
+        done = 0  # text[:done] is in pieces
         matches = list(_FIELD_RE.finditer(text))
         for start, end, first, last in _field_runs(text, matches):
             if start > done:
-                segments.append(_quoted_printable(text[done:start]))
+                pieces.append(text[done:start])
             slots = _Slots.of_matches(text, start, end, matches[first:last])
-            segments.append(slots)
+            pieces.append(slots)
             fields.extend(slots.fields)
             done = end
         if done < len(text):
-            segments.append(_quoted_printable(text[done:]))
-        self._segments = tuple(segments)
+            pieces.append(text[done:])
+        self._segments = tuple(_quoted_printable(p) if isinstance(p, str) else p for p in pieces)
+        # The template's characters and its lines without a field are judged here, the lines
+        # with one once filled in.
+        seven_bit = _SEVEN_BIT_TEXT.fullmatch(text) is not None and all(
+            _seven_bit_lines(p) for p in pieces if isinstance(p, str))
+        self._seven_bit = tuple(p.replace("\n", "\r\n").encode("ascii") if isinstance(p, str) else p
+                                for p in pieces) if seven_bit else None
         self.fields = tuple(fields)
         self._distinct = tuple(dict.fromkeys(fields))  # each field once, for escaping
 
     def render_into(self, pieces: list[bytes], values: Mapping[str, str]) -> None:
+        """The part's Content-Transfer-Encoding header, the blank line and the body."""
         if self._escape:
             # Each value escaped once per message, not at every place it is used (a name in
             # every paragraph was escaped once per paragraph; issue 12).
             values = {field: html.escape(values[field]) for field in self._distinct}
+        if self._seven_bit is not None and self._render_seven_bit(pieces, values):
+            return
+        pieces.append(_QUOTED_PRINTABLE)
         for segment in self._segments:
             if isinstance(segment, bytes):
                 pieces.append(segment)
             else:
                 pieces.append(_quoted_printable(segment.fill(values)))
+
+    def _render_seven_bit(self, pieces: list[bytes], values: Mapping[str, str]) -> bool:
+        """Append the body as 7bit and say True, or append nothing and say False when a value or
+        a filled line does not allow it (see _seven_bit_lines; the template's own characters
+        were checked when it was built, so only the values' are checked here)."""
+        if not all(_seven_bit_value(values[field]) for field in self._distinct):
+            return False
+        body: list[bytes] = []
+        for segment in self._seven_bit or ():
+            if isinstance(segment, bytes):
+                body.append(segment)
+                continue
+            filled = segment.fill(values)
+            if not _seven_bit_lines(filled):
+                return False
+            body.append(filled.replace("\n", "\r\n").encode("ascii"))
+        pieces.append(_SEVEN_BIT)
+        pieces.extend(body)
+        return True
 
 
 def _choose_boundary(texts: Iterable[str]) -> str:

@@ -77,8 +77,26 @@ def body(message: EmailMessage, subtype: str) -> str:
     )
     assert part.get_content_type() == f"text/{subtype}"
     assert part.get_content_charset() == "utf-8"
-    assert part["Content-Transfer-Encoding"] == "quoted-printable"
+    assert part["Content-Transfer-Encoding"] == expected_encoding(part.get_content().replace("\r\n", "\n"))
     return part.get_content().replace("\r\n", "\n")
+
+
+def seven_bit_allows(text: str) -> bool:
+    """RFC 2045's 7bit as compose uses it: printable ASCII lines of at most 998 characters, none
+    ending in a space, and never "=_", with which every multipart boundary starts (LF endings here)."""
+    return "=_" not in text and all(re.fullmatch(r"[ -~]{0,998}", line) and not line.endswith(" ")
+                                    for line in text.split("\n"))
+
+
+def expected_encoding(text: str) -> str:
+    return "7bit" if seven_bit_allows(text) else "quoted-printable"
+
+
+def encoded(text: str) -> bytes:
+    """The body compose should send for this text (LF endings): as it is when 7bit allows it."""
+    if seven_bit_allows(text):
+        return text.replace("\n", "\r\n").encode("ascii")
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
 
 def raw_header(raw: bytes, name: str) -> str:
@@ -337,9 +355,9 @@ def test_bodies_are_quoted_printable_of_the_whole_text() -> None:
     text = f"start\n{long_line}\n\nmiddle {{{{name}}}} and {{{{ city }}}}\n" + "y " * 100 + "\nend"
     raw = render(build(text=text), name="Ann", city="Oslo ")
     intended = text.replace("{{name}}", "Ann").replace("{{ city }}", "Oslo ") + "\n"
-    encoded = binascii.b2a_qp(intended.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-    assert raw.split(b"\r\n\r\n", 1)[1] == encoded
-    assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
+    expected = binascii.b2a_qp(intended.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    assert raw.split(b"\r\n\r\n", 1)[1] == expected
+    assert all(len(line) <= 76 for line in expected.split(b"\r\n"))
     assert body(parse(raw), "plain") == intended
 
 
@@ -367,8 +385,9 @@ def test_encoding_only_the_lines_with_fields_equals_encoding_everything(
     template += "" if template.endswith("\n") else "\n"  # the template gets a final line break
     intended = re.sub(r"\{\{\s*city\s*\}\}", lambda _: value, template.replace("{{ name }}", "Ann"))
     intended = intended.replace("\r\n", "\n").replace("\r", "\n")
-    encoded = binascii.b2a_qp(intended.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-    assert raw.split(b"\r\n\r\n", 1)[1] == encoded
+    head, sent = raw.split(b"\r\n\r\n", 1)
+    assert sent == encoded(intended)
+    assert f"Content-Transfer-Encoding: {expected_encoding(intended)}".encode() in head
     assert_wire_format(raw)
 
 
@@ -667,3 +686,60 @@ def test_the_address_character_classes_are_exactly_the_rfc_6532_sets() -> None:
     for what, (defined, written) in plain.items():
         differ = [hex(c) for c in range(0x110000) if bool(defined.match(chr(c))) != bool(written.match(chr(c)))]
         assert not differ, f"{what}: {differ[:10]}"
+
+
+# --- 7bit when the body allows it (issue 12: encoding was most of the rendering) -----------------
+
+
+def part_of(raw: bytes, subtype: str) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, the part's raw body) of the text/<subtype> part."""
+    part = next(p for p in parse(raw).walk() if p.get_content_type() == f"text/{subtype}")
+    return part["Content-Transfer-Encoding"], part.get_payload(decode=False).encode("ascii")
+
+
+def test_plain_ascii_bodies_go_unencoded_per_message() -> None:
+    template = build(text="Hi {{ name }},\nsee you in {{ city }}.\n", html="<p class=\"x\">{{ city }} &amp; more</p>")
+    raw = render(template, city="Oslo")
+    assert part_of(raw, "plain") == ("7bit", b"Hi Ann Lee,\r\nsee you in Oslo.\r\n")
+    assert part_of(raw, "html") == ("7bit", b'<p class="x">Oslo &amp; more</p>\r\n')
+    assert_wire_format(raw)
+    # A value that is not ASCII makes that message's parts quoted-printable, and only that message's.
+    raw = render(template, city="Zürich")
+    assert part_of(raw, "plain")[0] == part_of(raw, "html")[0] == "quoted-printable"
+    assert body(parse(raw), "plain") == "Hi Ann Lee,\nsee you in Zürich.\n"
+    assert body(parse(raw), "html") == '<p class="x">Zürich &amp; more</p>\n'
+    assert part_of(render(template, city="Bergen"), "plain")[0] == "7bit"
+
+
+@pytest.mark.parametrize(("text", "city", "why"), [
+    ("Hi {{ city }}\n", "Oslo ", "a value leaves a space at the end of a line"),
+    ("Hi {{ name }} {{ city }}\n", "", "an empty value leaves a space at the end of a line"),
+    ("Hi {{ city }}\n", "x" * 996, "a filled line of 999 characters"),
+    ("Hi {{ city }}\n", "tab\there", "a tab"),
+    ("Hi {{ city }}\n", "a\x7fb", "DEL"),
+    ("Hi {{ city }}\n", "=_mailtower_", "the start of every boundary"),
+    ("Hi {{ city }} \nmore\n", "Oslo", "the template's own trailing space"),
+    ("Hi {{ city }}\n" + "y" * 999 + "\n", "Oslo", "the template's own long line"),
+    ("Grüße {{ city }}\n", "Oslo", "the template is not ASCII"),
+])
+def test_what_7bit_does_not_allow_goes_quoted_printable(text: str, city: str, why: str) -> None:
+    raw = render(build(text=text), city=city)
+    assert raw.split(b"\r\n\r\n", 1)[0].endswith(b"Content-Transfer-Encoding: quoted-printable"), why
+    intended = text.replace("{{ city }}", city).replace("{{ name }}", "Ann Lee")
+    assert body(parse(raw), "plain") == intended
+    assert all(len(line) <= 76 for line in raw.split(b"\r\n\r\n", 1)[1].split(b"\r\n"))
+
+
+def test_a_value_holding_the_boundary_cannot_end_the_part() -> None:
+    template = build(text="Hi {{ city }}\n", html="<p>{{ city }}</p>")
+    assert template.boundary is not None
+    for forged in (f"\n--{template.boundary}--\n", f"\n--{template.boundary}\nContent-Type: text/x\n\nboo"):
+        message = parse(render(template, city=forged))
+        assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+        assert body(message, "plain") == f"Hi {forged}\n"
+
+
+def test_a_line_of_998_characters_still_goes_unencoded() -> None:
+    raw = render(build(text="{{ city }}\n"), city="x" * 998)
+    assert part_of(raw, "plain") == ("7bit", b"x" * 998 + b"\r\n")
+    assert_wire_format(raw)
