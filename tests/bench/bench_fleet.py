@@ -50,6 +50,15 @@ class Figures:
     cpu_ms: float = 0.0  # the senders' CPU (user + system) per message, ms
     commits: float | None = None  # PostgreSQL: transactions committed in the database per message
     server_ms: float | None = None  # throw-away server: its processes' CPU per message, ms
+    host_busy: float = 0.0  # the share of all the host's cores busy while the senders ran (0..1)
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: user, nice, system, irq,
+    softirq), as bench_relay.py counts them."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def server_cpu(data_dir: Path | None) -> float | None:
@@ -169,13 +178,15 @@ def one_round(tmp: Path, db: str, n: int, ports: list[int], k: int, tag: str, da
     envs = [environment(db, port, k * len(ports), **extra) for port in ports]  # k each: the limit is the fleet's
     server = data_dir if db.startswith("postgres") else None
     commits_before, server_before = commits(db), server_cpu(server)
+    busy_before = host_busy_seconds()
     elapsed, cpu = run_senders(envs)
+    busy = (host_busy_seconds() - busy_before) / (elapsed * (os.cpu_count() or 1))
     figures = ledger_figures(db, mailing_id, n, elapsed)
     if commits_before is not None:
         time.sleep(1.0)  # the server publishes its transaction counts within a second
     commits_after, server_after = commits(db), server_cpu(server)
     return replace(
-        figures, cpu_ms=cpu * 1000 / n,
+        figures, cpu_ms=cpu * 1000 / n, host_busy=busy,
         commits=None if commits_before is None or commits_after is None else (commits_after - commits_before) / n,
         server_ms=None if server_before is None or server_after is None else (server_after - server_before) * 1000 / n,
     )
@@ -189,7 +200,16 @@ def costs(figures: list[Figures]) -> str:
         text += f", {statistics.median(f.commits for f in figures):.3f} transactions/msg"  # type: ignore[misc]
     if figures[0].server_ms is not None:
         text += f", server CPU {statistics.median(f.server_ms for f in figures):.3f} ms/msg"  # type: ignore[misc]
-    return text
+    return text + f", host busy {statistics.median(f.host_busy for f in figures):.0%} of {os.cpu_count()} cores"
+
+
+def cpu_needed(lite: list[Figures], pg: list[Figures], ratio: float) -> str:
+    """The cores PostgreSQL's sender and server would use at `ratio` times SQLite's median rate,
+    at their measured CPU per message (the sink's and the kernel's share not counted)."""
+    per_message = statistics.median(f.cpu_ms for f in pg) + statistics.median(f.server_ms or 0.0 for f in pg)
+    rate = ratio * statistics.median(f.sending for f in lite)
+    return (f"  at {ratio} x SQLite's median ({rate:,.0f} msg/s), PostgreSQL's sender + server at "
+            f"{per_message:.3f} ms/msg would use {rate * per_message / 1000:.2f} of the host's {os.cpu_count()} cores")
 
 
 def spread(values: list[float]) -> str:
@@ -218,6 +238,8 @@ def fleet_block(args: argparse.Namespace, tmp: Path, smtp_sink_port: Callable[[]
               f"{spread([f.sending for f in pg])} msg/s; PostgreSQL / SQLite median {statistics.median(ratios):.3f} "
               f"(rounds {', '.join(f'{x:.3f}' for x in ratios)}; target >= 0.8)")
         print(f"  costs (median): SQLite: {costs(lite)}; PostgreSQL: {costs(pg)}")
+        if pg[0].server_ms is not None:
+            print(cpu_needed(lite, pg, 0.8))
         if args.senders < 2:
             return
         n = max(args.n, 4000)
