@@ -375,12 +375,14 @@ def _field_runs(text: str, matches: list[re.Match[str]]) -> list[tuple[int, int,
 
 
 # A body goes as it is ("7bit", RFC 2045 section 2.7) when every line is printable ASCII of at
-# most 998 characters (RFC 5322 section 2.1.1) without trailing white space, which some gateways
-# strip; else quoted-printable. Most bodies and merge values are plain ASCII, and encoding them
+# most 980 characters without trailing white space, which some gateways strip; else
+# quoted-printable. RFC 5322 section 2.1.1 allows 998, but sendmail's SMTP mailers split lines
+# longer than 990 (their L=990) with "!" and a line break, which breaks the text and the DKIM body
+# hash; 980 leaves room under that for SMTP's stuffing dot. Most bodies and merge values are plain ASCII, and encoding them
 # was the largest part of rendering (issue 12). "=_" is left to quoted-printable too: every
 # multipart boundary starts with it (_choose_boundary), and a merge value must never be able to
 # end a part; quoted-printable writes "=" as "=3D".
-_SEVEN_BIT_LINE = 998
+_SEVEN_BIT_LINE = 980
 _SEVEN_BIT_TEXT = re.compile(r"[ -~\n]*")
 
 
