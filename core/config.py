@@ -138,7 +138,6 @@ BOUNDS: dict[str, Bound] = {
 }
 # Settings given in percent: "5%" and 5 are the same.
 PERCENT_SETTINGS = frozenset({"breaker_hard", "breaker_soft"})
-
 _INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 _NONZERO_DIGIT = re.compile(r"[1-9]")
@@ -225,7 +224,9 @@ def parse_number(name: str, raw: object, source: str) -> int | float:
         raise UserError(f"{source}: {show_value(raw)} is too small to tell from 0")
     problem = bound.problem(value)
     if problem is not None:
-        raise UserError(f"{source}: {problem}")
+        # The value as given: "-5%", "-5" and "-0.5" all read "must be at least 0", and the
+        # person must see which value was taken (a flag, a variable or the file may have set it).
+        raise UserError(f"{source}: {show_value(raw)} {problem}")
     # -0.0 is 0 (float(-0.0) would keep the sign); a WrittenFloat becomes a plain float.
     return bound.kind(0) if value == 0 else bound.kind(value)
 

@@ -102,12 +102,13 @@ def canary_count(raw: str) -> str:
     """--canary as canary.plan reads it, checked here so that every refusal is one line naming the
     option and the value as typed. A sign is read as everywhere else: "+5" is 5, "+5%" is 5 %;
     "-0", "-5" or "-5%" is a size below the least canary (it was "not a number", or for "-5%"
-    a line that did not say which value)."""
+    a line that did not say which value). White space may surround the value, never follow the
+    sign: "+ 5%" was 5 % while "+ 5" was refused, and --breaker-hard refuses both."""
     text = raw.strip()
     sign = text[:1] if text[:1] in ("+", "-") else ""
     body = text[len(sign):]
     is_percent = body.endswith("%")
-    number = body[:-1].strip() if is_percent else body
+    number = body[:-1].rstrip() if is_percent else body  # "5 %" is 5 %, as for --breaker-hard
     if not number.isascii() or _CANARY_NUMBER.fullmatch(number) is None or (not is_percent and not number.isdigit()):
         raise UserError(f"--canary: {show_value(raw)} is not a number of recipients (N) or a percentage (P%)")
     out_of_range = UserError(f"--canary: {show_value(raw)} " + (

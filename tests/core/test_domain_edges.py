@@ -116,7 +116,7 @@ def test_limits_domain_flags_combined_oddly(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "x.db", MAILTOWER_CONFIG=str(toml))
     # --rate-per-hour with --domain is the group's budget; an error names the flag that was typed
     code, out, err = cli("limits", "--domain", "slow", "--rate-per-hour", "-5")
-    assert code == 2 and out == "" and err.count("\n") == 1 and "--rate-per-hour: must be at least 0" in err, err
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--rate-per-hour: '-5' must be at least 0" in err, err
     # both at once: one of them would have been dropped without a word
     code, out, err = cli("limits", "--domain", "slow", "--rate-per-hour", "5", "--per-hour", "6")
     assert code == 2 and out == "" and err.count("\n") == 1 and "give one of them" in err, err

@@ -109,9 +109,9 @@ def test_groups_are_read_from_the_toml_file(tmp_path: Path) -> None:
     [
         ("rate = nan", "[domains.slow] rate: nan is not a finite number"),
         ("rate = inf", "[domains.slow] rate: inf is not a finite number"),
-        ("rate = -1", "[domains.slow] rate: must be at least 0"),
-        ("per_hour = 1e12", "[domains.slow] per_hour: must be at most 1000000000"),
-        ("connections = 100000", "[domains.slow] connections: must be at most 500"),
+        ("rate = -1", "[domains.slow] rate: -1 must be at least 0"),
+        ("per_hour = 1e12", "[domains.slow] per_hour: 1e12 must be at most 1000000000"),
+        ("connections = 100000", "[domains.slow] connections: 100000 must be at most 500"),
         ("connections = 2.5", "[domains.slow] connections: 2.5 is not a whole number"),
         ("rate = true", "[domains.slow] rate: true is not a number"),
         ("burst = 3", "[domains.slow]: unknown key 'burst'"),
@@ -268,9 +268,9 @@ def test_live_group_limits_are_checked(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "x.db")
     for args, said in [
         (("--domain", "slow", "--rate", "nan"), "--rate: 'nan' is not a number"),
-        (("--domain", "slow", "--rate", "-3"), "--rate: must be at least 0"),
-        (("--domain", "slow", "--per-hour", "1e99"), "--per-hour: must be at most 1000000000"),
-        (("--domain", "slow", "--connections", "501"), "--connections: must be at most 500"),
+        (("--domain", "slow", "--rate", "-3"), "--rate: '-3' must be at least 0"),
+        (("--domain", "slow", "--per-hour", "1e99"), "--per-hour: '1e99' must be at most 1000000000"),
+        (("--domain", "slow", "--connections", "501"), "--connections: '501' must be at most 500"),
         (("--domain", "nosuch", "--rate", "3"), "no domain group 'nosuch'; the configured groups are slow, default"),
         (("--domain", "slow", "--messages-per-connection", "3"), "--messages-per-connection"),
     ]:

@@ -205,7 +205,7 @@ def test_limits_and_settings_share_one_table() -> None:
     for name, bound in LIMIT_BOUNDS.items():
         assert bound is BOUNDS[name]
     # The dialog names its own source; the command line its flag.
-    assert refusal(parse_limit, "connections", "0", "Connections field") == "Connections field: must be at least 1"
+    assert refusal(parse_limit, "connections", "0", "Connections field") == "Connections field: '0' must be at least 1"
     assert refusal(parse_limit, "connections", "100000000").startswith("--connections: ")
     assert parse_limit("rate", "0") == 0.0 and parse_limit("connections", "500") == 500
 
@@ -233,7 +233,7 @@ async def test_stored_limits_out_of_bounds_fall_back_to_configuration(tmp_path: 
             await store.close()
         assert (limits.connections, limits.rate, limits.messages_per_connection, limits.rate_per_hour) == (2, 0, 1000, 0)
         assert limits.changed_at == {} and len(limits.ignored) == 4
-        assert any("stored limit connections: must be at most 500" in line for line in limits.describe())
+        assert any("stored limit connections: '100000000' must be at most 500" in line for line in limits.describe())
         # The sender sends with the configuration instead of dying on the stored values.
         await Sender(settings).run(until_idle=True)
         assert set(sink.received()) == {r["email"] for r in recipients(6)}

@@ -121,7 +121,7 @@ def notified(app: App[Any], text: str) -> bool:
 def test_limit_problem_speaks_for_the_field() -> None:
     assert limit_problem("rate", "2.5") is None
     assert limit_problem("rate", "0") is None
-    assert limit_problem("connections", "0") == "must be at least 1"
+    assert limit_problem("connections", "0") == "'0' must be at least 1"
     assert limit_problem("connections", "1.5") == "'1.5' is not a whole number"
     assert limit_problem("messages_per_connection", " ") == "enter a number"
 
@@ -209,7 +209,7 @@ async def test_invalid_connections_shows_the_error_and_save_does_nothing(tmp_pat
         screen = await loaded(pilot)
         await retype(pilot, "rate", "50")
         await retype(pilot, "connections", "0")
-        assert shown(screen, "#connections-error") == "✗ must be at least 1"
+        assert shown(screen, "#connections-error") == "✗ '0' must be at least 1"
         assert screen.query_one("#save", Button).disabled
         await pilot.press("ctrl+s")
         await pilot.press("enter")
