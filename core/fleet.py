@@ -3,7 +3,9 @@
 Every sender (on SQLite the only one, under the lease; on PostgreSQL any number, on any hosts)
 registers a row in `senders` and beats its heartbeat there every `interval` seconds, in the
 DATABASE's clock (hosts' clocks differ). A sender is alive while its row is `running` and its
-heartbeat is younger than `sender_heartbeat_timeout`.
+heartbeat is younger than `sender_heartbeat_timeout`. Shown to people (list_senders), on SQLite
+a `running` row whose process no longer holds the sender lease is `gone` at once: it ended
+without recording its end (a full disk, an I/O error, kill -9); nothing is written for that.
 
 The rules (the store's SQL implements them, core/store.py "fleet"):
 
@@ -47,10 +49,12 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
 from .db_errors import database_errors
+from .lease import lease_pid
 from .limits import Limits
 from .ratelimit import HOUR, RateLimiter
 from .sender_status import SENDER_PREFIX
@@ -92,14 +96,33 @@ class SenderInfo:
                 "connections": self.connections, "state": self.state, "alive": self.alive}
 
 
+# The state shown for a sender whose row still says `running` but whose process is no more: it
+# ended without recording its end (a full disk, an I/O error, kill -9). Shown only, never written.
+GONE = "gone"
+
+
 async def list_senders(store: Store, timeout: float) -> list[SenderInfo]:
-    """Senders running, or ended within the hour, oldest first."""
+    """Senders running, or ended within the hour, oldest first.
+
+    On SQLite the sender lease says who is really there: the kernel drops its lock when the
+    process ends, however it ends, so a `running` row whose process does not hold the lease is
+    shown `gone` (not alive, its real heartbeat age kept), at once rather than after the heartbeat
+    timeout. A sender that could not write its end (full disk, I/O error, kill -9) otherwise looked
+    alive for that long, then stayed `running` for ever. Display only: nothing is written, and
+    expiry and recovery keep their own rules. On PostgreSQL senders on several hosts (which may
+    share a host name) have no lease file: the heartbeat alone decides, as before."""
     rows = await store.sender_rows(timeout)
-    return [
+    senders = [
         SenderInfo(int(r[0]), str(r[1]), int(r[2]), float(r[3]), float(r[4]), float(r[5]), int(r[6]), str(r[7]),
                    bool(r[8]), max(0.0, float(r[9]) - float(r[4])))
         for r in rows
     ]
+    if store.is_file and any(s.state == "running" for s in senders):
+        holder = await asyncio.to_thread(lease_pid, Path(store.path))
+        if holder is not None:
+            senders = [replace(s, state=GONE, alive=False) if s.state == "running" and s.pid != holder else s
+                       for s in senders]
+    return senders
 
 
 def heartbeat_interval(timeout: float) -> float:
@@ -368,8 +391,10 @@ def budget_window(per_hour: float) -> tuple[float, int]:
 async def senders_document(store: Store, timeout: float) -> list[dict[str, Any]] | None:
     """The senders for `status --json` (key `senders`): those running or ended within the hour,
     each with host, pid, rate, connections, last heartbeat and whether it is alive. None while no
-    sender is alive (the document then has its three sections only, as before the fleet)."""
+    sender is alive and none is gone (the document then has its three sections only, as before
+    the fleet): a sender that ended without recording its end (state "gone", see list_senders)
+    is listed, so that a failed stop never looks like a clean one."""
     senders = await list_senders(store, timeout)
-    if not any(s.alive for s in senders):
+    if not any(s.alive or s.state == GONE for s in senders):
         return None
     return [s.document() for s in senders]

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,25 @@ def _lease_error(path: Path, exc: OSError) -> UserError:
 # How often acquire takes a lease file that was removed under it before it gives up (each time
 # another process made and removed one in between: bounded, never a spin).
 LOCK_ATTEMPTS = 5
+# Readers of the lease (SenderLease.holder, fleet.lease_pid: the dashboard and `status`) hold a
+# shared lock on it for microseconds; a sender starting in that instant waits them out instead of
+# being refused as if another sender held it. Bounded: a real holder is reported after this long.
+READER_GRACE = 0.05  # seconds
+READER_POLL = 0.002  # seconds between tries
+
+
+def _lock_exclusive(fd: int) -> bool:
+    """The exclusive lock on the lease file, waiting out readers' brief shared locks; False when
+    it is still held after READER_GRACE (another sender holds it)."""
+    deadline = time.monotonic() + READER_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(READER_POLL)
 
 
 def _open_lease_file(path: Path) -> tuple[int, bool]:
@@ -112,7 +132,8 @@ class SenderLease:
         return self._fd is not None
 
     def acquire(self, what: str = "mailtower run") -> bool:
-        """Take the lease without waiting; False if another process holds it.
+        """Take the lease without waiting for a holder (only for a reader's brief look, at most
+        READER_GRACE); False if another process holds it.
 
         Creates the database file (empty, private) if it does not exist yet, so that it has
         an identity; a path that cannot be a database is refused with a UserError."""
@@ -125,13 +146,13 @@ class SenderLease:
         for _ in range(LOCK_ATTEMPTS):
             fd, created = _open_lease_file(path)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
+                locked = _lock_exclusive(fd)
             except OSError as exc:
                 os.close(fd)
                 raise _lease_error(path, exc) from None
+            if not locked:
+                os.close(fd)
+                return False
             try:
                 named = _still_named(fd, path)
             except OSError as exc:  # the directory became unreadable: the lock must not stay held
@@ -219,6 +240,42 @@ class SenderLease:
             return None
         finally:
             os.close(fd)
+
+
+def lease_pid(db_path: Path) -> int | None:
+    """The pid holding the sender lease of the SQLite database `db_path`: 0 when nobody holds it,
+    None when that cannot be told (the caller keeps the heartbeat's word).
+
+    For a status reader, on a full, read-only or failing disk: never creates or writes a file, never
+    waits (a non-blocking open, so not even a FIFO put in the lease file's place can hold it up,
+    and a non-blocking shared lock, dropped at once). Unlike SenderLease.holder, which answers
+    "nobody" when the lease file cannot be read, anything unclear here is "cannot tell": a sender
+    that is alive is never shown gone because of an error of the reader's."""
+    path = lease_path(db_path)
+    if path is None:
+        return None  # the database file is not there to name its lease
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return 0  # a sender makes the lease file before it registers: no file, no sender
+    except OSError:
+        return None  # another user's file, a link, an I/O error: cannot tell
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_holder(fd).pid  # held: the holder wrote its pid there
+            return pid if pid > 0 else None
+        except OSError:
+            return None  # no locks on this filesystem (ENOLCK) or the like: cannot tell
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return 0
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_holder(fd: int) -> Holder:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def db_target(request: pytest.FixtureRequest, tmp_path: Path):
     from mailtower.core.db_target import parse_pg_url
 
     return parse_pg_url(request.getfixturevalue("pg_url"), "test database")
+
+
+@pytest.fixture
+def reap() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test started; any still running at the end are killed (no leftovers)."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

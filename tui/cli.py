@@ -1008,6 +1008,9 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
     def show(line: str) -> None:
         print(safe(line))
 
+    # A mailing stays `sending` when its sender ended without recording its end (a full disk, an
+    # I/O error, kill -9); with no sender alive, nothing sends it: said under it.
+    anyone_sending = senders is not None and any(x["alive"] for x in senders)
     for section, items in doc.items():
         show(f"{section.capitalize()} ({len(items)})")
         for m in items:
@@ -1015,6 +1018,8 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 eta = m["eta"] or "unknown"
                 show(f"  {m['position']:>3}. #{m['id']} {m['name']}  {m['sent']}/{m['total']} sent, "
                      f"{m['failed']} failed, {m['deferred']} deferred  {m['state']}  eta {eta}")
+                if m["state"] == "sending" and not anyone_sending:
+                    show("       no sender is running: nothing is sending it; start `mailtower run` to go on")
             elif section == "scheduled":
                 show(scheduled_line(m))
             else:
@@ -1033,6 +1038,10 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
         for x in senders:
             show(f"       #{x['sender']} {x['host']} pid {x['pid']}  {x['rate']:.1f}/s  {x['connections']} connections"
                  f"  heartbeat {x['heartbeat_age']:.1f} s ago  {'alive' if x['alive'] else x['state']}")
+    for x in senders or []:
+        if x["state"] == "gone":  # core/fleet.py GONE: its process ended, its row still says running
+            show(f"Sender pid {x['pid']} on {x['host']} is gone: it ended without recording its end (a full disk, "
+                 f"an I/O error, killed?); start `mailtower run` to go on")
     return 0
 
 

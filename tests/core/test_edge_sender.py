@@ -193,17 +193,6 @@ def stop_and_time(runner: subprocess.Popen[bytes], sig: int = signal.SIGTERM, ti
     return time.monotonic() - started
 
 
-@pytest.fixture
-def reap() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test started; any still running at the end are killed (no leftovers)."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 # ---- item 6: limits never wedge the sender ----------------------------------------------------
 
 
