@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.test_edge_sender import new_mailing, reap  # noqa: F401 - a fixture
+from tests.core.test_edge_sender import new_mailing
 from tests.core.test_smtp_client import TIMEOUT
 from tests.helpers import Cli, wait_until
 
