@@ -42,9 +42,9 @@ ADVISED_RSA_BITS = 2048  # ... and SHOULD use at least 2048
 MAX_RSA_BITS = 4096  # RFC 8301 3.2: verifiers need only handle keys up to 4096 bits
 
 # Relaxed for headers (relays refold them), simple for the body (dkimpy's default): compose writes
-# bodies as 7bit or quoted-printable, both 7-bit with no trailing white space and lines of at most
-# 980 characters (under sendmail's 990), which relaxed would not change and relays leave alone, and simple
-# costs nothing per message where relaxed runs regular expressions over every byte.
+# bodies relays have no reason to touch (7bit or quoted-printable: 7-bit, lines of at most 980
+# characters, no trailing white space), and simple costs nothing per message where relaxed runs
+# regular expressions over every byte.
 CANONICALIZATION = b"relaxed/simple"
 HEADER_NAME = b"DKIM-Signature"
 # RFC 6376 5.4.1's recommended fields (dkimpy's DKIM.SHOULD), plus List-Unsubscribe-Post: RFC 8058

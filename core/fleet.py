@@ -125,6 +125,22 @@ async def list_senders(store: Store, timeout: float) -> list[SenderInfo]:
     return senders
 
 
+async def nobody_sending(store: Store, senders: list[dict[str, Any]] | None) -> str | None:
+    """What `status` says under a mailing that is `sending` when no sender is alive (None: say
+    nothing). A `sending` mailing stays so when its sender ended without recording its end. On
+    SQLite the lease decides: a sender holding it is there, even with its heartbeat late behind a
+    long write or before its row is registered, and a lease that cannot be read says nothing. On
+    PostgreSQL only the heartbeats can tell, and a late one is not proof of a dead sender."""
+    if senders is not None and any(s["alive"] for s in senders):
+        return None
+    if store.is_file:
+        holder = await asyncio.to_thread(lease_pid, Path(store.path))
+        if holder != 0:
+            return None
+        return "no sender is running: nothing is sending it; start `mailtower run` to go on"
+    return "no sender's heartbeat is fresh: it may not be sent; check the senders, or start `mailtower run`"
+
+
 def heartbeat_interval(timeout: float) -> float:
     """A quarter of the timeout (three beats may be missed before the others give up), at most 5 s."""
     return min(MAX_INTERVAL, timeout / 4)

@@ -55,7 +55,7 @@ from mailtower.core.relays import held_back, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
-from mailtower.core.fleet import FleetLost, senders_document
+from mailtower.core.fleet import FleetLost, nobody_sending, senders_document
 from mailtower.core.store import Store, iso, open_store, remove_if_unused, storage_error
 from mailtower.core.timezones import (
     Shift, format_offset, load_zone, parse_wall_time, resolve, reversed_sign_note, tzdata_version, wall_clock, wall_minute,
@@ -1009,8 +1009,8 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
         print(safe(line))
 
     # A mailing stays `sending` when its sender ended without recording its end (a full disk, an
-    # I/O error, kill -9); with no sender alive, nothing sends it: said under it.
-    anyone_sending = senders is not None and any(x["alive"] for x in senders)
+    # I/O error, kill -9): said under it when nobody is sending (core/fleet.py).
+    nobody = await nobody_sending(store, senders)
     for section, items in doc.items():
         show(f"{section.capitalize()} ({len(items)})")
         for m in items:
@@ -1018,8 +1018,8 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 eta = m["eta"] or "unknown"
                 show(f"  {m['position']:>3}. #{m['id']} {m['name']}  {m['sent']}/{m['total']} sent, "
                      f"{m['failed']} failed, {m['deferred']} deferred  {m['state']}  eta {eta}")
-                if m["state"] == "sending" and not anyone_sending:
-                    show("       no sender is running: nothing is sending it; start `mailtower run` to go on")
+                if m["state"] == "sending" and nobody is not None:
+                    show(f"       {nobody}")
             elif section == "scheduled":
                 show(scheduled_line(m))
             else:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import latency_sink  # noqa: E402 - beside this file, on sys.path as the benchmark's directory
+from host_cpu import host_busy  # noqa: E402 - beside this file, too
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -50,15 +51,7 @@ class Figures:
     cpu_ms: float = 0.0  # the senders' CPU (user + system) per message, ms
     commits: float | None = None  # PostgreSQL: transactions committed in the database per message
     server_ms: float | None = None  # throw-away server: its processes' CPU per message, ms
-    host_busy: float = 0.0  # the share of all the host's cores busy while the senders ran (0..1)
-
-
-def host_busy_seconds() -> float:
-    """CPU seconds all cores have spent busy since boot (/proc/stat: user, nice, system, irq,
-    softirq), as bench_relay.py counts them."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    busy_share: float = 0.0  # the share of all the host's cores busy while the senders ran (0..1)
 
 
 def server_cpu(data_dir: Path | None) -> float | None:
@@ -178,15 +171,15 @@ def one_round(tmp: Path, db: str, n: int, ports: list[int], k: int, tag: str, da
     envs = [environment(db, port, k * len(ports), **extra) for port in ports]  # k each: the limit is the fleet's
     server = data_dir if db.startswith("postgres") else None
     commits_before, server_before = commits(db), server_cpu(server)
-    busy_before = host_busy_seconds()
+    busy_before = host_busy()
     elapsed, cpu = run_senders(envs)
-    busy = (host_busy_seconds() - busy_before) / (elapsed * (os.cpu_count() or 1))
+    busy = (host_busy() - busy_before) / (elapsed * (os.cpu_count() or 1))
     figures = ledger_figures(db, mailing_id, n, elapsed)
     if commits_before is not None:
         time.sleep(1.0)  # the server publishes its transaction counts within a second
     commits_after, server_after = commits(db), server_cpu(server)
     return replace(
-        figures, cpu_ms=cpu * 1000 / n, host_busy=busy,
+        figures, cpu_ms=cpu * 1000 / n, busy_share=busy,
         commits=None if commits_before is None or commits_after is None else (commits_after - commits_before) / n,
         server_ms=None if server_before is None or server_after is None else (server_after - server_before) * 1000 / n,
     )
@@ -200,7 +193,7 @@ def costs(figures: list[Figures]) -> str:
         text += f", {statistics.median(f.commits for f in figures):.3f} transactions/msg"  # type: ignore[misc]
     if figures[0].server_ms is not None:
         text += f", server CPU {statistics.median(f.server_ms for f in figures):.3f} ms/msg"  # type: ignore[misc]
-    return text + f", host busy {statistics.median(f.host_busy for f in figures):.0%} of {os.cpu_count()} cores"
+    return text + f", host busy {statistics.median(f.busy_share for f in figures):.0%} of {os.cpu_count()} cores"
 
 
 def cpu_needed(lite: list[Figures], pg: list[Figures], ratio: float) -> str:

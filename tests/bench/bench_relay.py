@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench.compiled import MAILTOWER, precompile  # noqa: E402
+from tests.bench.host_cpu import host_busy  # noqa: E402
 from tests.postfix_relay import PostfixRelay  # noqa: E402
 
 PY = sys.executable
@@ -240,14 +241,6 @@ class Result:
     def cpu(self) -> str:
         return (f"CPU {self.cpu_ms:.2f} ms/msg, sys {self.sys_ms:.2f}; host {self.host_ms:.2f} ms/msg, "
                 f"relay {self.host_ms - self.cpu_ms:.2f}")
-
-
-def host_busy() -> float:
-    """Seconds of CPU time the host's cores have spent busy since boot (/proc/stat: user, nice,
-    system, irq, softirq; not idle, iowait nor time stolen by the hypervisor)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_child(command: list[str], env: dict[str, str] | None, n: int) -> tuple[float, float, float, float, float]:

@@ -188,12 +188,16 @@ def test_a_lease_file_that_cannot_be_read_keeps_the_heartbeats_word_without_wait
     assert asyncio.run(again()) == [("gone", False)]
 
 
-def test_a_sender_starting_while_a_reader_looks_at_the_lease_is_not_refused(tmp_path: Path) -> None:
+def test_a_sender_starting_while_a_reader_looks_at_the_lease_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`status` and the dashboard take a shared lock on the lease file for an instant to read who
     holds it; a sender starting in that instant waits it out (core/lease.READER_GRACE) instead of
     being refused as if another sender held it. A lock held longer is a holder: refused, promptly."""
     import fcntl
     import time
+
+    from mailtower.core import lease as lease_module
 
     db = tmp_path / "x.db"
     first = SenderLease(db)
@@ -204,17 +208,66 @@ def test_a_sender_starting_while_a_reader_looks_at_the_lease_is_not_refused(tmp_
     reader = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(reader, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        released = threading.Timer(0.01, lambda: fcntl.flock(reader, fcntl.LOCK_UN))
-        released.start()
-        lease = SenderLease(db)
-        try:
-            assert lease.acquire(), "a reader's brief look refused the sender"
-        finally:
-            lease.release()
-            released.join()
+        polls: list[float] = []
+
+        def reader_done(seconds: float) -> None:  # the reader lets go while the sender polls
+            polls.append(seconds)
+            fcntl.flock(reader, fcntl.LOCK_UN)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(lease_module.time, "sleep", reader_done)
+            lease = SenderLease(db)
+            try:
+                assert lease.acquire(), "a reader's brief look refused the sender"
+            finally:
+                lease.release()
+        assert polls == [lease_module.READER_POLL]
         fcntl.flock(reader, fcntl.LOCK_SH | fcntl.LOCK_NB)  # now held throughout: as good as a holder
         started = time.monotonic()
         assert not SenderLease(db).acquire()
         assert time.monotonic() - started < 1.0
     finally:
         os.close(reader)
+
+
+def test_status_does_not_say_nothing_is_sending_while_a_sender_holds_the_lease(tmp_path: Path) -> None:
+    """A live sender's heartbeat can be late on SQLite (a long write holds the lock past the
+    timeout), and a starting sender holds the lease before its row is registered: the lease, not
+    the heartbeat, says whether anyone is there (core/fleet.nobody_sending)."""
+    import sqlite3
+
+    from mailtower.core.lifecycle import Lifecycle
+
+    db = tmp_path / "x.db"
+    held = SenderLease(db)
+    assert held.acquire("mailtower run")  # this process stands for the live sender
+
+    async def sending_mailing_and_its_sender() -> int:
+        store = await Store.open(db)
+        try:
+            await Lifecycle(store).start(await queued_mailing(store, tmp_path))
+            return await store.register_sender("here", os.getpid(), 4)
+        finally:
+            await store.close()
+
+    try:
+        sender_id = asyncio.run(sending_mailing_and_its_sender())
+        with sqlite3.connect(db) as conn:  # its heartbeat 45 s late: past the 30 s timeout
+            conn.execute("UPDATE senders SET heartbeat_at = heartbeat_at - 45 WHERE id = ?", (sender_id,))
+        code, out, _ = Cli(db)("status")
+        assert code == 0 and "sending" in out and "nothing is sending" not in out, out
+    finally:
+        held.release()
+    code, out, _ = Cli(db)("status")  # the lease let go: nobody is there
+    assert code == 0 and "no sender is running: nothing is sending it" in out, out
+
+
+async def queued_mailing(store: Store, tmp_path: Path) -> int:
+    """A mailing of 5 recipients, queued to be sent now; its id."""
+    from mailtower.core.lifecycle import Lifecycle
+    from mailtower.core.operations import Draft, create_mailing
+
+    people = write_csv(tmp_path / "r.csv", recipients(5))
+    mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "Hi", None), people, lambda r: None)
+    await Lifecycle(store).send_now(mailing_id)
+    return mailing_id

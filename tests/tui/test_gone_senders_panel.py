@@ -15,11 +15,10 @@ from textual.geometry import Region
 from textual.widget import Widget
 
 from mailtower.core.lease import SenderLease
-from mailtower.core.lifecycle import Lifecycle
-from mailtower.core.operations import Draft, create_mailing
 from mailtower.core.store import Store, open_store
 from mailtower.tui.screens.details import DetailsScreen
-from tests.helpers import recipients, until, write_csv
+from tests.helpers import until
+from tests.core.test_gone_senders import queued_mailing
 from tests.tui.test_screens import text_of
 
 pytestmark = pytest.mark.sqlite_only  # the lease file is SQLite's
@@ -63,10 +62,7 @@ async def test_details_show_a_gone_sender_apart_from_alive_and_dead(tmp_path: Pa
     try:
         store = await Store.open(db)
         try:
-            people = write_csv(tmp_path / "r.csv", recipients(5))
-            mailing_id, _ = await create_mailing(store, Draft("m", "s", "news@example.org", "Hi", None), people,
-                                                 lambda r: None)
-            await Lifecycle(store).send_now(mailing_id)
+            mailing_id = await queued_mailing(store, tmp_path)
             await store.register_sender("gone.example", GONE_PID, 4)  # ended without recording its end
             dead = await store.register_sender("dead.example", DEAD_PID, 4)
             await store.register_sender("alive\x1b[31m.example", os.getpid(), 8)  # the lease holder
