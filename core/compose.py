@@ -445,7 +445,7 @@ class _Body:
             # Each value escaped once per message, not at every place it is used (a name in
             # every paragraph was escaped once per paragraph; issue 12).
             values = {field: html.escape(values[field]) for field in self._distinct}
-        if self._seven_bit is not None and self._render_seven_bit(pieces, values):
+        if self._seven_bit is not None and self._render_seven_bit(pieces, values, self._seven_bit):
             return
         pieces.append(_QUOTED_PRINTABLE)
         for segment in self._segments:
@@ -454,14 +454,16 @@ class _Body:
             else:
                 pieces.append(_quoted_printable(segment.fill(values)))
 
-    def _render_seven_bit(self, pieces: list[bytes], values: Mapping[str, str]) -> bool:
+    def _render_seven_bit(
+        self, pieces: list[bytes], values: Mapping[str, str], segments: tuple[bytes | _Slots, ...]
+    ) -> bool:
         """Append the body as 7bit and say True, or append nothing and say False when a value or
         a filled line does not allow it (see _seven_bit_lines; the template's own characters
         were checked when it was built, so only the values' are checked here)."""
         if not all(_seven_bit_value(values[field]) for field in self._distinct):
             return False
         body: list[bytes] = []
-        for segment in self._seven_bit or ():
+        for segment in segments:
             if isinstance(segment, bytes):
                 body.append(segment)
                 continue

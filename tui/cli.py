@@ -55,7 +55,7 @@ from mailtower.core.relays import held_back, relays_from_settings
 from mailtower.core.sender import LeaseHeld, Sender, SenderFailed
 from mailtower.core.waves import Passed, cancel_schedule, send_group_now
 from mailtower.core.sender_status import SenderStatus, read_status
-from mailtower.core.fleet import FleetLost, nobody_sending, senders_document
+from mailtower.core.fleet import GONE, FleetLost, nobody_sending, senders_document
 from mailtower.core.store import Store, iso, open_store, remove_if_unused, storage_error
 from mailtower.core.timezones import (
     Shift, format_offset, load_zone, parse_wall_time, resolve, reversed_sign_note, tzdata_version, wall_clock, wall_minute,
@@ -1009,8 +1009,10 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
         print(safe(line))
 
     # A mailing stays `sending` when its sender ended without recording its end (a full disk, an
-    # I/O error, kill -9): said under it when nobody is sending (core/fleet.py).
-    nobody = await nobody_sending(store, senders)
+    # I/O error, kill -9): said under it when nobody is sending (core/fleet.py; the lease is read
+    # only when a mailing is `sending`).
+    sending = any(m["state"] == "sending" for m in doc["current"])
+    nobody = await nobody_sending(store, senders) if sending else None
     for section, items in doc.items():
         show(f"{section.capitalize()} ({len(items)})")
         for m in items:
@@ -1018,7 +1020,7 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
                 eta = m["eta"] or "unknown"
                 show(f"  {m['position']:>3}. #{m['id']} {m['name']}  {m['sent']}/{m['total']} sent, "
                      f"{m['failed']} failed, {m['deferred']} deferred  {m['state']}  eta {eta}")
-                if m["state"] == "sending" and nobody is not None:
+                if m["state"] == "sending" and nobody:
                     show(f"       {nobody}")
             elif section == "scheduled":
                 show(scheduled_line(m))
@@ -1039,7 +1041,7 @@ async def cmd_status(args: argparse.Namespace, store: Store) -> int:
             show(f"       #{x['sender']} {x['host']} pid {x['pid']}  {x['rate']:.1f}/s  {x['connections']} connections"
                  f"  heartbeat {x['heartbeat_age']:.1f} s ago  {'alive' if x['alive'] else x['state']}")
     for x in senders or []:
-        if x["state"] == "gone":  # core/fleet.py GONE: its process ended, its row still says running
+        if x["state"] == GONE:  # its process ended, its row still says running (core/fleet.py)
             show(f"Sender pid {x['pid']} on {x['host']} is gone: it ended without recording its end (a full disk, "
                  f"an I/O error, killed?); start `mailtower run` to go on")
     return 0

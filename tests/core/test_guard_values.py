@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import recipients, write_csv
+from tests.core.test_edge_cli_small_faults import new_args
 
 Snapshot = dict[str, list[tuple[object, ...]]]
 
@@ -22,14 +22,6 @@ def run_cli(db: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
     full_env = {**os.environ, "MAILTOWER_DB": str(db), "MAILTOWER_CONFIG": os.devnull, **env}
     return subprocess.run([sys.executable, "-m", "mailtower.tui.cli", *args], env=full_env,
                           capture_output=True, text=True, timeout=60)
-
-
-def new_args(tmp_path: Path, *extra: str) -> list[str]:
-    body = tmp_path / "body.txt"
-    body.write_text("Hello\n", encoding="utf-8")
-    people = write_csv(tmp_path / "people.csv", recipients(3))
-    return ["new", "--name", "M", "--subject", "s", "--from", "news@example.org", "--text", str(body),
-            "--recipients", str(people), *extra]
 
 
 def snapshot(db: Path) -> Snapshot:
